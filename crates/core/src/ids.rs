@@ -1,0 +1,186 @@
+//! billhook's own identifiers: a short type prefix and a ULID, e.g. `evt_01JD3R6Q9K5M2XW8T4HZ7BCN1E`.
+//!
+//! The ULID's first 48 bits are the creation time in milliseconds, so ids sort by creation time both
+//! as text and in a database index; that is what cursor pagination relies on. Each kind of id is its
+//! own type, so an event id can never be passed where an endpoint id is expected.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::RngCore;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use ulid::Ulid;
+
+use crate::time::Timestamp;
+
+/// Why a text is not an id of the expected kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("expected an id starting with `{expected}_`")]
+    WrongPrefix { expected: &'static str },
+    #[error("`{0}` is not a valid id (a prefix and 26 Crockford base32 characters)")]
+    Malformed(String),
+}
+
+/// Draws the 80 random bits of a new ULID. Shared by every id kind.
+fn fresh_ulid(at: Timestamp) -> Ulid {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes[6..]);
+    let random = u128::from_be_bytes(bytes);
+    Ulid::from_parts(at.unix_millis().max(0).unsigned_abs(), random)
+}
+
+fn parse_prefixed(text: &str, prefix: &'static str) -> Result<Ulid, IdError> {
+    let rest = text
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .ok_or(IdError::WrongPrefix { expected: prefix })?;
+    Ulid::from_string(rest).map_err(|_| IdError::Malformed(text.to_owned()))
+}
+
+macro_rules! prefixed_id {
+    ($(#[$meta:meta])* $name:ident, $prefix:literal) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Ulid);
+
+        impl $name {
+            /// The text before the underscore.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A fresh id stamped with the current time.
+            pub fn new() -> Self {
+                Self(fresh_ulid(Timestamp::now()))
+            }
+
+            /// A fresh id stamped with `at`.
+            pub fn new_at(at: Timestamp) -> Self {
+                Self(fresh_ulid(at))
+            }
+
+            /// The smallest id created at `at`: a cursor bound for time-range queries.
+            pub fn lower_bound(at: Timestamp) -> Self {
+                Self(Ulid::from_parts(at.unix_millis().max(0).unsigned_abs(), 0))
+            }
+
+            /// The creation time encoded in the id, to the millisecond.
+            pub fn created_at(&self) -> Timestamp {
+                Timestamp::from_unix_millis(i64::try_from(self.0.timestamp_ms()).unwrap_or(i64::MAX))
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}_{}", $prefix, self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(text: &str) -> Result<Self, IdError> {
+                parse_prefixed(text, $prefix).map(Self)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// A canonical event.
+    EventId,
+    "evt"
+);
+prefixed_id!(
+    /// One received provider request, as stored.
+    InboundId,
+    "inb"
+);
+prefixed_id!(
+    /// A subscriber endpoint.
+    EndpointId,
+    "ep"
+);
+prefixed_id!(
+    /// One message owed to one endpoint (the outbox row).
+    DeliveryId,
+    "dlv"
+);
+prefixed_id!(
+    /// One HTTP attempt of a delivery.
+    AttemptId,
+    "att"
+);
+prefixed_id!(
+    /// An admin API token.
+    TokenId,
+    "tok"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_and_parse_round_trip() {
+        let id = EventId::new();
+        let text = id.to_string();
+        assert!(text.starts_with("evt_"));
+        assert_eq!(text.len(), 4 + 26);
+        assert_eq!(text.parse::<EventId>().unwrap(), id);
+    }
+
+    #[test]
+    fn wrong_prefix_is_refused() {
+        let id = EventId::new().to_string();
+        assert_eq!(
+            id.parse::<EndpointId>(),
+            Err(IdError::WrongPrefix { expected: "ep" })
+        );
+        assert!(matches!(
+            "evt_notaulid".parse::<EventId>(),
+            Err(IdError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn ids_sort_by_creation_time() {
+        let earlier = EventId::new_at(Timestamp::from_unix_millis(1_700_000_000_000));
+        let later = EventId::new_at(Timestamp::from_unix_millis(1_700_000_000_001));
+        assert!(earlier < later);
+        assert!(earlier.to_string() < later.to_string());
+        assert_eq!(earlier.created_at().unix_millis(), 1_700_000_000_000);
+        assert!(EventId::lower_bound(later.created_at()) <= later);
+    }
+
+    #[test]
+    fn serde_uses_the_text_form() {
+        let id = InboundId::new();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<InboundId>(&json).unwrap(), id);
+    }
+}
