@@ -200,6 +200,8 @@ pub struct PaymentFailure {
 pub struct PaymentSnapshot {
     pub provider_payment_id: String,
     pub rail: Option<String>,
+    /// How the payer paid within the rail, as the provider names it (`card`, `UPI`, `Debit Card`).
+    pub method: Option<String>,
     pub status: String,
     pub provider_status: String,
     pub amount: Amount,

@@ -338,7 +338,11 @@ mod tests {
         let family = EventTypePattern::parse("invoice.*").unwrap();
         assert!(family.matches(EventType::InvoicePaid));
         assert!(!family.matches(EventType::PaymentSucceeded));
-        assert!(EventTypePattern::parse("*").unwrap().matches(EventType::BillFetched));
+        assert!(
+            EventTypePattern::parse("*")
+                .unwrap()
+                .matches(EventType::BillFetched)
+        );
         let exact = EventTypePattern::parse("payment.failed").unwrap();
         assert!(exact.matches(EventType::PaymentFailed));
         assert!(!exact.matches(EventType::PaymentSucceeded));

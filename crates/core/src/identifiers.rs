@@ -197,7 +197,10 @@ mod tests {
             Gstin::parse("55AAPFU0939F1ZV"),
             Err(GstinError::StateCode(_))
         ));
-        assert!(matches!(Gstin::parse("27AAPFU0939F1Z"), Err(GstinError::Length(..))));
+        assert!(matches!(
+            Gstin::parse("27AAPFU0939F1Z"),
+            Err(GstinError::Length(..))
+        ));
     }
 
     #[test]

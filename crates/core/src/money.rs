@@ -15,7 +15,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub enum MoneyError {
     #[error("`{0}` is not a decimal number")]
     NotANumber(String),
-    #[error("`{text}` has more decimal places than {currency} allows ({max}); refusing to round money")]
+    #[error(
+        "`{text}` has more decimal places than {currency} allows ({max}); refusing to round money"
+    )]
     TooPrecise {
         text: String,
         currency: Currency,
@@ -207,7 +209,10 @@ fn parse_decimal(text: &str, shift_by: u32, currency: Currency) -> Result<Amount
         None => (mantissa, ""),
     };
     if whole.is_empty() && fraction.is_empty()
-        || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
     {
         return Err(not_a_number());
     }
@@ -310,7 +315,9 @@ mod tests {
             9_007_199_254_740_993
         );
         assert_eq!(
-            Amount::parse_minor("479030", Currency::INR).unwrap().minor(),
+            Amount::parse_minor("479030", Currency::INR)
+                .unwrap()
+                .minor(),
             479_030
         );
         assert!(Amount::parse_minor("479030.5", Currency::INR).is_err());
@@ -318,10 +325,19 @@ mod tests {
 
     #[test]
     fn formats_major_units() {
-        assert_eq!(Amount::from_minor(479_030).format_major(Currency::INR), "4790.30");
+        assert_eq!(
+            Amount::from_minor(479_030).format_major(Currency::INR),
+            "4790.30"
+        );
         assert_eq!(Amount::from_minor(5).format_major(Currency::INR), "0.05");
-        assert_eq!(Amount::from_minor(-550).format_major(Currency::INR), "-5.50");
-        assert_eq!(Amount::from_minor(12).format_major(Currency::parse("jpy").unwrap()), "12");
+        assert_eq!(
+            Amount::from_minor(-550).format_major(Currency::INR),
+            "-5.50"
+        );
+        assert_eq!(
+            Amount::from_minor(12).format_major(Currency::parse("jpy").unwrap()),
+            "12"
+        );
     }
 
     #[test]

@@ -155,9 +155,19 @@ mod tests {
     #[test]
     fn reproduces_the_public_test_vector() {
         let secret = EndpointSecret::parse(&format!("whsec_{VECTOR_KEY}")).unwrap();
-        assert_eq!(secret.sign(VECTOR_ID, VECTOR_TS, VECTOR_BODY), VECTOR_SIGNATURE);
         assert_eq!(
-            verify(&secret, VECTOR_ID, "1614265330", VECTOR_SIGNATURE, VECTOR_BODY, VECTOR_TS),
+            secret.sign(VECTOR_ID, VECTOR_TS, VECTOR_BODY),
+            VECTOR_SIGNATURE
+        );
+        assert_eq!(
+            verify(
+                &secret,
+                VECTOR_ID,
+                "1614265330",
+                VECTOR_SIGNATURE,
+                VECTOR_BODY,
+                VECTOR_TS
+            ),
             Ok(())
         );
     }
@@ -166,11 +176,25 @@ mod tests {
     fn verification_refuses_tampering_and_stale_timestamps() {
         let secret = EndpointSecret::parse(VECTOR_KEY).unwrap();
         assert_eq!(
-            verify(&secret, VECTOR_ID, "1614265330", VECTOR_SIGNATURE, br#"{"test": 2432232315}"#, VECTOR_TS),
+            verify(
+                &secret,
+                VECTOR_ID,
+                "1614265330",
+                VECTOR_SIGNATURE,
+                br#"{"test": 2432232315}"#,
+                VECTOR_TS
+            ),
             Err(SigningError::NoMatchingSignature)
         );
         assert_eq!(
-            verify(&secret, VECTOR_ID, "1614265330", VECTOR_SIGNATURE, VECTOR_BODY, VECTOR_TS + 301),
+            verify(
+                &secret,
+                VECTOR_ID,
+                "1614265330",
+                VECTOR_SIGNATURE,
+                VECTOR_BODY,
+                VECTOR_TS + 301
+            ),
             Err(SigningError::TimestampOutOfTolerance)
         );
     }
@@ -182,10 +206,23 @@ mod tests {
         let header = signature_header([&new, &old], "msg_1", 1_700_000_000, b"{}");
         assert_eq!(header.split(' ').count(), 2);
         for secret in [&old, &new] {
-            assert_eq!(verify(secret, "msg_1", "1700000000", &header, b"{}", 1_700_000_000), Ok(()));
+            assert_eq!(
+                verify(secret, "msg_1", "1700000000", &header, b"{}", 1_700_000_000),
+                Ok(())
+            );
         }
         let stranger = EndpointSecret::generate();
-        assert!(verify(&stranger, "msg_1", "1700000000", &header, b"{}", 1_700_000_000).is_err());
+        assert!(
+            verify(
+                &stranger,
+                "msg_1",
+                "1700000000",
+                &header,
+                b"{}",
+                1_700_000_000
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -195,6 +232,9 @@ mod tests {
         assert!(text.starts_with("whsec_"));
         assert_eq!(EndpointSecret::parse(&text).unwrap(), secret);
         assert_eq!(format!("{secret:?}"), "EndpointSecret(…)");
-        assert_eq!(EndpointSecret::parse("whsec_c2hvcnQ="), Err(SigningError::MalformedSecret));
+        assert_eq!(
+            EndpointSecret::parse("whsec_c2hvcnQ="),
+            Err(SigningError::MalformedSecret)
+        );
     }
 }

@@ -1,0 +1,255 @@
+//! JSON plumbing shared by the provider modules: exact number text, whitespace compaction for
+//! signature checks, and typed parsing with readable error paths.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::NormalizeError;
+use billhook_core::money::{Amount, Currency};
+use billhook_core::time::Timestamp;
+
+/// The exact text of a JSON number (or of a JSON string holding one), as the provider wrote it.
+///
+/// Money and big ids go through this type so that `3.69` stays `3.69` and `699158487875191900`
+/// keeps every digit: the value is never converted to a float.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumText(pub String);
+
+impl<'de> Deserialize<'de> for NumText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => serde_json::from_str::<String>(text)
+                .map(NumText)
+                .map_err(serde::de::Error::custom),
+            Some(b'-' | b'0'..=b'9') => Ok(NumText(text.to_owned())),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected a number, found `{}`",
+                truncate(text, 40)
+            ))),
+        }
+    }
+}
+
+impl NumText {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Parses the text as minor units (`479030` paise).
+    pub fn minor(&self, path: &str, currency: Currency) -> Result<Amount, NormalizeError> {
+        Amount::parse_minor(&self.0, currency).map_err(|source| NormalizeError::Money {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses the text as major units (`3.69` rupees → 369 paise).
+    pub fn major(&self, path: &str, currency: Currency) -> Result<Amount, NormalizeError> {
+        Amount::parse_major(&self.0, currency).map_err(|source| NormalizeError::Money {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses the text as unix seconds.
+    pub fn unix_seconds(&self, path: &str) -> Result<Timestamp, NormalizeError> {
+        let seconds = Amount::parse_minor(&self.0, Currency::INR)
+            .map_err(|source| NormalizeError::Money {
+                path: path.to_owned(),
+                source,
+            })?
+            .minor();
+        Timestamp::from_unix_seconds(seconds).map_err(|source| NormalizeError::Time {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// A JSON scalar (string, number or boolean) kept as text; providers are loose about whether
+/// ids and flags are strings or numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalarText(pub String);
+
+impl<'de> Deserialize<'de> for ScalarText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => serde_json::from_str::<String>(text)
+                .map(ScalarText)
+                .map_err(serde::de::Error::custom),
+            Some(b'{' | b'[') | None => Err(serde::de::Error::custom(
+                "expected a string or a number, found an object or array",
+            )),
+            Some(_) => Ok(ScalarText(text.to_owned())),
+        }
+    }
+}
+
+impl From<ScalarText> for String {
+    fn from(text: ScalarText) -> String {
+        text.0
+    }
+}
+
+/// Parses RFC 3339 / ISO 8601 text into a timestamp, naming the field on failure.
+pub fn iso_time(text: &str, path: &str) -> Result<Timestamp, NormalizeError> {
+    Timestamp::parse_rfc3339(text).map_err(|source| NormalizeError::Time {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses a body into `T`. On failure the body is parsed again, tracking the path, so the
+/// quarantine record says *where* the shape was wrong; the happy path pays nothing for that.
+pub fn parse_body<T: DeserializeOwned>(
+    body: &[u8],
+    provider: &'static str,
+) -> Result<T, NormalizeError> {
+    if let Ok(parsed) = serde_json::from_slice::<T>(body) {
+        return Ok(parsed);
+    }
+    let text = std::str::from_utf8(body).map_err(|e| NormalizeError::NotUtf8(e.valid_up_to()))?;
+    if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        return Err(NormalizeError::NotJson(error.to_string()));
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+        Ok(parsed) => Ok(parsed),
+        Err(error) => Err(NormalizeError::Shape {
+            provider,
+            detail: format!("{}: {}", error.path(), error.inner()),
+        }),
+    }
+}
+
+/// Parses a JSON sub-document the same way as [`parse_body`].
+pub fn parse_raw<T: DeserializeOwned>(
+    raw: &RawValue,
+    provider: &'static str,
+    path: &str,
+) -> Result<T, NormalizeError> {
+    parse_body(raw.get().as_bytes(), provider).map_err(|error| match error {
+        NormalizeError::Shape { provider, detail } => NormalizeError::Shape {
+            provider,
+            detail: format!("{path}.{detail}"),
+        },
+        other => other,
+    })
+}
+
+/// The body with JSON-insignificant whitespace removed: spaces, tabs and line breaks outside
+/// strings. Whitespace inside strings (`"Lego Death Star"`) is kept, escapes included. Returns
+/// `None` when nothing would change.
+pub fn compact(body: &[u8]) -> Option<Vec<u8>> {
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    if !body.iter().any(|&b| is_space(b)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in body {
+        if in_string {
+            out.push(byte);
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else if byte == b'"' {
+            in_string = true;
+            out.push(byte);
+        } else if !is_space(byte) {
+            out.push(byte);
+        }
+    }
+    (out.len() != body.len()).then_some(out)
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Deserialize)]
+    struct Probe {
+        amount: NumText,
+        id: Option<ScalarText>,
+    }
+
+    #[test]
+    fn number_text_is_exact() {
+        let probe: Probe =
+            serde_json::from_str(r#"{"amount": 3.69, "id": 699158487875191900}"#).unwrap();
+        assert_eq!(probe.amount.as_str(), "3.69");
+        assert_eq!(probe.id.unwrap().0, "699158487875191900");
+        let probe: Probe = serde_json::from_str(r#"{"amount": "99.0", "id": "x"}"#).unwrap();
+        assert_eq!(probe.amount.as_str(), "99.0");
+        assert!(serde_json::from_str::<Probe>(r#"{"amount": true}"#).is_err());
+        let probe: Probe = serde_json::from_str(r#"{"amount": 1, "id": null}"#).unwrap();
+        assert!(probe.id.is_none());
+    }
+
+    #[test]
+    fn compaction_keeps_whitespace_inside_strings() {
+        let body = b"{ \"remark\" : \"Lego Death Star\",\n  \"q\": \"a \\\" b\" }";
+        let compacted = compact(body).unwrap();
+        assert_eq!(
+            compacted,
+            b"{\"remark\":\"Lego Death Star\",\"q\":\"a \\\" b\"}".to_vec()
+        );
+        assert_eq!(compact(b"{\"a\":1}"), None);
+    }
+
+    #[test]
+    fn shape_errors_name_the_path() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Outer {
+            data: Inner,
+        }
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            amount: NumText,
+        }
+        let error = parse_body::<Outer>(br#"{"data": {"amount": {}}}"#, "zwitch").unwrap_err();
+        assert_eq!(error.code(), "unexpected_shape");
+        assert!(error.to_string().contains("data.amount"), "{error}");
+        assert_eq!(
+            parse_body::<Outer>(b"not json", "zwitch")
+                .unwrap_err()
+                .code(),
+            "invalid_json"
+        );
+        assert_eq!(
+            parse_body::<Outer>(b"{\"a\": \"\xff\"}", "zwitch")
+                .unwrap_err()
+                .code(),
+            "invalid_utf8"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn compaction_preserves_the_json_value(value in any::<std::collections::BTreeMap<String, (i32, String)>>()) {
+            let pretty = serde_json::to_vec_pretty(&value).unwrap();
+            let compacted = compact(&pretty).unwrap_or(pretty.clone());
+            prop_assert_eq!(compacted, serde_json::to_vec(&value).unwrap());
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The provider registry: the one list of providers billhook speaks, and the trait each
+//! provider module implements.
+
+use billhook_core::time::Timestamp;
+
+use crate::auth::{AuthKind, Secret, SourceAuth, Verification, VerifyError};
+use crate::emulate::{EmulateError, EmulatedEvent, GenerateOptions, Generated};
+use crate::{InboundRequest, NormalizeError, Normalized};
+
+/// Everything billhook knows about one provider.
+pub trait Provider: Send + Sync + 'static {
+    /// The name used in configuration (`provider = "razorpay"`) and on canonical events.
+    fn name(&self) -> &'static str;
+
+    /// A human title for listings (`Razorpay invoices and payments`).
+    fn title(&self) -> &'static str;
+
+    /// The authentication kinds a source of this provider may be configured with.
+    fn auth_kinds(&self) -> &'static [AuthKind];
+
+    /// Request headers worth keeping with the stored request, besides the common ones.
+    fn kept_headers(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Verifies the provider's own body signature under any of `secrets` (newest first).
+    /// Providers without a signature scheme keep the default, which refuses.
+    fn verify_signature(
+        &self,
+        secrets: &[Secret],
+        request: &InboundRequest<'_>,
+    ) -> Result<Verification, VerifyError> {
+        let _ = (secrets, request);
+        Err(VerifyError::InvalidSignature)
+    }
+
+    /// The dedup key when it can be read without parsing the body (Razorpay's event id header);
+    /// used for messages that end up quarantined.
+    fn dedup_key_hint(&self, request: &InboundRequest<'_>) -> Option<String> {
+        let _ = request;
+        None
+    }
+
+    /// Parses and normalizes a verified message into canonical event drafts.
+    fn normalize(&self, request: &InboundRequest<'_>) -> Result<Normalized, NormalizeError>;
+
+    /// The headers the provider adds when sending `body` to a source configured with `auth`:
+    /// its signature, or the configured credential.
+    fn sign(&self, auth: &SourceAuth, body: &[u8], now: Timestamp) -> Vec<(String, String)> {
+        let _ = body;
+        crate::auth::credential_headers(auth, now.unix_seconds())
+    }
+
+    /// The events the emulator can build for this provider.
+    fn emulated_events(&self) -> &'static [EmulatedEvent];
+
+    /// Builds a fresh, provider-faithful message for `event` (see [`crate::emulate`]).
+    fn generate(
+        &self,
+        event: &str,
+        options: &mut GenerateOptions,
+    ) -> Result<Generated, EmulateError>;
+}
+
+/// Every provider billhook speaks. Adding a provider adds a line here.
+pub static PROVIDERS: &[&dyn Provider] = &[
+    &crate::razorpay::Razorpay,
+    &crate::zwitch::Zwitch,
+    &crate::setu_bbps::SetuBbps,
+    &crate::caminvoice::CamInvoice,
+];
+
+/// Looks a provider up by its configuration name.
+pub fn by_name(name: &str) -> Option<&'static dyn Provider> {
+    PROVIDERS.iter().copied().find(|p| p.name() == name)
+}

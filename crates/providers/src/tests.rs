@@ -1,0 +1,541 @@
+//! Fixture-driven tests across the provider modules: every published sample normalizes to the
+//! expected canonical events, every documented variant is accepted, signatures verify the way
+//! each provider signs.
+
+use billhook_core::entity::EntityData;
+use billhook_core::event::EventType;
+use billhook_core::time::Timestamp;
+use serde_json::{Value, json};
+
+use crate::auth::{Secret, SourceAuth, SourceSpec, VerifyError};
+use crate::{InboundRequest, NormalizeError, Normalized, by_name};
+
+fn fixture(path: &str) -> Vec<u8> {
+    let full = format!("{}/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in pairs {
+        map.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    map
+}
+
+fn normalize_with(
+    provider: &str,
+    body: &[u8],
+    pairs: &[(&str, &str)],
+) -> Result<Normalized, NormalizeError> {
+    let headers = headers(pairs);
+    let request = InboundRequest {
+        headers: &headers,
+        body,
+        remote_ip: None,
+        path_token: None,
+        received_at: Timestamp::from_unix_millis(1_700_000_000_000),
+    };
+    by_name(provider).unwrap().normalize(&request)
+}
+
+fn normalize(provider: &str, body: &[u8]) -> Normalized {
+    normalize_with(provider, body, &[("x-razorpay-event-id", "EvtTest0000001")])
+        .unwrap_or_else(|e| panic!("{provider}: {e}"))
+}
+
+fn types(normalized: &Normalized) -> Vec<EventType> {
+    normalized.events.iter().map(|e| e.event_type).collect()
+}
+
+fn data_json(normalized: &Normalized, index: usize) -> Value {
+    serde_json::to_value(&normalized.events[index].data).unwrap()
+}
+
+fn codes(normalized: &Normalized) -> Vec<String> {
+    normalized.warnings.iter().map(|w| w.code.clone()).collect()
+}
+
+#[test]
+fn razorpay_invoice_paid_yields_the_invoice_and_its_payment_in_paise() {
+    for method in ["card", "netbanking", "upi", "wallet"] {
+        let normalized = normalize(
+            "razorpay",
+            &fixture(&format!("razorpay/invoice.paid.{method}.json")),
+        );
+        assert_eq!(
+            types(&normalized),
+            [EventType::InvoicePaid, EventType::PaymentSucceeded]
+        );
+        assert_eq!(normalized.provider_event, "invoice.paid");
+        assert_eq!(normalized.dedup_key, "event:EvtTest0000001");
+        let invoice = data_json(&normalized, 0);
+        assert_eq!(invoice["amount"], json!(479030));
+        assert_eq!(invoice["amount_paid"], json!(479030));
+        assert_eq!(invoice["amount_due"], json!(0));
+        assert_eq!(invoice["tax_amount"], json!(54030));
+        assert_eq!(invoice["currency"], json!("INR"));
+        assert_eq!(invoice["status"], json!("paid"));
+        assert_eq!(invoice["buyer"]["gstin"], json!("24AABCJ1087G1ZT"));
+        let payment = data_json(&normalized, 1);
+        assert_eq!(payment["amount"], json!(479030));
+        assert_eq!(payment["status"], json!("succeeded"));
+        assert_eq!(payment["provider_status"], json!("captured"));
+        assert_eq!(payment["rail"], json!(method));
+        assert_eq!(payment["fee"], json!(11305));
+        assert_eq!(
+            payment["references"]["invoice_id"],
+            invoice["provider_invoice_id"]
+        );
+        assert_eq!(payment["references"]["order_id"], invoice["order_id"]);
+        assert!(codes(&normalized).is_empty(), "{:?}", normalized.warnings);
+        let occurred = normalized.events[0].occurred_at.unwrap();
+        assert_eq!(occurred.unix_seconds(), invoice_created_at(method));
+    }
+}
+
+fn invoice_created_at(method: &str) -> i64 {
+    let body: Value =
+        serde_json::from_slice(&fixture(&format!("razorpay/invoice.paid.{method}.json"))).unwrap();
+    body["created_at"].as_i64().unwrap()
+}
+
+#[test]
+fn razorpay_payment_events_and_unknown_events() {
+    let payment_only = json!({
+        "entity": "event", "event": "payment.captured", "contains": ["payment"],
+        "payload": {"payment": {"entity": {"id": "pay_X", "amount": 9007199254740993u64, "currency": "INR",
+            "status": "captured", "method": "upi", "vpa": "not a vpa", "created_at": 1567687127}}},
+        "created_at": 1567687127
+    });
+    let normalized = normalize("razorpay", payment_only.to_string().as_bytes());
+    assert_eq!(types(&normalized), [EventType::PaymentSucceeded]);
+    assert_eq!(
+        data_json(&normalized, 0)["amount"],
+        json!(9_007_199_254_740_993_i64)
+    );
+    assert_eq!(codes(&normalized), ["invalid_vpa"]);
+
+    let authorized = payment_only
+        .to_string()
+        .replace("\"captured\"", "\"authorized\"");
+    assert_eq!(
+        types(&normalize("razorpay", authorized.as_bytes())),
+        [EventType::PaymentAuthorized]
+    );
+
+    let refund = json!({"event": "refund.created", "payload": {}});
+    let error = normalize_with("razorpay", refund.to_string().as_bytes(), &[]).unwrap_err();
+    assert_eq!(error.code(), "unsupported_event");
+}
+
+#[test]
+fn zwitch_upi_amounts_are_decimal_rupees() {
+    let created = normalize("zwitch", &fixture("zwitch_upi/payments.created.json"));
+    assert_eq!(types(&created), [EventType::PaymentCreated]);
+    let payment = data_json(&created, 0);
+    assert_eq!(payment["amount"], json!(100));
+    assert_eq!(payment["currency"], json!("INR"));
+    assert_eq!(payment["status"], json!("pending"));
+    assert_eq!(
+        payment["references"]["merchant_reference"],
+        json!("1000247")
+    );
+    assert_eq!(
+        payment["references"]["bank_reference"],
+        json!("220601503307")
+    );
+    assert_eq!(
+        created.dedup_key,
+        "payments.created:evl_llAStNiyWShkO2EaGM1k8iL9C"
+    );
+    assert_eq!(
+        created.provider_event_id.as_deref(),
+        Some("evl_llAStNiyWShkO2EaGM1k8iL9C")
+    );
+
+    let updated = normalize("zwitch", &fixture("zwitch_upi/payments.updated.json"));
+    assert_eq!(types(&updated), [EventType::PaymentSucceeded]);
+    let payment = data_json(&updated, 0);
+    assert_eq!(payment["completed_at"], json!("2022-07-25T09:31:36Z"));
+    assert_eq!(payment["settled"], json!(true));
+    assert_eq!(payment["payer"]["ifsc"], json!("HDFC0000123"));
+
+    // `3.69` rupees is exactly 369 paise.
+    let mut body: Value =
+        serde_json::from_slice(&fixture("zwitch_upi/payments.updated.json")).unwrap();
+    body["data"]["object"]["amount"] = serde_json::from_str("3.69").unwrap();
+    let normalized = normalize("zwitch", body.to_string().as_bytes());
+    assert_eq!(data_json(&normalized, 0)["amount"], json!(369));
+    body["data"]["object"]["amount"] = serde_json::from_str("3.691").unwrap();
+    let error = normalize_with("zwitch", body.to_string().as_bytes(), &[]).unwrap_err();
+    assert_eq!(error.code(), "invalid_amount");
+    assert!(error.to_string().contains("data.object.amount"), "{error}");
+}
+
+#[test]
+fn zwitch_documented_variants() {
+    // `payment.created` as the seed's table spells it.
+    let body = String::from_utf8(fixture("zwitch_upi/payments.created.json")).unwrap();
+    let singular = body.replace("\"payments.created\"", "\"payment.created\"");
+    assert_eq!(
+        types(&normalize("zwitch", singular.as_bytes())),
+        [EventType::PaymentCreated]
+    );
+
+    // The object directly under `data`.
+    let mut value: Value = serde_json::from_str(&body).unwrap();
+    let object = value["data"]["object"].take();
+    value["data"] = object;
+    let flat = normalize("zwitch", value.to_string().as_bytes());
+    assert_eq!(data_json(&flat, 0)["amount"], json!(100));
+
+    // An unknown status is kept verbatim, not refused.
+    let odd = body.replace("\"pending\"", "\"on_hold\"");
+    let normalized = normalize("zwitch", odd.as_bytes());
+    assert_eq!(types(&normalized), [EventType::PaymentUpdated]);
+    assert_eq!(
+        data_json(&normalized, 0)["provider_status"],
+        json!("on_hold")
+    );
+    assert_eq!(codes(&normalized), ["unknown_status"]);
+
+    // A failed collect.
+    let failed = String::from_utf8(fixture("zwitch_upi/payments.updated.json"))
+        .unwrap()
+        .replace("\"success\"", "\"failed\"");
+    assert_eq!(
+        types(&normalize("zwitch", failed.as_bytes())),
+        [EventType::PaymentFailed]
+    );
+}
+
+#[test]
+fn bharat_connect_lifecycle_and_spellings() {
+    let expectations = [
+        (
+            "invoice.create",
+            EventType::InvoiceIssued,
+            Some("sent_to_buyer"),
+        ),
+        (
+            "invoice.confirm",
+            EventType::InvoiceAccepted,
+            Some("accepted"),
+        ),
+        (
+            "invoice.change_status",
+            EventType::InvoiceStatusChanged,
+            Some("closed"),
+        ),
+        ("invoice.edit", EventType::InvoiceUpdated, None),
+    ];
+    for (file, expected, status) in expectations {
+        let normalized = normalize("zwitch", &fixture(&format!("bharat_connect/{file}.json")));
+        assert_eq!(types(&normalized), [expected], "{file}");
+        let invoice = data_json(&normalized, 0);
+        assert_eq!(invoice["status"], json!(status), "{file}");
+        assert_eq!(invoice["line_items"][0]["unit_price"], json!(200), "{file}");
+        assert_eq!(invoice["line_items"][0]["hsn_code"], json!("19059040"));
+        assert_eq!(invoice["number"], json!("INV0012312"));
+        assert!(normalized.sandbox);
+        let warnings = codes(&normalized);
+        // The samples' GSTINs are invalid and their totals do not add up: warned, not refused.
+        assert_eq!(
+            warnings.iter().filter(|c| *c == "invalid_gstin").count(),
+            2,
+            "{file}"
+        );
+        assert!(warnings.contains(&"totals_mismatch".to_owned()), "{file}");
+    }
+    let create = normalize("zwitch", &fixture("bharat_connect/invoice.create.json"));
+    assert_eq!(data_json(&create, 0)["amount"], json!(400));
+    assert_eq!(data_json(&create, 0)["direction"], json!("outgoing"));
+    assert_eq!(
+        data_json(
+            &normalize("zwitch", &fixture("bharat_connect/invoice.confirm.json")),
+            0
+        )["direction"],
+        json!("incoming")
+    );
+
+    // The seed names the edit event `change_status` a second time; it has no status.
+    let edit = String::from_utf8(fixture("bharat_connect/invoice.edit.json"))
+        .unwrap()
+        .replace(
+            "bharat_connect.invoice.edit",
+            "bharat_connect.invoice.change_status",
+        );
+    assert_eq!(
+        types(&normalize("zwitch", edit.as_bytes())),
+        [EventType::InvoiceUpdated]
+    );
+
+    let rejected = String::from_utf8(fixture("bharat_connect/invoice.confirm.json"))
+        .unwrap()
+        .replace("\"ACCEPTED\"", "\"REJECTED\"");
+    assert_eq!(
+        types(&normalize("zwitch", rejected.as_bytes())),
+        [EventType::InvoiceRejected]
+    );
+}
+
+#[test]
+fn setu_bbps_amounts_statuses_and_big_ids() {
+    let fetch = normalize("setu_bbps", &fixture("setu_bbps/BILL_FETCH.json"));
+    assert_eq!(types(&fetch), [EventType::BillFetched]);
+    let bill = data_json(&fetch, 0);
+    assert_eq!(bill["amount"], json!(60500));
+    assert_eq!(bill["payment_limits"][4]["max"], json!(4_999_900));
+    assert_eq!(
+        fetch.events[0].occurred_at.unwrap().to_rfc3339(),
+        "2023-08-27T11:39:24.566Z"
+    );
+    assert_eq!(
+        fetch.dedup_key,
+        "BILL_FETCH:CJLJBQK91PA0FD9MPMK0W75BD9M32391709:success"
+    );
+
+    for (file, expected) in [
+        ("BILL_PAY.PROCESSING", EventType::PaymentProcessing),
+        ("BILL_PAY.SUCCESS", EventType::PaymentSucceeded),
+        ("BILL_PAY.FAILURE", EventType::PaymentFailed),
+    ] {
+        let pay = normalize("setu_bbps", &fixture(&format!("setu_bbps/{file}.json")));
+        assert_eq!(types(&pay), [expected]);
+        let payment = data_json(&pay, 0);
+        assert_eq!(payment["amount"], json!(10000));
+        assert_eq!(payment["rail"], json!("bbps"));
+        assert_eq!(payment["method"], json!("UPI"));
+        assert_eq!(
+            payment["references"]["bill_ref_id"],
+            json!("HENSVVR4QOS7X1UGPY7JGUV444P10102202")
+        );
+    }
+    // Statuses in any case mean the same, and dedup agrees.
+    let mixed = String::from_utf8(fixture("setu_bbps/BILL_PAY.SUCCESS.json"))
+        .unwrap()
+        .replace("\"SUCCESS\"", "\"Success\"");
+    let mixed = normalize("setu_bbps", mixed.as_bytes());
+    assert_eq!(types(&mixed), [EventType::PaymentSucceeded]);
+    let upper = normalize("setu_bbps", &fixture("setu_bbps/BILL_PAY.SUCCESS.json"));
+    assert_eq!(mixed.dedup_key, upper.dedup_key);
+
+    let dispute = normalize("setu_bbps", &fixture("setu_bbps/BILL_DISPUTE.json"));
+    assert_eq!(types(&dispute), [EventType::DisputeUpdated]);
+    assert_eq!(data_json(&dispute, 0)["status"], json!("resolved"));
+
+    let billers = normalize("setu_bbps", &fixture("setu_bbps/BILLER_UPDATES.json"));
+    assert_eq!(types(&billers), [EventType::BillerUpdated]);
+    let biller = data_json(&billers, 0);
+    assert_eq!(biller["id"], json!("699158487875191900"));
+    assert_eq!(biller["plans"][0]["id"], json!("773944272117303200"));
+    assert_eq!(biller["plans"][0]["amount"], json!(9900));
+    assert_eq!(biller["plans"][1]["amount"], json!(29900));
+    assert_eq!(biller["payment_channels"][0]["max"], json!(500_000_000));
+    assert!(billers.dedup_key.starts_with("sha256:"));
+
+    // A BILLER_UPDATES array yields one event per biller.
+    let mut two: Value = serde_json::from_slice(&fixture("setu_bbps/BILLER_UPDATES.json")).unwrap();
+    let mut second = two["data"][0].clone();
+    second["ID"] = serde_json::from_str("12345678901234567890").unwrap();
+    two["data"].as_array_mut().unwrap().push(second);
+    let both = normalize("setu_bbps", two.to_string().as_bytes());
+    assert_eq!(both.events.len(), 2);
+    assert_eq!(data_json(&both, 1)["id"], json!("12345678901234567890"));
+}
+
+#[test]
+fn caminvoice_documents() {
+    let expectations = [
+        ("DOCUMENT.DELIVERED", EventType::DocumentDelivered),
+        ("DOCUMENT.RECEIVED", EventType::DocumentReceived),
+        ("DOCUMENT.STATUS_UPDATED", EventType::InvoiceStatusChanged),
+        ("ENTITY.REVOKED", EventType::NetworkMemberRevoked),
+    ];
+    for (file, expected) in expectations {
+        let normalized = normalize("caminvoice", &fixture(&format!("caminvoice/{file}.json")));
+        assert_eq!(types(&normalized), [expected], "{file}");
+        assert!(
+            normalized.warnings.is_empty(),
+            "{file}: {:?}",
+            normalized.warnings
+        );
+    }
+    let status = normalize(
+        "caminvoice",
+        &fixture("caminvoice/DOCUMENT.STATUS_UPDATED.json"),
+    );
+    assert_eq!(
+        status.dedup_key,
+        "DOCUMENT.STATUS_UPDATED:df5dcf78-e78b-4396-87bb-2d2a44c1302e:ACCEPTED"
+    );
+    match &status.events[0].data {
+        EntityData::Document(document) => {
+            assert_eq!(document.status.as_deref(), Some("accepted"));
+            assert_eq!(document.member_id.as_deref(), Some("KHUID000001"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let revoked = normalize("caminvoice", &fixture("caminvoice/ENTITY.REVOKED.json"));
+    assert_eq!(revoked.dedup_key, "ENTITY.REVOKED:KHUID000001");
+}
+
+#[test]
+fn bad_bodies_are_named_by_code() {
+    assert_eq!(
+        normalize_with("zwitch", b"not json", &[])
+            .unwrap_err()
+            .code(),
+        "invalid_json"
+    );
+    assert_eq!(
+        normalize_with("zwitch", b"{\"id\": \"\xff\"}", &[])
+            .unwrap_err()
+            .code(),
+        "invalid_utf8"
+    );
+    assert_eq!(
+        normalize_with("caminvoice", b"{\"type\": 5}", &[])
+            .unwrap_err()
+            .code(),
+        "unexpected_shape"
+    );
+    let deep = "[".repeat(100_000);
+    assert_eq!(
+        normalize_with("setu_bbps", deep.as_bytes(), &[])
+            .unwrap_err()
+            .code(),
+        "invalid_json"
+    );
+}
+
+fn verify(spec: &SourceSpec, body: &[u8], pairs: &[(&str, &str)]) -> Result<String, VerifyError> {
+    let headers = headers(pairs);
+    let request = InboundRequest {
+        headers: &headers,
+        body,
+        remote_ip: None,
+        path_token: None,
+        received_at: Timestamp::now(),
+    };
+    spec.verify(&request).map(|v| v.detail)
+}
+
+fn signature_source(provider: &str, secrets: &[&str]) -> SourceSpec {
+    let auth = SourceAuth::Signature {
+        secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+    };
+    SourceSpec::new(provider, provider, Some(auth), vec![]).unwrap()
+}
+
+#[test]
+fn razorpay_public_sdk_vector_rotation_and_tamper() {
+    let body = br#"{"a":1,"b":2,"c":{"d":3}}"#;
+    let vector = "2fe04e22977002e6c7cb553adab8b460cb9e2a4970d5953cb27a8472752e3bbc";
+    let source = signature_source("razorpay", &["123456"]);
+    assert!(verify(&source, body, &[("X-Razorpay-Signature", vector)]).is_ok());
+    let signed = by_name("razorpay")
+        .unwrap()
+        .sign(&source.auth, body, Timestamp::now());
+    assert_eq!(
+        signed,
+        [("X-Razorpay-Signature".to_owned(), vector.to_owned())]
+    );
+
+    // Rotation: the previous secret still verifies.
+    let rotated = signature_source("razorpay", &["new-secret", "123456"]);
+    assert_eq!(
+        verify(&rotated, body, &[("X-Razorpay-Signature", vector)]).unwrap(),
+        "previous secret (2 of 2)"
+    );
+    // One changed byte is refused.
+    let tampered = br#"{"a":1,"b":2,"c":{"d":4}}"#;
+    assert_eq!(
+        verify(&source, tampered, &[("X-Razorpay-Signature", vector)]),
+        Err(VerifyError::InvalidSignature)
+    );
+    assert_eq!(
+        verify(&source, body, &[]),
+        Err(VerifyError::MissingSignature("x-razorpay-signature"))
+    );
+    assert_eq!(
+        verify(&source, body, &[("X-Razorpay-Signature", "zz")]),
+        Err(VerifyError::MalformedSignature("x-razorpay-signature"))
+    );
+    // Upper-case hex is the same signature.
+    assert!(
+        verify(
+            &source,
+            body,
+            &[("X-Razorpay-Signature", &vector.to_uppercase())]
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn zwitch_accepts_a_signature_over_the_compact_body() {
+    let pretty = fixture("zwitch_upi/payments.created.json");
+    let compact = crate::json::compact(&pretty).unwrap();
+    let secret = "zwitch-signing-secret";
+    let source = signature_source("zwitch", &[secret]);
+    let over_compact = crate::auth::hex_hmac(secret, &compact);
+    let detail = verify(&source, &pretty, &[("x-zwitch-signature", &over_compact)]).unwrap();
+    assert!(
+        detail.starts_with("body without insignificant whitespace"),
+        "{detail}"
+    );
+    let over_raw = crate::auth::hex_hmac(secret, &pretty);
+    let detail = verify(&source, &pretty, &[("x-zwitch-signature", &over_raw)]).unwrap();
+    assert!(detail.starts_with("raw body"), "{detail}");
+    // Removing the spaces inside "Lego Death Star" is not the provider's compaction.
+    let wrongly = String::from_utf8(compact)
+        .unwrap()
+        .replace("Lego Death Star", "LegoDeathStar");
+    let wrong = crate::auth::hex_hmac(secret, wrongly.as_bytes());
+    assert_eq!(
+        verify(&source, &pretty, &[("x-zwitch-signature", &wrong)]),
+        Err(VerifyError::InvalidSignature)
+    );
+}
+
+#[test]
+fn every_emulated_event_normalizes_without_warnings() {
+    for provider in crate::PROVIDERS {
+        for event in provider.emulated_events() {
+            let variants: Vec<Option<&str>> = if event.variants.is_empty() {
+                vec![None]
+            } else {
+                event.variants.iter().map(|v| Some(*v)).collect()
+            };
+            for variant in variants {
+                let mut options = crate::emulate::GenerateOptions::new(Timestamp::now(), Some(42));
+                options.variant = variant.map(str::to_owned);
+                let generated = provider.generate(event.name, &mut options).unwrap();
+                let body = generated.body();
+                let pairs: Vec<(&str, &str)> = generated
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let normalized =
+                    normalize_with(provider.name(), &body, &pairs).unwrap_or_else(|e| {
+                        panic!("{} {} {variant:?}: {e}", provider.name(), event.name)
+                    });
+                assert_eq!(normalized.provider_event, event.name);
+                assert!(!normalized.events.is_empty());
+                assert!(
+                    normalized.warnings.is_empty(),
+                    "{} {} {variant:?}: {:?}",
+                    provider.name(),
+                    event.name,
+                    normalized.warnings
+                );
+            }
+        }
+    }
+}
