@@ -1,0 +1,283 @@
+//! Writes on SQLite: ingests, reprocessing and dedup pruning.
+
+use billhook_core::ids::{EventId, InboundId};
+use billhook_core::time::Timestamp;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{SqliteStore, db_error};
+use crate::StoreError;
+use crate::model::*;
+
+impl SqliteStore {
+    pub(crate) async fn ingest(&self, write: IngestWrite) -> Result<IngestOutcome, StoreError> {
+        self.write(move |connection| ingest(connection, &write))
+            .await
+    }
+
+    pub(crate) async fn reprocess(
+        &self,
+        id: InboundId,
+        outcome: Reprocess,
+    ) -> Result<ReprocessOutcome, StoreError> {
+        self.write(move |connection| reprocess(connection, id, outcome))
+            .await
+    }
+
+    pub(crate) async fn prune_dedup(&self, now: Timestamp, batch: u32) -> Result<u64, StoreError> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "DELETE FROM dedup WHERE rowid IN
+                       (SELECT rowid FROM dedup WHERE expires_at <= ?1 LIMIT ?2)",
+                )
+                .and_then(|mut statement| statement.execute(params![now.unix_millis(), batch]))
+                .map(|deleted| deleted as u64)
+                .map_err(db_error)
+        })
+        .await
+    }
+}
+
+/// Takes the dedup key for `inbound_id` unless another live request holds it; returns the holder.
+fn claim_dedup(
+    connection: &Connection,
+    source: &str,
+    key: &str,
+    inbound_id: InboundId,
+    now: Timestamp,
+    expires_at: Timestamp,
+) -> Result<Option<InboundId>, StoreError> {
+    let claimed = connection
+        .prepare_cached(
+            "INSERT INTO dedup (source, key, inbound_id, expires_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (source, key) DO UPDATE
+               SET inbound_id = excluded.inbound_id, expires_at = excluded.expires_at
+               WHERE dedup.expires_at <= ?5",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                source,
+                key,
+                inbound_id.to_string(),
+                expires_at.unix_millis(),
+                now.unix_millis()
+            ])
+        })
+        .map_err(db_error)?;
+    if claimed == 1 {
+        return Ok(None);
+    }
+    let holder: String = connection
+        .prepare_cached("SELECT inbound_id FROM dedup WHERE source = ?1 AND key = ?2")
+        .and_then(|mut statement| statement.query_row(params![source, key], |row| row.get(0)))
+        .map_err(db_error)?;
+    parse_id(&holder).map(Some)
+}
+
+fn ingest(connection: &Connection, write: &IngestWrite) -> Result<IngestOutcome, StoreError> {
+    let inbound = &write.inbound;
+    if let Some(original) = claim_dedup(
+        connection,
+        &inbound.source,
+        &inbound.dedup_key,
+        inbound.id,
+        inbound.received_at,
+        write.dedup_expires_at,
+    )? {
+        return Ok(IngestOutcome::Duplicate {
+            inbound_id: original,
+            event_ids: event_ids_of(connection, original)?,
+        });
+    }
+    insert_inbound(connection, inbound)?;
+    insert_events(connection, inbound.id, &write.events)?;
+    Ok(IngestOutcome::Stored {
+        inbound_id: inbound.id,
+        event_ids: write.events.iter().map(|e| e.id).collect(),
+    })
+}
+
+fn insert_inbound(connection: &Connection, inbound: &NewInbound) -> Result<(), StoreError> {
+    let headers =
+        serde_json::to_string(&inbound.headers).map_err(|e| StoreError::Database(e.to_string()))?;
+    connection
+        .prepare_cached(
+            "INSERT INTO inbound (id, source, provider, received_at, status, provider_event,
+                provider_event_id, dedup_key, verification, remote_addr, headers, body,
+                error_code, error_message, processed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                inbound.id.to_string(),
+                inbound.source,
+                inbound.provider,
+                inbound.received_at.unix_millis(),
+                inbound.status.as_str(),
+                inbound.provider_event,
+                inbound.provider_event_id,
+                inbound.dedup_key,
+                inbound.verification,
+                inbound.remote_addr,
+                headers,
+                &inbound.body[..],
+                inbound.error.as_ref().map(|e| &e.code),
+                inbound.error.as_ref().map(|e| &e.message),
+                (inbound.status == InboundStatus::Processed)
+                    .then(|| inbound.received_at.unix_millis()),
+            ])
+        })
+        .map_err(db_error)?;
+    Ok(())
+}
+
+fn insert_events(
+    connection: &Connection,
+    inbound_id: InboundId,
+    events: &[NewEvent],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut statement = connection
+        .prepare_cached(
+            "INSERT INTO events (id, type, source, subject_kind, subject_id, inbound_id,
+                occurred_at, received_at, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .map_err(db_error)?;
+    let inbound_id = inbound_id.to_string();
+    for event in events {
+        statement
+            .execute(params![
+                event.id.to_string(),
+                event.event_type,
+                event.source,
+                event.subject_kind,
+                event.subject_id,
+                inbound_id,
+                event.occurred_at.unix_millis(),
+                event.received_at.unix_millis(),
+                &event.payload[..],
+            ])
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+pub(super) fn event_ids_of(
+    connection: &Connection,
+    inbound_id: InboundId,
+) -> Result<Vec<EventId>, StoreError> {
+    let mut statement = connection
+        .prepare_cached("SELECT id FROM events WHERE inbound_id = ?1 ORDER BY id")
+        .map_err(db_error)?;
+    let ids = statement
+        .query_map([inbound_id.to_string()], |row| row.get::<_, String>(0))
+        .map_err(db_error)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_error)?;
+    ids.iter().map(|id| parse_id(id)).collect()
+}
+
+fn reprocess(
+    connection: &Connection,
+    id: InboundId,
+    outcome: Reprocess,
+) -> Result<ReprocessOutcome, StoreError> {
+    let current: Option<(String, String, String)> = connection
+        .prepare_cached("SELECT status, source, dedup_key FROM inbound WHERE id = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row([id.to_string()], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
+        })
+        .map_err(db_error)?;
+    let Some((status, source, old_key)) = current else {
+        return Ok(ReprocessOutcome::NotQuarantined);
+    };
+    if status != InboundStatus::Quarantined.as_str() {
+        return Ok(ReprocessOutcome::NotQuarantined);
+    }
+    let now = Timestamp::now();
+    match outcome {
+        Reprocess::StillFailing(error) => {
+            connection
+                .prepare_cached(
+                    "UPDATE inbound SET error_code = ?2, error_message = ?3 WHERE id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![id.to_string(), error.code, error.message])
+                })
+                .map_err(db_error)?;
+            Ok(ReprocessOutcome::StillQuarantined)
+        }
+        Reprocess::Normalized {
+            provider_event,
+            provider_event_id,
+            dedup_key,
+            events,
+            dedup_expires_at,
+        } => {
+            if dedup_key != old_key {
+                if let Some(holder) =
+                    claim_dedup(connection, &source, &dedup_key, id, now, dedup_expires_at)?
+                {
+                    connection
+                        .prepare_cached(
+                            "UPDATE inbound SET status = 'duplicate', duplicate_of = ?2,
+                                provider_event = ?3, provider_event_id = ?4, processed_at = ?5
+                             WHERE id = ?1",
+                        )
+                        .and_then(|mut statement| {
+                            statement.execute(params![
+                                id.to_string(),
+                                holder.to_string(),
+                                provider_event,
+                                provider_event_id,
+                                now.unix_millis()
+                            ])
+                        })
+                        .map_err(db_error)?;
+                    return Ok(ReprocessOutcome::DuplicateOf(holder));
+                }
+                connection
+                    .prepare_cached(
+                        "DELETE FROM dedup WHERE source = ?1 AND key = ?2 AND inbound_id = ?3",
+                    )
+                    .and_then(|mut statement| {
+                        statement.execute(params![source, old_key, id.to_string()])
+                    })
+                    .map_err(db_error)?;
+            }
+            connection
+                .prepare_cached(
+                    "UPDATE inbound SET status = 'processed', provider_event = ?2,
+                        provider_event_id = ?3, dedup_key = ?4, error_code = NULL,
+                        error_message = NULL, processed_at = ?5
+                     WHERE id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        id.to_string(),
+                        provider_event,
+                        provider_event_id,
+                        dedup_key,
+                        now.unix_millis()
+                    ])
+                })
+                .map_err(db_error)?;
+            insert_events(connection, id, &events)?;
+            Ok(ReprocessOutcome::Processed {
+                event_ids: events.iter().map(|e| e.id).collect(),
+            })
+        }
+    }
+}
+
+pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(format!("`{text}` is not a valid id")))
+}
