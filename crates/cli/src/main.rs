@@ -1,1 +1,257 @@
-fn main() {}
+//! `billhook`: the one binary. `serve` runs the gateway; the other subcommands talk to a running
+//! gateway's admin API or emulate providers.
+
+// The binary is where billhook talks to its user; libraries below it only log.
+#![allow(clippy::print_stderr)]
+
+mod client;
+mod output;
+mod serve;
+mod starter;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A webhook gateway for invoice, payment and bill events from Razorpay, Zwitch (UPI collect and
+/// Bharat Connect), Setu BBPS and CamInvoice.
+#[derive(Debug, Parser)]
+#[command(name = "billhook", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway: receive, verify, store and serve the admin API.
+    Serve(serve::ServeArgs),
+    /// List or show canonical events.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// List or show stored provider requests (e.g. the quarantined ones).
+    Inbound {
+        #[command(subcommand)]
+        command: InboundCommand,
+    },
+    /// Run quarantined requests through today's provider code again.
+    Reprocess(ReprocessArgs),
+}
+
+/// How to reach a running billhook.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Remote {
+    /// The billhook server (default: http:// + the configured listen address).
+    #[arg(long, env = "BILLHOOK_URL", global = true)]
+    url: Option<String>,
+    /// The admin token (default: BILLHOOK_ADMIN_TOKEN, then the data directory's admin-token).
+    #[arg(
+        long,
+        env = "BILLHOOK_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
+    /// The configuration file, to find the listen address and data directory.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// List events, newest first.
+    List {
+        /// Only this canonical type (`invoice.paid`).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this subject (the provider's id of the invoice, payment…).
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Continue after this cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one event with its stored request.
+    Show {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InboundCommand {
+    /// List stored requests, newest first.
+    List {
+        /// processed, quarantined or duplicate.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one stored request, body included.
+    Show {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ReprocessArgs {
+    /// Reprocess these requests (default: every quarantined request).
+    ids: Vec<String>,
+    /// Only requests of this source.
+    #[arg(long)]
+    source: Option<String>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// Why a command failed; printed on standard error with exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    #[error(transparent)]
+    Config(#[from] billhook_server::config::ConfigError),
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("cannot reach billhook at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Run(#[from] billhook_server::RunError),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("billhook: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("billhook: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Events { command } => match command {
+            EventsCommand::List {
+                event_type,
+                source,
+                subject,
+                limit,
+                cursor,
+                remote,
+            } => {
+                let client = client::Client::connect(&remote)?;
+                let mut query = vec![("limit", limit.to_string())];
+                push(&mut query, "type", event_type);
+                push(&mut query, "source", source);
+                push(&mut query, "subject", subject);
+                push(&mut query, "cursor", cursor);
+                let page = client.get("/v1/events", &query).await?;
+                output::events(&page, remote.json);
+                Ok(())
+            }
+            EventsCommand::Show { id, remote } => {
+                let client = client::Client::connect(&remote)?;
+                let detail = client.get(&format!("/v1/events/{id}"), &[]).await?;
+                output::pretty(&detail);
+                Ok(())
+            }
+        },
+        Command::Inbound { command } => match command {
+            InboundCommand::List {
+                status,
+                source,
+                limit,
+                cursor,
+                remote,
+            } => {
+                let client = client::Client::connect(&remote)?;
+                let mut query = vec![("limit", limit.to_string())];
+                push(&mut query, "status", status);
+                push(&mut query, "source", source);
+                push(&mut query, "cursor", cursor);
+                let page = client.get("/v1/inbound", &query).await?;
+                output::inbound(&page, remote.json);
+                Ok(())
+            }
+            InboundCommand::Show { id, remote } => {
+                let client = client::Client::connect(&remote)?;
+                let detail = client.get(&format!("/v1/inbound/{id}"), &[]).await?;
+                output::pretty(&detail);
+                Ok(())
+            }
+        },
+        Command::Reprocess(args) => {
+            let client = client::Client::connect(&args.remote)?;
+            let mut results = Vec::new();
+            if args.ids.is_empty() {
+                let body = serde_json::json!({ "source": args.source });
+                let summary = client.post("/v1/inbound/reprocess", &body).await?;
+                if let Some(items) = summary["results"].as_array() {
+                    results.extend(items.iter().cloned());
+                }
+            } else {
+                for id in &args.ids {
+                    results.push(
+                        client
+                            .post(
+                                &format!("/v1/inbound/{id}/reprocess"),
+                                &serde_json::json!({}),
+                            )
+                            .await?,
+                    );
+                }
+            }
+            output::reprocessed(&results, args.remote.json);
+            Ok(())
+        }
+    }
+}
+
+fn push(query: &mut Vec<(&'static str, String)>, name: &'static str, value: Option<String>) {
+    if let Some(value) = value {
+        query.push((name, value));
+    }
+}

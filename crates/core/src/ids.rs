@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 use rand::RngCore;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -22,12 +23,28 @@ pub enum IdError {
     Malformed(String),
 }
 
-/// Draws the 80 random bits of a new ULID. Shared by every id kind.
+/// The last id handed out, so that ids made in the same millisecond still sort in creation
+/// order (the events of one message keep their order in listings).
+static LAST: Mutex<u128> = Mutex::new(0);
+
+/// Draws the 80 random bits of a new ULID; within the millisecond of the previous id it is the
+/// previous id plus one instead. Shared by every id kind.
 fn fresh_ulid(at: Timestamp) -> Ulid {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes[6..]);
     let random = u128::from_be_bytes(bytes);
-    Ulid::from_parts(at.unix_millis().max(0).unsigned_abs(), random)
+    let candidate = Ulid::from_parts(at.unix_millis().max(0).unsigned_abs(), random);
+    let Ok(mut last) = LAST.lock() else {
+        return candidate;
+    };
+    let previous = Ulid(*last);
+    let next = if previous.timestamp_ms() == candidate.timestamp_ms() && candidate.0 <= previous.0 {
+        Ulid(previous.0.wrapping_add(1))
+    } else {
+        candidate
+    };
+    *last = next.0;
+    next
 }
 
 fn parse_prefixed(text: &str, prefix: &'static str) -> Result<Ulid, IdError> {
@@ -174,6 +191,14 @@ mod tests {
         assert!(earlier.to_string() < later.to_string());
         assert_eq!(earlier.created_at().unix_millis(), 1_700_000_000_000);
         assert!(EventId::lower_bound(later.created_at()) <= later);
+    }
+
+    #[test]
+    fn ids_of_one_millisecond_keep_creation_order() {
+        let at = Timestamp::from_unix_millis(1_800_000_000_000);
+        let ids: Vec<EventId> = (0..1000).map(|_| EventId::new_at(at)).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(ids.iter().all(|id| id.created_at() == at));
     }
 
     #[test]

@@ -458,12 +458,12 @@ impl Payment {
         let amount = self.amount.minor(&format!("{AT}.amount"), currency)?;
         warnings.vpa(self.vpa.as_deref(), &format!("{AT}.vpa"));
         let acquirer = self.acquirer_data;
-        let failure = (self.error_code.is_some() || self.error_description.is_some()).then(|| {
+        let failure = (self.error_code.is_some() || self.error_description.is_some()).then_some(
             PaymentFailure {
                 code: self.error_code,
                 reason: self.error_description,
-            }
-        });
+            },
+        );
         let (card, payer_name) = match self.card {
             Some(card) => (
                 Some(CardInfo {

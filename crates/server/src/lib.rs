@@ -1,1 +1,90 @@
-//! placeholder
+//! billhook's server: the HTTP edge (ingest, admin API, health) and its background work, put
+//! together in one composition root, [`run`].
+//!
+//! Configuration is validated into [`config::Settings`] before anything starts; the store is
+//! opened here; handlers only translate between HTTP and the store, provider and core layers.
+
+mod api;
+mod background;
+pub mod config;
+pub mod error;
+mod health;
+mod ingest;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use billhook_store::{Store, StoreError};
+use tokio::net::TcpListener;
+
+pub use config::Settings;
+pub use ingest::redact_signature;
+
+use crate::error::{ApiError, ErrorCode};
+
+/// Shared state of a running server.
+pub struct App {
+    pub settings: Settings,
+    pub store: Store,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot open the database ({0})")]
+    Store(#[from] StoreError),
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs billhook until `shutdown` resolves: opens the store, serves HTTP on `listener`, runs the
+/// background tasks, then drains in-flight requests and closes the store.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let store = Store::open(&settings.database).await?;
+    let schema = store.schema_version().await?;
+    tracing::info!(database = %settings.database.describe(), schema, "database ready");
+    let app = Arc::new(App { settings, store });
+    let background = background::spawn(Arc::clone(&app));
+    let address = listener.local_addr()?;
+    tracing::info!(%address, sources = app.settings.sources.len(), "billhook is listening");
+    let served = axum::serve(
+        listener,
+        router(Arc::clone(&app)).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    background.stop().await;
+    app.store.close().await;
+    tracing::info!("billhook stopped");
+    served.map_err(RunError::from)
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/ingest/{source}", post(ingest::receive))
+        .route("/ingest/{source}/{token}", post(ingest::receive_with_token))
+        .route("/healthz", get(health::alive))
+        .route("/readyz", get(health::ready))
+        .nest("/v1", api::router(Arc::clone(&app)))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such path")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this path does not accept that method",
+    )
+}

@@ -113,7 +113,7 @@ impl SqliteStore {
     }
 
     pub(crate) async fn schema_version(&self) -> Result<u32, StoreError> {
-        self.read(|connection| applied_version(connection)).await
+        self.read(applied_version).await
     }
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {

@@ -1,0 +1,89 @@
+//! A small client for the admin API, used by the CLI's inspection and replay commands.
+
+use billhook_server::config::Config;
+use serde_json::Value;
+
+use crate::serve::stored_admin_token;
+use crate::{CliError, Remote};
+
+pub(crate) struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    /// Resolves the server URL and admin token from flags, environment and configuration.
+    pub(crate) fn connect(remote: &Remote) -> Result<Self, CliError> {
+        let config = Config::load(remote.config.as_deref())?;
+        let base = remote
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.listen))
+            .trim_end_matches('/')
+            .to_owned();
+        let token = remote
+            .token
+            .clone()
+            .or(config.admin_token.clone())
+            .or_else(|| stored_admin_token(&config.data_dir))
+            .ok_or_else(|| {
+                CliError::Usage(
+                    "no admin token: pass --token, set BILLHOOK_ADMIN_TOKEN, or run where the data directory is"
+                        .to_owned(),
+                )
+            })?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("billhook-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CliError::Io(e.to_string()))?;
+        Ok(Self { http, base, token })
+    }
+
+    pub(crate) async fn get(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Value, CliError> {
+        let request = self.http.get(format!("{}{path}", self.base)).query(query);
+        self.send(request).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        self.send(request).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, CliError> {
+        let response =
+            request
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .map_err(|e| CliError::Unreachable {
+                    url: self.base.clone(),
+                    reason: e.to_string(),
+                })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| CliError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        Err(CliError::Api {
+            status: status.as_u16(),
+            code: body["code"].as_str().unwrap_or("unknown").to_owned(),
+            message: body["message"]
+                .as_str()
+                .unwrap_or("the server gave no reason")
+                .to_owned(),
+        })
+    }
+}

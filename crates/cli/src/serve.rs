@@ -1,0 +1,145 @@
+//! `billhook serve`: first-run setup, logging, and the server's composition root.
+
+use std::path::{Path, PathBuf};
+
+use billhook_providers::auth::{Secret, SourceAuth};
+use billhook_server::config::{ADMIN_TOKEN_FILE, CONFIG_FILE, Config, LogFormat, Settings};
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::CliError;
+use crate::starter::{generate_secret, starter_config};
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The configuration file (default: billhook.toml in the data directory, written with fresh
+    /// secrets on first run).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let config = match args.config {
+        Some(path) => Config::load(Some(&path))?,
+        None => {
+            let data_dir = Config::load(None)?.data_dir;
+            let path = data_dir.join(CONFIG_FILE);
+            if !path.exists() {
+                write_private(&path, &starter_config())?;
+                eprintln!(
+                    "billhook: first run: wrote a starter configuration to {}",
+                    path.display()
+                );
+            }
+            Config::load(Some(&path))?
+        }
+    };
+    init_logging(config.log.format, &config.log.level);
+    let admin_token = admin_token(&config)?;
+    let settings = config.into_settings(admin_token)?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|error| CliError::Io(format!("cannot listen on {}: {error}", settings.listen)))?;
+    print_ingest_urls(&settings, &listener);
+    billhook_server::run(settings, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// The admin token: from the configuration or environment, else the one generated into the data
+/// directory on first start (printed that once).
+fn admin_token(config: &Config) -> Result<Secret, CliError> {
+    if let Some(token) = config.admin_token.as_ref().filter(|t| !t.is_empty()) {
+        return Ok(Secret::new(token.clone()));
+    }
+    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(Secret::new(token.trim().to_owned()));
+    }
+    let token = format!("bh_{}", generate_secret());
+    write_private(&path, &token)?;
+    eprintln!(
+        "billhook: generated an admin token (shown this once, kept in {}):\n\n    {token}\n",
+        path.display()
+    );
+    Ok(Secret::new(token))
+}
+
+/// Reads the admin token the way `serve` resolves it, for the CLI's client commands.
+pub(crate) fn stored_admin_token(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(data_dir.join(ADMIN_TOKEN_FILE))
+        .ok()
+        .map(|t| t.trim().to_owned())
+}
+
+/// Writes a file only its owner can read: it holds secrets.
+fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| CliError::Io(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))
+}
+
+fn print_ingest_urls(settings: &Settings, listener: &TcpListener) {
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| settings.listen.to_string(), |a| a.to_string());
+    let mut names: Vec<&String> = settings.sources.keys().collect();
+    names.sort();
+    eprintln!("billhook: admin API and console at http://{address}/");
+    for name in names {
+        let source = &settings.sources[name];
+        let suffix = match &source.spec.auth {
+            SourceAuth::PathToken { .. } => "/<token>",
+            _ => "",
+        };
+        eprintln!(
+            "billhook: {:<11} → POST http://{address}/ingest/{name}{suffix}",
+            source.spec.provider.name()
+        );
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

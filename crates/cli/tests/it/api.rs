@@ -1,0 +1,152 @@
+//! The admin API's read side: authentication, filters, pagination, the catalog, health.
+
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::*;
+
+backend_tests!(
+    the_admin_api_requires_the_token,
+    events_filter_and_paginate,
+    event_types_come_with_json_schemas,
+    health_and_readiness,
+);
+
+async fn the_admin_api_requires_the_token(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for token in [None, Some("wrong")] {
+        let mut request = app.http.get(app.url("/v1/events"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["code"],
+            json!("unauthorized")
+        );
+    }
+    let (status, body) = app.admin_get("/v1/nothing-here").await;
+    assert_eq!((status, body["code"].clone()), (404, json!("not_found")));
+    let (status, body) = app.admin_get("/v1/events/evt_nope").await;
+    assert_eq!((status, body["code"].clone()), (404, json!("not_found")));
+    app.stop().await;
+}
+
+async fn events_filter_and_paginate(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for (index, (path, source)) in all_fixtures().into_iter().enumerate() {
+        let response = app
+            .post_signed(
+                source,
+                &fixture(&path),
+                &[("x-razorpay-event-id", &format!("p{index}"))],
+            )
+            .await;
+        assert_eq!(response.status().as_u16(), 202);
+    }
+    let (_, everything) = app.admin_get("/v1/events?limit=500").await;
+    let total = everything["data"].as_array().unwrap().len();
+    assert_eq!(total, 24);
+    // Pages of 5, newest first, every event exactly once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/events?limit=5&cursor={c}"),
+            None => "/v1/events?limit=5".to_owned(),
+        };
+        let (status, page) = app.admin_get(&path).await;
+        assert_eq!(status, 200);
+        for event in page["data"].as_array().unwrap() {
+            seen.push(event["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = everything["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, expected);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.reverse();
+    assert_eq!(seen, sorted, "newest first");
+
+    let (_, paid) = app.admin_get("/v1/events?type=invoice.paid").await;
+    assert_eq!(paid["data"].as_array().unwrap().len(), 4);
+    let (_, setu) = app.admin_get("/v1/events?source=setu").await;
+    assert_eq!(setu["data"].as_array().unwrap().len(), 6);
+    let (_, subject) = app
+        .admin_get("/v1/events?subject=bcinv_k3pbaALyh1CmzTPTOToHywYey")
+        .await;
+    assert_eq!(subject["data"].as_array().unwrap().len(), 4);
+    assert!(
+        subject["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["subject"]["kind"] == "invoice")
+    );
+
+    for (query, code) in [
+        ("type=invoice.nope", "invalid_request"),
+        ("limit=0", "invalid_request"),
+        ("limit=abc", "invalid_request"),
+        ("cursor=garbage", "invalid_cursor"),
+        ("colour=blue", "invalid_request"),
+    ] {
+        let (status, body) = app.admin_get(&format!("/v1/events?{query}")).await;
+        assert_eq!(
+            (status, body["code"].as_str().unwrap()),
+            (400, code),
+            "{query}"
+        );
+    }
+    app.stop().await;
+}
+
+async fn event_types_come_with_json_schemas(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (status, catalog) = app.admin_get("/v1/event-types").await;
+    assert_eq!(status, 200);
+    let types = catalog["data"].as_array().unwrap();
+    assert!(types.len() >= 20);
+    for entry in types {
+        let schema = &entry["schema"];
+        assert_eq!(
+            schema["$schema"],
+            json!("https://json-schema.org/draft/2020-12/schema")
+        );
+        assert_eq!(schema["properties"]["type"]["const"], entry["name"]);
+        assert!(schema["$defs"]["CanonicalEvent"].is_object());
+    }
+    let (status, one) = app.admin_get("/v1/event-types/payment.succeeded").await;
+    assert_eq!(status, 200);
+    assert_eq!(one["subject_kinds"], json!(["payment"]));
+    let (status, _) = app.admin_get("/v1/event-types/payment.nope").await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
+
+async fn health_and_readiness(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alive: Value = app
+        .http
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(alive["status"], json!("ok"));
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    app.stop().await;
+}

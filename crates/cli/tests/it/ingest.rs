@@ -1,0 +1,577 @@
+//! Receiving webhooks over real HTTP: every fixture, every documented refusal.
+
+use std::io::{Read, Write};
+
+use billhook_core::time::Timestamp;
+use billhook_providers::auth::{Secret, SourceAuth, hex_hmac, issue_jwt};
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::*;
+
+backend_tests!(
+    every_fixture_becomes_the_expected_canonical_events,
+    the_biller_id_survives_digit_for_digit,
+    each_fixture_delivered_twice_is_stored_once,
+    oversized_bodies_are_refused_before_they_are_read,
+    unknown_sources_and_empty_bodies_are_refused,
+    unverifiable_requests_get_401_with_a_stable_code,
+    verified_but_unreadable_bodies_are_quarantined_not_lost,
+    previous_secret_and_compact_zwitch_signatures_verify,
+    static_credentials_jwt_basic_and_ip_allow_lists,
+);
+
+/// What each fixture must become: canonical types and, per event, a JSON pointer into `data`
+/// with its exact value.
+fn expectations(fixture: &str) -> (Vec<&'static str>, Vec<(usize, &'static str, Value)>) {
+    match fixture {
+        f if f.starts_with("razorpay/invoice.paid") => (
+            vec!["invoice.paid", "payment.succeeded"],
+            vec![
+                (0, "/amount", json!(479030)),
+                (0, "/amount_due", json!(0)),
+                (1, "/amount", json!(479030)),
+                (1, "/currency", json!("INR")),
+            ],
+        ),
+        "zwitch_upi/payments.created.json" => (
+            vec!["payment.created"],
+            vec![(0, "/amount", json!(100)), (0, "/currency", json!("INR"))],
+        ),
+        "zwitch_upi/payments.updated.json" => (
+            vec!["payment.succeeded"],
+            vec![(0, "/amount", json!(100)), (0, "/currency", json!("INR"))],
+        ),
+        "bharat_connect/invoice.create.json" => (
+            vec!["invoice.issued"],
+            vec![
+                (0, "/line_items/0/unit_price", json!(200)),
+                (0, "/amount", json!(400)),
+            ],
+        ),
+        "bharat_connect/invoice.confirm.json" => (
+            vec!["invoice.accepted"],
+            vec![(0, "/line_items/0/unit_price", json!(200))],
+        ),
+        "bharat_connect/invoice.change_status.json" => (
+            vec!["invoice.status_changed"],
+            vec![
+                (0, "/line_items/0/unit_price", json!(200)),
+                (0, "/status", json!("closed")),
+            ],
+        ),
+        "bharat_connect/invoice.edit.json" => (
+            vec!["invoice.updated"],
+            vec![(0, "/line_items/0/unit_price", json!(200))],
+        ),
+        "setu_bbps/BILL_FETCH.json" => (vec!["bill.fetched"], vec![(0, "/amount", json!(60500))]),
+        "setu_bbps/BILL_PAY.PROCESSING.json" => (
+            vec!["payment.processing"],
+            vec![(0, "/amount", json!(10000))],
+        ),
+        "setu_bbps/BILL_PAY.SUCCESS.json" => (
+            vec!["payment.succeeded"],
+            vec![(0, "/amount", json!(10000))],
+        ),
+        "setu_bbps/BILL_PAY.FAILURE.json" => (
+            vec!["payment.failed"],
+            vec![
+                (0, "/amount", json!(10000)),
+                (0, "/failure/code", json!("BRR005")),
+            ],
+        ),
+        "setu_bbps/BILL_DISPUTE.json" => (
+            vec!["dispute.updated"],
+            vec![(0, "/status", json!("resolved"))],
+        ),
+        "setu_bbps/BILLER_UPDATES.json" => (
+            vec!["biller.updated"],
+            vec![
+                (0, "/plans/0/amount", json!(9900)),
+                (0, "/id", json!("699158487875191900")),
+            ],
+        ),
+        "caminvoice/DOCUMENT.DELIVERED.json" => (vec!["document.delivered"], vec![]),
+        "caminvoice/DOCUMENT.RECEIVED.json" => (vec!["document.received"], vec![]),
+        "caminvoice/DOCUMENT.STATUS_UPDATED.json" => (
+            vec!["invoice.status_changed"],
+            vec![(0, "/status", json!("accepted"))],
+        ),
+        "caminvoice/ENTITY.REVOKED.json" => (
+            vec!["network.member_revoked"],
+            vec![(0, "/member_id", json!("KHUID000001"))],
+        ),
+        other => panic!("no expectation for fixture {other}"),
+    }
+}
+
+async fn post_fixture(
+    app: &TestApp,
+    fixture_path: &str,
+    source: &str,
+    event_id: &str,
+) -> (u16, Value) {
+    let body = fixture(fixture_path);
+    let response = app
+        .post_signed(source, &body, &[("x-razorpay-event-id", event_id)])
+        .await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn every_fixture_becomes_the_expected_canonical_events(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for (index, (path, source)) in all_fixtures().into_iter().enumerate() {
+        let (status, ack) =
+            post_fixture(&app, &path, source, &format!("evt_fixture_{index}")).await;
+        assert_eq!(status, 202, "{path}: {ack}");
+        assert_eq!(ack["duplicate"], json!(false), "{path}");
+        assert_eq!(ack["quarantined"], json!(false), "{path}: {ack}");
+        let (types, values) = expectations(&path);
+        let ids = ack["events"].as_array().unwrap();
+        assert_eq!(ids.len(), types.len(), "{path}: {ack}");
+        let mut events = Vec::new();
+        for id in ids {
+            let (status, detail) = app
+                .admin_get(&format!("/v1/events/{}", id.as_str().unwrap()))
+                .await;
+            assert_eq!(status, 200);
+            assert_eq!(detail["inbound"]["id"], ack["inbound_id"]);
+            events.push(detail["event"].clone());
+        }
+        let got: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(got, types, "{path}");
+        for (index, pointer, expected) in values {
+            assert_eq!(
+                events[index]["data"].pointer(pointer),
+                Some(&expected),
+                "{path} {pointer}"
+            );
+        }
+        for event in &events {
+            assert_eq!(event["schema_version"], json!(1));
+            assert_eq!(event["source"]["name"], json!(source));
+            assert!(event["id"].as_str().unwrap().starts_with("evt_"));
+        }
+    }
+    app.stop().await;
+}
+
+async fn the_biller_id_survives_digit_for_digit(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (status, ack) = post_fixture(&app, "setu_bbps/BILLER_UPDATES.json", "setu", "-").await;
+    assert_eq!(status, 202);
+    let event_id = ack["events"][0].as_str().unwrap();
+    // Checked on the response text, so no JSON number parsing can round it on our side.
+    let text = app
+        .http
+        .get(app.url(&format!("/v1/events/{event_id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(r#""id":"699158487875191900""#), "{text}");
+    assert!(text.contains(r#""id":"773944272117303200""#));
+    // The stored raw body keeps the provider's number as sent.
+    assert!(text.contains(r#"\"ID\": 699158487875191900"#), "{text}");
+    let listed = app
+        .http
+        .get(app.url("/v1/events?type=biller.updated"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listed.contains(r#""id":"699158487875191900""#));
+    let inbound_id = ack["inbound_id"].as_str().unwrap();
+    let (_, inbound) = app.admin_get(&format!("/v1/inbound/{inbound_id}")).await;
+    assert_eq!(
+        inbound["body"].as_str().unwrap().as_bytes(),
+        fixture("setu_bbps/BILLER_UPDATES.json")
+    );
+    app.stop().await;
+}
+
+async fn each_fixture_delivered_twice_is_stored_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let fixtures = all_fixtures();
+    let mut first_acks = Vec::new();
+    for (index, (path, source)) in fixtures.iter().enumerate() {
+        let (status, ack) = post_fixture(&app, path, source, &format!("twice_{index}")).await;
+        assert_eq!(status, 202, "{path}");
+        first_acks.push(ack);
+    }
+    for (index, (path, source)) in fixtures.iter().enumerate() {
+        let (status, ack) = post_fixture(&app, path, source, &format!("twice_{index}")).await;
+        assert_eq!(status, 202, "{path}");
+        assert_eq!(ack["duplicate"], json!(true), "{path}");
+        assert_eq!(ack["inbound_id"], first_acks[index]["inbound_id"], "{path}");
+        assert_eq!(ack["events"], first_acks[index]["events"], "{path}");
+    }
+    let expected_events: usize = first_acks
+        .iter()
+        .map(|a| a["events"].as_array().unwrap().len())
+        .sum();
+    let (_, events) = app.admin_get("/v1/events?limit=500").await;
+    assert_eq!(events["data"].as_array().unwrap().len(), expected_events);
+    let (_, inbound) = app.admin_get("/v1/inbound?limit=500").await;
+    assert_eq!(inbound["data"].as_array().unwrap().len(), fixtures.len());
+    app.stop().await;
+}
+
+async fn oversized_bodies_are_refused_before_they_are_read(backend: Backend) {
+    let app = spawn_app_with(backend, "[ingest]\nmax_body_bytes = 4096\n").await;
+    let big = vec![b' '; 5000];
+    let response = app.post_signed("razorpay", &big, &[]).await;
+    assert_eq!(response.status().as_u16(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], json!("payload_too_large"));
+
+    // A chunked body with no length: refused once the limit is crossed, while the client is
+    // still sending (it never finishes its body).
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .write_all(b"POST /ingest/razorpay HTTP/1.1\r\nhost: billhook\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n")
+            .unwrap();
+        let chunk = vec![b'a'; 1024];
+        for _ in 0..8 {
+            let _ = stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
+            let _ = stream.write_all(&chunk);
+            let _ = stream.write_all(b"\r\n");
+        }
+        let mut response = vec![0u8; 512];
+        let read = stream.read(&mut response).unwrap();
+        String::from_utf8_lossy(&response[..read]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    assert!(status.contains("payload_too_large"), "{status}");
+    app.stop().await;
+}
+
+async fn unknown_sources_and_empty_bodies_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let response = app
+        .http
+        .post(app.url("/ingest/stripe"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        json!("unknown_source")
+    );
+
+    let response = app.post_signed("razorpay", b"", &[]).await;
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        json!("empty_body")
+    );
+
+    let response = app
+        .http
+        .get(app.url("/ingest/razorpay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        json!("method_not_allowed")
+    );
+    app.stop().await;
+}
+
+async fn unverifiable_requests_get_401_with_a_stable_code(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let body = fixture("razorpay/invoice.paid.upi.json");
+    let post = |headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let mut request = app.http.post(app.url("/ingest/razorpay")).body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let cases = [
+        (vec![], "missing_signature"),
+        (
+            vec![("x-razorpay-signature", "not-hex".to_owned())],
+            "malformed_signature",
+        ),
+        (
+            vec![("x-razorpay-signature", hex_hmac("some other secret", &body))],
+            "invalid_signature",
+        ),
+    ];
+    for (headers, code) in cases {
+        let response = post(headers, body.clone()).await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{code}");
+        assert_eq!(response.json::<Value>().await.unwrap()["code"], json!(code));
+    }
+    // One changed byte under a valid signature of the original.
+    let signature = hex_hmac(RAZORPAY_SECRET, &body);
+    let mut tampered = body.clone();
+    let at = tampered.iter().position(|&b| b == b'9').unwrap();
+    tampered[at] = b'8';
+    let response = post(vec![("x-razorpay-signature", signature.clone())], tampered)
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        json!("invalid_signature")
+    );
+    // Nothing unverified was stored.
+    let (_, inbound) = app.admin_get("/v1/inbound").await;
+    assert_eq!(inbound["data"], json!([]));
+    app.stop().await;
+}
+
+async fn verified_but_unreadable_bodies_are_quarantined_not_lost(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let deep = "[".repeat(50_000).into_bytes();
+    let unknown_event = br#"{"entity":"event","event":"refund.processed","payload":{}}"#.to_vec();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("razorpay", b"this is not json".to_vec(), "invalid_json"),
+        (
+            "zwitch",
+            b"{\"id\": \"evl_\xff\xfe\"}".to_vec(),
+            "invalid_utf8",
+        ),
+        ("setu", deep, "invalid_json"),
+        ("razorpay", unknown_event, "unsupported_event"),
+    ];
+    let mut quarantined = Vec::new();
+    for (index, (source, body, code)) in cases.iter().enumerate() {
+        let response = app
+            .post_signed(
+                source,
+                body,
+                &[("x-razorpay-event-id", &format!("q{index}"))],
+            )
+            .await;
+        assert_eq!(response.status().as_u16(), 202, "{code}");
+        let ack: Value = response.json().await.unwrap();
+        assert_eq!(ack["quarantined"], json!(true), "{code}");
+        assert_eq!(ack["events"], json!([]));
+        quarantined.push((
+            ack["inbound_id"].as_str().unwrap().to_owned(),
+            *code,
+            body.clone(),
+        ));
+    }
+    let (status, listed) = app.admin_get("/v1/inbound?status=quarantined").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["data"].as_array().unwrap().len(), quarantined.len());
+    for (id, code, body) in &quarantined {
+        let (_, record) = app.admin_get(&format!("/v1/inbound/{id}")).await;
+        assert_eq!(record["status"], json!("quarantined"));
+        assert_eq!(record["error"]["code"], json!(code));
+        let stored = match record["body"].as_str() {
+            Some(text) => text.as_bytes().to_vec(),
+            None => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(record["body_base64"].as_str().unwrap())
+                    .unwrap()
+            }
+        };
+        assert_eq!(&stored, body, "{code}: the exact bytes are kept");
+    }
+    // Reprocessing with the same code keeps them quarantined and says why.
+    let (status, summary) = app.admin_post("/v1/inbound/reprocess", json!({})).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["attempted"], json!(4));
+    assert_eq!(summary["still_quarantined"], json!(4));
+    let (status, one) = app
+        .admin_post(
+            &format!("/v1/inbound/{}/reprocess", quarantined[0].0),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(one["outcome"], json!("quarantined"));
+    assert_eq!(one["error"]["code"], json!("invalid_json"));
+    app.stop().await;
+}
+
+async fn previous_secret_and_compact_zwitch_signatures_verify(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let body = fixture("razorpay/invoice.paid.wallet.json");
+    let previous = SourceAuth::Signature {
+        secrets: vec![Secret::new(RAZORPAY_PREVIOUS_SECRET)],
+    };
+    let provider = billhook_providers::by_name("razorpay").unwrap();
+    let mut request = app
+        .http
+        .post(app.url("/ingest/razorpay"))
+        .body(body.clone());
+    for (name, value) in provider.sign(&previous, &body, Timestamp::now()) {
+        request = request.header(name, value);
+    }
+    let response = request
+        .header("x-razorpay-event-id", "rotated")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let ack: Value = response.json().await.unwrap();
+    let (_, record) = app
+        .admin_get(&format!(
+            "/v1/inbound/{}",
+            ack["inbound_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        record["verification"],
+        json!("razorpay-signature: previous secret (2 of 2)")
+    );
+    // The stored signature header is shortened, never kept whole.
+    let signature = record["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "x-razorpay-signature")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(signature.chars().count(), 9, "{signature}");
+
+    // Zwitch: the pretty body sent, the signature computed over its compact form.
+    let pretty = fixture("zwitch_upi/payments.updated.json");
+    let compact = serde_json::to_vec(&serde_json::from_slice::<Value>(&pretty).unwrap()).unwrap();
+    let response = app
+        .http
+        .post(app.url("/ingest/zwitch"))
+        .header("x-zwitch-signature", hex_hmac(ZWITCH_SECRET, &compact))
+        .body(pretty)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let ack: Value = response.json().await.unwrap();
+    let (_, record) = app
+        .admin_get(&format!(
+            "/v1/inbound/{}",
+            ack["inbound_id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(
+        record["verification"]
+            .as_str()
+            .unwrap()
+            .contains("without insignificant whitespace")
+    );
+    app.stop().await;
+}
+
+async fn static_credentials_jwt_basic_and_ip_allow_lists(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let body = fixture("setu_bbps/BILL_DISPUTE.json");
+    let send = |source: &str, headers: Vec<(&'static str, String)>| {
+        let mut request = app
+            .http
+            .post(app.url(&format!("/ingest/{source}")))
+            .body(body.clone());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let status_and_code = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        (status, body["code"].as_str().unwrap_or("").to_owned())
+    };
+    let now = Timestamp::now().unix_seconds();
+    let jwt = Secret::new("setu-jwt-secret");
+    let fresh = send(
+        "setu-jwt",
+        vec![("authorization", format!("Bearer {}", issue_jwt(&jwt, now)))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(fresh.status().as_u16(), 202);
+    let stale = send(
+        "setu-jwt",
+        vec![(
+            "authorization",
+            format!("Bearer {}", issue_jwt(&jwt, now - 121)),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_and_code(stale).await,
+        (401, "token_expired".to_owned())
+    );
+
+    let wrong_basic = send(
+        "setu-basic",
+        vec![("authorization", "Basic c2V0dTpub3Bl".to_owned())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_and_code(wrong_basic).await,
+        (401, "invalid_credentials".to_owned())
+    );
+    let basic = app.post_signed("setu-basic", &body, &[]).await;
+    assert_eq!(basic.status().as_u16(), 202);
+
+    let no_key = send("setu", vec![]).await.unwrap();
+    assert_eq!(
+        status_and_code(no_key).await,
+        (401, "missing_credentials".to_owned())
+    );
+
+    // The right key from the wrong network.
+    let outside = send(
+        "setu-office",
+        vec![("X-BILL-WEBHOOK-API-KEY", SETU_KEY.to_owned())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_and_code(outside).await,
+        (401, "ip_not_allowed".to_owned())
+    );
+
+    // CamInvoice's path token.
+    let document = fixture("caminvoice/DOCUMENT.RECEIVED.json");
+    let wrong = app
+        .http
+        .post(app.url("/ingest/caminvoice/not-the-token"))
+        .body(document.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status_and_code(wrong).await,
+        (401, "invalid_credentials".to_owned())
+    );
+    let right = app.post_signed("caminvoice", &document, &[]).await;
+    assert_eq!(right.status().as_u16(), 202);
+    // Credentials are never stored.
+    let ack: Value = right.json().await.unwrap();
+    let (_, record) = app
+        .admin_get(&format!(
+            "/v1/inbound/{}",
+            ack["inbound_id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(!record.to_string().contains(CAMINVOICE_TOKEN));
+    app.stop().await;
+}

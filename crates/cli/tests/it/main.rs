@@ -1,0 +1,8 @@
+//! billhook's integration tests: one binary, a real server on port 0 per test, real HTTP, a real
+//! database per backend.
+
+mod helpers;
+
+mod api;
+mod ingest;
+mod process;

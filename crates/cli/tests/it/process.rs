@@ -1,0 +1,128 @@
+//! The real `billhook` binary: killed with SIGKILL mid-load, every acknowledged event is there
+//! after a restart.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Starts `billhook serve` on port 0 over `data_dir` and returns it with its address.
+fn start_binary(data_dir: &std::path::Path) -> (Child, String) {
+    let config = data_dir.join("billhook.toml");
+    if !config.exists() {
+        std::fs::write(&config, test_config(data_dir)).unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("BILLHOOK_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("billhook exited before listening")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("billhook: admin API and console at ") {
+            break rest.trim_end_matches('/').to_owned();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, address) = start_binary(dir.path());
+    let http = reqwest::Client::new();
+    let body = fixture("zwitch_upi/payments.updated.json");
+    let provider = billhook_providers::by_name("zwitch").unwrap();
+
+    // Eight writers keep ingesting distinct messages; the process is killed while they run.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let http = http.clone();
+        let address = address.clone();
+        let acknowledged = acknowledged.clone();
+        let template = body.clone();
+        writers.push(tokio::spawn(async move {
+            for n in 0.. {
+                let text = String::from_utf8(template.clone()).unwrap().replace(
+                    "evl_tbs3NybYGbbjP5MMzptoFyU3W",
+                    &format!("evl_w{writer}n{n}"),
+                );
+                let auth = billhook_providers::auth::SourceAuth::Signature {
+                    secrets: vec![billhook_providers::auth::Secret::new(ZWITCH_SECRET)],
+                };
+                let mut request = http
+                    .post(format!("{address}/ingest/zwitch"))
+                    .body(text.clone());
+                for (name, value) in provider.sign(
+                    &auth,
+                    text.as_bytes(),
+                    billhook_core::time::Timestamp::now(),
+                ) {
+                    request = request.header(name, value);
+                }
+                let Ok(response) = request.send().await else {
+                    return;
+                };
+                if response.status().as_u16() != 202 {
+                    return;
+                }
+                let Ok(ack) = response.json::<Value>().await else {
+                    return;
+                };
+                for id in ack["events"].as_array().unwrap() {
+                    acknowledged
+                        .lock()
+                        .unwrap()
+                        .push(id.as_str().unwrap().to_owned());
+                }
+            }
+        }));
+    }
+    while acknowledged.lock().unwrap().len() < 300 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 300);
+
+    let (mut restarted, address) = start_binary(dir.path());
+    let mut missing = Vec::new();
+    for id in &acknowledged {
+        let response = http
+            .get(format!("{address}/v1/events/{id}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        if response.status().as_u16() != 200 {
+            missing.push(id.clone());
+        }
+    }
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events lost: {missing:?}",
+        missing.len(),
+        acknowledged.len()
+    );
+}

@@ -1,0 +1,373 @@
+//! `GET /v1/inbound[/{id}]` and reprocessing of quarantined requests.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use billhook_core::event::Reception;
+use billhook_core::ids::{EventId, InboundId};
+use billhook_core::time::Timestamp;
+use billhook_providers::InboundRequest;
+use billhook_store::{
+    InboundQuery, InboundRecord, InboundStatus, InboundSummary, RecordedError, Reprocess,
+    ReprocessOutcome,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiQuery, page_limit, parse_cursor};
+use crate::App;
+use crate::error::ApiError;
+use crate::ingest::canonical_events;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListParams {
+    status: Option<String>,
+    source: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ErrorView {
+    code: String,
+    message: String,
+}
+
+impl From<RecordedError> for ErrorView {
+    fn from(error: RecordedError) -> Self {
+        Self {
+            code: error.code,
+            message: error.message,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct InboundSummaryView {
+    id: InboundId,
+    source: String,
+    provider: String,
+    received_at: Timestamp,
+    status: &'static str,
+    provider_event: Option<String>,
+    provider_event_id: Option<String>,
+    verification: String,
+    body_size: Option<u64>,
+    error: Option<ErrorView>,
+    duplicate_of: Option<InboundId>,
+}
+
+impl From<InboundSummary> for InboundSummaryView {
+    fn from(s: InboundSummary) -> Self {
+        Self {
+            id: s.id,
+            source: s.source,
+            provider: s.provider,
+            received_at: s.received_at,
+            status: s.status.as_str(),
+            provider_event: s.provider_event,
+            provider_event_id: s.provider_event_id,
+            verification: s.verification,
+            body_size: s.body_size,
+            error: s.error.map(ErrorView::from),
+            duplicate_of: s.duplicate_of,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct HeaderView {
+    name: String,
+    value: String,
+}
+
+/// A stored request as the API shows it. The body is text when it is UTF-8 (exactly the bytes
+/// received) and base64 otherwise.
+#[derive(Debug, Serialize)]
+pub(crate) struct InboundView {
+    id: InboundId,
+    source: String,
+    provider: String,
+    received_at: Timestamp,
+    status: &'static str,
+    provider_event: Option<String>,
+    provider_event_id: Option<String>,
+    dedup_key: String,
+    verification: String,
+    remote_addr: Option<String>,
+    headers: Vec<HeaderView>,
+    body: Option<String>,
+    body_base64: Option<String>,
+    body_pruned: bool,
+    error: Option<ErrorView>,
+    duplicate_of: Option<InboundId>,
+    events: Vec<EventId>,
+}
+
+impl From<InboundRecord> for InboundView {
+    fn from(record: InboundRecord) -> Self {
+        let (body, body_base64) = match &record.body {
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => (Some(text.to_owned()), None),
+                Err(_) => (None, Some(BASE64.encode(bytes))),
+            },
+            None => (None, None),
+        };
+        Self {
+            id: record.id,
+            source: record.source,
+            provider: record.provider,
+            received_at: record.received_at,
+            status: record.status.as_str(),
+            provider_event: record.provider_event,
+            provider_event_id: record.provider_event_id,
+            dedup_key: record.dedup_key,
+            verification: record.verification,
+            remote_addr: record.remote_addr,
+            headers: record
+                .headers
+                .into_iter()
+                .map(|(name, value)| HeaderView { name, value })
+                .collect(),
+            body_pruned: record.body.is_none(),
+            body,
+            body_base64,
+            error: record.error.map(ErrorView::from),
+            duplicate_of: record.duplicate_of,
+            events: record.event_ids,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Page<T> {
+    data: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+pub(crate) async fn list(
+    State(app): State<Arc<App>>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Page<InboundSummaryView>>, ApiError> {
+    let status = params
+        .status
+        .as_deref()
+        .map(|s| {
+            InboundStatus::parse(s).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "status must be processed, quarantined or duplicate, not `{s}`"
+                ))
+            })
+        })
+        .transpose()?;
+    let page = app
+        .store
+        .inbound_list(InboundQuery {
+            status,
+            source: params.source,
+            before: parse_cursor(params.cursor.as_deref())?,
+            limit: page_limit(params.limit)?,
+        })
+        .await?;
+    Ok(Json(Page {
+        data: page
+            .items
+            .into_iter()
+            .map(InboundSummaryView::from)
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+pub(crate) async fn show(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<InboundView>, ApiError> {
+    let id: InboundId = id
+        .parse()
+        .map_err(|_| ApiError::not_found("inbound request"))?;
+    let record = app
+        .store
+        .inbound(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("inbound request"))?;
+    Ok(Json(InboundView::from(record)))
+}
+
+/// What reprocessing one request did.
+#[derive(Debug, Serialize)]
+pub(crate) struct ReprocessView {
+    id: InboundId,
+    /// `processed`, `quarantined`, `duplicate` or `not_quarantined`.
+    outcome: &'static str,
+    events: Vec<EventId>,
+    error: Option<ErrorView>,
+    duplicate_of: Option<InboundId>,
+}
+
+pub(crate) async fn reprocess_one(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<ReprocessView>, ApiError> {
+    let id: InboundId = id
+        .parse()
+        .map_err(|_| ApiError::not_found("inbound request"))?;
+    let record = app
+        .store
+        .inbound(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("inbound request"))?;
+    Ok(Json(reprocess(&app, record).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReprocessAllParams {
+    source: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ReprocessAllView {
+    attempted: usize,
+    processed: usize,
+    still_quarantined: usize,
+    duplicates: usize,
+    results: Vec<ReprocessView>,
+}
+
+/// Reprocesses up to `limit` quarantined requests, oldest first.
+pub(crate) async fn reprocess_all(
+    State(app): State<Arc<App>>,
+    body: bytes::Bytes,
+) -> Result<Json<ReprocessAllView>, ApiError> {
+    // An empty body means "everything quarantined, any source".
+    let params: ReprocessAllParams = if body.is_empty() {
+        ReprocessAllParams::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("body: {e}")))?
+    };
+    let limit = page_limit(params.limit.or(Some(super::MAX_LIMIT)))?;
+    let page = app
+        .store
+        .inbound_list(InboundQuery {
+            status: Some(InboundStatus::Quarantined),
+            source: params.source,
+            before: None,
+            limit,
+        })
+        .await?;
+    let mut results = Vec::new();
+    for summary in page.items.into_iter().rev() {
+        if let Some(record) = app.store.inbound(summary.id).await? {
+            results.push(reprocess(&app, record).await?);
+        }
+    }
+    Ok(Json(ReprocessAllView {
+        attempted: results.len(),
+        processed: results.iter().filter(|r| r.outcome == "processed").count(),
+        still_quarantined: results
+            .iter()
+            .filter(|r| r.outcome == "quarantined")
+            .count(),
+        duplicates: results.iter().filter(|r| r.outcome == "duplicate").count(),
+        results,
+    }))
+}
+
+/// Runs today's provider code over a stored request. It was verified when it arrived, so it is
+/// not verified again (the stored signature is redacted anyway).
+async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, ApiError> {
+    let id = record.id;
+    let Some(source) = app.settings.sources.get(&record.source) else {
+        return Err(ApiError::invalid(format!(
+            "source `{}` is no longer configured; add it back to reprocess its requests",
+            record.source
+        )));
+    };
+    let Some(body) = record.body.clone() else {
+        return Err(ApiError::invalid(
+            "the request's body has been pruned by retention",
+        ));
+    };
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &record.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let request = InboundRequest {
+        headers: &headers,
+        body: &body,
+        remote_ip: None,
+        path_token: None,
+        received_at: record.received_at,
+    };
+    let outcome = match source.spec.provider.normalize(&request) {
+        Ok(normalized) => {
+            let reception = Reception {
+                inbound_id: id,
+                received_at: record.received_at,
+                source_name: &source.spec.name,
+                provider: source.spec.provider.name(),
+                provider_event: &normalized.provider_event,
+                provider_event_id: normalized.provider_event_id.as_deref(),
+                sandbox: normalized.sandbox,
+            };
+            let events = canonical_events(&normalized, &reception, &source.spec.name);
+            Reprocess::Normalized {
+                provider_event: normalized.provider_event.clone(),
+                provider_event_id: normalized.provider_event_id.clone(),
+                dedup_key: normalized.dedup_key.clone(),
+                events,
+                dedup_expires_at: Timestamp::now().add(app.settings.ingest.dedup_window.0),
+            }
+        }
+        Err(error) => Reprocess::StillFailing(RecordedError {
+            code: error.code().to_owned(),
+            message: error.to_string(),
+        }),
+    };
+    let failure = match &outcome {
+        Reprocess::StillFailing(error) => Some(error.clone()),
+        Reprocess::Normalized { .. } => None,
+    };
+    let view = match app.store.reprocess(id, outcome).await? {
+        ReprocessOutcome::Processed { event_ids } => ReprocessView {
+            id,
+            outcome: "processed",
+            events: event_ids,
+            error: None,
+            duplicate_of: None,
+        },
+        ReprocessOutcome::StillQuarantined => ReprocessView {
+            id,
+            outcome: "quarantined",
+            events: Vec::new(),
+            error: failure.map(ErrorView::from),
+            duplicate_of: None,
+        },
+        ReprocessOutcome::DuplicateOf(original) => ReprocessView {
+            id,
+            outcome: "duplicate",
+            events: Vec::new(),
+            error: None,
+            duplicate_of: Some(original),
+        },
+        ReprocessOutcome::NotQuarantined => ReprocessView {
+            id,
+            outcome: "not_quarantined",
+            events: record.event_ids,
+            error: None,
+            duplicate_of: record.duplicate_of,
+        },
+    };
+    tracing::info!(inbound = %id, outcome = view.outcome, "reprocessed a stored request");
+    Ok(view)
+}

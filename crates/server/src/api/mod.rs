@@ -1,0 +1,147 @@
+//! The admin API under `/v1`: JSON in and out, `Authorization: Bearer <admin token>`, cursor
+//! pagination (`{"data": […], "next_cursor": …}`), errors from the one table in [`crate::error`].
+
+mod event_types;
+mod events;
+mod inbound;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, StatusCode, header};
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use crate::App;
+use crate::error::{ApiError, ErrorCode};
+
+pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route("/events", get(events::list))
+        .route("/events/{id}", get(events::show))
+        .route("/inbound", get(inbound::list))
+        .route("/inbound/reprocess", post(inbound::reprocess_all))
+        .route("/inbound/{id}", get(inbound::show))
+        .route("/inbound/{id}/reprocess", post(inbound::reprocess_one))
+        .route("/event-types", get(event_types::list))
+        .route("/event-types/{name}", get(event_types::show))
+        .route_layer(middleware::from_fn_with_state(app, require_admin))
+}
+
+/// Refuses requests without the admin token, comparing in constant time.
+async fn require_admin(
+    State(app): State<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let expected = app.settings.admin_token.expose().as_bytes();
+    match given {
+        Some(token) if bool::from(token.as_bytes().ct_eq(expected)) => Ok(next.run(request).await),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the admin token is not valid",
+        )),
+        None => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "send `Authorization: Bearer <admin token>`",
+        )),
+    }
+}
+
+/// Query parameters, refused with `invalid_request` when malformed.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|rejection: QueryRejection| ApiError::invalid(rejection.body_text()))
+    }
+}
+
+/// Default and maximum page sizes.
+pub(crate) const DEFAULT_LIMIT: u32 = 50;
+pub(crate) const MAX_LIMIT: u32 = 500;
+
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(limit @ 1..=MAX_LIMIT) => Ok(limit),
+        Some(other) => Err(ApiError::invalid(format!(
+            "limit must be between 1 and {MAX_LIMIT}, not {other}"
+        ))),
+    }
+}
+
+/// Parses a cursor this API issued (an id of the listed kind).
+pub(crate) fn parse_cursor<T: std::str::FromStr>(
+    cursor: Option<&str>,
+) -> Result<Option<T>, ApiError> {
+    cursor
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse().map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidCursor,
+                    format!("`{c}` is not a cursor from this listing"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// A JSON response assembled from bytes that are already JSON (stored canonical events), so
+/// they are sent exactly as stored and never re-serialized.
+pub(crate) fn raw_json(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, Bytes::from(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `{"data": [items…], "next_cursor": …}` from items that are already JSON.
+pub(crate) fn raw_page<'a>(
+    items: impl Iterator<Item = &'a [u8]>,
+    next_cursor: Option<&str>,
+) -> Response {
+    let mut body = Vec::with_capacity(4096);
+    body.extend_from_slice(b"{\"data\":[");
+    for (index, item) in items.enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"],\"next_cursor\":");
+    match next_cursor {
+        Some(cursor) => body.extend_from_slice(
+            serde_json::to_string(cursor)
+                .unwrap_or_else(|_| "null".to_owned())
+                .as_bytes(),
+        ),
+        None => body.extend_from_slice(b"null"),
+    }
+    body.push(b'}');
+    raw_json(StatusCode::OK, body)
+}

@@ -1,0 +1,491 @@
+//! Configuration: a TOML file plus `BILLHOOK_*` environment overrides, turned into validated
+//! [`Settings`] before anything starts.
+//!
+//! Environment variables override the file: `BILLHOOK_LISTEN`, `BILLHOOK_DATABASE_URL`,
+//! `BILLHOOK_DATA_DIR`, `BILLHOOK_ADMIN_TOKEN`, and any nested key with `__` between levels
+//! (`BILLHOOK_INGEST__MAX_BODY_BYTES=2097152`). A configuration that cannot work (an unknown
+//! provider, a source without usable authentication, a malformed duration) stops the server at
+//! start with a message that names the problem.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use billhook_providers::auth::{Secret, SourceAuth, SourceSpec, SpecError};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The configuration file's name inside the data directory.
+pub const CONFIG_FILE: &str = "billhook.toml";
+/// The SQLite database's name inside the data directory.
+pub const DATABASE_FILE: &str = "billhook.db";
+/// The generated admin token's file inside the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// Top-level keys that environment variables may set; other `BILLHOOK_*` variables (used by the
+/// CLI) are not configuration.
+const ENV_SECTIONS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "admin_token",
+    "ingest",
+    "delivery",
+    "log",
+    "trusted_proxies",
+];
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(String),
+    #[error(transparent)]
+    Source(#[from] SpecError),
+    #[error("source `{0}` is configured twice")]
+    DuplicateSource(String),
+    #[error("source `{source_name}`: {message}")]
+    SourceAuth {
+        source_name: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A duration written as text: `500ms`, `5s`, `5m`, `2h`, `8d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("`{text}` is not a duration such as `30s`, `5m`, `2h` or `8d`"))?;
+        let millis = match unit.trim() {
+            "ms" => Some(number),
+            "s" | "" => number.checked_mul(1_000),
+            "m" => number.checked_mul(60_000),
+            "h" => number.checked_mul(3_600_000),
+            "d" => number.checked_mul(86_400_000),
+            _ => return Err(format!("`{text}`: the unit must be ms, s, m, h or d")),
+        };
+        millis
+            .map(|ms| HumanDuration(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("`{text}` is too long a duration"))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let millis = self.0.as_millis();
+        let units = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1_000, "s"),
+        ];
+        for (size, unit) in units {
+            if millis >= size && millis.is_multiple_of(size) {
+                return write!(f, "{}{unit}", millis / size);
+            }
+        }
+        write!(f, "{millis}ms")
+    }
+}
+
+impl From<HumanDuration> for String {
+    fn from(duration: HumanDuration) -> String {
+        duration.to_string()
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Text(String),
+            Seconds(u64),
+        }
+        match Text::deserialize(deserializer)? {
+            Text::Text(text) => text.parse().map_err(serde::de::Error::custom),
+            Text::Seconds(seconds) => Ok(HumanDuration(Duration::from_secs(seconds))),
+        }
+    }
+}
+
+/// The file and environment, as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://…`; default: `billhook.db` in the data directory.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// The root admin token; generated into the data directory when unset.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Proxies whose `X-Forwarded-For` is trusted for the client address (IP allow-lists).
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./billhook-data")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            database_url: None,
+            admin_token: None,
+            trusted_proxies: Vec::new(),
+            ingest: IngestConfig::default(),
+            log: LogConfig::default(),
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// `[ingest]`: limits and windows for receiving webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Bodies above this many bytes are refused with 413 before being read in full.
+    pub max_body_bytes: usize,
+    /// How long a provider's dedup key keeps recognising redeliveries (at least 8 days).
+    pub dedup_window: HumanDuration,
+    /// The most time one ingest request may take.
+    pub request_timeout: HumanDuration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            dedup_window: HumanDuration(Duration::from_secs(8 * 86_400)),
+            request_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[log]`: structured logs on standard error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `billhook=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// One `[[source]]`: where a provider sends its webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The URL segment: `POST /ingest/{name}`.
+    pub name: String,
+    /// `razorpay`, `zwitch`, `setu_bbps` or `caminvoice`.
+    pub provider: String,
+    /// Signing secrets, newest first (Razorpay, Zwitch).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// A credential, for providers without a signature of their own (Setu, CamInvoice).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Only requests from these networks are accepted.
+    #[serde(default)]
+    pub allow_ips: Vec<IpNet>,
+    /// The status that acknowledges a request (202 unless the provider insists on 200).
+    #[serde(default)]
+    pub ack_status: Option<u16>,
+}
+
+/// `auth = { kind = …, … }` for a source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthConfig {
+    Header {
+        name: String,
+        value: String,
+    },
+    Basic {
+        username: String,
+        password: String,
+    },
+    JwtHs256 {
+        secret: String,
+        /// The oldest acceptable `iat` (default 120 s).
+        #[serde(default)]
+        max_age: Option<HumanDuration>,
+    },
+    PathToken {
+        token: String,
+    },
+}
+
+/// A configured source ready to use.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub spec: SourceSpec,
+    pub ack_status: http::StatusCode,
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database: billhook_store::DatabaseConfig,
+    pub admin_token: Secret,
+    pub trusted_proxies: Vec<IpNet>,
+    pub ingest: IngestConfig,
+    pub sources: HashMap<String, Source>,
+}
+
+impl Config {
+    /// Reads the TOML file (if given) and applies `BILLHOOK_*` overrides.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Parse(format!(
+                    "the configuration file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("BILLHOOK_").split("__").filter(|key| {
+            let top = key.as_str().split('.').next().unwrap_or_default();
+            ENV_SECTIONS
+                .iter()
+                .any(|section| section.eq_ignore_ascii_case(top))
+        }));
+        figment
+            .extract()
+            .map_err(|error| ConfigError::Parse(format!("configuration: {error}")))
+    }
+
+    /// Parses a configuration from TOML text alone (no environment), for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|error| ConfigError::Parse(format!("configuration: {error}")))
+    }
+
+    /// The database the configuration points at.
+    pub fn database(&self) -> Result<billhook_store::DatabaseConfig, ConfigError> {
+        match &self.database_url {
+            Some(url) => billhook_store::DatabaseConfig::from_url(url)
+                .map_err(|e| ConfigError::Invalid(e.to_string())),
+            None => Ok(billhook_store::DatabaseConfig::Sqlite {
+                path: self.data_dir.join(DATABASE_FILE),
+            }),
+        }
+    }
+
+    /// Validates everything and resolves the admin token (which the caller provides when the
+    /// configuration has none).
+    pub fn into_settings(self, admin_token: Secret) -> Result<Settings, ConfigError> {
+        if self.ingest.dedup_window.0 < Duration::from_secs(8 * 86_400) {
+            return Err(ConfigError::Invalid(format!(
+                "ingest.dedup_window is {}: keep dedup keys at least 8 days (providers retry for up to 7)",
+                self.ingest.dedup_window
+            )));
+        }
+        if self.ingest.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "ingest.max_body_bytes must be positive".to_owned(),
+            ));
+        }
+        let database = self.database()?;
+        let mut sources = HashMap::new();
+        for source in self.sources {
+            let name = source.name.clone();
+            let ack_status = match source.ack_status {
+                None => http::StatusCode::ACCEPTED,
+                Some(code @ (200 | 202 | 204)) => {
+                    http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::ACCEPTED)
+                }
+                Some(other) => {
+                    return Err(ConfigError::SourceAuth {
+                        source_name: name,
+                        message: format!("ack_status {other} is not one of 200, 202, 204"),
+                    });
+                }
+            };
+            let auth = source_auth(&source)?;
+            let spec = SourceSpec::new(&source.name, &source.provider, auth, source.allow_ips)?;
+            if sources
+                .insert(name.clone(), Source { spec, ack_status })
+                .is_some()
+            {
+                return Err(ConfigError::DuplicateSource(name));
+            }
+        }
+        Ok(Settings {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            database,
+            admin_token,
+            trusted_proxies: self.trusted_proxies,
+            ingest: self.ingest,
+            sources,
+        })
+    }
+}
+
+/// The JWT `iat` age limit when a source does not set one.
+pub const DEFAULT_JWT_MAX_AGE: Duration = Duration::from_secs(120);
+
+fn source_auth(source: &SourceConfig) -> Result<Option<SourceAuth>, ConfigError> {
+    let invalid = |message: String| ConfigError::SourceAuth {
+        source_name: source.name.clone(),
+        message,
+    };
+    match (&source.auth, source.secrets.is_empty()) {
+        (Some(_), false) => Err(invalid(
+            "set either `secrets` (a provider signature) or `auth`, not both".to_owned(),
+        )),
+        (None, true) => Ok(None),
+        (None, false) => Ok(Some(SourceAuth::Signature {
+            secrets: source.secrets.iter().map(Secret::new).collect(),
+        })),
+        (Some(auth), true) => Ok(Some(match auth {
+            AuthConfig::Header { name, value } => SourceAuth::Header {
+                name: http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| invalid(format!("`{name}` is not a valid header name")))?,
+                value: Secret::new(value.clone()),
+            },
+            AuthConfig::Basic { username, password } => SourceAuth::Basic {
+                username: username.clone(),
+                password: Secret::new(password.clone()),
+            },
+            AuthConfig::JwtHs256 { secret, max_age } => SourceAuth::JwtHs256 {
+                secret: Secret::new(secret.clone()),
+                max_age_seconds: i64::try_from(
+                    max_age.map_or(DEFAULT_JWT_MAX_AGE, |d| d.0).as_secs(),
+                )
+                .unwrap_or(i64::MAX),
+            },
+            AuthConfig::PathToken { token } => SourceAuth::PathToken {
+                token: Secret::new(token.clone()),
+            },
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            "5m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            "8d".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(8 * 86_400)
+        );
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!("0s".parse::<HumanDuration>().unwrap().0, Duration::ZERO);
+        assert!("5 weeks".parse::<HumanDuration>().is_err());
+        assert!("fast".parse::<HumanDuration>().is_err());
+        assert_eq!(HumanDuration(Duration::from_secs(7200)).to_string(), "2h");
+    }
+
+    #[test]
+    fn sources_are_validated() {
+        let config = Config::from_toml(
+            r#"
+            [[source]]
+            name = "razorpay-live"
+            provider = "razorpay"
+            secrets = ["current", "previous"]
+
+            [[source]]
+            name = "setu"
+            provider = "setu_bbps"
+            auth = { kind = "jwt_hs256", secret = "s3cret" }
+            allow_ips = ["52.66.75.174/32"]
+            "#,
+        )
+        .unwrap();
+        let settings = config.into_settings(Secret::new("token")).unwrap();
+        assert_eq!(settings.sources.len(), 2);
+        assert_eq!(settings.sources["setu"].spec.allow_ips.len(), 1);
+
+        let missing = Config::from_toml("[[source]]\nname = \"cam\"\nprovider = \"caminvoice\"\n")
+            .unwrap()
+            .into_settings(Secret::new("t"))
+            .unwrap_err();
+        assert!(
+            missing.to_string().contains("no usable authentication"),
+            "{missing}"
+        );
+
+        let unknown_key = Config::from_toml("[ingest]\nmax_body = 3\n").unwrap_err();
+        assert!(
+            unknown_key.to_string().contains("max_body"),
+            "{unknown_key}"
+        );
+
+        let short_window = Config::from_toml("[ingest]\ndedup_window = \"1d\"\n")
+            .unwrap()
+            .into_settings(Secret::new("t"))
+            .unwrap_err();
+        assert!(short_window.to_string().contains("at least 8 days"));
+    }
+}

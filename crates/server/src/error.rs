@@ -1,0 +1,180 @@
+//! The one table of error codes clients see, and the one place they become HTTP responses.
+//!
+//! Every error body is `{"code": "...", "message": "..."}`. Codes are stable: clients and scripts
+//! branch on them. A 5xx says only that something failed and how to find it in the logs
+//! (`request_id`); the cause is logged, never sent.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use billhook_providers::VerifyError;
+use billhook_store::StoreError;
+use http::StatusCode;
+use serde::Serialize;
+
+macro_rules! error_codes {
+    ($( $variant:ident => $code:literal, $status:ident, $doc:literal; )*) => {
+        /// Every error code billhook's HTTP interface returns.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $( #[doc = $doc] $variant, )*
+        }
+
+        impl ErrorCode {
+            /// All codes, for documentation.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            pub fn as_str(&self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code,)* }
+            }
+
+            pub fn status(&self) -> StatusCode {
+                match self { $(ErrorCode::$variant => StatusCode::$status,)* }
+            }
+
+            pub fn description(&self) -> &'static str {
+                match self { $(ErrorCode::$variant => $doc,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    UnknownSource => "unknown_source", NOT_FOUND, "No source with that name is configured.";
+    PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE, "The body exceeds the ingest size limit.";
+    EmptyBody => "empty_body", BAD_REQUEST, "The request has no body.";
+    MissingSignature => "missing_signature", UNAUTHORIZED, "The provider's signature header is missing.";
+    MalformedSignature => "malformed_signature", UNAUTHORIZED, "The signature header is not a hex HMAC-SHA256.";
+    InvalidSignature => "invalid_signature", UNAUTHORIZED, "The signature does not match the body under any configured secret.";
+    MissingCredentials => "missing_credentials", UNAUTHORIZED, "The request carries none of the source's credentials.";
+    InvalidCredentials => "invalid_credentials", UNAUTHORIZED, "The request's credentials are wrong for this source.";
+    MalformedToken => "malformed_token", UNAUTHORIZED, "The bearer token is not a valid HS256 JWT.";
+    TokenExpired => "token_expired", UNAUTHORIZED, "The bearer token's `iat` is too old or it has expired.";
+    IpNotAllowed => "ip_not_allowed", UNAUTHORIZED, "The client address is not on the source's allow-list.";
+    Unauthorized => "unauthorized", UNAUTHORIZED, "The admin API needs `Authorization: Bearer <admin token>`.";
+    NotFound => "not_found", NOT_FOUND, "No such resource.";
+    InvalidRequest => "invalid_request", BAD_REQUEST, "A parameter or the body is invalid; the message says which.";
+    InvalidCursor => "invalid_cursor", BAD_REQUEST, "The pagination cursor is not one this API issued.";
+    MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED, "The path does not accept this method.";
+    RequestTimeout => "request_timeout", REQUEST_TIMEOUT, "The request took longer than the server allows.";
+    StorageUnavailable => "storage_unavailable", SERVICE_UNAVAILABLE, "The database is unreachable; nothing was stored, retry later.";
+    Internal => "internal", INTERNAL_SERVER_ERROR, "An unexpected failure; nothing was acknowledged. See the server log.";
+}
+
+/// An error on its way to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("no {what} with that id"))
+    }
+
+    /// A failure whose cause must not reach the client: logged here, summarized there.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "request failed");
+        Self::new(
+            ErrorCode::Internal,
+            "an unexpected error occurred; nothing was acknowledged",
+        )
+    }
+}
+
+impl From<VerifyError> for ApiError {
+    fn from(error: VerifyError) -> Self {
+        let code = match error {
+            VerifyError::MissingSignature(_) => ErrorCode::MissingSignature,
+            VerifyError::MalformedSignature(_) => ErrorCode::MalformedSignature,
+            VerifyError::InvalidSignature => ErrorCode::InvalidSignature,
+            VerifyError::MissingCredentials => ErrorCode::MissingCredentials,
+            VerifyError::InvalidCredentials => ErrorCode::InvalidCredentials,
+            VerifyError::MalformedToken(_) => ErrorCode::MalformedToken,
+            VerifyError::TokenExpired => ErrorCode::TokenExpired,
+            VerifyError::IpNotAllowed => ErrorCode::IpNotAllowed,
+        };
+        debug_assert_eq!(code.as_str(), error.code());
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => {
+                tracing::error!(%error, "the database is unavailable");
+                Self::new(
+                    ErrorCode::StorageUnavailable,
+                    "the database is unavailable; nothing was stored, retry later",
+                )
+            }
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.code.as_str(),
+            message: &self.message,
+        };
+        (self.code.status(), Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "{} twice", code.as_str());
+            assert!(
+                code.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
+        }
+    }
+
+    #[test]
+    fn verification_codes_match_the_provider_layer() {
+        let errors = [
+            VerifyError::MissingSignature("x"),
+            VerifyError::MalformedSignature("x"),
+            VerifyError::InvalidSignature,
+            VerifyError::MissingCredentials,
+            VerifyError::InvalidCredentials,
+            VerifyError::MalformedToken("x"),
+            VerifyError::TokenExpired,
+            VerifyError::IpNotAllowed,
+        ];
+        for error in errors {
+            let code = error.code();
+            let api = ApiError::from(error);
+            assert_eq!(api.code.as_str(), code);
+            assert_eq!(api.code.status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+}

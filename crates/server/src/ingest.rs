@@ -1,0 +1,394 @@
+//! `POST /ingest/{source}`: the path of one webhook.
+//!
+//! raw bytes → source lookup → size limit → provider verification → parse and normalize (or
+//! quarantine) → one store transaction → 2xx. Nothing on this path calls out to the network, and
+//! the acknowledgement is sent only after the store's commit has returned.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::response::{IntoResponse, Response};
+use billhook_core::event::Reception;
+use billhook_core::ids::{EventId, InboundId};
+use billhook_core::time::Timestamp;
+use billhook_providers::auth::SourceAuth;
+use billhook_providers::{InboundRequest, NormalizeError, Normalized, body_hash_key};
+use billhook_store::{
+    InboundStatus, IngestOutcome, IngestWrite, NewEvent, NewInbound, RecordedError,
+};
+use bytes::Bytes;
+use http::{HeaderMap, header};
+use http_body_util::{BodyExt, Limited};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::App;
+use crate::config::Source;
+use crate::error::{ApiError, ErrorCode};
+
+/// What the provider (or whoever posts) gets back.
+#[derive(Debug, Serialize)]
+pub struct IngestResponse {
+    pub inbound_id: InboundId,
+    pub events: Vec<EventId>,
+    pub duplicate: bool,
+    /// True when the message was verified but could not be normalized: it is kept for
+    /// reprocessing.
+    pub quarantined: bool,
+}
+
+pub(crate) async fn receive(
+    State(app): State<Arc<App>>,
+    Path(source): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    handle(app, source, None, peer, headers, body).await
+}
+
+pub(crate) async fn receive_with_token(
+    State(app): State<Arc<App>>,
+    Path((source, token)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    handle(app, source, Some(token), peer, headers, body).await
+}
+
+async fn handle(
+    app: Arc<App>,
+    source_name: String,
+    path_token: Option<String>,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let timeout = app.settings.ingest.request_timeout.0;
+    match tokio::time::timeout(
+        timeout,
+        process(
+            &app,
+            &source_name,
+            path_token.as_deref(),
+            peer,
+            &headers,
+            body,
+        ),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request did not complete within {}",
+                app.settings.ingest.request_timeout
+            ),
+        )),
+    }
+}
+
+async fn process(
+    app: &App,
+    source_name: &str,
+    path_token: Option<&str>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let source = app.settings.sources.get(source_name).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownSource,
+            format!("no source named `{source_name}` is configured"),
+        )
+    })?;
+    let body = read_body(headers, body, app.settings.ingest.max_body_bytes).await?;
+    if body.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::EmptyBody,
+            "the request has no body",
+        ));
+    }
+    let received_at = Timestamp::now();
+    let remote_ip = client_ip(peer, headers, &app.settings.trusted_proxies);
+    let request = InboundRequest {
+        headers,
+        body: &body,
+        remote_ip: Some(remote_ip),
+        path_token,
+        received_at,
+    };
+    let verification = source.spec.verify(&request).map_err(|error| {
+        tracing::warn!(
+            source = source_name,
+            code = error.code(),
+            remote = %remote_ip,
+            "refused an unverified request"
+        );
+        ApiError::from(error)
+    })?;
+    let normalized = source.spec.provider.normalize(&request);
+    let write = build_write(
+        source,
+        &request,
+        format!("{}: {}", verification.scheme, verification.detail),
+        normalized,
+        app.settings.ingest.dedup_window.0,
+        body.clone(),
+    );
+    let quarantined = write.inbound.status == InboundStatus::Quarantined;
+    if let Some(error) = &write.inbound.error {
+        tracing::info!(
+            source = source_name,
+            inbound = %write.inbound.id,
+            code = %error.code,
+            "quarantined a verified message that could not be normalized"
+        );
+    }
+    let outcome = app.store.ingest(write).await?;
+    let response = match outcome {
+        IngestOutcome::Stored {
+            inbound_id,
+            event_ids,
+        } => IngestResponse {
+            inbound_id,
+            events: event_ids,
+            duplicate: false,
+            quarantined,
+        },
+        IngestOutcome::Duplicate {
+            inbound_id,
+            event_ids,
+        } => {
+            tracing::debug!(source = source_name, inbound = %inbound_id, "duplicate message");
+            IngestResponse {
+                inbound_id,
+                quarantined: event_ids.is_empty() && quarantined,
+                events: event_ids,
+                duplicate: true,
+            }
+        }
+    };
+    Ok((source.ack_status, Json(response)).into_response())
+}
+
+/// Reads the body, refusing with 413 as soon as it is known to exceed `limit`: from
+/// `Content-Length` before reading anything, else while streaming.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(ApiError::invalid(format!(
+            "the body could not be read: {error}"
+        ))),
+    }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer_ip = peer.ip();
+    if !is_trusted(&peer_ip) {
+        return peer_ip;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|part| part.trim().parse::<IpAddr>().ok())
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer_ip)
+}
+
+/// Headers kept with every stored request, besides the provider's own.
+const COMMON_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "user-agent",
+    "x-forwarded-for",
+    "x-request-id",
+];
+
+/// Selects the headers worth keeping and redacts what could be replayed: credentials entirely,
+/// signatures down to a prefix.
+fn kept_headers(source: &Source, headers: &HeaderMap) -> Vec<(String, String)> {
+    let provider_headers = source.spec.provider.kept_headers();
+    let credential_header = match &source.spec.auth {
+        SourceAuth::Header { name, .. } => Some(name.as_str()),
+        _ => None,
+    };
+    let mut kept = Vec::new();
+    for (name, value) in headers {
+        let name = name.as_str();
+        let is_credential = name == "authorization" || Some(name) == credential_header;
+        let is_provider = provider_headers.contains(&name);
+        if !(is_credential || is_provider || COMMON_HEADERS.contains(&name)) {
+            continue;
+        }
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let shown = if is_credential {
+            "[redacted]".to_owned()
+        } else if name.ends_with("signature") {
+            redact_signature(&text)
+        } else {
+            text.into_owned()
+        };
+        kept.push((name.to_owned(), shown));
+    }
+    kept
+}
+
+/// The first eight characters of a signature and an ellipsis: enough to tell two apart, never
+/// enough to replay.
+pub fn redact_signature(signature: &str) -> String {
+    let prefix: String = signature.chars().take(8).collect();
+    format!("{prefix}…")
+}
+
+/// Turns a verified request and what its provider made of it into one store write.
+pub(crate) fn build_write(
+    source: &Source,
+    request: &InboundRequest<'_>,
+    verification: String,
+    normalized: Result<Normalized, NormalizeError>,
+    dedup_window: std::time::Duration,
+    body: Bytes,
+) -> IngestWrite {
+    let inbound_id = InboundId::new_at(request.received_at);
+    let provider = source.spec.provider.name();
+    let (status, provider_event, provider_event_id, dedup_key, events, error) = match normalized {
+        Ok(normalized) => {
+            let reception = Reception {
+                inbound_id,
+                received_at: request.received_at,
+                source_name: &source.spec.name,
+                provider,
+                provider_event: &normalized.provider_event,
+                provider_event_id: normalized.provider_event_id.as_deref(),
+                sandbox: normalized.sandbox,
+            };
+            let events = canonical_events(&normalized, &reception, &source.spec.name);
+            (
+                InboundStatus::Processed,
+                Some(normalized.provider_event.clone()),
+                normalized.provider_event_id.clone(),
+                normalized.dedup_key,
+                events,
+                None,
+            )
+        }
+        Err(error) => {
+            let dedup_key = source
+                .spec
+                .provider
+                .dedup_key_hint(request)
+                .unwrap_or_else(|| body_hash_key(request.body));
+            (
+                InboundStatus::Quarantined,
+                None,
+                None,
+                dedup_key,
+                Vec::new(),
+                Some(RecordedError {
+                    code: error.code().to_owned(),
+                    message: error.to_string(),
+                }),
+            )
+        }
+    };
+    IngestWrite {
+        inbound: NewInbound {
+            id: inbound_id,
+            source: source.spec.name.clone(),
+            provider: provider.to_owned(),
+            received_at: request.received_at,
+            status,
+            provider_event,
+            provider_event_id,
+            dedup_key,
+            verification,
+            remote_addr: request.remote_ip.map(|ip| ip.to_string()),
+            headers: kept_headers(source, request.headers),
+            body,
+            error,
+        },
+        events,
+        dedup_expires_at: request.received_at.add(dedup_window),
+    }
+}
+
+/// Finishes a provider's drafts into canonical events and serializes each once: the stored
+/// bytes are the delivered bytes.
+pub(crate) fn canonical_events(
+    normalized: &Normalized,
+    reception: &Reception<'_>,
+    source_name: &str,
+) -> Vec<NewEvent> {
+    normalized
+        .events
+        .iter()
+        .cloned()
+        .map(|draft| {
+            let event = draft.finish(reception, &normalized.warnings);
+            let payload = serde_json::to_vec(&event).unwrap_or_default();
+            NewEvent {
+                id: event.id,
+                event_type: event.event_type.as_str(),
+                source: source_name.to_owned(),
+                subject_kind: event.subject.kind.as_str(),
+                subject_id: event.subject.id,
+                occurred_at: event.occurred_at,
+                received_at: event.received_at,
+                payload: Bytes::from(payload),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_are_trusted_only_from_trusted_proxies() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let via_proxy: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        assert_eq!(
+            client_ip(via_proxy, &headers, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        let direct: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        assert_eq!(
+            client_ip(direct, &headers, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn signatures_are_shortened() {
+        assert_eq!(redact_signature("2fe04e22977002e6c7cb"), "2fe04e22…");
+    }
+}
