@@ -40,8 +40,12 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|error| CliError::Io(format!("cannot listen on {}: {error}", settings.listen)))?;
-    print_ingest_urls(&settings, &listener);
-    billhook_server::run(settings, listener, shutdown_signal()).await?;
+    let urls = ingest_urls(&settings, &listener);
+    let server = billhook_server::Server::start(settings).await?;
+    for line in urls {
+        eprintln!("billhook: {line}");
+    }
+    server.serve(listener, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -88,24 +92,28 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
         .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))
 }
 
-fn print_ingest_urls(settings: &Settings, listener: &TcpListener) {
+/// What to tell the user once the server is ready: each source's URL, then where the admin API
+/// is (the last line, which scripts wait for).
+fn ingest_urls(settings: &Settings, listener: &TcpListener) -> Vec<String> {
     let address = listener
         .local_addr()
         .map_or_else(|_| settings.listen.to_string(), |a| a.to_string());
     let mut names: Vec<&String> = settings.sources.keys().collect();
     names.sort();
-    eprintln!("billhook: admin API and console at http://{address}/");
+    let mut lines = Vec::new();
     for name in names {
         let source = &settings.sources[name];
         let suffix = match &source.spec.auth {
             SourceAuth::PathToken { .. } => "/<token>",
             _ => "",
         };
-        eprintln!(
-            "billhook: {:<11} → POST http://{address}/ingest/{name}{suffix}",
+        lines.push(format!(
+            "{:<11} → POST http://{address}/ingest/{name}{suffix}",
             source.spec.provider.name()
-        );
+        ));
     }
+    lines.push(format!("admin API and console at http://{address}/"));
+    lines
 }
 
 fn init_logging(format: LogFormat, level: &str) {

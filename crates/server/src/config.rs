@@ -447,6 +447,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let example = include_str!("../../../billhook.example.toml");
+        let settings = Config::from_toml(example)
+            .unwrap()
+            .into_settings(Secret::new("token"))
+            .unwrap();
+        assert_eq!(settings.sources.len(), 4);
+        assert_eq!(
+            settings.sources["zwitch"].ack_status,
+            http::StatusCode::ACCEPTED
+        );
+    }
+
+    #[test]
     fn sources_are_validated() {
         let config = Config::from_toml(
             r#"

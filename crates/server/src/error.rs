@@ -94,7 +94,7 @@ impl ApiError {
         tracing::error!(%cause, "request failed");
         Self::new(
             ErrorCode::Internal,
-            "an unexpected error occurred; nothing was acknowledged",
+            "an unexpected error occurred; details are in the server log",
         )
     }
 }
@@ -155,6 +155,20 @@ mod tests {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b == b'_')
             );
+        }
+    }
+
+    #[test]
+    fn every_code_is_documented_with_its_status() {
+        let docs = include_str!("../../../docs/api.md");
+        for code in ErrorCode::ALL {
+            let row = format!(
+                "| `{}` | {} | {} |",
+                code.as_str(),
+                code.status().as_u16(),
+                code.description()
+            );
+            assert!(docs.contains(&row), "docs/api.md lacks the row {row}");
         }
     }
 

@@ -47,23 +47,50 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let store = Store::open(&settings.database).await?;
-    let schema = store.schema_version().await?;
-    tracing::info!(database = %settings.database.describe(), schema, "database ready");
-    let app = Arc::new(App { settings, store });
-    let background = background::spawn(Arc::clone(&app));
-    let address = listener.local_addr()?;
-    tracing::info!(%address, sources = app.settings.sources.len(), "billhook is listening");
-    let served = axum::serve(
-        listener,
-        router(Arc::clone(&app)).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
-    background.stop().await;
-    app.store.close().await;
-    tracing::info!("billhook stopped");
-    served.map_err(RunError::from)
+    Server::start(settings)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}
+
+/// A server whose database is open, ready to serve.
+pub struct Server {
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Opens (and migrates) the database.
+    pub async fn start(settings: Settings) -> Result<Self, RunError> {
+        let store = Store::open(&settings.database).await?;
+        let schema = store.schema_version().await?;
+        tracing::info!(database = %settings.database.describe(), schema, "database ready");
+        Ok(Self {
+            app: Arc::new(App { settings, store }),
+        })
+    }
+
+    /// Serves HTTP on `listener` and runs the background tasks until `shutdown` resolves, then
+    /// drains in-flight requests and closes the store.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RunError> {
+        let app = self.app;
+        let background = background::spawn(Arc::clone(&app));
+        let address = listener.local_addr()?;
+        tracing::info!(%address, sources = app.settings.sources.len(), "billhook is listening");
+        let served = axum::serve(
+            listener,
+            router(Arc::clone(&app)).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        background.stop().await;
+        app.store.close().await;
+        tracing::info!("billhook stopped");
+        served.map_err(RunError::from)
+    }
 }
 
 fn router(app: Arc<App>) -> Router {

@@ -126,3 +126,87 @@ async fn every_acknowledged_event_survives_sigkill() {
         acknowledged.len()
     );
 }
+
+/// Runs `billhook serve` with `args` in `dir` until it prints its address (returning everything
+/// it printed up to then) or exits (returning its output and status).
+fn serve_once(dir: &std::path::Path, args: &[&str]) -> (String, Option<std::process::ExitStatus>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .arg("serve")
+        .args(args)
+        .current_dir(dir)
+        .env("BILLHOOK_LISTEN", "127.0.0.1:0")
+        .env_remove("BILLHOOK_ADMIN_TOKEN")
+        .env_remove("BILLHOOK_DATA_DIR")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut printed = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("billhook: admin API and console at ") {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return (printed, None);
+        }
+    }
+    (printed, Some(child.wait().unwrap()))
+}
+
+#[test]
+fn the_first_run_writes_a_starter_config_and_shows_the_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, exited) = serve_once(dir.path(), &[]);
+    assert!(exited.is_none(), "{first}");
+    assert!(first.contains("wrote a starter configuration"), "{first}");
+    assert!(first.contains("generated an admin token"), "{first}");
+    for url in [
+        "/ingest/razorpay",
+        "/ingest/zwitch",
+        "/ingest/setu",
+        "/ingest/caminvoice/<token>",
+    ] {
+        assert!(first.contains(url), "{url} missing from {first}");
+    }
+    let data_dir = dir.path().join("billhook-data");
+    let token = std::fs::read_to_string(data_dir.join("admin-token")).unwrap();
+    assert!(first.contains(token.trim()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data_dir.join("admin-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the token file is private");
+    }
+    assert!(data_dir.join("billhook.db").exists());
+
+    let (second, exited) = serve_once(dir.path(), &[]);
+    assert!(exited.is_none(), "{second}");
+    assert!(
+        !second.contains(token.trim()),
+        "the token is shown only once"
+    );
+    assert!(!second.contains("starter configuration"));
+}
+
+#[test]
+fn a_source_without_usable_auth_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "admin_token = \"t\"\n[[source]]\nname = \"cam\"\nprovider = \"caminvoice\"\n",
+    )
+    .unwrap();
+    let (printed, exited) = serve_once(dir.path(), &["--config", config.to_str().unwrap()]);
+    assert!(exited.is_some_and(|status| !status.success()), "{printed}");
+    assert!(
+        printed.contains("source `cam` (caminvoice) has no usable authentication"),
+        "{printed}"
+    );
+}

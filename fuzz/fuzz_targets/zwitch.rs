@@ -1,0 +1,9 @@
+//! Fuzzes the zwitch parser and normalizer: any bytes, with or without the provider's headers,
+//! must yield events or a quarantine error, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|body: &[u8]| {
+    billhook_fuzz_support::normalize("zwitch", body);
+});
