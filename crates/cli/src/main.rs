@@ -39,6 +39,33 @@ enum Command {
     },
     /// Run quarantined requests through today's provider code again.
     Reprocess(ReprocessArgs),
+    /// Send events again: one event, or an endpoint's failures since a time.
+    Replay {
+        #[command(subcommand)]
+        command: ReplayCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplayCommand {
+    /// Redeliver one event to the endpoints that had it (or to one endpoint).
+    Event {
+        id: String,
+        /// Only to this endpoint; it gets the event even if it never had it.
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Resend every failed, dead or held delivery of an endpoint since a time.
+    Endpoint {
+        id: String,
+        /// An RFC 3339 time, or a duration back from now (`2h`, `3d`).
+        #[arg(long)]
+        since: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 /// How to reach a running billhook.
@@ -247,7 +274,62 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             output::reprocessed(&results, args.remote.json);
             Ok(())
         }
+        Command::Replay { command } => match command {
+            ReplayCommand::Event {
+                id,
+                endpoint,
+                remote,
+            } => {
+                let client = client::Client::connect(&remote)?;
+                let body = match endpoint {
+                    Some(endpoint) => serde_json::json!({ "endpoint_id": endpoint }),
+                    None => serde_json::json!({}),
+                };
+                let result = client
+                    .post(&format!("/v1/events/{id}/redeliver"), &body)
+                    .await?;
+                if remote.json {
+                    output::pretty(&result);
+                } else {
+                    let count = result["deliveries"].as_array().map_or(0, Vec::len);
+                    println!("redelivering {id} to {count} endpoint(s)");
+                }
+                Ok(())
+            }
+            ReplayCommand::Endpoint { id, since, remote } => {
+                let client = client::Client::connect(&remote)?;
+                let since = parse_since(&since)?;
+                let result = client
+                    .post(
+                        &format!("/v1/endpoints/{id}/recover"),
+                        &serde_json::json!({ "since": since }),
+                    )
+                    .await?;
+                if remote.json {
+                    output::pretty(&result);
+                } else {
+                    println!(
+                        "recovering {} deliveries of {id} since {since}",
+                        result["recovered"]
+                    );
+                }
+                Ok(())
+            }
+        },
     }
+}
+
+/// An RFC 3339 time, or a duration (`90m`, `2d`) back from now.
+fn parse_since(text: &str) -> Result<String, CliError> {
+    if let Ok(at) = billhook_core::time::Timestamp::parse_rfc3339(text) {
+        return Ok(at.to_rfc3339());
+    }
+    let ago: billhook_server::config::HumanDuration = text
+        .parse()
+        .map_err(|e: String| CliError::Usage(format!("--since: {e}")))?;
+    Ok(billhook_core::time::Timestamp::now()
+        .sub(ago.0)
+        .to_rfc3339())
 }
 
 fn push(query: &mut Vec<(&'static str, String)>, name: &'static str, value: Option<String>) {

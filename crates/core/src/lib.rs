@@ -12,6 +12,8 @@ pub mod event;
 pub mod identifiers;
 pub mod ids;
 pub mod money;
+pub mod retry;
 pub mod schema;
 pub mod signing;
+pub mod subscription;
 pub mod time;

@@ -149,8 +149,12 @@ pub struct Config {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
+    #[serde(default, rename = "endpoint")]
+    pub endpoints: Vec<EndpointConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -171,7 +175,9 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
+            delivery: DeliveryConfig::default(),
             sources: Vec::new(),
+            endpoints: Vec::new(),
         }
     }
 }
@@ -222,6 +228,133 @@ impl Default for LogConfig {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// `[delivery]`: how billhook delivers to subscriber endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Destination networks allowed despite being private, loopback or link-local (SSRF guard
+    /// exceptions), e.g. `["127.0.0.0/8"]` to deliver to a service on the same host.
+    pub allow_private_destinations: Vec<IpNet>,
+    /// The wait before each attempt; its length is the number of attempts.
+    pub retry_schedule: Vec<HumanDuration>,
+    /// Waits are moved by up to this percentage either way.
+    pub jitter_percent: u32,
+    /// `Retry-After` is honoured up to this long.
+    pub retry_after_cap: HumanDuration,
+    /// An endpoint failing every attempt for this long is disabled.
+    pub disable_after: HumanDuration,
+    /// How long an endpoint pauses after 429, 502 or 504 (when no `Retry-After` says otherwise).
+    pub slow_down: HumanDuration,
+    /// The most time one attempt may take, response included.
+    pub request_timeout: HumanDuration,
+    pub connect_timeout: HumanDuration,
+    /// How long a worker owns a claimed delivery before another may take it; renewed while held.
+    pub lease: HumanDuration,
+    /// Attempts in flight at once, across all endpoints.
+    pub max_in_flight: u32,
+    /// Concurrent attempts per endpoint unless the endpoint sets `max_concurrency`.
+    pub default_max_concurrency: u32,
+    /// Deliveries an endpoint may have queued in memory; more wait in the database.
+    pub queue_per_endpoint: u32,
+    /// On shutdown, in-flight attempts get this long to finish.
+    pub shutdown_grace: HumanDuration,
+    /// After a secret rotation the previous secret keeps signing this long.
+    pub secret_overlap: HumanDuration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let policy = billhook_core::retry::RetryPolicy::default();
+        Self {
+            allow_private_destinations: Vec::new(),
+            retry_schedule: policy.schedule.iter().copied().map(HumanDuration).collect(),
+            jitter_percent: policy.jitter_percent,
+            retry_after_cap: HumanDuration(policy.retry_after_cap),
+            disable_after: HumanDuration(policy.disable_after),
+            slow_down: HumanDuration(policy.slow_down),
+            request_timeout: HumanDuration(Duration::from_secs(15)),
+            connect_timeout: HumanDuration(Duration::from_secs(5)),
+            lease: HumanDuration(Duration::from_secs(60)),
+            max_in_flight: 512,
+            default_max_concurrency: 16,
+            queue_per_endpoint: 256,
+            shutdown_grace: HumanDuration(Duration::from_secs(10)),
+            secret_overlap: HumanDuration(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// The retry policy this configuration describes.
+    pub fn retry_policy(&self) -> billhook_core::retry::RetryPolicy {
+        billhook_core::retry::RetryPolicy {
+            schedule: self.retry_schedule.iter().map(|d| d.0).collect(),
+            jitter_percent: self.jitter_percent,
+            retry_after_cap: self.retry_after_cap.0,
+            disable_after: self.disable_after.0,
+            slow_down: self.slow_down.0,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: &str| Err(ConfigError::Invalid(format!("delivery: {message}")));
+        if self.retry_schedule.is_empty() {
+            return invalid(
+                "retry_schedule needs at least one entry (the wait before the first attempt)",
+            );
+        }
+        if self.jitter_percent > 100 {
+            return invalid("jitter_percent must be between 0 and 100");
+        }
+        if self.max_in_flight == 0
+            || self.default_max_concurrency == 0
+            || self.queue_per_endpoint == 0
+        {
+            return invalid(
+                "max_in_flight, default_max_concurrency and queue_per_endpoint must be positive",
+            );
+        }
+        if self.lease.0 < Duration::from_secs(1) {
+            return invalid("lease must be at least 1s");
+        }
+        if self.request_timeout.0 >= self.lease.0 {
+            return invalid(
+                "request_timeout must be shorter than lease, or a slow attempt could be taken over",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One `[[endpoint]]` declared in the configuration; created at start and kept in line with the
+/// file (matched by `name`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub name: String,
+    pub url: String,
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub sources: Option<Vec<String>>,
+    #[serde(default = "default_format")]
+    pub format: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    #[serde(default)]
+    pub description: String,
+    /// `whsec_…`; generated (and shown by the API) when unset.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+fn default_format() -> String {
+    "canonical".to_owned()
 }
 
 /// One `[[source]]`: where a provider sends its webhooks.
@@ -285,7 +418,9 @@ pub struct Settings {
     pub admin_token: Secret,
     pub trusted_proxies: Vec<IpNet>,
     pub ingest: IngestConfig,
+    pub delivery: DeliveryConfig,
     pub sources: HashMap<String, Source>,
+    pub endpoints: Vec<EndpointConfig>,
 }
 
 impl Config {
@@ -345,6 +480,7 @@ impl Config {
                 "ingest.max_body_bytes must be positive".to_owned(),
             ));
         }
+        self.delivery.validate()?;
         let database = self.database()?;
         let mut sources = HashMap::new();
         for source in self.sources {
@@ -377,7 +513,9 @@ impl Config {
             admin_token,
             trusted_proxies: self.trusted_proxies,
             ingest: self.ingest,
+            delivery: self.delivery,
             sources,
+            endpoints: self.endpoints,
         })
     }
 }

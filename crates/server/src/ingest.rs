@@ -17,7 +17,7 @@ use billhook_core::time::Timestamp;
 use billhook_providers::auth::SourceAuth;
 use billhook_providers::{InboundRequest, NormalizeError, Normalized, body_hash_key};
 use billhook_store::{
-    InboundStatus, IngestOutcome, IngestWrite, NewEvent, NewInbound, RecordedError,
+    InboundStatus, IngestOutcome, IngestWrite, NewEvent, NewInbound, RawOrigin, RecordedError,
 };
 use bytes::Bytes;
 use http::{HeaderMap, header};
@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::App;
 use crate::config::Source;
+use crate::delivery::{Prepared, fan_out_events};
 use crate::error::{ApiError, ErrorCode};
 
 /// What the provider (or whoever posts) gets back.
@@ -133,7 +134,7 @@ async fn process(
         ApiError::from(error)
     })?;
     let normalized = source.spec.provider.normalize(&request);
-    let write = build_write(
+    let mut write = build_write(
         source,
         &request,
         format!("{}: {}", verification.scheme, verification.detail),
@@ -142,6 +143,23 @@ async fn process(
         body.clone(),
     );
     let quarantined = write.inbound.status == InboundStatus::Quarantined;
+    let prepared = if quarantined {
+        Prepared::default()
+    } else {
+        let origin = RawOrigin {
+            source: source.spec.name.clone(),
+            provider: source.spec.provider.name().to_owned(),
+            provider_event: write.inbound.provider_event.clone(),
+        };
+        app.delivery.prepare(
+            write.inbound.id,
+            &source.spec.name,
+            &fan_out_events(&write.events),
+            (&body, origin),
+            received_at,
+        )
+    };
+    write.deliveries = prepared.rows.clone();
     if let Some(error) = &write.inbound.error {
         tracing::info!(
             source = source_name,
@@ -155,12 +173,15 @@ async fn process(
         IngestOutcome::Stored {
             inbound_id,
             event_ids,
-        } => IngestResponse {
-            inbound_id,
-            events: event_ids,
-            duplicate: false,
-            quarantined,
-        },
+        } => {
+            app.delivery.hand_off(prepared);
+            IngestResponse {
+                inbound_id,
+                events: event_ids,
+                duplicate: false,
+                quarantined,
+            }
+        }
         IngestOutcome::Duplicate {
             inbound_id,
             event_ids,
@@ -318,6 +339,7 @@ pub(crate) fn build_write(
         }
     };
     IngestWrite {
+        deliveries: Vec::new(),
         inbound: NewInbound {
             id: inbound_id,
             source: source.spec.name.clone(),

@@ -7,6 +7,7 @@
 mod api;
 mod background;
 pub mod config;
+pub mod delivery;
 pub mod error;
 mod health;
 mod ingest;
@@ -29,6 +30,7 @@ use crate::error::{ApiError, ErrorCode};
 pub struct App {
     pub settings: Settings,
     pub store: Store,
+    pub delivery: delivery::Delivery,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -36,6 +38,8 @@ pub struct App {
 pub enum RunError {
     #[error("cannot open the database ({0})")]
     Store(#[from] StoreError),
+    #[error("cannot start delivery: {0}")]
+    Delivery(#[from] delivery::StartError),
     #[error("the HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -64,8 +68,21 @@ impl Server {
         let store = Store::open(&settings.database).await?;
         let schema = store.schema_version().await?;
         tracing::info!(database = %settings.database.describe(), schema, "database ready");
+        let mut sources: Vec<String> = settings.sources.keys().cloned().collect();
+        sources.sort();
+        let delivery = delivery::Delivery::start(
+            store.clone(),
+            settings.delivery.clone(),
+            &settings.endpoints,
+            &sources,
+        )
+        .await?;
         Ok(Self {
-            app: Arc::new(App { settings, store }),
+            app: Arc::new(App {
+                settings,
+                store,
+                delivery,
+            }),
         })
     }
 
@@ -86,6 +103,7 @@ impl Server {
         )
         .with_graceful_shutdown(shutdown)
         .await;
+        app.delivery.shutdown().await;
         background.stop().await;
         app.store.close().await;
         tracing::info!("billhook stopped");

@@ -14,7 +14,7 @@ mod tests;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use billhook_core::ids::{EventId, InboundId};
+use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, EventId, InboundId};
 use billhook_core::time::Timestamp;
 
 pub use model::*;
@@ -142,6 +142,176 @@ impl Store {
     /// Forgets dedup keys that expired before `now`. Returns how many went.
     pub async fn prune_dedup(&self, now: Timestamp, batch: u32) -> Result<u64, StoreError> {
         dispatch!(self, store => store.prune_dedup(now, batch).await)
+    }
+
+    pub async fn create_endpoint(
+        &self,
+        endpoint: NewEndpoint,
+    ) -> Result<EndpointRecord, StoreError> {
+        dispatch!(self, store => store.create_endpoint(endpoint).await)
+    }
+
+    /// Creates the endpoint named in the configuration, or updates it to match. Its secret is
+    /// replaced only when the configuration names one (`configured_secret`).
+    pub async fn upsert_named_endpoint(
+        &self,
+        endpoint: NewEndpoint,
+        configured_secret: bool,
+    ) -> Result<EndpointRecord, StoreError> {
+        dispatch!(self, store => store.upsert_named_endpoint(endpoint, configured_secret).await)
+    }
+
+    pub async fn endpoint(&self, id: EndpointId) -> Result<Option<EndpointRecord>, StoreError> {
+        dispatch!(self, store => store.endpoint(id).await)
+    }
+
+    /// Endpoints, newest first.
+    pub async fn endpoints(
+        &self,
+        before: Option<EndpointId>,
+        limit: u32,
+    ) -> Result<Page<EndpointRecord>, StoreError> {
+        dispatch!(self, store => store.endpoints(before, limit).await)
+    }
+
+    /// Every endpoint that is not deleted, for the delivery runtime's cache.
+    pub async fn all_endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError> {
+        dispatch!(self, store => store.all_endpoints().await)
+    }
+
+    /// Applies a patch; `None` when there is no such endpoint.
+    pub async fn update_endpoint(
+        &self,
+        id: EndpointId,
+        patch: EndpointPatch,
+        now: Timestamp,
+    ) -> Result<Option<EndpointRecord>, StoreError> {
+        dispatch!(self, store => store.update_endpoint(id, patch, now).await)
+    }
+
+    /// Deletes an endpoint and cancels its undelivered deliveries. False when there is none.
+    pub async fn delete_endpoint(
+        &self,
+        id: EndpointId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, store => store.delete_endpoint(id, now).await)
+    }
+
+    /// Makes `secret` the endpoint's signing secret; the previous one signs until `previous_until`.
+    pub async fn rotate_secret(
+        &self,
+        id: EndpointId,
+        secret: String,
+        now: Timestamp,
+        previous_until: Timestamp,
+    ) -> Result<Option<EndpointRecord>, StoreError> {
+        dispatch!(self, store => store.rotate_secret(id, secret, now, previous_until).await)
+    }
+
+    /// Claims up to `limit` deliveries of `endpoint` that are due at `now` and not leased.
+    pub async fn claim_due(
+        &self,
+        endpoint: EndpointId,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let owner = owner.to_owned();
+        dispatch!(self, store => store.claim_due(endpoint, owner, now, lease_until, limit).await)
+    }
+
+    /// Endpoints with claimable deliveries due by `now`, and when the next one falls due.
+    pub async fn due_endpoints(
+        &self,
+        now: Timestamp,
+    ) -> Result<(Vec<EndpointId>, Option<Timestamp>), StoreError> {
+        dispatch!(self, store => store.due_endpoints(now).await)
+    }
+
+    /// Extends the leases `owner` holds on `ids`.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: Vec<DeliveryId>,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let owner = owner.to_owned();
+        dispatch!(self, store => store.renew_leases(owner, ids, until).await)
+    }
+
+    /// Clears every lease (single-process backends, at start).
+    pub async fn release_all_leases(&self) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.release_all_leases().await)
+    }
+
+    /// Records attempts and their consequences, all in one transaction.
+    pub async fn complete(
+        &self,
+        completions: Vec<Completion>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, store => store.complete(completions, now).await)
+    }
+
+    /// Resends an endpoint's failed, dead and held deliveries created since `since`.
+    pub async fn recover(
+        &self,
+        endpoint: EndpointId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.recover(endpoint, since, now).await)
+    }
+
+    /// Sends an event again (to one endpoint, or to all that had it), creating the deliveries in
+    /// `create` for endpoints that never had it.
+    pub async fn redeliver(
+        &self,
+        event: EventId,
+        endpoint: Option<EndpointId>,
+        create: Vec<NewDelivery>,
+        now: Timestamp,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        dispatch!(self, store => store.redeliver(event, endpoint, create, now).await)
+    }
+
+    /// An event's deliveries with their attempts.
+    pub async fn deliveries_of_event(
+        &self,
+        event: EventId,
+        inbound: InboundId,
+    ) -> Result<Vec<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError> {
+        dispatch!(self, store => store.deliveries_of_event(event, inbound).await)
+    }
+
+    pub async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryRecord>, StoreError> {
+        dispatch!(self, store => store.delivery(id).await)
+    }
+
+    /// An endpoint's attempts, newest first.
+    pub async fn attempts_of_endpoint(
+        &self,
+        endpoint: EndpointId,
+        before: Option<AttemptId>,
+        limit: u32,
+    ) -> Result<Page<AttemptRecord>, StoreError> {
+        dispatch!(self, store => store.attempts_of_endpoint(endpoint, before, limit).await)
+    }
+
+    pub async fn endpoint_stats(
+        &self,
+        endpoint: EndpointId,
+        now: Timestamp,
+    ) -> Result<EndpointStats, StoreError> {
+        dispatch!(self, store => store.endpoint_stats(endpoint, now).await)
+    }
+
+    /// True for backends where one process owns the database (SQLite): leases left by a crash
+    /// can be cleared at start instead of waiting for them to expire.
+    pub fn is_single_process(&self) -> bool {
+        matches!(&*self.backend, Backend::Sqlite(_))
     }
 
     /// Succeeds when the database answers.

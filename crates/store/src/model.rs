@@ -75,11 +75,12 @@ pub struct NewEvent {
     pub payload: Bytes,
 }
 
-/// One ingest: the request, its events, all in one transaction.
+/// One ingest: the request, its events and their deliveries, all in one transaction.
 #[derive(Debug, Clone)]
 pub struct IngestWrite {
     pub inbound: NewInbound,
     pub events: Vec<NewEvent>,
+    pub deliveries: Vec<NewDelivery>,
     /// Until when the dedup key keeps recognising redeliveries.
     pub dedup_expires_at: Timestamp,
 }
@@ -165,12 +166,13 @@ pub struct Page<T> {
 /// The result of reprocessing a quarantined request.
 #[derive(Debug, Clone)]
 pub enum Reprocess {
-    /// It now normalizes: store these events under this dedup key.
+    /// It now normalizes: store these events and deliveries under this dedup key.
     Normalized {
         provider_event: String,
         provider_event_id: Option<String>,
         dedup_key: String,
         events: Vec<NewEvent>,
+        deliveries: Vec<NewDelivery>,
         dedup_expires_at: Timestamp,
     },
     /// It still fails: record the latest error.
@@ -204,4 +206,251 @@ pub struct InboundSummary {
     pub body_size: Option<u64>,
     pub error: Option<RecordedError>,
     pub duplicate_of: Option<InboundId>,
+}
+
+use billhook_core::ids::{AttemptId, DeliveryId, EndpointId};
+
+/// A signing secret of an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    /// `whsec_…`
+    pub secret: String,
+    pub created_at: Timestamp,
+    /// `None` for the current secret; rotated-out secrets sign until then.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A subscriber endpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRecord {
+    pub id: EndpointId,
+    /// Set for endpoints declared in the configuration file.
+    pub name: Option<String>,
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub sources: Option<Vec<String>>,
+    pub format: String,
+    pub headers: Vec<(String, String)>,
+    pub rate_limit: Option<u32>,
+    pub max_concurrency: Option<u32>,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub failing_since: Option<Timestamp>,
+    pub last_success_at: Option<Timestamp>,
+    pub last_failure_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Newest first.
+    pub secrets: Vec<SecretRecord>,
+}
+
+/// An endpoint to create.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    pub id: EndpointId,
+    pub name: Option<String>,
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub sources: Option<Vec<String>>,
+    pub format: String,
+    pub headers: Vec<(String, String)>,
+    pub rate_limit: Option<u32>,
+    pub max_concurrency: Option<u32>,
+    pub enabled: bool,
+    pub secret: String,
+    pub now: Timestamp,
+}
+
+/// Changes to an endpoint; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointPatch {
+    pub url: Option<String>,
+    pub description: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub sources: Option<Option<Vec<String>>>,
+    pub format: Option<String>,
+    pub headers: Option<Vec<(String, String)>>,
+    pub rate_limit: Option<Option<u32>>,
+    pub max_concurrency: Option<Option<u32>>,
+    /// Disabling holds the endpoint's pending deliveries; enabling clears its failure streak.
+    pub enabled: Option<bool>,
+    pub disabled_reason: Option<String>,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Waiting for its first attempt.
+    Pending,
+    /// An attempt failed; another is scheduled.
+    Failed,
+    Delivered,
+    /// Out of attempts.
+    Dead,
+    /// Its endpoint is disabled; recovering the endpoint resumes it.
+    Held,
+    /// Its endpoint was deleted.
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Held => "held",
+            DeliveryStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => DeliveryStatus::Pending,
+            "failed" => DeliveryStatus::Failed,
+            "delivered" => DeliveryStatus::Delivered,
+            "dead" => DeliveryStatus::Dead,
+            "held" => DeliveryStatus::Held,
+            "cancelled" => DeliveryStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A lease on a delivery: who works it, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until: Timestamp,
+}
+
+/// A delivery to create with its ingest.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: DeliveryId,
+    pub endpoint_id: EndpointId,
+    pub message_id: String,
+    pub event_id: Option<EventId>,
+    pub event_type: &'static str,
+    /// `Pending`, or `Held` for a disabled endpoint.
+    pub status: DeliveryStatus,
+    pub next_attempt_at: Timestamp,
+    /// Set when this instance takes the delivery straight from ingest.
+    pub lease: Option<Lease>,
+}
+
+/// What a raw delivery needs to say about its provider message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawOrigin {
+    pub source: String,
+    pub provider: String,
+    pub provider_event: Option<String>,
+}
+
+/// A delivery claimed for work, with the bytes to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedDelivery {
+    pub id: DeliveryId,
+    pub endpoint_id: EndpointId,
+    pub message_id: String,
+    pub event_id: Option<EventId>,
+    pub inbound_id: InboundId,
+    pub event_type: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// `None` when retention has pruned the payload.
+    pub payload: Option<Bytes>,
+    /// Set for raw deliveries.
+    pub raw: Option<RawOrigin>,
+}
+
+/// One HTTP attempt to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAttempt {
+    pub id: AttemptId,
+    pub number: u32,
+    pub started_at: Timestamp,
+    pub duration_ms: u64,
+    pub status_code: Option<u16>,
+    /// The first 4 KiB of the response body.
+    pub response_body: Option<Bytes>,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// What follows an attempt (or a delivery given back without one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextStep {
+    Delivered,
+    Retry {
+        at: Timestamp,
+    },
+    Dead,
+    /// The endpoint is disabled: hold until recovered.
+    Held,
+    /// Given back unattempted (shutdown): clear the lease, keep the schedule.
+    Released,
+    /// The endpoint was deleted.
+    Cancelled,
+}
+
+/// The result of working one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub delivery_id: DeliveryId,
+    pub endpoint_id: EndpointId,
+    pub attempt: Option<NewAttempt>,
+    pub next: NextStep,
+    /// Disable the endpoint, for this reason (410, or failing for too long).
+    pub disable_endpoint: Option<String>,
+}
+
+/// A stored attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub id: AttemptId,
+    pub delivery_id: DeliveryId,
+    pub endpoint_id: EndpointId,
+    pub number: u32,
+    pub started_at: Timestamp,
+    pub duration_ms: u64,
+    pub status_code: Option<u16>,
+    pub response_body: Option<Bytes>,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// A stored delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    pub id: DeliveryId,
+    pub endpoint_id: EndpointId,
+    pub message_id: String,
+    pub event_id: Option<EventId>,
+    pub inbound_id: InboundId,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// Counts of an endpoint's deliveries by status, and of its recent attempts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub pending: u64,
+    pub failed: u64,
+    pub delivered: u64,
+    pub dead: u64,
+    pub held: u64,
+    /// Attempts in the last 24 hours, and how many got a 2xx.
+    pub attempts_24h: u64,
+    pub successes_24h: u64,
 }

@@ -77,6 +77,7 @@ fn write(inbound: NewInbound, events: Vec<NewEvent>) -> IngestWrite {
     IngestWrite {
         inbound,
         events,
+        deliveries: Vec::new(),
         dedup_expires_at: Timestamp::now().add(Duration::from_secs(8 * 86_400)),
     }
 }
@@ -310,6 +311,7 @@ fn quarantine_and_reprocess() {
                         provider_event_id: None,
                         dedup_key: "DOCUMENT.RECEIVED:doc_1:".into(),
                         events: vec![new_event],
+                        deliveries: Vec::new(),
                         dedup_expires_at: Timestamp::now().add(Duration::from_secs(3600)),
                     },
                 )
@@ -350,6 +352,7 @@ fn quarantine_and_reprocess() {
                         provider_event_id: None,
                         dedup_key: "DOCUMENT.RECEIVED:doc_1:".into(),
                         events: vec![event("cam", "document.received", "doc_1")],
+                        deliveries: Vec::new(),
                         dedup_expires_at: Timestamp::now().add(Duration::from_secs(3600)),
                     },
                 )
@@ -460,6 +463,452 @@ fn data_survives_reopening_and_writes_after_close_fail() {
                 sqlite::latest_version()
             );
             reopened.ping().await.unwrap();
+        }
+    });
+}
+
+fn new_endpoint(format: &str, name: Option<&str>) -> NewEndpoint {
+    NewEndpoint {
+        id: EndpointId::new(),
+        name: name.map(str::to_owned),
+        url: "https://hooks.example.com/billhook".to_owned(),
+        description: "ledger service".to_owned(),
+        event_types: vec!["invoice.*".to_owned()],
+        sources: None,
+        format: format.to_owned(),
+        headers: vec![("x-team".to_owned(), "payments".to_owned())],
+        rate_limit: Some(10),
+        max_concurrency: None,
+        enabled: true,
+        secret: "whsec_first".to_owned(),
+        now: Timestamp::now(),
+    }
+}
+
+fn delivery_for(
+    endpoint: &EndpointRecord,
+    event: Option<&NewEvent>,
+    inbound: InboundId,
+) -> NewDelivery {
+    NewDelivery {
+        id: DeliveryId::new(),
+        endpoint_id: endpoint.id,
+        message_id: event.map_or(inbound.to_string(), |e| e.id.to_string()),
+        event_id: event.map(|e| e.id),
+        event_type: "invoice.paid",
+        status: DeliveryStatus::Pending,
+        next_attempt_at: Timestamp::now(),
+        lease: None,
+    }
+}
+
+#[test]
+fn endpoints_are_created_patched_rotated_and_deleted() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let created = store
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            assert_eq!(created.secrets.len(), 1);
+            assert_eq!(
+                created.headers,
+                vec![("x-team".to_owned(), "payments".to_owned())]
+            );
+            let now = Timestamp::now();
+            let rotated = store
+                .rotate_secret(
+                    created.id,
+                    "whsec_second".into(),
+                    now,
+                    now.add(Duration::from_secs(86_400)),
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(rotated.secrets[0].secret, "whsec_second");
+            assert_eq!(rotated.secrets[0].expires_at, None);
+            assert_eq!(rotated.secrets[1].secret, "whsec_first");
+            assert!(rotated.secrets[1].expires_at.is_some());
+
+            let patched = store
+                .update_endpoint(
+                    created.id,
+                    EndpointPatch {
+                        url: Some("https://hooks.example.com/v2".into()),
+                        sources: Some(Some(vec!["razorpay".into()])),
+                        rate_limit: Some(None),
+                        enabled: Some(false),
+                        disabled_reason: Some("maintenance".into()),
+                        ..EndpointPatch::default()
+                    },
+                    Timestamp::now(),
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(patched.url, "https://hooks.example.com/v2");
+            assert_eq!(patched.sources, Some(vec!["razorpay".to_owned()]));
+            assert_eq!(patched.rate_limit, None);
+            assert!(!patched.enabled);
+            assert_eq!(patched.disabled_reason.as_deref(), Some("maintenance"));
+
+            let listed = store.endpoints(None, 10).await.unwrap();
+            assert_eq!(listed.items.len(), 1);
+            assert!(
+                store
+                    .delete_endpoint(created.id, Timestamp::now())
+                    .await
+                    .unwrap()
+            );
+            assert!(store.endpoint(created.id).await.unwrap().is_none());
+            assert!(
+                !store
+                    .delete_endpoint(created.id, Timestamp::now())
+                    .await
+                    .unwrap()
+            );
+            assert!(store.all_endpoints().await.unwrap().is_empty());
+        }
+    });
+}
+
+#[test]
+fn named_endpoints_keep_their_id_and_secret_across_upserts() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let first = store
+                .upsert_named_endpoint(new_endpoint("canonical", Some("ledger")), false)
+                .await
+                .unwrap();
+            let mut changed = new_endpoint("raw", Some("ledger"));
+            changed.secret = "whsec_ignored".into();
+            changed.url = "https://elsewhere.example.com/".into();
+            let second = store.upsert_named_endpoint(changed, false).await.unwrap();
+            assert_eq!(second.id, first.id);
+            assert_eq!(second.format, "raw");
+            assert_eq!(second.url, "https://elsewhere.example.com/");
+            assert_eq!(second.secrets[0].secret, "whsec_first");
+            let mut configured = new_endpoint("raw", Some("ledger"));
+            configured.secret = "whsec_from_config".into();
+            let third = store.upsert_named_endpoint(configured, true).await.unwrap();
+            assert_eq!(third.secrets[0].secret, "whsec_from_config");
+        }
+    });
+}
+
+#[test]
+fn deliveries_are_claimed_under_lease_with_their_payloads() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let canonical = store
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            let raw = store
+                .create_endpoint(new_endpoint("raw", None))
+                .await
+                .unwrap();
+            let request = inbound("rzp", "claim-1", InboundStatus::Processed);
+            let e = event("rzp", "invoice.paid", "inv_1");
+            let mut write = write(request.clone(), vec![e.clone()]);
+            write.deliveries = vec![
+                delivery_for(&canonical, Some(&e), request.id),
+                delivery_for(&raw, None, request.id),
+            ];
+            store.ingest(write).await.unwrap();
+
+            let now = Timestamp::now();
+            let (due, _) = store.due_endpoints(now).await.unwrap();
+            assert_eq!(due.len(), 2);
+            let lease = now.add(Duration::from_secs(30));
+            let claimed = store
+                .claim_due(canonical.id, "worker-a", now, lease, 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            assert_eq!(claimed[0].payload.as_ref(), Some(&e.payload));
+            assert_eq!(claimed[0].raw, None);
+            assert!(
+                store
+                    .claim_due(canonical.id, "worker-b", now, lease, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            // After the lease expires, another worker may take it.
+            let later = lease.add(Duration::from_millis(1));
+            let reclaimed = store
+                .claim_due(
+                    canonical.id,
+                    "worker-b",
+                    later,
+                    later.add(Duration::from_secs(30)),
+                    10,
+                )
+                .await
+                .unwrap();
+            assert_eq!(reclaimed.len(), 1);
+
+            let raw_claim = store
+                .claim_due(raw.id, "worker-a", now, lease, 10)
+                .await
+                .unwrap();
+            assert_eq!(raw_claim[0].payload.as_deref(), Some(&request.body[..]));
+            assert_eq!(raw_claim[0].message_id, request.id.to_string());
+            assert_eq!(
+                raw_claim[0].raw.as_ref().unwrap().provider_event.as_deref(),
+                Some("invoice.paid")
+            );
+        }
+    });
+}
+
+#[test]
+fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = store
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            let request = inbound("rzp", "complete-1", InboundStatus::Processed);
+            let events: Vec<NewEvent> = (0..3)
+                .map(|n| event("rzp", "invoice.paid", &format!("inv_{n}")))
+                .collect();
+            let mut ingest = write(request.clone(), events.clone());
+            ingest.deliveries = events
+                .iter()
+                .map(|e| delivery_for(&endpoint, Some(e), request.id))
+                .collect();
+            let delivery_ids: Vec<_> = ingest.deliveries.iter().map(|d| d.id).collect();
+            store.ingest(ingest).await.unwrap();
+            let now = Timestamp::now();
+            let claimed = store
+                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 3);
+
+            let attempt = |status: u16| NewAttempt {
+                id: AttemptId::new(),
+                number: 1,
+                started_at: now,
+                duration_ms: 12,
+                status_code: Some(status),
+                response_body: Some(Bytes::from_static(b"busy")),
+                error_kind: None,
+                error_message: None,
+            };
+            let retry_at = now.add(Duration::from_secs(5));
+            store
+                .complete(
+                    vec![
+                        Completion {
+                            delivery_id: delivery_ids[0],
+                            endpoint_id: endpoint.id,
+                            attempt: Some(attempt(200)),
+                            next: NextStep::Delivered,
+                            disable_endpoint: None,
+                        },
+                        Completion {
+                            delivery_id: delivery_ids[1],
+                            endpoint_id: endpoint.id,
+                            attempt: Some(attempt(503)),
+                            next: NextStep::Retry { at: retry_at },
+                            disable_endpoint: None,
+                        },
+                        Completion {
+                            delivery_id: delivery_ids[2],
+                            endpoint_id: endpoint.id,
+                            attempt: None,
+                            next: NextStep::Released,
+                            disable_endpoint: None,
+                        },
+                    ],
+                    now,
+                )
+                .await
+                .unwrap();
+            let first = store.delivery(delivery_ids[0]).await.unwrap().unwrap();
+            assert_eq!(
+                (first.status, first.attempts, first.last_status_code),
+                (DeliveryStatus::Delivered, 1, Some(200))
+            );
+            let second = store.delivery(delivery_ids[1]).await.unwrap().unwrap();
+            assert_eq!(
+                (second.status, second.attempts, second.next_attempt_at),
+                (DeliveryStatus::Failed, 1, retry_at)
+            );
+            let third = store.delivery(delivery_ids[2]).await.unwrap().unwrap();
+            assert_eq!((third.status, third.attempts), (DeliveryStatus::Pending, 0));
+            let endpoint_now = store.endpoint(endpoint.id).await.unwrap().unwrap();
+            assert_eq!(endpoint_now.failing_since, Some(now));
+            assert_eq!(endpoint_now.last_error.as_deref(), Some("HTTP 503"));
+            let (_, next_due) = store.due_endpoints(now).await.unwrap();
+            assert!(next_due.is_some());
+
+            let attempts = store
+                .attempts_of_endpoint(endpoint.id, None, 10)
+                .await
+                .unwrap();
+            assert_eq!(attempts.items.len(), 2);
+            let history = store
+                .deliveries_of_event(events[1].id, request.id)
+                .await
+                .unwrap();
+            assert_eq!(history.len(), 1);
+            assert_eq!(history[0].1[0].response_body.as_deref(), Some(&b"busy"[..]));
+
+            // A 410: the endpoint is disabled and its other deliveries are held.
+            let claimed = store
+                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            store
+                .complete(
+                    vec![Completion {
+                        delivery_id: claimed[0].id,
+                        endpoint_id: endpoint.id,
+                        attempt: Some(attempt(410)),
+                        next: NextStep::Held,
+                        disable_endpoint: Some("the endpoint answered 410 Gone".into()),
+                    }],
+                    now,
+                )
+                .await
+                .unwrap();
+            let disabled = store.endpoint(endpoint.id).await.unwrap().unwrap();
+            assert!(!disabled.enabled);
+            assert_eq!(
+                store
+                    .delivery(delivery_ids[1])
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .status,
+                DeliveryStatus::Held
+            );
+            let stats = store.endpoint_stats(endpoint.id, now).await.unwrap();
+            assert_eq!(
+                (
+                    stats.delivered,
+                    stats.held,
+                    stats.attempts_24h,
+                    stats.successes_24h
+                ),
+                (1, 2, 3, 1)
+            );
+
+            // Recovering after a fix resends everything held since then.
+            store
+                .update_endpoint(
+                    endpoint.id,
+                    EndpointPatch {
+                        enabled: Some(true),
+                        ..EndpointPatch::default()
+                    },
+                    now,
+                )
+                .await
+                .unwrap();
+            let recovered = store
+                .recover(endpoint.id, now.sub(Duration::from_secs(60)), now)
+                .await
+                .unwrap();
+            assert_eq!(recovered, 2);
+            assert_eq!(
+                store
+                    .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+                    .await
+                    .unwrap()
+                    .len(),
+                2
+            );
+
+            // Redelivering a delivered event resends it.
+            let redelivered = store
+                .redeliver(events[0].id, None, vec![], Timestamp::now())
+                .await
+                .unwrap();
+            assert_eq!(redelivered, vec![delivery_ids[0]]);
+            assert_eq!(
+                store
+                    .delivery(delivery_ids[0])
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .status,
+                DeliveryStatus::Pending
+            );
+        }
+    });
+}
+
+#[test]
+fn leases_can_be_renewed_and_released() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = store
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            let request = inbound("rzp", "lease-1", InboundStatus::Processed);
+            let e = event("rzp", "invoice.paid", "inv_1");
+            let mut ingest = write(request.clone(), vec![e.clone()]);
+            let now = Timestamp::now();
+            let mut delivery = delivery_for(&endpoint, Some(&e), request.id);
+            delivery.lease = Some(Lease {
+                owner: "ingest".into(),
+                until: now.add(Duration::from_secs(1)),
+            });
+            ingest.deliveries = vec![delivery.clone()];
+            store.ingest(ingest).await.unwrap();
+            let soon = now.add(Duration::from_secs(2));
+            store
+                .renew_leases(
+                    "ingest",
+                    vec![delivery.id],
+                    now.add(Duration::from_secs(60)),
+                )
+                .await
+                .unwrap();
+            assert!(
+                store
+                    .claim_due(
+                        endpoint.id,
+                        "other",
+                        soon,
+                        soon.add(Duration::from_secs(30)),
+                        10
+                    )
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            if store.is_single_process() {
+                assert_eq!(store.release_all_leases().await.unwrap(), 1);
+                assert_eq!(
+                    store
+                        .claim_due(
+                            endpoint.id,
+                            "other",
+                            soon,
+                            soon.add(Duration::from_secs(30)),
+                            10
+                        )
+                        .await
+                        .unwrap()
+                        .len(),
+                    1
+                );
+            }
         }
     });
 }

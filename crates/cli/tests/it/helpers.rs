@@ -85,6 +85,18 @@ auth = {{ kind = "path_token", token = "{CAMINVOICE_TOKEN}" }}
     )
 }
 
+/// The `[delivery]` section tests use unless they bring their own: deliveries to this host are
+/// allowed and retries come quickly.
+pub const TEST_DELIVERY: &str = r#"
+[delivery]
+allow_private_destinations = ["127.0.0.0/8", "::1/128"]
+retry_schedule = ["0s", "300ms", "300ms", "300ms", "300ms"]
+jitter_percent = 0
+request_timeout = "3s"
+lease = "5s"
+shutdown_grace = "3s"
+"#;
+
 /// A running billhook for one test.
 pub struct TestApp {
     pub address: String,
@@ -92,18 +104,28 @@ pub struct TestApp {
     pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    _dir: Arc<tempfile::TempDir>,
+    pub dir: Arc<tempfile::TempDir>,
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, "").await
 }
 
-/// Starts billhook with the test sources plus `extra` TOML appended.
+/// Starts billhook with the test sources plus `extra` TOML appended (and [`TEST_DELIVERY`] when
+/// `extra` has no `[delivery]` section of its own).
 pub async fn spawn_app_with(backend: Backend, extra: &str) -> TestApp {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
+    spawn_app_in(backend, Arc::new(tempfile::tempdir().unwrap()), extra).await
+}
+
+/// Like [`spawn_app_with`], over an existing data directory (to restart on the same data).
+pub async fn spawn_app_in(backend: Backend, dir: Arc<tempfile::TempDir>, extra: &str) -> TestApp {
     let data_dir = dir.path().to_path_buf();
-    let text = format!("{}\n{extra}", test_config(&data_dir));
+    let delivery = if extra.contains("[delivery]") {
+        ""
+    } else {
+        TEST_DELIVERY
+    };
+    let text = format!("{}\n{delivery}\n{extra}", test_config(&data_dir));
     let config = Config::from_toml(&text).unwrap();
     match backend {
         Backend::Sqlite => {}
@@ -128,7 +150,7 @@ pub async fn spawn_app_with(backend: Backend, extra: &str) -> TestApp {
         config,
         shutdown: Some(shutdown),
         task: Some(task),
-        _dir: dir,
+        dir,
     }
 }
 
@@ -180,6 +202,45 @@ impl TestApp {
             .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn admin_patch(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .patch(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates an endpoint; returns its id and secret.
+    pub async fn create_endpoint(&self, body: Value) -> (String, String) {
+        let (status, created) = self.admin_post("/v1/endpoints", body).await;
+        assert_eq!(status, 201, "{created}");
+        (
+            created["id"].as_str().unwrap().to_owned(),
+            created["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Waits until `check` holds, polling; panics with `what` after `timeout`.
+    pub async fn eventually<F, Fut>(&self, timeout: std::time::Duration, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
     }
 
     pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -236,4 +297,107 @@ pub fn all_fixtures() -> Vec<(String, &'static str)> {
         }
     }
     out
+}
+
+/// One request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub at: std::time::Instant,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Arrival {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// How a [`Receiver`] answers its `n`th request (0-based): status, extra headers, and a delay
+/// before answering (`None` = never answer).
+pub type Responder = Arc<
+    dyn Fn(
+            usize,
+        ) -> (
+            u16,
+            Vec<(&'static str, String)>,
+            Option<std::time::Duration>,
+        ) + Send
+        + Sync,
+>;
+
+/// A test endpoint: records every request and answers as told.
+pub struct Receiver {
+    pub url: String,
+    arrivals: Arc<std::sync::Mutex<Vec<Arrival>>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// A receiver that answers 200 at once.
+    pub async fn ok() -> Self {
+        Self::start(Arc::new(|_| (200, vec![], Some(std::time::Duration::ZERO)))).await
+    }
+
+    pub async fn start(respond: Responder) -> Self {
+        let arrivals: Arc<std::sync::Mutex<Vec<Arrival>>> = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let recorded = Arc::clone(&arrivals);
+        let app =
+            axum::Router::new().fallback(move |headers: http::HeaderMap, body: bytes::Bytes| {
+                let recorded = Arc::clone(&recorded);
+                let respond = Arc::clone(&respond);
+                async move {
+                    let index = {
+                        let mut arrivals = recorded.lock().unwrap();
+                        arrivals.push(Arrival {
+                            at: std::time::Instant::now(),
+                            headers,
+                            body,
+                        });
+                        arrivals.len() - 1
+                    };
+                    let (status, headers, delay) = respond(index);
+                    match delay {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => std::future::pending::<()>().await,
+                    }
+                    let mut response =
+                        axum::response::Response::new(axum::body::Body::from("received"));
+                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    for (name, value) in headers {
+                        response.headers_mut().insert(name, value.parse().unwrap());
+                    }
+                    response
+                }
+            });
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            url,
+            arrivals,
+            _server: server,
+        }
+    }
+
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.arrivals.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.arrivals.lock().unwrap().len()
+    }
+
+    /// Distinct `webhook-id`s received.
+    pub fn message_ids(&self) -> std::collections::BTreeSet<String> {
+        self.arrivals()
+            .iter()
+            .map(|a| a.header("webhook-id").to_owned())
+            .collect()
+    }
 }

@@ -4,5 +4,6 @@
 mod helpers;
 
 mod api;
+mod delivery;
 mod ingest;
 mod process;

@@ -210,3 +210,72 @@ fn a_source_without_usable_auth_stops_the_server() {
         "{printed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_is_delivered_across_a_sigkill() {
+    // A receiver slow enough that deliveries are in flight when the process dies.
+    let receiver = Receiver::start(std::sync::Arc::new(|_| {
+        (200, vec![], Some(Duration::from_millis(20)))
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n{TEST_DELIVERY}\n[[endpoint]]\nname = \"receiver\"\nurl = \"{}\"\nevent_types = [\"*\"]\nmax_concurrency = 4\n",
+        test_config(dir.path()),
+        receiver.url
+    );
+    std::fs::write(dir.path().join("billhook.toml"), config).unwrap();
+    let (mut child, address) = start_binary(dir.path());
+    let http = reqwest::Client::new();
+    let template = String::from_utf8(fixture("zwitch_upi/payments.updated.json")).unwrap();
+    let provider = billhook_providers::by_name("zwitch").unwrap();
+    let auth = billhook_providers::auth::SourceAuth::Signature {
+        secrets: vec![billhook_providers::auth::Secret::new(ZWITCH_SECRET)],
+    };
+    let mut acknowledged = Vec::new();
+    for n in 0..400 {
+        let body = template.replace("evl_tbs3NybYGbbjP5MMzptoFyU3W", &format!("evl_kill_{n}"));
+        let mut request = http
+            .post(format!("{address}/ingest/zwitch"))
+            .body(body.clone());
+        for (name, value) in provider.sign(
+            &auth,
+            body.as_bytes(),
+            billhook_core::time::Timestamp::now(),
+        ) {
+            request = request.header(name, value);
+        }
+        let ack: Value = request.send().await.unwrap().json().await.unwrap();
+        acknowledged.push(ack["events"][0].as_str().unwrap().to_owned());
+    }
+    // Kill it while most deliveries are still queued or in flight.
+    assert!(receiver.count() < acknowledged.len());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let delivered_before = receiver.message_ids().len();
+
+    let (mut restarted, _) = start_binary(dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let received = receiver.message_ids();
+        let missing = acknowledged
+            .iter()
+            .filter(|id| !received.contains(*id))
+            .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} of {} acknowledged events never reached the receiver",
+            acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+    assert!(
+        delivered_before < acknowledged.len(),
+        "the kill happened mid-delivery"
+    );
+}

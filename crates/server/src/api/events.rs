@@ -2,14 +2,18 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use billhook_core::ids::EventId;
-use billhook_store::EventQuery;
+use billhook_core::event::EventType;
+use billhook_core::ids::{DeliveryId, EndpointId, EventId};
+use billhook_core::time::Timestamp;
+use billhook_store::{AttemptRecord, DeliveryRecord, DeliveryStatus, EventQuery, NewDelivery};
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::endpoints::AttemptView;
 use super::inbound::InboundView;
 use super::{ApiQuery, page_limit, parse_cursor, raw_json, raw_page};
 use crate::App;
@@ -32,7 +36,7 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     if let Some(event_type) = &params.event_type {
         event_type
-            .parse::<billhook_core::event::EventType>()
+            .parse::<EventType>()
             .map_err(|e| ApiError::invalid(e.to_string()))?;
     }
     let page = app
@@ -51,11 +55,51 @@ pub(crate) async fn list(
     ))
 }
 
+/// A delivery of an event, with its attempts oldest first.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct DeliveryView {
+    id: DeliveryId,
+    endpoint_id: EndpointId,
+    message_id: String,
+    event_type: String,
+    status: &'static str,
+    attempt_count: u32,
+    next_attempt_at: Option<Timestamp>,
+    last_status_code: Option<u16>,
+    last_error: Option<String>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    attempts: Vec<AttemptView>,
+}
+
+impl DeliveryView {
+    fn new(delivery: DeliveryRecord, attempts: Vec<AttemptRecord>) -> Self {
+        let waiting = matches!(
+            delivery.status,
+            DeliveryStatus::Pending | DeliveryStatus::Failed
+        );
+        Self {
+            id: delivery.id,
+            endpoint_id: delivery.endpoint_id,
+            message_id: delivery.message_id,
+            event_type: delivery.event_type,
+            status: delivery.status.as_str(),
+            attempt_count: delivery.attempts,
+            next_attempt_at: waiting.then_some(delivery.next_attempt_at),
+            last_status_code: delivery.last_status_code,
+            last_error: delivery.last_error,
+            created_at: delivery.created_at,
+            updated_at: delivery.updated_at,
+            attempts: attempts.into_iter().map(AttemptView::from).collect(),
+        }
+    }
+}
+
 #[derive(serde::Serialize)]
 struct EventDetail<'a> {
     event: &'a RawValue,
     inbound: Option<InboundView>,
-    deliveries: Vec<()>,
+    deliveries: Vec<DeliveryView>,
 }
 
 pub(crate) async fn show(
@@ -69,13 +113,95 @@ pub(crate) async fn show(
         .await?
         .ok_or_else(|| ApiError::not_found("event"))?;
     let inbound = app.store.inbound(event.inbound_id).await?;
+    let deliveries = app.store.deliveries_of_event(id, event.inbound_id).await?;
     let payload = std::str::from_utf8(&event.payload).map_err(|e| ApiError::internal(&e))?;
     let raw: &RawValue = serde_json::from_str(payload).map_err(|e| ApiError::internal(&e))?;
     let detail = EventDetail {
         event: raw,
         inbound: inbound.map(InboundView::from),
-        deliveries: Vec::new(),
+        deliveries: deliveries
+            .into_iter()
+            .map(|(delivery, attempts)| DeliveryView::new(delivery, attempts))
+            .collect(),
     };
     let body = serde_json::to_vec(&detail).map_err(|e| ApiError::internal(&e))?;
     Ok(raw_json(StatusCode::OK, body))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Redeliver {
+    /// Only to this endpoint; it gets a delivery even if it never had one.
+    endpoint_id: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Redelivered {
+    deliveries: Vec<DeliveryId>,
+}
+
+/// Sends an event again to the endpoints that had it (or to one endpoint).
+pub(crate) async fn redeliver(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: bytes::Bytes,
+) -> Result<(StatusCode, Json<Redelivered>), ApiError> {
+    let id: EventId = id.parse().map_err(|_| ApiError::not_found("event"))?;
+    let body: Redeliver = if body.is_empty() {
+        Redeliver::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("body: {e}")))?
+    };
+    let event = app
+        .store
+        .event(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("event"))?;
+    let endpoint = match &body.endpoint_id {
+        Some(text) => {
+            let endpoint_id: EndpointId = text
+                .parse()
+                .map_err(|_| ApiError::invalid(format!("`{text}` is not an endpoint id")))?;
+            let record = app
+                .store
+                .endpoint(endpoint_id)
+                .await?
+                .ok_or_else(|| ApiError::invalid(format!("no endpoint `{text}`")))?;
+            Some(record)
+        }
+        None => None,
+    };
+    let now = Timestamp::now();
+    let mut create = Vec::new();
+    if let Some(endpoint) = &endpoint {
+        let existing = app.store.deliveries_of_event(id, event.inbound_id).await?;
+        if !existing.iter().any(|(d, _)| d.endpoint_id == endpoint.id) {
+            let raw = endpoint.format == "raw";
+            create.push(NewDelivery {
+                id: DeliveryId::new_at(now),
+                endpoint_id: endpoint.id,
+                message_id: if raw {
+                    event.inbound_id.to_string()
+                } else {
+                    id.to_string()
+                },
+                event_id: (!raw).then_some(id),
+                event_type: event
+                    .event_type
+                    .parse::<EventType>()
+                    .map_err(|e| ApiError::internal(&e))?
+                    .as_str(),
+                status: DeliveryStatus::Pending,
+                next_attempt_at: now,
+                lease: None,
+            });
+        }
+    }
+    let deliveries = app
+        .store
+        .redeliver(id, endpoint.map(|e| e.id), create, now)
+        .await?;
+    app.delivery.wake();
+    tracing::info!(event = %id, count = deliveries.len(), "redelivering an event");
+    Ok((StatusCode::ACCEPTED, Json(Redelivered { deliveries })))
 }

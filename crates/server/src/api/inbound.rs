@@ -321,11 +321,19 @@ async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, Ap
                 sandbox: normalized.sandbox,
             };
             let events = canonical_events(&normalized, &reception, &source.spec.name);
+            let fan_out: Vec<_> = crate::delivery::fan_out_events(&events)
+                .into_iter()
+                .map(|(event, _)| event)
+                .collect();
+            let deliveries = app
+                .delivery
+                .plan(&source.spec.name, &fan_out, id, Timestamp::now());
             Reprocess::Normalized {
                 provider_event: normalized.provider_event.clone(),
                 provider_event_id: normalized.provider_event_id.clone(),
                 dedup_key: normalized.dedup_key.clone(),
                 events,
+                deliveries,
                 dedup_expires_at: Timestamp::now().add(app.settings.ingest.dedup_window.0),
             }
         }
@@ -339,13 +347,16 @@ async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, Ap
         Reprocess::Normalized { .. } => None,
     };
     let view = match app.store.reprocess(id, outcome).await? {
-        ReprocessOutcome::Processed { event_ids } => ReprocessView {
-            id,
-            outcome: "processed",
-            events: event_ids,
-            error: None,
-            duplicate_of: None,
-        },
+        ReprocessOutcome::Processed { event_ids } => {
+            app.delivery.wake();
+            ReprocessView {
+                id,
+                outcome: "processed",
+                events: event_ids,
+                error: None,
+                duplicate_of: None,
+            }
+        }
         ReprocessOutcome::StillQuarantined => ReprocessView {
             id,
             outcome: "quarantined",

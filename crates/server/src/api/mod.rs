@@ -1,6 +1,7 @@
 //! The admin API under `/v1`: JSON in and out, `Authorization: Bearer <admin token>`, cursor
 //! pagination (`{"data": […], "next_cursor": …}`), errors from the one table in [`crate::error`].
 
+mod endpoints;
 mod event_types;
 mod events;
 mod inbound;
@@ -8,8 +9,8 @@ mod inbound;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +27,21 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
         .route("/events", get(events::list))
         .route("/events/{id}", get(events::show))
+        .route("/events/{id}/redeliver", post(events::redeliver))
+        .route("/endpoints", get(endpoints::list).post(endpoints::create))
+        .route(
+            "/endpoints/{id}",
+            get(endpoints::show)
+                .patch(endpoints::update)
+                .delete(endpoints::delete),
+        )
+        .route("/endpoints/{id}/secret", get(endpoints::secret))
+        .route(
+            "/endpoints/{id}/secret/rotate",
+            post(endpoints::rotate_secret),
+        )
+        .route("/endpoints/{id}/attempts", get(endpoints::attempts))
+        .route("/endpoints/{id}/recover", post(endpoints::recover))
         .route("/inbound", get(inbound::list))
         .route("/inbound/reprocess", post(inbound::reprocess_all))
         .route("/inbound/{id}", get(inbound::show))
@@ -75,6 +91,20 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuer
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|rejection: QueryRejection| ApiError::invalid(rejection.body_text()))
+    }
+}
+
+/// A JSON body, refused with `invalid_request` when malformed.
+pub(crate) struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        axum::Json::<T>::from_request(request, state)
+            .await
+            .map(|j| ApiJson(j.0))
+            .map_err(|rejection: JsonRejection| ApiError::invalid(rejection.body_text()))
     }
 }
 

@@ -4,6 +4,7 @@ use billhook_core::ids::{EventId, InboundId};
 use billhook_core::time::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::delivery::insert_deliveries;
 use super::{SqliteStore, db_error};
 use crate::StoreError;
 use crate::model::*;
@@ -91,6 +92,12 @@ fn ingest(connection: &Connection, write: &IngestWrite) -> Result<IngestOutcome,
     }
     insert_inbound(connection, inbound)?;
     insert_events(connection, inbound.id, &write.events)?;
+    insert_deliveries(
+        connection,
+        inbound.id,
+        &write.deliveries,
+        inbound.received_at,
+    )?;
     Ok(IngestOutcome::Stored {
         inbound_id: inbound.id,
         event_ids: write.events.iter().map(|e| e.id).collect(),
@@ -219,6 +226,7 @@ fn reprocess(
             provider_event_id,
             dedup_key,
             events,
+            deliveries,
             dedup_expires_at,
         } => {
             if dedup_key != old_key {
@@ -270,6 +278,7 @@ fn reprocess(
                 })
                 .map_err(db_error)?;
             insert_events(connection, id, &events)?;
+            insert_deliveries(connection, id, &deliveries, now)?;
             Ok(ReprocessOutcome::Processed {
                 event_ids: events.iter().map(|e| e.id).collect(),
             })

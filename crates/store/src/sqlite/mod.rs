@@ -8,6 +8,8 @@
 //! timer and no added latency when idle. Reads use a small pool of read-only connections on the
 //! blocking thread pool; WAL mode lets them proceed while the writer commits.
 
+mod delivery;
+mod endpoints;
 mod ingest;
 mod read;
 
@@ -20,7 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::StoreError;
 
 /// Migrations, in order. A database records the versions it has applied.
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_ingest.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_ingest.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_delivery.sql")),
+];
 
 /// At most this many jobs share one transaction.
 const MAX_GROUP: usize = 512;

@@ -1,0 +1,568 @@
+//! Delivering to subscriber endpoints over real HTTP: signatures, retries, limits, the SSRF guard.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use billhook_core::signing::{EndpointSecret, verify};
+use billhook_core::time::Timestamp;
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::*;
+
+backend_tests!(
+    a_healthy_receiver_gets_every_event_once_correctly_signed,
+    a_receiver_failing_at_first_gets_everything_on_the_retry_schedule,
+    gone_disables_the_endpoint_and_holds_its_deliveries,
+    too_many_requests_with_retry_after_is_waited_out,
+    a_rate_limit_of_ten_per_second_holds,
+    a_hanging_endpoint_does_not_slow_a_healthy_one,
+    private_destinations_are_refused_at_creation,
+    private_destinations_are_refused_at_delivery,
+    raw_endpoints_get_the_provider_body_byte_for_byte,
+    redeliver_and_recover_send_again,
+    rotation_signs_with_both_secrets,
+    dead_deliveries_stop_after_the_last_attempt,
+    shutdown_lets_in_flight_attempts_finish,
+);
+
+/// Posts every fixture; returns the acknowledged event ids.
+async fn ingest_all_fixtures(app: &TestApp, tag: &str) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for (index, (path, source)) in all_fixtures().into_iter().enumerate() {
+        let response = app
+            .post_signed(
+                source,
+                &fixture(&path),
+                &[("x-razorpay-event-id", &format!("{tag}{index}"))],
+            )
+            .await;
+        assert_eq!(response.status().as_u16(), 202);
+        let ack: Value = response.json().await.unwrap();
+        for id in ack["events"].as_array().unwrap() {
+            ids.insert(id.as_str().unwrap().to_owned());
+        }
+    }
+    ids
+}
+
+/// Posts `count` distinct Zwitch payments; returns their event ids in order.
+async fn ingest_payments(app: &TestApp, count: usize, tag: &str) -> Vec<String> {
+    let template = String::from_utf8(fixture("zwitch_upi/payments.updated.json")).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let body = template.replace("evl_tbs3NybYGbbjP5MMzptoFyU3W", &format!("evl_{tag}_{n}"));
+        let response = app.post_signed("zwitch", body.as_bytes(), &[]).await;
+        assert_eq!(response.status().as_u16(), 202);
+        let ack: Value = response.json().await.unwrap();
+        ids.push(ack["events"][0].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+fn verifies(arrival: &Arrival, secret: &str) -> bool {
+    let secret = EndpointSecret::parse(secret).unwrap();
+    verify(
+        &secret,
+        arrival.header("webhook-id"),
+        arrival.header("webhook-timestamp"),
+        arrival.header("webhook-signature"),
+        &arrival.body,
+        Timestamp::now().unix_seconds(),
+    )
+    .is_ok()
+}
+
+async fn a_healthy_receiver_gets_every_event_once_correctly_signed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let (_, secret) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let expected = ingest_all_fixtures(&app, "healthy").await;
+    app.eventually(Duration::from_secs(10), "every event", || async {
+        receiver.count() >= expected.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrivals = receiver.arrivals();
+    assert_eq!(arrivals.len(), expected.len(), "each event exactly once");
+    assert_eq!(receiver.message_ids(), expected);
+    for arrival in &arrivals {
+        assert!(
+            verifies(arrival, &secret),
+            "signature of {}",
+            arrival.header("webhook-id")
+        );
+        assert_eq!(arrival.header("content-type"), "application/json");
+        let event: Value = serde_json::from_slice(&arrival.body).unwrap();
+        assert_eq!(event["id"].as_str().unwrap(), arrival.header("webhook-id"));
+    }
+    // The body is exactly the stored canonical event.
+    let first = &arrivals[0];
+    let text = app
+        .http
+        .get(app.url("/v1/events?limit=500"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(std::str::from_utf8(&first.body).unwrap()));
+    app.stop().await;
+}
+
+async fn a_receiver_failing_at_first_gets_everything_on_the_retry_schedule(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::start(Arc::new(|n| {
+        let status = if n < 4 { 503 } else { 200 };
+        (status, vec![], Some(Duration::ZERO))
+    }))
+    .await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["payment.*"] }))
+        .await;
+    let expected: BTreeSet<String> = ingest_payments(&app, 4, "retry")
+        .await
+        .into_iter()
+        .collect();
+    app.eventually(
+        Duration::from_secs(10),
+        "every payment delivered",
+        || async {
+            let delivered: BTreeSet<String> = receiver
+                .arrivals()
+                .iter()
+                .skip(4)
+                .map(|a| a.header("webhook-id").to_owned())
+                .collect();
+            delivered == expected
+        },
+    )
+    .await;
+    // Each delivery: a 503 first, then a 200 no sooner than the schedule's 300 ms later.
+    let arrivals = receiver.arrivals();
+    for id in &expected {
+        let times: Vec<_> = arrivals
+            .iter()
+            .filter(|a| a.header("webhook-id") == id)
+            .map(|a| a.at)
+            .collect();
+        assert_eq!(times.len(), 2, "{id}: {times:?}");
+        assert!(
+            times[1] - times[0] >= Duration::from_millis(290),
+            "{id} retried too soon"
+        );
+    }
+    let (_, attempts) = app
+        .admin_get(&format!("/v1/endpoints/{endpoint}/attempts?limit=100"))
+        .await;
+    let statuses: Vec<u64> = attempts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status_code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 4);
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 4);
+    let attempt = &attempts["data"][0];
+    assert_eq!(attempt["response_body"], json!("received"));
+    assert!(attempt["duration_ms"].is_u64());
+    // The event's timeline shows both attempts.
+    let id = expected.iter().next().unwrap();
+    let (_, detail) = app.admin_get(&format!("/v1/events/{id}")).await;
+    let delivery = &detail["deliveries"][0];
+    assert_eq!(delivery["status"], json!("delivered"));
+    assert_eq!(delivery["attempt_count"], json!(2));
+    assert_eq!(delivery["attempts"][0]["status_code"], json!(503));
+    assert_eq!(delivery["attempts"][1]["status_code"], json!(200));
+    app.stop().await;
+}
+
+async fn gone_disables_the_endpoint_and_holds_its_deliveries(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let switch = Arc::clone(&gone);
+    let receiver = Receiver::start(Arc::new(move |_| {
+        let status = if switch.load(Ordering::SeqCst) { 410 } else { 200 };
+        (status, vec![], Some(Duration::ZERO))
+    }))
+    .await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    ingest_payments(&app, 1, "gone").await;
+    app.eventually(Duration::from_secs(5), "the endpoint disabled", || async {
+        let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+        view["enabled"] == json!(false)
+    })
+    .await;
+    let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+    assert_eq!(
+        view["disabled_reason"],
+        json!("the endpoint answered 410 Gone")
+    );
+    let later = ingest_payments(&app, 2, "gone-later").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        receiver.count(),
+        1,
+        "nothing more is sent to a gone endpoint"
+    );
+    let (_, detail) = app.admin_get(&format!("/v1/events/{}", later[0])).await;
+    assert_eq!(detail["deliveries"][0]["status"], json!("held"));
+    let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+    assert_eq!(view["stats"]["held"], json!(3));
+
+    // Fixed: re-enabling with recover_since delivers the backlog.
+    gone.store(false, Ordering::SeqCst);
+    let since = Timestamp::now().sub(Duration::from_secs(60)).to_rfc3339();
+    let (status, view) = app
+        .admin_patch(&format!("/v1/endpoints/{endpoint}"), json!({ "enabled": true, "recover_since": since }))
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["enabled"], json!(true));
+    assert_eq!(view["disabled_reason"], Value::Null);
+    app.eventually(Duration::from_secs(5), "the backlog delivered", || async {
+        let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+        view["stats"]["delivered"] == json!(3)
+    })
+    .await;
+    app.stop().await;
+}
+
+async fn too_many_requests_with_retry_after_is_waited_out(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::start(Arc::new(|n| {
+        if n == 0 {
+            (
+                429,
+                vec![("retry-after", "2".to_owned())],
+                Some(Duration::ZERO),
+            )
+        } else {
+            (200, vec![], Some(Duration::ZERO))
+        }
+    }))
+    .await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    ingest_payments(&app, 1, "limited").await;
+    app.eventually(Duration::from_secs(6), "the retry", || async {
+        receiver.count() >= 2
+    })
+    .await;
+    let arrivals = receiver.arrivals();
+    let waited = arrivals[1].at - arrivals[0].at;
+    assert!(
+        waited >= Duration::from_millis(1950),
+        "waited only {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(4), "waited {waited:?}");
+    app.stop().await;
+}
+
+async fn a_rate_limit_of_ten_per_second_holds(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"], "rate_limit": 10 }))
+        .await;
+    ingest_payments(&app, 70, "rate").await;
+    app.eventually(
+        Duration::from_secs(12),
+        "five seconds of deliveries",
+        || async {
+            let arrivals = receiver.arrivals();
+            arrivals
+                .first()
+                .is_some_and(|first| first.at.elapsed() > Duration::from_millis(5200))
+        },
+    )
+    .await;
+    let arrivals = receiver.arrivals();
+    let start = arrivals[0].at;
+    let in_five_seconds = arrivals
+        .iter()
+        .filter(|a| a.at - start < Duration::from_secs(5))
+        .count();
+    assert!(
+        (45..=55).contains(&in_five_seconds),
+        "{in_five_seconds} in 5 s at 10/s"
+    );
+    app.stop().await;
+}
+
+async fn a_hanging_endpoint_does_not_slow_a_healthy_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let hanging = Receiver::start(Arc::new(|_| (200, vec![], None))).await;
+    let healthy = Receiver::ok().await;
+    app.create_endpoint(json!({ "url": hanging.url, "event_types": ["*"], "max_concurrency": 2 }))
+        .await;
+    app.create_endpoint(json!({ "url": healthy.url, "event_types": ["*"] }))
+        .await;
+    let started = std::time::Instant::now();
+    let ids = ingest_payments(&app, 20, "hang").await;
+    app.eventually(
+        Duration::from_secs(2),
+        "the healthy endpoint served",
+        || async { healthy.count() >= ids.len() },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        hanging.count() <= 2,
+        "the hanging endpoint's concurrency cap holds"
+    );
+    app.stop().await;
+}
+
+async fn private_destinations_are_refused_at_creation(backend: Backend) {
+    let app = spawn_app_with(backend, "[delivery]\n").await;
+    let receiver = Receiver::ok().await;
+    let localhost = receiver.url.replace("127.0.0.1", "localhost");
+    for (url, words) in [
+        ("http://169.254.169.254/latest/meta-data", "cloud metadata"),
+        ("http://10.0.0.1/hooks", "private"),
+        (localhost.as_str(), "loopback"),
+        ("http://[::1]:9/", "loopback"),
+    ] {
+        let (status, body) = app
+            .admin_post("/v1/endpoints", json!({ "url": url, "event_types": ["*"] }))
+            .await;
+        assert_eq!(status, 400, "{url}");
+        assert_eq!(body["code"], json!("invalid_request"));
+        assert!(
+            body["message"].as_str().unwrap().contains(words),
+            "{url}: {body}"
+        );
+    }
+    app.stop().await;
+}
+
+async fn private_destinations_are_refused_at_delivery(backend: Backend) {
+    // Endpoints created while private destinations were allowed…
+    let receiver = Receiver::ok().await;
+    let first = spawn_app(backend).await;
+    let by_name = receiver.url.replace("127.0.0.1", "localhost");
+    let (named, _) = first
+        .create_endpoint(json!({ "url": by_name, "event_types": ["*"] }))
+        .await;
+    let (literal, _) = first
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let dir = Arc::clone(&first.dir);
+    first.stop().await;
+    // …are refused at connect time once the allow-list is gone.
+    let app = spawn_app_in(
+        backend,
+        dir,
+        "[delivery]\nretry_schedule = [\"0s\", \"5s\"]\nrequest_timeout = \"2s\"\nlease = \"5s\"\n",
+    )
+    .await;
+    ingest_payments(&app, 1, "ssrf").await;
+    for endpoint in [&named, &literal] {
+        app.eventually(Duration::from_secs(5), "a refused attempt", || async {
+            let (_, attempts) = app
+                .admin_get(&format!("/v1/endpoints/{endpoint}/attempts"))
+                .await;
+            attempts["data"][0]["error_kind"] == json!("ssrf_refused")
+        })
+        .await;
+        let (_, attempts) = app
+            .admin_get(&format!("/v1/endpoints/{endpoint}/attempts"))
+            .await;
+        assert!(
+            attempts["data"][0]["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("loopback")
+        );
+    }
+    assert_eq!(receiver.count(), 0, "nothing reached the loopback receiver");
+    app.stop().await;
+}
+
+async fn raw_endpoints_get_the_provider_body_byte_for_byte(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let (_, secret) = app
+        .create_endpoint(
+            json!({ "url": receiver.url, "event_types": ["invoice.paid"], "format": "raw" }),
+        )
+        .await;
+    let body = fixture("razorpay/invoice.paid.netbanking.json");
+    let response = app
+        .post_signed("razorpay", &body, &[("x-razorpay-event-id", "raw-1")])
+        .await;
+    let ack: Value = response.json().await.unwrap();
+    app.eventually(Duration::from_secs(5), "the raw delivery", || async {
+        receiver.count() >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let arrivals = receiver.arrivals();
+    assert_eq!(arrivals.len(), 1, "one raw delivery per provider message");
+    let arrival = &arrivals[0];
+    assert_eq!(arrival.body, body, "the provider's bytes, unchanged");
+    assert_eq!(
+        arrival.header("webhook-id"),
+        ack["inbound_id"].as_str().unwrap()
+    );
+    assert_eq!(arrival.header("billhook-provider-event"), "invoice.paid");
+    assert_eq!(arrival.header("billhook-provider"), "razorpay");
+    assert_eq!(arrival.header("billhook-source"), "razorpay");
+    assert!(verifies(arrival, &secret));
+    app.stop().await;
+}
+
+async fn redeliver_and_recover_send_again(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let switch = Arc::clone(&failing);
+    let receiver = Receiver::start(Arc::new(move |_| {
+        let status = if switch.load(Ordering::SeqCst) {
+            500
+        } else {
+            200
+        };
+        (status, vec![], Some(Duration::ZERO))
+    }))
+    .await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let ids = ingest_payments(&app, 2, "recover").await;
+    // Five attempts each at 300 ms apart: both die.
+    app.eventually(Duration::from_secs(10), "both deliveries dead", || async {
+        let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+        view["stats"]["dead"] == json!(2)
+    })
+    .await;
+    assert_eq!(receiver.count(), 10);
+    failing.store(false, Ordering::SeqCst);
+    let since = Timestamp::now().sub(Duration::from_secs(60)).to_rfc3339();
+    let (status, recovered) = app
+        .admin_post(
+            &format!("/v1/endpoints/{endpoint}/recover"),
+            json!({ "since": since }),
+        )
+        .await;
+    assert_eq!((status, recovered["recovered"].clone()), (200, json!(2)));
+    app.eventually(Duration::from_secs(5), "recovered deliveries", || async {
+        let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+        view["stats"]["delivered"] == json!(2)
+    })
+    .await;
+    // Redelivering a delivered event sends it once more, with the same webhook-id.
+    let before = receiver.count();
+    let (status, redelivered) = app
+        .admin_post(&format!("/v1/events/{}/redeliver", ids[0]), json!({}))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(redelivered["deliveries"].as_array().unwrap().len(), 1);
+    app.eventually(Duration::from_secs(5), "the redelivery", || async {
+        receiver.count() > before
+    })
+    .await;
+    assert_eq!(
+        receiver.arrivals().last().unwrap().header("webhook-id"),
+        ids[0]
+    );
+    app.stop().await;
+}
+
+async fn rotation_signs_with_both_secrets(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let (endpoint, old) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let (status, rotated) = app
+        .admin_post(
+            &format!("/v1/endpoints/{endpoint}/secret/rotate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(rotated["previous"][0]["secret"], json!(old));
+    ingest_payments(&app, 1, "rotate").await;
+    app.eventually(Duration::from_secs(5), "a delivery", || async {
+        receiver.count() >= 1
+    })
+    .await;
+    let arrival = &receiver.arrivals()[0];
+    assert_eq!(arrival.header("webhook-signature").split(' ').count(), 2);
+    assert!(verifies(arrival, &old) && verifies(arrival, &new));
+    let (_, current) = app
+        .admin_get(&format!("/v1/endpoints/{endpoint}/secret"))
+        .await;
+    assert_eq!(current["secret"], json!(new));
+    app.stop().await;
+}
+
+async fn dead_deliveries_stop_after_the_last_attempt(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\nretry_schedule = [\"0s\", \"100ms\", \"100ms\"]\nrequest_timeout = \"2s\"\nlease = \"5s\"\n",
+    )
+    .await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let receiver = Receiver::start(Arc::new(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        (500, vec![], Some(Duration::ZERO))
+    }))
+    .await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let ids = ingest_payments(&app, 1, "dead").await;
+    app.eventually(Duration::from_secs(5), "a dead delivery", || async {
+        let (_, detail) = app.admin_get(&format!("/v1/events/{}", ids[0])).await;
+        detail["deliveries"][0]["status"] == json!("dead")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "three attempts, as scheduled"
+    );
+    let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+    assert_eq!(view["last_error"], json!("HTTP 500"));
+    assert!(view["failing_since"].is_string());
+    app.stop().await;
+}
+
+async fn shutdown_lets_in_flight_attempts_finish(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::start(Arc::new(|_| {
+        (200, vec![], Some(Duration::from_millis(600)))
+    }))
+    .await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let ids = ingest_payments(&app, 1, "drain").await;
+    app.eventually(Duration::from_secs(5), "the attempt to start", || async {
+        receiver.count() == 1
+    })
+    .await;
+    let dir = Arc::clone(&app.dir);
+    app.stop().await;
+    let again = spawn_app_in(backend, dir, "").await;
+    let (_, detail) = again.admin_get(&format!("/v1/events/{}", ids[0])).await;
+    assert_eq!(
+        detail["deliveries"][0]["status"],
+        json!("delivered"),
+        "{detail}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count(), 1, "not sent again after the restart");
+    again.stop().await;
+}

@@ -1,0 +1,533 @@
+//! `/v1/endpoints`: subscriber endpoints, their secrets, attempts and recovery.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use billhook_core::ids::{AttemptId, EndpointId};
+use billhook_core::signing::EndpointSecret;
+use billhook_core::time::Timestamp;
+use billhook_store::{AttemptRecord, EndpointPatch, EndpointRecord, EndpointStats, NewEndpoint};
+use http::StatusCode;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use super::{ApiJson, ApiQuery, page_limit, parse_cursor};
+use crate::App;
+use crate::delivery::{EndpointDefinition, check_destination};
+use crate::error::ApiError;
+
+/// Distinguishes a field set to `null` (`Some(None)`) from one left out (`None`).
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateEndpoint {
+    url: String,
+    event_types: Vec<String>,
+    #[serde(default)]
+    sources: Option<Vec<String>>,
+    #[serde(default = "canonical")]
+    format: String,
+    #[serde(default)]
+    headers: Map<String, Value>,
+    #[serde(default)]
+    rate_limit: Option<u32>,
+    #[serde(default)]
+    max_concurrency: Option<u32>,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    /// A `whsec_…` secret to use instead of a generated one.
+    #[serde(default)]
+    secret: Option<String>,
+}
+
+fn canonical() -> String {
+    "canonical".to_owned()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateEndpoint {
+    url: Option<String>,
+    event_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    sources: Option<Option<Vec<String>>>,
+    format: Option<String>,
+    headers: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    rate_limit: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_concurrency: Option<Option<u32>>,
+    description: Option<String>,
+    enabled: Option<bool>,
+    disabled_reason: Option<String>,
+    /// With `enabled: true`: also resend what failed, died or was held since this time.
+    recover_since: Option<Timestamp>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct StatsView {
+    pending: u64,
+    failed: u64,
+    delivered: u64,
+    dead: u64,
+    held: u64,
+    attempts_24h: u64,
+    successes_24h: u64,
+}
+
+impl From<EndpointStats> for StatsView {
+    fn from(s: EndpointStats) -> Self {
+        Self {
+            pending: s.pending,
+            failed: s.failed,
+            delivered: s.delivered,
+            dead: s.dead,
+            held: s.held,
+            attempts_24h: s.attempts_24h,
+            successes_24h: s.successes_24h,
+        }
+    }
+}
+
+/// An endpoint as the API shows it. The secret appears only where asked for.
+#[derive(Debug, Serialize)]
+pub(crate) struct EndpointView {
+    id: EndpointId,
+    name: Option<String>,
+    url: String,
+    description: String,
+    event_types: Vec<String>,
+    sources: Option<Vec<String>>,
+    format: String,
+    headers: Map<String, Value>,
+    rate_limit: Option<u32>,
+    max_concurrency: Option<u32>,
+    enabled: bool,
+    disabled_reason: Option<String>,
+    failing_since: Option<Timestamp>,
+    last_success_at: Option<Timestamp>,
+    last_failure_at: Option<Timestamp>,
+    last_error: Option<String>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<StatsView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+impl EndpointView {
+    fn new(record: EndpointRecord) -> Self {
+        Self {
+            id: record.id,
+            name: record.name,
+            url: record.url,
+            description: record.description,
+            event_types: record.event_types,
+            sources: record.sources,
+            format: record.format,
+            headers: record
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name, Value::String(value)))
+                .collect(),
+            rate_limit: record.rate_limit,
+            max_concurrency: record.max_concurrency,
+            enabled: record.enabled,
+            disabled_reason: record.disabled_reason,
+            failing_since: record.failing_since,
+            last_success_at: record.last_success_at,
+            last_failure_at: record.last_failure_at,
+            last_error: record.last_error,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            stats: None,
+            secret: None,
+        }
+    }
+}
+
+fn header_pairs(headers: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
+    headers
+        .iter()
+        .map(|(name, value)| match value {
+            Value::String(text) => Ok((name.clone(), text.clone())),
+            _ => Err(ApiError::invalid(format!(
+                "header `{name}` must be a string"
+            ))),
+        })
+        .collect()
+}
+
+fn endpoint_id(text: &str) -> Result<EndpointId, ApiError> {
+    text.parse().map_err(|_| ApiError::not_found("endpoint"))
+}
+
+/// Checks sources against the configured ones.
+fn check_sources(app: &App, sources: Option<&[String]>) -> Result<(), ApiError> {
+    if let Some(unknown) = sources
+        .into_iter()
+        .flatten()
+        .find(|s| !app.settings.sources.contains_key(*s))
+    {
+        let mut known: Vec<&String> = app.settings.sources.keys().collect();
+        known.sort();
+        return Err(ApiError::invalid(format!(
+            "`{unknown}` is not a configured source (known: {})",
+            known
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) async fn create(
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<CreateEndpoint>,
+) -> Result<Response, ApiError> {
+    let headers = header_pairs(&body.headers)?;
+    EndpointDefinition::check_static(
+        &body.event_types,
+        body.sources.as_deref(),
+        &body.format,
+        &headers,
+        body.rate_limit,
+        body.max_concurrency,
+    )
+    .map_err(ApiError::invalid)?;
+    check_sources(&app, body.sources.as_deref())?;
+    check_destination(app.delivery.destinations(), &body.url)
+        .await
+        .map_err(ApiError::invalid)?;
+    let secret = match &body.secret {
+        Some(text) => EndpointSecret::parse(text).map_err(|e| ApiError::invalid(e.to_string()))?,
+        None => EndpointSecret::generate(),
+    };
+    let record = app
+        .store
+        .create_endpoint(NewEndpoint {
+            id: EndpointId::new(),
+            name: None,
+            url: body.url,
+            description: body.description,
+            event_types: body.event_types,
+            sources: body.sources,
+            format: body.format,
+            headers,
+            rate_limit: body.rate_limit,
+            max_concurrency: body.max_concurrency,
+            enabled: body.enabled,
+            secret: secret.expose(),
+            now: Timestamp::now(),
+        })
+        .await?;
+    app.delivery.reload_endpoints().await?;
+    tracing::info!(endpoint = %record.id, url = %record.url, "created an endpoint");
+    let mut view = EndpointView::new(record);
+    view.secret = Some(secret.expose());
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListParams {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Page<T> {
+    data: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+pub(crate) async fn list(
+    State(app): State<Arc<App>>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Page<EndpointView>>, ApiError> {
+    let page = app
+        .store
+        .endpoints(
+            parse_cursor(params.cursor.as_deref())?,
+            page_limit(params.limit)?,
+        )
+        .await?;
+    Ok(Json(Page {
+        data: page.items.into_iter().map(EndpointView::new).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+pub(crate) async fn show(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<EndpointView>, ApiError> {
+    let id = endpoint_id(&id)?;
+    let record = app
+        .store
+        .endpoint(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    let stats = app.store.endpoint_stats(id, Timestamp::now()).await?;
+    let mut view = EndpointView::new(record);
+    view.stats = Some(stats.into());
+    Ok(Json(view))
+}
+
+pub(crate) async fn update(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateEndpoint>,
+) -> Result<Json<EndpointView>, ApiError> {
+    let id = endpoint_id(&id)?;
+    let current = app
+        .store
+        .endpoint(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    let headers = body.headers.as_ref().map(header_pairs).transpose()?;
+    let sources = body.sources.clone().unwrap_or(current.sources.clone());
+    EndpointDefinition::check_static(
+        body.event_types.as_ref().unwrap_or(&current.event_types),
+        sources.as_deref(),
+        body.format.as_ref().unwrap_or(&current.format),
+        headers.as_ref().unwrap_or(&current.headers),
+        body.rate_limit.unwrap_or(current.rate_limit),
+        body.max_concurrency.unwrap_or(current.max_concurrency),
+    )
+    .map_err(ApiError::invalid)?;
+    check_sources(&app, sources.as_deref())?;
+    if let Some(url) = &body.url {
+        check_destination(app.delivery.destinations(), url)
+            .await
+            .map_err(ApiError::invalid)?;
+    }
+    if body.recover_since.is_some() && body.enabled != Some(true) {
+        return Err(ApiError::invalid("recover_since goes with enabled: true"));
+    }
+    let now = Timestamp::now();
+    let patch = EndpointPatch {
+        url: body.url,
+        description: body.description,
+        event_types: body.event_types,
+        sources: body.sources,
+        format: body.format,
+        headers,
+        rate_limit: body.rate_limit,
+        max_concurrency: body.max_concurrency,
+        enabled: body.enabled,
+        disabled_reason: body.disabled_reason,
+    };
+    let record = app
+        .store
+        .update_endpoint(id, patch, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    if let Some(since) = body.recover_since {
+        let recovered = app.store.recover(id, since, now).await?;
+        tracing::info!(endpoint = %id, recovered, "re-enabled an endpoint and recovered its backlog");
+    }
+    app.delivery.reload_endpoints().await?;
+    app.delivery.wake();
+    Ok(Json(EndpointView::new(record)))
+}
+
+pub(crate) async fn delete(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = endpoint_id(&id)?;
+    if !app.store.delete_endpoint(id, Timestamp::now()).await? {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    app.delivery.reload_endpoints().await?;
+    tracing::info!(endpoint = %id, "deleted an endpoint");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct SecretView {
+    /// The current signing secret.
+    secret: String,
+    /// Secrets rotated out that still sign, and until when.
+    previous: Vec<PreviousSecret>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct PreviousSecret {
+    secret: String,
+    expires_at: Option<Timestamp>,
+}
+
+fn secret_view(record: &EndpointRecord) -> SecretView {
+    let now = Timestamp::now();
+    let mut secrets = record.secrets.iter();
+    SecretView {
+        secret: secrets.next().map(|s| s.secret.clone()).unwrap_or_default(),
+        previous: secrets
+            .filter(|s| s.expires_at.is_none_or(|at| at > now))
+            .map(|s| PreviousSecret {
+                secret: s.secret.clone(),
+                expires_at: s.expires_at,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) async fn secret(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<SecretView>, ApiError> {
+    let id = endpoint_id(&id)?;
+    let record = app
+        .store
+        .endpoint(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    Ok(Json(secret_view(&record)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateSecret {
+    secret: Option<String>,
+}
+
+/// Makes a new secret current; the previous one keeps signing for `delivery.secret_overlap`.
+pub(crate) async fn rotate_secret(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: bytes::Bytes,
+) -> Result<Json<SecretView>, ApiError> {
+    let id = endpoint_id(&id)?;
+    let body: RotateSecret = if body.is_empty() {
+        RotateSecret::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("body: {e}")))?
+    };
+    let secret = match &body.secret {
+        Some(text) => EndpointSecret::parse(text).map_err(|e| ApiError::invalid(e.to_string()))?,
+        None => EndpointSecret::generate(),
+    };
+    let now = Timestamp::now();
+    let record = app
+        .store
+        .rotate_secret(
+            id,
+            secret.expose(),
+            now,
+            now.add(app.delivery.secret_overlap()),
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    app.delivery.reload_endpoints().await?;
+    tracing::info!(endpoint = %id, "rotated an endpoint's signing secret");
+    Ok(Json(secret_view(&record)))
+}
+
+/// An attempt as the API shows it; the response body is the first 4 KiB as text.
+#[derive(Debug, Serialize)]
+pub(crate) struct AttemptView {
+    id: AttemptId,
+    delivery_id: billhook_core::ids::DeliveryId,
+    endpoint_id: EndpointId,
+    number: u32,
+    started_at: Timestamp,
+    duration_ms: u64,
+    status_code: Option<u16>,
+    response_body: Option<String>,
+    error_kind: Option<String>,
+    error_message: Option<String>,
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(a: AttemptRecord) -> Self {
+        Self {
+            id: a.id,
+            delivery_id: a.delivery_id,
+            endpoint_id: a.endpoint_id,
+            number: a.number,
+            started_at: a.started_at,
+            duration_ms: a.duration_ms,
+            status_code: a.status_code,
+            response_body: a
+                .response_body
+                .map(|b| String::from_utf8_lossy(&b).into_owned()),
+            error_kind: a.error_kind,
+            error_message: a.error_message,
+        }
+    }
+}
+
+pub(crate) async fn attempts(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Page<AttemptView>>, ApiError> {
+    let id = endpoint_id(&id)?;
+    if app.store.endpoint(id).await?.is_none() {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    let page = app
+        .store
+        .attempts_of_endpoint(
+            id,
+            parse_cursor(params.cursor.as_deref())?,
+            page_limit(params.limit)?,
+        )
+        .await?;
+    Ok(Json(Page {
+        data: page.items.into_iter().map(AttemptView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Recover {
+    since: Timestamp,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Recovered {
+    recovered: u64,
+}
+
+/// Resends every failed, dead or held delivery of the endpoint created since `since`.
+pub(crate) async fn recover(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Recover>,
+) -> Result<Json<Recovered>, ApiError> {
+    let id = endpoint_id(&id)?;
+    let endpoint = app
+        .store
+        .endpoint(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    if !endpoint.enabled {
+        return Err(ApiError::invalid(
+            "the endpoint is disabled: enable it (PATCH with enabled: true and recover_since) to recover",
+        ));
+    }
+    let recovered = app.store.recover(id, body.since, Timestamp::now()).await?;
+    app.delivery.wake();
+    tracing::info!(endpoint = %id, recovered, "recovering deliveries");
+    Ok(Json(Recovered { recovered }))
+}

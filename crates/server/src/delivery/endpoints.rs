@@ -1,0 +1,203 @@
+//! Endpoints as the delivery runtime holds them, and the validation every endpoint definition
+//! passes, whether it comes from the API or the configuration file.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use billhook_core::event::EventTypePattern;
+use billhook_core::ids::EndpointId;
+use billhook_core::signing::EndpointSecret;
+use billhook_core::subscription::{PayloadFormat, Subscriber, Subscription};
+use billhook_core::time::Timestamp;
+use billhook_store::EndpointRecord;
+use http::{HeaderName, HeaderValue};
+use reqwest::Url;
+
+use super::ssrf::{DestinationPolicy, parse_destination};
+
+/// Headers billhook sets itself; an endpoint cannot override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+];
+
+/// Limits on what an endpoint may ask for.
+pub const MAX_RATE_LIMIT: u32 = 10_000;
+pub const MAX_CONCURRENCY: u32 = 1_000;
+
+/// An endpoint ready to deliver to.
+#[derive(Debug, Clone)]
+pub struct EndpointRuntime {
+    pub id: EndpointId,
+    pub url: Url,
+    pub format: PayloadFormat,
+    pub subscription: Subscription,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub rate_limit: Option<u32>,
+    pub max_concurrency: u32,
+    pub enabled: bool,
+    pub failing_since: Option<Timestamp>,
+    /// Newest first, with the time each stops signing (`None` for the current one).
+    secrets: Vec<(EndpointSecret, Option<Timestamp>)>,
+}
+
+impl EndpointRuntime {
+    /// Builds the runtime view of a stored endpoint. Stored endpoints were validated when written,
+    /// so a failure here means the row was edited by hand; such an endpoint is skipped.
+    pub fn from_record(record: &EndpointRecord, default_concurrency: u32) -> Result<Self, String> {
+        let url = parse_destination(&record.url).map_err(|e| e.to_string())?;
+        let definition = EndpointDefinition::check_static(
+            &record.event_types,
+            record.sources.as_deref(),
+            &record.format,
+            &record.headers,
+            record.rate_limit,
+            record.max_concurrency,
+        )?;
+        let secrets = record
+            .secrets
+            .iter()
+            .filter_map(|s| {
+                EndpointSecret::parse(&s.secret)
+                    .ok()
+                    .map(|key| (key, s.expires_at))
+            })
+            .collect();
+        Ok(Self {
+            id: record.id,
+            url,
+            format: definition.format,
+            subscription: definition.subscription,
+            headers: definition.headers,
+            rate_limit: record.rate_limit,
+            max_concurrency: record.max_concurrency.unwrap_or(default_concurrency),
+            enabled: record.enabled,
+            failing_since: record.failing_since,
+            secrets,
+        })
+    }
+
+    /// The secrets that sign at `now`: the current one and any rotated out less than the overlap
+    /// ago.
+    pub fn live_secrets(&self, now: Timestamp) -> impl Iterator<Item = &EndpointSecret> {
+        self.secrets
+            .iter()
+            .filter(move |(_, expires)| expires.is_none_or(|at| at > now))
+            .map(|(secret, _)| secret)
+    }
+
+    pub fn subscriber(&self) -> Subscriber {
+        Subscriber {
+            id: self.id,
+            subscription: self.subscription.clone(),
+            format: self.format,
+            enabled: self.enabled,
+        }
+    }
+}
+
+/// The endpoints the runtime knows, by id, with the subscribers ingest fans out to.
+#[derive(Debug, Default, Clone)]
+pub struct EndpointSet {
+    pub by_id: HashMap<EndpointId, Arc<EndpointRuntime>>,
+    pub subscribers: Vec<Subscriber>,
+}
+
+impl EndpointSet {
+    pub fn build(records: &[EndpointRecord], default_concurrency: u32) -> Self {
+        let mut set = EndpointSet::default();
+        for record in records {
+            match EndpointRuntime::from_record(record, default_concurrency) {
+                Ok(endpoint) => {
+                    set.subscribers.push(endpoint.subscriber());
+                    set.by_id.insert(endpoint.id, Arc::new(endpoint));
+                }
+                Err(error) => {
+                    tracing::error!(endpoint = %record.id, %error, "skipping an endpoint that cannot be used");
+                }
+            }
+        }
+        set
+    }
+}
+
+/// The checked parts of an endpoint definition.
+#[derive(Debug, Clone)]
+pub struct EndpointDefinition {
+    pub subscription: Subscription,
+    pub format: PayloadFormat,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl EndpointDefinition {
+    /// Checks everything but the URL's destination: patterns, sources, format, headers, limits.
+    pub fn check_static(
+        event_types: &[String],
+        sources: Option<&[String]>,
+        format: &str,
+        headers: &[(String, String)],
+        rate_limit: Option<u32>,
+        max_concurrency: Option<u32>,
+    ) -> Result<Self, String> {
+        if event_types.is_empty() {
+            return Err("event_types needs at least one pattern (`*` for every event)".to_owned());
+        }
+        let patterns = event_types
+            .iter()
+            .map(|p| EventTypePattern::parse(p).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if sources.is_some_and(<[String]>::is_empty) {
+            return Err("sources, when given, needs at least one source name".to_owned());
+        }
+        let format: PayloadFormat = format.parse()?;
+        let mut checked_headers = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("`{name}` is not a valid header name"))?;
+            if RESERVED_HEADERS.contains(&header.as_str())
+                || header.as_str().starts_with("billhook-")
+            {
+                return Err(format!(
+                    "the `{name}` header is set by billhook and cannot be overridden"
+                ));
+            }
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("the value of `{name}` is not a valid header value"))?;
+            checked_headers.push((header, value));
+        }
+        if rate_limit.is_some_and(|r| r == 0 || r > MAX_RATE_LIMIT) {
+            return Err(format!(
+                "rate_limit must be between 1 and {MAX_RATE_LIMIT} requests per second"
+            ));
+        }
+        if max_concurrency.is_some_and(|c| c == 0 || c > MAX_CONCURRENCY) {
+            return Err(format!(
+                "max_concurrency must be between 1 and {MAX_CONCURRENCY}"
+            ));
+        }
+        Ok(Self {
+            subscription: Subscription {
+                event_types: patterns,
+                sources: sources.map(<[String]>::to_vec),
+            },
+            format,
+            headers: checked_headers,
+        })
+    }
+}
+
+/// Checks a destination URL for a new or changed endpoint: its shape and, through the SSRF
+/// guard, every address it resolves to.
+pub async fn check_destination(policy: &DestinationPolicy, url: &str) -> Result<(), String> {
+    policy
+        .check_url(url)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}

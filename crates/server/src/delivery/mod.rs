@@ -1,0 +1,954 @@
+//! Delivering events to subscriber endpoints.
+//!
+//! The outbox row written by the ingest transaction is the truth; everything here is a way of
+//! working those rows quickly and safely:
+//!
+//! - **Hand-off.** Ingest reserves room in the endpoint's lane before it writes, writes the
+//!   delivery already leased to this instance, and after the commit passes it (payload in hand)
+//!   straight to the lane: a new delivery starts within milliseconds, without a database read.
+//! - **Lanes.** Each endpoint has its own queue, rate limiter, concurrency cap and slow-down
+//!   state, so a slow or dead endpoint only ever delays itself. A lane holds at most
+//!   `queue_per_endpoint` deliveries in memory; the rest wait in the database.
+//! - **Poller.** Claims due rows (retries, deliveries that found no room, leases left by a
+//!   crashed worker) per endpoint, as lanes have room, sleeping until the next one falls due.
+//! - **Completer.** Records attempts and their consequences in batches, one transaction each.
+//! - **Leases.** Rows held in memory are leased and the lease is renewed; a crashed instance's
+//!   rows come back when its leases expire.
+
+mod endpoints;
+mod send;
+pub mod ssrf;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use billhook_core::event::EventType;
+use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, InboundId};
+use billhook_core::retry::{AttemptOutcome, Decision, RetryPolicy};
+use billhook_core::subscription::{FanOutEvent, PlannedDelivery, plan_deliveries};
+use billhook_core::time::Timestamp;
+use billhook_store::{
+    ClaimedDelivery, Completion, DeliveryStatus, Lease, NewAttempt, NewDelivery, NextStep,
+    RawOrigin, Store, StoreError,
+};
+use bytes::Bytes;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{DeliveryConfig, EndpointConfig};
+pub use endpoints::{EndpointDefinition, EndpointRuntime, EndpointSet, check_destination};
+pub use send::RESPONSE_BODY_LIMIT;
+use ssrf::DestinationPolicy;
+
+/// One delivery in memory, ready for its next attempt.
+#[derive(Debug)]
+pub struct Job {
+    pub delivery_id: DeliveryId,
+    pub endpoint_id: EndpointId,
+    pub message_id: String,
+    pub event_type: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub payload: Bytes,
+    pub raw: Option<RawOrigin>,
+    /// The place this job holds in its lane.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Deliveries ingest is about to write, and the jobs to hand off once they are committed.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub rows: Vec<NewDelivery>,
+    jobs: Vec<Job>,
+}
+
+/// What an endpoint's lane shares with the attempts it starts.
+struct Lane {
+    id: EndpointId,
+    /// Room for deliveries held in memory.
+    slots: Arc<Semaphore>,
+    /// Concurrency permits and the cap they were sized for.
+    concurrency: Mutex<(Arc<Semaphore>, u32)>,
+    queue: mpsc::UnboundedSender<Job>,
+    paused_until: Mutex<Option<tokio::time::Instant>>,
+    failing_since: Mutex<Option<Timestamp>>,
+}
+
+impl Lane {
+    fn concurrency(&self, cap: u32) -> Arc<Semaphore> {
+        let mut current = self.concurrency.lock().unwrap_or_else(|p| p.into_inner());
+        if current.1 != cap {
+            *current = (Arc::new(Semaphore::new(cap as usize)), cap);
+        }
+        Arc::clone(&current.0)
+    }
+
+    fn pause(&self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
+    }
+}
+
+struct Shared {
+    store: Store,
+    owner: String,
+    config: DeliveryConfig,
+    policy: RetryPolicy,
+    destinations: Arc<DestinationPolicy>,
+    client: reqwest::Client,
+    endpoints: RwLock<Arc<EndpointSet>>,
+    lanes: Mutex<HashMap<EndpointId, Arc<Lane>>>,
+    in_flight: Arc<Semaphore>,
+    /// Deliveries held in memory under this instance's lease.
+    held: Mutex<HashSet<DeliveryId>>,
+    completions: mpsc::Sender<ToCompleter>,
+    lane_tasks: Mutex<Vec<JoinHandle<()>>>,
+    wake_poller: Notify,
+    stopping: watch::Sender<bool>,
+    abort: watch::Sender<bool>,
+    running_attempts: AtomicUsize,
+    attempts_done: Notify,
+}
+
+/// What the completer is asked to do, in order.
+enum ToCompleter {
+    Record(Completion),
+    /// Write everything received so far, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The delivery runtime of one billhook instance.
+pub struct Delivery {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    completer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Delivery {
+    /// Loads endpoints, syncs those declared in the configuration, and starts the poller,
+    /// completer and lease renewal.
+    pub async fn start(
+        store: Store,
+        config: DeliveryConfig,
+        declared: &[EndpointConfig],
+        known_sources: &[String],
+    ) -> Result<Self, StartError> {
+        let destinations = Arc::new(DestinationPolicy::new(
+            config.allow_private_destinations.clone(),
+        ));
+        let client = send::client(
+            Arc::clone(&destinations),
+            config.request_timeout.0,
+            config.connect_timeout.0,
+        )
+        .map_err(|e| StartError::Client(e.to_string()))?;
+        sync_declared(&store, &destinations, declared, known_sources).await?;
+        if store.is_single_process() {
+            let released = store.release_all_leases().await?;
+            if released > 0 {
+                tracing::info!(released, "released leases left by the previous run");
+            }
+        }
+        let (completions, completion_queue) = mpsc::channel(4096);
+        let shared = Arc::new(Shared {
+            owner: format!(
+                "billhook-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+            policy: config.retry_policy(),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight as usize)),
+            config,
+            destinations,
+            client,
+            endpoints: RwLock::new(Arc::new(EndpointSet::default())),
+            lanes: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashSet::new()),
+            completions,
+            lane_tasks: Mutex::new(Vec::new()),
+            wake_poller: Notify::new(),
+            stopping: watch::channel(false).0,
+            abort: watch::channel(false).0,
+            running_attempts: AtomicUsize::new(0),
+            attempts_done: Notify::new(),
+            store,
+        });
+        shared.reload_endpoints().await?;
+        let completer = tokio::spawn(run_completer(Arc::clone(&shared), completion_queue));
+        let tasks = vec![
+            tokio::spawn(run_poller(Arc::clone(&shared))),
+            tokio::spawn(run_lease_renewal(Arc::clone(&shared))),
+        ];
+        Ok(Self {
+            shared,
+            tasks: Mutex::new(tasks),
+            completer: Mutex::new(Some(completer)),
+        })
+    }
+
+    /// The SSRF guard's policy, for checking endpoint URLs.
+    pub fn destinations(&self) -> &DestinationPolicy {
+        &self.shared.destinations
+    }
+
+    pub fn default_concurrency(&self) -> u32 {
+        self.shared.config.default_max_concurrency
+    }
+
+    pub fn secret_overlap(&self) -> Duration {
+        self.shared.config.secret_overlap.0
+    }
+
+    /// Re-reads endpoints after they changed.
+    pub async fn reload_endpoints(&self) -> Result<(), StoreError> {
+        self.shared.reload_endpoints().await
+    }
+
+    /// Plans the deliveries of one inbound message's events and reserves lane room for those
+    /// that can start at once. `payloads` gives each event's canonical bytes (by position in
+    /// `events`); `raw` is the provider's body for raw endpoints.
+    pub fn prepare(
+        &self,
+        inbound_id: InboundId,
+        source: &str,
+        events: &[(FanOutEvent, Bytes)],
+        raw: (&Bytes, RawOrigin),
+        now: Timestamp,
+    ) -> Prepared {
+        let set = self.shared.endpoints();
+        let fan_out: Vec<FanOutEvent> = events.iter().map(|(e, _)| *e).collect();
+        let planned = plan_deliveries(source, &fan_out, &set.subscribers);
+        let mut prepared = Prepared::default();
+        if planned.is_empty() {
+            return prepared;
+        }
+        let first_wait = self.shared.policy.wait_before(1, &mut rand::rng());
+        let lease = Lease {
+            owner: self.shared.owner.clone(),
+            until: now.add(self.shared.config.lease.0),
+        };
+        for plan in planned {
+            let id = DeliveryId::new_at(now);
+            let payload = match plan.event_id {
+                Some(event) => events
+                    .iter()
+                    .find(|(e, _)| e.id == event)
+                    .map(|(_, bytes)| bytes.clone())
+                    .unwrap_or_default(),
+                None => raw.0.clone(),
+            };
+            // Start at once only what is due at once, active, and has room in its lane.
+            let slot = (plan.active && first_wait.is_zero())
+                .then(|| self.shared.lane(plan.endpoint_id))
+                .flatten()
+                .and_then(|lane| Arc::clone(&lane.slots).try_acquire_owned().ok());
+            prepared.rows.push(new_delivery(
+                &plan,
+                id,
+                inbound_id,
+                now.add(first_wait),
+                slot.as_ref().map(|_| lease.clone()),
+            ));
+            if let Some(slot) = slot {
+                prepared.jobs.push(Job {
+                    delivery_id: id,
+                    endpoint_id: plan.endpoint_id,
+                    message_id: plan.message_id(inbound_id),
+                    event_type: plan.event_type.as_str().to_owned(),
+                    attempts: 0,
+                    payload,
+                    raw: plan.event_id.is_none().then(|| raw.1.clone()),
+                    _slot: slot,
+                });
+            }
+        }
+        prepared
+    }
+
+    /// Plans deliveries without handing anything off (reprocessing, redelivery to new endpoints):
+    /// the poller picks them up.
+    pub fn plan(
+        &self,
+        source: &str,
+        events: &[FanOutEvent],
+        inbound_id: InboundId,
+        now: Timestamp,
+    ) -> Vec<NewDelivery> {
+        let set = self.shared.endpoints();
+        plan_deliveries(source, events, &set.subscribers)
+            .iter()
+            .map(|plan| new_delivery(plan, DeliveryId::new_at(now), inbound_id, now, None))
+            .collect()
+    }
+
+    /// Starts the jobs of a committed ingest.
+    pub fn hand_off(&self, prepared: Prepared) {
+        for job in prepared.jobs {
+            self.shared.enqueue(job);
+        }
+    }
+
+    /// Wakes the poller: deliveries became due outside the hand-off (recovery, redelivery).
+    pub fn wake(&self) {
+        self.shared.wake_poller.notify_one();
+    }
+
+    /// Stops claiming, lets in-flight attempts finish for up to `shutdown_grace`, gives back what
+    /// was not attempted, and records the last outcomes.
+    pub async fn shutdown(&self) {
+        let shared = &self.shared;
+        let _ = shared.stopping.send(true);
+        shared.wake_poller.notify_one();
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let lane_tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *shared.lane_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks.into_iter().chain(lane_tasks) {
+            let _ = task.await;
+        }
+        let deadline = tokio::time::Instant::now() + shared.config.shutdown_grace.0;
+        let mut aborted = false;
+        while shared.running_attempts.load(Ordering::SeqCst) > 0 {
+            let notified = shared.attempts_done.notified();
+            if shared.running_attempts.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline), if !aborted => {
+                    tracing::warn!("shutdown grace elapsed; giving back the attempts still in flight");
+                    let _ = shared.abort.send(true);
+                    aborted = true;
+                }
+            }
+        }
+        let (flushed, done) = tokio::sync::oneshot::channel();
+        if shared
+            .completions
+            .send(ToCompleter::Flush(flushed))
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+        let completer = self
+            .completer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(completer) = completer {
+            completer.abort();
+            let _ = completer.await;
+        }
+    }
+}
+
+fn new_delivery(
+    plan: &PlannedDelivery,
+    id: DeliveryId,
+    inbound_id: InboundId,
+    due: Timestamp,
+    lease: Option<Lease>,
+) -> NewDelivery {
+    NewDelivery {
+        id,
+        endpoint_id: plan.endpoint_id,
+        message_id: plan.message_id(inbound_id),
+        event_id: plan.event_id,
+        event_type: plan.event_type.as_str(),
+        status: if plan.active {
+            DeliveryStatus::Pending
+        } else {
+            DeliveryStatus::Held
+        },
+        next_attempt_at: due,
+        lease,
+    }
+}
+
+/// Why the delivery runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("endpoint `{name}` in the configuration: {message}")]
+    Endpoint { name: String, message: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// Creates or updates the endpoints declared in the configuration file, and disables named
+/// endpoints that are no longer declared.
+async fn sync_declared(
+    store: &Store,
+    destinations: &DestinationPolicy,
+    declared: &[EndpointConfig],
+    known_sources: &[String],
+) -> Result<(), StartError> {
+    let now = Timestamp::now();
+    for endpoint in declared {
+        let invalid = |message: String| StartError::Endpoint {
+            name: endpoint.name.clone(),
+            message,
+        };
+        let headers: Vec<(String, String)> = endpoint.headers.clone().into_iter().collect();
+        EndpointDefinition::check_static(
+            &endpoint.event_types,
+            endpoint.sources.as_deref(),
+            &endpoint.format,
+            &headers,
+            endpoint.rate_limit,
+            endpoint.max_concurrency,
+        )
+        .map_err(&invalid)?;
+        if let Some(unknown) = endpoint
+            .sources
+            .iter()
+            .flatten()
+            .find(|s| !known_sources.contains(s))
+        {
+            return Err(invalid(format!(
+                "sources names `{unknown}`, which is not a configured source"
+            )));
+        }
+        check_destination(destinations, &endpoint.url)
+            .await
+            .map_err(&invalid)?;
+        let secret = match &endpoint.secret {
+            Some(text) => billhook_core::signing::EndpointSecret::parse(text)
+                .map_err(|e| invalid(e.to_string()))?
+                .expose(),
+            None => billhook_core::signing::EndpointSecret::generate().expose(),
+        };
+        store
+            .upsert_named_endpoint(
+                billhook_store::NewEndpoint {
+                    id: EndpointId::new(),
+                    name: Some(endpoint.name.clone()),
+                    url: endpoint.url.clone(),
+                    description: endpoint.description.clone(),
+                    event_types: endpoint.event_types.clone(),
+                    sources: endpoint.sources.clone(),
+                    format: endpoint.format.clone(),
+                    headers,
+                    rate_limit: endpoint.rate_limit,
+                    max_concurrency: endpoint.max_concurrency,
+                    enabled: true,
+                    secret,
+                    now,
+                },
+                endpoint.secret.is_some(),
+            )
+            .await?;
+    }
+    for record in store.all_endpoints().await? {
+        if let Some(name) = &record.name
+            && record.enabled
+            && !declared.iter().any(|e| &e.name == name)
+        {
+            store
+                .update_endpoint(
+                    record.id,
+                    billhook_store::EndpointPatch {
+                        enabled: Some(false),
+                        disabled_reason: Some("removed from the configuration file".to_owned()),
+                        ..billhook_store::EndpointPatch::default()
+                    },
+                    now,
+                )
+                .await?;
+            tracing::warn!(endpoint = %record.id, name, "disabled an endpoint no longer in the configuration");
+        }
+    }
+    Ok(())
+}
+
+impl Shared {
+    fn endpoints(&self) -> Arc<EndpointSet> {
+        Arc::clone(&self.endpoints.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn endpoint(&self, id: EndpointId) -> Option<Arc<EndpointRuntime>> {
+        self.endpoints().by_id.get(&id).cloned()
+    }
+
+    async fn reload_endpoints(self: &Arc<Self>) -> Result<(), StoreError> {
+        let records = self.store.all_endpoints().await?;
+        let set = Arc::new(EndpointSet::build(
+            &records,
+            self.config.default_max_concurrency,
+        ));
+        *self.endpoints.write().unwrap_or_else(|p| p.into_inner()) = set;
+        self.wake_poller.notify_one();
+        Ok(())
+    }
+
+    /// The lane of an endpoint that exists and is enabled, started on first use.
+    fn lane(self: &Arc<Self>, id: EndpointId) -> Option<Arc<Lane>> {
+        if *self.stopping.borrow() {
+            return None;
+        }
+        let endpoint = self.endpoint(id).filter(|e| e.enabled)?;
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lane) = lanes.get(&id) {
+            return Some(Arc::clone(lane));
+        }
+        let (queue, jobs) = mpsc::unbounded_channel();
+        let lane = Arc::new(Lane {
+            id,
+            slots: Arc::new(Semaphore::new(self.config.queue_per_endpoint as usize)),
+            concurrency: Mutex::new((
+                Arc::new(Semaphore::new(endpoint.max_concurrency as usize)),
+                endpoint.max_concurrency,
+            )),
+            queue,
+            paused_until: Mutex::new(None),
+            failing_since: Mutex::new(endpoint.failing_since),
+        });
+        lanes.insert(id, Arc::clone(&lane));
+        let task = tokio::spawn(run_lane(Arc::clone(self), Arc::clone(&lane), jobs));
+        self.lane_tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+        Some(lane)
+    }
+
+    fn enqueue(self: &Arc<Self>, job: Job) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.delivery_id);
+        let lane = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&job.endpoint_id)
+            .cloned();
+        match lane {
+            Some(lane) => {
+                if let Err(mpsc::error::SendError(job)) = lane.queue.send(job) {
+                    self.give_back(job);
+                }
+            }
+            None => self.give_back(job),
+        }
+    }
+
+    /// Returns a job to the database unattempted: its lease is cleared and its schedule kept.
+    fn give_back(&self, job: Job) {
+        self.finish(Completion {
+            delivery_id: job.delivery_id,
+            endpoint_id: job.endpoint_id,
+            attempt: None,
+            next: NextStep::Released,
+            disable_endpoint: None,
+        });
+    }
+
+    fn finish(&self, completion: Completion) {
+        if let Err(
+            mpsc::error::TrySendError::Full(completion)
+            | mpsc::error::TrySendError::Closed(completion),
+        ) = self.completions.try_send(ToCompleter::Record(completion))
+        {
+            // The completer is behind or gone: record it from a task so no lane blocks on it.
+            let sender = self.completions.clone();
+            tokio::spawn(async move {
+                if sender.send(completion).await.is_err() {
+                    tracing::warn!(
+                        "a delivery outcome could not be recorded; its lease will expire and it will be retried"
+                    );
+                }
+            });
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Treats an endpoint as disabled from now on, ahead of the reload from the database.
+    fn mark_disabled(&self, id: EndpointId) {
+        let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+        let mut set = EndpointSet::clone(&endpoints);
+        if let Some(endpoint) = set.by_id.get_mut(&id) {
+            let mut updated = EndpointRuntime::clone(endpoint);
+            updated.enabled = false;
+            *endpoint = Arc::new(updated);
+        }
+        for subscriber in set.subscribers.iter_mut().filter(|s| s.id == id) {
+            subscriber.enabled = false;
+        }
+        *endpoints = Arc::new(set);
+    }
+}
+
+/// Works one endpoint's queue in order: slow-down pauses, the rate limit, then concurrency.
+async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut stopping = shared.stopping.subscribe();
+    let mut next_slot = tokio::time::Instant::now();
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => match job { Some(job) => job, None => break },
+            _ = stopping.wait_for(|stop| *stop) => break,
+        };
+        let Some(endpoint) = shared.endpoint(lane.id) else {
+            shared.finish(Completion {
+                delivery_id: job.delivery_id,
+                endpoint_id: job.endpoint_id,
+                attempt: None,
+                next: NextStep::Cancelled,
+                disable_endpoint: None,
+            });
+            continue;
+        };
+        if !endpoint.enabled {
+            shared.finish(Completion {
+                delivery_id: job.delivery_id,
+                endpoint_id: job.endpoint_id,
+                attempt: None,
+                next: NextStep::Held,
+                disable_endpoint: None,
+            });
+            continue;
+        }
+        let paused = *lane.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = paused {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = stopping.wait_for(|stop| *stop) => { shared.give_back(job); break; }
+            }
+        }
+        if let Some(rate) = endpoint.rate_limit {
+            let now = tokio::time::Instant::now();
+            if next_slot > now {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_slot) => {}
+                    _ = stopping.wait_for(|stop| *stop) => { shared.give_back(job); break; }
+                }
+            }
+            next_slot = next_slot.max(now) + Duration::from_secs(1) / rate;
+        }
+        let concurrency = lane.concurrency(endpoint.max_concurrency);
+        let permits = tokio::select! {
+            permits = async {
+                let local = concurrency.acquire_owned().await;
+                let global = Arc::clone(&shared.in_flight).acquire_owned().await;
+                local.ok().zip(global.ok())
+            } => permits,
+            _ = stopping.wait_for(|stop| *stop) => None,
+        };
+        let Some(permits) = permits else {
+            shared.give_back(job);
+            break;
+        };
+        shared.running_attempts.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(attempt(
+            Arc::clone(&shared),
+            Arc::clone(&lane),
+            endpoint,
+            job,
+            permits,
+        ));
+    }
+    // Whatever is still queued goes back to the database for the next run or another instance.
+    jobs.close();
+    while let Some(job) = jobs.recv().await {
+        shared.give_back(job);
+    }
+}
+
+/// Makes one attempt and decides what follows.
+async fn attempt(
+    shared: Arc<Shared>,
+    lane: Arc<Lane>,
+    endpoint: Arc<EndpointRuntime>,
+    job: Job,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) {
+    let mut abort = shared.abort.subscribe();
+    let started_at = Timestamp::now();
+    let clock = std::time::Instant::now();
+    let result = tokio::select! {
+        result = send::send(&shared.client, &shared.destinations, &endpoint, &job) => Some(result),
+        _ = abort.wait_for(|abort| *abort) => None,
+    };
+    let completion = match result {
+        None => Completion {
+            delivery_id: job.delivery_id,
+            endpoint_id: job.endpoint_id,
+            attempt: None,
+            next: NextStep::Released,
+            disable_endpoint: None,
+        },
+        Some(result) => judge(&shared, &lane, &job, result, started_at, clock.elapsed()),
+    };
+    let disabled = completion.disable_endpoint.is_some();
+    shared.finish(completion);
+    if disabled {
+        // Stop the lane at once; the completer reloads endpoints from the database after
+        // recording the change.
+        shared.mark_disabled(job.endpoint_id);
+    }
+    drop(job);
+    shared.running_attempts.fetch_sub(1, Ordering::SeqCst);
+    shared.attempts_done.notify_waiters();
+}
+
+/// Applies the retry policy to an attempt's result.
+fn judge(
+    shared: &Shared,
+    lane: &Lane,
+    job: &Job,
+    result: send::AttemptResult,
+    started_at: Timestamp,
+    took: Duration,
+) -> Completion {
+    let now = Timestamp::now();
+    let number = job.attempts + 1;
+    let outcome = if result.succeeded() {
+        AttemptOutcome::Success
+    } else {
+        AttemptOutcome::Failure {
+            status: result.status,
+            retry_after: result.retry_after,
+        }
+    };
+    let failing_since = {
+        let mut failing = lane.failing_since.lock().unwrap_or_else(|p| p.into_inner());
+        let before = *failing;
+        *failing = match outcome {
+            AttemptOutcome::Success => None,
+            AttemptOutcome::Failure { .. } => Some(before.unwrap_or(now)),
+        };
+        before
+    };
+    let decision = shared
+        .policy
+        .decide(number, outcome, now, failing_since, &mut rand::rng());
+    let (next, disable_endpoint) = match decision {
+        Decision::Delivered => (NextStep::Delivered, None),
+        Decision::Retry { at, slow_down } => {
+            if let Some(wait) = slow_down {
+                lane.pause(wait);
+            }
+            (NextStep::Retry { at }, None)
+        }
+        Decision::Dead => (NextStep::Dead, None),
+        Decision::DisableEndpoint { reason } => (NextStep::Held, Some(reason)),
+    };
+    let (error_kind, error_message) = match &result.error {
+        Some((kind, message)) => (Some((*kind).to_owned()), Some(message.clone())),
+        None => (None, None),
+    };
+    tracing::debug!(
+        endpoint = %job.endpoint_id,
+        delivery = %job.delivery_id,
+        attempt = number,
+        status = result.status,
+        error = error_kind.as_deref(),
+        took_ms = took.as_millis() as u64,
+        next = ?next,
+        "delivery attempt"
+    );
+    if let Some(reason) = &disable_endpoint {
+        tracing::warn!(endpoint = %job.endpoint_id, reason, "disabling an endpoint");
+    }
+    Completion {
+        delivery_id: job.delivery_id,
+        endpoint_id: job.endpoint_id,
+        attempt: Some(NewAttempt {
+            id: AttemptId::new_at(started_at),
+            number,
+            started_at,
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            status_code: result.status,
+            response_body: result.body,
+            error_kind,
+            error_message,
+        }),
+        next,
+        disable_endpoint,
+    }
+}
+
+/// Records completions in batches, one transaction each.
+async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::Receiver<ToCompleter>) {
+    let mut messages = Vec::with_capacity(256);
+    while queue.recv_many(&mut messages, 512).await > 0 {
+        let mut batch = Vec::with_capacity(messages.len());
+        let mut flushes = Vec::new();
+        for message in messages.drain(..) {
+            match message {
+                ToCompleter::Record(completion) => batch.push(completion),
+                ToCompleter::Flush(reply) => flushes.push(reply),
+            }
+        }
+        if !batch.is_empty() {
+            record(&shared, batch).await;
+        }
+        for reply in flushes {
+            let _ = reply.send(());
+        }
+    }
+}
+
+async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
+    let done: Vec<DeliveryId> = batch.iter().map(|c| c.delivery_id).collect();
+    let disables = batch.iter().any(|c| c.disable_endpoint.is_some());
+    if let Err(error) = shared.store.complete(batch, Timestamp::now()).await {
+        tracing::error!(%error, count = done.len(), "could not record delivery outcomes; their leases will expire and they will be retried");
+    }
+    {
+        let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &done {
+            held.remove(id);
+        }
+    }
+    if disables && let Err(error) = shared.reload_endpoints().await {
+        tracing::warn!(%error, "could not reload endpoints");
+    }
+    shared.wake_poller.notify_one();
+}
+
+/// Claims due deliveries for lanes with room, then sleeps until the next one falls due.
+async fn run_poller(shared: Arc<Shared>) {
+    /// The longest the poller sleeps without looking, in case of a missed wake-up.
+    const MAX_SLEEP: Duration = Duration::from_secs(1);
+    let mut stopping = shared.stopping.subscribe();
+    loop {
+        if shared.stopping() {
+            return;
+        }
+        let now = Timestamp::now();
+        let next_due = match poll_once(&shared, now).await {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::warn!(%error, "could not claim due deliveries");
+                Some(now.add(MAX_SLEEP))
+            }
+        };
+        let sleep = next_due.map_or(MAX_SLEEP, |at| at.since(Timestamp::now()).min(MAX_SLEEP));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shared.wake_poller.notified() => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// One pass of the poller; returns when it should look again.
+async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
+    let (due, next) = shared.store.due_endpoints(now).await?;
+    let mut again_now = false;
+    for endpoint in due {
+        let Some(lane) = shared.lane(endpoint) else {
+            continue;
+        };
+        let room = lane.slots.available_permits().min(256);
+        if room == 0 {
+            continue;
+        }
+        let Ok(slots) = Arc::clone(&lane.slots).try_acquire_many_owned(room as u32) else {
+            continue;
+        };
+        let claimed = shared
+            .store
+            .claim_due(
+                endpoint,
+                &shared.owner,
+                now,
+                now.add(shared.config.lease.0),
+                room as u32,
+            )
+            .await?;
+        again_now |= claimed.len() == room;
+        let mut slots = Some(slots);
+        for delivery in claimed {
+            let slot = match slots.as_mut().and_then(|s| s.split(1)) {
+                Some(slot) => slot,
+                None => break,
+            };
+            dispatch_claimed(shared, delivery, slot);
+        }
+    }
+    Ok(if again_now { Some(now) } else { next })
+}
+
+fn dispatch_claimed(shared: &Arc<Shared>, delivery: ClaimedDelivery, slot: OwnedSemaphorePermit) {
+    let Some(payload) = delivery.payload else {
+        // Retention pruned the payload before the delivery could go out.
+        shared.finish(Completion {
+            delivery_id: delivery.id,
+            endpoint_id: delivery.endpoint_id,
+            attempt: None,
+            next: NextStep::Dead,
+            disable_endpoint: None,
+        });
+        return;
+    };
+    shared.enqueue(Job {
+        delivery_id: delivery.id,
+        endpoint_id: delivery.endpoint_id,
+        message_id: delivery.message_id,
+        event_type: delivery.event_type,
+        attempts: delivery.attempts,
+        payload,
+        raw: delivery.raw,
+        _slot: slot,
+    });
+}
+
+/// Extends the lease on everything held in memory, well before it would expire.
+async fn run_lease_renewal(shared: Arc<Shared>) {
+    let every = shared.config.lease.0 / 3;
+    let mut stopping = shared.stopping.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let ids: Vec<DeliveryId> = shared
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let until = Timestamp::now().add(shared.config.lease.0);
+        if let Err(error) = shared.store.renew_leases(&shared.owner, ids, until).await {
+            tracing::warn!(%error, "could not renew delivery leases");
+        }
+    }
+}
+
+/// Canonical events of one message, for the fan-out: (event, payload).
+pub fn fan_out_events(events: &[billhook_store::NewEvent]) -> Vec<(FanOutEvent, Bytes)> {
+    events
+        .iter()
+        .filter_map(|event| {
+            event
+                .event_type
+                .parse::<EventType>()
+                .ok()
+                .map(|event_type| {
+                    (
+                        FanOutEvent {
+                            id: event.id,
+                            event_type,
+                        },
+                        event.payload.clone(),
+                    )
+                })
+        })
+        .collect()
+}

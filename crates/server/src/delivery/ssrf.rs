@@ -1,0 +1,305 @@
+//! The SSRF guard: billhook never connects to an internal address on a subscriber's behalf.
+//!
+//! Destinations that are, or resolve to, loopback, private, link-local, unique-local, multicast,
+//! shared (CGNAT), unspecified or cloud-metadata addresses are refused when an endpoint is created
+//! and again when connecting. At connect time the guard is the HTTP client's DNS resolver: it
+//! resolves, drops every refused address, and the client connects only to what it returned, so a
+//! name that resolved somewhere public at creation cannot be rebound to an internal address.
+//! `allow_private_destinations` lists networks to allow regardless.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use reqwest::Url;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// Why a destination is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "{address} is a {category} address; billhook does not deliver there unless it is listed in delivery.allow_private_destinations"
+    )]
+    Blocked {
+        address: IpAddr,
+        category: &'static str,
+    },
+    #[error("`{0}` does not resolve to any address")]
+    Unresolvable(String),
+    #[error("{0}")]
+    BadUrl(String),
+}
+
+/// Which destinations are allowed.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationPolicy {
+    allow: Vec<IpNet>,
+}
+
+impl DestinationPolicy {
+    pub fn new(allow: Vec<IpNet>) -> Self {
+        Self { allow }
+    }
+
+    /// Refuses an address in a blocked category unless it is explicitly allowed.
+    pub fn check_ip(&self, address: IpAddr) -> Result<(), Refusal> {
+        let address = canonical(address);
+        if self.allow.iter().any(|net| net.contains(&address)) {
+            return Ok(());
+        }
+        match blocked_category(address) {
+            Some(category) => Err(Refusal::Blocked { address, category }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks an endpoint URL when it is created: http or https, a host, and every address the
+    /// host resolves to allowed.
+    pub async fn check_url(&self, url: &str) -> Result<Url, Refusal> {
+        let parsed = parse_destination(url)?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| Refusal::BadUrl("the URL has no host".to_owned()))?;
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        if let Ok(address) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            self.check_ip(address)?;
+            return Ok(parsed);
+        }
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| Refusal::Unresolvable(host.to_owned()))?
+            .collect();
+        if addresses.is_empty() {
+            return Err(Refusal::Unresolvable(host.to_owned()));
+        }
+        for address in addresses {
+            self.check_ip(address.ip())?;
+        }
+        Ok(parsed)
+    }
+}
+
+/// Parses and checks the shape of a destination URL.
+pub fn parse_destination(url: &str) -> Result<Url, Refusal> {
+    if url.len() > 2048 {
+        return Err(Refusal::BadUrl(
+            "the URL is longer than 2048 characters".to_owned(),
+        ));
+    }
+    let parsed =
+        Url::parse(url).map_err(|e| Refusal::BadUrl(format!("`{url}` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Refusal::BadUrl(format!(
+            "the URL must be http or https, not {}",
+            parsed.scheme()
+        )));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Refusal::BadUrl(
+            "credentials do not belong in the URL; send them as endpoint headers".to_owned(),
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Refusal::BadUrl("the URL has no host".to_owned()));
+    }
+    Ok(parsed)
+}
+
+/// IPv4 addresses embedded in IPv6 (`::ffff:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`) are judged as
+/// the IPv4 address they carry.
+fn canonical(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let segments = v6.segments();
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let octets = v6.octets();
+                return IpAddr::V4(Ipv4Addr::new(
+                    octets[12], octets[13], octets[14], octets[15],
+                ));
+            }
+            IpAddr::V6(v6)
+        }
+        v4 => v4,
+    }
+}
+
+fn blocked_category(address: IpAddr) -> Option<&'static str> {
+    match address {
+        IpAddr::V4(v4) => v4_category(v4),
+        IpAddr::V6(v6) => v6_category(v6),
+    }
+}
+
+fn v4_category(v4: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, ..] = v4.octets();
+    if v4 == Ipv4Addr::new(169, 254, 169, 254) || v4 == Ipv4Addr::new(100, 100, 100, 200) {
+        Some("cloud metadata")
+    } else if v4.is_loopback() {
+        Some("loopback")
+    } else if v4.is_private() {
+        Some("private")
+    } else if v4.is_link_local() {
+        Some("link-local")
+    } else if v4.is_multicast() {
+        Some("multicast")
+    } else if v4.is_unspecified() || a == 0 {
+        Some("unspecified")
+    } else if v4.is_broadcast() {
+        Some("broadcast")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("shared (carrier-grade NAT)")
+    } else if a >= 240 {
+        Some("reserved")
+    } else {
+        None
+    }
+}
+
+fn v6_category(v6: Ipv6Addr) -> Option<&'static str> {
+    let first = v6.segments()[0];
+    if v6
+        == "fd00:ec2::254"
+            .parse::<Ipv6Addr>()
+            .unwrap_or(Ipv6Addr::UNSPECIFIED)
+    {
+        Some("cloud metadata")
+    } else if v6.is_loopback() {
+        Some("loopback")
+    } else if v6.is_unspecified() {
+        Some("unspecified")
+    } else if v6.is_multicast() {
+        Some("multicast")
+    } else if first & 0xfe00 == 0xfc00 {
+        Some("unique-local")
+    } else if first & 0xffc0 == 0xfe80 {
+        Some("link-local")
+    } else {
+        None
+    }
+}
+
+/// The HTTP client's resolver: resolves, then keeps only allowed addresses.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver {
+    pub policy: Arc<DestinationPolicy>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = Arc::clone(&self.policy);
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?
+                .collect();
+            let mut first_refusal = None;
+            let allowed: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|address| match policy.check_ip(address.ip()) {
+                    Ok(()) => true,
+                    Err(refusal) => {
+                        first_refusal.get_or_insert(refusal);
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let refusal = first_refusal.unwrap_or(Refusal::Unresolvable(host));
+                return Err(Box::new(refusal) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(policy: &DestinationPolicy, address: &str) -> Option<&'static str> {
+        match policy.check_ip(address.parse().unwrap()) {
+            Ok(()) => None,
+            Err(Refusal::Blocked { category, .. }) => Some(category),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn internal_addresses_are_refused() {
+        let policy = DestinationPolicy::default();
+        for (address, category) in [
+            ("127.0.0.1", "loopback"),
+            ("10.0.0.1", "private"),
+            ("172.16.5.4", "private"),
+            ("192.168.1.1", "private"),
+            ("169.254.169.254", "cloud metadata"),
+            ("169.254.1.1", "link-local"),
+            ("100.64.0.1", "shared (carrier-grade NAT)"),
+            ("224.0.0.1", "multicast"),
+            ("0.0.0.0", "unspecified"),
+            ("::1", "loopback"),
+            ("fd00:ec2::254", "cloud metadata"),
+            ("fc00::1", "unique-local"),
+            ("fe80::1", "link-local"),
+            ("ff02::1", "multicast"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("64:ff9b::a00:1", "private"),
+        ] {
+            assert_eq!(refused(&policy, address), Some(category), "{address}");
+        }
+        for public in [
+            "93.184.216.34",
+            "2606:2800:220:1:248:1893:25c8:1946",
+            "100.128.0.1",
+        ] {
+            assert_eq!(refused(&policy, public), None, "{public}");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_makes_exceptions() {
+        let policy = DestinationPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert_eq!(refused(&policy, "127.0.0.1"), None);
+        assert_eq!(refused(&policy, "::ffff:127.0.0.1"), None);
+        assert_eq!(refused(&policy, "10.0.0.1"), Some("private"));
+    }
+
+    #[tokio::test]
+    async fn urls_are_checked_by_scheme_credentials_and_resolution() {
+        let policy = DestinationPolicy::default();
+        assert!(matches!(
+            policy.check_url("ftp://example.com/").await,
+            Err(Refusal::BadUrl(_))
+        ));
+        assert!(matches!(
+            policy.check_url("http://user:pw@93.184.216.34/").await,
+            Err(Refusal::BadUrl(_))
+        ));
+        assert!(matches!(
+            policy.check_url("http://169.254.169.254/latest").await,
+            Err(Refusal::Blocked { .. })
+        ));
+        assert!(matches!(
+            policy.check_url("http://[::1]:8080/").await,
+            Err(Refusal::Blocked { .. })
+        ));
+        assert!(matches!(
+            policy.check_url("http://localhost:9/").await,
+            Err(Refusal::Blocked { .. })
+        ));
+        assert!(
+            policy
+                .check_url("https://93.184.216.34/hooks")
+                .await
+                .is_ok()
+        );
+    }
+}

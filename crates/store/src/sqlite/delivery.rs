@@ -1,0 +1,672 @@
+//! The outbox on SQLite: deliveries, their leases, attempts and completions.
+
+use billhook_core::ids::{DeliveryId, EndpointId, EventId, InboundId};
+use billhook_core::time::Timestamp;
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::endpoints::disable;
+use super::ingest::parse_id;
+use super::read::{clamp_limit, paginate};
+use super::{SqliteStore, db_error};
+use crate::StoreError;
+use crate::model::*;
+
+/// Inserts the deliveries of one ingest (inside its transaction).
+pub(super) fn insert_deliveries(
+    connection: &Connection,
+    inbound_id: InboundId,
+    deliveries: &[NewDelivery],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let mut statement = connection
+        .prepare_cached(
+            "INSERT INTO deliveries (id, endpoint_id, message_id, event_id, inbound_id, event_type,
+                status, next_attempt_at, lease_owner, lease_until, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+        )
+        .map_err(db_error)?;
+    let inbound_id = inbound_id.to_string();
+    for delivery in deliveries {
+        statement
+            .execute(params![
+                delivery.id.to_string(),
+                delivery.endpoint_id.to_string(),
+                delivery.message_id,
+                delivery.event_id.map(|e| e.to_string()),
+                inbound_id,
+                delivery.event_type,
+                delivery.status.as_str(),
+                delivery.next_attempt_at.unix_millis(),
+                delivery.lease.as_ref().map(|l| &l.owner),
+                delivery.lease.as_ref().map(|l| l.until.unix_millis()),
+                now.unix_millis(),
+            ])
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+const CLAIMED_COLUMNS: &str = "d.id, d.endpoint_id, d.message_id, d.event_id, d.inbound_id,
+    d.event_type, d.attempts,
+    CASE WHEN d.event_id IS NULL THEN i.body ELSE e.payload END,
+    i.source, i.provider, i.provider_event";
+
+/// The columns of a claimed delivery joined with its payload, before parsing.
+struct ClaimedRow {
+    id: String,
+    endpoint_id: String,
+    message_id: String,
+    event_id: Option<String>,
+    inbound_id: String,
+    event_type: String,
+    attempts: u32,
+    payload: Option<Vec<u8>>,
+    source: Option<String>,
+    provider: Option<String>,
+    provider_event: Option<String>,
+}
+
+fn claimed_row(row: &Row<'_>) -> rusqlite::Result<ClaimedRow> {
+    Ok(ClaimedRow {
+        id: row.get(0)?,
+        endpoint_id: row.get(1)?,
+        message_id: row.get(2)?,
+        event_id: row.get(3)?,
+        inbound_id: row.get(4)?,
+        event_type: row.get(5)?,
+        attempts: row.get(6)?,
+        payload: row.get(7)?,
+        source: row.get(8)?,
+        provider: row.get(9)?,
+        provider_event: row.get(10)?,
+    })
+}
+
+fn to_claimed(row: ClaimedRow) -> Result<ClaimedDelivery, StoreError> {
+    let raw = row.event_id.is_none().then(|| RawOrigin {
+        source: row.source.unwrap_or_default(),
+        provider: row.provider.unwrap_or_default(),
+        provider_event: row.provider_event,
+    });
+    Ok(ClaimedDelivery {
+        id: parse_id(&row.id)?,
+        endpoint_id: parse_id(&row.endpoint_id)?,
+        message_id: row.message_id,
+        event_id: row.event_id.as_deref().map(parse_id).transpose()?,
+        inbound_id: parse_id(&row.inbound_id)?,
+        event_type: row.event_type,
+        attempts: row.attempts,
+        payload: row.payload.map(Bytes::from),
+        raw,
+    })
+}
+
+/// Loads claimed deliveries with their payloads, by id.
+fn load_claimed(
+    connection: &Connection,
+    ids: &[String],
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "SELECT {CLAIMED_COLUMNS} FROM deliveries d
+             JOIN inbound i ON i.id = d.inbound_id
+             LEFT JOIN events e ON e.id = d.event_id
+             WHERE d.id = ?1"
+        ))
+        .map_err(db_error)?;
+    let mut claimed = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(row) = statement
+            .query_row([id], claimed_row)
+            .optional()
+            .map_err(db_error)?
+        {
+            claimed.push(to_claimed(row)?);
+        }
+    }
+    Ok(claimed)
+}
+
+fn delivery_row(row: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: row.get(0)?,
+        endpoint_id: row.get(1)?,
+        message_id: row.get(2)?,
+        event_id: row.get(3)?,
+        inbound_id: row.get(4)?,
+        event_type: row.get(5)?,
+        status: row.get(6)?,
+        attempts: row.get(7)?,
+        next_attempt_at: row.get(8)?,
+        last_status_code: row.get(9)?,
+        last_error: row.get(10)?,
+        created_at: row.get(11)?,
+        updated_at: row.get(12)?,
+    })
+}
+
+struct DeliveryRow {
+    id: String,
+    endpoint_id: String,
+    message_id: String,
+    event_id: Option<String>,
+    inbound_id: String,
+    event_type: String,
+    status: String,
+    attempts: u32,
+    next_attempt_at: i64,
+    last_status_code: Option<u16>,
+    last_error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+const DELIVERY_COLUMNS: &str = "id, endpoint_id, message_id, event_id, inbound_id, event_type,
+    status, attempts, next_attempt_at, last_status_code, last_error, created_at, updated_at";
+
+fn to_delivery(row: DeliveryRow) -> Result<DeliveryRecord, StoreError> {
+    Ok(DeliveryRecord {
+        id: parse_id(&row.id)?,
+        endpoint_id: parse_id(&row.endpoint_id)?,
+        message_id: row.message_id,
+        event_id: row.event_id.as_deref().map(parse_id).transpose()?,
+        inbound_id: parse_id(&row.inbound_id)?,
+        event_type: row.event_type,
+        status: DeliveryStatus::parse(&row.status)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery status `{}`", row.status)))?,
+        attempts: row.attempts,
+        next_attempt_at: Timestamp::from_unix_millis(row.next_attempt_at),
+        last_status_code: row.last_status_code,
+        last_error: row.last_error,
+        created_at: Timestamp::from_unix_millis(row.created_at),
+        updated_at: Timestamp::from_unix_millis(row.updated_at),
+    })
+}
+
+const ATTEMPT_COLUMNS: &str = "id, delivery_id, endpoint_id, number, started_at, duration_ms,
+    status_code, response_body, error_kind, error_message";
+
+fn attempt_row(row: &Row<'_>) -> rusqlite::Result<(String, String, String, AttemptRecordParts)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        AttemptRecordParts {
+            number: row.get(3)?,
+            started_at: row.get(4)?,
+            duration_ms: row.get(5)?,
+            status_code: row.get(6)?,
+            response_body: row.get(7)?,
+            error_kind: row.get(8)?,
+            error_message: row.get(9)?,
+        },
+    ))
+}
+
+struct AttemptRecordParts {
+    number: u32,
+    started_at: i64,
+    duration_ms: i64,
+    status_code: Option<u16>,
+    response_body: Option<Vec<u8>>,
+    error_kind: Option<String>,
+    error_message: Option<String>,
+}
+
+fn to_attempt(
+    (id, delivery_id, endpoint_id, parts): (String, String, String, AttemptRecordParts),
+) -> Result<AttemptRecord, StoreError> {
+    Ok(AttemptRecord {
+        id: parse_id(&id)?,
+        delivery_id: parse_id(&delivery_id)?,
+        endpoint_id: parse_id(&endpoint_id)?,
+        number: parts.number,
+        started_at: Timestamp::from_unix_millis(parts.started_at),
+        duration_ms: u64::try_from(parts.duration_ms).unwrap_or(0),
+        status_code: parts.status_code,
+        response_body: parts.response_body.map(Bytes::from),
+        error_kind: parts.error_kind,
+        error_message: parts.error_message,
+    })
+}
+
+fn complete_one(
+    connection: &Connection,
+    completion: &Completion,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let delivery = completion.delivery_id.to_string();
+    let endpoint = completion.endpoint_id.to_string();
+    if let Some(attempt) = &completion.attempt {
+        connection
+            .prepare_cached(
+                "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
+                    duration_ms, status_code, response_body, error_kind, error_message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    attempt.id.to_string(),
+                    delivery,
+                    endpoint,
+                    attempt.number,
+                    attempt.started_at.unix_millis(),
+                    i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX),
+                    attempt.status_code,
+                    attempt.response_body.as_deref(),
+                    attempt.error_kind,
+                    attempt.error_message,
+                ])
+            })
+            .map_err(db_error)?;
+        let succeeded = completion.next == NextStep::Delivered;
+        let sql = if succeeded {
+            "UPDATE endpoints SET failing_since = NULL, last_success_at = ?2 WHERE id = ?1"
+        } else {
+            "UPDATE endpoints SET failing_since = COALESCE(failing_since, ?2), last_failure_at = ?2,
+                last_error = ?3 WHERE id = ?1"
+        };
+        let error = attempt
+            .error_message
+            .clone()
+            .or_else(|| attempt.status_code.map(|s| format!("HTTP {s}")));
+        if succeeded {
+            connection
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![endpoint, now.unix_millis()]))
+                .map_err(db_error)?;
+        } else {
+            connection
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![endpoint, now.unix_millis(), error]))
+                .map_err(db_error)?;
+        }
+    }
+    let (status, next_at): (Option<&str>, Option<i64>) = match &completion.next {
+        NextStep::Delivered => (Some("delivered"), None),
+        NextStep::Retry { at } => (Some("failed"), Some(at.unix_millis())),
+        NextStep::Dead => (Some("dead"), None),
+        NextStep::Held => (Some("held"), None),
+        NextStep::Cancelled => (Some("cancelled"), None),
+        NextStep::Released => (None, None),
+    };
+    let attempted = completion.attempt.as_ref();
+    connection
+        .prepare_cached(
+            "UPDATE deliveries SET
+                status = COALESCE(?2, status),
+                next_attempt_at = COALESCE(?3, next_attempt_at),
+                attempts = attempts + ?4,
+                last_status_code = CASE WHEN ?4 = 1 THEN ?5 ELSE last_status_code END,
+                last_error = CASE WHEN ?4 = 1 THEN ?6 ELSE last_error END,
+                lease_owner = NULL, lease_until = NULL, updated_at = ?7
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                delivery,
+                status,
+                next_at,
+                u32::from(attempted.is_some()),
+                attempted.and_then(|a| a.status_code),
+                attempted.and_then(|a| a.error_message.clone()),
+                now.unix_millis(),
+            ])
+        })
+        .map_err(db_error)?;
+    if let Some(reason) = &completion.disable_endpoint {
+        disable(connection, completion.endpoint_id, reason, now)?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Claims up to `limit` due deliveries of `endpoint` for `owner` until `lease_until`.
+    pub(crate) async fn claim_due(
+        &self,
+        endpoint: EndpointId,
+        owner: String,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.write(move |connection| {
+            let ids: Vec<String> = connection
+                .prepare_cached(
+                    "UPDATE deliveries SET lease_owner = ?1, lease_until = ?2
+                     WHERE id IN (
+                        SELECT id FROM deliveries
+                        WHERE endpoint_id = ?3 AND status IN ('pending', 'failed')
+                          AND next_attempt_at <= ?4
+                          AND (lease_until IS NULL OR lease_until <= ?4)
+                        ORDER BY next_attempt_at LIMIT ?5)
+                     RETURNING id",
+                )
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![
+                            owner,
+                            lease_until.unix_millis(),
+                            endpoint.to_string(),
+                            now.unix_millis(),
+                            limit
+                        ],
+                        |row| row.get(0),
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_error)?;
+            load_claimed(connection, &ids)
+        })
+        .await
+    }
+
+    /// Endpoints with claimable deliveries due by `now`, and the earliest time any other
+    /// claimable delivery falls due.
+    pub(crate) async fn due_endpoints(
+        &self,
+        now: Timestamp,
+    ) -> Result<(Vec<EndpointId>, Option<Timestamp>), StoreError> {
+        self.read(move |connection| {
+            let due: Vec<String> = connection
+                .prepare_cached(
+                    "SELECT DISTINCT endpoint_id FROM deliveries
+                     WHERE status IN ('pending', 'failed') AND next_attempt_at <= ?1
+                       AND (lease_until IS NULL OR lease_until <= ?1)",
+                )
+                .and_then(|mut s| {
+                    s.query_map([now.unix_millis()], |row| row.get(0))?
+                        .collect()
+                })
+                .map_err(db_error)?;
+            let next: Option<i64> = connection
+                .prepare_cached(
+                    "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at
+                                     THEN lease_until ELSE next_attempt_at END)
+                     FROM deliveries
+                     WHERE status IN ('pending', 'failed')
+                       AND (next_attempt_at > ?1 OR lease_until > ?1)",
+                )
+                .and_then(|mut s| s.query_row([now.unix_millis()], |row| row.get(0)))
+                .map_err(db_error)?;
+            let due = due
+                .iter()
+                .map(|id| parse_id(id))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((due, next.map(Timestamp::from_unix_millis)))
+        })
+        .await
+    }
+
+    pub(crate) async fn renew_leases(
+        &self,
+        owner: String,
+        ids: Vec<DeliveryId>,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.write(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "UPDATE deliveries SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2",
+                )
+                .map_err(db_error)?;
+            for id in ids {
+                statement
+                    .execute(params![id.to_string(), owner, until.unix_millis()])
+                    .map_err(db_error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Clears every lease: on SQLite only one process writes, so at start no lease can belong to
+    /// a live worker.
+    pub(crate) async fn release_all_leases(&self) -> Result<u64, StoreError> {
+        self.write(|connection| {
+            connection
+                .execute(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
+                     WHERE lease_owner IS NOT NULL",
+                    [],
+                )
+                .map(|n| n as u64)
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    pub(crate) async fn complete(
+        &self,
+        completions: Vec<Completion>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.write(move |connection| {
+            for completion in &completions {
+                complete_one(connection, completion, now)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sends every failed, dead or held delivery of an endpoint created since `since` again.
+    pub(crate) async fn recover(
+        &self,
+        endpoint: EndpointId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3, attempts = 0,
+                        lease_owner = NULL, lease_until = NULL, updated_at = ?3
+                     WHERE endpoint_id = ?1 AND created_at >= ?2
+                       AND status IN ('failed', 'dead', 'held')",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        endpoint.to_string(),
+                        since.unix_millis(),
+                        now.unix_millis()
+                    ])
+                })
+                .map(|n| n as u64)
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    /// Sends an event again: its deliveries (to `endpoint` only, if given) return to pending;
+    /// `create` adds deliveries for endpoints that never had one.
+    pub(crate) async fn redeliver(
+        &self,
+        event: EventId,
+        endpoint: Option<EndpointId>,
+        create: Vec<NewDelivery>,
+        now: Timestamp,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        self.write(move |connection| {
+            let inbound: Option<String> = connection
+                .prepare_cached("SELECT inbound_id FROM events WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([event.to_string()], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(db_error)?;
+            let Some(inbound) = inbound else {
+                return Ok(Vec::new());
+            };
+            let ids: Vec<String> = connection
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3,
+                        lease_owner = NULL, lease_until = NULL, updated_at = ?3
+                     WHERE (event_id = ?1 OR (event_id IS NULL AND inbound_id = ?2))
+                       AND (?4 IS NULL OR endpoint_id = ?4)
+                       AND status NOT IN ('cancelled')
+                       AND lease_owner IS NULL
+                     RETURNING id",
+                )
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![
+                            event.to_string(),
+                            inbound,
+                            now.unix_millis(),
+                            endpoint.map(|e| e.to_string())
+                        ],
+                        |row| row.get(0),
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_error)?;
+            insert_deliveries(connection, parse_id(&inbound)?, &create, now)?;
+            let mut all = ids
+                .iter()
+                .map(|id| parse_id(id))
+                .collect::<Result<Vec<DeliveryId>, _>>()?;
+            all.extend(create.iter().map(|d| d.id));
+            Ok(all)
+        })
+        .await
+    }
+
+    /// The deliveries of an event (raw deliveries of its inbound message included), each with its
+    /// attempts, oldest first.
+    pub(crate) async fn deliveries_of_event(
+        &self,
+        event: EventId,
+        inbound: InboundId,
+    ) -> Result<Vec<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError> {
+        self.read(move |connection| {
+            let rows = connection
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                     WHERE event_id = ?1 OR (event_id IS NULL AND inbound_id = ?2) ORDER BY id"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![event.to_string(), inbound.to_string()],
+                        delivery_row,
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_error)?;
+            let mut attempts_statement = connection
+                .prepare_cached(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = ?1 ORDER BY id"
+                ))
+                .map_err(db_error)?;
+            let mut result = Vec::with_capacity(rows.len());
+            for row in rows {
+                let delivery = to_delivery(row)?;
+                let attempts = attempts_statement
+                    .query_map([delivery.id.to_string()], attempt_row)
+                    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                    .map_err(db_error)?
+                    .into_iter()
+                    .map(to_attempt)
+                    .collect::<Result<Vec<_>, _>>()?;
+                result.push((delivery, attempts));
+            }
+            Ok(result)
+        })
+        .await
+    }
+
+    pub(crate) async fn delivery(
+        &self,
+        id: DeliveryId,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        self.read(move |connection| {
+            connection
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"
+                ))
+                .and_then(|mut s| s.query_row([id.to_string()], delivery_row).optional())
+                .map_err(db_error)?
+                .map(to_delivery)
+                .transpose()
+        })
+        .await
+    }
+
+    pub(crate) async fn attempts_of_endpoint(
+        &self,
+        endpoint: EndpointId,
+        before: Option<billhook_core::ids::AttemptId>,
+        limit: u32,
+    ) -> Result<Page<AttemptRecord>, StoreError> {
+        self.read(move |connection| {
+            let limit = clamp_limit(limit);
+            let rows = connection
+                .prepare_cached(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts
+                     WHERE endpoint_id = ?1 AND (?2 IS NULL OR id < ?2)
+                     ORDER BY id DESC LIMIT ?3"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![
+                            endpoint.to_string(),
+                            before.map(|b| b.to_string()),
+                            limit + 1
+                        ],
+                        attempt_row,
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_error)?;
+            let mut items = rows
+                .into_iter()
+                .map(to_attempt)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(paginate(&mut items, limit, |a| a.id.to_string()))
+        })
+        .await
+    }
+
+    pub(crate) async fn endpoint_stats(
+        &self,
+        endpoint: EndpointId,
+        now: Timestamp,
+    ) -> Result<EndpointStats, StoreError> {
+        self.read(move |connection| {
+            let mut stats = EndpointStats::default();
+            let mut statement = connection
+                .prepare_cached("SELECT status, COUNT(*) FROM deliveries WHERE endpoint_id = ?1 GROUP BY status")
+                .map_err(db_error)?;
+            let rows = statement
+                .query_map([endpoint.to_string()], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))
+                .map_err(db_error)?;
+            for row in rows {
+                let (status, count) = row.map_err(db_error)?;
+                match DeliveryStatus::parse(&status) {
+                    Some(DeliveryStatus::Pending) => stats.pending = count,
+                    Some(DeliveryStatus::Failed) => stats.failed = count,
+                    Some(DeliveryStatus::Delivered) => stats.delivered = count,
+                    Some(DeliveryStatus::Dead) => stats.dead = count,
+                    Some(DeliveryStatus::Held) => stats.held = count,
+                    _ => {}
+                }
+            }
+            let day_ago = now.sub(std::time::Duration::from_secs(86_400)).unix_millis();
+            let (attempts, successes): (u64, Option<u64>) = connection
+                .prepare_cached(
+                    "SELECT COUNT(*), SUM(CASE WHEN status_code BETWEEN 200 AND 299 THEN 1 ELSE 0 END)
+                     FROM attempts WHERE endpoint_id = ?1 AND started_at >= ?2",
+                )
+                .and_then(|mut s| s.query_row(params![endpoint.to_string(), day_ago], |row| Ok((row.get(0)?, row.get(1)?))))
+                .map_err(db_error)?;
+            stats.attempts_24h = attempts;
+            stats.successes_24h = successes.unwrap_or(0);
+            Ok(stats)
+        })
+        .await
+    }
+}
