@@ -8,6 +8,7 @@ mod client;
 mod output;
 mod serve;
 mod starter;
+mod trigger;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,9 @@ enum Command {
     },
     /// Run quarantined requests through today's provider code again.
     Reprocess(ReprocessArgs),
+    /// Emulate a provider: build a provider-faithful webhook, signed as the provider signs, and
+    /// print or send it. `--scenario FILE` plays several in order.
+    Trigger(trigger::TriggerArgs),
     /// Send events again: one event, or an endpoint's failures since a time.
     Replay {
         #[command(subcommand)]
@@ -274,6 +278,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             output::reprocessed(&results, args.remote.json);
             Ok(())
         }
+        Command::Trigger(args) => trigger::trigger(args).await,
         Command::Replay { command } => match command {
             ReplayCommand::Event {
                 id,
@@ -292,7 +297,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
                     output::pretty(&result);
                 } else {
                     let count = result["deliveries"].as_array().map_or(0, Vec::len);
-                    println!("redelivering {id} to {count} endpoint(s)");
+                    output::line(&format!("redelivering {id} to {count} endpoint(s)"));
                 }
                 Ok(())
             }
@@ -308,10 +313,10 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
                 if remote.json {
                     output::pretty(&result);
                 } else {
-                    println!(
+                    output::line(&format!(
                         "recovering {} deliveries of {id} since {since}",
                         result["recovered"]
-                    );
+                    ));
                 }
                 Ok(())
             }

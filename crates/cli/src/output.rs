@@ -1,6 +1,28 @@
 //! How the CLI prints: aligned tables for people, `--json` for scripts.
 
+use std::io::Write;
+
 use serde_json::Value;
+
+/// Writes to standard output. A reader that went away (`billhook … | head`) ends the program
+/// quietly, as for any Unix tool.
+pub(crate) fn write(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        std::process::exit(1);
+    }
+}
+
+/// [`write`] with a line break.
+pub(crate) fn line(text: &str) {
+    write(&format!("{text}\n"));
+}
 
 /// Prints rows under a header, each column as wide as its widest cell.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
@@ -16,7 +38,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        line(padded.join("  ").trim_end());
     };
     line(header.iter().map(|h| (*h).to_owned()).collect());
     for row in rows {
@@ -33,15 +55,12 @@ fn text(value: &Value) -> String {
 }
 
 pub(crate) fn pretty(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    line(&serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 fn next_page_hint(page: &Value) {
     if let Some(cursor) = page["next_cursor"].as_str() {
-        println!("\nmore: --cursor {cursor}");
+        line(&format!("\nmore: --cursor {cursor}"));
     }
 }
 

@@ -173,9 +173,62 @@ impl<'de> Deserialize<'de> for CalendarDate {
     }
 }
 
+/// Parses a duration written as text: `500ms`, `30s`, `5m`, `2h`, `8d` (a bare number is
+/// seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as `30s`, `5m`, `2h` or `8d`"))?;
+    let millis = match unit.trim() {
+        "ms" => Some(number),
+        "s" | "" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        "d" => number.checked_mul(86_400_000),
+        _ => return Err(format!("`{text}`: the unit must be ms, s, m, h or d")),
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long a duration"))
+}
+
+/// Writes a duration in the largest unit that divides it (`7200s` → `2h`).
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    let units = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    for (size, unit) in units {
+        if millis >= size && millis.is_multiple_of(size) {
+            return format!("{}{unit}", millis / size);
+        }
+    }
+    format!("{millis}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("8d"), Ok(Duration::from_secs(8 * 86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
 
     #[test]
     fn india_offset_is_converted_to_utc() {

@@ -13,6 +13,7 @@ pub mod emulate;
 pub mod json;
 pub mod razorpay;
 pub mod registry;
+pub mod scenario;
 pub mod setu_bbps;
 pub mod zwitch;
 

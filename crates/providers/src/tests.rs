@@ -539,3 +539,200 @@ fn every_emulated_event_normalizes_without_warnings() {
         }
     }
 }
+
+/// Replaces ids and times (which change with every run or generator) so a snapshot pins shape.
+fn redact(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, entry) in map.iter_mut() {
+                let lower = key.to_ascii_lowercase();
+                let is_id = lower == "id"
+                    || lower.ends_with("_id")
+                    || (key.ends_with("Id") && key.len() > 2)
+                    || key.ends_with("ID");
+                let is_time = lower.ends_with("_at")
+                    || lower.contains("timestamp")
+                    || lower.ends_with("date")
+                    || lower == "expire_by";
+                if (is_id || is_time) && !entry.is_null() && !entry.is_object() && !entry.is_array()
+                {
+                    *entry = Value::String(if is_id { "[id]" } else { "[time]" }.to_owned());
+                } else {
+                    redact(entry);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+#[test]
+fn emulated_events_keep_their_shape() {
+    let at = Timestamp::parse_rfc3339("2026-01-15T09:30:00+05:30").unwrap();
+    for provider in crate::PROVIDERS {
+        for event in provider.emulated_events() {
+            let variants: Vec<Option<&str>> = if event.variants.is_empty() {
+                vec![None]
+            } else {
+                event.variants.iter().map(|v| Some(*v)).collect()
+            };
+            for variant in variants {
+                let mut options = crate::emulate::GenerateOptions::new(at, Some(7));
+                options.variant = variant.map(str::to_owned);
+                let generated = provider.generate(event.name, &mut options).unwrap();
+                let mut body = generated.json.clone();
+                redact(&mut body);
+                let header_names: Vec<&str> =
+                    generated.headers.iter().map(|(n, _)| n.as_str()).collect();
+                let name = format!(
+                    "{}__{}__{}",
+                    provider.name(),
+                    event.name,
+                    variant.unwrap_or("default")
+                )
+                .replace(' ', "_");
+                insta::assert_json_snapshot!(
+                    name,
+                    json!({ "headers": header_names, "body": body })
+                );
+            }
+        }
+    }
+}
+
+fn matches_format(text: &str, prefix: &str, len: usize, alphabet: fn(char) -> bool) -> bool {
+    text.strip_prefix(prefix)
+        .is_some_and(|rest| rest.chars().count() == len && rest.chars().all(alphabet))
+}
+
+#[test]
+fn generated_ids_follow_each_providers_format() {
+    let base62 = |c: char| c.is_ascii_alphanumeric();
+    let upper = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit();
+    for _ in 0..20 {
+        let options = crate::emulate::GenerateOptions::new(Timestamp::now(), None);
+        let razorpay = by_name("razorpay")
+            .unwrap()
+            .generate("invoice.paid", &mut options.with_variant("card"))
+            .unwrap();
+        let payload = &razorpay.json["payload"];
+        assert!(matches_format(
+            payload["payment"]["entity"]["id"].as_str().unwrap(),
+            "pay_",
+            14,
+            base62
+        ));
+        assert!(matches_format(
+            payload["order"]["entity"]["id"].as_str().unwrap(),
+            "order_",
+            14,
+            base62
+        ));
+        assert!(matches_format(
+            payload["invoice"]["entity"]["id"].as_str().unwrap(),
+            "inv_",
+            14,
+            base62
+        ));
+        assert!(matches_format(
+            payload["payment"]["entity"]["card_id"].as_str().unwrap(),
+            "card_",
+            14,
+            base62
+        ));
+        // Cross-references agree.
+        assert_eq!(
+            payload["payment"]["entity"]["order_id"],
+            payload["order"]["entity"]["id"]
+        );
+        assert_eq!(
+            payload["invoice"]["entity"]["payment_id"],
+            payload["payment"]["entity"]["id"]
+        );
+        let invoice = &payload["invoice"]["entity"];
+        let number = |field: &str| invoice[field].as_i64().unwrap();
+        assert_eq!(
+            number("amount"),
+            number("gross_amount") + number("tax_amount")
+        );
+        assert_eq!(
+            number("amount"),
+            number("amount_paid") + number("amount_due")
+        );
+
+        let mut options = crate::emulate::GenerateOptions::new(Timestamp::now(), None);
+        let zwitch = by_name("zwitch")
+            .unwrap()
+            .generate("payments.updated", &mut options)
+            .unwrap();
+        assert!(matches_format(
+            zwitch.json["id"].as_str().unwrap(),
+            "evl_",
+            25,
+            base62
+        ));
+        assert!(matches_format(
+            zwitch.json["data"]["object"]["id"].as_str().unwrap(),
+            "tx_",
+            25,
+            base62
+        ));
+        let bc = by_name("zwitch")
+            .unwrap()
+            .generate("bharat_connect.invoice.create", &mut options)
+            .unwrap();
+        assert!(matches_format(
+            bc.json["data"]["object"]["id"].as_str().unwrap(),
+            "bcinv_",
+            25,
+            base62
+        ));
+
+        let cam = by_name("caminvoice")
+            .unwrap()
+            .generate("DOCUMENT.RECEIVED", &mut options)
+            .unwrap();
+        let document = cam.json["document_id"].as_str().unwrap();
+        let groups: Vec<usize> = document.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert_eq!(&document[14..15], "4", "a version-4 UUID");
+        assert!(matches_format(
+            cam.json["endpoint_id"].as_str().unwrap(),
+            "KHUID",
+            6,
+            |c| c.is_ascii_digit()
+        ));
+
+        let setu = by_name("setu_bbps")
+            .unwrap()
+            .generate("BILL_FETCH", &mut options)
+            .unwrap();
+        assert!(matches_format(
+            setu.json["data"]["refId"].as_str().unwrap(),
+            "",
+            35,
+            upper
+        ));
+        let billers = by_name("setu_bbps")
+            .unwrap()
+            .generate("BILLER_UPDATES", &mut options)
+            .unwrap();
+        let id = billers.json["data"][0]["ID"].as_u64().unwrap();
+        assert!(id > 1 << 53, "biller ids exceed 2^53 like Setu's");
+    }
+}
+
+#[test]
+fn the_same_seed_and_clock_give_the_same_bytes() {
+    let at = Timestamp::now();
+    let build = || {
+        let mut options = crate::emulate::GenerateOptions::new(at, Some(99));
+        by_name("razorpay")
+            .unwrap()
+            .generate("invoice.paid", &mut options)
+            .unwrap()
+    };
+    assert_eq!(build().body(), build().body());
+    assert_eq!(build().headers, build().headers);
+}

@@ -67,43 +67,13 @@ impl FromStr for HumanDuration {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration such as `30s`, `5m`, `2h` or `8d`"))?;
-        let millis = match unit.trim() {
-            "ms" => Some(number),
-            "s" | "" => number.checked_mul(1_000),
-            "m" => number.checked_mul(60_000),
-            "h" => number.checked_mul(3_600_000),
-            "d" => number.checked_mul(86_400_000),
-            _ => return Err(format!("`{text}`: the unit must be ms, s, m, h or d")),
-        };
-        millis
-            .map(|ms| HumanDuration(Duration::from_millis(ms)))
-            .ok_or_else(|| format!("`{text}` is too long a duration"))
+        billhook_core::time::parse_duration(text).map(HumanDuration)
     }
 }
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let millis = self.0.as_millis();
-        let units = [
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1_000, "s"),
-        ];
-        for (size, unit) in units {
-            if millis >= size && millis.is_multiple_of(size) {
-                return write!(f, "{}{unit}", millis / size);
-            }
-        }
-        write!(f, "{millis}ms")
+        f.write_str(&billhook_core::time::format_duration(self.0))
     }
 }
 
@@ -497,8 +467,7 @@ impl Config {
                     });
                 }
             };
-            let auth = source_auth(&source)?;
-            let spec = SourceSpec::new(&source.name, &source.provider, auth, source.allow_ips)?;
+            let spec = source.spec()?;
             if sources
                 .insert(name.clone(), Source { spec, ack_status })
                 .is_some()
@@ -517,6 +486,19 @@ impl Config {
             sources,
             endpoints: self.endpoints,
         })
+    }
+}
+
+impl SourceConfig {
+    /// The validated source this table describes.
+    pub fn spec(&self) -> Result<SourceSpec, ConfigError> {
+        let auth = source_auth(self)?;
+        Ok(SourceSpec::new(
+            &self.name,
+            &self.provider,
+            auth,
+            self.allow_ips.clone(),
+        )?)
     }
 }
 

@@ -188,7 +188,11 @@ async fn gone_disables_the_endpoint_and_holds_its_deliveries(backend: Backend) {
     let gone = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let switch = Arc::clone(&gone);
     let receiver = Receiver::start(Arc::new(move |_| {
-        let status = if switch.load(Ordering::SeqCst) { 410 } else { 200 };
+        let status = if switch.load(Ordering::SeqCst) {
+            410
+        } else {
+            200
+        };
         (status, vec![], Some(Duration::ZERO))
     }))
     .await;
@@ -222,7 +226,10 @@ async fn gone_disables_the_endpoint_and_holds_its_deliveries(backend: Backend) {
     gone.store(false, Ordering::SeqCst);
     let since = Timestamp::now().sub(Duration::from_secs(60)).to_rfc3339();
     let (status, view) = app
-        .admin_patch(&format!("/v1/endpoints/{endpoint}"), json!({ "enabled": true, "recover_since": since }))
+        .admin_patch(
+            &format!("/v1/endpoints/{endpoint}"),
+            json!({ "enabled": true, "recover_since": since }),
+        )
         .await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["enabled"], json!(true));

@@ -126,6 +126,8 @@ pub async fn spawn_app_in(backend: Backend, dir: Arc<tempfile::TempDir>, extra: 
         TEST_DELIVERY
     };
     let text = format!("{}\n{delivery}\n{extra}", test_config(&data_dir));
+    // Written out too, so the CLI can be pointed at this server's sources with --config.
+    std::fs::write(data_dir.join("billhook.toml"), &text).unwrap();
     let config = Config::from_toml(&text).unwrap();
     match backend {
         Backend::Sqlite => {}
@@ -155,6 +157,24 @@ pub async fn spawn_app_in(backend: Backend, dir: Arc<tempfile::TempDir>, extra: 
 }
 
 impl TestApp {
+    /// Runs the `billhook` binary with `args` against this server; its status and stdout.
+    pub async fn cli(&self, args: &[&str]) -> (bool, String) {
+        let config = self.dir.path().join("billhook.toml");
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--url")
+            .arg(&self.address)
+            .env_remove("BILLHOOK_ADMIN_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

@@ -5,5 +5,6 @@ mod helpers;
 
 mod api;
 mod delivery;
+mod emulator;
 mod ingest;
 mod process;

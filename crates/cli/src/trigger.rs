@@ -1,0 +1,475 @@
+//! `billhook trigger`: the provider emulator. Builds a provider-faithful message, signs it the
+//! way the provider signs, and prints it or sends it.
+//!
+//! Without `--secret` or `--to`, the matching source is read from billhook's configuration (the
+//! data directory's `billhook.toml` unless `--config` says otherwise), so `billhook serve` in one
+//! terminal and `billhook trigger razorpay invoice.paid` in another work with no setup.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use billhook_core::time::Timestamp;
+use billhook_providers::auth::{Secret, SourceAuth, path_suffix};
+use billhook_providers::emulate::{GenerateOptions, Generated, Override};
+use billhook_providers::scenario::Scenario;
+use billhook_providers::{PROVIDERS, Provider, by_name};
+use billhook_server::config::{CONFIG_FILE, Config, SourceConfig};
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::CliError;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub(crate) struct TriggerArgs {
+    /// The provider: razorpay, zwitch, setu_bbps or caminvoice.
+    #[arg(required_unless_present_any = ["list", "scenario"])]
+    provider: Option<String>,
+    /// The provider's event name (`invoice.paid`, `payments.updated`, `BILL_PAY`, …).
+    #[arg(required_unless_present_any = ["list", "scenario"])]
+    event: Option<String>,
+    /// List every event the emulator can build.
+    #[arg(long)]
+    list: bool,
+    /// Play a scenario file (TOML, or JSON by extension).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["provider", "event", "list"])]
+    scenario: Option<PathBuf>,
+    /// A variant of the event: a payment method, a status (see --list).
+    #[arg(long)]
+    variant: Option<String>,
+    /// Override a field: `json.path=value`; the value is JSON when it parses as JSON. Repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    overrides: Vec<String>,
+    /// Mark the message as sandbox / test mode, where the provider has such a flag.
+    #[arg(long)]
+    sandbox: bool,
+    /// Seed the ids and amounts, for reproducible output.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Build the message as if it were this time (RFC 3339) instead of now.
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
+    /// Send to this URL instead of the local billhook's source.
+    #[arg(long)]
+    to: Option<String>,
+    /// The billhook source to use (default: the first source of the provider).
+    #[arg(long)]
+    source: Option<String>,
+    /// The provider signing secret (Razorpay, Zwitch) instead of the source's.
+    #[arg(long, hide_env_values = true)]
+    secret: Option<String>,
+    /// An extra request header, `Name: value`. Repeatable.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Write the exact HTTP/1.1 request to standard output (and send it only with --to).
+    #[arg(long)]
+    print: bool,
+    /// The local billhook (default: http:// + the configured listen address).
+    #[arg(long, env = "BILLHOOK_URL")]
+    url: Option<String>,
+    /// billhook's configuration file, for sources and secrets.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A message ready to go: where, with which headers, which bytes.
+#[derive(Debug, Clone)]
+struct Request {
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+pub(crate) async fn trigger(args: TriggerArgs) -> Result<(), CliError> {
+    if args.list {
+        list(args.json);
+        return Ok(());
+    }
+    let config = load_config(args.config.as_deref())?;
+    let now = match &args.at {
+        Some(text) => {
+            Timestamp::parse_rfc3339(text).map_err(|e| CliError::Usage(format!("--at: {e}")))?
+        }
+        None => Timestamp::now(),
+    };
+    let mut options = GenerateOptions::new(now, args.seed);
+    options.sandbox = args.sandbox;
+    if let Some(file) = &args.scenario {
+        return play(file, &args, &config, options).await;
+    }
+    let (Some(provider_name), Some(event)) = (&args.provider, &args.event) else {
+        return Err(CliError::Usage(
+            "name a provider and an event, or use --list".to_owned(),
+        ));
+    };
+    let provider = by_name(provider_name).ok_or_else(|| {
+        CliError::Usage(format!(
+            "unknown provider `{provider_name}` (known: {})",
+            PROVIDERS
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    options.variant.clone_from(&args.variant);
+    let mut generated = provider
+        .generate(event, &mut options)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    for text in &args.overrides {
+        Override::parse(text)
+            .and_then(|over| over.apply(&mut generated.json))
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+    }
+    let mut target = Target::resolve(
+        provider,
+        args.source.as_deref(),
+        args.secret.as_deref(),
+        &config,
+    )?;
+    if args.print && args.to.is_none() && target.source.is_none() {
+        // Only printing: show the request as it would go to a source named after the provider.
+        target.source = Some(provider.name().to_owned());
+    }
+    let request = target.request(provider, &generated, &Sending::new(&args, &config), now)?;
+    if args.print {
+        output::write(&http_text(&request)?);
+        if args.to.is_none() {
+            return Ok(());
+        }
+    }
+    let (status, body) = send(&request).await?;
+    if args.json {
+        output::pretty(&json!({ "status": status, "body": body }));
+    } else {
+        output::line(&format!(
+            "HTTP {status} from {}",
+            target.shown_url(&request.url)
+        ));
+        if !body.is_null() {
+            output::line(&body.to_string());
+        }
+    }
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(CliError::Usage(format!("the target answered {status}")))
+    }
+}
+
+fn list(json: bool) {
+    let mut rows = Vec::new();
+    let mut entries = Vec::new();
+    for provider in PROVIDERS {
+        for event in provider.emulated_events() {
+            rows.push(vec![
+                provider.name().to_owned(),
+                event.name.to_owned(),
+                event.variants.join(", "),
+                event.description.to_owned(),
+            ]);
+            entries.push(json!({
+                "provider": provider.name(),
+                "event": event.name,
+                "variants": event.variants,
+                "description": event.description,
+            }));
+        }
+    }
+    if json {
+        output::pretty(&Value::Array(entries));
+    } else {
+        output::table(&["PROVIDER", "EVENT", "VARIANTS", "DESCRIPTION"], &rows);
+    }
+}
+
+/// The configuration: `--config`, else the data directory's file when there is one.
+fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
+    if let Some(path) = path {
+        return Ok(Config::load(Some(path))?);
+    }
+    let defaults = Config::load(None)?;
+    let file = defaults.data_dir.join(CONFIG_FILE);
+    if file.exists() {
+        Ok(Config::load(Some(&file))?)
+    } else {
+        Ok(defaults)
+    }
+}
+
+/// What the command line says about sending, shared by every message.
+struct Sending<'a> {
+    /// An explicit destination URL.
+    to: Option<&'a str>,
+    /// The local billhook's base URL.
+    base: Option<&'a str>,
+    config: &'a Config,
+    /// Extra `Name: value` headers.
+    headers: &'a [String],
+}
+
+impl<'a> Sending<'a> {
+    fn new(args: &'a TriggerArgs, config: &'a Config) -> Self {
+        Self {
+            to: args.to.as_deref(),
+            base: args.url.as_deref(),
+            config,
+            headers: &args.headers,
+        }
+    }
+}
+
+/// Where a message goes and how it is authenticated.
+struct Target {
+    source: Option<String>,
+    auth: Option<SourceAuth>,
+}
+
+impl Target {
+    fn resolve(
+        provider: &dyn Provider,
+        source: Option<&str>,
+        secret: Option<&str>,
+        config: &Config,
+    ) -> Result<Self, CliError> {
+        let configured: Option<&SourceConfig> = match source {
+            Some(name) => Some(config.sources.iter().find(|s| s.name == name).ok_or_else(
+                || CliError::Usage(format!("no source named `{name}` in the configuration")),
+            )?),
+            None => config
+                .sources
+                .iter()
+                .find(|s| s.provider == provider.name()),
+        };
+        let auth = match (secret, configured) {
+            (Some(secret), _) => {
+                if !provider
+                    .auth_kinds()
+                    .contains(&billhook_providers::AuthKind::Signature)
+                {
+                    return Err(CliError::Usage(format!(
+                        "{} does not sign its webhooks; pass its credential with --header, or use a configured source",
+                        provider.name()
+                    )));
+                }
+                Some(SourceAuth::Signature {
+                    secrets: vec![Secret::new(secret)],
+                })
+            }
+            (None, Some(source)) => Some(source.spec()?.auth),
+            (None, None) => None,
+        };
+        Ok(Self {
+            source: configured.map(|s| s.name.clone()),
+            auth,
+        })
+    }
+
+    /// The URL for people: a path token is a credential, so it is not shown.
+    fn shown_url(&self, url: &str) -> String {
+        match &self.auth {
+            Some(auth @ SourceAuth::PathToken { .. }) => url.replace(&path_suffix(auth), "/…"),
+            _ => url.to_owned(),
+        }
+    }
+
+    fn request(
+        &self,
+        provider: &dyn Provider,
+        generated: &Generated,
+        sending: &Sending<'_>,
+        now: Timestamp,
+    ) -> Result<Request, CliError> {
+        let body = generated.body();
+        let url = match (sending.to, &self.source) {
+            (Some(url), _) => url.to_owned(),
+            (None, Some(source)) => {
+                let base = sending.base.map_or_else(
+                    || format!("http://{}", sending.config.listen),
+                    str::to_owned,
+                );
+                let suffix = self.auth.as_ref().map(path_suffix).unwrap_or_default();
+                format!("{}/ingest/{source}{suffix}", base.trim_end_matches('/'))
+            }
+            (None, None) => {
+                return Err(CliError::Usage(format!(
+                    "no {} source is configured here: pass --to URL (and --secret)",
+                    provider.name()
+                )));
+            }
+        };
+        if self.auth.is_none()
+            && provider
+                .auth_kinds()
+                .contains(&billhook_providers::AuthKind::Signature)
+        {
+            return Err(CliError::Usage(format!(
+                "no {} signing secret: pass --secret, or run where billhook's data directory is",
+                provider.name()
+            )));
+        }
+        let mut headers = generated.headers.clone();
+        if let Some(auth) = &self.auth {
+            headers.extend(provider.sign(auth, &body, now));
+        }
+        for header in sending.headers {
+            let (name, value) = header.split_once(':').ok_or_else(|| {
+                CliError::Usage(format!("--header `{header}`: expected `Name: value`"))
+            })?;
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+        Ok(Request { url, headers, body })
+    }
+}
+
+/// The exact HTTP/1.1 request: request line, headers, blank line, body.
+fn http_text(request: &Request) -> Result<String, CliError> {
+    let url = reqwest::Url::parse(&request.url)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", request.url)))?;
+    let mut path = url.path().to_owned();
+    if let Some(query) = url.query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    };
+    let mut text = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (name, value) in &request.headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str(&format!("Content-Length: {}\r\n\r\n", request.body.len()));
+    text.push_str(&String::from_utf8_lossy(&request.body));
+    Ok(text)
+}
+
+async fn send(request: &Request) -> Result<(u16, Value), CliError> {
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("billhook-trigger/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| CliError::Io(e.to_string()))?;
+    let mut builder = client.post(&request.url).body(request.body.clone());
+    for (name, value) in &request.headers {
+        builder = builder.header(name, value);
+    }
+    let response = builder.send().await.map_err(|e| CliError::Unreachable {
+        url: request.url.clone(),
+        reason: e.to_string(),
+    })?;
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(if text.is_empty() {
+        Value::Null
+    } else {
+        Value::String(text)
+    });
+    Ok((status, body))
+}
+
+/// Plays a scenario file step by step, checking each step's expectations.
+async fn play(
+    file: &Path,
+    args: &TriggerArgs,
+    config: &Config,
+    mut options: GenerateOptions,
+) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Io(format!("{}: {e}", file.display())))?;
+    let is_json = file.extension().is_some_and(|e| e == "json");
+    let scenario = Scenario::parse(&text, is_json)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    if !args.json {
+        output::line(&format!("scenario: {}", scenario.name));
+    }
+    let mut messages: HashMap<String, Value> = HashMap::new();
+    let mut requests: HashMap<String, Request> = HashMap::new();
+    let mut results = Vec::new();
+    for step in &scenario.steps {
+        let wait = step.delay().map_err(|e| CliError::Usage(e.to_string()))?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let (request, label) = match &step.resend {
+            Some(earlier) => {
+                let request = requests.get(earlier).cloned().ok_or_else(|| {
+                    CliError::Usage(format!("step `{}`: nothing to resend", step.name))
+                })?;
+                (request, format!("resend of {earlier}"))
+            }
+            None => {
+                let provider = by_name(&step.provider).ok_or_else(|| {
+                    CliError::Usage(format!("unknown provider `{}`", step.provider))
+                })?;
+                let generated = step
+                    .build(&messages, &mut options)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                let source = step.source.as_deref().or(args.source.as_deref());
+                let target = Target::resolve(provider, source, args.secret.as_deref(), config)?;
+                let request = target.request(
+                    provider,
+                    &generated,
+                    &Sending::new(args, config),
+                    options.now,
+                )?;
+                messages.insert(step.name.clone(), generated.json);
+                (request, format!("{} {}", step.provider, step.event))
+            }
+        };
+        for attempt in 1..=step.repeat {
+            let (status, body) = send(&request).await?;
+            let status_ok = step
+                .expect
+                .map_or((200..300).contains(&status), |e| e == status);
+            let duplicate = body["duplicate"].as_bool();
+            let expected_duplicate = attempt > 1 || step.expects_duplicate();
+            let duplicate_ok = duplicate.is_none_or(|d| d == expected_duplicate);
+            results.push(json!({
+                "step": step.name, "attempt": attempt, "status": status, "response": body,
+            }));
+            if !args.json {
+                let mark = if status_ok && duplicate_ok {
+                    "ok"
+                } else {
+                    "FAILED"
+                };
+                let events = body["events"].as_array().map_or(0, Vec::len);
+                let note = if duplicate == Some(true) {
+                    ", duplicate"
+                } else {
+                    ""
+                };
+                let repeat = if step.repeat > 1 {
+                    format!(" #{attempt}")
+                } else {
+                    String::new()
+                };
+                output::line(&format!(
+                    "  {mark:<6} {} ({label}{repeat}) → {status}, {events} event(s){note}",
+                    step.name
+                ));
+            }
+            if !status_ok {
+                return Err(CliError::Usage(format!(
+                    "step `{}` got {status}, expected {}: {body}",
+                    step.name,
+                    step.expect.map_or("a 2xx".to_owned(), |e| e.to_string())
+                )));
+            }
+            if !duplicate_ok {
+                return Err(CliError::Usage(format!(
+                    "step `{}`: expected duplicate = {expected_duplicate}, got {body}",
+                    step.name
+                )));
+            }
+        }
+        requests.insert(step.name.clone(), request);
+    }
+    if args.json {
+        output::pretty(&json!({ "scenario": scenario.name, "steps": results }));
+    }
+    Ok(())
+}

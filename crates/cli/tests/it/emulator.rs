@@ -1,0 +1,207 @@
+//! The provider emulator through the real `billhook trigger` binary.
+
+use std::collections::BTreeMap;
+
+use billhook_providers::auth::hex_hmac;
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::*;
+
+backend_tests!(
+    every_listed_event_round_trips_through_a_billhook_server,
+    every_shipped_scenario_runs_green,
+);
+
+/// The canonical types each emulated event must become (for its default variant and others).
+fn expected_types(provider: &str, event: &str, variant: &str) -> Vec<&'static str> {
+    match (provider, event, variant) {
+        ("razorpay", "invoice.paid", _) => vec!["invoice.paid", "payment.succeeded"],
+        ("razorpay", "invoice.partially_paid", _) => {
+            vec!["invoice.partially_paid", "payment.succeeded"]
+        }
+        ("razorpay", "invoice.expired", _) => vec!["invoice.expired"],
+        ("razorpay", "payment.authorized", _) => vec!["payment.authorized"],
+        ("razorpay", "payment.captured", _) => vec!["payment.succeeded"],
+        ("razorpay", "payment.failed", _) => vec!["payment.failed"],
+        ("zwitch", "payments.created", _) => vec!["payment.created"],
+        ("zwitch", "payments.updated", "success") => vec!["payment.succeeded"],
+        ("zwitch", "payments.updated", "pending") => vec!["payment.processing"],
+        ("zwitch", "payments.updated", "failed") => vec!["payment.failed"],
+        ("zwitch", "bharat_connect.invoice.create", _) => vec!["invoice.issued"],
+        ("zwitch", "bharat_connect.invoice.confirm", "ACCEPTED") => vec!["invoice.accepted"],
+        ("zwitch", "bharat_connect.invoice.confirm", "REJECTED") => vec!["invoice.rejected"],
+        ("zwitch", "bharat_connect.invoice.change_status", _) => vec!["invoice.status_changed"],
+        ("zwitch", "bharat_connect.invoice.edit", _) => vec!["invoice.updated"],
+        ("setu_bbps", "BILL_FETCH", _) => vec!["bill.fetched"],
+        ("setu_bbps", "BILL_PAY", "Success") => vec!["payment.succeeded"],
+        ("setu_bbps", "BILL_PAY", "Processing") => vec!["payment.processing"],
+        ("setu_bbps", "BILL_PAY", "Failure") => vec!["payment.failed"],
+        ("setu_bbps", "BILL_DISPUTE", _) => vec!["dispute.updated"],
+        ("setu_bbps", "BILLER_UPDATES", _) => vec!["biller.updated"],
+        ("caminvoice", "DOCUMENT.DELIVERED", _) => vec!["document.delivered"],
+        ("caminvoice", "DOCUMENT.RECEIVED", _) => vec!["document.received"],
+        ("caminvoice", "DOCUMENT.STATUS_UPDATED", _) => vec!["invoice.status_changed"],
+        ("caminvoice", "ENTITY.REVOKED", _) => vec!["network.member_revoked"],
+        other => panic!("no expectation for {other:?}"),
+    }
+}
+
+async fn every_listed_event_round_trips_through_a_billhook_server(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (ok, listing) = app.cli(&["trigger", "--list", "--json"]).await;
+    assert!(ok, "{listing}");
+    let listed: Vec<Value> = serde_json::from_str(&listing).unwrap();
+    assert!(listed.len() >= 20);
+    let mut triggered = 0;
+    for entry in &listed {
+        let provider = entry["provider"].as_str().unwrap();
+        let event = entry["event"].as_str().unwrap();
+        let variants: Vec<&str> = entry["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let variants = if variants.is_empty() {
+            vec![""]
+        } else {
+            variants
+        };
+        for variant in variants {
+            let mut args = vec!["trigger", provider, event, "--json"];
+            if !variant.is_empty() {
+                args.extend(["--variant", variant]);
+            }
+            let (ok, printed) = app.cli(&args).await;
+            assert!(ok, "{provider} {event} {variant}: {printed}");
+            let answer: Value = serde_json::from_str(&printed).unwrap();
+            assert_eq!(answer["status"], json!(202), "{provider} {event} {variant}");
+            assert_eq!(
+                answer["body"]["quarantined"],
+                json!(false),
+                "{provider} {event} {variant}: {answer}"
+            );
+            let mut types = Vec::new();
+            for id in answer["body"]["events"].as_array().unwrap() {
+                let (_, detail) = app
+                    .admin_get(&format!("/v1/events/{}", id.as_str().unwrap()))
+                    .await;
+                assert_eq!(
+                    detail["event"]["warnings"],
+                    json!([]),
+                    "{provider} {event} {variant}"
+                );
+                types.push(detail["event"]["type"].as_str().unwrap().to_owned());
+            }
+            assert_eq!(
+                types,
+                expected_types(provider, event, variant),
+                "{provider} {event} {variant}"
+            );
+            triggered += 1;
+        }
+    }
+    assert!(triggered >= 40, "{triggered}");
+    app.stop().await;
+}
+
+async fn every_shipped_scenario_runs_green(backend: Backend) {
+    let dir = format!("{}/../../scenarios", env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6);
+    for file in files {
+        let app = spawn_app(backend).await;
+        let (ok, printed) = app
+            .cli(&["trigger", "--scenario", file.to_str().unwrap()])
+            .await;
+        assert!(ok, "{}: {printed}", file.display());
+        assert!(!printed.contains("FAILED"), "{printed}");
+        app.stop().await;
+    }
+}
+
+/// `--to` sends exactly what `--print` shows: the same bytes, the same headers, Razorpay's
+/// signature over those bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_sends_exactly_the_request_it_prints() {
+    let receiver = Receiver::ok().await;
+    let args = [
+        "trigger",
+        "razorpay",
+        "invoice.paid",
+        "--variant",
+        "wallet",
+        "--secret",
+        RAZORPAY_SECRET,
+        "--seed",
+        "11",
+        "--at",
+        "2026-03-01T10:00:00Z",
+        "--set",
+        "payload.invoice.entity.notes={\"po\":\"PO-7\"}",
+        "--header",
+        "X-Trace: demo",
+    ];
+    let run = |extra: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_billhook"));
+        command.args(args).args(extra).env_remove("BILLHOOK_URL");
+        command.output().unwrap()
+    };
+    let printed = run(&["--print", "--to", &receiver.url]);
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let text = String::from_utf8(printed.stdout).unwrap();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let printed_body = rest.split("HTTP 200 from").next().unwrap().as_bytes();
+    let mut lines = head.split("\r\n");
+    assert_eq!(lines.next().unwrap(), "POST /hooks HTTP/1.1");
+    let printed_headers: BTreeMap<String, String> = lines
+        .map(|line| {
+            let (name, value) = line.split_once(": ").unwrap();
+            (name.to_ascii_lowercase(), value.to_owned())
+        })
+        .collect();
+
+    let arrival = &receiver.arrivals()[0];
+    assert_eq!(
+        &arrival.body[..],
+        printed_body,
+        "the bytes sent are the bytes printed"
+    );
+    for name in [
+        "content-type",
+        "x-razorpay-event-id",
+        "x-razorpay-signature",
+        "x-trace",
+        "content-length",
+        "host",
+    ] {
+        assert_eq!(arrival.header(name), printed_headers[name], "{name}");
+    }
+    assert_eq!(
+        arrival.header("x-razorpay-signature"),
+        hex_hmac(RAZORPAY_SECRET, &arrival.body)
+    );
+    let body: Value = serde_json::from_slice(&arrival.body).unwrap();
+    assert_eq!(
+        body["payload"]["invoice"]["entity"]["notes"],
+        json!({"po": "PO-7"})
+    );
+    assert_eq!(body["created_at"], json!(1_772_359_200));
+
+    // The same seed and clock print the same request again.
+    let again = run(&["--print"]);
+    let again = String::from_utf8(again.stdout).unwrap();
+    assert_eq!(
+        again.split_once("\r\n\r\n").unwrap().1.as_bytes(),
+        printed_body
+    );
+}

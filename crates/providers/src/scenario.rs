@@ -1,0 +1,364 @@
+//! Scenario files: several provider messages played in order, later ones referring to what
+//! earlier ones generated.
+//!
+//! ```toml
+//! name = "A Razorpay invoice paid in two parts"
+//!
+//! [[step]]
+//! name = "first"
+//! provider = "razorpay"
+//! event = "invoice.partially_paid"
+//!
+//! [[step]]
+//! name = "second"
+//! provider = "razorpay"
+//! event = "invoice.paid"
+//! delay = "200ms"                      # wait before sending
+//! repeat = 2                           # send the same bytes twice (a redelivery)
+//! expect = 202                         # the status the step must get
+//! [step.set]                           # overrides, applied in order
+//! "payload.invoice.entity.id" = "${first.payload.invoice.entity.id}"
+//! ```
+//!
+//! A value that is exactly one `${step.path}` takes the referenced JSON value with its type; a
+//! longer string has each reference replaced by the referenced value's text. This module builds
+//! the messages; sending them is the caller's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::emulate::{EmulateError, GenerateOptions, Generated, Override, lookup};
+use crate::registry;
+
+/// A scenario as written in its file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(rename = "step")]
+    pub steps: Vec<Step>,
+}
+
+/// One message of a scenario: a new one (`provider` and `event`), or an earlier step's message
+/// sent again byte for byte (`resend`), as a provider redelivers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// How later steps refer to this one.
+    pub name: String,
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default)]
+    pub event: String,
+    /// The name of an earlier step whose exact message this step sends again.
+    #[serde(default)]
+    pub resend: Option<String>,
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// The billhook source to post to (default: the first source of the step's provider).
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub sandbox: bool,
+    /// `json.path = value` overrides; values may refer to earlier steps.
+    #[serde(default)]
+    pub set: BTreeMap<String, Value>,
+    /// A wait before the step is sent (`200ms`, `2s`).
+    #[serde(default)]
+    pub delay: Option<String>,
+    /// How many times the same message is sent; every send after the first is a redelivery and
+    /// must be recognised as a duplicate.
+    #[serde(default = "once")]
+    pub repeat: u32,
+    /// The status every send must get; any 2xx when unset.
+    #[serde(default)]
+    pub expect: Option<u16>,
+    /// Whether billhook must report the first send as a duplicate (a `resend` step defaults to
+    /// true, others to false).
+    #[serde(default)]
+    pub expect_duplicate: Option<bool>,
+}
+
+fn once() -> u32 {
+    1
+}
+
+/// Why a scenario cannot be played.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("the scenario file is not valid: {0}")]
+    Parse(String),
+    #[error("the scenario has no steps")]
+    Empty,
+    #[error("two steps are named `{0}`")]
+    DuplicateStep(String),
+    #[error("step `{step}`: unknown provider `{provider}`")]
+    UnknownProvider { step: String, provider: String },
+    #[error("step `{step}`: `{reference}` refers to no earlier step")]
+    UnknownReference { step: String, reference: String },
+    #[error("step `{step}`: `{reference}` names no value in that step's message")]
+    MissingValue { step: String, reference: String },
+    #[error("step `{step}`: {message}")]
+    BadStep { step: String, message: String },
+    #[error("step `{step}`: {source}")]
+    Emulate {
+        step: String,
+        #[source]
+        source: EmulateError,
+    },
+}
+
+impl Scenario {
+    /// Parses a scenario from TOML, or from JSON when `json` is set.
+    pub fn parse(text: &str, json: bool) -> Result<Self, ScenarioError> {
+        let scenario: Scenario = if json {
+            serde_json::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?
+        } else {
+            toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?
+        };
+        scenario.check()?;
+        Ok(scenario)
+    }
+
+    fn check(&self) -> Result<(), ScenarioError> {
+        if self.steps.is_empty() {
+            return Err(ScenarioError::Empty);
+        }
+        let mut names = std::collections::HashSet::new();
+        for step in &self.steps {
+            if let Some(earlier) = &step.resend {
+                if !names.contains(earlier.as_str()) {
+                    return Err(ScenarioError::UnknownReference {
+                        step: step.name.clone(),
+                        reference: earlier.clone(),
+                    });
+                }
+                if !step.provider.is_empty() || !step.event.is_empty() || !step.set.is_empty() {
+                    return Err(ScenarioError::BadStep {
+                        step: step.name.clone(),
+                        message: "a resend step sends an earlier message as it was: no provider, event or set".to_owned(),
+                    });
+                }
+            }
+            if !names.insert(step.name.as_str()) {
+                return Err(ScenarioError::DuplicateStep(step.name.clone()));
+            }
+            if step.resend.is_none() && registry::by_name(&step.provider).is_none() {
+                return Err(ScenarioError::UnknownProvider {
+                    step: step.name.clone(),
+                    provider: step.provider.clone(),
+                });
+            }
+            if step.repeat == 0 {
+                return Err(ScenarioError::BadStep {
+                    step: step.name.clone(),
+                    message: "repeat must be at least 1".to_owned(),
+                });
+            }
+            step.delay()?;
+        }
+        Ok(())
+    }
+}
+
+impl Step {
+    /// Whether the first send must be reported as a duplicate.
+    pub fn expects_duplicate(&self) -> bool {
+        self.expect_duplicate.unwrap_or(self.resend.is_some())
+    }
+
+    /// The wait before this step.
+    pub fn delay(&self) -> Result<Duration, ScenarioError> {
+        self.delay
+            .as_deref()
+            .map(billhook_core::time::parse_duration)
+            .transpose()
+            .map(Option::unwrap_or_default)
+            .map_err(|message| ScenarioError::BadStep {
+                step: self.name.clone(),
+                message: format!("delay: {message}"),
+            })
+    }
+
+    /// Builds this step's message, resolving references against the messages of `earlier`
+    /// steps (by step name).
+    pub fn build(
+        &self,
+        earlier: &HashMap<String, Value>,
+        options: &mut GenerateOptions,
+    ) -> Result<Generated, ScenarioError> {
+        let provider =
+            registry::by_name(&self.provider).ok_or_else(|| ScenarioError::UnknownProvider {
+                step: self.name.clone(),
+                provider: self.provider.clone(),
+            })?;
+        options.variant.clone_from(&self.variant);
+        options.sandbox = self.sandbox;
+        let emulate = |source| ScenarioError::Emulate {
+            step: self.name.clone(),
+            source,
+        };
+        let mut generated = provider.generate(&self.event, options).map_err(emulate)?;
+        for (path, value) in &self.set {
+            let value = resolve(value, earlier, &self.name)?;
+            Override {
+                path: path.clone(),
+                value,
+            }
+            .apply(&mut generated.json)
+            .map_err(emulate)?;
+        }
+        Ok(generated)
+    }
+}
+
+/// Replaces `${step.path}` references in a value with what earlier steps generated.
+fn resolve(
+    value: &Value,
+    earlier: &HashMap<String, Value>,
+    step: &str,
+) -> Result<Value, ScenarioError> {
+    let Value::String(text) = value else {
+        return Ok(value.clone());
+    };
+    let find = |reference: &str| -> Result<Value, ScenarioError> {
+        let (name, path) = reference.split_once('.').unwrap_or((reference, ""));
+        let message = earlier
+            .get(name)
+            .ok_or_else(|| ScenarioError::UnknownReference {
+                step: step.to_owned(),
+                reference: reference.to_owned(),
+            })?;
+        let found = if path.is_empty() {
+            Some(message)
+        } else {
+            lookup(message, path)
+        };
+        found.cloned().ok_or_else(|| ScenarioError::MissingValue {
+            step: step.to_owned(),
+            reference: reference.to_owned(),
+        })
+    };
+    if let Some(reference) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}'))
+        && !reference.contains("${")
+    {
+        return find(reference);
+    }
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        match find(&after[..end])? {
+            Value::String(s) => out.push_str(&s),
+            other => out.push_str(&other.to_string()),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(Value::String(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use billhook_core::time::Timestamp;
+    use serde_json::json;
+
+    const TWO_STEPS: &str = r#"
+name = "two"
+
+[[step]]
+name = "first"
+provider = "razorpay"
+event = "invoice.partially_paid"
+
+[[step]]
+name = "second"
+provider = "razorpay"
+event = "invoice.paid"
+delay = "10ms"
+[step.set]
+"payload.invoice.entity.id" = "${first.payload.invoice.entity.id}"
+"payload.invoice.entity.amount" = "${first.payload.invoice.entity.amount}"
+"payload.invoice.entity.description" = "second half of ${first.payload.invoice.entity.id}"
+"#;
+
+    #[test]
+    fn references_take_values_with_their_types() {
+        let scenario = Scenario::parse(TWO_STEPS, false).unwrap();
+        let mut options = GenerateOptions::new(Timestamp::now(), Some(3));
+        let first = scenario.steps[0]
+            .build(&HashMap::new(), &mut options)
+            .unwrap();
+        let earlier = HashMap::from([("first".to_owned(), first.json.clone())]);
+        let second = scenario.steps[1].build(&earlier, &mut options).unwrap();
+        let invoice = &second.json["payload"]["invoice"]["entity"];
+        assert_eq!(
+            invoice["id"],
+            first.json["payload"]["invoice"]["entity"]["id"]
+        );
+        assert_eq!(
+            invoice["amount"],
+            first.json["payload"]["invoice"]["entity"]["amount"]
+        );
+        assert!(invoice["amount"].is_number());
+        assert_eq!(
+            invoice["description"],
+            json!(format!(
+                "second half of {}",
+                invoice["id"].as_str().unwrap()
+            ))
+        );
+        assert_eq!(
+            scenario.steps[1].delay().unwrap(),
+            Duration::from_millis(10)
+        );
+    }
+
+    #[test]
+    fn bad_scenarios_are_named() {
+        assert!(matches!(
+            Scenario::parse("name = \"x\"\nstep = []\n", false),
+            Err(ScenarioError::Empty)
+        ));
+        let unknown = TWO_STEPS.replace("${first.", "${nobody.");
+        let scenario = Scenario::parse(&unknown, false).unwrap();
+        let mut options = GenerateOptions::new(Timestamp::now(), None);
+        assert!(matches!(
+            scenario.steps[1].build(&HashMap::new(), &mut options),
+            Err(ScenarioError::UnknownReference { .. })
+        ));
+        let twice = TWO_STEPS.replace("name = \"second\"", "name = \"first\"");
+        assert!(matches!(
+            Scenario::parse(&twice, false),
+            Err(ScenarioError::DuplicateStep(_))
+        ));
+        let stripe = TWO_STEPS.replace(
+            "provider = \"razorpay\"\nevent = \"invoice.paid\"",
+            "provider = \"stripe\"\nevent = \"invoice.paid\"",
+        );
+        assert!(matches!(
+            Scenario::parse(&stripe, false),
+            Err(ScenarioError::UnknownProvider { .. })
+        ));
+        let resend = format!("{TWO_STEPS}\n[[step]]\nname = \"again\"\nresend = \"first\"\n");
+        let scenario = Scenario::parse(&resend, false).unwrap();
+        assert!(scenario.steps[2].expects_duplicate());
+        let forward = format!("{TWO_STEPS}\n[[step]]\nname = \"again\"\nresend = \"later\"\n");
+        assert!(matches!(
+            Scenario::parse(&forward, false),
+            Err(ScenarioError::UnknownReference { .. })
+        ));
+    }
+}
