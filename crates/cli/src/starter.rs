@@ -3,7 +3,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::RngCore;
+use rand::Rng;
 
 /// A random secret of 24 bytes as URL-safe text.
 pub(crate) fn generate_secret() -> String {

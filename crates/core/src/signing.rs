@@ -8,8 +8,8 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, Mac};
-use rand::RngCore;
+use hmac::{Hmac, KeyInit, Mac};
+use rand::Rng;
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -72,7 +72,7 @@ impl EndpointSecret {
     fn mac_of(&self, message_id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
         // HMAC takes keys of any length; this cannot fail.
         let mut mac =
-            <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+            <HmacSha256 as KeyInit>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
         mac.update(message_id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());

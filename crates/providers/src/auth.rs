@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use ipnet::IpNet;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -323,7 +323,7 @@ pub fn hex_hmac(secret: &str, message: &[u8]) -> String {
 
 fn hmac_of(key: &[u8], message: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     mac.update(message);
     mac
 }

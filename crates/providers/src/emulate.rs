@@ -9,7 +9,7 @@ use std::fmt;
 
 use billhook_core::time::Timestamp;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde_json::{Map, Value};
 
 /// One event the emulator can build.
@@ -74,7 +74,7 @@ impl EmulatorRng {
     pub fn new(seed: Option<u64>) -> Self {
         Self(match seed {
             Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
+            None => rand::make_rng(),
         })
     }
 
