@@ -43,6 +43,15 @@ enum Command {
     /// Emulate a provider: build a provider-faithful webhook, signed as the provider signs, and
     /// print or send it. `--scenario FILE` plays several in order.
     Trigger(trigger::TriggerArgs),
+    /// Apply database migrations (billhook serve also does at start) and report the version.
+    Migrate {
+        /// Migrate to this schema version instead of the newest.
+        #[arg(long)]
+        to: Option<u32>,
+        /// The configuration file, for the database.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Send events again: one event, or an endpoint's failures since a time.
     Replay {
         #[command(subcommand)]
@@ -279,6 +288,29 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Trigger(args) => trigger::trigger(args).await,
+        Command::Migrate { to, config } => {
+            let config = billhook_server::config::Config::load(config.as_deref())?;
+            let database = config.database()?;
+            let latest = billhook_store::Store::latest_version(&database);
+            if to.is_some_and(|to| to > latest) {
+                return Err(CliError::Usage(format!(
+                    "this billhook knows schema versions up to {latest}"
+                )));
+            }
+            let store = billhook_store::Store::open_at(&database, to)
+                .await
+                .map_err(|e| CliError::Io(e.to_string()))?;
+            let version = store
+                .schema_version()
+                .await
+                .map_err(|e| CliError::Io(e.to_string()))?;
+            store.close().await;
+            output::line(&format!(
+                "{}: schema version {version} (newest known: {latest})",
+                database.describe()
+            ));
+            Ok(())
+        }
         Command::Replay { command } => match command {
             ReplayCommand::Event {
                 id,

@@ -16,10 +16,14 @@ pub(crate) struct ServeArgs {
     /// secrets on first run).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Run everything (`all`), only ingest and the admin API (`api`), or only delivery
+    /// (`worker`). Split roles need PostgreSQL.
+    #[arg(long, value_parser = ["all", "api", "worker"])]
+    role: Option<String>,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
-    let config = match args.config {
+    let mut config = match args.config {
         Some(path) => Config::load(Some(&path))?,
         None => {
             let data_dir = Config::load(None)?.data_dir;
@@ -34,6 +38,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
             Config::load(Some(&path))?
         }
     };
+    if let Some(role) = &args.role {
+        config.role = role.parse().map_err(CliError::Usage)?;
+    }
     init_logging(config.log.format, &config.log.level);
     let admin_token = admin_token(&config)?;
     let settings = config.into_settings(admin_token)?;
@@ -41,7 +48,10 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
         .await
         .map_err(|error| CliError::Io(format!("cannot listen on {}: {error}", settings.listen)))?;
     let urls = ingest_urls(&settings, &listener);
-    let server = billhook_server::Server::start(settings).await?;
+    let server = tokio::select! {
+        started = billhook_server::Server::start(settings) => started?,
+        () = shutdown_signal() => return Ok(()),
+    };
     for line in urls {
         eprintln!("billhook: {line}");
     }
@@ -101,6 +111,12 @@ fn ingest_urls(settings: &Settings, listener: &TcpListener) -> Vec<String> {
     let mut names: Vec<&String> = settings.sources.keys().collect();
     names.sort();
     let mut lines = Vec::new();
+    if !settings.role.serves_api() {
+        lines.push(format!(
+            "worker: delivering; health checks at http://{address}/healthz"
+        ));
+        return lines;
+    }
     for name in names {
         let source = &settings.sources[name];
         let suffix = match &source.spec.auth {

@@ -30,6 +30,8 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// Top-level keys that environment variables may set; other `BILLHOOK_*` variables (used by the
 /// CLI) are not configuration.
 const ENV_SECTIONS: &[&str] = &[
+    "role",
+    "database",
     "listen",
     "data_dir",
     "database_url",
@@ -102,6 +104,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// What this instance runs: `all`, or only the `api` or the `worker` side.
+    #[serde(default)]
+    pub role: Role,
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     #[serde(default = "default_data_dir")]
@@ -112,6 +117,8 @@ pub struct Config {
     /// The root admin token; generated into the data directory when unset.
     #[serde(default)]
     pub admin_token: Option<String>,
+    #[serde(default)]
+    pub database: DatabaseSection,
     /// Proxies whose `X-Forwarded-For` is trusted for the client address (IP allow-lists).
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
@@ -138,16 +145,77 @@ fn default_data_dir() -> PathBuf {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            role: Role::default(),
             listen: default_listen(),
             data_dir: default_data_dir(),
             database_url: None,
             admin_token: None,
+            database: DatabaseSection::default(),
             trusted_proxies: Vec::new(),
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
             delivery: DeliveryConfig::default(),
             sources: Vec::new(),
             endpoints: Vec::new(),
+        }
+    }
+}
+
+/// What one billhook process runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Ingest, the admin API and delivery.
+    #[default]
+    All,
+    /// Ingest and the admin API; deliveries are left to worker instances.
+    Api,
+    /// Delivery only (and health checks).
+    Worker,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+
+    pub fn delivers(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "all" => Ok(Role::All),
+            "api" => Ok(Role::Api),
+            "worker" => Ok(Role::Worker),
+            other => Err(format!("`{other}` is not a role: all, api or worker")),
+        }
+    }
+}
+
+/// `[database]`: how billhook uses PostgreSQL (SQLite needs no tuning).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// Connections per instance.
+    pub pool_size: usize,
+    /// A statement running longer is cancelled by the database.
+    pub statement_timeout: HumanDuration,
+    pub connect_timeout: HumanDuration,
+    /// How long to keep retrying, with backoff, when the database is unreachable at start.
+    pub wait_at_start: HumanDuration,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            statement_timeout: HumanDuration(Duration::from_secs(30)),
+            connect_timeout: HumanDuration(Duration::from_secs(5)),
+            wait_at_start: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
@@ -382,6 +450,7 @@ pub struct Source {
 /// Everything the server needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub role: Role,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database: billhook_store::DatabaseConfig,
@@ -428,8 +497,23 @@ impl Config {
     /// The database the configuration points at.
     pub fn database(&self) -> Result<billhook_store::DatabaseConfig, ConfigError> {
         match &self.database_url {
-            Some(url) => billhook_store::DatabaseConfig::from_url(url)
-                .map_err(|e| ConfigError::Invalid(e.to_string())),
+            Some(url) => match billhook_store::DatabaseConfig::from_url(url)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?
+            {
+                billhook_store::DatabaseConfig::Postgres(mut options) => {
+                    if self.database.pool_size == 0 {
+                        return Err(ConfigError::Invalid(
+                            "database.pool_size must be positive".to_owned(),
+                        ));
+                    }
+                    options.pool_size = self.database.pool_size;
+                    options.statement_timeout = self.database.statement_timeout.0;
+                    options.connect_timeout = self.database.connect_timeout.0;
+                    options.wait = self.database.wait_at_start.0;
+                    Ok(billhook_store::DatabaseConfig::Postgres(options))
+                }
+                sqlite => Ok(sqlite),
+            },
             None => Ok(billhook_store::DatabaseConfig::Sqlite {
                 path: self.data_dir.join(DATABASE_FILE),
             }),
@@ -452,6 +536,14 @@ impl Config {
         }
         self.delivery.validate()?;
         let database = self.database()?;
+        if self.role != Role::All
+            && matches!(database, billhook_store::DatabaseConfig::Sqlite { .. })
+        {
+            return Err(ConfigError::Invalid(
+                "role api and worker need PostgreSQL: one process owns an SQLite database, so run role all"
+                    .to_owned(),
+            ));
+        }
         let mut sources = HashMap::new();
         for source in self.sources {
             let name = source.name.clone();
@@ -476,6 +568,7 @@ impl Config {
             }
         }
         Ok(Settings {
+            role: self.role,
             listen: self.listen,
             data_dir: self.data_dir,
             database,

@@ -75,6 +75,7 @@ impl Server {
             settings.delivery.clone(),
             &settings.endpoints,
             &sources,
+            settings.role.delivers(),
         )
         .await?;
         Ok(Self {
@@ -96,10 +97,15 @@ impl Server {
         let app = self.app;
         let background = background::spawn(Arc::clone(&app));
         let address = listener.local_addr()?;
-        tracing::info!(%address, sources = app.settings.sources.len(), "billhook is listening");
+        tracing::info!(%address, role = ?app.settings.role, sources = app.settings.sources.len(), "billhook is listening");
+        let routes = if app.settings.role.serves_api() {
+            router(Arc::clone(&app))
+        } else {
+            health_only(Arc::clone(&app))
+        };
         let served = axum::serve(
             listener,
-            router(Arc::clone(&app)).into_make_service_with_connect_info::<SocketAddr>(),
+            routes.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await;
@@ -120,6 +126,15 @@ fn router(app: Arc<App>) -> Router {
         .nest("/v1", api::router(Arc::clone(&app)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+/// A worker instance answers health checks only.
+fn health_only(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(health::alive))
+        .route("/readyz", get(health::ready))
+        .fallback(not_found)
         .with_state(app)
 }
 

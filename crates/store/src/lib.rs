@@ -6,6 +6,8 @@
 //! fsync'd commit (group commit) so that durability does not cost throughput.
 
 pub mod model;
+mod page;
+mod postgres;
 pub(crate) mod sqlite;
 
 #[cfg(test)]
@@ -13,6 +15,7 @@ mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, EventId, InboundId};
 use billhook_core::time::Timestamp;
@@ -43,10 +46,38 @@ pub enum StoreError {
 pub enum DatabaseConfig {
     /// An SQLite file; its directory is created if missing.
     Sqlite { path: PathBuf },
+    /// A PostgreSQL database, shared by any number of billhook instances.
+    Postgres(PostgresOptions),
+}
+
+/// How billhook uses a PostgreSQL database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// `postgres://user:password@host:port/database?options=…` (libpq syntax).
+    pub url: String,
+    /// Connections per instance.
+    pub pool_size: usize,
+    /// The most one statement may run before the database cancels it.
+    pub statement_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// How long to keep retrying when the database is unreachable at start.
+    pub wait: Duration,
+}
+
+impl PostgresOptions {
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            pool_size: 16,
+            statement_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            wait: Duration::from_secs(300),
+        }
+    }
 }
 
 impl DatabaseConfig {
-    /// Parses `sqlite://PATH` (or `sqlite:PATH`).
+    /// Parses `sqlite://PATH` (or `sqlite:PATH`) and `postgres://…` (or `postgresql://…`).
     pub fn from_url(url: &str) -> Result<Self, StoreError> {
         if let Some(path) = url
             .strip_prefix("sqlite://")
@@ -57,15 +88,46 @@ impl DatabaseConfig {
                 path: PathBuf::from(path),
             });
         }
-        Err(StoreError::BadUrl(url.to_owned()))
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseConfig::Postgres(PostgresOptions::new(url)));
+        }
+        Err(StoreError::BadUrl(redact_url(url)))
     }
 
     /// A short description for logs (never a password).
     pub fn describe(&self) -> String {
         match self {
             DatabaseConfig::Sqlite { path } => format!("SQLite at {}", path.display()),
+            DatabaseConfig::Postgres(options) => {
+                format!("PostgreSQL at {}", redact_url(&options.url))
+            }
         }
     }
+}
+
+/// A database URL with its password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:…@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// A change another instance (or this one) made, announced through the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notification {
+    /// Deliveries became due that any instance may claim.
+    Deliveries,
+    /// Endpoints changed.
+    Endpoints,
+    /// The notification connection was re-established; something may have been missed.
+    Reconnected,
 }
 
 /// The store. Cheap to clone; clones share the same connections.
@@ -76,12 +138,14 @@ pub struct Store {
 
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(Box<postgres::PgStore>),
 }
 
 macro_rules! dispatch {
     ($self:ident, $store:ident => $body:expr) => {
         match &*$self.backend {
             Backend::Sqlite($store) => $body,
+            Backend::Postgres($store) => $body,
         }
     };
 }
@@ -89,14 +153,75 @@ macro_rules! dispatch {
 impl Store {
     /// Opens the database, creating it and applying migrations as needed.
     pub async fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        Self::open_at(config, None).await
+    }
+
+    /// Opens the database migrated to `version` (the latest when `None`): for tests of upgrades
+    /// and for `billhook migrate --to`.
+    pub async fn open_at(
+        config: &DatabaseConfig,
+        version: Option<u32>,
+    ) -> Result<Self, StoreError> {
         let backend = match config {
             DatabaseConfig::Sqlite { path } => {
-                Backend::Sqlite(sqlite::SqliteStore::open(path).await?)
+                Backend::Sqlite(sqlite::SqliteStore::open(path, version).await?)
+            }
+            DatabaseConfig::Postgres(options) => {
+                Backend::Postgres(Box::new(postgres::PgStore::open(options, version).await?))
             }
         };
         Ok(Self {
             backend: Arc::new(backend),
         })
+    }
+
+    /// The newest schema version this build knows for the configured backend.
+    pub fn latest_version(config: &DatabaseConfig) -> u32 {
+        match config {
+            DatabaseConfig::Sqlite { .. } => sqlite::latest_version(),
+            DatabaseConfig::Postgres(_) => postgres::latest_version(),
+        }
+    }
+
+    /// Announcements of changes made by any instance, for backends shared between instances;
+    /// `None` where one process owns the database.
+    pub fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<Notification>> {
+        match &*self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(store) => Some(store.subscribe()),
+        }
+    }
+
+    /// Takes (or keeps) the right to deliver to these endpoints until `until`, returning those
+    /// this owner now holds. One owner per endpoint keeps its rate limit and concurrency cap
+    /// across instances; a single-process backend owns everything.
+    pub async fn own_endpoints(
+        &self,
+        owner: &str,
+        endpoints: Vec<EndpointId>,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<EndpointId>, StoreError> {
+        match &*self.backend {
+            Backend::Sqlite(_) => Ok(endpoints),
+            Backend::Postgres(store) => {
+                store
+                    .own_endpoints(owner.to_owned(), endpoints, now, until)
+                    .await
+            }
+        }
+    }
+
+    /// Gives up the right to deliver to these endpoints.
+    pub async fn disown_endpoints(
+        &self,
+        owner: &str,
+        endpoints: Vec<EndpointId>,
+    ) -> Result<(), StoreError> {
+        match &*self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(store) => store.disown_endpoints(owner.to_owned(), endpoints).await,
+        }
     }
 
     /// The schema version the database is at.
@@ -241,9 +366,12 @@ impl Store {
         dispatch!(self, store => store.renew_leases(owner, ids, until).await)
     }
 
-    /// Clears every lease (single-process backends, at start).
+    /// Clears every lease (single-process backends, at start; elsewhere leases expire).
     pub async fn release_all_leases(&self) -> Result<u64, StoreError> {
-        dispatch!(self, store => store.release_all_leases().await)
+        match &*self.backend {
+            Backend::Sqlite(store) => store.release_all_leases().await,
+            Backend::Postgres(_) => Ok(0),
+        }
     }
 
     /// Records attempts and their consequences, all in one transaction.

@@ -13,21 +13,81 @@ use crate::*;
 /// A fresh, empty store per backend for one test. Keeps its temporary directory alive.
 struct TestStore {
     store: Store,
+    config: DatabaseConfig,
     _dir: tempfile::TempDir,
-    path: PathBuf,
 }
 
+/// One store per backend: an SQLite file in a new directory, and a new PostgreSQL schema.
 async fn backends() -> Vec<TestStore> {
+    let mut stores = Vec::new();
+    for config in [sqlite_config(), postgres_config().await] {
+        let (config, dir) = config;
+        let store = Store::open(&config).await.unwrap();
+        stores.push(TestStore {
+            store,
+            config,
+            _dir: dir,
+        });
+    }
+    stores
+}
+
+fn sqlite_config() -> (DatabaseConfig, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nested/billhook.db");
-    let store = Store::open(&DatabaseConfig::Sqlite { path: path.clone() })
+    let path: PathBuf = dir.path().join("nested/billhook.db");
+    (DatabaseConfig::Sqlite { path }, dir)
+}
+
+/// A fresh schema in the test PostgreSQL (`BILLHOOK_TEST_POSTGRES_URL`, default the local
+/// server's `test` database).
+pub(crate) async fn postgres_config() -> (DatabaseConfig, tempfile::TempDir) {
+    let base = std::env::var("BILLHOOK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = fresh_schema(&base).await;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let mut options = PostgresOptions::new(&url);
+    options.pool_size = 4;
+    options.wait = Duration::ZERO;
+    (
+        DatabaseConfig::Postgres(options),
+        tempfile::tempdir().unwrap(),
+    )
+}
+
+/// Creates an empty schema for one test (dropping test schemas older than an hour).
+async fn fresh_schema(base: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("the test PostgreSQL at {base} is not reachable: {e}"));
+    tokio::spawn(connection);
+    let now = Timestamp::now().unix_millis();
+    let stale = client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'billhook_test_%'",
+            &[],
+        )
         .await
         .unwrap();
-    vec![TestStore {
-        store,
-        _dir: dir,
-        path,
-    }]
+    for row in stale {
+        let name: String = row.get(0);
+        let created: i64 = name
+            .split('_')
+            .nth(2)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        if created < now - 3_600_000 {
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .await;
+        }
+    }
+    let schema = format!("billhook_test_{now}_{:08x}", rand::random::<u32>());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    schema
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -449,18 +509,14 @@ fn data_survives_reopening_and_writes_after_close_fail() {
                     .await,
                 Err(StoreError::Unavailable(_))
             ));
-            let reopened = Store::open(&DatabaseConfig::Sqlite {
-                path: test.path.clone(),
-            })
-            .await
-            .unwrap();
+            let reopened = Store::open(&test.config).await.unwrap();
             assert_eq!(
                 reopened.event(e.id).await.unwrap().unwrap().payload,
                 e.payload
             );
             assert_eq!(
                 reopened.schema_version().await.unwrap(),
-                sqlite::latest_version()
+                Store::latest_version(&test.config)
             );
             reopened.ping().await.unwrap();
         }
@@ -909,6 +965,68 @@ fn leases_can_be_renewed_and_released() {
                     1
                 );
             }
+        }
+    });
+}
+
+#[test]
+fn a_first_version_database_upgrades_with_its_data_intact() {
+    runtime().block_on(async {
+        for (config, _dir) in [sqlite_config(), postgres_config().await] {
+            let old = Store::open_at(&config, Some(1)).await.unwrap();
+            assert_eq!(old.schema_version().await.unwrap(), 1);
+            let request = inbound("rzp", "from-v1", InboundStatus::Processed);
+            let e = event("rzp", "invoice.paid", "inv_v1");
+            old.ingest(write(request.clone(), vec![e.clone()]))
+                .await
+                .unwrap();
+            let quarantined = inbound("rzp", "sha256:v1", InboundStatus::Quarantined);
+            old.ingest(write(quarantined.clone(), vec![]))
+                .await
+                .unwrap();
+            old.close().await;
+
+            let current = Store::open(&config).await.unwrap();
+            assert_eq!(
+                current.schema_version().await.unwrap(),
+                Store::latest_version(&config)
+            );
+            assert_eq!(
+                current.event(e.id).await.unwrap().unwrap().payload,
+                e.payload
+            );
+            let stored = current.inbound(request.id).await.unwrap().unwrap();
+            assert_eq!(stored.body.as_deref(), Some(&request.body[..]));
+            assert_eq!(stored.event_ids, vec![e.id]);
+            assert_eq!(
+                current
+                    .inbound(quarantined.id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .status,
+                InboundStatus::Quarantined
+            );
+            // The duplicate check still knows the old message.
+            let again = inbound("rzp", "from-v1", InboundStatus::Processed);
+            assert!(matches!(
+                current.ingest(write(again, vec![])).await.unwrap(),
+                IngestOutcome::Duplicate { .. }
+            ));
+            // And what later versions added works on the upgraded data.
+            let endpoint = current
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            assert_eq!(
+                current
+                    .endpoint_stats(endpoint.id, Timestamp::now())
+                    .await
+                    .unwrap()
+                    .delivered,
+                0
+            );
+            current.close().await;
         }
     });
 }

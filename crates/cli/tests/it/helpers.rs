@@ -14,6 +14,51 @@ use tokio::sync::oneshot;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL the tests use (`BILLHOOK_TEST_POSTGRES_URL`, default the local server).
+pub fn postgres_base_url() -> String {
+    std::env::var("BILLHOOK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A database URL for a new, empty schema of the test PostgreSQL. Schemas of earlier runs older
+/// than an hour are dropped on the way.
+pub async fn fresh_postgres_url() -> String {
+    let base = postgres_base_url();
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("the test PostgreSQL at {base} is not reachable: {e}"));
+    tokio::spawn(connection);
+    let now = Timestamp::now().unix_millis();
+    for row in client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'billhook_it_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let name: String = row.get(0);
+        let created: i64 = name
+            .split('_')
+            .nth(2)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        if created < now - 3_600_000 {
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .await;
+        }
+    }
+    let schema = format!("billhook_it_{now}_{:08x}", rand::random::<u32>());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-c%20search_path%3D{schema}")
 }
 
 /// Generates one `#[tokio::test]` per backend for each listed `async fn name(backend: Backend)`.
@@ -25,6 +70,14 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
                 }
             )*
         }
@@ -125,13 +178,26 @@ pub async fn spawn_app_in(backend: Backend, dir: Arc<tempfile::TempDir>, extra: 
     } else {
         TEST_DELIVERY
     };
-    let text = format!("{}\n{delivery}\n{extra}", test_config(&data_dir));
+    let database = match backend {
+        Backend::Sqlite => String::new(),
+        Backend::Postgres => {
+            // One schema per test server, kept across its restarts.
+            let remembered = data_dir.join("database-url");
+            let url = match std::fs::read_to_string(&remembered) {
+                Ok(url) => url,
+                Err(_) => {
+                    let url = fresh_postgres_url().await;
+                    std::fs::write(&remembered, &url).unwrap();
+                    url
+                }
+            };
+            format!("database_url = \"{url}\"\n")
+        }
+    };
+    let text = format!("{database}{}\n{delivery}\n{extra}", test_config(&data_dir));
     // Written out too, so the CLI can be pointed at this server's sources with --config.
     std::fs::write(data_dir.join("billhook.toml"), &text).unwrap();
     let config = Config::from_toml(&text).unwrap();
-    match backend {
-        Backend::Sqlite => {}
-    }
     let settings = config
         .clone()
         .into_settings(Secret::new(ADMIN_TOKEN))
@@ -419,5 +485,75 @@ impl Receiver {
             .iter()
             .map(|a| a.header("webhook-id").to_owned())
             .collect()
+    }
+}
+
+impl TestApp {
+    /// Another instance on the same database (PostgreSQL), with its own data directory.
+    pub async fn another_instance(&self, extra: &str) -> TestApp {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let url = std::fs::read_to_string(self.dir.path().join("database-url"))
+            .expect("another instance shares a PostgreSQL database");
+        std::fs::write(dir.path().join("database-url"), url).unwrap();
+        spawn_app_in(Backend::Postgres, dir, extra).await
+    }
+}
+
+/// A TCP proxy in front of the test PostgreSQL that a test can cut and restore, to play a
+/// database that goes away and comes back.
+pub struct DatabaseProxy {
+    pub port: u16,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl DatabaseProxy {
+    /// A proxy on a free port, not yet forwarding.
+    pub async fn new() -> Self {
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self {
+            port,
+            task: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A database URL through this proxy for a fresh schema.
+    pub async fn url(&self) -> String {
+        let direct = fresh_postgres_url().await;
+        direct.replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port), 1)
+    }
+
+    /// Starts forwarding to the real database.
+    pub async fn up(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                connections.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Stops forwarding and cuts every open connection.
+    pub async fn down(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }

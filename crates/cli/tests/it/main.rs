@@ -8,3 +8,4 @@ mod delivery;
 mod emulator;
 mod ingest;
 mod process;
+mod scale;

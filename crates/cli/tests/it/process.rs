@@ -26,14 +26,17 @@ fn start_binary(data_dir: &std::path::Path) -> (Child, String) {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
+    let mut printed = String::new();
     let address = loop {
-        let line = lines
-            .next()
-            .expect("billhook exited before listening")
-            .unwrap();
+        let Some(line) = lines.next() else {
+            panic!("billhook exited before listening:\n{printed}");
+        };
+        let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("billhook: admin API and console at ") {
             break rest.trim_end_matches('/').to_owned();
         }
+        printed.push_str(&line);
+        printed.push('\n');
     };
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
@@ -278,4 +281,137 @@ async fn every_acknowledged_event_is_delivered_across_a_sigkill() {
         delivered_before < acknowledged.len(),
         "the kill happened mid-delivery"
     );
+}
+
+/// Posts distinct Zwitch payments to `addresses` (round robin) until `stop` returns true or
+/// `count` are sent; returns the acknowledged event ids. Requests an instance refuses or cannot
+/// answer (it was killed) are not acknowledged and not counted.
+async fn ingest_round_robin(
+    addresses: &[String],
+    count: usize,
+    tag: &str,
+    mut stop: impl FnMut(usize) -> bool,
+) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let template = String::from_utf8(fixture("zwitch_upi/payments.updated.json")).unwrap();
+    let provider = billhook_providers::by_name("zwitch").unwrap();
+    let auth = billhook_providers::auth::SourceAuth::Signature {
+        secrets: vec![billhook_providers::auth::Secret::new(ZWITCH_SECRET)],
+    };
+    let mut acknowledged = Vec::new();
+    for n in 0..count {
+        if stop(acknowledged.len()) {
+            break;
+        }
+        let body = template.replace("evl_tbs3NybYGbbjP5MMzptoFyU3W", &format!("evl_{tag}_{n}"));
+        let address = &addresses[n % addresses.len()];
+        let mut request = http
+            .post(format!("{address}/ingest/zwitch"))
+            .body(body.clone());
+        for (name, value) in provider.sign(
+            &auth,
+            body.as_bytes(),
+            billhook_core::time::Timestamp::now(),
+        ) {
+            request = request.header(name, value);
+        }
+        let Ok(response) = request.send().await else {
+            continue;
+        };
+        if response.status().as_u16() != 202 {
+            continue;
+        }
+        let ack: Value = response.json().await.unwrap();
+        acknowledged.push(ack["events"][0].as_str().unwrap().to_owned());
+    }
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgres_survive_a_sigkill() {
+    let receiver = Receiver::start(std::sync::Arc::new(|_| {
+        (200, vec![], Some(Duration::from_millis(5)))
+    }))
+    .await;
+    let url = fresh_postgres_url().await;
+    let delivery = TEST_DELIVERY
+        .replace("lease = \"5s\"", "lease = \"2s\"")
+        .replace("request_timeout = \"3s\"", "request_timeout = \"1s\"");
+    let config = |dir: &std::path::Path| {
+        format!(
+            "database_url = \"{url}\"\n{}\n{delivery}\n[[endpoint]]\nname = \"receiver\"\nurl = \"{}\"\nevent_types = [\"*\"]\n",
+            test_config(dir),
+            receiver.url
+        )
+    };
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(
+        first_dir.path().join("billhook.toml"),
+        config(first_dir.path()),
+    )
+    .unwrap();
+    std::fs::write(
+        second_dir.path().join("billhook.toml"),
+        config(second_dir.path()),
+    )
+    .unwrap();
+    let (mut first, first_address) = start_binary(first_dir.path());
+    let (mut second, second_address) = start_binary(second_dir.path());
+    let both = [first_address.clone(), second_address.clone()];
+
+    // Both healthy: every event arrives, none twice.
+    let healthy = ingest_round_robin(&both, 1000, "healthy", |_| false).await;
+    assert_eq!(healthy.len(), 1000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while receiver.message_ids().len() < healthy.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of 1000 delivered",
+            receiver.message_ids().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.count(),
+        1000,
+        "no event delivered twice while both instances are healthy"
+    );
+
+    // Kill one mid-run: the other takes over its leased work once the leases expire.
+    let mut killed = false;
+    let mut acknowledged = ingest_round_robin(&both, 1000, "killed", |acked| {
+        if acked >= 300 && !killed {
+            first.kill().unwrap();
+            first.wait().unwrap();
+            killed = true;
+        }
+        false
+    })
+    .await;
+    assert!(killed);
+    acknowledged.extend(healthy);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let received = receiver.message_ids();
+        let missing = acknowledged
+            .iter()
+            .filter(|id| !received.contains(*id))
+            .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} acknowledged events never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        acknowledged.len() >= 1600,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
 }

@@ -14,6 +14,11 @@
 //! - **Completer.** Records attempts and their consequences in batches, one transaction each.
 //! - **Leases.** Rows held in memory are leased and the lease is renewed; a crashed instance's
 //!   rows come back when its leases expire.
+//! - **Ownership.** On a database shared by several instances, one instance at a time delivers
+//!   to a given endpoint (a renewable lease on the endpoint), so its rate limit and concurrency
+//!   cap hold across instances. Instances tell each other about new work through the database's
+//!   notifications; an instance in the `api` role only plans deliveries and leaves them to the
+//!   workers.
 
 mod endpoints;
 mod send;
@@ -97,6 +102,10 @@ impl Lane {
 struct Shared {
     store: Store,
     owner: String,
+    /// False in the `api` role: deliveries are planned but worked by other instances.
+    works: bool,
+    /// Endpoints this instance delivers to, with when each last had work.
+    owned: Mutex<HashMap<EndpointId, tokio::time::Instant>>,
     config: DeliveryConfig,
     policy: RetryPolicy,
     destinations: Arc<DestinationPolicy>,
@@ -137,6 +146,7 @@ impl Delivery {
         config: DeliveryConfig,
         declared: &[EndpointConfig],
         known_sources: &[String],
+        works: bool,
     ) -> Result<Self, StartError> {
         let destinations = Arc::new(DestinationPolicy::new(
             config.allow_private_destinations.clone(),
@@ -148,19 +158,22 @@ impl Delivery {
         )
         .map_err(|e| StartError::Client(e.to_string()))?;
         sync_declared(&store, &destinations, declared, known_sources).await?;
-        if store.is_single_process() {
+        if works && store.is_single_process() {
             let released = store.release_all_leases().await?;
             if released > 0 {
                 tracing::info!(released, "released leases left by the previous run");
             }
         }
         let (completions, completion_queue) = mpsc::channel(4096);
+        let notifications = store.subscribe();
         let shared = Arc::new(Shared {
             owner: format!(
                 "billhook-{}-{:08x}",
                 std::process::id(),
                 rand::random::<u32>()
             ),
+            works,
+            owned: Mutex::new(HashMap::new()),
             policy: config.retry_policy(),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight as usize)),
             config,
@@ -180,10 +193,17 @@ impl Delivery {
         });
         shared.reload_endpoints().await?;
         let completer = tokio::spawn(run_completer(Arc::clone(&shared), completion_queue));
-        let tasks = vec![
-            tokio::spawn(run_poller(Arc::clone(&shared))),
-            tokio::spawn(run_lease_renewal(Arc::clone(&shared))),
-        ];
+        let mut tasks = Vec::new();
+        if works {
+            tasks.push(tokio::spawn(run_poller(Arc::clone(&shared))));
+            tasks.push(tokio::spawn(run_lease_renewal(Arc::clone(&shared))));
+        }
+        if let Some(notifications) = notifications {
+            tasks.push(tokio::spawn(run_listener(
+                Arc::clone(&shared),
+                notifications,
+            )));
+        }
         Ok(Self {
             shared,
             tasks: Mutex::new(tasks),
@@ -242,8 +262,9 @@ impl Delivery {
                     .unwrap_or_default(),
                 None => raw.0.clone(),
             };
-            // Start at once only what is due at once, active, and has room in its lane.
-            let slot = (plan.active && first_wait.is_zero())
+            // Start at once only what is due at once, active, ours to deliver, and has room in
+            // its lane; the rest waits in the database for the poller (here or elsewhere).
+            let slot = (plan.active && first_wait.is_zero() && self.shared.owns(plan.endpoint_id))
                 .then(|| self.shared.lane(plan.endpoint_id))
                 .flatten()
                 .and_then(|lane| Arc::clone(&lane.slots).try_acquire_owned().ok());
@@ -490,7 +511,7 @@ impl Shared {
 
     /// The lane of an endpoint that exists and is enabled, started on first use.
     fn lane(self: &Arc<Self>, id: EndpointId) -> Option<Arc<Lane>> {
-        if *self.stopping.borrow() {
+        if !self.works || *self.stopping.borrow() {
             return None;
         }
         let endpoint = self.endpoint(id).filter(|e| e.enabled)?;
@@ -571,6 +592,24 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         *self.stopping.borrow()
+    }
+
+    /// Whether this instance delivers to the endpoint now.
+    fn owns(&self, id: EndpointId) -> bool {
+        if !self.works {
+            return false;
+        }
+        if self.store.is_single_process() {
+            return true;
+        }
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        match owned.get_mut(&id) {
+            Some(active) => {
+                *active = tokio::time::Instant::now();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Treats an endpoint as disabled from now on, ahead of the reload from the database.
@@ -846,8 +885,19 @@ async fn run_poller(shared: Arc<Shared>) {
 /// One pass of the poller; returns when it should look again.
 async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
     let (due, next) = shared.store.due_endpoints(now).await?;
+    let unowned: Vec<EndpointId> = due.iter().copied().filter(|id| !shared.owns(*id)).collect();
+    if !unowned.is_empty() {
+        let taken = shared
+            .store
+            .own_endpoints(&shared.owner, unowned, now, now.add(shared.config.lease.0))
+            .await?;
+        let mut owned = shared.owned.lock().unwrap_or_else(|p| p.into_inner());
+        for id in taken {
+            owned.insert(id, tokio::time::Instant::now());
+        }
+    }
     let mut again_now = false;
-    for endpoint in due {
+    for endpoint in due.into_iter().filter(|id| shared.owns(*id)) {
         let Some(lane) = shared.lane(endpoint) else {
             continue;
         };
@@ -914,6 +964,11 @@ async fn run_lease_renewal(shared: Arc<Shared>) {
             _ = tokio::time::sleep(every) => {}
             _ = stopping.wait_for(|stop| *stop) => return,
         }
+        let now = Timestamp::now();
+        let until = now.add(shared.config.lease.0);
+        if !shared.store.is_single_process() {
+            renew_ownership(&shared, now, until).await;
+        }
         let ids: Vec<DeliveryId> = shared
             .held
             .lock()
@@ -924,9 +979,93 @@ async fn run_lease_renewal(shared: Arc<Shared>) {
         if ids.is_empty() {
             continue;
         }
-        let until = Timestamp::now().add(shared.config.lease.0);
         if let Err(error) = shared.store.renew_leases(&shared.owner, ids, until).await {
             tracing::warn!(%error, "could not renew delivery leases");
+        }
+    }
+}
+
+/// Keeps the endpoints that had work recently and hands over those idle for a whole lease, so
+/// work spreads across instances as endpoints come and go.
+async fn renew_ownership(shared: &Arc<Shared>, now: Timestamp, until: Timestamp) {
+    let idle_after = shared.config.lease.0;
+    let (active, idle): (Vec<EndpointId>, Vec<EndpointId>) = {
+        let lanes = shared.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let owned = shared.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.iter().fold(
+            (Vec::new(), Vec::new()),
+            |(mut active, mut idle), (id, last)| {
+                let busy = lanes.get(id).is_some_and(|lane| {
+                    lane.slots.available_permits() < shared.config.queue_per_endpoint as usize
+                });
+                if busy || last.elapsed() < idle_after {
+                    active.push(*id);
+                } else {
+                    idle.push(*id);
+                }
+                (active, idle)
+            },
+        )
+    };
+    if !idle.is_empty() {
+        shared
+            .owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| !idle.contains(id));
+        if let Err(error) = shared.store.disown_endpoints(&shared.owner, idle).await {
+            tracing::warn!(%error, "could not hand over idle endpoints");
+        }
+    }
+    match shared
+        .store
+        .own_endpoints(&shared.owner, active.clone(), now, until)
+        .await
+    {
+        Ok(kept) => {
+            let lost: Vec<EndpointId> =
+                active.into_iter().filter(|id| !kept.contains(id)).collect();
+            if !lost.is_empty() {
+                tracing::warn!(
+                    count = lost.len(),
+                    "another instance took over endpoints whose lease lapsed"
+                );
+                shared
+                    .owned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|id, _| !lost.contains(id));
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not renew endpoint ownership"),
+    }
+}
+
+/// Reacts to other instances' announcements: new work wakes the poller, changed endpoints are
+/// reloaded, and after a reconnection both (something may have been missed).
+async fn run_listener(
+    shared: Arc<Shared>,
+    mut notifications: mpsc::Receiver<billhook_store::Notification>,
+) {
+    let mut stopping = shared.stopping.subscribe();
+    loop {
+        let notification = tokio::select! {
+            notification = notifications.recv() => match notification { Some(n) => n, None => return },
+            _ = stopping.wait_for(|stop| *stop) => return,
+        };
+        use billhook_store::Notification;
+        if matches!(
+            notification,
+            Notification::Endpoints | Notification::Reconnected
+        ) && let Err(error) = shared.reload_endpoints().await
+        {
+            tracing::warn!(%error, "could not reload endpoints");
+        }
+        if matches!(
+            notification,
+            Notification::Deliveries | Notification::Reconnected
+        ) {
+            shared.wake_poller.notify_one();
         }
     }
 }

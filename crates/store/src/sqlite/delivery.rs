@@ -7,10 +7,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::endpoints::disable;
 use super::ingest::parse_id;
-use super::read::{clamp_limit, paginate};
 use super::{SqliteStore, db_error};
 use crate::StoreError;
 use crate::model::*;
+use crate::page::{clamp_limit, paginate};
 
 /// Inserts the deliveries of one ingest (inside its transaction).
 pub(super) fn insert_deliveries(

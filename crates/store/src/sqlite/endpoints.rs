@@ -5,10 +5,10 @@ use billhook_core::time::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::ingest::parse_id;
-use super::read::paginate;
 use super::{SqliteStore, db_error};
 use crate::StoreError;
 use crate::model::*;
+use crate::page::paginate;
 
 const ENDPOINT_COLUMNS: &str = "id, name, url, description, event_types, sources, format, headers,
     rate_limit, max_concurrency, enabled, disabled_reason, failing_since, last_success_at,
@@ -341,7 +341,7 @@ impl SqliteStore {
         limit: u32,
     ) -> Result<Page<EndpointRecord>, StoreError> {
         self.read(move |connection| {
-            let limit = super::read::clamp_limit(limit);
+            let limit = crate::page::clamp_limit(limit);
             let rows = connection
                 .prepare_cached(&format!(
                     "SELECT {ENDPOINT_COLUMNS} FROM endpoints

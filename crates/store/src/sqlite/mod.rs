@@ -43,11 +43,11 @@ pub(crate) struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub(crate) async fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) async fn open(path: &Path, target: Option<u32>) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let connection = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || open_writer(&path)
+            move || open_writer(&path, target.unwrap_or_else(latest_version))
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))??;
@@ -189,7 +189,7 @@ fn write_loop(connection: Connection, mut receiver: mpsc::Receiver<Job>) {
     }
 }
 
-fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+fn open_writer(path: &Path, target: u32) -> Result<Connection, StoreError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
@@ -206,7 +206,7 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
              PRAGMA cache_size = -8000;",
         )
         .map_err(db_error)?;
-    migrate(&connection)?;
+    migrate(&connection, target)?;
     Ok(connection)
 }
 
@@ -225,8 +225,8 @@ fn applied_version(connection: &Connection) -> Result<u32, StoreError> {
         .map_err(db_error)
 }
 
-/// Applies every migration newer than the database, each in its own transaction.
-fn migrate(connection: &Connection) -> Result<(), StoreError> {
+/// Applies every migration newer than the database up to `target`, each in its own transaction.
+fn migrate(connection: &Connection, target: u32) -> Result<(), StoreError> {
     connection
         .execute_batch(
             "CREATE TABLE IF NOT EXISTS billhook_migrations (
@@ -242,7 +242,10 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
             known: latest_version(),
         });
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+    for (version, sql) in MIGRATIONS
+        .iter()
+        .filter(|(v, _)| *v > current && *v <= target)
+    {
         let apply = || -> rusqlite::Result<()> {
             connection.execute_batch("BEGIN IMMEDIATE")?;
             connection.execute_batch(sql)?;

@@ -10,6 +10,7 @@ use super::ingest::{event_ids_of, parse_id};
 use super::{SqliteStore, db_error};
 use crate::StoreError;
 use crate::model::*;
+use crate::page::{clamp_limit, paginate};
 
 const EVENT_COLUMNS: &str =
     "id, type, source, subject_kind, subject_id, inbound_id, occurred_at, received_at, payload";
@@ -77,11 +78,6 @@ impl Filters {
             format!("WHERE {}", self.clauses.join(" AND "))
         }
     }
-}
-
-/// Page size bounds for every listing.
-pub(crate) fn clamp_limit(limit: u32) -> u32 {
-    limit.clamp(1, 500)
 }
 
 impl SqliteStore {
@@ -284,23 +280,4 @@ fn recorded_error(code: Option<String>, message: Option<String>) -> Option<Recor
         code,
         message: message.unwrap_or_default(),
     })
-}
-
-/// Trims the extra row fetched to detect a next page and returns the page with its cursor.
-pub(crate) fn paginate<T>(
-    items: &mut Vec<T>,
-    limit: u32,
-    cursor_of: impl Fn(&T) -> String,
-) -> Page<T> {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let more = items.len() > limit;
-    items.truncate(limit);
-    Page {
-        next_cursor: if more {
-            items.last().map(cursor_of)
-        } else {
-            None
-        },
-        items: std::mem::take(items),
-    }
 }

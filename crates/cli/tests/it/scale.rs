@@ -1,0 +1,192 @@
+//! Several instances on one PostgreSQL, and a database that goes away and comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Posts `count` distinct Zwitch payments, spread over `apps` by `concurrency` writers; returns
+/// the acknowledged event ids.
+async fn ingest_across(
+    apps: &[&TestApp],
+    count: usize,
+    concurrency: usize,
+    tag: &str,
+) -> Vec<String> {
+    let template = String::from_utf8(fixture("zwitch_upi/payments.updated.json")).unwrap();
+    let provider = billhook_providers::by_name("zwitch").unwrap();
+    let auth = billhook_providers::auth::SourceAuth::Signature {
+        secrets: vec![billhook_providers::auth::Secret::new(ZWITCH_SECRET)],
+    };
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for writer in 0..concurrency {
+        let targets: Vec<String> = apps.iter().map(|a| a.url("/ingest/zwitch")).collect();
+        let (next, acknowledged, template, auth, http) = (
+            Arc::clone(&next),
+            Arc::clone(&acknowledged),
+            template.clone(),
+            auth.clone(),
+            apps[0].http.clone(),
+        );
+        let tag = tag.to_owned();
+        writers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n >= count {
+                    return;
+                }
+                let body =
+                    template.replace("evl_tbs3NybYGbbjP5MMzptoFyU3W", &format!("evl_{tag}_{n}"));
+                let target = &targets[(n + writer) % targets.len()];
+                let mut request = http.post(target).body(body.clone());
+                for (name, value) in provider.sign(
+                    &auth,
+                    body.as_bytes(),
+                    billhook_core::time::Timestamp::now(),
+                ) {
+                    request = request.header(name, value);
+                }
+                let response = request.send().await.unwrap();
+                assert_eq!(response.status().as_u16(), 202);
+                let ack: Value = response.json().await.unwrap();
+                acknowledged
+                    .lock()
+                    .unwrap()
+                    .push(ack["events"][0].as_str().unwrap().to_owned());
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let mut ids = acknowledged.lock().unwrap();
+    std::mem::take(&mut *ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_deliver_every_event_exactly_once() {
+    let receiver = Receiver::ok().await;
+    let first = spawn_app(Backend::Postgres).await;
+    let second = first.another_instance("").await;
+    first
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    // The second instance learns of the endpoint through the database's notification.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids = ingest_across(&[&first, &second], 1000, 8, "pair").await;
+    assert_eq!(ids.len(), 1000);
+    first
+        .eventually(Duration::from_secs(30), "every event delivered", || async {
+            receiver.message_ids().len() >= ids.len()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = receiver.message_ids();
+    assert!(ids.iter().all(|id| received.contains(id)));
+    assert_eq!(
+        receiver.count(),
+        ids.len(),
+        "no event delivered twice while both instances are healthy"
+    );
+    second.stop().await;
+    first.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_instances() {
+    let receiver = Receiver::ok().await;
+    let first = spawn_app(Backend::Postgres).await;
+    let second = first.another_instance("").await;
+    first
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"], "rate_limit": 20 }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ingest_across(&[&first, &second], 120, 4, "limit").await;
+    first
+        .eventually(
+            Duration::from_secs(10),
+            "three seconds of deliveries",
+            || async {
+                receiver
+                    .arrivals()
+                    .first()
+                    .is_some_and(|a| a.at.elapsed() > Duration::from_millis(3200))
+            },
+        )
+        .await;
+    let arrivals = receiver.arrivals();
+    let start = arrivals[0].at;
+    let in_three_seconds = arrivals
+        .iter()
+        .filter(|a| a.at - start < Duration::from_secs(3))
+        .count();
+    assert!(
+        in_three_seconds <= 66,
+        "{in_three_seconds} in 3 s at 20/s across two instances"
+    );
+    assert!(in_three_seconds >= 54, "{in_three_seconds} in 3 s");
+    second.stop().await;
+    first.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database_and_nothing_acknowledged_is_lost() {
+    let proxy = DatabaseProxy::new().await;
+    let url = proxy.url().await;
+    // The database is unreachable at start: billhook waits with backoff.
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    std::fs::write(dir.path().join("database-url"), &url).unwrap();
+    let starting = tokio::spawn(spawn_app_in(
+        Backend::Postgres,
+        dir,
+        "[database]\nconnect_timeout = \"1s\"\nstatement_timeout = \"5s\"\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    proxy.up().await;
+    let app = starting.await.unwrap();
+    app.eventually(Duration::from_secs(10), "ready", || async {
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    })
+    .await;
+    let before = ingest_across(&[&app], 20, 2, "before").await;
+
+    proxy.down().await;
+    app.eventually(Duration::from_secs(10), "not ready", || async {
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 503)
+    })
+    .await;
+    let body = fixture("zwitch_upi/payments.created.json");
+    let refused = app.post_signed("zwitch", &body, &[]).await;
+    assert_eq!(refused.status().as_u16(), 503);
+    let refusal: Value = refused.json().await.unwrap();
+    assert_eq!(refusal["code"], json!("storage_unavailable"));
+
+    proxy.up().await;
+    app.eventually(Duration::from_secs(15), "ready again", || async {
+        app.http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    })
+    .await;
+    let after = ingest_across(&[&app], 20, 2, "after").await;
+    for id in before.iter().chain(&after) {
+        let (status, _) = app.admin_get(&format!("/v1/events/{id}")).await;
+        assert_eq!(status, 200, "{id}");
+    }
+    app.stop().await;
+    proxy.down().await;
+}

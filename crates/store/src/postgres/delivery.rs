@@ -1,0 +1,549 @@
+//! The outbox on PostgreSQL: deliveries, leases, attempts, completions and endpoint ownership.
+
+use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, EventId, InboundId};
+use billhook_core::time::Timestamp;
+use bytes::Bytes;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use super::endpoints::disable;
+use super::ingest::{insert_deliveries, parse_id};
+use super::{PgStore, big, pg_error, small, unsigned};
+use crate::StoreError;
+use crate::model::*;
+use crate::page::{clamp_limit, paginate};
+
+const CLAIMED_COLUMNS: &str = "d.id, d.endpoint_id, d.message_id, d.event_id, d.inbound_id,
+    d.event_type, d.attempts,
+    CASE WHEN d.event_id IS NULL THEN i.body ELSE e.payload END,
+    i.source, i.provider, i.provider_event";
+
+fn to_claimed(row: &Row) -> Result<ClaimedDelivery, StoreError> {
+    let event_id: Option<&str> = row.get(3);
+    Ok(ClaimedDelivery {
+        id: parse_id(row.get::<_, &str>(0))?,
+        endpoint_id: parse_id(row.get::<_, &str>(1))?,
+        message_id: row.get(2),
+        event_id: event_id.map(parse_id).transpose()?,
+        inbound_id: parse_id(row.get::<_, &str>(4))?,
+        event_type: row.get(5),
+        attempts: unsigned(row.get(6)),
+        payload: row.get::<_, Option<Vec<u8>>>(7).map(Bytes::from),
+        raw: event_id.is_none().then(|| RawOrigin {
+            source: row.get::<_, Option<String>>(8).unwrap_or_default(),
+            provider: row.get::<_, Option<String>>(9).unwrap_or_default(),
+            provider_event: row.get(10),
+        }),
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "id, endpoint_id, message_id, event_id, inbound_id, event_type,
+    status, attempts, next_attempt_at, last_status_code, last_error, created_at, updated_at";
+
+fn to_delivery(row: &Row) -> Result<DeliveryRecord, StoreError> {
+    let status: &str = row.get(6);
+    Ok(DeliveryRecord {
+        id: parse_id(row.get::<_, &str>(0))?,
+        endpoint_id: parse_id(row.get::<_, &str>(1))?,
+        message_id: row.get(2),
+        event_id: row.get::<_, Option<&str>>(3).map(parse_id).transpose()?,
+        inbound_id: parse_id(row.get::<_, &str>(4))?,
+        event_type: row.get(5),
+        status: DeliveryStatus::parse(status)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery status `{status}`")))?,
+        attempts: unsigned(row.get(7)),
+        next_attempt_at: Timestamp::from_unix_millis(row.get(8)),
+        last_status_code: row
+            .get::<_, Option<i32>>(9)
+            .and_then(|s| u16::try_from(s).ok()),
+        last_error: row.get(10),
+        created_at: Timestamp::from_unix_millis(row.get(11)),
+        updated_at: Timestamp::from_unix_millis(row.get(12)),
+    })
+}
+
+const ATTEMPT_COLUMNS: &str = "id, delivery_id, endpoint_id, number, started_at, duration_ms,
+    status_code, response_body, error_kind, error_message";
+
+fn to_attempt(row: &Row) -> Result<AttemptRecord, StoreError> {
+    Ok(AttemptRecord {
+        id: parse_id(row.get::<_, &str>(0))?,
+        delivery_id: parse_id(row.get::<_, &str>(1))?,
+        endpoint_id: parse_id(row.get::<_, &str>(2))?,
+        number: unsigned(row.get(3)),
+        started_at: Timestamp::from_unix_millis(row.get(4)),
+        duration_ms: u64::try_from(row.get::<_, i64>(5)).unwrap_or(0),
+        status_code: row
+            .get::<_, Option<i32>>(6)
+            .and_then(|s| u16::try_from(s).ok()),
+        response_body: row.get::<_, Option<Vec<u8>>>(7).map(Bytes::from),
+        error_kind: row.get(8),
+        error_message: row.get(9),
+    })
+}
+
+async fn complete_one<C: GenericClient>(
+    client: &C,
+    completion: &Completion,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let delivery = completion.delivery_id.to_string();
+    let endpoint = completion.endpoint_id.to_string();
+    if let Some(attempt) = &completion.attempt {
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
+                    duration_ms, status_code, response_body, error_kind, error_message)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .await
+            .map_err(pg_error)?;
+        client
+            .execute(
+                &statement,
+                &[
+                    &attempt.id.to_string(),
+                    &delivery,
+                    &endpoint,
+                    &small(attempt.number),
+                    &attempt.started_at.unix_millis(),
+                    &big(attempt.duration_ms),
+                    &attempt.status_code.map(i32::from),
+                    &attempt.response_body.as_deref(),
+                    &attempt.error_kind,
+                    &attempt.error_message,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        if completion.next == NextStep::Delivered {
+            let statement = client
+                .prepare_cached(
+                    "UPDATE endpoints SET failing_since = NULL, last_success_at = $2 WHERE id = $1",
+                )
+                .await
+                .map_err(pg_error)?;
+            client
+                .execute(&statement, &[&endpoint, &now.unix_millis()])
+                .await
+                .map_err(pg_error)?;
+        } else {
+            let error = attempt
+                .error_message
+                .clone()
+                .or_else(|| attempt.status_code.map(|s| format!("HTTP {s}")));
+            let statement = client
+                .prepare_cached(
+                    "UPDATE endpoints SET failing_since = COALESCE(failing_since, $2),
+                        last_failure_at = $2, last_error = $3 WHERE id = $1",
+                )
+                .await
+                .map_err(pg_error)?;
+            client
+                .execute(&statement, &[&endpoint, &now.unix_millis(), &error])
+                .await
+                .map_err(pg_error)?;
+        }
+    }
+    let (status, next_at): (Option<&str>, Option<i64>) = match &completion.next {
+        NextStep::Delivered => (Some("delivered"), None),
+        NextStep::Retry { at } => (Some("failed"), Some(at.unix_millis())),
+        NextStep::Dead => (Some("dead"), None),
+        NextStep::Held => (Some("held"), None),
+        NextStep::Cancelled => (Some("cancelled"), None),
+        NextStep::Released => (None, None),
+    };
+    let attempted = completion.attempt.as_ref();
+    let statement = client
+        .prepare_cached(
+            "UPDATE deliveries SET
+                status = COALESCE($2, status),
+                next_attempt_at = COALESCE($3, next_attempt_at),
+                attempts = attempts + $4,
+                last_status_code = CASE WHEN $4 = 1 THEN $5 ELSE last_status_code END,
+                last_error = CASE WHEN $4 = 1 THEN $6 ELSE last_error END,
+                lease_owner = NULL, lease_until = NULL, updated_at = $7
+             WHERE id = $1",
+        )
+        .await
+        .map_err(pg_error)?;
+    client
+        .execute(
+            &statement,
+            &[
+                &delivery,
+                &status,
+                &next_at,
+                &i32::from(attempted.is_some()),
+                &attempted.and_then(|a| a.status_code).map(i32::from),
+                &attempted.and_then(|a| a.error_message.clone()),
+                &now.unix_millis(),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    if let Some(reason) = &completion.disable_endpoint {
+        disable(client, completion.endpoint_id, reason, now).await?;
+    }
+    Ok(())
+}
+
+impl PgStore {
+    pub(crate) async fn claim_due(
+        &self,
+        endpoint: EndpointId,
+        owner: String,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "WITH claimed AS (
+                    UPDATE deliveries SET lease_owner = $1, lease_until = $2
+                    WHERE id IN (
+                        SELECT id FROM deliveries
+                        WHERE endpoint_id = $3 AND status IN ('pending', 'failed')
+                          AND next_attempt_at <= $4
+                          AND (lease_until IS NULL OR lease_until <= $4)
+                        ORDER BY next_attempt_at LIMIT $5
+                        FOR UPDATE SKIP LOCKED)
+                    RETURNING *)
+                 SELECT {CLAIMED_COLUMNS} FROM claimed d
+                 JOIN inbound i ON i.id = d.inbound_id
+                 LEFT JOIN events e ON e.id = d.event_id"
+            ))
+            .await
+            .map_err(pg_error)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &owner,
+                    &lease_until.unix_millis(),
+                    &endpoint.to_string(),
+                    &now.unix_millis(),
+                    &i64::from(limit),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        rows.iter().map(to_claimed).collect()
+    }
+
+    pub(crate) async fn due_endpoints(
+        &self,
+        now: Timestamp,
+    ) -> Result<(Vec<EndpointId>, Option<Timestamp>), StoreError> {
+        let client = self.client().await?;
+        let due = client
+            .query(
+                "SELECT DISTINCT endpoint_id FROM deliveries
+                 WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1
+                   AND (lease_until IS NULL OR lease_until <= $1)",
+                &[&now.unix_millis()],
+            )
+            .await
+            .map_err(pg_error)?;
+        let next = client
+            .query_one(
+                "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at
+                                 THEN lease_until ELSE next_attempt_at END)
+                 FROM deliveries
+                 WHERE status IN ('pending', 'failed') AND (next_attempt_at > $1 OR lease_until > $1)",
+                &[&now.unix_millis()],
+            )
+            .await
+            .map_err(pg_error)?;
+        let due = due
+            .iter()
+            .map(|row| parse_id(row.get::<_, &str>(0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((
+            due,
+            next.get::<_, Option<i64>>(0)
+                .map(Timestamp::from_unix_millis),
+        ))
+    }
+
+    pub(crate) async fn renew_leases(
+        &self,
+        owner: String,
+        ids: Vec<DeliveryId>,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        client
+            .execute(
+                "UPDATE deliveries SET lease_until = $3 WHERE id = ANY($1) AND lease_owner = $2",
+                &[&ids, &owner, &until.unix_millis()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    pub(crate) async fn complete(
+        &self,
+        completions: Vec<Completion>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(pg_error)?;
+        for completion in &completions {
+            complete_one(&transaction, completion, now).await?;
+        }
+        if completions.iter().any(|c| c.disable_endpoint.is_some()) {
+            self.notify_endpoints(&transaction).await?;
+        }
+        if completions
+            .iter()
+            .any(|c| matches!(c.next, NextStep::Released))
+        {
+            self.notify_deliveries(&transaction).await?;
+        }
+        transaction.commit().await.map_err(pg_error)?;
+        Ok(())
+    }
+
+    pub(crate) async fn recover(
+        &self,
+        endpoint: EndpointId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(pg_error)?;
+        let recovered = transaction
+            .execute(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = $3, attempts = 0,
+                    lease_owner = NULL, lease_until = NULL, updated_at = $3
+                 WHERE endpoint_id = $1 AND created_at >= $2 AND status IN ('failed', 'dead', 'held')",
+                &[&endpoint.to_string(), &since.unix_millis(), &now.unix_millis()],
+            )
+            .await
+            .map_err(pg_error)?;
+        self.notify_deliveries(&transaction).await?;
+        transaction.commit().await.map_err(pg_error)?;
+        Ok(recovered)
+    }
+
+    pub(crate) async fn redeliver(
+        &self,
+        event: EventId,
+        endpoint: Option<EndpointId>,
+        create: Vec<NewDelivery>,
+        now: Timestamp,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(pg_error)?;
+        let Some(inbound) = transaction
+            .query_opt(
+                "SELECT inbound_id FROM events WHERE id = $1",
+                &[&event.to_string()],
+            )
+            .await
+            .map_err(pg_error)?
+        else {
+            return Ok(Vec::new());
+        };
+        let inbound: String = inbound.get(0);
+        let rows = transaction
+            .query(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = $3,
+                    lease_owner = NULL, lease_until = NULL, updated_at = $3
+                 WHERE (event_id = $1 OR (event_id IS NULL AND inbound_id = $2))
+                   AND ($4::TEXT IS NULL OR endpoint_id = $4)
+                   AND status <> 'cancelled' AND lease_owner IS NULL
+                 RETURNING id",
+                &[
+                    &event.to_string(),
+                    &inbound,
+                    &now.unix_millis(),
+                    &endpoint.map(|e| e.to_string()),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        insert_deliveries(self, &transaction, parse_id(&inbound)?, &create, now).await?;
+        self.notify_deliveries(&transaction).await?;
+        transaction.commit().await.map_err(pg_error)?;
+        let mut ids = rows
+            .iter()
+            .map(|row| parse_id(row.get::<_, &str>(0)))
+            .collect::<Result<Vec<DeliveryId>, _>>()?;
+        ids.extend(create.iter().map(|d| d.id));
+        Ok(ids)
+    }
+
+    pub(crate) async fn deliveries_of_event(
+        &self,
+        event: EventId,
+        inbound: InboundId,
+    ) -> Result<Vec<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                     WHERE event_id = $1 OR (event_id IS NULL AND inbound_id = $2) ORDER BY id"
+                ),
+                &[&event.to_string(), &inbound.to_string()],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut result = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let delivery = to_delivery(row)?;
+            let attempts = client
+                .query(
+                    &format!(
+                        "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = $1 ORDER BY id"
+                    ),
+                    &[&delivery.id.to_string()],
+                )
+                .await
+                .map_err(pg_error)?
+                .iter()
+                .map(to_attempt)
+                .collect::<Result<Vec<_>, _>>()?;
+            result.push((delivery, attempts));
+        }
+        Ok(result)
+    }
+
+    pub(crate) async fn delivery(
+        &self,
+        id: DeliveryId,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"),
+                &[&id.to_string()],
+            )
+            .await
+            .map_err(pg_error)?
+            .as_ref()
+            .map(to_delivery)
+            .transpose()
+    }
+
+    pub(crate) async fn attempts_of_endpoint(
+        &self,
+        endpoint: EndpointId,
+        before: Option<AttemptId>,
+        limit: u32,
+    ) -> Result<Page<AttemptRecord>, StoreError> {
+        let client = self.client().await?;
+        let limit = clamp_limit(limit);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts
+                     WHERE endpoint_id = $1 AND ($2::TEXT IS NULL OR id < $2)
+                     ORDER BY id DESC LIMIT $3"
+                ),
+                &[
+                    &endpoint.to_string(),
+                    &before.map(|b| b.to_string()),
+                    &i64::from(limit + 1),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut items = rows.iter().map(to_attempt).collect::<Result<Vec<_>, _>>()?;
+        Ok(paginate(&mut items, limit, |a| a.id.to_string()))
+    }
+
+    pub(crate) async fn endpoint_stats(
+        &self,
+        endpoint: EndpointId,
+        now: Timestamp,
+    ) -> Result<EndpointStats, StoreError> {
+        let client = self.client().await?;
+        let mut stats = EndpointStats::default();
+        let rows = client
+            .query(
+                "SELECT status, COUNT(*) FROM deliveries WHERE endpoint_id = $1 GROUP BY status",
+                &[&endpoint.to_string()],
+            )
+            .await
+            .map_err(pg_error)?;
+        for row in &rows {
+            let count = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
+            match DeliveryStatus::parse(row.get(0)) {
+                Some(DeliveryStatus::Pending) => stats.pending = count,
+                Some(DeliveryStatus::Failed) => stats.failed = count,
+                Some(DeliveryStatus::Delivered) => stats.delivered = count,
+                Some(DeliveryStatus::Dead) => stats.dead = count,
+                Some(DeliveryStatus::Held) => stats.held = count,
+                _ => {}
+            }
+        }
+        let day_ago = now
+            .sub(std::time::Duration::from_secs(86_400))
+            .unix_millis();
+        let row = client
+            .query_one(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status_code BETWEEN 200 AND 299 THEN 1 ELSE 0 END), 0)
+                 FROM attempts WHERE endpoint_id = $1 AND started_at >= $2",
+                &[&endpoint.to_string(), &day_ago],
+            )
+            .await
+            .map_err(pg_error)?;
+        stats.attempts_24h = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        stats.successes_24h = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
+        Ok(stats)
+    }
+
+    /// Takes (or keeps) the right to deliver to each endpoint for `owner` until `until`;
+    /// returns the endpoints `owner` now owns.
+    pub(crate) async fn own_endpoints(
+        &self,
+        owner: String,
+        endpoints: Vec<EndpointId>,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<EndpointId>, StoreError> {
+        if endpoints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let ids: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+        let rows = client
+            .query(
+                "INSERT INTO endpoint_owners (endpoint_id, owner, until)
+                 SELECT id, $2, $4 FROM unnest($1::TEXT[]) AS id
+                 ON CONFLICT (endpoint_id) DO UPDATE SET owner = excluded.owner, until = excluded.until
+                   WHERE endpoint_owners.owner = excluded.owner OR endpoint_owners.until <= $3
+                 RETURNING endpoint_id",
+                &[&ids, &owner, &now.unix_millis(), &until.unix_millis()],
+            )
+            .await
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|row| parse_id(row.get::<_, &str>(0)))
+            .collect()
+    }
+
+    /// Gives up `owner`'s right to deliver to these endpoints.
+    pub(crate) async fn disown_endpoints(
+        &self,
+        owner: String,
+        endpoints: Vec<EndpointId>,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let ids: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+        client
+            .execute(
+                "DELETE FROM endpoint_owners WHERE endpoint_id = ANY($1) AND owner = $2",
+                &[&ids, &owner],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! The PostgreSQL backend, for running several billhook instances on one database.
+//!
+//! Each store call is one transaction on a pooled connection; PostgreSQL's own group commit
+//! shares WAL flushes between concurrent commits. Deliveries are claimed with
+//! `FOR UPDATE SKIP LOCKED`, so instances never work the same row while its lease holds, and
+//! `LISTEN`/`NOTIFY` tells every instance at once when deliveries or endpoints change. Channel
+//! names include the schema, so several billhook deployments can share one database.
+
+mod delivery;
+mod endpoints;
+mod ingest;
+mod read;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::{Notification, PostgresOptions, StoreError};
+
+/// Migrations, in order, shared by every instance; an advisory lock keeps two instances from
+/// applying them at once.
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_ingest.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_delivery.sql"),
+    ),
+];
+
+/// An arbitrary constant naming billhook's migration lock.
+const MIGRATION_LOCK: i64 = 0x6269_6c6c_686f_6f6b;
+
+pub(crate) struct PgStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    deliveries_channel: String,
+    endpoints_channel: String,
+}
+
+pub(crate) fn latest_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |(version, _)| *version)
+}
+
+pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
+    if error.is_closed() || error.code().is_none() {
+        StoreError::Unavailable(error.to_string())
+    } else {
+        StoreError::Database(error.to_string())
+    }
+}
+
+pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+impl PgStore {
+    /// Connects (waiting with backoff for up to `options.wait` while the database is
+    /// unreachable), migrates to `target` (the latest when `None`) and returns the store.
+    pub(crate) async fn open(
+        options: &PostgresOptions,
+        target: Option<u32>,
+    ) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|_| StoreError::BadUrl(crate::redact_url(&options.url)))?;
+        config.application_name("billhook");
+        config.connect_timeout(options.connect_timeout);
+        let existing = config.get_options().unwrap_or_default().to_owned();
+        config.options(format!(
+            "{existing} -c statement_timeout={}",
+            options.statement_timeout.as_millis()
+        ));
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size)
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut delay = Duration::from_millis(250);
+        let started = tokio::time::Instant::now();
+        let schema = loop {
+            match Self::schema_of(&pool).await {
+                Ok(schema) => break schema,
+                Err(error) if started.elapsed() < options.wait => {
+                    tracing::warn!(
+                        database = %crate::redact_url(&options.url),
+                        %error,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "waiting for the database"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        let store = Self {
+            pool,
+            config,
+            deliveries_channel: format!("billhook_deliveries_{schema}"),
+            endpoints_channel: format!("billhook_endpoints_{schema}"),
+        };
+        store.migrate(target.unwrap_or_else(latest_version)).await?;
+        Ok(store)
+    }
+
+    /// The schema tables live in, reduced to characters safe in a channel name.
+    async fn schema_of(pool: &Pool) -> Result<String, StoreError> {
+        let client = pool.get().await.map_err(pool_error)?;
+        let row = client
+            .query_one("SELECT current_schema()", &[])
+            .await
+            .map_err(pg_error)?;
+        let schema: Option<String> = row.get(0);
+        let schema = schema.ok_or_else(|| {
+            StoreError::Unavailable(
+                "no schema on the search_path exists; create it first".to_owned(),
+            )
+        })?;
+        Ok(schema
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect())
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    async fn migrate(&self, target: u32) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_error)?;
+        let result = async {
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS billhook_migrations (
+                        version    INTEGER PRIMARY KEY,
+                        applied_at BIGINT NOT NULL
+                    )",
+                )
+                .await
+                .map_err(pg_error)?;
+            let current = applied_version(&client).await?;
+            if current > latest_version() {
+                return Err(StoreError::SchemaTooNew {
+                    found: current,
+                    known: latest_version(),
+                });
+            }
+            for (version, sql) in MIGRATIONS
+                .iter()
+                .filter(|(v, _)| *v > current && *v <= target)
+            {
+                let transaction = client.transaction().await.map_err(pg_error)?;
+                let applied = async {
+                    transaction.batch_execute(sql).await?;
+                    transaction
+                        .execute(
+                            "INSERT INTO billhook_migrations (version, applied_at) VALUES ($1, $2)",
+                            &[
+                                &i32::try_from(*version).unwrap_or(i32::MAX),
+                                &billhook_core::time::Timestamp::now().unix_millis(),
+                            ],
+                        )
+                        .await?;
+                    transaction.commit().await
+                }
+                .await;
+                applied.map_err(|error| StoreError::Migration {
+                    version: *version,
+                    message: error.to_string(),
+                })?;
+                tracing::info!(version, "applied database migration");
+            }
+            Ok(())
+        }
+        .await;
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
+        result
+    }
+
+    pub(crate) async fn schema_version(&self) -> Result<u32, StoreError> {
+        let client = self.client().await?;
+        applied_version(&client).await
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.query_one("SELECT 1", &[]).await.map_err(pg_error)?;
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close();
+    }
+
+    /// Starts a connection that LISTENs for changes and forwards them; it reconnects with
+    /// backoff when the connection drops, and says `Reconnected` so listeners can catch up.
+    pub(crate) fn subscribe(&self) -> mpsc::Receiver<Notification> {
+        let (sender, receiver) = mpsc::channel(64);
+        let config = self.config.clone();
+        let deliveries = self.deliveries_channel.clone();
+        let endpoints = self.endpoints_channel.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(250);
+            let mut first = true;
+            while !sender.is_closed() {
+                match config.connect(NoTls).await {
+                    Ok((client, mut connection)) => {
+                        delay = Duration::from_millis(250);
+                        let mut messages =
+                            futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                        let listen = format!("LISTEN {deliveries}; LISTEN {endpoints};");
+                        let drive = async {
+                            while let Some(message) = messages.next().await {
+                                match message {
+                                    Ok(AsyncMessage::Notification(notification)) => {
+                                        let kind = if notification.channel() == endpoints {
+                                            Notification::Endpoints
+                                        } else {
+                                            Notification::Deliveries
+                                        };
+                                        if sender.send(kind).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Ok(_) => {}
+                                    Err(_) => return,
+                                }
+                            }
+                        };
+                        let subscribe = async {
+                            if client.batch_execute(&listen).await.is_ok() {
+                                if !first {
+                                    let _ = sender.send(Notification::Reconnected).await;
+                                }
+                                first = false;
+                                std::future::pending::<()>().await;
+                            }
+                        };
+                        tokio::select! {
+                            () = drive => {}
+                            () = subscribe => {}
+                            () = sender.closed() => return,
+                        }
+                        tracing::warn!("lost the database notification connection; reconnecting");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot open the notification connection");
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        });
+        receiver
+    }
+}
+
+async fn applied_version(client: &tokio_postgres::Client) -> Result<u32, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM billhook_migrations",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    let version: i32 = row.get(0);
+    Ok(u32::try_from(version).unwrap_or(0))
+}
+
+/// `i64` for `u64`-ish values stored as BIGINT.
+pub(crate) fn big(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// `i32` for small unsigned values stored as INTEGER.
+pub(crate) fn small(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// Back from INTEGER.
+pub(crate) fn unsigned(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}
