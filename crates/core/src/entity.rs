@@ -8,14 +8,14 @@
 //! `provider_status` is the provider's value verbatim, and a status nobody has seen before is
 //! carried through unchanged rather than refused.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::money::{Amount, Currency};
 use crate::time::Timestamp;
 
 /// What an event is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SubjectKind {
     Invoice,
@@ -28,6 +28,19 @@ pub enum SubjectKind {
 }
 
 impl SubjectKind {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "invoice" => SubjectKind::Invoice,
+            "payment" => SubjectKind::Payment,
+            "bill" => SubjectKind::Bill,
+            "dispute" => SubjectKind::Dispute,
+            "biller" => SubjectKind::Biller,
+            "document" => SubjectKind::Document,
+            "network_member" => SubjectKind::NetworkMember,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             SubjectKind::Invoice => "invoice",
@@ -42,7 +55,7 @@ impl SubjectKind {
 }
 
 /// The entity an event is about: its kind and the provider's id for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Subject {
     pub kind: SubjectKind,
     /// The provider's id (`inv_DEWIP9zGRk1Col`, `tx_…`, a Setu `refId`, a CamInvoice document UUID).
@@ -50,7 +63,7 @@ pub struct Subject {
 }
 
 /// A postal address as the provider wrote it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Address {
     pub line1: Option<String>,
     pub line2: Option<String>,
@@ -61,7 +74,7 @@ pub struct Address {
 }
 
 /// A business or person on an invoice.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Party {
     /// The provider's id for the party (Bharat Connect `b2b_id`, Razorpay `customer_id`).
     pub provider_id: Option<String>,
@@ -77,7 +90,7 @@ pub struct Party {
 }
 
 /// One line of an invoice. Money in the invoice's currency.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LineItem {
     pub serial_no: Option<String>,
     pub description: Option<String>,
@@ -97,7 +110,7 @@ pub struct LineItem {
 }
 
 /// Whether an invoice was issued by the account billhook serves or received by it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Outgoing,
@@ -109,7 +122,7 @@ pub enum Direction {
 /// `status` vocabulary: `draft`, `issued`, `sent_to_buyer`, `accepted`, `rejected`,
 /// `partially_paid`, `payment_initiated`, `paid`, `closed`, `cancelled`, `expired`, `deleted`,
 /// and any other provider status lower-cased with spaces as underscores.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InvoiceSnapshot {
     pub provider_invoice_id: String,
     pub number: Option<String>,
@@ -139,7 +152,7 @@ pub struct InvoiceSnapshot {
 }
 
 /// Card details a provider shares about a card payment (never the number).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CardInfo {
     pub network: Option<String>,
     pub last4: Option<String>,
@@ -149,7 +162,7 @@ pub struct CardInfo {
 }
 
 /// Who paid or who was paid.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PaymentParty {
     pub name: Option<String>,
     /// UPI virtual payment address.
@@ -166,7 +179,7 @@ pub struct PaymentParty {
 }
 
 /// The references that tie a payment to the rest of the world.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PaymentReferences {
     /// Bank reference: RRN for UPI, UTR for bank transfers.
     pub bank_reference: Option<String>,
@@ -185,7 +198,7 @@ pub struct PaymentReferences {
 }
 
 /// Why a payment failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PaymentFailure {
     pub code: Option<String>,
     pub reason: Option<String>,
@@ -196,7 +209,7 @@ pub struct PaymentFailure {
 /// `status` vocabulary: `created`, `pending`, `authorized`, `processing`, `succeeded`, `failed`,
 /// `refunded`, and any other provider status lower-cased. `rail` vocabulary: `upi`, `card`,
 /// `netbanking`, `wallet`, `emi`, `bank_transfer`, `bbps`, `cash`, and others as sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PaymentSnapshot {
     pub provider_payment_id: String,
     pub rail: Option<String>,
@@ -224,7 +237,7 @@ pub struct PaymentSnapshot {
 }
 
 /// A payment mode's limits for a bill, in minor units.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PaymentLimit {
     pub mode: String,
     pub min: Option<Amount>,
@@ -233,7 +246,7 @@ pub struct PaymentLimit {
 }
 
 /// A BBPS bill fetched for a customer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BillSnapshot {
     /// Setu's `refId` for the fetch; a later `BILL_PAY` carries the same one.
     pub ref_id: String,
@@ -258,7 +271,7 @@ pub struct BillSnapshot {
 ///
 /// `status` is the provider's dispute status lower-cased (`initialized`, `assigned`, `escalated`,
 /// `resolved`, `unresolved`, `rejected`, `refunded`, …).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DisputeSnapshot {
     pub dispute_id: String,
     /// The `refId` of the disputed transaction.
@@ -270,7 +283,7 @@ pub struct DisputeSnapshot {
 }
 
 /// A plan a BBPS biller offers (a subscription tier, a recharge pack).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BillerPlan {
     /// The plan's numeric id as exact digits.
     pub id: String,
@@ -286,7 +299,7 @@ pub struct BillerPlan {
 }
 
 /// A payment channel or mode a biller accepts, with its limits in minor units.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BillerPaymentOption {
     pub name: String,
     pub min: Option<Amount>,
@@ -297,7 +310,7 @@ pub struct BillerPaymentOption {
 ///
 /// `status` is the provider's biller status lower-cased (`active`, `deactivated`,
 /// `pending_deactivation`, `pending_delete`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BillerSnapshot {
     /// The biller's numeric id as exact digits (it exceeds 2^53).
     pub id: String,
@@ -324,7 +337,7 @@ pub struct BillerSnapshot {
 /// `status` is the CamInvoice document status lower-cased (`pending`, `acknowledged`,
 /// `in_process`, `under_query`, `conditionally_accepted`, `accepted`, `rejected`, `paid`, `sent`,
 /// `delivered`); absent when the event only reports delivery or receipt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DocumentSnapshot {
     pub document_id: String,
     /// The CamInvoice member (`KHUID…`) the notification was addressed to.
@@ -334,7 +347,7 @@ pub struct DocumentSnapshot {
 }
 
 /// A member of an e-invoicing network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NetworkMemberSnapshot {
     /// CamInvoice member id (`KHUID…`).
     pub member_id: String,
@@ -378,6 +391,19 @@ impl EntityData {
             EntityData::Document(document) => &document.document_id,
             EntityData::NetworkMember(member) => &member.member_id,
         }
+    }
+
+    /// Reads a snapshot of the given kind back from its JSON.
+    pub fn from_json(kind: SubjectKind, json: &str) -> Result<Self, serde_json::Error> {
+        Ok(match kind {
+            SubjectKind::Invoice => EntityData::Invoice(serde_json::from_str(json)?),
+            SubjectKind::Payment => EntityData::Payment(serde_json::from_str(json)?),
+            SubjectKind::Bill => EntityData::Bill(serde_json::from_str(json)?),
+            SubjectKind::Dispute => EntityData::Dispute(serde_json::from_str(json)?),
+            SubjectKind::Biller => EntityData::Biller(serde_json::from_str(json)?),
+            SubjectKind::Document => EntityData::Document(serde_json::from_str(json)?),
+            SubjectKind::NetworkMember => EntityData::NetworkMember(serde_json::from_str(json)?),
+        })
     }
 
     pub fn subject(&self) -> Subject {

@@ -84,6 +84,17 @@ event_types! {
     BillerUpdated => "biller.updated", [Biller], "A BBPS biller was added or changed (Setu `BILLER_UPDATES`, one event per biller).";
 }
 
+impl EventType {
+    /// Types billhook's ledger emits on its own (`invoice.settled`, `payment.unmatched`), as
+    /// opposed to the types a provider message becomes.
+    pub fn is_conclusion(&self) -> bool {
+        matches!(
+            self,
+            EventType::InvoiceSettled | EventType::PaymentUnmatched
+        )
+    }
+}
+
 /// A text that names no canonical event type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{0}` is not a canonical event type")]

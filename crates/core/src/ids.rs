@@ -47,6 +47,11 @@ fn fresh_ulid(at: Timestamp) -> Ulid {
     next
 }
 
+/// A fresh time-sortable id with a given prefix, for ids that are plain text (`iv_…`).
+pub fn prefixed_id(prefix: &str, at: Timestamp) -> String {
+    format!("{prefix}_{}", fresh_ulid(at))
+}
+
 fn parse_prefixed(text: &str, prefix: &'static str) -> Result<Ulid, IdError> {
     let rest = text
         .strip_prefix(prefix)

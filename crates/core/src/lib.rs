@@ -11,6 +11,7 @@ pub mod entity;
 pub mod event;
 pub mod identifiers;
 pub mod ids;
+pub mod ledger;
 pub mod money;
 pub mod retry;
 pub mod schema;

@@ -8,8 +8,11 @@
 //! - Statuses: `PENDING, ACKNOWLEDGED, IN_PROCESS, UNDER_QUERY, CONDITIONALLY_ACCEPTED, ACCEPTED,
 //!   REJECTED, PAID`, and `SENT`/`DELIVERED` in detail responses; unknown ones are kept.
 
-use billhook_core::entity::{DocumentSnapshot, EntityData, NetworkMemberSnapshot, status_word};
+use billhook_core::entity::{
+    DocumentSnapshot, EntityData, NetworkMemberSnapshot, SubjectKind, status_word,
+};
 use billhook_core::event::{EventDraft, EventType};
+use billhook_core::ledger::StatusRank;
 use serde::Deserialize;
 
 use crate::auth::AuthKind;
@@ -144,6 +147,27 @@ impl Provider for CamInvoice {
             sandbox: false,
             events: vec![event],
             warnings: warnings.into_vec(),
+        })
+    }
+
+    /// Documents: sent < delivered < pending < acknowledged < in_process < under_query <
+    /// conditionally_accepted < accepted < paid (settles) < rejected (final).
+    fn status_rank(&self, kind: SubjectKind, status: &str) -> Option<StatusRank> {
+        if kind != SubjectKind::Document {
+            return None;
+        }
+        Some(match status {
+            "sent" => StatusRank::new(-2),
+            "delivered" => StatusRank::new(-1),
+            "pending" => StatusRank::new(0),
+            "acknowledged" => StatusRank::new(1),
+            "in_process" => StatusRank::new(2),
+            "under_query" => StatusRank::new(3),
+            "conditionally_accepted" => StatusRank::new(4),
+            "accepted" => StatusRank::new(5),
+            "paid" => StatusRank::settling(6),
+            "rejected" => StatusRank::new(7),
+            _ => return None,
         })
     }
 

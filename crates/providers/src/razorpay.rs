@@ -9,11 +9,13 @@
 //!   `invoice.*` event plus, when a payment is enclosed, a `payment.*` event by the payment's status;
 //!   `payment.authorized|captured|failed` and `order.paid` become `payment.*` events.
 
+use billhook_core::entity::SubjectKind;
 use billhook_core::entity::{
     Address, CardInfo, Direction, EntityData, InvoiceSnapshot, LineItem, Party, PaymentFailure,
     PaymentParty, PaymentReferences, PaymentSnapshot, status_word,
 };
 use billhook_core::event::{EventDraft, EventType};
+use billhook_core::ledger::{PaymentRef, StatusRank};
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
 use serde::Deserialize;
@@ -144,6 +146,27 @@ impl Provider for Razorpay {
             events,
             warnings: warnings.into_vec(),
         })
+    }
+
+    /// Invoices: draft < issued < partially_paid < expired | cancelled | deleted < paid.
+    /// Payments: created < authorized < succeeded (captured) | failed < refunded.
+    fn status_rank(&self, kind: SubjectKind, status: &str) -> Option<StatusRank> {
+        Some(match (kind, status) {
+            (SubjectKind::Invoice, "draft") => StatusRank::new(0),
+            (SubjectKind::Invoice, "issued") => StatusRank::new(1),
+            (SubjectKind::Invoice, "partially_paid") => StatusRank::new(2),
+            (SubjectKind::Invoice, "expired" | "cancelled" | "deleted") => StatusRank::new(3),
+            (SubjectKind::Invoice, "paid") => StatusRank::settling(4),
+            (SubjectKind::Payment, "created") => StatusRank::new(0),
+            (SubjectKind::Payment, "authorized") => StatusRank::new(1),
+            (SubjectKind::Payment, "succeeded" | "failed") => StatusRank::new(2),
+            (SubjectKind::Payment, "refunded") => StatusRank::new(3),
+            _ => return None,
+        })
+    }
+
+    fn default_link_rule(&self) -> &'static [PaymentRef] {
+        &[PaymentRef::InvoiceId, PaymentRef::OrderId]
     }
 
     fn sign(&self, auth: &SourceAuth, body: &[u8], now: Timestamp) -> Vec<(String, String)> {

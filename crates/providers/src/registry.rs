@@ -1,6 +1,8 @@
 //! The provider registry: the one list of providers billhook speaks, and the trait each
 //! provider module implements.
 
+use billhook_core::entity::SubjectKind;
+use billhook_core::ledger::{PaymentRef, StatusRank};
 use billhook_core::time::Timestamp;
 
 use crate::auth::{AuthKind, Secret, SourceAuth, Verification, VerifyError};
@@ -39,6 +41,19 @@ pub trait Provider: Send + Sync + 'static {
     fn dedup_key_hint(&self, request: &InboundRequest<'_>) -> Option<String> {
         let _ = request;
         None
+    }
+
+    /// Where a status (billhook's word for it) stands among this provider's statuses for one kind
+    /// of entity, so the ledger moves only forward. `None` for statuses without an order.
+    fn status_rank(&self, kind: SubjectKind, status: &str) -> Option<StatusRank> {
+        let _ = (kind, status);
+        None
+    }
+
+    /// The payment references the ledger matches this provider's payments on, unless a source
+    /// says otherwise.
+    fn default_link_rule(&self) -> &'static [PaymentRef] {
+        &[]
     }
 
     /// Parses and normalizes a verified message into canonical event drafts.

@@ -11,11 +11,13 @@
 //!   are decimal rupee strings. Biller and plan `ID`s exceed 2^53 and are kept as exact digits.
 //! - Statuses are compared case-insensitively (`SUCCESS`, `Success`).
 
+use billhook_core::entity::SubjectKind;
 use billhook_core::entity::{
     BillSnapshot, BillerPaymentOption, BillerPlan, BillerSnapshot, DisputeSnapshot, EntityData,
     PaymentFailure, PaymentLimit, PaymentReferences, PaymentSnapshot, status_word,
 };
 use billhook_core::event::{EventDraft, EventType};
+use billhook_core::ledger::{PaymentRef, StatusRank};
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
 use serde::Deserialize;
@@ -115,6 +117,36 @@ impl Provider for SetuBbps {
             events,
             warnings: warnings.into_vec(),
         })
+    }
+
+    /// Payments: processing < succeeded | failed < credit_adjustment. Disputes: initialized <
+    /// assigned (any) < escalated < pending_refund < resolved | unresolved | rejected |
+    /// default_resolved | failed < refunded. Billers have no order: the latest update wins.
+    fn status_rank(&self, kind: SubjectKind, status: &str) -> Option<StatusRank> {
+        Some(match (kind, status) {
+            (SubjectKind::Payment, "processing") => StatusRank::new(0),
+            (SubjectKind::Payment, "succeeded" | "failed") => StatusRank::new(1),
+            (SubjectKind::Payment, "credit_adjustment") => StatusRank::new(2),
+            (SubjectKind::Dispute, "initialized") => StatusRank::new(0),
+            (SubjectKind::Dispute, status)
+                if status.starts_with("assigned") || status == "re_assigned" =>
+            {
+                StatusRank::new(1)
+            }
+            (SubjectKind::Dispute, "escalated") => StatusRank::new(2),
+            (SubjectKind::Dispute, "pending_refund") => StatusRank::new(3),
+            (
+                SubjectKind::Dispute,
+                "resolved" | "unresolved" | "rejected" | "default_resolved" | "failed",
+            ) => StatusRank::new(4),
+            (SubjectKind::Dispute, "refunded") => StatusRank::new(5),
+            (SubjectKind::Bill, "success" | "failure") => StatusRank::new(0),
+            _ => return None,
+        })
+    }
+
+    fn default_link_rule(&self) -> &'static [PaymentRef] {
+        &[PaymentRef::BillRefId, PaymentRef::BillerRefId]
     }
 
     fn emulated_events(&self) -> &'static [EmulatedEvent] {

@@ -14,11 +14,13 @@
 //!   Connect's edit event is also sent as `change_status` (recognised by its missing `status`), and
 //!   `transaction_detais` is accepted for `transaction_details`.
 
+use billhook_core::entity::SubjectKind;
 use billhook_core::entity::{
     Address, Direction, EntityData, InvoiceSnapshot, LineItem, Party, PaymentParty,
     PaymentReferences, PaymentSnapshot, status_word,
 };
 use billhook_core::event::{EventDraft, EventType};
+use billhook_core::ledger::{PaymentRef, StatusRank};
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
 use serde::Deserialize;
@@ -118,6 +120,26 @@ impl Provider for Zwitch {
             events,
             warnings: warnings.into_vec(),
         })
+    }
+
+    /// UPI payments: pending < succeeded | failed. Bharat Connect invoices: sent_to_buyer <
+    /// accepted | rejected < payment_initiated < paid < closed (paid and closed settle).
+    fn status_rank(&self, kind: SubjectKind, status: &str) -> Option<StatusRank> {
+        Some(match (kind, status) {
+            (SubjectKind::Payment, "pending") => StatusRank::new(0),
+            (SubjectKind::Payment, "succeeded" | "failed") => StatusRank::new(1),
+            (SubjectKind::Invoice, "sent_to_buyer") => StatusRank::new(0),
+            (SubjectKind::Invoice, "accepted") => StatusRank::new(1),
+            (SubjectKind::Invoice, status) if is_rejection(status) => StatusRank::new(1),
+            (SubjectKind::Invoice, "payment_initiated") => StatusRank::new(2),
+            (SubjectKind::Invoice, "paid") => StatusRank::settling(3),
+            (SubjectKind::Invoice, "closed") => StatusRank::settling(4),
+            _ => return None,
+        })
+    }
+
+    fn default_link_rule(&self) -> &'static [PaymentRef] {
+        &[PaymentRef::MerchantReference, PaymentRef::Remark]
     }
 
     fn sign(&self, auth: &SourceAuth, body: &[u8], now: Timestamp) -> Vec<(String, String)> {

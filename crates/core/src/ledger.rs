@@ -1,0 +1,671 @@
+//! The ledger: what billhook concludes about invoices, payments, bills, billers, disputes and
+//! documents from everything providers have said, whatever the order they said it in.
+//!
+//! Rules, all order-independent:
+//!
+//! - **Forward-only status.** Each provider ranks its statuses per entity kind (its module's
+//!   `status_rank`). An entity's status is the one with the greatest [`Precedence`]: the higher
+//!   rank, then the later provider time, then a hash of the status (so ties break the same way
+//!   every time). A late, older snapshot never regresses an entity, and every snapshot still enters
+//!   the history. Statuses without a rank (unknown ones, billers) lose to ranked ones and follow
+//!   time among themselves.
+//! - **Content** (names, amounts, line items) comes from the latest snapshot by provider time.
+//! - **Reconciliation.** A payment links to the invoice or bill its references name, by the
+//!   source's link rule (Razorpay: invoice and order ids; Zwitch: merchant reference or remark
+//!   equal to an invoice number or id; Setu: the bill's `refId` or `billerRefId`). An invoice or
+//!   bill arriving after its payments picks them up. `paid` sums the succeeded linked payments,
+//!   each once; a status that means "paid" (Bharat Connect `PAID`, Razorpay `paid`) settles the
+//!   amount by itself. `due` and `overpaid` follow.
+//! - **Conclusions.** An invoice whose `paid` reaches its amount is settled, once: the repository
+//!   records an `invoice.settled` event in the same transaction.
+//!
+//! [`apply`] is written once, against [`LedgerRepo`]; each store backend implements the
+//! repository over its own SQL, inside the ingest transaction.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use crate::entity::{EntityData, SubjectKind};
+use crate::event::EventType;
+use crate::ids::{EventId, InboundId};
+use crate::money::{Amount, Currency};
+use crate::time::Timestamp;
+
+/// Where a status stands among a provider's statuses for one kind of entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRank {
+    pub level: i32,
+    /// The status means the entity is paid in full (an invoice `paid`, a document `PAID`).
+    pub settles: bool,
+}
+
+impl StatusRank {
+    pub const fn new(level: i32) -> Self {
+        Self {
+            level,
+            settles: false,
+        }
+    }
+
+    pub const fn settling(level: i32) -> Self {
+        Self {
+            level,
+            settles: true,
+        }
+    }
+}
+
+/// The order in which snapshots win: rank, then provider time, then a stable hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Precedence {
+    pub level: i32,
+    pub at: i64,
+    pub tiebreak: u64,
+}
+
+impl Precedence {
+    /// Below every real snapshot.
+    pub const NONE: Precedence = Precedence {
+        level: i32::MIN,
+        at: i64::MIN,
+        tiebreak: 0,
+    };
+}
+
+/// FNV-1a over the parts, each followed by a zero byte. Hashes are stored and compared across
+/// releases and instances, so the function is fixed here rather than left to the standard
+/// library (whose hasher may change between Rust versions).
+pub fn stable_hash(parts: &[&str]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    for part in parts {
+        for byte in part.bytes().chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    }
+    hash
+}
+
+/// The names of everything applying `fact` may read or change: its entity and the references
+/// that link payments to invoices and bills. Writers that apply facts concurrently (several
+/// instances on one database) serialize on these names, so a payment and its invoice arriving
+/// at the same moment still find each other. Sorted and without repeats.
+pub fn lock_names(facts: &[Fact]) -> Vec<String> {
+    let mut names = Vec::new();
+    for fact in facts {
+        let kind = fact.data.kind();
+        if !tracks(kind) {
+            continue;
+        }
+        names.push(format!(
+            "entity/{}/{}/{}",
+            kind.as_str(),
+            fact.provider,
+            fact.data.provider_id()
+        ));
+        let references: Vec<&Option<String>> = match &fact.data {
+            EntityData::Payment(payment) => {
+                let r = &payment.references;
+                vec![
+                    &r.invoice_id,
+                    &r.order_id,
+                    &r.merchant_reference,
+                    &r.remark,
+                    &r.bill_ref_id,
+                    &r.biller_ref_id,
+                ]
+            }
+            EntityData::Invoice(invoice) => vec![&invoice.number, &invoice.order_id],
+            EntityData::Bill(bill) => vec![&bill.biller_ref_id],
+            _ => Vec::new(),
+        };
+        if matches!(kind, SubjectKind::Invoice | SubjectKind::Bill) {
+            names.push(format!("ref/{}", fact.data.provider_id()));
+        }
+        names.extend(
+            references
+                .into_iter()
+                .flatten()
+                .filter(|value| !value.is_empty())
+                .map(|value| format!("ref/{value}")),
+        );
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Which payment references a source's payments are matched on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaymentRef {
+    /// The provider's invoice id named by the payment (Razorpay `invoice_id`).
+    InvoiceId,
+    /// The order id, matched with the invoice's order (Razorpay).
+    OrderId,
+    /// The merchant reference, matched with an invoice number or id (Zwitch).
+    MerchantReference,
+    /// The payment remark, matched with an invoice number or id (Zwitch).
+    Remark,
+    /// The bill's reference id (Setu `refId`).
+    BillRefId,
+    /// The biller's reference for the customer (Setu `billerRefId`).
+    BillerRefId,
+}
+
+impl PaymentRef {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "invoice_id" => PaymentRef::InvoiceId,
+            "order_id" => PaymentRef::OrderId,
+            "merchant_reference" => PaymentRef::MerchantReference,
+            "remark" => PaymentRef::Remark,
+            "bill_ref_id" => PaymentRef::BillRefId,
+            "biller_ref_id" => PaymentRef::BillerRefId,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PaymentRef::InvoiceId => "invoice_id",
+            PaymentRef::OrderId => "order_id",
+            PaymentRef::MerchantReference => "merchant_reference",
+            PaymentRef::Remark => "remark",
+            PaymentRef::BillRefId => "bill_ref_id",
+            PaymentRef::BillerRefId => "biller_ref_id",
+        }
+    }
+}
+
+/// The references a payment is matched on, as the source's rule allows (others stay `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct PaymentRefs {
+    pub invoice_id: Option<String>,
+    pub order_id: Option<String>,
+    pub merchant_reference: Option<String>,
+    pub remark: Option<String>,
+    pub bill_ref_id: Option<String>,
+    pub biller_ref_id: Option<String>,
+}
+
+/// The keys an invoice or bill is found by.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TargetKeys {
+    /// Invoice number, or a bill's biller reference.
+    pub number: Option<String>,
+    /// The invoice's order (Razorpay).
+    pub order_id: Option<String>,
+}
+
+/// One canonical event's contribution to the ledger.
+#[derive(Debug, Clone)]
+pub struct Fact {
+    pub event_id: EventId,
+    pub event_type: EventType,
+    pub inbound_id: InboundId,
+    pub source: String,
+    pub provider: String,
+    pub provider_event: String,
+    /// The message came from a provider's test mode.
+    pub sandbox: bool,
+    pub occurred_at: Timestamp,
+    pub received_at: Timestamp,
+    pub data: EntityData,
+    /// The provider's rank for the snapshot's status, when it has one.
+    pub rank: Option<StatusRank>,
+    /// For payments: which references the source matches on.
+    pub link_rule: Vec<PaymentRef>,
+}
+
+/// One entity in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entity {
+    /// billhook's id for it (`iv_…`, `py_…`, `bl_…`, `br_…`, `dp_…`, `dc_…`).
+    pub id: String,
+    pub kind: SubjectKind,
+    pub provider: String,
+    pub provider_id: String,
+    pub source: String,
+    pub status: Option<String>,
+    pub provider_status: Option<String>,
+    pub status_precedence: Precedence,
+    /// The winning status means paid in full.
+    pub status_settles: bool,
+    /// The latest snapshot by provider time (status fields as the provider sent them).
+    pub snapshot: EntityData,
+    pub content_precedence: Precedence,
+    pub keys: TargetKeys,
+    pub refs: PaymentRefs,
+    pub currency: Option<Currency>,
+    pub amount: Option<Amount>,
+    /// For payments: what counts towards an invoice (succeeded, net of refunds); zero otherwise.
+    pub counted: Amount,
+    /// For invoices and bills: what linked payments (or a paid status) cover.
+    pub paid: Amount,
+    pub due: Option<Amount>,
+    pub overpaid: Amount,
+    /// When an outstanding invoice becomes overdue (Razorpay `expire_by`, a bill's due date).
+    pub due_by: Option<Timestamp>,
+    /// For payments: the invoice or bill it pays, and by which reference.
+    pub linked_to: Option<String>,
+    pub link_rule: Option<String>,
+    pub settled_event: Option<EventId>,
+    pub settled_at: Option<Timestamp>,
+    pub unmatched_event: Option<EventId>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// The stored message the content came from.
+    pub inbound_id: InboundId,
+}
+
+/// A status the entity reported, applied or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub entity_id: String,
+    pub event_id: EventId,
+    pub event_type: EventType,
+    pub status: Option<String>,
+    pub provider_status: Option<String>,
+    pub level: Option<i32>,
+    pub occurred_at: Timestamp,
+    pub received_at: Timestamp,
+    /// False when the snapshot was older than the state and only entered the history.
+    pub applied: bool,
+}
+
+/// What the message that led to a conclusion was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    pub source: String,
+    /// The message came from a provider's test mode.
+    pub sandbox: bool,
+    pub provider: String,
+    pub provider_event: String,
+    pub inbound_id: InboundId,
+    pub at: Timestamp,
+}
+
+/// Something the ledger concluded, to be announced as a canonical event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conclusion {
+    /// The payments linked to an invoice cover its amount.
+    InvoiceSettled { invoice: Entity, trigger: Trigger },
+    /// A succeeded payment matched no invoice or bill within the matching window.
+    PaymentUnmatched { payment: Entity, at: Timestamp },
+}
+
+/// The storage the ledger rules run against: one transaction's view of the ledger tables.
+#[allow(async_fn_in_trait)]
+pub trait LedgerRepo {
+    type Error;
+
+    async fn entity(
+        &mut self,
+        kind: SubjectKind,
+        provider: &str,
+        provider_id: &str,
+    ) -> Result<Option<Entity>, Self::Error>;
+
+    async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, Self::Error>;
+
+    /// Invoices and bills that a payment's references name.
+    async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, Self::Error>;
+
+    /// Payments not linked yet whose references name this invoice or bill.
+    async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error>;
+
+    /// Payments linked to this invoice or bill.
+    async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, Self::Error>;
+
+    async fn save(&mut self, entity: &Entity) -> Result<(), Self::Error>;
+
+    async fn record_history(&mut self, entry: &HistoryEntry) -> Result<(), Self::Error>;
+
+    /// Records a conclusion as a canonical event (with its deliveries); returns the event's id.
+    async fn conclude(&mut self, conclusion: &Conclusion) -> Result<EventId, Self::Error>;
+}
+
+/// The id prefix of each kind of ledger entity.
+fn prefix(kind: SubjectKind) -> &'static str {
+    match kind {
+        SubjectKind::Invoice => "iv",
+        SubjectKind::Payment => "py",
+        SubjectKind::Bill => "bl",
+        SubjectKind::Biller => "br",
+        SubjectKind::Dispute => "dp",
+        SubjectKind::Document => "dc",
+        SubjectKind::NetworkMember => "nm",
+    }
+}
+
+/// Whether the ledger keeps entities of this kind.
+pub fn tracks(kind: SubjectKind) -> bool {
+    !matches!(kind, SubjectKind::NetworkMember)
+}
+
+/// The status fields of a snapshot: billhook's word and the provider's text.
+pub fn status_of(data: &EntityData) -> (Option<String>, Option<String>) {
+    match data {
+        EntityData::Invoice(i) => (i.status.clone(), i.provider_status.clone()),
+        EntityData::Payment(p) => (Some(p.status.clone()), Some(p.provider_status.clone())),
+        EntityData::Bill(b) => (b.status.clone(), b.provider_status.clone()),
+        EntityData::Dispute(d) => (Some(d.status.clone()), Some(d.provider_status.clone())),
+        EntityData::Biller(b) => (b.status.clone(), b.provider_status.clone()),
+        EntityData::Document(d) => (d.status.clone(), d.provider_status.clone()),
+        EntityData::NetworkMember(m) => (Some(m.status.clone()), None),
+    }
+}
+
+/// Money, due date, keys and references from a snapshot.
+fn describe(entity: &mut Entity, rule: &[PaymentRef]) {
+    match &entity.snapshot {
+        EntityData::Invoice(invoice) => {
+            entity.currency = Some(invoice.currency);
+            entity.amount = invoice.amount;
+            entity.due_by = invoice.expires_at;
+            entity.keys = TargetKeys {
+                number: invoice.number.clone(),
+                order_id: invoice.order_id.clone(),
+            };
+        }
+        EntityData::Bill(bill) => {
+            entity.currency = Some(bill.currency);
+            entity.amount = bill.amount;
+            entity.due_by = bill
+                .due_date
+                .as_deref()
+                .and_then(|d| Timestamp::parse_rfc3339(&format!("{d}T23:59:59+05:30")).ok());
+            entity.keys = TargetKeys {
+                number: bill.biller_ref_id.clone(),
+                order_id: None,
+            };
+        }
+        EntityData::Payment(payment) => {
+            entity.currency = Some(payment.currency);
+            entity.amount = Some(payment.amount);
+            let r = &payment.references;
+            let allowed = |which: PaymentRef, value: &Option<String>| {
+                value
+                    .clone()
+                    .filter(|v| !v.is_empty() && rule.contains(&which))
+            };
+            entity.refs = PaymentRefs {
+                invoice_id: allowed(PaymentRef::InvoiceId, &r.invoice_id),
+                order_id: allowed(PaymentRef::OrderId, &r.order_id),
+                merchant_reference: allowed(PaymentRef::MerchantReference, &r.merchant_reference),
+                remark: allowed(PaymentRef::Remark, &r.remark),
+                bill_ref_id: allowed(PaymentRef::BillRefId, &r.bill_ref_id),
+                biller_ref_id: allowed(PaymentRef::BillerRefId, &r.biller_ref_id),
+            };
+        }
+        _ => {}
+    }
+}
+
+/// What a payment contributes: its amount net of refunds once it has succeeded.
+fn counted(entity: &Entity) -> Amount {
+    match (&entity.snapshot, entity.status.as_deref()) {
+        (EntityData::Payment(payment), Some("succeeded")) => {
+            let refunded = payment.amount_refunded.unwrap_or(Amount::ZERO);
+            payment
+                .amount
+                .checked_sub(refunded)
+                .filter(|a| a.minor() > 0)
+                .unwrap_or(Amount::ZERO)
+        }
+        _ => Amount::ZERO,
+    }
+}
+
+/// Which reference linked a payment to a target, if any.
+fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<&'static str> {
+    let names = |value: &Option<String>| {
+        value
+            .as_ref()
+            .is_some_and(|v| *v == target.provider_id || target.keys.number.as_ref() == Some(v))
+    };
+    match target.kind {
+        SubjectKind::Invoice => {
+            if payment.invoice_id.as_ref() == Some(&target.provider_id) {
+                Some("invoice_id")
+            } else if payment.order_id.is_some() && payment.order_id == target.keys.order_id {
+                Some("order_id")
+            } else if names(&payment.merchant_reference) {
+                Some("merchant_reference")
+            } else if names(&payment.remark) {
+                Some("remark")
+            } else {
+                None
+            }
+        }
+        SubjectKind::Bill => {
+            if payment.bill_ref_id.as_ref() == Some(&target.provider_id) {
+                Some("bill_ref_id")
+            } else if payment.biller_ref_id.is_some() && payment.biller_ref_id == target.keys.number
+            {
+                Some("biller_ref_id")
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// What applying one fact did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The entity the fact was about, if the ledger keeps its kind.
+    pub entity_id: Option<String>,
+    /// Whether its status moved.
+    pub status_applied: bool,
+    pub conclusions: Vec<EventId>,
+}
+
+/// Applies one fact: merges it into its entity, links payments and their invoices or bills,
+/// recomputes totals, and concludes settlements.
+pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, R::Error> {
+    let kind = fact.data.kind();
+    if !tracks(kind) {
+        return Ok(Applied::default());
+    }
+    let provider_id = fact.data.provider_id().to_owned();
+    let now = fact.received_at;
+    let mut entity = match repo.entity(kind, &fact.provider, &provider_id).await? {
+        Some(entity) => entity,
+        None => Entity {
+            id: crate::ids::prefixed_id(prefix(kind), fact.received_at),
+            kind,
+            provider: fact.provider.clone(),
+            provider_id: provider_id.clone(),
+            source: fact.source.clone(),
+            status: None,
+            provider_status: None,
+            status_precedence: Precedence::NONE,
+            status_settles: false,
+            snapshot: fact.data.clone(),
+            content_precedence: Precedence::NONE,
+            keys: TargetKeys::default(),
+            refs: PaymentRefs::default(),
+            currency: None,
+            amount: None,
+            counted: Amount::ZERO,
+            paid: Amount::ZERO,
+            due: None,
+            overpaid: Amount::ZERO,
+            due_by: None,
+            linked_to: None,
+            link_rule: None,
+            settled_event: None,
+            settled_at: None,
+            unmatched_event: None,
+            created_at: now,
+            updated_at: now,
+            inbound_id: fact.inbound_id,
+        },
+    };
+
+    // Status: forward only.
+    let (status, provider_status) = status_of(&fact.data);
+    let mut status_applied = false;
+    if let Some(word) = &status {
+        let precedence = Precedence {
+            level: fact.rank.map_or(i32::MIN, |r| r.level),
+            at: fact.occurred_at.unix_millis(),
+            tiebreak: stable_hash(&[word, provider_status.as_deref().unwrap_or("")]),
+        };
+        if precedence > entity.status_precedence {
+            entity.status = Some(word.clone());
+            entity.provider_status = provider_status.clone();
+            entity.status_precedence = precedence;
+            entity.status_settles = fact.rank.is_some_and(|r| r.settles);
+            status_applied = true;
+        }
+    }
+
+    // Content: the latest snapshot by provider time.
+    let snapshot_json = serde_json::to_string(&fact.data).unwrap_or_default();
+    let content = Precedence {
+        level: 0,
+        at: fact.occurred_at.unix_millis(),
+        tiebreak: stable_hash(&[&snapshot_json]),
+    };
+    if content > entity.content_precedence {
+        entity.snapshot = fact.data.clone();
+        entity.content_precedence = content;
+        entity.inbound_id = fact.inbound_id;
+        describe(&mut entity, &fact.link_rule);
+    }
+    entity.counted = counted(&entity);
+    entity.updated_at = now;
+
+    repo.record_history(&HistoryEntry {
+        entity_id: entity.id.clone(),
+        event_id: fact.event_id,
+        event_type: fact.event_type,
+        status: status.clone(),
+        provider_status,
+        level: fact.rank.map(|r| r.level),
+        occurred_at: fact.occurred_at,
+        received_at: fact.received_at,
+        applied: status_applied,
+    })
+    .await?;
+
+    let trigger = Trigger {
+        source: fact.source.clone(),
+        sandbox: fact.sandbox,
+        provider: fact.provider.clone(),
+        provider_event: fact.provider_event.clone(),
+        inbound_id: fact.inbound_id,
+        at: now,
+    };
+    let mut conclusions = Vec::new();
+    match kind {
+        SubjectKind::Payment => {
+            if entity.linked_to.is_none() {
+                let mut targets = repo.targets_for(&entity.refs).await?;
+                // Several candidates: the same choice whatever the arrival order.
+                targets.sort_by(|a, b| {
+                    (&a.provider, &a.provider_id).cmp(&(&b.provider, &b.provider_id))
+                });
+                if let Some((target, reason)) = targets
+                    .iter()
+                    .find_map(|t| link_reason(&entity.refs, t).map(|reason| (t, reason)))
+                {
+                    entity.linked_to = Some(target.id.clone());
+                    entity.link_rule = Some(reason.to_owned());
+                }
+            }
+            repo.save(&entity).await?;
+            if let Some(target) = entity.linked_to.clone() {
+                conclusions.extend(recompute(repo, &target, &trigger).await?);
+            }
+        }
+        SubjectKind::Invoice | SubjectKind::Bill => {
+            repo.save(&entity).await?;
+            for mut payment in repo.linkable_payments(&entity).await? {
+                if let Some(reason) = link_reason(&payment.refs, &entity) {
+                    payment.linked_to = Some(entity.id.clone());
+                    payment.link_rule = Some(reason.to_owned());
+                    payment.updated_at = now;
+                    repo.save(&payment).await?;
+                }
+            }
+            conclusions.extend(recompute(repo, &entity.id, &trigger).await?);
+        }
+        _ => repo.save(&entity).await?,
+    }
+    Ok(Applied {
+        entity_id: Some(entity.id),
+        status_applied,
+        conclusions,
+    })
+}
+
+/// Recomputes an invoice's or bill's totals from its linked payments and its status, and
+/// concludes its settlement the first time it is covered.
+async fn recompute<R: LedgerRepo>(
+    repo: &mut R,
+    target_id: &str,
+    trigger: &Trigger,
+) -> Result<Vec<EventId>, R::Error> {
+    let Some(mut target) = repo.entity_by_id(target_id).await? else {
+        return Ok(Vec::new());
+    };
+    let payments = repo.linked_payments(target_id).await?;
+    let from_payments = payments
+        .iter()
+        .filter(|p| p.currency == target.currency || target.currency.is_none())
+        .fold(Amount::ZERO, |sum, p| {
+            sum.checked_add(p.counted).unwrap_or(sum)
+        });
+    let amount = target.amount;
+    let paid = match amount {
+        Some(amount) if target.status_settles => from_payments.max(amount),
+        _ => from_payments,
+    };
+    target.paid = paid;
+    target.due = amount.map(|a| {
+        a.checked_sub(paid)
+            .filter(|d| d.minor() > 0)
+            .unwrap_or(Amount::ZERO)
+    });
+    target.overpaid = amount
+        .and_then(|a| paid.checked_sub(a))
+        .filter(|o| o.minor() > 0)
+        .unwrap_or(Amount::ZERO);
+    let mut concluded = Vec::new();
+    let covered = amount.is_some_and(|a| a.minor() > 0 && paid >= a);
+    if target.kind == SubjectKind::Invoice && covered && target.settled_event.is_none() {
+        target.updated_at = trigger.at;
+        let event = repo
+            .conclude(&Conclusion::InvoiceSettled {
+                invoice: target.clone(),
+                trigger: trigger.clone(),
+            })
+            .await?;
+        target.settled_event = Some(event);
+        target.settled_at = Some(trigger.at);
+        concluded.push(event);
+    }
+    repo.save(&target).await?;
+    Ok(concluded)
+}
+
+/// Runs a future that never waits (a repository over a synchronous database connection) to
+/// completion on the current thread.
+pub fn run_ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        Poll::Ready(output) => output,
+        Poll::Pending => unreachable!("a synchronous repository's future never waits"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

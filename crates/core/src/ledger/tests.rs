@@ -1,0 +1,586 @@
+//! The ledger rules against an in-memory repository: out-of-order and duplicate sequences, and
+//! the property that arrival order never changes the outcome.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::entity::{InvoiceSnapshot, PaymentReferences, PaymentSnapshot};
+
+/// The ledger tables as maps, and the conclusions recorded.
+#[derive(Default)]
+struct MemoryRepo {
+    entities: HashMap<String, Entity>,
+    history: Vec<HistoryEntry>,
+    conclusions: Vec<Conclusion>,
+}
+
+impl LedgerRepo for MemoryRepo {
+    type Error = std::convert::Infallible;
+
+    async fn entity(
+        &mut self,
+        kind: SubjectKind,
+        provider: &str,
+        provider_id: &str,
+    ) -> Result<Option<Entity>, Self::Error> {
+        Ok(self
+            .entities
+            .values()
+            .find(|e| e.kind == kind && e.provider == provider && e.provider_id == provider_id)
+            .cloned())
+    }
+
+    async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, Self::Error> {
+        Ok(self.entities.get(id).cloned())
+    }
+
+    async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, Self::Error> {
+        Ok(self
+            .entities
+            .values()
+            .filter(|e| {
+                matches!(e.kind, SubjectKind::Invoice | SubjectKind::Bill)
+                    && link_reason(refs, e).is_some()
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error> {
+        Ok(self
+            .entities
+            .values()
+            .filter(|e| {
+                e.kind == SubjectKind::Payment
+                    && e.linked_to.is_none()
+                    && link_reason(&e.refs, target).is_some()
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, Self::Error> {
+        Ok(self
+            .entities
+            .values()
+            .filter(|e| e.linked_to.as_deref() == Some(target_id))
+            .cloned()
+            .collect())
+    }
+
+    async fn save(&mut self, entity: &Entity) -> Result<(), Self::Error> {
+        self.entities.insert(entity.id.clone(), entity.clone());
+        Ok(())
+    }
+
+    async fn record_history(&mut self, entry: &HistoryEntry) -> Result<(), Self::Error> {
+        self.history.push(entry.clone());
+        Ok(())
+    }
+
+    async fn conclude(&mut self, conclusion: &Conclusion) -> Result<EventId, Self::Error> {
+        self.conclusions.push(conclusion.clone());
+        Ok(EventId::new())
+    }
+}
+
+impl MemoryRepo {
+    fn apply(&mut self, fact: &Fact) -> Applied {
+        match run_ready(apply(self, fact)) {
+            Ok(applied) => applied,
+            Err(never) => match never {},
+        }
+    }
+
+    fn find(&self, kind: SubjectKind, provider_id: &str) -> &Entity {
+        self.entities
+            .values()
+            .find(|e| e.kind == kind && e.provider_id == provider_id)
+            .unwrap_or_else(|| panic!("no {kind:?} {provider_id}"))
+    }
+
+    /// The ledger with billhook's own ids replaced by what they identify, for comparing runs.
+    fn outcome(&self) -> BTreeMap<String, String> {
+        let key = |id: &str| {
+            let e = &self.entities[id];
+            format!("{}:{}:{}", e.kind.as_str(), e.provider, e.provider_id)
+        };
+        self.entities
+            .values()
+            .map(|e| {
+                let mut e = e.clone();
+                let linked = e.linked_to.as_deref().map(key);
+                let settled = e.settled_event.is_some();
+                e.id = String::new();
+                e.settled_event = None;
+                e.settled_at = None;
+                e.created_at = Timestamp::from_unix_millis(0);
+                e.updated_at = Timestamp::from_unix_millis(0);
+                e.linked_to = None;
+                (
+                    format!("{}:{}:{}", e.kind.as_str(), e.provider, e.provider_id),
+                    format!("{e:?} linked={linked:?} settled={settled}"),
+                )
+            })
+            .collect()
+    }
+}
+
+const T0: i64 = 1_700_000_000_000;
+
+fn invoice(id: &str, status: &str, amount: i64, at: i64, rank: StatusRank) -> Fact {
+    let snapshot = InvoiceSnapshot {
+        provider_invoice_id: id.to_owned(),
+        number: Some(format!("N-{id}")),
+        direction: None,
+        status: Some(status.to_owned()),
+        provider_status: Some(status.to_owned()),
+        currency: Currency::INR,
+        amount: Some(Amount::from_minor(amount)),
+        taxable_amount: None,
+        tax_amount: None,
+        amount_paid: None,
+        amount_due: None,
+        supplier: None,
+        buyer: None,
+        place_of_supply: None,
+        line_items: Vec::new(),
+        order_id: Some(format!("order_{id}")),
+        payment_id: None,
+        description: None,
+        issued_at: None,
+        paid_at: None,
+        expires_at: None,
+        cancelled_at: None,
+        expired_at: None,
+    };
+    fact(
+        EntityData::Invoice(snapshot),
+        at,
+        Some(rank),
+        "razorpay",
+        vec![],
+    )
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per field the cases vary, so each case reads as a row"
+)]
+fn payment(
+    id: &str,
+    status: &str,
+    amount: i64,
+    invoice: Option<&str>,
+    merchant: Option<&str>,
+    at: i64,
+    rank: Option<StatusRank>,
+    provider: &str,
+) -> Fact {
+    let snapshot = PaymentSnapshot {
+        provider_payment_id: id.to_owned(),
+        rail: Some("upi".into()),
+        method: None,
+        status: status.to_owned(),
+        provider_status: status.to_owned(),
+        amount: Amount::from_minor(amount),
+        currency: Currency::INR,
+        amount_refunded: None,
+        fee: None,
+        fee_tax: None,
+        payer: None,
+        payee: None,
+        references: PaymentReferences {
+            invoice_id: invoice.map(str::to_owned),
+            merchant_reference: merchant.map(str::to_owned),
+            ..PaymentReferences::default()
+        },
+        description: None,
+        failure: None,
+        created_at: None,
+        completed_at: None,
+        settled: None,
+        settled_at: None,
+    };
+    let rule = if provider == "razorpay" {
+        vec![PaymentRef::InvoiceId, PaymentRef::OrderId]
+    } else {
+        vec![PaymentRef::MerchantReference, PaymentRef::Remark]
+    };
+    fact(EntityData::Payment(snapshot), at, rank, provider, rule)
+}
+
+fn fact(
+    data: EntityData,
+    at: i64,
+    rank: Option<StatusRank>,
+    provider: &str,
+    link_rule: Vec<PaymentRef>,
+) -> Fact {
+    Fact {
+        event_id: EventId::new(),
+        event_type: EventType::PaymentUpdated,
+        inbound_id: InboundId::new(),
+        source: provider.to_owned(),
+        provider: provider.to_owned(),
+        provider_event: "test".to_owned(),
+        sandbox: false,
+        occurred_at: Timestamp::from_unix_millis(T0 + at),
+        received_at: Timestamp::from_unix_millis(T0 + 1_000_000 + at),
+        data,
+        rank,
+        link_rule,
+    }
+}
+
+// Razorpay-like ranks, as the provider module defines them.
+const ISSUED: StatusRank = StatusRank::new(1);
+const PARTIALLY_PAID: StatusRank = StatusRank::new(2);
+const PAID: StatusRank = StatusRank::settling(4);
+const CREATED: StatusRank = StatusRank::new(0);
+const AUTHORIZED: StatusRank = StatusRank::new(1);
+const CAPTURED: StatusRank = StatusRank::new(2);
+
+#[test]
+fn a_late_older_snapshot_never_regresses_but_enters_the_history() {
+    let mut repo = MemoryRepo::default();
+    let captured = payment(
+        "pay_1",
+        "succeeded",
+        500,
+        None,
+        None,
+        20,
+        Some(CAPTURED),
+        "razorpay",
+    );
+    let authorized = payment(
+        "pay_1",
+        "authorized",
+        500,
+        None,
+        None,
+        10,
+        Some(AUTHORIZED),
+        "razorpay",
+    );
+    assert!(repo.apply(&captured).status_applied);
+    assert!(!repo.apply(&authorized).status_applied);
+    let entity = repo.find(SubjectKind::Payment, "pay_1");
+    assert_eq!(entity.status.as_deref(), Some("succeeded"));
+    assert_eq!(entity.counted, Amount::from_minor(500));
+    assert_eq!(repo.history.len(), 2);
+    assert!(!repo.history[1].applied);
+}
+
+#[test]
+fn unknown_statuses_are_recorded_without_moving_a_ranked_state() {
+    let mut repo = MemoryRepo::default();
+    repo.apply(&payment(
+        "tx_1",
+        "succeeded",
+        100,
+        None,
+        None,
+        10,
+        Some(StatusRank::new(1)),
+        "zwitch",
+    ));
+    let odd = payment("tx_1", "on_hold", 100, None, None, 30, None, "zwitch");
+    assert!(!repo.apply(&odd).status_applied);
+    assert_eq!(
+        repo.find(SubjectKind::Payment, "tx_1").status.as_deref(),
+        Some("succeeded")
+    );
+    assert_eq!(
+        repo.history.last().unwrap().status.as_deref(),
+        Some("on_hold")
+    );
+    // An entity that never had a ranked status takes what comes.
+    repo.apply(&payment(
+        "tx_2", "on_hold", 100, None, None, 30, None, "zwitch",
+    ));
+    assert_eq!(
+        repo.find(SubjectKind::Payment, "tx_2").status.as_deref(),
+        Some("on_hold")
+    );
+}
+
+#[test]
+fn payments_before_their_invoice_are_linked_when_it_arrives() {
+    let mut repo = MemoryRepo::default();
+    repo.apply(&payment(
+        "pay_a",
+        "succeeded",
+        600,
+        Some("inv_1"),
+        None,
+        20,
+        Some(CAPTURED),
+        "razorpay",
+    ));
+    repo.apply(&payment(
+        "tx_b",
+        "succeeded",
+        400,
+        None,
+        Some("N-inv_1"),
+        30,
+        Some(StatusRank::new(1)),
+        "zwitch",
+    ));
+    repo.apply(&invoice("inv_1", "issued", 1000, 10, ISSUED));
+    let invoice = repo.find(SubjectKind::Invoice, "inv_1").clone();
+    assert_eq!(invoice.paid, Amount::from_minor(1000));
+    assert_eq!(invoice.due, Some(Amount::ZERO));
+    assert!(invoice.settled_event.is_some());
+    assert_eq!(repo.conclusions.len(), 1);
+    assert_eq!(
+        repo.find(SubjectKind::Payment, "tx_b").link_rule.as_deref(),
+        Some("merchant_reference")
+    );
+    assert_eq!(
+        repo.find(SubjectKind::Payment, "pay_a")
+            .link_rule
+            .as_deref(),
+        Some("invoice_id")
+    );
+}
+
+#[test]
+fn overpayment_and_a_paid_status_settle_once() {
+    let mut repo = MemoryRepo::default();
+    repo.apply(&invoice("inv_2", "issued", 1000, 10, ISSUED));
+    repo.apply(&payment(
+        "pay_x",
+        "succeeded",
+        700,
+        Some("inv_2"),
+        None,
+        20,
+        Some(CAPTURED),
+        "razorpay",
+    ));
+    repo.apply(&payment(
+        "pay_y",
+        "succeeded",
+        700,
+        Some("inv_2"),
+        None,
+        30,
+        Some(CAPTURED),
+        "razorpay",
+    ));
+    let settled = repo.find(SubjectKind::Invoice, "inv_2").clone();
+    assert_eq!(
+        (settled.paid, settled.due, settled.overpaid),
+        (
+            Amount::from_minor(1400),
+            Some(Amount::ZERO),
+            Amount::from_minor(400)
+        )
+    );
+    assert_eq!(repo.conclusions.len(), 1);
+    // A paid status on an invoice nobody has seen payments for settles it too.
+    repo.apply(&invoice("inv_3", "paid", 500, 10, PAID));
+    assert_eq!(
+        repo.find(SubjectKind::Invoice, "inv_3").due,
+        Some(Amount::ZERO)
+    );
+    assert_eq!(repo.conclusions.len(), 2);
+}
+
+/// A Razorpay invoice paid in two parts, a Zwitch collect matched by reference, a failed try.
+fn lifecycle() -> Vec<Fact> {
+    vec![
+        invoice("inv_9", "issued", 1000, 0, ISSUED),
+        payment(
+            "pay_1",
+            "created",
+            600,
+            Some("inv_9"),
+            None,
+            10,
+            Some(CREATED),
+            "razorpay",
+        ),
+        payment(
+            "pay_1",
+            "authorized",
+            600,
+            Some("inv_9"),
+            None,
+            20,
+            Some(AUTHORIZED),
+            "razorpay",
+        ),
+        payment(
+            "pay_1",
+            "succeeded",
+            600,
+            Some("inv_9"),
+            None,
+            30,
+            Some(CAPTURED),
+            "razorpay",
+        ),
+        invoice("inv_9", "partially_paid", 1000, 30, PARTIALLY_PAID),
+        payment(
+            "pay_2",
+            "failed",
+            400,
+            Some("inv_9"),
+            None,
+            40,
+            Some(CAPTURED),
+            "razorpay",
+        ),
+        payment(
+            "pay_3",
+            "succeeded",
+            400,
+            Some("inv_9"),
+            None,
+            50,
+            Some(CAPTURED),
+            "razorpay",
+        ),
+        invoice("inv_9", "paid", 1000, 50, PAID),
+        payment(
+            "tx_7",
+            "pending",
+            250,
+            None,
+            Some("N-inv_10"),
+            60,
+            Some(StatusRank::new(0)),
+            "zwitch",
+        ),
+        payment(
+            "tx_7",
+            "succeeded",
+            250,
+            None,
+            Some("N-inv_10"),
+            70,
+            Some(StatusRank::new(1)),
+            "zwitch",
+        ),
+        invoice("inv_10", "issued", 500, 55, ISSUED),
+    ]
+}
+
+fn run(facts: &[Fact]) -> MemoryRepo {
+    let mut repo = MemoryRepo::default();
+    for fact in facts {
+        repo.apply(fact);
+    }
+    repo
+}
+
+#[test]
+fn the_lifecycle_in_order() {
+    let repo = run(&lifecycle());
+    let invoice = repo.find(SubjectKind::Invoice, "inv_9");
+    assert_eq!(invoice.status.as_deref(), Some("paid"));
+    assert_eq!(
+        (invoice.paid, invoice.due),
+        (Amount::from_minor(1000), Some(Amount::ZERO))
+    );
+    let partial = repo.find(SubjectKind::Invoice, "inv_10");
+    assert_eq!(
+        (partial.paid, partial.due),
+        (Amount::from_minor(250), Some(Amount::from_minor(250)))
+    );
+    assert_eq!(repo.conclusions.len(), 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arrival_order_and_duplicates_never_change_the_ledger(
+        copies in proptest::collection::vec(1usize..=3, 11),
+        order in Just(()).prop_perturb(|_, mut rng| {
+            let mut indexes: Vec<usize> = (0..30).collect();
+            for i in (1..indexes.len()).rev() {
+                let j = rng.random_range(0..=i);
+                indexes.swap(i, j);
+            }
+            indexes
+        }),
+    ) {
+        let facts = lifecycle();
+        let expected = run(&facts);
+        let mut delivered: Vec<Fact> = Vec::new();
+        for (fact, count) in facts.iter().zip(&copies) {
+            for _ in 0..*count {
+                delivered.push(fact.clone());
+            }
+        }
+        let mut shuffled: Vec<Fact> = order.iter().filter(|i| **i < delivered.len()).map(|i| delivered[*i].clone()).collect();
+        shuffled.extend(delivered.iter().skip(30).cloned());
+        let actual = run(&shuffled);
+        prop_assert_eq!(actual.outcome(), expected.outcome());
+        prop_assert_eq!(actual.conclusions.len(), 1, "exactly one settlement");
+    }
+}
+
+#[test]
+fn a_payment_and_the_invoice_it_names_share_a_lock_name() {
+    let invoice = invoice("inv_1", "issued", 1000, 0, ISSUED);
+    let by_id = payment(
+        "pay_1",
+        "succeeded",
+        500,
+        Some("inv_1"),
+        None,
+        0,
+        Some(CAPTURED),
+        "razorpay",
+    );
+    let by_number = payment(
+        "pay_2",
+        "succeeded",
+        500,
+        None,
+        Some("N-inv_1"),
+        0,
+        None,
+        "zwitch",
+    );
+    let unrelated = payment(
+        "pay_3",
+        "succeeded",
+        500,
+        Some("inv_9"),
+        None,
+        0,
+        Some(CAPTURED),
+        "razorpay",
+    );
+    let invoice_names = lock_names(std::slice::from_ref(&invoice));
+    let shares = |fact: &Fact| {
+        lock_names(std::slice::from_ref(fact))
+            .iter()
+            .any(|name| invoice_names.contains(name))
+    };
+    assert!(shares(&by_id));
+    assert!(shares(&by_number));
+    assert!(!shares(&unrelated));
+    let both = lock_names(&[by_id.clone(), by_id]);
+    let mut sorted = both.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(both, sorted, "names come sorted and once each");
+}
+
+#[test]
+fn the_stable_hash_is_fixed_across_releases() {
+    // Stored precedences depend on these values: they must never change.
+    assert_eq!(stable_hash(&[]), 0xcbf2_9ce4_8422_2325);
+    assert_eq!(stable_hash(&["a"]), 0x089b_e207_b544_f1e4);
+    assert_ne!(stable_hash(&["ab", ""]), stable_hash(&["a", "b"]));
+}
