@@ -436,6 +436,49 @@ impl Store {
         dispatch!(self, store => store.endpoint_stats(endpoint, now).await)
     }
 
+    /// Ledger entities of one kind, newest first.
+    pub async fn ledger_entities(&self, query: LedgerQuery) -> Result<Page<Entity>, StoreError> {
+        dispatch!(self, store => store.ledger_entities(query).await)
+    }
+
+    /// One ledger entity by billhook's id.
+    pub async fn ledger_entity(&self, id: &str) -> Result<Option<Entity>, StoreError> {
+        let id = id.to_owned();
+        dispatch!(self, store => store.ledger_entity(id).await)
+    }
+
+    /// The payments linked to an invoice or bill.
+    pub async fn ledger_linked(&self, id: &str) -> Result<Vec<Entity>, StoreError> {
+        let id = id.to_owned();
+        dispatch!(self, store => store.ledger_linked(id).await)
+    }
+
+    /// Every status an entity reported, oldest first.
+    pub async fn ledger_history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        let id = id.to_owned();
+        dispatch!(self, store => store.ledger_history(id).await)
+    }
+
+    /// Succeeded payments created before `before` that match nothing and were not announced yet.
+    pub async fn unmatched_payments(
+        &self,
+        before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Entity>, StoreError> {
+        dispatch!(self, store => store.unmatched_payments(before, limit).await)
+    }
+
+    /// Records a `payment.unmatched` announcement, unless the payment was matched or announced
+    /// meanwhile. True when it was recorded.
+    pub async fn record_unmatched(
+        &self,
+        payment_id: &str,
+        announcement: Announcement,
+    ) -> Result<bool, StoreError> {
+        let payment_id = payment_id.to_owned();
+        dispatch!(self, store => store.record_unmatched(payment_id, announcement).await)
+    }
+
     /// True for backends where one process owns the database (SQLite): leases left by a crash
     /// can be cleared at start instead of waiting for them to expire.
     pub fn is_single_process(&self) -> bool {

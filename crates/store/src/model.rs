@@ -75,12 +75,17 @@ pub struct NewEvent {
     pub payload: Bytes,
 }
 
-/// One ingest: the request, its events and their deliveries, all in one transaction.
-#[derive(Debug, Clone)]
+/// One ingest: the request, its events, their deliveries and what they change in the ledger, all
+/// in one transaction.
+#[derive(Clone)]
 pub struct IngestWrite {
     pub inbound: NewInbound,
     pub events: Vec<NewEvent>,
     pub deliveries: Vec<NewDelivery>,
+    /// The events' contributions to the ledger, applied in order.
+    pub facts: Vec<Fact>,
+    /// Announces what the ledger concludes; without one, nothing is concluded.
+    pub concluder: Option<std::sync::Arc<dyn Concluder>>,
     /// Until when the dedup key keeps recognising redeliveries.
     pub dedup_expires_at: Timestamp,
 }
@@ -92,6 +97,9 @@ pub enum IngestOutcome {
     Stored {
         inbound_id: InboundId,
         event_ids: Vec<EventId>,
+        /// Events the ledger concluded from this message (`invoice.settled`), with their
+        /// deliveries: stored, but not handed off in memory.
+        concluded: Vec<EventId>,
     },
     /// The dedup key was already held: nothing new was stored. The ids are the original's.
     Duplicate {
@@ -163,8 +171,19 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl std::fmt::Debug for IngestWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestWrite")
+            .field("inbound", &self.inbound.id)
+            .field("events", &self.events.len())
+            .field("deliveries", &self.deliveries.len())
+            .field("facts", &self.facts.len())
+            .finish()
+    }
+}
+
 /// The result of reprocessing a quarantined request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Reprocess {
     /// It now normalizes: store these events and deliveries under this dedup key.
     Normalized {
@@ -173,6 +192,8 @@ pub enum Reprocess {
         dedup_key: String,
         events: Vec<NewEvent>,
         deliveries: Vec<NewDelivery>,
+        facts: Vec<Fact>,
+        concluder: Option<std::sync::Arc<dyn Concluder>>,
         dedup_expires_at: Timestamp,
     },
     /// It still fails: record the latest error.
@@ -184,6 +205,7 @@ pub enum Reprocess {
 pub enum ReprocessOutcome {
     Processed {
         event_ids: Vec<EventId>,
+        concluded: Vec<EventId>,
     },
     StillQuarantined,
     DuplicateOf(InboundId),
@@ -454,3 +476,72 @@ pub struct EndpointStats {
     pub attempts_24h: u64,
     pub successes_24h: u64,
 }
+
+pub use billhook_core::ledger::{Conclusion, Entity, Fact, HistoryEntry};
+
+/// Turns a ledger conclusion into the canonical event (and its deliveries) that announces it.
+/// The server provides one; the store calls it inside the transaction that reached the
+/// conclusion, so the announcement is as durable as the conclusion.
+pub trait Concluder: Send + Sync {
+    fn announce(&self, conclusion: &Conclusion) -> Announcement;
+}
+
+/// A conclusion's canonical event and its deliveries.
+#[derive(Debug, Clone)]
+pub struct Announcement {
+    pub event: NewEvent,
+    pub inbound_id: InboundId,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// What a ledger listing selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerFilter {
+    /// Everything of the kind.
+    All,
+    /// Invoices and bills still to be paid (amount due, not expired, cancelled or rejected).
+    Outstanding,
+    /// Outstanding past their due date.
+    Overdue,
+    /// Invoices and bills paid in full.
+    Paid,
+    /// Succeeded payments linked to no invoice or bill.
+    Unmatched,
+    /// A status word.
+    Status(String),
+}
+
+/// A listing of ledger entities, newest first.
+#[derive(Debug, Clone)]
+pub struct LedgerQuery {
+    pub kind: billhook_core::entity::SubjectKind,
+    pub filter: LedgerFilter,
+    pub provider: Option<String>,
+    pub source: Option<String>,
+    /// Matches the provider's id or the invoice number exactly.
+    pub reference: Option<String>,
+    pub before: Option<String>,
+    pub limit: u32,
+    pub now: Timestamp,
+}
+
+/// The SQL list of the ledger's conclusion types (`'invoice.settled', 'payment.unmatched'`): they
+/// share the inbound id of the message that led to them, but are not that message's events.
+pub(crate) fn conclusion_types_sql() -> String {
+    billhook_core::event::EventType::ALL
+        .iter()
+        .filter(|t| t.is_conclusion())
+        .map(|t| format!("'{}'", t.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Statuses after which an invoice is no longer expected to be paid.
+pub const CLOSED_UNPAID: &[&str] = &[
+    "expired",
+    "cancelled",
+    "deleted",
+    "rejected",
+    "returned",
+    "declined",
+];

@@ -138,6 +138,8 @@ fn write(inbound: NewInbound, events: Vec<NewEvent>) -> IngestWrite {
         inbound,
         events,
         deliveries: Vec::new(),
+        facts: Vec::new(),
+        concluder: None,
         dedup_expires_at: Timestamp::now().add(Duration::from_secs(8 * 86_400)),
     }
 }
@@ -159,7 +161,8 @@ fn ingest_stores_the_request_and_its_events_byte_for_byte() {
                 outcome,
                 IngestOutcome::Stored {
                     inbound_id: request.id,
-                    event_ids: expected_ids.clone()
+                    event_ids: expected_ids.clone(),
+                    concluded: Vec::new(),
                 }
             );
             let stored = store.inbound(request.id).await.unwrap().unwrap();
@@ -372,6 +375,8 @@ fn quarantine_and_reprocess() {
                         dedup_key: "DOCUMENT.RECEIVED:doc_1:".into(),
                         events: vec![new_event],
                         deliveries: Vec::new(),
+                        facts: Vec::new(),
+                        concluder: None,
                         dedup_expires_at: Timestamp::now().add(Duration::from_secs(3600)),
                     },
                 )
@@ -380,7 +385,8 @@ fn quarantine_and_reprocess() {
             assert_eq!(
                 done,
                 ReprocessOutcome::Processed {
-                    event_ids: vec![new_event_id]
+                    event_ids: vec![new_event_id],
+                    concluded: Vec::new(),
                 }
             );
             let record = store.inbound(quarantined.id).await.unwrap().unwrap();
@@ -413,6 +419,8 @@ fn quarantine_and_reprocess() {
                         dedup_key: "DOCUMENT.RECEIVED:doc_1:".into(),
                         events: vec![event("cam", "document.received", "doc_1")],
                         deliveries: Vec::new(),
+                        facts: Vec::new(),
+                        concluder: None,
                         dedup_expires_at: Timestamp::now().add(Duration::from_secs(3600)),
                     },
                 )
@@ -1030,3 +1038,5 @@ fn a_first_version_database_upgrades_with_its_data_intact() {
         }
     });
 }
+
+mod ledger;

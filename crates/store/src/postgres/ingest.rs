@@ -5,6 +5,7 @@ use billhook_core::time::Timestamp;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::Transaction;
 
+use super::ledger::apply_facts;
 use super::{PgStore, pg_error};
 use crate::StoreError;
 use crate::model::*;
@@ -101,7 +102,7 @@ async fn insert_inbound(
     Ok(())
 }
 
-async fn insert_events(
+pub(super) async fn insert_events(
     transaction: &Transaction<'_>,
     inbound_id: InboundId,
     events: &[NewEvent],
@@ -197,7 +198,10 @@ pub(super) async fn event_ids_of<C: GenericClient>(
 ) -> Result<Vec<EventId>, StoreError> {
     let rows = client
         .query(
-            "SELECT id FROM events WHERE inbound_id = $1 ORDER BY id",
+            &format!(
+                "SELECT id FROM events WHERE inbound_id = $1 AND type NOT IN ({}) ORDER BY id",
+                conclusion_types_sql()
+            ),
             &[&inbound_id.to_string()],
         )
         .await
@@ -261,10 +265,13 @@ impl PgStore {
             inbound.received_at,
         )
         .await?;
+        let concluded =
+            apply_facts(self, &transaction, &write.facts, write.concluder.as_deref()).await?;
         transaction.commit().await.map_err(pg_error)?;
         Ok(IngestOutcome::Stored {
             inbound_id: inbound.id,
             event_ids: write.events.iter().map(|e| e.id).collect(),
+            concluded,
         })
     }
 
@@ -309,6 +316,8 @@ impl PgStore {
                 dedup_key,
                 events,
                 deliveries,
+                facts,
+                concluder,
                 dedup_expires_at,
             } => {
                 let holder = if dedup_key == old_key {
@@ -362,8 +371,11 @@ impl PgStore {
                         .map_err(pg_error)?;
                     insert_events(&transaction, id, &events).await?;
                     insert_deliveries(self, &transaction, id, &deliveries, now).await?;
+                    let concluded =
+                        apply_facts(self, &transaction, &facts, concluder.as_deref()).await?;
                     ReprocessOutcome::Processed {
                         event_ids: events.iter().map(|e| e.id).collect(),
+                        concluded,
                     }
                 }
             }

@@ -9,6 +9,7 @@
 mod delivery;
 mod endpoints;
 mod ingest;
+mod ledger;
 mod read;
 
 use std::time::Duration;
@@ -28,6 +29,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_delivery.sql"),
     ),
+    (3, include_str!("../../migrations/postgres/0003_ledger.sql")),
 ];
 
 /// An arbitrary constant naming billhook's migration lock.
@@ -45,10 +47,16 @@ pub(crate) fn latest_version() -> u32 {
 }
 
 pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
+    // `Display` of a server error says only "db error"; the server's message is the useful part
+    // (logged, never sent to clients).
+    let text = match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    };
     if error.is_closed() || error.code().is_none() {
-        StoreError::Unavailable(error.to_string())
+        StoreError::Unavailable(text)
     } else {
-        StoreError::Database(error.to_string())
+        StoreError::Database(text)
     }
 }
 

@@ -50,6 +50,26 @@ impl Filters {
         }
     }
 
+    /// `(a = $n OR b = $n)`: one value matched against several columns.
+    pub(super) fn add_any<T: ToSql + Sync + Send + 'static>(
+        &mut self,
+        columns: &[&str],
+        value: Option<T>,
+    ) {
+        if let Some(value) = value {
+            self.values.push(Box::new(value));
+            let n = self.values.len();
+            let alternatives: Vec<String> = columns.iter().map(|c| format!("{c} = ${n}")).collect();
+            self.clauses
+                .push(format!("({})", alternatives.join(" OR ")));
+        }
+    }
+
+    /// A clause without parameters.
+    pub(super) fn add_clause(&mut self, clause: String) {
+        self.clauses.push(clause);
+    }
+
     pub(super) fn sql(&self) -> String {
         if self.clauses.is_empty() {
             String::new()

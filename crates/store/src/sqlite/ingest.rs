@@ -5,6 +5,7 @@ use billhook_core::time::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::delivery::insert_deliveries;
+use super::ledger::apply_facts;
 use super::{SqliteStore, db_error};
 use crate::StoreError;
 use crate::model::*;
@@ -98,9 +99,11 @@ fn ingest(connection: &Connection, write: &IngestWrite) -> Result<IngestOutcome,
         &write.deliveries,
         inbound.received_at,
     )?;
+    let concluded = apply_facts(connection, &write.facts, write.concluder.as_deref())?;
     Ok(IngestOutcome::Stored {
         inbound_id: inbound.id,
         event_ids: write.events.iter().map(|e| e.id).collect(),
+        concluded,
     })
 }
 
@@ -138,7 +141,7 @@ fn insert_inbound(connection: &Connection, inbound: &NewInbound) -> Result<(), S
     Ok(())
 }
 
-fn insert_events(
+pub(super) fn insert_events(
     connection: &Connection,
     inbound_id: InboundId,
     events: &[NewEvent],
@@ -177,7 +180,10 @@ pub(super) fn event_ids_of(
     inbound_id: InboundId,
 ) -> Result<Vec<EventId>, StoreError> {
     let mut statement = connection
-        .prepare_cached("SELECT id FROM events WHERE inbound_id = ?1 ORDER BY id")
+        .prepare_cached(&format!(
+            "SELECT id FROM events WHERE inbound_id = ?1 AND type NOT IN ({}) ORDER BY id",
+            conclusion_types_sql()
+        ))
         .map_err(db_error)?;
     let ids = statement
         .query_map([inbound_id.to_string()], |row| row.get::<_, String>(0))
@@ -227,6 +233,8 @@ fn reprocess(
             dedup_key,
             events,
             deliveries,
+            facts,
+            concluder,
             dedup_expires_at,
         } => {
             if dedup_key != old_key {
@@ -279,8 +287,10 @@ fn reprocess(
                 .map_err(db_error)?;
             insert_events(connection, id, &events)?;
             insert_deliveries(connection, id, &deliveries, now)?;
+            let concluded = apply_facts(connection, &facts, concluder.as_deref())?;
             Ok(ReprocessOutcome::Processed {
                 event_ids: events.iter().map(|e| e.id).collect(),
+                concluded,
             })
         }
     }

@@ -11,6 +11,7 @@
 mod delivery;
 mod endpoints;
 mod ingest;
+mod ledger;
 mod read;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use crate::StoreError;
 const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_ingest.sql")),
     (2, include_str!("../../migrations/sqlite/0002_delivery.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_ledger.sql")),
 ];
 
 /// At most this many jobs share one transaction.

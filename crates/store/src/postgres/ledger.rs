@@ -1,0 +1,511 @@
+//! The ledger on PostgreSQL: the repository the core's ledger rules run against inside an
+//! ingest transaction, and the ledger's queries.
+
+use billhook_core::entity::{EntityData, SubjectKind};
+use billhook_core::event::EventType;
+use billhook_core::ids::EventId;
+use billhook_core::ledger::{
+    self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, TargetKeys,
+};
+use billhook_core::money::{Amount, Currency};
+use billhook_core::time::Timestamp;
+use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::ingest::{insert_deliveries, insert_events, parse_id};
+use super::read::Filters;
+use super::{PgStore, pg_error};
+use crate::StoreError;
+use crate::model::*;
+use crate::page::{clamp_limit, paginate};
+
+const ENTITY_COLUMNS: &str = "id, kind, provider, provider_id, source, status,
+    provider_status, status_level, status_at, status_tiebreak, status_settles, content_at,
+    content_tiebreak, snapshot, number, order_ref, ref_invoice, ref_order, ref_merchant,
+    ref_remark, ref_bill, ref_biller, currency, amount, counted, paid, due, overpaid, due_by,
+    linked_to, link_rule, settled_event, settled_at, unmatched_event, created_at, updated_at,
+    inbound_id";
+
+fn millis(value: Option<i64>) -> Option<Timestamp> {
+    value.map(Timestamp::from_unix_millis)
+}
+
+fn to_bits(value: u64) -> i64 {
+    i64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn from_bits(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn to_entity(row: &Row) -> Result<Entity, StoreError> {
+    let kind: &str = row.get(1);
+    let kind = SubjectKind::parse(kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("ledger kind `{kind}`")))?;
+    let snapshot: &str = row.get(13);
+    Ok(Entity {
+        id: row.get(0),
+        kind,
+        provider: row.get(2),
+        provider_id: row.get(3),
+        source: row.get(4),
+        status: row.get(5),
+        provider_status: row.get(6),
+        status_precedence: Precedence {
+            level: row.get(7),
+            at: row.get(8),
+            tiebreak: from_bits(row.get(9)),
+        },
+        status_settles: row.get(10),
+        content_precedence: Precedence {
+            level: 0,
+            at: row.get(11),
+            tiebreak: from_bits(row.get(12)),
+        },
+        snapshot: EntityData::from_json(kind, snapshot)
+            .map_err(|e| StoreError::Corrupt(format!("ledger snapshot: {e}")))?,
+        keys: TargetKeys {
+            number: row.get(14),
+            order_id: row.get(15),
+        },
+        refs: PaymentRefs {
+            invoice_id: row.get(16),
+            order_id: row.get(17),
+            merchant_reference: row.get(18),
+            remark: row.get(19),
+            bill_ref_id: row.get(20),
+            biller_ref_id: row.get(21),
+        },
+        currency: row
+            .get::<_, Option<&str>>(22)
+            .map(Currency::parse)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        amount: row.get::<_, Option<i64>>(23).map(Amount::from_minor),
+        counted: Amount::from_minor(row.get(24)),
+        paid: Amount::from_minor(row.get(25)),
+        due: row.get::<_, Option<i64>>(26).map(Amount::from_minor),
+        overpaid: Amount::from_minor(row.get(27)),
+        due_by: millis(row.get(28)),
+        linked_to: row.get(29),
+        link_rule: row.get(30),
+        settled_event: row.get::<_, Option<&str>>(31).map(parse_id).transpose()?,
+        settled_at: millis(row.get(32)),
+        unmatched_event: row.get::<_, Option<&str>>(33).map(parse_id).transpose()?,
+        created_at: Timestamp::from_unix_millis(row.get(34)),
+        updated_at: Timestamp::from_unix_millis(row.get(35)),
+        inbound_id: parse_id(row.get::<_, &str>(36))?,
+    })
+}
+
+async fn query_entities<C: GenericClient>(
+    client: &C,
+    condition: &str,
+    values: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Entity>, StoreError> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {ENTITY_COLUMNS} FROM ledger_entities WHERE {condition}"
+        ))
+        .await
+        .map_err(pg_error)?;
+    let rows = client.query(&statement, values).await.map_err(pg_error)?;
+    rows.iter().map(to_entity).collect()
+}
+
+async fn save_entity<C: GenericClient>(client: &C, e: &Entity) -> Result<(), StoreError> {
+    let snapshot =
+        serde_json::to_string(&e.snapshot).map_err(|err| StoreError::Database(err.to_string()))?;
+    let statement = client
+        .prepare_cached(&format!(
+            "INSERT INTO ledger_entities ({ENTITY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25,
+                $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37)
+             ON CONFLICT (id) DO UPDATE SET source = excluded.source, status = excluded.status,
+                provider_status = excluded.provider_status, status_level = excluded.status_level,
+                status_at = excluded.status_at, status_tiebreak = excluded.status_tiebreak,
+                status_settles = excluded.status_settles, content_at = excluded.content_at,
+                content_tiebreak = excluded.content_tiebreak, snapshot = excluded.snapshot,
+                number = excluded.number, order_ref = excluded.order_ref,
+                ref_invoice = excluded.ref_invoice, ref_order = excluded.ref_order,
+                ref_merchant = excluded.ref_merchant, ref_remark = excluded.ref_remark,
+                ref_bill = excluded.ref_bill, ref_biller = excluded.ref_biller,
+                currency = excluded.currency, amount = excluded.amount, counted = excluded.counted,
+                paid = excluded.paid, due = excluded.due, overpaid = excluded.overpaid,
+                due_by = excluded.due_by, linked_to = excluded.linked_to,
+                link_rule = excluded.link_rule, settled_event = excluded.settled_event,
+                settled_at = excluded.settled_at, unmatched_event = excluded.unmatched_event,
+                updated_at = excluded.updated_at, inbound_id = excluded.inbound_id"
+        ))
+        .await
+        .map_err(pg_error)?;
+    client
+        .execute(
+            &statement,
+            &[
+                &e.id,
+                &e.kind.as_str(),
+                &e.provider,
+                &e.provider_id,
+                &e.source,
+                &e.status,
+                &e.provider_status,
+                &e.status_precedence.level,
+                &e.status_precedence.at,
+                &to_bits(e.status_precedence.tiebreak),
+                &e.status_settles,
+                &e.content_precedence.at,
+                &to_bits(e.content_precedence.tiebreak),
+                &snapshot,
+                &e.keys.number,
+                &e.keys.order_id,
+                &e.refs.invoice_id,
+                &e.refs.order_id,
+                &e.refs.merchant_reference,
+                &e.refs.remark,
+                &e.refs.bill_ref_id,
+                &e.refs.biller_ref_id,
+                &e.currency.map(|c| c.as_str().to_owned()),
+                &e.amount.map(|a| a.minor()),
+                &e.counted.minor(),
+                &e.paid.minor(),
+                &e.due.map(|a| a.minor()),
+                &e.overpaid.minor(),
+                &e.due_by.map(|t| t.unix_millis()),
+                &e.linked_to,
+                &e.link_rule,
+                &e.settled_event.map(|id| id.to_string()),
+                &e.settled_at.map(|t| t.unix_millis()),
+                &e.unmatched_event.map(|id| id.to_string()),
+                &e.created_at.unix_millis(),
+                &e.updated_at.unix_millis(),
+                &e.inbound_id.to_string(),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
+async fn record_announcement(
+    store: &PgStore,
+    transaction: &Transaction<'_>,
+    announcement: &Announcement,
+) -> Result<EventId, StoreError> {
+    insert_events(
+        transaction,
+        announcement.inbound_id,
+        std::slice::from_ref(&announcement.event),
+    )
+    .await?;
+    insert_deliveries(
+        store,
+        transaction,
+        announcement.inbound_id,
+        &announcement.deliveries,
+        announcement.event.received_at,
+    )
+    .await?;
+    Ok(announcement.event.id)
+}
+
+/// The ledger tables as seen from inside one transaction.
+struct PgLedger<'a> {
+    store: &'a PgStore,
+    transaction: &'a Transaction<'a>,
+    concluder: Option<&'a dyn Concluder>,
+}
+
+impl LedgerRepo for PgLedger<'_> {
+    type Error = StoreError;
+
+    async fn entity(
+        &mut self,
+        kind: SubjectKind,
+        provider: &str,
+        provider_id: &str,
+    ) -> Result<Option<Entity>, StoreError> {
+        // FOR UPDATE: concurrent ingests about one entity take turns instead of overwriting.
+        let found = query_entities(
+            self.transaction,
+            "kind = $1 AND provider = $2 AND provider_id = $3 FOR UPDATE",
+            &[&kind.as_str(), &provider, &provider_id],
+        )
+        .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, StoreError> {
+        Ok(
+            query_entities(self.transaction, "id = $1 FOR UPDATE", &[&id])
+                .await?
+                .into_iter()
+                .next(),
+        )
+    }
+
+    async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
+        query_entities(
+            self.transaction,
+            "(kind = 'invoice' AND (provider_id IN ($1, $3, $4) OR order_ref = $2 OR number IN ($3, $4)))
+             OR (kind = 'bill' AND (provider_id = $5 OR number = $6))",
+            &[
+                &refs.invoice_id,
+                &refs.order_id,
+                &refs.merchant_reference,
+                &refs.remark,
+                &refs.bill_ref_id,
+                &refs.biller_ref_id,
+            ],
+        )
+        .await
+    }
+
+    async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
+        match target.kind {
+            SubjectKind::Invoice => {
+                query_entities(
+                    self.transaction,
+                    "kind = 'payment' AND linked_to IS NULL AND (ref_invoice = $1 OR ref_order = $2
+                       OR ref_merchant IN ($1, $3) OR ref_remark IN ($1, $3)) FOR UPDATE",
+                    &[&target.provider_id, &target.keys.order_id, &target.keys.number],
+                )
+                .await
+            }
+            SubjectKind::Bill => {
+                query_entities(
+                    self.transaction,
+                    "kind = 'payment' AND linked_to IS NULL AND (ref_bill = $1 OR ref_biller = $2) FOR UPDATE",
+                    &[&target.provider_id, &target.keys.number],
+                )
+                .await
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, StoreError> {
+        query_entities(self.transaction, "linked_to = $1", &[&target_id]).await
+    }
+
+    async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {
+        save_entity(self.transaction, entity).await
+    }
+
+    async fn record_history(&mut self, entry: &HistoryEntry) -> Result<(), StoreError> {
+        let statement = self
+            .transaction
+            .prepare_cached(
+                "INSERT INTO ledger_history (entity_id, event_id, event_type, status,
+                    provider_status, level, occurred_at, received_at, applied)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .await
+            .map_err(pg_error)?;
+        self.transaction
+            .execute(
+                &statement,
+                &[
+                    &entry.entity_id,
+                    &entry.event_id.to_string(),
+                    &entry.event_type.as_str(),
+                    &entry.status,
+                    &entry.provider_status,
+                    &entry.level,
+                    &entry.occurred_at.unix_millis(),
+                    &entry.received_at.unix_millis(),
+                    &entry.applied,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn conclude(&mut self, conclusion: &Conclusion) -> Result<EventId, StoreError> {
+        let Some(concluder) = self.concluder else {
+            return Err(StoreError::Database(
+                "the ledger reached a conclusion with no concluder".to_owned(),
+            ));
+        };
+        record_announcement(
+            self.store,
+            self.transaction,
+            &concluder.announce(conclusion),
+        )
+        .await
+    }
+}
+
+/// Applies the facts of one ingest (or reprocessing) to the ledger, inside its transaction.
+pub(super) async fn apply_facts(
+    store: &PgStore,
+    transaction: &Transaction<'_>,
+    facts: &[Fact],
+    concluder: Option<&dyn Concluder>,
+) -> Result<Vec<EventId>, StoreError> {
+    if facts.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Row locks cannot cover rows that do not exist yet: a payment and its invoice ingested at
+    // the same moment on two instances would each miss the other. Transaction-scoped advisory
+    // locks on what the facts name make such writers take turns; taken in one sorted batch, so
+    // two transactions never wait on each other in a cycle.
+    let keys: Vec<i64> = ledger::lock_names(facts)
+        .iter()
+        .map(|name| to_bits(ledger::stable_hash(&["billhook-ledger", name])))
+        .collect();
+    transaction
+        .execute(
+            "SELECT pg_advisory_xact_lock(key)
+             FROM (SELECT DISTINCT unnest($1::bigint[]) AS key ORDER BY key) AS sorted",
+            &[&keys],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut repo = PgLedger {
+        store,
+        transaction,
+        concluder,
+    };
+    let mut concluded = Vec::new();
+    for fact in facts {
+        concluded.extend(ledger::apply(&mut repo, fact).await?.conclusions);
+    }
+    Ok(concluded)
+}
+
+impl PgStore {
+    pub(crate) async fn ledger_entities(
+        &self,
+        query: LedgerQuery,
+    ) -> Result<Page<Entity>, StoreError> {
+        let client = self.client().await?;
+        let limit = clamp_limit(query.limit);
+        let mut filters = Filters::default();
+        filters.add("kind", "=", Some(query.kind.as_str().to_owned()));
+        let closed = CLOSED_UNPAID
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let unpaid = format!("(due IS NULL OR due > 0) AND COALESCE(status, '') NOT IN ({closed})");
+        match &query.filter {
+            LedgerFilter::All => {}
+            LedgerFilter::Outstanding => filters.add_clause(unpaid),
+            LedgerFilter::Overdue => {
+                filters.add_clause(unpaid);
+                filters.add("due_by", "<", Some(query.now.unix_millis()));
+            }
+            LedgerFilter::Paid => filters.add_clause("due = 0".to_owned()),
+            LedgerFilter::Unmatched => {
+                filters.add_clause("counted > 0 AND linked_to IS NULL".to_owned())
+            }
+            LedgerFilter::Status(status) => filters.add("status", "=", Some(status.clone())),
+        }
+        filters.add("provider", "=", query.provider.clone());
+        filters.add("source", "=", query.source.clone());
+        filters.add_any(&["provider_id", "number"], query.reference.clone());
+        filters.add("id", "<", query.before.clone());
+        let condition = filters.sql().trim_start_matches("WHERE ").to_owned();
+        let mut items = query_entities(
+            &client,
+            &format!("{condition} ORDER BY id DESC LIMIT {}", limit + 1),
+            &filters.params(),
+        )
+        .await?;
+        Ok(paginate(&mut items, limit, |e| e.id.clone()))
+    }
+
+    pub(crate) async fn ledger_entity(&self, id: String) -> Result<Option<Entity>, StoreError> {
+        let client = self.client().await?;
+        Ok(query_entities(&client, "id = $1", &[&id])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    pub(crate) async fn ledger_linked(&self, id: String) -> Result<Vec<Entity>, StoreError> {
+        let client = self.client().await?;
+        query_entities(&client, "linked_to = $1 ORDER BY id", &[&id]).await
+    }
+
+    pub(crate) async fn ledger_history(&self, id: String) -> Result<Vec<HistoryEntry>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT entity_id, event_id, event_type, status, provider_status, level,
+                    occurred_at, received_at, applied
+                 FROM ledger_history WHERE entity_id = $1 ORDER BY seq",
+                &[&id],
+            )
+            .await
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(HistoryEntry {
+                    entity_id: row.get(0),
+                    event_id: parse_id(row.get::<_, &str>(1))?,
+                    event_type: row
+                        .get::<_, &str>(2)
+                        .parse::<EventType>()
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    status: row.get(3),
+                    provider_status: row.get(4),
+                    level: row.get(5),
+                    occurred_at: Timestamp::from_unix_millis(row.get(6)),
+                    received_at: Timestamp::from_unix_millis(row.get(7)),
+                    applied: row.get(8),
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn unmatched_payments(
+        &self,
+        before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Entity>, StoreError> {
+        let client = self.client().await?;
+        query_entities(
+            &client,
+            &format!(
+                "kind = 'payment' AND counted > 0 AND linked_to IS NULL AND unmatched_event IS NULL
+                 AND created_at <= $1 ORDER BY id LIMIT {limit}"
+            ),
+            &[&before.unix_millis()],
+        )
+        .await
+    }
+
+    pub(crate) async fn record_unmatched(
+        &self,
+        payment_id: String,
+        announcement: Announcement,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(pg_error)?;
+        let still = transaction
+            .query_opt(
+                "SELECT id FROM ledger_entities
+                 WHERE id = $1 AND linked_to IS NULL AND unmatched_event IS NULL FOR UPDATE",
+                &[&payment_id],
+            )
+            .await
+            .map_err(pg_error)?;
+        if still.is_none() {
+            return Ok(false);
+        }
+        let event = record_announcement(self, &transaction, &announcement).await?;
+        transaction
+            .execute(
+                "UPDATE ledger_entities SET unmatched_event = $2 WHERE id = $1",
+                &[&payment_id, &event.to_string()],
+            )
+            .await
+            .map_err(pg_error)?;
+        transaction.commit().await.map_err(pg_error)?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,541 @@
+//! The ledger on SQLite: the repository the core's ledger rules run against inside the writer's
+//! transaction, and the ledger's queries.
+
+use billhook_core::entity::{EntityData, SubjectKind};
+use billhook_core::event::EventType;
+use billhook_core::ids::EventId;
+use billhook_core::ledger::{
+    self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, TargetKeys,
+};
+use billhook_core::money::{Amount, Currency};
+use billhook_core::time::Timestamp;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+
+use super::delivery::insert_deliveries;
+use super::ingest::{insert_events, parse_id};
+use super::{SqliteStore, db_error};
+use crate::StoreError;
+use crate::model::*;
+use crate::page::{clamp_limit, paginate};
+
+pub(crate) const ENTITY_COLUMNS: &str = "id, kind, provider, provider_id, source, status,
+    provider_status, status_level, status_at, status_tiebreak, status_settles, content_at,
+    content_tiebreak, snapshot, number, order_ref, ref_invoice, ref_order, ref_merchant,
+    ref_remark, ref_bill, ref_biller, currency, amount, counted, paid, due, overpaid, due_by,
+    linked_to, link_rule, settled_event, settled_at, unmatched_event, created_at, updated_at,
+    inbound_id";
+
+fn millis(value: Option<i64>) -> Option<Timestamp> {
+    value.map(Timestamp::from_unix_millis)
+}
+
+/// Hashes are `u64`; the column is a signed 64-bit integer holding the same bits.
+fn to_bits(value: u64) -> i64 {
+    i64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn from_bits(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn entity_row(row: &Row<'_>) -> rusqlite::Result<Result<Entity, StoreError>> {
+    let kind: String = row.get(1)?;
+    let snapshot: String = row.get(13)?;
+    let currency: Option<String> = row.get(22)?;
+    let settled_event: Option<String> = row.get(31)?;
+    let unmatched_event: Option<String> = row.get(33)?;
+    let parts = (|| -> Result<Entity, StoreError> {
+        let kind = SubjectKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("ledger kind `{kind}`")))?;
+        Ok(Entity {
+            id: row.get(0).map_err(db_error)?,
+            kind,
+            provider: row.get(2).map_err(db_error)?,
+            provider_id: row.get(3).map_err(db_error)?,
+            source: row.get(4).map_err(db_error)?,
+            status: row.get(5).map_err(db_error)?,
+            provider_status: row.get(6).map_err(db_error)?,
+            status_precedence: Precedence {
+                level: row.get(7).map_err(db_error)?,
+                at: row.get(8).map_err(db_error)?,
+                tiebreak: from_bits(row.get(9).map_err(db_error)?),
+            },
+            status_settles: row.get(10).map_err(db_error)?,
+            content_precedence: Precedence {
+                level: 0,
+                at: row.get(11).map_err(db_error)?,
+                tiebreak: from_bits(row.get(12).map_err(db_error)?),
+            },
+            snapshot: EntityData::from_json(kind, &snapshot)
+                .map_err(|e| StoreError::Corrupt(format!("ledger snapshot: {e}")))?,
+            keys: TargetKeys {
+                number: row.get(14).map_err(db_error)?,
+                order_id: row.get(15).map_err(db_error)?,
+            },
+            refs: PaymentRefs {
+                invoice_id: row.get(16).map_err(db_error)?,
+                order_id: row.get(17).map_err(db_error)?,
+                merchant_reference: row.get(18).map_err(db_error)?,
+                remark: row.get(19).map_err(db_error)?,
+                bill_ref_id: row.get(20).map_err(db_error)?,
+                biller_ref_id: row.get(21).map_err(db_error)?,
+            },
+            currency: currency
+                .as_deref()
+                .map(Currency::parse)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            amount: row
+                .get::<_, Option<i64>>(23)
+                .map_err(db_error)?
+                .map(Amount::from_minor),
+            counted: Amount::from_minor(row.get(24).map_err(db_error)?),
+            paid: Amount::from_minor(row.get(25).map_err(db_error)?),
+            due: row
+                .get::<_, Option<i64>>(26)
+                .map_err(db_error)?
+                .map(Amount::from_minor),
+            overpaid: Amount::from_minor(row.get(27).map_err(db_error)?),
+            due_by: millis(row.get(28).map_err(db_error)?),
+            linked_to: row.get(29).map_err(db_error)?,
+            link_rule: row.get(30).map_err(db_error)?,
+            settled_event: settled_event.as_deref().map(parse_id).transpose()?,
+            settled_at: millis(row.get(32).map_err(db_error)?),
+            unmatched_event: unmatched_event.as_deref().map(parse_id).transpose()?,
+            created_at: Timestamp::from_unix_millis(row.get(34).map_err(db_error)?),
+            updated_at: Timestamp::from_unix_millis(row.get(35).map_err(db_error)?),
+            inbound_id: parse_id(&row.get::<_, String>(36).map_err(db_error)?)?,
+        })
+    })();
+    Ok(parts)
+}
+
+fn collect(rows: Vec<Result<Entity, StoreError>>) -> Result<Vec<Entity>, StoreError> {
+    rows.into_iter().collect()
+}
+
+fn query_entities(
+    connection: &Connection,
+    condition: &str,
+    values: &[SqlValue],
+) -> Result<Vec<Entity>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "SELECT {ENTITY_COLUMNS} FROM ledger_entities WHERE {condition}"
+        ))
+        .map_err(db_error)?;
+    let rows = statement
+        .query_map(params_from_iter(values.iter()), entity_row)
+        .map_err(db_error)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_error)?;
+    collect(rows)
+}
+
+fn text(value: &Option<String>) -> SqlValue {
+    value.clone().map_or(SqlValue::Null, SqlValue::Text)
+}
+
+pub(super) fn save_entity(connection: &Connection, e: &Entity) -> Result<(), StoreError> {
+    let snapshot =
+        serde_json::to_string(&e.snapshot).map_err(|err| StoreError::Database(err.to_string()))?;
+    connection
+        .prepare_cached(&format!(
+            "INSERT INTO ledger_entities ({ENTITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+                ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25,
+                ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37)
+             ON CONFLICT (id) DO UPDATE SET source = excluded.source, status = excluded.status,
+                provider_status = excluded.provider_status, status_level = excluded.status_level,
+                status_at = excluded.status_at, status_tiebreak = excluded.status_tiebreak,
+                status_settles = excluded.status_settles, content_at = excluded.content_at,
+                content_tiebreak = excluded.content_tiebreak, snapshot = excluded.snapshot,
+                number = excluded.number, order_ref = excluded.order_ref,
+                ref_invoice = excluded.ref_invoice, ref_order = excluded.ref_order,
+                ref_merchant = excluded.ref_merchant, ref_remark = excluded.ref_remark,
+                ref_bill = excluded.ref_bill, ref_biller = excluded.ref_biller,
+                currency = excluded.currency, amount = excluded.amount, counted = excluded.counted,
+                paid = excluded.paid, due = excluded.due, overpaid = excluded.overpaid,
+                due_by = excluded.due_by, linked_to = excluded.linked_to,
+                link_rule = excluded.link_rule, settled_event = excluded.settled_event,
+                settled_at = excluded.settled_at, unmatched_event = excluded.unmatched_event,
+                updated_at = excluded.updated_at, inbound_id = excluded.inbound_id"
+        ))
+        .and_then(|mut statement| {
+            statement.execute(params![
+                e.id,
+                e.kind.as_str(),
+                e.provider,
+                e.provider_id,
+                e.source,
+                e.status,
+                e.provider_status,
+                e.status_precedence.level,
+                e.status_precedence.at,
+                to_bits(e.status_precedence.tiebreak),
+                e.status_settles,
+                e.content_precedence.at,
+                to_bits(e.content_precedence.tiebreak),
+                snapshot,
+                e.keys.number,
+                e.keys.order_id,
+                e.refs.invoice_id,
+                e.refs.order_id,
+                e.refs.merchant_reference,
+                e.refs.remark,
+                e.refs.bill_ref_id,
+                e.refs.biller_ref_id,
+                e.currency.map(|c| c.as_str().to_owned()),
+                e.amount.map(|a| a.minor()),
+                e.counted.minor(),
+                e.paid.minor(),
+                e.due.map(|a| a.minor()),
+                e.overpaid.minor(),
+                e.due_by.map(|t| t.unix_millis()),
+                e.linked_to,
+                e.link_rule,
+                e.settled_event.map(|id| id.to_string()),
+                e.settled_at.map(|t| t.unix_millis()),
+                e.unmatched_event.map(|id| id.to_string()),
+                e.created_at.unix_millis(),
+                e.updated_at.unix_millis(),
+                e.inbound_id.to_string(),
+            ])
+        })
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Inserts a conclusion's event and deliveries; returns the event id.
+pub(super) fn record_announcement(
+    connection: &Connection,
+    announcement: &Announcement,
+) -> Result<EventId, StoreError> {
+    insert_events(
+        connection,
+        announcement.inbound_id,
+        std::slice::from_ref(&announcement.event),
+    )?;
+    insert_deliveries(
+        connection,
+        announcement.inbound_id,
+        &announcement.deliveries,
+        announcement.event.received_at,
+    )?;
+    Ok(announcement.event.id)
+}
+
+/// The ledger tables as seen from inside the writer's transaction.
+struct SqliteLedger<'a> {
+    connection: &'a Connection,
+    concluder: Option<&'a dyn Concluder>,
+}
+
+impl LedgerRepo for SqliteLedger<'_> {
+    type Error = StoreError;
+
+    async fn entity(
+        &mut self,
+        kind: SubjectKind,
+        provider: &str,
+        provider_id: &str,
+    ) -> Result<Option<Entity>, StoreError> {
+        let found = query_entities(
+            self.connection,
+            "kind = ?1 AND provider = ?2 AND provider_id = ?3",
+            &[
+                SqlValue::Text(kind.as_str().to_owned()),
+                SqlValue::Text(provider.to_owned()),
+                SqlValue::Text(provider_id.to_owned()),
+            ],
+        )?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, StoreError> {
+        Ok(
+            query_entities(self.connection, "id = ?1", &[SqlValue::Text(id.to_owned())])?
+                .into_iter()
+                .next(),
+        )
+    }
+
+    async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
+        query_entities(
+            self.connection,
+            "(kind = 'invoice' AND (provider_id IN (?1, ?3, ?4) OR order_ref = ?2 OR number IN (?3, ?4)))
+             OR (kind = 'bill' AND (provider_id = ?5 OR number = ?6))",
+            &[
+                text(&refs.invoice_id),
+                text(&refs.order_id),
+                text(&refs.merchant_reference),
+                text(&refs.remark),
+                text(&refs.bill_ref_id),
+                text(&refs.biller_ref_id),
+            ],
+        )
+    }
+
+    async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
+        let id = SqlValue::Text(target.provider_id.clone());
+        let number = text(&target.keys.number);
+        match target.kind {
+            SubjectKind::Invoice => query_entities(
+                self.connection,
+                "kind = 'payment' AND linked_to IS NULL AND (ref_invoice = ?1 OR ref_order = ?2
+                   OR ref_merchant IN (?1, ?3) OR ref_remark IN (?1, ?3))",
+                &[id, text(&target.keys.order_id), number],
+            ),
+            SubjectKind::Bill => query_entities(
+                self.connection,
+                "kind = 'payment' AND linked_to IS NULL AND (ref_bill = ?1 OR ref_biller = ?2)",
+                &[id, number],
+            ),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, StoreError> {
+        query_entities(
+            self.connection,
+            "linked_to = ?1",
+            &[SqlValue::Text(target_id.to_owned())],
+        )
+    }
+
+    async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {
+        save_entity(self.connection, entity)
+    }
+
+    async fn record_history(&mut self, entry: &HistoryEntry) -> Result<(), StoreError> {
+        self.connection
+            .prepare_cached(
+                "INSERT INTO ledger_history (entity_id, event_id, event_type, status,
+                    provider_status, level, occurred_at, received_at, applied)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    entry.entity_id,
+                    entry.event_id.to_string(),
+                    entry.event_type.as_str(),
+                    entry.status,
+                    entry.provider_status,
+                    entry.level,
+                    entry.occurred_at.unix_millis(),
+                    entry.received_at.unix_millis(),
+                    entry.applied,
+                ])
+            })
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn conclude(&mut self, conclusion: &Conclusion) -> Result<EventId, StoreError> {
+        let Some(concluder) = self.concluder else {
+            return Err(StoreError::Database(
+                "the ledger reached a conclusion with no concluder".to_owned(),
+            ));
+        };
+        record_announcement(self.connection, &concluder.announce(conclusion))
+    }
+}
+
+/// Applies the facts of one ingest (or reprocessing) to the ledger.
+pub(super) fn apply_facts(
+    connection: &Connection,
+    facts: &[Fact],
+    concluder: Option<&dyn Concluder>,
+) -> Result<Vec<EventId>, StoreError> {
+    let mut repo = SqliteLedger {
+        connection,
+        concluder,
+    };
+    let mut concluded = Vec::new();
+    for fact in facts {
+        concluded.extend(ledger::run_ready(ledger::apply(&mut repo, fact))?.conclusions);
+    }
+    Ok(concluded)
+}
+
+/// The SQL condition and parameters of a ledger listing.
+pub(crate) fn listing_condition(query: &LedgerQuery) -> (String, Vec<SqlValue>) {
+    let mut clauses = vec!["kind = ?".to_owned()];
+    let mut values = vec![SqlValue::Text(query.kind.as_str().to_owned())];
+    let closed = CLOSED_UNPAID
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match &query.filter {
+        LedgerFilter::All => {}
+        LedgerFilter::Outstanding => {
+            clauses.push(format!(
+                "(due IS NULL OR due > 0) AND COALESCE(status, '') NOT IN ({closed})"
+            ));
+        }
+        LedgerFilter::Overdue => {
+            clauses.push(format!(
+                "(due IS NULL OR due > 0) AND COALESCE(status, '') NOT IN ({closed}) AND due_by < ?"
+            ));
+            values.push(SqlValue::Integer(query.now.unix_millis()));
+        }
+        LedgerFilter::Paid => clauses.push("due = 0".to_owned()),
+        LedgerFilter::Unmatched => clauses.push("counted > 0 AND linked_to IS NULL".to_owned()),
+        LedgerFilter::Status(status) => {
+            clauses.push("status = ?".to_owned());
+            values.push(SqlValue::Text(status.clone()));
+        }
+    }
+    for (column, value) in [("provider", &query.provider), ("source", &query.source)] {
+        if let Some(value) = value {
+            clauses.push(format!("{column} = ?"));
+            values.push(SqlValue::Text(value.clone()));
+        }
+    }
+    if let Some(reference) = &query.reference {
+        clauses.push("(provider_id = ? OR number = ?)".to_owned());
+        values.push(SqlValue::Text(reference.clone()));
+        values.push(SqlValue::Text(reference.clone()));
+    }
+    if let Some(before) = &query.before {
+        clauses.push("id < ?".to_owned());
+        values.push(SqlValue::Text(before.clone()));
+    }
+    (clauses.join(" AND "), values)
+}
+
+impl SqliteStore {
+    pub(crate) async fn ledger_entities(
+        &self,
+        query: LedgerQuery,
+    ) -> Result<Page<Entity>, StoreError> {
+        self.read(move |connection| {
+            let limit = clamp_limit(query.limit);
+            let (condition, values) = listing_condition(&query);
+            let mut items = query_entities(
+                connection,
+                &format!("{condition} ORDER BY id DESC LIMIT {}", limit + 1),
+                &values,
+            )?;
+            Ok(paginate(&mut items, limit, |e| e.id.clone()))
+        })
+        .await
+    }
+
+    pub(crate) async fn ledger_entity(&self, id: String) -> Result<Option<Entity>, StoreError> {
+        self.read(move |connection| {
+            Ok(
+                query_entities(connection, "id = ?1", &[SqlValue::Text(id)])?
+                    .into_iter()
+                    .next(),
+            )
+        })
+        .await
+    }
+
+    pub(crate) async fn ledger_linked(&self, id: String) -> Result<Vec<Entity>, StoreError> {
+        self.read(move |connection| {
+            query_entities(
+                connection,
+                "linked_to = ?1 ORDER BY id",
+                &[SqlValue::Text(id)],
+            )
+        })
+        .await
+    }
+
+    pub(crate) async fn ledger_history(&self, id: String) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT entity_id, event_id, event_type, status, provider_status, level,
+                        occurred_at, received_at, applied
+                     FROM ledger_history WHERE entity_id = ?1 ORDER BY seq",
+                )
+                .map_err(db_error)?;
+            let rows = statement
+                .query_map([id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                        row.get::<_, Option<i32>>(5)?,
+                        row.get::<_, i64>(6)?,
+                        row.get::<_, i64>(7)?,
+                        row.get::<_, bool>(8)?,
+                    ))
+                })
+                .map_err(db_error)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_error)?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(HistoryEntry {
+                        entity_id: r.0,
+                        event_id: parse_id(&r.1)?,
+                        event_type: r
+                            .2
+                            .parse::<EventType>()
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        status: r.3,
+                        provider_status: r.4,
+                        level: r.5,
+                        occurred_at: Timestamp::from_unix_millis(r.6),
+                        received_at: Timestamp::from_unix_millis(r.7),
+                        applied: r.8,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Succeeded payments created before `before` that match nothing and were not announced.
+    pub(crate) async fn unmatched_payments(
+        &self,
+        before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Entity>, StoreError> {
+        self.read(move |connection| {
+            query_entities(
+                connection,
+                &format!(
+                    "kind = 'payment' AND counted > 0 AND linked_to IS NULL AND unmatched_event IS NULL
+                     AND created_at <= ?1 ORDER BY id LIMIT {limit}"
+                ),
+                &[SqlValue::Integer(before.unix_millis())],
+            )
+        })
+        .await
+    }
+
+    /// Announces an unmatched payment, unless it was matched or announced meanwhile.
+    pub(crate) async fn record_unmatched(
+        &self,
+        payment_id: String,
+        announcement: Announcement,
+    ) -> Result<bool, StoreError> {
+        self.write(move |connection| {
+            let still: Option<String> = connection
+                .prepare_cached(
+                    "SELECT id FROM ledger_entities
+                     WHERE id = ?1 AND linked_to IS NULL AND unmatched_event IS NULL",
+                )
+                .and_then(|mut s| s.query_row([&payment_id], |row| row.get(0)).optional())
+                .map_err(db_error)?;
+            if still.is_none() {
+                return Ok(false);
+            }
+            let event = record_announcement(connection, &announcement)?;
+            connection
+                .prepare_cached("UPDATE ledger_entities SET unmatched_event = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![payment_id, event.to_string()]))
+                .map_err(db_error)?;
+            Ok(true)
+        })
+        .await
+    }
+}

@@ -1,0 +1,367 @@
+//! The ledger inside ingest transactions, on both backends: linking, settling once, the
+//! listings, unmatched payments, and concurrent writers about the same invoice.
+
+use std::sync::Arc;
+
+use billhook_core::entity::{
+    EntityData, InvoiceSnapshot, PaymentReferences, PaymentSnapshot, SubjectKind,
+};
+use billhook_core::event::EventType;
+use billhook_core::ids::{EventId, InboundId};
+use billhook_core::ledger::{Conclusion, Fact, PaymentRef, StatusRank};
+use billhook_core::money::{Amount, Currency};
+use billhook_core::time::Timestamp;
+use bytes::Bytes;
+
+use super::{backends, inbound, runtime, write};
+use crate::*;
+
+/// Announces conclusions as bare events without deliveries.
+struct BareConcluder;
+
+impl Concluder for BareConcluder {
+    fn announce(&self, conclusion: &Conclusion) -> Announcement {
+        let (event_type, inbound_id, subject, at) = match conclusion {
+            Conclusion::InvoiceSettled { invoice, trigger } => (
+                "invoice.settled",
+                trigger.inbound_id,
+                invoice.provider_id.clone(),
+                trigger.at,
+            ),
+            Conclusion::PaymentUnmatched { payment, at } => (
+                "payment.unmatched",
+                payment.inbound_id,
+                payment.provider_id.clone(),
+                *at,
+            ),
+        };
+        Announcement {
+            event: NewEvent {
+                id: EventId::new_at(at),
+                event_type,
+                source: "zw".to_owned(),
+                subject_kind: if event_type == "invoice.settled" {
+                    "invoice"
+                } else {
+                    "payment"
+                },
+                subject_id: subject,
+                occurred_at: at,
+                received_at: at,
+                payload: Bytes::from_static(b"{}"),
+            },
+            inbound_id,
+            deliveries: Vec::new(),
+        }
+    }
+}
+
+fn invoice_data(id: &str, number: &str, amount: i64) -> EntityData {
+    EntityData::Invoice(InvoiceSnapshot {
+        provider_invoice_id: id.to_owned(),
+        number: Some(number.to_owned()),
+        direction: None,
+        status: Some("issued".to_owned()),
+        provider_status: Some("SENT TO BUYER".to_owned()),
+        currency: Currency::INR,
+        amount: Some(Amount::from_minor(amount)),
+        taxable_amount: None,
+        tax_amount: None,
+        amount_paid: None,
+        amount_due: None,
+        supplier: None,
+        buyer: None,
+        place_of_supply: None,
+        line_items: Vec::new(),
+        order_id: None,
+        payment_id: None,
+        description: None,
+        issued_at: None,
+        paid_at: None,
+        expires_at: None,
+        cancelled_at: None,
+        expired_at: None,
+    })
+}
+
+fn payment_data(id: &str, status: &str, amount: i64, merchant_reference: &str) -> EntityData {
+    EntityData::Payment(PaymentSnapshot {
+        provider_payment_id: id.to_owned(),
+        rail: Some("upi".to_owned()),
+        method: None,
+        status: status.to_owned(),
+        provider_status: status.to_owned(),
+        amount: Amount::from_minor(amount),
+        currency: Currency::INR,
+        amount_refunded: None,
+        fee: None,
+        fee_tax: None,
+        payer: None,
+        payee: None,
+        references: PaymentReferences {
+            merchant_reference: Some(merchant_reference.to_owned()),
+            ..PaymentReferences::default()
+        },
+        description: None,
+        failure: None,
+        created_at: None,
+        completed_at: None,
+        settled: None,
+        settled_at: None,
+    })
+}
+
+/// One ingest carrying one fact about `data`, under a fresh dedup key.
+fn ingest_of(data: EntityData, rank: Option<StatusRank>) -> IngestWrite {
+    let mut request = inbound(
+        "zw",
+        &format!("key-{}", InboundId::new()),
+        InboundStatus::Processed,
+    );
+    request.provider = "zwitch".to_owned();
+    let now = Timestamp::now();
+    let fact = Fact {
+        event_id: EventId::new_at(now),
+        event_type: EventType::PaymentUpdated,
+        inbound_id: request.id,
+        source: "zw".to_owned(),
+        provider: "zwitch".to_owned(),
+        provider_event: "test".to_owned(),
+        sandbox: false,
+        occurred_at: now,
+        received_at: now,
+        data,
+        rank,
+        link_rule: vec![PaymentRef::MerchantReference, PaymentRef::Remark],
+    };
+    let mut ingest = write(request, Vec::new());
+    ingest.facts = vec![fact];
+    ingest.concluder = Some(Arc::new(BareConcluder));
+    ingest
+}
+
+fn concluded(outcome: IngestOutcome) -> Vec<EventId> {
+    match outcome {
+        IngestOutcome::Stored { concluded, .. } => concluded,
+        IngestOutcome::Duplicate { .. } => panic!("unexpected duplicate"),
+    }
+}
+
+const SUCCEEDED: Option<StatusRank> = Some(StatusRank::new(2));
+
+fn query(kind: SubjectKind, filter: LedgerFilter) -> LedgerQuery {
+    LedgerQuery {
+        kind,
+        filter,
+        provider: None,
+        source: None,
+        reference: None,
+        before: None,
+        limit: 50,
+        now: Timestamp::now(),
+    }
+}
+
+#[test]
+fn payments_link_to_their_invoice_which_settles_once() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let first = store
+                .ingest(ingest_of(
+                    payment_data("tx_1", "succeeded", 600, "INV-1"),
+                    SUCCEEDED,
+                ))
+                .await
+                .unwrap();
+            assert!(concluded(first).is_empty());
+            let invoice = store
+                .ingest(ingest_of(
+                    invoice_data("bcinv_1", "INV-1", 1000),
+                    Some(StatusRank::new(1)),
+                ))
+                .await
+                .unwrap();
+            assert!(concluded(invoice).is_empty(), "600 of 1000 is not settled");
+            let second = store
+                .ingest(ingest_of(
+                    payment_data("tx_2", "succeeded", 400, "INV-1"),
+                    SUCCEEDED,
+                ))
+                .await
+                .unwrap();
+            let settled = concluded(second);
+            assert_eq!(settled.len(), 1);
+            // A later message about an already-counted payment concludes nothing again.
+            let again = store
+                .ingest(ingest_of(
+                    payment_data("tx_2", "succeeded", 400, "INV-1"),
+                    SUCCEEDED,
+                ))
+                .await
+                .unwrap();
+            assert!(concluded(again).is_empty());
+
+            let invoices = store
+                .ledger_entities(query(SubjectKind::Invoice, LedgerFilter::All))
+                .await
+                .unwrap()
+                .items;
+            assert_eq!(invoices.len(), 1);
+            let invoice = &invoices[0];
+            assert_eq!(invoice.paid, Amount::from_minor(1000));
+            assert_eq!(invoice.due, Some(Amount::ZERO));
+            assert_eq!(invoice.settled_event, Some(settled[0]));
+            let event = store.event(settled[0]).await.unwrap().unwrap();
+            assert_eq!(event.event_type, "invoice.settled");
+            assert_eq!(store.ledger_linked(&invoice.id).await.unwrap().len(), 2);
+            assert_eq!(store.ledger_history(&invoice.id).await.unwrap().len(), 1);
+            let by_id = store.ledger_entity(&invoice.id).await.unwrap().unwrap();
+            assert_eq!(&by_id, invoice);
+
+            let count = |filter: LedgerFilter, kind: SubjectKind| {
+                let query = query(kind, filter);
+                async move { store.ledger_entities(query).await.unwrap().items.len() }
+            };
+            assert_eq!(count(LedgerFilter::Paid, SubjectKind::Invoice).await, 1);
+            assert_eq!(
+                count(LedgerFilter::Outstanding, SubjectKind::Invoice).await,
+                0
+            );
+            assert_eq!(
+                count(LedgerFilter::Status("issued".into()), SubjectKind::Invoice).await,
+                1
+            );
+            assert_eq!(
+                count(LedgerFilter::Unmatched, SubjectKind::Payment).await,
+                0
+            );
+            assert_eq!(count(LedgerFilter::All, SubjectKind::Payment).await, 2);
+            let mut by_number = query(SubjectKind::Invoice, LedgerFilter::All);
+            by_number.reference = Some("INV-1".to_owned());
+            assert_eq!(
+                store.ledger_entities(by_number).await.unwrap().items.len(),
+                1
+            );
+        }
+    });
+}
+
+#[test]
+fn an_unmatched_payment_is_announced_once() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            store
+                .ingest(ingest_of(
+                    payment_data("tx_9", "succeeded", 250, "NOTHING"),
+                    SUCCEEDED,
+                ))
+                .await
+                .unwrap();
+            store
+                .ingest(ingest_of(
+                    payment_data("tx_8", "pending", 250, "NOTHING"),
+                    Some(StatusRank::new(0)),
+                ))
+                .await
+                .unwrap();
+            let later = Timestamp::now().add(Duration::from_secs(1));
+            let waiting = store.unmatched_payments(later, 10).await.unwrap();
+            assert_eq!(waiting.len(), 1, "only succeeded payments count");
+            assert_eq!(
+                store
+                    .unmatched_payments(Timestamp::from_unix_millis(0), 10)
+                    .await
+                    .unwrap()
+                    .len(),
+                0,
+                "not before the window has passed"
+            );
+            let payment = waiting.into_iter().next().unwrap();
+            let conclusion = Conclusion::PaymentUnmatched {
+                payment: payment.clone(),
+                at: later,
+            };
+            let announcement = BareConcluder.announce(&conclusion);
+            let event_id = announcement.event.id;
+            assert!(
+                store
+                    .record_unmatched(&payment.id, announcement.clone())
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .record_unmatched(&payment.id, announcement)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                store
+                    .unmatched_payments(later, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let shown = store.ledger_entity(&payment.id).await.unwrap().unwrap();
+            assert_eq!(shown.unmatched_event, Some(event_id));
+            let unmatched = store
+                .ledger_entities(query(SubjectKind::Payment, LedgerFilter::Unmatched))
+                .await
+                .unwrap()
+                .items;
+            assert_eq!(unmatched.len(), 1, "still unmatched, announced or not");
+        }
+    });
+}
+
+#[test]
+fn concurrent_writers_about_one_invoice_always_find_each_other() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = test.store.clone();
+            let pairs = 30;
+            let mut tasks = Vec::new();
+            for pair in 0..pairs {
+                let number = format!("INV-C{pair}");
+                let writes = [
+                    ingest_of(
+                        invoice_data(&format!("bcinv_c{pair}"), &number, 1000),
+                        Some(StatusRank::new(1)),
+                    ),
+                    ingest_of(
+                        payment_data(&format!("tx_c{pair}"), "succeeded", 1000, &number),
+                        SUCCEEDED,
+                    ),
+                    // The same payment reported again at the same moment by another message.
+                    ingest_of(
+                        payment_data(&format!("tx_c{pair}"), "succeeded", 1000, &number),
+                        SUCCEEDED,
+                    ),
+                ];
+                for write in writes {
+                    let store = store.clone();
+                    tasks.push(tokio::spawn(async move { store.ingest(write).await }));
+                }
+            }
+            let mut settlements = 0;
+            for task in tasks {
+                settlements += concluded(task.await.unwrap().unwrap()).len();
+            }
+            assert_eq!(settlements, pairs, "every invoice settled exactly once");
+            let mut all = query(SubjectKind::Invoice, LedgerFilter::Paid);
+            all.limit = 500;
+            assert_eq!(store.ledger_entities(all).await.unwrap().items.len(), pairs);
+            let mut payments = query(SubjectKind::Payment, LedgerFilter::All);
+            payments.limit = 500;
+            let payments = store.ledger_entities(payments).await.unwrap().items;
+            assert_eq!(
+                payments.len(),
+                pairs,
+                "one payment each, however many messages"
+            );
+            assert!(payments.iter().all(|p| p.linked_to.is_some()));
+        }
+    });
+}
