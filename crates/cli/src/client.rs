@@ -58,7 +58,24 @@ impl Client {
         self.send(request).await
     }
 
+    /// A GET whose answer is not JSON (a CSV export): the body as text.
+    pub(crate) async fn get_text(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<String, CliError> {
+        let request = self.http.get(format!("{}{path}", self.base)).query(query);
+        let bytes = self.send_raw(request).await?;
+        String::from_utf8(bytes).map_err(|e| CliError::Io(e.to_string()))
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, CliError> {
+        let bytes = self.send_raw(request).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Sends with the admin token; a successful answer's body, or the API's error.
+    async fn send_raw(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, CliError> {
         let response =
             request
                 .bearer_auth(&self.token)
@@ -73,10 +90,10 @@ impl Client {
             url: self.base.clone(),
             reason: e.to_string(),
         })?;
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
-            return Ok(body);
+            return Ok(bytes.to_vec());
         }
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Err(CliError::Api {
             status: status.as_u16(),
             code: body["code"].as_str().unwrap_or("unknown").to_owned(),

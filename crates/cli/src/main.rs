@@ -5,6 +5,7 @@
 #![allow(clippy::print_stderr)]
 
 mod client;
+mod ledger;
 mod output;
 mod serve;
 mod starter;
@@ -57,6 +58,18 @@ enum Command {
         #[command(subcommand)]
         command: ReplayCommand,
     },
+    /// The ledger's invoices: what each is owed, has been paid and by what.
+    Invoices(ledger::LedgerArgs),
+    /// The ledger's payments and the invoices or bills they pay (`--unmatched`: none).
+    Payments(ledger::LedgerArgs),
+    /// BBPS bills fetched for customers, and what was paid against them.
+    Bills(ledger::LedgerArgs),
+    /// BBPS billers and their plans.
+    Billers(ledger::LedgerArgs),
+    /// BBPS complaints.
+    Disputes(ledger::LedgerArgs),
+    /// CamInvoice e-invoice documents.
+    Documents(ledger::LedgerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,6 +301,12 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Trigger(args) => trigger::trigger(args).await,
+        Command::Invoices(args) => ledger::run(ledger::Kind::Invoices, args).await,
+        Command::Payments(args) => ledger::run(ledger::Kind::Payments, args).await,
+        Command::Bills(args) => ledger::run(ledger::Kind::Bills, args).await,
+        Command::Billers(args) => ledger::run(ledger::Kind::Billers, args).await,
+        Command::Disputes(args) => ledger::run(ledger::Kind::Disputes, args).await,
+        Command::Documents(args) => ledger::run(ledger::Kind::Documents, args).await,
         Command::Migrate { to, config } => {
             let config = billhook_server::config::Config::load(config.as_deref())?;
             let database = config.database()?;
@@ -369,7 +388,11 @@ fn parse_since(text: &str) -> Result<String, CliError> {
         .to_rfc3339())
 }
 
-fn push(query: &mut Vec<(&'static str, String)>, name: &'static str, value: Option<String>) {
+pub(crate) fn push(
+    query: &mut Vec<(&'static str, String)>,
+    name: &'static str,
+    value: Option<String>,
+) {
     if let Some(value) = value {
         query.push((name, value));
     }

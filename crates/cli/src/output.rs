@@ -46,7 +46,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
@@ -58,7 +58,7 @@ pub(crate) fn pretty(value: &Value) {
     line(&serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
-fn next_page_hint(page: &Value) {
+pub(crate) fn next_page_hint(page: &Value) {
     if let Some(cursor) = page["next_cursor"].as_str() {
         line(&format!("\nmore: --cursor {cursor}"));
     }

@@ -48,6 +48,8 @@ name = "zwitch"
 provider = "zwitch"
 # Zwitch dashboard → Webhooks → Signing Secret. Covers UPI collect and Bharat Connect.
 secrets = ["{zwitch}"]
+# The ledger links a UPI payment to the invoice whose number or id its merchant reference (or
+# remark) names; narrow it with reconcile = ["merchant_reference"].
 
 [[source]]
 name = "setu"

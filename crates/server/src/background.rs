@@ -1,4 +1,5 @@
-//! Background work inside `billhook serve`: forgetting expired dedup keys.
+//! Background work inside `billhook serve`: forgetting expired dedup keys and announcing
+//! payments that matched no invoice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,10 @@ impl Background {
 
 pub(crate) fn spawn(app: Arc<App>) -> Background {
     let (stop, stopped) = watch::channel(false);
-    let tasks = vec![tokio::spawn(sweep_dedup(app, stopped))];
+    let tasks = vec![
+        tokio::spawn(sweep_dedup(Arc::clone(&app), stopped.clone())),
+        tokio::spawn(sweep_unmatched(app, stopped)),
+    ];
     Background { stop, tasks }
 }
 
@@ -58,6 +62,19 @@ async fn sweep_dedup(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+async fn sweep_unmatched(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    let every = app.settings.ledger.sweep_every.0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.changed() => return,
+        }
+        if let Err(error) = crate::ledger::announce_unmatched(&app).await {
+            tracing::warn!(%error, "could not look for unmatched payments");
         }
     }
 }

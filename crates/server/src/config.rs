@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use billhook_core::ledger::PaymentRef;
 use billhook_providers::auth::{Secret, SourceAuth, SourceSpec, SpecError};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -38,6 +39,7 @@ const ENV_SECTIONS: &[&str] = &[
     "admin_token",
     "ingest",
     "delivery",
+    "ledger",
     "log",
     "trusted_proxies",
 ];
@@ -52,7 +54,7 @@ pub enum ConfigError {
     #[error("source `{0}` is configured twice")]
     DuplicateSource(String),
     #[error("source `{source_name}`: {message}")]
-    SourceAuth {
+    SourceSetting {
         source_name: String,
         message: String,
     },
@@ -128,6 +130,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
     #[serde(default, rename = "endpoint")]
@@ -155,6 +159,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
             delivery: DeliveryConfig::default(),
+            ledger: LedgerConfig::default(),
             sources: Vec::new(),
             endpoints: Vec::new(),
         }
@@ -366,6 +371,26 @@ impl DeliveryConfig {
     }
 }
 
+/// `[ledger]`: how the ledger concludes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// A succeeded payment still linked to no invoice or bill this long after billhook first
+    /// saw it is announced as `payment.unmatched`.
+    pub unmatched_after: HumanDuration,
+    /// How often payments are checked for that.
+    pub sweep_every: HumanDuration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            unmatched_after: HumanDuration(Duration::from_secs(30 * 60)),
+            sweep_every: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
 /// One `[[endpoint]]` declared in the configuration; created at start and kept in line with the
 /// file (matched by `name`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -415,6 +440,11 @@ pub struct SourceConfig {
     /// The status that acknowledges a request (202 unless the provider insists on 200).
     #[serde(default)]
     pub ack_status: Option<u16>,
+    /// The payment references the ledger links this source's payments to invoices and bills
+    /// by: `invoice_id`, `order_id`, `merchant_reference`, `remark`, `bill_ref_id`,
+    /// `biller_ref_id`. Default: the provider's own rule.
+    #[serde(default)]
+    pub reconcile: Option<Vec<String>>,
 }
 
 /// `auth = { kind = …, … }` for a source.
@@ -445,6 +475,8 @@ pub enum AuthConfig {
 pub struct Source {
     pub spec: SourceSpec,
     pub ack_status: http::StatusCode,
+    /// The references the ledger matches this source's payments on.
+    pub link_rule: Vec<PaymentRef>,
 }
 
 /// Everything the server needs, validated.
@@ -458,6 +490,7 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     pub ingest: IngestConfig,
     pub delivery: DeliveryConfig,
+    pub ledger: LedgerConfig,
     pub sources: HashMap<String, Source>,
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -535,6 +568,11 @@ impl Config {
             ));
         }
         self.delivery.validate()?;
+        if self.ledger.sweep_every.0 < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "ledger.sweep_every must be at least 100ms".to_owned(),
+            ));
+        }
         let database = self.database()?;
         if self.role != Role::All
             && matches!(database, billhook_store::DatabaseConfig::Sqlite { .. })
@@ -553,15 +591,23 @@ impl Config {
                     http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::ACCEPTED)
                 }
                 Some(other) => {
-                    return Err(ConfigError::SourceAuth {
+                    return Err(ConfigError::SourceSetting {
                         source_name: name,
                         message: format!("ack_status {other} is not one of 200, 202, 204"),
                     });
                 }
             };
             let spec = source.spec()?;
+            let link_rule = source.link_rule(&spec)?;
             if sources
-                .insert(name.clone(), Source { spec, ack_status })
+                .insert(
+                    name.clone(),
+                    Source {
+                        spec,
+                        ack_status,
+                        link_rule,
+                    },
+                )
                 .is_some()
             {
                 return Err(ConfigError::DuplicateSource(name));
@@ -576,6 +622,7 @@ impl Config {
             trusted_proxies: self.trusted_proxies,
             ingest: self.ingest,
             delivery: self.delivery,
+            ledger: self.ledger,
             sources,
             endpoints: self.endpoints,
         })
@@ -593,13 +640,31 @@ impl SourceConfig {
             self.allow_ips.clone(),
         )?)
     }
+
+    /// The references the ledger matches this source's payments on.
+    fn link_rule(&self, spec: &SourceSpec) -> Result<Vec<PaymentRef>, ConfigError> {
+        let Some(names) = &self.reconcile else {
+            return Ok(spec.provider.default_link_rule().to_vec());
+        };
+        names
+            .iter()
+            .map(|name| {
+                PaymentRef::parse(name).ok_or_else(|| ConfigError::SourceSetting {
+                    source_name: self.name.clone(),
+                    message: format!(
+                        "reconcile: `{name}` is not a payment reference; use invoice_id, order_id, merchant_reference, remark, bill_ref_id or biller_ref_id"
+                    ),
+                })
+            })
+            .collect()
+    }
 }
 
 /// The JWT `iat` age limit when a source does not set one.
 pub const DEFAULT_JWT_MAX_AGE: Duration = Duration::from_secs(120);
 
 fn source_auth(source: &SourceConfig) -> Result<Option<SourceAuth>, ConfigError> {
-    let invalid = |message: String| ConfigError::SourceAuth {
+    let invalid = |message: String| ConfigError::SourceSetting {
         source_name: source.name.clone(),
         message,
     };

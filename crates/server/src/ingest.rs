@@ -13,11 +13,13 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::response::{IntoResponse, Response};
 use billhook_core::event::Reception;
 use billhook_core::ids::{EventId, InboundId};
+use billhook_core::ledger::Fact;
 use billhook_core::time::Timestamp;
 use billhook_providers::auth::SourceAuth;
 use billhook_providers::{InboundRequest, NormalizeError, Normalized, body_hash_key};
 use billhook_store::{
-    InboundStatus, IngestOutcome, IngestWrite, NewEvent, NewInbound, RawOrigin, RecordedError,
+    Concluder, InboundStatus, IngestOutcome, IngestWrite, NewEvent, NewInbound, RawOrigin,
+    RecordedError,
 };
 use bytes::Bytes;
 use http::{HeaderMap, header};
@@ -29,11 +31,13 @@ use crate::App;
 use crate::config::Source;
 use crate::delivery::{Prepared, fan_out_events};
 use crate::error::{ApiError, ErrorCode};
+use crate::ledger;
 
 /// What the provider (or whoever posts) gets back.
 #[derive(Debug, Serialize)]
 pub struct IngestResponse {
     pub inbound_id: InboundId,
+    /// The canonical events the message became (not the ledger's conclusions from it).
     pub events: Vec<EventId>,
     pub duplicate: bool,
     /// True when the message was verified but could not be normalized: it is kept for
@@ -141,6 +145,7 @@ async fn process(
         normalized,
         app.settings.ingest.dedup_window.0,
         body.clone(),
+        app.announcer.clone(),
     );
     let quarantined = write.inbound.status == InboundStatus::Quarantined;
     let prepared = if quarantined {
@@ -173,8 +178,14 @@ async fn process(
         IngestOutcome::Stored {
             inbound_id,
             event_ids,
+            concluded,
         } => {
             app.delivery.hand_off(prepared);
+            if !concluded.is_empty() {
+                // The announcements' deliveries were planned inside the transaction and wait in
+                // the database; they are due now.
+                app.delivery.wake();
+            }
             IngestResponse {
                 inbound_id,
                 events: event_ids,
@@ -295,10 +306,12 @@ pub(crate) fn build_write(
     normalized: Result<Normalized, NormalizeError>,
     dedup_window: std::time::Duration,
     body: Bytes,
+    concluder: Arc<dyn Concluder>,
 ) -> IngestWrite {
     let inbound_id = InboundId::new_at(request.received_at);
     let provider = source.spec.provider.name();
-    let (status, provider_event, provider_event_id, dedup_key, events, error) = match normalized {
+    let (status, provider_event, provider_event_id, dedup_key, canonical, error) = match normalized
+    {
         Ok(normalized) => {
             let reception = Reception {
                 inbound_id,
@@ -309,13 +322,13 @@ pub(crate) fn build_write(
                 provider_event_id: normalized.provider_event_id.as_deref(),
                 sandbox: normalized.sandbox,
             };
-            let events = canonical_events(&normalized, &reception, &source.spec.name);
+            let canonical = canonical_events(&normalized, &reception, source);
             (
                 InboundStatus::Processed,
                 Some(normalized.provider_event.clone()),
                 normalized.provider_event_id.clone(),
                 normalized.dedup_key,
-                events,
+                canonical,
                 None,
             )
         }
@@ -330,7 +343,10 @@ pub(crate) fn build_write(
                 None,
                 None,
                 dedup_key,
-                Vec::new(),
+                Canonical {
+                    events: Vec::new(),
+                    facts: Vec::new(),
+                },
                 Some(RecordedError {
                     code: error.code().to_owned(),
                     message: error.to_string(),
@@ -355,37 +371,35 @@ pub(crate) fn build_write(
             body,
             error,
         },
-        events,
+        events: canonical.events,
+        facts: canonical.facts,
+        concluder: Some(concluder),
         dedup_expires_at: request.received_at.add(dedup_window),
     }
 }
 
-/// Finishes a provider's drafts into canonical events and serializes each once: the stored
-/// bytes are the delivered bytes.
+/// A message's canonical events, stored as delivered, and what they tell the ledger.
+pub(crate) struct Canonical {
+    pub events: Vec<NewEvent>,
+    pub facts: Vec<Fact>,
+}
+
+/// Finishes a provider's drafts into canonical events and the ledger's facts.
 pub(crate) fn canonical_events(
     normalized: &Normalized,
     reception: &Reception<'_>,
-    source_name: &str,
-) -> Vec<NewEvent> {
-    normalized
-        .events
-        .iter()
-        .cloned()
-        .map(|draft| {
-            let event = draft.finish(reception, &normalized.warnings);
-            let payload = serde_json::to_vec(&event).unwrap_or_default();
-            NewEvent {
-                id: event.id,
-                event_type: event.event_type.as_str(),
-                source: source_name.to_owned(),
-                subject_kind: event.subject.kind.as_str(),
-                subject_id: event.subject.id,
-                occurred_at: event.occurred_at,
-                received_at: event.received_at,
-                payload: Bytes::from(payload),
-            }
-        })
-        .collect()
+    source: &Source,
+) -> Canonical {
+    let mut canonical = Canonical {
+        events: Vec::with_capacity(normalized.events.len()),
+        facts: Vec::with_capacity(normalized.events.len()),
+    };
+    for draft in normalized.events.iter().cloned() {
+        let event = draft.finish(reception, &normalized.warnings);
+        canonical.facts.extend(ledger::fact_for(&event, source));
+        canonical.events.push(ledger::stored_event(&event));
+    }
+    canonical
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod error;
 mod health;
 mod ingest;
+pub mod ledger;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ pub struct App {
     pub settings: Settings,
     pub store: Store,
     pub delivery: delivery::Delivery,
+    /// Turns the ledger's conclusions into canonical events.
+    pub announcer: Arc<ledger::Announcer>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -78,11 +81,13 @@ impl Server {
             settings.role.delivers(),
         )
         .await?;
+        let announcer = Arc::new(ledger::Announcer::new(delivery.planner()));
         Ok(Self {
             app: Arc::new(App {
                 settings,
                 store,
                 delivery,
+                announcer,
             }),
         })
     }

@@ -7,5 +7,6 @@ mod api;
 mod delivery;
 mod emulator;
 mod ingest;
+mod ledger;
 mod process;
 mod scale;

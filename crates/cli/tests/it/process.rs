@@ -218,7 +218,7 @@ fn a_source_without_usable_auth_stops_the_server() {
 async fn every_acknowledged_event_is_delivered_across_a_sigkill() {
     // A receiver slow enough that deliveries are in flight when the process dies.
     let receiver = Receiver::start(std::sync::Arc::new(|_| {
-        (200, vec![], Some(Duration::from_millis(20)))
+        (200, vec![], Some(Duration::from_millis(100)))
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();

@@ -320,8 +320,8 @@ async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, Ap
                 provider_event_id: normalized.provider_event_id.as_deref(),
                 sandbox: normalized.sandbox,
             };
-            let events = canonical_events(&normalized, &reception, &source.spec.name);
-            let fan_out: Vec<_> = crate::delivery::fan_out_events(&events)
+            let canonical = canonical_events(&normalized, &reception, source);
+            let fan_out: Vec<_> = crate::delivery::fan_out_events(&canonical.events)
                 .into_iter()
                 .map(|(event, _)| event)
                 .collect();
@@ -332,8 +332,10 @@ async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, Ap
                 provider_event: normalized.provider_event.clone(),
                 provider_event_id: normalized.provider_event_id.clone(),
                 dedup_key: normalized.dedup_key.clone(),
-                events,
+                events: canonical.events,
                 deliveries,
+                facts: canonical.facts,
+                concluder: Some(app.announcer.clone()),
                 dedup_expires_at: Timestamp::now().add(app.settings.ingest.dedup_window.0),
             }
         }
@@ -347,7 +349,10 @@ async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, Ap
         Reprocess::Normalized { .. } => None,
     };
     let view = match app.store.reprocess(id, outcome).await? {
-        ReprocessOutcome::Processed { event_ids } => {
+        ReprocessOutcome::Processed {
+            event_ids,
+            concluded: _,
+        } => {
             app.delivery.wake();
             ReprocessView {
                 id,

@@ -5,6 +5,7 @@ mod endpoints;
 mod event_types;
 mod events;
 mod inbound;
+mod ledger;
 
 use std::sync::Arc;
 
@@ -48,6 +49,7 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/inbound/{id}/reprocess", post(inbound::reprocess_one))
         .route("/event-types", get(event_types::list))
         .route("/event-types/{name}", get(event_types::show))
+        .merge(ledger::routes())
         .route_layer(middleware::from_fn_with_state(app, require_admin))
 }
 

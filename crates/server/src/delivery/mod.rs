@@ -307,6 +307,14 @@ impl Delivery {
             .collect()
     }
 
+    /// A handle that plans deliveries against this instance's current endpoints, for the
+    /// ledger's announcements (planned inside a store transaction, picked up by the poller).
+    pub fn planner(&self) -> Planner {
+        Planner {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Starts the jobs of a committed ingest.
     pub fn hand_off(&self, prepared: Prepared) {
         for job in prepared.jobs {
@@ -389,6 +397,31 @@ fn new_delivery(
         },
         next_attempt_at: due,
         lease,
+    }
+}
+
+/// Plans deliveries for events billhook itself announces.
+#[derive(Clone)]
+pub struct Planner {
+    shared: Arc<Shared>,
+}
+
+impl Planner {
+    /// Deliveries of one announced event to the canonical endpoints subscribed to it. Raw
+    /// endpoints receive providers' messages only, and billhook's conclusions are none.
+    pub fn canonical(
+        &self,
+        source: &str,
+        event: FanOutEvent,
+        inbound_id: InboundId,
+        now: Timestamp,
+    ) -> Vec<NewDelivery> {
+        let set = self.shared.endpoints();
+        plan_deliveries(source, &[event], &set.subscribers)
+            .iter()
+            .filter(|plan| plan.event_id.is_some())
+            .map(|plan| new_delivery(plan, DeliveryId::new_at(now), inbound_id, now, None))
+            .collect()
     }
 }
 

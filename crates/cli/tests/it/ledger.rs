@@ -1,0 +1,557 @@
+//! The ledger end to end: provider messages from the emulator, in and out of order and
+//! redelivered, and what `/v1/invoices`, `/v1/payments` and the other listings conclude.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::*;
+
+backend_tests!(
+    two_partial_payments_settle_the_invoice_once,
+    zwitch_success_before_pending_stays_succeeded,
+    razorpay_captured_before_authorized_stays_captured,
+    setu_failure_then_late_processing_stays_failed,
+    caminvoice_paid_then_late_accepted_stays_paid,
+    a_zwitch_payment_settles_the_bharat_connect_invoice_it_names,
+    a_setu_payment_pays_the_bill_it_was_fetched_for,
+    a_payment_no_invoice_claims_is_announced_once,
+    listings_filter_find_by_reference_and_export_csv,
+    the_cli_lists_invoices_and_payments,
+);
+
+/// Runs a scenario (TOML text) through `billhook trigger --scenario`; panics if any step fails.
+async fn run_scenario(app: &TestApp, name: &str, text: &str) {
+    let path = app.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let (ok, printed) = app
+        .cli(&["trigger", "--scenario", path.to_str().unwrap()])
+        .await;
+    assert!(ok && !printed.contains("FAILED"), "{name}: {printed}");
+}
+
+/// A shipped scenario's text.
+fn shipped(file: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/../../scenarios/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// Every item of a ledger listing (one page is enough for these tests).
+async fn listing(app: &TestApp, path: &str) -> Vec<Value> {
+    let (status, page) = app.admin_get(path).await;
+    assert_eq!(status, 200, "{path}: {page}");
+    assert_eq!(page["next_cursor"], Value::Null, "{path}");
+    page["data"].as_array().unwrap().clone()
+}
+
+/// The one entity a listing holds.
+async fn only(app: &TestApp, path: &str) -> Value {
+    let items = listing(app, path).await;
+    assert_eq!(items.len(), 1, "{path}: {items:?}");
+    items.into_iter().next().unwrap()
+}
+
+async fn detail(app: &TestApp, kind: &str, id: &str) -> Value {
+    let (status, detail) = app.admin_get(&format!("/v1/{kind}/{id}")).await;
+    assert_eq!(status, 200, "{detail}");
+    detail
+}
+
+/// The statuses of an entity's history, in arrival order, with whether each moved the state.
+fn history(detail: &Value) -> Vec<(String, bool)> {
+    detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["status"].as_str().unwrap_or_default().to_owned(),
+                h["applied"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn events_of_type(app: &TestApp, event_type: &str) -> Vec<Value> {
+    listing(app, &format!("/v1/events?type={event_type}")).await
+}
+
+async fn two_partial_payments_settle_the_invoice_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["invoice.settled"] }))
+        .await;
+    // The shipped scenario, then both messages redelivered as Razorpay would.
+    let scenario = format!(
+        "{}\n[[step]]\nname = \"first_again\"\nresend = \"first_half\"\n\n[[step]]\nname = \"second_again\"\nresend = \"second_half\"\n",
+        shipped("razorpay-invoice-two-partial-payments.toml")
+    );
+    run_scenario(&app, "two-partials", &scenario).await;
+
+    let invoice = only(&app, "/v1/invoices?provider=razorpay").await;
+    let payments = listing(&app, "/v1/payments?provider=razorpay").await;
+    assert_eq!(payments.len(), 2, "{payments:?}");
+    let sum: i64 = payments.iter().map(|p| p["amount"].as_i64().unwrap()).sum();
+    assert!(payments.iter().all(|p| p["linked_to"] == invoice["id"]));
+    assert_eq!(invoice["paid"].as_i64().unwrap(), sum);
+    assert_eq!(invoice["amount"].as_i64().unwrap(), sum);
+    assert_eq!(invoice["due"], json!(0));
+    assert_eq!(invoice["overpaid"], json!(0));
+    assert_eq!(invoice["status"], json!("paid"));
+
+    let settled = events_of_type(&app, "invoice.settled").await;
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    assert_eq!(settled[0]["id"], invoice["settled_event"]);
+    assert_eq!(settled[0]["data"]["amount_paid"].as_i64().unwrap(), sum);
+    assert_eq!(settled[0]["data"]["amount_due"], json!(0));
+    assert_eq!(
+        settled[0]["subject"]["id"], invoice["provider_id"],
+        "the announcement is about the provider's invoice"
+    );
+    app.eventually(
+        Duration::from_secs(10),
+        "the announcement delivered",
+        || async { receiver.count() >= 1 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrivals = receiver.arrivals();
+    assert_eq!(arrivals.len(), 1);
+    let delivered: Value = serde_json::from_slice(&arrivals[0].body).unwrap();
+    assert_eq!(delivered["type"], json!("invoice.settled"));
+
+    let shown = detail(&app, "invoices", invoice["id"].as_str().unwrap()).await;
+    assert_eq!(shown["payments"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        history(&shown),
+        vec![
+            ("partially_paid".to_owned(), true),
+            ("paid".to_owned(), true)
+        ]
+    );
+    app.stop().await;
+}
+
+async fn zwitch_success_before_pending_stays_succeeded(backend: Backend) {
+    let app = spawn_app(backend).await;
+    run_scenario(&app, "zwitch", &shipped("zwitch-upi-out-of-order.toml")).await;
+    let payment = only(&app, "/v1/payments?provider=zwitch").await;
+    assert_eq!(payment["status"], json!("succeeded"));
+    assert_eq!(payment["provider_status"], json!("success"));
+    assert_eq!(payment["counted"], payment["amount"]);
+    let shown = detail(&app, "payments", payment["id"].as_str().unwrap()).await;
+    // The redelivered success was recognised at the door; the late pending entered the
+    // history without moving the state back.
+    assert_eq!(
+        history(&shown),
+        vec![
+            ("succeeded".to_owned(), true),
+            ("pending".to_owned(), false)
+        ]
+    );
+    app.stop().await;
+}
+
+async fn razorpay_captured_before_authorized_stays_captured(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let scenario = r#"
+name = "captured before authorized"
+
+[[step]]
+name = "captured"
+provider = "razorpay"
+event = "payment.captured"
+
+[[step]]
+name = "authorized"
+provider = "razorpay"
+event = "payment.authorized"
+[step.set]
+"payload.payment.entity.id" = "${captured.payload.payment.entity.id}"
+"payload.payment.entity.order_id" = "${captured.payload.payment.entity.order_id}"
+"payload.payment.entity.amount" = "${captured.payload.payment.entity.amount}"
+
+[[step]]
+name = "captured_again"
+resend = "captured"
+"#;
+    run_scenario(&app, "razorpay", scenario).await;
+    let payment = only(&app, "/v1/payments?provider=razorpay").await;
+    assert_eq!(payment["status"], json!("succeeded"));
+    assert_eq!(payment["provider_status"], json!("captured"));
+    let shown = detail(&app, "payments", payment["id"].as_str().unwrap()).await;
+    assert_eq!(
+        history(&shown),
+        vec![
+            ("succeeded".to_owned(), true),
+            ("authorized".to_owned(), false)
+        ]
+    );
+    app.stop().await;
+}
+
+async fn setu_failure_then_late_processing_stays_failed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let scenario = r#"
+name = "failure, then a late processing"
+
+[[step]]
+name = "fetched"
+provider = "setu_bbps"
+event = "BILL_FETCH"
+
+[[step]]
+name = "failed"
+provider = "setu_bbps"
+event = "BILL_PAY"
+variant = "Failure"
+[step.set]
+"data.refId" = "${fetched.data.refId}"
+"data.billerRefId" = "${fetched.data.billerRefId}"
+"data.paymentDetails.amount" = "${fetched.data.bill.amount}"
+
+[[step]]
+name = "late_processing"
+provider = "setu_bbps"
+event = "BILL_PAY"
+variant = "Processing"
+[step.set]
+"data.refId" = "${fetched.data.refId}"
+"data.billerRefId" = "${fetched.data.billerRefId}"
+"data.transactionId" = "${failed.data.transactionId}"
+"data.paymentDetails.paymentRefId" = "${failed.data.paymentDetails.paymentRefId}"
+"data.paymentDetails.amount" = "${fetched.data.bill.amount}"
+
+[[step]]
+name = "failed_again"
+resend = "failed"
+"#;
+    run_scenario(&app, "setu", scenario).await;
+    let payment = only(&app, "/v1/payments?provider=setu_bbps").await;
+    assert_eq!(payment["status"], json!("failed"));
+    assert_eq!(payment["counted"], json!(0));
+    let shown = detail(&app, "payments", payment["id"].as_str().unwrap()).await;
+    assert_eq!(
+        history(&shown),
+        vec![
+            ("failed".to_owned(), true),
+            ("processing".to_owned(), false)
+        ]
+    );
+    // Linked to its bill, which a failed payment does not pay.
+    let bill = only(&app, "/v1/bills").await;
+    assert_eq!(payment["linked_to"], bill["id"]);
+    assert_eq!(bill["paid"], json!(0));
+    assert_eq!(bill["due"], bill["amount"]);
+    app.stop().await;
+}
+
+async fn caminvoice_paid_then_late_accepted_stays_paid(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let scenario = r#"
+name = "paid, then a late accepted"
+
+[[step]]
+name = "paid"
+provider = "caminvoice"
+event = "DOCUMENT.STATUS_UPDATED"
+variant = "PAID"
+
+[[step]]
+name = "accepted"
+provider = "caminvoice"
+event = "DOCUMENT.STATUS_UPDATED"
+variant = "ACCEPTED"
+[step.set]
+"document_id" = "${paid.document_id}"
+"endpoint_id" = "${paid.endpoint_id}"
+
+[[step]]
+name = "paid_again"
+resend = "paid"
+"#;
+    run_scenario(&app, "caminvoice", scenario).await;
+    let document = only(&app, "/v1/documents").await;
+    assert_eq!(document["status"], json!("paid"));
+    let shown = detail(&app, "documents", document["id"].as_str().unwrap()).await;
+    assert_eq!(
+        history(&shown),
+        vec![("paid".to_owned(), true), ("accepted".to_owned(), false)]
+    );
+    assert_eq!(
+        listing(&app, "/v1/documents?status=accepted").await.len(),
+        0
+    );
+    app.stop().await;
+}
+
+async fn a_zwitch_payment_settles_the_bharat_connect_invoice_it_names(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // The payment arrives first and names the invoice by its number; the invoice follows.
+    let scenario = r#"
+name = "a UPI collect paying a Bharat Connect invoice"
+
+[[step]]
+name = "paid"
+provider = "zwitch"
+event = "payments.updated"
+variant = "success"
+[step.set]
+"data.object.merchant_reference_id" = "INV-2026-0042"
+"data.object.amount" = 1180.5
+
+[[step]]
+name = "invoice"
+provider = "zwitch"
+event = "bharat_connect.invoice.create"
+[step.set]
+"data.object.supplier_invoice_number" = "INV-2026-0042"
+"data.object.value_details.total_invoice_value" = 1180.5
+"#;
+    run_scenario(&app, "zwitch-bc", scenario).await;
+    let invoice = only(&app, "/v1/invoices?reference=INV-2026-0042").await;
+    assert_eq!(invoice["amount"], json!(118_050));
+    assert_eq!(invoice["paid"], json!(118_050));
+    assert_eq!(invoice["due"], json!(0));
+    assert!(invoice["settled_event"].is_string(), "{invoice}");
+    let payment = only(&app, "/v1/payments?provider=zwitch").await;
+    assert_eq!(payment["linked_to"], invoice["id"]);
+    assert_eq!(payment["link_rule"], json!("merchant_reference"));
+    assert_eq!(events_of_type(&app, "invoice.settled").await.len(), 1);
+    // The invoice can be looked up by its number as well as by billhook's id.
+    let by_number = detail(&app, "invoices", "INV-2026-0042").await;
+    assert_eq!(by_number["id"], invoice["id"]);
+    assert_eq!(by_number["payments"][0]["id"], payment["id"]);
+    let paid_by = detail(&app, "payments", payment["id"].as_str().unwrap()).await;
+    assert_eq!(paid_by["paid_by"]["id"], invoice["id"]);
+    app.stop().await;
+}
+
+async fn a_setu_payment_pays_the_bill_it_was_fetched_for(backend: Backend) {
+    let app = spawn_app(backend).await;
+    run_scenario(&app, "setu", &shipped("setu-bill-lifecycle.toml")).await;
+    let bill = only(&app, "/v1/bills").await;
+    let payment = only(&app, "/v1/payments?provider=setu_bbps").await;
+    assert_eq!(payment["status"], json!("succeeded"));
+    assert_eq!(payment["linked_to"], bill["id"]);
+    assert_eq!(payment["link_rule"], json!("bill_ref_id"));
+    assert_eq!(bill["paid"], bill["amount"]);
+    assert_eq!(bill["due"], json!(0));
+    assert_eq!(listing(&app, "/v1/bills?status=paid").await.len(), 1);
+    assert_eq!(listing(&app, "/v1/bills?status=outstanding").await.len(), 0);
+    let dispute = only(&app, "/v1/disputes").await;
+    assert_eq!(dispute["status"], json!("initialized"));
+    app.stop().await;
+}
+
+async fn a_payment_no_invoice_claims_is_announced_once(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        "[ledger]\nunmatched_after = \"300ms\"\nsweep_every = \"100ms\"\n",
+    )
+    .await;
+    let receiver = Receiver::ok().await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["payment.unmatched"] }))
+        .await;
+    let scenario = r#"
+name = "a stray payment and a matched one"
+
+[[step]]
+name = "stray"
+provider = "zwitch"
+event = "payments.updated"
+variant = "success"
+[step.set]
+"data.object.merchant_reference_id" = "NO-SUCH-INVOICE"
+"data.object.remark" = "nothing to see"
+
+[[step]]
+name = "invoice"
+provider = "zwitch"
+event = "bharat_connect.invoice.create"
+[step.set]
+"data.object.supplier_invoice_number" = "INV-7"
+
+[[step]]
+name = "matched"
+provider = "zwitch"
+event = "payments.updated"
+variant = "success"
+[step.set]
+"data.object.merchant_reference_id" = "INV-7"
+"#;
+    run_scenario(&app, "unmatched", scenario).await;
+    app.eventually(
+        Duration::from_secs(10),
+        "payment.unmatched announced",
+        || async { receiver.count() >= 1 },
+    )
+    .await;
+    // Several more sweeps pass: still one announcement, for the stray payment only.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let announced = events_of_type(&app, "payment.unmatched").await;
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    assert_eq!(receiver.count(), 1);
+    let unmatched = only(&app, "/v1/payments?unmatched=true").await;
+    assert_eq!(
+        unmatched["data"]["references"]["merchant_reference"],
+        json!("NO-SUCH-INVOICE")
+    );
+    assert_eq!(unmatched["unmatched_event"], announced[0]["id"]);
+    assert_eq!(announced[0]["source"]["event"], json!("billhook.ledger"));
+    assert_eq!(listing(&app, "/v1/payments").await.len(), 2);
+    app.stop().await;
+}
+
+async fn listings_filter_find_by_reference_and_export_csv(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let scenario = r#"
+name = "one invoice paid, one outstanding, one expired"
+
+[[step]]
+name = "paid"
+provider = "razorpay"
+event = "invoice.paid"
+[step.set]
+"payload.invoice.entity.invoice_number" = "PAID-1"
+"payload.invoice.entity.customer_details.name" = "=SUM(A1:A9)"
+
+[[step]]
+name = "issued"
+provider = "zwitch"
+event = "bharat_connect.invoice.create"
+[step.set]
+"data.object.supplier_invoice_number" = "OPEN-1"
+"data.object.value_details.total_invoice_value" = 2500.75
+
+[[step]]
+name = "expired"
+provider = "razorpay"
+event = "invoice.expired"
+[step.set]
+"payload.invoice.entity.invoice_number" = "GONE-1"
+"#;
+    run_scenario(&app, "listings", scenario).await;
+    let numbers = |items: Vec<Value>| {
+        let mut numbers: Vec<String> = items
+            .iter()
+            .map(|i| i["number"].as_str().unwrap().to_owned())
+            .collect();
+        numbers.sort();
+        numbers
+    };
+    assert_eq!(
+        numbers(listing(&app, "/v1/invoices").await),
+        ["GONE-1", "OPEN-1", "PAID-1"]
+    );
+    assert_eq!(
+        numbers(listing(&app, "/v1/invoices?status=outstanding").await),
+        ["OPEN-1"]
+    );
+    assert_eq!(
+        numbers(listing(&app, "/v1/invoices?status=paid").await),
+        ["PAID-1"]
+    );
+    assert_eq!(
+        numbers(listing(&app, "/v1/invoices?status=expired").await),
+        ["GONE-1"]
+    );
+    assert_eq!(
+        numbers(listing(&app, "/v1/invoices?provider=zwitch").await),
+        ["OPEN-1"]
+    );
+    assert_eq!(listing(&app, "/v1/invoices?status=overdue").await.len(), 0);
+
+    // Pagination walks every invoice once.
+    let (_, first) = app.admin_get("/v1/invoices?limit=2").await;
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = app
+        .admin_get(&format!("/v1/invoices?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(second["data"].as_array().unwrap().len(), 1);
+    assert_eq!(second["next_cursor"], Value::Null);
+
+    // Bad requests get stable codes.
+    for (path, code) in [
+        ("/v1/invoices?unmatched=true", "invalid_request"),
+        (
+            "/v1/payments?unmatched=true&status=failed",
+            "invalid_request",
+        ),
+        ("/v1/invoices?format=xml", "invalid_request"),
+        ("/v1/invoices?limit=0", "invalid_request"),
+        ("/v1/invoices/iv_nonexistent", "not_found"),
+        ("/v1/payments/nothing-like-it", "not_found"),
+    ] {
+        let (status, body) = app.admin_get(path).await;
+        assert!(status == 400 || status == 404, "{path}: {status}");
+        assert_eq!(body["code"], json!(code), "{path}: {body}");
+    }
+
+    // The CSV export: every invoice, money in major units, formulas defused.
+    let response = app
+        .http
+        .get(app.url("/v1/invoices?format=csv"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(
+        response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("billhook-invoices-")
+    );
+    let csv = response.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(lines[0].starts_with("id,provider,source,provider_id,status"));
+    let open = lines.iter().find(|l| l.contains("OPEN-1")).unwrap();
+    assert!(open.contains(",2500.75,"), "{open}");
+    let paid = lines.iter().find(|l| l.contains("PAID-1")).unwrap();
+    assert!(paid.contains(",'=SUM(A1:A9),"), "{paid}");
+    app.stop().await;
+}
+
+async fn the_cli_lists_invoices_and_payments(backend: Backend) {
+    let app = spawn_app(backend).await;
+    run_scenario(
+        &app,
+        "two-partials",
+        &shipped("razorpay-invoice-two-partial-payments.toml"),
+    )
+    .await;
+    let (ok, table) = app.cli(&["invoices"]).await;
+    assert!(ok, "{table}");
+    assert!(table.contains("paid"), "{table}");
+    assert!(table.lines().count() >= 2, "{table}");
+    let (ok, json_out) = app.cli(&["invoices", "--status", "paid", "--json"]).await;
+    assert!(ok, "{json_out}");
+    let page: Value = serde_json::from_str(&json_out).unwrap();
+    let invoices = page["data"].as_array().unwrap();
+    assert_eq!(invoices.len(), 1);
+    let id = invoices[0]["id"].as_str().unwrap();
+    let (ok, shown) = app.cli(&["invoices", "show", id]).await;
+    assert!(ok, "{shown}");
+    assert!(shown.contains(id), "{shown}");
+    let (ok, csv) = app.cli(&["payments", "--csv"]).await;
+    assert!(ok, "{csv}");
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let (ok, unmatched) = app.cli(&["payments", "--unmatched", "--json"]).await;
+    assert!(ok, "{unmatched}");
+    let page: Value = serde_json::from_str(&unmatched).unwrap();
+    assert_eq!(page["data"], json!([]));
+    app.stop().await;
+}

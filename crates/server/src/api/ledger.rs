@@ -1,0 +1,613 @@
+//! The ledger's read API: `GET /v1/{invoices,payments,bills,billers,disputes,documents}` and
+//! `GET /v1/{kind}/{id}`, as JSON pages or, with `format=csv`, one CSV export of every match.
+//!
+//! Money is in minor units in JSON (as in canonical events) and in major units in CSV, the form
+//! accountants' spreadsheets expect.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use billhook_core::entity::{EntityData, SubjectKind};
+use billhook_core::ids::{EventId, InboundId};
+use billhook_core::ledger::{Entity, HistoryEntry};
+use billhook_core::money::{Amount, Currency};
+use billhook_core::time::Timestamp;
+use billhook_store::{CLOSED_UNPAID, LedgerFilter, LedgerQuery, Page};
+use http::{HeaderValue, header};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiQuery, MAX_LIMIT, page_limit};
+use crate::App;
+use crate::error::ApiError;
+
+/// The kinds the ledger lists, with their path segment and name.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listing {
+    pub kind: SubjectKind,
+    /// The path segment under `/v1` and the CSV file's name.
+    pub plural: &'static str,
+    pub singular: &'static str,
+}
+
+pub(crate) const LISTINGS: &[Listing] = &[
+    Listing {
+        kind: SubjectKind::Invoice,
+        plural: "invoices",
+        singular: "invoice",
+    },
+    Listing {
+        kind: SubjectKind::Payment,
+        plural: "payments",
+        singular: "payment",
+    },
+    Listing {
+        kind: SubjectKind::Bill,
+        plural: "bills",
+        singular: "bill",
+    },
+    Listing {
+        kind: SubjectKind::Biller,
+        plural: "billers",
+        singular: "biller",
+    },
+    Listing {
+        kind: SubjectKind::Dispute,
+        plural: "disputes",
+        singular: "dispute",
+    },
+    Listing {
+        kind: SubjectKind::Document,
+        plural: "documents",
+        singular: "document",
+    },
+];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListParams {
+    /// Invoices and bills: `outstanding`, `overdue` or `paid`; any kind: a status word.
+    status: Option<String>,
+    /// Payments: only succeeded payments linked to no invoice or bill.
+    unmatched: Option<bool>,
+    provider: Option<String>,
+    source: Option<String>,
+    /// The provider's id or the invoice number.
+    reference: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+fn is_payable(kind: SubjectKind) -> bool {
+    matches!(kind, SubjectKind::Invoice | SubjectKind::Bill)
+}
+
+fn filter(kind: SubjectKind, params: &ListParams) -> Result<LedgerFilter, ApiError> {
+    let unmatched = params.unmatched.unwrap_or(false);
+    if unmatched && kind != SubjectKind::Payment {
+        return Err(ApiError::invalid("`unmatched` applies to payments only"));
+    }
+    Ok(match (params.status.as_deref(), unmatched) {
+        (Some(_), true) => {
+            return Err(ApiError::invalid(
+                "use either `status` or `unmatched`, not both",
+            ));
+        }
+        (None, true) => LedgerFilter::Unmatched,
+        (None, false) => LedgerFilter::All,
+        (Some("outstanding"), false) if is_payable(kind) => LedgerFilter::Outstanding,
+        (Some("overdue"), false) if is_payable(kind) => LedgerFilter::Overdue,
+        (Some("paid"), false) if is_payable(kind) => LedgerFilter::Paid,
+        (Some(""), false) => return Err(ApiError::invalid("`status` is empty")),
+        (Some(word), false) => LedgerFilter::Status(word.to_owned()),
+    })
+}
+
+enum Format {
+    Json,
+    Csv,
+}
+
+fn format(params: &ListParams) -> Result<Format, ApiError> {
+    match params.format.as_deref() {
+        None | Some("json") => Ok(Format::Json),
+        Some("csv") => Ok(Format::Csv),
+        Some(other) => Err(ApiError::invalid(format!(
+            "format must be `json` or `csv`, not `{other}`"
+        ))),
+    }
+}
+
+/// The most rows one CSV export holds; past it the export says it was cut short.
+const MAX_EXPORT_ROWS: usize = 1_000_000;
+
+pub(crate) async fn list(
+    app: Arc<App>,
+    listing: Listing,
+    params: ListParams,
+) -> Result<Response, ApiError> {
+    let kind = listing.kind;
+    let now = Timestamp::now();
+    let query = LedgerQuery {
+        kind,
+        filter: filter(kind, &params)?,
+        provider: params.provider.clone(),
+        source: params.source.clone(),
+        reference: params.reference.clone(),
+        before: params.cursor.clone().filter(|c| !c.is_empty()),
+        limit: page_limit(params.limit)?,
+        now,
+    };
+    match format(&params)? {
+        Format::Json => {
+            let page = app.store.ledger_entities(query).await?;
+            Ok(Json(PageView {
+                data: page.items.iter().map(|e| EntityView::new(e, now)).collect(),
+                next_cursor: page.next_cursor,
+            })
+            .into_response())
+        }
+        Format::Csv => {
+            let mut query = LedgerQuery {
+                limit: MAX_LIMIT,
+                before: None,
+                ..query
+            };
+            let mut csv = String::new();
+            csv_header(kind, &mut csv);
+            let mut rows = 0;
+            let mut truncated = false;
+            loop {
+                let Page { items, next_cursor } = app.store.ledger_entities(query.clone()).await?;
+                for entity in &items {
+                    csv_row(entity, now, &mut csv);
+                }
+                rows += items.len();
+                match next_cursor {
+                    Some(cursor) if rows < MAX_EXPORT_ROWS => query.before = Some(cursor),
+                    Some(_) => {
+                        truncated = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let mut response = csv.into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            );
+            let disposition = format!(
+                "attachment; filename=\"billhook-{}-{}.csv\"",
+                listing.plural,
+                now.to_rfc3339().get(..10).unwrap_or("export")
+            );
+            if let Ok(value) = HeaderValue::from_str(&disposition) {
+                headers.insert(header::CONTENT_DISPOSITION, value);
+            }
+            if truncated {
+                headers.insert("x-billhook-truncated", HeaderValue::from_static("true"));
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// Finds an entity by billhook's id, or by a provider id or invoice number that names exactly
+/// one entity of the kind.
+async fn find(app: &App, listing: Listing, id: &str) -> Result<Entity, ApiError> {
+    let not_found = || ApiError::not_found(listing.singular);
+    if let Some(entity) = app.store.ledger_entity(id).await? {
+        return if entity.kind == listing.kind {
+            Ok(entity)
+        } else {
+            Err(not_found())
+        };
+    }
+    let page = app
+        .store
+        .ledger_entities(LedgerQuery {
+            kind: listing.kind,
+            filter: LedgerFilter::All,
+            provider: None,
+            source: None,
+            reference: Some(id.to_owned()),
+            before: None,
+            limit: 2,
+            now: Timestamp::now(),
+        })
+        .await?;
+    match page.items.len() {
+        0 => Err(not_found()),
+        1 => Ok(page.items.into_iter().next().ok_or_else(not_found)?),
+        _ => Err(ApiError::invalid(format!(
+            "several {} have the reference `{id}`; use billhook's id",
+            listing.plural
+        ))),
+    }
+}
+
+pub(crate) async fn show(
+    app: Arc<App>,
+    listing: Listing,
+    id: String,
+) -> Result<Response, ApiError> {
+    let now = Timestamp::now();
+    let entity = find(&app, listing, &id).await?;
+    let history = app.store.ledger_history(&entity.id).await?;
+    let payments = if is_payable(entity.kind) {
+        Some(app.store.ledger_linked(&entity.id).await?)
+    } else {
+        None
+    };
+    let target = match &entity.linked_to {
+        Some(target) => app.store.ledger_entity(target).await?,
+        None => None,
+    };
+    Ok(Json(DetailView {
+        entity: EntityView::new(&entity, now),
+        payments: payments
+            .as_ref()
+            .map(|p| p.iter().map(|e| EntityView::new(e, now)).collect()),
+        paid_by: target.as_ref().map(|t| EntityView::new(t, now)),
+        history: history.iter().map(HistoryView::from).collect(),
+    })
+    .into_response())
+}
+
+#[derive(Serialize)]
+struct PageView<'a> {
+    data: Vec<EntityView<'a>>,
+    next_cursor: Option<String>,
+}
+
+/// One ledger entity as the API shows it.
+#[derive(Serialize)]
+pub(crate) struct EntityView<'a> {
+    id: &'a str,
+    kind: &'static str,
+    provider: &'a str,
+    provider_id: &'a str,
+    source: &'a str,
+    /// The invoice number, or a bill's biller reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    number: Option<&'a str>,
+    status: Option<&'a str>,
+    provider_status: Option<&'a str>,
+    currency: Option<Currency>,
+    amount: Option<Amount>,
+    #[serde(flatten)]
+    totals: Option<Totals>,
+    #[serde(flatten)]
+    link: Option<LinkView<'a>>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    /// The stored message the latest snapshot came from.
+    inbound_id: InboundId,
+    /// The latest snapshot, as canonical events carry it.
+    data: &'a EntityData,
+}
+
+/// What an invoice or bill is owed and has been paid.
+#[derive(Serialize)]
+struct Totals {
+    paid: Amount,
+    due: Option<Amount>,
+    overpaid: Amount,
+    due_by: Option<Timestamp>,
+    overdue: bool,
+    settled_at: Option<Timestamp>,
+    settled_event: Option<EventId>,
+}
+
+/// What a payment counts towards, and where it is linked.
+#[derive(Serialize)]
+struct LinkView<'a> {
+    /// What the payment contributes to an invoice: its amount net of refunds once it succeeded.
+    counted: Amount,
+    linked_to: Option<&'a str>,
+    /// The reference that linked it (`invoice_id`, `merchant_reference`, …).
+    link_rule: Option<&'a str>,
+    unmatched_event: Option<EventId>,
+}
+
+fn is_outstanding(entity: &Entity) -> bool {
+    entity.due.is_none_or(|due| due.minor() > 0)
+        && !entity
+            .status
+            .as_deref()
+            .is_some_and(|s| CLOSED_UNPAID.contains(&s))
+}
+
+impl<'a> EntityView<'a> {
+    pub(crate) fn new(entity: &'a Entity, now: Timestamp) -> Self {
+        let payable = is_payable(entity.kind);
+        let number = match entity.kind {
+            SubjectKind::Invoice | SubjectKind::Bill => entity.keys.number.as_deref(),
+            _ => None,
+        };
+        Self {
+            id: &entity.id,
+            kind: entity.kind.as_str(),
+            provider: &entity.provider,
+            provider_id: &entity.provider_id,
+            source: &entity.source,
+            number,
+            status: entity.status.as_deref(),
+            provider_status: entity.provider_status.as_deref(),
+            currency: entity.currency,
+            amount: entity.amount,
+            totals: payable.then(|| Totals {
+                paid: entity.paid,
+                due: entity.due,
+                overpaid: entity.overpaid,
+                due_by: entity.due_by,
+                overdue: is_outstanding(entity) && entity.due_by.is_some_and(|by| by < now),
+                settled_at: entity.settled_at,
+                settled_event: entity.settled_event,
+            }),
+            link: (entity.kind == SubjectKind::Payment).then_some(LinkView {
+                counted: entity.counted,
+                linked_to: entity.linked_to.as_deref(),
+                link_rule: entity.link_rule.as_deref(),
+                unmatched_event: entity.unmatched_event,
+            }),
+            created_at: entity.created_at,
+            updated_at: entity.updated_at,
+            inbound_id: entity.inbound_id,
+            data: &entity.snapshot,
+        }
+    }
+}
+
+/// A status an entity reported, in the order billhook received them.
+#[derive(Serialize)]
+struct HistoryView<'a> {
+    event_id: EventId,
+    event_type: &'static str,
+    status: Option<&'a str>,
+    provider_status: Option<&'a str>,
+    /// The status's rank among the provider's statuses, if it has one.
+    rank: Option<i32>,
+    occurred_at: Timestamp,
+    received_at: Timestamp,
+    /// False when the snapshot was older than what billhook already knew: it is kept here but
+    /// did not move the status.
+    applied: bool,
+}
+
+impl<'a> From<&'a HistoryEntry> for HistoryView<'a> {
+    fn from(entry: &'a HistoryEntry) -> Self {
+        Self {
+            event_id: entry.event_id,
+            event_type: entry.event_type.as_str(),
+            status: entry.status.as_deref(),
+            provider_status: entry.provider_status.as_deref(),
+            rank: entry.level,
+            occurred_at: entry.occurred_at,
+            received_at: entry.received_at,
+            applied: entry.applied,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DetailView<'a> {
+    #[serde(flatten)]
+    entity: EntityView<'a>,
+    /// Invoices and bills: the payments linked to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payments: Option<Vec<EntityView<'a>>>,
+    /// Payments: the invoice or bill it pays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paid_by: Option<EntityView<'a>>,
+    history: Vec<HistoryView<'a>>,
+}
+
+/// CSV columns shared by every kind, then each kind's own.
+const COMMON_COLUMNS: &[&str] = &[
+    "id",
+    "provider",
+    "source",
+    "provider_id",
+    "status",
+    "provider_status",
+    "currency",
+    "amount",
+];
+const PAYABLE_COLUMNS: &[&str] = &[
+    "number",
+    "counterparty",
+    "counterparty_gstin",
+    "paid",
+    "due",
+    "overpaid",
+    "due_by",
+    "overdue",
+    "settled_at",
+];
+const PAYMENT_COLUMNS: &[&str] = &[
+    "rail",
+    "method",
+    "fee",
+    "bank_reference",
+    "merchant_reference",
+    "linked_to",
+    "link_rule",
+    "completed_at",
+];
+const TRAILING_COLUMNS: &[&str] = &["created_at", "updated_at"];
+
+fn csv_header(kind: SubjectKind, out: &mut String) {
+    let specific: &[&str] = match kind {
+        SubjectKind::Invoice | SubjectKind::Bill => PAYABLE_COLUMNS,
+        SubjectKind::Payment => PAYMENT_COLUMNS,
+        _ => &[],
+    };
+    let columns: Vec<&str> = COMMON_COLUMNS
+        .iter()
+        .chain(specific)
+        .chain(TRAILING_COLUMNS)
+        .copied()
+        .collect();
+    out.push_str(&columns.join(","));
+    out.push_str("\r\n");
+}
+
+fn csv_row(entity: &Entity, now: Timestamp, out: &mut String) {
+    let currency = entity.currency;
+    let money = |amount: Option<Amount>| match (amount, currency) {
+        (Some(amount), Some(currency)) => amount.format_major(currency),
+        _ => String::new(),
+    };
+    let time = |at: Option<Timestamp>| at.map(|t| t.to_rfc3339()).unwrap_or_default();
+    let text = |value: Option<&str>| value.unwrap_or_default().to_owned();
+    let mut fields = vec![
+        text(Some(&entity.id)),
+        text(Some(&entity.provider)),
+        text(Some(&entity.source)),
+        text(Some(&entity.provider_id)),
+        text(entity.status.as_deref()),
+        text(entity.provider_status.as_deref()),
+        currency.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+        money(entity.amount),
+    ];
+    match &entity.snapshot {
+        EntityData::Invoice(_) | EntityData::Bill(_) => {
+            let (counterparty, gstin) = match &entity.snapshot {
+                EntityData::Invoice(invoice) => {
+                    let buyer = invoice.buyer.as_ref();
+                    (
+                        buyer.and_then(|b| b.legal_name.clone().or_else(|| b.trade_name.clone())),
+                        buyer.and_then(|b| b.gstin.clone()),
+                    )
+                }
+                EntityData::Bill(bill) => (bill.customer_name.clone(), None),
+                _ => (None, None),
+            };
+            fields.extend([
+                text(entity.keys.number.as_deref()),
+                counterparty.unwrap_or_default(),
+                gstin.unwrap_or_default(),
+                money(Some(entity.paid)),
+                money(entity.due),
+                money(Some(entity.overpaid)),
+                time(entity.due_by),
+                (is_outstanding(entity) && entity.due_by.is_some_and(|by| by < now)).to_string(),
+                time(entity.settled_at),
+            ]);
+        }
+        EntityData::Payment(payment) => fields.extend([
+            text(payment.rail.as_deref()),
+            text(payment.method.as_deref()),
+            money(payment.fee),
+            text(payment.references.bank_reference.as_deref()),
+            text(payment.references.merchant_reference.as_deref()),
+            text(entity.linked_to.as_deref()),
+            text(entity.link_rule.as_deref()),
+            time(payment.completed_at),
+        ]),
+        _ => {}
+    }
+    fields.extend([time(Some(entity.created_at)), time(Some(entity.updated_at))]);
+    let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+    out.push_str(&line.join(","));
+    out.push_str("\r\n");
+}
+
+/// One CSV field (RFC 4180): quoted when it holds a comma, quote or line break. Text that a
+/// spreadsheet would run as a formula gets a leading apostrophe; amounts never start that way
+/// unless negative, and a negative amount is a number, not a formula.
+fn csv_field(value: &str) -> String {
+    let formula = !is_decimal(value) && value.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let value = if formula {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    };
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value
+    }
+}
+
+/// `-?digits(.digits)?`: the form amounts are written in.
+fn is_decimal(value: &str) -> bool {
+    let unsigned = value.strip_prefix('-').unwrap_or(value);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, "0"));
+    !whole.is_empty()
+        && !fraction.is_empty()
+        && whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+}
+
+/// Serves the listings from [`LISTINGS`].
+pub(crate) fn routes() -> axum::Router<Arc<App>> {
+    let mut router = axum::Router::new();
+    for &listing in LISTINGS {
+        router = router
+            .route(
+                &format!("/{}", listing.plural),
+                axum::routing::get(
+                    move |State(app): State<Arc<App>>, ApiQuery(params): ApiQuery<ListParams>| {
+                        list(app, listing, params)
+                    },
+                ),
+            )
+            .route(
+                &format!("/{}/{{id}}", listing.plural),
+                axum::routing::get(move |State(app): State<Arc<App>>, Path(id): Path<String>| {
+                    show(app, listing, id)
+                }),
+            );
+    }
+    router
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_and_defused() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(csv_field("-12.50"), "-12.50");
+        assert_eq!(csv_field("-1-1"), "'-1-1");
+        assert_eq!(csv_field("line\nbreak"), "\"line\nbreak\"");
+    }
+
+    #[test]
+    fn filters_follow_the_kind() {
+        let params = |status: &str| ListParams {
+            status: Some(status.to_owned()),
+            ..ListParams::default()
+        };
+        assert_eq!(
+            filter(SubjectKind::Invoice, &params("outstanding")).unwrap(),
+            LedgerFilter::Outstanding
+        );
+        assert_eq!(
+            filter(SubjectKind::Payment, &params("paid")).unwrap(),
+            LedgerFilter::Status("paid".to_owned())
+        );
+        let unmatched = ListParams {
+            unmatched: Some(true),
+            ..ListParams::default()
+        };
+        assert_eq!(
+            filter(SubjectKind::Payment, &unmatched).unwrap(),
+            LedgerFilter::Unmatched
+        );
+        assert!(filter(SubjectKind::Invoice, &unmatched).is_err());
+    }
+}
