@@ -345,6 +345,18 @@ async fn a_setu_payment_pays_the_bill_it_was_fetched_for(backend: Backend) {
     assert_eq!(listing(&app, "/v1/bills?status=outstanding").await.len(), 0);
     let dispute = only(&app, "/v1/disputes").await;
     assert_eq!(dispute["status"], json!("initialized"));
+
+    // Billers, with their plans; the id beyond 2^53 survives digit for digit.
+    let response = app
+        .post_signed("setu", &fixture("setu_bbps/BILLER_UPDATES.json"), &[])
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+    let billers = listing(&app, "/v1/billers").await;
+    assert!(!billers.is_empty());
+    let biller = detail(&app, "billers", "699158487875191900").await;
+    assert_eq!(biller["provider_id"], json!("699158487875191900"));
+    assert_eq!(biller["status"], json!("active"));
+    assert!(biller["data"]["plans"].is_array(), "{biller}");
     app.stop().await;
 }
 
