@@ -58,6 +58,20 @@ impl Client {
         self.send(request).await
     }
 
+    pub(crate) async fn patch(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let request = self
+            .http
+            .patch(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        self.send(request).await
+    }
+
+    pub(crate) async fn delete(&self, path: &str) -> Result<Value, CliError> {
+        let request = self.http.delete(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
     /// A GET whose answer is not JSON (a CSV export): the body as text.
     pub(crate) async fn get_text(
         &self,

@@ -4,7 +4,9 @@
 // The binary is where billhook talks to its user; libraries below it only log.
 #![allow(clippy::print_stderr)]
 
+mod admin;
 mod client;
+mod endpoints;
 mod ledger;
 mod output;
 mod serve;
@@ -20,7 +22,7 @@ use clap::{Args, Parser, Subcommand};
 /// Bharat Connect), Setu BBPS and CamInvoice.
 #[derive(Debug, Parser)]
 #[command(name = "billhook", version, about, propagate_version = true)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +60,30 @@ enum Command {
         #[command(subcommand)]
         command: ReplayCommand,
     },
+    /// Subscriber endpoints: list, create, change, enable, disable, rotate secrets, recover.
+    Endpoints {
+        #[command(subcommand)]
+        command: endpoints::EndpointsCommand,
+    },
+    /// The configured sources with their latest traffic and verification failures.
+    Sources {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Admin tokens with a `read` or `admin` scope.
+    Token {
+        #[command(subcommand)]
+        command: admin::TokenCommand,
+    },
+    /// Remove what retention keeps no longer (`--dry-run`: show what would go).
+    Prune {
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a shell completion script: `billhook completions bash > /etc/bash_completion.d/billhook`.
+    Completions { shell: clap_complete::Shell },
     /// The ledger's invoices: what each is owed, has been paid and by what.
     Invoices(ledger::LedgerArgs),
     /// The ledger's payments and the invoices or bills they pay (`--unmatched`: none).
@@ -89,6 +115,9 @@ enum ReplayCommand {
         /// An RFC 3339 time, or a duration back from now (`2h`, `3d`).
         #[arg(long)]
         since: String,
+        /// Follow the deliveries with a progress bar until they are done.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -276,31 +305,16 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
                 Ok(())
             }
         },
-        Command::Reprocess(args) => {
-            let client = client::Client::connect(&args.remote)?;
-            let mut results = Vec::new();
-            if args.ids.is_empty() {
-                let body = serde_json::json!({ "source": args.source });
-                let summary = client.post("/v1/inbound/reprocess", &body).await?;
-                if let Some(items) = summary["results"].as_array() {
-                    results.extend(items.iter().cloned());
-                }
-            } else {
-                for id in &args.ids {
-                    results.push(
-                        client
-                            .post(
-                                &format!("/v1/inbound/{id}/reprocess"),
-                                &serde_json::json!({}),
-                            )
-                            .await?,
-                    );
-                }
-            }
-            output::reprocessed(&results, args.remote.json);
+        Command::Reprocess(args) => admin::reprocess(args.ids, args.source, args.remote).await,
+        Command::Trigger(args) => trigger::trigger(args).await,
+        Command::Endpoints { command } => endpoints::run(command).await,
+        Command::Sources { remote } => admin::sources(remote).await,
+        Command::Token { command } => admin::token(command).await,
+        Command::Prune { dry_run, remote } => admin::prune(dry_run, remote).await,
+        Command::Completions { shell } => {
+            admin::completions(shell);
             Ok(())
         }
-        Command::Trigger(args) => trigger::trigger(args).await,
         Command::Invoices(args) => ledger::run(ledger::Kind::Invoices, args).await,
         Command::Payments(args) => ledger::run(ledger::Kind::Payments, args).await,
         Command::Bills(args) => ledger::run(ledger::Kind::Bills, args).await,
@@ -352,31 +366,18 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
                 }
                 Ok(())
             }
-            ReplayCommand::Endpoint { id, since, remote } => {
-                let client = client::Client::connect(&remote)?;
-                let since = parse_since(&since)?;
-                let result = client
-                    .post(
-                        &format!("/v1/endpoints/{id}/recover"),
-                        &serde_json::json!({ "since": since }),
-                    )
-                    .await?;
-                if remote.json {
-                    output::pretty(&result);
-                } else {
-                    output::line(&format!(
-                        "recovering {} deliveries of {id} since {since}",
-                        result["recovered"]
-                    ));
-                }
-                Ok(())
-            }
+            ReplayCommand::Endpoint {
+                id,
+                since,
+                wait,
+                remote,
+            } => endpoints::recover(&remote, &id, &since, wait).await,
         },
     }
 }
 
 /// An RFC 3339 time, or a duration (`90m`, `2d`) back from now.
-fn parse_since(text: &str) -> Result<String, CliError> {
+pub(crate) fn parse_since(text: &str) -> Result<String, CliError> {
     if let Ok(at) = billhook_core::time::Timestamp::parse_rfc3339(text) {
         return Ok(at.to_rfc3339());
     }
@@ -395,5 +396,15 @@ pub(crate) fn push(
 ) {
     if let Some(value) = value {
         query.push((name, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

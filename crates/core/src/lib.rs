@@ -7,6 +7,7 @@
 
 #![deny(clippy::float_arithmetic)]
 
+pub mod access;
 pub mod entity;
 pub mod event;
 pub mod identifiers;

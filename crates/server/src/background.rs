@@ -1,10 +1,12 @@
-//! Background work inside `billhook serve`: forgetting expired dedup keys and announcing
-//! payments that matched no invoice.
+//! Background work inside `billhook serve`: forgetting expired dedup keys, announcing payments
+//! that matched no invoice, retention, and flushing activity counts for the console.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use billhook_core::ids::InboundId;
 use billhook_core::time::Timestamp;
+use billhook_store::{PruneReport, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -33,7 +35,9 @@ pub(crate) fn spawn(app: Arc<App>) -> Background {
     let (stop, stopped) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(sweep_dedup(Arc::clone(&app), stopped.clone())),
-        tokio::spawn(sweep_unmatched(app, stopped)),
+        tokio::spawn(sweep_unmatched(Arc::clone(&app), stopped.clone())),
+        tokio::spawn(retain(Arc::clone(&app), stopped.clone())),
+        tokio::spawn(flush_activity(app, stopped)),
     ];
     Background { stop, tasks }
 }
@@ -76,5 +80,103 @@ async fn sweep_unmatched(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
         if let Err(error) = crate::ledger::announce_unmatched(&app).await {
             tracing::warn!(%error, "could not look for unmatched payments");
         }
+    }
+}
+
+/// How often this instance's activity counts go to the database: the console's charts lag by
+/// at most this much.
+const ACTIVITY_FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// Activity older than this is forgotten; the console charts the last day.
+const ACTIVITY_KEPT: Duration = Duration::from_secs(2 * 86_400);
+
+async fn flush_activity(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(ACTIVITY_FLUSH_EVERY) => false,
+            _ = stopped.changed() => true,
+        };
+        let counts = app.metrics.take_activity();
+        if !counts.is_empty() {
+            let minute = Timestamp::now().unix_millis().div_euclid(60_000);
+            if let Err(error) = app
+                .store
+                .record_activity(app.delivery.owner(), minute, counts)
+                .await
+            {
+                tracing::debug!(%error, "could not record activity; keeping it for the next flush");
+                app.metrics.restore_activity(counts);
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Removes what is older than `retention.max_age` in small batches, then expired console
+/// sessions and old activity.
+async fn retain(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    let every = app.settings.retention.every.0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.changed() => return,
+        }
+        match prune_now(&app, &mut stopped).await {
+            Ok(removed) if removed.inbound > 0 => tracing::info!(
+                inbound = removed.inbound,
+                events = removed.events,
+                deliveries = removed.deliveries,
+                attempts = removed.attempts,
+                bytes = removed.payload_bytes,
+                "retention removed old messages"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "retention could not run"),
+        }
+        let now = Timestamp::now();
+        if let Err(error) = app.store.prune_sessions(now).await {
+            tracing::debug!(%error, "could not forget expired console sessions");
+        }
+        let oldest_minute = now.sub(ACTIVITY_KEPT).unix_millis().div_euclid(60_000);
+        if let Err(error) = app.store.prune_activity(oldest_minute).await {
+            tracing::debug!(%error, "could not forget old activity");
+        }
+    }
+}
+
+/// The id bound below which messages are old enough for retention.
+pub(crate) fn retention_cutoff(app: &App, now: Timestamp) -> InboundId {
+    InboundId::lower_bound(now.sub(app.settings.retention.max_age.0))
+}
+
+/// Prunes batch after batch until nothing old is left (or the server stops).
+pub(crate) async fn prune_now(
+    app: &App,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<PruneReport, StoreError> {
+    let cutoff = retention_cutoff(app, Timestamp::now());
+    let mut total = PruneReport::default();
+    loop {
+        let removed = app
+            .store
+            .prune(cutoff, app.settings.retention.batch)
+            .await?;
+        for (kind, count) in [
+            ("inbound", removed.inbound),
+            ("events", removed.events),
+            ("deliveries", removed.deliveries),
+            ("attempts", removed.attempts),
+        ] {
+            if count > 0 {
+                app.metrics.pruned(kind, count);
+            }
+        }
+        total.add(removed);
+        if removed.inbound == 0 || *stopped.borrow() {
+            return Ok(total);
+        }
+        // Let ingest's writes in between batches.
+        tokio::task::yield_now().await;
     }
 }

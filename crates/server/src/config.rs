@@ -40,6 +40,8 @@ const ENV_SECTIONS: &[&str] = &[
     "ingest",
     "delivery",
     "ledger",
+    "retention",
+    "console",
     "log",
     "trusted_proxies",
 ];
@@ -132,6 +134,10 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub ledger: LedgerConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
+    pub console: ConsoleConfig,
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
     #[serde(default, rename = "endpoint")]
@@ -160,6 +166,8 @@ impl Default for Config {
             log: LogConfig::default(),
             delivery: DeliveryConfig::default(),
             ledger: LedgerConfig::default(),
+            retention: RetentionConfig::default(),
+            console: ConsoleConfig::default(),
             sources: Vec::new(),
             endpoints: Vec::new(),
         }
@@ -391,6 +399,75 @@ impl Default for LedgerConfig {
     }
 }
 
+/// `[retention]`: how long raw requests, events, finished deliveries and attempts are kept.
+/// The ledger is kept whatever their age.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Messages older than this go, with everything derived from them, once nothing is still
+    /// owed to an endpoint.
+    pub max_age: HumanDuration,
+    /// Messages removed per transaction, so pruning never holds the database for long.
+    pub batch: u32,
+    /// How often retention runs.
+    pub every: HumanDuration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_age: HumanDuration(Duration::from_secs(30 * 86_400)),
+            batch: 500,
+            every: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl RetentionConfig {
+    fn validate(&self, dedup_window: HumanDuration) -> Result<(), ConfigError> {
+        if self.max_age.0 < dedup_window.0 {
+            return Err(ConfigError::Invalid(format!(
+                "retention.max_age ({}) is shorter than ingest.dedup_window ({dedup_window}): a redelivery would find its original gone",
+                self.max_age
+            )));
+        }
+        if !(1..=10_000).contains(&self.batch) {
+            return Err(ConfigError::Invalid(
+                "retention.batch must be between 1 and 10000".to_owned(),
+            ));
+        }
+        if self.every.0 < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "retention.every must be at least 1s".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[console]`: the web console at `/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console (the admin API and `/metrics` are served either way).
+    pub enabled: bool,
+    /// How long a login lasts.
+    pub session_ttl: HumanDuration,
+    /// Mark the session cookie `Secure` (send it over HTTPS only). Set it when billhook is
+    /// reached over HTTPS, directly or through a proxy.
+    pub secure_cookies: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            session_ttl: HumanDuration(Duration::from_secs(12 * 3600)),
+            secure_cookies: false,
+        }
+    }
+}
+
 /// One `[[endpoint]]` declared in the configuration; created at start and kept in line with the
 /// file (matched by `name`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -491,6 +568,8 @@ pub struct Settings {
     pub ingest: IngestConfig,
     pub delivery: DeliveryConfig,
     pub ledger: LedgerConfig,
+    pub retention: RetentionConfig,
+    pub console: ConsoleConfig,
     pub sources: HashMap<String, Source>,
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -568,6 +647,12 @@ impl Config {
             ));
         }
         self.delivery.validate()?;
+        self.retention.validate(self.ingest.dedup_window)?;
+        if self.console.session_ttl.0 < Duration::from_secs(60) {
+            return Err(ConfigError::Invalid(
+                "console.session_ttl must be at least 1m".to_owned(),
+            ));
+        }
         if self.ledger.sweep_every.0 < Duration::from_millis(100) {
             return Err(ConfigError::Invalid(
                 "ledger.sweep_every must be at least 100ms".to_owned(),
@@ -623,6 +708,8 @@ impl Config {
             ingest: self.ingest,
             delivery: self.delivery,
             ledger: self.ledger,
+            retention: self.retention,
+            console: self.console,
             sources,
             endpoints: self.endpoints,
         })

@@ -51,6 +51,8 @@ error_codes! {
     TokenExpired => "token_expired", UNAUTHORIZED, "The bearer token's `iat` is too old or it has expired.";
     IpNotAllowed => "ip_not_allowed", UNAUTHORIZED, "The client address is not on the source's allow-list.";
     Unauthorized => "unauthorized", UNAUTHORIZED, "The admin API needs `Authorization: Bearer <admin token>`.";
+    Forbidden => "forbidden", FORBIDDEN, "The token's scope does not allow this request: it needs the `admin` scope.";
+    CsrfRejected => "csrf_rejected", FORBIDDEN, "A console form was sent without its CSRF token; reload the page and try again.";
     NotFound => "not_found", NOT_FOUND, "No such resource.";
     InvalidRequest => "invalid_request", BAD_REQUEST, "A parameter or the body is invalid; the message says which.";
     InvalidCursor => "invalid_cursor", BAD_REQUEST, "The pagination cursor is not one this API issued.";

@@ -1,9 +1,13 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (the database answers too).
+//! `GET /healthz` (the process answers), `GET /readyz` (the database answers too) and
+//! `GET /metrics` (Prometheus, OpenMetrics text).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use billhook_core::time::Timestamp;
+use http::{HeaderValue, header};
 use serde_json::{Value, json};
 
 use crate::App;
@@ -24,4 +28,23 @@ pub(crate) async fn ready(State(app): State<Arc<App>>) -> Result<Json<Value>, Ap
             ))
         }
     }
+}
+
+/// The metrics, with the gauges read from the database at scrape time. When the database does
+/// not answer, the counters are still served and the gauges keep their last values.
+pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let overview = match app.store.overview().await {
+        Ok(overview) => Some(overview),
+        Err(error) => {
+            tracing::debug!(%error, "metrics: the overview is unavailable");
+            None
+        }
+    };
+    let text = app.metrics.encode(overview.as_ref(), Timestamp::now());
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }

@@ -11,6 +11,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::response::{IntoResponse, Response};
+use billhook_core::event::EventType;
 use billhook_core::event::Reception;
 use billhook_core::ids::{EventId, InboundId};
 use billhook_core::ledger::Fact;
@@ -18,8 +19,8 @@ use billhook_core::time::Timestamp;
 use billhook_providers::auth::SourceAuth;
 use billhook_providers::{InboundRequest, NormalizeError, Normalized, body_hash_key};
 use billhook_store::{
-    Concluder, InboundStatus, IngestOutcome, IngestWrite, NewEvent, NewInbound, RawOrigin,
-    RecordedError,
+    Concluder, InboundStatus, IngestOutcome as StoreOutcome, IngestWrite, NewEvent, NewInbound,
+    RawOrigin, RecordedError,
 };
 use bytes::Bytes;
 use http::{HeaderMap, header};
@@ -32,6 +33,7 @@ use crate::config::Source;
 use crate::delivery::{Prepared, fan_out_events};
 use crate::error::{ApiError, ErrorCode};
 use crate::ledger;
+use crate::metrics::IngestOutcome;
 
 /// What the provider (or whoever posts) gets back.
 #[derive(Debug, Serialize)]
@@ -73,8 +75,9 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let timeout = app.settings.ingest.request_timeout.0;
-    match tokio::time::timeout(
+    let result = match tokio::time::timeout(
         timeout,
         process(
             &app,
@@ -95,7 +98,25 @@ async fn handle(
                 app.settings.ingest.request_timeout
             ),
         )),
+    };
+    // Unknown names share one label, so a scan of random paths cannot grow the metrics.
+    let label = if app.settings.sources.contains_key(&source_name) {
+        source_name.as_str()
+    } else {
+        "(unknown)"
+    };
+    match &result {
+        Ok((_, outcome)) => app
+            .metrics
+            .ingested(label, *outcome, Some(started.elapsed())),
+        // Counted where verification failed, with its code.
+        Err(error) if error.code.status() == http::StatusCode::UNAUTHORIZED => {}
+        Err(error) if error.code.status().is_server_error() => {
+            app.metrics.ingested(label, IngestOutcome::error, None);
+        }
+        Err(_) => app.metrics.ingested(label, IngestOutcome::rejected, None),
     }
+    result.map(|(response, _)| response)
 }
 
 async fn process(
@@ -105,7 +126,7 @@ async fn process(
     peer: SocketAddr,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<(Response, IngestOutcome), ApiError> {
     let source = app.settings.sources.get(source_name).ok_or_else(|| {
         ApiError::new(
             ErrorCode::UnknownSource,
@@ -129,6 +150,7 @@ async fn process(
         received_at,
     };
     let verification = source.spec.verify(&request).map_err(|error| {
+        app.metrics.verification_failed(source_name, error.code());
         tracing::warn!(
             source = source_name,
             code = error.code(),
@@ -174,14 +196,21 @@ async fn process(
         );
     }
     let outcome = app.store.ingest(write).await?;
+    let counted = match &outcome {
+        StoreOutcome::Stored { .. } if quarantined => IngestOutcome::quarantined,
+        StoreOutcome::Stored { .. } => IngestOutcome::stored,
+        StoreOutcome::Duplicate { .. } => IngestOutcome::duplicate,
+    };
     let response = match outcome {
-        IngestOutcome::Stored {
+        StoreOutcome::Stored {
             inbound_id,
             event_ids,
             concluded,
         } => {
             app.delivery.hand_off(prepared);
             if !concluded.is_empty() {
+                app.metrics
+                    .concluded(EventType::InvoiceSettled.as_str(), concluded.len());
                 // The announcements' deliveries were planned inside the transaction and wait in
                 // the database; they are due now.
                 app.delivery.wake();
@@ -193,7 +222,7 @@ async fn process(
                 quarantined,
             }
         }
-        IngestOutcome::Duplicate {
+        StoreOutcome::Duplicate {
             inbound_id,
             event_ids,
         } => {
@@ -206,7 +235,7 @@ async fn process(
             }
         }
     };
-    Ok((source.ack_status, Json(response)).into_response())
+    Ok(((source.ack_status, Json(response)).into_response(), counted))
 }
 
 /// Reads the body, refusing with 413 as soon as it is known to exceed `limit`: from

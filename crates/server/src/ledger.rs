@@ -181,6 +181,8 @@ pub(crate) async fn announce_unmatched(
         }
     }
     if announced > 0 {
+        app.metrics
+            .concluded(EventType::PaymentUnmatched.as_str(), announced);
         app.delivery.wake();
     }
     Ok(announced)

@@ -4,6 +4,7 @@
 //! Configuration is validated into [`config::Settings`] before anything starts; the store is
 //! opened here; handlers only translate between HTTP and the store, provider and core layers.
 
+pub mod access;
 mod api;
 mod background;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod error;
 mod health;
 mod ingest;
 pub mod ledger;
+pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +36,8 @@ pub struct App {
     pub delivery: delivery::Delivery,
     /// Turns the ledger's conclusions into canonical events.
     pub announcer: Arc<ledger::Announcer>,
+    pub access: access::AccessControl,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -73,21 +77,26 @@ impl Server {
         tracing::info!(database = %settings.database.describe(), schema, "database ready");
         let mut sources: Vec<String> = settings.sources.keys().cloned().collect();
         sources.sort();
+        let metrics = Arc::new(metrics::Metrics::new());
         let delivery = delivery::Delivery::start(
             store.clone(),
             settings.delivery.clone(),
             &settings.endpoints,
             &sources,
             settings.role.delivers(),
+            Arc::clone(&metrics),
         )
         .await?;
         let announcer = Arc::new(ledger::Announcer::new(delivery.planner()));
+        let access = access::AccessControl::new(settings.admin_token.clone());
         Ok(Self {
             app: Arc::new(App {
                 settings,
                 store,
                 delivery,
                 announcer,
+                access,
+                metrics,
             }),
         })
     }
@@ -128,6 +137,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/ingest/{source}/{token}", post(ingest::receive_with_token))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(health::metrics))
         .nest("/v1", api::router(Arc::clone(&app)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -139,6 +149,7 @@ fn health_only(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .with_state(app)
 }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, EventId, InboundId};
+use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, EventId, InboundId, TokenId};
 use billhook_core::time::Timestamp;
 
 pub use model::*;
@@ -477,6 +477,104 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let payment_id = payment_id.to_owned();
         dispatch!(self, store => store.record_unmatched(payment_id, announcement).await)
+    }
+
+    /// Stores a new admin token (its digest only).
+    pub async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
+        dispatch!(self, store => store.create_token(token).await)
+    }
+
+    /// Every admin token, revoked ones included, newest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        dispatch!(self, store => store.tokens().await)
+    }
+
+    /// The live (unrevoked) token with this digest.
+    pub async fn token_by_digest(&self, digest: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let digest = digest.to_owned();
+        dispatch!(self, store => store.token_by_digest(digest).await)
+    }
+
+    /// Revokes a token and ends its console sessions. True if it was live.
+    pub async fn revoke_token(&self, id: TokenId, now: Timestamp) -> Result<bool, StoreError> {
+        dispatch!(self, store => store.revoke_token(id, now).await)
+    }
+
+    /// Records that a token was used.
+    pub async fn touch_token(&self, id: TokenId, now: Timestamp) -> Result<(), StoreError> {
+        dispatch!(self, store => store.touch_token(id, now).await)
+    }
+
+    pub async fn create_session(&self, session: NewSession) -> Result<(), StoreError> {
+        dispatch!(self, store => store.create_session(session).await)
+    }
+
+    /// The unexpired session whose cookie has this digest.
+    pub async fn session(
+        &self,
+        digest: &str,
+        now: Timestamp,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let digest = digest.to_owned();
+        dispatch!(self, store => store.session(digest, now).await)
+    }
+
+    pub async fn delete_session(&self, digest: &str) -> Result<(), StoreError> {
+        let digest = digest.to_owned();
+        dispatch!(self, store => store.delete_session(digest).await)
+    }
+
+    /// Forgets expired console sessions; returns how many.
+    pub async fn prune_sessions(&self, now: Timestamp) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.prune_sessions(now).await)
+    }
+
+    /// What retention would remove: every message older than `before` (an id bound, see
+    /// `InboundId::lower_bound`) with nothing still owed to an endpoint, with its events,
+    /// deliveries and attempts. The ledger is never pruned.
+    pub async fn prune_preview(&self, before: InboundId) -> Result<PruneReport, StoreError> {
+        dispatch!(self, store => store.prune_preview(before).await)
+    }
+
+    /// Removes up to `batch` such messages in one transaction.
+    pub async fn prune(&self, before: InboundId, batch: u32) -> Result<PruneReport, StoreError> {
+        dispatch!(self, store => store.prune(before, batch).await)
+    }
+
+    /// Adds an instance's activity counts to a minute (unix minutes).
+    pub async fn record_activity(
+        &self,
+        instance: &str,
+        minute: i64,
+        counts: ActivityCounts,
+    ) -> Result<(), StoreError> {
+        let instance = instance.to_owned();
+        dispatch!(self, store => store.record_activity(instance, minute, counts).await)
+    }
+
+    /// Activity per minute since `since_minute`, summed over instances, oldest first. Minutes
+    /// without activity are absent.
+    pub async fn activity(&self, since_minute: i64) -> Result<Vec<ActivityMinute>, StoreError> {
+        dispatch!(self, store => store.activity(since_minute).await)
+    }
+
+    /// Forgets activity before `before_minute`.
+    pub async fn prune_activity(&self, before_minute: i64) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.prune_activity(before_minute).await)
+    }
+
+    /// Backlog, endpoint health and quarantine, now.
+    pub async fn overview(&self) -> Result<Overview, StoreError> {
+        dispatch!(self, store => store.overview().await)
+    }
+
+    /// Each named source's latest message and counts.
+    pub async fn source_stats(
+        &self,
+        sources: Vec<String>,
+        since: Timestamp,
+    ) -> Result<Vec<SourceStats>, StoreError> {
+        dispatch!(self, store => store.source_stats(sources, since).await)
     }
 
     /// True for backends where one process owns the database (SQLite): leases left by a crash

@@ -1,7 +1,8 @@
 //! The rows the store writes and reads. These are the store's wire format: explicit types, so a
 //! change to what is stored is a change to this file and to a migration.
 
-use billhook_core::ids::{EventId, InboundId};
+use billhook_core::access::Scope;
+use billhook_core::ids::{EventId, InboundId, TokenId};
 use billhook_core::time::Timestamp;
 use bytes::Bytes;
 
@@ -545,3 +546,136 @@ pub const CLOSED_UNPAID: &[&str] = &[
     "returned",
     "declined",
 ];
+
+/// An admin token to store: only its digest and a hint of it.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub id: TokenId,
+    pub name: String,
+    pub scope: Scope,
+    pub digest: String,
+    pub hint: String,
+    pub created_at: Timestamp,
+}
+
+/// A stored admin token (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: TokenId,
+    pub name: String,
+    pub scope: Scope,
+    pub hint: String,
+    pub created_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// Who opened a console session: a stored token's id, or [`ROOT_TOKEN`].
+pub const ROOT_TOKEN: &str = "root";
+
+/// A console session to store, keyed by its cookie's digest.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub digest: String,
+    pub token_id: String,
+    /// The digest of the token that opened it, so a changed root token ends its sessions.
+    pub token_digest: String,
+    pub scope: Scope,
+    pub csrf: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// A live console session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub token_id: String,
+    pub token_digest: String,
+    pub scope: Scope,
+    pub csrf: String,
+    pub expires_at: Timestamp,
+    /// For stored tokens: whether the token is still valid. Always true for the root token,
+    /// which the caller checks against the configuration.
+    pub token_live: bool,
+}
+
+/// What retention removed (or, for a dry run, would remove).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Stored provider requests, with their raw bodies.
+    pub inbound: u64,
+    pub events: u64,
+    /// Finished deliveries (delivered, dead, cancelled).
+    pub deliveries: u64,
+    pub attempts: u64,
+    /// Raw request bodies, in bytes.
+    pub payload_bytes: u64,
+}
+
+impl PruneReport {
+    pub fn add(&mut self, other: PruneReport) {
+        self.inbound += other.inbound;
+        self.events += other.events;
+        self.deliveries += other.deliveries;
+        self.attempts += other.attempts;
+        self.payload_bytes += other.payload_bytes;
+    }
+}
+
+/// Delivery statuses that still owe an endpoint something: their message is kept whatever its
+/// age.
+pub const UNFINISHED_DELIVERIES: &str = "'pending', 'failed', 'held'";
+
+/// What happened in one minute (or since an instance's last flush).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActivityCounts {
+    /// Messages stored, quarantined ones included.
+    pub ingested: u64,
+    pub duplicates: u64,
+    pub quarantined: u64,
+    /// Requests refused for failing verification.
+    pub unverified: u64,
+    /// Successful delivery attempts.
+    pub delivered: u64,
+    /// Failed delivery attempts.
+    pub failed: u64,
+}
+
+impl ActivityCounts {
+    pub fn is_empty(&self) -> bool {
+        *self == ActivityCounts::default()
+    }
+}
+
+/// One minute of activity across instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivityMinute {
+    /// Unix minutes.
+    pub minute: i64,
+    pub counts: ActivityCounts,
+}
+
+/// What needs an operator's attention now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overview {
+    /// Deliveries pending or failed and waiting for a retry.
+    pub pending_deliveries: u64,
+    /// When the oldest of them was created.
+    pub oldest_pending: Option<Timestamp>,
+    pub disabled_endpoints: u64,
+    /// Enabled endpoints whose last attempt failed.
+    pub failing_endpoints: u64,
+    pub quarantined: u64,
+}
+
+/// One source's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceStats {
+    pub source: String,
+    pub last_inbound: Option<InboundId>,
+    pub last_received_at: Option<Timestamp>,
+    /// Messages received since the time asked for.
+    pub received_since: u64,
+    /// Messages waiting in quarantine.
+    pub quarantined: u64,
+}

@@ -1040,3 +1040,4 @@ fn a_first_version_database_upgrades_with_its_data_intact() {
 }
 
 mod ledger;
+mod operations;

@@ -178,21 +178,9 @@ pub async fn spawn_app_in(backend: Backend, dir: Arc<tempfile::TempDir>, extra: 
     } else {
         TEST_DELIVERY
     };
-    let database = match backend {
-        Backend::Sqlite => String::new(),
-        Backend::Postgres => {
-            // One schema per test server, kept across its restarts.
-            let remembered = data_dir.join("database-url");
-            let url = match std::fs::read_to_string(&remembered) {
-                Ok(url) => url,
-                Err(_) => {
-                    let url = fresh_postgres_url().await;
-                    std::fs::write(&remembered, &url).unwrap();
-                    url
-                }
-            };
-            format!("database_url = \"{url}\"\n")
-        }
+    let database = match postgres_url_in(backend, &data_dir).await {
+        None => String::new(),
+        Some(url) => format!("database_url = \"{url}\"\n"),
     };
     let text = format!("{database}{}\n{delivery}\n{extra}", test_config(&data_dir));
     // Written out too, so the CLI can be pointed at this server's sources with --config.
@@ -219,6 +207,38 @@ pub async fn spawn_app_in(backend: Backend, dir: Arc<tempfile::TempDir>, extra: 
         shutdown: Some(shutdown),
         task: Some(task),
         dir,
+    }
+}
+
+/// The PostgreSQL URL of the test server kept in `data_dir` (one schema per test server, kept
+/// across its restarts); `None` on SQLite.
+async fn postgres_url_in(backend: Backend, data_dir: &std::path::Path) -> Option<String> {
+    match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let remembered = data_dir.join("database-url");
+            Some(match std::fs::read_to_string(&remembered) {
+                Ok(url) => url,
+                Err(_) => {
+                    let url = fresh_postgres_url().await;
+                    std::fs::write(&remembered, &url).unwrap();
+                    url
+                }
+            })
+        }
+    }
+}
+
+/// The database a test server in `data_dir` uses, to prepare data before it starts.
+pub async fn database_in(
+    backend: Backend,
+    data_dir: &std::path::Path,
+) -> billhook_store::DatabaseConfig {
+    match postgres_url_in(backend, data_dir).await {
+        None => billhook_store::DatabaseConfig::Sqlite {
+            path: data_dir.join(billhook_server::config::DATABASE_FILE),
+        },
+        Some(url) => billhook_store::DatabaseConfig::from_url(&url).unwrap(),
     }
 }
 

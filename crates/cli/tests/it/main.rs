@@ -8,5 +8,6 @@ mod delivery;
 mod emulator;
 mod ingest;
 mod ledger;
+mod operations;
 mod process;
 mod scale;

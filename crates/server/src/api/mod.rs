@@ -1,11 +1,14 @@
-//! The admin API under `/v1`: JSON in and out, `Authorization: Bearer <admin token>`, cursor
-//! pagination (`{"data": […], "next_cursor": …}`), errors from the one table in [`crate::error`].
+//! The admin API under `/v1`: JSON in and out, `Authorization: Bearer <token>` (scope `read` for
+//! reading, `admin` for everything else), cursor pagination (`{"data": […], "next_cursor": …}`),
+//! errors from the one table in [`crate::error`].
 
 mod endpoints;
 mod event_types;
 mod events;
 mod inbound;
 mod ledger;
+pub(crate) mod operations;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -15,11 +18,11 @@ use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use billhook_core::access::Scope;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
-use subtle::ConstantTimeEq;
 
 use crate::App;
 use crate::error::{ApiError, ErrorCode};
@@ -50,13 +53,19 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/event-types", get(event_types::list))
         .route("/event-types/{name}", get(event_types::show))
         .merge(ledger::routes())
-        .route_layer(middleware::from_fn_with_state(app, require_admin))
+        .route("/sources", get(operations::sources))
+        .route("/retention", get(operations::retention))
+        .route("/retention/prune", post(operations::prune))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route_layer(middleware::from_fn_with_state(app, require_token))
 }
 
-/// Refuses requests without the admin token, comparing in constant time.
-async fn require_admin(
+/// Lets a request through when its bearer token's scope covers what it asks; the caller's
+/// [`Access`] goes along as a request extension.
+async fn require_token(
     State(app): State<Arc<App>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let given = request
@@ -68,17 +77,43 @@ async fn require_admin(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let expected = app.settings.admin_token.expose().as_bytes();
-    match given {
-        Some(token) if bool::from(token.as_bytes().ct_eq(expected)) => Ok(next.run(request).await),
-        Some(_) => Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "the admin token is not valid",
-        )),
-        None => Err(ApiError::new(
+    let Some(token) = given else {
+        return Err(ApiError::new(
             ErrorCode::Unauthorized,
             "send `Authorization: Bearer <admin token>`",
-        )),
+        ));
+    };
+    let Some(access) = app.access.token(&app.store, token).await? else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the admin token is not valid",
+        ));
+    };
+    let needed = needed_scope(request.method(), request.uri().path());
+    if !access.scope.allows(needed) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this token has the `{}` scope; {} {} needs `{needed}`",
+                access.scope,
+                request.method(),
+                request.uri().path()
+            ),
+        ));
+    }
+    request.extensions_mut().insert(access);
+    Ok(next.run(request).await)
+}
+
+/// The scope a request needs: reading is `read`, except secrets and tokens; everything that
+/// changes something is `admin`.
+pub(crate) fn needed_scope(method: &http::Method, path: &str) -> Scope {
+    let reads = matches!(*method, http::Method::GET | http::Method::HEAD);
+    let sensitive = path.ends_with("/secret") || path.contains("/tokens");
+    if reads && !sensitive {
+        Scope::Read
+    } else {
+        Scope::Admin
     }
 }
 

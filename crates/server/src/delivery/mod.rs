@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use billhook_core::event::EventType;
-use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, InboundId};
+use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, EventId, InboundId};
 use billhook_core::retry::{AttemptOutcome, Decision, RetryPolicy};
 use billhook_core::subscription::{FanOutEvent, PlannedDelivery, plan_deliveries};
 use billhook_core::time::Timestamp;
@@ -43,6 +43,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{DeliveryConfig, EndpointConfig};
+use crate::metrics::{self, Metrics};
 pub use endpoints::{EndpointDefinition, EndpointRuntime, EndpointSet, check_destination};
 pub use send::RESPONSE_BODY_LIMIT;
 use ssrf::DestinationPolicy;
@@ -101,6 +102,7 @@ impl Lane {
 
 struct Shared {
     store: Store,
+    metrics: Arc<Metrics>,
     owner: String,
     /// False in the `api` role: deliveries are planned but worked by other instances.
     works: bool,
@@ -147,6 +149,7 @@ impl Delivery {
         declared: &[EndpointConfig],
         known_sources: &[String],
         works: bool,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
         let destinations = Arc::new(DestinationPolicy::new(
             config.allow_private_destinations.clone(),
@@ -167,6 +170,7 @@ impl Delivery {
         let (completions, completion_queue) = mpsc::channel(4096);
         let notifications = store.subscribe();
         let shared = Arc::new(Shared {
+            metrics,
             owner: format!(
                 "billhook-{}-{:08x}",
                 std::process::id(),
@@ -305,6 +309,11 @@ impl Delivery {
             .iter()
             .map(|plan| new_delivery(plan, DeliveryId::new_at(now), inbound_id, now, None))
             .collect()
+    }
+
+    /// This instance's name, as it appears on leases and endpoint ownership.
+    pub fn owner(&self) -> &str {
+        &self.shared.owner
     }
 
     /// A handle that plans deliveries against this instance's current endpoints, for the
@@ -832,6 +841,18 @@ fn judge(
     if let Some(reason) = &disable_endpoint {
         tracing::warn!(endpoint = %job.endpoint_id, reason, "disabling an endpoint");
     }
+    let counted = match next {
+        NextStep::Delivered => metrics::AttemptOutcome::delivered,
+        NextStep::Dead => metrics::AttemptOutcome::dead,
+        _ if disable_endpoint.is_some() => metrics::AttemptOutcome::endpoint_disabled,
+        _ => metrics::AttemptOutcome::retrying,
+    };
+    shared.metrics.attempted(
+        &job.endpoint_id.to_string(),
+        counted,
+        took,
+        received_at(&job.message_id),
+    );
     Completion {
         delivery_id: job.delivery_id,
         endpoint_id: job.endpoint_id,
@@ -848,6 +869,16 @@ fn judge(
         next,
         disable_endpoint,
     }
+}
+
+/// When billhook received the message a delivery carries: the time in its id (an event's or,
+/// for raw deliveries, the stored request's).
+fn received_at(message_id: &str) -> Option<Timestamp> {
+    message_id
+        .parse::<EventId>()
+        .map(|id| id.created_at())
+        .or_else(|_| message_id.parse::<InboundId>().map(|id| id.created_at()))
+        .ok()
 }
 
 /// Records completions in batches, one transaction each.

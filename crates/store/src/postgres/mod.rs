@@ -6,10 +6,12 @@
 //! `LISTEN`/`NOTIFY` tells every instance at once when deliveries or endpoints change. Channel
 //! names include the schema, so several billhook deployments can share one database.
 
+mod access;
 mod delivery;
 mod endpoints;
 mod ingest;
 mod ledger;
+mod operations;
 mod read;
 
 use std::time::Duration;
@@ -30,6 +32,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("../../migrations/postgres/0002_delivery.sql"),
     ),
     (3, include_str!("../../migrations/postgres/0003_ledger.sql")),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_operations.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming billhook's migration lock.

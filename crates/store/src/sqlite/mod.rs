@@ -8,10 +8,12 @@
 //! timer and no added latency when idle. Reads use a small pool of read-only connections on the
 //! blocking thread pool; WAL mode lets them proceed while the writer commits.
 
+mod access;
 mod delivery;
 mod endpoints;
 mod ingest;
 mod ledger;
+mod operations;
 mod read;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +29,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_ingest.sql")),
     (2, include_str!("../../migrations/sqlite/0002_delivery.sql")),
     (3, include_str!("../../migrations/sqlite/0003_ledger.sql")),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_operations.sql"),
+    ),
 ];
 
 /// At most this many jobs share one transaction.

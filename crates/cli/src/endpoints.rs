@@ -1,0 +1,416 @@
+//! `billhook endpoints`: subscriber endpoints through the admin API.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value, json};
+
+use crate::output::{self, table, text};
+use crate::{CliError, Remote, client, parse_since};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EndpointsCommand {
+    /// List endpoints with their health.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one endpoint with its delivery figures.
+    Show {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Create an endpoint; prints its signing secret.
+    Create {
+        /// Where deliveries go (`https://…`).
+        #[arg(value_name = "URL")]
+        destination: String,
+        #[command(flatten)]
+        fields: Fields,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Change an endpoint: only the fields given change.
+    Update {
+        id: String,
+        /// A new destination URL.
+        #[arg(long = "endpoint-url", value_name = "URL")]
+        destination: Option<String>,
+        #[command(flatten)]
+        fields: Fields,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Start delivering again; `--recover-since` also resends what failed, died or was held.
+    Enable {
+        id: String,
+        /// An RFC 3339 time, or a duration back from now (`2h`).
+        #[arg(long)]
+        recover_since: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop delivering; deliveries are held until it is enabled again.
+    Disable {
+        id: String,
+        #[arg(long, default_value = "disabled from the CLI")]
+        reason: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete an endpoint and cancel what it was still owed.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show the signing secret (and a rotated-out one still signing).
+    Secret {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Rotate the signing secret; the previous one keeps signing for a while.
+    RotateSecret {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The latest attempts, newest first.
+    Attempts {
+        id: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Resend every failed, dead or held delivery since a time, and follow their progress.
+    Recover {
+        id: String,
+        /// An RFC 3339 time, or a duration back from now (`2h`, `3d`).
+        #[arg(long)]
+        since: String,
+        /// Return at once instead of following the deliveries until they are done.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Endpoint fields settable from the command line.
+#[derive(Debug, Args)]
+pub(crate) struct Fields {
+    /// A canonical type or pattern (`invoice.*`, `*`); repeat for several.
+    #[arg(long = "event-type")]
+    event_types: Vec<String>,
+    /// Only events from this source; repeat for several.
+    #[arg(long = "source")]
+    sources: Vec<String>,
+    /// `canonical` or `raw`.
+    #[arg(long)]
+    format: Option<String>,
+    /// `Name: value` sent with every delivery; repeat for several.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Requests per second at most.
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Concurrent requests at most.
+    #[arg(long)]
+    max_concurrency: Option<u32>,
+    #[arg(long)]
+    description: Option<String>,
+}
+
+impl Fields {
+    fn body(self, url: Option<String>) -> Result<Value, CliError> {
+        let mut body = Map::new();
+        if let Some(url) = url {
+            body.insert("url".into(), json!(url));
+        }
+        if !self.event_types.is_empty() {
+            body.insert("event_types".into(), json!(self.event_types));
+        }
+        if !self.sources.is_empty() {
+            body.insert("sources".into(), json!(self.sources));
+        }
+        if let Some(format) = self.format {
+            body.insert("format".into(), json!(format));
+        }
+        if !self.headers.is_empty() {
+            let mut headers = Map::new();
+            for header in self.headers {
+                let (name, value) = header.split_once(':').ok_or_else(|| {
+                    CliError::Usage(format!("--header `{header}`: write it as `Name: value`"))
+                })?;
+                headers.insert(name.trim().to_owned(), json!(value.trim()));
+            }
+            body.insert("headers".into(), Value::Object(headers));
+        }
+        if let Some(rate) = self.rate_limit {
+            body.insert("rate_limit".into(), json!(rate));
+        }
+        if let Some(max) = self.max_concurrency {
+            body.insert("max_concurrency".into(), json!(max));
+        }
+        if let Some(description) = self.description {
+            body.insert("description".into(), json!(description));
+        }
+        Ok(Value::Object(body))
+    }
+}
+
+fn health(endpoint: &Value) -> String {
+    if endpoint["enabled"] == Value::Bool(false) {
+        return format!("disabled: {}", text(&endpoint["disabled_reason"]));
+    }
+    if endpoint["failing_since"].is_string() {
+        return format!("failing since {}", text(&endpoint["failing_since"]));
+    }
+    "healthy".to_owned()
+}
+
+fn print(endpoint: &Value, json: bool) {
+    if json {
+        output::pretty(endpoint);
+        return;
+    }
+    let mut lines = vec![
+        format!("id           {}", text(&endpoint["id"])),
+        format!("url          {}", text(&endpoint["url"])),
+        format!("event types  {}", text(&endpoint["event_types"])),
+        format!("format       {}", text(&endpoint["format"])),
+        format!("health       {}", health(endpoint)),
+    ];
+    if let Some(secret) = endpoint["secret"].as_str() {
+        lines.push(format!("secret       {secret}"));
+    }
+    if endpoint["last_error"].is_string() {
+        lines.push(format!("last error   {}", text(&endpoint["last_error"])));
+    }
+    if let Some(stats) = endpoint["stats"].as_object() {
+        lines.push(format!(
+            "deliveries   {} pending, {} failed, {} delivered, {} dead, {} held",
+            stats["pending"], stats["failed"], stats["delivered"], stats["dead"], stats["held"]
+        ));
+    }
+    output::line(&lines.join("\n"));
+}
+
+pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
+    match command {
+        EndpointsCommand::List { remote } => {
+            let client = client::Client::connect(&remote)?;
+            let page = client
+                .get("/v1/endpoints", &[("limit", "500".to_owned())])
+                .await?;
+            if remote.json {
+                output::pretty(&page);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = page["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    vec![
+                        text(&e["id"]),
+                        text(&e["name"]),
+                        text(&e["url"]),
+                        e["event_types"]
+                            .as_array()
+                            .map(|t| t.iter().map(text).collect::<Vec<_>>().join(","))
+                            .unwrap_or_default(),
+                        health(e),
+                    ]
+                })
+                .collect();
+            table(&["ID", "NAME", "URL", "EVENT TYPES", "HEALTH"], &rows);
+            Ok(())
+        }
+        EndpointsCommand::Show { id, remote } => {
+            let client = client::Client::connect(&remote)?;
+            print(
+                &client.get(&format!("/v1/endpoints/{id}"), &[]).await?,
+                remote.json,
+            );
+            Ok(())
+        }
+        EndpointsCommand::Create {
+            destination,
+            fields,
+            remote,
+        } => {
+            let client = client::Client::connect(&remote)?;
+            let body = fields.body(Some(destination))?;
+            if body.get("event_types").is_none() {
+                return Err(CliError::Usage(
+                    "create needs at least one --event-type".to_owned(),
+                ));
+            }
+            print(&client.post("/v1/endpoints", &body).await?, remote.json);
+            Ok(())
+        }
+        EndpointsCommand::Update {
+            id,
+            destination,
+            fields,
+            remote,
+        } => {
+            let client = client::Client::connect(&remote)?;
+            let body = fields.body(destination)?;
+            print(
+                &client.patch(&format!("/v1/endpoints/{id}"), &body).await?,
+                remote.json,
+            );
+            Ok(())
+        }
+        EndpointsCommand::Enable {
+            id,
+            recover_since,
+            remote,
+        } => {
+            let client = client::Client::connect(&remote)?;
+            let mut body = json!({ "enabled": true });
+            if let Some(since) = recover_since {
+                body["recover_since"] = json!(parse_since(&since)?);
+            }
+            print(
+                &client.patch(&format!("/v1/endpoints/{id}"), &body).await?,
+                remote.json,
+            );
+            Ok(())
+        }
+        EndpointsCommand::Disable { id, reason, remote } => {
+            let client = client::Client::connect(&remote)?;
+            let body = json!({ "enabled": false, "disabled_reason": reason });
+            print(
+                &client.patch(&format!("/v1/endpoints/{id}"), &body).await?,
+                remote.json,
+            );
+            Ok(())
+        }
+        EndpointsCommand::Delete { id, remote } => {
+            let client = client::Client::connect(&remote)?;
+            client.delete(&format!("/v1/endpoints/{id}")).await?;
+            output::line(&format!("deleted {id}"));
+            Ok(())
+        }
+        EndpointsCommand::Secret { id, remote } => {
+            let client = client::Client::connect(&remote)?;
+            let secret = client
+                .get(&format!("/v1/endpoints/{id}/secret"), &[])
+                .await?;
+            if remote.json {
+                output::pretty(&secret);
+            } else {
+                output::line(&text(&secret["secret"]));
+            }
+            Ok(())
+        }
+        EndpointsCommand::RotateSecret { id, remote } => {
+            let client = client::Client::connect(&remote)?;
+            let rotated = client
+                .post(&format!("/v1/endpoints/{id}/secret/rotate"), &json!({}))
+                .await?;
+            if remote.json {
+                output::pretty(&rotated);
+            } else {
+                output::line(&text(&rotated["secret"]));
+            }
+            Ok(())
+        }
+        EndpointsCommand::Attempts { id, limit, remote } => {
+            let client = client::Client::connect(&remote)?;
+            let page = client
+                .get(
+                    &format!("/v1/endpoints/{id}/attempts"),
+                    &[("limit", limit.to_string())],
+                )
+                .await?;
+            if remote.json {
+                output::pretty(&page);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = page["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    vec![
+                        text(&a["started_at"]),
+                        text(&a["delivery_id"]),
+                        text(&a["status_code"]),
+                        format!("{} ms", text(&a["duration_ms"])),
+                        text(&a["error_kind"]),
+                    ]
+                })
+                .collect();
+            table(&["STARTED", "DELIVERY", "STATUS", "TOOK", "ERROR"], &rows);
+            Ok(())
+        }
+        EndpointsCommand::Recover {
+            id,
+            since,
+            no_wait,
+            remote,
+        } => recover(&remote, &id, &since, !no_wait).await,
+    }
+}
+
+/// Resends an endpoint's failures since a time and, when `wait`, shows a progress bar until
+/// none of them is pending any more.
+pub(crate) async fn recover(
+    remote: &Remote,
+    id: &str,
+    since: &str,
+    wait: bool,
+) -> Result<(), CliError> {
+    let client = client::Client::connect(remote)?;
+    let since = parse_since(since)?;
+    let path = format!("/v1/endpoints/{id}");
+    let before = client.get(&path, &[]).await?;
+    let result = client
+        .post(
+            &format!("/v1/endpoints/{id}/recover"),
+            &json!({ "since": since }),
+        )
+        .await?;
+    let recovered = result["recovered"].as_u64().unwrap_or(0);
+    if remote.json {
+        output::pretty(&result);
+    } else {
+        output::line(&format!(
+            "recovering {recovered} deliveries of {id} since {since}"
+        ));
+    }
+    if !wait || recovered == 0 {
+        return Ok(());
+    }
+    let finished = |endpoint: &Value| {
+        let stats = &endpoint["stats"];
+        stats["delivered"].as_u64().unwrap_or(0) + stats["dead"].as_u64().unwrap_or(0)
+    };
+    let start = finished(&before);
+    let bar = indicatif::ProgressBar::new(recovered).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bar:30} {pos}/{len} delivered or given up  {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let endpoint = client.get(&path, &[]).await?;
+        let done = finished(&endpoint).saturating_sub(start).min(recovered);
+        bar.set_position(done);
+        let waiting = endpoint["stats"]["pending"].as_u64().unwrap_or(0)
+            + endpoint["stats"]["failed"].as_u64().unwrap_or(0);
+        if done >= recovered || waiting == 0 || endpoint["enabled"] == Value::Bool(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bar.finish();
+    Ok(())
+}

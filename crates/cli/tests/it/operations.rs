@@ -1,0 +1,537 @@
+//! Operating billhook: admin tokens and scopes, Prometheus metrics, sources, retention, and the
+//! CLI commands over them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use billhook_core::ids::{EventId, InboundId};
+use billhook_core::time::Timestamp;
+use billhook_store::{InboundStatus, IngestWrite, NewEvent, NewInbound, Store};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::*;
+
+backend_tests!(
+    a_read_token_reads_and_only_an_admin_token_changes,
+    metrics_count_ingest_verification_and_delivery,
+    sources_show_traffic_and_verification_failures,
+    retention_previews_and_prunes_old_messages_on_request,
+    retention_runs_in_the_background,
+    the_cli_manages_endpoints_end_to_end,
+);
+
+async fn request(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = app.http.request(method, app.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn a_read_token_reads_and_only_an_admin_token_changes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (status, created) = app
+        .admin_post("/v1/tokens", json!({ "name": "grafana", "scope": "read" }))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let read = created["token"].as_str().unwrap().to_owned();
+    assert!(read.starts_with("bh_"));
+    let read_id = created["id"].as_str().unwrap().to_owned();
+    let receiver = Receiver::ok().await;
+    let (endpoint_id, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+
+    use reqwest::Method;
+    for path in ["/v1/events", "/v1/endpoints", "/v1/invoices", "/v1/sources"] {
+        let (status, body) = request(&app, Method::GET, path, &read, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/v1/endpoints".to_owned(),
+            Some(json!({ "url": receiver.url, "event_types": ["*"] })),
+        ),
+        (
+            Method::GET,
+            format!("/v1/endpoints/{endpoint_id}/secret"),
+            None,
+        ),
+        (Method::DELETE, format!("/v1/endpoints/{endpoint_id}"), None),
+        (Method::GET, "/v1/tokens".to_owned(), None),
+        (
+            Method::POST,
+            "/v1/retention/prune".to_owned(),
+            Some(json!({})),
+        ),
+    ] {
+        let (status, body) = request(&app, method.clone(), &path, &read, body).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        assert_eq!(body["code"], json!("forbidden"));
+    }
+
+    // An admin token does everything the root token does.
+    let (_, admin) = app
+        .admin_post("/v1/tokens", json!({ "name": "ops", "scope": "admin" }))
+        .await;
+    let admin = admin["token"].as_str().unwrap().to_owned();
+    let (status, _) = request(
+        &app,
+        Method::GET,
+        &format!("/v1/endpoints/{endpoint_id}/secret"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Listings never show a token, only its hint; revoking ends it.
+    let (_, list) = app.admin_get("/v1/tokens").await;
+    let listed = list.to_string();
+    assert!(!listed.contains(&read) && !listed.contains(&admin));
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    let (status, _) = request(
+        &app,
+        Method::DELETE,
+        &format!("/v1/tokens/{read_id}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, body) = request(&app, Method::GET, "/v1/events", &read, None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = request(
+        &app,
+        Method::DELETE,
+        &format!("/v1/tokens/{read_id}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!((status, body["code"].clone()), (404, json!("not_found")));
+    let (status, body) = app
+        .admin_post("/v1/tokens", json!({ "name": "x", "scope": "root" }))
+        .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (400, json!("invalid_request"))
+    );
+
+    // The CLI: create, list, revoke.
+    let (ok, printed) = app
+        .cli(&[
+            "token", "create", "--name", "ci", "--scope", "read", "--json",
+        ])
+        .await;
+    assert!(ok, "{printed}");
+    let created: Value = serde_json::from_str(&printed).unwrap();
+    let id = created["id"].as_str().unwrap();
+    let (ok, listed) = app.cli(&["token", "list"]).await;
+    assert!(
+        ok && listed.contains(id) && listed.contains("ci"),
+        "{listed}"
+    );
+    assert!(!listed.contains(created["token"].as_str().unwrap()));
+    let (ok, revoked) = app.cli(&["token", "revoke", id]).await;
+    assert!(ok, "{revoked}");
+    let (ok, listed) = app.cli(&["token", "list", "--json"]).await;
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let entry = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == json!(id))
+        .unwrap();
+    assert!(entry["revoked_at"].is_string());
+    app.stop().await;
+}
+
+/// The value of the sample with exactly these name and labels in an OpenMetrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn metrics_count_ingest_verification_and_delivery(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["payment.*"] }))
+        .await;
+    let response = app
+        .post_signed("zwitch", &fixture("zwitch_upi/payments.updated.json"), &[])
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+    let again = app
+        .post_signed("zwitch", &fixture("zwitch_upi/payments.updated.json"), &[])
+        .await;
+    assert_eq!(again.status().as_u16(), 202);
+    let forged = app
+        .http
+        .post(app.url("/ingest/razorpay"))
+        .header("x-razorpay-signature", "00".repeat(32))
+        .body(fixture("razorpay/invoice.paid.card.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+    let unknown = app
+        .http
+        .post(app.url("/ingest/nowhere"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status().as_u16(), 404);
+    app.eventually(Duration::from_secs(10), "the delivery", || async {
+        receiver.count() >= 1
+    })
+    .await;
+
+    // No token needed, as for Prometheus scrapers.
+    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let mut text = response.text().await.unwrap();
+    // Delivery outcomes are counted as the attempt completes; wait for it.
+    for _ in 0..100 {
+        if text.contains("outcome=\"delivered\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    };
+    expect(
+        "billhook_ingest_requests_total{source=\"zwitch\",outcome=\"stored\"}",
+        1.0,
+    );
+    expect(
+        "billhook_ingest_requests_total{source=\"zwitch\",outcome=\"duplicate\"}",
+        1.0,
+    );
+    expect(
+        "billhook_ingest_requests_total{source=\"(unknown)\",outcome=\"rejected\"}",
+        1.0,
+    );
+    expect(
+        "billhook_verification_failures_total{source=\"razorpay\",code=\"invalid_signature\"}",
+        1.0,
+    );
+    expect(
+        &format!(
+            "billhook_delivery_attempts_total{{endpoint=\"{endpoint}\",outcome=\"delivered\"}}"
+        ),
+        1.0,
+    );
+    expect(
+        "billhook_ingest_duration_seconds_count{source=\"zwitch\"}",
+        2.0,
+    );
+    expect(
+        &format!("billhook_delivery_latency_seconds_count{{endpoint=\"{endpoint}\"}}"),
+        1.0,
+    );
+    for gauge in [
+        "billhook_pending_deliveries",
+        "billhook_oldest_pending_delivery_age_seconds",
+        "billhook_disabled_endpoints",
+        "billhook_quarantined_requests",
+    ] {
+        assert!(sample(&text, gauge).is_some(), "{gauge} in\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"));
+    app.stop().await;
+}
+
+async fn sources_show_traffic_and_verification_failures(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let response = app
+        .post_signed("razorpay", &fixture("razorpay/invoice.paid.card.json"), &[])
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+    let forged = app
+        .http
+        .post(app.url("/ingest/razorpay"))
+        .header("x-razorpay-signature", "11".repeat(32))
+        .body(fixture("razorpay/invoice.paid.card.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+    let (status, list) = app.admin_get("/v1/sources").await;
+    assert_eq!(status, 200);
+    let sources = list["data"].as_array().unwrap();
+    assert_eq!(sources.len(), app.config.sources.len());
+    let razorpay = sources.iter().find(|s| s["name"] == "razorpay").unwrap();
+    assert_eq!(razorpay["provider"], json!("razorpay"));
+    assert_eq!(razorpay["auth"], json!("signature"));
+    assert_eq!(razorpay["received_24h"], json!(1));
+    assert_eq!(razorpay["verification_failures"], json!(1));
+    assert_eq!(
+        razorpay["last_verification_failure"]["code"],
+        json!("invalid_signature")
+    );
+    assert!(razorpay["last_received_at"].is_string());
+    let caminvoice = sources.iter().find(|s| s["name"] == "caminvoice").unwrap();
+    assert_eq!(
+        caminvoice["ingest_path"],
+        json!("/ingest/caminvoice/{token}")
+    );
+    assert!(
+        !list.to_string().contains(CAMINVOICE_TOKEN),
+        "a path token is a credential"
+    );
+    let (ok, table) = app.cli(&["sources"]).await;
+    assert!(ok, "{table}");
+    assert!(
+        table.contains("razorpay") && table.contains("invalid_signature"),
+        "{table}"
+    );
+    app.stop().await;
+}
+
+/// Stores messages received `days_ago`, before the server starts: the only way to have data
+/// older than the retention window in a test.
+async fn seed_old_messages(backend: Backend, dir: &tempfile::TempDir, count: usize, days_ago: u64) {
+    let store = Store::open(&database_in(backend, dir.path()).await)
+        .await
+        .unwrap();
+    let at = Timestamp::now().sub(Duration::from_secs(days_ago * 86_400));
+    for n in 0..count {
+        let id = InboundId::new_at(at);
+        let event = EventId::new_at(at);
+        store
+            .ingest(IngestWrite {
+                inbound: NewInbound {
+                    id,
+                    source: "razorpay".to_owned(),
+                    provider: "razorpay".to_owned(),
+                    received_at: at,
+                    status: InboundStatus::Processed,
+                    provider_event: Some("payment.captured".to_owned()),
+                    provider_event_id: Some(format!("old-{n}")),
+                    dedup_key: format!("old-{n}"),
+                    verification: "seeded".to_owned(),
+                    remote_addr: None,
+                    headers: Vec::new(),
+                    body: Bytes::from_static(b"{\"seeded\":true}"),
+                    error: None,
+                },
+                events: vec![NewEvent {
+                    id: event,
+                    event_type: "payment.succeeded",
+                    source: "razorpay".to_owned(),
+                    subject_kind: "payment",
+                    subject_id: format!("pay_old{n}"),
+                    occurred_at: at,
+                    received_at: at,
+                    payload: Bytes::from_static(b"{}"),
+                }],
+                deliveries: Vec::new(),
+                facts: Vec::new(),
+                concluder: None,
+                dedup_expires_at: at.add(Duration::from_secs(8 * 86_400)),
+            })
+            .await
+            .unwrap();
+    }
+    store.close().await;
+}
+
+async fn retention_previews_and_prunes_old_messages_on_request(backend: Backend) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    seed_old_messages(backend, &dir, 3, 40).await;
+    let app = spawn_app_in(
+        backend,
+        Arc::clone(&dir),
+        "[retention]\nmax_age = \"30d\"\nevery = \"1h\"\n",
+    )
+    .await;
+    let response = app
+        .post_signed("razorpay", &fixture("razorpay/invoice.paid.card.json"), &[])
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+
+    let (ok, printed) = app.cli(&["prune", "--dry-run", "--json"]).await;
+    assert!(ok, "{printed}");
+    let preview: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(preview["max_age"], json!("30d"));
+    assert_eq!(preview["would_remove"]["inbound"], json!(3));
+    assert_eq!(preview["would_remove"]["events"], json!(3));
+    assert_eq!(preview["would_remove"]["payload_bytes"], json!(3 * 15));
+    let (ok, printed) = app.cli(&["prune", "--dry-run"]).await;
+    assert!(
+        ok && printed.contains("Would remove: 3 messages"),
+        "{printed}"
+    );
+    let (_, inbound) = app.admin_get("/v1/inbound?limit=500").await;
+    assert_eq!(
+        inbound["data"].as_array().unwrap().len(),
+        4,
+        "a dry run removes nothing"
+    );
+
+    let (ok, printed) = app.cli(&["prune"]).await;
+    assert!(ok && printed.contains("removed 3 messages"), "{printed}");
+    let (_, inbound) = app.admin_get("/v1/inbound?limit=500").await;
+    assert_eq!(
+        inbound["data"].as_array().unwrap().len(),
+        1,
+        "the recent one stays"
+    );
+    let (_, preview) = app.admin_get("/v1/retention").await;
+    assert_eq!(preview["would_remove"]["inbound"], json!(0));
+    app.stop().await;
+}
+
+async fn retention_runs_in_the_background(backend: Backend) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    seed_old_messages(backend, &dir, 5, 31).await;
+    let app = spawn_app_in(
+        backend,
+        Arc::clone(&dir),
+        "[retention]\nmax_age = \"30d\"\nevery = \"1s\"\nbatch = 2\n",
+    )
+    .await;
+    app.eventually(Duration::from_secs(15), "retention to run", || async {
+        let (_, inbound) = app.admin_get("/v1/inbound?limit=500").await;
+        inbound["data"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&text, "billhook_pruned_total{kind=\"inbound\"}"),
+        Some(5.0),
+        "{text}"
+    );
+    app.stop().await;
+}
+
+async fn the_cli_manages_endpoints_end_to_end(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let (ok, printed) = app
+        .cli(&[
+            "endpoints",
+            "create",
+            &receiver.url,
+            "--event-type",
+            "invoice.*",
+            "--event-type",
+            "payment.succeeded",
+            "--header",
+            "X-Team: payments",
+            "--rate-limit",
+            "20",
+            "--json",
+        ])
+        .await;
+    assert!(ok, "{printed}");
+    let created: Value = serde_json::from_str(&printed).unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(created["headers"]["X-Team"], json!("payments"));
+
+    let (ok, listed) = app.cli(&["endpoints", "list"]).await;
+    assert!(
+        ok && listed.contains(&id) && listed.contains("healthy"),
+        "{listed}"
+    );
+    let (ok, shown) = app
+        .cli(&["endpoints", "disable", &id, "--reason", "maintenance"])
+        .await;
+    assert!(ok && shown.contains("disabled: maintenance"), "{shown}");
+    let (ok, shown) = app
+        .cli(&["endpoints", "enable", &id, "--recover-since", "1h"])
+        .await;
+    assert!(ok && shown.contains("healthy"), "{shown}");
+    let (ok, shown) = app
+        .cli(&[
+            "endpoints",
+            "update",
+            &id,
+            "--description",
+            "ledger service",
+        ])
+        .await;
+    assert!(ok, "{shown}");
+    let (_, endpoint) = app.admin_get(&format!("/v1/endpoints/{id}")).await;
+    assert_eq!(endpoint["description"], json!("ledger service"));
+    assert_eq!(endpoint["rate_limit"], json!(20));
+
+    let (ok, old) = app.cli(&["endpoints", "secret", &id]).await;
+    assert!(ok);
+    let (ok, new) = app.cli(&["endpoints", "rotate-secret", &id]).await;
+    assert!(
+        ok && new.trim().starts_with("whsec_") && new.trim() != old.trim(),
+        "{new}"
+    );
+    let (ok, recovered) = app
+        .cli(&["endpoints", "recover", &id, "--since", "2h", "--no-wait"])
+        .await;
+    assert!(
+        ok && recovered.contains("recovering 0 deliveries"),
+        "{recovered}"
+    );
+    let (ok, deleted) = app.cli(&["endpoints", "delete", &id]).await;
+    assert!(ok, "{deleted}");
+    let (status, _) = app.admin_get(&format!("/v1/endpoints/{id}")).await;
+    assert_eq!(status, 404);
+    let (ok, failed) = app.cli(&["endpoints", "show", &id]).await;
+    assert!(!ok && failed.contains("not_found"), "{failed}");
+    app.stop().await;
+}
+
+#[test]
+fn completions_are_generated_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        assert!(script.contains("billhook"), "{shell}");
+        assert!(
+            script.contains("invoices") && script.contains("endpoints"),
+            "{shell}"
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! What operators look at: `/v1/sources` (each source's latest traffic and verification
+//! failures), `/v1/retention` (what retention would remove, and removing it now), and the
+//! overview behind the console's front page.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use billhook_core::ids::InboundId;
+use billhook_core::time::Timestamp;
+use billhook_providers::auth::SourceAuth;
+use billhook_store::PruneReport;
+use serde::Serialize;
+
+use crate::App;
+use crate::background::{prune_now, retention_cutoff};
+use crate::error::ApiError;
+
+/// One configured source with its recent traffic.
+#[derive(Debug, Serialize)]
+pub(crate) struct SourceView {
+    pub name: String,
+    pub provider: &'static str,
+    /// How requests are verified: `signature`, `header`, `basic`, `jwt_hs256`, `path_token`.
+    pub auth: &'static str,
+    /// Where the provider posts (a path token shows as `{token}`).
+    pub ingest_path: String,
+    pub allow_ips: Vec<String>,
+    pub last_received_at: Option<Timestamp>,
+    pub last_inbound: Option<InboundId>,
+    pub received_24h: u64,
+    pub quarantined: u64,
+    /// Requests refused by verification since this instance started.
+    pub verification_failures: u64,
+    pub last_verification_failure: Option<FailureView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct FailureView {
+    pub at: Timestamp,
+    pub code: String,
+}
+
+fn auth_name(auth: &SourceAuth) -> &'static str {
+    match auth {
+        SourceAuth::Signature { .. } => "signature",
+        SourceAuth::Header { .. } => "header",
+        SourceAuth::Basic { .. } => "basic",
+        SourceAuth::JwtHs256 { .. } => "jwt_hs256",
+        SourceAuth::PathToken { .. } => "path_token",
+    }
+}
+
+/// Every configured source, by name, with its figures.
+pub(crate) async fn source_views(app: &App) -> Result<Vec<SourceView>, ApiError> {
+    let mut names: Vec<String> = app.settings.sources.keys().cloned().collect();
+    names.sort();
+    let since = Timestamp::now().sub(Duration::from_secs(86_400));
+    let stats = app.store.source_stats(names, since).await?;
+    Ok(stats
+        .into_iter()
+        .filter_map(|stats| {
+            let source = app.settings.sources.get(&stats.source)?;
+            let (failures, last) = app.metrics.verification_failures(&stats.source);
+            let token = matches!(source.spec.auth, SourceAuth::PathToken { .. });
+            Some(SourceView {
+                ingest_path: format!(
+                    "/ingest/{}{}",
+                    stats.source,
+                    if token { "/{token}" } else { "" }
+                ),
+                name: stats.source,
+                provider: source.spec.provider.name(),
+                auth: auth_name(&source.spec.auth),
+                allow_ips: source
+                    .spec
+                    .allow_ips
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
+                last_received_at: stats.last_received_at,
+                last_inbound: stats.last_inbound,
+                received_24h: stats.received_since,
+                quarantined: stats.quarantined,
+                verification_failures: failures,
+                last_verification_failure: last.map(|l| FailureView {
+                    at: l.at,
+                    code: l.code,
+                }),
+            })
+        })
+        .collect())
+}
+
+#[derive(Serialize)]
+struct SourceList {
+    data: Vec<SourceView>,
+}
+
+pub(crate) async fn sources(State(app): State<Arc<App>>) -> Result<Json<impl Serialize>, ApiError> {
+    Ok(Json(SourceList {
+        data: source_views(&app).await?,
+    }))
+}
+
+/// Counts of what retention removes.
+#[derive(Debug, Serialize)]
+pub(crate) struct PruneView {
+    pub inbound: u64,
+    pub events: u64,
+    pub deliveries: u64,
+    pub attempts: u64,
+    pub payload_bytes: u64,
+}
+
+impl From<PruneReport> for PruneView {
+    fn from(report: PruneReport) -> Self {
+        Self {
+            inbound: report.inbound,
+            events: report.events,
+            deliveries: report.deliveries,
+            attempts: report.attempts,
+            payload_bytes: report.payload_bytes,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RetentionView {
+    /// `retention.max_age`.
+    max_age: String,
+    /// Messages received before this go (once nothing is owed to an endpoint).
+    cutoff: Timestamp,
+    /// What would be removed now.
+    would_remove: PruneView,
+}
+
+pub(crate) async fn retention(
+    State(app): State<Arc<App>>,
+) -> Result<Json<impl Serialize>, ApiError> {
+    let now = Timestamp::now();
+    let cutoff = retention_cutoff(&app, now);
+    let would_remove = app.store.prune_preview(cutoff).await?;
+    Ok(Json(RetentionView {
+        max_age: app.settings.retention.max_age.to_string(),
+        cutoff: cutoff.created_at(),
+        would_remove: would_remove.into(),
+    }))
+}
+
+#[derive(Serialize)]
+struct Pruned {
+    removed: PruneView,
+}
+
+pub(crate) async fn prune(State(app): State<Arc<App>>) -> Result<Json<impl Serialize>, ApiError> {
+    // A manual run is not interrupted by shutdown signals of its own.
+    let (_keep, mut never) = tokio::sync::watch::channel(false);
+    let removed = prune_now(&app, &mut never).await?;
+    tracing::info!(inbound = removed.inbound, "pruned on request");
+    Ok(Json(Pruned {
+        removed: removed.into(),
+    }))
+}

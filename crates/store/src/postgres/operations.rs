@@ -1,0 +1,290 @@
+//! Operations on PostgreSQL: retention, the activity behind the console's charts, the overview
+//! and per-source figures.
+
+use billhook_core::ids::{DeliveryId, InboundId};
+use billhook_core::time::Timestamp;
+use deadpool_postgres::GenericClient;
+
+use super::ingest::parse_id;
+use super::{PgStore, pg_error};
+use crate::StoreError;
+use crate::model::*;
+
+/// The inbound requests retention may remove: older than `$1`, with no delivery still owed.
+fn prunable(limit: Option<u32>) -> String {
+    let limit = limit
+        .map(|l| format!(" ORDER BY i.id LIMIT {l}"))
+        .unwrap_or_default();
+    format!(
+        "SELECT i.id FROM inbound i WHERE i.id < $1 AND NOT EXISTS (
+            SELECT 1 FROM deliveries d
+            WHERE d.inbound_id = i.id AND d.status IN ({UNFINISHED_DELIVERIES})){limit}"
+    )
+}
+
+/// A condition true while a delivery of the message `inbound_column` names is still owed.
+fn owed(inbound_column: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM deliveries d WHERE d.inbound_id = {inbound_column}
+            AND d.status IN ({UNFINISHED_DELIVERIES}))"
+    )
+}
+
+fn unsigned(value: i64) -> u64 {
+    value.max(0).unsigned_abs()
+}
+
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl PgStore {
+    pub(crate) async fn prune_preview(&self, before: InboundId) -> Result<PruneReport, StoreError> {
+        let client = self.client().await?;
+        let doomed = prunable(None);
+        let row = client
+            .query_one(
+                &format!(
+                    "WITH doomed AS ({doomed}) SELECT
+                        (SELECT count(*) FROM doomed),
+                        (SELECT count(*) FROM events WHERE inbound_id IN (SELECT id FROM doomed)),
+                        (SELECT count(*) FROM deliveries WHERE inbound_id IN (SELECT id FROM doomed)),
+                        (SELECT count(*) FROM attempts WHERE delivery_id IN
+                            (SELECT id FROM deliveries WHERE inbound_id IN (SELECT id FROM doomed))),
+                        (SELECT COALESCE(sum(length(body)), 0)::BIGINT FROM inbound
+                            WHERE id IN (SELECT id FROM doomed))"
+                ),
+                &[&before.to_string()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(PruneReport {
+            inbound: unsigned(row.get(0)),
+            events: unsigned(row.get(1)),
+            deliveries: unsigned(row.get(2)),
+            attempts: unsigned(row.get(3)),
+            payload_bytes: unsigned(row.get(4)),
+        })
+    }
+
+    pub(crate) async fn prune(
+        &self,
+        before: InboundId,
+        batch: u32,
+    ) -> Result<PruneReport, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(pg_error)?;
+        // SKIP LOCKED: instances pruning at once take different messages.
+        let ids: Vec<String> = transaction
+            .query(
+                &format!("{} FOR UPDATE SKIP LOCKED", prunable(Some(batch))),
+                &[&before.to_string()],
+            )
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if ids.is_empty() {
+            transaction.commit().await.map_err(pg_error)?;
+            return Ok(PruneReport::default());
+        }
+        let payload_bytes: i64 = transaction
+            .query_one(
+                "SELECT COALESCE(sum(length(body)), 0)::BIGINT FROM inbound WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        // Each statement checks again that nothing is owed: a redelivery requested since the
+        // selection keeps its message.
+        let finished = format!("status NOT IN ({UNFINISHED_DELIVERIES})");
+        let attempts = transaction
+            .execute(
+                &format!(
+                    "DELETE FROM attempts WHERE delivery_id IN
+                       (SELECT id FROM deliveries WHERE inbound_id = ANY($1) AND {finished})"
+                ),
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?;
+        let deliveries = transaction
+            .execute(
+                &format!("DELETE FROM deliveries WHERE inbound_id = ANY($1) AND {finished}"),
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?;
+        let events = transaction
+            .execute(
+                &format!(
+                    "DELETE FROM events e WHERE e.inbound_id = ANY($1) AND NOT {}",
+                    owed("e.inbound_id")
+                ),
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?;
+        let inbound = transaction
+            .execute(
+                &format!(
+                    "DELETE FROM inbound i WHERE i.id = ANY($1) AND NOT {}",
+                    owed("i.id")
+                ),
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?;
+        transaction.commit().await.map_err(pg_error)?;
+        Ok(PruneReport {
+            inbound,
+            events,
+            deliveries,
+            attempts,
+            payload_bytes: unsigned(payload_bytes),
+        })
+    }
+
+    pub(crate) async fn record_activity(
+        &self,
+        instance: String,
+        minute: i64,
+        counts: ActivityCounts,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO activity (minute, instance, ingested, duplicates, quarantined,
+                    unverified, delivered, failed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (minute, instance) DO UPDATE SET
+                    ingested = activity.ingested + excluded.ingested,
+                    duplicates = activity.duplicates + excluded.duplicates,
+                    quarantined = activity.quarantined + excluded.quarantined,
+                    unverified = activity.unverified + excluded.unverified,
+                    delivered = activity.delivered + excluded.delivered,
+                    failed = activity.failed + excluded.failed",
+                &[
+                    &minute,
+                    &instance,
+                    &signed(counts.ingested),
+                    &signed(counts.duplicates),
+                    &signed(counts.quarantined),
+                    &signed(counts.unverified),
+                    &signed(counts.delivered),
+                    &signed(counts.failed),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    pub(crate) async fn activity(
+        &self,
+        since_minute: i64,
+    ) -> Result<Vec<ActivityMinute>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT minute, sum(ingested)::BIGINT, sum(duplicates)::BIGINT,
+                    sum(quarantined)::BIGINT, sum(unverified)::BIGINT, sum(delivered)::BIGINT,
+                    sum(failed)::BIGINT
+                 FROM activity WHERE minute >= $1 GROUP BY minute ORDER BY minute",
+                &[&since_minute],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(rows
+            .iter()
+            .map(|row| ActivityMinute {
+                minute: row.get(0),
+                counts: ActivityCounts {
+                    ingested: unsigned(row.get(1)),
+                    duplicates: unsigned(row.get(2)),
+                    quarantined: unsigned(row.get(3)),
+                    unverified: unsigned(row.get(4)),
+                    delivered: unsigned(row.get(5)),
+                    failed: unsigned(row.get(6)),
+                },
+            })
+            .collect())
+    }
+
+    pub(crate) async fn prune_activity(&self, before_minute: i64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM activity WHERE minute < $1", &[&before_minute])
+            .await
+            .map_err(pg_error)
+    }
+
+    pub(crate) async fn overview(&self) -> Result<Overview, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT
+                    (SELECT count(*) FROM deliveries WHERE status IN ('pending', 'failed')),
+                    (SELECT min(id) FROM deliveries WHERE status IN ('pending', 'failed')),
+                    (SELECT count(*) FROM endpoints WHERE deleted_at IS NULL AND NOT enabled),
+                    (SELECT count(*) FROM endpoints
+                        WHERE deleted_at IS NULL AND enabled AND failing_since IS NOT NULL),
+                    (SELECT count(*) FROM inbound WHERE status = 'quarantined')",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?;
+        let oldest: Option<String> = row.get(1);
+        Ok(Overview {
+            pending_deliveries: unsigned(row.get(0)),
+            oldest_pending: oldest
+                .as_deref()
+                .map(parse_id::<DeliveryId>)
+                .transpose()?
+                .map(|id| id.created_at()),
+            disabled_endpoints: unsigned(row.get(2)),
+            failing_endpoints: unsigned(row.get(3)),
+            quarantined: unsigned(row.get(4)),
+        })
+    }
+
+    pub(crate) async fn source_stats(
+        &self,
+        sources: Vec<String>,
+        since: Timestamp,
+    ) -> Result<Vec<SourceStats>, StoreError> {
+        let client = self.client().await?;
+        let since = InboundId::lower_bound(since).to_string();
+        let mut stats = Vec::with_capacity(sources.len());
+        for source in sources {
+            let last = client
+                .query_opt(
+                    "SELECT id, received_at FROM inbound WHERE source = $1 ORDER BY id DESC LIMIT 1",
+                    &[&source],
+                )
+                .await
+                .map_err(pg_error)?;
+            let counts = client
+                .query_one(
+                    "SELECT
+                        (SELECT count(*) FROM inbound WHERE source = $1 AND id >= $2),
+                        (SELECT count(*) FROM inbound WHERE status = 'quarantined' AND source = $1)",
+                    &[&source, &since],
+                )
+                .await
+                .map_err(pg_error)?;
+            stats.push(SourceStats {
+                last_inbound: last
+                    .as_ref()
+                    .map(|row| parse_id(row.get::<_, &str>(0)))
+                    .transpose()?,
+                last_received_at: last.map(|row| Timestamp::from_unix_millis(row.get(1))),
+                source,
+                received_since: unsigned(counts.get(0)),
+                quarantined: unsigned(counts.get(1)),
+            });
+        }
+        Ok(stats)
+    }
+}

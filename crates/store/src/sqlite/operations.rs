@@ -1,0 +1,283 @@
+//! Operations on SQLite: retention, the activity behind the console's charts, the overview
+//! and per-source figures.
+
+use billhook_core::ids::{DeliveryId, InboundId};
+use billhook_core::time::Timestamp;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::ingest::parse_id;
+use super::{SqliteStore, db_error};
+use crate::StoreError;
+use crate::model::*;
+
+/// The inbound requests retention may remove: older than `before`, with no delivery still owed.
+fn prunable(limit: Option<u32>) -> String {
+    let limit = limit
+        .map(|l| format!(" ORDER BY i.id LIMIT {l}"))
+        .unwrap_or_default();
+    format!(
+        "SELECT i.id FROM inbound i WHERE i.id < ?1 AND NOT EXISTS (
+            SELECT 1 FROM deliveries d
+            WHERE d.inbound_id = i.id AND d.status IN ({UNFINISHED_DELIVERIES})){limit}"
+    )
+}
+
+fn count(connection: &Connection, sql: &str, before: &str) -> Result<u64, StoreError> {
+    connection
+        .query_row(sql, [before], |row| row.get::<_, i64>(0))
+        .map(unsigned)
+        .map_err(db_error)
+}
+
+fn unsigned(value: i64) -> u64 {
+    value.max(0).unsigned_abs()
+}
+
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// What retention would remove now: every finished message older than `before`.
+    pub(crate) async fn prune_preview(&self, before: InboundId) -> Result<PruneReport, StoreError> {
+        self.read(move |connection| {
+            let before = before.to_string();
+            let doomed = prunable(None);
+            Ok(PruneReport {
+                inbound: count(
+                    connection,
+                    &format!("SELECT count(*) FROM ({doomed})"),
+                    &before,
+                )?,
+                events: count(
+                    connection,
+                    &format!("SELECT count(*) FROM events WHERE inbound_id IN ({doomed})"),
+                    &before,
+                )?,
+                deliveries: count(
+                    connection,
+                    &format!("SELECT count(*) FROM deliveries WHERE inbound_id IN ({doomed})"),
+                    &before,
+                )?,
+                attempts: count(
+                    connection,
+                    &format!(
+                        "SELECT count(*) FROM attempts WHERE delivery_id IN
+                           (SELECT id FROM deliveries WHERE inbound_id IN ({doomed}))"
+                    ),
+                    &before,
+                )?,
+                payload_bytes: count(
+                    connection,
+                    &format!(
+                        "SELECT COALESCE(sum(length(body)), 0) FROM inbound WHERE id IN ({doomed})"
+                    ),
+                    &before,
+                )?,
+            })
+        })
+        .await
+    }
+
+    /// Removes up to `batch` finished messages older than `before`, with their events,
+    /// deliveries and attempts, in one transaction.
+    pub(crate) async fn prune(
+        &self,
+        before: InboundId,
+        batch: u32,
+    ) -> Result<PruneReport, StoreError> {
+        self.write(move |connection| {
+            let before = before.to_string();
+            connection
+                .execute_batch("CREATE TEMP TABLE IF NOT EXISTS doomed (id TEXT PRIMARY KEY); DELETE FROM doomed;")
+                .map_err(db_error)?;
+            connection
+                .execute(&format!("INSERT INTO doomed {}", prunable(Some(batch))), [&before])
+                .map_err(db_error)?;
+            let payload_bytes = connection
+                .query_row(
+                    "SELECT COALESCE(sum(length(body)), 0) FROM inbound WHERE id IN (SELECT id FROM doomed)",
+                    [],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map_err(db_error)?;
+            let delete = |sql: &str| connection.execute(sql, []).map(|n| n as u64).map_err(db_error);
+            let report = PruneReport {
+                attempts: delete(
+                    "DELETE FROM attempts WHERE delivery_id IN
+                       (SELECT id FROM deliveries WHERE inbound_id IN (SELECT id FROM doomed))",
+                )?,
+                deliveries: delete("DELETE FROM deliveries WHERE inbound_id IN (SELECT id FROM doomed)")?,
+                events: delete("DELETE FROM events WHERE inbound_id IN (SELECT id FROM doomed)")?,
+                inbound: delete("DELETE FROM inbound WHERE id IN (SELECT id FROM doomed)")?,
+                payload_bytes: payload_bytes.max(0).unsigned_abs(),
+            };
+            connection.execute("DELETE FROM doomed", []).map_err(db_error)?;
+            Ok(report)
+        })
+        .await
+    }
+
+    /// Adds an instance's counts to a minute.
+    pub(crate) async fn record_activity(
+        &self,
+        instance: String,
+        minute: i64,
+        counts: ActivityCounts,
+    ) -> Result<(), StoreError> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO activity (minute, instance, ingested, duplicates, quarantined,
+                        unverified, delivered, failed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (minute, instance) DO UPDATE SET
+                        ingested = ingested + excluded.ingested,
+                        duplicates = duplicates + excluded.duplicates,
+                        quarantined = quarantined + excluded.quarantined,
+                        unverified = unverified + excluded.unverified,
+                        delivered = delivered + excluded.delivered,
+                        failed = failed + excluded.failed",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        minute,
+                        instance,
+                        signed(counts.ingested),
+                        signed(counts.duplicates),
+                        signed(counts.quarantined),
+                        signed(counts.unverified),
+                        signed(counts.delivered),
+                        signed(counts.failed)
+                    ])
+                })
+                .map(|_| ())
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    /// Every instance's activity per minute since `since_minute`, oldest first.
+    pub(crate) async fn activity(
+        &self,
+        since_minute: i64,
+    ) -> Result<Vec<ActivityMinute>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT minute, sum(ingested), sum(duplicates), sum(quarantined),
+                        sum(unverified), sum(delivered), sum(failed)
+                     FROM activity WHERE minute >= ?1 GROUP BY minute ORDER BY minute",
+                )
+                .map_err(db_error)?;
+            let rows = statement
+                .query_map([since_minute], |row| {
+                    Ok(ActivityMinute {
+                        minute: row.get(0)?,
+                        counts: ActivityCounts {
+                            ingested: unsigned(row.get(1)?),
+                            duplicates: unsigned(row.get(2)?),
+                            quarantined: unsigned(row.get(3)?),
+                            unverified: unsigned(row.get(4)?),
+                            delivered: unsigned(row.get(5)?),
+                            failed: unsigned(row.get(6)?),
+                        },
+                    })
+                })
+                .map_err(db_error)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_error)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub(crate) async fn prune_activity(&self, before_minute: i64) -> Result<u64, StoreError> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached("DELETE FROM activity WHERE minute < ?1")
+                .and_then(|mut s| s.execute([before_minute]))
+                .map(|n| n as u64)
+                .map_err(db_error)
+        })
+        .await
+    }
+
+    /// What needs attention now.
+    pub(crate) async fn overview(&self) -> Result<Overview, StoreError> {
+        self.read(|connection| {
+            let (pending, oldest): (i64, Option<String>) = connection
+                .query_row(
+                    "SELECT count(*), min(id) FROM deliveries WHERE status IN ('pending', 'failed')",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .map_err(db_error)?;
+            let (disabled, failing): (i64, i64) = connection
+                .query_row(
+                    "SELECT
+                        coalesce(sum(CASE WHEN enabled = 0 THEN 1 ELSE 0 END), 0),
+                        coalesce(sum(CASE WHEN enabled = 1 AND failing_since IS NOT NULL THEN 1 ELSE 0 END), 0)
+                     FROM endpoints WHERE deleted_at IS NULL",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .map_err(db_error)?;
+            let quarantined: i64 = connection
+                .query_row("SELECT count(*) FROM inbound WHERE status = 'quarantined'", [], |row| row.get(0))
+                .map_err(db_error)?;
+            Ok(Overview {
+                pending_deliveries: unsigned(pending),
+                oldest_pending: oldest
+                    .as_deref()
+                    .map(parse_id::<DeliveryId>)
+                    .transpose()?
+                    .map(|id| id.created_at()),
+                disabled_endpoints: unsigned(disabled),
+                failing_endpoints: unsigned(failing),
+                quarantined: unsigned(quarantined),
+            })
+        })
+        .await
+    }
+
+    /// Per source: its latest message, how many arrived since `since`, how many wait in
+    /// quarantine.
+    pub(crate) async fn source_stats(
+        &self,
+        sources: Vec<String>,
+        since: Timestamp,
+    ) -> Result<Vec<SourceStats>, StoreError> {
+        self.read(move |connection| {
+            let since = InboundId::lower_bound(since).to_string();
+            sources
+                .into_iter()
+                .map(|source| {
+                    let last: Option<(String, i64)> = connection
+                        .prepare_cached(
+                            "SELECT id, received_at FROM inbound WHERE source = ?1 ORDER BY id DESC LIMIT 1",
+                        )
+                        .and_then(|mut s| s.query_row([&source], |row| Ok((row.get(0)?, row.get(1)?))).optional())
+                        .map_err(db_error)?;
+                    let recent: i64 = connection
+                        .prepare_cached("SELECT count(*) FROM inbound WHERE source = ?1 AND id >= ?2")
+                        .and_then(|mut s| s.query_row(params![source, since], |row| row.get(0)))
+                        .map_err(db_error)?;
+                    let quarantined: i64 = connection
+                        .prepare_cached(
+                            "SELECT count(*) FROM inbound WHERE status = 'quarantined' AND source = ?1",
+                        )
+                        .and_then(|mut s| s.query_row([&source], |row| row.get(0)))
+                        .map_err(db_error)?;
+                    Ok(SourceStats {
+                        last_inbound: last.as_ref().map(|(id, _)| parse_id(id)).transpose()?,
+                        last_received_at: last.map(|(_, at)| Timestamp::from_unix_millis(at)),
+                        source,
+                        received_since: unsigned(recent),
+                        quarantined: unsigned(quarantined),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}

@@ -1,0 +1,350 @@
+//! Admin tokens, console sessions, retention, activity and the overview, on both backends.
+
+use std::time::Duration;
+
+use billhook_core::access::{Scope, digest, generate_session_secret, generate_token, token_hint};
+use billhook_core::ids::{AttemptId, InboundId, TokenId};
+use billhook_core::time::Timestamp;
+use bytes::Bytes;
+
+use super::{backends, delivery_for, event, inbound, new_endpoint, runtime, write};
+use crate::*;
+
+fn new_token(name: &str, scope: Scope) -> (String, NewToken) {
+    let token = generate_token();
+    let record = NewToken {
+        id: TokenId::new(),
+        name: name.to_owned(),
+        scope,
+        digest: digest(&token),
+        hint: token_hint(&token),
+        created_at: Timestamp::now(),
+    };
+    (token, record)
+}
+
+fn session_for(token_id: &str, token: &str, scope: Scope, ttl: Duration) -> (String, NewSession) {
+    let cookie = generate_session_secret();
+    let now = Timestamp::now();
+    let session = NewSession {
+        digest: digest(&cookie),
+        token_id: token_id.to_owned(),
+        token_digest: digest(token),
+        scope,
+        csrf: generate_session_secret(),
+        created_at: now,
+        expires_at: now.add(ttl),
+    };
+    (cookie, session)
+}
+
+#[test]
+fn tokens_are_found_by_digest_until_revoked_and_take_their_sessions_along() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let (token, record) = new_token("ci", Scope::Read);
+            let created = store.create_token(record.clone()).await.unwrap();
+            assert_eq!(created.scope, Scope::Read);
+            let found = store
+                .token_by_digest(&digest(&token))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(found.id, record.id);
+            assert_eq!(found.hint, token_hint(&token));
+            assert!(
+                store
+                    .token_by_digest(&digest("bh_other"))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+
+            let now = Timestamp::from_unix_millis(Timestamp::now().unix_millis());
+            store.touch_token(record.id, now).await.unwrap();
+            let listed = store.tokens().await.unwrap();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].last_used_at, Some(now));
+
+            let (cookie, session) = session_for(
+                &record.id.to_string(),
+                &token,
+                Scope::Read,
+                Duration::from_secs(60),
+            );
+            let csrf = session.csrf.clone();
+            store.create_session(session).await.unwrap();
+            let live = store
+                .session(&digest(&cookie), Timestamp::now())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(live.token_live);
+            assert_eq!(live.csrf, csrf);
+            assert_eq!(live.scope, Scope::Read);
+
+            assert!(
+                store
+                    .revoke_token(record.id, Timestamp::now())
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .revoke_token(record.id, Timestamp::now())
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                store
+                    .token_by_digest(&digest(&token))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(
+                store
+                    .session(&digest(&cookie), Timestamp::now())
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(store.tokens().await.unwrap()[0].revoked_at.is_some());
+        }
+    });
+}
+
+#[test]
+fn sessions_expire_and_can_be_ended() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let (cookie, session) = session_for(
+                ROOT_TOKEN,
+                "root-token",
+                Scope::Admin,
+                Duration::from_secs(60),
+            );
+            store.create_session(session).await.unwrap();
+            let live = store
+                .session(&digest(&cookie), Timestamp::now())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(live.token_live);
+            assert_eq!(live.token_digest, digest("root-token"));
+            let later = Timestamp::now().add(Duration::from_secs(120));
+            assert!(
+                store
+                    .session(&digest(&cookie), later)
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert_eq!(store.prune_sessions(later).await.unwrap(), 1);
+
+            let (cookie, session) = session_for(
+                ROOT_TOKEN,
+                "root-token",
+                Scope::Admin,
+                Duration::from_secs(60),
+            );
+            store.create_session(session).await.unwrap();
+            store.delete_session(&digest(&cookie)).await.unwrap();
+            assert!(
+                store
+                    .session(&digest(&cookie), Timestamp::now())
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    });
+}
+
+#[test]
+fn retention_removes_finished_old_messages_and_keeps_what_is_owed() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = store
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            let old = Timestamp::now().sub(Duration::from_secs(40 * 86_400));
+            // A finished old message: delivered, with an attempt.
+            let mut finished = inbound("rzp", "old-finished", InboundStatus::Processed);
+            finished.id = InboundId::new_at(old);
+            let finished_event = event("rzp", "invoice.paid", "inv_old");
+            let mut ingest = write(finished.clone(), vec![finished_event.clone()]);
+            ingest.deliveries = vec![delivery_for(&endpoint, Some(&finished_event), finished.id)];
+            let finished_delivery = ingest.deliveries[0].id;
+            store.ingest(ingest).await.unwrap();
+            let now = Timestamp::now();
+            store
+                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+                .await
+                .unwrap();
+            store
+                .complete(
+                    vec![Completion {
+                        delivery_id: finished_delivery,
+                        endpoint_id: endpoint.id,
+                        attempt: Some(NewAttempt {
+                            id: AttemptId::new(),
+                            number: 1,
+                            started_at: now,
+                            duration_ms: 3,
+                            status_code: Some(200),
+                            response_body: Some(Bytes::from_static(b"ok")),
+                            error_kind: None,
+                            error_message: None,
+                        }),
+                        next: NextStep::Delivered,
+                        disable_endpoint: None,
+                    }],
+                    now,
+                )
+                .await
+                .unwrap();
+            // An old message still owed to an endpoint (held while it is disabled).
+            let mut owed = inbound("rzp", "old-owed", InboundStatus::Processed);
+            owed.id = InboundId::new_at(old);
+            let owed_event = event("rzp", "invoice.paid", "inv_owed");
+            let mut ingest = write(owed.clone(), vec![owed_event.clone()]);
+            let mut held = delivery_for(&endpoint, Some(&owed_event), owed.id);
+            held.status = DeliveryStatus::Held;
+            ingest.deliveries = vec![held];
+            store.ingest(ingest).await.unwrap();
+            // An old quarantined message, and a recent one.
+            let mut quarantined = inbound("rzp", "old-quarantined", InboundStatus::Quarantined);
+            quarantined.id = InboundId::new_at(old);
+            store
+                .ingest(write(quarantined.clone(), Vec::new()))
+                .await
+                .unwrap();
+            let recent = inbound("rzp", "recent", InboundStatus::Processed);
+            store
+                .ingest(write(
+                    recent.clone(),
+                    vec![event("rzp", "invoice.paid", "inv_new")],
+                ))
+                .await
+                .unwrap();
+
+            let cutoff =
+                InboundId::lower_bound(Timestamp::now().sub(Duration::from_secs(30 * 86_400)));
+            let preview = store.prune_preview(cutoff).await.unwrap();
+            let body = finished.body.len() as u64 + quarantined.body.len() as u64;
+            let expected = PruneReport {
+                inbound: 2,
+                events: 1,
+                deliveries: 1,
+                attempts: 1,
+                payload_bytes: body,
+            };
+            assert_eq!(preview, expected);
+            // Batches of one: the work is split, and the sum is the preview.
+            let mut total = PruneReport::default();
+            loop {
+                let batch = store.prune(cutoff, 1).await.unwrap();
+                if batch.inbound == 0 {
+                    break;
+                }
+                assert_eq!(batch.inbound, 1);
+                total.add(batch);
+            }
+            assert_eq!(total, expected);
+            assert_eq!(
+                store.prune_preview(cutoff).await.unwrap(),
+                PruneReport::default()
+            );
+
+            assert!(store.inbound(finished.id).await.unwrap().is_none());
+            assert!(store.event(finished_event.id).await.unwrap().is_none());
+            assert!(store.inbound(quarantined.id).await.unwrap().is_none());
+            assert!(store.inbound(owed.id).await.unwrap().is_some());
+            assert!(store.event(owed_event.id).await.unwrap().is_some());
+            assert!(store.inbound(recent.id).await.unwrap().is_some());
+        }
+    });
+}
+
+#[test]
+fn activity_adds_up_across_flushes_and_instances() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let counts = |ingested, delivered| ActivityCounts {
+                ingested,
+                delivered,
+                ..ActivityCounts::default()
+            };
+            store.record_activity("a", 100, counts(3, 2)).await.unwrap();
+            store.record_activity("a", 100, counts(1, 1)).await.unwrap();
+            store.record_activity("b", 100, counts(5, 0)).await.unwrap();
+            store.record_activity("a", 101, counts(0, 7)).await.unwrap();
+            store.record_activity("a", 90, counts(9, 9)).await.unwrap();
+            let minutes = store.activity(100).await.unwrap();
+            assert_eq!(
+                minutes,
+                vec![
+                    ActivityMinute {
+                        minute: 100,
+                        counts: counts(9, 3)
+                    },
+                    ActivityMinute {
+                        minute: 101,
+                        counts: counts(0, 7)
+                    },
+                ]
+            );
+            assert_eq!(store.prune_activity(100).await.unwrap(), 1);
+            assert_eq!(store.activity(0).await.unwrap().len(), 2);
+        }
+    });
+}
+
+#[test]
+fn the_overview_and_source_figures_count_what_needs_attention() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            assert_eq!(store.overview().await.unwrap(), Overview::default());
+            let endpoint = store
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            let request = inbound("rzp", "overview-1", InboundStatus::Processed);
+            let paid = event("rzp", "invoice.paid", "inv_1");
+            let mut ingest = write(request.clone(), vec![paid.clone()]);
+            ingest.deliveries = vec![delivery_for(&endpoint, Some(&paid), request.id)];
+            store.ingest(ingest).await.unwrap();
+            store
+                .ingest(write(
+                    inbound("rzp", "overview-2", InboundStatus::Quarantined),
+                    Vec::new(),
+                ))
+                .await
+                .unwrap();
+            let overview = store.overview().await.unwrap();
+            assert_eq!(overview.pending_deliveries, 1);
+            assert!(overview.oldest_pending.is_some());
+            assert_eq!(overview.quarantined, 1);
+            assert_eq!(overview.disabled_endpoints, 0);
+
+            let hour_ago = Timestamp::now().sub(Duration::from_secs(3600));
+            let stats = store
+                .source_stats(vec!["rzp".to_owned(), "silent".to_owned()], hour_ago)
+                .await
+                .unwrap();
+            assert_eq!(stats[0].source, "rzp");
+            assert_eq!(stats[0].received_since, 2);
+            assert_eq!(stats[0].quarantined, 1);
+            assert!(stats[0].last_received_at.is_some());
+            assert_eq!(stats[1].received_since, 0);
+            assert_eq!(stats[1].last_inbound, None);
+        }
+    });
+}
