@@ -9,7 +9,8 @@
 //!   every time). A late, older snapshot never regresses an entity, and every snapshot still enters
 //!   the history. Statuses without a rank (unknown ones, billers) lose to ranked ones and follow
 //!   time among themselves.
-//! - **Content** (names, amounts, line items) comes from the latest snapshot by provider time.
+//! - **Content** (names, amounts, line items) comes from the latest snapshot by provider time,
+//!   and at equal times from the one with the higher status rank.
 //! - **Reconciliation.** A payment links to the invoice or bill its references name, by the
 //!   source's link rule (Razorpay: invoice and order ids; Zwitch: merchant reference or remark
 //!   equal to an invoice number or id; Setu: the bill's `refId` or `billerRefId`). An invoice or
@@ -526,12 +527,15 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         }
     }
 
-    // Content: the latest snapshot by provider time.
+    // Content: the latest snapshot by provider time; at the same time, the one with the higher
+    // status rank (providers often stamp a whole lifecycle with one second), then a stable hash.
     let snapshot_json = serde_json::to_string(&fact.data).unwrap_or_default();
+    let level = fact.rank.map_or(i32::MIN, |r| r.level);
+    let rank_bits = u64::from(level.cast_unsigned() ^ 0x8000_0000);
     let content = Precedence {
         level: 0,
         at: fact.occurred_at.unix_millis(),
-        tiebreak: stable_hash(&[&snapshot_json]),
+        tiebreak: (rank_bits << 32) | (stable_hash(&[&snapshot_json]) & 0xFFFF_FFFF),
     };
     if content > entity.content_precedence {
         entity.snapshot = fact.data.clone();

@@ -8,6 +8,7 @@ pub mod access;
 mod api;
 mod background;
 pub mod config;
+mod console;
 pub mod delivery;
 pub mod error;
 mod health;
@@ -132,7 +133,13 @@ impl Server {
 }
 
 fn router(app: Arc<App>) -> Router {
+    let console = if app.settings.console.enabled {
+        console::router(Arc::clone(&app))
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(console)
         .route("/ingest/{source}", post(ingest::receive))
         .route("/ingest/{source}/{token}", post(ingest::receive_with_token))
         .route("/healthz", get(health::alive))

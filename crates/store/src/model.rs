@@ -151,8 +151,10 @@ pub struct EventQuery {
     pub source: Option<String>,
     /// The subject's provider id.
     pub subject: Option<String>,
-    /// Only events older than this one (the cursor).
+    /// Only events older than this one (the cursor, or `EventId::lower_bound(until)`).
     pub before: Option<EventId>,
+    /// Only events newer than this one (`EventId::lower_bound(since)`).
+    pub after: Option<EventId>,
     pub limit: u32,
 }
 

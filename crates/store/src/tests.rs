@@ -210,6 +210,7 @@ fn a_held_dedup_key_stores_nothing_and_returns_the_original() {
             assert!(store.inbound(again.id).await.unwrap().is_none());
             let all = store
                 .events(EventQuery {
+                    after: None,
                     limit: 100,
                     ..EventQuery::default()
                 })
@@ -281,6 +282,7 @@ fn events_filter_and_paginate_newest_first() {
                 let page = store
                     .events(EventQuery {
                         before: cursor,
+                        after: None,
                         limit: 3,
                         ..EventQuery::default()
                     })
@@ -299,6 +301,7 @@ fn events_filter_and_paginate_newest_first() {
             let paid = store
                 .events(EventQuery {
                     event_type: Some("invoice.paid".into()),
+                    after: None,
                     limit: 100,
                     ..EventQuery::default()
                 })
@@ -308,6 +311,7 @@ fn events_filter_and_paginate_newest_first() {
             let source_b = store
                 .events(EventQuery {
                     source: Some("b".into()),
+                    after: None,
                     limit: 100,
                     ..EventQuery::default()
                 })
@@ -317,6 +321,7 @@ fn events_filter_and_paginate_newest_first() {
             let subject = store
                 .events(EventQuery {
                     subject: Some("subj_0".into()),
+                    after: None,
                     limit: 100,
                     ..EventQuery::default()
                 })
@@ -475,6 +480,7 @@ fn concurrent_writes_share_commits_and_one_failure_spares_the_rest() {
             assert_eq!(failed, 20);
             let all = store
                 .events(EventQuery {
+                    after: None,
                     limit: 500,
                     ..EventQuery::default()
                 })

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod api;
+mod console;
 mod delivery;
 mod emulator;
 mod ingest;

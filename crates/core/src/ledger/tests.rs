@@ -584,3 +584,23 @@ fn the_stable_hash_is_fixed_across_releases() {
     assert_eq!(stable_hash(&["a"]), 0x089b_e207_b544_f1e4);
     assert_ne!(stable_hash(&["ab", ""]), stable_hash(&["a", "b"]));
 }
+
+#[test]
+fn at_the_same_provider_time_the_higher_status_gives_the_content() {
+    for order in [[0, 1], [1, 0]] {
+        let mut repo = MemoryRepo::default();
+        let facts = [
+            invoice("inv_9", "partially_paid", 1000, 5, PARTIALLY_PAID),
+            invoice("inv_9", "paid", 1000, 5, PAID),
+        ];
+        for index in order {
+            repo.apply(&facts[index]);
+        }
+        let entity = repo.find(SubjectKind::Invoice, "inv_9");
+        let EntityData::Invoice(snapshot) = &entity.snapshot else {
+            panic!("not an invoice");
+        };
+        assert_eq!(snapshot.status.as_deref(), Some("paid"));
+        assert_eq!(entity.status.as_deref(), Some("paid"));
+    }
+}

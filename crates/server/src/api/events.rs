@@ -26,8 +26,24 @@ pub(crate) struct ListParams {
     event_type: Option<String>,
     source: Option<String>,
     subject: Option<String>,
+    /// Only events received at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Only events received before this time (RFC 3339).
+    until: Option<String>,
     limit: Option<u32>,
     cursor: Option<String>,
+}
+
+/// An optional RFC 3339 query parameter.
+pub(crate) fn time_param(name: &str, value: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            Timestamp::parse_rfc3339(v).map_err(|_| {
+                ApiError::invalid(format!("{name} must be an RFC 3339 time, not `{v}`"))
+            })
+        })
+        .transpose()
 }
 
 pub(crate) async fn list(
@@ -39,13 +55,22 @@ pub(crate) async fn list(
             .parse::<EventType>()
             .map_err(|e| ApiError::invalid(e.to_string()))?;
     }
+    let since = time_param("since", params.since.as_deref())?;
+    let until = time_param("until", params.until.as_deref())?;
+    let cursor: Option<EventId> = parse_cursor(params.cursor.as_deref())?;
+    // The cursor continues a listing; `until` bounds it; the earlier of the two applies.
+    let before = match (cursor, until.map(EventId::lower_bound)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let page = app
         .store
         .events(EventQuery {
             event_type: params.event_type,
             source: params.source,
             subject: params.subject,
-            before: parse_cursor(params.cursor.as_deref())?,
+            before,
+            after: since.map(EventId::lower_bound),
             limit: page_limit(params.limit)?,
         })
         .await?;

@@ -2,10 +2,10 @@
 //! reading, `admin` for everything else), cursor pagination (`{"data": […], "next_cursor": …}`),
 //! errors from the one table in [`crate::error`].
 
-mod endpoints;
+pub(crate) mod endpoints;
 mod event_types;
-mod events;
-mod inbound;
+pub(crate) mod events;
+pub(crate) mod inbound;
 mod ledger;
 pub(crate) mod operations;
 mod tokens;

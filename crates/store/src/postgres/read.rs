@@ -122,6 +122,7 @@ impl PgStore {
         filters.add("source", "=", query.source);
         filters.add("subject_id", "=", query.subject);
         filters.add("id", "<", query.before.map(|id| id.to_string()));
+        filters.add("id", ">=", query.after.map(|id| id.to_string()));
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events {} ORDER BY id DESC LIMIT {}",
             filters.sql(),

@@ -108,6 +108,10 @@ impl SqliteStore {
                 "id < ?",
                 query.before.map(|id| SqlValue::Text(id.to_string())),
             );
+            filters.add(
+                "id >= ?",
+                query.after.map(|id| SqlValue::Text(id.to_string())),
+            );
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM events {} ORDER BY id DESC LIMIT {}",
                 filters.sql(),

@@ -1,0 +1,447 @@
+//! The web console: login, sessions, CSRF, scopes, what the pages show, and a headless Chromium
+//! driving it (console-tests/browser.mjs).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::*;
+
+backend_tests!(
+    pages_need_a_login_and_a_login_needs_a_valid_token,
+    forms_refuse_a_request_without_the_csrf_token,
+    a_read_session_sees_everything_and_changes_nothing,
+    the_pages_show_what_came_in_and_what_it_became,
+    a_browser_logs_in_finds_an_event_and_redelivers_it,
+);
+
+/// A client that does not follow redirects, so each step can be checked.
+fn browserless() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of a `Set-Cookie` for `name`, and the whole header.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| {
+            let value = v[name.len() + 1..]
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            (value, v.to_owned())
+        })
+}
+
+/// The hidden CSRF field's value in a page.
+fn csrf_in(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = html.find(marker).expect("a CSRF field") + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+/// Logs in with `token`; the session cookie and the CSRF token of the first page.
+async fn log_in(app: &TestApp, token: &str) -> (String, String) {
+    let http = browserless();
+    let form = http.get(app.url("/login")).send().await.unwrap();
+    let (login_cookie, _) = set_cookie(&form, "billhook_login").unwrap();
+    let html = form.text().await.unwrap();
+    let response = http
+        .post(app.url("/login"))
+        .header("cookie", format!("billhook_login={login_cookie}"))
+        .form(&[("token", token), ("csrf", &csrf_in(&html)), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    let (session, _) = set_cookie(&response, "billhook_session").unwrap();
+    let page = get(app, &session, "/").await.1;
+    (session, csrf_in(&page))
+}
+
+async fn get(app: &TestApp, session: &str, path: &str) -> (u16, String) {
+    let response = browserless()
+        .get(app.url(path))
+        .header("cookie", format!("billhook_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn post(
+    app: &TestApp,
+    session: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    browserless()
+        .post(app.url(path))
+        .header("cookie", format!("billhook_session={session}"))
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Ingests a Zwitch payment delivered to a receiver; returns the event id once delivered.
+async fn delivered_payment(app: &TestApp, receiver: &Receiver) -> String {
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["payment.*"] }))
+        .await;
+    let response = app
+        .post_signed("zwitch", &fixture("zwitch_upi/payments.updated.json"), &[])
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+    let ack: Value = response.json().await.unwrap();
+    app.eventually(Duration::from_secs(10), "the first delivery", || async {
+        receiver.count() >= 1
+    })
+    .await;
+    ack["events"][0].as_str().unwrap().to_owned()
+}
+
+async fn pages_need_a_login_and_a_login_needs_a_valid_token(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let http = browserless();
+    let response = http
+        .get(app.url("/events?type=invoice.paid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(
+        response.headers()["location"],
+        "/login?next=/events%3Ftype%3Dinvoice.paid"
+    );
+
+    let form = http.get(app.url("/login")).send().await.unwrap();
+    assert_eq!(form.status().as_u16(), 200);
+    let csp = form.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(form.headers()["x-frame-options"], "DENY");
+    let (login_cookie, header) = set_cookie(&form, "billhook_login").unwrap();
+    assert!(header.contains("HttpOnly") && header.contains("SameSite=Strict"));
+    let csrf = csrf_in(&form.text().await.unwrap());
+
+    let wrong = http
+        .post(app.url("/login"))
+        .header("cookie", format!("billhook_login={login_cookie}"))
+        .form(&[("token", "not-the-token"), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert!(
+        wrong
+            .text()
+            .await
+            .unwrap()
+            .contains("That token is not valid.")
+    );
+
+    let right = http
+        .post(app.url("/login"))
+        .header("cookie", format!("billhook_login={login_cookie}"))
+        .form(&[
+            ("token", ADMIN_TOKEN),
+            ("csrf", csrf.as_str()),
+            ("next", "/invoices"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status().as_u16(), 303);
+    assert_eq!(right.headers()["location"], "/invoices");
+    let (session, header) = set_cookie(&right, "billhook_session").unwrap();
+    assert!(
+        header.contains("HttpOnly")
+            && header.contains("SameSite=Strict")
+            && header.contains("Path=/")
+    );
+
+    for (path, title) in [
+        ("/", "Overview"),
+        ("/events", "Events"),
+        ("/endpoints", "Endpoints"),
+        ("/sources", "Sources"),
+        ("/quarantine", "Quarantine"),
+        ("/invoices", "Invoices"),
+        ("/payments", "Payments"),
+        ("/assets/console.css", "--accent"),
+    ] {
+        let (status, body) = get(&app, &session, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(body.contains(title), "{path}");
+    }
+    let (status, body) = get(&app, &session, "/events/evt_nothing").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("not_found"));
+
+    // Logging out ends the session.
+    let (_, page) = get(&app, &session, "/").await;
+    let out = post(&app, &session, "/logout", &[("csrf", &csrf_in(&page))]).await;
+    assert_eq!(out.status().as_u16(), 303);
+    let (status, _) = get(&app, &session, "/").await;
+    assert_eq!(status, 303);
+    app.stop().await;
+}
+
+async fn forms_refuse_a_request_without_the_csrf_token(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let event = delivered_payment(&app, &receiver).await;
+    let (session, csrf) = log_in(&app, ADMIN_TOKEN).await;
+    let path = format!("/events/{event}/redeliver");
+    for form in [
+        vec![],
+        vec![("csrf", "")],
+        vec![("csrf", "forged-token-value")],
+    ] {
+        let response = post(&app, &session, &path, &form).await;
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        // A missing field fails the form itself (422); a wrong one is refused by name.
+        assert!(status == 403 || status == 422, "{form:?}: {status}");
+        if status == 403 {
+            assert!(body.contains("csrf_rejected"), "{body}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 1, "nothing was redelivered");
+
+    // Without the login cookie the login form is refused too.
+    let response = browserless()
+        .post(app.url("/login"))
+        .form(&[("token", ADMIN_TOKEN), ("csrf", "anything")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+
+    // With the token it works.
+    let response = post(&app, &session, &path, &[("csrf", &csrf)]).await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(
+        response.headers()["location"],
+        format!("/events/{event}?done=redelivered&n=1").as_str()
+    );
+    app.eventually(Duration::from_secs(10), "the redelivery", || async {
+        receiver.count() >= 2
+    })
+    .await;
+    app.stop().await;
+}
+
+async fn a_read_session_sees_everything_and_changes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let event = delivered_payment(&app, &receiver).await;
+    let (_, created) = app
+        .admin_post("/v1/tokens", json!({ "name": "auditor", "scope": "read" }))
+        .await;
+    let (session, csrf) = log_in(&app, created["token"].as_str().unwrap()).await;
+    let (status, page) = get(&app, &session, &format!("/events/{event}")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("scope: read"));
+    assert!(
+        !page.contains(">Redeliver<"),
+        "no button for a read session"
+    );
+    let response = post(
+        &app,
+        &session,
+        &format!("/events/{event}/redeliver"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 403);
+    assert!(response.text().await.unwrap().contains("forbidden"));
+
+    // Revoking the token ends its session.
+    let id = created["id"].as_str().unwrap();
+    app.http
+        .delete(app.url(&format!("/v1/tokens/{id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = get(&app, &session, "/").await;
+    assert_eq!(status, 303);
+    app.stop().await;
+}
+
+async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let event = delivered_payment(&app, &receiver).await;
+    let scenario = std::fs::read_to_string(format!(
+        "{}/../../scenarios/razorpay-invoice-two-partial-payments.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let path = app.dir.path().join("scenario.toml");
+    std::fs::write(&path, scenario).unwrap();
+    let (ok, printed) = app
+        .cli(&["trigger", "--scenario", path.to_str().unwrap()])
+        .await;
+    assert!(ok, "{printed}");
+    let quarantined = app
+        .post_signed("zwitch", b"{\"not\": \"a zwitch event\"}", &[])
+        .await;
+    assert_eq!(quarantined.status().as_u16(), 202);
+    let forged = app
+        .http
+        .post(app.url("/ingest/razorpay"))
+        .header("x-razorpay-signature", "22".repeat(32))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+    let (session, csrf) = log_in(&app, ADMIN_TOKEN).await;
+
+    let (_, events) = get(&app, &session, "/events?type=invoice.settled").await;
+    assert!(events.contains("invoice.settled") && !events.contains("payment.succeeded</code>"));
+    let (_, detail) = get(&app, &session, &format!("/events/{event}")).await;
+    for expected in [
+        "payment.succeeded",
+        "Deliveries",
+        "HTTP 200",
+        "x-zwitch-signature",
+        "verified",
+        "Canonical event",
+    ] {
+        assert!(detail.contains(expected), "event page lacks {expected}");
+    }
+    assert!(!detail.contains(ZWITCH_SECRET));
+
+    let (_, invoices) = get(&app, &session, "/invoices").await;
+    assert!(
+        invoices.contains("Outstanding") && invoices.contains("paid"),
+        "{invoices}"
+    );
+    let (_, payments) = get(&app, &session, "/payments").await;
+    assert!(payments.contains("Unmatched") && payments.contains("invoice_id"));
+    let (_, sources) = get(&app, &session, "/sources").await;
+    assert!(sources.contains("invalid_signature"), "{sources}");
+
+    let (_, quarantine) = get(&app, &session, "/quarantine").await;
+    assert!(quarantine.contains("Reprocess all"));
+    let inbound = quarantine
+        .split("/inbound/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let response = post(
+        &app,
+        &session,
+        &format!("/inbound/{inbound}/reprocess"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 303);
+    let (_, overview) = get(&app, &session, "/").await;
+    assert!(overview.contains("<svg") && overview.contains("stored"));
+
+    // Endpoint actions from the console.
+    let endpoint = app.admin_get("/v1/endpoints").await.1["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = post(
+        &app,
+        &session,
+        &format!("/endpoints/{endpoint}/disable"),
+        &[("csrf", &csrf), ("reason", "maintenance window")],
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 303);
+    let (_, page) = get(&app, &session, &format!("/endpoints/{endpoint}")).await;
+    assert!(page.contains("maintenance window") && page.contains("disabled"));
+    let response = post(
+        &app,
+        &session,
+        &format!("/endpoints/{endpoint}/enable"),
+        &[("csrf", &csrf), ("recover_since", "")],
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 303);
+    let response = post(
+        &app,
+        &session,
+        &format!("/endpoints/{endpoint}/rotate"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 303);
+    let (_, secret) = app
+        .admin_get(&format!("/v1/endpoints/{endpoint}/secret"))
+        .await;
+    assert!(
+        secret["previous"].is_array() || secret.to_string().contains("expires"),
+        "{secret}"
+    );
+    app.stop().await;
+}
+
+async fn a_browser_logs_in_finds_an_event_and_redelivers_it(backend: Backend) {
+    let dir = format!("{}/../../console-tests", env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        std::path::Path::new(&format!("{dir}/node_modules/playwright-core")).exists(),
+        "the browser tests need `npm ci --prefix console-tests` and Debian's chromium (.ci/run installs both)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "no Chromium at {chromium}: install Debian's chromium or set CHROMIUM"
+    );
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    delivered_payment(&app, &receiver).await;
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .arg("browser.mjs")
+            .current_dir(&dir)
+            .env("BILLHOOK_URL", &app.address)
+            .env("BILLHOOK_TOKEN", ADMIN_TOKEN)
+            .env("CHROMIUM", &chromium)
+            .output(),
+    )
+    .await
+    .expect("the browser test took more than two minutes")
+    .expect("node runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{printed}");
+    assert!(
+        printed.contains("ok - the new attempt appeared"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("ok - a form without its CSRF token gets 403"),
+        "{printed}"
+    );
+    assert_eq!(
+        receiver.count(),
+        2,
+        "one delivery and one redelivery, nothing more"
+    );
+    app.stop().await;
+}

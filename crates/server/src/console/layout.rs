@@ -1,0 +1,199 @@
+//! The console's page shell and the small pieces pages are built from. Status is always written
+//! out in words (and a symbol), never shown by colour alone.
+
+use billhook_core::money::{Amount, Currency};
+use billhook_core::time::Timestamp;
+use maud::{DOCTYPE, Markup, html};
+
+use super::Viewer;
+
+/// The navigation: (path, label).
+const NAV: &[(&str, &str)] = &[
+    ("/", "Overview"),
+    ("/events", "Events"),
+    ("/endpoints", "Endpoints"),
+    ("/sources", "Sources"),
+    ("/quarantine", "Quarantine"),
+    ("/invoices", "Invoices"),
+    ("/payments", "Payments"),
+];
+
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            meta name="color-scheme" content="light dark";
+            title { (title) " · billhook" }
+            link rel="stylesheet" href="/assets/console.css";
+        }
+    }
+}
+
+/// A page without navigation (login, errors).
+pub fn bare(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body { (body) }
+        }
+    }
+}
+
+/// A page with the navigation; `current` is the path of the section it belongs to.
+pub fn page(viewer: &Viewer, title: &str, current: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header.top {
+                    a.brand href="/" { "billhook" }
+                    nav aria-label="Sections" {
+                        ul {
+                            @for (path, label) in NAV {
+                                li {
+                                    @if *path == current {
+                                        a href=(path) aria-current="page" { (label) }
+                                    } @else {
+                                        a href=(path) { (label) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    form.logout method="post" action="/logout" {
+                        (csrf(viewer))
+                        span.scope { "scope: " (viewer.access.scope.as_str()) }
+                        button.link type="submit" { "Log out" }
+                    }
+                }
+                main #main { (body) }
+            }
+        }
+    }
+}
+
+/// The hidden CSRF field every form carries.
+pub fn csrf(viewer: &Viewer) -> Markup {
+    html! { input type="hidden" name="csrf" value=(viewer.csrf); }
+}
+
+/// How a state reads: good, bad, waiting or neutral. The word and symbol carry the meaning;
+/// the class only adds colour.
+#[derive(Debug, Clone, Copy)]
+pub enum Tone {
+    Good,
+    Bad,
+    Waiting,
+    Neutral,
+}
+
+pub fn badge(tone: Tone, text: &str) -> Markup {
+    let (class, symbol) = match tone {
+        Tone::Good => ("badge good", "✓"),
+        Tone::Bad => ("badge bad", "✗"),
+        Tone::Waiting => ("badge waiting", "…"),
+        Tone::Neutral => ("badge", "•"),
+    };
+    html! { span class=(class) { span aria-hidden="true" { (symbol) " " } (text) } }
+}
+
+/// The tone of a delivery status.
+pub fn delivery_tone(status: &str) -> Tone {
+    match status {
+        "delivered" => Tone::Good,
+        "dead" | "cancelled" => Tone::Bad,
+        "pending" | "failed" | "held" => Tone::Waiting,
+        _ => Tone::Neutral,
+    }
+}
+
+/// A time as text, machine-readable too.
+pub fn time(at: Timestamp) -> Markup {
+    let text = at.to_rfc3339();
+    html! { time datetime=(text) { (short_time(&text)) } }
+}
+
+pub fn maybe_time(at: Option<Timestamp>) -> Markup {
+    match at {
+        Some(at) => time(at),
+        None => html! { span.muted { "—" } },
+    }
+}
+
+/// `2026-11-22T06:50:30.121Z` → `2026-11-22 06:50:30 UTC`.
+fn short_time(rfc3339: &str) -> String {
+    let trimmed = rfc3339
+        .split('.')
+        .next()
+        .unwrap_or(rfc3339)
+        .trim_end_matches('Z');
+    format!("{} UTC", trimmed.replacen('T', " ", 1))
+}
+
+/// How long ago, in words (`3 min ago`).
+pub fn ago(now: Timestamp, at: Timestamp) -> String {
+    let seconds = now.since(at).as_secs();
+    match seconds {
+        0..=59 => format!("{seconds} s ago"),
+        60..=3599 => format!("{} min ago", seconds / 60),
+        3600..=172_799 => format!("{} h ago", seconds / 3600),
+        _ => format!("{} days ago", seconds / 86_400),
+    }
+}
+
+/// An amount in major units with its currency.
+pub fn money(amount: Option<Amount>, currency: Option<Currency>) -> Markup {
+    match (amount, currency) {
+        (Some(amount), Some(currency)) => html! {
+            span.money { (amount.format_major(currency)) " " (currency.as_str()) }
+        },
+        _ => html! { span.muted { "—" } },
+    }
+}
+
+/// Pretty JSON, escaped.
+pub fn json_block(value: &serde_json::Value) -> Markup {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    html! { pre.code { code { (text) } } }
+}
+
+/// Text that may not be UTF-8 or may be long, escaped.
+pub fn text_block(text: &str) -> Markup {
+    html! { pre.code { code { (text) } } }
+}
+
+/// A "next page" link keeping the other query parameters.
+pub fn next_page(path: &str, params: &[(&str, Option<String>)], cursor: Option<&str>) -> Markup {
+    let Some(cursor) = cursor else {
+        return html! {};
+    };
+    let mut query: Vec<String> = params
+        .iter()
+        .filter_map(|(name, value)| {
+            value
+                .as_deref()
+                .filter(|v| !v.is_empty())
+                .map(|v| format!("{name}={}", super::url_encode(v)))
+        })
+        .collect();
+    query.push(format!("cursor={}", super::url_encode(cursor)));
+    let href = format!("{path}?{}", query.join("&"));
+    html! { p.pager { a href=(href) rel="next" { "Older →" } } }
+}
+
+/// A message shown once after an action.
+pub fn notice(text: Option<&str>) -> Markup {
+    match text {
+        Some(text) if !text.is_empty() => html! { p.notice role="status" { (text) } },
+        _ => html! {},
+    }
+}
+
+/// Marks up nothing; used where a section has no rows.
+pub fn empty(text: &str) -> Markup {
+    html! { p.muted { (text) } }
+}

@@ -1,0 +1,437 @@
+//! The web console at `/`: server-rendered HTML over the same store and operations as the admin
+//! API, with its stylesheet embedded in the binary (no CDN, no scripts, works offline).
+//!
+//! Login exchanges an admin token for a session cookie (`HttpOnly`, `SameSite=Strict`, optionally
+//! `Secure`); the store keeps the cookie's digest and the session's CSRF token, which every form
+//! carries and every `POST` checks. A `read`-scoped session sees everything and changes nothing.
+//! Pages send a strict Content-Security-Policy.
+
+mod charts;
+mod layout;
+mod pages;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use billhook_core::access::{Scope, digest, generate_session_secret};
+use billhook_core::time::Timestamp;
+use billhook_store::NewSession;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use maud::{Markup, html};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::App;
+use crate::access::Access;
+use crate::error::{ApiError, ErrorCode};
+
+/// The session cookie.
+const SESSION_COOKIE: &str = "billhook_session";
+/// The login form's double-submit cookie (there is no session to hold its CSRF token yet).
+const LOGIN_COOKIE: &str = "billhook_login";
+
+const STYLESHEET: &str = include_str!("console.css");
+
+/// Who is looking at the console.
+#[derive(Debug, Clone)]
+pub(crate) struct Viewer {
+    pub access: Access,
+    pub csrf: String,
+    session: String,
+}
+
+impl Viewer {
+    pub fn can_change(&self) -> bool {
+        self.access.scope.allows(Scope::Admin)
+    }
+
+    /// Refuses a form without this session's CSRF token, or from a session that may not change
+    /// anything.
+    pub fn check_form(&self, csrf: &str) -> Result<(), ConsoleError> {
+        if !bool::from(csrf.as_bytes().ct_eq(self.csrf.as_bytes())) {
+            return Err(ConsoleError::from(ApiError::new(
+                ErrorCode::CsrfRejected,
+                "the form was sent without its CSRF token; reload the page and try again",
+            )));
+        }
+        if !self.can_change() {
+            return Err(ConsoleError::from(ApiError::new(
+                ErrorCode::Forbidden,
+                "this session's token has the read scope: it can look but not change anything",
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An error shown as a page.
+#[derive(Debug)]
+pub(crate) struct ConsoleError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl From<ApiError> for ConsoleError {
+    fn from(error: ApiError) -> Self {
+        Self {
+            status: error.code.status(),
+            code: error.code.as_str(),
+            message: error.message,
+        }
+    }
+}
+
+impl From<billhook_store::StoreError> for ConsoleError {
+    fn from(error: billhook_store::StoreError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+impl ConsoleError {
+    pub fn not_found(what: &str) -> Self {
+        ApiError::not_found(what).into()
+    }
+}
+
+impl IntoResponse for ConsoleError {
+    fn into_response(self) -> Response {
+        let page = layout::bare(
+            "Something went wrong",
+            html! {
+                main.narrow {
+                    h1 { "Something went wrong" }
+                    p.error role="alert" { strong { (self.code) } ": " (self.message) }
+                    p { a href="/" { "Back to the overview" } }
+                }
+            },
+        );
+        (self.status, Html(page.into_string())).into_response()
+    }
+}
+
+/// The console's routes; every page but the login needs a session.
+pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
+    let pages = Router::new()
+        .route("/", get(pages::overview))
+        .route("/events", get(pages::events))
+        .route("/events/{id}", get(pages::event))
+        .route("/events/{id}/redeliver", post(pages::redeliver))
+        .route("/endpoints", get(pages::endpoints))
+        .route("/endpoints/{id}", get(pages::endpoint))
+        .route("/endpoints/{id}/enable", post(pages::enable_endpoint))
+        .route("/endpoints/{id}/disable", post(pages::disable_endpoint))
+        .route("/endpoints/{id}/rotate", post(pages::rotate_secret))
+        .route("/endpoints/{id}/recover", post(pages::recover))
+        .route("/sources", get(pages::sources))
+        .route("/quarantine", get(pages::quarantine))
+        .route("/quarantine/reprocess", post(pages::reprocess_all))
+        .route("/inbound/{id}", get(pages::inbound))
+        .route("/inbound/{id}/reprocess", post(pages::reprocess))
+        .route("/invoices", get(pages::invoices))
+        .route("/invoices/{id}", get(pages::invoice))
+        .route("/payments", get(pages::payments))
+        .route("/payments/{id}", get(pages::payment))
+        .route("/logout", post(logout))
+        .route_layer(middleware::from_fn_with_state(app, require_session));
+    Router::new()
+        .merge(pages)
+        .route("/login", get(login_page).post(login))
+        .route("/assets/console.css", get(stylesheet))
+        .layer(middleware::from_fn(security_headers))
+}
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        STYLESHEET,
+    )
+        .into_response()
+}
+
+/// Headers every console response carries: no scripts, no framing, no sniffing, no leaking
+/// paths to other sites.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// A cookie's value from the request.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+fn set_cookie(app: &App, name: &str, value: &str, max_age_seconds: u64) -> HeaderValue {
+    let secure = if app.settings.console.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_seconds}{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A path inside the console to return to after logging in, never another site.
+fn local_path(next: Option<&str>) -> String {
+    match next {
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path.contains('\\')
+                && !path.starts_with("/login") =>
+        {
+            path.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+async fn require_session(
+    State(app): State<Arc<App>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ConsoleError> {
+    let found = match cookie(request.headers(), SESSION_COOKIE) {
+        Some(value) => app.access.session(&app.store, value).await?,
+        None => None,
+    };
+    let Some((access, session)) = found else {
+        if request.method() != http::Method::GET {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "the session has ended; log in again",
+            )
+            .into());
+        }
+        let here = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        let target = format!("/login?next={}", url_encode(&here));
+        return Ok(Redirect::to(&target).into_response());
+    };
+    let session_cookie = cookie(request.headers(), SESSION_COOKIE)
+        .unwrap_or_default()
+        .to_owned();
+    request.extensions_mut().insert(Viewer {
+        access,
+        csrf: session.csrf,
+        session: session_cookie,
+    });
+    Ok(next.run(request).await)
+}
+
+/// Percent-encodes a query value.
+pub(crate) fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+async fn login_page(State(app): State<Arc<App>>, Query(query): Query<LoginQuery>) -> Response {
+    login_form(&app, query.next.as_deref(), None)
+}
+
+fn login_form(app: &App, next: Option<&str>, problem: Option<&str>) -> Response {
+    let form_token = generate_session_secret();
+    let page = layout::bare(
+        "Log in",
+        html! {
+            main.narrow {
+                h1 { "billhook" }
+                p { "Log in with an admin token: the one printed at the first start (kept in "
+                    code { "admin-token" } " in the data directory), or one from "
+                    code { "billhook token create" } "." }
+                @if let Some(problem) = problem {
+                    p.error role="alert" { (problem) }
+                }
+                form method="post" action="/login" {
+                    input type="hidden" name="csrf" value=(form_token);
+                    input type="hidden" name="next" value=(local_path(next));
+                    label for="token" { "Admin token" }
+                    input #token type="password" name="token" autocomplete="current-password" required autofocus;
+                    button type="submit" { "Log in" }
+                }
+            }
+        },
+    );
+    let status = if problem.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, Html(page.into_string())).into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(app, LOGIN_COOKIE, &form_token, 3600),
+    );
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+    csrf: String,
+    next: Option<String>,
+}
+
+async fn login(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, ConsoleError> {
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes())) {
+        return Err(ApiError::new(
+            ErrorCode::CsrfRejected,
+            "the login form was sent without its CSRF token; reload the page and try again",
+        )
+        .into());
+    }
+    let Some(access) = app.access.token(&app.store, form.token.trim()).await? else {
+        tracing::info!("refused a console login with an invalid token");
+        return Ok(login_form(
+            &app,
+            form.next.as_deref(),
+            Some("That token is not valid."),
+        ));
+    };
+    let session = generate_session_secret();
+    let now = Timestamp::now();
+    let ttl = app.settings.console.session_ttl.0;
+    app.store
+        .create_session(NewSession {
+            digest: digest(&session),
+            token_id: access.token.as_session_owner(),
+            token_digest: digest(form.token.trim()),
+            scope: access.scope,
+            csrf: generate_session_secret(),
+            created_at: now,
+            expires_at: now.add(ttl),
+        })
+        .await?;
+    tracing::info!(token = %access.token.as_session_owner(), "console login");
+    let mut response = Redirect::to(&local_path(form.next.as_deref())).into_response();
+    let headers = response.headers_mut();
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(&app, SESSION_COOKIE, &session, ttl.as_secs()),
+    );
+    headers.append(header::SET_COOKIE, set_cookie(&app, LOGIN_COOKIE, "", 0));
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct CsrfForm {
+    pub csrf: String,
+}
+
+async fn logout(
+    State(app): State<Arc<App>>,
+    axum::Extension(viewer): axum::Extension<Viewer>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, ConsoleError> {
+    // Logging out needs the CSRF token but not the admin scope.
+    if !bool::from(form.csrf.as_bytes().ct_eq(viewer.csrf.as_bytes())) {
+        return Err(ApiError::new(
+            ErrorCode::CsrfRejected,
+            "the form was sent without its CSRF token; reload the page and try again",
+        )
+        .into());
+    }
+    app.store.delete_session(&digest(&viewer.session)).await?;
+    let mut response = Redirect::to("/login").into_response();
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, set_cookie(&app, SESSION_COOKIE, "", 0));
+    Ok(response)
+}
+
+/// Renders a full page for a viewer.
+pub(crate) fn page(viewer: &Viewer, title: &str, current: &str, body: Markup) -> Markup {
+    layout::page(viewer, title, current, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed_after_login() {
+        assert_eq!(
+            local_path(Some("/events?type=invoice.paid")),
+            "/events?type=invoice.paid"
+        );
+        assert_eq!(local_path(Some("//evil.example.com")), "/");
+        assert_eq!(local_path(Some("https://evil.example.com")), "/");
+        assert_eq!(local_path(Some("/\\evil.example.com")), "/");
+        assert_eq!(local_path(Some("/login")), "/");
+        assert_eq!(local_path(None), "/");
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; billhook_session=abc; b=2"),
+        );
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers, "missing"), None);
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(
+            url_encode("/events?type=a b&x"),
+            "/events%3Ftype%3Da%20b%26x"
+        );
+    }
+}

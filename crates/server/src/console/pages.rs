@@ -1,0 +1,1284 @@
+//! The console's pages. Reads go to the store; actions call the admin API's own handlers, so
+//! the console can do nothing the API would not, with the same checks and the same logs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{Form, Path, Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use billhook_core::entity::SubjectKind;
+use billhook_core::event::EventType;
+use billhook_core::ids::{EndpointId, EventId, InboundId};
+use billhook_core::ledger::Entity;
+use billhook_core::time::Timestamp;
+use billhook_store::{
+    CLOSED_UNPAID, EventQuery, InboundQuery, InboundStatus, LedgerFilter, LedgerQuery,
+};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::layout::{
+    Tone, ago, badge, csrf, delivery_tone, empty, json_block, maybe_time, money, next_page, notice,
+    text_block, time,
+};
+use super::{ConsoleError, CsrfForm, Viewer, charts, page, url_encode};
+use crate::App;
+use crate::api::{
+    ApiJson, endpoints as endpoints_api, events as events_api, inbound as inbound_api,
+};
+use crate::error::ApiError;
+
+type PageResult = Result<Response, ConsoleError>;
+
+fn render(markup: Markup) -> PageResult {
+    Ok(Html(markup.into_string()).into_response())
+}
+
+/// A notice shown after an action: a fixed message per action, never text from the URL.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Done {
+    done: Option<String>,
+    n: Option<u64>,
+}
+
+impl Done {
+    fn message(&self) -> Option<String> {
+        let n = self.n.unwrap_or(0);
+        Some(match self.done.as_deref()? {
+            "redelivered" => format!("Redelivering to {n} endpoint(s). New attempts appear below."),
+            "enabled" => "The endpoint is enabled.".to_owned(),
+            "disabled" => "The endpoint is disabled; its deliveries are held.".to_owned(),
+            "rotated" => {
+                "A new signing secret is in use; the previous one keeps signing for a while."
+                    .to_owned()
+            }
+            "recovered" => format!("Resending {n} deliveries."),
+            "reprocessed" => format!("Reprocessed {n} request(s)."),
+            _ => return None,
+        })
+    }
+}
+
+fn redirect_done(path: &str, done: &str, n: Option<u64>) -> PageResult {
+    let count = n.map(|n| format!("&n={n}")).unwrap_or_default();
+    Ok(Redirect::to(&format!("{path}?done={done}{count}")).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overview
+
+pub(crate) async fn overview(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+) -> PageResult {
+    let now = Timestamp::now();
+    let now_minute = now.unix_millis().div_euclid(60_000);
+    let activity = app.store.activity(now_minute - 24 * 60).await?;
+    let hour = charts::Series::bucket(&activity, now_minute, 1, 60);
+    let day = charts::Series::bucket(&activity, now_minute, 60, 24);
+    let overview = app.store.overview().await?;
+    let failing: Vec<_> = app
+        .store
+        .all_endpoints()
+        .await?
+        .into_iter()
+        .filter(|e| !e.enabled || e.failing_since.is_some())
+        .collect();
+    let last_hour = hour.total();
+    let body = html! {
+        h1 { "Overview" }
+        section.cards aria-label="Now" {
+            div.card {
+                h2 { "Last hour" }
+                p.figure { (last_hour.ingested) }
+                p { "messages stored · " (last_hour.duplicates) " duplicates · "
+                    (last_hour.unverified) " refused unverified" }
+            }
+            div.card {
+                h2 { "Delivery success" }
+                p.figure { (charts::percent(last_hour.delivered, last_hour.delivered + last_hour.failed)) }
+                p { (last_hour.delivered) " delivered · " (last_hour.failed) " failed attempts in the last hour" }
+            }
+            div.card {
+                h2 { "Pending deliveries" }
+                p.figure { (overview.pending_deliveries) }
+                p { "oldest: "
+                    @match overview.oldest_pending {
+                        Some(at) => { (ago(now, at)) }
+                        None => { "none waiting" }
+                    }
+                }
+            }
+            div.card {
+                h2 { a href="/quarantine" { "Quarantine" } }
+                p.figure { (overview.quarantined) }
+                p { "verified requests billhook could not read" }
+            }
+            div.card {
+                h2 { a href="/endpoints" { "Endpoints" } }
+                p.figure { (overview.failing_endpoints + overview.disabled_endpoints) }
+                p { (overview.failing_endpoints) " failing · " (overview.disabled_endpoints) " disabled" }
+            }
+        }
+        section aria-labelledby="hour" {
+            h2 #hour { "The last hour, per minute" }
+            (charts::ingest(&hour, "hour-ingest", "Ingested"))
+            (charts::deliveries(&hour, "hour-deliveries", "Deliveries"))
+        }
+        section aria-labelledby="day" {
+            h2 #day { "The last day, per hour" }
+            (charts::ingest(&day, "day-ingest", "Ingested"))
+            (charts::deliveries(&day, "day-deliveries", "Deliveries"))
+        }
+        section aria-labelledby="failing" {
+            h2 #failing { "Endpoints that need attention" }
+            @if failing.is_empty() {
+                (empty("Every endpoint is enabled and its last attempt succeeded."))
+            } @else {
+                div.scroll { table {
+                    thead { tr { th { "Endpoint" } th { "State" } th { "Since" } th { "Last error" } } }
+                    tbody {
+                        @for endpoint in &failing {
+                            tr {
+                                td { a href=(format!("/endpoints/{}", endpoint.id)) { (endpoint_label(endpoint)) } }
+                                td { @if endpoint.enabled { (badge(Tone::Bad, "failing")) } @else { (badge(Tone::Bad, "disabled")) } }
+                                td { (maybe_time(endpoint.failing_since.or(Some(endpoint.updated_at)))) }
+                                td.wrap { (endpoint.last_error.as_deref().or(endpoint.disabled_reason.as_deref()).unwrap_or("—")) }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
+    };
+    render(page(&viewer, "Overview", "/", body))
+}
+
+fn endpoint_label(endpoint: &billhook_store::EndpointRecord) -> String {
+    endpoint
+        .name
+        .clone()
+        .unwrap_or_else(|| endpoint.url.clone())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct EventFilters {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    source: Option<String>,
+    subject: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<String>,
+}
+
+/// A `datetime-local` value (`2026-11-22T06:50`, taken as UTC) or an RFC 3339 time.
+fn form_time(name: &str, value: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let full = match value.len() {
+        16 => format!("{value}:00Z"),
+        19 => format!("{value}Z"),
+        _ => value.to_owned(),
+    };
+    Timestamp::parse_rfc3339(&full)
+        .map(Some)
+        .map_err(|_| ApiError::invalid(format!("{name}: `{value}` is not a time")))
+}
+
+fn blank(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|v| !v.trim().is_empty())
+}
+
+pub(crate) async fn events(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Query(filters): Query<EventFilters>,
+) -> PageResult {
+    let event_type = blank(&filters.event_type);
+    if let Some(t) = &event_type {
+        t.parse::<EventType>()
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+    }
+    let since = form_time("since", filters.since.as_deref())?;
+    let until = form_time("until", filters.until.as_deref())?;
+    let cursor = match blank(&filters.cursor) {
+        Some(c) => Some(
+            c.parse::<EventId>()
+                .map_err(|_| ApiError::invalid("not a cursor from this page"))?,
+        ),
+        None => None,
+    };
+    let before = match (cursor, until.map(EventId::lower_bound)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let result = app
+        .store
+        .events(EventQuery {
+            event_type: event_type.clone(),
+            source: blank(&filters.source),
+            subject: blank(&filters.subject),
+            before,
+            after: since.map(EventId::lower_bound),
+            limit: 50,
+        })
+        .await?;
+    let mut sources: Vec<&String> = app.settings.sources.keys().collect();
+    sources.sort();
+    let body = html! {
+        h1 { "Events" }
+        form.filters method="get" action="/events" {
+            label { "Type"
+                select name="type" {
+                    option value="" { "any" }
+                    @for t in EventType::ALL {
+                        option value=(t.as_str()) selected[event_type.as_deref() == Some(t.as_str())] { (t.as_str()) }
+                    }
+                }
+            }
+            label { "Source"
+                select name="source" {
+                    option value="" { "any" }
+                    @for s in &sources {
+                        option value=(s) selected[filters.source.as_deref() == Some(s.as_str())] { (s) }
+                    }
+                }
+            }
+            label { "Provider id" input type="text" name="subject" value=[filters.subject.as_deref()] placeholder="inv_…, pay_…"; }
+            label { "Since (UTC)" input type="datetime-local" name="since" value=[filters.since.as_deref()]; }
+            label { "Until (UTC)" input type="datetime-local" name="until" value=[filters.until.as_deref()]; }
+            button type="submit" { "Filter" }
+        }
+        @if result.items.is_empty() {
+            (empty("No events match."))
+        } @else {
+            div.scroll { table {
+                thead { tr { th { "Received" } th { "Type" } th { "Source" } th { "Subject" } th { "Event" } } }
+                tbody {
+                    @for event in &result.items {
+                        tr {
+                            td { (time(event.received_at)) }
+                            td { code { (event.event_type) } }
+                            td { (event.source) }
+                            td { (event.subject_kind) " " code { (event.subject_id) } }
+                            td { a href=(format!("/events/{}", event.id)) { (event.id.to_string()) } }
+                        }
+                    }
+                }
+            } }
+        }
+        (next_page("/events", &[
+            ("type", filters.event_type.clone()),
+            ("source", filters.source.clone()),
+            ("subject", filters.subject.clone()),
+            ("since", filters.since.clone()),
+            ("until", filters.until.clone()),
+        ], result.next_cursor.as_deref()))
+    };
+    render(page(&viewer, "Events", "/events", body))
+}
+
+pub(crate) async fn event(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+    Query(done): Query<Done>,
+) -> PageResult {
+    let id: EventId = id.parse().map_err(|_| ConsoleError::not_found("event"))?;
+    let event = app
+        .store
+        .event(id)
+        .await?
+        .ok_or_else(|| ConsoleError::not_found("event"))?;
+    let inbound = app.store.inbound(event.inbound_id).await?;
+    let deliveries = app.store.deliveries_of_event(id, event.inbound_id).await?;
+    let canonical: Value = serde_json::from_slice(&event.payload).unwrap_or(Value::Null);
+    let mut endpoint_names = std::collections::HashMap::new();
+    for (delivery, _) in &deliveries {
+        if let Some(endpoint) = app.store.endpoint(delivery.endpoint_id).await? {
+            endpoint_names.insert(delivery.endpoint_id, endpoint_label(&endpoint));
+        }
+    }
+    let waiting = deliveries
+        .iter()
+        .any(|(d, _)| matches!(d.status.as_str(), "pending" | "failed"));
+    let warnings = canonical["warnings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let body = html! {
+        @if waiting {
+            // Refreshes while deliveries are under way, so new attempts appear by themselves.
+            meta http-equiv="refresh" content="2";
+        }
+        p.crumbs { a href="/events" { "Events" } " / " (id.to_string()) }
+        h1 { code { (event.event_type) } }
+        (notice(done.message().as_deref()))
+        dl.facts {
+            dt { "Event" } dd { code { (id.to_string()) } }
+            dt { "Subject" } dd { (event.subject_kind) " " code { (event.subject_id) } }
+            dt { "Source" } dd { (event.source) }
+            dt { "Occurred" } dd { (time(event.occurred_at)) }
+            dt { "Received" } dd { (time(event.received_at)) }
+        }
+        section aria-labelledby="deliveries" {
+            h2 #deliveries { "Deliveries" }
+            @if viewer.can_change() {
+                form method="post" action=(format!("/events/{id}/redeliver")) {
+                    (csrf(&viewer))
+                    button type="submit" { "Redeliver" }
+                    " to every endpoint that had it"
+                }
+            }
+            @if deliveries.is_empty() {
+                (empty("No endpoint is subscribed to this event."))
+            }
+            @for (delivery, attempts) in &deliveries {
+                article.delivery {
+                    h3 {
+                        a href=(format!("/endpoints/{}", delivery.endpoint_id)) {
+                            (endpoint_names.get(&delivery.endpoint_id).cloned().unwrap_or_else(|| delivery.endpoint_id.to_string()))
+                        }
+                        " " (badge(delivery_tone(delivery.status.as_str()), delivery.status.as_str()))
+                    }
+                    p.muted { (delivery.attempts) " attempt(s)"
+                        @if matches!(delivery.status.as_str(), "pending" | "failed") {
+                            " · next " (time(delivery.next_attempt_at))
+                        }
+                    }
+                    @if attempts.is_empty() {
+                        (empty("No attempt yet."))
+                    } @else {
+                        ol.timeline {
+                            @for attempt in attempts {
+                                li {
+                                    @let ok = attempt.status_code.is_some_and(|c| (200..300).contains(&c));
+                                    (time(attempt.started_at)) " · attempt " (attempt.number) " · "
+                                    (badge(if ok { Tone::Good } else { Tone::Bad },
+                                        &attempt.status_code.map_or_else(|| attempt.error_kind.clone().unwrap_or_else(|| "error".to_owned()), |c| format!("HTTP {c}"))))
+                                    " · " (attempt.duration_ms) " ms"
+                                    @if let Some(message) = &attempt.error_message {
+                                        " · " span.wrap { (message) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="canonical" {
+            h2 #canonical { "Canonical event" }
+            @if !warnings.is_empty() {
+                h3 { "Warnings" }
+                ul.warnings {
+                    @for warning in &warnings {
+                        li { code { (warning["code"].as_str().unwrap_or_default()) } " at "
+                            code { (warning["path"].as_str().unwrap_or_default()) } ": "
+                            (warning["message"].as_str().unwrap_or_default()) }
+                    }
+                }
+            }
+            (json_block(&canonical))
+        }
+        section aria-labelledby="raw" {
+            h2 #raw { "The provider's request" }
+            @match &inbound {
+                Some(inbound) => { (inbound_details(inbound)) }
+                None => { (empty("The stored request has been removed by retention.")) }
+            }
+        }
+    };
+    render(page(&viewer, event.event_type.as_str(), "/events", body))
+}
+
+fn inbound_details(inbound: &billhook_store::InboundRecord) -> Markup {
+    html! {
+        dl.facts {
+            dt { "Request" } dd { a href=(format!("/inbound/{}", inbound.id)) { code { (inbound.id.to_string()) } } }
+            dt { "Received" } dd { (time(inbound.received_at)) }
+            dt { "Provider event" } dd { (inbound.provider_event.as_deref().unwrap_or("—"))
+                @if let Some(id) = &inbound.provider_event_id { " · " code { (id) } } }
+            dt { "Verification" } dd { (badge(Tone::Good, "verified")) " " (inbound.verification) }
+            dt { "Status" } dd { (inbound.status.as_str()) }
+            @if let Some(error) = &inbound.error {
+                dt { "Error" } dd { (badge(Tone::Bad, &error.code)) " " (error.message) }
+            }
+            dt { "From" } dd { (inbound.remote_addr.as_deref().unwrap_or("—")) }
+        }
+        h3 { "Headers" }
+        div.scroll { table {
+            tbody { @for (name, value) in &inbound.headers { tr { th scope="row" { code { (name) } } td.wrap { code { (value) } } } } }
+        } }
+        h3 { "Body" }
+        @match &inbound.body {
+            Some(body) => {
+                @match serde_json::from_slice::<Value>(body) {
+                    Ok(value) => { (json_block(&value)) }
+                    Err(_) => { (text_block(&String::from_utf8_lossy(body))) }
+                }
+            }
+            None => { (empty("The body has been removed by retention.")) }
+        }
+    }
+}
+
+pub(crate) async fn redeliver(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    viewer.check_form(&form.csrf)?;
+    let (_, axum::Json(result)) = events_api::redeliver(
+        State(Arc::clone(&app)),
+        Path(id.clone()),
+        bytes::Bytes::new(),
+    )
+    .await?;
+    let count = serde_json::to_value(&result)
+        .ok()
+        .and_then(|v| v["deliveries"].as_array().map(|d| d.len() as u64));
+    redirect_done(&format!("/events/{id}"), "redelivered", count)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoints
+
+pub(crate) async fn endpoints(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+) -> PageResult {
+    let now = Timestamp::now();
+    let endpoints = app.store.all_endpoints().await?;
+    let mut rows = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let stats = app.store.endpoint_stats(endpoint.id, now).await?;
+        rows.push((endpoint, stats));
+    }
+    let body = html! {
+        h1 { "Endpoints" }
+        @if rows.is_empty() {
+            (empty("No endpoints yet: create one with POST /v1/endpoints, `billhook endpoints create` or an [[endpoint]] in the configuration."))
+        } @else {
+            div.scroll { table {
+                thead { tr { th { "Endpoint" } th { "Health" } th { "Success (24 h)" } th { "Waiting" } th { "Last error" } } }
+                tbody {
+                    @for (endpoint, stats) in &rows {
+                        tr {
+                            td { a href=(format!("/endpoints/{}", endpoint.id)) { (endpoint_label(endpoint)) }
+                                br; span.muted { (endpoint.event_types.join(", ")) } }
+                            td { (health(endpoint)) }
+                            td { (charts::percent(stats.successes_24h, stats.attempts_24h)) " of " (stats.attempts_24h) }
+                            td { (stats.pending + stats.failed) @if stats.held > 0 { " · " (stats.held) " held" } }
+                            td.wrap { @if endpoint.failing_since.is_some() || !endpoint.enabled {
+                                (endpoint.last_error.as_deref().unwrap_or("—"))
+                            } @else { span.muted { "—" } } }
+                        }
+                    }
+                }
+            } }
+        }
+    };
+    render(page(&viewer, "Endpoints", "/endpoints", body))
+}
+
+fn health(endpoint: &billhook_store::EndpointRecord) -> Markup {
+    if !endpoint.enabled {
+        badge(Tone::Bad, "disabled")
+    } else if endpoint.failing_since.is_some() {
+        badge(Tone::Bad, "failing")
+    } else {
+        badge(Tone::Good, "healthy")
+    }
+}
+
+pub(crate) async fn endpoint(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+    Query(done): Query<Done>,
+) -> PageResult {
+    let endpoint_id: EndpointId = id
+        .parse()
+        .map_err(|_| ConsoleError::not_found("endpoint"))?;
+    let endpoint = app
+        .store
+        .endpoint(endpoint_id)
+        .await?
+        .ok_or_else(|| ConsoleError::not_found("endpoint"))?;
+    let now = Timestamp::now();
+    let stats = app.store.endpoint_stats(endpoint_id, now).await?;
+    let attempts = app
+        .store
+        .attempts_of_endpoint(endpoint_id, None, 25)
+        .await?;
+    let day_ago = now.sub(Duration::from_secs(86_400)).to_rfc3339();
+    let day_ago = day_ago.get(..16).unwrap_or_default();
+    let body = html! {
+        p.crumbs { a href="/endpoints" { "Endpoints" } " / " (endpoint_label(&endpoint)) }
+        h1 { (endpoint_label(&endpoint)) " " (health(&endpoint)) }
+        (notice(done.message().as_deref()))
+        dl.facts {
+            dt { "Id" } dd { code { (endpoint.id.to_string()) } }
+            dt { "URL" } dd.wrap { code { (endpoint.url) } }
+            dt { "Events" } dd { (endpoint.event_types.join(", ")) }
+            dt { "Sources" } dd { (endpoint.sources.as_ref().map_or("all".to_owned(), |s| s.join(", "))) }
+            dt { "Format" } dd { (endpoint.format) }
+            dt { "Limits" } dd {
+                (endpoint.rate_limit.map_or("no rate limit".to_owned(), |r| format!("{r} requests/s")))
+                " · " (endpoint.max_concurrency.map_or("default concurrency".to_owned(), |c| format!("{c} at once")))
+            }
+            @if let Some(reason) = &endpoint.disabled_reason { dt { "Disabled because" } dd { (reason) } }
+            dt { "Failing since" } dd { (maybe_time(endpoint.failing_since)) }
+            dt { "Last success" } dd { (maybe_time(endpoint.last_success_at)) }
+            dt { "Last error" } dd.wrap { (endpoint.last_error.as_deref().unwrap_or("—")) }
+            dt { "Last 24 h" } dd { (stats.successes_24h) " of " (stats.attempts_24h) " attempts succeeded ("
+                (charts::percent(stats.successes_24h, stats.attempts_24h)) ")" }
+            dt { "Deliveries" } dd { (stats.pending) " pending · " (stats.failed) " retrying · " (stats.delivered)
+                " delivered · " (stats.dead) " dead · " (stats.held) " held" }
+        }
+        @if viewer.can_change() {
+            section.actions aria-labelledby="actions" {
+                h2 #actions { "Actions" }
+                @if endpoint.enabled {
+                    form method="post" action=(format!("/endpoints/{}/disable", endpoint.id)) {
+                        (csrf(&viewer))
+                        label { "Reason" input type="text" name="reason" value="disabled from the console"; }
+                        button type="submit" { "Disable" }
+                    }
+                    form method="post" action=(format!("/endpoints/{}/recover", endpoint.id)) {
+                        (csrf(&viewer))
+                        label { "Resend failures since (UTC)" input type="datetime-local" name="since" value=(day_ago) required; }
+                        button type="submit" { "Recover" }
+                    }
+                } @else {
+                    form method="post" action=(format!("/endpoints/{}/enable", endpoint.id)) {
+                        (csrf(&viewer))
+                        label { "Also resend what failed since (UTC, optional)" input type="datetime-local" name="recover_since"; }
+                        button type="submit" { "Enable" }
+                    }
+                }
+                form method="post" action=(format!("/endpoints/{}/rotate", endpoint.id)) {
+                    (csrf(&viewer))
+                    button type="submit" { "Rotate the signing secret" }
+                }
+            }
+        }
+        section aria-labelledby="attempts" {
+            h2 #attempts { "Latest attempts" }
+            @if attempts.items.is_empty() {
+                (empty("No attempts yet."))
+            } @else {
+                div.scroll { table {
+                    thead { tr { th { "Started" } th { "Result" } th { "Took" } th { "Delivery" } th { "Response" } } }
+                    tbody {
+                        @for attempt in &attempts.items {
+                            @let ok = attempt.status_code.is_some_and(|c| (200..300).contains(&c));
+                            tr {
+                                td { (time(attempt.started_at)) }
+                                td { (badge(if ok { Tone::Good } else { Tone::Bad },
+                                    &attempt.status_code.map_or_else(|| attempt.error_kind.clone().unwrap_or_else(|| "error".to_owned()), |c| format!("HTTP {c}")))) }
+                                td { (attempt.duration_ms) " ms" }
+                                td { code { (attempt.delivery_id.to_string()) } }
+                                td.wrap { (attempt.error_message.clone().or_else(|| attempt.response_body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())).unwrap_or_default()) }
+                            }
+                        }
+                    }
+                } }
+            }
+        }
+    };
+    render(page(
+        &viewer,
+        &endpoint_label(&endpoint),
+        "/endpoints",
+        body,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct DisableForm {
+    csrf: String,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EnableForm {
+    csrf: String,
+    recover_since: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RecoverForm {
+    csrf: String,
+    since: String,
+}
+
+async fn patch_endpoint(app: &Arc<App>, id: &str, body: Value) -> Result<(), ConsoleError> {
+    let body = serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let _updated =
+        endpoints_api::update(State(Arc::clone(app)), Path(id.to_owned()), ApiJson(body)).await?;
+    Ok(())
+}
+
+pub(crate) async fn disable_endpoint(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+    Form(form): Form<DisableForm>,
+) -> PageResult {
+    viewer.check_form(&form.csrf)?;
+    let reason = blank(&form.reason).unwrap_or_else(|| "disabled from the console".to_owned());
+    patch_endpoint(
+        &app,
+        &id,
+        json!({ "enabled": false, "disabled_reason": reason }),
+    )
+    .await?;
+    redirect_done(&format!("/endpoints/{id}"), "disabled", None)
+}
+
+pub(crate) async fn enable_endpoint(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+    Form(form): Form<EnableForm>,
+) -> PageResult {
+    viewer.check_form(&form.csrf)?;
+    let mut body = json!({ "enabled": true });
+    if let Some(since) = form_time("recover_since", form.recover_since.as_deref())? {
+        body["recover_since"] = json!(since.to_rfc3339());
+    }
+    patch_endpoint(&app, &id, body).await?;
+    redirect_done(&format!("/endpoints/{id}"), "enabled", None)
+}
+
+pub(crate) async fn rotate_secret(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    viewer.check_form(&form.csrf)?;
+    let _rotated = endpoints_api::rotate_secret(
+        State(Arc::clone(&app)),
+        Path(id.clone()),
+        bytes::Bytes::new(),
+    )
+    .await?;
+    redirect_done(&format!("/endpoints/{id}"), "rotated", None)
+}
+
+pub(crate) async fn recover(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+    Form(form): Form<RecoverForm>,
+) -> PageResult {
+    viewer.check_form(&form.csrf)?;
+    let since = form_time("since", Some(&form.since))?
+        .ok_or_else(|| ApiError::invalid("since is required"))?;
+    let body = serde_json::from_value(json!({ "since": since.to_rfc3339() }))
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let axum::Json(recovered) =
+        endpoints_api::recover(State(Arc::clone(&app)), Path(id.clone()), ApiJson(body)).await?;
+    let count = serde_json::to_value(&recovered)
+        .ok()
+        .and_then(|v| v["recovered"].as_u64());
+    redirect_done(&format!("/endpoints/{id}"), "recovered", count)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sources and quarantine
+
+pub(crate) async fn sources(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+) -> PageResult {
+    let now = Timestamp::now();
+    let sources = crate::api::operations::source_views(&app).await?;
+    let body = html! {
+        h1 { "Sources" }
+        p { "Each source is one provider account posting to billhook. Verification failures are counted since this instance started." }
+        div.scroll { table {
+            thead { tr { th { "Source" } th { "Provider" } th { "Verified by" } th { "Last message" } th { "24 h" } th { "Quarantined" } th { "Refused" } } }
+            tbody {
+                @for source in &sources {
+                    tr {
+                        td { strong { (source.name) } br; code.muted { (source.ingest_path) } }
+                        td { (source.provider) }
+                        td { (source.auth) @if !source.allow_ips.is_empty() { " + IP allow-list" } }
+                        td { @match (source.last_received_at, source.last_inbound) {
+                            (Some(at), Some(id)) => { a href=(format!("/inbound/{id}")) { (ago(now, at)) } }
+                            _ => { span.muted { "never" } }
+                        } }
+                        td { (source.received_24h) }
+                        td { @if source.quarantined > 0 {
+                            a href=(format!("/quarantine?source={}", url_encode(&source.name))) { (badge(Tone::Bad, &source.quarantined.to_string())) }
+                        } @else { "0" } }
+                        td { @match &source.last_verification_failure {
+                            Some(last) => { (badge(Tone::Bad, &source.verification_failures.to_string()))
+                                " last: " code { (last.code) } ", " (ago(now, last.at)) }
+                            None => { "0" }
+                        } }
+                    }
+                }
+            }
+        } }
+    };
+    render(page(&viewer, "Sources", "/sources", body))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct QuarantineQuery {
+    source: Option<String>,
+    cursor: Option<String>,
+    done: Option<String>,
+    n: Option<u64>,
+}
+
+pub(crate) async fn quarantine(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Query(query): Query<QuarantineQuery>,
+) -> PageResult {
+    let before = match blank(&query.cursor) {
+        Some(c) => Some(
+            c.parse::<InboundId>()
+                .map_err(|_| ApiError::invalid("not a cursor from this page"))?,
+        ),
+        None => None,
+    };
+    let list = app
+        .store
+        .inbound_list(InboundQuery {
+            status: Some(InboundStatus::Quarantined),
+            source: blank(&query.source),
+            before,
+            limit: 50,
+        })
+        .await?;
+    let done = Done {
+        done: query.done.clone(),
+        n: query.n,
+    };
+    let body = html! {
+        h1 { "Quarantine" }
+        (notice(done.message().as_deref()))
+        p { "Requests that passed verification but that billhook could not read. They are kept, and reprocessing runs them through this version's provider code again." }
+        @if viewer.can_change() && !list.items.is_empty() {
+            form method="post" action="/quarantine/reprocess" {
+                (csrf(&viewer))
+                @if let Some(source) = blank(&query.source) { input type="hidden" name="source" value=(source); }
+                button type="submit" { "Reprocess all" }
+            }
+        }
+        @if list.items.is_empty() {
+            (empty("Nothing in quarantine."))
+        } @else {
+            div.scroll { table {
+                thead { tr { th { "Received" } th { "Source" } th { "Error" } th { "" } } }
+                tbody {
+                    @for item in &list.items {
+                        tr {
+                            td { a href=(format!("/inbound/{}", item.id)) { (time(item.received_at)) } }
+                            td { (item.source) }
+                            td.wrap { @if let Some(error) = &item.error { (badge(Tone::Bad, &error.code)) " " (error.message) } }
+                            td { @if viewer.can_change() {
+                                form method="post" action=(format!("/inbound/{}/reprocess", item.id)) {
+                                    (csrf(&viewer))
+                                    button type="submit" { "Reprocess" }
+                                }
+                            } }
+                        }
+                    }
+                }
+            } }
+        }
+        (next_page("/quarantine", &[("source", query.source.clone())], list.next_cursor.as_deref()))
+    };
+    render(page(&viewer, "Quarantine", "/quarantine", body))
+}
+
+pub(crate) async fn inbound(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+) -> PageResult {
+    let id: InboundId = id.parse().map_err(|_| ConsoleError::not_found("request"))?;
+    let record = app
+        .store
+        .inbound(id)
+        .await?
+        .ok_or_else(|| ConsoleError::not_found("request"))?;
+    let body = html! {
+        p.crumbs { a href="/sources" { "Sources" } " / " (record.source) " / " (id.to_string()) }
+        h1 { "Request from " (record.source) }
+        @if record.status == InboundStatus::Quarantined && viewer.can_change() {
+            form method="post" action=(format!("/inbound/{id}/reprocess")) {
+                (csrf(&viewer))
+                button type="submit" { "Reprocess" }
+            }
+        }
+        (inbound_details(&record))
+        h2 { "Events" }
+        @if record.event_ids.is_empty() {
+            (empty("None."))
+        } @else {
+            ul { @for event in &record.event_ids { li { a href=(format!("/events/{event}")) { (event.to_string()) } } } }
+        }
+    };
+    render(page(&viewer, "Request", "/sources", body))
+}
+
+pub(crate) async fn reprocess(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    viewer.check_form(&form.csrf)?;
+    let _outcome = inbound_api::reprocess_one(State(Arc::clone(&app)), Path(id.clone())).await?;
+    Ok(Redirect::to(&format!("/inbound/{id}")).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReprocessAllForm {
+    csrf: String,
+    source: Option<String>,
+}
+
+pub(crate) async fn reprocess_all(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Form(form): Form<ReprocessAllForm>,
+) -> PageResult {
+    viewer.check_form(&form.csrf)?;
+    let body = json!({ "source": blank(&form.source) });
+    let axum::Json(summary) = inbound_api::reprocess_all(
+        State(Arc::clone(&app)),
+        bytes::Bytes::from(body.to_string()),
+    )
+    .await?;
+    let count = serde_json::to_value(&summary)
+        .ok()
+        .and_then(|v| v["attempted"].as_u64());
+    redirect_done("/quarantine", "reprocessed", count)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ledger
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct LedgerFilters {
+    status: Option<String>,
+    provider: Option<String>,
+    reference: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn ledger_page(
+    app: &App,
+    kind: SubjectKind,
+    filter: LedgerFilter,
+    filters: &LedgerFilters,
+    cursor: Option<String>,
+    limit: u32,
+) -> Result<billhook_store::Page<Entity>, ConsoleError> {
+    Ok(app
+        .store
+        .ledger_entities(LedgerQuery {
+            kind,
+            filter,
+            provider: blank(&filters.provider),
+            source: None,
+            reference: blank(&filters.reference),
+            before: cursor,
+            limit,
+            now: Timestamp::now(),
+        })
+        .await?)
+}
+
+fn invoice_table(entities: &[Entity], now: Timestamp) -> Markup {
+    html! {
+        div.scroll { table {
+            thead { tr { th { "Invoice" } th { "Provider" } th { "Status" } th.num { "Amount" } th.num { "Paid" } th.num { "Due" } th { "Due by" } } }
+            tbody {
+                @for invoice in entities {
+                    @let overdue = is_outstanding(invoice) && invoice.due_by.is_some_and(|by| by < now);
+                    tr {
+                        td { a href=(format!("/invoices/{}", invoice.id)) { (invoice.keys.number.clone().unwrap_or_else(|| invoice.provider_id.clone())) } }
+                        td { (invoice.provider) }
+                        td { (status_badge(invoice)) @if overdue { " " (badge(Tone::Bad, "overdue")) } }
+                        td.num { (money(invoice.amount, invoice.currency)) }
+                        td.num { (money(Some(invoice.paid), invoice.currency)) }
+                        td.num { (money(invoice.due, invoice.currency)) }
+                        td { (maybe_time(invoice.due_by)) }
+                    }
+                }
+            }
+        } }
+    }
+}
+
+fn is_outstanding(entity: &Entity) -> bool {
+    entity.due.is_none_or(|due| due.minor() > 0)
+        && !entity
+            .status
+            .as_deref()
+            .is_some_and(|s| CLOSED_UNPAID.contains(&s))
+}
+
+fn status_badge(entity: &Entity) -> Markup {
+    let status = entity.status.as_deref().unwrap_or("unknown");
+    let tone = match status {
+        "paid" | "succeeded" | "accepted" | "closed" | "resolved" | "success" => Tone::Good,
+        "failed" | "expired" | "cancelled" | "rejected" | "declined" | "returned" | "failure" => {
+            Tone::Bad
+        }
+        "pending" | "processing" | "issued" | "partially_paid" | "authorized" | "created" => {
+            Tone::Waiting
+        }
+        _ => Tone::Neutral,
+    };
+    badge(tone, status)
+}
+
+fn ledger_filter_form(path: &str, filters: &LedgerFilters, statuses: &[(&str, &str)]) -> Markup {
+    html! {
+        form.filters method="get" action=(path) {
+            label { "Show"
+                select name="status" {
+                    @for (value, label) in statuses {
+                        option value=(value) selected[filters.status.as_deref().unwrap_or("") == *value] { (label) }
+                    }
+                }
+            }
+            label { "Provider" input type="text" name="provider" value=[filters.provider.as_deref()] placeholder="razorpay"; }
+            label { "Number or id" input type="text" name="reference" value=[filters.reference.as_deref()]; }
+            button type="submit" { "Filter" }
+        }
+    }
+}
+
+pub(crate) async fn invoices(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Query(filters): Query<LedgerFilters>,
+) -> PageResult {
+    let now = Timestamp::now();
+    let statuses = [
+        ("", "outstanding first"),
+        ("outstanding", "outstanding"),
+        ("overdue", "overdue"),
+        ("paid", "paid"),
+        ("all", "all"),
+    ];
+    let form = ledger_filter_form("/invoices", &filters, &statuses);
+    let body = match blank(&filters.status).as_deref() {
+        None => {
+            let outstanding = ledger_page(
+                &app,
+                SubjectKind::Invoice,
+                LedgerFilter::Outstanding,
+                &filters,
+                None,
+                100,
+            )
+            .await?;
+            let paid = ledger_page(
+                &app,
+                SubjectKind::Invoice,
+                LedgerFilter::Paid,
+                &filters,
+                None,
+                100,
+            )
+            .await?;
+            html! {
+                h1 { "Invoices" }
+                (form)
+                section aria-labelledby="outstanding" {
+                    h2 #outstanding { "Outstanding" }
+                    @if outstanding.items.is_empty() { (empty("Nothing is outstanding.")) } @else { (invoice_table(&outstanding.items, now)) }
+                    @if outstanding.next_cursor.is_some() { p { a href="/invoices?status=outstanding" { "All outstanding invoices →" } } }
+                }
+                section aria-labelledby="paid" {
+                    h2 #paid { "Paid" }
+                    @if paid.items.is_empty() { (empty("No invoice is paid yet.")) } @else { (invoice_table(&paid.items, now)) }
+                    @if paid.next_cursor.is_some() { p { a href="/invoices?status=paid" { "All paid invoices →" } } }
+                }
+                p { a href="/invoices?status=all" { "Every invoice, closed ones included →" } }
+            }
+        }
+        Some(status) => {
+            let filter = match status {
+                "outstanding" => LedgerFilter::Outstanding,
+                "overdue" => LedgerFilter::Overdue,
+                "paid" => LedgerFilter::Paid,
+                "all" => LedgerFilter::All,
+                other => LedgerFilter::Status(other.to_owned()),
+            };
+            let list = ledger_page(
+                &app,
+                SubjectKind::Invoice,
+                filter,
+                &filters,
+                blank(&filters.cursor),
+                50,
+            )
+            .await?;
+            html! {
+                h1 { "Invoices: " (status) }
+                (form)
+                @if list.items.is_empty() { (empty("No invoices match.")) } @else { (invoice_table(&list.items, now)) }
+                (next_page("/invoices", &[("status", filters.status.clone()), ("provider", filters.provider.clone()), ("reference", filters.reference.clone())], list.next_cursor.as_deref()))
+            }
+        }
+    };
+    render(page(&viewer, "Invoices", "/invoices", body))
+}
+
+fn payment_table(entities: &[Entity]) -> Markup {
+    html! {
+        div.scroll { table {
+            thead { tr { th { "Payment" } th { "Provider" } th { "Rail" } th { "Status" } th.num { "Amount" } th { "Pays" } th { "Received" } } }
+            tbody {
+                @for payment in entities {
+                    tr {
+                        td { a href=(format!("/payments/{}", payment.id)) { code { (payment.provider_id) } } }
+                        td { (payment.provider) }
+                        td { (payment_rail(payment)) }
+                        td { (status_badge(payment)) }
+                        td.num { (money(payment.amount, payment.currency)) }
+                        td { @match &payment.linked_to {
+                            Some(target) => { (target_link(target, target)) " " span.muted { "by " (payment.link_rule.as_deref().unwrap_or("")) } }
+                            None if payment.counted.minor() > 0 => { (badge(Tone::Bad, "unmatched")) }
+                            None => { span.muted { "—" } }
+                        } }
+                        td { (time(payment.created_at)) }
+                    }
+                }
+            }
+        } }
+    }
+}
+
+fn payment_rail(payment: &Entity) -> String {
+    match &payment.snapshot {
+        billhook_core::entity::EntityData::Payment(p) => {
+            p.rail.clone().unwrap_or_else(|| "—".to_owned())
+        }
+        _ => "—".to_owned(),
+    }
+}
+
+/// A link to what a payment pays: invoices have a page; BBPS bills are shown by id (the API
+/// has them under `/v1/bills`).
+fn target_link(id: &str, label: &str) -> Markup {
+    if id.starts_with("iv_") {
+        html! { a href=(format!("/invoices/{id}")) { (label) } }
+    } else {
+        html! { "bill " code { (label) } }
+    }
+}
+
+pub(crate) async fn payments(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Query(filters): Query<LedgerFilters>,
+) -> PageResult {
+    let statuses = [
+        ("", "unmatched first"),
+        ("unmatched", "unmatched"),
+        ("succeeded", "succeeded"),
+        ("failed", "failed"),
+        ("all", "all"),
+    ];
+    let form = ledger_filter_form("/payments", &filters, &statuses);
+    let body = match blank(&filters.status).as_deref() {
+        None => {
+            let unmatched = ledger_page(
+                &app,
+                SubjectKind::Payment,
+                LedgerFilter::Unmatched,
+                &filters,
+                None,
+                100,
+            )
+            .await?;
+            let recent = ledger_page(
+                &app,
+                SubjectKind::Payment,
+                LedgerFilter::All,
+                &filters,
+                None,
+                100,
+            )
+            .await?;
+            html! {
+                h1 { "Payments" }
+                (form)
+                section aria-labelledby="unmatched" {
+                    h2 #unmatched { "Unmatched" }
+                    p.muted { "Succeeded payments that no invoice or bill claims (yet)." }
+                    @if unmatched.items.is_empty() { (empty("Every succeeded payment is matched.")) } @else { (payment_table(&unmatched.items)) }
+                }
+                section aria-labelledby="recent" {
+                    h2 #recent { "Latest payments" }
+                    @if recent.items.is_empty() { (empty("No payments yet.")) } @else { (payment_table(&recent.items)) }
+                    @if recent.next_cursor.is_some() { p { a href="/payments?status=all" { "All payments →" } } }
+                }
+            }
+        }
+        Some(status) => {
+            let filter = match status {
+                "unmatched" => LedgerFilter::Unmatched,
+                "all" => LedgerFilter::All,
+                other => LedgerFilter::Status(other.to_owned()),
+            };
+            let list = ledger_page(
+                &app,
+                SubjectKind::Payment,
+                filter,
+                &filters,
+                blank(&filters.cursor),
+                50,
+            )
+            .await?;
+            html! {
+                h1 { "Payments: " (status) }
+                (form)
+                @if list.items.is_empty() { (empty("No payments match.")) } @else { (payment_table(&list.items)) }
+                (next_page("/payments", &[("status", filters.status.clone()), ("provider", filters.provider.clone()), ("reference", filters.reference.clone())], list.next_cursor.as_deref()))
+            }
+        }
+    };
+    render(page(&viewer, "Payments", "/payments", body))
+}
+
+fn history_table(history: &[billhook_core::ledger::HistoryEntry]) -> Markup {
+    html! {
+        div.scroll { table {
+            thead { tr { th { "Received" } th { "Event" } th { "Status" } th { "Provider's word" } th { "Effect" } } }
+            tbody {
+                @for entry in history {
+                    tr {
+                        td { (time(entry.received_at)) }
+                        td { a href=(format!("/events/{}", entry.event_id)) { code { (entry.event_type.as_str()) } } }
+                        td { (entry.status.as_deref().unwrap_or("—")) }
+                        td { (entry.provider_status.as_deref().unwrap_or("—")) }
+                        td { @if entry.applied { (badge(Tone::Good, "applied")) } @else { (badge(Tone::Neutral, "older: history only")) } }
+                    }
+                }
+            }
+        } }
+    }
+}
+
+async fn find_entity(app: &App, kind: SubjectKind, id: &str) -> Result<Entity, ConsoleError> {
+    let entity = app
+        .store
+        .ledger_entity(id)
+        .await?
+        .filter(|e| e.kind == kind)
+        .ok_or_else(|| ConsoleError::not_found(kind.as_str()))?;
+    Ok(entity)
+}
+
+pub(crate) async fn invoice(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+) -> PageResult {
+    let now = Timestamp::now();
+    let invoice = find_entity(&app, SubjectKind::Invoice, &id).await?;
+    let payments = app.store.ledger_linked(&invoice.id).await?;
+    let history = app.store.ledger_history(&invoice.id).await?;
+    let title = invoice
+        .keys
+        .number
+        .clone()
+        .unwrap_or_else(|| invoice.provider_id.clone());
+    let body = html! {
+        p.crumbs { a href="/invoices" { "Invoices" } " / " (title) }
+        h1 { "Invoice " (title) " " (status_badge(&invoice)) }
+        dl.facts {
+            dt { "Provider" } dd { (invoice.provider) " · " code { (invoice.provider_id) } " · source " (invoice.source) }
+            dt { "Amount" } dd { (money(invoice.amount, invoice.currency)) }
+            dt { "Paid" } dd { (money(Some(invoice.paid), invoice.currency)) }
+            dt { "Due" } dd { (money(invoice.due, invoice.currency))
+                @if is_outstanding(&invoice) && invoice.due_by.is_some_and(|by| by < now) { " " (badge(Tone::Bad, "overdue")) } }
+            @if invoice.overpaid.minor() > 0 { dt { "Overpaid" } dd { (money(Some(invoice.overpaid), invoice.currency)) } }
+            dt { "Due by" } dd { (maybe_time(invoice.due_by)) }
+            dt { "Settled" } dd { @match (invoice.settled_at, invoice.settled_event) {
+                (Some(at), Some(event)) => { (time(at)) " · " a href=(format!("/events/{event}")) { "invoice.settled" } }
+                _ => { span.muted { "not yet" } }
+            } }
+        }
+        section aria-labelledby="payments" {
+            h2 #payments { "Payments" }
+            @if payments.is_empty() { (empty("No payment is linked to this invoice.")) } @else { (payment_table(&payments)) }
+        }
+        section aria-labelledby="history" {
+            h2 #history { "Status history" }
+            (history_table(&history))
+        }
+        section aria-labelledby="snapshot" {
+            h2 #snapshot { "Latest snapshot" }
+            (json_block(&serde_json::to_value(&invoice.snapshot).unwrap_or(Value::Null)))
+        }
+    };
+    render(page(
+        &viewer,
+        &format!("Invoice {title}"),
+        "/invoices",
+        body,
+    ))
+}
+
+pub(crate) async fn payment(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+) -> PageResult {
+    let payment = find_entity(&app, SubjectKind::Payment, &id).await?;
+    let history = app.store.ledger_history(&payment.id).await?;
+    let target = match &payment.linked_to {
+        Some(target) => app.store.ledger_entity(target).await?,
+        None => None,
+    };
+    let body = html! {
+        p.crumbs { a href="/payments" { "Payments" } " / " (payment.provider_id) }
+        h1 { "Payment " code { (payment.provider_id) } " " (status_badge(&payment)) }
+        dl.facts {
+            dt { "Provider" } dd { (payment.provider) " · source " (payment.source) " · rail " (payment_rail(&payment)) }
+            dt { "Amount" } dd { (money(payment.amount, payment.currency)) }
+            dt { "Counts towards an invoice" } dd { (money(Some(payment.counted), payment.currency)) }
+            dt { "Pays" } dd { @match &target {
+                Some(target) => { (target_link(&target.id, &target.keys.number.clone().unwrap_or_else(|| target.provider_id.clone())))
+                    " · matched by " (payment.link_rule.as_deref().unwrap_or("—")) }
+                None if payment.counted.minor() > 0 => { (badge(Tone::Bad, "unmatched")) @if let Some(event) = payment.unmatched_event { " · " a href=(format!("/events/{event}")) { "payment.unmatched" } } }
+                None => { span.muted { "nothing (not succeeded)" } }
+            } }
+        }
+        section aria-labelledby="history" {
+            h2 #history { "Status history" }
+            (history_table(&history))
+        }
+        section aria-labelledby="snapshot" {
+            h2 #snapshot { "Latest snapshot" }
+            (json_block(&serde_json::to_value(&payment.snapshot).unwrap_or(Value::Null)))
+        }
+    };
+    render(page(&viewer, "Payment", "/payments", body))
+}
