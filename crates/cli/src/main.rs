@@ -82,6 +82,8 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Print the admin API's OpenAPI 3.1 document (also served at /v1/openapi.json).
+    Openapi,
     /// Print a shell completion script: `billhook completions bash > /etc/bash_completion.d/billhook`.
     Completions { shell: clap_complete::Shell },
     /// The ledger's invoices: what each is owed, has been paid and by what.
@@ -311,6 +313,10 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Sources { remote } => admin::sources(remote).await,
         Command::Token { command } => admin::token(command).await,
         Command::Prune { dry_run, remote } => admin::prune(dry_run, remote).await,
+        Command::Openapi => {
+            output::write(&billhook_server::openapi_json());
+            Ok(())
+        }
         Command::Completions { shell } => {
             admin::completions(shell);
             Ok(())

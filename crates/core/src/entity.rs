@@ -355,7 +355,7 @@ pub struct NetworkMemberSnapshot {
 }
 
 /// The entity snapshot carried by a canonical event; which one follows from `subject.kind`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum EntityData {
     Invoice(InvoiceSnapshot),
@@ -365,6 +365,57 @@ pub enum EntityData {
     Biller(BillerSnapshot),
     Document(DocumentSnapshot),
     NetworkMember(NetworkMemberSnapshot),
+}
+
+/// `anyOf` the snapshots: `subject.kind` says which one `data` is, and the snapshots' schemas
+/// leave room for fields added later, so more than one may match a value.
+impl utoipa::PartialSchema for EntityData {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, Ref};
+        let mut any_of = AnyOfBuilder::new().description(Some(
+            "The entity snapshot carried by a canonical event; which one follows from `subject.kind`.",
+        ));
+        for name in SNAPSHOT_SCHEMAS {
+            any_of = any_of.item(Ref::from_schema_name(*name));
+        }
+        any_of.into()
+    }
+}
+
+const SNAPSHOT_SCHEMAS: &[&str] = &[
+    "InvoiceSnapshot",
+    "PaymentSnapshot",
+    "BillSnapshot",
+    "DisputeSnapshot",
+    "BillerSnapshot",
+    "DocumentSnapshot",
+    "NetworkMemberSnapshot",
+];
+
+impl ToSchema for EntityData {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        fn add<T: ToSchema>(
+            schemas: &mut Vec<(
+                String,
+                utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+            )>,
+        ) {
+            schemas.push((T::name().into_owned(), T::schema()));
+            T::schemas(schemas);
+        }
+        add::<InvoiceSnapshot>(schemas);
+        add::<PaymentSnapshot>(schemas);
+        add::<BillSnapshot>(schemas);
+        add::<DisputeSnapshot>(schemas);
+        add::<BillerSnapshot>(schemas);
+        add::<DocumentSnapshot>(schemas);
+        add::<NetworkMemberSnapshot>(schemas);
+    }
 }
 
 impl EntityData {

@@ -128,6 +128,19 @@ macro_rules! prefixed_id {
                 text.parse().map_err(serde::de::Error::custom)
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some(concat!("^", $prefix, "_[0-9A-HJKMNP-TV-Z]{26}$")))
+                    .examples([concat!($prefix, "_01JD3R6Q9K5M2XW8T4HZ7BCN1E")])
+                    .description(Some(concat!("A billhook id: `", $prefix, "_` and a ULID.")))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 

@@ -69,11 +69,29 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
-    message: &'a str,
+/// Every error's body: a stable code to branch on and a message for people.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct ErrorBody {
+    /// One of the codes in the API's error table (docs/api.md).
+    #[schema(value_type = ErrorCodeName)]
+    code: &'static str,
+    message: String,
 }
+
+/// The error codes, as a schema.
+pub(crate) struct ErrorCodeName;
+
+impl utoipa::PartialSchema for ErrorCodeName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(ErrorCode::ALL.iter().map(ErrorCode::as_str)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorCodeName {}
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -137,7 +155,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             code: self.code.as_str(),
-            message: &self.message,
+            message: self.message,
         };
         (self.code.status(), Json(body)).into_response()
     }

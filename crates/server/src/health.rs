@@ -11,12 +11,23 @@ use http::{HeaderValue, header};
 use serde_json::{Value, json};
 
 use crate::App;
+#[allow(unused_imports, reason = "named in the OpenAPI attributes")]
+use crate::error::ErrorBody as Error;
 use crate::error::{ApiError, ErrorCode};
 
+/// Answers while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
+    responses((status = 200, description = "Alive", body = Object, example = json!({"status": "ok"}))))]
 pub(crate) async fn alive() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Answers 200 only while the database does.
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
+        (status = 503, description = "The database does not answer", body = Error),
+    ))]
 pub(crate) async fn ready(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     match app.store.ping().await {
         Ok(()) => Ok(Json(json!({ "status": "ready" }))),
@@ -32,6 +43,10 @@ pub(crate) async fn ready(State(app): State<Arc<App>>) -> Result<Json<Value>, Ap
 
 /// The metrics, with the gauges read from the database at scrape time. When the database does
 /// not answer, the counters are still served and the gauges keep their last values.
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "health", security(()),
+    responses((status = 200, description = "The metrics",
+        content((String = "application/openmetrics-text; version=1.0.0; charset=utf-8")))))]
 pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
     let overview = match app.store.overview().await {
         Ok(overview) => Some(overview),

@@ -31,12 +31,14 @@ use serde::Serialize;
 use crate::App;
 use crate::config::Source;
 use crate::delivery::{Prepared, fan_out_events};
+#[allow(unused_imports, reason = "named in the OpenAPI attributes")]
+use crate::error::ErrorBody as Error;
 use crate::error::{ApiError, ErrorCode};
 use crate::ledger;
 use crate::metrics::IngestOutcome;
 
 /// What the provider (or whoever posts) gets back.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IngestResponse {
     pub inbound_id: InboundId,
     /// The canonical events the message became (not the ledger's conclusions from it).
@@ -47,6 +49,22 @@ pub struct IngestResponse {
     pub quarantined: bool,
 }
 
+/// A provider's webhook, exactly as the provider sends it, verified the provider's way (a
+/// signature header, or the credential the source is configured with).
+#[utoipa::path(post, path = "/ingest/{source}", tag = "ingest", security(()),
+    params(("source" = String, Path, description = "The source's name from the configuration")),
+    request_body(content = Object, description = "The provider's message", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored (or recognised as a duplicate) and durable; the default acknowledgement", body = IngestResponse),
+        (status = 200, description = "The same, for a source configured with `ack_status = 200`", body = IngestResponse),
+        (status = 204, description = "The same, without a body, for a source configured with `ack_status = 204`"),
+        (status = 400, description = "The body is empty or unreadable", body = Error),
+        (status = 401, description = "The request failed the source's verification", body = Error),
+        (status = 404, description = "No such source", body = Error),
+        (status = 408, description = "The request took too long", body = Error),
+        (status = 413, description = "The body is too large", body = Error),
+        (status = 503, description = "The database is unavailable; nothing was stored", body = Error),
+    ))]
 pub(crate) async fn receive(
     State(app): State<Arc<App>>,
     Path(source): Path<String>,
@@ -57,6 +75,24 @@ pub(crate) async fn receive(
     handle(app, source, None, peer, headers, body).await
 }
 
+/// The same, for sources authenticated by a secret path segment (`auth.kind = "path_token"`).
+#[utoipa::path(post, path = "/ingest/{source}/{token}", tag = "ingest", security(()),
+    params(
+        ("source" = String, Path, description = "The source's name from the configuration"),
+        ("token" = String, Path, description = "The source's path token"),
+    ),
+    request_body(content = Object, description = "The provider's message", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored (or recognised as a duplicate) and durable; the default acknowledgement", body = IngestResponse),
+        (status = 200, description = "The same, for a source configured with `ack_status = 200`", body = IngestResponse),
+        (status = 204, description = "The same, without a body, for a source configured with `ack_status = 204`"),
+        (status = 400, description = "The body is empty or unreadable", body = Error),
+        (status = 401, description = "The request failed the source's verification", body = Error),
+        (status = 404, description = "No such source", body = Error),
+        (status = 408, description = "The request took too long", body = Error),
+        (status = 413, description = "The body is too large", body = Error),
+        (status = 503, description = "The database is unavailable; nothing was stored", body = Error),
+    ))]
 pub(crate) async fn receive_with_token(
     State(app): State<Arc<App>>,
     Path((source, token)): Path<(String, String)>,

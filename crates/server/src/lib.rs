@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use billhook_store::{Store, StoreError};
 use tokio::net::TcpListener;
 
+pub use api::docs::openapi_json;
 pub use config::Settings;
 pub use ingest::redact_signature;
 

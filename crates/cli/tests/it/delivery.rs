@@ -163,6 +163,15 @@ async fn a_receiver_failing_at_first_gets_everything_on_the_retry_schedule(backe
             "{id} retried too soon"
         );
     }
+    // The receiver notes an arrival before answering it; the attempt is recorded after the
+    // answer, so wait for the records.
+    app.eventually(Duration::from_secs(5), "every attempt recorded", || async {
+        let (_, attempts) = app
+            .admin_get(&format!("/v1/endpoints/{endpoint}/attempts?limit=100"))
+            .await;
+        attempts["data"].as_array().map_or(0, Vec::len) == 8
+    })
+    .await;
     let (_, attempts) = app
         .admin_get(&format!("/v1/endpoints/{endpoint}/attempts?limit=100"))
         .await;

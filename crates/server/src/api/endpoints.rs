@@ -13,10 +13,12 @@ use http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::{ApiJson, ApiQuery, page_limit, parse_cursor};
+use super::{ApiJson, ApiQuery, Page, page_limit, parse_cursor};
 use crate::App;
 use crate::delivery::{EndpointDefinition, check_destination};
 use crate::error::ApiError;
+#[allow(unused_imports, reason = "named in the OpenAPI attributes")]
+use crate::error::ErrorBody as Error;
 
 /// Distinguishes a field set to `null` (`Some(None)`) from one left out (`None`).
 fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
@@ -25,24 +27,36 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+/// A new endpoint.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateEndpoint {
+    /// Where deliveries go: `https://…` (or `http://` to an allowed private network).
     url: String,
+    /// Canonical types or patterns: `invoice.paid`, `invoice.*`, `*`.
+    #[schema(min_items = 1)]
     event_types: Vec<String>,
+    /// Only events from these sources; absent or `null` for every source.
     #[serde(default)]
     sources: Option<Vec<String>>,
+    /// `canonical` (billhook's events) or `raw` (the provider's body, re-signed).
     #[serde(default = "canonical")]
+    #[schema(default = "canonical")]
     format: String,
+    /// Headers sent with every delivery.
     #[serde(default)]
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     headers: Map<String, Value>,
+    /// Requests per second at most.
     #[serde(default)]
     rate_limit: Option<u32>,
+    /// Requests in flight at most.
     #[serde(default)]
     max_concurrency: Option<u32>,
     #[serde(default)]
     description: String,
     #[serde(default = "yes")]
+    #[schema(default = true)]
     enabled: bool,
     /// A `whsec_…` secret to use instead of a generated one.
     #[serde(default)]
@@ -57,18 +71,23 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Changes to an endpoint: only the fields given change; `null` clears the nullable ones.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateEndpoint {
     url: Option<String>,
     event_types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Vec<String>>)]
     sources: Option<Option<Vec<String>>>,
     format: Option<String>,
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     headers: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u32>)]
     rate_limit: Option<Option<u32>>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u32>)]
     max_concurrency: Option<Option<u32>>,
     description: Option<String>,
     enabled: Option<bool>,
@@ -77,7 +96,9 @@ pub(crate) struct UpdateEndpoint {
     recover_since: Option<Timestamp>,
 }
 
-#[derive(Debug, Serialize)]
+/// An endpoint's deliveries by status, and its attempts in the last 24 hours.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = EndpointStats)]
 pub(crate) struct StatsView {
     pending: u64,
     failed: u64,
@@ -103,7 +124,8 @@ impl From<EndpointStats> for StatsView {
 }
 
 /// An endpoint as the API shows it. The secret appears only where asked for.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Endpoint)]
 pub(crate) struct EndpointView {
     id: EndpointId,
     name: Option<String>,
@@ -112,6 +134,7 @@ pub(crate) struct EndpointView {
     event_types: Vec<String>,
     sources: Option<Vec<String>>,
     format: String,
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     headers: Map<String, Value>,
     rate_limit: Option<u32>,
     max_concurrency: Option<u32>,
@@ -123,8 +146,10 @@ pub(crate) struct EndpointView {
     last_error: Option<String>,
     created_at: Timestamp,
     updated_at: Timestamp,
+    /// In `GET /v1/endpoints/{id}` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     stats: Option<StatsView>,
+    /// In the answer to a creation only.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
 }
@@ -197,6 +222,12 @@ fn check_sources(app: &App, sources: Option<&[String]>) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// Creates an endpoint; the answer carries its `whsec_…` signing secret.
+#[utoipa::path(post, path = "/v1/endpoints", tag = "endpoints", request_body = CreateEndpoint,
+    responses(
+        (status = 201, description = "Created", body = EndpointView),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error),
+    ))]
 pub(crate) async fn create(
     State(app): State<Arc<App>>,
     ApiJson(body): ApiJson<CreateEndpoint>,
@@ -244,19 +275,22 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
+    /// Page size, 1 to 500 (default 50).
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct Page<T> {
-    data: Vec<T>,
-    next_cursor: Option<String>,
-}
-
+/// Endpoints, newest first.
+#[utoipa::path(get, path = "/v1/endpoints", tag = "endpoints", params(ListParams),
+    responses(
+        (status = 200, description = "A page of endpoints", body = Page<EndpointView>),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error),
+    ))]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
     ApiQuery(params): ApiQuery<ListParams>,
@@ -274,6 +308,13 @@ pub(crate) async fn list(
     }))
 }
 
+/// One endpoint with its health and delivery figures.
+#[utoipa::path(get, path = "/v1/endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path, description = "The endpoint's id (`ep_…`)")),
+    responses(
+        (status = 200, description = "The endpoint", body = EndpointView),
+        (status = 401, description = "No valid token", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
 pub(crate) async fn show(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -290,6 +331,14 @@ pub(crate) async fn show(
     Ok(Json(view))
 }
 
+/// Changes an endpoint. `{"enabled": false, "disabled_reason"}` holds its deliveries;
+/// `{"enabled": true, "recover_since"}` resumes them and resends the backlog.
+#[utoipa::path(patch, path = "/v1/endpoints/{id}", tag = "endpoints", request_body = UpdateEndpoint,
+    params(("id" = String, Path, description = "The endpoint's id (`ep_…`)")),
+    responses(
+        (status = 200, description = "The endpoint as changed", body = EndpointView),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
 pub(crate) async fn update(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -348,6 +397,13 @@ pub(crate) async fn update(
     Ok(Json(EndpointView::new(record)))
 }
 
+/// Deletes an endpoint and cancels what it was still owed.
+#[utoipa::path(delete, path = "/v1/endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path, description = "The endpoint's id (`ep_…`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
 pub(crate) async fn delete(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -361,7 +417,9 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize)]
+/// An endpoint's signing secrets.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = EndpointSecrets)]
 pub(crate) struct SecretView {
     /// The current signing secret.
     secret: String,
@@ -369,7 +427,7 @@ pub(crate) struct SecretView {
     previous: Vec<PreviousSecret>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct PreviousSecret {
     secret: String,
     expires_at: Option<Timestamp>,
@@ -390,6 +448,13 @@ fn secret_view(record: &EndpointRecord) -> SecretView {
     }
 }
 
+/// The current signing secret and any rotated-out one still signing.
+#[utoipa::path(get, path = "/v1/endpoints/{id}/secret", tag = "endpoints",
+    params(("id" = String, Path, description = "The endpoint's id (`ep_…`)")),
+    responses(
+        (status = 200, description = "The secrets", body = SecretView),
+        (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
 pub(crate) async fn secret(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -403,13 +468,21 @@ pub(crate) async fn secret(
     Ok(Json(secret_view(&record)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RotateSecret {
+    /// A `whsec_…` secret to use instead of a generated one.
     secret: Option<String>,
 }
 
 /// Makes a new secret current; the previous one keeps signing for `delivery.secret_overlap`.
+#[utoipa::path(post, path = "/v1/endpoints/{id}/secret/rotate", tag = "endpoints",
+    params(("id" = String, Path, description = "The endpoint's id (`ep_…`)")),
+    request_body(content = Option<RotateSecret>, description = "Optional: the new secret"),
+    responses(
+        (status = 200, description = "The secrets after the rotation", body = SecretView),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
 pub(crate) async fn rotate_secret(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -442,7 +515,8 @@ pub(crate) async fn rotate_secret(
 }
 
 /// An attempt as the API shows it; the response body is the first 4 KiB as text.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Attempt)]
 pub(crate) struct AttemptView {
     id: AttemptId,
     delivery_id: billhook_core::ids::DeliveryId,
@@ -475,6 +549,13 @@ impl From<AttemptRecord> for AttemptView {
     }
 }
 
+/// Every attempt to deliver to the endpoint, newest first.
+#[utoipa::path(get, path = "/v1/endpoints/{id}/attempts", tag = "endpoints",
+    params(("id" = String, Path, description = "The endpoint's id (`ep_…`)"), ListParams),
+    responses(
+        (status = 200, description = "A page of attempts", body = Page<AttemptView>),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
 pub(crate) async fn attempts(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -498,18 +579,26 @@ pub(crate) async fn attempts(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Recover {
+    /// Resend what failed, died or was held since this time.
     since: Timestamp,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Recovered {
+    /// How many deliveries will be attempted again.
     recovered: u64,
 }
 
 /// Resends every failed, dead or held delivery of the endpoint created since `since`.
+#[utoipa::path(post, path = "/v1/endpoints/{id}/recover", tag = "endpoints", request_body = Recover,
+    params(("id" = String, Path, description = "The endpoint's id (`ep_…`)")),
+    responses(
+        (status = 200, description = "Deliveries scheduled", body = Recovered),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
 pub(crate) async fn recover(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,

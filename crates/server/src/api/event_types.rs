@@ -8,13 +8,20 @@ use billhook_core::schema::event_schema;
 use serde::Serialize;
 
 use crate::error::ApiError;
+#[allow(unused_imports, reason = "named in the OpenAPI attributes")]
+use crate::error::ErrorBody as Error;
 
-#[derive(Debug, Serialize)]
+/// A canonical event type with the JSON Schema (draft 2020-12) of its events.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = EventTypeInfo)]
 pub(crate) struct EventTypeView {
     name: &'static str,
     description: &'static str,
+    /// The kinds of entity its `data` may describe.
     subject_kinds: Vec<&'static str>,
     schema_version: u32,
+    /// A standalone JSON Schema document.
+    #[schema(value_type = Object)]
     schema: serde_json::Value,
 }
 
@@ -32,17 +39,30 @@ fn view(event_type: EventType) -> EventTypeView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Catalog {
     data: Vec<EventTypeView>,
 }
 
+/// The canonical event catalog.
+#[utoipa::path(get, path = "/v1/event-types", tag = "events",
+    responses(
+        (status = 200, description = "Every canonical type", body = Catalog),
+        (status = 401, description = "No valid token", body = Error),
+    ))]
 pub(crate) async fn list() -> Json<Catalog> {
     Json(Catalog {
         data: EventType::ALL.iter().copied().map(view).collect(),
     })
 }
 
+/// One canonical type.
+#[utoipa::path(get, path = "/v1/event-types/{name}", tag = "events",
+    params(("name" = String, Path, description = "The type's name (`invoice.paid`)")),
+    responses(
+        (status = 200, description = "The type", body = EventTypeView),
+        (status = 401, description = "No valid token", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
 pub(crate) async fn show(Path(name): Path<String>) -> Result<Json<EventTypeView>, ApiError> {
     let event_type: EventType = name
         .parse()

@@ -15,22 +15,34 @@ use serde_json::value::RawValue;
 
 use super::endpoints::AttemptView;
 use super::inbound::InboundView;
-use super::{ApiQuery, page_limit, parse_cursor, raw_json, raw_page};
+use super::{ApiQuery, Page, page_limit, parse_cursor, raw_json, raw_page};
+#[allow(unused_imports, reason = "named in the OpenAPI attributes")]
+use crate::error::ErrorBody as Error;
+#[allow(unused_imports, reason = "named in the OpenAPI attributes")]
+use billhook_core::event::CanonicalEvent;
+
 use crate::App;
 use crate::error::ApiError;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
+    /// Only this canonical type (`invoice.paid`).
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     event_type: Option<String>,
+    /// Only events from this source.
     source: Option<String>,
+    /// Only events about this provider id (`inv_…`, `pay_…`).
     subject: Option<String>,
     /// Only events received at or after this time (RFC 3339).
     since: Option<String>,
     /// Only events received before this time (RFC 3339).
     until: Option<String>,
+    /// Page size, 1 to 500 (default 50).
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -46,6 +58,13 @@ pub(crate) fn time_param(name: &str, value: Option<&str>) -> Result<Option<Times
         .transpose()
 }
 
+/// Canonical events, newest first, exactly as delivered.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(ListParams),
+    responses(
+        (status = 200, description = "A page of events", body = Page<CanonicalEvent>),
+        (status = 400, description = "A parameter is invalid", body = Error),
+        (status = 401, description = "No valid token", body = Error),
+    ))]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
     ApiQuery(params): ApiQuery<ListParams>,
@@ -81,12 +100,16 @@ pub(crate) async fn list(
 }
 
 /// A delivery of an event, with its attempts oldest first.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Delivery)]
 pub(crate) struct DeliveryView {
     id: DeliveryId,
     endpoint_id: EndpointId,
+    /// The `webhook-id` the endpoint receives: the event id, or the stored request's for raw
+    /// endpoints.
     message_id: String,
     event_type: String,
+    /// `pending`, `failed` (retrying), `delivered`, `dead`, `held` or `cancelled`.
     status: &'static str,
     attempt_count: u32,
     next_attempt_at: Option<Timestamp>,
@@ -120,13 +143,23 @@ impl DeliveryView {
     }
 }
 
-#[derive(serde::Serialize)]
-struct EventDetail<'a> {
-    event: &'a RawValue,
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct EventDetail {
+    #[schema(value_type = CanonicalEvent)]
+    event: Box<RawValue>,
+    /// The provider's request it came from (absent once retention removed it).
     inbound: Option<InboundView>,
     deliveries: Vec<DeliveryView>,
 }
 
+/// One event with the provider request it came from and every delivery with its attempts.
+#[utoipa::path(get, path = "/v1/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "The event's id (`evt_…`)")),
+    responses(
+        (status = 200, description = "The event", body = EventDetail),
+        (status = 401, description = "No valid token", body = Error),
+        (status = 404, description = "No such event", body = Error),
+    ))]
 pub(crate) async fn show(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -140,7 +173,7 @@ pub(crate) async fn show(
     let inbound = app.store.inbound(event.inbound_id).await?;
     let deliveries = app.store.deliveries_of_event(id, event.inbound_id).await?;
     let payload = std::str::from_utf8(&event.payload).map_err(|e| ApiError::internal(&e))?;
-    let raw: &RawValue = serde_json::from_str(payload).map_err(|e| ApiError::internal(&e))?;
+    let raw: Box<RawValue> = serde_json::from_str(payload).map_err(|e| ApiError::internal(&e))?;
     let detail = EventDetail {
         event: raw,
         inbound: inbound.map(InboundView::from),
@@ -153,19 +186,30 @@ pub(crate) async fn show(
     Ok(raw_json(StatusCode::OK, body))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Redeliver {
     /// Only to this endpoint; it gets a delivery even if it never had one.
     endpoint_id: Option<String>,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Redelivered {
+    /// The deliveries that will be attempted again (or anew).
     deliveries: Vec<DeliveryId>,
 }
 
 /// Sends an event again to the endpoints that had it (or to one endpoint).
+#[utoipa::path(post, path = "/v1/events/{id}/redeliver", tag = "events",
+    params(("id" = String, Path, description = "The event's id (`evt_…`)")),
+    request_body(content = Option<Redeliver>, description = "Optional: one endpoint to deliver to"),
+    responses(
+        (status = 202, description = "Deliveries scheduled", body = Redelivered),
+        (status = 400, description = "The body or endpoint is invalid", body = Error),
+        (status = 401, description = "No valid token", body = Error),
+        (status = 403, description = "The token's scope is read", body = Error),
+        (status = 404, description = "No such event", body = Error),
+    ))]
 pub(crate) async fn redeliver(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,

@@ -16,21 +16,30 @@ use billhook_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ApiQuery, page_limit, parse_cursor};
+use super::{ApiQuery, Page, page_limit, parse_cursor};
 use crate::App;
 use crate::error::ApiError;
+#[allow(unused_imports, reason = "named in the OpenAPI attributes")]
+use crate::error::ErrorBody as Error;
 use crate::ingest::canonical_events;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
+    /// `processed`, `quarantined` or `duplicate`.
     status: Option<String>,
+    /// Only requests to this source.
     source: Option<String>,
+    /// Page size, 1 to 500 (default 50).
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// Why a request could not be normalized.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RecordedError)]
 pub(crate) struct ErrorView {
     code: String,
     message: String,
@@ -45,12 +54,15 @@ impl From<RecordedError> for ErrorView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A stored request, without its headers and body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = InboundSummary)]
 pub(crate) struct InboundSummaryView {
     id: InboundId,
     source: String,
     provider: String,
     received_at: Timestamp,
+    /// `processed`, `quarantined` or `duplicate`.
     status: &'static str,
     provider_event: Option<String>,
     provider_event_id: Option<String>,
@@ -78,7 +90,8 @@ impl From<InboundSummary> for InboundSummaryView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Header)]
 pub(crate) struct HeaderView {
     name: String,
     value: String,
@@ -86,7 +99,8 @@ pub(crate) struct HeaderView {
 
 /// A stored request as the API shows it. The body is text when it is UTF-8 (exactly the bytes
 /// received) and base64 otherwise.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Inbound)]
 pub(crate) struct InboundView {
     id: InboundId,
     source: String,
@@ -142,12 +156,12 @@ impl From<InboundRecord> for InboundView {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct Page<T> {
-    data: Vec<T>,
-    next_cursor: Option<String>,
-}
-
+/// Stored provider requests, newest first, without bodies.
+#[utoipa::path(get, path = "/v1/inbound", tag = "inbound", params(ListParams),
+    responses(
+        (status = 200, description = "A page of requests", body = Page<InboundSummaryView>),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error),
+    ))]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
     ApiQuery(params): ApiQuery<ListParams>,
@@ -182,6 +196,14 @@ pub(crate) async fn list(
     }))
 }
 
+/// One stored request: kept headers (credentials redacted), the body, the verification outcome
+/// and the error, if any.
+#[utoipa::path(get, path = "/v1/inbound/{id}", tag = "inbound",
+    params(("id" = String, Path, description = "The request's id (`inb_…`)")),
+    responses(
+        (status = 200, description = "The request", body = InboundView),
+        (status = 401, description = "No valid token", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
 pub(crate) async fn show(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -198,7 +220,8 @@ pub(crate) async fn show(
 }
 
 /// What reprocessing one request did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Reprocessed)]
 pub(crate) struct ReprocessView {
     id: InboundId,
     /// `processed`, `quarantined`, `duplicate` or `not_quarantined`.
@@ -208,6 +231,13 @@ pub(crate) struct ReprocessView {
     duplicate_of: Option<InboundId>,
 }
 
+/// Runs a quarantined request through today's provider code.
+#[utoipa::path(post, path = "/v1/inbound/{id}/reprocess", tag = "inbound",
+    params(("id" = String, Path, description = "The request's id (`inb_…`)")),
+    responses(
+        (status = 200, description = "What reprocessing did", body = ReprocessView),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
 pub(crate) async fn reprocess_one(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -223,14 +253,15 @@ pub(crate) async fn reprocess_one(
     Ok(Json(reprocess(&app, record).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReprocessAllParams {
     source: Option<String>,
     limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ReprocessedAll)]
 pub(crate) struct ReprocessAllView {
     attempted: usize,
     processed: usize,
@@ -240,6 +271,12 @@ pub(crate) struct ReprocessAllView {
 }
 
 /// Reprocesses up to `limit` quarantined requests, oldest first.
+#[utoipa::path(post, path = "/v1/inbound/reprocess", tag = "inbound",
+    request_body(content = Option<ReprocessAllParams>, description = "Optional: a source and a limit"),
+    responses(
+        (status = 200, description = "What reprocessing did", body = ReprocessAllView),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error),
+    ))]
 pub(crate) async fn reprocess_all(
     State(app): State<Arc<App>>,
     body: bytes::Bytes,

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use super::{ApiQuery, MAX_LIMIT, page_limit};
 use crate::App;
 use crate::error::ApiError;
+#[allow(unused_imports, reason = "named in the OpenAPI attributes")]
+use crate::error::ErrorBody as Error;
 
 /// The kinds the ledger lists, with their path segment and name.
 #[derive(Debug, Clone, Copy)]
@@ -64,18 +66,23 @@ pub(crate) const LISTINGS: &[Listing] = &[
     },
 ];
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
     /// Invoices and bills: `outstanding`, `overdue` or `paid`; any kind: a status word.
     status: Option<String>,
     /// Payments: only succeeded payments linked to no invoice or bill.
     unmatched: Option<bool>,
+    /// Only this provider (`razorpay`, `zwitch`, `setu_bbps`, `caminvoice`).
     provider: Option<String>,
+    /// Only this source.
     source: Option<String>,
     /// The provider's id or the invoice number.
     reference: Option<String>,
+    /// Page size, 1 to 500 (default 50).
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// `json` (default) or `csv`.
     format: Option<String>,
@@ -266,7 +273,8 @@ struct PageView<'a> {
 }
 
 /// One ledger entity as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = LedgerEntry)]
 pub(crate) struct EntityView<'a> {
     id: &'a str,
     kind: &'static str,
@@ -280,39 +288,35 @@ pub(crate) struct EntityView<'a> {
     provider_status: Option<&'a str>,
     currency: Option<Currency>,
     amount: Option<Amount>,
-    #[serde(flatten)]
-    totals: Option<Totals>,
-    #[serde(flatten)]
-    link: Option<LinkView<'a>>,
+    /// Invoices and bills: what linked payments (or a paid status) cover.
+    paid: Option<Amount>,
+    /// Invoices and bills: what is still owed (`null` when the amount is unknown).
+    due: Option<Amount>,
+    /// Invoices and bills: what was paid beyond the amount.
+    overpaid: Option<Amount>,
+    /// Invoices and bills: when an outstanding one becomes overdue.
+    due_by: Option<Timestamp>,
+    /// Invoices and bills: outstanding past `due_by`.
+    overdue: Option<bool>,
+    /// Invoices: when linked payments first covered the amount.
+    settled_at: Option<Timestamp>,
+    /// Invoices: the `invoice.settled` event.
+    settled_event: Option<EventId>,
+    /// Payments: what the payment contributes to an invoice (its amount net of refunds once it
+    /// succeeded, else 0).
+    counted: Option<Amount>,
+    /// Payments: the invoice or bill it pays.
+    linked_to: Option<&'a str>,
+    /// Payments: the reference that linked it (`invoice_id`, `merchant_reference`, …).
+    link_rule: Option<&'a str>,
+    /// Payments: the `payment.unmatched` event, if one was announced.
+    unmatched_event: Option<EventId>,
     created_at: Timestamp,
     updated_at: Timestamp,
     /// The stored message the latest snapshot came from.
     inbound_id: InboundId,
     /// The latest snapshot, as canonical events carry it.
     data: &'a EntityData,
-}
-
-/// What an invoice or bill is owed and has been paid.
-#[derive(Serialize)]
-struct Totals {
-    paid: Amount,
-    due: Option<Amount>,
-    overpaid: Amount,
-    due_by: Option<Timestamp>,
-    overdue: bool,
-    settled_at: Option<Timestamp>,
-    settled_event: Option<EventId>,
-}
-
-/// What a payment counts towards, and where it is linked.
-#[derive(Serialize)]
-struct LinkView<'a> {
-    /// What the payment contributes to an invoice: its amount net of refunds once it succeeded.
-    counted: Amount,
-    linked_to: Option<&'a str>,
-    /// The reference that linked it (`invoice_id`, `merchant_reference`, …).
-    link_rule: Option<&'a str>,
-    unmatched_event: Option<EventId>,
 }
 
 fn is_outstanding(entity: &Entity) -> bool {
@@ -326,6 +330,7 @@ fn is_outstanding(entity: &Entity) -> bool {
 impl<'a> EntityView<'a> {
     pub(crate) fn new(entity: &'a Entity, now: Timestamp) -> Self {
         let payable = is_payable(entity.kind);
+        let payment = entity.kind == SubjectKind::Payment;
         let number = match entity.kind {
             SubjectKind::Invoice | SubjectKind::Bill => entity.keys.number.as_deref(),
             _ => None,
@@ -341,21 +346,18 @@ impl<'a> EntityView<'a> {
             provider_status: entity.provider_status.as_deref(),
             currency: entity.currency,
             amount: entity.amount,
-            totals: payable.then(|| Totals {
-                paid: entity.paid,
-                due: entity.due,
-                overpaid: entity.overpaid,
-                due_by: entity.due_by,
-                overdue: is_outstanding(entity) && entity.due_by.is_some_and(|by| by < now),
-                settled_at: entity.settled_at,
-                settled_event: entity.settled_event,
-            }),
-            link: (entity.kind == SubjectKind::Payment).then_some(LinkView {
-                counted: entity.counted,
-                linked_to: entity.linked_to.as_deref(),
-                link_rule: entity.link_rule.as_deref(),
-                unmatched_event: entity.unmatched_event,
-            }),
+            paid: payable.then_some(entity.paid),
+            due: if payable { entity.due } else { None },
+            overpaid: payable.then_some(entity.overpaid),
+            due_by: if payable { entity.due_by } else { None },
+            overdue: payable
+                .then(|| is_outstanding(entity) && entity.due_by.is_some_and(|by| by < now)),
+            settled_at: entity.settled_at,
+            settled_event: entity.settled_event,
+            counted: payment.then_some(entity.counted),
+            linked_to: entity.linked_to.as_deref(),
+            link_rule: entity.link_rule.as_deref(),
+            unmatched_event: entity.unmatched_event,
             created_at: entity.created_at,
             updated_at: entity.updated_at,
             inbound_id: entity.inbound_id,
@@ -365,7 +367,8 @@ impl<'a> EntityView<'a> {
 }
 
 /// A status an entity reported, in the order billhook received them.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = LedgerHistoryEntry)]
 struct HistoryView<'a> {
     event_id: EventId,
     event_type: &'static str,
@@ -395,7 +398,8 @@ impl<'a> From<&'a HistoryEntry> for HistoryView<'a> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = LedgerEntryDetail)]
 struct DetailView<'a> {
     #[serde(flatten)]
     entity: EntityView<'a>,
@@ -548,27 +552,65 @@ fn is_decimal(value: &str) -> bool {
             .all(|b| b.is_ascii_digit())
 }
 
-/// Serves the listings from [`LISTINGS`].
-pub(crate) fn routes() -> axum::Router<Arc<App>> {
-    let mut router = axum::Router::new();
-    for &listing in LISTINGS {
-        router = router
-            .route(
-                &format!("/{}", listing.plural),
-                axum::routing::get(
-                    move |State(app): State<Arc<App>>, ApiQuery(params): ApiQuery<ListParams>| {
-                        list(app, listing, params)
-                    },
-                ),
-            )
-            .route(
-                &format!("/{}/{{id}}", listing.plural),
-                axum::routing::get(move |State(app): State<Arc<App>>, Path(id): Path<String>| {
-                    show(app, listing, id)
-                }),
-            );
-    }
-    router
+/// One documented handler pair per listing (the OpenAPI document needs a function per path).
+macro_rules! ledger_handlers {
+    ($($kind:ident: $list:ident $list_path:literal, $show:ident $show_path:literal, $what:literal;)*) => {
+        $(
+            #[doc = concat!("Ledger ", $what, ", newest first; `format=csv` exports every match.")]
+            #[utoipa::path(get, path = $list_path, tag = "ledger", params(ListParams),
+                responses(
+                    (status = 200, description = "A page of entries, or a CSV export",
+                        content((super::Page<EntityView<'static>> = "application/json"), (String = "text/csv"))),
+                    (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error),
+                ))]
+            pub(crate) async fn $list(
+                State(app): State<Arc<App>>,
+                ApiQuery(params): ApiQuery<ListParams>,
+            ) -> Result<Response, ApiError> {
+                list(app, listing(SubjectKind::$kind), params).await
+            }
+
+            #[doc = concat!("One of the ledger's ", $what, " with its status history and links. The id is billhook's or a provider id or number that names one entry.")]
+            #[utoipa::path(get, path = $show_path, tag = "ledger",
+                params(("id" = String, Path, description = "billhook's id, or a provider id or invoice number")),
+                responses(
+                    (status = 200, description = "The entry", body = DetailView<'static>),
+                    (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 404, description = "Not found", body = Error),
+                ))]
+            pub(crate) async fn $show(
+                State(app): State<Arc<App>>,
+                Path(id): Path<String>,
+            ) -> Result<Response, ApiError> {
+                show(app, listing(SubjectKind::$kind), id).await
+            }
+        )*
+
+        /// Serves the listings.
+        pub(crate) fn routes() -> axum::Router<Arc<App>> {
+            axum::Router::new()
+                $(
+                    .route(&$list_path["/v1".len()..], axum::routing::get($list))
+                    .route(&$show_path["/v1".len()..], axum::routing::get($show))
+                )*
+        }
+    };
+}
+
+ledger_handlers! {
+    Invoice: list_invoices "/v1/invoices", show_invoice "/v1/invoices/{id}", "invoices";
+    Payment: list_payments "/v1/payments", show_payment "/v1/payments/{id}", "payments";
+    Bill: list_bills "/v1/bills", show_bill "/v1/bills/{id}", "BBPS bills";
+    Biller: list_billers "/v1/billers", show_biller "/v1/billers/{id}", "BBPS billers";
+    Dispute: list_disputes "/v1/disputes", show_dispute "/v1/disputes/{id}", "BBPS disputes";
+    Document: list_documents "/v1/documents", show_document "/v1/documents/{id}", "CamInvoice documents";
+}
+
+fn listing(kind: SubjectKind) -> Listing {
+    LISTINGS
+        .iter()
+        .copied()
+        .find(|l| l.kind == kind)
+        .unwrap_or(LISTINGS[0])
 }
 
 #[cfg(test)]

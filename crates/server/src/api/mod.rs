@@ -2,6 +2,7 @@
 //! reading, `admin` for everything else), cursor pagination (`{"data": […], "next_cursor": …}`),
 //! errors from the one table in [`crate::error`].
 
+pub mod docs;
 pub(crate) mod endpoints;
 mod event_types;
 pub(crate) mod events;
@@ -59,6 +60,8 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route_layer(middleware::from_fn_with_state(app, require_token))
+        // The API's description is public, like any API reference.
+        .route("/openapi.json", get(docs::serve))
 }
 
 /// Lets a request through when its bearer token's scope covers what it asks; the caller's
@@ -143,6 +146,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             .map(|j| ApiJson(j.0))
             .map_err(|rejection: JsonRejection| ApiError::invalid(rejection.body_text()))
     }
+}
+
+/// One page of a listing: `{"data": […], "next_cursor": …}`; pass `next_cursor` as `cursor` to
+/// continue.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Page<T> {
+    pub data: Vec<T>,
+    /// `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// Default and maximum page sizes.

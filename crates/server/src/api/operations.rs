@@ -16,9 +16,12 @@ use serde::Serialize;
 use crate::App;
 use crate::background::{prune_now, retention_cutoff};
 use crate::error::ApiError;
+#[allow(unused_imports, reason = "named in the OpenAPI attributes")]
+use crate::error::ErrorBody as Error;
 
 /// One configured source with its recent traffic.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Source)]
 pub(crate) struct SourceView {
     pub name: String,
     pub provider: &'static str,
@@ -36,7 +39,8 @@ pub(crate) struct SourceView {
     pub last_verification_failure: Option<FailureView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = VerificationFailure)]
 pub(crate) struct FailureView {
     pub at: Timestamp,
     pub code: String,
@@ -93,11 +97,17 @@ pub(crate) async fn source_views(app: &App) -> Result<Vec<SourceView>, ApiError>
         .collect())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SourceList {
     data: Vec<SourceView>,
 }
 
+/// The configured sources with their latest traffic and verification failures.
+#[utoipa::path(get, path = "/v1/sources", tag = "operations",
+    responses(
+        (status = 200, description = "Every configured source", body = SourceList),
+        (status = 401, description = "No valid token", body = Error),
+    ))]
 pub(crate) async fn sources(State(app): State<Arc<App>>) -> Result<Json<impl Serialize>, ApiError> {
     Ok(Json(SourceList {
         data: source_views(&app).await?,
@@ -105,7 +115,8 @@ pub(crate) async fn sources(State(app): State<Arc<App>>) -> Result<Json<impl Ser
 }
 
 /// Counts of what retention removes.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = PruneCounts)]
 pub(crate) struct PruneView {
     pub inbound: u64,
     pub events: u64,
@@ -126,7 +137,8 @@ impl From<PruneReport> for PruneView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Retention)]
 struct RetentionView {
     /// `retention.max_age`.
     max_age: String,
@@ -136,6 +148,12 @@ struct RetentionView {
     would_remove: PruneView,
 }
 
+/// What retention would remove now.
+#[utoipa::path(get, path = "/v1/retention", tag = "operations",
+    responses(
+        (status = 200, description = "The retention settings and what they would remove", body = RetentionView),
+        (status = 401, description = "No valid token", body = Error),
+    ))]
 pub(crate) async fn retention(
     State(app): State<Arc<App>>,
 ) -> Result<Json<impl Serialize>, ApiError> {
@@ -149,11 +167,17 @@ pub(crate) async fn retention(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Pruned {
     removed: PruneView,
 }
 
+/// Removes now what retention would remove, batch by batch.
+#[utoipa::path(post, path = "/v1/retention/prune", tag = "operations",
+    responses(
+        (status = 200, description = "What was removed", body = Pruned),
+        (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error),
+    ))]
 pub(crate) async fn prune(State(app): State<Arc<App>>) -> Result<Json<impl Serialize>, ApiError> {
     // A manual run is not interrupted by shutdown signals of its own.
     let (_keep, mut never) = tokio::sync::watch::channel(false);

@@ -16,21 +16,42 @@ use serde::{Deserialize, Serialize};
 use super::ApiJson;
 use crate::App;
 use crate::error::ApiError;
+#[allow(unused_imports, reason = "named in the OpenAPI attributes")]
+use crate::error::ErrorBody as Error;
 
-#[derive(Debug, Deserialize)]
+/// A token's scope, as a schema.
+pub(crate) struct ScopeName;
+
+impl utoipa::PartialSchema for ScopeName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(["read", "admin"]))
+            .description(Some("`read`: look, change nothing; `admin`: everything."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ScopeName {}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateToken {
     /// What the token is for (`ci`, `grafana`).
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
     /// `read` or `admin`.
+    #[schema(value_type = ScopeName)]
     scope: Scope,
 }
 
 /// A token as listed: never the token itself.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Token)]
 pub(crate) struct TokenView {
     id: TokenId,
     name: String,
+    #[schema(value_type = ScopeName)]
     scope: Scope,
     /// The token's first characters, to recognise it.
     hint: String,
@@ -54,18 +75,25 @@ impl From<TokenRecord> for TokenView {
 }
 
 /// The answer to a creation: the only time the token is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct CreatedToken {
     #[serde(flatten)]
     view: TokenView,
+    /// The token (`bh_…`): store it now, billhook keeps only its digest.
     token: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct TokenList {
     data: Vec<TokenView>,
 }
 
+/// Creates an admin token with a `read` or `admin` scope; the answer is the only time it is shown.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateToken,
+    responses(
+        (status = 201, description = "Created", body = CreatedToken),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error),
+    ))]
 pub(crate) async fn create(
     State(app): State<Arc<App>>,
     ApiJson(body): ApiJson<CreateToken>,
@@ -97,6 +125,12 @@ pub(crate) async fn create(
         .into_response())
 }
 
+/// Every token, revoked ones included (never the tokens themselves).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    responses(
+        (status = 200, description = "The tokens", body = TokenList),
+        (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error),
+    ))]
 pub(crate) async fn list(State(app): State<Arc<App>>) -> Result<Json<impl Serialize>, ApiError> {
     let data = app
         .store
@@ -108,6 +142,13 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Result<Json<impl Serial
     Ok(Json(TokenList { data }))
 }
 
+/// Revokes a token; its console sessions end with it.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "The token's id (`tok_…`)")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
 pub(crate) async fn revoke(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,

@@ -1,0 +1,146 @@
+//! The OpenAPI 3.1 document, generated from the handlers' own annotations: served at
+//! `/v1/openapi.json`, printed by `billhook openapi`, committed as `docs/openapi.json` and
+//! checked against it by a test, so the document cannot drift from the code.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{endpoints, event_types, events, inbound, ledger, operations, tokens};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "billhook",
+        description = "A webhook gateway for invoice, payment and bill events from Razorpay, Zwitch (UPI collect and Bharat Connect), Setu BBPS and CamInvoice: ingest, the admin API, the ledger and operations. Every `/v1` route needs `Authorization: Bearer <token>`; a `read` token may call the GET routes except secrets and tokens. Errors are `{code, message}`.",
+        license(name = "Apache-2.0"),
+    ),
+    paths(
+        crate::ingest::receive,
+        crate::ingest::receive_with_token,
+        events::list,
+        events::show,
+        events::redeliver,
+        event_types::list,
+        event_types::show,
+        inbound::list,
+        inbound::show,
+        inbound::reprocess_one,
+        inbound::reprocess_all,
+        endpoints::create,
+        endpoints::list,
+        endpoints::show,
+        endpoints::update,
+        endpoints::delete,
+        endpoints::secret,
+        endpoints::rotate_secret,
+        endpoints::attempts,
+        endpoints::recover,
+        ledger::list_invoices,
+        ledger::show_invoice,
+        ledger::list_payments,
+        ledger::show_payment,
+        ledger::list_bills,
+        ledger::show_bill,
+        ledger::list_billers,
+        ledger::show_biller,
+        ledger::list_disputes,
+        ledger::show_dispute,
+        ledger::list_documents,
+        ledger::show_document,
+        tokens::create,
+        tokens::list,
+        tokens::revoke,
+        operations::sources,
+        operations::retention,
+        operations::prune,
+        crate::health::alive,
+        crate::health::ready,
+        crate::health::metrics,
+    ),
+    modifiers(&AdminToken),
+    security(("admin_token" = [])),
+    tags(
+        (name = "ingest", description = "Where providers post their webhooks"),
+        (name = "events", description = "Canonical events, their deliveries and the catalog"),
+        (name = "inbound", description = "Stored provider requests and quarantine"),
+        (name = "endpoints", description = "Subscriber endpoints, secrets, attempts and recovery"),
+        (name = "ledger", description = "Invoices, payments, bills, billers, disputes and documents as billhook concludes them"),
+        (name = "tokens", description = "Admin tokens"),
+        (name = "operations", description = "Sources and retention"),
+        (name = "health", description = "Liveness, readiness and metrics"),
+    ),
+)]
+pub struct ApiDoc;
+
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The configuration's admin token, or one from `billhook token create`.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as pretty JSON, as committed in `docs/openapi.json`.
+pub fn openapi_json() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".to_owned());
+    text.push('\n');
+    text
+}
+
+pub(crate) async fn serve() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        openapi_json(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_document_matches_the_code() {
+        let committed = include_str!("../../../../docs/openapi.json");
+        assert!(
+            committed == openapi_json(),
+            "docs/openapi.json is out of date: run `cargo run -p billhook -- openapi > docs/openapi.json`"
+        );
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_and_covers_every_route() {
+        let document: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        assert_eq!(document["openapi"], "3.1.0");
+        let paths = document["paths"].as_object().unwrap();
+        for path in [
+            "/ingest/{source}",
+            "/v1/events/{id}/redeliver",
+            "/v1/endpoints/{id}/recover",
+            "/v1/invoices",
+            "/v1/tokens/{id}",
+            "/v1/retention/prune",
+            "/metrics",
+        ] {
+            assert!(paths.contains_key(path), "{path}");
+        }
+        assert_eq!(
+            document["components"]["securitySchemes"]["admin_token"]["scheme"],
+            "bearer"
+        );
+    }
+}
