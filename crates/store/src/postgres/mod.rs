@@ -36,6 +36,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         4,
         include_str!("../../migrations/postgres/0004_operations.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_lean_indexes.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming billhook's migration lock.

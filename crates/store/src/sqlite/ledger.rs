@@ -263,8 +263,11 @@ impl LedgerRepo for SqliteLedger<'_> {
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
         query_entities(
             self.connection,
-            "(kind = 'invoice' AND (provider_id IN (?1, ?3, ?4) OR order_ref = ?2 OR number IN (?3, ?4)))
-             OR (kind = 'bill' AND (provider_id = ?5 OR number = ?6))",
+            // The first line lets SQLite look each reference up in its own index (a
+            // multi-index OR); `+kind` keeps it from scanning every entity of the kind instead.
+            "(provider_id IN (?1, ?3, ?4, ?5) OR order_ref = ?2 OR number IN (?3, ?4, ?6))
+             AND ((+kind = 'invoice' AND (provider_id IN (?1, ?3, ?4) OR order_ref = ?2 OR number IN (?3, ?4)))
+               OR (+kind = 'bill' AND (provider_id = ?5 OR number = ?6)))",
             &[
                 text(&refs.invoice_id),
                 text(&refs.order_id),
@@ -282,13 +285,13 @@ impl LedgerRepo for SqliteLedger<'_> {
         match target.kind {
             SubjectKind::Invoice => query_entities(
                 self.connection,
-                "kind = 'payment' AND linked_to IS NULL AND (ref_invoice = ?1 OR ref_order = ?2
-                   OR ref_merchant IN (?1, ?3) OR ref_remark IN (?1, ?3))",
+                "(ref_invoice = ?1 OR ref_order = ?2 OR ref_merchant IN (?1, ?3) OR ref_remark IN (?1, ?3))
+                 AND +kind = 'payment' AND +linked_to IS NULL",
                 &[id, text(&target.keys.order_id), number],
             ),
             SubjectKind::Bill => query_entities(
                 self.connection,
-                "kind = 'payment' AND linked_to IS NULL AND (ref_bill = ?1 OR ref_biller = ?2)",
+                "(ref_bill = ?1 OR ref_biller = ?2) AND +kind = 'payment' AND +linked_to IS NULL",
                 &[id, number],
             ),
             _ => Ok(Vec::new()),

@@ -33,6 +33,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_operations.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_lean_indexes.sql"),
+    ),
 ];
 
 /// At most this many jobs share one transaction.
@@ -59,10 +63,11 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        let checkpointer = Checkpointer::start(&path)?;
         let (sender, receiver) = mpsc::channel::<Job>(4096);
         let thread = std::thread::Builder::new()
             .name("billhook-sqlite-writer".to_owned())
-            .spawn(move || write_loop(connection, receiver))
+            .spawn(move || write_loop(connection, receiver, checkpointer))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             writer: Mutex::new(Some(sender)),
@@ -152,22 +157,31 @@ fn in_savepoint<R>(
     connection: &Connection,
     work: impl FnOnce(&Connection) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
-    connection
-        .execute_batch("SAVEPOINT job")
-        .map_err(db_error)?;
+    // Cached statements: a group runs hundreds of jobs, each opening and closing a savepoint.
+    let run = |sql: &str| {
+        connection
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map_err(db_error)
+    };
+    run("SAVEPOINT job")?;
     match work(connection) {
         Ok(result) => {
-            connection.execute_batch("RELEASE job").map_err(db_error)?;
+            run("RELEASE job")?;
             Ok(result)
         }
         Err(error) => {
-            let _ = connection.execute_batch("ROLLBACK TO job; RELEASE job");
+            let _ = run("ROLLBACK TO job").and_then(|_| run("RELEASE job"));
             Err(error)
         }
     }
 }
 
-fn write_loop(connection: Connection, mut receiver: mpsc::Receiver<Job>) {
+fn write_loop(
+    connection: Connection,
+    mut receiver: mpsc::Receiver<Job>,
+    checkpointer: Checkpointer,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = receiver.blocking_recv() {
         group.push(first);
@@ -194,6 +208,54 @@ fn write_loop(connection: Connection, mut receiver: mpsc::Receiver<Job>) {
         for completion in completions {
             completion(commit.clone());
         }
+        checkpointer.nudge();
+    }
+}
+
+/// Copies committed WAL frames into the database file on a thread of its own, so the writer
+/// never pays for a checkpoint inside a commit (SQLite's automatic checkpoint would run it on the
+/// writer, holding up every caller of the group). The writer nudges it after each commit;
+/// nudges that arrive while it works or rests coalesce into one.
+struct Checkpointer {
+    nudge: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Checkpointer {
+    /// Pause after a checkpoint, so that one checkpoint covers many commits.
+    const REST: std::time::Duration = std::time::Duration::from_millis(50);
+
+    fn start(path: &Path) -> Result<Self, StoreError> {
+        let connection = Connection::open(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        connection
+            .execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
+            .map_err(db_error)?;
+        let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("billhook-sqlite-checkpointer".to_owned())
+            .spawn(move || {
+                let checkpoint = |mode: &str| {
+                    if let Err(error) =
+                        connection
+                            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                    {
+                        tracing::warn!(%error, "WAL checkpoint failed");
+                    }
+                };
+                // Ends when the writer, and with it the sender, is gone.
+                while nudged.recv().is_ok() {
+                    checkpoint("PASSIVE");
+                    std::thread::sleep(Self::REST);
+                }
+                checkpoint("TRUNCATE");
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
+        Ok(Self { nudge })
+    }
+
+    fn nudge(&self) {
+        // Full means a checkpoint is already due.
+        let _ = self.nudge.try_send(());
     }
 }
 
@@ -209,6 +271,7 @@ fn open_writer(path: &Path, target: u32) -> Result<Connection, StoreError> {
         .execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
+             PRAGMA wal_autocheckpoint = 0;
              PRAGMA busy_timeout = 5000;
              PRAGMA temp_store = MEMORY;
              PRAGMA cache_size = -8000;",
