@@ -90,53 +90,75 @@ pub fn stable_hash(parts: &[&str]) -> u64 {
     hash
 }
 
-/// The names of everything applying `fact` may read or change: its entity and the references
-/// that link payments to invoices and bills. Writers that apply facts concurrently (several
-/// instances on one database) serialize on these names, so a payment and its invoice arriving
-/// at the same moment still find each other. Sorted and without repeats.
-pub fn lock_names(facts: &[Fact]) -> Vec<String> {
+/// A name writers serialize on, and whether they must hold it alone.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LockName {
+    pub name: String,
+    /// Exclusive for the entity a fact changes and for the references an invoice or bill is
+    /// known by; shared for the references a payment looks for, so payments naming the same
+    /// reference (a common remark) do not wait for each other, only for the invoice or bill
+    /// that answers to it.
+    pub exclusive: bool,
+}
+
+/// The names of everything applying `facts` may read or change: their entities and the
+/// references that link payments to invoices and bills. Writers that apply facts concurrently
+/// (several instances on one database) serialize on these names, so a payment and its invoice
+/// arriving at the same moment still find each other. Sorted by name, each once (exclusive when
+/// any fact needs it so).
+pub fn lock_names(facts: &[Fact]) -> Vec<LockName> {
     let mut names = Vec::new();
+    let mut add = |name: String, exclusive: bool| names.push(LockName { name, exclusive });
     for fact in facts {
         let kind = fact.data.kind();
         if !tracks(kind) {
             continue;
         }
-        names.push(format!(
-            "entity/{}/{}/{}",
-            kind.as_str(),
-            fact.provider,
-            fact.data.provider_id()
-        ));
-        let references: Vec<&Option<String>> = match &fact.data {
+        add(
+            format!(
+                "entity/{}/{}/{}",
+                kind.as_str(),
+                fact.provider,
+                fact.data.provider_id()
+            ),
+            true,
+        );
+        let (references, exclusive): (Vec<&Option<String>>, bool) = match &fact.data {
             EntityData::Payment(payment) => {
                 let r = &payment.references;
-                vec![
+                let sought = vec![
                     &r.invoice_id,
                     &r.order_id,
                     &r.merchant_reference,
                     &r.remark,
                     &r.bill_ref_id,
                     &r.biller_ref_id,
-                ]
+                ];
+                (sought, false)
             }
-            EntityData::Invoice(invoice) => vec![&invoice.number, &invoice.order_id],
-            EntityData::Bill(bill) => vec![&bill.biller_ref_id],
-            _ => Vec::new(),
+            EntityData::Invoice(invoice) => (vec![&invoice.number, &invoice.order_id], true),
+            EntityData::Bill(bill) => (vec![&bill.biller_ref_id], true),
+            _ => (Vec::new(), true),
         };
         if matches!(kind, SubjectKind::Invoice | SubjectKind::Bill) {
-            names.push(format!("ref/{}", fact.data.provider_id()));
+            add(format!("ref/{}", fact.data.provider_id()), true);
         }
-        names.extend(
-            references
-                .into_iter()
-                .flatten()
-                .filter(|value| !value.is_empty())
-                .map(|value| format!("ref/{value}")),
-        );
+        for value in references.into_iter().flatten() {
+            if !value.is_empty() {
+                add(format!("ref/{value}"), exclusive);
+            }
+        }
     }
+    // Exclusive sorts after shared for the same name; keep the last of each name.
     names.sort();
-    names.dedup();
-    names
+    let mut unique: Vec<LockName> = Vec::with_capacity(names.len());
+    for lock in names {
+        match unique.last_mut() {
+            Some(last) if last.name == lock.name => *last = lock,
+            _ => unique.push(lock),
+        }
+    }
+    unique
 }
 
 /// Which payment references a source's payments are matched on.

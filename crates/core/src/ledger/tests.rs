@@ -562,19 +562,46 @@ fn a_payment_and_the_invoice_it_names_share_a_lock_name() {
         "razorpay",
     );
     let invoice_names = lock_names(std::slice::from_ref(&invoice));
-    let shares = |fact: &Fact| {
-        lock_names(std::slice::from_ref(fact))
-            .iter()
-            .any(|name| invoice_names.contains(name))
+    // Two writers wait for each other when they name the same lock and one holds it alone.
+    let conflict = |a: &[LockName], b: &[LockName]| {
+        a.iter().any(|x| {
+            b.iter()
+                .any(|y| x.name == y.name && (x.exclusive || y.exclusive))
+        })
     };
-    assert!(shares(&by_id));
-    assert!(shares(&by_number));
-    assert!(!shares(&unrelated));
-    let both = lock_names(&[by_id.clone(), by_id]);
-    let mut sorted = both.clone();
-    sorted.sort();
+    let names = |fact: &Fact| lock_names(std::slice::from_ref(fact));
+    assert!(conflict(&names(&by_id), &invoice_names));
+    assert!(conflict(&names(&by_number), &invoice_names));
+    assert!(!conflict(&names(&unrelated), &invoice_names));
+    // Payments that seek the same reference do not wait for each other…
+    let same_reference = payment(
+        "pay_4",
+        "succeeded",
+        700,
+        None,
+        Some("N-inv_1"),
+        0,
+        None,
+        "zwitch",
+    );
+    assert!(!conflict(&names(&by_number), &names(&same_reference)));
+    // …but two snapshots of one payment do.
+    assert!(conflict(&names(&by_number), &names(&by_number.clone())));
+
+    let both = lock_names(&[by_id.clone(), by_id, invoice]);
+    let mut sorted: Vec<&str> = both.iter().map(|l| l.name.as_str()).collect();
+    sorted.sort_unstable();
     sorted.dedup();
-    assert_eq!(both, sorted, "names come sorted and once each");
+    assert_eq!(
+        both.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        sorted,
+        "names come sorted and once each"
+    );
+    let invoice_ref = format!("ref/{}", "inv_1");
+    assert!(
+        both.iter().any(|l| l.name == invoice_ref && l.exclusive),
+        "a name any fact needs alone is taken alone: {both:?}"
+    );
 }
 
 #[test]

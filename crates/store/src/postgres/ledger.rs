@@ -248,8 +248,11 @@ impl LedgerRepo for PgLedger<'_> {
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
         query_entities(
             self.transaction,
-            "(kind = 'invoice' AND (provider_id IN ($1, $3, $4) OR order_ref = $2 OR number IN ($3, $4)))
-             OR (kind = 'bill' AND (provider_id = $5 OR number = $6))",
+            // Locked: payments seeking one reference hold it only shared (see `lock_names`),
+            // so two of them paying one invoice take turns on the invoice's row instead.
+            "((kind = 'invoice' AND (provider_id IN ($1, $3, $4) OR order_ref = $2 OR number IN ($3, $4)))
+              OR (kind = 'bill' AND (provider_id = $5 OR number = $6)))
+             ORDER BY id FOR UPDATE",
             &[
                 &refs.invoice_id,
                 &refs.order_id,
@@ -352,15 +355,20 @@ pub(super) async fn apply_facts(
     // the same moment on two instances would each miss the other. Transaction-scoped advisory
     // locks on what the facts name make such writers take turns; taken in one sorted batch, so
     // two transactions never wait on each other in a cycle.
-    let keys: Vec<i64> = ledger::lock_names(facts)
+    let names = ledger::lock_names(facts);
+    let keys: Vec<i64> = names
         .iter()
-        .map(|name| to_bits(ledger::stable_hash(&["billhook-ledger", name])))
+        .map(|lock| to_bits(ledger::stable_hash(&["billhook-ledger", &lock.name])))
         .collect();
+    let exclusive: Vec<bool> = names.iter().map(|lock| lock.exclusive).collect();
     transaction
         .execute(
-            "SELECT pg_advisory_xact_lock(key)
-             FROM (SELECT DISTINCT unnest($1::bigint[]) AS key ORDER BY key) AS sorted",
-            &[&keys],
+            "SELECT CASE WHEN exclusive THEN pg_advisory_xact_lock(key)
+                         ELSE pg_advisory_xact_lock_shared(key) END
+             FROM (SELECT key, bool_or(exclusive) AS exclusive
+                   FROM unnest($1::bigint[], $2::bool[]) AS l(key, exclusive)
+                   GROUP BY key ORDER BY key) AS sorted",
+            &[&keys, &exclusive],
         )
         .await
         .map_err(pg_error)?;
