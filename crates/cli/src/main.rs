@@ -5,6 +5,7 @@
 #![allow(clippy::print_stderr)]
 
 mod admin;
+mod bench;
 mod client;
 mod endpoints;
 mod ledger;
@@ -82,6 +83,10 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Measure throughput and latency: drive signed provider traffic through a fresh (or
+    /// running) billhook to a built-in receiver, and report what arrived, how fast, and what
+    /// was lost.
+    Bench(bench::BenchArgs),
     /// Print the admin API's OpenAPI 3.1 document (also served at /v1/openapi.json).
     Openapi,
     /// Print a shell completion script: `billhook completions bash > /etc/bash_completion.d/billhook`.
@@ -313,6 +318,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Sources { remote } => admin::sources(remote).await,
         Command::Token { command } => admin::token(command).await,
         Command::Prune { dry_run, remote } => admin::prune(dry_run, remote).await,
+        Command::Bench(args) => bench::bench(args).await,
         Command::Openapi => {
             output::write(&billhook_server::openapi_json());
             Ok(())

@@ -21,6 +21,7 @@ use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, EventId, InboundId, 
 use billhook_core::time::Timestamp;
 
 pub use model::*;
+pub use postgres::{create_scratch_schema, drop_scratch_schema};
 
 /// Why a store operation failed. Messages are for logs, never for API clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod api;
+mod bench;
 mod console;
 mod delivery;
 mod emulator;

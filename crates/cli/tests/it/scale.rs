@@ -80,7 +80,7 @@ async fn two_instances_deliver_every_event_exactly_once() {
     let ids = ingest_across(&[&first, &second], 1000, 8, "pair").await;
     assert_eq!(ids.len(), 1000);
     first
-        .eventually(Duration::from_secs(30), "every event delivered", || async {
+        .eventually(Duration::from_secs(60), "every event delivered", || async {
             receiver.message_ids().len() >= ids.len()
         })
         .await;

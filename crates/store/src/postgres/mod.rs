@@ -318,3 +318,51 @@ pub(crate) fn small(value: u32) -> i32 {
 pub(crate) fn unsigned(value: i32) -> u32 {
     u32::try_from(value).unwrap_or(0)
 }
+
+/// Creates schema `name` in the database at `url` and returns a URL whose connections use it,
+/// so a scratch deployment (a bench run) gets tables of its own in a shared database.
+pub async fn create_scratch_schema(url: &str, name: &str) -> Result<String, StoreError> {
+    let client = scratch_client(url).await?;
+    client
+        .batch_execute(&format!("CREATE SCHEMA {}", quoted_identifier(name)?))
+        .await
+        .map_err(pg_error)?;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{separator}options=-c%20search_path%3D{name}"))
+}
+
+/// Drops a schema made by [`create_scratch_schema`] with everything in it.
+pub async fn drop_scratch_schema(url: &str, name: &str) -> Result<(), StoreError> {
+    let client = scratch_client(url).await?;
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            quoted_identifier(name)?
+        ))
+        .await
+        .map_err(pg_error)
+}
+
+async fn scratch_client(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", crate::redact_url(url))))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// `name` as an SQL identifier; only lower-case letters, digits and `_`, so it also survives a
+/// URL's `search_path` option unescaped.
+fn quoted_identifier(name: &str) -> Result<String, StoreError> {
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(StoreError::Database(format!(
+            "`{name}` is not a plain schema name"
+        )))
+    }
+}

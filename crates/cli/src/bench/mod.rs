@@ -1,0 +1,656 @@
+//! `billhook bench`: drives signed provider traffic through a billhook and measures what comes
+//! out the other side.
+//!
+//! The bench starts (or targets) a billhook, starts a receiver endpoint subscribed to every
+//! event, builds emulator messages before the clock starts, then sends them with a fixed number
+//! of connections (closed loop) or at a fixed rate (open loop, latency measured from each
+//! request's scheduled time, so a stall is not hidden by the requests it delays). It waits for
+//! every acknowledged event to arrive and reports throughput, latency percentiles, errors, lost
+//! and duplicated deliveries and the server's CPU time and peak memory. A run with lost or
+//! duplicated events fails, whatever its speed.
+
+mod receiver;
+mod stats;
+mod target;
+mod tracker;
+mod traffic;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use billhook_core::signing::EndpointSecret;
+use billhook_providers::{PROVIDERS, by_name};
+use billhook_server::config::HumanDuration;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::output;
+use crate::{CliError, client};
+use receiver::{Receiver, SignatureChecks};
+use stats::{Latency, Millis, per_second};
+use target::{Launch, Target, Usage};
+use tracker::Tracker;
+use traffic::{Message, Mix, Source};
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Measured messages to send (default 20000 unless --duration is given).
+    #[arg(long, conflicts_with = "duration")]
+    events: Option<u64>,
+    /// Send for this long instead (`60s`, `2m`).
+    #[arg(long)]
+    duration: Option<HumanDuration>,
+    /// Messages sent before measuring, to warm connections and caches.
+    #[arg(long, default_value_t = 2000)]
+    warmup: u64,
+    /// Requests in flight at once (connections to billhook); also the endpoint's concurrency.
+    #[arg(long, default_value_t = 64)]
+    concurrency: u32,
+    /// Send at this many messages per second (open loop) instead of as fast as acknowledged.
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Only this provider's events (default: a mix of all).
+    #[arg(long)]
+    provider: Option<String>,
+    /// Measure ingest alone: no endpoint, nothing delivered.
+    #[arg(long)]
+    no_endpoint: bool,
+    /// The database of the billhook the bench starts.
+    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
+    backend: Backend,
+    /// The PostgreSQL database for `--backend postgres`; the bench works in a schema of its own
+    /// and drops it afterwards.
+    #[arg(
+        long,
+        env = "BILLHOOK_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres_url: String,
+    /// Measure a running billhook instead of starting one (its --config gives the sources; an
+    /// endpoint to the bench's receiver is created through the admin API and deleted after).
+    #[arg(long)]
+    url: Option<String>,
+    /// The running billhook's configuration file (with --url).
+    #[arg(long, requires = "url")]
+    config: Option<PathBuf>,
+    /// The running billhook's admin token (with --url).
+    #[arg(
+        long,
+        env = "BILLHOOK_ADMIN_TOKEN",
+        hide_env_values = true,
+        requires = "url"
+    )]
+    token: Option<String>,
+    /// How long to wait for acknowledged events still to arrive after the last progress.
+    #[arg(long, default_value = "30s")]
+    drain_timeout: HumanDuration,
+    /// Seed for the generated messages.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Keep the started server's data directory (and PostgreSQL schema) for inspection.
+    #[arg(long)]
+    keep: bool,
+    /// Print one JSON object of figures instead of the report.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Every figure of a run; `--json` prints it as is.
+#[derive(Debug, Serialize)]
+struct Report {
+    backend: &'static str,
+    provider: String,
+    mode: String,
+    concurrency: u32,
+    warmup_messages: u64,
+    /// Messages sent in the measured window, and how long sending them took.
+    messages: u64,
+    send_ms: u64,
+    /// Acknowledged (2xx, not a duplicate) per second over the measured window.
+    ingest_per_second: u64,
+    ack_latency: Option<Latency>,
+    errors: BTreeMap<String, u64>,
+    delivery: Option<DeliveryReport>,
+    server: Option<Usage>,
+    /// Server CPU milliseconds per thousand measured messages.
+    server_cpu_ms_per_1k: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeliveryReport {
+    /// Events acknowledged in the measured window and those that reached the receiver.
+    events: usize,
+    delivered: usize,
+    /// Delivered events per second, from the first measured request to the last arrival.
+    delivered_per_second: u64,
+    end_to_end_latency: Option<Latency>,
+    lost: usize,
+    duplicated: usize,
+    duplicate_arrivals: usize,
+    /// Ledger conclusions (`invoice.settled`, …) that arrived besides the acknowledged events.
+    conclusions: usize,
+    signatures: SignatureChecks,
+}
+
+/// What the senders share.
+struct Run {
+    sources: Vec<Source>,
+    messages: Vec<Message>,
+    http: reqwest::Client,
+    tracker: Option<Arc<Tracker>>,
+    warmup: u64,
+    acknowledged: AtomicU64,
+    failed: AtomicU64,
+    ack_latencies: Mutex<Vec<u64>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Ack {
+    #[serde(default)]
+    events: Vec<String>,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    quarantined: bool,
+}
+
+pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
+    let provider_names: Vec<&'static str> = match &args.provider {
+        Some(name) => vec![
+            by_name(name)
+                .ok_or_else(|| CliError::Usage(format!("unknown provider `{name}`")))?
+                .name(),
+        ],
+        None => PROVIDERS.iter().map(|p| p.name()).collect(),
+    };
+    if args.concurrency == 0 || args.rate == Some(0) {
+        return Err(CliError::Usage(
+            "--concurrency and --rate must be positive".to_owned(),
+        ));
+    }
+    let measured = match (args.events, &args.duration, args.rate) {
+        (Some(events), _, _) => events,
+        // A duration needs messages built ahead: at the rate asked, or at up to 25,000/s.
+        (None, Some(duration), rate) => {
+            u64::from(rate.unwrap_or(25_000)).saturating_mul(duration.0.as_secs().max(1))
+        }
+        (None, None, _) => 20_000,
+    };
+    let tracker = (!args.no_endpoint).then(|| Arc::new(Tracker::default()));
+    let secret = EndpointSecret::generate();
+    let receiver = match &tracker {
+        Some(tracker) => Some(
+            Receiver::start(Arc::clone(tracker), secret.clone())
+                .await
+                .map_err(|e| CliError::Io(format!("cannot start the receiver: {e}")))?,
+        ),
+        None => None,
+    };
+
+    let (target, remote_endpoint) = match &args.url {
+        None => {
+            let secret_text = secret.expose();
+            let launch = Launch {
+                endpoint: receiver
+                    .as_ref()
+                    .map(|r| (r.url.as_str(), secret_text.as_str())),
+                concurrency: args.concurrency,
+                postgres: (args.backend == Backend::Postgres).then_some(args.postgres_url.as_str()),
+                keep: args.keep,
+            };
+            (Target::spawn(launch).await?, None)
+        }
+        Some(url) => {
+            let remote = crate::Remote {
+                url: Some(url.clone()),
+                token: args.token.clone(),
+                config: args.config.clone(),
+                json: false,
+            };
+            let config = billhook_server::config::Config::load(args.config.as_deref())?;
+            let endpoint = match &receiver {
+                Some(receiver) => {
+                    let client = client::Client::connect(&remote)?;
+                    let created = client
+                        .post(
+                            "/v1/endpoints",
+                            &json!({
+                                "url": receiver.url,
+                                "event_types": ["*"],
+                                "max_concurrency": args.concurrency,
+                                "secret": secret.expose(),
+                                "description": "billhook bench receiver (deleted after the run)",
+                            }),
+                        )
+                        .await?;
+                    let id = created["id"].as_str().unwrap_or_default().to_owned();
+                    Some((client, id))
+                }
+                None => None,
+            };
+            (Target::remote(url, config), endpoint)
+        }
+    };
+    let outcome = measure(
+        &args,
+        &provider_names,
+        measured,
+        tracker,
+        receiver.as_ref(),
+        &target,
+    )
+    .await;
+    if let Some((client, id)) = remote_endpoint {
+        let _ = client.delete(&format!("/v1/endpoints/{id}")).await;
+    }
+    if args.keep
+        && let Some(dir) = target.data_dir()
+    {
+        eprintln!("billhook bench: kept {}", dir.display());
+    }
+    target.stop().await;
+    if let Some(receiver) = receiver {
+        receiver.stop();
+    }
+    let report = outcome?;
+    if args.json {
+        output::line(&serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        print_report(&report);
+    }
+    match &report.delivery {
+        Some(delivery) if delivery.lost > 0 || delivery.duplicated > 0 => {
+            Err(CliError::Usage(format!(
+                "{} event(s) lost and {} delivered more than once",
+                delivery.lost, delivery.duplicated
+            )))
+        }
+        Some(delivery) if delivery.signatures.bad > 0 => Err(CliError::Usage(format!(
+            "{} delivery signature(s) did not verify",
+            delivery.signatures.bad
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn measure(
+    args: &BenchArgs,
+    provider_names: &[&'static str],
+    measured: u64,
+    tracker: Option<Arc<Tracker>>,
+    receiver: Option<&Receiver>,
+    target: &Target,
+) -> Result<Report, CliError> {
+    let sources = sources_of(target, provider_names)?;
+    let mix = Mix::new(&sources);
+    if mix.len() == 0 {
+        return Err(CliError::Usage("no events to send".to_owned()));
+    }
+    let total = args.warmup + measured;
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template("{spinner} building messages {bar:30} {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let messages = {
+        let bar = bar.clone();
+        let seed = args.seed;
+        let sources_ref = &sources;
+        let mix_ref = &mix;
+        tokio::task::block_in_place(move || {
+            mix_ref.build(sources_ref, 0..total, seed, &|n| bar.inc(n))
+        })?
+    };
+    bar.finish_and_clear();
+
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("billhook-bench/", env!("CARGO_PKG_VERSION")))
+        .pool_max_idle_per_host(args.concurrency as usize)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| CliError::Io(e.to_string()))?;
+    let run = Arc::new(Run {
+        sources,
+        messages,
+        http,
+        tracker: tracker.clone(),
+        warmup: args.warmup,
+        acknowledged: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        ack_latencies: Mutex::new(Vec::with_capacity(measured as usize)),
+        errors: Mutex::new(BTreeMap::new()),
+    });
+
+    // Warm-up, then the measured window.
+    send_range(&run, 0..args.warmup, args, None).await;
+    let usage_before = target.usage();
+    let window_start = Instant::now();
+    let bar = indicatif::ProgressBar::new(measured).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bar:30} {pos}/{len} sent  {msg}  {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let ticker = tokio::spawn({
+        let run = Arc::clone(&run);
+        let bar = bar.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let acked = run.acknowledged.load(Ordering::Relaxed);
+                let failed = run.failed.load(Ordering::Relaxed);
+                let delivered = run
+                    .tracker
+                    .as_ref()
+                    .map_or(String::new(), |t| format!(", {} arrived", t.progress().1));
+                bar.set_position(acked + failed);
+                bar.set_message(format!(
+                    "{} acknowledged/s{delivered}, {failed} failed",
+                    per_second(
+                        acked.saturating_sub(run.warmup) as usize,
+                        window_start.elapsed()
+                    )
+                ));
+            }
+        }
+    });
+    let deadline = args.duration.as_ref().map(|d| window_start + d.0);
+    let sent = send_range(&run, args.warmup..args.warmup + measured, args, deadline).await;
+    let send_elapsed = window_start.elapsed();
+
+    // Wait for every acknowledged event to arrive, as long as arrivals keep coming.
+    if let Some(tracker) = &tracker {
+        let mut last = tracker.progress();
+        let mut last_change = Instant::now();
+        while last.0 > 0 && last_change.elapsed() < args.drain_timeout.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = tracker.progress();
+            if now != last {
+                last = now;
+                last_change = Instant::now();
+            }
+        }
+        // Late duplicates would show in the next moments; give them a short chance.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ticker.abort();
+    bar.finish_and_clear();
+    let usage_after = target.usage();
+
+    let acknowledged = run
+        .acknowledged
+        .load(Ordering::Relaxed)
+        .saturating_sub(args.warmup);
+    let ack_latency = Latency::of(std::mem::take(
+        &mut *run.ack_latencies.lock().unwrap_or_else(|p| p.into_inner()),
+    ));
+    let errors = run.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let delivery = tracker.map(|tracker| {
+        let outcome = tracker.outcome();
+        let delivered_span = outcome.last_arrival.map_or(send_elapsed, |last| {
+            last.saturating_duration_since(window_start)
+        });
+        DeliveryReport {
+            events: outcome.acknowledged,
+            delivered: outcome.delivered,
+            delivered_per_second: per_second(outcome.delivered, delivered_span),
+            end_to_end_latency: Latency::of(outcome.end_to_end_us),
+            lost: outcome.lost,
+            duplicated: outcome.duplicated_events,
+            duplicate_arrivals: outcome.duplicate_arrivals,
+            conclusions: outcome.unsolicited,
+            signatures: receiver.map_or(
+                SignatureChecks {
+                    verified: 0,
+                    bad: 0,
+                },
+                |r| r.signature_checks(),
+            ),
+        }
+    });
+    let server = match (usage_before, usage_after) {
+        (Some(before), Some(after)) => Some(Usage {
+            cpu_ms: after.cpu_ms.saturating_sub(before.cpu_ms),
+            peak_rss_kib: after.peak_rss_kib,
+        }),
+        _ => None,
+    };
+    Ok(Report {
+        backend: match (&args.url, args.backend) {
+            (Some(_), _) => "remote",
+            (None, Backend::Sqlite) => "sqlite",
+            (None, Backend::Postgres) => "postgres",
+        },
+        provider: args.provider.clone().unwrap_or_else(|| "mix".to_owned()),
+        mode: match args.rate {
+            Some(rate) => format!("open loop at {rate}/s"),
+            None => format!("closed loop, {} connections", args.concurrency),
+        },
+        concurrency: args.concurrency,
+        warmup_messages: args.warmup,
+        messages: sent,
+        send_ms: u64::try_from(send_elapsed.as_millis()).unwrap_or(u64::MAX),
+        ingest_per_second: per_second(acknowledged as usize, send_elapsed),
+        ack_latency,
+        errors,
+        delivery,
+        server_cpu_ms_per_1k: server
+            .filter(|_| sent > 0)
+            .map(|usage| usage.cpu_ms * 1000 / sent),
+        server,
+    })
+}
+
+/// The target's sources for the chosen providers, with their ingest URLs.
+fn sources_of(target: &Target, providers: &[&'static str]) -> Result<Vec<Source>, CliError> {
+    let mut sources = Vec::new();
+    for name in providers {
+        let Some(config) = target.config.sources.iter().find(|s| s.provider == *name) else {
+            if providers.len() == 1 {
+                return Err(CliError::Usage(format!("the target has no {name} source")));
+            }
+            continue;
+        };
+        let spec = config.spec()?;
+        sources.push(Source {
+            provider: spec.provider,
+            url: traffic::ingest_url(&target.base_url, &config.name, &spec.auth),
+            auth: spec.auth,
+        });
+    }
+    Ok(sources)
+}
+
+/// Sends messages `range`, closed loop or at the configured rate, until done or `deadline`;
+/// returns how many were sent.
+async fn send_range(
+    run: &Arc<Run>,
+    range: std::ops::Range<u64>,
+    args: &BenchArgs,
+    deadline: Option<Instant>,
+) -> u64 {
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    match args.rate {
+        None => {
+            let next = Arc::new(AtomicU64::new(range.start));
+            let workers: Vec<_> = (0..args.concurrency)
+                .map(|_| {
+                    let run = Arc::clone(run);
+                    let next = Arc::clone(&next);
+                    let sent = Arc::clone(&sent);
+                    let end = range.end;
+                    tokio::spawn(async move {
+                        loop {
+                            if deadline.is_some_and(|d| Instant::now() >= d) {
+                                break;
+                            }
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            if n >= end {
+                                break;
+                            }
+                            sent.fetch_add(1, Ordering::Relaxed);
+                            send_one(&run, n, Instant::now()).await;
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                let _ = worker.await;
+            }
+        }
+        Some(rate) => {
+            let permits = Arc::new(Semaphore::new(args.concurrency as usize));
+            let interval_ns = 1_000_000_000 / u64::from(rate);
+            let mut tasks = Vec::new();
+            for (i, n) in range.enumerate() {
+                let scheduled = started + Duration::from_nanos(interval_ns * i as u64);
+                if deadline.is_some_and(|d| scheduled >= d) {
+                    break;
+                }
+                tokio::time::sleep_until(scheduled.into()).await;
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    break;
+                };
+                let run = Arc::clone(run);
+                sent.fetch_add(1, Ordering::Relaxed);
+                tasks.push(tokio::spawn(async move {
+                    // Latency counts from the scheduled start, so waiting for a connection counts.
+                    send_one(&run, n, scheduled).await;
+                    drop(permit);
+                }));
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
+    }
+    sent.load(Ordering::Relaxed)
+}
+
+/// Sends message `n` and records its acknowledgement or error.
+async fn send_one(run: &Run, n: u64, started: Instant) {
+    let measured = n >= run.warmup;
+    let message = &run.messages[n as usize];
+    let source = &run.sources[message.source];
+    let mut request = run.http.post(&source.url).body(message.body.clone());
+    for (name, value) in message.signed_headers(source) {
+        request = request.header(name, value);
+    }
+    let error = match request.send().await {
+        Err(error) if error.is_timeout() => "timeout".to_owned(),
+        Err(error) if error.is_connect() => "connect".to_owned(),
+        Err(_) => "request".to_owned(),
+        Ok(response) => {
+            let status = response.status();
+            let body = response.bytes().await.unwrap_or_default();
+            let acked_at = Instant::now();
+            match serde_json::from_slice::<Ack>(&body) {
+                Ok(ack) if status.is_success() && !ack.duplicate && !ack.quarantined => {
+                    if measured {
+                        let micros = acked_at.duration_since(started).as_micros();
+                        run.ack_latencies
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(u64::try_from(micros).unwrap_or(u64::MAX));
+                    }
+                    if let Some(tracker) = &run.tracker {
+                        tracker.acknowledged(
+                            ack.events.iter().map(String::as_str),
+                            started,
+                            measured,
+                        );
+                    }
+                    run.acknowledged.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Ok(ack) if status.is_success() && ack.duplicate => "duplicate".to_owned(),
+                Ok(ack) if status.is_success() && ack.quarantined => "quarantined".to_owned(),
+                _ => format!("http_{}", status.as_u16()),
+            }
+        }
+    };
+    run.failed.fetch_add(1, Ordering::Relaxed);
+    *run.errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(error)
+        .or_default() += 1;
+}
+
+fn print_report(report: &Report) {
+    let mut lines = vec![
+        format!(
+            "billhook bench: {} backend, {} traffic, {}",
+            report.backend, report.provider, report.mode
+        ),
+        format!(
+            "  sent        {} messages in {} s after {} warm-up",
+            report.messages,
+            Millis(report.send_ms),
+            report.warmup_messages
+        ),
+        format!("  ingest      {} acknowledged/s", report.ingest_per_second),
+    ];
+    if let Some(latency) = &report.ack_latency {
+        lines.push(format!("  ack         {}", latency_line(latency)));
+    }
+    if let Some(delivery) = &report.delivery {
+        lines.push(format!(
+            "  delivered   {}/{} events, {}/s",
+            delivery.delivered, delivery.events, delivery.delivered_per_second
+        ));
+        if let Some(latency) = &delivery.end_to_end_latency {
+            lines.push(format!("  end to end  {}", latency_line(latency)));
+        }
+        lines.push(format!(
+            "  lost        {}   duplicated {}   conclusions {}   signatures checked {} (bad {})",
+            delivery.lost,
+            delivery.duplicated,
+            delivery.conclusions,
+            delivery.signatures.verified,
+            delivery.signatures.bad
+        ));
+    }
+    if report.errors.is_empty() {
+        lines.push("  errors      none".to_owned());
+    } else {
+        let errors: Vec<String> = report
+            .errors
+            .iter()
+            .map(|(kind, count)| format!("{kind} {count}"))
+            .collect();
+        lines.push(format!("  errors      {}", errors.join(", ")));
+    }
+    if let Some(server) = &report.server {
+        lines.push(format!(
+            "  server      {} s CPU ({} ms per 1k messages), peak RSS {} MiB",
+            Millis(server.cpu_ms),
+            report.server_cpu_ms_per_1k.unwrap_or(0),
+            server.peak_rss_kib.div_ceil(1024)
+        ));
+    }
+    output::line(&lines.join("\n"));
+}
+
+fn latency_line(latency: &Latency) -> String {
+    format!(
+        "p50 {} ms  p90 {} ms  p99 {} ms  max {} ms",
+        Millis(latency.p50_us),
+        Millis(latency.p90_us),
+        Millis(latency.p99_us),
+        Millis(latency.max_us)
+    )
+}
