@@ -248,10 +248,13 @@ impl LedgerRepo for PgLedger<'_> {
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
         query_entities(
             self.transaction,
-            // Locked: payments seeking one reference hold it only shared (see `lock_names`),
-            // so two of them paying one invoice take turns on the invoice's row instead.
-            "((kind = 'invoice' AND (provider_id IN ($1, $3, $4) OR order_ref = $2 OR number IN ($3, $4)))
-              OR (kind = 'bill' AND (provider_id = $5 OR number = $6)))
+            // The first line is an OR of indexed references the planner can combine (a
+            // BitmapOr); `kind || ''` keeps it from reading every invoice through the kind index
+            // instead. Locked: payments seeking one reference hold it only shared (see
+            // `lock_names`), so two of them paying one invoice take turns on its row instead.
+            "(provider_id IN ($1, $3, $4, $5) OR order_ref = $2 OR number IN ($3, $4, $6))
+             AND ((kind || '' = 'invoice' AND (provider_id IN ($1, $3, $4) OR order_ref = $2 OR number IN ($3, $4)))
+               OR (kind || '' = 'bill' AND (provider_id = $5 OR number = $6)))
              ORDER BY id FOR UPDATE",
             &[
                 &refs.invoice_id,
@@ -270,8 +273,11 @@ impl LedgerRepo for PgLedger<'_> {
             SubjectKind::Invoice => {
                 query_entities(
                     self.transaction,
-                    "kind = 'payment' AND linked_to IS NULL AND (ref_invoice = $1 OR ref_order = $2
-                       OR ref_merchant IN ($1, $3) OR ref_remark IN ($1, $3)) FOR UPDATE",
+                    // `kind || ''` keeps the planner from intersecting with the kind index,
+                    // which costs a read of every payment's entry (a common remark makes the
+                    // generic plan think the references select many rows).
+                    "(ref_invoice = $1 OR ref_order = $2 OR ref_merchant IN ($1, $3) OR ref_remark IN ($1, $3))
+                     AND kind || '' = 'payment' AND linked_to IS NULL FOR UPDATE",
                     &[&target.provider_id, &target.keys.order_id, &target.keys.number],
                 )
                 .await
@@ -279,7 +285,8 @@ impl LedgerRepo for PgLedger<'_> {
             SubjectKind::Bill => {
                 query_entities(
                     self.transaction,
-                    "kind = 'payment' AND linked_to IS NULL AND (ref_bill = $1 OR ref_biller = $2) FOR UPDATE",
+                    "(ref_bill = $1 OR ref_biller = $2) AND kind || '' = 'payment' AND linked_to IS NULL
+                     FOR UPDATE",
                     &[&target.provider_id, &target.keys.number],
                 )
                 .await
