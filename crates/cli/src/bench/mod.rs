@@ -118,6 +118,8 @@ struct Report {
     /// Messages sent in the measured window, and how long sending them took.
     messages: u64,
     send_ms: u64,
+    /// With --duration: the messages built ahead ran out before the time was up.
+    ran_out: bool,
     /// Acknowledged (2xx, not a duplicate) per second over the measured window.
     ingest_per_second: u64,
     ack_latency: Option<Latency>,
@@ -144,13 +146,13 @@ struct DeliveryReport {
     signatures: SignatureChecks,
 }
 
-/// What the senders share.
+/// One phase of a run (the warm-up or the measured window) and what its senders share.
 struct Run {
-    sources: Vec<Source>,
+    sources: Arc<Vec<Source>>,
     messages: Vec<Message>,
+    measured: bool,
     http: reqwest::Client,
     tracker: Option<Arc<Tracker>>,
-    warmup: u64,
     acknowledged: AtomicU64,
     failed: AtomicU64,
     ack_latencies: Mutex<Vec<u64>>,
@@ -181,14 +183,6 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
             "--concurrency and --rate must be positive".to_owned(),
         ));
     }
-    let measured = match (args.events, &args.duration, args.rate) {
-        (Some(events), _, _) => events,
-        // A duration needs messages built ahead: at the rate asked, or at up to 25,000/s.
-        (None, Some(duration), rate) => {
-            u64::from(rate.unwrap_or(25_000)).saturating_mul(duration.0.as_secs().max(1))
-        }
-        (None, None, _) => 20_000,
-    };
     let tracker = (!args.no_endpoint).then(|| Arc::new(Tracker::default()));
     let secret = EndpointSecret::generate();
     let receiver = match &tracker {
@@ -244,15 +238,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
             (Target::remote(url, config), endpoint)
         }
     };
-    let outcome = measure(
-        &args,
-        &provider_names,
-        measured,
-        tracker,
-        receiver.as_ref(),
-        &target,
-    )
-    .await;
+    let outcome = measure(&args, &provider_names, tracker, receiver.as_ref(), &target).await;
     if let Some((client, id)) = remote_endpoint {
         let _ = client.delete(&format!("/v1/endpoints/{id}")).await;
     }
@@ -289,7 +275,6 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
 async fn measure(
     args: &BenchArgs,
     provider_names: &[&'static str],
-    measured: u64,
     tracker: Option<Arc<Tracker>>,
     receiver: Option<&Receiver>,
     target: &Target,
@@ -299,42 +284,57 @@ async fn measure(
     if mix.len() == 0 {
         return Err(CliError::Usage("no events to send".to_owned()));
     }
-    let total = args.warmup + measured;
-    let bar = indicatif::ProgressBar::new(total).with_style(
-        indicatif::ProgressStyle::with_template("{spinner} building messages {bar:30} {pos}/{len}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let messages = {
-        let bar = bar.clone();
-        let seed = args.seed;
-        let sources_ref = &sources;
-        let mix_ref = &mix;
-        tokio::task::block_in_place(move || {
-            mix_ref.build(sources_ref, 0..total, seed, &|n| bar.inc(n))
-        })?
-    };
-    bar.finish_and_clear();
-
+    let sources = Arc::new(sources);
     let http = reqwest::Client::builder()
         .user_agent(concat!("billhook-bench/", env!("CARGO_PKG_VERSION")))
         .pool_max_idle_per_host(args.concurrency as usize)
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| CliError::Io(e.to_string()))?;
-    let run = Arc::new(Run {
-        sources,
-        messages,
-        http,
-        tracker: tracker.clone(),
-        warmup: args.warmup,
-        acknowledged: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        ack_latencies: Mutex::new(Vec::with_capacity(measured as usize)),
-        errors: Mutex::new(BTreeMap::new()),
-    });
+    let phase = |messages: Vec<Message>, measured: bool| {
+        Arc::new(Run {
+            sources: Arc::clone(&sources),
+            measured,
+            ack_latencies: Mutex::new(Vec::with_capacity(if measured {
+                messages.len()
+            } else {
+                0
+            })),
+            messages,
+            http: http.clone(),
+            tracker: tracker.clone(),
+            acknowledged: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
+        })
+    };
 
-    // Warm-up, then the measured window.
-    send_range(&run, 0..args.warmup, args, None).await;
+    // Warm-up: connections, caches, and for --duration a first reading of the pace.
+    let warmup = phase(build(&mix, &sources, 0..args.warmup, args.seed)?, false);
+    let warmup_started = Instant::now();
+    send_range(&warmup, args, None).await;
+    let warmup_pace = per_second(
+        warmup.acknowledged.load(Ordering::Relaxed) as usize,
+        warmup_started.elapsed(),
+    );
+    let measured = match (args.events, &args.duration, args.rate) {
+        (Some(events), _, _) => events,
+        (None, Some(duration), Some(rate)) => u64::from(rate) * duration.0.as_secs().max(1),
+        // Closed loop for a duration: messages for twice the warm-up's pace (at least 1,000/s),
+        // built before the clock starts; if they run out first, the run ends early and says so.
+        (None, Some(duration), None) => warmup_pace.max(1_000) * 2 * duration.0.as_secs().max(1),
+        (None, None, _) => 20_000,
+    };
+    let run = phase(
+        build(
+            &mix,
+            &sources,
+            args.warmup..args.warmup + measured,
+            args.seed,
+        )?,
+        true,
+    );
+
     let usage_before = target.usage();
     let window_start = Instant::now();
     let bar = indicatif::ProgressBar::new(measured).with_style(
@@ -358,16 +358,13 @@ async fn measure(
                 bar.set_position(acked + failed);
                 bar.set_message(format!(
                     "{} acknowledged/s{delivered}, {failed} failed",
-                    per_second(
-                        acked.saturating_sub(run.warmup) as usize,
-                        window_start.elapsed()
-                    )
+                    per_second(acked as usize, window_start.elapsed())
                 ));
             }
         }
     });
     let deadline = args.duration.as_ref().map(|d| window_start + d.0);
-    let sent = send_range(&run, args.warmup..args.warmup + measured, args, deadline).await;
+    let sent = send_range(&run, args, deadline).await;
     let send_elapsed = window_start.elapsed();
 
     // Wait for every acknowledged event to arrive, as long as arrivals keep coming.
@@ -389,10 +386,7 @@ async fn measure(
     bar.finish_and_clear();
     let usage_after = target.usage();
 
-    let acknowledged = run
-        .acknowledged
-        .load(Ordering::Relaxed)
-        .saturating_sub(args.warmup);
+    let acknowledged = run.acknowledged.load(Ordering::Relaxed);
     let ack_latency = Latency::of(std::mem::take(
         &mut *run.ack_latencies.lock().unwrap_or_else(|p| p.into_inner()),
     ));
@@ -442,6 +436,10 @@ async fn measure(
         warmup_messages: args.warmup,
         messages: sent,
         send_ms: u64::try_from(send_elapsed.as_millis()).unwrap_or(u64::MAX),
+        ran_out: args
+            .duration
+            .as_ref()
+            .is_some_and(|d| send_elapsed < d.0 && sent == measured),
         ingest_per_second: per_second(acknowledged as usize, send_elapsed),
         ack_latency,
         errors,
@@ -451,6 +449,22 @@ async fn measure(
             .map(|usage| usage.cpu_ms * 1000 / sent),
         server,
     })
+}
+
+/// Builds messages `range` (numbered across the whole run) with a progress bar.
+fn build(
+    mix: &Mix,
+    sources: &[Source],
+    range: std::ops::Range<u64>,
+    seed: u64,
+) -> Result<Vec<Message>, CliError> {
+    let bar = indicatif::ProgressBar::new(range.end - range.start).with_style(
+        indicatif::ProgressStyle::with_template("{spinner} building messages {bar:30} {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let messages = tokio::task::block_in_place(|| mix.build(sources, range, seed, &|n| bar.inc(n)));
+    bar.finish_and_clear();
+    messages
 }
 
 /// The target's sources for the chosen providers, with their ingest URLs.
@@ -473,14 +487,10 @@ fn sources_of(target: &Target, providers: &[&'static str]) -> Result<Vec<Source>
     Ok(sources)
 }
 
-/// Sends messages `range`, closed loop or at the configured rate, until done or `deadline`;
+/// Sends the phase's messages, closed loop or at the configured rate, until done or `deadline`;
 /// returns how many were sent.
-async fn send_range(
-    run: &Arc<Run>,
-    range: std::ops::Range<u64>,
-    args: &BenchArgs,
-    deadline: Option<Instant>,
-) -> u64 {
+async fn send_range(run: &Arc<Run>, args: &BenchArgs, deadline: Option<Instant>) -> u64 {
+    let range = 0..run.messages.len() as u64;
     let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     match args.rate {
@@ -542,7 +552,7 @@ async fn send_range(
 
 /// Sends message `n` and records its acknowledgement or error.
 async fn send_one(run: &Run, n: u64, started: Instant) {
-    let measured = n >= run.warmup;
+    let measured = run.measured;
     let message = &run.messages[n as usize];
     let source = &run.sources[message.source];
     let mut request = run.http.post(&source.url).body(message.body.clone());
@@ -604,6 +614,11 @@ fn print_report(report: &Report) {
         ),
         format!("  ingest      {} acknowledged/s", report.ingest_per_second),
     ];
+    if report.ran_out {
+        lines.push(
+            "  note        the messages built ahead ran out before --duration was up".to_owned(),
+        );
+    }
     if let Some(latency) = &report.ack_latency {
         lines.push(format!("  ack         {}", latency_line(latency)));
     }
