@@ -291,8 +291,7 @@ impl Target {
                     || format!("http://{}", sending.config.listen),
                     str::to_owned,
                 );
-                let suffix = self.auth.as_ref().map(path_suffix).unwrap_or_default();
-                format!("{}/ingest/{source}{suffix}", base.trim_end_matches('/'))
+                ingest_url(&base, source, self.auth.as_ref())
             }
             (None, None) => {
                 return Err(CliError::Usage(format!(
@@ -323,6 +322,13 @@ impl Target {
         }
         Ok(Request { url, headers, body })
     }
+}
+
+/// Where source `name` of the billhook at `base` takes its webhooks, with the path token when
+/// its credential is one.
+pub(crate) fn ingest_url(base: &str, name: &str, auth: Option<&SourceAuth>) -> String {
+    let suffix = auth.map(path_suffix).unwrap_or_default();
+    format!("{}/ingest/{name}{suffix}", base.trim_end_matches('/'))
 }
 
 /// The exact HTTP/1.1 request: request line, headers, blank line, body.

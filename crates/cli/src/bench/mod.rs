@@ -480,7 +480,7 @@ fn sources_of(target: &Target, providers: &[&'static str]) -> Result<Vec<Source>
         let spec = config.spec()?;
         sources.push(Source {
             provider: spec.provider,
-            url: traffic::ingest_url(&target.base_url, &config.name, &spec.auth),
+            url: crate::trigger::ingest_url(&target.base_url, &config.name, Some(&spec.auth)),
             auth: spec.auth,
         });
     }

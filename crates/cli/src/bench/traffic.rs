@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use billhook_core::time::Timestamp;
 use billhook_providers::Provider;
-use billhook_providers::auth::{SourceAuth, path_suffix};
+use billhook_providers::auth::SourceAuth;
 use billhook_providers::emulate::GenerateOptions;
 use bytes::Bytes;
 
@@ -138,15 +138,6 @@ impl Mix {
             headers: generated.headers,
         })
     }
-}
-
-/// The ingest URL of source `name` at `base`.
-pub(crate) fn ingest_url(base: &str, name: &str, auth: &SourceAuth) -> String {
-    format!(
-        "{}/ingest/{name}{}",
-        base.trim_end_matches('/'),
-        path_suffix(auth)
-    )
 }
 
 #[cfg(test)]
