@@ -67,6 +67,31 @@ async fn ingest_across(
     std::mem::take(&mut *ids)
 }
 
+/// Waits until every app delivers to the receiver's endpoint: an instance learns of an endpoint
+/// created on another through the database's notification, and until then plans nothing for it.
+/// Probes one message at a time through each app; returns the probes' event ids.
+async fn until_each_delivers(apps: &[&TestApp], receiver: &Receiver) -> Vec<String> {
+    let mut probes = Vec::new();
+    for (index, app) in apps.iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        'probing: for attempt in 0.. {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "instance {index} never delivered to the new endpoint"
+            );
+            let probe = ingest_across(&[app], 1, 1, &format!("probe{index}x{attempt}")).await;
+            probes.extend(probe.iter().cloned());
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if probe.iter().all(|id| receiver.message_ids().contains(id)) {
+                    break 'probing;
+                }
+            }
+        }
+    }
+    probes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_deliver_every_event_exactly_once() {
     let receiver = Receiver::ok().await;
@@ -75,8 +100,7 @@ async fn two_instances_deliver_every_event_exactly_once() {
     first
         .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
         .await;
-    // The second instance learns of the endpoint through the database's notification.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let probes = until_each_delivers(&[&first, &second], &receiver).await;
     let ids = ingest_across(&[&first, &second], 1000, 8, "pair").await;
     assert_eq!(ids.len(), 1000);
     first
@@ -87,9 +111,10 @@ async fn two_instances_deliver_every_event_exactly_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let received = receiver.message_ids();
     assert!(ids.iter().all(|id| received.contains(id)));
+    let probes_received = probes.iter().filter(|id| received.contains(*id)).count();
     assert_eq!(
         receiver.count(),
-        ids.len(),
+        ids.len() + probes_received,
         "no event delivered twice while both instances are healthy"
     );
     second.stop().await;
@@ -104,7 +129,15 @@ async fn a_rate_limit_holds_across_instances() {
     first
         .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"], "rate_limit": 20 }))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let probes = until_each_delivers(&[&first, &second], &receiver).await;
+    // The window under test starts with the first of these, after the probes.
+    let measured = || {
+        receiver
+            .arrivals()
+            .into_iter()
+            .filter(|a| !probes.iter().any(|p| p == a.header("webhook-id")))
+            .collect::<Vec<_>>()
+    };
     ingest_across(&[&first, &second], 120, 4, "limit").await;
     first
         .eventually(
@@ -113,14 +146,13 @@ async fn a_rate_limit_holds_across_instances() {
             Duration::from_secs(30),
             "three seconds of deliveries",
             || async {
-                receiver
-                    .arrivals()
+                measured()
                     .first()
                     .is_some_and(|a| a.at.elapsed() > Duration::from_millis(3200))
             },
         )
         .await;
-    let arrivals = receiver.arrivals();
+    let arrivals = measured();
     let start = arrivals[0].at;
     let in_three_seconds = arrivals
         .iter()
