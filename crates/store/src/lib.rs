@@ -127,7 +127,7 @@ pub enum Notification {
     Deliveries,
     /// Endpoints changed.
     Endpoints,
-    /// The notification connection was re-established; something may have been missed.
+    /// The notification connection is (again) listening; something may have been missed before.
     Reconnected,
 }
 

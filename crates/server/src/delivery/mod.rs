@@ -949,7 +949,13 @@ async fn run_poller(shared: Arc<Shared>) {
 /// One pass of the poller; returns when it should look again.
 async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
     let (due, next) = shared.store.due_endpoints(now).await?;
-    let unowned: Vec<EndpointId> = due.iter().copied().filter(|id| !shared.owns(*id)).collect();
+    // Only endpoints this instance has a lane for: owning one it does not know yet (an endpoint
+    // created elsewhere a moment ago) would hold its deliveries back from every instance.
+    let unowned: Vec<EndpointId> = due
+        .iter()
+        .copied()
+        .filter(|id| !shared.owns(*id) && shared.lane(*id).is_some())
+        .collect();
     if !unowned.is_empty() {
         let taken = shared
             .store

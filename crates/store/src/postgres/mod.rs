@@ -233,7 +233,8 @@ impl PgStore {
     }
 
     /// Starts a connection that LISTENs for changes and forwards them; it reconnects with
-    /// backoff when the connection drops, and says `Reconnected` so listeners can catch up.
+    /// backoff when the connection drops, and says `Reconnected` each time it listens (the
+    /// first included) so listeners can catch up.
     pub(crate) fn subscribe(&self) -> mpsc::Receiver<Notification> {
         let (sender, receiver) = mpsc::channel(64);
         let config = self.config.clone();
@@ -241,7 +242,6 @@ impl PgStore {
         let endpoints = self.endpoints_channel.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(250);
-            let mut first = true;
             while !sender.is_closed() {
                 match config.connect(NoTls).await {
                     Ok((client, mut connection)) => {
@@ -269,10 +269,10 @@ impl PgStore {
                         };
                         let subscribe = async {
                             if client.batch_execute(&listen).await.is_ok() {
-                                if !first {
-                                    let _ = sender.send(Notification::Reconnected).await;
-                                }
-                                first = false;
+                                // The first time too: what changed between the caller's initial
+                                // load and this LISTEN (another instance creating an endpoint as
+                                // this one starts) would otherwise be missed until a restart.
+                                let _ = sender.send(Notification::Reconnected).await;
                                 std::future::pending::<()>().await;
                             }
                         };
