@@ -77,9 +77,9 @@ impl SqliteStore {
                 .map_err(db_error)?;
             Ok(TokenRecord {
                 id: token.id,
-                name: token.name,
+                name: token.name.clone(),
                 scope: token.scope,
-                hint: token.hint,
+                hint: token.hint.clone(),
                 created_at: token.created_at,
                 last_used_at: None,
                 revoked_at: None,
@@ -222,7 +222,7 @@ impl SqliteStore {
         self.write(move |connection| {
             connection
                 .prepare_cached("DELETE FROM console_sessions WHERE digest = ?1")
-                .and_then(|mut s| s.execute([digest]))
+                .and_then(|mut s| s.execute([&digest]))
                 .map(|_| ())
                 .map_err(db_error)
         })

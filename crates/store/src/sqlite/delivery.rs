@@ -414,7 +414,7 @@ impl SqliteStore {
                     "UPDATE deliveries SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2",
                 )
                 .map_err(db_error)?;
-            for id in ids {
+            for id in &ids {
                 statement
                     .execute(params![id.to_string(), owner, until.unix_millis()])
                     .map_err(db_error)?;

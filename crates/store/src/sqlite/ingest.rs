@@ -21,7 +21,7 @@ impl SqliteStore {
         id: InboundId,
         outcome: Reprocess,
     ) -> Result<ReprocessOutcome, StoreError> {
-        self.write(move |connection| reprocess(connection, id, outcome))
+        self.write(move |connection| reprocess(connection, id, &outcome))
             .await
     }
 
@@ -196,7 +196,7 @@ pub(super) fn event_ids_of(
 fn reprocess(
     connection: &Connection,
     id: InboundId,
-    outcome: Reprocess,
+    outcome: &Reprocess,
 ) -> Result<ReprocessOutcome, StoreError> {
     let current: Option<(String, String, String)> = connection
         .prepare_cached("SELECT status, source, dedup_key FROM inbound WHERE id = ?1")
@@ -237,9 +237,9 @@ fn reprocess(
             concluder,
             dedup_expires_at,
         } => {
-            if dedup_key != old_key {
+            if *dedup_key != old_key {
                 if let Some(holder) =
-                    claim_dedup(connection, &source, &dedup_key, id, now, dedup_expires_at)?
+                    claim_dedup(connection, &source, dedup_key, id, now, *dedup_expires_at)?
                 {
                     connection
                         .prepare_cached(
@@ -285,9 +285,9 @@ fn reprocess(
                     ])
                 })
                 .map_err(db_error)?;
-            insert_events(connection, id, &events)?;
-            insert_deliveries(connection, id, &deliveries, now)?;
-            let concluded = apply_facts(connection, &facts, concluder.as_deref())?;
+            insert_events(connection, id, events)?;
+            insert_deliveries(connection, id, deliveries, now)?;
+            let concluded = apply_facts(connection, facts, concluder.as_deref())?;
             Ok(ReprocessOutcome::Processed {
                 event_ids: events.iter().map(|e| e.id).collect(),
                 concluded,

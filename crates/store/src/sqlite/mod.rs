@@ -1,9 +1,10 @@
 //! The embedded SQLite backend.
 //!
 //! One writer thread owns the only writing connection. Callers hand it write jobs over a channel;
-//! it runs every job waiting in the queue inside one transaction, each job in its own savepoint
-//! (so one failing job does not undo the others), commits once with `synchronous=FULL` (one
-//! fsync for the whole group), and only then answers each caller. Under load the queue fills
+//! it runs every job waiting in the queue inside one transaction (should one fail, the group is
+//! run again with each job in its own savepoint, so one failing job does not undo the others),
+//! commits once with `synchronous=FULL` (one fsync for the whole group), and only then answers
+//! each caller. Under load the queue fills
 //! while a commit is in progress, so the next transaction carries more jobs: group commit with no
 //! timer and no added latency when idle. Reads use a small pool of read-only connections on the
 //! blocking thread pool; WAL mode lets them proceed while the writer commits.
@@ -42,11 +43,47 @@ const MIGRATIONS: &[(u32, &str)] = &[
 /// At most this many jobs share one transaction.
 const MAX_GROUP: usize = 512;
 
-/// A unit of work for the writer thread. It runs inside the open transaction (or, given no
-/// connection, learns that the transaction could not start) and returns what to do once the
-/// commit's outcome is known.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A write waiting for the writer thread. It runs inside a group's transaction, possibly twice
+/// (see [`run_group`]), and is answered once the transaction's fate is known.
+trait PendingWrite: Send {
+    /// Runs the work on the open transaction, keeping its result; false if it failed.
+    fn run(&mut self, connection: &Connection) -> bool;
+    /// Answers the caller: the work's result if `commit` succeeded, else the commit's error.
+    fn answer(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+struct Write<R, F> {
+    work: F,
+    result: Option<Result<R, StoreError>>,
+    reply: oneshot::Sender<Result<R, StoreError>>,
+}
+
+impl<R, F> PendingWrite for Write<R, F>
+where
+    R: Send,
+    F: Fn(&Connection) -> Result<R, StoreError> + Send,
+{
+    fn run(&mut self, connection: &Connection) -> bool {
+        let result = (self.work)(connection);
+        let succeeded = result.is_ok();
+        self.result = Some(result);
+        succeeded
+    }
+
+    fn answer(self: Box<Self>, commit: Result<(), StoreError>) {
+        let Self { result, reply, .. } = *self;
+        let result = commit.and_then(|()| {
+            result.unwrap_or_else(|| {
+                Err(StoreError::Unavailable(
+                    "the write transaction could not start".to_owned(),
+                ))
+            })
+        });
+        let _ = reply.send(result);
+    }
+}
+
+type Job = Box<dyn PendingWrite>;
 
 pub(crate) struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
@@ -80,23 +117,18 @@ impl SqliteStore {
     }
 
     /// Runs `work` in the next group transaction and returns its result once that transaction
-    /// has committed. If `work` fails its savepoint is rolled back and the others still commit.
+    /// has committed. If `work` fails, what it wrote is undone and the others still commit.
+    /// `work` may run twice (the first run undone), so it must not act outside the connection.
     pub(crate) async fn write<R, F>(&self, work: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: Fn(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |connection| {
-            let result = match connection {
-                Some(connection) => in_savepoint(connection, work),
-                None => Err(StoreError::Unavailable(
-                    "the write transaction could not start".to_owned(),
-                )),
-            };
-            Box::new(move |commit: Result<(), StoreError>| {
-                let _ = reply.send(commit.and(result));
-            })
+        let job: Job = Box::new(Write {
+            work,
+            result: None,
+            reply,
         });
         let sender = self
             .writer
@@ -153,30 +185,6 @@ impl SqliteStore {
     }
 }
 
-fn in_savepoint<R>(
-    connection: &Connection,
-    work: impl FnOnce(&Connection) -> Result<R, StoreError>,
-) -> Result<R, StoreError> {
-    // Cached statements: a group runs hundreds of jobs, each opening and closing a savepoint.
-    let run = |sql: &str| {
-        connection
-            .prepare_cached(sql)
-            .and_then(|mut s| s.execute([]))
-            .map_err(db_error)
-    };
-    run("SAVEPOINT job")?;
-    match work(connection) {
-        Ok(result) => {
-            run("RELEASE job")?;
-            Ok(result)
-        }
-        Err(error) => {
-            let _ = run("ROLLBACK TO job").and_then(|_| run("RELEASE job"));
-            Err(error)
-        }
-    }
-}
-
 fn write_loop(
     connection: Connection,
     mut receiver: mpsc::Receiver<Job>,
@@ -191,25 +199,58 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
-            let error = db_error(error);
-            tracing::error!(%error, "a write group could not start");
-            for job in group.drain(..) {
-                job(None)(Err(error.clone()));
-            }
-            continue;
+        let commit = run_group(&connection, &mut group);
+        if let Err(error) = &commit {
+            tracing::error!(%error, "a write group failed to commit");
         }
-        let completions: Vec<Completion> =
-            group.drain(..).map(|job| job(Some(&connection))).collect();
-        let commit = connection.execute_batch("COMMIT").map_err(db_error);
-        if commit.is_err() {
-            let _ = connection.execute_batch("ROLLBACK");
-        }
-        for completion in completions {
-            completion(commit.clone());
+        for job in group.drain(..) {
+            job.answer(commit.clone());
         }
         checkpointer.nudge();
     }
+}
+
+/// Runs a group of jobs in one transaction and commits it.
+///
+/// Jobs run back to back without savepoints: a savepoint per job would copy every page a job
+/// touches into the statement journal, and jobs almost never fail. When one does, the
+/// transaction is rolled back and run again with each job in its own savepoint, so the failure
+/// undoes only its own writes. The failed job keeps the error of its first run: it saw the same
+/// state then as it would now.
+fn run_group(connection: &Connection, group: &mut [Job]) -> Result<(), StoreError> {
+    let execute = |sql: &str| {
+        connection
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+            .map(drop)
+            .map_err(db_error)
+    };
+    let in_savepoints = |group: &mut [Job], skip: usize| -> Result<(), StoreError> {
+        for (index, job) in group.iter_mut().enumerate() {
+            if index == skip {
+                continue;
+            }
+            execute("SAVEPOINT job")?;
+            if !job.run(connection) {
+                execute("ROLLBACK TO job")?;
+            }
+            execute("RELEASE job")?;
+        }
+        Ok(())
+    };
+    execute("BEGIN IMMEDIATE")?;
+    let outcome = match group.iter_mut().position(|job| !job.run(connection)) {
+        None => Ok(()),
+        Some(failed) => execute("ROLLBACK")
+            .and_then(|()| execute("BEGIN IMMEDIATE"))
+            .and_then(|()| in_savepoints(group, failed)),
+    }
+    .and_then(|()| execute("COMMIT"));
+    if outcome.is_err() {
+        // Whatever failed, leave no transaction open for the next group.
+        let _ = connection.execute_batch("ROLLBACK");
+    }
+    outcome
 }
 
 /// Copies committed WAL frames into the database file on a thread of its own, so the writer
@@ -373,4 +414,93 @@ impl Readers {
 
 pub(crate) fn db_error(error: rusqlite::Error) -> StoreError {
     StoreError::Database(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn scratch_store() -> (tempfile::TempDir, Arc<SqliteStore>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("billhook.db"), None)
+            .await
+            .expect("open");
+        store
+            .write(|connection| {
+                connection
+                    .execute_batch("CREATE TABLE numbers (n INTEGER NOT NULL)")
+                    .map_err(db_error)
+            })
+            .await
+            .expect("create table");
+        (dir, Arc::new(store))
+    }
+
+    fn insert(n: i64, then_fail: bool) -> impl Fn(&Connection) -> Result<(), StoreError> {
+        move |connection| {
+            connection
+                .execute("INSERT INTO numbers (n) VALUES (?1)", [n])
+                .map_err(db_error)?;
+            if then_fail {
+                connection
+                    .execute("INSERT INTO no_such_table VALUES (1)", [])
+                    .map_err(db_error)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Jobs queued while the writer is busy share the next transaction; a failing one among them
+    /// must lose only its own writes, wherever it stands in the group.
+    #[tokio::test]
+    async fn a_failing_job_undoes_only_its_own_writes() {
+        for failing in 0..4_i64 {
+            let (_dir, store) = scratch_store().await;
+            let blocker = tokio::spawn({
+                let store = Arc::clone(&store);
+                async move {
+                    store
+                        .write(|_| {
+                            std::thread::sleep(Duration::from_millis(200));
+                            Ok(())
+                        })
+                        .await
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let jobs: Vec<_> = (0..4_i64)
+                .map(|n| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move { store.write(insert(n, n == failing)).await })
+                })
+                .collect();
+            blocker.await.expect("join").expect("blocker");
+            for (n, job) in (0..4_i64).zip(jobs) {
+                let result = job.await.expect("join");
+                assert_eq!(
+                    result.is_err(),
+                    n == failing,
+                    "job {n} with {failing} failing"
+                );
+            }
+            let stored: Vec<i64> = store
+                .read(|connection| {
+                    let mut statement = connection
+                        .prepare("SELECT n FROM numbers ORDER BY n")
+                        .map_err(db_error)?;
+                    statement
+                        .query_map([], |row| row.get(0))
+                        .map_err(db_error)?
+                        .collect::<Result<Vec<i64>, _>>()
+                        .map_err(db_error)
+                })
+                .await
+                .expect("read");
+            let expected: Vec<i64> = (0..4).filter(|n| *n != failing).collect();
+            assert_eq!(stored, expected, "with job {failing} failing");
+            store.close().await;
+        }
+    }
 }
