@@ -434,6 +434,81 @@ pub struct Completion {
     pub disable_endpoint: Option<String>,
 }
 
+/// What one batch of completions did to an endpoint's health columns. A batch is recorded with
+/// one clock reading, so writing this once per endpoint leaves the row as writing each attempt
+/// in turn would, at the cost of one update instead of one per attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EndpointHealth {
+    pub endpoint_id: EndpointId,
+    /// Some attempt succeeded: `last_success_at` is now.
+    pub succeeded: bool,
+    /// Some attempt failed: `last_failure_at` is now and `last_error` the last failure's error.
+    pub failed: Option<Option<String>>,
+    pub failing_since: FailingSince,
+}
+
+/// Where an endpoint's `failing_since` ends up after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailingSince {
+    /// The last attempt succeeded.
+    Cleared,
+    /// Failing since this batch: a failure followed a success in it.
+    Now,
+    /// Only failures: failing since the earlier first failure, or now if there was none.
+    Kept,
+}
+
+impl FailingSince {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Cleared => "cleared",
+            Self::Now => "now",
+            Self::Kept => "kept",
+        }
+    }
+}
+
+/// Folds a batch's attempts, in order, into one [`EndpointHealth`] per endpoint attempted.
+pub(crate) fn endpoint_health(completions: &[Completion]) -> Vec<EndpointHealth> {
+    let mut health: Vec<EndpointHealth> = Vec::new();
+    for completion in completions {
+        let Some(attempt) = &completion.attempt else {
+            continue;
+        };
+        let index = match health
+            .iter()
+            .position(|h| h.endpoint_id == completion.endpoint_id)
+        {
+            Some(index) => index,
+            None => {
+                health.push(EndpointHealth {
+                    endpoint_id: completion.endpoint_id,
+                    succeeded: false,
+                    failed: None,
+                    failing_since: FailingSince::Kept,
+                });
+                health.len() - 1
+            }
+        };
+        let entry = &mut health[index];
+        if completion.next == NextStep::Delivered {
+            entry.succeeded = true;
+            entry.failing_since = FailingSince::Cleared;
+        } else {
+            entry.failed = Some(
+                attempt
+                    .error_message
+                    .clone()
+                    .or_else(|| attempt.status_code.map(|s| format!("HTTP {s}"))),
+            );
+            if entry.failing_since == FailingSince::Cleared {
+                entry.failing_since = FailingSince::Now;
+            }
+        }
+    }
+    health
+}
+
 /// A stored attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {
@@ -680,4 +755,81 @@ pub struct SourceStats {
     pub received_since: u64,
     /// Messages waiting in quarantine.
     pub quarantined: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempted(endpoint: EndpointId, status: u16, next: NextStep) -> Completion {
+        Completion {
+            delivery_id: DeliveryId::new(),
+            endpoint_id: endpoint,
+            attempt: Some(NewAttempt {
+                id: AttemptId::new(),
+                number: 1,
+                started_at: Timestamp::from_unix_millis(0),
+                duration_ms: 1,
+                status_code: Some(status),
+                response_body: None,
+                error_kind: None,
+                error_message: None,
+            }),
+            next,
+            disable_endpoint: None,
+        }
+    }
+
+    fn retry() -> NextStep {
+        NextStep::Retry {
+            at: Timestamp::from_unix_millis(1),
+        }
+    }
+
+    #[test]
+    fn a_batch_folds_into_one_health_update_per_endpoint_in_attempt_order() {
+        let (a, b, c, d) = (
+            EndpointId::new(),
+            EndpointId::new(),
+            EndpointId::new(),
+            EndpointId::new(),
+        );
+        let released = Completion {
+            attempt: None,
+            next: NextStep::Released,
+            ..attempted(d, 0, NextStep::Released)
+        };
+        let batch = vec![
+            attempted(a, 500, retry()),
+            attempted(b, 200, NextStep::Delivered),
+            attempted(a, 503, retry()),
+            attempted(b, 502, retry()),
+            attempted(c, 500, NextStep::Dead),
+            attempted(c, 200, NextStep::Delivered),
+            released,
+        ];
+        assert_eq!(
+            endpoint_health(&batch),
+            vec![
+                EndpointHealth {
+                    endpoint_id: a,
+                    succeeded: false,
+                    failed: Some(Some("HTTP 503".to_owned())),
+                    failing_since: FailingSince::Kept,
+                },
+                EndpointHealth {
+                    endpoint_id: b,
+                    succeeded: true,
+                    failed: Some(Some("HTTP 502".to_owned())),
+                    failing_since: FailingSince::Now,
+                },
+                EndpointHealth {
+                    endpoint_id: c,
+                    succeeded: true,
+                    failed: Some(Some("HTTP 500".to_owned())),
+                    failing_since: FailingSince::Cleared,
+                },
+            ]
+        );
+    }
 }

@@ -82,6 +82,40 @@ fn to_attempt(row: &Row) -> Result<AttemptRecord, StoreError> {
     })
 }
 
+async fn record_health<C: GenericClient>(
+    client: &C,
+    health: &EndpointHealth,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached(
+            "UPDATE endpoints SET
+                last_success_at = CASE WHEN $2 THEN $5 ELSE last_success_at END,
+                last_failure_at = CASE WHEN $3 THEN $5 ELSE last_failure_at END,
+                last_error = CASE WHEN $3 THEN $4 ELSE last_error END,
+                failing_since = CASE $6 WHEN 'cleared' THEN NULL WHEN 'now' THEN $5
+                    ELSE COALESCE(failing_since, $5) END
+             WHERE id = $1",
+        )
+        .await
+        .map_err(pg_error)?;
+    client
+        .execute(
+            &statement,
+            &[
+                &health.endpoint_id.to_string(),
+                &health.succeeded,
+                &health.failed.is_some(),
+                &health.failed.clone().flatten(),
+                &now.unix_millis(),
+                &health.failing_since.as_str(),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
 async fn complete_one<C: GenericClient>(
     client: &C,
     completion: &Completion,
@@ -116,34 +150,6 @@ async fn complete_one<C: GenericClient>(
             )
             .await
             .map_err(pg_error)?;
-        if completion.next == NextStep::Delivered {
-            let statement = client
-                .prepare_cached(
-                    "UPDATE endpoints SET failing_since = NULL, last_success_at = $2 WHERE id = $1",
-                )
-                .await
-                .map_err(pg_error)?;
-            client
-                .execute(&statement, &[&endpoint, &now.unix_millis()])
-                .await
-                .map_err(pg_error)?;
-        } else {
-            let error = attempt
-                .error_message
-                .clone()
-                .or_else(|| attempt.status_code.map(|s| format!("HTTP {s}")));
-            let statement = client
-                .prepare_cached(
-                    "UPDATE endpoints SET failing_since = COALESCE(failing_since, $2),
-                        last_failure_at = $2, last_error = $3 WHERE id = $1",
-                )
-                .await
-                .map_err(pg_error)?;
-            client
-                .execute(&statement, &[&endpoint, &now.unix_millis(), &error])
-                .await
-                .map_err(pg_error)?;
-        }
     }
     let (status, next_at): (Option<&str>, Option<i64>) = match &completion.next {
         NextStep::Delivered => (Some("delivered"), None),
@@ -294,6 +300,9 @@ impl PgStore {
         let transaction = client.transaction().await.map_err(pg_error)?;
         for completion in &completions {
             complete_one(&transaction, completion, now).await?;
+        }
+        for health in endpoint_health(&completions) {
+            record_health(&transaction, &health, now).await?;
         }
         if completions.iter().any(|c| c.disable_endpoint.is_some()) {
             self.notify_endpoints(&transaction).await?;

@@ -263,28 +263,6 @@ fn complete_one(
                 ])
             })
             .map_err(db_error)?;
-        let succeeded = completion.next == NextStep::Delivered;
-        let sql = if succeeded {
-            "UPDATE endpoints SET failing_since = NULL, last_success_at = ?2 WHERE id = ?1"
-        } else {
-            "UPDATE endpoints SET failing_since = COALESCE(failing_since, ?2), last_failure_at = ?2,
-                last_error = ?3 WHERE id = ?1"
-        };
-        let error = attempt
-            .error_message
-            .clone()
-            .or_else(|| attempt.status_code.map(|s| format!("HTTP {s}")));
-        if succeeded {
-            connection
-                .prepare_cached(sql)
-                .and_then(|mut s| s.execute(params![endpoint, now.unix_millis()]))
-                .map_err(db_error)?;
-        } else {
-            connection
-                .prepare_cached(sql)
-                .and_then(|mut s| s.execute(params![endpoint, now.unix_millis(), error]))
-                .map_err(db_error)?;
-        }
     }
     let (status, next_at): (Option<&str>, Option<i64>) = match &completion.next {
         NextStep::Delivered => (Some("delivered"), None),
@@ -321,6 +299,35 @@ fn complete_one(
     if let Some(reason) = &completion.disable_endpoint {
         disable(connection, completion.endpoint_id, reason, now)?;
     }
+    Ok(())
+}
+
+fn record_health(
+    connection: &Connection,
+    health: &EndpointHealth,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "UPDATE endpoints SET
+                last_success_at = CASE WHEN ?2 THEN ?5 ELSE last_success_at END,
+                last_failure_at = CASE WHEN ?3 THEN ?5 ELSE last_failure_at END,
+                last_error = CASE WHEN ?3 THEN ?4 ELSE last_error END,
+                failing_since = CASE ?6 WHEN 'cleared' THEN NULL WHEN 'now' THEN ?5
+                    ELSE COALESCE(failing_since, ?5) END
+             WHERE id = ?1",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                health.endpoint_id.to_string(),
+                health.succeeded,
+                health.failed.is_some(),
+                health.failed.clone().flatten(),
+                now.unix_millis(),
+                health.failing_since.as_str(),
+            ])
+        })
+        .map_err(db_error)?;
     Ok(())
 }
 
@@ -448,6 +455,9 @@ impl SqliteStore {
         self.write(move |connection| {
             for completion in &completions {
                 complete_one(connection, completion, now)?;
+            }
+            for health in endpoint_health(&completions) {
+                record_health(connection, &health, now)?;
             }
             Ok(())
         })
