@@ -5,6 +5,7 @@ use billhook_core::time::Timestamp;
 use bytes::Bytes;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
+use tokio_postgres::types::Type;
 
 use super::endpoints::disable;
 use super::ingest::{insert_deliveries, parse_id};
@@ -204,9 +205,10 @@ impl PgStore {
         limit: u32,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "WITH claimed AS (
+        // Unnamed, so planned for these values: a cached generic plan chosen while the outbox
+        // was small could join it by scanning long after it has grown.
+        let sql = format!(
+            "WITH claimed AS (
                     UPDATE deliveries SET lease_owner = $1, lease_until = $2
                     WHERE id IN (
                         SELECT id FROM deliveries
@@ -219,18 +221,16 @@ impl PgStore {
                  SELECT {CLAIMED_COLUMNS} FROM claimed d
                  JOIN inbound i ON i.id = d.inbound_id
                  LEFT JOIN events e ON e.id = d.event_id"
-            ))
-            .await
-            .map_err(pg_error)?;
+        );
         let rows = client
-            .query(
-                &statement,
+            .query_typed(
+                &sql,
                 &[
-                    &owner,
-                    &lease_until.unix_millis(),
-                    &endpoint.to_string(),
-                    &now.unix_millis(),
-                    &i64::from(limit),
+                    (&owner, Type::TEXT),
+                    (&lease_until.unix_millis(), Type::INT8),
+                    (&endpoint.to_string(), Type::TEXT),
+                    (&now.unix_millis(), Type::INT8),
+                    (&i64::from(limit), Type::INT8),
                 ],
             )
             .await

@@ -11,7 +11,7 @@ use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::ingest::{insert_deliveries, insert_events, parse_id};
 use super::read::Filters;
@@ -111,6 +111,30 @@ async fn query_entities<C: GenericClient>(
         .await
         .map_err(pg_error)?;
     let rows = client.query(&statement, values).await.map_err(pg_error)?;
+    rows.iter().map(to_entity).collect()
+}
+
+/// Runs a link lookup (an OR of references) as an unnamed statement, which PostgreSQL plans for
+/// the values at hand. A cached statement would get a generic plan, and for an OR of references
+/// that plan can be a scan: one chosen while the ledger was small keeps scanning once it has
+/// grown, and a common value (a shared remark) makes every reference look unselective. The
+/// parameter types travel with the statement, so this is still one round trip.
+async fn link_lookup(
+    transaction: &Transaction<'_>,
+    condition: &str,
+    references: &[&Option<String>],
+) -> Result<Vec<Entity>, StoreError> {
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = references
+        .iter()
+        .map(|value| (*value as &(dyn ToSql + Sync), Type::TEXT))
+        .collect();
+    let rows = transaction
+        .query_typed(
+            &format!("SELECT {ENTITY_COLUMNS} FROM ledger_entities WHERE {condition}"),
+            &params,
+        )
+        .await
+        .map_err(pg_error)?;
     rows.iter().map(to_entity).collect()
 }
 
@@ -246,7 +270,7 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
-        query_entities(
+        link_lookup(
             self.transaction,
             // The first line is an OR of indexed references the planner can combine (a
             // BitmapOr); `kind || ''` keeps it from reading every invoice through the kind index
@@ -271,23 +295,27 @@ impl LedgerRepo for PgLedger<'_> {
     async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
         match target.kind {
             SubjectKind::Invoice => {
-                query_entities(
+                link_lookup(
                     self.transaction,
                     // `kind || ''` keeps the planner from intersecting with the kind index,
                     // which costs a read of every payment's entry (a common remark makes the
                     // generic plan think the references select many rows).
                     "(ref_invoice = $1 OR ref_order = $2 OR ref_merchant IN ($1, $3) OR ref_remark IN ($1, $3))
                      AND kind || '' = 'payment' AND linked_to IS NULL FOR UPDATE",
-                    &[&target.provider_id, &target.keys.order_id, &target.keys.number],
+                    &[
+                        &Some(target.provider_id.clone()),
+                        &target.keys.order_id,
+                        &target.keys.number,
+                    ],
                 )
                 .await
             }
             SubjectKind::Bill => {
-                query_entities(
+                link_lookup(
                     self.transaction,
                     "(ref_bill = $1 OR ref_biller = $2) AND kind || '' = 'payment' AND linked_to IS NULL
                      FOR UPDATE",
-                    &[&target.provider_id, &target.keys.number],
+                    &[&Some(target.provider_id.clone()), &target.keys.number],
                 )
                 .await
             }
@@ -296,7 +324,12 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, StoreError> {
-        query_entities(self.transaction, "linked_to = $1", &[&target_id]).await
+        link_lookup(
+            self.transaction,
+            "linked_to = $1",
+            &[&Some(target_id.to_owned())],
+        )
+        .await
     }
 
     async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {

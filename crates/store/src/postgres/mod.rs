@@ -88,11 +88,8 @@ impl PgStore {
         config.application_name("billhook");
         config.connect_timeout(options.connect_timeout);
         let existing = config.get_options().unwrap_or_default().to_owned();
-        // Custom plans: a pooled connection lives for hours, and a generic plan PostgreSQL
-        // settles on while a table is still small (a fresh deployment) keeps scanning it long
-        // after it has grown. Planning each execution costs far less than one such scan.
         config.options(format!(
-            "{existing} -c statement_timeout={} -c plan_cache_mode=force_custom_plan",
+            "{existing} -c statement_timeout={}",
             options.statement_timeout.as_millis()
         ));
         let manager = Manager::from_config(
