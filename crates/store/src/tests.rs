@@ -1045,5 +1045,82 @@ fn a_first_version_database_upgrades_with_its_data_intact() {
     });
 }
 
+/// SQLite's migration 6 rebuilds the outbox, attempts and dedup tables: what they held must come
+/// through whole and keep working.
+#[test]
+fn the_clustered_outbox_migration_keeps_deliveries_attempts_and_dedup_keys() {
+    runtime().block_on(async {
+        let (config, _dir) = sqlite_config();
+        let old = Store::open_at(&config, Some(5)).await.unwrap();
+        let endpoint = old
+            .create_endpoint(new_endpoint("canonical", None))
+            .await
+            .unwrap();
+        let request = inbound("rzp", "before-6", InboundStatus::Processed);
+        let e = event("rzp", "invoice.paid", "inv_6");
+        let mut ingest = write(request.clone(), vec![e.clone()]);
+        ingest.deliveries = vec![
+            delivery_for(&endpoint, Some(&e), request.id),
+            delivery_for(&endpoint, None, request.id),
+        ];
+        let (delivered, waiting) = (ingest.deliveries[0].id, ingest.deliveries[1].id);
+        old.ingest(ingest).await.unwrap();
+        let now = Timestamp::now();
+        old.complete(
+            vec![Completion {
+                delivery_id: delivered,
+                endpoint_id: endpoint.id,
+                attempt: Some(NewAttempt {
+                    id: AttemptId::new(),
+                    number: 1,
+                    started_at: now,
+                    duration_ms: 7,
+                    status_code: Some(200),
+                    response_body: Some(Bytes::from_static(b"ok")),
+                    error_kind: None,
+                    error_message: None,
+                }),
+                next: NextStep::Delivered,
+                disable_endpoint: None,
+            }],
+            now,
+        )
+        .await
+        .unwrap();
+        old.close().await;
+
+        let current = Store::open(&config).await.unwrap();
+        assert_eq!(current.schema_version().await.unwrap(), 6);
+        let first = current.delivery(delivered).await.unwrap().unwrap();
+        assert_eq!(
+            (first.status, first.attempts, first.last_status_code),
+            (DeliveryStatus::Delivered, 1, Some(200))
+        );
+        let second = current.delivery(waiting).await.unwrap().unwrap();
+        assert_eq!(
+            (second.status, second.attempts),
+            (DeliveryStatus::Pending, 0)
+        );
+        let attempts = current
+            .attempts_of_endpoint(endpoint.id, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(attempts.items.len(), 1);
+        assert_eq!(attempts.items[0].response_body.as_deref(), Some(&b"ok"[..]));
+        let claimed = current
+            .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, waiting);
+        let again = inbound("rzp", "before-6", InboundStatus::Processed);
+        assert!(matches!(
+            current.ingest(write(again, vec![])).await.unwrap(),
+            IngestOutcome::Duplicate { .. }
+        ));
+        current.close().await;
+    });
+}
+
 mod ledger;
 mod operations;

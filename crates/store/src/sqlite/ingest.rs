@@ -29,8 +29,8 @@ impl SqliteStore {
         self.write(move |connection| {
             connection
                 .prepare_cached(
-                    "DELETE FROM dedup WHERE rowid IN
-                       (SELECT rowid FROM dedup WHERE expires_at <= ?1 LIMIT ?2)",
+                    "DELETE FROM dedup WHERE (source, key) IN
+                       (SELECT source, key FROM dedup WHERE expires_at <= ?1 LIMIT ?2)",
                 )
                 .and_then(|mut statement| statement.execute(params![now.unix_millis(), batch]))
                 .map(|deleted| deleted as u64)

@@ -38,6 +38,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_lean_indexes.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_clustered_outbox.sql"),
+    ),
 ];
 
 /// At most this many jobs share one transaction.
