@@ -18,6 +18,7 @@ mod operations;
 mod read;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
@@ -200,6 +201,7 @@ fn write_loop(
     checkpointer: Checkpointer,
 ) {
     while let Some(first) = receiver.blocking_recv() {
+        checkpointer.restart_if_wanted(&connection);
         let mut group = Vec::with_capacity(receiver.len() + 1);
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -369,13 +371,23 @@ impl Wal {
 /// never pays for a checkpoint inside a commit (SQLite's automatic checkpoint would run it on the
 /// writer, holding up every caller of the group). The writer nudges it after each commit;
 /// nudges that arrive while it works or rests coalesce into one.
+///
+/// SQLite writes the WAL from its start again only when a write transaction begins with every
+/// frame already copied back, and a writer that never pauses never lets the checkpointer catch
+/// up: the WAL would grow without bound. So once the WAL holds more than
+/// [`Checkpointer::RESTART_FRAMES`], the checkpointer asks the writer to copy back the last few
+/// frames itself between two groups ([`Checkpointer::restart_if_wanted`]), after which its next
+/// transaction starts the WAL over.
 struct Checkpointer {
     nudge: std::sync::mpsc::SyncSender<()>,
+    restart_wanted: Arc<AtomicBool>,
 }
 
 impl Checkpointer {
     /// Pause after a checkpoint, so that one checkpoint covers many commits.
     const REST: std::time::Duration = std::time::Duration::from_millis(50);
+    /// WAL frames (pages) beyond which the WAL is started over: 16 MiB of 4 KiB pages.
+    const RESTART_FRAMES: i64 = 4096;
 
     fn start(path: &Path) -> Result<Self, StoreError> {
         let connection = Connection::open(path)
@@ -384,32 +396,74 @@ impl Checkpointer {
             .execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
             .map_err(db_error)?;
         let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
+        let restart_wanted = Arc::new(AtomicBool::new(false));
+        let wanted = Arc::clone(&restart_wanted);
         std::thread::Builder::new()
             .name("billhook-sqlite-checkpointer".to_owned())
             .spawn(move || {
-                let checkpoint = |mode: &str| {
-                    if let Err(error) =
-                        connection
-                            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
-                    {
-                        tracing::warn!(%error, "WAL checkpoint failed");
-                    }
-                };
                 // Ends when the writer, and with it the sender, is gone.
                 while nudged.recv().is_ok() {
-                    checkpoint("PASSIVE");
-                    std::thread::sleep(Self::REST);
+                    if let Some(progress) = checkpoint(&connection, "PASSIVE")
+                        && progress.in_wal > Self::RESTART_FRAMES
+                    {
+                        wanted.store(true, Ordering::Relaxed);
+                    }
+                    // While a restart is wanted, keep up, so the writer has little left to copy.
+                    if !wanted.load(Ordering::Relaxed) {
+                        std::thread::sleep(Self::REST);
+                    }
                 }
-                checkpoint("TRUNCATE");
+                checkpoint(&connection, "TRUNCATE");
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
-        Ok(Self { nudge })
+        Ok(Self {
+            nudge,
+            restart_wanted,
+        })
+    }
+
+    /// Run by the writer between groups: if the WAL has grown past its limit, copies back what
+    /// the checkpointer has not, so that the next transaction starts the WAL over. Costs the
+    /// writer one short checkpoint (the frames since the checkpointer's last pass) per
+    /// [`Self::RESTART_FRAMES`] written.
+    fn restart_if_wanted(&self, writer: &Connection) {
+        if !self.restart_wanted.load(Ordering::Relaxed) {
+            return;
+        }
+        // A reader still using old frames can leave some uncopied; then the next group tries again.
+        if let Some(progress) = checkpoint(writer, "PASSIVE")
+            && !progress.busy
+            && progress.copied >= progress.in_wal
+        {
+            self.restart_wanted.store(false, Ordering::Relaxed);
+        }
     }
 
     fn nudge(&self) {
         // Full means a checkpoint is already due.
         let _ = self.nudge.try_send(());
     }
+}
+
+/// What a checkpoint reported: whether another checkpoint held it off, the frames in the WAL,
+/// and how many of them are in the database file.
+struct CheckpointProgress {
+    busy: bool,
+    in_wal: i64,
+    copied: i64,
+}
+
+fn checkpoint(connection: &Connection, mode: &str) -> Option<CheckpointProgress> {
+    connection
+        .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            Ok(CheckpointProgress {
+                busy: row.get::<_, i64>(0)? != 0,
+                in_wal: row.get(1)?,
+                copied: row.get(2)?,
+            })
+        })
+        .inspect_err(|error| tracing::warn!(%error, "WAL checkpoint failed"))
+        .ok()
 }
 
 fn open_writer(path: &Path, target: u32) -> Result<Connection, StoreError> {
