@@ -255,9 +255,11 @@ fn run_group(connection: &Connection, group: &mut [Job]) -> Result<(), StoreErro
     execute("BEGIN IMMEDIATE")?;
     let outcome = match group.iter_mut().position(|job| !job.run(connection)) {
         None => Ok(()),
-        Some(failed) => execute("ROLLBACK")
-            .and_then(|()| execute("BEGIN IMMEDIATE"))
-            .and_then(|()| in_savepoints(group, failed)),
+        Some(failed) => {
+            // Some errors (a full disk) end the transaction themselves; start afresh either way.
+            let _ = execute("ROLLBACK");
+            execute("BEGIN IMMEDIATE").and_then(|()| in_savepoints(group, failed))
+        }
     }
     .and_then(|()| execute("COMMIT"));
     if outcome.is_err() {
