@@ -572,6 +572,26 @@ fn delivery_for(
     }
 }
 
+/// A first attempt that the endpoint answered `200 ok`.
+fn delivered_ok(delivery: DeliveryId, endpoint: EndpointId, now: Timestamp) -> Completion {
+    Completion {
+        delivery_id: delivery,
+        endpoint_id: endpoint,
+        attempt: Some(NewAttempt {
+            id: AttemptId::new(),
+            number: 1,
+            started_at: now,
+            duration_ms: 3,
+            status_code: Some(200),
+            response_body: Some(Bytes::from_static(b"ok")),
+            error_kind: None,
+            error_message: None,
+        }),
+        next: NextStep::Delivered,
+        disable_endpoint: None,
+    }
+}
+
 #[test]
 fn endpoints_are_created_patched_rotated_and_deleted() {
     runtime().block_on(async {
@@ -1066,27 +1086,9 @@ fn the_clustered_outbox_migration_keeps_deliveries_attempts_and_dedup_keys() {
         let (delivered, waiting) = (ingest.deliveries[0].id, ingest.deliveries[1].id);
         old.ingest(ingest).await.unwrap();
         let now = Timestamp::now();
-        old.complete(
-            vec![Completion {
-                delivery_id: delivered,
-                endpoint_id: endpoint.id,
-                attempt: Some(NewAttempt {
-                    id: AttemptId::new(),
-                    number: 1,
-                    started_at: now,
-                    duration_ms: 7,
-                    status_code: Some(200),
-                    response_body: Some(Bytes::from_static(b"ok")),
-                    error_kind: None,
-                    error_message: None,
-                }),
-                next: NextStep::Delivered,
-                disable_endpoint: None,
-            }],
-            now,
-        )
-        .await
-        .unwrap();
+        old.complete(vec![delivered_ok(delivered, endpoint.id, now)], now)
+            .await
+            .unwrap();
         old.close().await;
 
         let current = Store::open(&config).await.unwrap();

@@ -122,11 +122,11 @@ async fn query_entities<C: GenericClient>(
 async fn link_lookup(
     transaction: &Transaction<'_>,
     condition: &str,
-    references: &[&Option<String>],
+    references: &[Option<&str>],
 ) -> Result<Vec<Entity>, StoreError> {
     let params: Vec<(&(dyn ToSql + Sync), Type)> = references
         .iter()
-        .map(|value| (*value as &(dyn ToSql + Sync), Type::TEXT))
+        .map(|value| (value as &(dyn ToSql + Sync), Type::TEXT))
         .collect();
     let rows = transaction
         .query_typed(
@@ -281,12 +281,12 @@ impl LedgerRepo for PgLedger<'_> {
                OR (kind || '' = 'bill' AND (provider_id = $5 OR number = $6)))
              ORDER BY id FOR UPDATE",
             &[
-                &refs.invoice_id,
-                &refs.order_id,
-                &refs.merchant_reference,
-                &refs.remark,
-                &refs.bill_ref_id,
-                &refs.biller_ref_id,
+                refs.invoice_id.as_deref(),
+                refs.order_id.as_deref(),
+                refs.merchant_reference.as_deref(),
+                refs.remark.as_deref(),
+                refs.bill_ref_id.as_deref(),
+                refs.biller_ref_id.as_deref(),
             ],
         )
         .await
@@ -303,9 +303,9 @@ impl LedgerRepo for PgLedger<'_> {
                     "(ref_invoice = $1 OR ref_order = $2 OR ref_merchant IN ($1, $3) OR ref_remark IN ($1, $3))
                      AND kind || '' = 'payment' AND linked_to IS NULL FOR UPDATE",
                     &[
-                        &Some(target.provider_id.clone()),
-                        &target.keys.order_id,
-                        &target.keys.number,
+                        Some(&target.provider_id),
+                        target.keys.order_id.as_deref(),
+                        target.keys.number.as_deref(),
                     ],
                 )
                 .await
@@ -315,7 +315,7 @@ impl LedgerRepo for PgLedger<'_> {
                     self.transaction,
                     "(ref_bill = $1 OR ref_biller = $2) AND kind || '' = 'payment' AND linked_to IS NULL
                      FOR UPDATE",
-                    &[&Some(target.provider_id.clone()), &target.keys.number],
+                    &[Some(&target.provider_id), target.keys.number.as_deref()],
                 )
                 .await
             }
@@ -324,12 +324,7 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, StoreError> {
-        link_lookup(
-            self.transaction,
-            "linked_to = $1",
-            &[&Some(target_id.to_owned())],
-        )
-        .await
+        link_lookup(self.transaction, "linked_to = $1", &[Some(target_id)]).await
     }
 
     async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {

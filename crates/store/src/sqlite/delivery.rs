@@ -322,7 +322,7 @@ fn record_health(
                 health.endpoint_id.to_string(),
                 health.succeeded,
                 health.failed.is_some(),
-                health.failed.clone().flatten(),
+                health.failed.as_ref().and_then(Option::as_deref),
                 now.unix_millis(),
                 health.failing_since.as_str(),
             ])

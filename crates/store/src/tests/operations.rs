@@ -3,11 +3,10 @@
 use std::time::Duration;
 
 use billhook_core::access::{Scope, digest, generate_session_secret, generate_token, token_hint};
-use billhook_core::ids::{AttemptId, InboundId, TokenId};
+use billhook_core::ids::{InboundId, TokenId};
 use billhook_core::time::Timestamp;
-use bytes::Bytes;
 
-use super::{backends, delivery_for, event, inbound, new_endpoint, runtime, write};
+use super::{backends, delivered_ok, delivery_for, event, inbound, new_endpoint, runtime, write};
 use crate::*;
 
 fn new_token(name: &str, scope: Scope) -> (String, NewToken) {
@@ -187,25 +186,7 @@ fn retention_removes_finished_old_messages_and_keeps_what_is_owed() {
                 .await
                 .unwrap();
             store
-                .complete(
-                    vec![Completion {
-                        delivery_id: finished_delivery,
-                        endpoint_id: endpoint.id,
-                        attempt: Some(NewAttempt {
-                            id: AttemptId::new(),
-                            number: 1,
-                            started_at: now,
-                            duration_ms: 3,
-                            status_code: Some(200),
-                            response_body: Some(Bytes::from_static(b"ok")),
-                            error_kind: None,
-                            error_message: None,
-                        }),
-                        next: NextStep::Delivered,
-                        disable_endpoint: None,
-                    }],
-                    now,
-                )
+                .complete(vec![delivered_ok(finished_delivery, endpoint.id, now)], now)
                 .await
                 .unwrap();
             // An old message still owed to an endpoint (held while it is disabled).
