@@ -386,10 +386,15 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Pause after a checkpoint, so that one checkpoint covers many commits.
-    const REST: std::time::Duration = std::time::Duration::from_millis(50);
-    /// WAL frames (pages) beyond which the WAL is started over: 16 MiB of 4 KiB pages.
-    const RESTART_FRAMES: i64 = 4096;
+    /// Pause after a checkpoint, so that one checkpoint covers many commits: a page that many
+    /// commits rewrote (the last leaf of an index on ids, say) is copied back once per pass.
+    const REST: std::time::Duration = std::time::Duration::from_secs(1);
+    /// WAL frames (pages) beyond which the WAL is started over: 256 MiB of 4 KiB pages, a few
+    /// seconds of writes at full speed. Each restart costs the writer a checkpoint of its own
+    /// (and its fsyncs) between two groups, so restarting often is what delays acknowledgements;
+    /// the price of a long WAL is disk space and a longer scan of it when the store reopens
+    /// after a crash.
+    const RESTART_FRAMES: i64 = 65_536;
 
     fn start(path: &Path) -> Result<Self, StoreError> {
         let connection = Connection::open(path)
