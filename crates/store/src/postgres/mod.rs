@@ -40,6 +40,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         5,
         include_str!("../../migrations/postgres/0005_lean_indexes.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_ledger_identity.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming billhook's migration lock.

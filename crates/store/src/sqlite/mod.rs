@@ -43,6 +43,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         6,
         include_str!("../../migrations/sqlite/0006_clustered_outbox.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/sqlite/0007_ledger_identity.sql"),
+    ),
 ];
 
 /// At most this many jobs share one transaction.

@@ -365,3 +365,79 @@ fn concurrent_writers_about_one_invoice_always_find_each_other() {
         }
     });
 }
+
+/// The migration to one identity index (SQLite 7, PostgreSQL 6) keeps every entity, and an
+/// upgraded ledger still finds entities by their identity and by the provider's id alone.
+#[test]
+fn the_ledger_identity_migration_keeps_entities_and_their_lookups() {
+    runtime().block_on(async {
+        for ((config, _dir), before) in [
+            (super::sqlite_config(), 6),
+            (super::postgres_config().await, 5),
+        ] {
+            let old = Store::open_at(&config, Some(before)).await.unwrap();
+            old.ingest(ingest_of(
+                payment_data("tx_m1", "succeeded", 400, "INV-M"),
+                SUCCEEDED,
+            ))
+            .await
+            .unwrap();
+            old.ingest(ingest_of(
+                invoice_data("bcinv_m", "INV-M", 1000),
+                Some(StatusRank::new(1)),
+            ))
+            .await
+            .unwrap();
+            old.close().await;
+
+            let store = Store::open(&config).await.unwrap();
+            assert_eq!(
+                store.schema_version().await.unwrap(),
+                Store::latest_version(&config)
+            );
+            // The same payment again is found by its identity and stays one entity.
+            store
+                .ingest(ingest_of(
+                    payment_data("tx_m1", "succeeded", 400, "INV-M"),
+                    SUCCEEDED,
+                ))
+                .await
+                .unwrap();
+            let settling = store
+                .ingest(ingest_of(
+                    payment_data("tx_m2", "succeeded", 600, "INV-M"),
+                    SUCCEEDED,
+                ))
+                .await
+                .unwrap();
+            assert_eq!(concluded(settling).len(), 1, "1000 of 1000 settles");
+            let payments = store
+                .ledger_entities(query(SubjectKind::Payment, LedgerFilter::All))
+                .await
+                .unwrap()
+                .items;
+            assert_eq!(payments.len(), 2);
+            let invoices = store
+                .ledger_entities(query(SubjectKind::Invoice, LedgerFilter::All))
+                .await
+                .unwrap()
+                .items;
+            assert_eq!(invoices.len(), 1);
+            assert_eq!(invoices[0].paid, Amount::from_minor(1000));
+            assert_eq!(store.ledger_linked(&invoices[0].id).await.unwrap().len(), 2);
+            // A lookup by the provider's id alone.
+            let mut by_provider_id = query(SubjectKind::Invoice, LedgerFilter::All);
+            by_provider_id.reference = Some("bcinv_m".to_owned());
+            assert_eq!(
+                store
+                    .ledger_entities(by_provider_id)
+                    .await
+                    .unwrap()
+                    .items
+                    .len(),
+                1
+            );
+            store.close().await;
+        }
+    });
+}
