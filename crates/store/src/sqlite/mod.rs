@@ -2,12 +2,13 @@
 //!
 //! One writer thread owns the only writing connection. Callers hand it write jobs over a channel;
 //! it runs every job waiting in the queue inside one transaction (should one fail, the group is
-//! run again with each job in its own savepoint, so one failing job does not undo the others),
-//! commits once with `synchronous=FULL` (one fsync for the whole group), and only then answers
-//! each caller. Under load the queue fills
-//! while a commit is in progress, so the next transaction carries more jobs: group commit with no
-//! timer and no added latency when idle. Reads use a small pool of read-only connections on the
-//! blocking thread pool; WAL mode lets them proceed while the writer commits.
+//! run again with each job in its own savepoint, so one failing job does not undo the others) and
+//! commits once. A syncer thread fsyncs the WAL and only then answers the callers of every group
+//! committed before that fsync began ([`Syncer`]); a checkpointer thread copies the WAL back
+//! into the database file ([`Checkpointer`]). Under load the queue fills while a group runs, so
+//! the next transaction carries more jobs: group commit with no timer and no added latency when
+//! idle. Reads use a small pool of read-only connections on the blocking thread pool; WAL mode
+//! lets them proceed while the writer commits.
 
 mod access;
 mod delivery;
