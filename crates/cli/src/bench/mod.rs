@@ -239,8 +239,10 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
         }
     };
     let outcome = measure(&args, &provider_names, tracker, receiver.as_ref(), &target).await;
-    if let Some((client, id)) = remote_endpoint {
-        let _ = client.delete(&format!("/v1/endpoints/{id}")).await;
+    if let Some((client, id)) = remote_endpoint
+        && let Err(error) = client.delete(&format!("/v1/endpoints/{id}")).await
+    {
+        eprintln!("billhook bench: could not delete the receiver endpoint {id}: {error}");
     }
     if args.keep
         && let Some(dir) = target.data_dir()

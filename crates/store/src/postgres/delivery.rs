@@ -283,7 +283,10 @@ impl PgStore {
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         client
             .execute(
-                "UPDATE deliveries SET lease_until = $3 WHERE id = ANY($1) AND lease_owner = $2",
+                // Locks the rows in id order, as completions do (see `complete`).
+                "UPDATE deliveries SET lease_until = $3 WHERE id IN
+                   (SELECT id FROM deliveries WHERE id = ANY($1) AND lease_owner = $2
+                    ORDER BY id FOR UPDATE)",
                 &[&ids, &owner, &until.unix_millis()],
             )
             .await
@@ -298,11 +301,27 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
+        // Rows are locked in one order everywhere, endpoints before their deliveries and each
+        // kind by id, so a completion cannot deadlock with a lease renewal or an endpoint's
+        // deletion (PostgreSQL would abort one of them). The health is folded in attempt order.
+        let mut health = endpoint_health(&completions);
+        health.sort_by_key(|h| h.endpoint_id);
+        for health in &health {
+            record_health(&transaction, health, now).await?;
+        }
+        let ids: Vec<String> = completions
+            .iter()
+            .map(|c| c.delivery_id.to_string())
+            .collect();
+        transaction
+            .execute(
+                "SELECT 1 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?;
         for completion in &completions {
             complete_one(&transaction, completion, now).await?;
-        }
-        for health in endpoint_health(&completions) {
-            record_health(&transaction, &health, now).await?;
         }
         if completions.iter().any(|c| c.disable_endpoint.is_some()) {
             self.notify_endpoints(&transaction).await?;

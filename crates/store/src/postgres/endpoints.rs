@@ -458,8 +458,11 @@ impl PgStore {
         if deleted == 1 {
             transaction
                 .execute(
-                    "UPDATE deliveries SET status = 'cancelled', updated_at = $2
-                     WHERE endpoint_id = $1 AND status IN ('pending', 'failed', 'held')",
+                    // Locks the rows in id order, as completions and lease renewals do.
+                    "UPDATE deliveries SET status = 'cancelled', updated_at = $2 WHERE id IN
+                   (SELECT id FROM deliveries
+                    WHERE endpoint_id = $1 AND status IN ('pending', 'failed', 'held')
+                    ORDER BY id FOR UPDATE)",
                     &[&id.to_string(), &now.unix_millis()],
                 )
                 .await
