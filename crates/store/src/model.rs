@@ -757,9 +757,57 @@ pub struct SourceStats {
     pub quarantined: u64,
 }
 
+/// Splits a batch into runs that can each be written as one set-based statement per table with
+/// the same result as writing the completions one by one: no delivery appears twice in a run,
+/// and a run ends with any completion that disables its endpoint (disabling holds the
+/// endpoint's unleased deliveries, so what follows it must be written after it).
+pub(crate) fn completion_runs(completions: &[Completion]) -> Vec<&[Completion]> {
+    let mut runs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut start = 0;
+    for (index, completion) in completions.iter().enumerate() {
+        if !seen.insert(completion.delivery_id) {
+            runs.push(&completions[start..index]);
+            seen.clear();
+            seen.insert(completion.delivery_id);
+            start = index;
+        }
+        if completion.disable_endpoint.is_some() {
+            runs.push(&completions[start..=index]);
+            seen.clear();
+            start = index + 1;
+        }
+    }
+    if start < completions.len() {
+        runs.push(&completions[start..]);
+    }
+    runs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completion_runs_keep_each_delivery_once_and_end_at_a_disabling() {
+        let endpoint = EndpointId::new();
+        let first = attempted(endpoint, 500, NextStep::Dead);
+        let mut again = attempted(endpoint, 200, NextStep::Delivered);
+        again.delivery_id = first.delivery_id;
+        let mut disabling = attempted(endpoint, 410, NextStep::Dead);
+        disabling.disable_endpoint = Some("gone".to_owned());
+        let batch = vec![
+            attempted(endpoint, 200, NextStep::Delivered),
+            first,
+            attempted(endpoint, 200, NextStep::Delivered),
+            again,
+            disabling,
+            attempted(endpoint, 200, NextStep::Delivered),
+        ];
+        let lengths: Vec<usize> = completion_runs(&batch).iter().map(|r| r.len()).collect();
+        assert_eq!(lengths, vec![3, 2, 1]);
+        assert!(completion_runs(&[]).is_empty());
+    }
 
     fn attempted(endpoint: EndpointId, status: u16, next: NextStep) -> Completion {
         Completion {

@@ -2,8 +2,11 @@
 
 use billhook_core::ids::{EventId, InboundId};
 use billhook_core::time::Timestamp;
+use std::sync::LazyLock;
+
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 use super::ledger::apply_facts;
 use super::{PgStore, pg_error};
@@ -50,6 +53,15 @@ async fn claim_dedup(
     if claimed.is_some() {
         return Ok(None);
     }
+    dedup_holder(transaction, source, key).await.map(Some)
+}
+
+/// The request that holds a dedup key (locked by the failed claim, so it stays the holder).
+async fn dedup_holder(
+    transaction: &Transaction<'_>,
+    source: &str,
+    key: &str,
+) -> Result<InboundId, StoreError> {
     let row = transaction
         .query_one(
             "SELECT inbound_id FROM dedup WHERE source = $1 AND key = $2",
@@ -57,49 +69,281 @@ async fn claim_dedup(
         )
         .await
         .map_err(pg_error)?;
-    parse_id(row.get::<_, &str>(0)).map(Some)
+    parse_id(row.get::<_, &str>(0))
 }
 
-async fn insert_inbound(
-    transaction: &Transaction<'_>,
-    inbound: &NewInbound,
-) -> Result<(), StoreError> {
-    let headers =
-        serde_json::to_string(&inbound.headers).map_err(|e| StoreError::Database(e.to_string()))?;
-    let statement = transaction
-        .prepare_cached(
-            "INSERT INTO inbound (id, source, provider, received_at, status, provider_event,
+/// The `SELECT` of events passed as eight arrays from parameter `$first` on, all of request
+/// `$inbound`: one statement however many events a request has.
+fn event_rows(inbound: usize, first: usize) -> String {
+    let [
+        id,
+        kind,
+        source,
+        subject_kind,
+        subject_id,
+        occurred,
+        received,
+        payload,
+    ] = std::array::from_fn::<usize, 8, _>(|i| first + i);
+    format!(
+        "SELECT id, type, source, subject_kind, subject_id, ${inbound}, occurred_at, received_at,
+            payload
+         FROM unnest(${id}::text[], ${kind}::text[], ${source}::text[], ${subject_kind}::text[],
+            ${subject_id}::text[], ${occurred}::bigint[], ${received}::bigint[],
+            ${payload}::bytea[])
+           AS e(id, type, source, subject_kind, subject_id, occurred_at, received_at, payload)"
+    )
+}
+
+/// The `SELECT` of deliveries passed as nine arrays from parameter `$first` on, all of request
+/// `$inbound`, created at `$now`.
+fn delivery_rows(inbound: usize, now: usize, first: usize) -> String {
+    let [
+        id,
+        endpoint,
+        message,
+        event,
+        kind,
+        status,
+        next,
+        owner,
+        until,
+    ] = std::array::from_fn::<usize, 9, _>(|i| first + i);
+    format!(
+        "SELECT id, endpoint_id, message_id, event_id, ${inbound}, event_type, status,
+            next_attempt_at, lease_owner, lease_until, ${now}, ${now}
+         FROM unnest(${id}::text[], ${endpoint}::text[], ${message}::text[], ${event}::text[],
+            ${kind}::text[], ${status}::text[], ${next}::bigint[], ${owner}::text[],
+            ${until}::bigint[])
+           AS d(id, endpoint_id, message_id, event_id, event_type, status, next_attempt_at,
+            lease_owner, lease_until)"
+    )
+}
+
+const EVENT_COLUMNS: &str = "id, type, source, subject_kind, subject_id, inbound_id, occurred_at,
+    received_at, payload";
+
+const DELIVERY_COLUMNS: &str = "id, endpoint_id, message_id, event_id, inbound_id, event_type,
+    status, next_attempt_at, lease_owner, lease_until, created_at, updated_at";
+
+/// Events as the arrays `event_rows` reads.
+struct EventArrays<'a> {
+    ids: Vec<String>,
+    types: Vec<&'static str>,
+    sources: Vec<&'a str>,
+    subject_kinds: Vec<&'static str>,
+    subject_ids: Vec<&'a str>,
+    occurred_at: Vec<i64>,
+    received_at: Vec<i64>,
+    payloads: Vec<&'a [u8]>,
+}
+
+impl<'a> EventArrays<'a> {
+    fn of(events: &'a [NewEvent]) -> Self {
+        Self {
+            ids: events.iter().map(|e| e.id.to_string()).collect(),
+            types: events.iter().map(|e| e.event_type).collect(),
+            sources: events.iter().map(|e| e.source.as_str()).collect(),
+            subject_kinds: events.iter().map(|e| e.subject_kind).collect(),
+            subject_ids: events.iter().map(|e| e.subject_id.as_str()).collect(),
+            occurred_at: events.iter().map(|e| e.occurred_at.unix_millis()).collect(),
+            received_at: events.iter().map(|e| e.received_at.unix_millis()).collect(),
+            payloads: events.iter().map(|e| &e.payload[..]).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.ids,
+            &self.types,
+            &self.sources,
+            &self.subject_kinds,
+            &self.subject_ids,
+            &self.occurred_at,
+            &self.received_at,
+            &self.payloads,
+        ]
+    }
+}
+
+/// Deliveries as the arrays `delivery_rows` reads.
+struct DeliveryArrays<'a> {
+    ids: Vec<String>,
+    endpoint_ids: Vec<String>,
+    message_ids: Vec<&'a str>,
+    event_ids: Vec<Option<String>>,
+    event_types: Vec<&'static str>,
+    statuses: Vec<&'static str>,
+    next_attempt_at: Vec<i64>,
+    lease_owners: Vec<Option<&'a str>>,
+    lease_until: Vec<Option<i64>>,
+}
+
+impl<'a> DeliveryArrays<'a> {
+    fn of(deliveries: &'a [NewDelivery]) -> Self {
+        Self {
+            ids: deliveries.iter().map(|d| d.id.to_string()).collect(),
+            endpoint_ids: deliveries
+                .iter()
+                .map(|d| d.endpoint_id.to_string())
+                .collect(),
+            message_ids: deliveries.iter().map(|d| d.message_id.as_str()).collect(),
+            event_ids: deliveries
+                .iter()
+                .map(|d| d.event_id.map(|e| e.to_string()))
+                .collect(),
+            event_types: deliveries.iter().map(|d| d.event_type).collect(),
+            statuses: deliveries.iter().map(|d| d.status.as_str()).collect(),
+            next_attempt_at: deliveries
+                .iter()
+                .map(|d| d.next_attempt_at.unix_millis())
+                .collect(),
+            lease_owners: deliveries
+                .iter()
+                .map(|d| d.lease.as_ref().map(|l| l.owner.as_str()))
+                .collect(),
+            lease_until: deliveries
+                .iter()
+                .map(|d| d.lease.as_ref().map(|l| l.until.unix_millis()))
+                .collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+        [
+            &self.ids,
+            &self.endpoint_ids,
+            &self.message_ids,
+            &self.event_ids,
+            &self.event_types,
+            &self.statuses,
+            &self.next_attempt_at,
+            &self.lease_owners,
+            &self.lease_until,
+        ]
+    }
+}
+
+/// Whether other instances should hear of these deliveries: some are left for whichever
+/// instance claims them first.
+fn announced(deliveries: &[NewDelivery]) -> bool {
+    deliveries
+        .iter()
+        .any(|d| d.lease.is_none() && d.status == DeliveryStatus::Pending)
+}
+
+/// An ingest's writes in one statement: the dedup claim, and only if it succeeded the request,
+/// its events and its deliveries, and the notification of other instances. On PostgreSQL a
+/// statement costs mostly its round trip and executor start-up, and an ingest used to be one
+/// statement per row. Returns whether the claim succeeded (the request is not a duplicate).
+/// Parts with no rows are left out (a store opened at an older schema version in tests has no
+/// deliveries table), which makes four statements, indexed by `[has events, has deliveries]`.
+fn ingest_statement(with_events: bool, with_deliveries: bool) -> String {
+    let events = if with_events {
+        format!(
+            ", request_events AS (
+                INSERT INTO events ({EVENT_COLUMNS})
+                {} WHERE EXISTS (SELECT 1 FROM claimed)
+              )",
+            event_rows(1, 18)
+        )
+    } else {
+        String::new()
+    };
+    let deliveries = if with_deliveries {
+        format!(
+            ", request_deliveries AS (
+                INSERT INTO deliveries ({DELIVERY_COLUMNS})
+                {} WHERE EXISTS (SELECT 1 FROM claimed)
+              )",
+            delivery_rows(1, 4, if with_events { 26 } else { 18 })
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "WITH claimed AS (
+            INSERT INTO dedup (source, key, inbound_id, expires_at) VALUES ($2, $8, $1, $16)
+            ON CONFLICT (source, key) DO UPDATE
+              SET inbound_id = excluded.inbound_id, expires_at = excluded.expires_at
+              WHERE dedup.expires_at <= $4
+            RETURNING 1
+          ), request AS (
+            INSERT INTO inbound (id, source, provider, received_at, status, provider_event,
                 provider_event_id, dedup_key, verification, remote_addr, headers, body,
                 error_code, error_message, processed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
+            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
+            WHERE EXISTS (SELECT 1 FROM claimed)
+          ){events}{deliveries}
+         SELECT stored, CASE WHEN stored AND $17::text IS NOT NULL
+                             THEN pg_notify($17, '')::text END
+         FROM (SELECT EXISTS (SELECT 1 FROM claimed) AS stored) AS outcome"
+    )
+}
+
+static INGEST_STATEMENTS: LazyLock<[[String; 2]; 2]> = LazyLock::new(|| {
+    [false, true].map(|with_events| {
+        [false, true].map(|with_deliveries| ingest_statement(with_events, with_deliveries))
+    })
+});
+
+/// Writes a request, its events and deliveries unless its dedup key is held; returns whether
+/// it was written.
+async fn insert_request(
+    store: &PgStore,
+    transaction: &Transaction<'_>,
+    write: &IngestWrite,
+) -> Result<bool, StoreError> {
+    let inbound = &write.inbound;
+    let headers =
+        serde_json::to_string(&inbound.headers).map_err(|e| StoreError::Database(e.to_string()))?;
+    let events = EventArrays::of(&write.events);
+    let deliveries = DeliveryArrays::of(&write.deliveries);
+    let channel = announced(&write.deliveries).then_some(store.deliveries_channel.as_str());
+    let id = inbound.id.to_string();
+    let received_at = inbound.received_at.unix_millis();
+    let processed_at = (inbound.status == InboundStatus::Processed).then_some(received_at);
+    let error_code = inbound.error.as_ref().map(|e| e.code.as_str());
+    let error_message = inbound.error.as_ref().map(|e| e.message.as_str());
+    let dedup_expires_at = write.dedup_expires_at.unix_millis();
+    let body = &inbound.body[..];
+    let status = inbound.status.as_str();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &id,
+        &inbound.source,
+        &inbound.provider,
+        &received_at,
+        &status,
+        &inbound.provider_event,
+        &inbound.provider_event_id,
+        &inbound.dedup_key,
+        &inbound.verification,
+        &inbound.remote_addr,
+        &headers,
+        &body,
+        &error_code,
+        &error_message,
+        &processed_at,
+        &dedup_expires_at,
+        &channel,
+    ];
+    let with_events = !write.events.is_empty();
+    let with_deliveries = !write.deliveries.is_empty();
+    if with_events {
+        params.extend(events.params());
+    }
+    if with_deliveries {
+        params.extend(deliveries.params());
+    }
+    let statement = transaction
+        .prepare_cached(&INGEST_STATEMENTS[usize::from(with_events)][usize::from(with_deliveries)])
         .await
         .map_err(pg_error)?;
-    transaction
-        .execute(
-            &statement,
-            &[
-                &inbound.id.to_string(),
-                &inbound.source,
-                &inbound.provider,
-                &inbound.received_at.unix_millis(),
-                &inbound.status.as_str(),
-                &inbound.provider_event,
-                &inbound.provider_event_id,
-                &inbound.dedup_key,
-                &inbound.verification,
-                &inbound.remote_addr,
-                &headers,
-                &&inbound.body[..],
-                &inbound.error.as_ref().map(|e| e.code.as_str()),
-                &inbound.error.as_ref().map(|e| e.message.as_str()),
-                &(inbound.status == InboundStatus::Processed)
-                    .then(|| inbound.received_at.unix_millis()),
-            ],
-        )
+    let row = transaction
+        .query_one(&statement, &params)
         .await
         .map_err(pg_error)?;
-    Ok(())
+    Ok(row.get(0))
 }
 
 pub(super) async fn insert_events(
@@ -107,37 +351,23 @@ pub(super) async fn insert_events(
     inbound_id: InboundId,
     events: &[NewEvent],
 ) -> Result<(), StoreError> {
+    static STATEMENT: LazyLock<String> =
+        LazyLock::new(|| format!("INSERT INTO events ({EVENT_COLUMNS}) {}", event_rows(1, 2)));
     if events.is_empty() {
         return Ok(());
     }
     let statement = transaction
-        .prepare_cached(
-            "INSERT INTO events (id, type, source, subject_kind, subject_id, inbound_id,
-                occurred_at, received_at, payload)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
+        .prepare_cached(&STATEMENT)
         .await
         .map_err(pg_error)?;
     let inbound_id = inbound_id.to_string();
-    for event in events {
-        transaction
-            .execute(
-                &statement,
-                &[
-                    &event.id.to_string(),
-                    &event.event_type,
-                    &event.source,
-                    &event.subject_kind,
-                    &event.subject_id,
-                    &inbound_id,
-                    &event.occurred_at.unix_millis(),
-                    &event.received_at.unix_millis(),
-                    &&event.payload[..],
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-    }
+    let events = EventArrays::of(events);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&inbound_id];
+    params.extend(events.params());
+    transaction
+        .execute(&statement, &params)
+        .await
+        .map_err(pg_error)?;
     Ok(())
 }
 
@@ -150,43 +380,29 @@ pub(super) async fn insert_deliveries(
     deliveries: &[NewDelivery],
     now: Timestamp,
 ) -> Result<(), StoreError> {
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO deliveries ({DELIVERY_COLUMNS}) {}",
+            delivery_rows(1, 2, 3)
+        )
+    });
     if deliveries.is_empty() {
         return Ok(());
     }
     let statement = transaction
-        .prepare_cached(
-            "INSERT INTO deliveries (id, endpoint_id, message_id, event_id, inbound_id, event_type,
-                status, next_attempt_at, lease_owner, lease_until, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
-        )
+        .prepare_cached(&STATEMENT)
         .await
         .map_err(pg_error)?;
     let inbound_id = inbound_id.to_string();
-    for delivery in deliveries {
-        transaction
-            .execute(
-                &statement,
-                &[
-                    &delivery.id.to_string(),
-                    &delivery.endpoint_id.to_string(),
-                    &delivery.message_id,
-                    &delivery.event_id.map(|e| e.to_string()),
-                    &inbound_id,
-                    &delivery.event_type,
-                    &delivery.status.as_str(),
-                    &delivery.next_attempt_at.unix_millis(),
-                    &delivery.lease.as_ref().map(|l| l.owner.as_str()),
-                    &delivery.lease.as_ref().map(|l| l.until.unix_millis()),
-                    &now.unix_millis(),
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-    }
-    if deliveries
-        .iter()
-        .any(|d| d.lease.is_none() && d.status == DeliveryStatus::Pending)
-    {
+    let now = now.unix_millis();
+    let arrays = DeliveryArrays::of(deliveries);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&inbound_id, &now];
+    params.extend(arrays.params());
+    transaction
+        .execute(&statement, &params)
+        .await
+        .map_err(pg_error)?;
+    if announced(deliveries) {
         store.notify_deliveries(transaction).await?;
     }
     Ok(())
@@ -211,43 +427,40 @@ pub(super) async fn event_ids_of<C: GenericClient>(
         .collect()
 }
 
+/// Tells the other instances on `channel`; sent when the transaction commits.
+async fn notify<C: GenericClient>(client: &C, channel: &str) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached("SELECT pg_notify($1, '')")
+        .await
+        .map_err(pg_error)?;
+    client
+        .execute(&statement, &[&channel])
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
 impl PgStore {
     pub(super) async fn notify_deliveries<C: GenericClient>(
         &self,
         client: &C,
     ) -> Result<(), StoreError> {
-        client
-            .execute("SELECT pg_notify($1, '')", &[&self.deliveries_channel])
-            .await
-            .map_err(pg_error)?;
-        Ok(())
+        notify(client, &self.deliveries_channel).await
     }
 
     pub(super) async fn notify_endpoints<C: GenericClient>(
         &self,
         client: &C,
     ) -> Result<(), StoreError> {
-        client
-            .execute("SELECT pg_notify($1, '')", &[&self.endpoints_channel])
-            .await
-            .map_err(pg_error)?;
-        Ok(())
+        notify(client, &self.endpoints_channel).await
     }
 
     pub(crate) async fn ingest(&self, write: IngestWrite) -> Result<IngestOutcome, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
         let inbound = &write.inbound;
-        if let Some(original) = claim_dedup(
-            &transaction,
-            &inbound.source,
-            &inbound.dedup_key,
-            inbound.id,
-            inbound.received_at,
-            write.dedup_expires_at,
-        )
-        .await?
-        {
+        if !insert_request(self, &transaction, &write).await? {
+            let original = dedup_holder(&transaction, &inbound.source, &inbound.dedup_key).await?;
             let event_ids = event_ids_of(&transaction, original).await?;
             transaction.commit().await.map_err(pg_error)?;
             return Ok(IngestOutcome::Duplicate {
@@ -255,16 +468,6 @@ impl PgStore {
                 event_ids,
             });
         }
-        insert_inbound(&transaction, inbound).await?;
-        insert_events(&transaction, inbound.id, &write.events).await?;
-        insert_deliveries(
-            self,
-            &transaction,
-            inbound.id,
-            &write.deliveries,
-            inbound.received_at,
-        )
-        .await?;
         let concluded =
             apply_facts(self, &transaction, &write.facts, write.concluder.as_deref()).await?;
         transaction.commit().await.map_err(pg_error)?;

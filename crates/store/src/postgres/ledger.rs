@@ -396,15 +396,18 @@ pub(super) async fn apply_facts(
         .map(|lock| to_bits(ledger::stable_hash(&["billhook-ledger", &lock.name])))
         .collect();
     let exclusive: Vec<bool> = names.iter().map(|lock| lock.exclusive).collect();
-    transaction
-        .execute(
+    let lock = transaction
+        .prepare_cached(
             "SELECT CASE WHEN exclusive THEN pg_advisory_xact_lock(key)
                          ELSE pg_advisory_xact_lock_shared(key) END
              FROM (SELECT key, bool_or(exclusive) AS exclusive
                    FROM unnest($1::bigint[], $2::bool[]) AS l(key, exclusive)
                    GROUP BY key ORDER BY key) AS sorted",
-            &[&keys, &exclusive],
         )
+        .await
+        .map_err(pg_error)?;
+    transaction
+        .execute(&lock, &[&keys, &exclusive])
         .await
         .map_err(pg_error)?;
     let mut repo = PgLedger {
