@@ -1,5 +1,6 @@
 //! Background work inside `billhook serve`: forgetting expired dedup keys, announcing payments
-//! that matched no invoice, retention, and flushing activity counts for the console.
+//! that matched no invoice, retention, flushing activity counts for the console, and keeping
+//! PostgreSQL's planner statistics in step with the ledger.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,8 @@ pub(crate) fn spawn(app: Arc<App>) -> Background {
         tokio::spawn(sweep_dedup(Arc::clone(&app), stopped.clone())),
         tokio::spawn(sweep_unmatched(Arc::clone(&app), stopped.clone())),
         tokio::spawn(retain(Arc::clone(&app), stopped.clone())),
-        tokio::spawn(flush_activity(app, stopped)),
+        tokio::spawn(flush_activity(Arc::clone(&app), stopped.clone())),
+        tokio::spawn(refresh_statistics(app, stopped)),
     ];
     Background { stop, tasks }
 }
@@ -79,6 +81,24 @@ async fn sweep_unmatched(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
         }
         if let Err(error) = crate::ledger::announce_unmatched(&app).await {
             tracing::warn!(%error, "could not look for unmatched payments");
+        }
+    }
+}
+
+/// How often the store checks whether its planner statistics are stale: often, because a new
+/// deployment's ledger grows from nothing and plans made for an empty ledger scan it.
+const STATISTICS_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+async fn refresh_statistics(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STATISTICS_CHECK_EVERY) => {}
+            _ = stopped.changed() => return,
+        }
+        match app.store.refresh_statistics().await {
+            Ok(true) => tracing::debug!("refreshed the ledger's planner statistics"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "could not refresh planner statistics"),
         }
     }
 }

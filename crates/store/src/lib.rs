@@ -265,6 +265,16 @@ impl Store {
         dispatch!(self, store => store.reprocess(id, outcome).await)
     }
 
+    /// Keeps the database's planner statistics in step with fast-growing tables; returns
+    /// whether it refreshed any. SQLite plans every statement from its schema alone and has
+    /// nothing to refresh.
+    pub async fn refresh_statistics(&self) -> Result<bool, StoreError> {
+        match &*self.backend {
+            Backend::Sqlite(_) => Ok(false),
+            Backend::Postgres(store) => store.refresh_statistics().await,
+        }
+    }
+
     /// Forgets dedup keys that expired before `now`. Returns how many went.
     pub async fn prune_dedup(&self, now: Timestamp, batch: u32) -> Result<u64, StoreError> {
         dispatch!(self, store => store.prune_dedup(now, batch).await)

@@ -441,3 +441,50 @@ fn the_ledger_identity_migration_keeps_entities_and_their_lookups() {
         }
     });
 }
+
+#[test]
+fn a_grown_ledger_is_analyzed_once_and_its_lookups_still_link() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let postgres = matches!(test.config, DatabaseConfig::Postgres(_));
+            assert!(
+                !store.refresh_statistics().await.unwrap(),
+                "an empty ledger"
+            );
+            for n in 0..150 {
+                store
+                    .ingest(ingest_of(
+                        invoice_data(&format!("bcinv_{n}"), &format!("INV-{n}"), 1000),
+                        Some(StatusRank::new(1)),
+                    ))
+                    .await
+                    .unwrap();
+            }
+            // PostgreSQL's activity counters reach `pg_stat_user_tables` within seconds of a
+            // commit, not at once.
+            let mut refreshed = false;
+            for _ in 0..120 {
+                refreshed = store.refresh_statistics().await.unwrap();
+                if refreshed || !postgres {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            assert_eq!(refreshed, postgres, "only PostgreSQL keeps statistics");
+            assert!(
+                !store.refresh_statistics().await.unwrap(),
+                "not again until the ledger doubles"
+            );
+            // Link lookups planned from the new statistics still find the invoice.
+            let paid = store
+                .ingest(ingest_of(
+                    payment_data("tx_77", "succeeded", 1000, "INV-77"),
+                    SUCCEEDED,
+                ))
+                .await
+                .unwrap();
+            assert_eq!(concluded(paid).len(), 1);
+        }
+    });
+}
