@@ -469,7 +469,7 @@ fn a_grown_ledger_is_analyzed_once_and_its_lookups_still_link() {
                 if refreshed || !postgres {
                     break;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
             assert_eq!(refreshed, postgres, "only PostgreSQL keeps statistics");
             assert!(
