@@ -227,6 +227,8 @@ fn write_loop(
         checkpointer.nudge();
     }
     syncer.finish();
+    // Only now, with every commit durable: truncates the WAL and waits for it.
+    drop(checkpointer);
 }
 
 /// Runs a group of jobs in one transaction and commits it.
@@ -385,9 +387,14 @@ impl Wal {
 /// [`Checkpointer::RESTART_FRAMES`], the checkpointer asks the writer to copy back the last few
 /// frames itself between two groups ([`Checkpointer::restart_if_wanted`]), after which its next
 /// transaction starts the WAL over.
+///
+/// Dropped by the writer when the store closes: it then stops resting, truncates the WAL and is
+/// waited for, so a cleanly stopped store leaves no WAL to replay.
 struct Checkpointer {
     nudge: std::sync::mpsc::SyncSender<()>,
     restart_wanted: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
@@ -409,12 +416,13 @@ impl Checkpointer {
             .map_err(db_error)?;
         let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
         let restart_wanted = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
         let wanted = Arc::clone(&restart_wanted);
-        std::thread::Builder::new()
+        let stop = Arc::clone(&stopping);
+        let thread = std::thread::Builder::new()
             .name("billhook-sqlite-checkpointer".to_owned())
             .spawn(move || {
-                // Ends when the writer, and with it the sender, is gone.
-                while nudged.recv().is_ok() {
+                while nudged.recv().is_ok() && !stop.load(Ordering::Acquire) {
                     if let Some(progress) = checkpoint(&connection, "PASSIVE")
                         && progress.in_wal > Self::RESTART_FRAMES
                     {
@@ -422,7 +430,15 @@ impl Checkpointer {
                     }
                     // While a restart is wanted, keep up, so the writer has little left to copy.
                     if !wanted.load(Ordering::Relaxed) {
-                        std::thread::sleep(Self::REST);
+                        // Nudges that come meanwhile wait in the channel; only stopping wakes it.
+                        let until = std::time::Instant::now() + Self::REST;
+                        while !stop.load(Ordering::Acquire) {
+                            let left = until.saturating_duration_since(std::time::Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            std::thread::park_timeout(left);
+                        }
                     }
                 }
                 checkpoint(&connection, "TRUNCATE");
@@ -431,6 +447,8 @@ impl Checkpointer {
         Ok(Self {
             nudge,
             restart_wanted,
+            stopping,
+            thread: Some(thread),
         })
     }
 
@@ -454,6 +472,18 @@ impl Checkpointer {
     fn nudge(&self) {
         // Full means a checkpoint is already due.
         let _ = self.nudge.try_send(());
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            // Wakes it whether it waits for a nudge or rests.
+            let _ = self.nudge.try_send(());
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
     }
 }
 
@@ -687,5 +717,28 @@ mod tests {
             assert_eq!(stored, expected, "with job {failing} failing");
             store.close().await;
         }
+    }
+
+    /// A store that closes cleanly copies its WAL back and empties it: nothing to replay at the
+    /// next start, and no WAL of hundreds of megabytes left beside the database.
+    #[tokio::test]
+    async fn closing_empties_the_wal() {
+        let (dir, store) = scratch_store().await;
+        for n in 0..200 {
+            store.write(insert(n, false)).await.expect("insert");
+        }
+        let wal = dir.path().join("billhook.db-wal");
+        assert!(std::fs::metadata(&wal).expect("a WAL while open").len() > 0);
+        store.close().await;
+        assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+        let count: i64 = store
+            .read(|connection| {
+                connection
+                    .query_row("SELECT count(*) FROM numbers", [], |row| row.get(0))
+                    .map_err(db_error)
+            })
+            .await
+            .expect("read after close");
+        assert_eq!(count, 200);
     }
 }
