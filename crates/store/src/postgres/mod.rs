@@ -44,6 +44,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         6,
         include_str!("../../migrations/postgres/0006_ledger_identity.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_ledger_reference_statistics.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming billhook's migration lock.
