@@ -399,9 +399,14 @@ impl PgStore {
         let transaction = client.transaction().await.map_err(pg_error)?;
         let recovered = transaction
             .execute(
+                // Locked in id order, as everywhere (see `complete`): a retried delivery can be
+                // failed and in flight at once, so its completion may hold it meanwhile.
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = $3, attempts = 0,
                     lease_owner = NULL, lease_until = NULL, updated_at = $3
-                 WHERE endpoint_id = $1 AND created_at >= $2 AND status IN ('failed', 'dead', 'held')",
+                 WHERE id IN (SELECT id FROM deliveries
+                    WHERE endpoint_id = $1 AND created_at >= $2
+                      AND status IN ('failed', 'dead', 'held')
+                    ORDER BY id FOR UPDATE)",
                 &[&endpoint.to_string(), &since.unix_millis(), &now.unix_millis()],
             )
             .await
