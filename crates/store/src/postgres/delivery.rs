@@ -407,7 +407,11 @@ impl PgStore {
                     WHERE endpoint_id = $1 AND created_at >= $2
                       AND status IN ('failed', 'dead', 'held')
                     ORDER BY id FOR UPDATE)",
-                &[&endpoint.to_string(), &since.unix_millis(), &now.unix_millis()],
+                &[
+                    &endpoint.to_string(),
+                    &since.unix_millis(),
+                    &now.unix_millis(),
+                ],
             )
             .await
             .map_err(pg_error)?;
