@@ -365,14 +365,37 @@ impl PgStore {
             .iter()
             .map(|c| c.delivery_id.to_string())
             .collect();
-        let lock = transaction
-            .prepare_cached("SELECT 1 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .await
-            .map_err(pg_error)?;
-        transaction
-            .execute(&lock, &[&ids])
-            .await
-            .map_err(pg_error)?;
+        let disabled: Vec<String> = completions
+            .iter()
+            .filter(|c| c.disable_endpoint.is_some())
+            .map(|c| c.endpoint_id.to_string())
+            .collect();
+        if disabled.is_empty() {
+            let lock = transaction
+                .prepare_cached(
+                    "SELECT 1 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                )
+                .await
+                .map_err(pg_error)?;
+            transaction
+                .execute(&lock, &[&ids])
+                .await
+                .map_err(pg_error)?;
+        } else {
+            // Disabling holds the endpoint's waiting deliveries: they are locked now, in the
+            // same sorted batch, not after the batch's own (a recovery of that endpoint, taking
+            // them in id order, would otherwise wait on the batch while the batch waits on it).
+            transaction
+                .execute(
+                    "SELECT 1 FROM deliveries
+                     WHERE id = ANY($1)
+                        OR (endpoint_id = ANY($2) AND status IN ('pending', 'failed'))
+                     ORDER BY id FOR UPDATE",
+                    &[&ids, &disabled],
+                )
+                .await
+                .map_err(pg_error)?;
+        }
         for run in completion_runs(&completions) {
             complete_run(&transaction, run, now).await?;
         }

@@ -254,7 +254,9 @@ pub(super) async fn disable<C: GenericClient>(
     client
         .execute(
             "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL, updated_at = $2
-             WHERE endpoint_id = $1 AND status IN ('pending', 'failed') AND lease_owner IS NULL",
+             WHERE id IN (SELECT id FROM deliveries
+                WHERE endpoint_id = $1 AND status IN ('pending', 'failed') AND lease_owner IS NULL
+                ORDER BY id FOR UPDATE)",
             &[&id, &now.unix_millis()],
         )
         .await
