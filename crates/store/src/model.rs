@@ -423,6 +423,21 @@ pub enum NextStep {
     Cancelled,
 }
 
+impl NextStep {
+    /// What it writes to the delivery's row: the status (none: unchanged) and the time of the
+    /// next attempt (none: unchanged).
+    pub(crate) fn columns(&self) -> (Option<&'static str>, Option<i64>) {
+        match self {
+            Self::Delivered => (Some("delivered"), None),
+            Self::Retry { at } => (Some("failed"), Some(at.unix_millis())),
+            Self::Dead => (Some("dead"), None),
+            Self::Held => (Some("held"), None),
+            Self::Cancelled => (Some("cancelled"), None),
+            Self::Released => (None, None),
+        }
+    }
+}
+
 /// The result of working one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {

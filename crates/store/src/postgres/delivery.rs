@@ -184,14 +184,7 @@ async fn complete_run<C: GenericClient>(
     }
     let next_steps: Vec<(Option<&str>, Option<i64>)> = run
         .iter()
-        .map(|completion| match &completion.next {
-            NextStep::Delivered => (Some("delivered"), None),
-            NextStep::Retry { at } => (Some("failed"), Some(at.unix_millis())),
-            NextStep::Dead => (Some("dead"), None),
-            NextStep::Held => (Some("held"), None),
-            NextStep::Cancelled => (Some("cancelled"), None),
-            NextStep::Released => (None, None),
-        })
+        .map(|completion| completion.next.columns())
         .collect();
     let statement = client
         .prepare_cached(

@@ -264,14 +264,7 @@ fn complete_one(
             })
             .map_err(db_error)?;
     }
-    let (status, next_at): (Option<&str>, Option<i64>) = match &completion.next {
-        NextStep::Delivered => (Some("delivered"), None),
-        NextStep::Retry { at } => (Some("failed"), Some(at.unix_millis())),
-        NextStep::Dead => (Some("dead"), None),
-        NextStep::Held => (Some("held"), None),
-        NextStep::Cancelled => (Some("cancelled"), None),
-        NextStep::Released => (None, None),
-    };
+    let (status, next_at) = completion.next.columns();
     let attempted = completion.attempt.as_ref();
     connection
         .prepare_cached(
