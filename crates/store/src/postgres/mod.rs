@@ -5,6 +5,11 @@
 //! `FOR UPDATE SKIP LOCKED`, so instances never work the same row while its lease holds, and
 //! `LISTEN`/`NOTIFY` tells every instance at once when deliveries or endpoints change. Channel
 //! names include the schema, so several billhook deployments can share one database.
+//!
+//! A statement costs mostly its round trip and executor start-up, so writes are set-based
+//! where they can be: an ingest's rows are one statement, a completion batch's one per table.
+//! Transactions that lock several rows take them in one order (endpoints, then deliveries by
+//! id) so they cannot deadlock one another.
 
 mod access;
 mod delivery;
