@@ -140,6 +140,28 @@ fn ingest_of(data: EntityData, rank: Option<StatusRank>) -> IngestWrite {
     ingest
 }
 
+/// Ingests a succeeded payment of `amount` that names `reference`.
+async fn pay(store: &Store, id: &str, amount: i64, reference: &str) -> IngestOutcome {
+    store
+        .ingest(ingest_of(
+            payment_data(id, "succeeded", amount, reference),
+            SUCCEEDED,
+        ))
+        .await
+        .unwrap()
+}
+
+/// Ingests an issued invoice.
+async fn issue(store: &Store, id: &str, number: &str, amount: i64) -> IngestOutcome {
+    store
+        .ingest(ingest_of(
+            invoice_data(id, number, amount),
+            Some(StatusRank::new(1)),
+        ))
+        .await
+        .unwrap()
+}
+
 fn concluded(outcome: IngestOutcome) -> Vec<EventId> {
     match outcome {
         IngestOutcome::Stored { concluded, .. } => concluded,
@@ -167,39 +189,15 @@ fn payments_link_to_their_invoice_which_settles_once() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            let first = store
-                .ingest(ingest_of(
-                    payment_data("tx_1", "succeeded", 600, "INV-1"),
-                    SUCCEEDED,
-                ))
-                .await
-                .unwrap();
+            let first = pay(store, "tx_1", 600, "INV-1").await;
             assert!(concluded(first).is_empty());
-            let invoice = store
-                .ingest(ingest_of(
-                    invoice_data("bcinv_1", "INV-1", 1000),
-                    Some(StatusRank::new(1)),
-                ))
-                .await
-                .unwrap();
+            let invoice = issue(store, "bcinv_1", "INV-1", 1000).await;
             assert!(concluded(invoice).is_empty(), "600 of 1000 is not settled");
-            let second = store
-                .ingest(ingest_of(
-                    payment_data("tx_2", "succeeded", 400, "INV-1"),
-                    SUCCEEDED,
-                ))
-                .await
-                .unwrap();
+            let second = pay(store, "tx_2", 400, "INV-1").await;
             let settled = concluded(second);
             assert_eq!(settled.len(), 1);
             // A later message about an already-counted payment concludes nothing again.
-            let again = store
-                .ingest(ingest_of(
-                    payment_data("tx_2", "succeeded", 400, "INV-1"),
-                    SUCCEEDED,
-                ))
-                .await
-                .unwrap();
+            let again = pay(store, "tx_2", 400, "INV-1").await;
             assert!(concluded(again).is_empty());
 
             let invoices = store
@@ -252,13 +250,7 @@ fn an_unmatched_payment_is_announced_once() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            store
-                .ingest(ingest_of(
-                    payment_data("tx_9", "succeeded", 250, "NOTHING"),
-                    SUCCEEDED,
-                ))
-                .await
-                .unwrap();
+            pay(store, "tx_9", 250, "NOTHING").await;
             store
                 .ingest(ingest_of(
                     payment_data("tx_8", "pending", 250, "NOTHING"),
@@ -376,18 +368,8 @@ fn the_ledger_identity_migration_keeps_entities_and_their_lookups() {
             (super::postgres_config().await, 5),
         ] {
             let old = Store::open_at(&config, Some(before)).await.unwrap();
-            old.ingest(ingest_of(
-                payment_data("tx_m1", "succeeded", 400, "INV-M"),
-                SUCCEEDED,
-            ))
-            .await
-            .unwrap();
-            old.ingest(ingest_of(
-                invoice_data("bcinv_m", "INV-M", 1000),
-                Some(StatusRank::new(1)),
-            ))
-            .await
-            .unwrap();
+            pay(&old, "tx_m1", 400, "INV-M").await;
+            issue(&old, "bcinv_m", "INV-M", 1000).await;
             old.close().await;
 
             let store = Store::open(&config).await.unwrap();
@@ -396,20 +378,8 @@ fn the_ledger_identity_migration_keeps_entities_and_their_lookups() {
                 Store::latest_version(&config)
             );
             // The same payment again is found by its identity and stays one entity.
-            store
-                .ingest(ingest_of(
-                    payment_data("tx_m1", "succeeded", 400, "INV-M"),
-                    SUCCEEDED,
-                ))
-                .await
-                .unwrap();
-            let settling = store
-                .ingest(ingest_of(
-                    payment_data("tx_m2", "succeeded", 600, "INV-M"),
-                    SUCCEEDED,
-                ))
-                .await
-                .unwrap();
+            pay(&store, "tx_m1", 400, "INV-M").await;
+            let settling = pay(&store, "tx_m2", 600, "INV-M").await;
             assert_eq!(concluded(settling).len(), 1, "1000 of 1000 settles");
             let payments = store
                 .ledger_entities(query(SubjectKind::Payment, LedgerFilter::All))
@@ -453,13 +423,7 @@ fn a_grown_ledger_is_analyzed_once_and_its_lookups_still_link() {
                 "an empty ledger"
             );
             for n in 0..150 {
-                store
-                    .ingest(ingest_of(
-                        invoice_data(&format!("bcinv_{n}"), &format!("INV-{n}"), 1000),
-                        Some(StatusRank::new(1)),
-                    ))
-                    .await
-                    .unwrap();
+                issue(store, &format!("bcinv_{n}"), &format!("INV-{n}"), 1000).await;
             }
             // PostgreSQL's activity counters reach `pg_stat_user_tables` within seconds of a
             // commit, not at once.
@@ -477,13 +441,7 @@ fn a_grown_ledger_is_analyzed_once_and_its_lookups_still_link() {
                 "not again until the ledger doubles"
             );
             // Link lookups planned from the new statistics still find the invoice.
-            let paid = store
-                .ingest(ingest_of(
-                    payment_data("tx_77", "succeeded", 1000, "INV-77"),
-                    SUCCEEDED,
-                ))
-                .await
-                .unwrap();
+            let paid = pay(store, "tx_77", 1000, "INV-77").await;
             assert_eq!(concluded(paid).len(), 1);
         }
     });
