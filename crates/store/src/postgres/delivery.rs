@@ -9,7 +9,7 @@ use tokio_postgres::types::Type;
 
 use super::endpoints::disable;
 use super::ingest::{insert_deliveries, parse_id};
-use super::{PgStore, big, pg_error, small, unsigned};
+use super::{PgStore, big, column, pg_error, small, unsigned};
 use crate::StoreError;
 use crate::model::*;
 use crate::page::{clamp_limit, paginate};
@@ -139,53 +139,26 @@ async fn complete_run<C: GenericClient>(
             )
             .await
             .map_err(pg_error)?;
-        let column = |f: fn(&(&Completion, &NewAttempt)) -> String| -> Vec<String> {
-            attempted.iter().map(f).collect()
-        };
         client
             .execute(
                 &statement,
                 &[
-                    &column(|(_, a)| a.id.to_string()),
-                    &column(|(c, _)| c.delivery_id.to_string()),
-                    &column(|(c, _)| c.endpoint_id.to_string()),
-                    &attempted
-                        .iter()
-                        .map(|(_, a)| small(a.number))
-                        .collect::<Vec<_>>(),
-                    &attempted
-                        .iter()
-                        .map(|(_, a)| a.started_at.unix_millis())
-                        .collect::<Vec<_>>(),
-                    &attempted
-                        .iter()
-                        .map(|(_, a)| big(a.duration_ms))
-                        .collect::<Vec<_>>(),
-                    &attempted
-                        .iter()
-                        .map(|(_, a)| a.status_code.map(i32::from))
-                        .collect::<Vec<_>>(),
-                    &attempted
-                        .iter()
-                        .map(|(_, a)| a.response_body.as_deref())
-                        .collect::<Vec<_>>(),
-                    &attempted
-                        .iter()
-                        .map(|(_, a)| a.error_kind.as_deref())
-                        .collect::<Vec<_>>(),
-                    &attempted
-                        .iter()
-                        .map(|(_, a)| a.error_message.as_deref())
-                        .collect::<Vec<_>>(),
+                    &column(&attempted, |(_, a)| a.id.to_string()),
+                    &column(&attempted, |(c, _)| c.delivery_id.to_string()),
+                    &column(&attempted, |(c, _)| c.endpoint_id.to_string()),
+                    &column(&attempted, |(_, a)| small(a.number)),
+                    &column(&attempted, |(_, a)| a.started_at.unix_millis()),
+                    &column(&attempted, |(_, a)| big(a.duration_ms)),
+                    &column(&attempted, |(_, a)| a.status_code.map(i32::from)),
+                    &column(&attempted, |(_, a)| a.response_body.as_deref()),
+                    &column(&attempted, |(_, a)| a.error_kind.as_deref()),
+                    &column(&attempted, |(_, a)| a.error_message.as_deref()),
                 ],
             )
             .await
             .map_err(pg_error)?;
     }
-    let next_steps: Vec<(Option<&str>, Option<i64>)> = run
-        .iter()
-        .map(|completion| completion.next.columns())
-        .collect();
+    let next_steps = column(run, |completion| completion.next.columns());
     let statement = client
         .prepare_cached(
             "UPDATE deliveries AS d SET
@@ -205,28 +178,19 @@ async fn complete_run<C: GenericClient>(
         .execute(
             &statement,
             &[
-                &run.iter()
-                    .map(|c| c.delivery_id.to_string())
-                    .collect::<Vec<_>>(),
-                &next_steps
-                    .iter()
-                    .map(|(status, _)| *status)
-                    .collect::<Vec<_>>(),
-                &next_steps.iter().map(|(_, at)| *at).collect::<Vec<_>>(),
-                &run.iter()
-                    .map(|c| i32::from(c.attempt.is_some()))
-                    .collect::<Vec<_>>(),
-                &run.iter()
-                    .map(|c| {
-                        c.attempt
-                            .as_ref()
-                            .and_then(|a| a.status_code)
-                            .map(i32::from)
-                    })
-                    .collect::<Vec<_>>(),
-                &run.iter()
-                    .map(|c| c.attempt.as_ref().and_then(|a| a.error_message.as_deref()))
-                    .collect::<Vec<_>>(),
+                &column(run, |c| c.delivery_id.to_string()),
+                &column(&next_steps, |(status, _)| *status),
+                &column(&next_steps, |(_, at)| *at),
+                &column(run, |c| i32::from(c.attempt.is_some())),
+                &column(run, |c| {
+                    c.attempt
+                        .as_ref()
+                        .and_then(|a| a.status_code)
+                        .map(i32::from)
+                }),
+                &column(run, |c| {
+                    c.attempt.as_ref().and_then(|a| a.error_message.as_deref())
+                }),
                 &now.unix_millis(),
             ],
         )

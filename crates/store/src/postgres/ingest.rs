@@ -9,7 +9,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use super::ledger::apply_facts;
-use super::{PgStore, pg_error};
+use super::{PgStore, column, pg_error};
 use crate::StoreError;
 use crate::model::*;
 
@@ -72,9 +72,9 @@ async fn dedup_holder(
     parse_id(row.get::<_, &str>(0))
 }
 
-/// The `SELECT` of events passed as eight arrays from parameter `$first` on, all of request
+/// The insert of events passed as eight arrays from parameter `$first` on, all of request
 /// `$inbound`: one statement however many events a request has.
-fn event_rows(inbound: usize, first: usize) -> String {
+fn insert_events_sql(inbound: usize, first: usize) -> String {
     let [
         id,
         kind,
@@ -86,7 +86,9 @@ fn event_rows(inbound: usize, first: usize) -> String {
         payload,
     ] = std::array::from_fn::<usize, 8, _>(|i| first + i);
     format!(
-        "SELECT id, type, source, subject_kind, subject_id, ${inbound}, occurred_at, received_at,
+        "INSERT INTO events (id, type, source, subject_kind, subject_id, inbound_id, occurred_at,
+            received_at, payload)
+         SELECT id, type, source, subject_kind, subject_id, ${inbound}, occurred_at, received_at,
             payload
          FROM unnest(${id}::text[], ${kind}::text[], ${source}::text[], ${subject_kind}::text[],
             ${subject_id}::text[], ${occurred}::bigint[], ${received}::bigint[],
@@ -95,9 +97,9 @@ fn event_rows(inbound: usize, first: usize) -> String {
     )
 }
 
-/// The `SELECT` of deliveries passed as nine arrays from parameter `$first` on, all of request
+/// The insert of deliveries passed as nine arrays from parameter `$first` on, all of request
 /// `$inbound`, created at `$now`.
-fn delivery_rows(inbound: usize, now: usize, first: usize) -> String {
+fn insert_deliveries_sql(inbound: usize, now: usize, first: usize) -> String {
     let [
         id,
         endpoint,
@@ -110,7 +112,9 @@ fn delivery_rows(inbound: usize, now: usize, first: usize) -> String {
         until,
     ] = std::array::from_fn::<usize, 9, _>(|i| first + i);
     format!(
-        "SELECT id, endpoint_id, message_id, event_id, ${inbound}, event_type, status,
+        "INSERT INTO deliveries (id, endpoint_id, message_id, event_id, inbound_id, event_type,
+            status, next_attempt_at, lease_owner, lease_until, created_at, updated_at)
+         SELECT id, endpoint_id, message_id, event_id, ${inbound}, event_type, status,
             next_attempt_at, lease_owner, lease_until, ${now}, ${now}
          FROM unnest(${id}::text[], ${endpoint}::text[], ${message}::text[], ${event}::text[],
             ${kind}::text[], ${status}::text[], ${next}::bigint[], ${owner}::text[],
@@ -120,13 +124,7 @@ fn delivery_rows(inbound: usize, now: usize, first: usize) -> String {
     )
 }
 
-const EVENT_COLUMNS: &str = "id, type, source, subject_kind, subject_id, inbound_id, occurred_at,
-    received_at, payload";
-
-const DELIVERY_COLUMNS: &str = "id, endpoint_id, message_id, event_id, inbound_id, event_type,
-    status, next_attempt_at, lease_owner, lease_until, created_at, updated_at";
-
-/// Events as the arrays `event_rows` reads.
+/// Events as the arrays `insert_events_sql` reads.
 struct EventArrays<'a> {
     ids: Vec<String>,
     types: Vec<&'static str>,
@@ -141,14 +139,14 @@ struct EventArrays<'a> {
 impl<'a> EventArrays<'a> {
     fn of(events: &'a [NewEvent]) -> Self {
         Self {
-            ids: events.iter().map(|e| e.id.to_string()).collect(),
-            types: events.iter().map(|e| e.event_type).collect(),
-            sources: events.iter().map(|e| e.source.as_str()).collect(),
-            subject_kinds: events.iter().map(|e| e.subject_kind).collect(),
-            subject_ids: events.iter().map(|e| e.subject_id.as_str()).collect(),
-            occurred_at: events.iter().map(|e| e.occurred_at.unix_millis()).collect(),
-            received_at: events.iter().map(|e| e.received_at.unix_millis()).collect(),
-            payloads: events.iter().map(|e| &e.payload[..]).collect(),
+            ids: column(events, |e| e.id.to_string()),
+            types: column(events, |e| e.event_type),
+            sources: column(events, |e| e.source.as_str()),
+            subject_kinds: column(events, |e| e.subject_kind),
+            subject_ids: column(events, |e| e.subject_id.as_str()),
+            occurred_at: column(events, |e| e.occurred_at.unix_millis()),
+            received_at: column(events, |e| e.received_at.unix_millis()),
+            payloads: column(events, |e| &e.payload[..]),
         }
     }
 
@@ -166,7 +164,7 @@ impl<'a> EventArrays<'a> {
     }
 }
 
-/// Deliveries as the arrays `delivery_rows` reads.
+/// Deliveries as the arrays `insert_deliveries_sql` reads.
 struct DeliveryArrays<'a> {
     ids: Vec<String>,
     endpoint_ids: Vec<String>,
@@ -182,30 +180,17 @@ struct DeliveryArrays<'a> {
 impl<'a> DeliveryArrays<'a> {
     fn of(deliveries: &'a [NewDelivery]) -> Self {
         Self {
-            ids: deliveries.iter().map(|d| d.id.to_string()).collect(),
-            endpoint_ids: deliveries
-                .iter()
-                .map(|d| d.endpoint_id.to_string())
-                .collect(),
-            message_ids: deliveries.iter().map(|d| d.message_id.as_str()).collect(),
-            event_ids: deliveries
-                .iter()
-                .map(|d| d.event_id.map(|e| e.to_string()))
-                .collect(),
-            event_types: deliveries.iter().map(|d| d.event_type).collect(),
-            statuses: deliveries.iter().map(|d| d.status.as_str()).collect(),
-            next_attempt_at: deliveries
-                .iter()
-                .map(|d| d.next_attempt_at.unix_millis())
-                .collect(),
-            lease_owners: deliveries
-                .iter()
-                .map(|d| d.lease.as_ref().map(|l| l.owner.as_str()))
-                .collect(),
-            lease_until: deliveries
-                .iter()
-                .map(|d| d.lease.as_ref().map(|l| l.until.unix_millis()))
-                .collect(),
+            ids: column(deliveries, |d| d.id.to_string()),
+            endpoint_ids: column(deliveries, |d| d.endpoint_id.to_string()),
+            message_ids: column(deliveries, |d| d.message_id.as_str()),
+            event_ids: column(deliveries, |d| d.event_id.map(|e| e.to_string())),
+            event_types: column(deliveries, |d| d.event_type),
+            statuses: column(deliveries, |d| d.status.as_str()),
+            next_attempt_at: column(deliveries, |d| d.next_attempt_at.unix_millis()),
+            lease_owners: column(deliveries, |d| d.lease.as_ref().map(|l| l.owner.as_str())),
+            lease_until: column(deliveries, |d| {
+                d.lease.as_ref().map(|l| l.until.unix_millis())
+            }),
         }
     }
 
@@ -239,28 +224,21 @@ fn announced(deliveries: &[NewDelivery]) -> bool {
 /// Parts with no rows are left out (a store opened at an older schema version in tests has no
 /// deliveries table), which makes four statements, indexed by `[has events, has deliveries]`.
 fn ingest_statement(with_events: bool, with_deliveries: bool) -> String {
-    let events = if with_events {
-        format!(
-            ", request_events AS (
-                INSERT INTO events ({EVENT_COLUMNS})
-                {} WHERE EXISTS (SELECT 1 FROM claimed)
-              )",
-            event_rows(1, 18)
-        )
-    } else {
-        String::new()
+    // Only the claim's holder writes: the rows come from a `SELECT … WHERE EXISTS`.
+    let guarded = |name: &str, insert: Option<String>| {
+        insert.map_or_else(String::new, |insert| {
+            format!(", {name} AS ({insert} WHERE EXISTS (SELECT 1 FROM claimed))")
+        })
     };
-    let deliveries = if with_deliveries {
-        format!(
-            ", request_deliveries AS (
-                INSERT INTO deliveries ({DELIVERY_COLUMNS})
-                {} WHERE EXISTS (SELECT 1 FROM claimed)
-              )",
-            delivery_rows(1, 4, if with_events { 26 } else { 18 })
-        )
-    } else {
-        String::new()
-    };
+    let first_delivery = if with_events { 26 } else { 18 };
+    let events = guarded(
+        "request_events",
+        with_events.then(|| insert_events_sql(1, 18)),
+    );
+    let deliveries = guarded(
+        "request_deliveries",
+        with_deliveries.then(|| insert_deliveries_sql(1, 4, first_delivery)),
+    );
     format!(
         "WITH claimed AS (
             INSERT INTO dedup (source, key, inbound_id, expires_at) VALUES ($2, $8, $1, $16)
@@ -351,8 +329,7 @@ pub(super) async fn insert_events(
     inbound_id: InboundId,
     events: &[NewEvent],
 ) -> Result<(), StoreError> {
-    static STATEMENT: LazyLock<String> =
-        LazyLock::new(|| format!("INSERT INTO events ({EVENT_COLUMNS}) {}", event_rows(1, 2)));
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| insert_events_sql(1, 2));
     if events.is_empty() {
         return Ok(());
     }
@@ -380,12 +357,7 @@ pub(super) async fn insert_deliveries(
     deliveries: &[NewDelivery],
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "INSERT INTO deliveries ({DELIVERY_COLUMNS}) {}",
-            delivery_rows(1, 2, 3)
-        )
-    });
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| insert_deliveries_sql(1, 2, 3));
     if deliveries.is_empty() {
         return Ok(());
     }

@@ -318,6 +318,12 @@ async fn applied_version(client: &tokio_postgres::Client) -> Result<u32, StoreEr
 }
 
 /// `i64` for `u64`-ish values stored as BIGINT.
+/// One column of `rows`, for statements that read their rows from arrays (`unnest`): one
+/// statement for many rows.
+pub(crate) fn column<'a, T, U>(rows: &'a [T], value: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(value).collect()
+}
+
 pub(crate) fn big(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
