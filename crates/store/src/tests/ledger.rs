@@ -162,6 +162,15 @@ async fn issue(store: &Store, id: &str, number: &str, amount: i64) -> IngestOutc
         .unwrap()
 }
 
+/// Every entity of `kind` (up to a page).
+async fn every(store: &Store, kind: SubjectKind) -> Vec<Entity> {
+    store
+        .ledger_entities(query(kind, LedgerFilter::All))
+        .await
+        .unwrap()
+        .items
+}
+
 fn concluded(outcome: IngestOutcome) -> Vec<EventId> {
     match outcome {
         IngestOutcome::Stored { concluded, .. } => concluded,
@@ -200,11 +209,7 @@ fn payments_link_to_their_invoice_which_settles_once() {
             let again = pay(store, "tx_2", 400, "INV-1").await;
             assert!(concluded(again).is_empty());
 
-            let invoices = store
-                .ledger_entities(query(SubjectKind::Invoice, LedgerFilter::All))
-                .await
-                .unwrap()
-                .items;
+            let invoices = every(store, SubjectKind::Invoice).await;
             assert_eq!(invoices.len(), 1);
             let invoice = &invoices[0];
             assert_eq!(invoice.paid, Amount::from_minor(1000));
@@ -381,17 +386,9 @@ fn the_ledger_identity_migration_keeps_entities_and_their_lookups() {
             pay(&store, "tx_m1", 400, "INV-M").await;
             let settling = pay(&store, "tx_m2", 600, "INV-M").await;
             assert_eq!(concluded(settling).len(), 1, "1000 of 1000 settles");
-            let payments = store
-                .ledger_entities(query(SubjectKind::Payment, LedgerFilter::All))
-                .await
-                .unwrap()
-                .items;
+            let payments = every(&store, SubjectKind::Payment).await;
             assert_eq!(payments.len(), 2);
-            let invoices = store
-                .ledger_entities(query(SubjectKind::Invoice, LedgerFilter::All))
-                .await
-                .unwrap()
-                .items;
+            let invoices = every(&store, SubjectKind::Invoice).await;
             assert_eq!(invoices.len(), 1);
             assert_eq!(invoices[0].paid, Amount::from_minor(1000));
             assert_eq!(store.ledger_linked(&invoices[0].id).await.unwrap().len(), 2);
