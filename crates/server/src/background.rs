@@ -34,13 +34,15 @@ impl Background {
 
 pub(crate) fn spawn(app: Arc<App>) -> Background {
     let (stop, stopped) = watch::channel(false);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(sweep_dedup(Arc::clone(&app), stopped.clone())),
         tokio::spawn(sweep_unmatched(Arc::clone(&app), stopped.clone())),
         tokio::spawn(retain(Arc::clone(&app), stopped.clone())),
         tokio::spawn(flush_activity(Arc::clone(&app), stopped.clone())),
-        tokio::spawn(refresh_statistics(app, stopped)),
     ];
+    if app.store.keeps_planner_statistics() {
+        tasks.push(tokio::spawn(refresh_statistics(app, stopped)));
+    }
     Background { stop, tasks }
 }
 

@@ -594,6 +594,12 @@ impl Store {
         matches!(&*self.backend, Backend::Sqlite(_))
     }
 
+    /// True for backends whose planner keeps statistics that `refresh_statistics` refreshes
+    /// (PostgreSQL): only they need the task that calls it.
+    pub fn keeps_planner_statistics(&self) -> bool {
+        matches!(&*self.backend, Backend::Postgres(_))
+    }
+
     /// Succeeds when the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, store => store.ping().await)
