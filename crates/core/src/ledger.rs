@@ -612,7 +612,6 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
             }
         }
         SubjectKind::Invoice | SubjectKind::Bill => {
-            repo.save(&entity).await?;
             for mut payment in repo.linkable_payments(&entity).await? {
                 if let Some(reason) = link_reason(&payment.refs, &entity) {
                     payment.linked_to = Some(entity.id.clone());
@@ -621,7 +620,10 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
                     repo.save(&payment).await?;
                 }
             }
-            conclusions.extend(recompute(repo, &entity.id, &trigger).await?);
+            // Totalled with the entity in hand: one save, and no second read of what this
+            // fact has just written.
+            conclusions.extend(settle(repo, &mut entity, &trigger).await?);
+            repo.save(&entity).await?;
         }
         _ => repo.save(&entity).await?,
     }
@@ -632,8 +634,7 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     })
 }
 
-/// Recomputes an invoice's or bill's totals from its linked payments and its status, and
-/// concludes its settlement the first time it is covered.
+/// Loads an invoice or bill, settles it ([`settle`]) and saves it: for a payment's target.
 async fn recompute<R: LedgerRepo>(
     repo: &mut R,
     target_id: &str,
@@ -642,7 +643,19 @@ async fn recompute<R: LedgerRepo>(
     let Some(mut target) = repo.entity_by_id(target_id).await? else {
         return Ok(Vec::new());
     };
-    let payments = repo.linked_payments(target_id).await?;
+    let concluded = settle(repo, &mut target, trigger).await?;
+    repo.save(&target).await?;
+    Ok(concluded)
+}
+
+/// Sets an invoice's or bill's totals from its linked payments and its status, and concludes
+/// its settlement the first time it is covered. The caller saves the target.
+async fn settle<R: LedgerRepo>(
+    repo: &mut R,
+    target: &mut Entity,
+    trigger: &Trigger,
+) -> Result<Vec<EventId>, R::Error> {
+    let payments = repo.linked_payments(&target.id).await?;
     let from_payments = payments
         .iter()
         .filter(|p| p.currency == target.currency || target.currency.is_none())
@@ -678,7 +691,6 @@ async fn recompute<R: LedgerRepo>(
         target.settled_at = Some(trigger.at);
         concluded.push(event);
     }
-    repo.save(&target).await?;
     Ok(concluded)
 }
 

@@ -1,6 +1,9 @@
 //! The ledger on SQLite: the repository the core's ledger rules run against inside the writer's
 //! transaction, and the ledger's queries.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use billhook_core::entity::{EntityData, SubjectKind};
 use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
@@ -137,30 +140,78 @@ fn text(value: &Option<String>) -> SqlValue {
     value.clone().map_or(SqlValue::Null, SqlValue::Text)
 }
 
-pub(super) fn save_entity(connection: &Connection, e: &Entity) -> Result<(), StoreError> {
+/// The entity columns a save may change, by the groups of indexes they feed.
+#[derive(Clone, Copy)]
+struct Changed {
+    /// `number`, `order_ref` and the payment references: each has an index keyed on a
+    /// provider's random id, so naming them in an UPDATE rewrites a page of each even when the
+    /// value stays the same.
+    keys: bool,
+    linked_to: bool,
+}
+
+/// Columns no save changes: an entity's identity and birth.
+const FIXED_COLUMNS: [&str; 5] = ["id", "kind", "provider", "provider_id", "created_at"];
+const KEY_COLUMNS: [&str; 8] = [
+    "number",
+    "order_ref",
+    "ref_invoice",
+    "ref_order",
+    "ref_merchant",
+    "ref_remark",
+    "ref_bill",
+    "ref_biller",
+];
+
+/// `UPDATE … SET` of the columns `changed` allows, parameters numbered as in
+/// [`ENTITY_COLUMNS`] (all 37 are bound; those not named are left unused).
+fn update_entity_sql(changed: Changed) -> String {
+    let assignments = ENTITY_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .enumerate()
+        .filter(|(_, column)| {
+            !FIXED_COLUMNS.contains(column)
+                && (changed.keys || !KEY_COLUMNS.contains(column))
+                && (changed.linked_to || *column != "linked_to")
+        })
+        .map(|(index, column)| format!("{column} = ?{}", index + 1))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("UPDATE ledger_entities SET {assignments} WHERE id = ?1")
+}
+
+static INSERT_ENTITY: LazyLock<String> = LazyLock::new(|| {
+    let placeholders = (1..=ENTITY_COLUMNS.split(',').count())
+        .map(|n| format!("?{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("INSERT INTO ledger_entities ({ENTITY_COLUMNS}) VALUES ({placeholders})")
+});
+
+/// Indexed by `keys` then `linked_to`.
+static UPDATE_ENTITY: LazyLock<[[String; 2]; 2]> = LazyLock::new(|| {
+    [false, true].map(|keys| {
+        [false, true].map(|linked_to| update_entity_sql(Changed { keys, linked_to }))
+    })
+});
+
+/// Writes an entity: a new one (`changed` is `None`) is inserted, a stored one updated.
+fn save_entity(
+    connection: &Connection,
+    e: &Entity,
+    changed: Option<Changed>,
+) -> Result<(), StoreError> {
     let snapshot =
         serde_json::to_string(&e.snapshot).map_err(|err| StoreError::Database(err.to_string()))?;
+    let sql = match changed {
+        None => INSERT_ENTITY.as_str(),
+        Some(changed) => {
+            UPDATE_ENTITY[usize::from(changed.keys)][usize::from(changed.linked_to)].as_str()
+        }
+    };
     connection
-        .prepare_cached(&format!(
-            "INSERT INTO ledger_entities ({ENTITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
-                ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25,
-                ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37)
-             ON CONFLICT (id) DO UPDATE SET source = excluded.source, status = excluded.status,
-                provider_status = excluded.provider_status, status_level = excluded.status_level,
-                status_at = excluded.status_at, status_tiebreak = excluded.status_tiebreak,
-                status_settles = excluded.status_settles, content_at = excluded.content_at,
-                content_tiebreak = excluded.content_tiebreak, snapshot = excluded.snapshot,
-                number = excluded.number, order_ref = excluded.order_ref,
-                ref_invoice = excluded.ref_invoice, ref_order = excluded.ref_order,
-                ref_merchant = excluded.ref_merchant, ref_remark = excluded.ref_remark,
-                ref_bill = excluded.ref_bill, ref_biller = excluded.ref_biller,
-                currency = excluded.currency, amount = excluded.amount, counted = excluded.counted,
-                paid = excluded.paid, due = excluded.due, overpaid = excluded.overpaid,
-                due_by = excluded.due_by, linked_to = excluded.linked_to,
-                link_rule = excluded.link_rule, settled_event = excluded.settled_event,
-                settled_at = excluded.settled_at, unmatched_event = excluded.unmatched_event,
-                updated_at = excluded.updated_at, inbound_id = excluded.inbound_id"
-        ))
+        .prepare_cached(sql)
         .and_then(|mut statement| {
             statement.execute(params![
                 e.id,
@@ -229,6 +280,37 @@ pub(super) fn record_announcement(
 struct SqliteLedger<'a> {
     connection: &'a Connection,
     concluder: Option<&'a dyn Concluder>,
+    /// The indexed, changeable columns of every entity read or written so far, as stored: a
+    /// save compares against them to name only the index groups it changes, and inserts the
+    /// entities never seen (the rules save only entities they read or just created).
+    stored: HashMap<String, StoredKeys>,
+}
+
+#[derive(PartialEq, Eq)]
+struct StoredKeys {
+    keys: TargetKeys,
+    refs: PaymentRefs,
+    linked_to: Option<String>,
+}
+
+impl StoredKeys {
+    fn of(entity: &Entity) -> Self {
+        Self {
+            keys: entity.keys.clone(),
+            refs: entity.refs.clone(),
+            linked_to: entity.linked_to.clone(),
+        }
+    }
+}
+
+impl SqliteLedger<'_> {
+    fn read(&mut self, condition: &str, values: &[SqlValue]) -> Result<Vec<Entity>, StoreError> {
+        let found = query_entities(self.connection, condition, values)?;
+        for entity in &found {
+            self.stored.insert(entity.id.clone(), StoredKeys::of(entity));
+        }
+        Ok(found)
+    }
 }
 
 impl LedgerRepo for SqliteLedger<'_> {
@@ -240,8 +322,7 @@ impl LedgerRepo for SqliteLedger<'_> {
         provider: &str,
         provider_id: &str,
     ) -> Result<Option<Entity>, StoreError> {
-        let found = query_entities(
-            self.connection,
+        let found = self.read(
             "kind = ?1 AND provider = ?2 AND provider_id = ?3",
             &[
                 SqlValue::Text(kind.as_str().to_owned()),
@@ -254,15 +335,14 @@ impl LedgerRepo for SqliteLedger<'_> {
 
     async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, StoreError> {
         Ok(
-            query_entities(self.connection, "id = ?1", &[SqlValue::Text(id.to_owned())])?
+            self.read("id = ?1", &[SqlValue::Text(id.to_owned())])?
                 .into_iter()
                 .next(),
         )
     }
 
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
-        query_entities(
-            self.connection,
+        self.read(
             // The first line lets SQLite look each reference up in its own index (a
             // multi-index OR); `+kind` keeps it from scanning every entity of the kind instead.
             "(provider_id IN (?1, ?3, ?4, ?5) OR order_ref = ?2 OR number IN (?3, ?4, ?6))
@@ -283,14 +363,12 @@ impl LedgerRepo for SqliteLedger<'_> {
         let id = SqlValue::Text(target.provider_id.clone());
         let number = text(&target.keys.number);
         match target.kind {
-            SubjectKind::Invoice => query_entities(
-                self.connection,
+            SubjectKind::Invoice => self.read(
                 "(ref_invoice = ?1 OR ref_order = ?2 OR ref_merchant IN (?1, ?3) OR ref_remark IN (?1, ?3))
                  AND +kind = 'payment' AND +linked_to IS NULL",
                 &[id, text(&target.keys.order_id), number],
             ),
-            SubjectKind::Bill => query_entities(
-                self.connection,
+            SubjectKind::Bill => self.read(
                 "(ref_bill = ?1 OR ref_biller = ?2) AND +kind = 'payment' AND +linked_to IS NULL",
                 &[id, number],
             ),
@@ -299,15 +377,21 @@ impl LedgerRepo for SqliteLedger<'_> {
     }
 
     async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, StoreError> {
-        query_entities(
-            self.connection,
+        self.read(
             "linked_to = ?1",
             &[SqlValue::Text(target_id.to_owned())],
         )
     }
 
     async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {
-        save_entity(self.connection, entity)
+        let now = StoredKeys::of(entity);
+        let changed = self.stored.get(&entity.id).map(|before| Changed {
+            keys: before.keys != now.keys || before.refs != now.refs,
+            linked_to: before.linked_to != now.linked_to,
+        });
+        save_entity(self.connection, entity, changed)?;
+        self.stored.insert(entity.id.clone(), now);
+        Ok(())
     }
 
     async fn record_history(&mut self, entry: &HistoryEntry) -> Result<(), StoreError> {
@@ -353,6 +437,7 @@ pub(super) fn apply_facts(
     let mut repo = SqliteLedger {
         connection,
         concluder,
+        stored: HashMap::new(),
     };
     let mut concluded = Vec::new();
     for fact in facts {

@@ -363,6 +363,52 @@ fn concurrent_writers_about_one_invoice_always_find_each_other() {
     });
 }
 
+/// An entity rewritten with new keys is found by the new ones only; rewritten with the same
+/// keys (a save that names none of the key columns), it is still found by them.
+#[test]
+fn an_invoice_renumbered_is_found_by_its_new_number_only() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            issue(store, "bcinv_r", "INV-OLD", 1000).await;
+            // Provider time has millisecond precision: the next snapshot must be later.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            issue(store, "bcinv_r", "INV-OLD", 1000).await;
+            let first = pay(store, "tx_r1", 300, "INV-OLD").await;
+            assert!(concluded(first).is_empty(), "300 of 1000");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            issue(store, "bcinv_r", "INV-NEW", 1000).await;
+
+            let invoices = every(store, SubjectKind::Invoice).await;
+            assert_eq!(invoices.len(), 1);
+            let invoice = &invoices[0];
+            assert_eq!(invoice.keys.number.as_deref(), Some("INV-NEW"));
+            assert_eq!(invoice.paid, Amount::from_minor(300), "the linked payment stays");
+
+            pay(store, "tx_r2", 100, "INV-OLD").await;
+            let settling = pay(store, "tx_r3", 700, "INV-NEW").await;
+            assert_eq!(concluded(settling).len(), 1, "300 + 700 of 1000");
+            let linked = store.ledger_linked(&invoice.id).await.unwrap();
+            let mut names = linked
+                .iter()
+                .map(|p| p.provider_id.as_str())
+                .collect::<Vec<_>>();
+            names.sort_unstable();
+            assert_eq!(names, ["tx_r1", "tx_r3"], "the old number links nothing new");
+            let mut by_number = query(SubjectKind::Invoice, LedgerFilter::All);
+            by_number.reference = Some("INV-OLD".to_owned());
+            assert!(
+                store
+                    .ledger_entities(by_number)
+                    .await
+                    .unwrap()
+                    .items
+                    .is_empty()
+            );
+        }
+    });
+}
+
 /// The migration to one identity index (SQLite 7, PostgreSQL 6) keeps every entity, and an
 /// upgraded ledger still finds entities by their identity and by the provider's id alone.
 #[test]
