@@ -90,17 +90,44 @@ async fn sweep_unmatched(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
 /// How often the store checks whether its planner statistics are stale: often, because a new
 /// deployment's ledger grows from nothing and plans made for an empty ledger scan it.
 const STATISTICS_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// The longest wait between checks while they fail.
+const STATISTICS_RETRY_AT_MOST: Duration = Duration::from_secs(60);
+
+/// The wait before the next check after `failures` failed ones in a row: the usual interval,
+/// doubling while checks fail (the database is down, or billhook's role may not analyze), so a
+/// failing check neither keeps the database busy nor fills the log.
+fn statistics_check_delay(failures: u32) -> Duration {
+    STATISTICS_CHECK_EVERY
+        .saturating_mul(1 << failures.min(16))
+        .min(STATISTICS_RETRY_AT_MOST)
+}
 
 async fn refresh_statistics(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    let mut failures = 0;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(STATISTICS_CHECK_EVERY) => {}
+            _ = tokio::time::sleep(statistics_check_delay(failures)) => {}
             _ = stopped.changed() => return,
         }
         match app.store.refresh_statistics().await {
-            Ok(true) => tracing::debug!("refreshed the ledger's planner statistics"),
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "could not refresh planner statistics"),
+            Ok(refreshed) => {
+                if failures > 0 {
+                    tracing::info!(failures, "planner statistics can be refreshed again");
+                }
+                failures = 0;
+                if refreshed {
+                    tracing::debug!("refreshed the ledger's planner statistics");
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                // Once per run of failures; the rest would repeat it every check.
+                if failures == 1 {
+                    tracing::warn!(%error, "could not refresh planner statistics; retrying less often");
+                } else {
+                    tracing::debug!(%error, failures, "could not refresh planner statistics");
+                }
+            }
         }
     }
 }
@@ -200,5 +227,18 @@ pub(crate) async fn prune_now(
         }
         // Let ingest's writes in between batches.
         tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_statistics_checks_back_off_to_a_minute_and_recover_at_once() {
+        let delays = (0..8).map(statistics_check_delay).collect::<Vec<_>>();
+        let seconds = delays.iter().map(Duration::as_secs).collect::<Vec<_>>();
+        assert_eq!(seconds, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(statistics_check_delay(u32::MAX), STATISTICS_RETRY_AT_MOST);
     }
 }

@@ -435,16 +435,19 @@ impl PgStore {
         let client = self.client().await?;
         // From the catalog and the activity counters of the one table: `pg_stat_user_tables`
         // computes every table's counters first, slow in a database of many schemas.
-        let stale = client
-            .query_opt(
-                "SELECT 1 FROM pg_class
-                 WHERE oid = to_regclass('ledger_entities')
-                   AND pg_stat_get_live_tuples(oid) > GREATEST(100, 2 * reltuples)",
-                &[],
-            )
-            .await
-            .map_err(pg_error)?;
-        if stale.is_none() {
+        let stale = || async {
+            client
+                .query_opt(
+                    "SELECT 1 FROM pg_class
+                     WHERE oid = to_regclass('ledger_entities')
+                       AND pg_stat_get_live_tuples(oid) > GREATEST(100, 2 * reltuples)",
+                    &[],
+                )
+                .await
+                .map(|row| row.is_some())
+                .map_err(pg_error)
+        };
+        if !stale().await? {
             return Ok(false);
         }
         client
@@ -457,6 +460,15 @@ impl PgStore {
             )
             .await
             .map_err(pg_error)?;
+        // ANALYZE skips, with only a warning, a table the role may not maintain; said as an
+        // error so the caller backs off instead of asking again every few seconds.
+        if stale().await? {
+            return Err(StoreError::Database(
+                "the ledger's planner statistics are still stale after ANALYZE: billhook's \
+                 database role may not own ledger_entities (or another instance was analyzing it)"
+                    .to_owned(),
+            ));
+        }
         Ok(true)
     }
 

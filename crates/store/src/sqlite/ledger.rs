@@ -191,9 +191,8 @@ static INSERT_ENTITY: LazyLock<String> = LazyLock::new(|| {
 
 /// Indexed by `keys` then `linked_to`.
 static UPDATE_ENTITY: LazyLock<[[String; 2]; 2]> = LazyLock::new(|| {
-    [false, true].map(|keys| {
-        [false, true].map(|linked_to| update_entity_sql(Changed { keys, linked_to }))
-    })
+    [false, true]
+        .map(|keys| [false, true].map(|linked_to| update_entity_sql(Changed { keys, linked_to })))
 });
 
 /// Writes an entity: a new one (`changed` is `None`) is inserted, a stored one updated.
@@ -307,7 +306,8 @@ impl SqliteLedger<'_> {
     fn read(&mut self, condition: &str, values: &[SqlValue]) -> Result<Vec<Entity>, StoreError> {
         let found = query_entities(self.connection, condition, values)?;
         for entity in &found {
-            self.stored.insert(entity.id.clone(), StoredKeys::of(entity));
+            self.stored
+                .insert(entity.id.clone(), StoredKeys::of(entity));
         }
         Ok(found)
     }
@@ -334,11 +334,10 @@ impl LedgerRepo for SqliteLedger<'_> {
     }
 
     async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, StoreError> {
-        Ok(
-            self.read("id = ?1", &[SqlValue::Text(id.to_owned())])?
-                .into_iter()
-                .next(),
-        )
+        Ok(self
+            .read("id = ?1", &[SqlValue::Text(id.to_owned())])?
+            .into_iter()
+            .next())
     }
 
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
@@ -377,10 +376,7 @@ impl LedgerRepo for SqliteLedger<'_> {
     }
 
     async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, StoreError> {
-        self.read(
-            "linked_to = ?1",
-            &[SqlValue::Text(target_id.to_owned())],
-        )
+        self.read("linked_to = ?1", &[SqlValue::Text(target_id.to_owned())])
     }
 
     async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {

@@ -383,7 +383,11 @@ fn an_invoice_renumbered_is_found_by_its_new_number_only() {
             assert_eq!(invoices.len(), 1);
             let invoice = &invoices[0];
             assert_eq!(invoice.keys.number.as_deref(), Some("INV-NEW"));
-            assert_eq!(invoice.paid, Amount::from_minor(300), "the linked payment stays");
+            assert_eq!(
+                invoice.paid,
+                Amount::from_minor(300),
+                "the linked payment stays"
+            );
 
             pay(store, "tx_r2", 100, "INV-OLD").await;
             let settling = pay(store, "tx_r3", 700, "INV-NEW").await;
@@ -394,7 +398,11 @@ fn an_invoice_renumbered_is_found_by_its_new_number_only() {
                 .map(|p| p.provider_id.as_str())
                 .collect::<Vec<_>>();
             names.sort_unstable();
-            assert_eq!(names, ["tx_r1", "tx_r3"], "the old number links nothing new");
+            assert_eq!(
+                names,
+                ["tx_r1", "tx_r3"],
+                "the old number links nothing new"
+            );
             let mut by_number = query(SubjectKind::Invoice, LedgerFilter::All);
             by_number.reference = Some("INV-OLD".to_owned());
             assert!(
@@ -487,5 +495,71 @@ fn a_grown_ledger_is_analyzed_once_and_its_lookups_still_link() {
             let paid = pay(store, "tx_77", 1000, "INV-77").await;
             assert_eq!(concluded(paid).len(), 1);
         }
+    });
+}
+
+/// A role that may write the ledger but not maintain it (ANALYZE skips such a table with only
+/// a warning) gets an error from the statistics refresh, so the server backs off, instead of a
+/// refresh that silently did nothing and would be asked for again every few seconds.
+#[test]
+fn a_refresh_that_analyzes_nothing_is_an_error() {
+    runtime().block_on(async {
+        let (config, _dir) = super::postgres_config().await;
+        let DatabaseConfig::Postgres(options) = &config else {
+            unreachable!("a PostgreSQL configuration")
+        };
+        let owner = Store::open(&config).await.unwrap();
+        for n in 0..150 {
+            issue(&owner, &format!("bcinv_{n}"), &format!("INV-{n}"), 1000).await;
+        }
+
+        let base = std::env::var("BILLHOOK_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let schema = options
+            .url
+            .split("search_path%3D")
+            .nth(1)
+            .expect("the test URL names its schema");
+        client
+            .batch_execute(&format!(
+                "DO $$ BEGIN CREATE ROLE billhook_test_writer LOGIN;
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+                 GRANT USAGE, CREATE ON SCHEMA {schema} TO billhook_test_writer;
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema}
+                    TO billhook_test_writer;
+                 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO billhook_test_writer;"
+            ))
+            .await
+            .unwrap();
+        // The same database and schema, as the writer role (the test server trusts local users).
+        let (scheme, rest) = options.url.split_once("://").unwrap();
+        let host_and_rest = rest.split_once('@').map_or(rest, |(_, after)| after);
+        let mut writer_options = options.clone();
+        writer_options.url = format!("{scheme}://billhook_test_writer@{host_and_rest}");
+        let writer = Store::open(&DatabaseConfig::Postgres(writer_options))
+            .await
+            .unwrap();
+
+        // The activity counters reach the statistics within seconds of a commit, not at once.
+        let mut outcome = Ok(false);
+        for _ in 0..120 {
+            outcome = writer.refresh_statistics().await;
+            if !matches!(outcome, Ok(false)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let error = outcome.expect_err("the writer role cannot analyze the ledger");
+        assert!(error.to_string().contains("still stale"), "{error}");
+        assert!(
+            owner.refresh_statistics().await.unwrap(),
+            "the owner can, and does"
+        );
+        writer.close().await;
+        owner.close().await;
     });
 }
