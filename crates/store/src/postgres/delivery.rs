@@ -9,7 +9,7 @@ use tokio_postgres::types::Type;
 
 use super::endpoints::disable;
 use super::ingest::{insert_deliveries, parse_id};
-use super::{PgStore, big, column, pg_error, small, unsigned};
+use super::{PgStore, big, column, execute_cached, pg_error, small, unsigned};
 use crate::StoreError;
 use crate::model::*;
 use crate::page::{clamp_limit, paginate};
@@ -88,32 +88,25 @@ async fn record_health<C: GenericClient>(
     health: &EndpointHealth,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let statement = client
-        .prepare_cached(
-            "UPDATE endpoints SET
+    execute_cached(
+        client,
+        "UPDATE endpoints SET
                 last_success_at = CASE WHEN $2 THEN $5 ELSE last_success_at END,
                 last_failure_at = CASE WHEN $3 THEN $5 ELSE last_failure_at END,
                 last_error = CASE WHEN $3 THEN $4 ELSE last_error END,
                 failing_since = CASE $6 WHEN 'cleared' THEN NULL WHEN 'now' THEN $5
                     ELSE COALESCE(failing_since, $5) END
              WHERE id = $1",
-        )
-        .await
-        .map_err(pg_error)?;
-    client
-        .execute(
-            &statement,
-            &[
-                &health.endpoint_id.to_string(),
-                &health.succeeded,
-                &health.failed.is_some(),
-                &health.failed.as_ref().and_then(Option::as_deref),
-                &now.unix_millis(),
-                &health.failing_since.as_str(),
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
+        &[
+            &health.endpoint_id.to_string(),
+            &health.succeeded,
+            &health.failed.is_some(),
+            &health.failed.as_ref().and_then(Option::as_deref),
+            &now.unix_millis(),
+            &health.failing_since.as_str(),
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -130,38 +123,29 @@ async fn complete_run<C: GenericClient>(
         .filter_map(|c| c.attempt.as_ref().map(|a| (c, a)))
         .collect();
     if !attempted.is_empty() {
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
+        execute_cached(
+            client,
+            "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
                     duration_ms, status_code, response_body, error_kind, error_message)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[],
                     $6::bigint[], $7::int[], $8::bytea[], $9::text[], $10::text[])",
-            )
-            .await
-            .map_err(pg_error)?;
-        client
-            .execute(
-                &statement,
-                &[
-                    &column(&attempted, |(_, a)| a.id.to_string()),
-                    &column(&attempted, |(c, _)| c.delivery_id.to_string()),
-                    &column(&attempted, |(c, _)| c.endpoint_id.to_string()),
-                    &column(&attempted, |(_, a)| small(a.number)),
-                    &column(&attempted, |(_, a)| a.started_at.unix_millis()),
-                    &column(&attempted, |(_, a)| big(a.duration_ms)),
-                    &column(&attempted, |(_, a)| a.status_code.map(i32::from)),
-                    &column(&attempted, |(_, a)| a.response_body.as_deref()),
-                    &column(&attempted, |(_, a)| a.error_kind.as_deref()),
-                    &column(&attempted, |(_, a)| a.error_message.as_deref()),
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
+            &[
+                &column(&attempted, |(_, a)| a.id.to_string()),
+                &column(&attempted, |(c, _)| c.delivery_id.to_string()),
+                &column(&attempted, |(c, _)| c.endpoint_id.to_string()),
+                &column(&attempted, |(_, a)| small(a.number)),
+                &column(&attempted, |(_, a)| a.started_at.unix_millis()),
+                &column(&attempted, |(_, a)| big(a.duration_ms)),
+                &column(&attempted, |(_, a)| a.status_code.map(i32::from)),
+                &column(&attempted, |(_, a)| a.response_body.as_deref()),
+                &column(&attempted, |(_, a)| a.error_kind.as_deref()),
+                &column(&attempted, |(_, a)| a.error_message.as_deref()),
+            ],
+        )
+        .await?;
     }
     let next_steps = column(run, |completion| completion.next.columns());
-    let statement = client
-        .prepare_cached(
-            "UPDATE deliveries AS d SET
+    execute_cached(client, "UPDATE deliveries AS d SET
                 status = COALESCE(c.status, d.status),
                 next_attempt_at = COALESCE(c.next_at, d.next_attempt_at),
                 attempts = d.attempts + c.attempted,
@@ -170,14 +154,7 @@ async fn complete_run<C: GenericClient>(
                 lease_owner = NULL, lease_until = NULL, updated_at = $7
              FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::int[], $6::text[])
                 AS c(id, status, next_at, attempted, status_code, error)
-             WHERE d.id = c.id",
-        )
-        .await
-        .map_err(pg_error)?;
-    client
-        .execute(
-            &statement,
-            &[
+             WHERE d.id = c.id", &[
                 &column(run, |c| c.delivery_id.to_string()),
                 &column(&next_steps, |(status, _)| *status),
                 &column(&next_steps, |(_, at)| *at),
@@ -192,10 +169,7 @@ async fn complete_run<C: GenericClient>(
                     c.attempt.as_ref().and_then(|a| a.error_message.as_deref())
                 }),
                 &now.unix_millis(),
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
+            ]).await?;
     if let Some(last) = run.last()
         && let Some(reason) = &last.disable_endpoint
     {
@@ -328,16 +302,12 @@ impl PgStore {
             .map(|c| c.endpoint_id.to_string())
             .collect();
         if disabled.is_empty() {
-            let lock = transaction
-                .prepare_cached(
-                    "SELECT 1 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                )
-                .await
-                .map_err(pg_error)?;
-            transaction
-                .execute(&lock, &[&ids])
-                .await
-                .map_err(pg_error)?;
+            execute_cached(
+                &transaction,
+                "SELECT 1 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&ids],
+            )
+            .await?;
         } else {
             // Disabling holds the endpoint's waiting deliveries: they are locked now, in the
             // same sorted batch, not after the batch's own (a recovery of that endpoint, taking

@@ -9,7 +9,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use super::ledger::apply_facts;
-use super::{PgStore, column, pg_error};
+use super::{PgStore, column, execute_cached, pg_error};
 use crate::StoreError;
 use crate::model::*;
 
@@ -401,14 +401,7 @@ pub(super) async fn event_ids_of<C: GenericClient>(
 
 /// Tells the other instances on `channel`; sent when the transaction commits.
 async fn notify<C: GenericClient>(client: &C, channel: &str) -> Result<(), StoreError> {
-    let statement = client
-        .prepare_cached("SELECT pg_notify($1, '')")
-        .await
-        .map_err(pg_error)?;
-    client
-        .execute(&statement, &[&channel])
-        .await
-        .map_err(pg_error)?;
+    execute_cached(client, "SELECT pg_notify($1, '')", &[&channel]).await?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 
 use super::ingest::{insert_deliveries, insert_events, parse_id};
 use super::read::Filters;
-use super::{PgStore, pg_error};
+use super::{PgStore, execute_cached, pg_error};
 use crate::StoreError;
 use crate::model::*;
 use crate::page::{clamp_limit, paginate};
@@ -135,8 +135,9 @@ async fn link_lookup(
 async fn save_entity<C: GenericClient>(client: &C, e: &Entity) -> Result<(), StoreError> {
     let snapshot =
         serde_json::to_string(&e.snapshot).map_err(|err| StoreError::Database(err.to_string()))?;
-    let statement = client
-        .prepare_cached(&format!(
+    execute_cached(
+        client,
+        &format!(
             "INSERT INTO ledger_entities ({ENTITY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
                 $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25,
                 $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37)
@@ -155,54 +156,48 @@ async fn save_entity<C: GenericClient>(client: &C, e: &Entity) -> Result<(), Sto
                 link_rule = excluded.link_rule, settled_event = excluded.settled_event,
                 settled_at = excluded.settled_at, unmatched_event = excluded.unmatched_event,
                 updated_at = excluded.updated_at, inbound_id = excluded.inbound_id"
-        ))
-        .await
-        .map_err(pg_error)?;
-    client
-        .execute(
-            &statement,
-            &[
-                &e.id,
-                &e.kind.as_str(),
-                &e.provider,
-                &e.provider_id,
-                &e.source,
-                &e.status,
-                &e.provider_status,
-                &e.status_precedence.level,
-                &e.status_precedence.at,
-                &to_bits(e.status_precedence.tiebreak),
-                &e.status_settles,
-                &e.content_precedence.at,
-                &to_bits(e.content_precedence.tiebreak),
-                &snapshot,
-                &e.keys.number,
-                &e.keys.order_id,
-                &e.refs.invoice_id,
-                &e.refs.order_id,
-                &e.refs.merchant_reference,
-                &e.refs.remark,
-                &e.refs.bill_ref_id,
-                &e.refs.biller_ref_id,
-                &e.currency.map(|c| c.as_str().to_owned()),
-                &e.amount.map(|a| a.minor()),
-                &e.counted.minor(),
-                &e.paid.minor(),
-                &e.due.map(|a| a.minor()),
-                &e.overpaid.minor(),
-                &e.due_by.map(|t| t.unix_millis()),
-                &e.linked_to,
-                &e.link_rule,
-                &e.settled_event.map(|id| id.to_string()),
-                &e.settled_at.map(|t| t.unix_millis()),
-                &e.unmatched_event.map(|id| id.to_string()),
-                &e.created_at.unix_millis(),
-                &e.updated_at.unix_millis(),
-                &e.inbound_id.to_string(),
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
+        ),
+        &[
+            &e.id,
+            &e.kind.as_str(),
+            &e.provider,
+            &e.provider_id,
+            &e.source,
+            &e.status,
+            &e.provider_status,
+            &e.status_precedence.level,
+            &e.status_precedence.at,
+            &to_bits(e.status_precedence.tiebreak),
+            &e.status_settles,
+            &e.content_precedence.at,
+            &to_bits(e.content_precedence.tiebreak),
+            &snapshot,
+            &e.keys.number,
+            &e.keys.order_id,
+            &e.refs.invoice_id,
+            &e.refs.order_id,
+            &e.refs.merchant_reference,
+            &e.refs.remark,
+            &e.refs.bill_ref_id,
+            &e.refs.biller_ref_id,
+            &e.currency.map(|c| c.as_str().to_owned()),
+            &e.amount.map(|a| a.minor()),
+            &e.counted.minor(),
+            &e.paid.minor(),
+            &e.due.map(|a| a.minor()),
+            &e.overpaid.minor(),
+            &e.due_by.map(|t| t.unix_millis()),
+            &e.linked_to,
+            &e.link_rule,
+            &e.settled_event.map(|id| id.to_string()),
+            &e.settled_at.map(|t| t.unix_millis()),
+            &e.unmatched_event.map(|id| id.to_string()),
+            &e.created_at.unix_millis(),
+            &e.updated_at.unix_millis(),
+            &e.inbound_id.to_string(),
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -395,22 +390,18 @@ pub(super) async fn apply_facts(
     // connection keeps: PostgreSQL would otherwise plan most link lookups anew each time (a
     // plan for the values at hand looks cheaper than one for any values), and planning an OR
     // over the ledger's indexes costs several times running it. See `link_lookup`.
-    let lock = transaction
-        .prepare_cached(
-            "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
+    execute_cached(
+        transaction,
+        "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
                (SELECT count(*) FROM
                   (SELECT CASE WHEN exclusive THEN pg_advisory_xact_lock(key)
                                ELSE pg_advisory_xact_lock_shared(key) END
                    FROM (SELECT key, bool_or(exclusive) AS exclusive
                          FROM unnest($1::bigint[], $2::bool[]) AS l(key, exclusive)
                          GROUP BY key ORDER BY key) AS sorted) AS locked)",
-        )
-        .await
-        .map_err(pg_error)?;
-    transaction
-        .execute(&lock, &[&keys, &exclusive])
-        .await
-        .map_err(pg_error)?;
+        &[&keys, &exclusive],
+    )
+    .await?;
     let mut repo = PgLedger {
         store,
         transaction,

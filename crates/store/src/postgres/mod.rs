@@ -21,9 +21,10 @@ mod read;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::{Notification, PostgresOptions, StoreError};
@@ -317,13 +318,23 @@ async fn applied_version(client: &tokio_postgres::Client) -> Result<u32, StoreEr
     Ok(u32::try_from(version).unwrap_or(0))
 }
 
-/// `i64` for `u64`-ish values stored as BIGINT.
 /// One column of `rows`, for statements that read their rows from arrays (`unnest`): one
 /// statement for many rows.
 pub(crate) fn column<'a, T, U>(rows: &'a [T], value: impl Fn(&'a T) -> U) -> Vec<U> {
     rows.iter().map(value).collect()
 }
 
+/// Runs `sql` as a statement the connection prepares once and keeps; returns the rows affected.
+pub(crate) async fn execute_cached<C: GenericClient>(
+    client: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+    client.execute(&statement, params).await.map_err(pg_error)
+}
+
+/// `i64` for `u64`-ish values stored as BIGINT.
 pub(crate) fn big(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }

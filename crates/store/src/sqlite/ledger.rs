@@ -285,7 +285,6 @@ struct SqliteLedger<'a> {
     stored: HashMap<String, StoredKeys>,
 }
 
-#[derive(PartialEq, Eq)]
 struct StoredKeys {
     keys: TargetKeys,
     refs: PaymentRefs,
