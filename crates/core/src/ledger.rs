@@ -352,6 +352,20 @@ pub trait LedgerRepo {
 }
 
 /// The id prefix of each kind of ledger entity.
+/// The ids of every entity of `kind` lie strictly between these two strings, so a listing by
+/// kind is a range of the primary key and needs no index of its own. An id is the kind's
+/// two-letter prefix, `_` and a ULID: it sorts after the prefix alone and before the prefix with
+/// its last letter advanced, in byte order and in any collation that orders letters
+/// alphabetically (PostgreSQL's default ones ignore the `_`, which changes neither bound).
+pub fn id_bounds(kind: SubjectKind) -> (&'static str, String) {
+    let prefix = prefix(kind);
+    let mut upper = prefix.to_owned();
+    if let Some(last) = upper.pop() {
+        upper.push(char::from(last as u8 + 1));
+    }
+    (prefix, upper)
+}
+
 fn prefix(kind: SubjectKind) -> &'static str {
     match kind {
         SubjectKind::Invoice => "iv",

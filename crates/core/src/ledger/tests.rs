@@ -631,3 +631,32 @@ fn at_the_same_provider_time_the_higher_status_gives_the_content() {
         assert_eq!(entity.status.as_deref(), Some("paid"));
     }
 }
+
+#[test]
+fn every_kind_owns_a_range_of_ids_that_no_other_kind_enters() {
+    let kinds = [
+        SubjectKind::Invoice,
+        SubjectKind::Payment,
+        SubjectKind::Bill,
+        SubjectKind::Dispute,
+        SubjectKind::Biller,
+        SubjectKind::Document,
+        SubjectKind::NetworkMember,
+    ];
+    // The earliest and latest ids a kind can have, and one of now.
+    let times = [0, Timestamp::now().unix_millis(), 281_474_976_710_655];
+    for kind in kinds {
+        for at in times {
+            let id = crate::ids::prefixed_id(prefix(kind), Timestamp::from_unix_millis(at));
+            for other in kinds {
+                let (lower, upper) = id_bounds(other);
+                let inside = id.as_str() > lower && id.as_str() < upper.as_str();
+                assert_eq!(
+                    inside,
+                    other == kind,
+                    "{id} against the bounds of {other:?}"
+                );
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@ use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
     self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, TargetKeys,
+    id_bounds,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -470,6 +471,10 @@ impl PgStore {
         let client = self.client().await?;
         let limit = clamp_limit(query.limit);
         let mut filters = Filters::default();
+        // The kind's range of ids is what the primary key serves the listing by.
+        let (lower, upper) = id_bounds(query.kind);
+        filters.add("id", ">", Some(lower.to_owned()));
+        filters.add("id", "<", Some(upper));
         filters.add("kind", "=", Some(query.kind.as_str().to_owned()));
         let closed = CLOSED_UNPAID
             .iter()

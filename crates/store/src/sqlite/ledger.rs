@@ -9,6 +9,7 @@ use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
     self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, TargetKeys,
+    id_bounds,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -443,8 +444,15 @@ pub(super) fn apply_facts(
 
 /// The SQL condition and parameters of a ledger listing.
 pub(crate) fn listing_condition(query: &LedgerQuery) -> (String, Vec<SqlValue>) {
-    let mut clauses = vec!["kind = ?".to_owned()];
-    let mut values = vec![SqlValue::Text(query.kind.as_str().to_owned())];
+    // The kind's range of ids is what the primary key serves the listing by; the kind itself
+    // is checked on the rows it finds.
+    let (lower, upper) = id_bounds(query.kind);
+    let mut clauses = vec!["id > ? AND id < ? AND +kind = ?".to_owned()];
+    let mut values = vec![
+        SqlValue::Text(lower.to_owned()),
+        SqlValue::Text(upper),
+        SqlValue::Text(query.kind.as_str().to_owned()),
+    ];
     let closed = CLOSED_UNPAID
         .iter()
         .map(|s| format!("'{s}'"))

@@ -48,6 +48,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         7,
         include_str!("../../migrations/sqlite/0007_ledger_identity.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_ledger_kind_in_ids.sql"),
+    ),
 ];
 
 /// At most this many jobs share one transaction.
