@@ -25,6 +25,7 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use crate::entity::{EntityData, SubjectKind};
@@ -32,6 +33,51 @@ use crate::event::EventType;
 use crate::ids::{EventId, InboundId};
 use crate::money::{Amount, Currency};
 use crate::time::Timestamp;
+
+/// An entity's snapshot and the JSON the ledger stores it as, made together once. The content
+/// hash, the first save and every later save of an unchanged snapshot use the same text, so the
+/// writer's transaction neither serializes a snapshot nor re-serializes one it has read.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    data: EntityData,
+    json: Arc<str>,
+}
+
+impl Snapshot {
+    /// Serializes `data`. As with an event's payload, serializing cannot fail: a snapshot is
+    /// plain structs, strings and numbers.
+    pub fn of(data: EntityData) -> Self {
+        let json = serde_json::to_string(&data).unwrap_or_default().into();
+        Self { data, json }
+    }
+
+    /// A stored snapshot of an entity of `kind`, keeping the text it was stored as.
+    pub fn from_stored(kind: SubjectKind, json: &str) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            data: EntityData::from_json(kind, json)?,
+            json: json.into(),
+        })
+    }
+
+    pub fn data(&self) -> &EntityData {
+        &self.data
+    }
+
+    /// The stored form.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+}
+
+/// Snapshots are equal when their data is: a stored text may differ from a fresh one in
+/// whitespace or key order alone.
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.data == other.data
+    }
+}
+
+impl Eq for Snapshot {}
 
 /// Where a status stands among a provider's statuses for one kind of entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +156,7 @@ pub fn lock_names(facts: &[Fact]) -> Vec<LockName> {
     let mut names = Vec::new();
     let mut add = |name: String, exclusive: bool| names.push(LockName { name, exclusive });
     for fact in facts {
-        let kind = fact.data.kind();
+        let kind = fact.snapshot.data().kind();
         if !tracks(kind) {
             continue;
         }
@@ -119,11 +165,11 @@ pub fn lock_names(facts: &[Fact]) -> Vec<LockName> {
                 "entity/{}/{}/{}",
                 kind.as_str(),
                 fact.provider,
-                fact.data.provider_id()
+                fact.snapshot.data().provider_id()
             ),
             true,
         );
-        let (references, exclusive): (Vec<&Option<String>>, bool) = match &fact.data {
+        let (references, exclusive): (Vec<&Option<String>>, bool) = match fact.snapshot.data() {
             EntityData::Payment(payment) => {
                 let r = &payment.references;
                 let sought = vec![
@@ -141,7 +187,7 @@ pub fn lock_names(facts: &[Fact]) -> Vec<LockName> {
             _ => (Vec::new(), true),
         };
         if matches!(kind, SubjectKind::Invoice | SubjectKind::Bill) {
-            add(format!("ref/{}", fact.data.provider_id()), true);
+            add(format!("ref/{}", fact.snapshot.data().provider_id()), true);
         }
         for value in references.into_iter().flatten() {
             if !value.is_empty() {
@@ -236,7 +282,7 @@ pub struct Fact {
     pub sandbox: bool,
     pub occurred_at: Timestamp,
     pub received_at: Timestamp,
-    pub data: EntityData,
+    pub snapshot: Snapshot,
     /// The provider's rank for the snapshot's status, when it has one.
     pub rank: Option<StatusRank>,
     /// For payments: which references the source matches on.
@@ -258,7 +304,7 @@ pub struct Entity {
     /// The winning status means paid in full.
     pub status_settles: bool,
     /// The latest snapshot by provider time (status fields as the provider sent them).
-    pub snapshot: EntityData,
+    pub snapshot: Snapshot,
     pub content_precedence: Precedence,
     pub keys: TargetKeys,
     pub refs: PaymentRefs,
@@ -398,7 +444,7 @@ pub fn status_of(data: &EntityData) -> (Option<String>, Option<String>) {
 
 /// Money, due date, keys and references from a snapshot.
 fn describe(entity: &mut Entity, rule: &[PaymentRef]) {
-    match &entity.snapshot {
+    match entity.snapshot.data() {
         EntityData::Invoice(invoice) => {
             entity.currency = Some(invoice.currency);
             entity.amount = invoice.amount;
@@ -444,7 +490,7 @@ fn describe(entity: &mut Entity, rule: &[PaymentRef]) {
 
 /// What a payment contributes: its amount net of refunds once it has succeeded.
 fn counted(entity: &Entity) -> Amount {
-    match (&entity.snapshot, entity.status.as_deref()) {
+    match (entity.snapshot.data(), entity.status.as_deref()) {
         (EntityData::Payment(payment), Some("succeeded")) => {
             let refunded = payment.amount_refunded.unwrap_or(Amount::ZERO);
             payment
@@ -505,11 +551,11 @@ pub struct Applied {
 /// Applies one fact: merges it into its entity, links payments and their invoices or bills,
 /// recomputes totals, and concludes settlements.
 pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, R::Error> {
-    let kind = fact.data.kind();
+    let kind = fact.snapshot.data().kind();
     if !tracks(kind) {
         return Ok(Applied::default());
     }
-    let provider_id = fact.data.provider_id().to_owned();
+    let provider_id = fact.snapshot.data().provider_id().to_owned();
     let now = fact.received_at;
     let mut entity = match repo.entity(kind, &fact.provider, &provider_id).await? {
         Some(entity) => entity,
@@ -523,7 +569,7 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
             provider_status: None,
             status_precedence: Precedence::NONE,
             status_settles: false,
-            snapshot: fact.data.clone(),
+            snapshot: fact.snapshot.clone(),
             content_precedence: Precedence::NONE,
             keys: TargetKeys::default(),
             refs: PaymentRefs::default(),
@@ -546,7 +592,7 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     };
 
     // Status: forward only.
-    let (status, provider_status) = status_of(&fact.data);
+    let (status, provider_status) = status_of(fact.snapshot.data());
     let mut status_applied = false;
     if let Some(word) = &status {
         let precedence = Precedence {
@@ -565,16 +611,15 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
 
     // Content: the latest snapshot by provider time; at the same time, the one with the higher
     // status rank (providers often stamp a whole lifecycle with one second), then a stable hash.
-    let snapshot_json = serde_json::to_string(&fact.data).unwrap_or_default();
     let level = fact.rank.map_or(i32::MIN, |r| r.level);
     let rank_bits = u64::from(level.cast_unsigned() ^ 0x8000_0000);
     let content = Precedence {
         level: 0,
         at: fact.occurred_at.unix_millis(),
-        tiebreak: (rank_bits << 32) | (stable_hash(&[&snapshot_json]) & 0xFFFF_FFFF),
+        tiebreak: (rank_bits << 32) | (stable_hash(&[fact.snapshot.json()]) & 0xFFFF_FFFF),
     };
     if content > entity.content_precedence {
-        entity.snapshot = fact.data.clone();
+        entity.snapshot = fact.snapshot.clone();
         entity.content_precedence = content;
         entity.inbound_id = fact.inbound_id;
         describe(&mut entity, &fact.link_rule);

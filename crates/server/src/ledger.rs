@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use billhook_core::entity::EntityData;
 use billhook_core::event::{CanonicalEvent, EventDraft, EventType, Reception};
-use billhook_core::ledger::{self, Conclusion, Entity, Fact};
+use billhook_core::ledger::{self, Conclusion, Entity, Fact, Snapshot};
 use billhook_core::subscription::FanOutEvent;
 use billhook_core::time::Timestamp;
 use billhook_store::{Announcement, Concluder, NewEvent};
@@ -41,7 +41,8 @@ pub(crate) fn fact_for(event: &CanonicalEvent, source: &Source) -> Option<Fact> 
         sandbox: event.source.sandbox,
         occurred_at: event.occurred_at,
         received_at: event.received_at,
-        data: event.data.clone(),
+        // Serialized here, on the request's task, not inside the writer's transaction.
+        snapshot: Snapshot::of(event.data.clone()),
         rank: status.and_then(|word| provider.status_rank(kind, &word)),
         link_rule: source.link_rule.clone(),
     })
@@ -104,7 +105,7 @@ impl Announcer {
                 };
                 EventDraft::new(
                     EventType::PaymentUnmatched,
-                    payment.snapshot.clone(),
+                    payment.snapshot.data().clone(),
                     Some(*at),
                 )
                 .finish(&reception, &[])
@@ -136,7 +137,7 @@ impl Concluder for Announcer {
 /// The invoice as the ledger sees it when settled: the latest snapshot with the winning status
 /// and the ledger's own paid and due amounts.
 fn settled_snapshot(invoice: &Entity) -> EntityData {
-    match &invoice.snapshot {
+    match invoice.snapshot.data() {
         EntityData::Invoice(snapshot) => {
             let mut snapshot = snapshot.clone();
             snapshot.status = invoice.status.clone();

@@ -229,7 +229,7 @@ fn fact(
         sandbox: false,
         occurred_at: Timestamp::from_unix_millis(T0 + at),
         received_at: Timestamp::from_unix_millis(T0 + 1_000_000 + at),
-        data,
+        snapshot: Snapshot::of(data),
         rank,
         link_rule,
     }
@@ -624,7 +624,7 @@ fn at_the_same_provider_time_the_higher_status_gives_the_content() {
             repo.apply(&facts[index]);
         }
         let entity = repo.find(SubjectKind::Invoice, "inv_9");
-        let EntityData::Invoice(snapshot) = &entity.snapshot else {
+        let EntityData::Invoice(snapshot) = entity.snapshot.data() else {
             panic!("not an invoice");
         };
         assert_eq!(snapshot.status.as_deref(), Some("paid"));
@@ -659,4 +659,27 @@ fn every_kind_owns_a_range_of_ids_that_no_other_kind_enters() {
             }
         }
     }
+}
+
+#[test]
+fn a_stored_snapshot_keeps_its_text_and_equals_the_data_it_holds() {
+    let fresh = payment(
+        "pay_1",
+        "succeeded",
+        500,
+        None,
+        Some("INV-1"),
+        0,
+        None,
+        "zwitch",
+    )
+    .snapshot;
+    let value: serde_json::Value = serde_json::from_str(fresh.json()).unwrap();
+    let pretty = serde_json::to_string_pretty(&value).unwrap();
+    let stored = Snapshot::from_stored(SubjectKind::Payment, &pretty).unwrap();
+    // Saved again as it was read, never re-serialized.
+    assert_eq!(stored.json(), pretty);
+    assert_ne!(stored.json(), fresh.json());
+    assert_eq!(stored, fresh);
+    assert!(Snapshot::from_stored(SubjectKind::Invoice, "{\"amount\":").is_err());
 }

@@ -361,7 +361,7 @@ impl<'a> EntityView<'a> {
             created_at: entity.created_at,
             updated_at: entity.updated_at,
             inbound_id: entity.inbound_id,
-            data: &entity.snapshot,
+            data: entity.snapshot.data(),
         }
     }
 }
@@ -480,9 +480,9 @@ fn csv_row(entity: &Entity, now: Timestamp, out: &mut String) {
         currency.map(|c| c.as_str().to_owned()).unwrap_or_default(),
         money(entity.amount),
     ];
-    match &entity.snapshot {
+    match entity.snapshot.data() {
         EntityData::Invoice(_) | EntityData::Bill(_) => {
-            let (counterparty, gstin) = match &entity.snapshot {
+            let (counterparty, gstin) = match entity.snapshot.data() {
                 EntityData::Invoice(invoice) => {
                     let buyer = invoice.buyer.as_ref();
                     (

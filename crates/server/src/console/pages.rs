@@ -1074,7 +1074,7 @@ fn payment_table(entities: &[Entity]) -> Markup {
 }
 
 fn payment_rail(payment: &Entity) -> String {
-    match &payment.snapshot {
+    match payment.snapshot.data() {
         billhook_core::entity::EntityData::Payment(p) => {
             p.rail.clone().unwrap_or_else(|| "—".to_owned())
         }
@@ -1235,7 +1235,7 @@ pub(crate) async fn invoice(
         }
         section aria-labelledby="snapshot" {
             h2 #snapshot { "Latest snapshot" }
-            (json_block(&serde_json::to_value(&invoice.snapshot).unwrap_or(Value::Null)))
+            (json_block(&serde_json::to_value(invoice.snapshot.data()).unwrap_or(Value::Null)))
         }
     };
     render(page(
@@ -1277,7 +1277,7 @@ pub(crate) async fn payment(
         }
         section aria-labelledby="snapshot" {
             h2 #snapshot { "Latest snapshot" }
-            (json_block(&serde_json::to_value(&payment.snapshot).unwrap_or(Value::Null)))
+            (json_block(&serde_json::to_value(payment.snapshot.data()).unwrap_or(Value::Null)))
         }
     };
     render(page(&viewer, "Payment", "/payments", body))

@@ -1,12 +1,12 @@
 //! The ledger on PostgreSQL: the repository the core's ledger rules run against inside an
 //! ingest transaction, and the ledger's queries.
 
-use billhook_core::entity::{EntityData, SubjectKind};
+use billhook_core::entity::SubjectKind;
 use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
-    self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, TargetKeys,
-    id_bounds,
+    self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, Snapshot,
+    TargetKeys, id_bounds,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -64,7 +64,7 @@ fn to_entity(row: &Row) -> Result<Entity, StoreError> {
             at: row.get(11),
             tiebreak: from_bits(row.get(12)),
         },
-        snapshot: EntityData::from_json(kind, snapshot)
+        snapshot: Snapshot::from_stored(kind, snapshot)
             .map_err(|e| StoreError::Corrupt(format!("ledger snapshot: {e}")))?,
         keys: TargetKeys {
             number: row.get(14),
@@ -134,8 +134,7 @@ async fn link_lookup(
 }
 
 async fn save_entity<C: GenericClient>(client: &C, e: &Entity) -> Result<(), StoreError> {
-    let snapshot =
-        serde_json::to_string(&e.snapshot).map_err(|err| StoreError::Database(err.to_string()))?;
+    let snapshot = e.snapshot.json();
     execute_cached(
         client,
         &format!(

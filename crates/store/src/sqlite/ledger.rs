@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use billhook_core::entity::{EntityData, SubjectKind};
+use billhook_core::entity::SubjectKind;
 use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
-    self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, TargetKeys,
-    id_bounds,
+    self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, Snapshot,
+    TargetKeys, id_bounds,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -71,7 +71,7 @@ fn entity_row(row: &Row<'_>) -> rusqlite::Result<Result<Entity, StoreError>> {
                 at: row.get(11).map_err(db_error)?,
                 tiebreak: from_bits(row.get(12).map_err(db_error)?),
             },
-            snapshot: EntityData::from_json(kind, &snapshot)
+            snapshot: Snapshot::from_stored(kind, &snapshot)
                 .map_err(|e| StoreError::Corrupt(format!("ledger snapshot: {e}")))?,
             keys: TargetKeys {
                 number: row.get(14).map_err(db_error)?,
@@ -202,8 +202,7 @@ fn save_entity(
     e: &Entity,
     changed: Option<Changed>,
 ) -> Result<(), StoreError> {
-    let snapshot =
-        serde_json::to_string(&e.snapshot).map_err(|err| StoreError::Database(err.to_string()))?;
+    let snapshot = e.snapshot.json();
     let sql = match changed {
         None => INSERT_ENTITY.as_str(),
         Some(changed) => {

@@ -8,7 +8,7 @@ use billhook_core::entity::{
 };
 use billhook_core::event::EventType;
 use billhook_core::ids::{EventId, InboundId};
-use billhook_core::ledger::{Conclusion, Fact, PaymentRef, StatusRank};
+use billhook_core::ledger::{Conclusion, Fact, PaymentRef, Snapshot, StatusRank};
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
 use bytes::Bytes;
@@ -130,7 +130,7 @@ fn ingest_of(data: EntityData, rank: Option<StatusRank>) -> IngestWrite {
         sandbox: false,
         occurred_at: now,
         received_at: now,
-        data,
+        snapshot: Snapshot::of(data),
         rank,
         link_rule: vec![PaymentRef::MerchantReference, PaymentRef::Remark],
     };
