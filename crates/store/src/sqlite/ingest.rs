@@ -1,5 +1,7 @@
 //! Writes on SQLite: ingests, reprocessing and dedup pruning.
 
+use std::collections::HashMap;
+
 use billhook_core::ids::{EventId, InboundId};
 use billhook_core::time::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -92,14 +94,15 @@ fn ingest(connection: &Connection, write: &IngestWrite) -> Result<IngestOutcome,
         });
     }
     insert_inbound(connection, inbound)?;
-    insert_events(connection, inbound.id, &write.events)?;
+    // The ledger first: the events are stored naming the entities it filed them under.
+    let (concluded, entities) = apply_facts(connection, &write.facts, write.concluder.as_deref())?;
+    insert_events(connection, inbound.id, &write.events, &entities)?;
     insert_deliveries(
         connection,
         inbound.id,
         &write.deliveries,
         inbound.received_at,
     )?;
-    let concluded = apply_facts(connection, &write.facts, write.concluder.as_deref())?;
     Ok(IngestOutcome::Stored {
         inbound_id: inbound.id,
         event_ids: write.events.iter().map(|e| e.id).collect(),
@@ -141,35 +144,78 @@ fn insert_inbound(connection: &Connection, inbound: &NewInbound) -> Result<(), S
     Ok(())
 }
 
+/// The ledger entity each event is about, when the ledger keeps its subject. Stored with the
+/// event, it is how a listing by subject finds the event (migration 9).
+#[derive(Default)]
+pub(super) struct EventEntities(HashMap<EventId, FiledUnder>);
+
+struct FiledUnder {
+    entity_id: String,
+    provider_id: String,
+}
+
+impl EventEntities {
+    pub(super) fn add(&mut self, event: EventId, entity_id: String, provider_id: String) {
+        let filed = FiledUnder {
+            entity_id,
+            provider_id,
+        };
+        self.0.insert(event, filed);
+    }
+
+    /// Only for an event whose subject is the entity's provider id, the one a listing by
+    /// subject looks the entity up by; any other event keeps the index on its subject.
+    fn of(&self, event: &NewEvent) -> Option<&str> {
+        self.0
+            .get(&event.id)
+            .filter(|filed| filed.provider_id == event.subject_id)
+            .map(|filed| filed.entity_id.as_str())
+    }
+}
+
+const INSERT_EVENT: &str = "INSERT INTO events (id, type, source, subject_kind, subject_id,
+        inbound_id, occurred_at, received_at, payload)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+const INSERT_FILED_EVENT: &str = "INSERT INTO events (id, type, source, subject_kind, subject_id,
+        inbound_id, occurred_at, received_at, payload, entity_id)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
 pub(super) fn insert_events(
     connection: &Connection,
     inbound_id: InboundId,
     events: &[NewEvent],
+    entities: &EventEntities,
 ) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let mut statement = connection
-        .prepare_cached(
-            "INSERT INTO events (id, type, source, subject_kind, subject_id, inbound_id,
-                occurred_at, received_at, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .map_err(db_error)?;
     let inbound_id = inbound_id.to_string();
     for event in events {
-        statement
-            .execute(params![
-                event.id.to_string(),
-                event.event_type,
-                event.source,
-                event.subject_kind,
-                event.subject_id,
-                inbound_id,
-                event.occurred_at.unix_millis(),
-                event.received_at.unix_millis(),
-                &event.payload[..],
-            ])
+        let id = event.id.to_string();
+        let occurred_at = event.occurred_at.unix_millis();
+        let received_at = event.received_at.unix_millis();
+        let payload = &event.payload[..];
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![
+            &id,
+            &event.event_type,
+            &event.source,
+            &event.subject_kind,
+            &event.subject_id,
+            &inbound_id,
+            &occurred_at,
+            &received_at,
+            &payload,
+        ];
+        // An event the ledger does not file is stored as it was before migration 9.
+        let entity_id = entities.of(event);
+        let sql = match &entity_id {
+            Some(entity_id) => {
+                values.push(entity_id);
+                INSERT_FILED_EVENT
+            }
+            None => INSERT_EVENT,
+        };
+        connection
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute(&*values))
             .map_err(db_error)?;
     }
     Ok(())
@@ -285,9 +331,9 @@ fn reprocess(
                     ])
                 })
                 .map_err(db_error)?;
-            insert_events(connection, id, events)?;
+            let (concluded, entities) = apply_facts(connection, facts, concluder.as_deref())?;
+            insert_events(connection, id, events, &entities)?;
             insert_deliveries(connection, id, deliveries, now)?;
-            let concluded = apply_facts(connection, facts, concluder.as_deref())?;
             Ok(ReprocessOutcome::Processed {
                 event_ids: events.iter().map(|e| e.id).collect(),
                 concluded,

@@ -17,7 +17,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 use super::delivery::insert_deliveries;
-use super::ingest::{insert_events, parse_id};
+use super::ingest::{EventEntities, insert_events, parse_id};
 use super::{SqliteStore, db_error};
 use crate::StoreError;
 use crate::model::*;
@@ -256,15 +256,25 @@ fn save_entity(
     Ok(())
 }
 
-/// Inserts a conclusion's event and deliveries; returns the event id.
+/// Inserts a conclusion's event, filed under the entity it concludes about, and its
+/// deliveries; returns the event id.
 pub(super) fn record_announcement(
     connection: &Connection,
     announcement: &Announcement,
+    entity_id: &str,
+    provider_id: &str,
 ) -> Result<EventId, StoreError> {
+    let mut filed = EventEntities::default();
+    filed.add(
+        announcement.event.id,
+        entity_id.to_owned(),
+        provider_id.to_owned(),
+    );
     insert_events(
         connection,
         announcement.inbound_id,
         std::slice::from_ref(&announcement.event),
+        &filed,
     )?;
     insert_deliveries(
         connection,
@@ -419,26 +429,45 @@ impl LedgerRepo for SqliteLedger<'_> {
                 "the ledger reached a conclusion with no concluder".to_owned(),
             ));
         };
-        record_announcement(self.connection, &concluder.announce(conclusion))
+        let entity = match conclusion {
+            Conclusion::InvoiceSettled { invoice, .. } => invoice,
+            Conclusion::PaymentUnmatched { payment, .. } => payment,
+        };
+        record_announcement(
+            self.connection,
+            &concluder.announce(conclusion),
+            &entity.id,
+            &entity.provider_id,
+        )
     }
 }
 
-/// Applies the facts of one ingest (or reprocessing) to the ledger.
+/// Applies the facts of one ingest (or reprocessing) to the ledger: the conclusions it reached,
+/// and the entity each fact's event is about.
 pub(super) fn apply_facts(
     connection: &Connection,
     facts: &[Fact],
     concluder: Option<&dyn Concluder>,
-) -> Result<Vec<EventId>, StoreError> {
+) -> Result<(Vec<EventId>, EventEntities), StoreError> {
     let mut repo = SqliteLedger {
         connection,
         concluder,
         stored: HashMap::new(),
     };
     let mut concluded = Vec::new();
+    let mut entities = EventEntities::default();
     for fact in facts {
-        concluded.extend(ledger::run_ready(ledger::apply(&mut repo, fact))?.conclusions);
+        let applied = ledger::run_ready(ledger::apply(&mut repo, fact))?;
+        if let Some(entity_id) = applied.entity_id {
+            entities.add(
+                fact.event_id,
+                entity_id,
+                fact.snapshot.data().provider_id().to_owned(),
+            );
+        }
+        concluded.extend(applied.conclusions);
     }
-    Ok(concluded)
+    Ok((concluded, entities))
 }
 
 /// The SQL condition and parameters of a ledger listing.
@@ -611,15 +640,15 @@ impl SqliteStore {
         self.write(move |connection| {
             let still: Option<String> = connection
                 .prepare_cached(
-                    "SELECT id FROM ledger_entities
+                    "SELECT provider_id FROM ledger_entities
                      WHERE id = ?1 AND linked_to IS NULL AND unmatched_event IS NULL",
                 )
                 .and_then(|mut s| s.query_row([&payment_id], |row| row.get(0)).optional())
                 .map_err(db_error)?;
-            if still.is_none() {
+            let Some(provider_id) = still else {
                 return Ok(false);
-            }
-            let event = record_announcement(connection, &announcement)?;
+            };
+            let event = record_announcement(connection, &announcement, &payment_id, &provider_id)?;
             connection
                 .prepare_cached("UPDATE ledger_entities SET unmatched_event = ?2 WHERE id = ?1")
                 .and_then(|mut s| s.execute(params![payment_id, event.to_string()]))

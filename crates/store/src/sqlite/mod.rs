@@ -52,6 +52,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         8,
         include_str!("../../migrations/sqlite/0008_ledger_kind_in_ids.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_events_by_ledger_entity.sql"),
+    ),
 ];
 
 /// At most this many jobs share one transaction.

@@ -103,7 +103,14 @@ impl SqliteStore {
             let mut filters = Filters::default();
             filters.add("type = ?", query.event_type.map(SqlValue::Text));
             filters.add("source = ?", query.source.map(SqlValue::Text));
-            filters.add("subject_id = ?", query.subject.map(SqlValue::Text));
+            // An event about an entity the ledger keeps is indexed under that entity, found by
+            // the provider's id; any other event under its subject (migration 9).
+            filters.add("subject_id = ?", query.subject.clone().map(SqlValue::Text));
+            filters.add(
+                "(entity_id IN (SELECT id FROM ledger_entities WHERE provider_id = ?)
+                  OR entity_id IS NULL)",
+                query.subject.map(SqlValue::Text),
+            );
             filters.add(
                 "id < ?",
                 query.before.map(|id| SqlValue::Text(id.to_string())),

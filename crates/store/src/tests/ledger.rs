@@ -13,7 +13,7 @@ use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
 use bytes::Bytes;
 
-use super::{backends, inbound, runtime, write};
+use super::{backends, event, inbound, runtime, write};
 use crate::*;
 
 /// Announces conclusions as bare events without deliveries.
@@ -137,6 +137,27 @@ fn ingest_of(data: EntityData, rank: Option<StatusRank>) -> IngestWrite {
     let mut ingest = write(request, Vec::new());
     ingest.facts = vec![fact];
     ingest.concluder = Some(Arc::new(BareConcluder));
+    ingest
+}
+
+/// The ingest with the canonical event its fact comes from, about the same subject.
+fn with_its_event(mut ingest: IngestWrite) -> IngestWrite {
+    let fact = &ingest.facts[0];
+    let data = fact.snapshot.data();
+    ingest.events.push(NewEvent {
+        id: fact.event_id,
+        event_type: if data.kind() == SubjectKind::Payment {
+            "payment.updated"
+        } else {
+            "invoice.updated"
+        },
+        source: fact.source.clone(),
+        subject_kind: data.kind().as_str(),
+        subject_id: data.provider_id().to_owned(),
+        occurred_at: fact.occurred_at,
+        received_at: fact.received_at,
+        payload: Bytes::from_static(b"{}"),
+    });
     ingest
 }
 
@@ -460,6 +481,115 @@ fn the_ledger_identity_migration_keeps_entities_and_their_lookups() {
             );
             store.close().await;
         }
+    });
+}
+
+/// Stores an invoice, a payment that settles it and an event about the invoice that the ledger
+/// does not file; `check_subject_listings` then expects each to be found by its subject.
+async fn store_events_about_one_invoice(store: &Store) {
+    let invoice = ingest_of(
+        invoice_data("bcinv_s", "INV-S", 1000),
+        Some(StatusRank::new(1)),
+    );
+    store.ingest(with_its_event(invoice)).await.unwrap();
+    let payment = ingest_of(payment_data("tx_s1", "succeeded", 1000, "INV-S"), SUCCEEDED);
+    let settling = store.ingest(with_its_event(payment)).await.unwrap();
+    assert_eq!(concluded(settling).len(), 1);
+    let unfiled = event("zw", "invoice.viewed", "bcinv_s");
+    store
+        .ingest(write(
+            inbound("zw", "key-unfiled", InboundStatus::Processed),
+            vec![unfiled],
+        ))
+        .await
+        .unwrap();
+}
+
+async fn check_subject_listings(store: &Store) {
+    let by_subject = |subject: &str| EventQuery {
+        subject: Some(subject.to_owned()),
+        limit: 100,
+        ..EventQuery::default()
+    };
+    let invoice = store.events(by_subject("bcinv_s")).await.unwrap().items;
+    let mut types: Vec<&str> = invoice.iter().map(|e| e.event_type.as_str()).collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        ["invoice.settled", "invoice.updated", "invoice.viewed"],
+        "the ledger's event, its conclusion and the unfiled one"
+    );
+    assert!(
+        invoice.windows(2).all(|w| w[0].id > w[1].id),
+        "newest first"
+    );
+    let payment = store.events(by_subject("tx_s1")).await.unwrap().items;
+    assert_eq!(payment.len(), 1);
+    assert_eq!(payment[0].subject_id, "tx_s1");
+    // A page of one, then the rest after its cursor.
+    let mut first = by_subject("bcinv_s");
+    first.limit = 1;
+    let page = store.events(first).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    let mut rest = by_subject("bcinv_s");
+    rest.before = Some(page.items[0].id);
+    assert_eq!(store.events(rest).await.unwrap().items.len(), 2);
+    assert!(
+        store
+            .events(by_subject("INV-S"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[test]
+fn events_are_listed_by_subject_with_the_ledgers_conclusions() {
+    runtime().block_on(async {
+        for test in backends().await {
+            store_events_about_one_invoice(&test.store).await;
+            check_subject_listings(&test.store).await;
+        }
+    });
+}
+
+#[test]
+fn the_events_by_entity_migration_keeps_listings_by_subject() {
+    runtime().block_on(async {
+        let (config, _dir) = super::sqlite_config();
+        let store = Store::open(&config).await.unwrap();
+        store_events_about_one_invoice(&store).await;
+        store.close().await;
+        // Back to version 8 as it would have stored the same events: no entity ids, and the
+        // subject index over every event.
+        let DatabaseConfig::Sqlite { path } = &config else {
+            unreachable!("a SQLite configuration")
+        };
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .execute_batch(
+                "DROP INDEX events_by_entity;
+                 DROP INDEX events_by_subject;
+                 ALTER TABLE events DROP COLUMN entity_id;
+                 CREATE INDEX events_by_subject ON events (subject_id, id);
+                 DELETE FROM billhook_migrations WHERE version = 9;",
+            )
+            .unwrap();
+        let store = Store::open(&config).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), 9);
+        check_subject_listings(&store).await;
+        store.close().await;
+        // Every event the ledger filed was found its entity; the unfiled one kept none.
+        let unfiled: Vec<String> = rusqlite::Connection::open(path)
+            .unwrap()
+            .prepare("SELECT type FROM events WHERE entity_id IS NULL")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(unfiled, ["invoice.viewed"]);
     });
 }
 
