@@ -44,8 +44,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Serializes `data`. As with an event's payload, serializing cannot fail: a snapshot is
-    /// plain structs, strings and numbers.
+    /// Serializes `data`. A snapshot is plain structs, strings and numbers, so this does not
+    /// fail; were it to, the text is empty and the stores refuse to save it.
     pub fn of(data: EntityData) -> Self {
         let json = serde_json::to_string(&data).unwrap_or_default().into();
         Self { data, json }
@@ -397,12 +397,11 @@ pub trait LedgerRepo {
     async fn conclude(&mut self, conclusion: &Conclusion) -> Result<EventId, Self::Error>;
 }
 
-/// The id prefix of each kind of ledger entity.
-/// The ids of every entity of `kind` lie strictly between these two strings, so a listing by
-/// kind is a range of the primary key and needs no index of its own. An id is the kind's
-/// two-letter prefix, `_` and a ULID: it sorts after the prefix alone and before the prefix with
-/// its last letter advanced, in byte order and in any collation that orders letters
-/// alphabetically (PostgreSQL's default ones ignore the `_`, which changes neither bound).
+/// The ids of every entity of `kind` lie strictly between these two strings in byte order, so on
+/// SQLite (whose keys compare as bytes) a listing by kind is a range of the primary key and
+/// needs no index of its own. An id is the kind's two-letter prefix, `_` and a ULID: it sorts
+/// after the prefix alone and before the prefix with its last letter advanced. Not for
+/// PostgreSQL, whose text order follows the database's collation (in some, `z` is not after `y`).
 pub fn id_bounds(kind: SubjectKind) -> (&'static str, String) {
     let prefix = prefix(kind);
     let mut upper = prefix.to_owned();
@@ -412,6 +411,7 @@ pub fn id_bounds(kind: SubjectKind) -> (&'static str, String) {
     (prefix, upper)
 }
 
+/// The id prefix of each kind of ledger entity.
 fn prefix(kind: SubjectKind) -> &'static str {
     match kind {
         SubjectKind::Invoice => "iv",

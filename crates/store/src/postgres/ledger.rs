@@ -6,7 +6,7 @@ use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
     self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, Snapshot,
-    TargetKeys, id_bounds,
+    TargetKeys,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -135,6 +135,12 @@ async fn link_lookup(
 
 async fn save_entity<C: GenericClient>(client: &C, e: &Entity) -> Result<(), StoreError> {
     let snapshot = e.snapshot.json();
+    if snapshot.is_empty() {
+        // `Snapshot::of` leaves the text empty only when the data did not serialize.
+        return Err(StoreError::Database(
+            "a ledger snapshot did not serialize".to_owned(),
+        ));
+    }
     execute_cached(
         client,
         &format!(
@@ -470,10 +476,6 @@ impl PgStore {
         let client = self.client().await?;
         let limit = clamp_limit(query.limit);
         let mut filters = Filters::default();
-        // The kind's range of ids is what the primary key serves the listing by.
-        let (lower, upper) = id_bounds(query.kind);
-        filters.add("id", ">", Some(lower.to_owned()));
-        filters.add("id", "<", Some(upper));
         filters.add("kind", "=", Some(query.kind.as_str().to_owned()));
         let closed = CLOSED_UNPAID
             .iter()

@@ -54,10 +54,6 @@ const MIGRATIONS: &[(u32, &str)] = &[
         7,
         include_str!("../../migrations/postgres/0007_ledger_reference_statistics.sql"),
     ),
-    (
-        8,
-        include_str!("../../migrations/postgres/0008_ledger_kind_in_ids.sql"),
-    ),
 ];
 
 /// An arbitrary constant naming billhook's migration lock.
