@@ -602,6 +602,34 @@ fn events_about_ledger_entities_are_filed_under_them() {
             2,
             "the payment and its announcement"
         );
+        // A quarantined request, reprocessed into a payment.
+        let quarantined = inbound("zw", "sha256:late", InboundStatus::Quarantined);
+        store
+            .ingest(write(quarantined.clone(), vec![]))
+            .await
+            .unwrap();
+        let mut late = with_its_event(ingest_of(
+            payment_data("tx_r", "succeeded", 30, "NOTHING"),
+            SUCCEEDED,
+        ));
+        late.facts[0].inbound_id = quarantined.id;
+        let reprocessed = store
+            .reprocess(
+                quarantined.id,
+                Reprocess::Normalized {
+                    provider_event: "payment.updated".into(),
+                    provider_event_id: None,
+                    dedup_key: "tx_r".into(),
+                    events: late.events,
+                    deliveries: Vec::new(),
+                    facts: late.facts,
+                    concluder: late.concluder,
+                    dedup_expires_at: late.dedup_expires_at,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(reprocessed, ReprocessOutcome::Processed { .. }));
         check_subject_listings(&store).await;
         store.close().await;
         // Only the event about no entity the ledger keeps went without one.
