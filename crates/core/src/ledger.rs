@@ -40,14 +40,15 @@ use crate::time::Timestamp;
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     data: EntityData,
-    json: Arc<str>,
+    /// `None` only if the data did not serialize.
+    json: Option<Arc<str>>,
 }
 
 impl Snapshot {
     /// Serializes `data`. A snapshot is plain structs, strings and numbers, so this does not
-    /// fail; were it to, the text is empty and the stores refuse to save it.
+    /// fail; were it to, the snapshot has no stored form and cannot be saved.
     pub fn of(data: EntityData) -> Self {
-        let json = serde_json::to_string(&data).unwrap_or_default().into();
+        let json = serde_json::to_string(&data).ok().map(Arc::from);
         Self { data, json }
     }
 
@@ -55,7 +56,7 @@ impl Snapshot {
     pub fn from_stored(kind: SubjectKind, json: &str) -> Result<Self, serde_json::Error> {
         Ok(Self {
             data: EntityData::from_json(kind, json)?,
-            json: json.into(),
+            json: Some(json.into()),
         })
     }
 
@@ -63,9 +64,9 @@ impl Snapshot {
         &self.data
     }
 
-    /// The stored form.
-    pub fn json(&self) -> &str {
-        &self.json
+    /// The stored form; `None` if the data did not serialize.
+    pub fn json(&self) -> Option<&str> {
+        self.json.as_deref()
     }
 }
 
@@ -616,7 +617,8 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     let content = Precedence {
         level: 0,
         at: fact.occurred_at.unix_millis(),
-        tiebreak: (rank_bits << 32) | (stable_hash(&[fact.snapshot.json()]) & 0xFFFF_FFFF),
+        tiebreak: (rank_bits << 32)
+            | (stable_hash(&[fact.snapshot.json().unwrap_or_default()]) & 0xFFFF_FFFF),
     };
     if content > entity.content_precedence {
         entity.snapshot = fact.snapshot.clone();

@@ -134,13 +134,10 @@ async fn link_lookup(
 }
 
 async fn save_entity<C: GenericClient>(client: &C, e: &Entity) -> Result<(), StoreError> {
-    let snapshot = e.snapshot.json();
-    if snapshot.is_empty() {
-        // `Snapshot::of` leaves the text empty only when the data did not serialize.
-        return Err(StoreError::Database(
-            "a ledger snapshot did not serialize".to_owned(),
-        ));
-    }
+    let snapshot = e
+        .snapshot
+        .json()
+        .ok_or_else(|| StoreError::Database("a ledger snapshot did not serialize".to_owned()))?;
     execute_cached(
         client,
         &format!(

@@ -1,7 +1,5 @@
 //! Writes on SQLite: ingests, reprocessing and dedup pruning.
 
-use std::collections::HashMap;
-
 use billhook_core::ids::{EventId, InboundId};
 use billhook_core::time::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -145,30 +143,32 @@ fn insert_inbound(connection: &Connection, inbound: &NewInbound) -> Result<(), S
 }
 
 /// The ledger entity each event is about, when the ledger keeps its subject. Stored with the
-/// event, it is how a listing by subject finds the event (migration 9).
+/// event, it is how a listing by subject finds the event (migration 9). An ingest has a fact
+/// or two, so a list searched in order is all it needs.
 #[derive(Default)]
-pub(super) struct EventEntities(HashMap<EventId, FiledUnder>);
+pub(super) struct EventEntities(Vec<FiledUnder>);
 
 struct FiledUnder {
+    event: EventId,
     entity_id: String,
     provider_id: String,
 }
 
 impl EventEntities {
     pub(super) fn add(&mut self, event: EventId, entity_id: String, provider_id: String) {
-        let filed = FiledUnder {
+        self.0.push(FiledUnder {
+            event,
             entity_id,
             provider_id,
-        };
-        self.0.insert(event, filed);
+        });
     }
 
     /// Only for an event whose subject is the entity's provider id, the one a listing by
     /// subject looks the entity up by; any other event keeps the index on its subject.
     fn of(&self, event: &NewEvent) -> Option<&str> {
         self.0
-            .get(&event.id)
-            .filter(|filed| filed.provider_id == event.subject_id)
+            .iter()
+            .find(|filed| filed.event == event.id && filed.provider_id == event.subject_id)
             .map(|filed| filed.entity_id.as_str())
     }
 }
@@ -193,7 +193,8 @@ pub(super) fn insert_events(
         let occurred_at = event.occurred_at.unix_millis();
         let received_at = event.received_at.unix_millis();
         let payload = &event.payload[..];
-        let mut values: Vec<&dyn rusqlite::ToSql> = vec![
+        let entity_id = entities.of(event);
+        let values: [&dyn rusqlite::ToSql; 10] = [
             &id,
             &event.event_type,
             &event.source,
@@ -203,19 +204,16 @@ pub(super) fn insert_events(
             &occurred_at,
             &received_at,
             &payload,
+            &entity_id,
         ];
         // An event the ledger does not file is stored as it was before migration 9.
-        let entity_id = entities.of(event);
-        let sql = match &entity_id {
-            Some(entity_id) => {
-                values.push(entity_id);
-                INSERT_FILED_EVENT
-            }
-            None => INSERT_EVENT,
+        let (sql, bound) = match entity_id {
+            Some(_) => (INSERT_FILED_EVENT, &values[..]),
+            None => (INSERT_EVENT, &values[..9]),
         };
         connection
             .prepare_cached(sql)
-            .and_then(|mut statement| statement.execute(&*values))
+            .and_then(|mut statement| statement.execute(bound))
             .map_err(db_error)?;
     }
     Ok(())

@@ -202,13 +202,10 @@ fn save_entity(
     e: &Entity,
     changed: Option<Changed>,
 ) -> Result<(), StoreError> {
-    let snapshot = e.snapshot.json();
-    if snapshot.is_empty() {
-        // `Snapshot::of` leaves the text empty only when the data did not serialize.
-        return Err(StoreError::Database(
-            "a ledger snapshot did not serialize".to_owned(),
-        ));
-    }
+    let snapshot = e
+        .snapshot
+        .json()
+        .ok_or_else(|| StoreError::Database("a ledger snapshot did not serialize".to_owned()))?;
     let sql = match changed {
         None => INSERT_ENTITY.as_str(),
         Some(changed) => {

@@ -192,6 +192,13 @@ async fn every(store: &Store, kind: SubjectKind) -> Vec<Entity> {
         .items
 }
 
+/// The entities of `kind` a listing finds by `reference` (a provider's id or a number).
+async fn listed_by_reference(store: &Store, kind: SubjectKind, reference: &str) -> Vec<Entity> {
+    let mut by_reference = query(kind, LedgerFilter::All);
+    by_reference.reference = Some(reference.to_owned());
+    store.ledger_entities(by_reference).await.unwrap().items
+}
+
 fn concluded(outcome: IngestOutcome) -> Vec<EventId> {
     match outcome {
         IngestOutcome::Stored { concluded, .. } => concluded,
@@ -261,10 +268,10 @@ fn payments_link_to_their_invoice_which_settles_once() {
                 0
             );
             assert_eq!(count(LedgerFilter::All, SubjectKind::Payment).await, 2);
-            let mut by_number = query(SubjectKind::Invoice, LedgerFilter::All);
-            by_number.reference = Some("INV-1".to_owned());
             assert_eq!(
-                store.ledger_entities(by_number).await.unwrap().items.len(),
+                listed_by_reference(store, SubjectKind::Invoice, "INV-1")
+                    .await
+                    .len(),
                 1
             );
         }
@@ -424,14 +431,9 @@ fn an_invoice_renumbered_is_found_by_its_new_number_only() {
                 ["tx_r1", "tx_r3"],
                 "the old number links nothing new"
             );
-            let mut by_number = query(SubjectKind::Invoice, LedgerFilter::All);
-            by_number.reference = Some("INV-OLD".to_owned());
             assert!(
-                store
-                    .ledger_entities(by_number)
+                listed_by_reference(store, SubjectKind::Invoice, "INV-OLD")
                     .await
-                    .unwrap()
-                    .items
                     .is_empty()
             );
         }
@@ -468,14 +470,9 @@ fn the_ledger_identity_migration_keeps_entities_and_their_lookups() {
             assert_eq!(invoices[0].paid, Amount::from_minor(1000));
             assert_eq!(store.ledger_linked(&invoices[0].id).await.unwrap().len(), 2);
             // A lookup by the provider's id alone.
-            let mut by_provider_id = query(SubjectKind::Invoice, LedgerFilter::All);
-            by_provider_id.reference = Some("bcinv_m".to_owned());
             assert_eq!(
-                store
-                    .ledger_entities(by_provider_id)
+                listed_by_reference(&store, SubjectKind::Invoice, "bcinv_m")
                     .await
-                    .unwrap()
-                    .items
                     .len(),
                 1
             );
