@@ -122,7 +122,7 @@ fn collect(rows: Vec<Result<Entity, StoreError>>) -> Result<Vec<Entity>, StoreEr
 fn query_entities(
     connection: &Connection,
     condition: &str,
-    values: &[SqlValue],
+    values: impl rusqlite::Params,
 ) -> Result<Vec<Entity>, StoreError> {
     let mut statement = connection
         .prepare_cached(&format!(
@@ -130,15 +130,11 @@ fn query_entities(
         ))
         .map_err(db_error)?;
     let rows = statement
-        .query_map(params_from_iter(values.iter()), entity_row)
+        .query_map(values, entity_row)
         .map_err(db_error)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(db_error)?;
     collect(rows)
-}
-
-fn text(value: &Option<String>) -> SqlValue {
-    value.clone().map_or(SqlValue::Null, SqlValue::Text)
 }
 
 /// The entity columns a save may change, by the groups of indexes they feed.
@@ -314,8 +310,95 @@ impl StoredKeys {
     }
 }
 
+/// One indexed equality per reference a payment has, each with the kind it may name: a single
+/// statement covering every kind of reference cost SQLite a temporary table per `IN` list,
+/// whether the payment had that reference or not, about twice the time of these lookups.
+fn target_lookups(refs: &PaymentRefs) -> Vec<(&'static str, &str)> {
+    const INVOICE_BY_ID: &str = "provider_id = ?1 AND kind = 'invoice'";
+    const INVOICE_BY_NUMBER: &str = "number = ?1 AND +kind = 'invoice'";
+    distinct_lookups([
+        (INVOICE_BY_ID, refs.invoice_id.as_deref()),
+        (INVOICE_BY_ID, refs.merchant_reference.as_deref()),
+        (INVOICE_BY_ID, refs.remark.as_deref()),
+        (
+            "order_ref = ?1 AND +kind = 'invoice'",
+            refs.order_id.as_deref(),
+        ),
+        (INVOICE_BY_NUMBER, refs.merchant_reference.as_deref()),
+        (INVOICE_BY_NUMBER, refs.remark.as_deref()),
+        (
+            "provider_id = ?1 AND kind = 'bill'",
+            refs.bill_ref_id.as_deref(),
+        ),
+        (
+            "number = ?1 AND +kind = 'bill'",
+            refs.biller_ref_id.as_deref(),
+        ),
+    ])
+}
+
+/// The other way round: one lookup per payment column that could name `target` by its id or
+/// number, for the payments not linked yet.
+fn payment_lookups(target: &Entity) -> Vec<(&'static str, &str)> {
+    const INVOICE: &str = "ref_invoice = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
+    const ORDER: &str = "ref_order = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
+    const MERCHANT: &str = "ref_merchant = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
+    const REMARK: &str = "ref_remark = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
+    const BILL: &str = "ref_bill = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
+    const BILLER: &str = "ref_biller = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
+    let id = Some(target.provider_id.as_str());
+    let number = target.keys.number.as_deref();
+    match target.kind {
+        SubjectKind::Invoice => distinct_lookups([
+            (INVOICE, id),
+            (ORDER, target.keys.order_id.as_deref()),
+            (MERCHANT, id),
+            (MERCHANT, number),
+            (REMARK, id),
+            (REMARK, number),
+        ]),
+        SubjectKind::Bill => distinct_lookups([(BILL, id), (BILLER, number)]),
+        _ => Vec::new(),
+    }
+}
+
+/// The lookups whose value is present, each (condition, value) once.
+fn distinct_lookups<'a, const N: usize>(
+    candidates: [(&'static str, Option<&'a str>); N],
+) -> Vec<(&'static str, &'a str)> {
+    let mut lookups = Vec::with_capacity(N);
+    for (condition, value) in candidates {
+        if let Some(value) = value
+            && !lookups.contains(&(condition, value))
+        {
+            lookups.push((condition, value));
+        }
+    }
+    lookups
+}
+
+/// Runs `lookups` and keeps each entity once, in the order first found.
+fn read_each(
+    ledger: &mut SqliteLedger<'_>,
+    lookups: Vec<(&'static str, &str)>,
+) -> Result<Vec<Entity>, StoreError> {
+    let mut found: Vec<Entity> = Vec::new();
+    for (condition, value) in lookups {
+        for entity in ledger.read(condition, [value])? {
+            if !found.iter().any(|seen| seen.id == entity.id) {
+                found.push(entity);
+            }
+        }
+    }
+    Ok(found)
+}
+
 impl SqliteLedger<'_> {
-    fn read(&mut self, condition: &str, values: &[SqlValue]) -> Result<Vec<Entity>, StoreError> {
+    fn read(
+        &mut self,
+        condition: &str,
+        values: impl rusqlite::Params,
+    ) -> Result<Vec<Entity>, StoreError> {
         let found = query_entities(self.connection, condition, values)?;
         for entity in &found {
             self.stored
@@ -336,59 +419,25 @@ impl LedgerRepo for SqliteLedger<'_> {
     ) -> Result<Option<Entity>, StoreError> {
         let found = self.read(
             "kind = ?1 AND provider = ?2 AND provider_id = ?3",
-            &[
-                SqlValue::Text(kind.as_str().to_owned()),
-                SqlValue::Text(provider.to_owned()),
-                SqlValue::Text(provider_id.to_owned()),
-            ],
+            [kind.as_str(), provider, provider_id],
         )?;
         Ok(found.into_iter().next())
     }
 
     async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, StoreError> {
-        Ok(self
-            .read("id = ?1", &[SqlValue::Text(id.to_owned())])?
-            .into_iter()
-            .next())
+        Ok(self.read("id = ?1", [id])?.into_iter().next())
     }
 
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
-        self.read(
-            // The first line lets SQLite look each reference up in its own index (a
-            // multi-index OR); `+kind` keeps it from scanning every entity of the kind instead.
-            "(provider_id IN (?1, ?3, ?4, ?5) OR order_ref = ?2 OR number IN (?3, ?4, ?6))
-             AND ((+kind = 'invoice' AND (provider_id IN (?1, ?3, ?4) OR order_ref = ?2 OR number IN (?3, ?4)))
-               OR (+kind = 'bill' AND (provider_id = ?5 OR number = ?6)))",
-            &[
-                text(&refs.invoice_id),
-                text(&refs.order_id),
-                text(&refs.merchant_reference),
-                text(&refs.remark),
-                text(&refs.bill_ref_id),
-                text(&refs.biller_ref_id),
-            ],
-        )
+        read_each(self, target_lookups(refs))
     }
 
     async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
-        let id = SqlValue::Text(target.provider_id.clone());
-        let number = text(&target.keys.number);
-        match target.kind {
-            SubjectKind::Invoice => self.read(
-                "(ref_invoice = ?1 OR ref_order = ?2 OR ref_merchant IN (?1, ?3) OR ref_remark IN (?1, ?3))
-                 AND +kind = 'payment' AND +linked_to IS NULL",
-                &[id, text(&target.keys.order_id), number],
-            ),
-            SubjectKind::Bill => self.read(
-                "(ref_bill = ?1 OR ref_biller = ?2) AND +kind = 'payment' AND +linked_to IS NULL",
-                &[id, number],
-            ),
-            _ => Ok(Vec::new()),
-        }
+        read_each(self, payment_lookups(target))
     }
 
     async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, StoreError> {
-        self.read("linked_to = ?1", &[SqlValue::Text(target_id.to_owned())])
+        self.read("linked_to = ?1", [target_id])
     }
 
     async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {
@@ -538,7 +587,7 @@ impl SqliteStore {
             let mut items = query_entities(
                 connection,
                 &format!("{condition} ORDER BY id DESC LIMIT {}", limit + 1),
-                &values,
+                params_from_iter(values),
             )?;
             Ok(paginate(&mut items, limit, |e| e.id.clone()))
         })
@@ -547,24 +596,16 @@ impl SqliteStore {
 
     pub(crate) async fn ledger_entity(&self, id: String) -> Result<Option<Entity>, StoreError> {
         self.read(move |connection| {
-            Ok(
-                query_entities(connection, "id = ?1", &[SqlValue::Text(id)])?
-                    .into_iter()
-                    .next(),
-            )
+            Ok(query_entities(connection, "id = ?1", [id])?
+                .into_iter()
+                .next())
         })
         .await
     }
 
     pub(crate) async fn ledger_linked(&self, id: String) -> Result<Vec<Entity>, StoreError> {
-        self.read(move |connection| {
-            query_entities(
-                connection,
-                "linked_to = ?1 ORDER BY id",
-                &[SqlValue::Text(id)],
-            )
-        })
-        .await
+        self.read(move |connection| query_entities(connection, "linked_to = ?1 ORDER BY id", [id]))
+            .await
     }
 
     pub(crate) async fn ledger_history(&self, id: String) -> Result<Vec<HistoryEntry>, StoreError> {
@@ -628,7 +669,7 @@ impl SqliteStore {
                     "kind = 'payment' AND counted > 0 AND linked_to IS NULL AND unmatched_event IS NULL
                      AND created_at <= ?1 ORDER BY id LIMIT {limit}"
                 ),
-                &[SqlValue::Integer(before.unix_millis())],
+                [before.unix_millis()],
             )
         })
         .await

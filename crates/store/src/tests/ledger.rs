@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use billhook_core::entity::{
-    EntityData, InvoiceSnapshot, PaymentReferences, PaymentSnapshot, SubjectKind,
+    BillSnapshot, EntityData, InvoiceSnapshot, PaymentReferences, PaymentSnapshot, SubjectKind,
 };
 use billhook_core::event::EventType;
 use billhook_core::ids::{EventId, InboundId};
@@ -274,6 +274,126 @@ fn payments_link_to_their_invoice_which_settles_once() {
                     .len(),
                 1
             );
+        }
+    });
+}
+
+fn bill_data(ref_id: &str, biller_ref_id: &str, amount: i64) -> EntityData {
+    EntityData::Bill(BillSnapshot {
+        ref_id: ref_id.to_owned(),
+        biller_ref_id: Some(biller_ref_id.to_owned()),
+        biller_id: None,
+        bill_number: None,
+        customer_name: None,
+        amount: Some(Amount::from_minor(amount)),
+        currency: Currency::INR,
+        bill_date: None,
+        due_date: None,
+        bill_period: None,
+        exactness: None,
+        status: Some("success".to_owned()),
+        provider_status: Some("SUCCESS".to_owned()),
+        payment_limits: Vec::new(),
+    })
+}
+
+/// Which of a target's keys a payment's reference holds.
+#[derive(Clone, Copy)]
+enum TargetKey {
+    InvoiceId,
+    InvoiceOrder,
+    InvoiceNumber,
+    BillId,
+    BillNumber,
+}
+
+/// Every reference a payment can name its invoice or bill by, with the key it is compared with.
+const LINKS: [(PaymentRef, TargetKey); 8] = [
+    (PaymentRef::InvoiceId, TargetKey::InvoiceId),
+    (PaymentRef::OrderId, TargetKey::InvoiceOrder),
+    (PaymentRef::MerchantReference, TargetKey::InvoiceNumber),
+    (PaymentRef::MerchantReference, TargetKey::InvoiceId),
+    (PaymentRef::Remark, TargetKey::InvoiceNumber),
+    (PaymentRef::Remark, TargetKey::InvoiceId),
+    (PaymentRef::BillRefId, TargetKey::BillId),
+    (PaymentRef::BillerRefId, TargetKey::BillNumber),
+];
+
+/// Case `n`'s target: an invoice `inv_n` (number `INV-n`, order `order_n`) or a bill `bill_n`
+/// (biller reference `CUST-n`), and the value of `key` a payment names it by.
+fn target_of(n: usize, key: TargetKey) -> (EntityData, String) {
+    let mut invoice = invoice_data(&format!("inv_{n}"), &format!("INV-{n}"), 500);
+    if let EntityData::Invoice(snapshot) = &mut invoice {
+        snapshot.order_id = Some(format!("order_{n}"));
+    }
+    let bill = bill_data(&format!("bill_{n}"), &format!("CUST-{n}"), 500);
+    match key {
+        TargetKey::InvoiceId => (invoice, format!("inv_{n}")),
+        TargetKey::InvoiceOrder => (invoice, format!("order_{n}")),
+        TargetKey::InvoiceNumber => (invoice, format!("INV-{n}")),
+        TargetKey::BillId => (bill, format!("bill_{n}")),
+        TargetKey::BillNumber => (bill, format!("CUST-{n}")),
+    }
+}
+
+/// A succeeded payment `pay_n` naming `value` by `reference` only.
+fn payment_naming(n: usize, reference: PaymentRef, value: &str) -> IngestWrite {
+    let mut data = payment_data(&format!("pay_{n}"), "succeeded", 100, "-");
+    if let EntityData::Payment(snapshot) = &mut data {
+        let value = Some(value.to_owned());
+        let mut references = PaymentReferences::default();
+        match reference {
+            PaymentRef::InvoiceId => references.invoice_id = value,
+            PaymentRef::OrderId => references.order_id = value,
+            PaymentRef::MerchantReference => references.merchant_reference = value,
+            PaymentRef::Remark => references.remark = value,
+            PaymentRef::BillRefId => references.bill_ref_id = value,
+            PaymentRef::BillerRefId => references.biller_ref_id = value,
+        }
+        snapshot.references = references;
+    }
+    let mut ingest = ingest_of(data, SUCCEEDED);
+    ingest.facts[0].link_rule = vec![reference];
+    ingest
+}
+
+#[test]
+fn a_payment_and_its_target_find_each_other_by_each_reference_whichever_comes_first() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            // Each case has its own target; every other case's target is a decoy for it.
+            for (case, (reference, key)) in LINKS.into_iter().enumerate() {
+                for payment_first in [false, true] {
+                    let n = 2 * case + usize::from(payment_first);
+                    let (target, value) = target_of(n, key);
+                    let target_kind = target.kind();
+                    let target_provider_id = target.provider_id().to_owned();
+                    let payment = payment_naming(n, reference, &value);
+                    let target = ingest_of(target, Some(StatusRank::new(1)));
+                    let (first, second) = if payment_first {
+                        (payment, target)
+                    } else {
+                        (target, payment)
+                    };
+                    store.ingest(first).await.unwrap();
+                    store.ingest(second).await.unwrap();
+                    let target_id = listed_by_reference(store, target_kind, &target_provider_id)
+                        .await[0]
+                        .id
+                        .clone();
+                    let payment_id = format!("pay_{n}");
+                    let payments = listed_by_reference(store, SubjectKind::Payment, &payment_id);
+                    let payment = &payments.await[0];
+                    assert_eq!(
+                        (payment.linked_to.as_deref(), payment.link_rule.as_deref()),
+                        (Some(target_id.as_str()), Some(reference.as_str())),
+                        "{:?}: a payment naming `{value}` by {}, the payment first: {payment_first}",
+                        test.config,
+                        reference.as_str(),
+                    );
+                }
+            }
         }
     });
 }
