@@ -21,6 +21,7 @@ backend_tests!(
     a_hanging_endpoint_does_not_slow_a_healthy_one,
     private_destinations_are_refused_at_creation,
     private_destinations_are_refused_at_delivery,
+    failures_without_a_status_are_named_by_kind,
     raw_endpoints_get_the_provider_body_byte_for_byte,
     redeliver_and_recover_send_again,
     rotation_signs_with_both_secrets,
@@ -404,6 +405,64 @@ async fn private_destinations_are_refused_at_delivery(backend: Backend) {
         );
     }
     assert_eq!(receiver.count(), 0, "nothing reached the loopback receiver");
+    app.stop().await;
+}
+
+async fn failures_without_a_status_are_named_by_kind(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\nretry_schedule = [\"0s\", \"60s\"]\nrequest_timeout = \"1s\"\nconnect_timeout = \"1s\"\n",
+    )
+    .await;
+    // Nothing listens on a port just released.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_address = silent.local_addr().unwrap();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    // Speaks plain HTTP to a client that expects TLS.
+    let plain = Receiver::ok().await;
+    let plain_as_https = plain.url.replace("http://", "https://");
+    let mut endpoints = Vec::new();
+    for (url, kind) in [
+        (format!("http://{closed}/hooks"), "connect"),
+        (format!("http://{silent_address}/hooks"), "timeout"),
+        (plain_as_https, "tls"),
+    ] {
+        let (id, _) = app
+            .create_endpoint(json!({ "url": url, "event_types": ["*"] }))
+            .await;
+        endpoints.push((id, url, kind));
+    }
+    ingest_payments(&app, 1, "kinds").await;
+    for (id, url, kind) in &endpoints {
+        app.eventually(Duration::from_secs(5), "a failed attempt", || async {
+            let (_, attempts) = app.admin_get(&format!("/v1/endpoints/{id}/attempts")).await;
+            !attempts["data"][0]["error_kind"].is_null()
+        })
+        .await;
+        let (_, attempts) = app.admin_get(&format!("/v1/endpoints/{id}/attempts")).await;
+        let attempt = &attempts["data"][0];
+        assert_eq!(attempt["error_kind"], json!(kind), "{url}: {attempt}");
+        assert!(attempt["status_code"].is_null(), "{url}: {attempt}");
+        assert!(
+            !attempt["error_message"].as_str().unwrap().is_empty(),
+            "{url}: {attempt}"
+        );
+    }
+    assert_eq!(
+        plain.count(),
+        0,
+        "no request reached the plain server as HTTP"
+    );
     app.stop().await;
 }
 

@@ -11,7 +11,7 @@ use billhook_core::subscription::{PayloadFormat, Subscriber, Subscription};
 use billhook_core::time::Timestamp;
 use billhook_store::EndpointRecord;
 use http::{HeaderName, HeaderValue};
-use reqwest::Url;
+use url::Url;
 
 use super::ssrf::{DestinationPolicy, parse_destination};
 
@@ -36,6 +36,8 @@ pub const MAX_CONCURRENCY: u32 = 1_000;
 pub struct EndpointRuntime {
     pub id: EndpointId,
     pub url: Url,
+    /// The same destination as the HTTP client takes it, parsed once rather than per attempt.
+    pub uri: http::Uri,
     pub format: PayloadFormat,
     pub subscription: Subscription,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -52,6 +54,7 @@ impl EndpointRuntime {
     /// so a failure here means the row was edited by hand; such an endpoint is skipped.
     pub fn from_record(record: &EndpointRecord, default_concurrency: u32) -> Result<Self, String> {
         let url = parse_destination(&record.url).map_err(|e| e.to_string())?;
+        let uri = http::Uri::try_from(url.as_str()).map_err(|e| e.to_string())?;
         let definition = EndpointDefinition::check_static(
             &record.event_types,
             record.sources.as_deref(),
@@ -72,6 +75,7 @@ impl EndpointRuntime {
         Ok(Self {
             id: record.id,
             url,
+            uri,
             format: definition.format,
             subscription: definition.subscription,
             headers: definition.headers,

@@ -111,7 +111,7 @@ struct Shared {
     config: DeliveryConfig,
     policy: RetryPolicy,
     destinations: Arc<DestinationPolicy>,
-    client: reqwest::Client,
+    client: send::Client,
     endpoints: RwLock<Arc<EndpointSet>>,
     lanes: Mutex<HashMap<EndpointId, Arc<Lane>>>,
     in_flight: Arc<Semaphore>,
@@ -158,8 +158,7 @@ impl Delivery {
             Arc::clone(&destinations),
             config.request_timeout.0,
             config.connect_timeout.0,
-        )
-        .map_err(|e| StartError::Client(e.to_string()))?;
+        );
         sync_declared(&store, &destinations, declared, known_sources).await?;
         if works && store.is_single_process() {
             let released = store.release_all_leases().await?;
@@ -441,8 +440,6 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("endpoint `{name}` in the configuration: {message}")]
     Endpoint { name: String, message: String },
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
 }
 
 /// Creates or updates the endpoints declared in the configuration file, and disables named

@@ -7,12 +7,15 @@
 //! name that resolved somewhere public at creation cannot be rebound to an internal address.
 //! `allow_private_destinations` lists networks to allow regardless.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use hyper_util::client::legacy::connect::dns::Name;
 use ipnet::IpNet;
-use reqwest::Url;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use url::Url;
 
 /// Why a destination is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,14 +194,26 @@ pub struct GuardedResolver {
     pub policy: Arc<DestinationPolicy>,
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+type ResolverError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The HTTP connector's resolver: a name in, the allowed addresses out (the connector sets the
+/// port), or the first refusal when none is allowed.
+impl tower::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = ResolverError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ResolverError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ResolverError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let policy = Arc::clone(&self.policy);
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?
+                .map_err(|e| Box::new(e) as ResolverError)?
                 .collect();
             let mut first_refusal = None;
             let allowed: Vec<SocketAddr> = resolved
@@ -213,9 +228,9 @@ impl Resolve for GuardedResolver {
                 .collect();
             if allowed.is_empty() {
                 let refusal = first_refusal.unwrap_or(Refusal::Unresolvable(host));
-                return Err(Box::new(refusal) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(Box::new(refusal) as ResolverError);
             }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
+            Ok(allowed.into_iter())
         })
     }
 }
