@@ -24,7 +24,14 @@ use std::time::{Duration, Instant};
 use billhook_core::signing::EndpointSecret;
 use billhook_providers::{PROVIDERS, by_name};
 use billhook_server::config::HumanDuration;
+use bytes::Bytes;
 use clap::{Args, ValueEnum};
+use http::{Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -151,7 +158,7 @@ struct Run {
     sources: Arc<Vec<Source>>,
     messages: Vec<Message>,
     measured: bool,
-    http: reqwest::Client,
+    http: Sender,
     tracker: Option<Arc<Tracker>>,
     acknowledged: AtomicU64,
     failed: AtomicU64,
@@ -287,12 +294,7 @@ async fn measure(
         return Err(CliError::Usage("no events to send".to_owned()));
     }
     let sources = Arc::new(sources);
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("billhook-bench/", env!("CARGO_PKG_VERSION")))
-        .pool_max_idle_per_host(args.concurrency as usize)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| CliError::Io(e.to_string()))?;
+    let http = sender(args.concurrency as usize);
     let phase = |messages: Vec<Message>, measured: bool| {
         Arc::new(Run {
             sources: Arc::clone(&sources),
@@ -480,9 +482,13 @@ fn sources_of(target: &Target, providers: &[&'static str]) -> Result<Vec<Source>
             continue;
         };
         let spec = config.spec()?;
+        let url = crate::trigger::ingest_url(&target.base_url, &config.name, Some(&spec.auth));
+        let uri = url
+            .parse()
+            .map_err(|e| CliError::Usage(format!("`{url}` is not a URL: {e}")))?;
         sources.push(Source {
             provider: spec.provider,
-            url: crate::trigger::ingest_url(&target.base_url, &config.name, Some(&spec.auth)),
+            uri,
             auth: spec.auth,
         });
     }
@@ -552,22 +558,64 @@ async fn send_range(run: &Arc<Run>, args: &BenchArgs, deadline: Option<Instant>)
     sent.load(Ordering::Relaxed)
 }
 
+/// The client the traffic goes out through: hyper's pooled client, plain or TLS, one kept-alive
+/// connection per sender. Lean on purpose: the bench shares the machine with the billhook it
+/// measures, so every cycle it spends is one billhook does not get.
+type Sender = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+fn sender(connections: usize) -> Sender {
+    let mut connector = HttpConnector::new();
+    connector.enforce_http(false);
+    connector.set_nodelay(true);
+    let connector = HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    HyperClient::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(connections)
+        .build(connector)
+}
+
+/// How long one request may take before it counts as a `timeout` error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+const USER_AGENT: &str = concat!("billhook-bench/", env!("CARGO_PKG_VERSION"));
+
 /// Sends message `n` and records its acknowledgement or error.
 async fn send_one(run: &Run, n: u64, started: Instant) {
     let measured = run.measured;
     let message = &run.messages[n as usize];
     let source = &run.sources[message.source];
-    let mut request = run.http.post(&source.url).body(message.body.clone());
+    let mut request = Request::post(source.uri.clone()).header(header::USER_AGENT, USER_AGENT);
     for (name, value) in message.signed_headers(source) {
         request = request.header(name, value);
     }
-    let error = match request.send().await {
-        Err(error) if error.is_timeout() => "timeout".to_owned(),
-        Err(error) if error.is_connect() => "connect".to_owned(),
-        Err(_) => "request".to_owned(),
-        Ok(response) => {
-            let status = response.status();
-            let body = response.bytes().await.unwrap_or_default();
+    let exchange = async {
+        let request = request
+            .body(Full::new(message.body.clone()))
+            .map_err(|_| "request")?;
+        let response = run.http.request(request).await.map_err(|error| {
+            if error.is_connect() {
+                "connect"
+            } else {
+                "request"
+            }
+        })?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| "request")?
+            .to_bytes();
+        Ok::<_, &'static str>((status, body))
+    };
+    let error = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+        Err(_) => "timeout".to_owned(),
+        Ok(Err(kind)) => kind.to_owned(),
+        Ok(Ok((status, body))) => {
             let acked_at = Instant::now();
             match serde_json::from_slice::<Ack>(&body) {
                 Ok(ack) if status.is_success() && !ack.duplicate && !ack.quarantined => {

@@ -16,8 +16,8 @@ use crate::CliError;
 pub(crate) struct Source {
     pub provider: &'static dyn Provider,
     pub auth: SourceAuth,
-    /// `…/ingest/{name}` with the path token when the source has one.
-    pub url: String,
+    /// `…/ingest/{name}` with the path token when the source has one, parsed once.
+    pub uri: http::Uri,
 }
 
 /// One message, ready but for its signature.
@@ -157,7 +157,9 @@ mod tests {
                 auth: SourceAuth::Signature {
                     secrets: vec![Secret::new("bench-test")],
                 },
-                url: format!("http://127.0.0.1:1/ingest/{}", provider.name()),
+                uri: format!("http://127.0.0.1:1/ingest/{}", provider.name())
+                    .parse()
+                    .unwrap(),
             })
             .collect()
     }
