@@ -24,14 +24,14 @@ use std::time::{Duration, Instant};
 use billhook_core::signing::EndpointSecret;
 use billhook_providers::{PROVIDERS, by_name};
 use billhook_server::config::HumanDuration;
+use billhook_server::delivery::pooled_client;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use http::{Request, header};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -564,18 +564,7 @@ async fn send_range(run: &Arc<Run>, args: &BenchArgs, deadline: Option<Instant>)
 type Sender = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 fn sender(connections: usize) -> Sender {
-    let mut connector = HttpConnector::new();
-    connector.enforce_http(false);
-    connector.set_nodelay(true);
-    let connector = HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    HyperClient::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(connections)
-        .build(connector)
+    pooled_client(HttpConnector::new(), connections)
 }
 
 /// How long one request may take before it counts as a `timeout` error.

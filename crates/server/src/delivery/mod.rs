@@ -24,6 +24,8 @@ mod endpoints;
 mod send;
 pub mod ssrf;
 
+pub use send::pooled_client;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

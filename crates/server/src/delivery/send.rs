@@ -15,7 +15,7 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Host;
 
@@ -68,24 +68,36 @@ pub fn client(
     connect_timeout: Duration,
 ) -> Client {
     let mut connector = HttpConnector::new_with_resolver(GuardedResolver { policy });
-    // The TLS layer below takes `https`; the plain connector must not refuse it.
-    connector.enforce_http(false);
     connector.set_connect_timeout(Some(connect_timeout));
+    Client {
+        http: pooled_client(connector, 64),
+        request_timeout,
+    }
+}
+
+/// hyper's pooled HTTP/1 client over `connector`, for `http` and `https` alike (rustls with the
+/// Web PKI's roots); idle connections are kept 90 s, at most `idle_per_host` per host. It
+/// follows no redirects and knows no proxies.
+pub fn pooled_client<R>(
+    mut connector: HttpConnector<R>,
+    idle_per_host: usize,
+) -> HyperClient<HttpsConnector<HttpConnector<R>>, Full<Bytes>>
+where
+    HttpsConnector<HttpConnector<R>>: Connect + Clone + Send + Sync + 'static,
+{
+    // The TLS layer wrapped around it takes `https`; the plain connector must not refuse it.
+    connector.enforce_http(false);
     connector.set_nodelay(true);
     let connector = HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
-    let http = HyperClient::builder(TokioExecutor::new())
+    HyperClient::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
-        .build(connector);
-    Client {
-        http,
-        request_timeout,
-    }
+        .pool_max_idle_per_host(idle_per_host)
+        .build(connector)
 }
 
 /// Sends one delivery to its endpoint.
