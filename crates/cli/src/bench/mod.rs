@@ -24,14 +24,13 @@ use std::time::{Duration, Instant};
 use billhook_core::signing::EndpointSecret;
 use billhook_providers::{PROVIDERS, by_name};
 use billhook_server::config::HumanDuration;
-use billhook_server::delivery::pooled_client;
-use bytes::Bytes;
+use billhook_server::delivery::{PooledClient, pooled_client};
 use clap::{Args, ValueEnum};
-use http::{Request, header};
+use http::Request;
+use http::header::{self, HeaderValue};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::GaiResolver;
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -294,7 +293,7 @@ async fn measure(
         return Err(CliError::Usage("no events to send".to_owned()));
     }
     let sources = Arc::new(sources);
-    let http = sender(args.concurrency as usize);
+    let http = sender(args.concurrency as usize)?;
     let phase = |messages: Vec<Message>, measured: bool| {
         Arc::new(Run {
             sources: Arc::clone(&sources),
@@ -483,9 +482,13 @@ fn sources_of(target: &Target, providers: &[&'static str]) -> Result<Vec<Source>
         };
         let spec = config.spec()?;
         let url = crate::trigger::ingest_url(&target.base_url, &config.name, Some(&spec.auth));
-        let uri = url
-            .parse()
-            .map_err(|e| CliError::Usage(format!("`{url}` is not a URL: {e}")))?;
+        // The URL may end in the source's path token: name the source, not the URL.
+        let uri = url.parse().map_err(|e| {
+            CliError::Usage(format!(
+                "the ingest URL of source `{}` at {} is not a URL: {e}",
+                config.name, target.base_url
+            ))
+        })?;
         sources.push(Source {
             provider: spec.provider,
             uri,
@@ -561,10 +564,11 @@ async fn send_range(run: &Arc<Run>, args: &BenchArgs, deadline: Option<Instant>)
 /// The client the traffic goes out through: hyper's pooled client, plain or TLS, one kept-alive
 /// connection per sender. Lean on purpose: the bench shares the machine with the billhook it
 /// measures, so every cycle it spends is one billhook does not get.
-type Sender = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Sender = PooledClient<GaiResolver>;
 
-fn sender(connections: usize) -> Sender {
-    pooled_client(HttpConnector::new(), connections)
+fn sender(connections: usize) -> Result<Sender, CliError> {
+    pooled_client(HttpConnector::new(), REQUEST_TIMEOUT, connections)
+        .map_err(|e| CliError::Io(format!("cannot build the HTTP client: {e}")))
 }
 
 /// How long one request may take before it counts as a `timeout` error.
@@ -577,14 +581,19 @@ async fn send_one(run: &Run, n: u64, started: Instant) {
     let measured = run.measured;
     let message = &run.messages[n as usize];
     let source = &run.sources[message.source];
-    let mut request = Request::post(source.uri.clone()).header(header::USER_AGENT, USER_AGENT);
+    let mut request = Request::post(source.uri.clone());
     for (name, value) in message.signed_headers(source) {
         request = request.header(name, value);
     }
     let exchange = async {
-        let request = request
+        let mut request = request
             .body(Full::new(message.body.clone()))
             .map_err(|_| "request")?;
+        // Some providers' messages bring their own.
+        request
+            .headers_mut()
+            .entry(header::USER_AGENT)
+            .or_insert(HeaderValue::from_static(USER_AGENT));
         let response = run.http.request(request).await.map_err(|error| {
             if error.is_connect() {
                 "connect"

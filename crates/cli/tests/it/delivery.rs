@@ -22,6 +22,7 @@ backend_tests!(
     private_destinations_are_refused_at_creation,
     private_destinations_are_refused_at_delivery,
     failures_without_a_status_are_named_by_kind,
+    an_endpoints_headers_replace_the_defaults,
     raw_endpoints_get_the_provider_body_byte_for_byte,
     redeliver_and_recover_send_again,
     rotation_signs_with_both_secrets,
@@ -411,14 +412,13 @@ async fn private_destinations_are_refused_at_delivery(backend: Backend) {
 async fn failures_without_a_status_are_named_by_kind(backend: Backend) {
     let app = spawn_app_with(
         backend,
-        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\nretry_schedule = [\"0s\", \"60s\"]\nrequest_timeout = \"1s\"\nconnect_timeout = \"1s\"\n",
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\nretry_schedule = [\"0s\", \"60s\"]\nrequest_timeout = \"3s\"\nconnect_timeout = \"3s\"\n",
     )
     .await;
-    // Nothing listens on a port just released.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    // A port held for the whole test without listening: connections to it are refused.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = held.local_addr().unwrap();
     // Accepts connections and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_address = silent.local_addr().unwrap();
@@ -444,7 +444,7 @@ async fn failures_without_a_status_are_named_by_kind(backend: Backend) {
     }
     ingest_payments(&app, 1, "kinds").await;
     for (id, url, kind) in &endpoints {
-        app.eventually(Duration::from_secs(5), "a failed attempt", || async {
+        app.eventually(Duration::from_secs(10), "a failed attempt", || async {
             let (_, attempts) = app.admin_get(&format!("/v1/endpoints/{id}/attempts")).await;
             !attempts["data"][0]["error_kind"].is_null()
         })
@@ -463,6 +463,44 @@ async fn failures_without_a_status_are_named_by_kind(backend: Backend) {
         0,
         "no request reached the plain server as HTTP"
     );
+    app.stop().await;
+}
+
+async fn an_endpoints_headers_replace_the_defaults(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let plain = Receiver::ok().await;
+    let custom = Receiver::ok().await;
+    app.create_endpoint(json!({ "url": plain.url, "event_types": ["*"] }))
+        .await;
+    app.create_endpoint(json!({
+        "url": custom.url,
+        "event_types": ["*"],
+        "headers": { "User-Agent": "ledger-service/2", "X-Team": "payments" },
+    }))
+    .await;
+    ingest_payments(&app, 1, "headers").await;
+    app.eventually(Duration::from_secs(5), "both endpoints served", || async {
+        plain.count() >= 1 && custom.count() >= 1
+    })
+    .await;
+    let values = |arrival: &Arrival, name: &str| -> Vec<String> {
+        arrival
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    let plain = &plain.arrivals()[0];
+    let user_agent = values(plain, "user-agent");
+    assert!(
+        user_agent.len() == 1 && user_agent[0].starts_with("billhook/"),
+        "{user_agent:?}"
+    );
+    assert_eq!(values(plain, "accept"), ["*/*"]);
+    let custom = &custom.arrivals()[0];
+    assert_eq!(values(custom, "user-agent"), ["ledger-service/2"]);
+    assert_eq!(values(custom, "x-team"), ["payments"]);
     app.stop().await;
 }
 

@@ -24,7 +24,7 @@ mod endpoints;
 mod send;
 pub mod ssrf;
 
-pub use send::pooled_client;
+pub use send::{ConnectDeadline, PooledClient, pooled_client};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -160,7 +160,8 @@ impl Delivery {
             Arc::clone(&destinations),
             config.request_timeout.0,
             config.connect_timeout.0,
-        );
+        )
+        .map_err(|e| StartError::Client(e.to_string()))?;
         sync_declared(&store, &destinations, declared, known_sources).await?;
         if works && store.is_single_process() {
             let released = store.release_all_leases().await?;
@@ -442,6 +443,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("endpoint `{name}` in the configuration: {message}")]
     Endpoint { name: String, message: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
 }
 
 /// Creates or updates the endpoints declared in the configuration file, and disables named

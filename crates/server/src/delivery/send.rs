@@ -3,15 +3,17 @@
 //! The client is hyper's pooled client over rustls, with the SSRF guard as its resolver: it
 //! follows no redirects and knows no proxies, so nothing but the endpoint's own answer counts.
 
-use std::error::Error as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use billhook_core::retry::parse_retry_after;
 use billhook_core::signing::signature_header;
 use billhook_core::time::Timestamp;
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
-use http::{Method, Request};
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as HyperClient;
@@ -26,10 +28,14 @@ use super::ssrf::{DestinationPolicy, GuardedResolver, Refusal};
 /// How much of a response body is kept with the attempt.
 pub const RESPONSE_BODY_LIMIT: usize = 4096;
 
+/// hyper's pooled client over a connector bounded by a deadline.
+pub type PooledClient<R> =
+    HyperClient<ConnectDeadline<HttpsConnector<HttpConnector<R>>>, Full<Bytes>>;
+
 /// The pooled HTTP client deliveries go out through.
 #[derive(Clone)]
 pub struct Client {
-    http: HyperClient<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
+    http: PooledClient<GuardedResolver>,
     request_timeout: Duration,
 }
 
@@ -66,38 +72,83 @@ pub fn client(
     policy: std::sync::Arc<DestinationPolicy>,
     request_timeout: Duration,
     connect_timeout: Duration,
-) -> Client {
-    let mut connector = HttpConnector::new_with_resolver(GuardedResolver { policy });
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client {
-        http: pooled_client(connector, 64),
+) -> Result<Client, rustls::Error> {
+    let connector = HttpConnector::new_with_resolver(GuardedResolver { policy });
+    Ok(Client {
+        http: pooled_client(connector, connect_timeout, 64)?,
         request_timeout,
-    }
+    })
 }
 
-/// hyper's pooled HTTP/1 client over `connector`, for `http` and `https` alike (rustls with the
-/// Web PKI's roots); idle connections are kept 90 s, at most `idle_per_host` per host. It
-/// follows no redirects and knows no proxies.
+/// hyper's pooled HTTP/1 client over `connector`, for `http` and `https` alike (rustls with
+/// ring and the Web PKI's roots). Connecting (resolving, TCP and the TLS handshake together)
+/// may take `connect_timeout`; connections are probed by TCP keepalive and kept idle 90 s, at
+/// most `idle_per_host` per host. It follows no redirects and knows no proxies.
 pub fn pooled_client<R>(
     mut connector: HttpConnector<R>,
+    connect_timeout: Duration,
     idle_per_host: usize,
-) -> HyperClient<HttpsConnector<HttpConnector<R>>, Full<Bytes>>
+) -> Result<PooledClient<R>, rustls::Error>
 where
-    HttpsConnector<HttpConnector<R>>: Connect + Clone + Send + Sync + 'static,
+    ConnectDeadline<HttpsConnector<HttpConnector<R>>>: Connect + Clone + Send + Sync + 'static,
 {
     // The TLS layer wrapped around it takes `https`; the plain connector must not refuse it.
     connector.enforce_http(false);
     connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(15)));
+    connector.set_keepalive_interval(Some(Duration::from_secs(15)));
+    connector.set_keepalive_retries(Some(3));
     let connector = HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
-    HyperClient::builder(TokioExecutor::new())
+    Ok(HyperClient::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(idle_per_host)
-        .build(connector)
+        .build(ConnectDeadline {
+            inner: connector,
+            timeout: connect_timeout,
+        }))
+}
+
+/// A connector whose connections must be made within `timeout`, resolving and the handshake
+/// included (hyper's own connect timeout covers the TCP connect alone). Running out is an I/O
+/// error of kind `TimedOut`.
+#[derive(Debug, Clone)]
+pub struct ConnectDeadline<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> tower::Service<Uri> for ConnectDeadline<C>
+where
+    C: tower::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = C::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting took longer than the connect timeout",
+                )) as Self::Error),
+            }
+        })
+    }
 }
 
 /// Sends one delivery to its endpoint.
@@ -130,7 +181,6 @@ pub async fn send(
         .method(Method::POST)
         .uri(endpoint.uri.clone())
         .header(CONTENT_TYPE, "application/json")
-        .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
         .header("webhook-id", &job.message_id)
         .header("webhook-timestamp", timestamp)
         .header("webhook-signature", signature);
@@ -145,10 +195,18 @@ pub async fn send(
     for (name, value) in &endpoint.headers {
         request = request.header(name, value);
     }
-    let request = match request.body(Full::new(job.payload.clone())) {
+    let mut request = match request.body(Full::new(job.payload.clone())) {
         Ok(request) => request,
         Err(error) => return AttemptResult::failed("request", error.to_string()),
     };
+    // Defaults an endpoint's own headers may replace.
+    let headers = request.headers_mut();
+    headers
+        .entry(USER_AGENT)
+        .or_insert(HeaderValue::from_static(USER_AGENT_VALUE));
+    headers
+        .entry(ACCEPT)
+        .or_insert(HeaderValue::from_static("*/*"));
     // One deadline for the whole exchange, the answer's body included.
     match tokio::time::timeout(client.request_timeout, exchange(&client.http, request)).await {
         Ok(result) => result,
@@ -159,13 +217,13 @@ pub async fn send(
 }
 
 async fn exchange(
-    http: &HyperClient<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
+    http: &PooledClient<GuardedResolver>,
     request: Request<Full<Bytes>>,
 ) -> AttemptResult {
     let response = match http.request(request).await {
         Ok(response) => response,
         Err(error) => {
-            let (kind, message) = classify(&error);
+            let (kind, message) = name_failure(&error, error.is_connect());
             return AttemptResult::failed(kind, message);
         }
     };
@@ -197,37 +255,38 @@ async fn exchange(
     }
 }
 
-/// Names a failure that produced no status: `ssrf_refused`, `dns`, `tls`, `connect` or
-/// `request` (a `timeout` is named by the deadline around the exchange).
-fn classify(error: &hyper_util::client::legacy::Error) -> (&'static str, String) {
-    let mut source = error.source();
+/// Names a failure that produced no status: `ssrf_refused`, `timeout`, `dns`, `tls`, `connect`
+/// or `request`, from the error and its causes.
+fn name_failure(
+    error: &(dyn std::error::Error + 'static),
+    is_connect: bool,
+) -> (&'static str, String) {
+    let mut cause = Some(error);
     let mut chain = Vec::new();
-    let mut tls = false;
-    while let Some(cause) = source {
-        if let Some(refusal) = cause.downcast_ref::<Refusal>() {
+    let (mut tls, mut timed_out) = (false, false);
+    while let Some(current) = cause {
+        if let Some(refusal) = current.downcast_ref::<Refusal>() {
             return ("ssrf_refused", refusal.to_string());
         }
-        tls |= is_tls(cause);
-        chain.push(cause.to_string());
-        source = cause.source();
+        tls |= is_tls(current);
+        timed_out |= current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        chain.push(current.to_string());
+        cause = current.source();
     }
-    let detail = chain.last().cloned().unwrap_or_else(|| error.to_string());
+    let detail = chain.last().cloned().unwrap_or_default();
     let lowered = chain.join(" ").to_ascii_lowercase();
-    if tls {
-        ("tls", detail)
-    } else if lowered.contains("timed out") || lowered.contains("timeout") {
+    if timed_out {
         ("timeout", "the endpoint did not answer in time".to_owned())
+    } else if tls {
+        ("tls", detail)
     } else if lowered.contains("dns")
         || lowered.contains("failed to lookup")
         || lowered.contains("resolve")
     {
         ("dns", detail)
-    } else if lowered.contains("certificate")
-        || lowered.contains("tls")
-        || lowered.contains("handshake")
-    {
-        ("tls", detail)
-    } else if error.is_connect() {
+    } else if is_connect {
         ("connect", detail)
     } else {
         ("request", detail)
@@ -248,5 +307,83 @@ fn is_tls(mut error: &(dyn std::error::Error + 'static)) -> bool {
             Some(inner) => error = inner,
             None => return false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// An error whose cause is `cause`, as hyper's own errors carry theirs.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{message}")]
+    struct Wrapped {
+        message: &'static str,
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    }
+
+    fn wrapped(
+        message: &'static str,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Wrapped {
+        Wrapped {
+            message,
+            cause: Box::new(cause),
+        }
+    }
+
+    #[test]
+    fn failures_are_named_by_what_caused_them() {
+        let connect_timeout = wrapped(
+            "client error (Connect)",
+            io::Error::new(io::ErrorKind::TimedOut, "deadline has elapsed"),
+        );
+        assert_eq!(name_failure(&connect_timeout, true).0, "timeout");
+        let handshake = wrapped(
+            "client error (Connect)",
+            io::Error::other(io::Error::new(
+                io::ErrorKind::InvalidData,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+            )),
+        );
+        assert_eq!(name_failure(&handshake, true).0, "tls");
+        let refused = wrapped(
+            "client error (Connect)",
+            wrapped(
+                "dns error",
+                Refusal::Unresolvable("example.invalid".to_owned()),
+            ),
+        );
+        assert_eq!(
+            name_failure(&refused, true),
+            (
+                "ssrf_refused",
+                "`example.invalid` does not resolve to any address".to_owned()
+            )
+        );
+        let lookup = wrapped(
+            "client error (Connect)",
+            wrapped(
+                "dns error",
+                io::Error::other("failed to lookup address information"),
+            ),
+        );
+        assert_eq!(name_failure(&lookup, true).0, "dns");
+        let closed = wrapped(
+            "client error (Connect)",
+            io::Error::new(io::ErrorKind::ConnectionRefused, "Connection refused"),
+        );
+        assert_eq!(
+            name_failure(&closed, true),
+            ("connect", "Connection refused".to_owned())
+        );
+        let reset = wrapped(
+            "client error (SendRequest)",
+            io::Error::new(io::ErrorKind::ConnectionReset, "connection reset"),
+        );
+        assert_eq!(name_failure(&reset, false).0, "request");
     }
 }
