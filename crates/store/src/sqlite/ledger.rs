@@ -23,12 +23,36 @@ use crate::StoreError;
 use crate::model::*;
 use crate::page::{clamp_limit, paginate};
 
-pub(crate) const ENTITY_COLUMNS: &str = "id, kind, provider, provider_id, source, status,
+macro_rules! entity_columns {
+    () => {
+        "id, kind, provider, provider_id, source, status,
     provider_status, status_level, status_at, status_tiebreak, status_settles, content_at,
     content_tiebreak, snapshot, number, order_ref, ref_invoice, ref_order, ref_merchant,
     ref_remark, ref_bill, ref_biller, currency, amount, counted, paid, due, overpaid, due_by,
     linked_to, link_rule, settled_event, settled_at, unmatched_event, created_at, updated_at,
-    inbound_id";
+    inbound_id"
+    };
+}
+
+pub(crate) const ENTITY_COLUMNS: &str = entity_columns!();
+
+/// `SELECT` of every entity column where `condition` holds, written out at compile time: the
+/// writer's lookups run several times per message and should not format their SQL each time.
+macro_rules! select_entities {
+    ($condition:expr) => {
+        concat!(
+            "SELECT ",
+            entity_columns!(),
+            " FROM ledger_entities WHERE ",
+            $condition
+        )
+    };
+}
+
+/// The same for a condition made at run time (listings with their filters).
+fn select_entities_where(condition: &str) -> String {
+    format!("SELECT {ENTITY_COLUMNS} FROM ledger_entities WHERE {condition}")
+}
 
 fn millis(value: Option<i64>) -> Option<Timestamp> {
     value.map(Timestamp::from_unix_millis)
@@ -119,16 +143,13 @@ fn collect(rows: Vec<Result<Entity, StoreError>>) -> Result<Vec<Entity>, StoreEr
     rows.into_iter().collect()
 }
 
+/// Runs `select`, a `SELECT` of every entity column ([`select_entities!`]).
 fn query_entities(
     connection: &Connection,
-    condition: &str,
+    select: &str,
     values: impl rusqlite::Params,
 ) -> Result<Vec<Entity>, StoreError> {
-    let mut statement = connection
-        .prepare_cached(&format!(
-            "SELECT {ENTITY_COLUMNS} FROM ledger_entities WHERE {condition}"
-        ))
-        .map_err(db_error)?;
+    let mut statement = connection.prepare_cached(select).map_err(db_error)?;
     let rows = statement
         .query_map(values, entity_row)
         .map_err(db_error)?
@@ -314,24 +335,24 @@ impl StoredKeys {
 /// statement covering every kind of reference cost SQLite a temporary table per `IN` list,
 /// whether the payment had that reference or not, about twice the time of these lookups.
 fn target_lookups(refs: &PaymentRefs) -> Vec<(&'static str, &str)> {
-    const INVOICE_BY_ID: &str = "provider_id = ?1 AND kind = 'invoice'";
-    const INVOICE_BY_NUMBER: &str = "number = ?1 AND +kind = 'invoice'";
+    const INVOICE_BY_ID: &str = select_entities!("provider_id = ?1 AND kind = 'invoice'");
+    const INVOICE_BY_NUMBER: &str = select_entities!("number = ?1 AND +kind = 'invoice'");
     distinct_lookups([
         (INVOICE_BY_ID, refs.invoice_id.as_deref()),
         (INVOICE_BY_ID, refs.merchant_reference.as_deref()),
         (INVOICE_BY_ID, refs.remark.as_deref()),
         (
-            "order_ref = ?1 AND +kind = 'invoice'",
+            select_entities!("order_ref = ?1 AND +kind = 'invoice'"),
             refs.order_id.as_deref(),
         ),
         (INVOICE_BY_NUMBER, refs.merchant_reference.as_deref()),
         (INVOICE_BY_NUMBER, refs.remark.as_deref()),
         (
-            "provider_id = ?1 AND kind = 'bill'",
+            select_entities!("provider_id = ?1 AND kind = 'bill'"),
             refs.bill_ref_id.as_deref(),
         ),
         (
-            "number = ?1 AND +kind = 'bill'",
+            select_entities!("number = ?1 AND +kind = 'bill'"),
             refs.biller_ref_id.as_deref(),
         ),
     ])
@@ -340,12 +361,18 @@ fn target_lookups(refs: &PaymentRefs) -> Vec<(&'static str, &str)> {
 /// The other way round: one lookup per payment column that could name `target` by its id or
 /// number, for the payments not linked yet.
 fn payment_lookups(target: &Entity) -> Vec<(&'static str, &str)> {
-    const INVOICE: &str = "ref_invoice = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
-    const ORDER: &str = "ref_order = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
-    const MERCHANT: &str = "ref_merchant = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
-    const REMARK: &str = "ref_remark = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
-    const BILL: &str = "ref_bill = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
-    const BILLER: &str = "ref_biller = ?1 AND +kind = 'payment' AND +linked_to IS NULL";
+    const INVOICE: &str =
+        select_entities!("ref_invoice = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
+    const ORDER: &str =
+        select_entities!("ref_order = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
+    const MERCHANT: &str =
+        select_entities!("ref_merchant = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
+    const REMARK: &str =
+        select_entities!("ref_remark = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
+    const BILL: &str =
+        select_entities!("ref_bill = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
+    const BILLER: &str =
+        select_entities!("ref_biller = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
     let id = Some(target.provider_id.as_str());
     let number = target.keys.number.as_deref();
     match target.kind {
@@ -362,7 +389,7 @@ fn payment_lookups(target: &Entity) -> Vec<(&'static str, &str)> {
     }
 }
 
-/// The lookups whose value is present, each (condition, value) once.
+/// The lookups whose value is present, each (statement, value) once.
 fn distinct_lookups<'a, const N: usize>(
     candidates: [(&'static str, Option<&'a str>); N],
 ) -> Vec<(&'static str, &'a str)> {
@@ -383,8 +410,8 @@ fn read_each(
     lookups: Vec<(&'static str, &str)>,
 ) -> Result<Vec<Entity>, StoreError> {
     let mut found: Vec<Entity> = Vec::new();
-    for (condition, value) in lookups {
-        for entity in ledger.read(condition, [value])? {
+    for (select, value) in lookups {
+        for entity in ledger.read(select, [value])? {
             if !found.iter().any(|seen| seen.id == entity.id) {
                 found.push(entity);
             }
@@ -396,10 +423,10 @@ fn read_each(
 impl SqliteLedger<'_> {
     fn read(
         &mut self,
-        condition: &str,
+        select: &str,
         values: impl rusqlite::Params,
     ) -> Result<Vec<Entity>, StoreError> {
-        let found = query_entities(self.connection, condition, values)?;
+        let found = query_entities(self.connection, select, values)?;
         for entity in &found {
             self.stored
                 .insert(entity.id.clone(), StoredKeys::of(entity));
@@ -418,14 +445,17 @@ impl LedgerRepo for SqliteLedger<'_> {
         provider_id: &str,
     ) -> Result<Option<Entity>, StoreError> {
         let found = self.read(
-            "kind = ?1 AND provider = ?2 AND provider_id = ?3",
+            select_entities!("kind = ?1 AND provider = ?2 AND provider_id = ?3"),
             [kind.as_str(), provider, provider_id],
         )?;
         Ok(found.into_iter().next())
     }
 
     async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, StoreError> {
-        Ok(self.read("id = ?1", [id])?.into_iter().next())
+        Ok(self
+            .read(select_entities!("id = ?1"), [id])?
+            .into_iter()
+            .next())
     }
 
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
@@ -437,7 +467,7 @@ impl LedgerRepo for SqliteLedger<'_> {
     }
 
     async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, StoreError> {
-        self.read("linked_to = ?1", [target_id])
+        self.read(select_entities!("linked_to = ?1"), [target_id])
     }
 
     async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {
@@ -586,7 +616,10 @@ impl SqliteStore {
             let (condition, values) = listing_condition(&query);
             let mut items = query_entities(
                 connection,
-                &format!("{condition} ORDER BY id DESC LIMIT {}", limit + 1),
+                &select_entities_where(&format!(
+                    "{condition} ORDER BY id DESC LIMIT {}",
+                    limit + 1
+                )),
                 params_from_iter(values),
             )?;
             Ok(paginate(&mut items, limit, |e| e.id.clone()))
@@ -596,16 +629,24 @@ impl SqliteStore {
 
     pub(crate) async fn ledger_entity(&self, id: String) -> Result<Option<Entity>, StoreError> {
         self.read(move |connection| {
-            Ok(query_entities(connection, "id = ?1", [id])?
-                .into_iter()
-                .next())
+            Ok(
+                query_entities(connection, select_entities!("id = ?1"), [id])?
+                    .into_iter()
+                    .next(),
+            )
         })
         .await
     }
 
     pub(crate) async fn ledger_linked(&self, id: String) -> Result<Vec<Entity>, StoreError> {
-        self.read(move |connection| query_entities(connection, "linked_to = ?1 ORDER BY id", [id]))
-            .await
+        self.read(move |connection| {
+            query_entities(
+                connection,
+                select_entities!("linked_to = ?1 ORDER BY id"),
+                [id],
+            )
+        })
+        .await
     }
 
     pub(crate) async fn ledger_history(&self, id: String) -> Result<Vec<HistoryEntry>, StoreError> {
@@ -665,10 +706,10 @@ impl SqliteStore {
         self.read(move |connection| {
             query_entities(
                 connection,
-                &format!(
+                &select_entities_where(&format!(
                     "kind = 'payment' AND counted > 0 AND linked_to IS NULL AND unmatched_event IS NULL
                      AND created_at <= ?1 ORDER BY id LIMIT {limit}"
-                ),
+                )),
                 [before.unix_millis()],
             )
         })
