@@ -90,6 +90,19 @@ async fn fresh_schema(base: &str) -> String {
     schema
 }
 
+/// A connection of its own to the schema of a PostgreSQL `config`, for a test to act as another
+/// session (another instance, or an operator with `psql`) would.
+async fn postgres_session(config: &DatabaseConfig) -> tokio_postgres::Client {
+    let DatabaseConfig::Postgres(options) = config else {
+        unreachable!("a PostgreSQL configuration")
+    };
+    let (client, connection) = tokio_postgres::connect(&options.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

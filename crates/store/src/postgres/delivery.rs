@@ -390,6 +390,25 @@ impl PgStore {
             return Ok(Vec::new());
         };
         let inbound: String = inbound.get(0);
+        // The message is held for the rest of the transaction, as retention holds the messages it
+        // removes: otherwise retention could remove the event between this read and the commit,
+        // leaving the new deliveries owed for an event that no longer exists. If retention holds
+        // it now, this waits for its commit and then finds the message gone.
+        let held = transaction
+            .query_opt("SELECT 1 FROM inbound WHERE id = $1 FOR SHARE", &[&inbound])
+            .await
+            .map_err(pg_error)?;
+        // An announcement can outlive the message it named (retention keeps the ledger, not
+        // the messages behind it); such an event is still redelivered if it is still there.
+        if held.is_none()
+            && transaction
+                .query_opt("SELECT 1 FROM events WHERE id = $1", &[&event.to_string()])
+                .await
+                .map_err(pg_error)?
+                .is_none()
+        {
+            return Ok(Vec::new());
+        }
         let rows = transaction
             .query(
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = $3,

@@ -835,12 +835,7 @@ fn a_refresh_that_analyzes_nothing_is_an_error() {
             issue(&owner, &format!("bcinv_{n}"), &format!("INV-{n}"), 1000).await;
         }
 
-        let base = std::env::var("BILLHOOK_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let client = super::postgres_session(&config).await;
         let schema = options
             .url
             .split("search_path%3D")

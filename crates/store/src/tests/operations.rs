@@ -6,7 +6,10 @@ use billhook_core::access::{Scope, digest, generate_session_secret, generate_tok
 use billhook_core::ids::{InboundId, TokenId};
 use billhook_core::time::Timestamp;
 
-use super::{backends, delivered_ok, delivery_for, event, inbound, new_endpoint, runtime, write};
+use super::{
+    backends, delivered_ok, delivery_for, event, inbound, new_endpoint, postgres_config,
+    postgres_session, runtime, write,
+};
 use crate::*;
 
 fn new_token(name: &str, scope: Scope) -> (String, NewToken) {
@@ -249,6 +252,91 @@ fn retention_removes_finished_old_messages_and_keeps_what_is_owed() {
             assert!(store.event(owed_event.id).await.unwrap().is_some());
             assert!(store.inbound(recent.id).await.unwrap().is_some());
         }
+    });
+}
+
+/// A redelivery that meets retention removing its message redelivers nothing: it waits for the
+/// removal and finds the message gone, rather than leaving new deliveries owed for an event that
+/// no longer exists. (PostgreSQL only: on SQLite both are jobs of the one writer.)
+#[test]
+fn a_redelivery_racing_retention_leaves_no_delivery_behind() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let store = Store::open(&config).await.unwrap();
+        let first = store
+            .create_endpoint(new_endpoint("canonical", Some("first")))
+            .await
+            .unwrap();
+        let second = store
+            .create_endpoint(new_endpoint("canonical", Some("second")))
+            .await
+            .unwrap();
+        let old = Timestamp::now().sub(Duration::from_secs(40 * 86_400));
+        let mut message = inbound("rzp", "old-delivered", InboundStatus::Processed);
+        message.id = InboundId::new_at(old);
+        let old_event = event("rzp", "invoice.paid", "inv_old");
+        let mut ingest = write(message.clone(), vec![old_event.clone()]);
+        ingest.deliveries = vec![delivery_for(&first, Some(&old_event), message.id)];
+        let delivered = ingest.deliveries[0].id;
+        store.ingest(ingest).await.unwrap();
+        let now = Timestamp::now();
+        store
+            .claim_due(first.id, "w", now, now.add(Duration::from_secs(30)), 10)
+            .await
+            .unwrap();
+        store
+            .complete(vec![delivered_ok(delivered, first.id, now)], now)
+            .await
+            .unwrap();
+
+        // Another instance's retention has taken the message and removed its rows, and has not
+        // committed yet.
+        let mut retention = postgres_session(&config).await;
+        let removal = retention.transaction().await.unwrap();
+        let id = message.id.to_string();
+        removal
+            .execute("SELECT 1 FROM inbound WHERE id = $1 FOR UPDATE", &[&id])
+            .await
+            .unwrap();
+        let removals = [
+            "DELETE FROM attempts WHERE delivery_id IN
+                (SELECT id FROM deliveries WHERE inbound_id = $1)",
+            "DELETE FROM deliveries WHERE inbound_id = $1",
+            "DELETE FROM events WHERE inbound_id = $1",
+            "DELETE FROM inbound WHERE id = $1",
+        ];
+        for sql in removals {
+            assert_eq!(removal.execute(sql, &[&id]).await.unwrap(), 1, "{sql}");
+        }
+
+        // An operator asks for the event again, to both endpoints.
+        let redelivery = tokio::spawn({
+            let store = store.clone();
+            let create = vec![delivery_for(&second, Some(&old_event), message.id)];
+            async move {
+                store
+                    .redeliver(old_event.id, None, create, Timestamp::now())
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !redelivery.is_finished(),
+            "the redelivery waits for the message it names"
+        );
+        removal.commit().await.unwrap();
+
+        let redelivered = redelivery.await.unwrap().unwrap();
+        assert_eq!(redelivered, Vec::<DeliveryId>::new());
+        let left: i64 = retention
+            .query_one(
+                "SELECT count(*) FROM deliveries WHERE inbound_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "no delivery is owed for the removed event");
     });
 }
 
