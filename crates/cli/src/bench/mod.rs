@@ -567,12 +567,16 @@ async fn send_range(run: &Arc<Run>, args: &BenchArgs, deadline: Option<Instant>)
 type Sender = PooledClient<GaiResolver>;
 
 fn sender(connections: usize) -> Result<Sender, CliError> {
-    pooled_client(HttpConnector::new(), REQUEST_TIMEOUT, connections)
+    pooled_client(HttpConnector::new(), CONNECT_TIMEOUT, connections)
         .map_err(|e| CliError::Io(format!("cannot build the HTTP client: {e}")))
 }
 
 /// How long one request may take before it counts as a `timeout` error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long opening a connection may take before the request counts as a `connect` error: a
+/// billhook that does not accept within seconds is down, not slow.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 const USER_AGENT: &str = concat!("billhook-bench/", env!("CARGO_PKG_VERSION"));
 
