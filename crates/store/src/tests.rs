@@ -953,6 +953,94 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
     });
 }
 
+/// A first attempt that the endpoint answered `503`, to be retried at once.
+fn failed_503(delivery: DeliveryId, endpoint: EndpointId, now: Timestamp) -> Completion {
+    Completion {
+        next: NextStep::Retry { at: now },
+        attempt: Some(NewAttempt {
+            status_code: Some(503),
+            response_body: Some(Bytes::from_static(b"busy")),
+            ..delivered_ok(delivery, endpoint, now).attempt.unwrap()
+        }),
+        ..delivered_ok(delivery, endpoint, now)
+    }
+}
+
+/// Recovering an endpoint resends its failures, but not a retry that is queued or in flight
+/// under a live lease: that one is being sent, and sending it again at once would duplicate it.
+#[test]
+fn recovery_leaves_a_retry_under_lease_alone() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = store
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            let mut ids = Vec::new();
+            for key in ["retry-1", "retry-2"] {
+                let request = inbound("rzp", key, InboundStatus::Processed);
+                let e = event("rzp", "invoice.paid", key);
+                let mut ingest = write(request.clone(), vec![e.clone()]);
+                ingest.deliveries = vec![delivery_for(&endpoint, Some(&e), request.id)];
+                ids.push(ingest.deliveries[0].id);
+                store.ingest(ingest).await.unwrap();
+            }
+            let now = Timestamp::now();
+            let lease = now.add(Duration::from_secs(30));
+            assert_eq!(
+                store
+                    .claim_due(endpoint.id, "w", now, lease, 10)
+                    .await
+                    .unwrap()
+                    .len(),
+                2
+            );
+            let failures = ids
+                .iter()
+                .map(|id| failed_503(*id, endpoint.id, now))
+                .collect();
+            store.complete(failures, now).await.unwrap();
+            // Both retries are due; the second is claimed again and is in flight.
+            let later = now.add(Duration::from_millis(1));
+            let claimed = store
+                .claim_due(endpoint.id, "w", later, lease, 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 2);
+            store
+                .complete(vec![failed_503(ids[0], endpoint.id, later)], later)
+                .await
+                .unwrap();
+
+            let recovered = store
+                .recover(endpoint.id, now.sub(Duration::from_secs(60)), later)
+                .await
+                .unwrap();
+            assert_eq!(recovered, 1, "only the retry no one holds");
+            let first = store.delivery(ids[0]).await.unwrap().unwrap();
+            assert_eq!((first.status, first.attempts), (DeliveryStatus::Pending, 0));
+            let second = store.delivery(ids[1]).await.unwrap().unwrap();
+            assert_eq!(
+                (second.status, second.attempts),
+                (DeliveryStatus::Failed, 1)
+            );
+            let claimable: Vec<DeliveryId> = store
+                .claim_due(endpoint.id, "v", later, lease, 10)
+                .await
+                .unwrap()
+                .iter()
+                .map(|c| c.id)
+                .collect();
+            assert_eq!(
+                claimable,
+                vec![ids[0]],
+                "the held retry stays with its holder"
+            );
+        }
+    });
+}
+
 #[test]
 fn leases_can_be_renewed_and_released() {
     runtime().block_on(async {

@@ -350,12 +350,15 @@ impl PgStore {
         let recovered = transaction
             .execute(
                 // Locked in id order, as everywhere (see `complete`): a retried delivery can be
-                // failed and in flight at once, so its completion may hold it meanwhile.
+                // failed and in flight at once, so its completion may hold it meanwhile. One
+                // under a live lease is left alone: it is being sent, and taking its lease would
+                // let it be sent twice at once.
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = $3, attempts = 0,
                     lease_owner = NULL, lease_until = NULL, updated_at = $3
                  WHERE id IN (SELECT id FROM deliveries
                     WHERE endpoint_id = $1 AND created_at >= $2
                       AND status IN ('failed', 'dead', 'held')
+                      AND (lease_owner IS NULL OR lease_until <= $3)
                     ORDER BY id FOR UPDATE)",
                 &[
                     &endpoint.to_string(),

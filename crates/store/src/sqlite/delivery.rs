@@ -457,7 +457,9 @@ impl SqliteStore {
         .await
     }
 
-    /// Sends every failed, dead or held delivery of an endpoint created since `since` again.
+    /// Sends every failed, dead or held delivery of an endpoint created since `since` again,
+    /// except those under a live lease: a retry already queued or in flight is being sent, and
+    /// taking its lease would let it be sent twice at once.
     pub(crate) async fn recover(
         &self,
         endpoint: EndpointId,
@@ -470,7 +472,8 @@ impl SqliteStore {
                     "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3, attempts = 0,
                         lease_owner = NULL, lease_until = NULL, updated_at = ?3
                      WHERE endpoint_id = ?1 AND created_at >= ?2
-                       AND status IN ('failed', 'dead', 'held')",
+                       AND status IN ('failed', 'dead', 'held')
+                       AND (lease_owner IS NULL OR lease_until <= ?3)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
