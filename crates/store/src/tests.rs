@@ -698,6 +698,21 @@ fn named_endpoints_keep_their_id_and_secret_across_upserts() {
             configured.secret = "whsec_from_config".into();
             let third = store.upsert_named_endpoint(configured, true).await.unwrap();
             assert_eq!(third.secrets[0].secret, "whsec_from_config");
+
+            // Deleted through the API while still declared: the next start creates it anew.
+            assert!(
+                store
+                    .delete_endpoint(third.id, Timestamp::now())
+                    .await
+                    .unwrap()
+            );
+            let recreated = store
+                .upsert_named_endpoint(new_endpoint("canonical", Some("ledger")), false)
+                .await
+                .unwrap();
+            assert_ne!(recreated.id, third.id);
+            assert_eq!(recreated.name.as_deref(), Some("ledger"));
+            assert!(store.endpoint(third.id).await.unwrap().is_none());
         }
     });
 }

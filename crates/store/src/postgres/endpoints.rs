@@ -452,7 +452,10 @@ impl PgStore {
         let transaction = client.transaction().await.map_err(pg_error)?;
         let deleted = transaction
             .execute(
-                "UPDATE endpoints SET deleted_at = $2, enabled = FALSE WHERE id = $1 AND deleted_at IS NULL",
+                // The name is freed: an endpoint still declared in the configuration is created
+                // anew at the next start, which a kept name would refuse as taken.
+                "UPDATE endpoints SET deleted_at = $2, enabled = FALSE, name = NULL
+                 WHERE id = $1 AND deleted_at IS NULL",
                 &[&id.to_string(), &now.unix_millis()],
             )
             .await

@@ -409,7 +409,10 @@ impl SqliteStore {
         self.write(move |connection| {
             let deleted = connection
                 .prepare_cached(
-                    "UPDATE endpoints SET deleted_at = ?2, enabled = 0 WHERE id = ?1 AND deleted_at IS NULL",
+                    // The name is freed: an endpoint still declared in the configuration is created
+                    // anew at the next start, which a kept name would refuse as taken.
+                    "UPDATE endpoints SET deleted_at = ?2, enabled = 0, name = NULL
+                     WHERE id = ?1 AND deleted_at IS NULL",
                 )
                 .and_then(|mut s| s.execute(params![id.to_string(), now.unix_millis()]))
                 .map_err(db_error)?;
