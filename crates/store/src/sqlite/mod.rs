@@ -20,7 +20,7 @@ mod read;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
@@ -122,7 +122,12 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))??;
         let checkpointer = Checkpointer::start(&path)?;
-        let syncer = Syncer::start(&path)?;
+        // The file SQLite opened, symbolic links resolved: its WAL lies beside that one.
+        let database = connection
+            .path()
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| path.clone(), PathBuf::from);
+        let syncer = Syncer::start(&database)?;
         let (sender, receiver) = mpsc::channel::<Job>(4096);
         let thread = std::thread::Builder::new()
             .name("billhook-sqlite-writer".to_owned())
@@ -214,7 +219,6 @@ fn write_loop(
     checkpointer: Checkpointer,
 ) {
     while let Some(first) = receiver.blocking_recv() {
-        checkpointer.restart_if_wanted(&connection);
         let mut group = Vec::with_capacity(receiver.len() + 1);
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -223,6 +227,15 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        // After a failed fsync nothing more is committed: a write its caller is told failed
+        // should not be there to read, and the WAL can no longer be trusted to hold it.
+        if let Some(error) = syncer.failure() {
+            for job in group {
+                job.answer(Err(error.clone()));
+            }
+            continue;
+        }
+        checkpointer.restart_if_wanted(&connection);
         match run_group(&connection, &mut group) {
             Ok(()) => syncer.make_durable(group),
             Err(error) => {
@@ -295,23 +308,34 @@ fn run_group(connection: &Connection, group: &mut [Job]) -> Result<(), StoreErro
 struct Syncer {
     groups: std::sync::mpsc::Sender<Vec<Job>>,
     thread: std::thread::JoinHandle<()>,
+    failure: Arc<OnceLock<String>>,
 }
 
 impl Syncer {
     fn start(database: &Path) -> Result<Self, StoreError> {
         let mut wal_path = database.as_os_str().to_owned();
         wal_path.push("-wal");
+        let failure = Arc::new(OnceLock::new());
         let wal = Wal {
             path: PathBuf::from(wal_path),
             file: None,
-            failure: None,
+            failure: Arc::clone(&failure),
         };
         let (groups, committed) = std::sync::mpsc::channel::<Vec<Job>>();
         let thread = std::thread::Builder::new()
             .name("billhook-sqlite-syncer".to_owned())
             .spawn(move || sync_loop(wal, committed))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?;
-        Ok(Self { groups, thread })
+        Ok(Self {
+            groups,
+            thread,
+            failure,
+        })
+    }
+
+    /// The error every write gets once an fsync has failed.
+    fn failure(&self) -> Option<StoreError> {
+        self.failure.get().map(|error| Wal::failed(error))
     }
 
     fn make_durable(&self, group: Vec<Job>) {
@@ -345,28 +369,31 @@ struct Wal {
     path: PathBuf,
     file: Option<std::fs::File>,
     /// Set by the first failed fsync and kept: after one, the kernel may have dropped writes
-    /// that a later fsync would not report, so nothing is acknowledged again until a restart.
-    failure: Option<String>,
+    /// that a later fsync would not report, so nothing is acknowledged, nor committed, again
+    /// until a restart. Shared with the writer.
+    failure: Arc<OnceLock<String>>,
 }
 
 impl Wal {
     fn sync(&mut self) -> Result<(), StoreError> {
-        if self.failure.is_none()
+        if self.failure.get().is_none()
             && let Err(error) = self.try_sync()
         {
             tracing::error!(
                 %error,
                 path = %self.path.display(),
-                "cannot make writes durable; no write will be acknowledged until billhook restarts"
+                "cannot make writes durable; no write will be accepted until billhook restarts"
             );
-            self.failure = Some(error.to_string());
+            let _ = self.failure.set(error.to_string());
         }
-        match &self.failure {
+        match self.failure.get() {
             None => Ok(()),
-            Some(error) => Err(StoreError::Unavailable(format!(
-                "writes cannot be made durable: {error}"
-            ))),
+            Some(error) => Err(Self::failed(error)),
         }
+    }
+
+    fn failed(error: &str) -> StoreError {
+        StoreError::Unavailable(format!("writes cannot be made durable: {error}"))
     }
 
     fn try_sync(&mut self) -> std::io::Result<()> {
@@ -375,9 +402,11 @@ impl Wal {
             // holds it open), so one handle serves for the store's life. Its directory entry is
             // made durable once, as SQLite does when it syncs a new journal.
             let file = std::fs::File::open(&self.path)?;
-            if let Some(directory) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::File::open(directory)?.sync_all()?;
-            }
+            let directory = match self.path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            std::fs::File::open(directory)?.sync_all()?;
             self.file = Some(file);
         }
         self.file.as_ref().map_or(Ok(()), std::fs::File::sync_data)
@@ -725,6 +754,68 @@ mod tests {
             assert_eq!(stored, expected, "with job {failing} failing");
             store.close().await;
         }
+    }
+
+    fn numbers(path: &Path) -> Vec<i64> {
+        let connection = Connection::open(path).expect("open");
+        let mut statement = connection
+            .prepare("SELECT n FROM numbers ORDER BY n")
+            .expect("prepare");
+        statement
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<Result<Vec<i64>, _>>()
+            .expect("rows")
+    }
+
+    /// SQLite follows a symbolic link to the database and keeps the WAL beside the file it
+    /// found; the fsyncs must go to that WAL, or no write could be acknowledged.
+    #[tokio::test]
+    async fn a_store_opened_through_a_symbolic_link_syncs_the_wal_beside_its_target() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("data")).expect("mkdir");
+        let target = dir.path().join("data/billhook.db");
+        let link = dir.path().join("billhook.db");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let store = SqliteStore::open(&link, None).await.expect("open");
+        store
+            .write(|connection| {
+                connection
+                    .execute_batch("CREATE TABLE numbers (n INTEGER NOT NULL)")
+                    .map_err(db_error)
+            })
+            .await
+            .expect("a write through the link is made durable");
+        store.write(insert(1, false)).await.expect("insert");
+        assert!(dir.path().join("data/billhook.db-wal").exists());
+        store.close().await;
+        assert_eq!(numbers(&target), vec![1]);
+    }
+
+    /// Once an fsync has failed, a write is refused rather than committed: its caller is told it
+    /// failed, so it must not be there to read afterwards.
+    #[tokio::test]
+    async fn after_a_failed_fsync_nothing_more_is_committed() {
+        let (dir, store) = scratch_store().await;
+        store.write(insert(1, false)).await.expect("insert");
+        // The syncer opened the WAL by its name at the first write; a new syncer's open fails
+        // while the file is elsewhere, which stands in for a disk that refuses an fsync.
+        let wal = dir.path().join("billhook.db-wal");
+        let aside = dir.path().join("wal-aside");
+        store.close().await;
+        let store = SqliteStore::open(&dir.path().join("billhook.db"), None)
+            .await
+            .expect("reopen");
+        std::fs::rename(&wal, &aside).expect("move the WAL aside");
+        let failed = store.write(insert(2, false)).await;
+        assert!(failed.is_err(), "the fsync could not happen");
+        let refused = store.write(insert(3, false)).await;
+        let message = refused.expect_err("refused after the failure").to_string();
+        assert!(message.contains("cannot be made durable"), "{message}");
+        std::fs::rename(&aside, &wal).expect("put the WAL back");
+        store.close().await;
+        // 2 was committed before its fsync failed (its caller was told so); 3 never was.
+        assert_eq!(numbers(&dir.path().join("billhook.db")), vec![1, 2]);
     }
 
     /// A store that closes cleanly copies its WAL back and empties it: nothing to replay at the
