@@ -1056,6 +1056,52 @@ fn recovery_leaves_a_retry_under_lease_alone() {
     });
 }
 
+/// An attempt in flight when its endpoint is deleted is recorded, but its retry does not bring
+/// the cancelled delivery back.
+#[test]
+fn a_delivery_cancelled_in_flight_stays_cancelled() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = store
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            let request = inbound("rzp", "cancelled-1", InboundStatus::Processed);
+            let e = event("rzp", "invoice.paid", "inv_c");
+            let mut ingest = write(request.clone(), vec![e.clone()]);
+            ingest.deliveries = vec![delivery_for(&endpoint, Some(&e), request.id)];
+            let id = ingest.deliveries[0].id;
+            store.ingest(ingest).await.unwrap();
+            let now = Timestamp::now();
+            let lease = now.add(Duration::from_secs(30));
+            let claimed = store
+                .claim_due(endpoint.id, "w", now, lease, 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            assert!(store.delete_endpoint(endpoint.id, now).await.unwrap());
+
+            store
+                .complete(vec![failed_503(id, endpoint.id, now)], now)
+                .await
+                .unwrap();
+            let record = store.delivery(id).await.unwrap().unwrap();
+            assert_eq!(
+                (record.status, record.attempts, record.last_status_code),
+                (DeliveryStatus::Cancelled, 1, Some(503))
+            );
+            assert!(
+                store
+                    .claim_due(endpoint.id, "w", now, lease, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    });
+}
+
 #[test]
 fn leases_can_be_renewed_and_released() {
     runtime().block_on(async {

@@ -145,8 +145,11 @@ async fn complete_run<C: GenericClient>(
         .await?;
     }
     let next_steps = column(run, |completion| completion.next.columns());
+    // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt is
+    // recorded, but no retry may bring it back.
     execute_cached(client, "UPDATE deliveries AS d SET
-                status = COALESCE(c.status, d.status),
+                status = CASE WHEN d.status = 'cancelled' THEN d.status
+                              ELSE COALESCE(c.status, d.status) END,
                 next_attempt_at = COALESCE(c.next_at, d.next_attempt_at),
                 attempts = d.attempts + c.attempted,
                 last_status_code = CASE WHEN c.attempted = 1 THEN c.status_code ELSE d.last_status_code END,

@@ -268,8 +268,10 @@ fn complete_one(
     let attempted = completion.attempt.as_ref();
     connection
         .prepare_cached(
+            // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt
+            // is recorded, but no retry may bring it back.
             "UPDATE deliveries SET
-                status = COALESCE(?2, status),
+                status = CASE WHEN status = 'cancelled' THEN status ELSE COALESCE(?2, status) END,
                 next_attempt_at = COALESCE(?3, next_attempt_at),
                 attempts = attempts + ?4,
                 last_status_code = CASE WHEN ?4 = 1 THEN ?5 ELSE last_status_code END,
