@@ -167,6 +167,9 @@ impl SqliteStore {
             .send(job)
             .await
             .map_err(|_| StoreError::Unavailable("the writer thread has stopped".to_owned()))?;
+        // Only the store's own sender may keep the writer running: `close` drops it and waits
+        // for the thread, which a clone held by a caller awaiting its answer would hold up.
+        drop(sender);
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the writer thread has stopped".to_owned()))?
@@ -816,6 +819,26 @@ mod tests {
         store.close().await;
         // 2 was committed before its fsync failed (its caller was told so); 3 never was.
         assert_eq!(numbers(&dir.path().join("billhook.db")), vec![1, 2]);
+    }
+
+    /// A caller that sent its write and stopped waiting for the answer (its future kept but no
+    /// longer polled) does not keep the writer, and so `close`, from finishing.
+    #[tokio::test]
+    async fn closing_does_not_wait_for_callers_that_stopped_listening() {
+        let (_dir, store) = scratch_store().await;
+        let mut forgotten = Box::pin(store.write(insert(1, false)));
+        std::future::poll_fn(|context| {
+            assert!(
+                forgotten.as_mut().poll(context).is_pending(),
+                "sent, not answered"
+            );
+            std::task::Poll::Ready(())
+        })
+        .await;
+        tokio::time::timeout(Duration::from_secs(10), store.close())
+            .await
+            .expect("the store closes");
+        drop(forgotten);
     }
 
     /// A store that closes cleanly copies its WAL back and empties it: nothing to replay at the
