@@ -28,6 +28,7 @@ backend_tests!(
     rotation_signs_with_both_secrets,
     dead_deliveries_stop_after_the_last_attempt,
     shutdown_lets_in_flight_attempts_finish,
+    a_re_enabled_endpoint_starts_its_failing_time_afresh,
 );
 
 /// Posts every fixture; returns the acknowledged event ids.
@@ -655,6 +656,50 @@ async fn dead_deliveries_stop_after_the_last_attempt(backend: Backend) {
     let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
     assert_eq!(view["last_error"], json!("HTTP 500"));
     assert!(view["failing_since"].is_string());
+    app.stop().await;
+}
+
+/// An endpoint disabled for failing too long and then enabled again is judged on its failures
+/// since, not on the ones that disabled it: its next failure is retried, not a reason to
+/// disable it at once.
+async fn a_re_enabled_endpoint_starts_its_failing_time_afresh(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+         retry_schedule = [\"0s\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\"]\n\
+         jitter_percent = 0\ndisable_after = \"1s\"\nrequest_timeout = \"2s\"\nlease = \"5s\"\n",
+    )
+    .await;
+    let receiver = Receiver::start(Arc::new(|_| (503, vec![], Some(Duration::ZERO)))).await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    ingest_payments(&app, 1, "afresh").await;
+    app.eventually(Duration::from_secs(5), "the endpoint disabled", || async {
+        let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+        view["enabled"] == json!(false)
+    })
+    .await;
+
+    let (status, view) = app
+        .admin_patch(
+            &format!("/v1/endpoints/{endpoint}"),
+            json!({ "enabled": true }),
+        )
+        .await;
+    assert_eq!(status, 200, "{view}");
+    let before = receiver.count();
+    ingest_payments(&app, 1, "afresh-again").await;
+    app.eventually(Duration::from_secs(5), "a failed attempt", || async {
+        receiver.count() > before + 1
+    })
+    .await;
+    let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+    assert_eq!(
+        view["enabled"],
+        json!(true),
+        "failing since the re-enabling, not for a second yet: {view}"
+    );
     app.stop().await;
 }
 

@@ -548,6 +548,19 @@ impl Shared {
             &records,
             self.config.default_max_concurrency,
         ));
+        // A lane remembers since when its endpoint has been failing. The store forgets it when
+        // the endpoint is disabled and enabled again (or succeeds on another instance); a lane
+        // that did not would disable a re-enabled endpoint again at its first failure.
+        {
+            let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            for record in &records {
+                if let Some(lane) = lanes.get(&record.id)
+                    && (!record.enabled || record.failing_since.is_none())
+                {
+                    *lane.failing_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+            }
+        }
         *self.endpoints.write().unwrap_or_else(|p| p.into_inner()) = set;
         self.wake_poller.notify_one();
         Ok(())
