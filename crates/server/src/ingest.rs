@@ -156,7 +156,7 @@ async fn handle(
 }
 
 async fn process(
-    app: &App,
+    app: &Arc<App>,
     source_name: &str,
     path_token: Option<&str>,
     peer: SocketAddr,
@@ -231,7 +231,29 @@ async fn process(
             "quarantined a verified message that could not be normalized"
         );
     }
-    let outcome = app.store.ingest(write).await?;
+    // The write and the hand-off run to their end even if this request is dropped (the client
+    // went away, or the ingest timeout fired): once the deliveries leased to this instance are
+    // stored, they must reach their lanes, or they would wait out their lease unsent.
+    let committed = tokio::spawn({
+        let app = Arc::clone(app);
+        async move {
+            let outcome = app.store.ingest(write).await?;
+            if let StoreOutcome::Stored { concluded, .. } = &outcome {
+                app.delivery.hand_off(prepared);
+                if !concluded.is_empty() {
+                    app.metrics
+                        .concluded(EventType::InvoiceSettled.as_str(), concluded.len());
+                    // The announcements' deliveries were planned inside the transaction and
+                    // wait in the database; they are due now.
+                    app.delivery.wake();
+                }
+            }
+            Ok::<_, billhook_store::StoreError>(outcome)
+        }
+    });
+    let outcome = committed
+        .await
+        .map_err(|error| ApiError::internal(&error))??;
     let counted = match &outcome {
         StoreOutcome::Stored { .. } if quarantined => IngestOutcome::quarantined,
         StoreOutcome::Stored { .. } => IngestOutcome::stored,
@@ -241,23 +263,13 @@ async fn process(
         StoreOutcome::Stored {
             inbound_id,
             event_ids,
-            concluded,
-        } => {
-            app.delivery.hand_off(prepared);
-            if !concluded.is_empty() {
-                app.metrics
-                    .concluded(EventType::InvoiceSettled.as_str(), concluded.len());
-                // The announcements' deliveries were planned inside the transaction and wait in
-                // the database; they are due now.
-                app.delivery.wake();
-            }
-            IngestResponse {
-                inbound_id,
-                events: event_ids,
-                duplicate: false,
-                quarantined,
-            }
-        }
+            ..
+        } => IngestResponse {
+            inbound_id,
+            events: event_ids,
+            duplicate: false,
+            quarantined,
+        },
         StoreOutcome::Duplicate {
             inbound_id,
             event_ids,
