@@ -968,6 +968,17 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
     });
 }
 
+/// Ingests one processed message with one event owed to `endpoint`; returns its delivery.
+async fn ingest_owed(store: &Store, endpoint: &EndpointRecord, key: &str) -> DeliveryId {
+    let request = inbound("rzp", key, InboundStatus::Processed);
+    let e = event("rzp", "invoice.paid", key);
+    let mut ingest = write(request.clone(), vec![e.clone()]);
+    ingest.deliveries = vec![delivery_for(endpoint, Some(&e), request.id)];
+    let id = ingest.deliveries[0].id;
+    store.ingest(ingest).await.unwrap();
+    id
+}
+
 /// A first attempt that the endpoint answered `503`, to be retried at once.
 fn failed_503(delivery: DeliveryId, endpoint: EndpointId, now: Timestamp) -> Completion {
     Completion {
@@ -992,15 +1003,10 @@ fn recovery_leaves_a_retry_under_lease_alone() {
                 .create_endpoint(new_endpoint("canonical", None))
                 .await
                 .unwrap();
-            let mut ids = Vec::new();
-            for key in ["retry-1", "retry-2"] {
-                let request = inbound("rzp", key, InboundStatus::Processed);
-                let e = event("rzp", "invoice.paid", key);
-                let mut ingest = write(request.clone(), vec![e.clone()]);
-                ingest.deliveries = vec![delivery_for(&endpoint, Some(&e), request.id)];
-                ids.push(ingest.deliveries[0].id);
-                store.ingest(ingest).await.unwrap();
-            }
+            let ids = [
+                ingest_owed(store, &endpoint, "retry-1").await,
+                ingest_owed(store, &endpoint, "retry-2").await,
+            ];
             let now = Timestamp::now();
             let lease = now.add(Duration::from_secs(30));
             assert_eq!(
@@ -1067,12 +1073,7 @@ fn a_delivery_cancelled_in_flight_stays_cancelled() {
                 .create_endpoint(new_endpoint("canonical", None))
                 .await
                 .unwrap();
-            let request = inbound("rzp", "cancelled-1", InboundStatus::Processed);
-            let e = event("rzp", "invoice.paid", "inv_c");
-            let mut ingest = write(request.clone(), vec![e.clone()]);
-            ingest.deliveries = vec![delivery_for(&endpoint, Some(&e), request.id)];
-            let id = ingest.deliveries[0].id;
-            store.ingest(ingest).await.unwrap();
+            let id = ingest_owed(store, &endpoint, "cancelled-1").await;
             let now = Timestamp::now();
             let lease = now.add(Duration::from_secs(30));
             let claimed = store
