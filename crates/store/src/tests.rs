@@ -979,6 +979,26 @@ async fn ingest_owed(store: &Store, endpoint: &EndpointRecord, key: &str) -> Del
     id
 }
 
+/// Runs `sql` with `id` as its one parameter on the store's database, from a connection of its
+/// own: for a test to set up what billhook itself would not write.
+async fn execute_directly(config: &DatabaseConfig, sql: &str, id: &str) {
+    match config {
+        DatabaseConfig::Sqlite { path } => {
+            rusqlite::Connection::open(path)
+                .unwrap()
+                .execute(&sql.replace("$1", "?1"), [id])
+                .unwrap();
+        }
+        DatabaseConfig::Postgres(_) => {
+            postgres_session(config)
+                .await
+                .execute(sql, &[&id])
+                .await
+                .unwrap();
+        }
+    }
+}
+
 /// A first attempt that the endpoint answered `503`, to be retried at once.
 fn failed_503(delivery: DeliveryId, endpoint: EndpointId, now: Timestamp) -> Completion {
     Completion {
@@ -1099,6 +1119,43 @@ fn a_delivery_cancelled_in_flight_stays_cancelled() {
                     .unwrap()
                     .is_empty()
             );
+        }
+    });
+}
+
+/// A delivery of an event that outlived its message (an announcement about a payment whose
+/// last message retention has removed) is still claimed and carries the event: a claim that
+/// leased it without returning it would keep it from being sent, lease after lease.
+#[test]
+fn a_delivery_whose_message_is_gone_is_still_claimed() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = store
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            let request = inbound("rzp", "orphan-1", InboundStatus::Processed);
+            let e = event("rzp", "payment.unmatched", "pay_orphan");
+            let mut ingest = write(request.clone(), vec![e.clone()]);
+            ingest.deliveries = vec![delivery_for(&endpoint, Some(&e), request.id)];
+            let id = ingest.deliveries[0].id;
+            store.ingest(ingest).await.unwrap();
+            execute_directly(
+                &test.config,
+                "DELETE FROM inbound WHERE id = $1",
+                &request.id.to_string(),
+            )
+            .await;
+
+            let now = Timestamp::now();
+            let claimed = store
+                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            assert_eq!(claimed[0].id, id);
+            assert_eq!(claimed[0].payload.as_deref(), Some(&e.payload[..]));
         }
     });
 }

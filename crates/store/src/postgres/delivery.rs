@@ -192,7 +192,9 @@ impl PgStore {
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let client = self.client().await?;
         // Unnamed, so planned for these values: a cached generic plan chosen while the outbox
-        // was small could join it by scanning long after it has grown.
+        // was small could join it by scanning long after it has grown. The join to the message
+        // is LEFT: an announcement can outlive the message it names, and every claimed
+        // delivery must come back (one without a payload is given up as dead).
         let sql = format!(
             "WITH claimed AS (
                     UPDATE deliveries SET lease_owner = $1, lease_until = $2
@@ -205,7 +207,7 @@ impl PgStore {
                         FOR UPDATE SKIP LOCKED)
                     RETURNING *)
                  SELECT {CLAIMED_COLUMNS} FROM claimed d
-                 JOIN inbound i ON i.id = d.inbound_id
+                 LEFT JOIN inbound i ON i.id = d.inbound_id
                  LEFT JOIN events e ON e.id = d.event_id"
         );
         let rows = client

@@ -112,8 +112,10 @@ fn load_claimed(
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let mut statement = connection
         .prepare_cached(&format!(
+            // LEFT: an announcement can outlive the message it names, and a claimed delivery
+            // must come back either way (one without a payload is given up as dead).
             "SELECT {CLAIMED_COLUMNS} FROM deliveries d
-             JOIN inbound i ON i.id = d.inbound_id
+             LEFT JOIN inbound i ON i.id = d.inbound_id
              LEFT JOIN events e ON e.id = d.event_id
              WHERE d.id = ?1"
         ))
