@@ -481,7 +481,13 @@ impl Checkpointer {
                         }
                     }
                 }
-                checkpoint(&connection, "TRUNCATE");
+                // A read still running can hold frames back; the WAL is then replayed at the
+                // next start, which is safe but slower, and worth a line in the log.
+                if checkpoint(&connection, "TRUNCATE").is_some_and(|progress| progress.busy) {
+                    tracing::warn!(
+                        "a read held the last checkpoint back; the WAL is left to replay"
+                    );
+                }
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
         Ok(Self {
