@@ -968,15 +968,26 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
     });
 }
 
-/// Ingests one processed message with one event owed to `endpoint`; returns its delivery.
-async fn ingest_owed(store: &Store, endpoint: &EndpointRecord, key: &str) -> DeliveryId {
+/// What [`ingest_owed`] stored: a message, its one event, and the delivery owed of it.
+struct Owed {
+    delivery: DeliveryId,
+    inbound: InboundId,
+    event: NewEvent,
+}
+
+/// Ingests one processed message with one event owed to `endpoint`.
+async fn ingest_owed(store: &Store, endpoint: &EndpointRecord, key: &str) -> Owed {
     let request = inbound("rzp", key, InboundStatus::Processed);
     let e = event("rzp", "invoice.paid", key);
     let mut ingest = write(request.clone(), vec![e.clone()]);
     ingest.deliveries = vec![delivery_for(endpoint, Some(&e), request.id)];
-    let id = ingest.deliveries[0].id;
+    let delivery = ingest.deliveries[0].id;
     store.ingest(ingest).await.unwrap();
-    id
+    Owed {
+        delivery,
+        inbound: request.id,
+        event: e,
+    }
 }
 
 /// Runs `sql` with `id` as its one parameter on the store's database, from a connection of its
@@ -1024,8 +1035,8 @@ fn recovery_leaves_a_retry_under_lease_alone() {
                 .await
                 .unwrap();
             let ids = [
-                ingest_owed(store, &endpoint, "retry-1").await,
-                ingest_owed(store, &endpoint, "retry-2").await,
+                ingest_owed(store, &endpoint, "retry-1").await.delivery,
+                ingest_owed(store, &endpoint, "retry-2").await.delivery,
             ];
             let now = Timestamp::now();
             let lease = now.add(Duration::from_secs(30));
@@ -1093,7 +1104,7 @@ fn a_delivery_cancelled_in_flight_stays_cancelled() {
                 .create_endpoint(new_endpoint("canonical", None))
                 .await
                 .unwrap();
-            let id = ingest_owed(store, &endpoint, "cancelled-1").await;
+            let id = ingest_owed(store, &endpoint, "cancelled-1").await.delivery;
             let now = Timestamp::now();
             let lease = now.add(Duration::from_secs(30));
             let claimed = store
@@ -1135,16 +1146,11 @@ fn a_delivery_whose_message_is_gone_is_still_claimed() {
                 .create_endpoint(new_endpoint("canonical", None))
                 .await
                 .unwrap();
-            let request = inbound("rzp", "orphan-1", InboundStatus::Processed);
-            let e = event("rzp", "payment.unmatched", "pay_orphan");
-            let mut ingest = write(request.clone(), vec![e.clone()]);
-            ingest.deliveries = vec![delivery_for(&endpoint, Some(&e), request.id)];
-            let id = ingest.deliveries[0].id;
-            store.ingest(ingest).await.unwrap();
+            let owed = ingest_owed(store, &endpoint, "orphan-1").await;
             execute_directly(
                 &test.config,
                 "DELETE FROM inbound WHERE id = $1",
-                &request.id.to_string(),
+                &owed.inbound.to_string(),
             )
             .await;
 
@@ -1154,8 +1160,8 @@ fn a_delivery_whose_message_is_gone_is_still_claimed() {
                 .await
                 .unwrap();
             assert_eq!(claimed.len(), 1);
-            assert_eq!(claimed[0].id, id);
-            assert_eq!(claimed[0].payload.as_deref(), Some(&e.payload[..]));
+            assert_eq!(claimed[0].id, owed.delivery);
+            assert_eq!(claimed[0].payload.as_deref(), Some(&owed.event.payload[..]));
         }
     });
 }

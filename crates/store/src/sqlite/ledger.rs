@@ -361,18 +361,20 @@ fn target_lookups(refs: &PaymentRefs) -> Vec<(&'static str, &str)> {
 /// The other way round: one lookup per payment column that could name `target` by its id or
 /// number, for the payments not linked yet.
 fn payment_lookups(target: &Entity) -> Vec<(&'static str, &str)> {
-    const INVOICE: &str =
-        select_entities!("ref_invoice = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
-    const ORDER: &str =
-        select_entities!("ref_order = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
-    const MERCHANT: &str =
-        select_entities!("ref_merchant = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
-    const REMARK: &str =
-        select_entities!("ref_remark = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
-    const BILL: &str =
-        select_entities!("ref_bill = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
-    const BILLER: &str =
-        select_entities!("ref_biller = ?1 AND +kind = 'payment' AND +linked_to IS NULL");
+    macro_rules! unlinked_payments_by {
+        ($column:literal) => {
+            select_entities!(concat!(
+                $column,
+                " = ?1 AND +kind = 'payment' AND +linked_to IS NULL"
+            ))
+        };
+    }
+    const INVOICE: &str = unlinked_payments_by!("ref_invoice");
+    const ORDER: &str = unlinked_payments_by!("ref_order");
+    const MERCHANT: &str = unlinked_payments_by!("ref_merchant");
+    const REMARK: &str = unlinked_payments_by!("ref_remark");
+    const BILL: &str = unlinked_payments_by!("ref_bill");
+    const BILLER: &str = unlinked_payments_by!("ref_biller");
     let id = Some(target.provider_id.as_str());
     let number = target.keys.number.as_deref();
     match target.kind {

@@ -688,6 +688,11 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("billhook.db"), None)
             .await
             .expect("open");
+        create_numbers(&store).await.expect("create table");
+        (dir, Arc::new(store))
+    }
+
+    async fn create_numbers(store: &SqliteStore) -> Result<(), StoreError> {
         store
             .write(|connection| {
                 connection
@@ -695,8 +700,6 @@ mod tests {
                     .map_err(db_error)
             })
             .await
-            .expect("create table");
-        (dir, Arc::new(store))
     }
 
     fn insert(n: i64, then_fail: bool) -> impl Fn(&Connection) -> Result<(), StoreError> {
@@ -787,12 +790,7 @@ mod tests {
         let link = dir.path().join("billhook.db");
         std::os::unix::fs::symlink(&target, &link).expect("symlink");
         let store = SqliteStore::open(&link, None).await.expect("open");
-        store
-            .write(|connection| {
-                connection
-                    .execute_batch("CREATE TABLE numbers (n INTEGER NOT NULL)")
-                    .map_err(db_error)
-            })
+        create_numbers(&store)
             .await
             .expect("a write through the link is made durable");
         store.write(insert(1, false)).await.expect("insert");
