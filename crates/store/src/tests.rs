@@ -452,6 +452,63 @@ fn quarantine_and_reprocess() {
     });
 }
 
+fn normalized(dedup_key: &str) -> Reprocess {
+    Reprocess::Normalized {
+        provider_event: "invoice.paid".into(),
+        provider_event_id: Some(dedup_key.into()),
+        dedup_key: dedup_key.into(),
+        events: vec![event("s", "invoice.paid", "inv_1")],
+        deliveries: Vec::new(),
+        facts: Vec::new(),
+        concluder: None,
+        dedup_expires_at: Timestamp::now().add(Duration::from_secs(3600)),
+    }
+}
+
+#[test]
+fn reprocessing_claims_an_unchanged_dedup_key_again() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            // Quarantined while its key was live: reprocessing under the same key processes it.
+            let holding = inbound("s", "pay_held", InboundStatus::Quarantined);
+            store.ingest(write(holding.clone(), vec![])).await.unwrap();
+            assert!(matches!(
+                store
+                    .reprocess(holding.id, normalized("pay_held"))
+                    .await
+                    .unwrap(),
+                ReprocessOutcome::Processed { .. }
+            ));
+
+            // Its key expired in quarantine and a later copy of the message took it: the
+            // quarantined request is that copy's duplicate, not a second payment.
+            let mut stale = write(
+                inbound("s", "pay_copied", InboundStatus::Quarantined),
+                vec![],
+            );
+            stale.dedup_expires_at = Timestamp::now().sub(Duration::from_secs(1));
+            let stale_id = stale.inbound.id;
+            store.ingest(stale).await.unwrap();
+            let copy = inbound("s", "pay_copied", InboundStatus::Processed);
+            assert!(matches!(
+                store.ingest(write(copy.clone(), vec![])).await.unwrap(),
+                IngestOutcome::Stored { .. }
+            ));
+            assert_eq!(
+                store
+                    .reprocess(stale_id, normalized("pay_copied"))
+                    .await
+                    .unwrap(),
+                ReprocessOutcome::DuplicateOf(copy.id)
+            );
+            let record = store.inbound(stale_id).await.unwrap().unwrap();
+            assert_eq!(record.status, InboundStatus::Duplicate);
+            assert!(record.event_ids.is_empty());
+        }
+    });
+}
+
 #[test]
 fn concurrent_writes_share_commits_and_one_failure_spares_the_rest() {
     runtime().block_on(async {

@@ -18,7 +18,8 @@ pub(crate) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError
         .map_err(|_| StoreError::Corrupt(format!("`{text}` is not a valid id")))
 }
 
-/// Takes the dedup key for `inbound_id` unless another live request holds it; returns the holder.
+/// Takes (or, if it already holds it, renews) the dedup key for `inbound_id` unless another live
+/// request holds it; returns the holder.
 async fn claim_dedup(
     transaction: &Transaction<'_>,
     source: &str,
@@ -32,7 +33,7 @@ async fn claim_dedup(
             "INSERT INTO dedup (source, key, inbound_id, expires_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (source, key) DO UPDATE
                SET inbound_id = excluded.inbound_id, expires_at = excluded.expires_at
-               WHERE dedup.expires_at <= $5
+               WHERE dedup.expires_at <= $5 OR dedup.inbound_id = excluded.inbound_id
              RETURNING inbound_id",
         )
         .await
@@ -488,12 +489,11 @@ impl PgStore {
                 concluder,
                 dedup_expires_at,
             } => {
-                let holder = if dedup_key == old_key {
-                    None
-                } else {
+                // The key is claimed again even when it is unchanged: it may have expired while
+                // the request sat in quarantine and been taken by a later copy of the message.
+                let holder =
                     claim_dedup(&transaction, &source, &dedup_key, id, now, dedup_expires_at)
-                        .await?
-                };
+                        .await?;
                 if let Some(holder) = holder {
                     transaction
                         .execute(

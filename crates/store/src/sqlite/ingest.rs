@@ -40,7 +40,8 @@ impl SqliteStore {
     }
 }
 
-/// Takes the dedup key for `inbound_id` unless another live request holds it; returns the holder.
+/// Takes (or, if it already holds it, renews) the dedup key for `inbound_id` unless another live
+/// request holds it; returns the holder.
 fn claim_dedup(
     connection: &Connection,
     source: &str,
@@ -54,7 +55,7 @@ fn claim_dedup(
             "INSERT INTO dedup (source, key, inbound_id, expires_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (source, key) DO UPDATE
                SET inbound_id = excluded.inbound_id, expires_at = excluded.expires_at
-               WHERE dedup.expires_at <= ?5",
+               WHERE dedup.expires_at <= ?5 OR dedup.inbound_id = excluded.inbound_id",
         )
         .and_then(|mut statement| {
             statement.execute(params![
@@ -281,28 +282,30 @@ fn reprocess(
             concluder,
             dedup_expires_at,
         } => {
-            if *dedup_key != old_key {
-                if let Some(holder) =
-                    claim_dedup(connection, &source, dedup_key, id, now, *dedup_expires_at)?
-                {
-                    connection
-                        .prepare_cached(
-                            "UPDATE inbound SET status = 'duplicate', duplicate_of = ?2,
+            // The key is claimed again even when it is unchanged: it may have expired while
+            // the request sat in quarantine and been taken by a later copy of the message.
+            if let Some(holder) =
+                claim_dedup(connection, &source, dedup_key, id, now, *dedup_expires_at)?
+            {
+                connection
+                    .prepare_cached(
+                        "UPDATE inbound SET status = 'duplicate', duplicate_of = ?2,
                                 provider_event = ?3, provider_event_id = ?4, processed_at = ?5
                              WHERE id = ?1",
-                        )
-                        .and_then(|mut statement| {
-                            statement.execute(params![
-                                id.to_string(),
-                                holder.to_string(),
-                                provider_event,
-                                provider_event_id,
-                                now.unix_millis()
-                            ])
-                        })
-                        .map_err(db_error)?;
-                    return Ok(ReprocessOutcome::DuplicateOf(holder));
-                }
+                    )
+                    .and_then(|mut statement| {
+                        statement.execute(params![
+                            id.to_string(),
+                            holder.to_string(),
+                            provider_event,
+                            provider_event_id,
+                            now.unix_millis()
+                        ])
+                    })
+                    .map_err(db_error)?;
+                return Ok(ReprocessOutcome::DuplicateOf(holder));
+            }
+            if *dedup_key != old_key {
                 connection
                     .prepare_cached(
                         "DELETE FROM dedup WHERE source = ?1 AND key = ?2 AND inbound_id = ?3",
