@@ -385,13 +385,18 @@ impl Store {
         }
     }
 
-    /// Records attempts and their consequences, all in one transaction.
+    /// Records attempts and their consequences, all in one transaction. The attempts made under
+    /// `owner`'s lease are recorded whatever happened since; a delivery whose lease lapsed and
+    /// was taken by another owner keeps the state that owner's claim gave it, and that claim
+    /// records what follows.
     pub async fn complete(
         &self,
         completions: Vec<Completion>,
+        owner: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        dispatch!(self, store => store.complete(completions, now).await)
+        let owner = owner.to_owned();
+        dispatch!(self, store => store.complete(completions, owner, now).await)
     }
 
     /// Resends an endpoint's failed, dead and held deliveries created since `since`.

@@ -905,6 +905,7 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
                             disable_endpoint: None,
                         },
                     ],
+                    "w",
                     now,
                 )
                 .await
@@ -954,6 +955,7 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
                         next: NextStep::Held,
                         disable_endpoint: Some("the endpoint answered 410 Gone".into()),
                     }],
+                    "w",
                     now,
                 )
                 .await
@@ -1109,7 +1111,7 @@ fn recovery_leaves_a_retry_under_lease_alone() {
                 .iter()
                 .map(|id| failed_503(*id, endpoint.id, now))
                 .collect();
-            store.complete(failures, now).await.unwrap();
+            store.complete(failures, "w", now).await.unwrap();
             // Both retries are due; the second is claimed again and is in flight.
             let later = now.add(Duration::from_millis(1));
             let claimed = store
@@ -1118,7 +1120,7 @@ fn recovery_leaves_a_retry_under_lease_alone() {
                 .unwrap();
             assert_eq!(claimed.len(), 2);
             store
-                .complete(vec![failed_503(ids[0], endpoint.id, later)], later)
+                .complete(vec![failed_503(ids[0], endpoint.id, later)], "w", later)
                 .await
                 .unwrap();
 
@@ -1172,7 +1174,7 @@ fn a_delivery_cancelled_in_flight_stays_cancelled() {
             assert!(store.delete_endpoint(endpoint.id, now).await.unwrap());
 
             store
-                .complete(vec![failed_503(id, endpoint.id, now)], now)
+                .complete(vec![failed_503(id, endpoint.id, now)], "w", now)
                 .await
                 .unwrap();
             let record = store.delivery(id).await.unwrap().unwrap();
@@ -1194,6 +1196,70 @@ fn a_delivery_cancelled_in_flight_stays_cancelled() {
 /// A delivery of an event that outlived its message (an announcement about a payment whose
 /// last message retention has removed) is still claimed and carries the event: a claim that
 /// leased it without returning it would keep it from being sent, lease after lease.
+/// An owner whose lease lapsed (a long pause, a partition from the database) finishes an
+/// attempt after another owner claimed the delivery: the attempt is recorded, but the delivery
+/// stays the newer claim's, leased and unfinished, so no third copy is sent meanwhile.
+#[test]
+fn a_completion_after_the_lease_was_taken_over_leaves_the_new_claim_alone() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = store
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            let id = ingest_owed(store, &endpoint, "lapsed").await.delivery;
+            let now = Timestamp::now();
+            let first_lease = now.add(Duration::from_secs(30));
+            let claimed = store
+                .claim_due(endpoint.id, "stalled", now, first_lease, 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            let second_lease = first_lease.add(Duration::from_secs(30));
+            let taken = store
+                .claim_due(endpoint.id, "taker", first_lease, second_lease, 10)
+                .await
+                .unwrap();
+            assert_eq!(taken.len(), 1);
+
+            store
+                .complete(vec![delivered_ok(id, endpoint.id, now)], "stalled", now)
+                .await
+                .unwrap();
+            let record = store.delivery(id).await.unwrap().unwrap();
+            assert_eq!(
+                (record.status, record.attempts),
+                (DeliveryStatus::Pending, 0)
+            );
+            let attempts = store
+                .attempts_of_endpoint(endpoint.id, None, 10)
+                .await
+                .unwrap();
+            assert_eq!(attempts.items.len(), 1);
+            let before_second_lapses = second_lease.sub(Duration::from_millis(1));
+            assert!(
+                store
+                    .claim_due(endpoint.id, "third", before_second_lapses, second_lease, 10)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "the new claim's lease was cleared by the stale completion"
+            );
+
+            store
+                .complete(vec![failed_503(id, endpoint.id, now)], "taker", now)
+                .await
+                .unwrap();
+            let record = store.delivery(id).await.unwrap().unwrap();
+            assert_eq!(
+                (record.status, record.attempts, record.last_status_code),
+                (DeliveryStatus::Failed, 1, Some(503))
+            );
+        }
+    });
+}
+
 #[test]
 fn a_delivery_whose_message_is_gone_is_still_claimed() {
     runtime().block_on(async {
@@ -1369,7 +1435,7 @@ fn the_clustered_outbox_migration_keeps_deliveries_attempts_and_dedup_keys() {
         let (delivered, waiting) = (ingest.deliveries[0].id, ingest.deliveries[1].id);
         old.ingest(ingest).await.unwrap();
         let now = Timestamp::now();
-        old.complete(vec![delivered_ok(delivered, endpoint.id, now)], now)
+        old.complete(vec![delivered_ok(delivered, endpoint.id, now)], "w", now)
             .await
             .unwrap();
         old.close().await;

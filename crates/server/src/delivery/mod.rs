@@ -920,7 +920,11 @@ async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::Receiver<ToComplete
 async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     let done: Vec<DeliveryId> = batch.iter().map(|c| c.delivery_id).collect();
     let disables = batch.iter().any(|c| c.disable_endpoint.is_some());
-    if let Err(error) = shared.store.complete(batch, Timestamp::now()).await {
+    if let Err(error) = shared
+        .store
+        .complete(batch, &shared.owner, Timestamp::now())
+        .await
+    {
         tracing::error!(%error, count = done.len(), "could not record delivery outcomes; their leases will expire and they will be retried");
     }
     {

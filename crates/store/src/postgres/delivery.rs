@@ -116,6 +116,7 @@ async fn record_health<C: GenericClient>(
 async fn complete_run<C: GenericClient>(
     client: &C,
     run: &[Completion],
+    owner: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let attempted: Vec<(&Completion, &NewAttempt)> = run
@@ -146,7 +147,8 @@ async fn complete_run<C: GenericClient>(
     }
     let next_steps = column(run, |completion| completion.next.columns());
     // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt is
-    // recorded, but no retry may bring it back.
+    // recorded, but no retry may bring it back. One claimed by another owner after this owner's
+    // lease lapsed is that claim's to finish.
     execute_cached(client, "UPDATE deliveries AS d SET
                 status = CASE WHEN d.status = 'cancelled' THEN d.status
                               ELSE COALESCE(c.status, d.status) END,
@@ -157,7 +159,7 @@ async fn complete_run<C: GenericClient>(
                 lease_owner = NULL, lease_until = NULL, updated_at = $7
              FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::int[], $6::text[])
                 AS c(id, status, next_at, attempted, status_code, error)
-             WHERE d.id = c.id", &[
+             WHERE d.id = c.id AND (d.lease_owner IS NULL OR d.lease_owner = $8)", &[
                 &column(run, |c| c.delivery_id.to_string()),
                 &column(&next_steps, |(status, _)| *status),
                 &column(&next_steps, |(_, at)| *at),
@@ -172,6 +174,7 @@ async fn complete_run<C: GenericClient>(
                     c.attempt.as_ref().and_then(|a| a.error_message.as_deref())
                 }),
                 &now.unix_millis(),
+                &owner,
             ]).await?;
     if let Some(last) = run.last()
         && let Some(reason) = &last.disable_endpoint
@@ -285,6 +288,7 @@ impl PgStore {
     pub(crate) async fn complete(
         &self,
         completions: Vec<Completion>,
+        owner: String,
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
@@ -329,7 +333,7 @@ impl PgStore {
                 .map_err(pg_error)?;
         }
         for run in completion_runs(&completions) {
-            complete_run(&transaction, run, now).await?;
+            complete_run(&transaction, run, &owner, now).await?;
         }
         if completions.iter().any(|c| c.disable_endpoint.is_some()) {
             self.notify_endpoints(&transaction).await?;

@@ -239,6 +239,7 @@ fn to_attempt(
 fn complete_one(
     connection: &Connection,
     completion: &Completion,
+    owner: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let delivery = completion.delivery_id.to_string();
@@ -271,7 +272,8 @@ fn complete_one(
     connection
         .prepare_cached(
             // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt
-            // is recorded, but no retry may bring it back.
+            // is recorded, but no retry may bring it back. One claimed by another owner after
+            // this owner's lease lapsed is that claim's to finish.
             "UPDATE deliveries SET
                 status = CASE WHEN status = 'cancelled' THEN status ELSE COALESCE(?2, status) END,
                 next_attempt_at = COALESCE(?3, next_attempt_at),
@@ -279,7 +281,7 @@ fn complete_one(
                 last_status_code = CASE WHEN ?4 = 1 THEN ?5 ELSE last_status_code END,
                 last_error = CASE WHEN ?4 = 1 THEN ?6 ELSE last_error END,
                 lease_owner = NULL, lease_until = NULL, updated_at = ?7
-             WHERE id = ?1",
+             WHERE id = ?1 AND (lease_owner IS NULL OR lease_owner = ?8)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -290,6 +292,7 @@ fn complete_one(
                 attempted.and_then(|a| a.status_code),
                 attempted.and_then(|a| a.error_message.clone()),
                 now.unix_millis(),
+                owner,
             ])
         })
         .map_err(db_error)?;
@@ -447,11 +450,12 @@ impl SqliteStore {
     pub(crate) async fn complete(
         &self,
         completions: Vec<Completion>,
+        owner: String,
         now: Timestamp,
     ) -> Result<(), StoreError> {
         self.write(move |connection| {
             for completion in &completions {
-                complete_one(connection, completion, now)?;
+                complete_one(connection, completion, &owner, now)?;
             }
             for health in endpoint_health(&completions) {
                 record_health(connection, &health, now)?;

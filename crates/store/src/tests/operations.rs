@@ -189,7 +189,11 @@ fn retention_removes_finished_old_messages_and_keeps_what_is_owed() {
                 .await
                 .unwrap();
             store
-                .complete(vec![delivered_ok(finished_delivery, endpoint.id, now)], now)
+                .complete(
+                    vec![delivered_ok(finished_delivery, endpoint.id, now)],
+                    "w",
+                    now,
+                )
                 .await
                 .unwrap();
             // An old message still owed to an endpoint (held while it is disabled).
@@ -285,7 +289,7 @@ fn a_redelivery_racing_retention_leaves_no_delivery_behind() {
             .await
             .unwrap();
         store
-            .complete(vec![delivered_ok(delivered, first.id, now)], now)
+            .complete(vec![delivered_ok(delivered, first.id, now)], "w", now)
             .await
             .unwrap();
 
