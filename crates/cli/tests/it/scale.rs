@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use billhook_core::time::Timestamp;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -43,11 +44,7 @@ async fn ingest_across(
                     template.replace("evl_tbs3NybYGbbjP5MMzptoFyU3W", &format!("evl_{tag}_{n}"));
                 let target = &targets[(n + writer) % targets.len()];
                 let mut request = http.post(target).body(body.clone());
-                for (name, value) in provider.sign(
-                    &auth,
-                    body.as_bytes(),
-                    billhook_core::time::Timestamp::now(),
-                ) {
+                for (name, value) in provider.sign(&auth, body.as_bytes(), Timestamp::now()) {
                     request = request.header(name, value);
                 }
                 let response = request.send().await.unwrap();
@@ -223,4 +220,84 @@ async fn readiness_follows_the_database_and_nothing_acknowledged_is_lost() {
     }
     app.stop().await;
     proxy.down().await;
+}
+
+/// An instance taking an endpoint back judges it by its failures since, as the database has
+/// them: here another instance delivered to it meanwhile, so the failure this instance saw
+/// before handing it over must not count towards disabling it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_taken_back_is_judged_by_the_databases_failing_time() {
+    let app = spawn_app_with(
+        Backend::Postgres,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+         retry_schedule = [\"0s\", \"30s\"]\njitter_percent = 0\ndisable_after = \"2s\"\n\
+         request_timeout = \"1s\"\nlease = \"2s\"\n",
+    )
+    .await;
+    let receiver = Receiver::start(Arc::new(|_| (503, vec![], Some(Duration::ZERO)))).await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    ingest_across(&[&app], 1, 1, "before-hand-over").await;
+    app.eventually(Duration::from_secs(5), "a failure recorded", || async {
+        let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+        !view["failing_since"].is_null()
+    })
+    .await;
+
+    // Another instance takes the endpoint over and delivers to it successfully.
+    let url = std::fs::read_to_string(app.dir.path().join("database-url")).unwrap();
+    let (database, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let far = Timestamp::now()
+        .add(Duration::from_secs(3600))
+        .unix_millis();
+    database
+        .execute(
+            "UPDATE endpoint_owners SET owner = 'another-instance', until = $2
+             WHERE endpoint_id = $1",
+            &[&endpoint, &far],
+        )
+        .await
+        .unwrap();
+    database
+        .execute(
+            "UPDATE endpoints SET failing_since = NULL WHERE id = $1",
+            &[&endpoint],
+        )
+        .await
+        .unwrap();
+    // Long enough for this instance to notice it lost the endpoint, and for its own failure to
+    // be older than `disable_after`.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    database
+        .execute(
+            "DELETE FROM endpoint_owners WHERE owner = 'another-instance'",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let before = receiver.count();
+    ingest_across(&[&app], 1, 1, "after-hand-over").await;
+    app.eventually(
+        Duration::from_secs(5),
+        "an attempt after taking it back",
+        || async { receiver.count() > before },
+    )
+    .await;
+    app.eventually(Duration::from_secs(5), "the failure recorded", || async {
+        let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+        !view["failing_since"].is_null()
+    })
+    .await;
+    let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+    assert_eq!(
+        view["enabled"],
+        json!(true),
+        "failing since the take-over, not for two seconds yet: {view}"
+    );
+    app.stop().await;
 }

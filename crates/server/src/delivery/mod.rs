@@ -669,6 +669,25 @@ impl Shared {
         }
     }
 
+    /// On taking over an endpoint, its lane's failing time becomes the database's: the
+    /// endpoint may have recovered, or started failing afresh, under another instance, and
+    /// judging it by what this instance saw before would disable it too early.
+    async fn take_failing_since_from_store(&self, id: EndpointId) -> Result<(), StoreError> {
+        let Some(record) = self.store.endpoint(id).await? else {
+            return Ok(());
+        };
+        let lane = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        if let Some(lane) = lane {
+            *lane.failing_since.lock().unwrap_or_else(|p| p.into_inner()) = record.failing_since;
+        }
+        Ok(())
+    }
+
     /// Treats an endpoint as disabled from now on, ahead of the reload from the database.
     fn mark_disabled(&self, id: EndpointId) {
         let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
@@ -980,9 +999,13 @@ async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timest
             .store
             .own_endpoints(&shared.owner, unowned, now, now.add(shared.config.lease.0))
             .await?;
-        let mut owned = shared.owned.lock().unwrap_or_else(|p| p.into_inner());
         for id in taken {
-            owned.insert(id, tokio::time::Instant::now());
+            shared.take_failing_since_from_store(id).await?;
+            shared
+                .owned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, tokio::time::Instant::now());
         }
     }
     let mut again_now = false;
