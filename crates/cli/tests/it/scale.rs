@@ -301,3 +301,54 @@ async fn an_endpoint_taken_back_is_judged_by_the_databases_failing_time() {
     );
     app.stop().await;
 }
+
+/// Leases are renewed while attempts run out the shutdown grace: an attempt slower than what is
+/// left of its lease would otherwise be claimed and sent again by another instance meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_while_shutdown_waits_for_attempts() {
+    let app = spawn_app_with(
+        Backend::Postgres,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+         request_timeout = \"2900ms\"\nlease = \"3s\"\nshutdown_grace = \"10s\"\n",
+    )
+    .await;
+    let receiver = Receiver::start(Arc::new(|_| {
+        (200, vec![], Some(Duration::from_millis(2800)))
+    }))
+    .await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let url = std::fs::read_to_string(app.dir.path().join("database-url")).unwrap();
+    let (database, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    ingest_across(&[&app], 1, 1, "slow").await;
+    app.eventually(Duration::from_secs(5), "the attempt to start", || async {
+        receiver.count() == 1
+    })
+    .await;
+
+    let shutdown_started = Timestamp::now();
+    let stopping = tokio::spawn(app.stop());
+    // Renewals come every second; by now two have, if renewal goes on through the grace.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let lease_until: Option<i64> = database
+        .query_one("SELECT lease_until FROM deliveries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let lease_until = Timestamp::from_unix_millis(lease_until.expect("still leased"));
+    assert!(
+        lease_until > shutdown_started.add(Duration::from_secs(3)),
+        "the lease was not renewed after shutdown began: until {lease_until:?}, \
+         shutdown began {shutdown_started:?}"
+    );
+    stopping.await.unwrap();
+    let status: String = database
+        .query_one("SELECT status FROM deliveries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "delivered");
+}

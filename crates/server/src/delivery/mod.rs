@@ -26,7 +26,8 @@ pub mod ssrf;
 
 pub use send::{ConnectDeadline, PooledClient, pooled_client};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -117,12 +118,19 @@ struct Shared {
     endpoints: RwLock<Arc<EndpointSet>>,
     lanes: Mutex<HashMap<EndpointId, Arc<Lane>>>,
     in_flight: Arc<Semaphore>,
-    /// Deliveries held in memory under this instance's lease.
-    held: Mutex<HashSet<DeliveryId>>,
-    completions: mpsc::Sender<ToCompleter>,
+    /// Deliveries held in memory under this instance's lease, each with the number of claims
+    /// not yet completed: a delivery given back can be claimed again before the completion that
+    /// gave it back is counted off, and the newer claim must keep its lease renewed.
+    held: Mutex<HashMap<DeliveryId, u32>>,
+    /// Unbounded so a lane never waits on the database and nothing finished is left behind at
+    /// shutdown. What waits here is bounded by the attempts the store lets through: claims and
+    /// completions go to the same database.
+    completions: mpsc::UnboundedSender<ToCompleter>,
     lane_tasks: Mutex<Vec<JoinHandle<()>>>,
     wake_poller: Notify,
     stopping: watch::Sender<bool>,
+    /// Set once no attempt runs any more: leases are renewed until then.
+    stop_renewing: watch::Sender<bool>,
     abort: watch::Sender<bool>,
     running_attempts: AtomicUsize,
     attempts_done: Notify,
@@ -139,6 +147,7 @@ enum ToCompleter {
 pub struct Delivery {
     shared: Arc<Shared>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    renewal: Mutex<Option<JoinHandle<()>>>,
     completer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -169,7 +178,7 @@ impl Delivery {
                 tracing::info!(released, "released leases left by the previous run");
             }
         }
-        let (completions, completion_queue) = mpsc::channel(4096);
+        let (completions, completion_queue) = mpsc::unbounded_channel();
         let notifications = store.subscribe();
         let shared = Arc::new(Shared {
             metrics,
@@ -187,11 +196,12 @@ impl Delivery {
             client,
             endpoints: RwLock::new(Arc::new(EndpointSet::default())),
             lanes: Mutex::new(HashMap::new()),
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
             completions,
             lane_tasks: Mutex::new(Vec::new()),
             wake_poller: Notify::new(),
             stopping: watch::channel(false).0,
+            stop_renewing: watch::channel(false).0,
             abort: watch::channel(false).0,
             running_attempts: AtomicUsize::new(0),
             attempts_done: Notify::new(),
@@ -200,9 +210,10 @@ impl Delivery {
         shared.reload_endpoints().await?;
         let completer = tokio::spawn(run_completer(Arc::clone(&shared), completion_queue));
         let mut tasks = Vec::new();
+        let mut renewal = None;
         if works {
             tasks.push(tokio::spawn(run_poller(Arc::clone(&shared))));
-            tasks.push(tokio::spawn(run_lease_renewal(Arc::clone(&shared))));
+            renewal = Some(tokio::spawn(run_lease_renewal(Arc::clone(&shared))));
         }
         if let Some(notifications) = notifications {
             tasks.push(tokio::spawn(run_listener(
@@ -213,6 +224,7 @@ impl Delivery {
         Ok(Self {
             shared,
             tasks: Mutex::new(tasks),
+            renewal: Mutex::new(renewal),
             completer: Mutex::new(Some(completer)),
         })
     }
@@ -329,6 +341,7 @@ impl Delivery {
     /// Starts the jobs of a committed ingest.
     pub fn hand_off(&self, prepared: Prepared) {
         for job in prepared.jobs {
+            self.shared.hold(job.delivery_id);
             self.shared.enqueue(job);
         }
     }
@@ -338,8 +351,8 @@ impl Delivery {
         self.shared.wake_poller.notify_one();
     }
 
-    /// Stops claiming, lets in-flight attempts finish for up to `shutdown_grace`, gives back what
-    /// was not attempted, and records the last outcomes.
+    /// Stops claiming, lets in-flight attempts finish for up to `shutdown_grace` (still renewing
+    /// their leases), gives back what was not attempted, and records the last outcomes.
     pub async fn shutdown(&self) {
         let shared = &self.shared;
         let _ = shared.stopping.send(true);
@@ -367,13 +380,19 @@ impl Delivery {
                 }
             }
         }
+        // Leases (and endpoint ownership) were renewed while attempts ran: an attempt that
+        // outlived its lease could be claimed and sent again by another instance meanwhile.
+        let _ = shared.stop_renewing.send(true);
+        let renewal = self
+            .renewal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(renewal) = renewal {
+            let _ = renewal.await;
+        }
         let (flushed, done) = tokio::sync::oneshot::channel();
-        if shared
-            .completions
-            .send(ToCompleter::Flush(flushed))
-            .await
-            .is_ok()
-        {
+        if shared.completions.send(ToCompleter::Flush(flushed)).is_ok() {
             let _ = done.await;
         }
         let completer = self
@@ -597,11 +616,17 @@ impl Shared {
         Some(lane)
     }
 
-    fn enqueue(self: &Arc<Self>, job: Job) {
-        self.held
+    /// Counts a claim of a delivery taken into memory; its completion counts it off.
+    fn hold(&self, id: DeliveryId) {
+        *self
+            .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(job.delivery_id);
+            .entry(id)
+            .or_insert(0) += 1;
+    }
+
+    fn enqueue(self: &Arc<Self>, job: Job) {
         let lane = self
             .lanes
             .lock()
@@ -630,20 +655,14 @@ impl Shared {
     }
 
     fn finish(&self, completion: Completion) {
-        if let Err(
-            mpsc::error::TrySendError::Full(completion)
-            | mpsc::error::TrySendError::Closed(completion),
-        ) = self.completions.try_send(ToCompleter::Record(completion))
+        if self
+            .completions
+            .send(ToCompleter::Record(completion))
+            .is_err()
         {
-            // The completer is behind or gone: record it from a task so no lane blocks on it.
-            let sender = self.completions.clone();
-            tokio::spawn(async move {
-                if sender.send(completion).await.is_err() {
-                    tracing::warn!(
-                        "a delivery outcome could not be recorded; its lease will expire and it will be retried"
-                    );
-                }
-            });
+            tracing::warn!(
+                "a delivery outcome could not be recorded; its lease will expire and it will be retried"
+            );
         }
     }
 
@@ -916,7 +935,7 @@ fn received_at(message_id: &str) -> Option<Timestamp> {
 }
 
 /// Records completions in batches, one transaction each.
-async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::Receiver<ToCompleter>) {
+async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<ToCompleter>) {
     let mut messages = Vec::with_capacity(256);
     while queue.recv_many(&mut messages, 512).await > 0 {
         let mut batch = Vec::with_capacity(messages.len());
@@ -949,7 +968,12 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     {
         let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
         for id in &done {
-            held.remove(id);
+            if let Entry::Occupied(mut claims) = held.entry(*id) {
+                *claims.get_mut() -= 1;
+                if *claims.get() == 0 {
+                    claims.remove();
+                }
+            }
         }
     }
     if disables && let Err(error) = shared.reload_endpoints().await {
@@ -1044,6 +1068,7 @@ async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timest
 }
 
 fn dispatch_claimed(shared: &Arc<Shared>, delivery: ClaimedDelivery, slot: OwnedSemaphorePermit) {
+    shared.hold(delivery.id);
     let Some(payload) = delivery.payload else {
         // Retention pruned the payload before the delivery could go out.
         shared.finish(Completion {
@@ -1070,11 +1095,11 @@ fn dispatch_claimed(shared: &Arc<Shared>, delivery: ClaimedDelivery, slot: Owned
 /// Extends the lease on everything held in memory, well before it would expire.
 async fn run_lease_renewal(shared: Arc<Shared>) {
     let every = shared.config.lease.0 / 3;
-    let mut stopping = shared.stopping.subscribe();
+    let mut stop = shared.stop_renewing.subscribe();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stopping.wait_for(|stop| *stop) => return,
+            _ = stop.wait_for(|stop| *stop) => return,
         }
         let now = Timestamp::now();
         let until = now.add(shared.config.lease.0);
@@ -1085,7 +1110,7 @@ async fn run_lease_renewal(shared: Arc<Shared>) {
             .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
+            .keys()
             .copied()
             .collect();
         if ids.is_empty() {
