@@ -385,10 +385,12 @@ impl Store {
         }
     }
 
-    /// Records attempts and their consequences, all in one transaction. The attempts made under
-    /// `owner`'s lease are recorded whatever happened since; a delivery whose lease lapsed and
-    /// was taken by another owner keeps the state that owner's claim gave it, and that claim
-    /// records what follows.
+    /// Records attempts and their consequences, all in one transaction. The attempts are
+    /// recorded whatever happened since, and so is what they say about the endpoint (its
+    /// health, a disabling); but a delivery changes only while `owner` still holds its lease.
+    /// Once the lease lapsed another owner may have claimed or even finished it, and what
+    /// follows is that owner's to record (the late attempt is then not counted in its
+    /// `attempts`).
     pub async fn complete(
         &self,
         completions: Vec<Completion>,

@@ -1193,12 +1193,10 @@ fn a_delivery_cancelled_in_flight_stays_cancelled() {
     });
 }
 
-/// A delivery of an event that outlived its message (an announcement about a payment whose
-/// last message retention has removed) is still claimed and carries the event: a claim that
-/// leased it without returning it would keep it from being sent, lease after lease.
 /// An owner whose lease lapsed (a long pause, a partition from the database) finishes an
 /// attempt after another owner claimed the delivery: the attempt is recorded, but the delivery
-/// stays the newer claim's, leased and unfinished, so no third copy is sent meanwhile.
+/// stays the newer claim's, leased and unfinished, so no third copy is sent meanwhile, and once
+/// that claim finished it no late retry brings it back.
 #[test]
 fn a_completion_after_the_lease_was_taken_over_leaves_the_new_claim_alone() {
     runtime().block_on(async {
@@ -1224,7 +1222,7 @@ fn a_completion_after_the_lease_was_taken_over_leaves_the_new_claim_alone() {
             assert_eq!(taken.len(), 1);
 
             store
-                .complete(vec![delivered_ok(id, endpoint.id, now)], "stalled", now)
+                .complete(vec![failed_503(id, endpoint.id, now)], "stalled", now)
                 .await
                 .unwrap();
             let record = store.delivery(id).await.unwrap().unwrap();
@@ -1248,18 +1246,35 @@ fn a_completion_after_the_lease_was_taken_over_leaves_the_new_claim_alone() {
             );
 
             store
-                .complete(vec![failed_503(id, endpoint.id, now)], "taker", now)
+                .complete(vec![delivered_ok(id, endpoint.id, now)], "taker", now)
+                .await
+                .unwrap();
+            // A late retry from the lapsed owner cannot bring a finished delivery back.
+            store
+                .complete(vec![failed_503(id, endpoint.id, now)], "stalled", now)
                 .await
                 .unwrap();
             let record = store.delivery(id).await.unwrap().unwrap();
             assert_eq!(
                 (record.status, record.attempts, record.last_status_code),
-                (DeliveryStatus::Failed, 1, Some(503))
+                (DeliveryStatus::Delivered, 1, Some(200))
+            );
+            assert_eq!(
+                store
+                    .attempts_of_endpoint(endpoint.id, None, 10)
+                    .await
+                    .unwrap()
+                    .items
+                    .len(),
+                3
             );
         }
     });
 }
 
+/// A delivery of an event that outlived its message (an announcement about a payment whose
+/// last message retention has removed) is still claimed and carries the event: a claim that
+/// leased it without returning it would keep it from being sent, lease after lease.
 #[test]
 fn a_delivery_whose_message_is_gone_is_still_claimed() {
     runtime().block_on(async {
@@ -1433,6 +1448,11 @@ fn the_clustered_outbox_migration_keeps_deliveries_attempts_and_dedup_keys() {
             delivery_for(&endpoint, None, request.id),
         ];
         let (delivered, waiting) = (ingest.deliveries[0].id, ingest.deliveries[1].id);
+        // Handed off at ingest, as a worker does, so the completion is the lease holder's.
+        ingest.deliveries[0].lease = Some(Lease {
+            owner: "w".to_owned(),
+            until: Timestamp::now().add(Duration::from_secs(30)),
+        });
         old.ingest(ingest).await.unwrap();
         let now = Timestamp::now();
         old.complete(vec![delivered_ok(delivered, endpoint.id, now)], "w", now)

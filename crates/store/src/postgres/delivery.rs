@@ -147,8 +147,9 @@ async fn complete_run<C: GenericClient>(
     }
     let next_steps = column(run, |completion| completion.next.columns());
     // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt is
-    // recorded, but no retry may bring it back. One claimed by another owner after this owner's
-    // lease lapsed is that claim's to finish.
+    // recorded, but no retry may bring it back. Only a delivery still leased to this owner
+    // changes: once the lease lapsed, another owner may have claimed (or even finished) it, and
+    // it is theirs to finish.
     execute_cached(client, "UPDATE deliveries AS d SET
                 status = CASE WHEN d.status = 'cancelled' THEN d.status
                               ELSE COALESCE(c.status, d.status) END,
@@ -159,7 +160,7 @@ async fn complete_run<C: GenericClient>(
                 lease_owner = NULL, lease_until = NULL, updated_at = $7
              FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::int[], $6::text[])
                 AS c(id, status, next_at, attempted, status_code, error)
-             WHERE d.id = c.id AND (d.lease_owner IS NULL OR d.lease_owner = $8)", &[
+             WHERE d.id = c.id AND d.lease_owner = $8", &[
                 &column(run, |c| c.delivery_id.to_string()),
                 &column(&next_steps, |(status, _)| *status),
                 &column(&next_steps, |(_, at)| *at),

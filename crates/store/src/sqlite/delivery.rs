@@ -272,8 +272,9 @@ fn complete_one(
     connection
         .prepare_cached(
             // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt
-            // is recorded, but no retry may bring it back. One claimed by another owner after
-            // this owner's lease lapsed is that claim's to finish.
+            // is recorded, but no retry may bring it back. Only a delivery still leased to this
+            // owner changes: once the lease lapsed, another owner may have claimed (or even
+            // finished) it, and it is theirs to finish.
             "UPDATE deliveries SET
                 status = CASE WHEN status = 'cancelled' THEN status ELSE COALESCE(?2, status) END,
                 next_attempt_at = COALESCE(?3, next_attempt_at),
@@ -281,7 +282,7 @@ fn complete_one(
                 last_status_code = CASE WHEN ?4 = 1 THEN ?5 ELSE last_status_code END,
                 last_error = CASE WHEN ?4 = 1 THEN ?6 ELSE last_error END,
                 lease_owner = NULL, lease_until = NULL, updated_at = ?7
-             WHERE id = ?1 AND (lease_owner IS NULL OR lease_owner = ?8)",
+             WHERE id = ?1 AND lease_owner = ?8",
         )
         .and_then(|mut s| {
             s.execute(params![
