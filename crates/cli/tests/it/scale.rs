@@ -254,7 +254,7 @@ async fn an_endpoint_taken_back_is_judged_by_the_databases_failing_time() {
     let far = Timestamp::now()
         .add(Duration::from_secs(3600))
         .unix_millis();
-    database
+    let taken_over = database
         .execute(
             "UPDATE endpoint_owners SET owner = 'another-instance', until = $2
              WHERE endpoint_id = $1",
@@ -262,6 +262,7 @@ async fn an_endpoint_taken_back_is_judged_by_the_databases_failing_time() {
         )
         .await
         .unwrap();
+    assert_eq!(taken_over, 1, "the instance owned the endpoint before");
     database
         .execute(
             "UPDATE endpoints SET failing_since = NULL WHERE id = $1",
@@ -309,11 +310,11 @@ async fn leases_are_renewed_while_shutdown_waits_for_attempts() {
     let app = spawn_app_with(
         Backend::Postgres,
         "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
-         request_timeout = \"2900ms\"\nlease = \"3s\"\nshutdown_grace = \"10s\"\n",
+         request_timeout = \"5900ms\"\nlease = \"6s\"\nshutdown_grace = \"10s\"\n",
     )
     .await;
     let receiver = Receiver::start(Arc::new(|_| {
-        (200, vec![], Some(Duration::from_millis(2800)))
+        (200, vec![], Some(Duration::from_millis(5800)))
     }))
     .await;
     app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
@@ -331,16 +332,24 @@ async fn leases_are_renewed_while_shutdown_waits_for_attempts() {
 
     let shutdown_started = Timestamp::now();
     let stopping = tokio::spawn(app.stop());
-    // Renewals come every second; by now two have, if renewal goes on through the grace.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let lease_until: Option<i64> = database
-        .query_one("SELECT lease_until FROM deliveries", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let lease_until = Timestamp::from_unix_millis(lease_until.expect("still leased"));
+    // Every lease set before shutdown ends by `shutdown_started + lease`; renewals come every
+    // two seconds, and the attempt runs for almost six.
+    let renewed_past = shutdown_started.add(Duration::from_secs(6));
+    let mut lease_until = None;
+    for _ in 0..40 {
+        let until: Option<i64> = database
+            .query_one("SELECT lease_until FROM deliveries", &[])
+            .await
+            .unwrap()
+            .get(0);
+        lease_until = until.map(Timestamp::from_unix_millis);
+        if lease_until.is_none_or(|until| until > renewed_past) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
-        lease_until > shutdown_started.add(Duration::from_secs(3)),
+        lease_until.is_some_and(|until| until > renewed_past),
         "the lease was not renewed after shutdown began: until {lease_until:?}, \
          shutdown began {shutdown_started:?}"
     );
@@ -351,4 +360,35 @@ async fn leases_are_renewed_while_shutdown_waits_for_attempts() {
         .unwrap()
         .get(0);
     assert_eq!(status, "delivered");
+}
+
+/// An instance that stops hands its endpoints over: another instance delivers to them at once,
+/// not after their ownership leases lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_instance_hands_its_endpoints_over() {
+    let delivery = "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+                    request_timeout = \"3s\"\nlease = \"20s\"\n";
+    let receiver = Receiver::ok().await;
+    let first = spawn_app_with(Backend::Postgres, delivery).await;
+    first
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    ingest_across(&[&first], 1, 1, "owned-by-first").await;
+    first
+        .eventually(Duration::from_secs(5), "the first delivery", || async {
+            receiver.count() == 1
+        })
+        .await;
+    let second = first.another_instance(delivery).await;
+    first.stop().await;
+
+    ingest_across(&[&second], 1, 1, "after-the-hand-over").await;
+    second
+        .eventually(
+            Duration::from_secs(8),
+            "a delivery well before the first instance's lease of 20 s lapses",
+            || async { receiver.count() == 2 },
+        )
+        .await;
+    second.stop().await;
 }

@@ -123,8 +123,8 @@ struct Shared {
     /// gave it back is counted off, and the newer claim must keep its lease renewed.
     held: Mutex<HashMap<DeliveryId, u32>>,
     /// Unbounded so a lane never waits on the database and nothing finished is left behind at
-    /// shutdown. What waits here is bounded by the attempts the store lets through: claims and
-    /// completions go to the same database.
+    /// shutdown. It grows only while the completer writes slower than attempts finish; the
+    /// claims that feed the attempts go to the same database, so the two slow down together.
     completions: mpsc::UnboundedSender<ToCompleter>,
     lane_tasks: Mutex<Vec<JoinHandle<()>>>,
     wake_poller: Notify,
@@ -403,6 +403,17 @@ impl Delivery {
         if let Some(completer) = completer {
             completer.abort();
             let _ = completer.await;
+        }
+        // Everything is recorded: hand the endpoints over now, rather than have the other
+        // instances wait out their ownership leases before they deliver to them.
+        let owned: Vec<EndpointId> =
+            std::mem::take(&mut *shared.owned.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_keys()
+                .collect();
+        if !owned.is_empty()
+            && let Err(error) = shared.store.disown_endpoints(&shared.owner, owned).await
+        {
+            tracing::warn!(%error, "could not hand over endpoints; other instances take them when their leases lapse");
         }
     }
 }
@@ -691,20 +702,26 @@ impl Shared {
     /// On taking over an endpoint, its lane's failing time becomes the database's: the
     /// endpoint may have recovered, or started failing afresh, under another instance, and
     /// judging it by what this instance saw before would disable it too early.
-    async fn take_failing_since_from_store(&self, id: EndpointId) -> Result<(), StoreError> {
-        let Some(record) = self.store.endpoint(id).await? else {
-            return Ok(());
-        };
-        let lane = self
-            .lanes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned();
-        if let Some(lane) = lane {
-            *lane.failing_since.lock().unwrap_or_else(|p| p.into_inner()) = record.failing_since;
+    /// If the read fails the lanes keep what they had: the risk of an early disabling is
+    /// smaller than that of not delivering.
+    async fn take_failing_since_from_store(&self, taken: &[EndpointId]) {
+        if taken.is_empty() {
+            return;
         }
-        Ok(())
+        let records = match self.store.all_endpoints().await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the failing times of endpoints taken over");
+                return;
+            }
+        };
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        for record in records.iter().filter(|r| taken.contains(&r.id)) {
+            if let Some(lane) = lanes.get(&record.id) {
+                *lane.failing_since.lock().unwrap_or_else(|p| p.into_inner()) =
+                    record.failing_since;
+            }
+        }
     }
 
     /// Treats an endpoint as disabled from now on, ahead of the reload from the database.
@@ -1023,13 +1040,10 @@ async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timest
             .store
             .own_endpoints(&shared.owner, unowned, now, now.add(shared.config.lease.0))
             .await?;
+        shared.take_failing_since_from_store(&taken).await;
+        let mut owned = shared.owned.lock().unwrap_or_else(|p| p.into_inner());
         for id in taken {
-            shared.take_failing_since_from_store(id).await?;
-            shared
-                .owned
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, tokio::time::Instant::now());
+            owned.insert(id, tokio::time::Instant::now());
         }
     }
     let mut again_now = false;
@@ -1123,7 +1137,8 @@ async fn run_lease_renewal(shared: Arc<Shared>) {
 }
 
 /// Keeps the endpoints that had work recently and hands over those idle for a whole lease, so
-/// work spreads across instances as endpoints come and go.
+/// work spreads across instances as endpoints come and go. A stopping instance keeps only those
+/// it still has attempts for.
 async fn renew_ownership(shared: &Arc<Shared>, now: Timestamp, until: Timestamp) {
     let idle_after = shared.config.lease.0;
     let (active, idle): (Vec<EndpointId>, Vec<EndpointId>) = {
@@ -1135,7 +1150,9 @@ async fn renew_ownership(shared: &Arc<Shared>, now: Timestamp, until: Timestamp)
                 let busy = lanes.get(id).is_some_and(|lane| {
                     lane.slots.available_permits() < shared.config.queue_per_endpoint as usize
                 });
-                if busy || last.elapsed() < idle_after {
+                // A stopping instance keeps only the endpoints it still has attempts for.
+                let recent = !shared.stopping() && last.elapsed() < idle_after;
+                if busy || recent {
                     active.push(*id);
                 } else {
                     idle.push(*id);
