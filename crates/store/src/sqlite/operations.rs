@@ -10,13 +10,15 @@ use super::{SqliteStore, db_error};
 use crate::StoreError;
 use crate::model::*;
 
-/// The inbound requests retention may remove: older than `before`, with no delivery still owed.
+/// The inbound requests retention may remove: older than `before`, with no delivery still owed,
+/// and not quarantined: a quarantined request was acknowledged and never processed, so it is
+/// kept until it is reprocessed, however old.
 fn prunable(limit: Option<u32>) -> String {
     let limit = limit
         .map(|l| format!(" ORDER BY i.id LIMIT {l}"))
         .unwrap_or_default();
     format!(
-        "SELECT i.id FROM inbound i WHERE i.id < ?1 AND NOT EXISTS (
+        "SELECT i.id FROM inbound i WHERE i.id < ?1 AND i.status <> 'quarantined' AND NOT EXISTS (
             SELECT 1 FROM deliveries d
             WHERE d.inbound_id = i.id AND d.status IN ({UNFINISHED_DELIVERIES})){limit}"
     )
