@@ -220,10 +220,25 @@ pub(crate) async fn reprocess(
     );
     let mut results = Vec::with_capacity(ids.len());
     for id in &ids {
+        // One request that cannot be reprocessed (its source is gone) must not stop the rest.
         results.push(
-            client
+            match client
                 .post(&format!("/v1/inbound/{id}/reprocess"), &json!({}))
-                .await?,
+                .await
+            {
+                Ok(result) => result,
+                Err(CliError::Api {
+                    status: 400,
+                    code,
+                    message,
+                }) => json!({
+                    "id": id,
+                    "outcome": "skipped",
+                    "events": [],
+                    "error": { "code": code, "message": message },
+                }),
+                Err(error) => return Err(error),
+            },
         );
         bar.inc(1);
     }

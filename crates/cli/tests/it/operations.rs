@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use billhook_core::ids::{EventId, InboundId};
 use billhook_core::time::Timestamp;
-use billhook_store::{InboundStatus, IngestWrite, NewEvent, NewInbound, Store};
+use billhook_store::{InboundStatus, IngestWrite, NewEvent, NewInbound, RecordedError, Store};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -20,6 +20,7 @@ backend_tests!(
     retention_previews_and_prunes_old_messages_on_request,
     retention_runs_in_the_background,
     the_cli_manages_endpoints_end_to_end,
+    reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do,
 );
 
 async fn request(
@@ -534,4 +535,94 @@ fn completions_are_generated_for_each_shell() {
             "{shell}"
         );
     }
+}
+
+/// Reprocessing in bulk takes the quarantined requests that waited longest first, and goes past
+/// one it cannot reprocess (its source is no longer configured) rather than failing the batch,
+/// which would stop every later call at the same request.
+async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backend: Backend) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let store = Store::open(&database_in(backend, dir.path()).await)
+        .await
+        .unwrap();
+    let at = Timestamp::now().sub(Duration::from_secs(3600));
+    let retired = InboundId::new_at(at);
+    store
+        .ingest(IngestWrite {
+            inbound: NewInbound {
+                id: retired,
+                source: "retired".to_owned(),
+                provider: "razorpay".to_owned(),
+                received_at: at,
+                status: InboundStatus::Quarantined,
+                provider_event: None,
+                provider_event_id: None,
+                dedup_key: "sha256:retired".to_owned(),
+                verification: "seeded".to_owned(),
+                remote_addr: None,
+                headers: Vec::new(),
+                body: Bytes::from_static(b"not json"),
+                error: Some(RecordedError {
+                    code: "invalid_json".to_owned(),
+                    message: "expected value".to_owned(),
+                }),
+            },
+            events: Vec::new(),
+            deliveries: Vec::new(),
+            facts: Vec::new(),
+            concluder: None,
+            dedup_expires_at: at.add(Duration::from_secs(8 * 86_400)),
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    let app = spawn_app_in(backend, dir, "").await;
+    let mut quarantined = vec![retired.to_string()];
+    for n in 0..3 {
+        let body = format!("not json {n}");
+        let response = app.post_signed("razorpay", body.as_bytes(), &[]).await;
+        assert_eq!(response.status().as_u16(), 202);
+        let ack: Value = response.json().await.unwrap();
+        quarantined.push(ack["inbound_id"].as_str().unwrap().to_owned());
+    }
+
+    let (status, summary) = app
+        .admin_post("/v1/inbound/reprocess", json!({ "limit": 2 }))
+        .await;
+    assert_eq!(status, 200, "{summary}");
+    let results = summary["results"].as_array().unwrap();
+    let ids: Vec<&str> = results.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [&quarantined[0], &quarantined[1]], "{summary}");
+    assert_eq!(results[0]["outcome"], json!("skipped"), "{summary}");
+    assert_eq!(results[0]["error"]["code"], json!("invalid_request"));
+    assert_eq!(results[1]["outcome"], json!("quarantined"), "{summary}");
+    assert_eq!(
+        (summary["attempted"].clone(), summary["skipped"].clone()),
+        (json!(2), json!(1))
+    );
+
+    let (status, summary) = app.admin_post("/v1/inbound/reprocess", json!({})).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["attempted"], json!(4), "{summary}");
+    assert_eq!(summary["still_quarantined"], json!(3), "{summary}");
+    let (_, record) = app.admin_get(&format!("/v1/inbound/{retired}")).await;
+    assert_eq!(
+        record["status"],
+        json!("quarantined"),
+        "kept for when its source is back"
+    );
+
+    // The CLI goes past it too.
+    let (ok, printed) = app.cli(&["reprocess", "--json"]).await;
+    assert!(ok, "{printed}");
+    let results: Vec<Value> = serde_json::from_str(&printed).unwrap();
+    assert_eq!(results.len(), 4, "{printed}");
+    let skipped: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["outcome"] == json!("skipped"))
+        .collect();
+    assert_eq!(skipped.len(), 1, "{printed}");
+    assert_eq!(skipped[0]["id"], json!(retired.to_string()));
+    assert_eq!(skipped[0]["error"]["code"], json!("invalid_request"));
+    app.stop().await;
 }

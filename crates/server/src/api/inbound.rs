@@ -224,7 +224,8 @@ pub(crate) async fn show(
 #[schema(as = Reprocessed)]
 pub(crate) struct ReprocessView {
     id: InboundId,
-    /// `processed`, `quarantined`, `duplicate` or `not_quarantined`.
+    /// `processed`, `quarantined`, `duplicate`, `not_quarantined`, or (reprocessing in bulk)
+    /// `skipped` when the request cannot be reprocessed now; `error` says why.
     outcome: &'static str,
     events: Vec<EventId>,
     error: Option<ErrorView>,
@@ -267,10 +268,14 @@ pub(crate) struct ReprocessAllView {
     processed: usize,
     still_quarantined: usize,
     duplicates: usize,
+    /// Requests that cannot be reprocessed now (their source is no longer configured); the
+    /// others are reprocessed all the same.
+    skipped: usize,
     results: Vec<ReprocessView>,
 }
 
-/// Reprocesses up to `limit` quarantined requests, oldest first.
+/// Reprocesses up to `limit` quarantined requests, oldest first. A request that cannot be
+/// reprocessed now is reported as `skipped` and the rest go on.
 #[utoipa::path(post, path = "/v1/inbound/reprocess", tag = "inbound",
     request_body(content = Option<ReprocessAllParams>, description = "Optional: a source and a limit"),
     responses(
@@ -288,20 +293,44 @@ pub(crate) async fn reprocess_all(
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("body: {e}")))?
     };
     let limit = page_limit(params.limit.or(Some(super::MAX_LIMIT)))?;
-    let page = app
-        .store
-        .inbound_list(InboundQuery {
-            status: Some(InboundStatus::Quarantined),
-            source: params.source,
-            before: None,
-            limit,
-        })
-        .await?;
-    let mut results = Vec::new();
-    for summary in page.items.into_iter().rev() {
-        if let Some(record) = app.store.inbound(summary.id).await? {
-            results.push(reprocess(&app, record).await?);
+    // Listings run newest first; the oldest are the ones waiting longest, and taking the newest
+    // would leave older requests that keep failing in front of nothing but themselves.
+    let mut quarantined = Vec::new();
+    let mut before = None;
+    loop {
+        let page = app
+            .store
+            .inbound_list(InboundQuery {
+                status: Some(InboundStatus::Quarantined),
+                source: params.source.clone(),
+                before,
+                limit: super::MAX_LIMIT,
+            })
+            .await?;
+        quarantined.extend(page.items.into_iter().map(|summary| summary.id));
+        match page.next_cursor.and_then(|cursor| cursor.parse().ok()) {
+            Some(next) => before = Some(next),
+            None => break,
         }
+    }
+    let mut results = Vec::new();
+    for id in quarantined.into_iter().rev().take(limit as usize) {
+        let Some(record) = app.store.inbound(id).await? else {
+            continue;
+        };
+        results.push(match reprocessable(&app, &record) {
+            Err(message) => ReprocessView {
+                id,
+                outcome: "skipped",
+                events: Vec::new(),
+                error: Some(ErrorView {
+                    code: crate::error::ErrorCode::InvalidRequest.as_str().to_owned(),
+                    message,
+                }),
+                duplicate_of: None,
+            },
+            Ok(_) => reprocess(&app, record).await?,
+        });
     }
     Ok(Json(ReprocessAllView {
         attempted: results.len(),
@@ -311,25 +340,34 @@ pub(crate) async fn reprocess_all(
             .filter(|r| r.outcome == "quarantined")
             .count(),
         duplicates: results.iter().filter(|r| r.outcome == "duplicate").count(),
+        skipped: results.iter().filter(|r| r.outcome == "skipped").count(),
         results,
     }))
+}
+
+/// The source and body to reprocess a stored request with, or why it cannot be reprocessed now.
+fn reprocessable<'a>(
+    app: &'a App,
+    record: &InboundRecord,
+) -> Result<(&'a crate::config::Source, bytes::Bytes), String> {
+    let source = app.settings.sources.get(&record.source).ok_or_else(|| {
+        format!(
+            "source `{}` is no longer configured; add it back to reprocess its requests",
+            record.source
+        )
+    })?;
+    let body = record
+        .body
+        .clone()
+        .ok_or_else(|| "the request's body is no longer stored".to_owned())?;
+    Ok((source, body))
 }
 
 /// Runs today's provider code over a stored request. It was verified when it arrived, so it is
 /// not verified again (the stored signature is redacted anyway).
 async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, ApiError> {
     let id = record.id;
-    let Some(source) = app.settings.sources.get(&record.source) else {
-        return Err(ApiError::invalid(format!(
-            "source `{}` is no longer configured; add it back to reprocess its requests",
-            record.source
-        )));
-    };
-    let Some(body) = record.body.clone() else {
-        return Err(ApiError::invalid(
-            "the request's body has been pruned by retention",
-        ));
-    };
+    let (source, body) = reprocessable(app, &record).map_err(ApiError::invalid)?;
     let mut headers = http::HeaderMap::new();
     for (name, value) in &record.headers {
         if let (Ok(name), Ok(value)) = (
