@@ -412,6 +412,13 @@ pub fn id_bounds(kind: SubjectKind) -> (&'static str, String) {
     (prefix, upper)
 }
 
+/// Whether `text` is the id of an entity of `kind`: its prefix, `_` and a ULID.
+pub fn is_id_of(kind: SubjectKind, text: &str) -> bool {
+    text.strip_prefix(prefix(kind))
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|ulid| ulid::Ulid::from_string(ulid).is_ok())
+}
+
 /// The id prefix of each kind of ledger entity.
 fn prefix(kind: SubjectKind) -> &'static str {
     match kind {

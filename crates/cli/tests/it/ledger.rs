@@ -487,9 +487,16 @@ event = "invoice.expired"
         .await;
     assert_eq!(second["data"].as_array().unwrap().len(), 1);
     assert_eq!(second["next_cursor"], Value::Null);
+    // A cursor of another listing, or none at all, would give a wrong page without a word.
+    let payments_cursor = cursor.replacen("iv_", "py_", 1);
+    let invoices_cursor = format!("/v1/invoices?cursor={payments_cursor}");
+    let payments_with_invoice_cursor = format!("/v1/payments?cursor={cursor}");
 
     // Bad requests get stable codes.
     for (path, code) in [
+        (invoices_cursor.as_str(), "invalid_cursor"),
+        (payments_with_invoice_cursor.as_str(), "invalid_cursor"),
+        ("/v1/invoices?cursor=junk", "invalid_cursor"),
         ("/v1/invoices?unmatched=true", "invalid_request"),
         (
             "/v1/payments?unmatched=true&status=failed",

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use billhook_core::entity::{EntityData, SubjectKind};
 use billhook_core::ids::{EventId, InboundId};
-use billhook_core::ledger::{Entity, HistoryEntry};
+use billhook_core::ledger::{Entity, HistoryEntry, is_id_of};
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
 use billhook_store::{CLOSED_UNPAID, LedgerFilter, LedgerQuery, Page};
@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiQuery, MAX_LIMIT, page_limit};
 use crate::App;
-use crate::error::ApiError;
 #[allow(unused_imports, reason = "named in the OpenAPI attributes")]
 use crate::error::ErrorBody as Error;
+use crate::error::{ApiError, ErrorCode};
 
 /// The kinds the ledger lists, with their path segment and name.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +131,19 @@ fn format(params: &ListParams) -> Result<Format, ApiError> {
 /// The most rows one CSV export holds; past it the export says it was cut short.
 const MAX_EXPORT_ROWS: usize = 1_000_000;
 
+/// A listing's cursor is the id of the last entity of the page before, so an id of another kind
+/// (or no id at all) would silently give a wrong page.
+fn ledger_cursor(kind: SubjectKind, cursor: Option<&str>) -> Result<Option<String>, ApiError> {
+    match cursor.filter(|c| !c.is_empty()) {
+        None => Ok(None),
+        Some(cursor) if is_id_of(kind, cursor) => Ok(Some(cursor.to_owned())),
+        Some(cursor) => Err(ApiError::new(
+            ErrorCode::InvalidCursor,
+            format!("`{cursor}` is not a cursor from this listing"),
+        )),
+    }
+}
+
 pub(crate) async fn list(
     app: Arc<App>,
     listing: Listing,
@@ -144,7 +157,7 @@ pub(crate) async fn list(
         provider: params.provider.clone(),
         source: params.source.clone(),
         reference: params.reference.clone(),
-        before: params.cursor.clone().filter(|c| !c.is_empty()),
+        before: ledger_cursor(kind, params.cursor.as_deref())?,
         limit: page_limit(params.limit)?,
         now,
     };
