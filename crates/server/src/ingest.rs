@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use billhook_core::event::EventType;
 use billhook_core::event::Reception;
@@ -29,6 +29,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::App;
+use crate::api::ApiPath;
 use crate::config::Source;
 use crate::delivery::{Prepared, fan_out_events};
 #[allow(unused_imports, reason = "named in the OpenAPI attributes")]
@@ -67,7 +68,7 @@ pub struct IngestResponse {
     ))]
 pub(crate) async fn receive(
     State(app): State<Arc<App>>,
-    Path(source): Path<String>,
+    ApiPath(source): ApiPath<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
@@ -95,7 +96,7 @@ pub(crate) async fn receive(
     ))]
 pub(crate) async fn receive_with_token(
     State(app): State<Arc<App>>,
-    Path((source, token)): Path<(String, String)>,
+    ApiPath((source, token)): ApiPath<(String, String)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,

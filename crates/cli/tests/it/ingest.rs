@@ -309,6 +309,27 @@ async fn unknown_sources_and_empty_bodies_are_refused(backend: Backend) {
         response.json::<Value>().await.unwrap()["code"],
         json!("method_not_allowed")
     );
+
+    // A path that is not UTF-8 once decoded is refused as `{code, message}` too.
+    for (method, path) in [
+        (reqwest::Method::POST, "/ingest/%FF"),
+        (reqwest::Method::POST, "/ingest/caminvoice/%FF"),
+        (reqwest::Method::GET, "/v1/events/%FF"),
+        (reqwest::Method::GET, "/v1/invoices/%FF"),
+    ] {
+        let response = app
+            .http
+            .request(method, app.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], json!("invalid_request"), "{path}: {body}");
+        assert!(body["message"].is_string(), "{path}: {body}");
+    }
     app.stop().await;
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use billhook_core::ids::{AttemptId, EndpointId};
 use billhook_core::signing::EndpointSecret;
@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::{ApiJson, ApiQuery, Page, page_limit, parse_cursor};
 use crate::App;
+use crate::api::ApiPath;
 use crate::delivery::{EndpointDefinition, check_destination};
 use crate::error::ApiError;
 #[allow(unused_imports, reason = "named in the OpenAPI attributes")]
@@ -317,7 +318,7 @@ pub(crate) async fn list(
     ))]
 pub(crate) async fn show(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<EndpointView>, ApiError> {
     let id = endpoint_id(&id)?;
     let record = app
@@ -341,7 +342,7 @@ pub(crate) async fn show(
     ))]
 pub(crate) async fn update(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateEndpoint>,
 ) -> Result<Json<EndpointView>, ApiError> {
     let id = endpoint_id(&id)?;
@@ -406,7 +407,7 @@ pub(crate) async fn update(
     ))]
 pub(crate) async fn delete(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = endpoint_id(&id)?;
     if !app.store.delete_endpoint(id, Timestamp::now()).await? {
@@ -457,7 +458,7 @@ fn secret_view(record: &EndpointRecord) -> SecretView {
     ))]
 pub(crate) async fn secret(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SecretView>, ApiError> {
     let id = endpoint_id(&id)?;
     let record = app
@@ -485,7 +486,7 @@ pub(crate) struct RotateSecret {
     ))]
 pub(crate) async fn rotate_secret(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: bytes::Bytes,
 ) -> Result<Json<SecretView>, ApiError> {
     let id = endpoint_id(&id)?;
@@ -558,7 +559,7 @@ impl From<AttemptRecord> for AttemptView {
     ))]
 pub(crate) async fn attempts(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<AttemptView>>, ApiError> {
     let id = endpoint_id(&id)?;
@@ -601,7 +602,7 @@ pub(crate) struct Recovered {
     ))]
 pub(crate) async fn recover(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Recover>,
 ) -> Result<Json<Recovered>, ApiError> {
     let id = endpoint_id(&id)?;

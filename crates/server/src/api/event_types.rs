@@ -1,7 +1,7 @@
 //! `GET /v1/event-types[/{name}]`: the canonical catalog with a JSON Schema per type.
 
+use crate::api::ApiPath;
 use axum::Json;
-use axum::extract::Path;
 use billhook_core::entity::SubjectKind;
 use billhook_core::event::{EventType, SCHEMA_VERSION};
 use billhook_core::schema::event_schema;
@@ -63,7 +63,7 @@ pub(crate) async fn list() -> Json<Catalog> {
         (status = 200, description = "The type", body = EventTypeView),
         (status = 401, description = "No valid token", body = Error), (status = 404, description = "Not found", body = Error),
     ))]
-pub(crate) async fn show(Path(name): Path<String>) -> Result<Json<EventTypeView>, ApiError> {
+pub(crate) async fn show(ApiPath(name): ApiPath<String>) -> Result<Json<EventTypeView>, ApiError> {
     let event_type: EventType = name
         .parse()
         .map_err(|_| ApiError::not_found("event type"))?;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use billhook_core::event::EventType;
 use billhook_core::ids::{DeliveryId, EndpointId, EventId};
@@ -22,6 +22,7 @@ use crate::error::ErrorBody as Error;
 use billhook_core::event::CanonicalEvent;
 
 use crate::App;
+use crate::api::ApiPath;
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -162,7 +163,7 @@ struct EventDetail {
     ))]
 pub(crate) async fn show(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id: EventId = id.parse().map_err(|_| ApiError::not_found("event"))?;
     let event = app
@@ -212,7 +213,7 @@ pub(crate) struct Redelivered {
     ))]
 pub(crate) async fn redeliver(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: bytes::Bytes,
 ) -> Result<(StatusCode, Json<Redelivered>), ApiError> {
     let id: EventId = id.parse().map_err(|_| ApiError::not_found("event"))?;

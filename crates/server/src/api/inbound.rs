@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use billhook_core::event::Reception;
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiQuery, Page, page_limit, parse_cursor};
 use crate::App;
+use crate::api::ApiPath;
 use crate::error::ApiError;
 #[allow(unused_imports, reason = "named in the OpenAPI attributes")]
 use crate::error::ErrorBody as Error;
@@ -206,7 +207,7 @@ pub(crate) async fn list(
     ))]
 pub(crate) async fn show(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<InboundView>, ApiError> {
     let id: InboundId = id
         .parse()
@@ -241,7 +242,7 @@ pub(crate) struct ReprocessView {
     ))]
 pub(crate) async fn reprocess_one(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ReprocessView>, ApiError> {
     let id: InboundId = id
         .parse()

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use billhook_core::entity::{EntityData, SubjectKind};
 use billhook_core::ids::{EventId, InboundId};
@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiQuery, MAX_LIMIT, page_limit};
 use crate::App;
+use crate::api::ApiPath;
 #[allow(unused_imports, reason = "named in the OpenAPI attributes")]
 use crate::error::ErrorBody as Error;
 use crate::error::{ApiError, ErrorCode};
@@ -592,7 +593,7 @@ macro_rules! ledger_handlers {
                 ))]
             pub(crate) async fn $show(
                 State(app): State<Arc<App>>,
-                Path(id): Path<String>,
+                ApiPath(id): ApiPath<String>,
             ) -> Result<Response, ApiError> {
                 show(app, listing(SubjectKind::$kind), id).await
             }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use billhook_core::access::{Scope, digest, generate_token, token_hint};
 use billhook_core::ids::TokenId;
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiJson;
 use crate::App;
+use crate::api::ApiPath;
 use crate::error::ApiError;
 #[allow(unused_imports, reason = "named in the OpenAPI attributes")]
 use crate::error::ErrorBody as Error;
@@ -151,7 +152,7 @@ pub(crate) async fn list(State(app): State<Arc<App>>) -> Result<Json<impl Serial
     ))]
 pub(crate) async fn revoke(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id: TokenId = id.parse().map_err(|_| ApiError::not_found("token"))?;
     if app.store.revoke_token(id, Timestamp::now()).await? {

@@ -26,7 +26,7 @@ use super::layout::{
 use super::{ConsoleError, CsrfForm, Viewer, charts, page, url_encode};
 use crate::App;
 use crate::api::{
-    ApiJson, endpoints as endpoints_api, events as events_api, inbound as inbound_api,
+    ApiJson, ApiPath, endpoints as endpoints_api, events as events_api, inbound as inbound_api,
 };
 use crate::error::ApiError;
 
@@ -439,7 +439,7 @@ pub(crate) async fn redeliver(
     viewer.check_form(&form.csrf)?;
     let (_, axum::Json(result)) = events_api::redeliver(
         State(Arc::clone(&app)),
-        Path(id.clone()),
+        ApiPath(id.clone()),
         bytes::Bytes::new(),
     )
     .await?;
@@ -624,8 +624,12 @@ pub(crate) struct RecoverForm {
 
 async fn patch_endpoint(app: &Arc<App>, id: &str, body: Value) -> Result<(), ConsoleError> {
     let body = serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let _updated =
-        endpoints_api::update(State(Arc::clone(app)), Path(id.to_owned()), ApiJson(body)).await?;
+    let _updated = endpoints_api::update(
+        State(Arc::clone(app)),
+        ApiPath(id.to_owned()),
+        ApiJson(body),
+    )
+    .await?;
     Ok(())
 }
 
@@ -670,7 +674,7 @@ pub(crate) async fn rotate_secret(
     viewer.check_form(&form.csrf)?;
     let _rotated = endpoints_api::rotate_secret(
         State(Arc::clone(&app)),
-        Path(id.clone()),
+        ApiPath(id.clone()),
         bytes::Bytes::new(),
     )
     .await?;
@@ -689,7 +693,7 @@ pub(crate) async fn recover(
     let body = serde_json::from_value(json!({ "since": since.to_rfc3339() }))
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let axum::Json(recovered) =
-        endpoints_api::recover(State(Arc::clone(&app)), Path(id.clone()), ApiJson(body)).await?;
+        endpoints_api::recover(State(Arc::clone(&app)), ApiPath(id.clone()), ApiJson(body)).await?;
     let count = serde_json::to_value(&recovered)
         .ok()
         .and_then(|v| v["recovered"].as_u64());
@@ -846,7 +850,7 @@ pub(crate) async fn reprocess(
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
     viewer.check_form(&form.csrf)?;
-    let _outcome = inbound_api::reprocess_one(State(Arc::clone(&app)), Path(id.clone())).await?;
+    let _outcome = inbound_api::reprocess_one(State(Arc::clone(&app)), ApiPath(id.clone())).await?;
     Ok(Redirect::to(&format!("/inbound/{id}")).into_response())
 }
 
