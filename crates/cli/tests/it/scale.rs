@@ -222,6 +222,17 @@ async fn readiness_follows_the_database_and_nothing_acknowledged_is_lost() {
     proxy.down().await;
 }
 
+/// A connection of the test's own to the PostgreSQL schema `app` uses, to set up or observe
+/// what the API does not show.
+async fn database_session(app: &TestApp) -> tokio_postgres::Client {
+    let url = std::fs::read_to_string(app.dir.path().join("database-url")).unwrap();
+    let (database, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    database
+}
+
 /// An instance taking an endpoint back judges it by its failures since, as the database has
 /// them: here another instance delivered to it meanwhile, so the failure this instance saw
 /// before handing it over must not count towards disabling it.
@@ -246,11 +257,7 @@ async fn an_endpoint_taken_back_is_judged_by_the_databases_failing_time() {
     .await;
 
     // Another instance takes the endpoint over and delivers to it successfully.
-    let url = std::fs::read_to_string(app.dir.path().join("database-url")).unwrap();
-    let (database, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let database = database_session(&app).await;
     let far = Timestamp::now()
         .add(Duration::from_secs(3600))
         .unix_millis();
@@ -319,11 +326,7 @@ async fn leases_are_renewed_while_shutdown_waits_for_attempts() {
     .await;
     app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
         .await;
-    let url = std::fs::read_to_string(app.dir.path().join("database-url")).unwrap();
-    let (database, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let database = database_session(&app).await;
     ingest_across(&[&app], 1, 1, "slow").await;
     app.eventually(Duration::from_secs(5), "the attempt to start", || async {
         receiver.count() == 1
