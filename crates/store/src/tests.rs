@@ -667,10 +667,7 @@ fn endpoints_are_created_patched_rotated_and_deleted() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            let created = store
-                .create_endpoint(new_endpoint("canonical", None))
-                .await
-                .unwrap();
+            let created = canonical_endpoint(store).await;
             assert_eq!(created.secrets.len(), 1);
             assert_eq!(
                 created.headers,
@@ -779,10 +776,7 @@ fn deliveries_are_claimed_under_lease_with_their_payloads() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            let canonical = store
-                .create_endpoint(new_endpoint("canonical", None))
-                .await
-                .unwrap();
+            let canonical = canonical_endpoint(store).await;
             let raw = store
                 .create_endpoint(new_endpoint("raw", None))
                 .await
@@ -847,10 +841,7 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            let endpoint = store
-                .create_endpoint(new_endpoint("canonical", None))
-                .await
-                .unwrap();
+            let endpoint = canonical_endpoint(store).await;
             let request = inbound("rzp", "complete-1", InboundStatus::Processed);
             let events: Vec<NewEvent> = (0..3)
                 .map(|n| event("rzp", "invoice.paid", &format!("inv_{n}")))
@@ -1030,13 +1021,24 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
 /// What [`ingest_owed`] stored: a message, its one event, and the delivery owed of it.
 struct Owed {
     delivery: DeliveryId,
-    inbound: InboundId,
+    inbound: NewInbound,
     event: NewEvent,
 }
 
 /// Ingests one processed message with one event owed to `endpoint`.
 async fn ingest_owed(store: &Store, endpoint: &EndpointRecord, key: &str) -> Owed {
-    let request = inbound("rzp", key, InboundStatus::Processed);
+    ingest_owed_at(store, endpoint, key, Timestamp::now()).await
+}
+
+/// Like [`ingest_owed`], for a message whose id says it was received at `at`.
+async fn ingest_owed_at(
+    store: &Store,
+    endpoint: &EndpointRecord,
+    key: &str,
+    at: Timestamp,
+) -> Owed {
+    let mut request = inbound("rzp", key, InboundStatus::Processed);
+    request.id = InboundId::new_at(at);
     let e = event("rzp", "invoice.paid", key);
     let mut ingest = write(request.clone(), vec![e.clone()]);
     ingest.deliveries = vec![delivery_for(endpoint, Some(&e), request.id)];
@@ -1044,9 +1046,31 @@ async fn ingest_owed(store: &Store, endpoint: &EndpointRecord, key: &str) -> Owe
     store.ingest(ingest).await.unwrap();
     Owed {
         delivery,
-        inbound: request.id,
+        inbound: request,
         event: e,
     }
+}
+
+/// Delivers what [`ingest_owed`] left owed: claimed and completed by the worker `w`.
+async fn deliver(store: &Store, owed: &Owed, endpoint: EndpointId) {
+    let now = Timestamp::now();
+    let claimed = store
+        .claim_due(endpoint, "w", now, now.add(Duration::from_secs(30)), 10)
+        .await
+        .unwrap();
+    assert!(claimed.iter().any(|c| c.id == owed.delivery));
+    store
+        .complete(vec![delivered_ok(owed.delivery, endpoint, now)], "w", now)
+        .await
+        .unwrap();
+}
+
+/// An endpoint receiving canonical events of every type.
+async fn canonical_endpoint(store: &Store) -> EndpointRecord {
+    store
+        .create_endpoint(new_endpoint("canonical", None))
+        .await
+        .unwrap()
 }
 
 /// Runs `sql` with `id` as its one parameter on the store's database, from a connection of its
@@ -1089,10 +1113,7 @@ fn recovery_leaves_a_retry_under_lease_alone() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            let endpoint = store
-                .create_endpoint(new_endpoint("canonical", None))
-                .await
-                .unwrap();
+            let endpoint = canonical_endpoint(store).await;
             let ids = [
                 ingest_owed(store, &endpoint, "retry-1").await.delivery,
                 ingest_owed(store, &endpoint, "retry-2").await.delivery,
@@ -1159,10 +1180,7 @@ fn a_delivery_cancelled_in_flight_stays_cancelled() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            let endpoint = store
-                .create_endpoint(new_endpoint("canonical", None))
-                .await
-                .unwrap();
+            let endpoint = canonical_endpoint(store).await;
             let id = ingest_owed(store, &endpoint, "cancelled-1").await.delivery;
             let now = Timestamp::now();
             let lease = now.add(Duration::from_secs(30));
@@ -1202,10 +1220,7 @@ fn a_completion_after_the_lease_was_taken_over_leaves_the_new_claim_alone() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            let endpoint = store
-                .create_endpoint(new_endpoint("canonical", None))
-                .await
-                .unwrap();
+            let endpoint = canonical_endpoint(store).await;
             let id = ingest_owed(store, &endpoint, "lapsed").await.delivery;
             let now = Timestamp::now();
             let first_lease = now.add(Duration::from_secs(30));
@@ -1280,15 +1295,12 @@ fn a_delivery_whose_message_is_gone_is_still_claimed() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            let endpoint = store
-                .create_endpoint(new_endpoint("canonical", None))
-                .await
-                .unwrap();
+            let endpoint = canonical_endpoint(store).await;
             let owed = ingest_owed(store, &endpoint, "orphan-1").await;
             execute_directly(
                 &test.config,
                 "DELETE FROM inbound WHERE id = $1",
-                &owed.inbound.to_string(),
+                &owed.inbound.id.to_string(),
             )
             .await;
 
@@ -1309,10 +1321,7 @@ fn leases_can_be_renewed_and_released() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            let endpoint = store
-                .create_endpoint(new_endpoint("canonical", None))
-                .await
-                .unwrap();
+            let endpoint = canonical_endpoint(store).await;
             let request = inbound("rzp", "lease-1", InboundStatus::Processed);
             let e = event("rzp", "invoice.paid", "inv_1");
             let mut ingest = write(request.clone(), vec![e.clone()]);

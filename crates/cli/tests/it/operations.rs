@@ -320,52 +320,71 @@ async fn sources_show_traffic_and_verification_failures(backend: Backend) {
     app.stop().await;
 }
 
-/// Stores messages received `days_ago`, before the server starts: the only way to have data
-/// older than the retention window in a test.
-async fn seed_old_messages(backend: Backend, dir: &tempfile::TempDir, count: usize, days_ago: u64) {
+/// A processed request from `source` received at `at`, as a test stores it before the server
+/// starts.
+fn seeded_request(source: &str, key: &str, at: Timestamp) -> NewInbound {
+    NewInbound {
+        id: InboundId::new_at(at),
+        source: source.to_owned(),
+        provider: "razorpay".to_owned(),
+        received_at: at,
+        status: InboundStatus::Processed,
+        provider_event: Some("payment.captured".to_owned()),
+        provider_event_id: Some(key.to_owned()),
+        dedup_key: key.to_owned(),
+        verification: "seeded".to_owned(),
+        remote_addr: None,
+        headers: Vec::new(),
+        body: Bytes::from_static(b"{\"seeded\":true}"),
+        error: None,
+    }
+}
+
+/// Stores requests and their events through the store itself, before the server starts.
+async fn seed(backend: Backend, dir: &tempfile::TempDir, writes: Vec<(NewInbound, Vec<NewEvent>)>) {
     let store = Store::open(&database_in(backend, dir.path()).await)
         .await
         .unwrap();
-    let at = Timestamp::now().sub(Duration::from_secs(days_ago * 86_400));
-    for n in 0..count {
-        let id = InboundId::new_at(at);
-        let event = EventId::new_at(at);
+    for (inbound, events) in writes {
+        let dedup_expires_at = inbound.received_at.add(Duration::from_secs(8 * 86_400));
         store
             .ingest(IngestWrite {
-                inbound: NewInbound {
-                    id,
-                    source: "razorpay".to_owned(),
-                    provider: "razorpay".to_owned(),
-                    received_at: at,
-                    status: InboundStatus::Processed,
-                    provider_event: Some("payment.captured".to_owned()),
-                    provider_event_id: Some(format!("old-{n}")),
-                    dedup_key: format!("old-{n}"),
-                    verification: "seeded".to_owned(),
-                    remote_addr: None,
-                    headers: Vec::new(),
-                    body: Bytes::from_static(b"{\"seeded\":true}"),
-                    error: None,
-                },
-                events: vec![NewEvent {
-                    id: event,
-                    event_type: "payment.succeeded",
-                    source: "razorpay".to_owned(),
-                    subject_kind: "payment",
-                    subject_id: format!("pay_old{n}"),
-                    occurred_at: at,
-                    received_at: at,
-                    payload: Bytes::from_static(b"{}"),
-                }],
+                inbound,
+                events,
                 deliveries: Vec::new(),
                 facts: Vec::new(),
                 concluder: None,
-                dedup_expires_at: at.add(Duration::from_secs(8 * 86_400)),
+                dedup_expires_at,
             })
             .await
             .unwrap();
     }
     store.close().await;
+}
+
+/// Stores messages received `days_ago`, before the server starts: the only way to have data
+/// older than the retention window in a test.
+async fn seed_old_messages(backend: Backend, dir: &tempfile::TempDir, count: usize, days_ago: u64) {
+    let at = Timestamp::now().sub(Duration::from_secs(days_ago * 86_400));
+    let writes = (0..count)
+        .map(|n| {
+            let event = NewEvent {
+                id: EventId::new_at(at),
+                event_type: "payment.succeeded",
+                source: "razorpay".to_owned(),
+                subject_kind: "payment",
+                subject_id: format!("pay_old{n}"),
+                occurred_at: at,
+                received_at: at,
+                payload: Bytes::from_static(b"{}"),
+            };
+            (
+                seeded_request("razorpay", &format!("old-{n}"), at),
+                vec![event],
+            )
+        })
+        .collect();
+    seed(backend, dir, writes).await;
 }
 
 async fn retention_previews_and_prunes_old_messages_on_request(backend: Backend) {
@@ -542,42 +561,22 @@ fn completions_are_generated_for_each_shell() {
 /// which would stop every later call at the same request.
 async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backend: Backend) {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let store = Store::open(&database_in(backend, dir.path()).await)
-        .await
-        .unwrap();
     let at = Timestamp::now().sub(Duration::from_secs(3600));
-    let retired = InboundId::new_at(at);
-    store
-        .ingest(IngestWrite {
-            inbound: NewInbound {
-                id: retired,
-                source: "retired".to_owned(),
-                provider: "razorpay".to_owned(),
-                received_at: at,
-                status: InboundStatus::Quarantined,
-                provider_event: None,
-                provider_event_id: None,
-                dedup_key: "sha256:retired".to_owned(),
-                verification: "seeded".to_owned(),
-                remote_addr: None,
-                headers: Vec::new(),
-                body: Bytes::from_static(b"not json"),
-                error: Some(RecordedError {
-                    code: "invalid_json".to_owned(),
-                    message: "expected value".to_owned(),
-                }),
-            },
-            events: Vec::new(),
-            deliveries: Vec::new(),
-            facts: Vec::new(),
-            concluder: None,
-            dedup_expires_at: at.add(Duration::from_secs(8 * 86_400)),
-        })
-        .await
-        .unwrap();
-    store.close().await;
+    let retired = NewInbound {
+        status: InboundStatus::Quarantined,
+        provider_event: None,
+        provider_event_id: None,
+        body: Bytes::from_static(b"not json"),
+        error: Some(RecordedError {
+            code: "invalid_json".to_owned(),
+            message: "expected value".to_owned(),
+        }),
+        ..seeded_request("retired", "sha256:retired", at)
+    };
+    let retired_id = retired.id;
+    seed(backend, &dir, vec![(retired, Vec::new())]).await;
     let app = spawn_app_in(backend, dir, "").await;
-    let mut quarantined = vec![retired.to_string()];
+    let mut quarantined = vec![retired_id.to_string()];
     for n in 0..3 {
         let body = format!("not json {n}");
         let response = app.post_signed("razorpay", body.as_bytes(), &[]).await;
@@ -605,7 +604,7 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["attempted"], json!(4), "{summary}");
     assert_eq!(summary["still_quarantined"], json!(3), "{summary}");
-    let (_, record) = app.admin_get(&format!("/v1/inbound/{retired}")).await;
+    let (_, record) = app.admin_get(&format!("/v1/inbound/{retired_id}")).await;
     assert_eq!(
         record["status"],
         json!("quarantined"),
@@ -622,7 +621,7 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
         .filter(|r| r["outcome"] == json!("skipped"))
         .collect();
     assert_eq!(skipped.len(), 1, "{printed}");
-    assert_eq!(skipped[0]["id"], json!(retired.to_string()));
+    assert_eq!(skipped[0]["id"], json!(retired_id.to_string()));
     assert_eq!(skipped[0]["error"]["code"], json!("invalid_request"));
     app.stop().await;
 }

@@ -7,8 +7,8 @@ use billhook_core::ids::{InboundId, TokenId};
 use billhook_core::time::Timestamp;
 
 use super::{
-    backends, delivered_ok, delivery_for, event, inbound, new_endpoint, postgres_config,
-    postgres_session, runtime, write,
+    backends, canonical_endpoint, deliver, delivery_for, event, inbound, ingest_owed_at,
+    new_endpoint, postgres_config, postgres_session, runtime, write,
 };
 use crate::*;
 
@@ -170,32 +170,12 @@ fn retention_removes_finished_old_messages_and_keeps_what_is_owed_or_quarantined
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            let endpoint = store
-                .create_endpoint(new_endpoint("canonical", None))
-                .await
-                .unwrap();
+            let endpoint = canonical_endpoint(store).await;
             let old = Timestamp::now().sub(Duration::from_secs(40 * 86_400));
             // A finished old message: delivered, with an attempt.
-            let mut finished = inbound("rzp", "old-finished", InboundStatus::Processed);
-            finished.id = InboundId::new_at(old);
-            let finished_event = event("rzp", "invoice.paid", "inv_old");
-            let mut ingest = write(finished.clone(), vec![finished_event.clone()]);
-            ingest.deliveries = vec![delivery_for(&endpoint, Some(&finished_event), finished.id)];
-            let finished_delivery = ingest.deliveries[0].id;
-            store.ingest(ingest).await.unwrap();
-            let now = Timestamp::now();
-            store
-                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-                .await
-                .unwrap();
-            store
-                .complete(
-                    vec![delivered_ok(finished_delivery, endpoint.id, now)],
-                    "w",
-                    now,
-                )
-                .await
-                .unwrap();
+            let finished = ingest_owed_at(store, &endpoint, "old-finished", old).await;
+            deliver(store, &finished, endpoint.id).await;
+            let (finished_event, finished) = (finished.event, finished.inbound);
             // An old message still owed to an endpoint (held while it is disabled).
             let mut owed = inbound("rzp", "old-owed", InboundStatus::Processed);
             owed.id = InboundId::new_at(old);
@@ -276,22 +256,9 @@ fn a_redelivery_racing_retention_leaves_no_delivery_behind() {
             .await
             .unwrap();
         let old = Timestamp::now().sub(Duration::from_secs(40 * 86_400));
-        let mut message = inbound("rzp", "old-delivered", InboundStatus::Processed);
-        message.id = InboundId::new_at(old);
-        let old_event = event("rzp", "invoice.paid", "inv_old");
-        let mut ingest = write(message.clone(), vec![old_event.clone()]);
-        ingest.deliveries = vec![delivery_for(&first, Some(&old_event), message.id)];
-        let delivered = ingest.deliveries[0].id;
-        store.ingest(ingest).await.unwrap();
-        let now = Timestamp::now();
-        store
-            .claim_due(first.id, "w", now, now.add(Duration::from_secs(30)), 10)
-            .await
-            .unwrap();
-        store
-            .complete(vec![delivered_ok(delivered, first.id, now)], "w", now)
-            .await
-            .unwrap();
+        let delivered = ingest_owed_at(&store, &first, "old-delivered", old).await;
+        deliver(&store, &delivered, first.id).await;
+        let (old_event, message) = (delivered.event, delivered.inbound);
 
         // Another instance's retention has taken the message and removed its rows, and has not
         // committed yet.
@@ -385,10 +352,7 @@ fn the_overview_and_source_figures_count_what_needs_attention() {
         for test in backends().await {
             let store = &test.store;
             assert_eq!(store.overview().await.unwrap(), Overview::default());
-            let endpoint = store
-                .create_endpoint(new_endpoint("canonical", None))
-                .await
-                .unwrap();
+            let endpoint = canonical_endpoint(store).await;
             let request = inbound("rzp", "overview-1", InboundStatus::Processed);
             let paid = event("rzp", "invoice.paid", "inv_1");
             let mut ingest = write(request.clone(), vec![paid.clone()]);
