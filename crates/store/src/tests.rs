@@ -573,6 +573,78 @@ fn concurrent_writes_share_commits_and_one_failure_spares_the_rest() {
     });
 }
 
+/// Copies of one message arriving together (a provider's retry racing the original) may land
+/// in one group of writes: each key is stored once, and every copy answers with what was.
+#[test]
+fn copies_of_a_message_arriving_together_are_stored_once() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = test.store.clone();
+            let mut tasks = Vec::new();
+            for copy in 0..5 {
+                for key in 0..20 {
+                    let store = store.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let outcome = store
+                            .ingest(write(
+                                inbound("s", &format!("k{key}"), InboundStatus::Processed),
+                                vec![event("s", "invoice.paid", &format!("inv{key}"))],
+                            ))
+                            .await
+                            .unwrap();
+                        (key, copy, outcome)
+                    }));
+                }
+            }
+            let mut stored = std::collections::HashMap::new();
+            let mut duplicates = Vec::new();
+            for task in tasks {
+                match task.await.unwrap() {
+                    (
+                        key,
+                        _,
+                        IngestOutcome::Stored {
+                            inbound_id,
+                            event_ids,
+                            ..
+                        },
+                    ) => {
+                        assert!(
+                            stored.insert(key, (inbound_id, event_ids)).is_none(),
+                            "key {key} stored twice"
+                        );
+                    }
+                    (
+                        key,
+                        _,
+                        IngestOutcome::Duplicate {
+                            inbound_id,
+                            event_ids,
+                        },
+                    ) => duplicates.push((key, inbound_id, event_ids)),
+                }
+            }
+            assert_eq!(stored.len(), 20);
+            assert_eq!(duplicates.len(), 80);
+            for (key, inbound_id, event_ids) in duplicates {
+                assert_eq!(
+                    (inbound_id, event_ids),
+                    stored[&key],
+                    "a copy of key {key} names the stored original"
+                );
+            }
+            let listed = store
+                .inbound_list(InboundQuery {
+                    limit: 500,
+                    ..InboundQuery::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(listed.items.len(), 20, "copies leave no request behind");
+        }
+    });
+}
+
 #[test]
 fn data_survives_reopening_and_writes_after_close_fail() {
     runtime().block_on(async {

@@ -2,14 +2,16 @@
 
 use billhook_core::ids::{EventId, InboundId};
 use billhook_core::time::Timestamp;
-use std::sync::LazyLock;
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock};
 
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::Transaction;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
-use super::ledger::apply_facts;
-use super::{PgStore, column, execute_cached, pg_error};
+use super::ledger::{PgLedger, apply_facts};
+use super::{PgStore, execute_cached, pg_error};
 use crate::StoreError;
 use crate::model::*;
 
@@ -73,10 +75,11 @@ async fn dedup_holder(
     parse_id(row.get::<_, &str>(0))
 }
 
-/// The insert of events passed as eight arrays from parameter `$first` on, all of request
-/// `$inbound`: one statement however many events a request has.
-fn insert_events_sql(inbound: usize, first: usize) -> String {
+/// The insert of events passed as nine arrays from parameter `$first` on (the request each
+/// belongs to, then the event's columns): one statement however many events and requests.
+fn insert_events_sql(first: usize) -> String {
     let [
+        inbound,
         id,
         kind,
         source,
@@ -85,23 +88,26 @@ fn insert_events_sql(inbound: usize, first: usize) -> String {
         occurred,
         received,
         payload,
-    ] = std::array::from_fn::<usize, 8, _>(|i| first + i);
+    ] = std::array::from_fn::<usize, 9, _>(|i| first + i);
     format!(
         "INSERT INTO events (id, type, source, subject_kind, subject_id, inbound_id, occurred_at,
             received_at, payload)
-         SELECT id, type, source, subject_kind, subject_id, ${inbound}, occurred_at, received_at,
+         SELECT id, type, source, subject_kind, subject_id, inbound_id, occurred_at, received_at,
             payload
-         FROM unnest(${id}::text[], ${kind}::text[], ${source}::text[], ${subject_kind}::text[],
-            ${subject_id}::text[], ${occurred}::bigint[], ${received}::bigint[],
-            ${payload}::bytea[])
-           AS e(id, type, source, subject_kind, subject_id, occurred_at, received_at, payload)"
+         FROM unnest(${inbound}::text[], ${id}::text[], ${kind}::text[], ${source}::text[],
+            ${subject_kind}::text[], ${subject_id}::text[], ${occurred}::bigint[],
+            ${received}::bigint[], ${payload}::bytea[])
+           AS e(inbound_id, id, type, source, subject_kind, subject_id, occurred_at, received_at,
+            payload)"
     )
 }
 
-/// The insert of deliveries passed as nine arrays from parameter `$first` on, all of request
-/// `$inbound`, created at `$now`.
-fn insert_deliveries_sql(inbound: usize, now: usize, first: usize) -> String {
+/// The insert of deliveries passed as eleven arrays from parameter `$first` on (the request
+/// each belongs to, when it was created, then the delivery's columns).
+fn insert_deliveries_sql(first: usize) -> String {
     let [
+        inbound,
+        created,
         id,
         endpoint,
         message,
@@ -111,22 +117,24 @@ fn insert_deliveries_sql(inbound: usize, now: usize, first: usize) -> String {
         next,
         owner,
         until,
-    ] = std::array::from_fn::<usize, 9, _>(|i| first + i);
+    ] = std::array::from_fn::<usize, 11, _>(|i| first + i);
     format!(
         "INSERT INTO deliveries (id, endpoint_id, message_id, event_id, inbound_id, event_type,
             status, next_attempt_at, lease_owner, lease_until, created_at, updated_at)
-         SELECT id, endpoint_id, message_id, event_id, ${inbound}, event_type, status,
-            next_attempt_at, lease_owner, lease_until, ${now}, ${now}
-         FROM unnest(${id}::text[], ${endpoint}::text[], ${message}::text[], ${event}::text[],
-            ${kind}::text[], ${status}::text[], ${next}::bigint[], ${owner}::text[],
-            ${until}::bigint[])
-           AS d(id, endpoint_id, message_id, event_id, event_type, status, next_attempt_at,
-            lease_owner, lease_until)"
+         SELECT id, endpoint_id, message_id, event_id, inbound_id, event_type, status,
+            next_attempt_at, lease_owner, lease_until, created_at, created_at
+         FROM unnest(${inbound}::text[], ${created}::bigint[], ${id}::text[],
+            ${endpoint}::text[], ${message}::text[], ${event}::text[], ${kind}::text[],
+            ${status}::text[], ${next}::bigint[], ${owner}::text[], ${until}::bigint[])
+           AS d(inbound_id, created_at, id, endpoint_id, message_id, event_id, event_type, status,
+            next_attempt_at, lease_owner, lease_until)"
     )
 }
 
-/// Events as the arrays `insert_events_sql` reads.
+/// Events of any number of requests as the arrays `insert_events_sql` reads.
+#[derive(Default)]
 struct EventArrays<'a> {
+    inbound_ids: Vec<String>,
     ids: Vec<String>,
     types: Vec<&'static str>,
     sources: Vec<&'a str>,
@@ -138,21 +146,23 @@ struct EventArrays<'a> {
 }
 
 impl<'a> EventArrays<'a> {
-    fn of(events: &'a [NewEvent]) -> Self {
-        Self {
-            ids: column(events, |e| e.id.to_string()),
-            types: column(events, |e| e.event_type),
-            sources: column(events, |e| e.source.as_str()),
-            subject_kinds: column(events, |e| e.subject_kind),
-            subject_ids: column(events, |e| e.subject_id.as_str()),
-            occurred_at: column(events, |e| e.occurred_at.unix_millis()),
-            received_at: column(events, |e| e.received_at.unix_millis()),
-            payloads: column(events, |e| &e.payload[..]),
+    fn push(&mut self, inbound_id: InboundId, events: &'a [NewEvent]) {
+        for e in events {
+            self.inbound_ids.push(inbound_id.to_string());
+            self.ids.push(e.id.to_string());
+            self.types.push(e.event_type);
+            self.sources.push(&e.source);
+            self.subject_kinds.push(e.subject_kind);
+            self.subject_ids.push(&e.subject_id);
+            self.occurred_at.push(e.occurred_at.unix_millis());
+            self.received_at.push(e.received_at.unix_millis());
+            self.payloads.push(&e.payload);
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
         [
+            &self.inbound_ids,
             &self.ids,
             &self.types,
             &self.sources,
@@ -165,8 +175,11 @@ impl<'a> EventArrays<'a> {
     }
 }
 
-/// Deliveries as the arrays `insert_deliveries_sql` reads.
+/// Deliveries of any number of requests as the arrays `insert_deliveries_sql` reads.
+#[derive(Default)]
 struct DeliveryArrays<'a> {
+    inbound_ids: Vec<String>,
+    created_at: Vec<i64>,
     ids: Vec<String>,
     endpoint_ids: Vec<String>,
     message_ids: Vec<&'a str>,
@@ -179,24 +192,33 @@ struct DeliveryArrays<'a> {
 }
 
 impl<'a> DeliveryArrays<'a> {
-    fn of(deliveries: &'a [NewDelivery]) -> Self {
-        Self {
-            ids: column(deliveries, |d| d.id.to_string()),
-            endpoint_ids: column(deliveries, |d| d.endpoint_id.to_string()),
-            message_ids: column(deliveries, |d| d.message_id.as_str()),
-            event_ids: column(deliveries, |d| d.event_id.map(|e| e.to_string())),
-            event_types: column(deliveries, |d| d.event_type),
-            statuses: column(deliveries, |d| d.status.as_str()),
-            next_attempt_at: column(deliveries, |d| d.next_attempt_at.unix_millis()),
-            lease_owners: column(deliveries, |d| d.lease.as_ref().map(|l| l.owner.as_str())),
-            lease_until: column(deliveries, |d| {
-                d.lease.as_ref().map(|l| l.until.unix_millis())
-            }),
+    fn push(
+        &mut self,
+        inbound_id: InboundId,
+        created_at: Timestamp,
+        deliveries: &'a [NewDelivery],
+    ) {
+        for d in deliveries {
+            self.inbound_ids.push(inbound_id.to_string());
+            self.created_at.push(created_at.unix_millis());
+            self.ids.push(d.id.to_string());
+            self.endpoint_ids.push(d.endpoint_id.to_string());
+            self.message_ids.push(&d.message_id);
+            self.event_ids.push(d.event_id.map(|e| e.to_string()));
+            self.event_types.push(d.event_type);
+            self.statuses.push(d.status.as_str());
+            self.next_attempt_at.push(d.next_attempt_at.unix_millis());
+            self.lease_owners
+                .push(d.lease.as_ref().map(|l| l.owner.as_str()));
+            self.lease_until
+                .push(d.lease.as_ref().map(|l| l.until.unix_millis()));
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
         [
+            &self.inbound_ids,
+            &self.created_at,
             &self.ids,
             &self.endpoint_ids,
             &self.message_ids,
@@ -210,6 +232,59 @@ impl<'a> DeliveryArrays<'a> {
     }
 }
 
+/// Requests as the arrays the ingest statement reads, with their dedup claims.
+#[derive(Default)]
+struct RequestArrays<'a> {
+    ids: Vec<String>,
+    sources: Vec<&'a str>,
+    dedup_keys: Vec<&'a str>,
+    dedup_expires_at: Vec<i64>,
+    providers: Vec<&'a str>,
+    received_at: Vec<i64>,
+    statuses: Vec<&'static str>,
+    provider_events: Vec<Option<&'a str>>,
+    provider_event_ids: Vec<Option<&'a str>>,
+    verifications: Vec<&'a str>,
+    remote_addrs: Vec<Option<&'a str>>,
+    headers: Vec<String>,
+    bodies: Vec<&'a [u8]>,
+    error_codes: Vec<Option<&'a str>>,
+    error_messages: Vec<Option<&'a str>>,
+    processed_at: Vec<Option<i64>>,
+}
+
+impl<'a> RequestArrays<'a> {
+    fn push(&mut self, write: &'a IngestWrite) -> Result<(), StoreError> {
+        let inbound = &write.inbound;
+        let received_at = inbound.received_at.unix_millis();
+        self.ids.push(inbound.id.to_string());
+        self.sources.push(&inbound.source);
+        self.dedup_keys.push(&inbound.dedup_key);
+        self.dedup_expires_at
+            .push(write.dedup_expires_at.unix_millis());
+        self.providers.push(&inbound.provider);
+        self.received_at.push(received_at);
+        self.statuses.push(inbound.status.as_str());
+        self.provider_events.push(inbound.provider_event.as_deref());
+        self.provider_event_ids
+            .push(inbound.provider_event_id.as_deref());
+        self.verifications.push(&inbound.verification);
+        self.remote_addrs.push(inbound.remote_addr.as_deref());
+        self.headers.push(
+            serde_json::to_string(&inbound.headers)
+                .map_err(|e| StoreError::Database(e.to_string()))?,
+        );
+        self.bodies.push(&inbound.body);
+        self.error_codes
+            .push(inbound.error.as_ref().map(|e| e.code.as_str()));
+        self.error_messages
+            .push(inbound.error.as_ref().map(|e| e.message.as_str()));
+        self.processed_at
+            .push((inbound.status == InboundStatus::Processed).then_some(received_at));
+        Ok(())
+    }
+}
+
 /// Whether other instances should hear of these deliveries: some are left for whichever
 /// instance claims them first.
 fn announced(deliveries: &[NewDelivery]) -> bool {
@@ -218,45 +293,58 @@ fn announced(deliveries: &[NewDelivery]) -> bool {
         .any(|d| d.lease.is_none() && d.status == DeliveryStatus::Pending)
 }
 
-/// An ingest's writes in one statement: the dedup claim, and only if it succeeded the request,
-/// its events and its deliveries, and the notification of other instances. On PostgreSQL a
-/// statement costs mostly its round trip and executor start-up, and an ingest used to be one
-/// statement per row. Returns whether the claim succeeded (the request is not a duplicate).
-/// Parts with no rows are left out (a store opened at an older schema version in tests has no
-/// deliveries table), which makes four statements, indexed by `[has events, has deliveries]`.
+/// The writes of a group of ingests in one statement: each request's dedup claim, and for
+/// the requests whose claim succeeded, the request itself, its events and its deliveries, and
+/// the notification of other instances. On PostgreSQL a statement costs mostly its round trip
+/// and executor start-up, however many rows it writes. Returns the ids of the requests whose
+/// claim succeeded (the others are duplicates). Parts with no rows are left out (a store opened
+/// at an older schema version in tests has no deliveries table), which makes four statements,
+/// indexed by `[has events, has deliveries]`.
 fn ingest_statement(with_events: bool, with_deliveries: bool) -> String {
-    // Only the claim's holder writes: the rows come from a `SELECT … WHERE EXISTS`.
-    let guarded = |name: &str, insert: Option<String>| {
+    // Only the claims' holders write: each insert keeps the rows of claimed requests.
+    let guarded = |name: &str, insert: Option<String>, alias: &str| {
         insert.map_or_else(String::new, |insert| {
-            format!(", {name} AS ({insert} WHERE EXISTS (SELECT 1 FROM claimed))")
+            format!(
+                ", {name} AS ({insert}
+                   WHERE {alias}.inbound_id IN (SELECT inbound_id FROM claimed))"
+            )
         })
     };
-    let first_delivery = if with_events { 26 } else { 18 };
+    let first_delivery = if with_events { 29 } else { 20 };
     let events = guarded(
         "request_events",
-        with_events.then(|| insert_events_sql(1, 18)),
+        with_events.then(|| insert_events_sql(20)),
+        "e",
     );
     let deliveries = guarded(
         "request_deliveries",
-        with_deliveries.then(|| insert_deliveries_sql(1, 4, first_delivery)),
+        with_deliveries.then(|| insert_deliveries_sql(first_delivery)),
+        "d",
     );
     format!(
         "WITH claimed AS (
-            INSERT INTO dedup (source, key, inbound_id, expires_at) VALUES ($2, $8, $1, $16)
+            INSERT INTO dedup (source, key, inbound_id, expires_at)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
             ON CONFLICT (source, key) DO UPDATE
               SET inbound_id = excluded.inbound_id, expires_at = excluded.expires_at
-              WHERE dedup.expires_at <= $4
-            RETURNING 1
+              WHERE dedup.expires_at <= $5
+            RETURNING inbound_id
           ), request AS (
             INSERT INTO inbound (id, source, provider, received_at, status, provider_event,
                 provider_event_id, dedup_key, verification, remote_addr, headers, body,
                 error_code, error_message, processed_at)
-            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
-            WHERE EXISTS (SELECT 1 FROM claimed)
+            SELECT * FROM unnest($3::text[], $1::text[], $6::text[], $7::bigint[], $8::text[],
+                $9::text[], $10::text[], $2::text[], $11::text[], $12::text[], $13::text[],
+                $14::bytea[], $15::text[], $16::text[], $17::bigint[])
+              AS r(id, source, provider, received_at, status, provider_event, provider_event_id,
+                dedup_key, verification, remote_addr, headers, body, error_code, error_message,
+                processed_at)
+            WHERE r.id IN (SELECT inbound_id FROM claimed)
           ){events}{deliveries}
-         SELECT stored, CASE WHEN stored AND $17::text IS NOT NULL
-                             THEN pg_notify($17, '')::text END
-         FROM (SELECT EXISTS (SELECT 1 FROM claimed) AS stored) AS outcome"
+         SELECT ARRAY(SELECT inbound_id FROM claimed),
+                CASE WHEN $18::text IS NOT NULL
+                      AND EXISTS (SELECT 1 FROM claimed WHERE inbound_id = ANY($19::text[]))
+                     THEN pg_notify($18, '')::text END"
     )
 }
 
@@ -266,48 +354,57 @@ static INGEST_STATEMENTS: LazyLock<[[String; 2]; 2]> = LazyLock::new(|| {
     })
 });
 
-/// Writes a request, its events and deliveries unless its dedup key is held; returns whether
-/// it was written.
-async fn insert_request(
+/// Writes each request, its events and deliveries unless its dedup key is held; returns the
+/// requests that were written. No two of `writes` may share a dedup key.
+async fn insert_requests(
     store: &PgStore,
     transaction: &Transaction<'_>,
-    write: &IngestWrite,
-) -> Result<bool, StoreError> {
-    let inbound = &write.inbound;
-    let headers =
-        serde_json::to_string(&inbound.headers).map_err(|e| StoreError::Database(e.to_string()))?;
-    let events = EventArrays::of(&write.events);
-    let deliveries = DeliveryArrays::of(&write.deliveries);
-    let channel = announced(&write.deliveries).then_some(store.deliveries_channel.as_str());
-    let id = inbound.id.to_string();
-    let received_at = inbound.received_at.unix_millis();
-    let processed_at = (inbound.status == InboundStatus::Processed).then_some(received_at);
-    let error_code = inbound.error.as_ref().map(|e| e.code.as_str());
-    let error_message = inbound.error.as_ref().map(|e| e.message.as_str());
-    let dedup_expires_at = write.dedup_expires_at.unix_millis();
-    let body = &inbound.body[..];
-    let status = inbound.status.as_str();
+    writes: &[&IngestWrite],
+) -> Result<HashSet<InboundId>, StoreError> {
+    let mut requests = RequestArrays::default();
+    let mut events = EventArrays::default();
+    let mut deliveries = DeliveryArrays::default();
+    let mut announcing = Vec::new();
+    for write in writes {
+        let id = write.inbound.id;
+        requests.push(write)?;
+        events.push(id, &write.events);
+        deliveries.push(id, write.inbound.received_at, &write.deliveries);
+        if announced(&write.deliveries) {
+            announcing.push(id.to_string());
+        }
+    }
+    // A key is free once expired by the time of the latest request (for one request, its
+    // own time): no request of the group is written before all of them have arrived.
+    let now = writes
+        .iter()
+        .map(|w| w.inbound.received_at.unix_millis())
+        .max()
+        .unwrap_or_default();
+    let channel = (!announcing.is_empty()).then_some(store.deliveries_channel.as_str());
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-        &id,
-        &inbound.source,
-        &inbound.provider,
-        &received_at,
-        &status,
-        &inbound.provider_event,
-        &inbound.provider_event_id,
-        &inbound.dedup_key,
-        &inbound.verification,
-        &inbound.remote_addr,
-        &headers,
-        &body,
-        &error_code,
-        &error_message,
-        &processed_at,
-        &dedup_expires_at,
+        &requests.sources,
+        &requests.dedup_keys,
+        &requests.ids,
+        &requests.dedup_expires_at,
+        &now,
+        &requests.providers,
+        &requests.received_at,
+        &requests.statuses,
+        &requests.provider_events,
+        &requests.provider_event_ids,
+        &requests.verifications,
+        &requests.remote_addrs,
+        &requests.headers,
+        &requests.bodies,
+        &requests.error_codes,
+        &requests.error_messages,
+        &requests.processed_at,
         &channel,
+        &announcing,
     ];
-    let with_events = !write.events.is_empty();
-    let with_deliveries = !write.deliveries.is_empty();
+    let with_events = !events.ids.is_empty();
+    let with_deliveries = !deliveries.ids.is_empty();
     if with_events {
         params.extend(events.params());
     }
@@ -322,7 +419,10 @@ async fn insert_request(
         .query_one(&statement, &params)
         .await
         .map_err(pg_error)?;
-    Ok(row.get(0))
+    row.get::<_, Vec<&str>>(0)
+        .into_iter()
+        .map(parse_id)
+        .collect()
 }
 
 pub(super) async fn insert_events(
@@ -330,7 +430,7 @@ pub(super) async fn insert_events(
     inbound_id: InboundId,
     events: &[NewEvent],
 ) -> Result<(), StoreError> {
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| insert_events_sql(1, 2));
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| insert_events_sql(1));
     if events.is_empty() {
         return Ok(());
     }
@@ -338,12 +438,10 @@ pub(super) async fn insert_events(
         .prepare_cached(&STATEMENT)
         .await
         .map_err(pg_error)?;
-    let inbound_id = inbound_id.to_string();
-    let events = EventArrays::of(events);
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&inbound_id];
-    params.extend(events.params());
+    let mut arrays = EventArrays::default();
+    arrays.push(inbound_id, events);
     transaction
-        .execute(&statement, &params)
+        .execute(&statement, &arrays.params())
         .await
         .map_err(pg_error)?;
     Ok(())
@@ -358,7 +456,7 @@ pub(super) async fn insert_deliveries(
     deliveries: &[NewDelivery],
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| insert_deliveries_sql(1, 2, 3));
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| insert_deliveries_sql(1));
     if deliveries.is_empty() {
         return Ok(());
     }
@@ -366,13 +464,10 @@ pub(super) async fn insert_deliveries(
         .prepare_cached(&STATEMENT)
         .await
         .map_err(pg_error)?;
-    let inbound_id = inbound_id.to_string();
-    let now = now.unix_millis();
-    let arrays = DeliveryArrays::of(deliveries);
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&inbound_id, &now];
-    params.extend(arrays.params());
+    let mut arrays = DeliveryArrays::default();
+    arrays.push(inbound_id, now, deliveries);
     transaction
-        .execute(&statement, &params)
+        .execute(&statement, &arrays.params())
         .await
         .map_err(pg_error)?;
     if announced(deliveries) {
@@ -406,6 +501,53 @@ async fn notify<C: GenericClient>(client: &C, channel: &str) -> Result<(), Store
     Ok(())
 }
 
+/// The most requests one ingest transaction writes.
+const MAX_GROUP: usize = 128;
+
+/// An ingest waiting for a writer, and where its outcome goes.
+pub(super) struct QueuedIngest {
+    write: IngestWrite,
+    reply: oneshot::Sender<Result<IngestOutcome, StoreError>>,
+}
+
+fn dedup_key(write: &IngestWrite) -> (&str, &str) {
+    (&write.inbound.source, &write.inbound.dedup_key)
+}
+
+/// Starts `writers` tasks that write queued ingests in groups, each group one transaction and
+/// one commit: a writer takes everything queued (up to `MAX_GROUP`) while the others write
+/// theirs. On PostgreSQL what an ingest costs is mostly per statement and per commit, and a
+/// group shares its statements (one for every request's rows, one for every ledger lock) and
+/// its commit. Alone, a request is written as soon as a writer is free, as before. The tasks
+/// end when the returned queue is dropped.
+pub(super) fn start_ingest_writers(store: &PgStore, writers: usize) -> mpsc::Sender<QueuedIngest> {
+    let (queue, receiver) = mpsc::channel(MAX_GROUP * writers);
+    let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+    for _ in 0..writers {
+        let store = PgStore {
+            ingests: None,
+            ..store.clone()
+        };
+        let receiver = Arc::clone(&receiver);
+        tokio::spawn(async move {
+            let mut queued = Vec::with_capacity(MAX_GROUP);
+            loop {
+                if receiver
+                    .lock()
+                    .await
+                    .recv_many(&mut queued, MAX_GROUP)
+                    .await
+                    == 0
+                {
+                    return;
+                }
+                store.write_group(std::mem::take(&mut queued)).await;
+            }
+        });
+    }
+    queue
+}
+
 impl PgStore {
     pub(super) async fn notify_deliveries<C: GenericClient>(
         &self,
@@ -421,27 +563,107 @@ impl PgStore {
         notify(client, &self.endpoints_channel).await
     }
 
+    /// Queues an ingest for the next group a writer takes, or, for a store without writers
+    /// (the writers' own), writes it at once.
     pub(crate) async fn ingest(&self, write: IngestWrite) -> Result<IngestOutcome, StoreError> {
+        let Some(queue) = &self.ingests else {
+            return self.write_alone(&write).await;
+        };
+        let (reply, outcome) = oneshot::channel();
+        queue
+            .send(QueuedIngest { write, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".to_owned()))?;
+        outcome
+            .await
+            .map_err(|_| StoreError::Unavailable("the ingest writer stopped".to_owned()))?
+    }
+
+    /// Writes one group of queued ingests and answers each.
+    async fn write_group(&self, mut queued: Vec<QueuedIngest>) {
+        // Keys are claimed in one order by every group, so two groups claiming the same keys
+        // wait for each other instead of deadlocking. Among copies of one key the first to
+        // arrive stays first: it is written with the group, and the others (one statement
+        // cannot claim a key twice) on their own once the group is committed.
+        queued.sort_by(|a, b| dedup_key(&a.write).cmp(&dedup_key(&b.write)));
+        let firsts: Vec<usize> = (0..queued.len())
+            .filter(|&i| i == 0 || dedup_key(&queued[i - 1].write) != dedup_key(&queued[i].write))
+            .collect();
+        let writes: Vec<&IngestWrite> = firsts.iter().map(|&i| &queued[i].write).collect();
+        let mut replies: Vec<Option<Result<IngestOutcome, StoreError>>> =
+            queued.iter().map(|_| None).collect();
+        match self.write_together(&writes).await {
+            Ok(outcomes) => {
+                for (&i, outcome) in firsts.iter().zip(outcomes) {
+                    replies[i] = Some(Ok(outcome));
+                }
+            }
+            Err(error) if writes.len() == 1 => replies[firsts[0]] = Some(Err(error)),
+            Err(error) => {
+                // Nothing of the group was written, whatever failed (a request the database
+                // refused, a deadlock with another instance): each request is written again on
+                // its own, so a bad one fails alone.
+                tracing::debug!(%error, requests = writes.len(), "an ingest group failed; writing its requests one by one");
+                for &i in &firsts {
+                    replies[i] = Some(self.write_alone(&queued[i].write).await);
+                }
+            }
+        }
+        for (queued, reply) in queued.into_iter().zip(replies) {
+            let reply = match reply {
+                Some(reply) => reply,
+                None => self.write_alone(&queued.write).await,
+            };
+            // The caller may have gone; what was written stays written.
+            let _ = queued.reply.send(reply);
+        }
+    }
+
+    async fn write_alone(&self, write: &IngestWrite) -> Result<IngestOutcome, StoreError> {
+        let mut outcomes = self.write_together(&[write]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| StoreError::Database("an ingest wrote no outcome".to_owned()))
+    }
+
+    /// Writes requests, none sharing a dedup key, in one transaction; an outcome for each, in
+    /// order.
+    async fn write_together(
+        &self,
+        writes: &[&IngestWrite],
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
-        let inbound = &write.inbound;
-        if !insert_request(self, &transaction, &write).await? {
-            let original = dedup_holder(&transaction, &inbound.source, &inbound.dedup_key).await?;
-            let event_ids = event_ids_of(&transaction, original).await?;
-            transaction.commit().await.map_err(pg_error)?;
-            return Ok(IngestOutcome::Duplicate {
-                inbound_id: original,
-                event_ids,
-            });
+        let stored = insert_requests(self, &transaction, writes).await?;
+        let facts = writes
+            .iter()
+            .filter(|w| stored.contains(&w.inbound.id))
+            .flat_map(|w| &w.facts);
+        let mut ledger = PgLedger::begin(self, &transaction, facts).await?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let inbound = &write.inbound;
+            if stored.contains(&inbound.id) {
+                let concluded = ledger
+                    .apply(&write.facts, write.concluder.as_deref())
+                    .await?;
+                outcomes.push(IngestOutcome::Stored {
+                    inbound_id: inbound.id,
+                    event_ids: write.events.iter().map(|e| e.id).collect(),
+                    concluded,
+                });
+            } else {
+                let original =
+                    dedup_holder(&transaction, &inbound.source, &inbound.dedup_key).await?;
+                outcomes.push(IngestOutcome::Duplicate {
+                    inbound_id: original,
+                    event_ids: event_ids_of(&transaction, original).await?,
+                });
+            }
         }
-        let concluded =
-            apply_facts(self, &transaction, &write.facts, write.concluder.as_deref()).await?;
+        ledger.finish().await?;
         transaction.commit().await.map_err(pg_error)?;
-        Ok(IngestOutcome::Stored {
-            inbound_id: inbound.id,
-            event_ids: write.events.iter().map(|e| e.id).collect(),
-            concluded,
-        })
+        Ok(outcomes)
     }
 
     pub(crate) async fn reprocess(

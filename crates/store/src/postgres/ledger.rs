@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 
 use super::ingest::{insert_deliveries, insert_events, parse_id};
 use super::read::Filters;
-use super::{PgStore, execute_cached, pg_error};
+use super::{PgStore, column, execute_cached, pg_error};
 use crate::StoreError;
 use crate::model::*;
 use crate::page::{clamp_limit, paginate};
@@ -226,11 +226,14 @@ async fn record_announcement(
     Ok(announcement.event.id)
 }
 
-/// The ledger tables as seen from inside one transaction.
-struct PgLedger<'a> {
+/// The ledger tables as seen from inside one transaction. History rows are only ever appended
+/// and never read back while facts apply, so they are kept and written in one statement when
+/// the transaction's facts are all applied (`finish`).
+pub(super) struct PgLedger<'a> {
     store: &'a PgStore,
     transaction: &'a Transaction<'a>,
     concluder: Option<&'a dyn Concluder>,
+    history: Vec<HistoryEntry>,
 }
 
 impl LedgerRepo for PgLedger<'_> {
@@ -324,32 +327,7 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn record_history(&mut self, entry: &HistoryEntry) -> Result<(), StoreError> {
-        let statement = self
-            .transaction
-            .prepare_cached(
-                "INSERT INTO ledger_history (entity_id, event_id, event_type, status,
-                    provider_status, level, occurred_at, received_at, applied)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .await
-            .map_err(pg_error)?;
-        self.transaction
-            .execute(
-                &statement,
-                &[
-                    &entry.entity_id,
-                    &entry.event_id.to_string(),
-                    &entry.event_type.as_str(),
-                    &entry.status,
-                    &entry.provider_status,
-                    &entry.level,
-                    &entry.occurred_at.unix_millis(),
-                    &entry.received_at.unix_millis(),
-                    &entry.applied,
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
+        self.history.push(entry.clone());
         Ok(())
     }
 
@@ -368,52 +346,117 @@ impl LedgerRepo for PgLedger<'_> {
     }
 }
 
-/// Applies the facts of one ingest (or reprocessing) to the ledger, inside its transaction.
+impl<'a> PgLedger<'a> {
+    /// Locks what the facts about to be applied name and returns the ledger to apply them to.
+    pub(super) async fn begin(
+        store: &'a PgStore,
+        transaction: &'a Transaction<'a>,
+        facts: impl IntoIterator<Item = &Fact>,
+    ) -> Result<Self, StoreError> {
+        // Row locks cannot cover rows that do not exist yet: a payment and its invoice ingested
+        // at the same moment on two instances would each miss the other. Transaction-scoped
+        // advisory locks on what the facts name make such writers take turns; taken in one
+        // sorted batch, so two transactions never wait on each other in a cycle.
+        let mut keys = Vec::new();
+        let mut exclusive = Vec::new();
+        for fact in facts {
+            for lock in ledger::lock_names(std::slice::from_ref(fact)) {
+                keys.push(to_bits(ledger::stable_hash(&[
+                    "billhook-ledger",
+                    &lock.name,
+                ])));
+                exclusive.push(lock.exclusive);
+            }
+        }
+        if !keys.is_empty() {
+            // The same statement tells the transaction to run prepared statements on the plans
+            // its connection keeps: PostgreSQL would otherwise plan most link lookups anew each
+            // time (a plan for the values at hand looks cheaper than one for any values), and
+            // planning an OR over the ledger's indexes costs several times running it. See
+            // `link_lookup`.
+            execute_cached(
+                transaction,
+                "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
+                       (SELECT count(*) FROM
+                          (SELECT CASE WHEN exclusive THEN pg_advisory_xact_lock(key)
+                                       ELSE pg_advisory_xact_lock_shared(key) END
+                           FROM (SELECT key, bool_or(exclusive) AS exclusive
+                                 FROM unnest($1::bigint[], $2::bool[]) AS l(key, exclusive)
+                                 GROUP BY key ORDER BY key) AS sorted) AS locked)",
+                &[&keys, &exclusive],
+            )
+            .await?;
+        }
+        Ok(Self {
+            store,
+            transaction,
+            concluder: None,
+            history: Vec::new(),
+        })
+    }
+
+    /// Applies the facts of one request, in order; returns the events the ledger concluded.
+    pub(super) async fn apply(
+        &mut self,
+        facts: &[Fact],
+        concluder: Option<&'a dyn Concluder>,
+    ) -> Result<Vec<EventId>, StoreError> {
+        self.concluder = concluder;
+        let mut concluded = Vec::new();
+        for fact in facts {
+            concluded.extend(ledger::apply(self, fact).await?.conclusions);
+        }
+        Ok(concluded)
+    }
+
+    /// Writes the history of every fact applied.
+    pub(super) async fn finish(self) -> Result<(), StoreError> {
+        if self.history.is_empty() {
+            return Ok(());
+        }
+        let history = &self.history;
+        let entity_ids = column(history, |h| h.entity_id.as_str());
+        let event_ids = column(history, |h| h.event_id.to_string());
+        let event_types = column(history, |h| h.event_type.as_str());
+        let statuses = column(history, |h| h.status.as_deref());
+        let provider_statuses = column(history, |h| h.provider_status.as_deref());
+        let levels = column(history, |h| h.level);
+        let occurred_at = column(history, |h| h.occurred_at.unix_millis());
+        let received_at = column(history, |h| h.received_at.unix_millis());
+        let applied = column(history, |h| h.applied);
+        execute_cached(
+            self.transaction,
+            "INSERT INTO ledger_history (entity_id, event_id, event_type, status,
+                provider_status, level, occurred_at, received_at, applied)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                $6::int[], $7::bigint[], $8::bigint[], $9::bool[])",
+            &[
+                &entity_ids,
+                &event_ids,
+                &event_types,
+                &statuses,
+                &provider_statuses,
+                &levels,
+                &occurred_at,
+                &received_at,
+                &applied,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Applies the facts of one reprocessed request to the ledger, inside its transaction.
 pub(super) async fn apply_facts(
     store: &PgStore,
     transaction: &Transaction<'_>,
     facts: &[Fact],
     concluder: Option<&dyn Concluder>,
 ) -> Result<Vec<EventId>, StoreError> {
-    if facts.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Row locks cannot cover rows that do not exist yet: a payment and its invoice ingested at
-    // the same moment on two instances would each miss the other. Transaction-scoped advisory
-    // locks on what the facts name make such writers take turns; taken in one sorted batch, so
-    // two transactions never wait on each other in a cycle.
-    let names = ledger::lock_names(facts);
-    let keys: Vec<i64> = names
-        .iter()
-        .map(|lock| to_bits(ledger::stable_hash(&["billhook-ledger", &lock.name])))
-        .collect();
-    let exclusive: Vec<bool> = names.iter().map(|lock| lock.exclusive).collect();
-    //
-    // The same statement tells the transaction to run prepared statements on the plans its
-    // connection keeps: PostgreSQL would otherwise plan most link lookups anew each time (a
-    // plan for the values at hand looks cheaper than one for any values), and planning an OR
-    // over the ledger's indexes costs several times running it. See `link_lookup`.
-    execute_cached(
-        transaction,
-        "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
-               (SELECT count(*) FROM
-                  (SELECT CASE WHEN exclusive THEN pg_advisory_xact_lock(key)
-                               ELSE pg_advisory_xact_lock_shared(key) END
-                   FROM (SELECT key, bool_or(exclusive) AS exclusive
-                         FROM unnest($1::bigint[], $2::bool[]) AS l(key, exclusive)
-                         GROUP BY key ORDER BY key) AS sorted) AS locked)",
-        &[&keys, &exclusive],
-    )
-    .await?;
-    let mut repo = PgLedger {
-        store,
-        transaction,
-        concluder,
-    };
-    let mut concluded = Vec::new();
-    for fact in facts {
-        concluded.extend(ledger::apply(&mut repo, fact).await?.conclusions);
-    }
+    let mut ledger = PgLedger::begin(store, transaction, facts).await?;
+    let concluded = ledger.apply(facts, concluder).await?;
+    ledger.finish().await?;
     Ok(concluded)
 }
 

@@ -1,13 +1,15 @@
 //! The PostgreSQL backend, for running several billhook instances on one database.
 //!
-//! Each store call is one transaction on a pooled connection; PostgreSQL's own group commit
-//! shares WAL flushes between concurrent commits. Deliveries are claimed with
+//! Each store call is one transaction on a pooled connection, except ingests: a few writer
+//! tasks take them from a queue in groups, one transaction and one commit per group
+//! (`ingest::start_ingest_writers`). Deliveries are claimed with
 //! `FOR UPDATE SKIP LOCKED`, so instances never work the same row while its lease holds, and
 //! `LISTEN`/`NOTIFY` tells every instance at once when deliveries or endpoints change. Channel
 //! names include the schema, so several billhook deployments can share one database.
 //!
 //! A statement costs mostly its round trip and executor start-up, so writes are set-based
-//! where they can be: an ingest's rows are one statement, a completion batch's one per table.
+//! where they can be: the rows of a group of ingests are one statement, their ledger locks one,
+//! their ledger history one; a completion batch's rows are one statement per table.
 //! Transactions that lock several rows take them in one order (endpoints, then deliveries by
 //! id) so they cannot deadlock one another.
 
@@ -59,11 +61,15 @@ const MIGRATIONS: &[(u32, &str)] = &[
 /// An arbitrary constant naming billhook's migration lock.
 const MIGRATION_LOCK: i64 = 0x6269_6c6c_686f_6f6b;
 
+#[derive(Clone)]
 pub(crate) struct PgStore {
     pool: Pool,
     config: tokio_postgres::Config,
     deliveries_channel: String,
     endpoints_channel: String,
+    /// Where ingests wait for a writer (`ingest::start_ingest_writers`); `None` in the
+    /// writers' own copies, which write directly.
+    ingests: Option<mpsc::Sender<ingest::QueuedIngest>>,
 }
 
 pub(crate) fn latest_version() -> u32 {
@@ -86,6 +92,13 @@ pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
 
 pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(error.to_string())
+}
+
+/// Writers of ingest groups for a pool of `pool_size` connections. Fewer writers make larger
+/// groups, which is what saves work; a few keep one group's commit from holding up the next.
+/// A quarter of the pool leaves the rest to deliveries and reads.
+fn ingest_writers(pool_size: usize) -> usize {
+    (pool_size / 4).clamp(1, 4)
 }
 
 impl PgStore {
@@ -138,13 +151,18 @@ impl PgStore {
                 Err(error) => return Err(error),
             }
         };
-        let store = Self {
+        let mut store = Self {
             pool,
             config,
             deliveries_channel: format!("billhook_deliveries_{schema}"),
             endpoints_channel: format!("billhook_endpoints_{schema}"),
+            ingests: None,
         };
         store.migrate(target.unwrap_or_else(latest_version)).await?;
+        store.ingests = Some(ingest::start_ingest_writers(
+            &store,
+            ingest_writers(options.pool_size),
+        ));
         Ok(store)
     }
 
