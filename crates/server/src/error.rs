@@ -139,7 +139,7 @@ impl From<VerifyError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) => {
+            StoreError::Unavailable(_) | StoreError::Conflict(_) => {
                 tracing::error!(%error, "the database is unavailable");
                 Self::new(
                     ErrorCode::StorageUnavailable,

@@ -30,6 +30,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database error: {0}")]
     Database(String),
+    /// The database cancelled the transaction because it conflicted with a concurrent one (a
+    /// deadlock, a serialization failure): nothing was written, and trying again can succeed.
+    #[error("the database cancelled a conflicting transaction: {0}")]
+    Conflict(String),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error("migration {version} failed: {message}")]

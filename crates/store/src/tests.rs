@@ -645,6 +645,70 @@ fn copies_of_a_message_arriving_together_are_stored_once() {
     });
 }
 
+/// A clean stop (`close`) writes and answers every ingest already waiting to be written, so
+/// requests in flight at shutdown are acknowledged rather than refused.
+#[test]
+fn closing_writes_the_ingests_already_queued() {
+    runtime().block_on(async {
+        for test in backends().await {
+            // On PostgreSQL another session holds the writes back, so they are still queued
+            // when the store closes (SQLite's writer is too quick to catch them queued).
+            let blocker = match &test.config {
+                DatabaseConfig::Postgres(_) => {
+                    let session = postgres_session(&test.config).await;
+                    session
+                        .batch_execute("BEGIN; LOCK TABLE dedup IN EXCLUSIVE MODE")
+                        .await
+                        .unwrap();
+                    Some(session)
+                }
+                DatabaseConfig::Sqlite { .. } => None,
+            };
+            let store = test.store.clone();
+            let tasks: Vec<_> = (0..60)
+                .map(|n| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store
+                            .ingest(write(
+                                inbound("s", &format!("queued{n}"), InboundStatus::Processed),
+                                vec![event("s", "invoice.paid", "inv")],
+                            ))
+                            .await
+                    })
+                })
+                .collect();
+            // Long enough for every task to reach the queue.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let closing = tokio::spawn({
+                let store = test.store.clone();
+                async move { store.close().await }
+            });
+            if let Some(blocker) = blocker {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(!closing.is_finished(), "closed with writes still queued");
+                blocker.batch_execute("COMMIT").await.unwrap();
+            }
+            closing.await.unwrap();
+            for task in tasks {
+                assert!(matches!(
+                    task.await.unwrap(),
+                    Ok(IngestOutcome::Stored { .. })
+                ));
+            }
+            let reopened = Store::open(&test.config).await.unwrap();
+            let listed = reopened
+                .inbound_list(InboundQuery {
+                    limit: 500,
+                    ..InboundQuery::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(listed.items.len(), 60);
+        }
+    });
+}
+
 #[test]
 fn data_survives_reopening_and_writes_after_close_fail() {
     runtime().block_on(async {

@@ -3,10 +3,14 @@
 use billhook_core::ids::{EventId, InboundId};
 use billhook_core::time::Timestamp;
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::Transaction;
+use futures_util::FutureExt;
+use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
@@ -361,11 +365,15 @@ async fn insert_requests(
     transaction: &Transaction<'_>,
     writes: &[&IngestWrite],
 ) -> Result<HashSet<InboundId>, StoreError> {
+    // Keys are claimed in one order by every group, so two groups claiming the same keys
+    // wait for each other instead of deadlocking.
+    let mut sorted = writes.to_vec();
+    sorted.sort_by(|a, b| dedup_key(a).cmp(&dedup_key(b)));
     let mut requests = RequestArrays::default();
     let mut events = EventArrays::default();
     let mut deliveries = DeliveryArrays::default();
     let mut announcing = Vec::new();
-    for write in writes {
+    for write in sorted {
         let id = write.inbound.id;
         requests.push(write)?;
         events.push(id, &write.events);
@@ -501,8 +509,16 @@ async fn notify<C: GenericClient>(client: &C, channel: &str) -> Result<(), Store
     Ok(())
 }
 
-/// The most requests one ingest transaction writes.
-const MAX_GROUP: usize = 128;
+/// The most requests one ingest transaction writes. Each takes a few advisory locks for the
+/// ledger, and advisory locks share one table in the database's shared memory
+/// (`max_locks_per_transaction` × `max_connections`, 6,400 by default) with every session:
+/// groups of 32 take a few hundred, however many instances there are.
+const MAX_GROUP: usize = 32;
+
+/// How often an ingest transaction the database cancelled for conflicting with another (a
+/// deadlock) is written again before giving up: a group's requests are then written one by
+/// one, a single request fails.
+const CONFLICT_RETRIES: u32 = 2;
 
 /// An ingest waiting for a writer, and where its outcome goes.
 pub(super) struct QueuedIngest {
@@ -514,38 +530,82 @@ fn dedup_key(write: &IngestWrite) -> (&str, &str) {
     (&write.inbound.source, &write.inbound.dedup_key)
 }
 
-/// Starts `writers` tasks that write queued ingests in groups, each group one transaction and
-/// one commit: a writer takes everything queued (up to `MAX_GROUP`) while the others write
-/// theirs. On PostgreSQL what an ingest costs is mostly per statement and per commit, and a
-/// group shares its statements (one for every request's rows, one for every ledger lock) and
-/// its commit. Alone, a request is written as soon as a writer is free, as before. The tasks
-/// end when the returned queue is dropped.
-pub(super) fn start_ingest_writers(store: &PgStore, writers: usize) -> mpsc::Sender<QueuedIngest> {
-    let (queue, receiver) = mpsc::channel(MAX_GROUP * writers);
-    let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-    for _ in 0..writers {
-        let store = PgStore {
-            ingests: None,
-            ..store.clone()
-        };
-        let receiver = Arc::clone(&receiver);
-        tokio::spawn(async move {
-            let mut queued = Vec::with_capacity(MAX_GROUP);
-            loop {
-                if receiver
-                    .lock()
-                    .await
-                    .recv_many(&mut queued, MAX_GROUP)
-                    .await
-                    == 0
-                {
-                    return;
-                }
-                store.write_group(std::mem::take(&mut queued)).await;
-            }
-        });
+/// The tasks that write ingests in groups, and their queue.
+///
+/// Each group is one transaction and one commit: a writer takes everything queued (up to
+/// `MAX_GROUP`) while the others write theirs. On PostgreSQL what an ingest costs is mostly
+/// per statement and per commit, and a group shares its statements (one for every request's
+/// rows, one for every ledger lock, one for all ledger history) and its commit. Alone, a
+/// request is written as soon as a writer is free.
+pub(super) struct IngestWriters {
+    /// `None` once the store is closed.
+    queue: std::sync::Mutex<Option<mpsc::Sender<QueuedIngest>>>,
+    tasks: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// How long an ingest may wait for room in the queue, as long as for a connection.
+    wait: Duration,
+}
+
+impl IngestWriters {
+    /// Starts `writers` tasks writing for `store`.
+    pub(super) fn start(store: &PgStore, writers: usize, wait: Duration) -> Self {
+        let (queue, receiver) = mpsc::channel(MAX_GROUP * writers);
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let tasks = (0..writers)
+            .map(|_| {
+                let store = PgStore {
+                    ingests: None,
+                    ..store.clone()
+                };
+                let receiver = Arc::clone(&receiver);
+                tokio::spawn(async move {
+                    let mut queued = Vec::with_capacity(MAX_GROUP);
+                    loop {
+                        let mut receiver = receiver.lock().await;
+                        if receiver.recv_many(&mut queued, MAX_GROUP).await == 0 {
+                            return;
+                        }
+                        drop(receiver);
+                        // A panic fails this group's requests (their replies are dropped),
+                        // not the writer: the next group is written as usual.
+                        let written =
+                            AssertUnwindSafe(store.write_group(std::mem::take(&mut queued)))
+                                .catch_unwind()
+                                .await;
+                        if written.is_err() {
+                            tracing::error!(
+                                "an ingest writer panicked; its group was not answered"
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            queue: std::sync::Mutex::new(Some(queue)),
+            tasks: tokio::sync::Mutex::new(tasks),
+            wait,
+        }
     }
-    queue
+
+    fn queue(&self) -> Option<mpsc::Sender<QueuedIngest>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Writes what is queued, then stops the writers.
+    pub(super) async fn close(&self) {
+        drop(
+            self.queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+        for task in std::mem::take(&mut *self.tasks.lock().await) {
+            let _ = task.await;
+        }
+    }
 }
 
 impl PgStore {
@@ -566,64 +626,115 @@ impl PgStore {
     /// Queues an ingest for the next group a writer takes, or, for a store without writers
     /// (the writers' own), writes it at once.
     pub(crate) async fn ingest(&self, write: IngestWrite) -> Result<IngestOutcome, StoreError> {
-        let Some(queue) = &self.ingests else {
+        let Some(writers) = &self.ingests else {
             return self.write_alone(&write).await;
         };
+        let queue = writers
+            .queue()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".to_owned()))?;
         let (reply, outcome) = oneshot::channel();
         queue
-            .send(QueuedIngest { write, reply })
+            .send_timeout(QueuedIngest { write, reply }, writers.wait)
             .await
-            .map_err(|_| StoreError::Unavailable("the store is closed".to_owned()))?;
+            .map_err(|error| {
+                StoreError::Unavailable(match error {
+                    SendTimeoutError::Timeout(_) => {
+                        "ingests are queued beyond what the database keeps up with".to_owned()
+                    }
+                    SendTimeoutError::Closed(_) => "the store is closed".to_owned(),
+                })
+            })?;
+        drop(queue);
         outcome
             .await
             .map_err(|_| StoreError::Unavailable("the ingest writer stopped".to_owned()))?
     }
 
     /// Writes one group of queued ingests and answers each.
-    async fn write_group(&self, mut queued: Vec<QueuedIngest>) {
-        // Keys are claimed in one order by every group, so two groups claiming the same keys
-        // wait for each other instead of deadlocking. Among copies of one key the first to
-        // arrive stays first: it is written with the group, and the others (one statement
-        // cannot claim a key twice) on their own once the group is committed.
-        queued.sort_by(|a, b| dedup_key(&a.write).cmp(&dedup_key(&b.write)));
-        let firsts: Vec<usize> = (0..queued.len())
-            .filter(|&i| i == 0 || dedup_key(&queued[i - 1].write) != dedup_key(&queued[i].write))
+    async fn write_group(&self, queued: Vec<QueuedIngest>) {
+        // The first of each dedup key is written with the group, in the order they arrived;
+        // later copies (one statement cannot claim a key twice) on their own after it.
+        let mut seen = HashSet::new();
+        let firsts: Vec<bool> = queued
+            .iter()
+            .map(|q| seen.insert(dedup_key(&q.write)))
             .collect();
-        let writes: Vec<&IngestWrite> = firsts.iter().map(|&i| &queued[i].write).collect();
-        let mut replies: Vec<Option<Result<IngestOutcome, StoreError>>> =
-            queued.iter().map(|_| None).collect();
-        match self.write_together(&writes).await {
-            Ok(outcomes) => {
-                for (&i, outcome) in firsts.iter().zip(outcomes) {
-                    replies[i] = Some(Ok(outcome));
-                }
-            }
-            Err(error) if writes.len() == 1 => replies[firsts[0]] = Some(Err(error)),
-            Err(error) => {
-                // Nothing of the group was written, whatever failed (a request the database
-                // refused, a deadlock with another instance): each request is written again on
-                // its own, so a bad one fails alone.
-                tracing::debug!(%error, requests = writes.len(), "an ingest group failed; writing its requests one by one");
-                for &i in &firsts {
-                    replies[i] = Some(self.write_alone(&queued[i].write).await);
-                }
+        drop(seen);
+        let writes: Vec<&IngestWrite> = queued
+            .iter()
+            .zip(&firsts)
+            .filter(|(_, first)| **first)
+            .map(|(q, _)| &q.write)
+            .collect();
+        let mut outcomes = self.write_outcomes(&writes).await.into_iter();
+        let mut copies = Vec::new();
+        for (queued, first) in queued.into_iter().zip(firsts) {
+            if first {
+                let outcome = outcomes.next().unwrap_or_else(|| {
+                    Err(StoreError::Database(
+                        "an ingest group wrote no outcome".to_owned(),
+                    ))
+                });
+                // The caller may have gone; what was written stays written.
+                let _ = queued.reply.send(outcome);
+            } else {
+                copies.push(queued);
             }
         }
-        for (queued, reply) in queued.into_iter().zip(replies) {
-            let reply = match reply {
-                Some(reply) => reply,
-                None => self.write_alone(&queued.write).await,
-            };
-            // The caller may have gone; what was written stays written.
-            let _ = queued.reply.send(reply);
+        for copy in copies {
+            let outcome = self.write_alone(&copy.write).await;
+            let _ = copy.reply.send(outcome);
+        }
+    }
+
+    /// Writes requests, none sharing a dedup key, together; an outcome for each, in order.
+    async fn write_outcomes(
+        &self,
+        writes: &[&IngestWrite],
+    ) -> Vec<Result<IngestOutcome, StoreError>> {
+        match self.write_retrying(writes).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            // The database, not a request, failed: each request gets the error at once.
+            Err(error) if writes.len() == 1 || matches!(error, StoreError::Unavailable(_)) => {
+                writes.iter().map(|_| Err(error.clone())).collect()
+            }
+            // Nothing of the group was written, and one of its requests may be one the
+            // database refuses: each is written again on its own, so a bad one fails alone.
+            Err(error) => {
+                tracing::warn!(%error, requests = writes.len(), "an ingest group failed; writing its requests one by one");
+                let mut outcomes = Vec::with_capacity(writes.len());
+                for write in writes {
+                    outcomes.push(self.write_alone(write).await);
+                }
+                outcomes
+            }
         }
     }
 
     async fn write_alone(&self, write: &IngestWrite) -> Result<IngestOutcome, StoreError> {
-        let mut outcomes = self.write_together(&[write]).await?;
-        outcomes
+        self.write_retrying(&[write])
+            .await?
             .pop()
             .ok_or_else(|| StoreError::Database("an ingest wrote no outcome".to_owned()))
+    }
+
+    /// `write_together`, again when the database cancelled the transaction for conflicting
+    /// with another: the other has gone on (two groups paying one pair of invoices in opposite
+    /// orders deadlock, and one of them is cancelled), so this one will too.
+    async fn write_retrying(
+        &self,
+        writes: &[&IngestWrite],
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        let mut retries = 0;
+        loop {
+            match self.write_together(writes).await {
+                Err(error @ StoreError::Conflict(_)) if retries < CONFLICT_RETRIES => {
+                    retries += 1;
+                    tracing::warn!(%error, requests = writes.len(), "an ingest conflicted with another transaction; writing it again");
+                }
+                written => return written,
+            }
+        }
     }
 
     /// Writes requests, none sharing a dedup key, in one transaction; an outcome for each, in

@@ -2,7 +2,7 @@
 //!
 //! Each store call is one transaction on a pooled connection, except ingests: a few writer
 //! tasks take them from a queue in groups, one transaction and one commit per group
-//! (`ingest::start_ingest_writers`). Deliveries are claimed with
+//! (`ingest::IngestWriters`). Deliveries are claimed with
 //! `FOR UPDATE SKIP LOCKED`, so instances never work the same row while its lease holds, and
 //! `LISTEN`/`NOTIFY` tells every instance at once when deliveries or endpoints change. Channel
 //! names include the schema, so several billhook deployments can share one database.
@@ -21,6 +21,7 @@ mod ledger;
 mod operations;
 mod read;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -67,9 +68,9 @@ pub(crate) struct PgStore {
     config: tokio_postgres::Config,
     deliveries_channel: String,
     endpoints_channel: String,
-    /// Where ingests wait for a writer (`ingest::start_ingest_writers`); `None` in the
+    /// Where ingests wait for a writer (`ingest::IngestWriters`); `None` in the
     /// writers' own copies, which write directly.
-    ingests: Option<mpsc::Sender<ingest::QueuedIngest>>,
+    ingests: Option<Arc<ingest::IngestWriters>>,
 }
 
 pub(crate) fn latest_version() -> u32 {
@@ -85,6 +86,11 @@ pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
     };
     if error.is_closed() || error.code().is_none() {
         StoreError::Unavailable(text)
+    } else if error
+        .code()
+        .is_some_and(|code| code.code().starts_with("40"))
+    {
+        StoreError::Conflict(text)
     } else {
         StoreError::Database(text)
     }
@@ -159,10 +165,11 @@ impl PgStore {
             ingests: None,
         };
         store.migrate(target.unwrap_or_else(latest_version)).await?;
-        store.ingests = Some(ingest::start_ingest_writers(
+        store.ingests = Some(Arc::new(ingest::IngestWriters::start(
             &store,
             ingest_writers(options.pool_size),
-        ));
+            options.connect_timeout,
+        )));
         Ok(store)
     }
 
@@ -258,6 +265,9 @@ impl PgStore {
     }
 
     pub(crate) async fn close(&self) {
+        if let Some(writers) = &self.ingests {
+            writers.close().await;
+        }
         self.pool.close();
     }
 
