@@ -58,7 +58,7 @@ error_codes! {
     InvalidCursor => "invalid_cursor", BAD_REQUEST, "The pagination cursor is not one this API issued.";
     MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED, "The path does not accept this method.";
     RequestTimeout => "request_timeout", REQUEST_TIMEOUT, "The request took longer than the server allows.";
-    StorageUnavailable => "storage_unavailable", SERVICE_UNAVAILABLE, "The database is unreachable; nothing was stored, retry later.";
+    StorageUnavailable => "storage_unavailable", SERVICE_UNAVAILABLE, "The database is unreachable, or cancelled a write that conflicted with another; nothing was stored, retry later.";
     Internal => "internal", INTERNAL_SERVER_ERROR, "An unexpected failure; nothing was acknowledged. See the server log.";
 }
 
