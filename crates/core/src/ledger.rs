@@ -23,6 +23,7 @@
 //! [`apply`] is written once, against [`LedgerRepo`]; each store backend implements the
 //! repository over its own SQL, inside the ingest transaction.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
@@ -396,6 +397,89 @@ pub trait LedgerRepo {
 
     /// Records a conclusion as a canonical event (with its deliveries); returns the event's id.
     async fn conclude(&mut self, conclusion: &Conclusion) -> Result<EventId, Self::Error>;
+}
+
+/// Entities saved by a transaction's facts and not yet written, for a repository that writes
+/// them all in one statement when the facts are applied. Every read goes through it: what the
+/// store found is replaced by the unwritten version of the same entity, dropped when that
+/// version no longer answers the query, and joined by unwritten entities that do (a payment
+/// applied after its invoice in the same transaction must find it). The queries are
+/// [`LedgerRepo`]'s, said here in Rust; the store's SQL must select the same entities.
+#[derive(Debug, Default)]
+pub struct UnwrittenEntities {
+    by_id: HashMap<String, Entity>,
+    /// Ids in the order first saved, so the write is the same for the same facts.
+    order: Vec<String>,
+}
+
+impl UnwrittenEntities {
+    pub fn save(&mut self, entity: &Entity) {
+        if self
+            .by_id
+            .insert(entity.id.clone(), entity.clone())
+            .is_none()
+        {
+            self.order.push(entity.id.clone());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The unwritten entity with this identity.
+    pub fn entity(&self, kind: SubjectKind, provider: &str, provider_id: &str) -> Option<&Entity> {
+        self.by_id
+            .values()
+            .find(|e| e.kind == kind && e.provider == provider && e.provider_id == provider_id)
+    }
+
+    pub fn entity_by_id(&self, id: &str) -> Option<&Entity> {
+        self.by_id.get(id)
+    }
+
+    /// [`LedgerRepo::targets_for`], given what the store found for it.
+    pub fn targets_for(&self, refs: &PaymentRefs, stored: Vec<Entity>) -> Vec<Entity> {
+        self.merge(stored, |e| {
+            matches!(e.kind, SubjectKind::Invoice | SubjectKind::Bill)
+                && link_reason(refs, e).is_some()
+        })
+    }
+
+    /// [`LedgerRepo::linkable_payments`], given what the store found for it.
+    pub fn linkable_payments(&self, target: &Entity, stored: Vec<Entity>) -> Vec<Entity> {
+        self.merge(stored, |e| {
+            e.kind == SubjectKind::Payment
+                && e.linked_to.is_none()
+                && link_reason(&e.refs, target).is_some()
+        })
+    }
+
+    /// [`LedgerRepo::linked_payments`], given what the store found for it.
+    pub fn linked_payments(&self, target_id: &str, stored: Vec<Entity>) -> Vec<Entity> {
+        self.merge(stored, |e| e.linked_to.as_deref() == Some(target_id))
+    }
+
+    /// What the store found, as the unwritten entities have it, and the unwritten entities
+    /// the store could not find; those that answer `query`, by id.
+    fn merge(&self, stored: Vec<Entity>, query: impl Fn(&Entity) -> bool) -> Vec<Entity> {
+        let mut found: Vec<Entity> = stored
+            .into_iter()
+            .filter(|e| !self.by_id.contains_key(&e.id))
+            .chain(self.by_id.values().cloned())
+            .filter(|e| query(e))
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found
+    }
+
+    /// The entities to write, each once, in the order first saved.
+    pub fn into_entities(mut self) -> Vec<Entity> {
+        self.order
+            .iter()
+            .filter_map(|id| self.by_id.remove(id))
+            .collect()
+    }
 }
 
 /// The ids of every entity of `kind` lie strictly between these two strings in byte order, so on

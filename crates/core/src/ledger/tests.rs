@@ -128,6 +128,95 @@ impl MemoryRepo {
     }
 }
 
+/// A repository that writes like the PostgreSQL one: its saves stay unwritten until the end
+/// of a group of facts, while every read still sees them.
+#[derive(Default)]
+struct GroupedRepo {
+    stored: MemoryRepo,
+    unwritten: UnwrittenEntities,
+}
+
+impl LedgerRepo for GroupedRepo {
+    type Error = std::convert::Infallible;
+
+    async fn entity(
+        &mut self,
+        kind: SubjectKind,
+        provider: &str,
+        provider_id: &str,
+    ) -> Result<Option<Entity>, Self::Error> {
+        match self.unwritten.entity(kind, provider, provider_id) {
+            Some(entity) => Ok(Some(entity.clone())),
+            None => self.stored.entity(kind, provider, provider_id).await,
+        }
+    }
+
+    async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, Self::Error> {
+        match self.unwritten.entity_by_id(id) {
+            Some(entity) => Ok(Some(entity.clone())),
+            None => self.stored.entity_by_id(id).await,
+        }
+    }
+
+    async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, Self::Error> {
+        let stored = self.stored.targets_for(refs).await?;
+        Ok(self.unwritten.targets_for(refs, stored))
+    }
+
+    async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error> {
+        let stored = self.stored.linkable_payments(target).await?;
+        Ok(self.unwritten.linkable_payments(target, stored))
+    }
+
+    async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, Self::Error> {
+        let stored = self.stored.linked_payments(target_id).await?;
+        Ok(self.unwritten.linked_payments(target_id, stored))
+    }
+
+    async fn save(&mut self, entity: &Entity) -> Result<(), Self::Error> {
+        self.unwritten.save(entity);
+        Ok(())
+    }
+
+    async fn record_history(&mut self, entry: &HistoryEntry) -> Result<(), Self::Error> {
+        self.stored.record_history(entry).await
+    }
+
+    async fn conclude(&mut self, conclusion: &Conclusion) -> Result<EventId, Self::Error> {
+        self.stored.conclude(conclusion).await
+    }
+}
+
+impl GroupedRepo {
+    /// Applies the facts in groups of the given sizes (the last group takes what is left),
+    /// writing each group's entities at its end.
+    fn run(facts: &[Fact], group_sizes: &[usize]) -> MemoryRepo {
+        let mut repo = GroupedRepo::default();
+        let mut rest = facts;
+        for size in group_sizes
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(usize::MAX))
+        {
+            if rest.is_empty() {
+                break;
+            }
+            let (group, after) = rest.split_at(size.min(rest.len()));
+            for fact in group {
+                match run_ready(apply(&mut repo, fact)) {
+                    Ok(_) => {}
+                    Err(never) => match never {},
+                }
+            }
+            for entity in std::mem::take(&mut repo.unwritten).into_entities() {
+                repo.stored.entities.insert(entity.id.clone(), entity);
+            }
+            rest = after;
+        }
+        repo.stored
+    }
+}
+
 const T0: i64 = 1_700_000_000_000;
 
 fn invoice(id: &str, status: &str, amount: i64, at: i64, rank: StatusRank) -> Fact {
@@ -526,6 +615,66 @@ proptest! {
         prop_assert_eq!(actual.outcome(), expected.outcome());
         prop_assert_eq!(actual.conclusions.len(), 1, "exactly one settlement");
     }
+
+    #[test]
+    fn entities_written_at_the_end_of_each_group_give_the_same_ledger(
+        group_sizes in proptest::collection::vec(1usize..=8, 1..12),
+        order in Just(()).prop_perturb(|_, mut rng| {
+            let mut indexes: Vec<usize> = (0..11).collect();
+            for i in (1..indexes.len()).rev() {
+                let j = rng.random_range(0..=i);
+                indexes.swap(i, j);
+            }
+            indexes
+        }),
+    ) {
+        let facts = lifecycle();
+        let shuffled: Vec<Fact> = order.iter().map(|i| facts[*i].clone()).collect();
+        let expected = run(&shuffled);
+        let actual = GroupedRepo::run(&shuffled, &group_sizes);
+        prop_assert_eq!(actual.outcome(), expected.outcome());
+        prop_assert_eq!(actual.history.len(), expected.history.len());
+        prop_assert_eq!(actual.conclusions.len(), 1, "exactly one settlement");
+    }
+}
+
+#[test]
+fn an_unwritten_entity_replaces_what_the_store_found_and_leaves_what_it_no_longer_answers() {
+    let mut stored = run(&lifecycle()[..1]);
+    let invoice = stored.find(SubjectKind::Invoice, "inv_9").clone();
+    let mut unwritten = UnwrittenEntities::default();
+    let found = run_ready(stored.linkable_payments(&invoice));
+    assert_eq!(found, Ok(Vec::new()));
+
+    // A payment saved in this transaction answers for its invoice before it is written.
+    let mut payments = GroupedRepo::run(&lifecycle()[1..2], &[]);
+    let mut payment = payments.find(SubjectKind::Payment, "pay_1").clone();
+    unwritten.save(&payment);
+    assert_eq!(
+        unwritten.linkable_payments(&invoice, Vec::new()),
+        vec![payment.clone()]
+    );
+    assert_eq!(
+        unwritten.entity(SubjectKind::Payment, "razorpay", "pay_1"),
+        Some(&payment)
+    );
+
+    // Once linked (unwritten), the stored unlinked version no longer answers, and the linked
+    // one answers for the invoice's linked payments.
+    stored.entities.insert(payment.id.clone(), payment.clone());
+    payment.linked_to = Some(invoice.id.clone());
+    unwritten.save(&payment);
+    let stored_unlinked = run_ready(stored.linkable_payments(&invoice)).unwrap();
+    assert_eq!(stored_unlinked.len(), 1);
+    assert_eq!(
+        unwritten.linkable_payments(&invoice, stored_unlinked),
+        Vec::new()
+    );
+    assert_eq!(
+        unwritten.linked_payments(&invoice.id, Vec::new()),
+        vec![payment.clone()]
+    );
+    assert_eq!(unwritten.into_entities(), vec![payment]);
 }
 
 #[test]

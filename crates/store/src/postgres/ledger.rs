@@ -6,7 +6,7 @@ use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
     self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, Snapshot,
-    TargetKeys,
+    TargetKeys, UnwrittenEntities,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -133,17 +133,68 @@ async fn link_lookup(
     query_entities(transaction, condition, &params).await
 }
 
-async fn save_entity<C: GenericClient>(client: &C, e: &Entity) -> Result<(), StoreError> {
-    let snapshot = e
-        .snapshot
-        .json()
+/// Writes entities, each at most once, in one statement.
+async fn save_entities<C: GenericClient>(
+    client: &C,
+    entities: &[Entity],
+) -> Result<(), StoreError> {
+    if entities.is_empty() {
+        return Ok(());
+    }
+    let snapshots = entities
+        .iter()
+        .map(|e| e.snapshot.json())
+        .collect::<Option<Vec<&str>>>()
         .ok_or_else(|| StoreError::Database("a ledger snapshot did not serialize".to_owned()))?;
+    let text = |value: fn(&Entity) -> Option<&str>| column(entities, value);
+    let number = |value: fn(&Entity) -> Option<i64>| column(entities, value);
+    let ids = column(entities, |e| e.id.as_str());
+    let kinds = column(entities, |e| e.kind.as_str());
+    let providers = column(entities, |e| e.provider.as_str());
+    let provider_ids = column(entities, |e| e.provider_id.as_str());
+    let sources = column(entities, |e| e.source.as_str());
+    let statuses = text(|e| e.status.as_deref());
+    let provider_statuses = text(|e| e.provider_status.as_deref());
+    let status_levels = column(entities, |e| e.status_precedence.level);
+    let status_at = column(entities, |e| e.status_precedence.at);
+    let status_tiebreaks = column(entities, |e| to_bits(e.status_precedence.tiebreak));
+    let status_settles = column(entities, |e| e.status_settles);
+    let content_at = column(entities, |e| e.content_precedence.at);
+    let content_tiebreaks = column(entities, |e| to_bits(e.content_precedence.tiebreak));
+    let numbers = text(|e| e.keys.number.as_deref());
+    let order_refs = text(|e| e.keys.order_id.as_deref());
+    let ref_invoices = text(|e| e.refs.invoice_id.as_deref());
+    let ref_orders = text(|e| e.refs.order_id.as_deref());
+    let ref_merchants = text(|e| e.refs.merchant_reference.as_deref());
+    let ref_remarks = text(|e| e.refs.remark.as_deref());
+    let ref_bills = text(|e| e.refs.bill_ref_id.as_deref());
+    let ref_billers = text(|e| e.refs.biller_ref_id.as_deref());
+    let currencies = text(|e| e.currency.as_ref().map(Currency::as_str));
+    let amounts = number(|e| e.amount.map(|a| a.minor()));
+    let counted = column(entities, |e| e.counted.minor());
+    let paid = column(entities, |e| e.paid.minor());
+    let due = number(|e| e.due.map(|a| a.minor()));
+    let overpaid = column(entities, |e| e.overpaid.minor());
+    let due_by = number(|e| e.due_by.map(|t| t.unix_millis()));
+    let linked_to = text(|e| e.linked_to.as_deref());
+    let link_rules = text(|e| e.link_rule.as_deref());
+    let settled_events = column(entities, |e| e.settled_event.map(|id| id.to_string()));
+    let settled_at = number(|e| e.settled_at.map(|t| t.unix_millis()));
+    let unmatched_events = column(entities, |e| e.unmatched_event.map(|id| id.to_string()));
+    let created_at = column(entities, |e| e.created_at.unix_millis());
+    let updated_at = column(entities, |e| e.updated_at.unix_millis());
+    let inbound_ids = column(entities, |e| e.inbound_id.to_string());
     execute_cached(
         client,
         &format!(
-            "INSERT INTO ledger_entities ({ENTITY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-                $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25,
-                $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37)
+            "INSERT INTO ledger_entities ({ENTITY_COLUMNS})
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                $6::text[], $7::text[], $8::int[], $9::bigint[], $10::bigint[], $11::bool[],
+                $12::bigint[], $13::bigint[], $14::text[], $15::text[], $16::text[],
+                $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],
+                $23::text[], $24::bigint[], $25::bigint[], $26::bigint[], $27::bigint[],
+                $28::bigint[], $29::bigint[], $30::text[], $31::text[], $32::text[],
+                $33::bigint[], $34::text[], $35::bigint[], $36::bigint[], $37::text[])
              ON CONFLICT (id) DO UPDATE SET source = excluded.source, status = excluded.status,
                 provider_status = excluded.provider_status, status_level = excluded.status_level,
                 status_at = excluded.status_at, status_tiebreak = excluded.status_tiebreak,
@@ -161,43 +212,43 @@ async fn save_entity<C: GenericClient>(client: &C, e: &Entity) -> Result<(), Sto
                 updated_at = excluded.updated_at, inbound_id = excluded.inbound_id"
         ),
         &[
-            &e.id,
-            &e.kind.as_str(),
-            &e.provider,
-            &e.provider_id,
-            &e.source,
-            &e.status,
-            &e.provider_status,
-            &e.status_precedence.level,
-            &e.status_precedence.at,
-            &to_bits(e.status_precedence.tiebreak),
-            &e.status_settles,
-            &e.content_precedence.at,
-            &to_bits(e.content_precedence.tiebreak),
-            &snapshot,
-            &e.keys.number,
-            &e.keys.order_id,
-            &e.refs.invoice_id,
-            &e.refs.order_id,
-            &e.refs.merchant_reference,
-            &e.refs.remark,
-            &e.refs.bill_ref_id,
-            &e.refs.biller_ref_id,
-            &e.currency.map(|c| c.as_str().to_owned()),
-            &e.amount.map(|a| a.minor()),
-            &e.counted.minor(),
-            &e.paid.minor(),
-            &e.due.map(|a| a.minor()),
-            &e.overpaid.minor(),
-            &e.due_by.map(|t| t.unix_millis()),
-            &e.linked_to,
-            &e.link_rule,
-            &e.settled_event.map(|id| id.to_string()),
-            &e.settled_at.map(|t| t.unix_millis()),
-            &e.unmatched_event.map(|id| id.to_string()),
-            &e.created_at.unix_millis(),
-            &e.updated_at.unix_millis(),
-            &e.inbound_id.to_string(),
+            &ids,
+            &kinds,
+            &providers,
+            &provider_ids,
+            &sources,
+            &statuses,
+            &provider_statuses,
+            &status_levels,
+            &status_at,
+            &status_tiebreaks,
+            &status_settles,
+            &content_at,
+            &content_tiebreaks,
+            &snapshots,
+            &numbers,
+            &order_refs,
+            &ref_invoices,
+            &ref_orders,
+            &ref_merchants,
+            &ref_remarks,
+            &ref_bills,
+            &ref_billers,
+            &currencies,
+            &amounts,
+            &counted,
+            &paid,
+            &due,
+            &overpaid,
+            &due_by,
+            &linked_to,
+            &link_rules,
+            &settled_events,
+            &settled_at,
+            &unmatched_events,
+            &created_at,
+            &updated_at,
+            &inbound_ids,
         ],
     )
     .await?;
@@ -226,13 +277,15 @@ async fn record_announcement(
     Ok(announcement.event.id)
 }
 
-/// The ledger tables as seen from inside one transaction. History rows are only ever appended
-/// and never read back while facts apply, so they are kept and written in one statement when
-/// the transaction's facts are all applied (`finish`).
+/// The ledger tables as seen from inside one transaction. Its saved entities and history rows
+/// are written when all its facts are applied (`finish`), each kind in one statement, however
+/// many requests the transaction holds: history is never read back while facts apply, and
+/// entities are read through what is still unwritten (`UnwrittenEntities`).
 pub(super) struct PgLedger<'a> {
     store: &'a PgStore,
     transaction: &'a Transaction<'a>,
     concluder: Option<&'a dyn Concluder>,
+    unwritten: UnwrittenEntities,
     history: Vec<HistoryEntry>,
 }
 
@@ -245,6 +298,9 @@ impl LedgerRepo for PgLedger<'_> {
         provider: &str,
         provider_id: &str,
     ) -> Result<Option<Entity>, StoreError> {
+        if let Some(entity) = self.unwritten.entity(kind, provider, provider_id) {
+            return Ok(Some(entity.clone()));
+        }
         // FOR UPDATE: concurrent ingests about one entity take turns instead of overwriting.
         let found = query_entities(
             self.transaction,
@@ -256,6 +312,9 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, StoreError> {
+        if let Some(entity) = self.unwritten.entity_by_id(id) {
+            return Ok(Some(entity.clone()));
+        }
         Ok(
             query_entities(self.transaction, "id = $1 FOR UPDATE", &[&id])
                 .await?
@@ -265,7 +324,7 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
-        link_lookup(
+        let stored = link_lookup(
             self.transaction,
             // The first line is an OR of indexed references the planner can combine (a
             // BitmapOr); `kind || ''` keeps it from reading every invoice through the kind index
@@ -284,11 +343,12 @@ impl LedgerRepo for PgLedger<'_> {
                 refs.biller_ref_id.as_deref(),
             ],
         )
-        .await
+        .await?;
+        Ok(self.unwritten.targets_for(refs, stored))
     }
 
     async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
-        match target.kind {
+        let stored = match target.kind {
             SubjectKind::Invoice => {
                 link_lookup(
                     self.transaction,
@@ -303,7 +363,7 @@ impl LedgerRepo for PgLedger<'_> {
                         target.keys.number.as_deref(),
                     ],
                 )
-                .await
+                .await?
             }
             SubjectKind::Bill => {
                 link_lookup(
@@ -312,18 +372,21 @@ impl LedgerRepo for PgLedger<'_> {
                      FOR UPDATE",
                     &[Some(&target.provider_id), target.keys.number.as_deref()],
                 )
-                .await
+                .await?
             }
-            _ => Ok(Vec::new()),
-        }
+            _ => Vec::new(),
+        };
+        Ok(self.unwritten.linkable_payments(target, stored))
     }
 
     async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, StoreError> {
-        link_lookup(self.transaction, "linked_to = $1", &[Some(target_id)]).await
+        let stored = link_lookup(self.transaction, "linked_to = $1", &[Some(target_id)]).await?;
+        Ok(self.unwritten.linked_payments(target_id, stored))
     }
 
     async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {
-        save_entity(self.transaction, entity).await
+        self.unwritten.save(entity);
+        Ok(())
     }
 
     async fn record_history(&mut self, entry: &HistoryEntry) -> Result<(), StoreError> {
@@ -391,6 +454,7 @@ impl<'a> PgLedger<'a> {
             store,
             transaction,
             concluder: None,
+            unwritten: UnwrittenEntities::default(),
             history: Vec::new(),
         })
     }
@@ -409,8 +473,9 @@ impl<'a> PgLedger<'a> {
         Ok(concluded)
     }
 
-    /// Writes the history of every fact applied.
+    /// Writes the entities and the history of every fact applied.
     pub(super) async fn finish(self) -> Result<(), StoreError> {
+        save_entities(self.transaction, &self.unwritten.into_entities()).await?;
         if self.history.is_empty() {
             return Ok(());
         }
