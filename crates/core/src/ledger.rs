@@ -23,7 +23,7 @@
 //! [`apply`] is written once, against [`LedgerRepo`]; each store backend implements the
 //! repository over its own SQL, inside the ingest transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
@@ -171,30 +171,10 @@ pub fn lock_names(facts: &[Fact]) -> Vec<LockName> {
             ),
             true,
         );
-        let (references, exclusive): (Vec<&Option<String>>, bool) = match fact.snapshot.data() {
-            EntityData::Payment(payment) => {
-                let r = &payment.references;
-                let sought = vec![
-                    &r.invoice_id,
-                    &r.order_id,
-                    &r.merchant_reference,
-                    &r.remark,
-                    &r.bill_ref_id,
-                    &r.biller_ref_id,
-                ];
-                (sought, false)
-            }
-            EntityData::Invoice(invoice) => (vec![&invoice.number, &invoice.order_id], true),
-            EntityData::Bill(bill) => (vec![&bill.biller_ref_id], true),
-            _ => (Vec::new(), true),
-        };
-        if matches!(kind, SubjectKind::Invoice | SubjectKind::Bill) {
-            add(format!("ref/{}", fact.snapshot.data().provider_id()), true);
-        }
-        for value in references.into_iter().flatten() {
-            if !value.is_empty() {
-                add(format!("ref/{value}"), exclusive);
-            }
+        // A payment seeks its references, shared; an invoice or bill is known by its own.
+        let exclusive = kind != SubjectKind::Payment;
+        for value in link_references(fact.snapshot.data()) {
+            add(format!("ref/{value}"), exclusive);
         }
     }
     // Exclusive sorts after shared for the same name; keep the last of each name.
@@ -207,6 +187,33 @@ pub fn lock_names(facts: &[Fact]) -> Vec<LockName> {
         }
     }
     unique
+}
+
+/// The references a snapshot links by: those a payment seeks (all it has; its source's rule
+/// picks among them), or those an invoice or bill is known by (its id among them). Non-empty.
+fn link_references(data: &EntityData) -> Vec<&str> {
+    let values: Vec<&Option<String>> = match data {
+        EntityData::Payment(payment) => {
+            let r = &payment.references;
+            vec![
+                &r.invoice_id,
+                &r.order_id,
+                &r.merchant_reference,
+                &r.remark,
+                &r.bill_ref_id,
+                &r.biller_ref_id,
+            ]
+        }
+        EntityData::Invoice(invoice) => vec![&invoice.number, &invoice.order_id],
+        EntityData::Bill(bill) => vec![&bill.biller_ref_id],
+        _ => Vec::new(),
+    };
+    let own =
+        matches!(data, EntityData::Invoice(_) | EntityData::Bill(_)).then(|| data.provider_id());
+    own.into_iter()
+        .chain(values.into_iter().flatten().map(String::as_str))
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 /// Which payment references a source's payments are matched on.
@@ -389,7 +396,7 @@ pub trait LedgerRepo {
     async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error>;
 
     /// Payments linked to this invoice or bill.
-    async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, Self::Error>;
+    async fn linked_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error>;
 
     async fn save(&mut self, entity: &Entity) -> Result<(), Self::Error>;
 
@@ -440,24 +447,17 @@ impl UnwrittenEntities {
 
     /// [`LedgerRepo::targets_for`], given what the store found for it.
     pub fn targets_for(&self, refs: &PaymentRefs, stored: Vec<Entity>) -> Vec<Entity> {
-        self.merge(stored, |e| {
-            matches!(e.kind, SubjectKind::Invoice | SubjectKind::Bill)
-                && link_reason(refs, e).is_some()
-        })
+        self.merge(stored, |e| is_target_of(e, refs))
     }
 
     /// [`LedgerRepo::linkable_payments`], given what the store found for it.
     pub fn linkable_payments(&self, target: &Entity, stored: Vec<Entity>) -> Vec<Entity> {
-        self.merge(stored, |e| {
-            e.kind == SubjectKind::Payment
-                && e.linked_to.is_none()
-                && link_reason(&e.refs, target).is_some()
-        })
+        self.merge(stored, |e| is_linkable_to(e, target))
     }
 
     /// [`LedgerRepo::linked_payments`], given what the store found for it.
     pub fn linked_payments(&self, target_id: &str, stored: Vec<Entity>) -> Vec<Entity> {
-        self.merge(stored, |e| e.linked_to.as_deref() == Some(target_id))
+        self.merge(stored, |e| is_linked_to(e, target_id))
     }
 
     /// What the store found, as the unwritten entities have it, and the unwritten entities
@@ -479,6 +479,245 @@ impl UnwrittenEntities {
             .iter()
             .filter_map(|id| self.by_id.remove(id))
             .collect()
+    }
+}
+
+/// [`LedgerRepo::targets_for`]'s question: an invoice or bill the references name.
+fn is_target_of(entity: &Entity, refs: &PaymentRefs) -> bool {
+    matches!(entity.kind, SubjectKind::Invoice | SubjectKind::Bill)
+        && link_reason(refs, entity).is_some()
+}
+
+/// [`LedgerRepo::linkable_payments`]'s question: a payment, not linked yet, naming the target.
+fn is_linkable_to(entity: &Entity, target: &Entity) -> bool {
+    entity.kind == SubjectKind::Payment
+        && entity.linked_to.is_none()
+        && link_reason(&entity.refs, target).is_some()
+}
+
+/// [`LedgerRepo::linked_payments`]'s question.
+fn is_linked_to(entity: &Entity, target_id: &str) -> bool {
+    entity.linked_to.as_deref() == Some(target_id)
+}
+
+/// The ledger entities a transaction read before applying its facts, and the questions they
+/// answer in full, so that applying the facts asks the store nothing: a few statements for a
+/// whole group of requests instead of one or more per fact. A question it cannot answer in full
+/// says so (`None`), and the repository asks the store; so what it reads decides only how fast
+/// facts apply, never what they conclude.
+///
+/// What the store holds must not change while it is used: it is for a transaction that holds
+/// its saves back until its facts are applied ([`UnwrittenEntities`]) and has locked what it
+/// read. Reading happens in rounds, each asking what the one before it found:
+/// [`identities`](Self::identities) of the facts' entities, then their
+/// [`links`](Self::links) (the invoices and bills payments name, the payments that name
+/// invoices and bills, the entities linked to), then the payments
+/// [`linked`](Self::linked) to every invoice and bill found.
+#[derive(Debug, Default)]
+pub struct ReadAhead {
+    stored: HashMap<String, Entity>,
+    identities: HashSet<(SubjectKind, String, String)>,
+    /// Every invoice and bill known by one of these is stored here.
+    target_references: HashSet<String>,
+    /// Every unlinked payment seeking one of these is stored here.
+    payment_references: HashSet<String>,
+    /// Every payment linked to one of these is stored here.
+    linked_targets: HashSet<String>,
+}
+
+/// What one round of [`ReadAhead`] reads; the store finds every entity that answers any part.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// Entities by (kind, provider, provider's id).
+    pub identities: Vec<(SubjectKind, String, String)>,
+    /// Invoices and bills whose provider's id, number or order is one of these.
+    pub target_references: Vec<String>,
+    /// Payments not linked yet with any reference equal to one of these.
+    pub payment_references: Vec<String>,
+    /// Entities by id.
+    pub ids: Vec<String>,
+    /// Payments linked to these ids.
+    pub linked_to: Vec<String>,
+}
+
+impl Reading {
+    pub fn is_empty(&self) -> bool {
+        self.identities.is_empty()
+            && self.target_references.is_empty()
+            && self.payment_references.is_empty()
+            && self.ids.is_empty()
+            && self.linked_to.is_empty()
+    }
+}
+
+impl ReadAhead {
+    /// The first round: the entities `facts` are about.
+    pub fn identities(facts: &[&Fact]) -> Reading {
+        let mut identities: Vec<_> = facts
+            .iter()
+            .filter(|f| tracks(f.snapshot.data().kind()))
+            .map(|f| {
+                let data = f.snapshot.data();
+                (
+                    data.kind(),
+                    f.provider.clone(),
+                    data.provider_id().to_owned(),
+                )
+            })
+            .collect();
+        identities.sort_by(|a, b| (a.0.as_str(), &a.1, &a.2).cmp(&(b.0.as_str(), &b.1, &b.2)));
+        identities.dedup();
+        Reading {
+            identities,
+            ..Reading::default()
+        }
+    }
+
+    /// The second round: what the facts and the entities read so far link to.
+    pub fn links(&self, facts: &[&Fact]) -> Reading {
+        let mut reading = Reading::default();
+        for fact in facts {
+            let data = fact.snapshot.data();
+            let references = link_references(data).into_iter().map(str::to_owned);
+            match data.kind() {
+                SubjectKind::Payment => reading.target_references.extend(references),
+                SubjectKind::Invoice | SubjectKind::Bill => {
+                    reading.payment_references.extend(references)
+                }
+                _ => {}
+            }
+        }
+        for entity in self.stored.values() {
+            match entity.kind {
+                SubjectKind::Payment => {
+                    let r = &entity.refs;
+                    reading.target_references.extend(
+                        [
+                            &r.invoice_id,
+                            &r.order_id,
+                            &r.merchant_reference,
+                            &r.remark,
+                            &r.bill_ref_id,
+                            &r.biller_ref_id,
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                    );
+                }
+                SubjectKind::Invoice | SubjectKind::Bill => {
+                    reading.payment_references.extend(
+                        [&entity.keys.number, &entity.keys.order_id]
+                            .into_iter()
+                            .flatten()
+                            .cloned()
+                            .chain([entity.provider_id.clone()]),
+                    );
+                }
+                _ => {}
+            }
+            reading.ids.extend(entity.linked_to.iter().cloned());
+        }
+        for values in [
+            &mut reading.target_references,
+            &mut reading.payment_references,
+            &mut reading.ids,
+        ] {
+            values.retain(|v| !v.is_empty());
+            values.sort();
+            values.dedup();
+        }
+        reading.ids.retain(|id| !self.stored.contains_key(id));
+        reading
+    }
+
+    /// The last round: the payments linked to every invoice and bill read so far.
+    pub fn linked(&self) -> Reading {
+        let mut linked_to: Vec<String> = self
+            .stored
+            .values()
+            .filter(|e| matches!(e.kind, SubjectKind::Invoice | SubjectKind::Bill))
+            .map(|e| e.id.clone())
+            .collect();
+        linked_to.sort();
+        Reading {
+            linked_to,
+            ..Reading::default()
+        }
+    }
+
+    /// Takes in what the store found for `reading`.
+    pub fn add(&mut self, reading: Reading, found: Vec<Entity>) {
+        for entity in found {
+            self.stored.insert(entity.id.clone(), entity);
+        }
+        self.identities.extend(reading.identities);
+        self.target_references.extend(reading.target_references);
+        self.payment_references.extend(reading.payment_references);
+        self.linked_targets.extend(reading.linked_to);
+    }
+
+    /// [`LedgerRepo::entity`]; `None` if not read.
+    pub fn entity(
+        &self,
+        kind: SubjectKind,
+        provider: &str,
+        provider_id: &str,
+    ) -> Option<Option<&Entity>> {
+        let stored = self
+            .stored
+            .values()
+            .find(|e| e.kind == kind && e.provider == provider && e.provider_id == provider_id);
+        let asked = || {
+            self.identities
+                .contains(&(kind, provider.to_owned(), provider_id.to_owned()))
+        };
+        (stored.is_some() || asked()).then_some(stored)
+    }
+
+    /// [`LedgerRepo::entity_by_id`]; `None` if not read.
+    pub fn entity_by_id(&self, id: &str) -> Option<&Entity> {
+        self.stored.get(id)
+    }
+
+    /// [`LedgerRepo::targets_for`] as stored; `None` if not read.
+    pub fn targets_for(&self, refs: &PaymentRefs) -> Option<Vec<Entity>> {
+        let values = [
+            &refs.invoice_id,
+            &refs.order_id,
+            &refs.merchant_reference,
+            &refs.remark,
+            &refs.bill_ref_id,
+            &refs.biller_ref_id,
+        ];
+        let read = values
+            .into_iter()
+            .flatten()
+            .all(|v| self.target_references.contains(v));
+        read.then(|| self.answers(|e| is_target_of(e, refs)))
+    }
+
+    /// [`LedgerRepo::linkable_payments`] as stored; `None` if not read.
+    pub fn linkable_payments(&self, target: &Entity) -> Option<Vec<Entity>> {
+        let read = [&target.keys.number, &target.keys.order_id]
+            .into_iter()
+            .flatten()
+            .chain([&target.provider_id])
+            .all(|v| v.is_empty() || self.payment_references.contains(v));
+        read.then(|| self.answers(|e| is_linkable_to(e, target)))
+    }
+
+    /// [`LedgerRepo::linked_payments`] as stored; `None` if not read. An entity this
+    /// transaction created (its identity was asked and not found) has none.
+    pub fn linked_payments(&self, target: &Entity) -> Option<Vec<Entity>> {
+        let created_here =
+            self.entity(target.kind, &target.provider, &target.provider_id) == Some(None);
+        let read = created_here || self.linked_targets.contains(&target.id);
+        read.then(|| self.answers(|e| is_linked_to(e, &target.id)))
+    }
+
+    fn answers(&self, query: impl Fn(&Entity) -> bool) -> Vec<Entity> {
+        self.stored.values().filter(|e| query(e)).cloned().collect()
     }
 }
 
@@ -807,7 +1046,7 @@ async fn settle<R: LedgerRepo>(
     target: &mut Entity,
     trigger: &Trigger,
 ) -> Result<Vec<EventId>, R::Error> {
-    let payments = repo.linked_payments(&target.id).await?;
+    let payments = repo.linked_payments(target).await?;
     let from_payments = payments
         .iter()
         .filter(|p| p.currency == target.currency || target.currency.is_none())

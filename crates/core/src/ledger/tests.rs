@@ -61,11 +61,11 @@ impl LedgerRepo for MemoryRepo {
             .collect())
     }
 
-    async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, Self::Error> {
+    async fn linked_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error> {
         Ok(self
             .entities
             .values()
-            .filter(|e| e.linked_to.as_deref() == Some(target_id))
+            .filter(|e| e.linked_to.as_ref() == Some(&target.id))
             .cloned()
             .collect())
     }
@@ -128,12 +128,15 @@ impl MemoryRepo {
     }
 }
 
-/// A repository that writes like the PostgreSQL one: its saves stay unwritten until the end
-/// of a group of facts, while every read still sees them.
+/// A repository that works like the PostgreSQL one: it reads ahead what a group of facts will
+/// ask, holds its saves back until the end of the group, and counts the questions it had to
+/// put to the store while applying.
 #[derive(Default)]
 struct GroupedRepo {
     stored: MemoryRepo,
+    read_ahead: ReadAhead,
     unwritten: UnwrittenEntities,
+    questions_to_the_store: usize,
 }
 
 impl LedgerRepo for GroupedRepo {
@@ -145,32 +148,59 @@ impl LedgerRepo for GroupedRepo {
         provider: &str,
         provider_id: &str,
     ) -> Result<Option<Entity>, Self::Error> {
-        match self.unwritten.entity(kind, provider, provider_id) {
-            Some(entity) => Ok(Some(entity.clone())),
-            None => self.stored.entity(kind, provider, provider_id).await,
+        if let Some(entity) = self.unwritten.entity(kind, provider, provider_id) {
+            return Ok(Some(entity.clone()));
         }
+        if let Some(read) = self.read_ahead.entity(kind, provider, provider_id) {
+            return Ok(read.cloned());
+        }
+        self.questions_to_the_store += 1;
+        self.stored.entity(kind, provider, provider_id).await
     }
 
     async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, Self::Error> {
-        match self.unwritten.entity_by_id(id) {
-            Some(entity) => Ok(Some(entity.clone())),
-            None => self.stored.entity_by_id(id).await,
+        if let Some(entity) = self
+            .unwritten
+            .entity_by_id(id)
+            .or_else(|| self.read_ahead.entity_by_id(id))
+        {
+            return Ok(Some(entity.clone()));
         }
+        self.questions_to_the_store += 1;
+        self.stored.entity_by_id(id).await
     }
 
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, Self::Error> {
-        let stored = self.stored.targets_for(refs).await?;
+        let stored = match self.read_ahead.targets_for(refs) {
+            Some(read) => read,
+            None => {
+                self.questions_to_the_store += 1;
+                self.stored.targets_for(refs).await?
+            }
+        };
         Ok(self.unwritten.targets_for(refs, stored))
     }
 
     async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error> {
-        let stored = self.stored.linkable_payments(target).await?;
+        let stored = match self.read_ahead.linkable_payments(target) {
+            Some(read) => read,
+            None => {
+                self.questions_to_the_store += 1;
+                self.stored.linkable_payments(target).await?
+            }
+        };
         Ok(self.unwritten.linkable_payments(target, stored))
     }
 
-    async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, Self::Error> {
-        let stored = self.stored.linked_payments(target_id).await?;
-        Ok(self.unwritten.linked_payments(target_id, stored))
+    async fn linked_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error> {
+        let stored = match self.read_ahead.linked_payments(target) {
+            Some(read) => read,
+            None => {
+                self.questions_to_the_store += 1;
+                self.stored.linked_payments(target).await?
+            }
+        };
+        Ok(self.unwritten.linked_payments(&target.id, stored))
     }
 
     async fn save(&mut self, entity: &Entity) -> Result<(), Self::Error> {
@@ -187,10 +217,49 @@ impl LedgerRepo for GroupedRepo {
     }
 }
 
+impl MemoryRepo {
+    /// Every entity that answers some part of `reading`, as the stores' SQL finds them.
+    fn read(&self, reading: &Reading) -> Vec<Entity> {
+        let one_of = |values: &[String], value: &Option<String>| {
+            value.as_ref().is_some_and(|v| values.contains(v))
+        };
+        self.entities
+            .values()
+            .filter(|e| {
+                reading
+                    .identities
+                    .iter()
+                    .any(|(kind, provider, provider_id)| {
+                        e.kind == *kind && e.provider == *provider && e.provider_id == *provider_id
+                    })
+                    || (matches!(e.kind, SubjectKind::Invoice | SubjectKind::Bill)
+                        && (reading.target_references.contains(&e.provider_id)
+                            || one_of(&reading.target_references, &e.keys.number)
+                            || one_of(&reading.target_references, &e.keys.order_id)))
+                    || (e.kind == SubjectKind::Payment
+                        && e.linked_to.is_none()
+                        && [
+                            &e.refs.invoice_id,
+                            &e.refs.order_id,
+                            &e.refs.merchant_reference,
+                            &e.refs.remark,
+                            &e.refs.bill_ref_id,
+                            &e.refs.biller_ref_id,
+                        ]
+                        .into_iter()
+                        .any(|r| one_of(&reading.payment_references, r)))
+                    || reading.ids.contains(&e.id)
+                    || one_of(&reading.linked_to, &e.linked_to)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
 impl GroupedRepo {
-    /// Applies the facts in groups of the given sizes (the last group takes what is left),
-    /// writing each group's entities at its end.
-    fn run(facts: &[Fact], group_sizes: &[usize]) -> MemoryRepo {
+    /// Applies the facts in groups of the given sizes (the last group takes what is left):
+    /// each group reads ahead, applies its facts and writes its entities at its end.
+    fn run(facts: &[Fact], group_sizes: &[usize]) -> Self {
         let mut repo = GroupedRepo::default();
         let mut rest = facts;
         for size in group_sizes
@@ -202,6 +271,18 @@ impl GroupedRepo {
                 break;
             }
             let (group, after) = rest.split_at(size.min(rest.len()));
+            let group: Vec<&Fact> = group.iter().collect();
+            let mut read_ahead = ReadAhead::default();
+            let identities = ReadAhead::identities(&group);
+            let found = repo.stored.read(&identities);
+            read_ahead.add(identities, found);
+            let links = read_ahead.links(&group);
+            let found = repo.stored.read(&links);
+            read_ahead.add(links, found);
+            let linked = read_ahead.linked();
+            let found = repo.stored.read(&linked);
+            read_ahead.add(linked, found);
+            repo.read_ahead = read_ahead;
             for fact in group {
                 match run_ready(apply(&mut repo, fact)) {
                     Ok(_) => {}
@@ -213,7 +294,7 @@ impl GroupedRepo {
             }
             rest = after;
         }
-        repo.stored
+        repo
     }
 }
 
@@ -617,7 +698,7 @@ proptest! {
     }
 
     #[test]
-    fn entities_written_at_the_end_of_each_group_give_the_same_ledger(
+    fn facts_read_ahead_and_written_in_groups_give_the_same_ledger(
         group_sizes in proptest::collection::vec(1usize..=8, 1..12),
         order in Just(()).prop_perturb(|_, mut rng| {
             let mut indexes: Vec<usize> = (0..11).collect();
@@ -631,7 +712,9 @@ proptest! {
         let facts = lifecycle();
         let shuffled: Vec<Fact> = order.iter().map(|i| facts[*i].clone()).collect();
         let expected = run(&shuffled);
-        let actual = GroupedRepo::run(&shuffled, &group_sizes);
+        let grouped = GroupedRepo::run(&shuffled, &group_sizes);
+        prop_assert_eq!(grouped.questions_to_the_store, 0, "everything was read ahead");
+        let actual = grouped.stored;
         prop_assert_eq!(actual.outcome(), expected.outcome());
         prop_assert_eq!(actual.history.len(), expected.history.len());
         prop_assert_eq!(actual.conclusions.len(), 1, "exactly one settlement");
@@ -647,7 +730,7 @@ fn an_unwritten_entity_replaces_what_the_store_found_and_leaves_what_it_no_longe
     assert_eq!(found, Ok(Vec::new()));
 
     // A payment saved in this transaction answers for its invoice before it is written.
-    let mut payments = GroupedRepo::run(&lifecycle()[1..2], &[]);
+    let payments = GroupedRepo::run(&lifecycle()[1..2], &[]).stored;
     let mut payment = payments.find(SubjectKind::Payment, "pay_1").clone();
     unwritten.save(&payment);
     assert_eq!(

@@ -5,8 +5,8 @@ use billhook_core::entity::SubjectKind;
 use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
-    self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, Snapshot,
-    TargetKeys, UnwrittenEntities,
+    self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, ReadAhead,
+    Reading, Snapshot, TargetKeys, UnwrittenEntities,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -277,6 +277,79 @@ async fn record_announcement(
     Ok(announcement.event.id)
 }
 
+/// Reads what applying `facts` will ask about, in three statements however many facts there
+/// are (see `ReadAhead`): their entities and what those link to, locked as the lookups they
+/// replace lock them, then the payments linked to the invoices and bills found.
+async fn read_ahead(
+    transaction: &Transaction<'_>,
+    facts: &[&Fact],
+) -> Result<ReadAhead, StoreError> {
+    let mut read_ahead = ReadAhead::default();
+    let identities = ReadAhead::identities(facts);
+    if identities.is_empty() {
+        return Ok(read_ahead);
+    }
+    let found = read_entities(transaction, &identities).await?;
+    read_ahead.add(identities, found);
+    let links = read_ahead.links(facts);
+    let found = read_entities(transaction, &links).await?;
+    read_ahead.add(links, found);
+    let linked = read_ahead.linked();
+    let found = read_entities(transaction, &linked).await?;
+    read_ahead.add(linked, found);
+    Ok(read_ahead)
+}
+
+/// The entities that answer any part of `reading`; all but linked payments locked, in id
+/// order. One statement whatever the parts, so the connection plans it once: an empty array
+/// costs its index scan nothing. The ORs are over indexed columns, as in `link_lookup`, so the
+/// planner combines index scans (the identity's tuple is checked on the rows its
+/// `provider_id` finds).
+async fn read_entities(
+    transaction: &Transaction<'_>,
+    reading: &Reading,
+) -> Result<Vec<Entity>, StoreError> {
+    let mut found = Vec::new();
+    if reading.identities.len()
+        + reading.target_references.len()
+        + reading.payment_references.len()
+        + reading.ids.len()
+        > 0
+    {
+        let kinds = column(&reading.identities, |(kind, _, _)| kind.as_str());
+        let providers = column(&reading.identities, |(_, provider, _)| provider.as_str());
+        let provider_ids = column(&reading.identities, |(_, _, id)| id.as_str());
+        found = query_entities(
+            transaction,
+            "(provider_id = ANY($3)
+                AND (provider_id, kind, provider) IN (SELECT * FROM unnest($3::text[], $1::text[], $2::text[])))
+             OR ((provider_id = ANY($4) OR order_ref = ANY($4) OR number = ANY($4))
+                AND kind || '' IN ('invoice', 'bill'))
+             OR ((ref_invoice = ANY($5) OR ref_order = ANY($5) OR ref_merchant = ANY($5)
+                  OR ref_remark = ANY($5) OR ref_bill = ANY($5) OR ref_biller = ANY($5))
+                AND kind || '' = 'payment' AND linked_to IS NULL)
+             OR id = ANY($6)
+             ORDER BY id FOR UPDATE",
+            &[
+                &kinds,
+                &providers,
+                &provider_ids,
+                &reading.target_references,
+                &reading.payment_references,
+                &reading.ids,
+            ],
+        )
+        .await?;
+    }
+    if !reading.linked_to.is_empty() {
+        // Not locked, as `linked_payments` never locked them: they are only summed.
+        found.extend(
+            query_entities(transaction, "linked_to = ANY($1)", &[&reading.linked_to]).await?,
+        );
+    }
+    Ok(found)
+}
+
 /// The ledger tables as seen from inside one transaction. Its saved entities and history rows
 /// are written when all its facts are applied (`finish`), each kind in one statement, however
 /// many requests the transaction holds: history is never read back while facts apply, and
@@ -285,6 +358,7 @@ pub(super) struct PgLedger<'a> {
     store: &'a PgStore,
     transaction: &'a Transaction<'a>,
     concluder: Option<&'a dyn Concluder>,
+    read_ahead: ReadAhead,
     unwritten: UnwrittenEntities,
     history: Vec<HistoryEntry>,
 }
@@ -301,6 +375,9 @@ impl LedgerRepo for PgLedger<'_> {
         if let Some(entity) = self.unwritten.entity(kind, provider, provider_id) {
             return Ok(Some(entity.clone()));
         }
+        if let Some(read) = self.read_ahead.entity(kind, provider, provider_id) {
+            return Ok(read.cloned());
+        }
         // FOR UPDATE: concurrent ingests about one entity take turns instead of overwriting.
         let found = query_entities(
             self.transaction,
@@ -312,7 +389,11 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, StoreError> {
-        if let Some(entity) = self.unwritten.entity_by_id(id) {
+        if let Some(entity) = self
+            .unwritten
+            .entity_by_id(id)
+            .or_else(|| self.read_ahead.entity_by_id(id))
+        {
             return Ok(Some(entity.clone()));
         }
         Ok(
@@ -324,6 +405,9 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
+        if let Some(read) = self.read_ahead.targets_for(refs) {
+            return Ok(self.unwritten.targets_for(refs, read));
+        }
         let stored = link_lookup(
             self.transaction,
             // The first line is an OR of indexed references the planner can combine (a
@@ -348,6 +432,9 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
+        if let Some(read) = self.read_ahead.linkable_payments(target) {
+            return Ok(self.unwritten.linkable_payments(target, read));
+        }
         let stored = match target.kind {
             SubjectKind::Invoice => {
                 link_lookup(
@@ -379,9 +466,12 @@ impl LedgerRepo for PgLedger<'_> {
         Ok(self.unwritten.linkable_payments(target, stored))
     }
 
-    async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, StoreError> {
-        let stored = link_lookup(self.transaction, "linked_to = $1", &[Some(target_id)]).await?;
-        Ok(self.unwritten.linked_payments(target_id, stored))
+    async fn linked_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
+        let stored = match self.read_ahead.linked_payments(target) {
+            Some(read) => read,
+            None => link_lookup(self.transaction, "linked_to = $1", &[Some(&target.id)]).await?,
+        };
+        Ok(self.unwritten.linked_payments(&target.id, stored))
     }
 
     async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {
@@ -420,9 +510,10 @@ impl<'a> PgLedger<'a> {
         // at the same moment on two instances would each miss the other. Transaction-scoped
         // advisory locks on what the facts name make such writers take turns; taken in one
         // sorted batch, so two transactions never wait on each other in a cycle.
+        let facts: Vec<&Fact> = facts.into_iter().collect();
         let mut keys = Vec::new();
         let mut exclusive = Vec::new();
-        for fact in facts {
+        for fact in facts.iter().copied() {
             for lock in ledger::lock_names(std::slice::from_ref(fact)) {
                 keys.push(to_bits(ledger::stable_hash(&[
                     "billhook-ledger",
@@ -454,6 +545,7 @@ impl<'a> PgLedger<'a> {
             store,
             transaction,
             concluder: None,
+            read_ahead: read_ahead(transaction, &facts).await?,
             unwritten: UnwrittenEntities::default(),
             history: Vec::new(),
         })

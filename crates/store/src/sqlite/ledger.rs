@@ -468,8 +468,8 @@ impl LedgerRepo for SqliteLedger<'_> {
         read_each(self, payment_lookups(target))
     }
 
-    async fn linked_payments(&mut self, target_id: &str) -> Result<Vec<Entity>, StoreError> {
-        self.read(select_entities!("linked_to = ?1"), [target_id])
+    async fn linked_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
+        self.read(select_entities!("linked_to = ?1"), [target.id.as_str()])
     }
 
     async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {
