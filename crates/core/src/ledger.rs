@@ -29,7 +29,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use crate::entity::{EntityData, SubjectKind};
+use crate::entity::{EntityData, PaymentReferences, SubjectKind};
 use crate::event::EventType;
 use crate::ids::{EventId, InboundId};
 use crate::money::{Amount, Currency};
@@ -269,6 +269,40 @@ pub struct PaymentRefs {
     pub biller_ref_id: Option<String>,
 }
 
+impl PaymentRefs {
+    /// The references of a payment its source's rule matches on.
+    pub fn ruled(references: &PaymentReferences, rule: &[PaymentRef]) -> Self {
+        let allowed = |which: PaymentRef, value: &Option<String>| {
+            value
+                .clone()
+                .filter(|v| !v.is_empty() && rule.contains(&which))
+        };
+        let r = references;
+        Self {
+            invoice_id: allowed(PaymentRef::InvoiceId, &r.invoice_id),
+            order_id: allowed(PaymentRef::OrderId, &r.order_id),
+            merchant_reference: allowed(PaymentRef::MerchantReference, &r.merchant_reference),
+            remark: allowed(PaymentRef::Remark, &r.remark),
+            bill_ref_id: allowed(PaymentRef::BillRefId, &r.bill_ref_id),
+            biller_ref_id: allowed(PaymentRef::BillerRefId, &r.biller_ref_id),
+        }
+    }
+
+    /// The references present.
+    pub fn values(&self) -> impl Iterator<Item = &String> {
+        [
+            &self.invoice_id,
+            &self.order_id,
+            &self.merchant_reference,
+            &self.remark,
+            &self.bill_ref_id,
+            &self.biller_ref_id,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// The keys an invoice or bill is found by.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct TargetKeys {
@@ -337,6 +371,16 @@ pub struct Entity {
     pub updated_at: Timestamp,
     /// The stored message the content came from.
     pub inbound_id: InboundId,
+}
+
+impl Entity {
+    /// What payments may name an invoice or bill by: its provider's id, number and order.
+    pub fn known_by(&self) -> impl Iterator<Item = &String> {
+        [&self.keys.number, &self.keys.order_id]
+            .into_iter()
+            .flatten()
+            .chain([&self.provider_id])
+    }
 }
 
 /// A status the entity reported, applied or not.
@@ -430,10 +474,6 @@ impl UnwrittenEntities {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-
     /// The unwritten entity with this identity.
     pub fn entity(&self, kind: SubjectKind, provider: &str, provider_id: &str) -> Option<&Entity> {
         self.by_id
@@ -465,9 +505,8 @@ impl UnwrittenEntities {
     fn merge(&self, stored: Vec<Entity>, query: impl Fn(&Entity) -> bool) -> Vec<Entity> {
         let mut found: Vec<Entity> = stored
             .into_iter()
-            .filter(|e| !self.by_id.contains_key(&e.id))
-            .chain(self.by_id.values().cloned())
-            .filter(|e| query(e))
+            .filter(|e| !self.by_id.contains_key(&e.id) && query(e))
+            .chain(self.by_id.values().filter(|e| query(e)).cloned())
             .collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));
         found
@@ -501,31 +540,42 @@ fn is_linked_to(entity: &Entity, target_id: &str) -> bool {
 }
 
 /// The ledger entities a transaction read before applying its facts, and the questions they
-/// answer in full, so that applying the facts asks the store nothing: a few statements for a
-/// whole group of requests instead of one or more per fact. A question it cannot answer in full
-/// says so (`None`), and the repository asks the store; so what it reads decides only how fast
-/// facts apply, never what they conclude.
+/// answer in full, so that applying the facts seldom asks the store anything: a few
+/// statements for a whole group of requests instead of one or more per fact. A question it
+/// cannot answer in full says so (`None`), and the repository asks the store; so what it reads
+/// decides only how fast facts apply, never what they conclude.
 ///
-/// What the store holds must not change while it is used: it is for a transaction that holds
-/// its saves back until its facts are applied ([`UnwrittenEntities`]) and has locked what it
-/// read. Reading happens in rounds, each asking what the one before it found:
-/// [`identities`](Self::identities) of the facts' entities, then their
-/// [`links`](Self::links) (the invoices and bills payments name, the payments that name
-/// invoices and bills, the entities linked to), then the payments
-/// [`linked`](Self::linked) to every invoice and bill found.
+/// Reading happens in rounds, each asking what the one before found: the facts' entities
+/// ([`identities`](Self::identities)), then what they link to ([`links`](Self::links): the
+/// invoices and bills payments name, the payments invoices and bills are named by, the entities
+/// payments are linked to), both locked by the store, then the payments linked to the invoices
+/// and bills the facts will total ([`linked_targets`](Self::linked_targets)), not locked, as
+/// the lookup they replace never was; those answer only [`linked_payments`](Self::linked_payments).
+///
+/// It stays exact while the facts apply because nothing else can change what it read: it is
+/// for a transaction that holds its saves back until its facts are applied
+/// ([`UnwrittenEntities`]), takes the advisory locks of [`lock_names`] first (so no one else
+/// writes an entity or reference the facts name), and locks the rows of the first two rounds
+/// (so no one links to or from them). A payment linked to an invoice changes only by someone
+/// holding that invoice's row, and the transaction holds the rows of the invoices whose payments
+/// it read.
 #[derive(Debug, Default)]
 pub struct ReadAhead {
+    /// Read locked: the first two rounds.
     stored: HashMap<String, Entity>,
+    /// Read unlocked: payments linked to `linked_targets`.
+    linked: Vec<Entity>,
     identities: HashSet<(SubjectKind, String, String)>,
-    /// Every invoice and bill known by one of these is stored here.
+    /// Every invoice and bill known by one of these is stored.
     target_references: HashSet<String>,
-    /// Every unlinked payment seeking one of these is stored here.
+    /// Every unlinked payment seeking one of these is stored.
     payment_references: HashSet<String>,
-    /// Every payment linked to one of these is stored here.
+    /// Every payment linked to one of these is in `linked`.
     linked_targets: HashSet<String>,
 }
 
-/// What one round of [`ReadAhead`] reads; the store finds every entity that answers any part.
+/// What one locked round of [`ReadAhead`] reads; the store finds every entity that answers any
+/// part.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reading {
     /// Entities by (kind, provider, provider's id).
@@ -536,8 +586,6 @@ pub struct Reading {
     pub payment_references: Vec<String>,
     /// Entities by id.
     pub ids: Vec<String>,
-    /// Payments linked to these ids.
-    pub linked_to: Vec<String>,
 }
 
 impl Reading {
@@ -546,7 +594,6 @@ impl Reading {
             && self.target_references.is_empty()
             && self.payment_references.is_empty()
             && self.ids.is_empty()
-            && self.linked_to.is_empty()
     }
 }
 
@@ -573,47 +620,31 @@ impl ReadAhead {
         }
     }
 
-    /// The second round: what the facts and the entities read so far link to.
+    /// The second round: what the facts and the entities read so far link to. A payment's
+    /// references are those its source's rule matches on, as the ledger keeps them.
     pub fn links(&self, facts: &[&Fact]) -> Reading {
         let mut reading = Reading::default();
         for fact in facts {
-            let data = fact.snapshot.data();
-            let references = link_references(data).into_iter().map(str::to_owned);
-            match data.kind() {
-                SubjectKind::Payment => reading.target_references.extend(references),
-                SubjectKind::Invoice | SubjectKind::Bill => {
-                    reading.payment_references.extend(references)
-                }
+            match fact.snapshot.data() {
+                EntityData::Payment(payment) => reading.target_references.extend(
+                    PaymentRefs::ruled(&payment.references, &fact.link_rule)
+                        .values()
+                        .cloned(),
+                ),
+                data @ (EntityData::Invoice(_) | EntityData::Bill(_)) => reading
+                    .payment_references
+                    .extend(link_references(data).into_iter().map(str::to_owned)),
                 _ => {}
             }
         }
         for entity in self.stored.values() {
             match entity.kind {
-                SubjectKind::Payment => {
-                    let r = &entity.refs;
-                    reading.target_references.extend(
-                        [
-                            &r.invoice_id,
-                            &r.order_id,
-                            &r.merchant_reference,
-                            &r.remark,
-                            &r.bill_ref_id,
-                            &r.biller_ref_id,
-                        ]
-                        .into_iter()
-                        .flatten()
-                        .cloned(),
-                    );
-                }
-                SubjectKind::Invoice | SubjectKind::Bill => {
-                    reading.payment_references.extend(
-                        [&entity.keys.number, &entity.keys.order_id]
-                            .into_iter()
-                            .flatten()
-                            .cloned()
-                            .chain([entity.provider_id.clone()]),
-                    );
-                }
+                SubjectKind::Payment => reading
+                    .target_references
+                    .extend(entity.refs.values().cloned()),
+                SubjectKind::Invoice | SubjectKind::Bill => reading
+                    .payment_references
+                    .extend(entity.known_by().cloned()),
                 _ => {}
             }
             reading.ids.extend(entity.linked_to.iter().cloned());
@@ -631,22 +662,51 @@ impl ReadAhead {
         reading
     }
 
-    /// The last round: the payments linked to every invoice and bill read so far.
-    pub fn linked(&self) -> Reading {
-        let mut linked_to: Vec<String> = self
-            .stored
-            .values()
-            .filter(|e| matches!(e.kind, SubjectKind::Invoice | SubjectKind::Bill))
-            .map(|e| e.id.clone())
+    /// The last round: the invoices and bills whose linked payments the facts will total. Their
+    /// own entities, those payments are linked to, and the one each unlinked payment would
+    /// link to; other candidates a payment names are left out (a reference common to many
+    /// bills would read all their payments), and if one of them is chosen after all, its
+    /// question goes to the store.
+    pub fn linked_targets(&self, facts: &[&Fact]) -> Vec<String> {
+        let targets = || {
+            self.stored
+                .values()
+                .filter(|e| matches!(e.kind, SubjectKind::Invoice | SubjectKind::Bill))
+        };
+        let chosen = |refs: &PaymentRefs| {
+            targets()
+                .filter(|t| is_target_of(t, refs))
+                .min_by(|a, b| (&a.provider, &a.provider_id).cmp(&(&b.provider, &b.provider_id)))
+                .map(|t| t.id.clone())
+        };
+        let mut ids: Vec<String> = targets()
+            .filter(|t| {
+                self.identities
+                    .contains(&(t.kind, t.provider.clone(), t.provider_id.clone()))
+            })
+            .map(|t| t.id.clone())
             .collect();
-        linked_to.sort();
-        Reading {
-            linked_to,
-            ..Reading::default()
+        for entity in self.stored.values() {
+            match &entity.linked_to {
+                Some(target) => ids.push(target.clone()),
+                None if entity.kind == SubjectKind::Payment => ids.extend(chosen(&entity.refs)),
+                None => {}
+            }
         }
+        for fact in facts {
+            if let EntityData::Payment(payment) = fact.snapshot.data() {
+                ids.extend(chosen(&PaymentRefs::ruled(
+                    &payment.references,
+                    &fact.link_rule,
+                )));
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
-    /// Takes in what the store found for `reading`.
+    /// Takes in what the store found for a locked round.
     pub fn add(&mut self, reading: Reading, found: Vec<Entity>) {
         for entity in found {
             self.stored.insert(entity.id.clone(), entity);
@@ -654,7 +714,12 @@ impl ReadAhead {
         self.identities.extend(reading.identities);
         self.target_references.extend(reading.target_references);
         self.payment_references.extend(reading.payment_references);
-        self.linked_targets.extend(reading.linked_to);
+    }
+
+    /// Takes in the payments the store found linked to `targets`.
+    pub fn add_linked(&mut self, targets: Vec<String>, found: Vec<Entity>) {
+        self.linked.extend(found);
+        self.linked_targets.extend(targets);
     }
 
     /// [`LedgerRepo::entity`]; `None` if not read.
@@ -682,29 +747,16 @@ impl ReadAhead {
 
     /// [`LedgerRepo::targets_for`] as stored; `None` if not read.
     pub fn targets_for(&self, refs: &PaymentRefs) -> Option<Vec<Entity>> {
-        let values = [
-            &refs.invoice_id,
-            &refs.order_id,
-            &refs.merchant_reference,
-            &refs.remark,
-            &refs.bill_ref_id,
-            &refs.biller_ref_id,
-        ];
-        let read = values
-            .into_iter()
-            .flatten()
-            .all(|v| self.target_references.contains(v));
-        read.then(|| self.answers(|e| is_target_of(e, refs)))
+        let read = refs.values().all(|v| self.target_references.contains(v));
+        read.then(|| answers(self.stored.values(), |e| is_target_of(e, refs)))
     }
 
     /// [`LedgerRepo::linkable_payments`] as stored; `None` if not read.
     pub fn linkable_payments(&self, target: &Entity) -> Option<Vec<Entity>> {
-        let read = [&target.keys.number, &target.keys.order_id]
-            .into_iter()
-            .flatten()
-            .chain([&target.provider_id])
+        let read = target
+            .known_by()
             .all(|v| v.is_empty() || self.payment_references.contains(v));
-        read.then(|| self.answers(|e| is_linkable_to(e, target)))
+        read.then(|| answers(self.stored.values(), |e| is_linkable_to(e, target)))
     }
 
     /// [`LedgerRepo::linked_payments`] as stored; `None` if not read. An entity this
@@ -713,12 +765,15 @@ impl ReadAhead {
         let created_here =
             self.entity(target.kind, &target.provider, &target.provider_id) == Some(None);
         let read = created_here || self.linked_targets.contains(&target.id);
-        read.then(|| self.answers(|e| is_linked_to(e, &target.id)))
+        read.then(|| answers(&self.linked, |e| is_linked_to(e, &target.id)))
     }
+}
 
-    fn answers(&self, query: impl Fn(&Entity) -> bool) -> Vec<Entity> {
-        self.stored.values().filter(|e| query(e)).cloned().collect()
-    }
+fn answers<'a>(
+    entities: impl IntoIterator<Item = &'a Entity>,
+    query: impl Fn(&Entity) -> bool,
+) -> Vec<Entity> {
+    entities.into_iter().filter(|e| query(e)).cloned().collect()
 }
 
 /// The ids of every entity of `kind` lie strictly between these two strings in byte order, so on
@@ -800,20 +855,7 @@ fn describe(entity: &mut Entity, rule: &[PaymentRef]) {
         EntityData::Payment(payment) => {
             entity.currency = Some(payment.currency);
             entity.amount = Some(payment.amount);
-            let r = &payment.references;
-            let allowed = |which: PaymentRef, value: &Option<String>| {
-                value
-                    .clone()
-                    .filter(|v| !v.is_empty() && rule.contains(&which))
-            };
-            entity.refs = PaymentRefs {
-                invoice_id: allowed(PaymentRef::InvoiceId, &r.invoice_id),
-                order_id: allowed(PaymentRef::OrderId, &r.order_id),
-                merchant_reference: allowed(PaymentRef::MerchantReference, &r.merchant_reference),
-                remark: allowed(PaymentRef::Remark, &r.remark),
-                bill_ref_id: allowed(PaymentRef::BillRefId, &r.bill_ref_id),
-                biller_ref_id: allowed(PaymentRef::BillerRefId, &r.biller_ref_id),
-            };
+            entity.refs = PaymentRefs::ruled(&payment.references, rule);
         }
         _ => {}
     }

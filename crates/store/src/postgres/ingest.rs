@@ -535,8 +535,9 @@ fn dedup_key(write: &IngestWrite) -> (&str, &str) {
 /// Each group is one transaction and one commit: a writer takes everything queued (up to
 /// `MAX_GROUP`) while the others write theirs. On PostgreSQL what an ingest costs is mostly
 /// per statement and per commit, and a group shares its statements (one for every request's
-/// rows, one for every ledger lock, one for all ledger history) and its commit. Alone, a
-/// request is written as soon as a writer is free.
+/// rows, one for every ledger lock, up to three reading what the ledger will ask, one for every
+/// ledger entity, one for all ledger history) and its commit. Alone, a request is written as
+/// soon as a writer is free.
 pub(super) struct IngestWriters {
     /// `None` once the store is closed.
     queue: std::sync::Mutex<Option<mpsc::Sender<QueuedIngest>>>,
@@ -719,8 +720,10 @@ impl PgStore {
     }
 
     /// `write_together`, again when the database cancelled the transaction for conflicting
-    /// with another: the other has gone on (two groups paying one pair of invoices in opposite
-    /// orders deadlock, and one of them is cancelled), so this one will too.
+    /// with another: the other has gone on, so this one will too. Each of a group's locking
+    /// statements takes its rows in one order, but two groups can still lock rows in opposite
+    /// orders across statements (one reads an invoice as its own entity, the other finds it
+    /// as a payment's target), and PostgreSQL cancels one of the two.
     async fn write_retrying(
         &self,
         writes: &[&IngestWrite],

@@ -277,9 +277,9 @@ async fn record_announcement(
     Ok(announcement.event.id)
 }
 
-/// Reads what applying `facts` will ask about, in three statements however many facts there
-/// are (see `ReadAhead`): their entities and what those link to, locked as the lookups they
-/// replace lock them, then the payments linked to the invoices and bills found.
+/// Reads what applying `facts` will ask about, in at most three statements however many facts
+/// there are (see `ReadAhead`): their entities and what those link to, locked as the lookups
+/// they replace lock them, then the payments linked to the invoices and bills they will total.
 async fn read_ahead(
     transaction: &Transaction<'_>,
     facts: &[&Fact],
@@ -294,14 +294,16 @@ async fn read_ahead(
     let links = read_ahead.links(facts);
     let found = read_entities(transaction, &links).await?;
     read_ahead.add(links, found);
-    let linked = read_ahead.linked();
-    let found = read_entities(transaction, &linked).await?;
-    read_ahead.add(linked, found);
+    let targets = read_ahead.linked_targets(facts);
+    if !targets.is_empty() {
+        // Not locked, as `linked_payments` never locked them: they are only summed.
+        let found = query_entities(transaction, "linked_to = ANY($1)", &[&targets]).await?;
+        read_ahead.add_linked(targets, found);
+    }
     Ok(read_ahead)
 }
 
-/// The entities that answer any part of `reading`; all but linked payments locked, in id
-/// order. One statement whatever the parts, so the connection plans it once: an empty array
+/// The entities that answer any part of `reading`, locked in id order. One statement whatever the parts, so the connection plans it once: an empty array
 /// costs its index scan nothing. The ORs are over indexed columns, as in `link_lookup`, so the
 /// planner combines index scans (the identity's tuple is checked on the rows its
 /// `provider_id` finds).
@@ -309,45 +311,33 @@ async fn read_entities(
     transaction: &Transaction<'_>,
     reading: &Reading,
 ) -> Result<Vec<Entity>, StoreError> {
-    let mut found = Vec::new();
-    if reading.identities.len()
-        + reading.target_references.len()
-        + reading.payment_references.len()
-        + reading.ids.len()
-        > 0
-    {
-        let kinds = column(&reading.identities, |(kind, _, _)| kind.as_str());
-        let providers = column(&reading.identities, |(_, provider, _)| provider.as_str());
-        let provider_ids = column(&reading.identities, |(_, _, id)| id.as_str());
-        found = query_entities(
-            transaction,
-            "(provider_id = ANY($3)
-                AND (provider_id, kind, provider) IN (SELECT * FROM unnest($3::text[], $1::text[], $2::text[])))
-             OR ((provider_id = ANY($4) OR order_ref = ANY($4) OR number = ANY($4))
-                AND kind || '' IN ('invoice', 'bill'))
-             OR ((ref_invoice = ANY($5) OR ref_order = ANY($5) OR ref_merchant = ANY($5)
-                  OR ref_remark = ANY($5) OR ref_bill = ANY($5) OR ref_biller = ANY($5))
-                AND kind || '' = 'payment' AND linked_to IS NULL)
-             OR id = ANY($6)
-             ORDER BY id FOR UPDATE",
-            &[
-                &kinds,
-                &providers,
-                &provider_ids,
-                &reading.target_references,
-                &reading.payment_references,
-                &reading.ids,
-            ],
-        )
-        .await?;
+    if reading.is_empty() {
+        return Ok(Vec::new());
     }
-    if !reading.linked_to.is_empty() {
-        // Not locked, as `linked_payments` never locked them: they are only summed.
-        found.extend(
-            query_entities(transaction, "linked_to = ANY($1)", &[&reading.linked_to]).await?,
-        );
-    }
-    Ok(found)
+    let kinds = column(&reading.identities, |(kind, _, _)| kind.as_str());
+    let providers = column(&reading.identities, |(_, provider, _)| provider.as_str());
+    let provider_ids = column(&reading.identities, |(_, _, id)| id.as_str());
+    query_entities(
+        transaction,
+        "(provider_id = ANY($3)
+            AND (provider_id, kind, provider) IN (SELECT * FROM unnest($3::text[], $1::text[], $2::text[])))
+         OR ((provider_id = ANY($4) OR order_ref = ANY($4) OR number = ANY($4))
+            AND kind || '' IN ('invoice', 'bill'))
+         OR ((ref_invoice = ANY($5) OR ref_order = ANY($5) OR ref_merchant = ANY($5)
+              OR ref_remark = ANY($5) OR ref_bill = ANY($5) OR ref_biller = ANY($5))
+            AND kind || '' = 'payment' AND linked_to IS NULL)
+         OR id = ANY($6)
+         ORDER BY id FOR UPDATE",
+        &[
+            &kinds,
+            &providers,
+            &provider_ids,
+            &reading.target_references,
+            &reading.payment_references,
+            &reading.ids,
+        ],
+    )
+    .await
 }
 
 /// The ledger tables as seen from inside one transaction. Its saved entities and history rows
