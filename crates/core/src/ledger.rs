@@ -776,6 +776,94 @@ fn answers<'a>(
     entities.into_iter().filter(|e| query(e)).cloned().collect()
 }
 
+/// A repository for applying a group of facts, over a store's own: every question goes first
+/// to what the group has not written yet and what it read ahead, and to the store only when
+/// those cannot answer it in full; saves stay unwritten until the caller writes
+/// `unwritten` at the group's end. History and conclusions go straight to the store's
+/// repository.
+pub struct GroupedLedger<S> {
+    pub store: S,
+    pub read_ahead: ReadAhead,
+    pub unwritten: UnwrittenEntities,
+}
+
+impl<S> GroupedLedger<S> {
+    pub fn new(store: S, read_ahead: ReadAhead) -> Self {
+        Self {
+            store,
+            read_ahead,
+            unwritten: UnwrittenEntities::default(),
+        }
+    }
+}
+
+impl<S: LedgerRepo> LedgerRepo for GroupedLedger<S> {
+    type Error = S::Error;
+
+    async fn entity(
+        &mut self,
+        kind: SubjectKind,
+        provider: &str,
+        provider_id: &str,
+    ) -> Result<Option<Entity>, Self::Error> {
+        if let Some(entity) = self.unwritten.entity(kind, provider, provider_id) {
+            return Ok(Some(entity.clone()));
+        }
+        if let Some(read) = self.read_ahead.entity(kind, provider, provider_id) {
+            return Ok(read.cloned());
+        }
+        self.store.entity(kind, provider, provider_id).await
+    }
+
+    async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, Self::Error> {
+        if let Some(entity) = self
+            .unwritten
+            .entity_by_id(id)
+            .or_else(|| self.read_ahead.entity_by_id(id))
+        {
+            return Ok(Some(entity.clone()));
+        }
+        self.store.entity_by_id(id).await
+    }
+
+    async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, Self::Error> {
+        let stored = match self.read_ahead.targets_for(refs) {
+            Some(read) => read,
+            None => self.store.targets_for(refs).await?,
+        };
+        Ok(self.unwritten.targets_for(refs, stored))
+    }
+
+    async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error> {
+        let stored = match self.read_ahead.linkable_payments(target) {
+            Some(read) => read,
+            None => self.store.linkable_payments(target).await?,
+        };
+        Ok(self.unwritten.linkable_payments(target, stored))
+    }
+
+    async fn linked_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error> {
+        let stored = match self.read_ahead.linked_payments(target) {
+            Some(read) => read,
+            None => self.store.linked_payments(target).await?,
+        };
+        Ok(self.unwritten.linked_payments(&target.id, stored))
+    }
+
+    async fn save(&mut self, entity: &Entity) -> Result<(), Self::Error> {
+        self.unwritten.save(entity);
+        Ok(())
+    }
+
+    async fn record_history(&mut self, entry: &HistoryEntry) -> Result<(), Self::Error> {
+        self.store.record_history(entry).await
+    }
+
+    async fn conclude(&mut self, conclusion: &Conclusion) -> Result<EventId, Self::Error> {
+        self.store.conclude(conclusion).await
+    }
+}
+
 /// The ids of every entity of `kind` lie strictly between these two strings in byte order, so on
 /// SQLite (whose keys compare as bytes) a listing by kind is a range of the primary key and
 /// needs no index of its own. An id is the kind's two-letter prefix, `_` and a ULID: it sorts

@@ -8,12 +8,13 @@ use proptest::prelude::*;
 use super::*;
 use crate::entity::{InvoiceSnapshot, PaymentReferences, PaymentSnapshot};
 
-/// The ledger tables as maps, and the conclusions recorded.
+/// The ledger tables as maps, the conclusions recorded, and how many questions were asked.
 #[derive(Default)]
 struct MemoryRepo {
     entities: HashMap<String, Entity>,
     history: Vec<HistoryEntry>,
     conclusions: Vec<Conclusion>,
+    questions: usize,
 }
 
 impl LedgerRepo for MemoryRepo {
@@ -25,6 +26,7 @@ impl LedgerRepo for MemoryRepo {
         provider: &str,
         provider_id: &str,
     ) -> Result<Option<Entity>, Self::Error> {
+        self.questions += 1;
         Ok(self
             .entities
             .values()
@@ -33,10 +35,12 @@ impl LedgerRepo for MemoryRepo {
     }
 
     async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, Self::Error> {
+        self.questions += 1;
         Ok(self.entities.get(id).cloned())
     }
 
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, Self::Error> {
+        self.questions += 1;
         Ok(self
             .entities
             .values()
@@ -49,6 +53,7 @@ impl LedgerRepo for MemoryRepo {
     }
 
     async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error> {
+        self.questions += 1;
         Ok(self
             .entities
             .values()
@@ -62,6 +67,7 @@ impl LedgerRepo for MemoryRepo {
     }
 
     async fn linked_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error> {
+        self.questions += 1;
         Ok(self
             .entities
             .values()
@@ -128,95 +134,6 @@ impl MemoryRepo {
     }
 }
 
-/// A repository that works like the PostgreSQL one: it reads ahead what a group of facts will
-/// ask, holds its saves back until the end of the group, and counts the questions it had to
-/// put to the store while applying.
-#[derive(Default)]
-struct GroupedRepo {
-    stored: MemoryRepo,
-    read_ahead: ReadAhead,
-    unwritten: UnwrittenEntities,
-    questions_to_the_store: usize,
-}
-
-impl LedgerRepo for GroupedRepo {
-    type Error = std::convert::Infallible;
-
-    async fn entity(
-        &mut self,
-        kind: SubjectKind,
-        provider: &str,
-        provider_id: &str,
-    ) -> Result<Option<Entity>, Self::Error> {
-        if let Some(entity) = self.unwritten.entity(kind, provider, provider_id) {
-            return Ok(Some(entity.clone()));
-        }
-        if let Some(read) = self.read_ahead.entity(kind, provider, provider_id) {
-            return Ok(read.cloned());
-        }
-        self.questions_to_the_store += 1;
-        self.stored.entity(kind, provider, provider_id).await
-    }
-
-    async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, Self::Error> {
-        if let Some(entity) = self
-            .unwritten
-            .entity_by_id(id)
-            .or_else(|| self.read_ahead.entity_by_id(id))
-        {
-            return Ok(Some(entity.clone()));
-        }
-        self.questions_to_the_store += 1;
-        self.stored.entity_by_id(id).await
-    }
-
-    async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, Self::Error> {
-        let stored = match self.read_ahead.targets_for(refs) {
-            Some(read) => read,
-            None => {
-                self.questions_to_the_store += 1;
-                self.stored.targets_for(refs).await?
-            }
-        };
-        Ok(self.unwritten.targets_for(refs, stored))
-    }
-
-    async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error> {
-        let stored = match self.read_ahead.linkable_payments(target) {
-            Some(read) => read,
-            None => {
-                self.questions_to_the_store += 1;
-                self.stored.linkable_payments(target).await?
-            }
-        };
-        Ok(self.unwritten.linkable_payments(target, stored))
-    }
-
-    async fn linked_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, Self::Error> {
-        let stored = match self.read_ahead.linked_payments(target) {
-            Some(read) => read,
-            None => {
-                self.questions_to_the_store += 1;
-                self.stored.linked_payments(target).await?
-            }
-        };
-        Ok(self.unwritten.linked_payments(&target.id, stored))
-    }
-
-    async fn save(&mut self, entity: &Entity) -> Result<(), Self::Error> {
-        self.unwritten.save(entity);
-        Ok(())
-    }
-
-    async fn record_history(&mut self, entry: &HistoryEntry) -> Result<(), Self::Error> {
-        self.stored.record_history(entry).await
-    }
-
-    async fn conclude(&mut self, conclusion: &Conclusion) -> Result<EventId, Self::Error> {
-        self.stored.conclude(conclusion).await
-    }
-}
-
 impl MemoryRepo {
     /// Every entity that answers some part of `reading`, as the stores' SQL finds them.
     fn read(&self, reading: &Reading) -> Vec<Entity> {
@@ -257,55 +174,54 @@ impl MemoryRepo {
     }
 }
 
-impl GroupedRepo {
-    /// Applies the facts in groups of the given sizes (the last group takes what is left):
-    /// each group reads ahead (unless `read_ahead` is false, when every question goes to the
-    /// store), applies its facts and writes its entities at its end.
-    fn run(facts: &[Fact], group_sizes: &[usize], read_ahead: bool) -> Self {
-        let mut repo = GroupedRepo::default();
-        let mut rest = facts;
-        for size in group_sizes
-            .iter()
-            .copied()
-            .chain(std::iter::repeat(usize::MAX))
-        {
-            if rest.is_empty() {
-                break;
-            }
-            let (group, after) = rest.split_at(size.min(rest.len()));
-            let group: Vec<&Fact> = group.iter().collect();
-            repo.read_ahead = ReadAhead::default();
-            if read_ahead {
-                repo.read_ahead = Self::read(&repo.stored, &group);
-            }
-            for fact in group {
-                match run_ready(apply(&mut repo, fact)) {
-                    Ok(_) => {}
-                    Err(never) => match never {},
-                }
-            }
-            for entity in std::mem::take(&mut repo.unwritten).into_entities() {
-                repo.stored.entities.insert(entity.id.clone(), entity);
-            }
-            rest = after;
+/// Applies the facts as the PostgreSQL store does, in groups of the given sizes (the last
+/// group takes what is left): each group reads ahead (unless `read_ahead` is false, when every
+/// question goes to the store), applies its facts through a `GroupedLedger` and writes its
+/// entities at its end. The store counts the questions that reached it.
+fn run_grouped(facts: &[Fact], group_sizes: &[usize], read_ahead: bool) -> MemoryRepo {
+    let mut repo = GroupedLedger::new(MemoryRepo::default(), ReadAhead::default());
+    let mut rest = facts;
+    for size in group_sizes
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(usize::MAX))
+    {
+        if rest.is_empty() {
+            break;
         }
-        repo
+        let (group, after) = rest.split_at(size.min(rest.len()));
+        let group: Vec<&Fact> = group.iter().collect();
+        repo.read_ahead = ReadAhead::default();
+        if read_ahead {
+            repo.read_ahead = read_ahead_from(&repo.store, &group);
+        }
+        for fact in group {
+            match run_ready(apply(&mut repo, fact)) {
+                Ok(_) => {}
+                Err(never) => match never {},
+            }
+        }
+        for entity in std::mem::take(&mut repo.unwritten).into_entities() {
+            repo.store.entities.insert(entity.id.clone(), entity);
+        }
+        rest = after;
     }
+    repo.store
+}
 
-    /// What the PostgreSQL repository reads ahead for a group, from `stored`.
-    fn read(stored: &MemoryRepo, group: &[&Fact]) -> ReadAhead {
-        let mut read_ahead = ReadAhead::default();
-        let identities = ReadAhead::identities(group);
-        let found = stored.read(&identities);
-        read_ahead.add(identities, found);
-        let links = read_ahead.links(group);
-        let found = stored.read(&links);
-        read_ahead.add(links, found);
-        let targets = read_ahead.linked_targets(group);
-        let found = stored.linked_to(&targets);
-        read_ahead.add_linked(targets, found);
-        read_ahead
-    }
+/// What the PostgreSQL repository reads ahead for a group, from `stored`.
+fn read_ahead_from(stored: &MemoryRepo, group: &[&Fact]) -> ReadAhead {
+    let mut read_ahead = ReadAhead::default();
+    let identities = ReadAhead::identities(group);
+    let found = stored.read(&identities);
+    read_ahead.add(identities, found);
+    let links = read_ahead.links(group);
+    let found = stored.read(&links);
+    read_ahead.add(links, found);
+    let targets = read_ahead.linked_targets(group);
+    let found = stored.linked_to(&targets);
+    read_ahead.add_linked(targets, found);
+    read_ahead
 }
 
 const T0: i64 = 1_700_000_000_000;
@@ -722,13 +638,13 @@ proptest! {
         let facts = lifecycle();
         let shuffled: Vec<Fact> = order.iter().map(|i| facts[*i].clone()).collect();
         let expected = run(&shuffled);
-        let grouped = GroupedRepo::run(&shuffled, &group_sizes, true);
-        prop_assert_eq!(grouped.questions_to_the_store, 0, "everything was read ahead");
+        let grouped = run_grouped(&shuffled, &group_sizes, true);
+        prop_assert_eq!(grouped.questions, 0, "everything was read ahead");
         // Nothing read ahead: every question goes to the store and is merged with what the
         // group has not written yet.
-        let unread = GroupedRepo::run(&shuffled, &group_sizes, false);
-        prop_assert!(unread.questions_to_the_store > 0);
-        for actual in [grouped.stored, unread.stored] {
+        let unread = run_grouped(&shuffled, &group_sizes, false);
+        prop_assert!(unread.questions > 0);
+        for actual in [grouped, unread] {
             prop_assert_eq!(actual.outcome(), expected.outcome());
             prop_assert_eq!(actual.history.len(), expected.history.len());
             prop_assert_eq!(actual.conclusions.len(), 1, "exactly one settlement");
@@ -745,7 +661,7 @@ fn an_unwritten_entity_replaces_what_the_store_found_and_leaves_what_it_no_longe
     assert_eq!(found, Ok(Vec::new()));
 
     // A payment saved in this transaction answers for its invoice before it is written.
-    let payments = GroupedRepo::run(&lifecycle()[1..2], &[], true).stored;
+    let payments = run_grouped(&lifecycle()[1..2], &[], true);
     let mut payment = payments.find(SubjectKind::Payment, "pay_1").clone();
     unwritten.save(&payment);
     assert_eq!(

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
-use super::ledger::{PgLedger, apply_facts};
+use super::ledger::{LedgerGroup, apply_facts};
 use super::{PgStore, execute_cached, pg_error};
 use crate::StoreError;
 use crate::model::*;
@@ -753,7 +753,7 @@ impl PgStore {
             .iter()
             .filter(|w| stored.contains(&w.inbound.id))
             .flat_map(|w| &w.facts);
-        let mut ledger = PgLedger::begin(self, &transaction, facts).await?;
+        let mut ledger = LedgerGroup::begin(self, &transaction, facts).await?;
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
             let inbound = &write.inbound;

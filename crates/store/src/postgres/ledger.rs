@@ -5,8 +5,8 @@ use billhook_core::entity::SubjectKind;
 use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
-    self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, ReadAhead,
-    Reading, Snapshot, TargetKeys, UnwrittenEntities,
+    self, Conclusion, Entity, Fact, GroupedLedger, HistoryEntry, LedgerRepo, PaymentRefs,
+    Precedence, ReadAhead, Reading, Snapshot, TargetKeys,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -340,16 +340,13 @@ async fn read_entities(
     .await
 }
 
-/// The ledger tables as seen from inside one transaction. Its saved entities and history rows
-/// are written when all its facts are applied (`finish`), each kind in one statement, however
-/// many requests the transaction holds: history is never read back while facts apply, and
-/// entities are read through what is still unwritten (`UnwrittenEntities`).
-pub(super) struct PgLedger<'a> {
+/// The ledger tables as seen from inside one transaction, each question one statement. A
+/// group of facts asks through `LedgerGroup`, which seldom needs to. History rows are never read
+/// back while facts apply, so they are kept and written in one statement at the end.
+struct PgLedger<'a> {
     store: &'a PgStore,
     transaction: &'a Transaction<'a>,
     concluder: Option<&'a dyn Concluder>,
-    read_ahead: ReadAhead,
-    unwritten: UnwrittenEntities,
     history: Vec<HistoryEntry>,
 }
 
@@ -362,12 +359,6 @@ impl LedgerRepo for PgLedger<'_> {
         provider: &str,
         provider_id: &str,
     ) -> Result<Option<Entity>, StoreError> {
-        if let Some(entity) = self.unwritten.entity(kind, provider, provider_id) {
-            return Ok(Some(entity.clone()));
-        }
-        if let Some(read) = self.read_ahead.entity(kind, provider, provider_id) {
-            return Ok(read.cloned());
-        }
         // FOR UPDATE: concurrent ingests about one entity take turns instead of overwriting.
         let found = query_entities(
             self.transaction,
@@ -379,13 +370,6 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, StoreError> {
-        if let Some(entity) = self
-            .unwritten
-            .entity_by_id(id)
-            .or_else(|| self.read_ahead.entity_by_id(id))
-        {
-            return Ok(Some(entity.clone()));
-        }
         Ok(
             query_entities(self.transaction, "id = $1 FOR UPDATE", &[&id])
                 .await?
@@ -395,10 +379,7 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, StoreError> {
-        if let Some(read) = self.read_ahead.targets_for(refs) {
-            return Ok(self.unwritten.targets_for(refs, read));
-        }
-        let stored = link_lookup(
+        link_lookup(
             self.transaction,
             // The first line is an OR of indexed references the planner can combine (a
             // BitmapOr); `kind || ''` keeps it from reading every invoice through the kind index
@@ -417,15 +398,11 @@ impl LedgerRepo for PgLedger<'_> {
                 refs.biller_ref_id.as_deref(),
             ],
         )
-        .await?;
-        Ok(self.unwritten.targets_for(refs, stored))
+        .await
     }
 
     async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
-        if let Some(read) = self.read_ahead.linkable_payments(target) {
-            return Ok(self.unwritten.linkable_payments(target, read));
-        }
-        let stored = match target.kind {
+        match target.kind {
             SubjectKind::Invoice => {
                 link_lookup(
                     self.transaction,
@@ -440,7 +417,7 @@ impl LedgerRepo for PgLedger<'_> {
                         target.keys.number.as_deref(),
                     ],
                 )
-                .await?
+                .await
             }
             SubjectKind::Bill => {
                 link_lookup(
@@ -449,24 +426,18 @@ impl LedgerRepo for PgLedger<'_> {
                      FOR UPDATE",
                     &[Some(&target.provider_id), target.keys.number.as_deref()],
                 )
-                .await?
+                .await
             }
-            _ => Vec::new(),
-        };
-        Ok(self.unwritten.linkable_payments(target, stored))
+            _ => Ok(Vec::new()),
+        }
     }
 
     async fn linked_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
-        let stored = match self.read_ahead.linked_payments(target) {
-            Some(read) => read,
-            None => link_lookup(self.transaction, "linked_to = $1", &[Some(&target.id)]).await?,
-        };
-        Ok(self.unwritten.linked_payments(&target.id, stored))
+        link_lookup(self.transaction, "linked_to = $1", &[Some(&target.id)]).await
     }
 
     async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {
-        self.unwritten.save(entity);
-        Ok(())
+        save_entities(self.transaction, std::slice::from_ref(entity)).await
     }
 
     async fn record_history(&mut self, entry: &HistoryEntry) -> Result<(), StoreError> {
@@ -489,8 +460,14 @@ impl LedgerRepo for PgLedger<'_> {
     }
 }
 
-impl<'a> PgLedger<'a> {
-    /// Locks what the facts about to be applied name and returns the ledger to apply them to.
+/// The ledger as a group of facts applies to it, inside one transaction: its entities and
+/// history are written when all its facts are applied (`finish`), each in one statement,
+/// however many requests the transaction holds.
+pub(super) struct LedgerGroup<'a>(GroupedLedger<PgLedger<'a>>);
+
+impl<'a> LedgerGroup<'a> {
+    /// Locks what the facts about to be applied name, reads ahead what they will ask, and
+    /// returns the ledger to apply them to.
     pub(super) async fn begin(
         store: &'a PgStore,
         transaction: &'a Transaction<'a>,
@@ -531,14 +508,16 @@ impl<'a> PgLedger<'a> {
             )
             .await?;
         }
-        Ok(Self {
+        let ledger = PgLedger {
             store,
             transaction,
             concluder: None,
-            read_ahead: read_ahead(transaction, &facts).await?,
-            unwritten: UnwrittenEntities::default(),
             history: Vec::new(),
-        })
+        };
+        Ok(Self(GroupedLedger::new(
+            ledger,
+            read_ahead(transaction, &facts).await?,
+        )))
     }
 
     /// Applies the facts of one request, in order; returns the events the ledger concluded.
@@ -547,21 +526,26 @@ impl<'a> PgLedger<'a> {
         facts: &[Fact],
         concluder: Option<&'a dyn Concluder>,
     ) -> Result<Vec<EventId>, StoreError> {
-        self.concluder = concluder;
+        self.0.store.concluder = concluder;
         let mut concluded = Vec::new();
         for fact in facts {
-            concluded.extend(ledger::apply(self, fact).await?.conclusions);
+            concluded.extend(ledger::apply(&mut self.0, fact).await?.conclusions);
         }
         Ok(concluded)
     }
 
     /// Writes the entities and the history of every fact applied.
     pub(super) async fn finish(self) -> Result<(), StoreError> {
-        save_entities(self.transaction, &self.unwritten.into_entities()).await?;
-        if self.history.is_empty() {
+        let GroupedLedger {
+            store: ledger,
+            unwritten,
+            ..
+        } = self.0;
+        save_entities(ledger.transaction, &unwritten.into_entities()).await?;
+        let history = &ledger.history;
+        if history.is_empty() {
             return Ok(());
         }
-        let history = &self.history;
         let entity_ids = column(history, |h| h.entity_id.as_str());
         let event_ids = column(history, |h| h.event_id.to_string());
         let event_types = column(history, |h| h.event_type.as_str());
@@ -572,7 +556,7 @@ impl<'a> PgLedger<'a> {
         let received_at = column(history, |h| h.received_at.unix_millis());
         let applied = column(history, |h| h.applied);
         execute_cached(
-            self.transaction,
+            ledger.transaction,
             "INSERT INTO ledger_history (entity_id, event_id, event_type, status,
                 provider_status, level, occurred_at, received_at, applied)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -601,7 +585,7 @@ pub(super) async fn apply_facts(
     facts: &[Fact],
     concluder: Option<&dyn Concluder>,
 ) -> Result<Vec<EventId>, StoreError> {
-    let mut ledger = PgLedger::begin(store, transaction, facts).await?;
+    let mut ledger = LedgerGroup::begin(store, transaction, facts).await?;
     let concluded = ledger.apply(facts, concluder).await?;
     ledger.finish().await?;
     Ok(concluded)
