@@ -864,11 +864,11 @@ impl<S: LedgerRepo> LedgerRepo for GroupedLedger<S> {
     }
 }
 
-/// The ids of every entity of `kind` lie strictly between these two strings in byte order, so on
-/// SQLite (whose keys compare as bytes) a listing by kind is a range of the primary key and
-/// needs no index of its own. An id is the kind's two-letter prefix, `_` and a ULID: it sorts
-/// after the prefix alone and before the prefix with its last letter advanced. Not for
-/// PostgreSQL, whose text order follows the database's collation (in some, `z` is not after `y`).
+/// The ids of every entity of `kind` lie strictly between these two strings in byte order, so
+/// where keys compare as bytes (SQLite, and PostgreSQL's `COLLATE "C"` columns) a listing by kind
+/// is a range of the primary key and needs no index of its own. An id is the kind's two-letter
+/// prefix, `_` and a ULID: it sorts after the prefix alone and before the prefix with its last
+/// letter advanced.
 pub fn id_bounds(kind: SubjectKind) -> (&'static str, String) {
     let prefix = prefix(kind);
     let mut upper = prefix.to_owned();

@@ -426,7 +426,7 @@ impl PgStore {
             .query(
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = $3,
                     lease_owner = NULL, lease_until = NULL, updated_at = $3
-                 WHERE (event_id = $1 OR (event_id IS NULL AND inbound_id = $2))
+                 WHERE inbound_id = $2 AND (event_id = $1 OR event_id IS NULL)
                    AND ($4::TEXT IS NULL OR endpoint_id = $4)
                    AND status <> 'cancelled' AND lease_owner IS NULL
                  RETURNING id",
@@ -460,7 +460,7 @@ impl PgStore {
             .query(
                 &format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                     WHERE event_id = $1 OR (event_id IS NULL AND inbound_id = $2) ORDER BY id"
+                     WHERE inbound_id = $2 AND (event_id = $1 OR event_id IS NULL) ORDER BY id"
                 ),
                 &[&event.to_string(), &inbound.to_string()],
             )

@@ -6,7 +6,7 @@ use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
     self, Conclusion, Entity, Fact, GroupedLedger, HistoryEntry, LedgerRepo, PaymentRefs,
-    Precedence, ReadAhead, Reading, Snapshot, TargetKeys,
+    Precedence, ReadAhead, Reading, Snapshot, TargetKeys, id_bounds,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -303,10 +303,10 @@ async fn read_ahead(
     Ok(read_ahead)
 }
 
-/// The entities that answer any part of `reading`, locked in id order. One statement whatever the parts, so the connection plans it once: an empty array
-/// costs its index scan nothing. The ORs are over indexed columns, as in `link_lookup`, so the
-/// planner combines index scans (the identity's tuple is checked on the rows its
-/// `provider_id` finds).
+/// The entities that answer any part of `reading`, locked in id order. One statement whatever
+/// the parts, so the connection plans it once: an empty array costs its index scan nothing. The
+/// ORs are over indexed columns, as in `link_lookup`, so the planner combines index scans (the
+/// identity's tuple is checked on the rows its `provider_id` finds).
 async fn read_entities(
     transaction: &Transaction<'_>,
     reading: &Reading,
@@ -382,9 +382,10 @@ impl LedgerRepo for PgLedger<'_> {
         link_lookup(
             self.transaction,
             // The first line is an OR of indexed references the planner can combine (a
-            // BitmapOr); `kind || ''` keeps it from reading every invoice through the kind index
-            // instead. Locked: payments seeking one reference hold it only shared (see
-            // `lock_names`), so two of them paying one invoice take turns on its row instead.
+            // BitmapOr); `kind || ''` keeps it from reading every invoice's entry in the identity
+            // index (its second column is the kind) instead. Locked: payments seeking one
+            // reference hold it only shared (see `lock_names`), so two of them paying one invoice
+            // take turns on its row instead.
             "(provider_id IN ($1, $3, $4, $5) OR order_ref = $2 OR number IN ($3, $4, $6))
              AND ((kind || '' = 'invoice' AND (provider_id IN ($1, $3, $4) OR order_ref = $2 OR number IN ($3, $4)))
                OR (kind || '' = 'bill' AND (provider_id = $5 OR number = $6)))
@@ -406,8 +407,8 @@ impl LedgerRepo for PgLedger<'_> {
             SubjectKind::Invoice => {
                 link_lookup(
                     self.transaction,
-                    // `kind || ''` keeps the planner from intersecting with the kind index,
-                    // which costs a read of every payment's entry (a common remark makes the
+                    // `kind || ''` keeps the planner from intersecting with the kind's entries in
+                    // the identity index, a read of every payment's (a common remark makes the
                     // generic plan think the references select many rows).
                     "(ref_invoice = $1 OR ref_order = $2 OR ref_merchant IN ($1, $3) OR ref_remark IN ($1, $3))
                      AND kind || '' = 'payment' AND linked_to IS NULL FOR UPDATE",
@@ -621,8 +622,9 @@ impl PgStore {
         client
             .batch_execute(
                 // SKIP_LOCKED: when several instances see the ledger double at once, one
-                // analyzes and the others go on.
-                "ANALYZE (SKIP_LOCKED) ledger_entities (kind, provider_id, number, order_ref,
+                // analyzes and the others go on. `id`'s histogram is what tells a listing that
+                // a kind's range of ids holds many rows, to be read newest first and stopped.
+                "ANALYZE (SKIP_LOCKED) ledger_entities (id, kind, provider_id, number, order_ref,
                     ref_invoice, ref_order, ref_merchant, ref_remark, ref_bill, ref_biller,
                     linked_to)",
             )
@@ -647,7 +649,13 @@ impl PgStore {
         let client = self.client().await?;
         let limit = clamp_limit(query.limit);
         let mut filters = Filters::default();
-        filters.add("kind", "=", Some(query.kind.as_str().to_owned()));
+        // The kind's range of ids is what the primary key serves the listing by (migration 8).
+        // Only entities of the kind have ids in it, so the kind is not compared as well: the
+        // planner, taking the two for independent, would think the listing selects few rows and
+        // sort all of them instead of reading the newest first.
+        let (lower, upper) = id_bounds(query.kind);
+        filters.add("id", ">", Some(lower.to_owned()));
+        filters.add("id", "<", Some(upper));
         let closed = CLOSED_UNPAID
             .iter()
             .map(|s| format!("'{s}'"))

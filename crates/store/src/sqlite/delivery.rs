@@ -521,7 +521,7 @@ impl SqliteStore {
                 .prepare_cached(
                     "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3,
                         lease_owner = NULL, lease_until = NULL, updated_at = ?3
-                     WHERE (event_id = ?1 OR (event_id IS NULL AND inbound_id = ?2))
+                     WHERE inbound_id = ?2 AND (event_id = ?1 OR event_id IS NULL)
                        AND (?4 IS NULL OR endpoint_id = ?4)
                        AND status NOT IN ('cancelled')
                        AND lease_owner IS NULL
@@ -562,7 +562,7 @@ impl SqliteStore {
             let rows = connection
                 .prepare_cached(&format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                     WHERE event_id = ?1 OR (event_id IS NULL AND inbound_id = ?2) ORDER BY id"
+                     WHERE inbound_id = ?2 AND (event_id = ?1 OR event_id IS NULL) ORDER BY id"
                 ))
                 .and_then(|mut s| {
                     s.query_map(

@@ -56,6 +56,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         9,
         include_str!("../../migrations/sqlite/0009_events_by_ledger_entity.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_deliveries_by_message.sql"),
+    ),
 ];
 
 /// At most this many jobs share one transaction.

@@ -601,6 +601,65 @@ fn the_ledger_identity_migration_keeps_entities_and_their_lookups() {
     });
 }
 
+/// PostgreSQL's migration 8 makes every text column compare as bytes and lists the ledger by
+/// ranges of ids instead of an index on the kind: an upgraded ledger keeps every entity, lists
+/// each kind apart, newest first and page by page, and still links what arrives after.
+#[test]
+fn the_byte_order_migration_keeps_the_ledger_and_lists_it_by_kind() {
+    runtime().block_on(async {
+        let (config, _dir) = super::postgres_config().await;
+        let old = Store::open_at(&config, Some(7)).await.unwrap();
+        for n in 0..3 {
+            issue(&old, &format!("bcinv_b{n}"), &format!("INV-B{n}"), 1000).await;
+            pay(&old, &format!("tx_b{n}"), 400, &format!("INV-B{n}")).await;
+        }
+        old.close().await;
+
+        let store = Store::open(&config).await.unwrap();
+        let client = super::postgres_session(&config).await;
+        let other_collations: Vec<String> = client
+            .query(
+                "SELECT table_name || '.' || column_name FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND data_type = 'text'
+                   AND collation_name IS DISTINCT FROM 'C'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(other_collations, Vec::<String>::new());
+
+        let settling = pay(&store, "tx_b3", 600, "INV-B0").await;
+        assert_eq!(concluded(settling).len(), 1, "1000 of 1000 settles");
+        let invoices = every(&store, SubjectKind::Invoice).await;
+        assert_eq!(invoices.len(), 3);
+        assert!(invoices.iter().all(|e| e.kind == SubjectKind::Invoice));
+        let ids: Vec<&str> = invoices.iter().map(|e| e.id.as_str()).collect();
+        let mut newest_first = ids.clone();
+        newest_first.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(ids, newest_first);
+        let payments = every(&store, SubjectKind::Payment).await;
+        assert_eq!(payments.len(), 4);
+        assert!(payments.iter().all(|e| e.kind == SubjectKind::Payment));
+
+        let mut pages = Vec::new();
+        let mut page = query(SubjectKind::Invoice, LedgerFilter::All);
+        page.limit = 2;
+        loop {
+            let found = store.ledger_entities(page.clone()).await.unwrap();
+            pages.extend(found.items.into_iter().map(|e| e.id));
+            match found.next_cursor {
+                Some(next) => page.before = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(pages, ids);
+        store.close().await;
+    });
+}
+
 /// Stores an invoice, a payment that settles it and an event about the invoice that the ledger
 /// does not file; `check_subject_listings` then expects each to be found by its subject.
 async fn store_events_about_one_invoice(store: &Store) {
@@ -773,11 +832,15 @@ fn the_events_by_entity_migration_keeps_listings_by_subject() {
                  DROP INDEX events_by_subject;
                  ALTER TABLE events DROP COLUMN entity_id;
                  CREATE INDEX events_by_subject ON events (subject_id, id);
-                 DELETE FROM billhook_migrations WHERE version = 9;",
+                 CREATE INDEX deliveries_by_event ON deliveries (event_id);
+                 DELETE FROM billhook_migrations WHERE version >= 9;",
             )
             .unwrap();
         let store = Store::open(&config).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 9);
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            Store::latest_version(&config)
+        );
         // The events stored before stay unfiled, and are found by their subject all the same.
         check_subject_listings(&store).await;
         store.close().await;
