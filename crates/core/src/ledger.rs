@@ -217,7 +217,7 @@ fn link_references(data: &EntityData) -> Vec<&str> {
 }
 
 /// Which payment references a source's payments are matched on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PaymentRef {
     /// The provider's invoice id named by the payment (Razorpay `invoice_id`).
     InvoiceId,
@@ -290,16 +290,21 @@ impl PaymentRefs {
 
     /// The references present.
     pub fn values(&self) -> impl Iterator<Item = &String> {
+        self.each().map(|(_, value)| value)
+    }
+
+    /// The references present, each with which it is.
+    pub fn each(&self) -> impl Iterator<Item = (PaymentRef, &String)> {
         [
-            &self.invoice_id,
-            &self.order_id,
-            &self.merchant_reference,
-            &self.remark,
-            &self.bill_ref_id,
-            &self.biller_ref_id,
+            (PaymentRef::InvoiceId, &self.invoice_id),
+            (PaymentRef::OrderId, &self.order_id),
+            (PaymentRef::MerchantReference, &self.merchant_reference),
+            (PaymentRef::Remark, &self.remark),
+            (PaymentRef::BillRefId, &self.bill_ref_id),
+            (PaymentRef::BillerRefId, &self.biller_ref_id),
         ]
         .into_iter()
-        .flatten()
+        .filter_map(|(which, value)| value.as_ref().map(|value| (which, value)))
     }
 }
 
@@ -310,6 +315,87 @@ pub struct TargetKeys {
     pub number: Option<String>,
     /// The invoice's order (Razorpay).
     pub order_id: Option<String>,
+}
+
+impl TargetKeys {
+    /// The keys of an invoice's or a bill's snapshot; `None` for other kinds.
+    pub fn of(data: &EntityData) -> Option<Self> {
+        match data {
+            EntityData::Invoice(invoice) => Some(Self {
+                number: invoice.number.clone(),
+                order_id: invoice.order_id.clone(),
+            }),
+            EntityData::Bill(bill) => Some(Self {
+                number: bill.biller_ref_id.clone(),
+                order_id: None,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A column the ledger finds entities by, besides their identity and id: what invoices and
+/// bills are known by, or a payment's references. A locked round of [`ReadAhead`] asks each
+/// column for its own values, the ones [`link_reason`] compares with it, so the database
+/// searches each reference index only for what could match there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LookupColumn {
+    /// An invoice's or a bill's provider id.
+    TargetId,
+    /// An invoice's order.
+    TargetOrder,
+    /// An invoice's number or a bill's biller reference.
+    TargetNumber,
+    /// A payment's reference of this kind (payments not linked yet).
+    Payment(PaymentRef),
+}
+
+/// Where the invoices and bills that `refs` may name are found: each reference in the columns
+/// [`link_reason`] compares it with.
+fn target_lookups(refs: &PaymentRefs) -> impl Iterator<Item = (LookupColumn, &String)> {
+    refs.each().flat_map(|(which, value)| {
+        let columns: &[LookupColumn] = match which {
+            PaymentRef::InvoiceId | PaymentRef::BillRefId => &[LookupColumn::TargetId],
+            PaymentRef::OrderId => &[LookupColumn::TargetOrder],
+            PaymentRef::MerchantReference | PaymentRef::Remark => {
+                &[LookupColumn::TargetId, LookupColumn::TargetNumber]
+            }
+            PaymentRef::BillerRefId => &[LookupColumn::TargetNumber],
+        };
+        columns.iter().map(move |column| (*column, value))
+    })
+}
+
+/// Where the payments that may name an invoice or bill (`kind`, known by `provider_id` and
+/// `keys`) are found: each of its keys in the payment references [`link_reason`] compares with
+/// it. Empty keys name nothing.
+fn payment_lookups<'a>(
+    kind: SubjectKind,
+    provider_id: &'a str,
+    keys: &'a TargetKeys,
+) -> impl Iterator<Item = (LookupColumn, &'a str)> {
+    let id = Some(provider_id);
+    let number = keys.number.as_deref();
+    let lookups = match kind {
+        SubjectKind::Invoice => vec![
+            (PaymentRef::InvoiceId, id),
+            (PaymentRef::OrderId, keys.order_id.as_deref()),
+            (PaymentRef::MerchantReference, id),
+            (PaymentRef::MerchantReference, number),
+            (PaymentRef::Remark, id),
+            (PaymentRef::Remark, number),
+        ],
+        SubjectKind::Bill => vec![
+            (PaymentRef::BillRefId, id),
+            (PaymentRef::BillerRefId, number),
+        ],
+        _ => Vec::new(),
+    };
+    lookups.into_iter().filter_map(|(which, value)| {
+        value
+            .filter(|v| !v.is_empty())
+            .map(|v| (LookupColumn::Payment(which), v))
+    })
 }
 
 /// One canonical event's contribution to the ledger.
@@ -371,16 +457,6 @@ pub struct Entity {
     pub updated_at: Timestamp,
     /// The stored message the content came from.
     pub inbound_id: InboundId,
-}
-
-impl Entity {
-    /// What payments may name an invoice or bill by: its provider's id, number and order.
-    pub fn known_by(&self) -> impl Iterator<Item = &String> {
-        [&self.keys.number, &self.keys.order_id]
-            .into_iter()
-            .flatten()
-            .chain([&self.provider_id])
-    }
 }
 
 /// A status the entity reported, applied or not.
@@ -545,12 +621,14 @@ fn is_linked_to(entity: &Entity, target_id: &str) -> bool {
 /// cannot answer in full says so (`None`), and the repository asks the store; so what it reads
 /// decides only how fast facts apply, never what they conclude.
 ///
-/// Reading happens in rounds, each asking what the one before found: the facts' entities
-/// ([`identities`](Self::identities)), then what they link to ([`links`](Self::links): the
-/// invoices and bills payments name, the payments invoices and bills are named by, the entities
-/// payments are linked to), both locked by the store, then the payments linked to the invoices
-/// and bills the facts will total ([`linked_targets`](Self::linked_targets)), not locked, as
-/// the lookup they replace never was; those answer only [`linked_payments`](Self::linked_payments).
+/// Reading happens in rounds, each asking what the one before found: the facts' entities and
+/// what the facts link to ([`first_round`](Self::first_round): the invoices and bills their
+/// payments name, the payments naming their invoices and bills), then what the entities found
+/// link to that was not asked yet ([`second_round`](Self::second_round), often nothing), both
+/// locked by the store, then the payments linked to the invoices and bills the facts will total
+/// ([`linked_targets`](Self::linked_targets)), not locked, as the lookup they replace never
+/// was; those answer only [`linked_payments`](Self::linked_payments). References are asked per
+/// [`LookupColumn`], each for the values that could match in it.
 ///
 /// It stays exact while the facts apply because nothing else can change what it read: it is
 /// for a transaction that holds its saves back until its facts are applied
@@ -566,10 +644,9 @@ pub struct ReadAhead {
     /// Read unlocked: payments linked to `linked_targets`.
     linked: Vec<Entity>,
     identities: HashSet<(SubjectKind, String, String)>,
-    /// Every invoice and bill known by one of these is stored.
-    target_references: HashSet<String>,
-    /// Every unlinked payment seeking one of these is stored.
-    payment_references: HashSet<String>,
+    /// Every entity one of these columns finds by its value is stored (for a payment's
+    /// references, every payment not linked yet).
+    lookups: HashSet<(LookupColumn, String)>,
     /// Every payment linked to one of these is in `linked`.
     linked_targets: HashSet<String>,
 }
@@ -580,86 +657,98 @@ pub struct ReadAhead {
 pub struct Reading {
     /// Entities by (kind, provider, provider's id).
     pub identities: Vec<(SubjectKind, String, String)>,
-    /// Invoices and bills whose provider's id, number or order is one of these.
-    pub target_references: Vec<String>,
-    /// Payments not linked yet with any reference equal to one of these.
-    pub payment_references: Vec<String>,
+    /// Invoices and bills (for the target columns) and payments not linked yet (for a
+    /// payment's references) whose column holds the value; sorted.
+    pub lookups: Vec<(LookupColumn, String)>,
     /// Entities by id.
     pub ids: Vec<String>,
 }
 
 impl Reading {
     pub fn is_empty(&self) -> bool {
-        self.identities.is_empty()
-            && self.target_references.is_empty()
-            && self.payment_references.is_empty()
-            && self.ids.is_empty()
+        self.identities.is_empty() && self.lookups.is_empty() && self.ids.is_empty()
+    }
+
+    /// The values `column` is asked for.
+    pub fn values(&self, column: LookupColumn) -> Vec<&str> {
+        self.lookups
+            .iter()
+            .filter(|(asked, _)| *asked == column)
+            .map(|(_, value)| value.as_str())
+            .collect()
+    }
+
+    fn add_targets_of(&mut self, refs: &PaymentRefs) {
+        self.lookups
+            .extend(target_lookups(refs).map(|(column, value)| (column, value.clone())));
+    }
+
+    fn add_payments_of(&mut self, kind: SubjectKind, provider_id: &str, keys: &TargetKeys) {
+        self.lookups.extend(
+            payment_lookups(kind, provider_id, keys)
+                .map(|(column, value)| (column, value.to_owned())),
+        );
+    }
+
+    /// Sorted, each once, and without what `read_ahead` has already read.
+    fn settle(mut self, read_ahead: &ReadAhead) -> Self {
+        self.identities
+            .sort_by(|a, b| (a.0.as_str(), &a.1, &a.2).cmp(&(b.0.as_str(), &b.1, &b.2)));
+        self.identities.dedup();
+        self.identities
+            .retain(|i| !read_ahead.identities.contains(i));
+        self.lookups.sort();
+        self.lookups.dedup();
+        self.lookups.retain(|l| !read_ahead.lookups.contains(l));
+        self.ids.sort();
+        self.ids.dedup();
+        self.ids.retain(|id| !read_ahead.stored.contains_key(id));
+        self
     }
 }
 
 impl ReadAhead {
-    /// The first round: the entities `facts` are about.
-    pub fn identities(facts: &[&Fact]) -> Reading {
-        let mut identities: Vec<_> = facts
-            .iter()
-            .filter(|f| tracks(f.snapshot.data().kind()))
-            .map(|f| {
-                let data = f.snapshot.data();
-                (
-                    data.kind(),
-                    f.provider.clone(),
-                    data.provider_id().to_owned(),
-                )
-            })
-            .collect();
-        identities.sort_by(|a, b| (a.0.as_str(), &a.1, &a.2).cmp(&(b.0.as_str(), &b.1, &b.2)));
-        identities.dedup();
-        Reading {
-            identities,
-            ..Reading::default()
-        }
-    }
-
-    /// The second round: what the facts and the entities read so far link to. A payment's
-    /// references are those its source's rule matches on, as the ledger keeps them.
-    pub fn links(&self, facts: &[&Fact]) -> Reading {
+    /// The first round: the entities `facts` are about, and what the facts themselves link to
+    /// (the invoices and bills their payments name, the payments naming their invoices and
+    /// bills). A payment's references are those its source's rule matches on, as the ledger
+    /// keeps them.
+    pub fn first_round(facts: &[&Fact]) -> Reading {
         let mut reading = Reading::default();
         for fact in facts {
-            match fact.snapshot.data() {
-                EntityData::Payment(payment) => reading.target_references.extend(
-                    PaymentRefs::ruled(&payment.references, &fact.link_rule)
-                        .values()
-                        .cloned(),
-                ),
-                data @ (EntityData::Invoice(_) | EntityData::Bill(_)) => reading
-                    .payment_references
-                    .extend(link_references(data).into_iter().map(str::to_owned)),
-                _ => {}
+            let data = fact.snapshot.data();
+            if !tracks(data.kind()) {
+                continue;
+            }
+            reading.identities.push((
+                data.kind(),
+                fact.provider.clone(),
+                data.provider_id().to_owned(),
+            ));
+            match data {
+                EntityData::Payment(payment) => reading
+                    .add_targets_of(&PaymentRefs::ruled(&payment.references, &fact.link_rule)),
+                _ => {
+                    if let Some(keys) = TargetKeys::of(data) {
+                        reading.add_payments_of(data.kind(), data.provider_id(), &keys);
+                    }
+                }
             }
         }
+        reading.settle(&ReadAhead::default())
+    }
+
+    /// The second round: what the entities the first found link to, as stored, that the first
+    /// did not ask already; often nothing, when the stored entities name what their facts do.
+    pub fn second_round(&self) -> Reading {
+        let mut reading = Reading::default();
         for entity in self.stored.values() {
             match entity.kind {
-                SubjectKind::Payment => reading
-                    .target_references
-                    .extend(entity.refs.values().cloned()),
-                SubjectKind::Invoice | SubjectKind::Bill => reading
-                    .payment_references
-                    .extend(entity.known_by().cloned()),
-                _ => {}
+                SubjectKind::Payment => reading.add_targets_of(&entity.refs),
+                kind => reading.add_payments_of(kind, &entity.provider_id, &entity.keys),
             }
             reading.ids.extend(entity.linked_to.iter().cloned());
         }
-        for values in [
-            &mut reading.target_references,
-            &mut reading.payment_references,
-            &mut reading.ids,
-        ] {
-            values.retain(|v| !v.is_empty());
-            values.sort();
-            values.dedup();
-        }
-        reading.ids.retain(|id| !self.stored.contains_key(id));
-        reading
+        reading.settle(self)
     }
 
     /// The last round: the invoices and bills whose linked payments the facts will total. Their
@@ -712,14 +801,17 @@ impl ReadAhead {
             self.stored.insert(entity.id.clone(), entity);
         }
         self.identities.extend(reading.identities);
-        self.target_references.extend(reading.target_references);
-        self.payment_references.extend(reading.payment_references);
+        self.lookups.extend(reading.lookups);
     }
 
     /// Takes in the payments the store found linked to `targets`.
     pub fn add_linked(&mut self, targets: Vec<String>, found: Vec<Entity>) {
         self.linked.extend(found);
         self.linked_targets.extend(targets);
+    }
+
+    fn asked(&self, column: LookupColumn, value: &str) -> bool {
+        self.lookups.contains(&(column, value.to_owned()))
     }
 
     /// [`LedgerRepo::entity`]; `None` if not read.
@@ -747,15 +839,14 @@ impl ReadAhead {
 
     /// [`LedgerRepo::targets_for`] as stored; `None` if not read.
     pub fn targets_for(&self, refs: &PaymentRefs) -> Option<Vec<Entity>> {
-        let read = refs.values().all(|v| self.target_references.contains(v));
+        let read = target_lookups(refs).all(|(column, v)| self.asked(column, v));
         read.then(|| answers(self.stored.values(), |e| is_target_of(e, refs)))
     }
 
     /// [`LedgerRepo::linkable_payments`] as stored; `None` if not read.
     pub fn linkable_payments(&self, target: &Entity) -> Option<Vec<Entity>> {
-        let read = target
-            .known_by()
-            .all(|v| v.is_empty() || self.payment_references.contains(v));
+        let read = payment_lookups(target.kind, &target.provider_id, &target.keys)
+            .all(|(column, v)| self.asked(column, v));
         read.then(|| answers(self.stored.values(), |e| is_linkable_to(e, target)))
     }
 
@@ -923,10 +1014,7 @@ fn describe(entity: &mut Entity, rule: &[PaymentRef]) {
             entity.currency = Some(invoice.currency);
             entity.amount = invoice.amount;
             entity.due_by = invoice.expires_at;
-            entity.keys = TargetKeys {
-                number: invoice.number.clone(),
-                order_id: invoice.order_id.clone(),
-            };
+            entity.keys = TargetKeys::of(entity.snapshot.data()).unwrap_or_default();
         }
         EntityData::Bill(bill) => {
             entity.currency = Some(bill.currency);
@@ -935,10 +1023,7 @@ fn describe(entity: &mut Entity, rule: &[PaymentRef]) {
                 .due_date
                 .as_deref()
                 .and_then(|d| Timestamp::parse_rfc3339(&format!("{d}T23:59:59+05:30")).ok());
-            entity.keys = TargetKeys {
-                number: bill.biller_ref_id.clone(),
-                order_id: None,
-            };
+            entity.keys = TargetKeys::of(entity.snapshot.data()).unwrap_or_default();
         }
         EntityData::Payment(payment) => {
             entity.currency = Some(payment.currency);

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 
 use super::*;
-use crate::entity::{InvoiceSnapshot, PaymentReferences, PaymentSnapshot};
+use crate::entity::{BillSnapshot, InvoiceSnapshot, PaymentReferences, PaymentSnapshot};
 
 /// The ledger tables as maps, the conclusions recorded, and how many questions were asked.
 #[derive(Default)]
@@ -137,8 +137,8 @@ impl MemoryRepo {
 impl MemoryRepo {
     /// Every entity that answers some part of `reading`, as the stores' SQL finds them.
     fn read(&self, reading: &Reading) -> Vec<Entity> {
-        let one_of = |values: &[String], value: &Option<String>| {
-            value.as_ref().is_some_and(|v| values.contains(v))
+        let asked = |column: LookupColumn, value: Option<&String>| {
+            value.is_some_and(|v| reading.values(column).contains(&v.as_str()))
         };
         self.entities
             .values()
@@ -150,14 +150,14 @@ impl MemoryRepo {
                         e.kind == *kind && e.provider == *provider && e.provider_id == *provider_id
                     })
                     || (matches!(e.kind, SubjectKind::Invoice | SubjectKind::Bill)
-                        && (reading.target_references.contains(&e.provider_id)
-                            || one_of(&reading.target_references, &e.keys.number)
-                            || one_of(&reading.target_references, &e.keys.order_id)))
+                        && (asked(LookupColumn::TargetId, Some(&e.provider_id))
+                            || asked(LookupColumn::TargetOrder, e.keys.order_id.as_ref())
+                            || asked(LookupColumn::TargetNumber, e.keys.number.as_ref())))
                     || (e.kind == SubjectKind::Payment
                         && e.linked_to.is_none()
                         && e.refs
-                            .values()
-                            .any(|r| reading.payment_references.contains(r)))
+                            .each()
+                            .any(|(which, v)| asked(LookupColumn::Payment(which), Some(v))))
                     || reading.ids.contains(&e.id)
             })
             .cloned()
@@ -212,12 +212,12 @@ fn run_grouped(facts: &[Fact], group_sizes: &[usize], read_ahead: bool) -> Memor
 /// What the PostgreSQL repository reads ahead for a group, from `stored`.
 fn read_ahead_from(stored: &MemoryRepo, group: &[&Fact]) -> ReadAhead {
     let mut read_ahead = ReadAhead::default();
-    let identities = ReadAhead::identities(group);
-    let found = stored.read(&identities);
-    read_ahead.add(identities, found);
-    let links = read_ahead.links(group);
-    let found = stored.read(&links);
-    read_ahead.add(links, found);
+    let first = ReadAhead::first_round(group);
+    let found = stored.read(&first);
+    read_ahead.add(first, found);
+    let second = read_ahead.second_round();
+    let found = stored.read(&second);
+    read_ahead.add(second, found);
     let targets = read_ahead.linked_targets(group);
     let found = stored.linked_to(&targets);
     read_ahead.add_linked(targets, found);
@@ -275,7 +275,27 @@ fn payment(
     rank: Option<StatusRank>,
     provider: &str,
 ) -> Fact {
-    let snapshot = PaymentSnapshot {
+    let references = PaymentReferences {
+        invoice_id: invoice.map(str::to_owned),
+        merchant_reference: merchant.map(str::to_owned),
+        ..PaymentReferences::default()
+    };
+    let rule = if provider == "razorpay" {
+        vec![PaymentRef::InvoiceId, PaymentRef::OrderId]
+    } else {
+        vec![PaymentRef::MerchantReference, PaymentRef::Remark]
+    };
+    let snapshot = payment_snapshot(id, status, amount, references);
+    fact(EntityData::Payment(snapshot), at, rank, provider, rule)
+}
+
+fn payment_snapshot(
+    id: &str,
+    status: &str,
+    amount: i64,
+    references: PaymentReferences,
+) -> PaymentSnapshot {
+    PaymentSnapshot {
         provider_payment_id: id.to_owned(),
         rail: Some("upi".into()),
         method: None,
@@ -288,24 +308,116 @@ fn payment(
         fee_tax: None,
         payer: None,
         payee: None,
-        references: PaymentReferences {
-            invoice_id: invoice.map(str::to_owned),
-            merchant_reference: merchant.map(str::to_owned),
-            ..PaymentReferences::default()
-        },
+        references,
         description: None,
         failure: None,
         created_at: None,
         completed_at: None,
         settled: None,
         settled_at: None,
+    }
+}
+
+/// A succeeded payment of `provider`, matched on `rule`, naming what `references` holds.
+fn succeeded_payment(
+    id: &str,
+    amount: i64,
+    at: i64,
+    provider: &str,
+    rule: Vec<PaymentRef>,
+    references: PaymentReferences,
+) -> Fact {
+    let snapshot = payment_snapshot(id, "succeeded", amount, references);
+    fact(
+        EntityData::Payment(snapshot),
+        at,
+        Some(CAPTURED),
+        provider,
+        rule,
+    )
+}
+
+/// A bill fetched from a biller: Setu's `refId` and the biller's reference for the customer.
+fn bill(ref_id: &str, biller_ref_id: &str, amount: i64, at: i64) -> Fact {
+    let snapshot = BillSnapshot {
+        ref_id: ref_id.to_owned(),
+        biller_ref_id: Some(biller_ref_id.to_owned()),
+        biller_id: None,
+        bill_number: None,
+        customer_name: None,
+        amount: Some(Amount::from_minor(amount)),
+        currency: Currency::INR,
+        bill_date: None,
+        due_date: None,
+        bill_period: None,
+        exactness: None,
+        status: Some("success".to_owned()),
+        provider_status: Some("success".to_owned()),
+        payment_limits: Vec::new(),
     };
-    let rule = if provider == "razorpay" {
-        vec![PaymentRef::InvoiceId, PaymentRef::OrderId]
-    } else {
-        vec![PaymentRef::MerchantReference, PaymentRef::Remark]
-    };
-    fact(EntityData::Payment(snapshot), at, rank, provider, rule)
+    fact(
+        EntityData::Bill(snapshot),
+        at,
+        Some(StatusRank::new(1)),
+        "setu",
+        vec![],
+    )
+}
+
+/// Payments linking by each reference the rules know but `lifecycle`'s two: an invoice's order
+/// and, by remark, its provider's id; a bill's reference and its biller's reference for the
+/// customer. Each payment names only its own target.
+fn every_reference() -> Vec<Fact> {
+    let zwitch = || vec![PaymentRef::MerchantReference, PaymentRef::Remark];
+    let setu = || vec![PaymentRef::BillRefId, PaymentRef::BillerRefId];
+    vec![
+        invoice("inv_20", "issued", 1000, 0, ISSUED),
+        succeeded_payment(
+            "pay_20",
+            600,
+            10,
+            "razorpay",
+            vec![PaymentRef::InvoiceId, PaymentRef::OrderId],
+            PaymentReferences {
+                order_id: Some("order_inv_20".to_owned()),
+                ..PaymentReferences::default()
+            },
+        ),
+        succeeded_payment(
+            "tx_21",
+            400,
+            20,
+            "zwitch",
+            zwitch(),
+            PaymentReferences {
+                remark: Some("inv_20".to_owned()),
+                ..PaymentReferences::default()
+            },
+        ),
+        bill("ref_30", "BR-30", 500, 30),
+        succeeded_payment(
+            "sp_31",
+            200,
+            40,
+            "setu",
+            setu(),
+            PaymentReferences {
+                bill_ref_id: Some("ref_30".to_owned()),
+                ..PaymentReferences::default()
+            },
+        ),
+        succeeded_payment(
+            "sp_32",
+            300,
+            50,
+            "setu",
+            setu(),
+            PaymentReferences {
+                biller_ref_id: Some("BR-30".to_owned()),
+                ..PaymentReferences::default()
+            },
+        ),
+    ]
 }
 
 fn fact(
@@ -593,6 +705,38 @@ fn the_lifecycle_in_order() {
     assert_eq!(repo.conclusions.len(), 1);
 }
 
+#[test]
+fn every_reference_links_its_payment_in_order() {
+    let repo = run(&every_reference());
+    let invoice = repo.find(SubjectKind::Invoice, "inv_20").id.clone();
+    let bill = repo.find(SubjectKind::Bill, "ref_30").id.clone();
+    for (payment, target, reason) in [
+        ("pay_20", &invoice, "order_id"),
+        ("tx_21", &invoice, "remark"),
+        ("sp_31", &bill, "bill_ref_id"),
+        ("sp_32", &bill, "biller_ref_id"),
+    ] {
+        let payment = repo.find(SubjectKind::Payment, payment);
+        assert_eq!(
+            payment.linked_to.as_ref(),
+            Some(target),
+            "{}",
+            payment.provider_id
+        );
+        assert_eq!(payment.link_rule.as_deref(), Some(reason));
+    }
+    let bill = repo.find(SubjectKind::Bill, "ref_30");
+    assert_eq!(
+        (bill.paid, bill.due),
+        (Amount::from_minor(500), Some(Amount::ZERO))
+    );
+    assert_eq!(
+        repo.conclusions.len(),
+        1,
+        "the invoice settles; a bill is only totalled"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -649,6 +793,29 @@ proptest! {
             prop_assert_eq!(actual.history.len(), expected.history.len());
             prop_assert_eq!(actual.conclusions.len(), 1, "exactly one settlement");
         }
+    }
+
+    /// The same for payments naming their targets by every other reference: each column is
+    /// read ahead for the values that could match in it, and nothing is left to ask.
+    #[test]
+    fn every_reference_is_read_ahead_in_its_own_column(
+        group_sizes in proptest::collection::vec(1usize..=4, 1..6),
+        order in Just(()).prop_perturb(|_, mut rng| {
+            let mut indexes: Vec<usize> = (0..6).collect();
+            for i in (1..indexes.len()).rev() {
+                let j = rng.random_range(0..=i);
+                indexes.swap(i, j);
+            }
+            indexes
+        }),
+    ) {
+        let facts = every_reference();
+        let shuffled: Vec<Fact> = order.iter().map(|i| facts[*i].clone()).collect();
+        let expected = run(&shuffled);
+        let grouped = run_grouped(&shuffled, &group_sizes, true);
+        prop_assert_eq!(grouped.questions, 0, "everything was read ahead");
+        prop_assert_eq!(grouped.outcome(), expected.outcome());
+        prop_assert_eq!(grouped.conclusions.len(), 1);
     }
 }
 

@@ -535,7 +535,7 @@ fn dedup_key(write: &IngestWrite) -> (&str, &str) {
 /// Each group is one transaction and one commit: a writer takes everything queued (up to
 /// `MAX_GROUP`) while the others write theirs. On PostgreSQL what an ingest costs is mostly
 /// per statement and per commit, and a group shares its statements (one for every request's
-/// rows, one for every ledger lock, up to three reading what the ledger will ask, one for every
+/// rows, one for every ledger lock, one to three reading what the ledger will ask, one for every
 /// ledger entity, one for all ledger history) and its commit. Alone, a request is written as
 /// soon as a writer is free.
 pub(super) struct IngestWriters {

@@ -5,8 +5,8 @@ use billhook_core::entity::SubjectKind;
 use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
-    self, Conclusion, Entity, Fact, GroupedLedger, HistoryEntry, LedgerRepo, PaymentRefs,
-    Precedence, ReadAhead, Reading, Snapshot, TargetKeys, id_bounds,
+    self, Conclusion, Entity, Fact, GroupedLedger, HistoryEntry, LedgerRepo, LookupColumn,
+    PaymentRef, PaymentRefs, Precedence, ReadAhead, Reading, Snapshot, TargetKeys, id_bounds,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -278,22 +278,25 @@ async fn record_announcement(
 }
 
 /// Reads what applying `facts` will ask about, in at most three statements however many facts
-/// there are (see `ReadAhead`): their entities and what those link to, locked as the lookups
-/// they replace lock them, then the payments linked to the invoices and bills they will total.
+/// there are (see `ReadAhead`): their entities and what they link to, then what the entities
+/// found link to (often nothing left to ask), both locked as the lookups they replace lock them,
+/// then the payments linked to the invoices and bills they will total.
 async fn read_ahead(
     transaction: &Transaction<'_>,
     facts: &[&Fact],
 ) -> Result<ReadAhead, StoreError> {
     let mut read_ahead = ReadAhead::default();
-    let identities = ReadAhead::identities(facts);
-    if identities.is_empty() {
+    let first = ReadAhead::first_round(facts);
+    if first.is_empty() {
         return Ok(read_ahead);
     }
-    let found = read_entities(transaction, &identities).await?;
-    read_ahead.add(identities, found);
-    let links = read_ahead.links(facts);
-    let found = read_entities(transaction, &links).await?;
-    read_ahead.add(links, found);
+    let found = read_entities(transaction, &first).await?;
+    read_ahead.add(first, found);
+    let second = read_ahead.second_round();
+    if !second.is_empty() {
+        let found = read_entities(transaction, &second).await?;
+        read_ahead.add(second, found);
+    }
     let targets = read_ahead.linked_targets(facts);
     if !targets.is_empty() {
         // Not locked, as `linked_payments` never locked them: they are only summed.
@@ -306,7 +309,8 @@ async fn read_ahead(
 /// The entities that answer any part of `reading`, locked in id order. One statement whatever
 /// the parts, so the connection plans it once: an empty array costs its index scan nothing. The
 /// ORs are over indexed columns, as in `link_lookup`, so the planner combines index scans (the
-/// identity's tuple is checked on the rows its `provider_id` finds).
+/// identity's tuple is checked on the rows its `provider_id` finds), and each reference index is
+/// searched only for the values that could match in it (`LookupColumn`).
 async fn read_entities(
     transaction: &Transaction<'_>,
     reading: &Reading,
@@ -317,23 +321,32 @@ async fn read_entities(
     let kinds = column(&reading.identities, |(kind, _, _)| kind.as_str());
     let providers = column(&reading.identities, |(_, provider, _)| provider.as_str());
     let provider_ids = column(&reading.identities, |(_, _, id)| id.as_str());
+    let asked = |column: LookupColumn| reading.values(column);
+    let payments = |reference: PaymentRef| asked(LookupColumn::Payment(reference));
     query_entities(
         transaction,
         "(provider_id = ANY($3)
             AND (provider_id, kind, provider) IN (SELECT * FROM unnest($3::text[], $1::text[], $2::text[])))
-         OR ((provider_id = ANY($4) OR order_ref = ANY($4) OR number = ANY($4))
+         OR ((provider_id = ANY($4) OR order_ref = ANY($5) OR number = ANY($6))
             AND kind || '' IN ('invoice', 'bill'))
-         OR ((ref_invoice = ANY($5) OR ref_order = ANY($5) OR ref_merchant = ANY($5)
-              OR ref_remark = ANY($5) OR ref_bill = ANY($5) OR ref_biller = ANY($5))
+         OR ((ref_invoice = ANY($7) OR ref_order = ANY($8) OR ref_merchant = ANY($9)
+              OR ref_remark = ANY($10) OR ref_bill = ANY($11) OR ref_biller = ANY($12))
             AND kind || '' = 'payment' AND linked_to IS NULL)
-         OR id = ANY($6)
+         OR id = ANY($13)
          ORDER BY id FOR UPDATE",
         &[
             &kinds,
             &providers,
             &provider_ids,
-            &reading.target_references,
-            &reading.payment_references,
+            &asked(LookupColumn::TargetId),
+            &asked(LookupColumn::TargetOrder),
+            &asked(LookupColumn::TargetNumber),
+            &payments(PaymentRef::InvoiceId),
+            &payments(PaymentRef::OrderId),
+            &payments(PaymentRef::MerchantReference),
+            &payments(PaymentRef::Remark),
+            &payments(PaymentRef::BillRefId),
+            &payments(PaymentRef::BillerRefId),
             &reading.ids,
         ],
     )

@@ -9,8 +9,9 @@
 //!
 //! A statement costs mostly its round trip and executor start-up, so writes are set-based
 //! where they can be: the rows of a group of ingests are one statement, their ledger locks one,
-//! what their facts will ask of the ledger three (`ledger::read_ahead`), their ledger entities
-//! one and their ledger history one; a completion batch's rows are one statement per table.
+//! what their facts will ask of the ledger one to three (`ledger::read_ahead`), their ledger
+//! entities one and their ledger history one; a completion batch's rows are one statement per
+//! table.
 //! Transactions that lock several rows take them in one order (endpoints, then deliveries by
 //! id) so they cannot deadlock one another.
 //!
