@@ -623,9 +623,9 @@ fn is_linked_to(entity: &Entity, target_id: &str) -> bool {
 ///
 /// Reading happens in rounds, each asking what the one before found: the facts' entities and
 /// what the facts link to ([`first_round`](Self::first_round): the invoices and bills their
-/// payments name, the payments naming their invoices and bills), then what the entities found
-/// link to that was not asked yet ([`second_round`](Self::second_round), often nothing), both
-/// locked by the store, then the payments linked to the invoices and bills the facts will total
+/// payments name, the payments naming their invoices and bills), then what the facts' own
+/// entities, as stored, link to that was not asked yet ([`second_round`](Self::second_round):
+/// nothing, when they name what their facts do), both locked by the store, then the payments linked to the invoices and bills the facts will total
 /// ([`linked_targets`](Self::linked_targets)), not locked, as the lookup they replace never
 /// was; those answer only [`linked_payments`](Self::linked_payments). References are asked per
 /// [`LookupColumn`], each for the values that could match in it.
@@ -737,11 +737,18 @@ impl ReadAhead {
         reading.settle(&ReadAhead::default())
     }
 
-    /// The second round: what the entities the first found link to, as stored, that the first
-    /// did not ask already; often nothing, when the stored entities name what their facts do.
+    /// The second round: what the facts' own entities, as stored, link to that the first round
+    /// did not ask already: nothing, when they name what their facts do and are linked to what
+    /// the first round found. Only the facts' own entities are followed: applying the facts asks
+    /// about them alone, and following what lookups found (a payment naming several invoices,
+    /// say) would lock rows no question reads.
     pub fn second_round(&self) -> Reading {
         let mut reading = Reading::default();
-        for entity in self.stored.values() {
+        let own = |e: &&Entity| {
+            self.identities
+                .contains(&(e.kind, e.provider.clone(), e.provider_id.clone()))
+        };
+        for entity in self.stored.values().filter(own) {
             match entity.kind {
                 SubjectKind::Payment => reading.add_targets_of(&entity.refs),
                 kind => reading.add_payments_of(kind, &entity.provider_id, &entity.keys),

@@ -278,9 +278,9 @@ async fn record_announcement(
 }
 
 /// Reads what applying `facts` will ask about, in at most three statements however many facts
-/// there are (see `ReadAhead`): their entities and what they link to, then what the entities
-/// found link to (often nothing left to ask), both locked as the lookups they replace lock them,
-/// then the payments linked to the invoices and bills they will total.
+/// there are (see `ReadAhead`): their entities and what they link to, then what their entities,
+/// as stored, link to besides (when anything), both locked as the lookups they replace lock
+/// them, then the payments linked to the invoices and bills they will total.
 async fn read_ahead(
     transaction: &Transaction<'_>,
     facts: &[&Fact],
