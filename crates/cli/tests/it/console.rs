@@ -178,6 +178,7 @@ async fn pages_need_a_login_and_a_login_needs_a_valid_token(backend: Backend) {
         ("/sources", "Sources"),
         ("/quarantine", "Quarantine"),
         ("/invoices", "Invoices"),
+        ("/bills", "Bills"),
         ("/payments", "Payments"),
         ("/assets/console.css", "--accent"),
     ] {
@@ -286,17 +287,22 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
     let app = spawn_app(backend).await;
     let receiver = Receiver::ok().await;
     let event = delivered_payment(&app, &receiver).await;
-    let scenario = std::fs::read_to_string(format!(
-        "{}/../../scenarios/razorpay-invoice-two-partial-payments.toml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    let path = app.dir.path().join("scenario.toml");
-    std::fs::write(&path, scenario).unwrap();
-    let (ok, printed) = app
-        .cli(&["trigger", "--scenario", path.to_str().unwrap()])
-        .await;
-    assert!(ok, "{printed}");
+    for scenario in [
+        "razorpay-invoice-two-partial-payments",
+        "setu-bill-lifecycle",
+    ] {
+        let text = std::fs::read_to_string(format!(
+            "{}/../../scenarios/{scenario}.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let path = app.dir.path().join(format!("{scenario}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (ok, printed) = app
+            .cli(&["trigger", "--scenario", path.to_str().unwrap()])
+            .await;
+        assert!(ok, "{printed}");
+    }
     let quarantined = app
         .post_signed("zwitch", b"{\"not\": \"a zwitch event\"}", &[])
         .await;
@@ -334,6 +340,30 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
     );
     let (_, payments) = get(&app, &session, "/payments").await;
     assert!(payments.contains("Unmatched") && payments.contains("invoice_id"));
+    // The BBPS bill the scenario fetched and paid: listed as paid, its page showing the biller,
+    // the payment that paid it and what it reported; the payment links back to it.
+    let (_, bills) = get(&app, &session, "/bills").await;
+    let bill = bills
+        .split("<h2 id=\"paid\">")
+        .nth(1)
+        .and_then(|paid| paid.split("href=\"/bills/").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("a paid bill: {bills}"))
+        .to_owned();
+    let (status, detail) = get(&app, &session, &format!("/bills/{bill}")).await;
+    assert_eq!(status, 200);
+    for expected in ["Customer", "bill_ref_id", "Status history", "bill.fetched"] {
+        assert!(
+            detail.contains(expected),
+            "the bill page lacks {expected}: {detail}"
+        );
+    }
+    assert!(
+        payments.contains(&format!("href=\"/bills/{bill}\"")),
+        "{payments}"
+    );
+    let (status, _) = get(&app, &session, &format!("/invoices/{bill}")).await;
+    assert_eq!(status, 404, "a bill is not an invoice");
     let (_, sources) = get(&app, &session, "/sources").await;
     assert!(sources.contains("invalid_signature"), "{sources}");
 

@@ -15,6 +15,7 @@ const NAV: &[(&str, &str)] = &[
     ("/sources", "Sources"),
     ("/quarantine", "Quarantine"),
     ("/invoices", "Invoices"),
+    ("/bills", "Bills"),
     ("/payments", "Payments"),
 ];
 

@@ -134,6 +134,8 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/inbound/{id}/reprocess", post(pages::reprocess))
         .route("/invoices", get(pages::invoices))
         .route("/invoices/{id}", get(pages::invoice))
+        .route("/bills", get(pages::bills))
+        .route("/bills/{id}", get(pages::bill))
         .route("/payments", get(pages::payments))
         .route("/payments/{id}", get(pages::payment))
         .route("/logout", post(logout))

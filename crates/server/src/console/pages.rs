@@ -7,10 +7,11 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::{Form, Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use billhook_core::entity::EntityData;
 use billhook_core::entity::SubjectKind;
 use billhook_core::event::EventType;
 use billhook_core::ids::{EndpointId, EventId, InboundId};
-use billhook_core::ledger::Entity;
+use billhook_core::ledger::{self, Entity};
 use billhook_core::time::Timestamp;
 use billhook_store::{
     CLOSED_UNPAID, EventQuery, InboundQuery, InboundStatus, LedgerFilter, LedgerQuery,
@@ -912,21 +913,56 @@ async fn ledger_page(
         .await?)
 }
 
-fn invoice_table(entities: &[Entity], now: Timestamp) -> Markup {
+/// What differs between the pages of the ledger's two kinds of target, invoices and bills.
+struct Targets {
+    kind: SubjectKind,
+    path: &'static str,
+    /// "Invoice", "Bill".
+    one: &'static str,
+    /// "Invoices", "Bills".
+    many: &'static str,
+}
+
+const INVOICES: Targets = Targets {
+    kind: SubjectKind::Invoice,
+    path: "/invoices",
+    one: "Invoice",
+    many: "Invoices",
+};
+
+const BILLS: Targets = Targets {
+    kind: SubjectKind::Bill,
+    path: "/bills",
+    one: "Bill",
+    many: "Bills",
+};
+
+impl Targets {
+    /// An invoice's number or a bill's biller reference, else the provider's id.
+    fn title(entity: &Entity) -> String {
+        entity
+            .keys
+            .number
+            .clone()
+            .unwrap_or_else(|| entity.provider_id.clone())
+    }
+}
+
+fn target_table(targets: &Targets, entities: &[Entity], now: Timestamp) -> Markup {
     html! {
         div.scroll { table {
-            thead { tr { th { "Invoice" } th { "Provider" } th { "Status" } th.num { "Amount" } th.num { "Paid" } th.num { "Due" } th { "Due by" } } }
+            thead { tr { th { (targets.one) } th { "Provider" } th { "Status" } th.num { "Amount" } th.num { "Paid" } th.num { "Due" } th { "Due by" } } }
             tbody {
-                @for invoice in entities {
-                    @let overdue = is_outstanding(invoice) && invoice.due_by.is_some_and(|by| by < now);
+                @for target in entities {
+                    @let overdue = is_outstanding(target) && target.due_by.is_some_and(|by| by < now);
                     tr {
-                        td { a href=(format!("/invoices/{}", invoice.id)) { (invoice.keys.number.clone().unwrap_or_else(|| invoice.provider_id.clone())) } }
-                        td { (invoice.provider) }
-                        td { (status_badge(invoice)) @if overdue { " " (badge(Tone::Bad, "overdue")) } }
-                        td.num { (money(invoice.amount, invoice.currency)) }
-                        td.num { (money(Some(invoice.paid), invoice.currency)) }
-                        td.num { (money(invoice.due, invoice.currency)) }
-                        td { (maybe_time(invoice.due_by)) }
+                        td { a href=(format!("{}/{}", targets.path, target.id)) { (Targets::title(target)) } }
+                        td { (target.provider) }
+                        td { (status_badge(target)) @if overdue { " " (badge(Tone::Bad, "overdue")) } }
+                        td.num { (money(target.amount, target.currency)) }
+                        td.num { (money(Some(target.paid), target.currency)) }
+                        td.num { (money(target.due, target.currency)) }
+                        td { (maybe_time(target.due_by)) }
                     }
                 }
             }
@@ -979,6 +1015,25 @@ pub(crate) async fn invoices(
     Extension(viewer): Extension<Viewer>,
     Query(filters): Query<LedgerFilters>,
 ) -> PageResult {
+    targets_page(&app, &viewer, &filters, &INVOICES).await
+}
+
+pub(crate) async fn bills(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Query(filters): Query<LedgerFilters>,
+) -> PageResult {
+    targets_page(&app, &viewer, &filters, &BILLS).await
+}
+
+/// Invoices or bills: by default the outstanding ones, then the paid; or one filter's, page by
+/// page.
+async fn targets_page(
+    app: &App,
+    viewer: &Viewer,
+    filters: &LedgerFilters,
+    targets: &Targets,
+) -> PageResult {
     let now = Timestamp::now();
     let statuses = [
         ("", "outstanding first"),
@@ -987,41 +1042,36 @@ pub(crate) async fn invoices(
         ("paid", "paid"),
         ("all", "all"),
     ];
-    let form = ledger_filter_form("/invoices", &filters, &statuses);
+    let (path, many) = (targets.path, targets.many.to_lowercase());
+    let form = ledger_filter_form(path, filters, &statuses);
+    let title = targets.many;
     let body = match blank(&filters.status).as_deref() {
         None => {
             let outstanding = ledger_page(
-                &app,
-                SubjectKind::Invoice,
+                app,
+                targets.kind,
                 LedgerFilter::Outstanding,
-                &filters,
+                filters,
                 None,
                 100,
             )
             .await?;
-            let paid = ledger_page(
-                &app,
-                SubjectKind::Invoice,
-                LedgerFilter::Paid,
-                &filters,
-                None,
-                100,
-            )
-            .await?;
+            let paid =
+                ledger_page(app, targets.kind, LedgerFilter::Paid, filters, None, 100).await?;
             html! {
-                h1 { "Invoices" }
+                h1 { (title) }
                 (form)
                 section aria-labelledby="outstanding" {
                     h2 #outstanding { "Outstanding" }
-                    @if outstanding.items.is_empty() { (empty("Nothing is outstanding.")) } @else { (invoice_table(&outstanding.items, now)) }
-                    @if outstanding.next_cursor.is_some() { p { a href="/invoices?status=outstanding" { "All outstanding invoices →" } } }
+                    @if outstanding.items.is_empty() { (empty("Nothing is outstanding.")) } @else { (target_table(targets, &outstanding.items, now)) }
+                    @if outstanding.next_cursor.is_some() { p { a href=(format!("{path}?status=outstanding")) { "All outstanding " (many) " →" } } }
                 }
                 section aria-labelledby="paid" {
                     h2 #paid { "Paid" }
-                    @if paid.items.is_empty() { (empty("No invoice is paid yet.")) } @else { (invoice_table(&paid.items, now)) }
-                    @if paid.next_cursor.is_some() { p { a href="/invoices?status=paid" { "All paid invoices →" } } }
+                    @if paid.items.is_empty() { (empty(&format!("No {} is paid yet.", targets.one.to_lowercase()))) } @else { (target_table(targets, &paid.items, now)) }
+                    @if paid.next_cursor.is_some() { p { a href=(format!("{path}?status=paid")) { "All paid " (many) " →" } } }
                 }
-                p { a href="/invoices?status=all" { "Every invoice, closed ones included →" } }
+                p { a href=(format!("{path}?status=all")) { "Every " (targets.one.to_lowercase()) ", closed ones included →" } }
             }
         }
         Some(status) => {
@@ -1033,23 +1083,23 @@ pub(crate) async fn invoices(
                 other => LedgerFilter::Status(other.to_owned()),
             };
             let list = ledger_page(
-                &app,
-                SubjectKind::Invoice,
+                app,
+                targets.kind,
                 filter,
-                &filters,
+                filters,
                 blank(&filters.cursor),
                 50,
             )
             .await?;
             html! {
-                h1 { "Invoices: " (status) }
+                h1 { (title) ": " (status) }
                 (form)
-                @if list.items.is_empty() { (empty("No invoices match.")) } @else { (invoice_table(&list.items, now)) }
-                (next_page("/invoices", &[("status", filters.status.clone()), ("provider", filters.provider.clone()), ("reference", filters.reference.clone())], list.next_cursor.as_deref()))
+                @if list.items.is_empty() { (empty(&format!("No {many} match."))) } @else { (target_table(targets, &list.items, now)) }
+                (next_page(path, &[("status", filters.status.clone()), ("provider", filters.provider.clone()), ("reference", filters.reference.clone())], list.next_cursor.as_deref()))
             }
         }
     };
-    render(page(&viewer, "Invoices", "/invoices", body))
+    render(page(viewer, title, path, body))
 }
 
 fn payment_table(entities: &[Entity]) -> Markup {
@@ -1079,20 +1129,17 @@ fn payment_table(entities: &[Entity]) -> Markup {
 
 fn payment_rail(payment: &Entity) -> String {
     match payment.snapshot.data() {
-        billhook_core::entity::EntityData::Payment(p) => {
-            p.rail.clone().unwrap_or_else(|| "—".to_owned())
-        }
+        EntityData::Payment(p) => p.rail.clone().unwrap_or_else(|| "—".to_owned()),
         _ => "—".to_owned(),
     }
 }
 
-/// A link to what a payment pays: invoices have a page; BBPS bills are shown by id (the API
-/// has them under `/v1/bills`).
+/// A link to what a payment pays, an invoice or a bill.
 fn target_link(id: &str, label: &str) -> Markup {
-    if id.starts_with("iv_") {
-        html! { a href=(format!("/invoices/{id}")) { (label) } }
+    if ledger::is_id_of(SubjectKind::Bill, id) {
+        html! { "bill " a href=(format!("/bills/{id}")) { (label) } }
     } else {
-        html! { "bill " code { (label) } }
+        html! { a href=(format!("/invoices/{id}")) { (label) } }
     }
 }
 
@@ -1170,7 +1217,7 @@ pub(crate) async fn payments(
     render(page(&viewer, "Payments", "/payments", body))
 }
 
-fn history_table(history: &[billhook_core::ledger::HistoryEntry]) -> Markup {
+fn history_table(history: &[ledger::HistoryEntry]) -> Markup {
     html! {
         div.scroll { table {
             thead { tr { th { "Received" } th { "Event" } th { "Status" } th { "Provider's word" } th { "Effect" } } }
@@ -1204,34 +1251,55 @@ pub(crate) async fn invoice(
     Extension(viewer): Extension<Viewer>,
     Path(id): Path<String>,
 ) -> PageResult {
+    target_page(&app, &viewer, &id, &INVOICES).await
+}
+
+pub(crate) async fn bill(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+) -> PageResult {
+    target_page(&app, &viewer, &id, &BILLS).await
+}
+
+/// An invoice or a bill: what it amounts to, the payments linked to it, every status it
+/// reported and its latest snapshot.
+async fn target_page(app: &App, viewer: &Viewer, id: &str, targets: &Targets) -> PageResult {
     let now = Timestamp::now();
-    let invoice = find_entity(&app, SubjectKind::Invoice, &id).await?;
-    let payments = app.store.ledger_linked(&invoice.id).await?;
-    let history = app.store.ledger_history(&invoice.id).await?;
-    let title = invoice
-        .keys
-        .number
-        .clone()
-        .unwrap_or_else(|| invoice.provider_id.clone());
+    let target = find_entity(app, targets.kind, id).await?;
+    let payments = app.store.ledger_linked(&target.id).await?;
+    let history = app.store.ledger_history(&target.id).await?;
+    let title = Targets::title(&target);
+    let bill = match target.snapshot.data() {
+        EntityData::Bill(bill) => Some(bill),
+        _ => None,
+    };
     let body = html! {
-        p.crumbs { a href="/invoices" { "Invoices" } " / " (title) }
-        h1 { "Invoice " (title) " " (status_badge(&invoice)) }
+        p.crumbs { a href=(targets.path) { (targets.many) } " / " (title) }
+        h1 { (targets.one) " " (title) " " (status_badge(&target)) }
         dl.facts {
-            dt { "Provider" } dd { (invoice.provider) " · " code { (invoice.provider_id) } " · source " (invoice.source) }
-            dt { "Amount" } dd { (money(invoice.amount, invoice.currency)) }
-            dt { "Paid" } dd { (money(Some(invoice.paid), invoice.currency)) }
-            dt { "Due" } dd { (money(invoice.due, invoice.currency))
-                @if is_outstanding(&invoice) && invoice.due_by.is_some_and(|by| by < now) { " " (badge(Tone::Bad, "overdue")) } }
-            @if invoice.overpaid.minor() > 0 { dt { "Overpaid" } dd { (money(Some(invoice.overpaid), invoice.currency)) } }
-            dt { "Due by" } dd { (maybe_time(invoice.due_by)) }
-            dt { "Settled" } dd { @match (invoice.settled_at, invoice.settled_event) {
-                (Some(at), Some(event)) => { (time(at)) " · " a href=(format!("/events/{event}")) { "invoice.settled" } }
-                _ => { span.muted { "not yet" } }
-            } }
+            dt { "Provider" } dd { (target.provider) " · " code { (target.provider_id) } " · source " (target.source) }
+            @if let Some(bill) = bill {
+                dt { "Biller" } dd { (bill.biller_id.as_deref().unwrap_or("—")) }
+                dt { "Customer" } dd { (bill.customer_name.as_deref().unwrap_or("—")) }
+                @if let Some(period) = &bill.bill_period { dt { "Period" } dd { (period) } }
+            }
+            dt { "Amount" } dd { (money(target.amount, target.currency)) }
+            dt { "Paid" } dd { (money(Some(target.paid), target.currency)) }
+            dt { "Due" } dd { (money(target.due, target.currency))
+                @if is_outstanding(&target) && target.due_by.is_some_and(|by| by < now) { " " (badge(Tone::Bad, "overdue")) } }
+            @if target.overpaid.minor() > 0 { dt { "Overpaid" } dd { (money(Some(target.overpaid), target.currency)) } }
+            dt { "Due by" } dd { (maybe_time(target.due_by)) }
+            @if targets.kind == SubjectKind::Invoice {
+                dt { "Settled" } dd { @match (target.settled_at, target.settled_event) {
+                    (Some(at), Some(event)) => { (time(at)) " · " a href=(format!("/events/{event}")) { "invoice.settled" } }
+                    _ => { span.muted { "not yet" } }
+                } }
+            }
         }
         section aria-labelledby="payments" {
             h2 #payments { "Payments" }
-            @if payments.is_empty() { (empty("No payment is linked to this invoice.")) } @else { (payment_table(&payments)) }
+            @if payments.is_empty() { (empty(&format!("No payment is linked to this {}.", targets.one.to_lowercase()))) } @else { (payment_table(&payments)) }
         }
         section aria-labelledby="history" {
             h2 #history { "Status history" }
@@ -1239,13 +1307,13 @@ pub(crate) async fn invoice(
         }
         section aria-labelledby="snapshot" {
             h2 #snapshot { "Latest snapshot" }
-            (json_block(&serde_json::to_value(invoice.snapshot.data()).unwrap_or(Value::Null)))
+            (json_block(&serde_json::to_value(target.snapshot.data()).unwrap_or(Value::Null)))
         }
     };
     render(page(
-        &viewer,
-        &format!("Invoice {title}"),
-        "/invoices",
+        viewer,
+        &format!("{} {title}", targets.one),
+        targets.path,
         body,
     ))
 }
