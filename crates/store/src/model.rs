@@ -629,7 +629,8 @@ pub(crate) fn conclusion_types_sql() -> String {
         .join(", ")
 }
 
-/// Statuses after which an invoice is no longer expected to be paid.
+/// Statuses after which an invoice or bill is no longer expected to be paid: a bill's is how its
+/// fetch went, and a failed fetch brought no bill to pay.
 pub const CLOSED_UNPAID: &[&str] = &[
     "expired",
     "cancelled",
@@ -637,6 +638,7 @@ pub const CLOSED_UNPAID: &[&str] = &[
     "rejected",
     "returned",
     "declined",
+    "failure",
 ];
 
 /// An admin token to store: only its digest and a hint of it.

@@ -340,7 +340,7 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
     );
     let (_, payments) = get(&app, &session, "/payments").await;
     assert!(payments.contains("Unmatched") && payments.contains("invoice_id"));
-    // The BBPS bill the scenario fetched and paid: listed as paid, its page showing the biller,
+    // The BBPS bill the scenario fetched and paid: listed as paid, its page showing whose it is,
     // the payment that paid it and what it reported; the payment links back to it.
     let (_, bills) = get(&app, &session, "/bills").await;
     let bill = bills
@@ -352,7 +352,14 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
         .to_owned();
     let (status, detail) = get(&app, &session, &format!("/bills/{bill}")).await;
     assert_eq!(status, 200);
-    for expected in ["Customer", "bill_ref_id", "Status history", "bill.fetched"] {
+    for expected in [
+        "<h1>Bill ",
+        "fetched",
+        "Elijah White",
+        "Monthly",
+        "bill_ref_id",
+        "bill.fetched",
+    ] {
         assert!(
             detail.contains(expected),
             "the bill page lacks {expected}: {detail}"

@@ -921,6 +921,8 @@ struct Targets {
     one: &'static str,
     /// "Invoices", "Bills".
     many: &'static str,
+    /// A provider of this kind, as the filter form's example.
+    provider_hint: &'static str,
 }
 
 const INVOICES: Targets = Targets {
@@ -928,6 +930,7 @@ const INVOICES: Targets = Targets {
     path: "/invoices",
     one: "Invoice",
     many: "Invoices",
+    provider_hint: "razorpay",
 };
 
 const BILLS: Targets = Targets {
@@ -935,6 +938,7 @@ const BILLS: Targets = Targets {
     path: "/bills",
     one: "Bill",
     many: "Bills",
+    provider_hint: "setu_bbps",
 };
 
 impl Targets {
@@ -980,6 +984,14 @@ fn is_outstanding(entity: &Entity) -> bool {
 
 fn status_badge(entity: &Entity) -> Markup {
     let status = entity.status.as_deref().unwrap_or("unknown");
+    // A bill's status is how its fetch went, not whether it is paid (its amounts say that).
+    if entity.kind == SubjectKind::Bill {
+        return match status {
+            "success" => badge(Tone::Neutral, "fetched"),
+            "failure" => badge(Tone::Bad, "fetch failed"),
+            other => badge(Tone::Neutral, other),
+        };
+    }
     let tone = match status {
         "paid" | "succeeded" | "accepted" | "closed" | "resolved" | "success" => Tone::Good,
         "failed" | "expired" | "cancelled" | "rejected" | "declined" | "returned" | "failure" => {
@@ -993,7 +1005,12 @@ fn status_badge(entity: &Entity) -> Markup {
     badge(tone, status)
 }
 
-fn ledger_filter_form(path: &str, filters: &LedgerFilters, statuses: &[(&str, &str)]) -> Markup {
+fn ledger_filter_form(
+    path: &str,
+    filters: &LedgerFilters,
+    statuses: &[(&str, &str)],
+    provider_hint: &str,
+) -> Markup {
     html! {
         form.filters method="get" action=(path) {
             label { "Show"
@@ -1003,7 +1020,7 @@ fn ledger_filter_form(path: &str, filters: &LedgerFilters, statuses: &[(&str, &s
                     }
                 }
             }
-            label { "Provider" input type="text" name="provider" value=[filters.provider.as_deref()] placeholder="razorpay"; }
+            label { "Provider" input type="text" name="provider" value=[filters.provider.as_deref()] placeholder=(provider_hint); }
             label { "Number or id" input type="text" name="reference" value=[filters.reference.as_deref()]; }
             button type="submit" { "Filter" }
         }
@@ -1043,7 +1060,7 @@ async fn targets_page(
         ("all", "all"),
     ];
     let (path, many) = (targets.path, targets.many.to_lowercase());
-    let form = ledger_filter_form(path, filters, &statuses);
+    let form = ledger_filter_form(path, filters, &statuses, targets.provider_hint);
     let title = targets.many;
     let body = match blank(&filters.status).as_deref() {
         None => {
@@ -1155,7 +1172,7 @@ pub(crate) async fn payments(
         ("failed", "failed"),
         ("all", "all"),
     ];
-    let form = ledger_filter_form("/payments", &filters, &statuses);
+    let form = ledger_filter_form("/payments", &filters, &statuses, "razorpay");
     let body = match blank(&filters.status).as_deref() {
         None => {
             let unmatched = ledger_page(
@@ -1280,8 +1297,8 @@ async fn target_page(app: &App, viewer: &Viewer, id: &str, targets: &Targets) ->
         dl.facts {
             dt { "Provider" } dd { (target.provider) " · " code { (target.provider_id) } " · source " (target.source) }
             @if let Some(bill) = bill {
-                dt { "Biller" } dd { (bill.biller_id.as_deref().unwrap_or("—")) }
-                dt { "Customer" } dd { (bill.customer_name.as_deref().unwrap_or("—")) }
+                @if let Some(biller) = &bill.biller_id { dt { "Biller" } dd { (biller) } }
+                @if let Some(customer) = &bill.customer_name { dt { "Customer" } dd { (customer) } }
                 @if let Some(period) = &bill.bill_period { dt { "Period" } dd { (period) } }
             }
             dt { "Amount" } dd { (money(target.amount, target.currency)) }
@@ -1335,7 +1352,7 @@ pub(crate) async fn payment(
         dl.facts {
             dt { "Provider" } dd { (payment.provider) " · source " (payment.source) " · rail " (payment_rail(&payment)) }
             dt { "Amount" } dd { (money(payment.amount, payment.currency)) }
-            dt { "Counts towards an invoice" } dd { (money(Some(payment.counted), payment.currency)) }
+            dt { "Counts towards what it pays" } dd { (money(Some(payment.counted), payment.currency)) }
             dt { "Pays" } dd { @match &target {
                 Some(target) => { (target_link(&target.id, &target.keys.number.clone().unwrap_or_else(|| target.provider_id.clone())))
                     " · matched by " (payment.link_rule.as_deref().unwrap_or("—")) }

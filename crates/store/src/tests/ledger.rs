@@ -297,6 +297,42 @@ fn bill_data(ref_id: &str, biller_ref_id: &str, amount: i64) -> EntityData {
     })
 }
 
+/// A bill whose fetch failed brought nothing to pay: it is listed, but not as outstanding,
+/// while a fetched bill with an amount is.
+#[test]
+fn a_bill_whose_fetch_failed_is_not_outstanding() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let fetched = bill_data("bill_ok", "CUST-OK", 500);
+            let mut failed = bill_data("bill_failed", "CUST-FAILED", 0);
+            if let EntityData::Bill(bill) = &mut failed {
+                bill.amount = None;
+                bill.status = Some("failure".to_owned());
+                bill.provider_status = Some("FAILURE".to_owned());
+            }
+            for data in [fetched, failed] {
+                store
+                    .ingest(ingest_of(data, Some(StatusRank::new(1))))
+                    .await
+                    .unwrap();
+            }
+            let listed = |filter: LedgerFilter| {
+                let query = query(SubjectKind::Bill, filter);
+                async move {
+                    let page = store.ledger_entities(query).await.unwrap();
+                    page.items
+                        .into_iter()
+                        .map(|e| e.provider_id)
+                        .collect::<Vec<_>>()
+                }
+            };
+            assert_eq!(listed(LedgerFilter::All).await.len(), 2);
+            assert_eq!(listed(LedgerFilter::Outstanding).await, ["bill_ok"]);
+        }
+    });
+}
+
 /// Which of a target's keys a payment's reference holds.
 #[derive(Clone, Copy)]
 enum TargetKey {
