@@ -352,7 +352,7 @@ pub enum LookupColumn {
 
 /// Where the invoices and bills that `refs` may name are found: each reference in the columns
 /// [`link_reason`] compares it with.
-fn target_lookups(refs: &PaymentRefs) -> impl Iterator<Item = (LookupColumn, &String)> {
+fn target_lookups(refs: &PaymentRefs) -> impl Iterator<Item = (LookupColumn, &str)> {
     refs.each().flat_map(|(which, value)| {
         let columns: &[LookupColumn] = match which {
             PaymentRef::InvoiceId | PaymentRef::BillRefId => &[LookupColumn::TargetId],
@@ -362,7 +362,7 @@ fn target_lookups(refs: &PaymentRefs) -> impl Iterator<Item = (LookupColumn, &St
             }
             PaymentRef::BillerRefId => &[LookupColumn::TargetNumber],
         };
-        columns.iter().map(move |column| (*column, value))
+        columns.iter().map(move |column| (*column, value.as_str()))
     })
 }
 
@@ -625,7 +625,8 @@ fn is_linked_to(entity: &Entity, target_id: &str) -> bool {
 /// what the facts link to ([`first_round`](Self::first_round): the invoices and bills their
 /// payments name, the payments naming their invoices and bills), then what the facts' own
 /// entities, as stored, link to that was not asked yet ([`second_round`](Self::second_round):
-/// nothing, when they name what their facts do), both locked by the store, then the payments linked to the invoices and bills the facts will total
+/// nothing, when they name what their facts do), both locked by the store, then the payments
+/// linked to the invoices and bills the facts will total
 /// ([`linked_targets`](Self::linked_targets)), not locked, as the lookup they replace never
 /// was; those answer only [`linked_payments`](Self::linked_payments). References are asked per
 /// [`LookupColumn`], each for the values that could match in it.
@@ -644,9 +645,9 @@ pub struct ReadAhead {
     /// Read unlocked: payments linked to `linked_targets`.
     linked: Vec<Entity>,
     identities: HashSet<(SubjectKind, String, String)>,
-    /// Every entity one of these columns finds by its value is stored (for a payment's
+    /// Every entity a column finds by one of its values here is stored (for a payment's
     /// references, every payment not linked yet).
-    lookups: HashSet<(LookupColumn, String)>,
+    lookups: HashMap<LookupColumn, HashSet<String>>,
     /// Every payment linked to one of these is in `linked`.
     linked_targets: HashSet<String>,
 }
@@ -680,7 +681,7 @@ impl Reading {
 
     fn add_targets_of(&mut self, refs: &PaymentRefs) {
         self.lookups
-            .extend(target_lookups(refs).map(|(column, value)| (column, value.clone())));
+            .extend(target_lookups(refs).map(|(column, value)| (column, value.to_owned())));
     }
 
     fn add_payments_of(&mut self, kind: SubjectKind, provider_id: &str, keys: &TargetKeys) {
@@ -699,7 +700,8 @@ impl Reading {
             .retain(|i| !read_ahead.identities.contains(i));
         self.lookups.sort();
         self.lookups.dedup();
-        self.lookups.retain(|l| !read_ahead.lookups.contains(l));
+        self.lookups
+            .retain(|(column, value)| !read_ahead.asked(*column, value));
         self.ids.sort();
         self.ids.dedup();
         self.ids.retain(|id| !read_ahead.stored.contains_key(id));
@@ -808,7 +810,9 @@ impl ReadAhead {
             self.stored.insert(entity.id.clone(), entity);
         }
         self.identities.extend(reading.identities);
-        self.lookups.extend(reading.lookups);
+        for (column, value) in reading.lookups {
+            self.lookups.entry(column).or_default().insert(value);
+        }
     }
 
     /// Takes in the payments the store found linked to `targets`.
@@ -818,7 +822,9 @@ impl ReadAhead {
     }
 
     fn asked(&self, column: LookupColumn, value: &str) -> bool {
-        self.lookups.contains(&(column, value.to_owned()))
+        self.lookups
+            .get(&column)
+            .is_some_and(|values| values.contains(value))
     }
 
     /// [`LedgerRepo::entity`]; `None` if not read.

@@ -941,15 +941,13 @@ const BILLS: Targets = Targets {
     provider_hint: "setu_bbps",
 };
 
-impl Targets {
-    /// An invoice's number or a bill's biller reference, else the provider's id.
-    fn title(entity: &Entity) -> String {
-        entity
-            .keys
-            .number
-            .clone()
-            .unwrap_or_else(|| entity.provider_id.clone())
-    }
+/// An invoice's number or a bill's biller reference, else the provider's id.
+fn target_title(entity: &Entity) -> String {
+    entity
+        .keys
+        .number
+        .clone()
+        .unwrap_or_else(|| entity.provider_id.clone())
 }
 
 fn target_table(targets: &Targets, entities: &[Entity], now: Timestamp) -> Markup {
@@ -960,7 +958,7 @@ fn target_table(targets: &Targets, entities: &[Entity], now: Timestamp) -> Marku
                 @for target in entities {
                     @let overdue = is_outstanding(target) && target.due_by.is_some_and(|by| by < now);
                     tr {
-                        td { a href=(format!("{}/{}", targets.path, target.id)) { (Targets::title(target)) } }
+                        td { a href=(format!("{}/{}", targets.path, target.id)) { (target_title(target)) } }
                         td { (target.provider) }
                         td { (status_badge(target)) @if overdue { " " (badge(Tone::Bad, "overdue")) } }
                         td.num { (money(target.amount, target.currency)) }
@@ -1286,7 +1284,7 @@ async fn target_page(app: &App, viewer: &Viewer, id: &str, targets: &Targets) ->
     let target = find_entity(app, targets.kind, id).await?;
     let payments = app.store.ledger_linked(&target.id).await?;
     let history = app.store.ledger_history(&target.id).await?;
-    let title = Targets::title(&target);
+    let title = target_title(&target);
     let bill = match target.snapshot.data() {
         EntityData::Bill(bill) => Some(bill),
         _ => None,
