@@ -294,6 +294,15 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
+        // The statements below run on plans the connection keeps, and they find deliveries by
+        // id, so they are made to read only through the keys (bitmap scans). A plan made while
+        // the outbox was a few pages would read all of it for every batch, in a sequential
+        // scan or along the primary key for a merge join, until the next ANALYZE, which on a
+        // new database autovacuum runs only after a minute or more of traffic.
+        transaction
+            .batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_indexscan = off")
+            .await
+            .map_err(pg_error)?;
         // Rows are locked in one order everywhere, endpoints before their deliveries and each
         // kind by id, so a completion cannot deadlock with a lease renewal or an endpoint's
         // deletion (PostgreSQL would abort one of them). The health is folded in attempt order.

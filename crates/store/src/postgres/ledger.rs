@@ -118,9 +118,10 @@ async fn query_entities<C: GenericClient>(
 /// Runs a link lookup (an OR of references) as a prepared statement on the plan its connection
 /// keeps (`apply_facts` makes the transaction use kept plans): planning such an OR over the
 /// ledger's many indexes costs several times running it. A kept plan is only as good as the
-/// statistics it was made with, and one made while the ledger was empty scans it however large
-/// it grows: `PgStore::refresh_statistics` analyzes the ledger whenever it has doubled,
-/// which also makes every connection plan anew.
+/// statistics it was made with: `PgStore::refresh_statistics` analyzes the ledger whenever it
+/// has doubled, which also makes every connection plan anew, and the transaction plans without
+/// sequential scans, so a plan made while the ledger was a few pages does not scan it as it
+/// grows.
 async fn link_lookup(
     transaction: &Transaction<'_>,
     condition: &str,
@@ -508,10 +509,16 @@ impl<'a> LedgerGroup<'a> {
             // its connection keeps: PostgreSQL would otherwise plan most link lookups anew each
             // time (a plan for the values at hand looks cheaper than one for any values), and
             // planning an OR over the ledger's indexes costs several times running it. See
-            // `link_lookup`.
+            // `link_lookup`. Those plans find rows by their keys, so they are made to read
+            // only through the keys' indexes (bitmap scans): a plan made while the ledger was
+            // a few pages would read all of it, in a sequential scan or along the primary key
+            // for its order, testing every reference on every row, until the next ANALYZE
+            // (several milliseconds a lookup at a few thousand rows).
             execute_cached(
                 transaction,
                 "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
+                       set_config('enable_seqscan', 'off', true),
+                       set_config('enable_indexscan', 'off', true),
                        (SELECT count(*) FROM
                           (SELECT CASE WHEN exclusive THEN pg_advisory_xact_lock(key)
                                        ELSE pg_advisory_xact_lock_shared(key) END

@@ -919,6 +919,96 @@ fn a_grown_ledger_is_analyzed_once_and_its_lookups_still_link() {
     });
 }
 
+/// The hot paths run on plans their connections keep, made when a new database's tables are a
+/// page or two, and kept until an ANALYZE, which autovacuum runs only after a minute or more of
+/// traffic. Made to read by key, such plans stay right as the tables grow: the ledger's
+/// read-ahead and lookups and a completion's locks and updates never read the whole table.
+#[test]
+fn plans_kept_from_a_new_database_still_read_by_key_once_it_has_grown() {
+    const GROWN: i64 = 4_000;
+    runtime().block_on(async {
+        let (config, _dir) = super::postgres_config().await;
+        let store = Store::open(&config).await.unwrap();
+        let endpoint = super::canonical_endpoint(&store).await;
+        let rounds = |from: usize| {
+            let (store, endpoint) = (&store, &endpoint);
+            async move {
+                for n in from..from + 8 {
+                    issue(store, &format!("bcinv_{n}"), &format!("INV-{n}"), 1000).await;
+                    assert_eq!(
+                        concluded(pay(store, &format!("tx_{n}"), 1000, &format!("INV-{n}")).await)
+                            .len(),
+                        1
+                    );
+                    let owed = super::ingest_owed(store, endpoint, &format!("pay_{n}")).await;
+                    super::deliver(store, &owed, endpoint.id).await;
+                }
+            }
+        };
+        // Every pooled connection makes its plans on tables of a few rows.
+        rounds(0).await;
+
+        // The tables grow by copies of their rows, under new keys, that no lookup asks for.
+        let session = super::postgres_session(&config).await;
+        session
+            .batch_execute(&format!(
+                "INSERT INTO ledger_entities
+                 SELECT (jsonb_populate_record(NULL::ledger_entities, to_jsonb(e) || jsonb_build_object(
+                    'id', e.id || '_' || n, 'provider_id', e.provider_id || '_' || n,
+                    'number', e.number || '_' || n))).*
+                 FROM (SELECT * FROM ledger_entities WHERE kind = 'invoice' LIMIT 1) e,
+                      generate_series(1, {GROWN}) n;
+                 INSERT INTO deliveries
+                 SELECT (jsonb_populate_record(NULL::deliveries,
+                    to_jsonb(d) || jsonb_build_object('id', d.id || '_' || n))).*
+                 FROM (SELECT * FROM deliveries LIMIT 1) d, generate_series(1, {GROWN}) n;"
+            ))
+            .await
+            .unwrap();
+        drop(session);
+        rounds(8).await;
+        // Closing ends the connections, and a server process reports its counters as it ends.
+        store.close().await;
+
+        let written = 16 + GROWN;
+        let session = super::postgres_session(&config).await;
+        let mut read = Vec::new();
+        for _ in 0..120 {
+            read = session
+                .query(
+                    "SELECT relname, seq_tup_read + COALESCE(idx_tup_fetch, 0)
+                     FROM pg_stat_user_tables
+                     WHERE schemaname = current_schema()
+                       AND relname IN ('ledger_entities', 'deliveries')
+                       AND n_tup_ins >= $1::bigint + CASE relname WHEN 'ledger_entities' THEN 16 ELSE 0 END
+                       AND n_tup_upd >= CASE relname WHEN 'deliveries' THEN 32 ELSE 0 END
+                     ORDER BY relname",
+                    &[&written],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)))
+                .collect();
+            if read.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(
+            read.len(),
+            2,
+            "the counters of every connection arrived: {read:?}"
+        );
+        for (table, rows_read) in read {
+            assert!(
+                rows_read < GROWN,
+                "{table}: {rows_read} rows read, as many as a scan of it"
+            );
+        }
+    });
+}
+
 /// A role that may write the ledger but not maintain it (ANALYZE skips such a table with only
 /// a warning) gets an error from the statistics refresh, so the server backs off, instead of a
 /// refresh that silently did nothing and would be asked for again every few seconds.
