@@ -171,6 +171,8 @@ async fn pages_need_a_login_and_a_login_needs_a_valid_token(backend: Backend) {
             && header.contains("Path=/")
     );
 
+    // Every page's navigation names every section, so each is told by its own title and by
+    // the section its navigation marks as current.
     for (path, title) in [
         ("/", "Overview"),
         ("/events", "Events"),
@@ -180,12 +182,23 @@ async fn pages_need_a_login_and_a_login_needs_a_valid_token(backend: Backend) {
         ("/invoices", "Invoices"),
         ("/bills", "Bills"),
         ("/payments", "Payments"),
-        ("/assets/console.css", "--accent"),
     ] {
         let (status, body) = get(&app, &session, path).await;
         assert_eq!(status, 200, "{path}");
-        assert!(body.contains(title), "{path}");
+        assert!(
+            body.contains(&format!("<title>{title} · billhook</title>")),
+            "{path}"
+        );
+        assert!(
+            body.contains(&format!(
+                "<a href=\"{path}\" aria-current=\"page\">{title}</a>"
+            )),
+            "{path}"
+        );
     }
+    let (status, css) = get(&app, &session, "/assets/console.css").await;
+    assert_eq!(status, 200);
+    assert!(css.contains("--accent"));
     let (status, body) = get(&app, &session, "/events/evt_nothing").await;
     assert_eq!(status, 404);
     assert!(body.contains("not_found"));
