@@ -294,11 +294,13 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
-        // The statements below run on plans the connection keeps, and they find deliveries by
-        // id, so they are made to read only through the keys (bitmap scans). A plan made while
-        // the outbox was a few pages would read all of it for every batch, in a sequential
-        // scan or along the primary key for a merge join, until the next ANALYZE, which on a
-        // new database autovacuum runs only after a minute or more of traffic.
+        // The statements below run on plans the connection keeps. Each has an index for what
+        // it looks for and none reads in order up to a limit, so they are made to read only
+        // through indexes (bitmap scans). A plan made while the outbox was a few pages would
+        // read all of it for every batch, in a sequential scan or along the primary key for a
+        // merge join, until the next ANALYZE, which on a new database autovacuum runs only
+        // after a minute or more of traffic. The settings apply when a statement is planned,
+        // so these statements (`record_health`, `complete_run`) run only in here.
         transaction
             .batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_indexscan = off")
             .await

@@ -100,6 +100,10 @@ fn to_entity(row: &Row) -> Result<Entity, StoreError> {
     })
 }
 
+/// The entities a condition selects, on the plan the connection keeps for its text. A ledger
+/// group's transaction plans with bitmap scans only (`LedgerGroup::begin`), and a setting counts
+/// only when a statement is planned, so the group's conditions are never the same text as a
+/// listing's here: a listing planned first would leave the group a plan that may scan.
 async fn query_entities<C: GenericClient>(
     client: &C,
     condition: &str,
@@ -119,9 +123,9 @@ async fn query_entities<C: GenericClient>(
 /// keeps (`apply_facts` makes the transaction use kept plans): planning such an OR over the
 /// ledger's many indexes costs several times running it. A kept plan is only as good as the
 /// statistics it was made with: `PgStore::refresh_statistics` analyzes the ledger whenever it
-/// has doubled, which also makes every connection plan anew, and the transaction plans without
-/// sequential scans, so a plan made while the ledger was a few pages does not scan it as it
-/// grows.
+/// has doubled, which also makes every connection plan anew, and the transaction plans with
+/// bitmap scans only (no sequential or plain index scans), so a plan made while the ledger was
+/// a few pages does not read all of it as it grows.
 async fn link_lookup(
     transaction: &Transaction<'_>,
     condition: &str,
@@ -513,7 +517,8 @@ impl<'a> LedgerGroup<'a> {
             // only through the keys' indexes (bitmap scans): a plan made while the ledger was
             // a few pages would read all of it, in a sequential scan or along the primary key
             // for its order, testing every reference on every row, until the next ANALYZE
-            // (several milliseconds a lookup at a few thousand rows).
+            // (several milliseconds a lookup at a few thousand rows). The settings apply when a
+            // statement is planned, so the statements that rely on them run only in here.
             execute_cached(
                 transaction,
                 "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
@@ -615,9 +620,10 @@ pub(super) async fn apply_facts(
 impl PgStore {
     /// Analyzes the ledger when it has doubled since it was last analyzed (by this, or by
     /// autovacuum, which at first runs only once a minute). Link lookups run on plans the
-    /// connections keep (see `link_lookup`); analyzing makes them plan anew for the ledger as it
-    /// now is, so a plan made for a small ledger scans at most about twice the rows it was made
-    /// for. Only the columns lookups filter on are analyzed, a third of the time of the whole
+    /// connections keep (see `link_lookup`), which read only through indexes whatever the
+    /// statistics; analyzing makes them plan anew, choosing among those indexes for the ledger
+    /// as it now is, and gives listings the histogram of ids they are planned by. Only the
+    /// columns lookups and listings filter on are analyzed, a third of the time of the whole
     /// table (migration 7 says why the payments' references are declared all distinct).
     /// Returns whether it analyzed.
     pub(crate) async fn refresh_statistics(&self) -> Result<bool, StoreError> {
