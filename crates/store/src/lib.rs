@@ -236,8 +236,25 @@ impl Store {
 
     /// Stores one request with its events in one transaction, unless its dedup key is already
     /// held, in which case nothing is written and the original's ids come back.
+    ///
+    /// A write whose own request holds the key was stored by an earlier attempt whose commit
+    /// reached the database but whose answer did not (a PostgreSQL group is then written again
+    /// request by request). It is answered as stored, not as a duplicate of itself: what the
+    /// ledger concluded then is not known now, and those deliveries wait in the outbox.
     pub async fn ingest(&self, write: IngestWrite) -> Result<IngestOutcome, StoreError> {
-        dispatch!(self, store => store.ingest(write).await)
+        let id = write.inbound.id;
+        let outcome = dispatch!(self, store => store.ingest(write).await)?;
+        Ok(match outcome {
+            IngestOutcome::Duplicate {
+                inbound_id,
+                event_ids,
+            } if inbound_id == id => IngestOutcome::Stored {
+                inbound_id,
+                event_ids,
+                concluded: Vec::new(),
+            },
+            outcome => outcome,
+        })
     }
 
     pub async fn event(&self, id: EventId) -> Result<Option<EventRecord>, StoreError> {

@@ -240,6 +240,45 @@ fn a_held_dedup_key_stores_nothing_and_returns_the_original() {
     });
 }
 
+/// The same write again, as after a commit whose answer was lost, finds its own request
+/// holding the key: it was stored, once, and is answered so.
+#[test]
+fn a_write_stored_already_is_answered_as_stored_once() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let request = inbound("zw", "payments.created:evl_2", InboundStatus::Processed);
+            let payment = event("zw", "payment.created", "tx_2");
+            let stored = IngestOutcome::Stored {
+                inbound_id: request.id,
+                event_ids: vec![payment.id],
+                concluded: Vec::new(),
+            };
+            let once = write(request.clone(), vec![payment]);
+            assert_eq!(store.ingest(once.clone()).await.unwrap(), stored);
+            assert_eq!(store.ingest(once).await.unwrap(), stored);
+            let all = store
+                .events(EventQuery {
+                    after: None,
+                    limit: 100,
+                    ..EventQuery::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(all.items.len(), 1);
+            // Another request with the key is still a duplicate of the first.
+            let again = inbound("zw", "payments.created:evl_2", InboundStatus::Processed);
+            assert_eq!(
+                store.ingest(write(again, vec![])).await.unwrap(),
+                IngestOutcome::Duplicate {
+                    inbound_id: request.id,
+                    event_ids: all.items.iter().map(|e| e.id).collect(),
+                }
+            );
+        }
+    });
+}
+
 #[test]
 fn expired_dedup_keys_are_reusable_and_pruned() {
     runtime().block_on(async {

@@ -40,8 +40,17 @@ impl SqliteStore {
     }
 }
 
-/// Takes (or, if it already holds it, renews) the dedup key for `inbound_id` unless another live
-/// request holds it; returns the holder.
+/// Whether a request may take a dedup key it already holds.
+#[derive(Clone, Copy)]
+enum OwnClaim {
+    /// A new request's id holding the key means this very request was stored already.
+    Held,
+    /// A reprocessed request takes its key again (and renews it).
+    Renewed,
+}
+
+/// Takes the dedup key for `inbound_id` unless another live request holds it (or, per `own`,
+/// this one); returns the holder.
 fn claim_dedup(
     connection: &Connection,
     source: &str,
@@ -49,14 +58,23 @@ fn claim_dedup(
     inbound_id: InboundId,
     now: Timestamp,
     expires_at: Timestamp,
+    own: OwnClaim,
 ) -> Result<Option<InboundId>, StoreError> {
     let claimed = connection
-        .prepare_cached(
-            "INSERT INTO dedup (source, key, inbound_id, expires_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (source, key) DO UPDATE
-               SET inbound_id = excluded.inbound_id, expires_at = excluded.expires_at
-               WHERE dedup.expires_at <= ?5 OR dedup.inbound_id = excluded.inbound_id",
-        )
+        .prepare_cached(match own {
+            OwnClaim::Held => {
+                "INSERT INTO dedup (source, key, inbound_id, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (source, key) DO UPDATE
+                   SET inbound_id = excluded.inbound_id, expires_at = excluded.expires_at
+                   WHERE dedup.expires_at <= ?5"
+            }
+            OwnClaim::Renewed => {
+                "INSERT INTO dedup (source, key, inbound_id, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (source, key) DO UPDATE
+                   SET inbound_id = excluded.inbound_id, expires_at = excluded.expires_at
+                   WHERE dedup.expires_at <= ?5 OR dedup.inbound_id = excluded.inbound_id"
+            }
+        })
         .and_then(|mut statement| {
             statement.execute(params![
                 source,
@@ -86,6 +104,7 @@ fn ingest(connection: &Connection, write: &IngestWrite) -> Result<IngestOutcome,
         inbound.id,
         inbound.received_at,
         write.dedup_expires_at,
+        OwnClaim::Held,
     )? {
         return Ok(IngestOutcome::Duplicate {
             inbound_id: original,
@@ -284,9 +303,15 @@ fn reprocess(
         } => {
             // The key is claimed again even when it is unchanged: it may have expired while
             // the request sat in quarantine and been taken by a later copy of the message.
-            if let Some(holder) =
-                claim_dedup(connection, &source, dedup_key, id, now, *dedup_expires_at)?
-            {
+            if let Some(holder) = claim_dedup(
+                connection,
+                &source,
+                dedup_key,
+                id,
+                now,
+                *dedup_expires_at,
+                OwnClaim::Renewed,
+            )? {
                 connection
                     .prepare_cached(
                         "UPDATE inbound SET status = 'duplicate', duplicate_of = ?2,
