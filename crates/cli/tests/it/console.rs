@@ -182,6 +182,7 @@ async fn pages_need_a_login_and_a_login_needs_a_valid_token(backend: Backend) {
         ("/invoices", "Invoices"),
         ("/bills", "Bills"),
         ("/payments", "Payments"),
+        ("/records", "Records"),
     ] {
         let (status, body) = get(&app, &session, path).await;
         assert_eq!(status, 200, "{path}");
@@ -303,6 +304,7 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
     for scenario in [
         "razorpay-invoice-two-partial-payments",
         "setu-bill-lifecycle",
+        "caminvoice-document-lifecycle",
     ] {
         let text = std::fs::read_to_string(format!(
             "{}/../../scenarios/{scenario}.toml",
@@ -313,6 +315,12 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
         std::fs::write(&path, text).unwrap();
         let (ok, printed) = app
             .cli(&["trigger", "--scenario", path.to_str().unwrap()])
+            .await;
+        assert!(ok, "{printed}");
+    }
+    for (event, variant) in [("BILL_DISPUTE", "ASSIGNED"), ("BILLER_UPDATES", "ACTIVE")] {
+        let (ok, printed) = app
+            .cli(&["trigger", "setu_bbps", event, "--variant", variant])
             .await;
         assert!(ok, "{printed}");
     }
@@ -384,6 +392,48 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
     );
     let (status, _) = get(&app, &session, &format!("/invoices/{bill}")).await;
     assert_eq!(status, 404, "a bill is not an invoice");
+    // Disputes, billers and documents: each kind listed with what it is, each record's page
+    // showing its own facts and history, and each kind listed alone.
+    let (_, records) = get(&app, &session, "/records").await;
+    let mut pages = Vec::new();
+    for (kind, facts) in [
+        (
+            "dispute",
+            ["Disputed transaction", "Assigned to", "dispute.updated"],
+        ),
+        ("biller", ["BBPS biller id", "Category", "biller.updated"]),
+        (
+            "document",
+            ["Addressed to", "document.received", "First seen"],
+        ),
+    ] {
+        let section = records
+            .split(&format!("<h2 id=\"{kind}\">"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("a {kind} section: {records}"));
+        let id = section
+            .split("href=\"/records/")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("a {kind} listed: {records}"))
+            .to_owned();
+        let (status, detail) = get(&app, &session, &format!("/records/{id}")).await;
+        assert_eq!(status, 200);
+        for expected in facts {
+            assert!(
+                detail.contains(expected),
+                "the {kind} page lacks {expected}: {detail}"
+            );
+        }
+        let (status, alone) = get(&app, &session, &format!("/records?kind={kind}")).await;
+        assert_eq!(status, 200);
+        assert!(alone.contains(&format!("/records/{id}")), "{alone}");
+        pages.push(id);
+    }
+    let (status, _) = get(&app, &session, &format!("/invoices/{}", pages[0])).await;
+    assert_eq!(status, 404, "a dispute is not an invoice");
+    let (status, _) = get(&app, &session, "/records?kind=invoice").await;
+    assert_eq!(status, 400, "invoices have pages of their own");
     let (_, sources) = get(&app, &session, "/sources").await;
     assert!(sources.contains("invalid_signature"), "{sources}");
 

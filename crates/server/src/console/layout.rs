@@ -17,6 +17,7 @@ const NAV: &[(&str, &str)] = &[
     ("/invoices", "Invoices"),
     ("/bills", "Bills"),
     ("/payments", "Payments"),
+    ("/records", "Records"),
 ];
 
 fn head(title: &str) -> Markup {

@@ -138,6 +138,8 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/bills/{id}", get(pages::bill))
         .route("/payments", get(pages::payments))
         .route("/payments/{id}", get(pages::payment))
+        .route("/records", get(pages::records))
+        .route("/records/{id}", get(pages::record))
         .route("/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(app, require_session));
     Router::new()

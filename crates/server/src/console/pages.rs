@@ -1369,3 +1369,199 @@ pub(crate) async fn payment(
     };
     render(page(&viewer, "Payment", "/payments", body))
 }
+
+/// The ledger's records that are neither owed nor paid: complaints about bill payments,
+/// BBPS billers and e-invoicing documents. (Network members are only announced as events.)
+const RECORDS: [(SubjectKind, &str); 3] = [
+    (SubjectKind::Dispute, "Disputes"),
+    (SubjectKind::Biller, "Billers"),
+    (SubjectKind::Document, "Documents"),
+];
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RecordFilters {
+    kind: Option<String>,
+    provider: Option<String>,
+    reference: Option<String>,
+    cursor: Option<String>,
+}
+
+fn record_kind(name: &str) -> Option<(SubjectKind, &'static str)> {
+    RECORDS.into_iter().find(|(kind, _)| kind.as_str() == name)
+}
+
+/// One line on what a record is, from its latest snapshot.
+fn record_summary(entity: &Entity) -> Markup {
+    match entity.snapshot.data() {
+        EntityData::Dispute(dispute) => html! {
+            @if let Some(transaction) = &dispute.ref_id { "about " code { (transaction) } }
+            @if let Some(assigned) = &dispute.assigned_to { " · assigned to " (assigned) }
+        },
+        EntityData::Biller(biller) => html! {
+            (biller.name.as_deref().unwrap_or("—"))
+            @if let Some(category) = &biller.category { " · " (category) }
+        },
+        EntityData::Document(document) => html! {
+            @if let Some(member) = &document.member_id { "for " code { (member) } }
+        },
+        _ => html! {},
+    }
+}
+
+fn record_table(entities: &[Entity]) -> Markup {
+    html! {
+        div.scroll { table {
+            thead { tr { th { "Id" } th { "Provider" } th { "Status" } th { "What" } th { "Updated" } } }
+            tbody {
+                @for record in entities {
+                    tr {
+                        td { a href=(format!("/records/{}", record.id)) { code { (record.provider_id) } } }
+                        td { (record.provider) }
+                        td { (status_badge(record)) }
+                        td { (record_summary(record)) }
+                        td { (time(record.updated_at)) }
+                    }
+                }
+            }
+        } }
+    }
+}
+
+/// Disputes, billers and documents: the newest of each kind, or one kind page by page.
+pub(crate) async fn records(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Query(filters): Query<RecordFilters>,
+) -> PageResult {
+    let ledger_filters = LedgerFilters {
+        status: None,
+        provider: filters.provider.clone(),
+        reference: filters.reference.clone(),
+        cursor: None,
+    };
+    let kind = blank(&filters.kind);
+    let form = html! {
+        form.filters method="get" action="/records" {
+            label { "Kind"
+                select name="kind" {
+                    option value="" selected[kind.is_none()] { "every kind" }
+                    @for (kind_of, many) in RECORDS {
+                        option value=(kind_of.as_str()) selected[kind.as_deref() == Some(kind_of.as_str())] { (many) }
+                    }
+                }
+            }
+            label { "Provider" input type="text" name="provider" value=[filters.provider.as_deref()] placeholder="setu_bbps"; }
+            label { "Id" input type="text" name="reference" value=[filters.reference.as_deref()]; }
+            button type="submit" { "Filter" }
+        }
+    };
+    let body = match kind {
+        None => {
+            let mut sections = Vec::new();
+            for (kind, many) in RECORDS {
+                let newest =
+                    ledger_page(&app, kind, LedgerFilter::All, &ledger_filters, None, 20).await?;
+                sections.push((kind, many, newest));
+            }
+            html! {
+                h1 { "Records" }
+                (form)
+                @for (kind, many, newest) in &sections {
+                    section aria-labelledby=(kind.as_str()) {
+                        h2 id=(kind.as_str()) { (many) }
+                        @if newest.items.is_empty() { (empty(&format!("No {} yet.", many.to_lowercase()))) } @else { (record_table(&newest.items)) }
+                        @if newest.next_cursor.is_some() { p { a href=(format!("/records?kind={}", kind.as_str())) { "All " (many.to_lowercase()) " →" } } }
+                    }
+                }
+            }
+        }
+        Some(name) => {
+            let (kind, many) = record_kind(&name)
+                .ok_or_else(|| ApiError::invalid(format!("kind: no records of kind `{name}`")))?;
+            let list = ledger_page(
+                &app,
+                kind,
+                LedgerFilter::All,
+                &ledger_filters,
+                blank(&filters.cursor),
+                50,
+            )
+            .await?;
+            html! {
+                p.crumbs { a href="/records" { "Records" } " / " (many) }
+                h1 { (many) }
+                (form)
+                @if list.items.is_empty() { (empty(&format!("No {} match.", many.to_lowercase()))) } @else { (record_table(&list.items)) }
+                (next_page("/records", &[("kind", Some(name.clone())), ("provider", filters.provider.clone()), ("reference", filters.reference.clone())], list.next_cursor.as_deref()))
+            }
+        }
+    };
+    render(page(&viewer, "Records", "/records", body))
+}
+
+/// A dispute, biller or document: what it says now, every status it reported, and its latest
+/// snapshot.
+pub(crate) async fn record(
+    State(app): State<Arc<App>>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+) -> PageResult {
+    let record = app
+        .store
+        .ledger_entity(&id)
+        .await?
+        .and_then(|entity| record_kind(entity.kind.as_str()).map(|(_, many)| (entity, many)));
+    let Some((record, many)) = record else {
+        return Err(ConsoleError::not_found("record"));
+    };
+    let history = app.store.ledger_history(&record.id).await?;
+    let one = match record.kind {
+        SubjectKind::Dispute => "Dispute",
+        SubjectKind::Biller => "Biller",
+        _ => "Document",
+    };
+    let details = match record.snapshot.data() {
+        EntityData::Dispute(dispute) => html! {
+            @if let Some(transaction) = &dispute.ref_id { dt { "Disputed transaction" } dd { code { (transaction) } } }
+            @if let Some(assigned) = &dispute.assigned_to { dt { "Assigned to" } dd { (assigned) } }
+            @if let Some(remarks) = &dispute.remarks { dt { "Remarks" } dd { (remarks) } }
+        },
+        EntityData::Biller(biller) => html! {
+            @if let Some(name) = &biller.name { dt { "Name" } dd { (name) } }
+            @if let Some(biller_id) = &biller.biller_id { dt { "BBPS biller id" } dd { code { (biller_id) } } }
+            @if let Some(category) = &biller.category { dt { "Category" } dd { (category) } }
+            @if let Some(coverage) = &biller.coverage { dt { "Coverage" } dd { (coverage) } }
+            @if let Some(fetch) = &biller.fetch_requirement { dt { "Bill fetch" } dd { (fetch) } }
+            dt { "Plans" } dd { (biller.plans.len()) }
+        },
+        EntityData::Document(document) => html! {
+            @if let Some(member) = &document.member_id { dt { "Addressed to" } dd { code { (member) } } }
+        },
+        _ => html! {},
+    };
+    let body = html! {
+        p.crumbs { a href="/records" { "Records" } " / " a href=(format!("/records?kind={}", record.kind.as_str())) { (many) } " / " (record.provider_id) }
+        h1 { (one) " " code { (record.provider_id) } " " (status_badge(&record)) }
+        dl.facts {
+            dt { "Provider" } dd { (record.provider) " · source " (record.source) }
+            dt { "Provider's status" } dd { (record.provider_status.as_deref().unwrap_or("—")) }
+            (details)
+            dt { "First seen" } dd { (time(record.created_at)) }
+            dt { "Updated" } dd { (time(record.updated_at)) }
+        }
+        section aria-labelledby="history" {
+            h2 #history { "Status history" }
+            (history_table(&history))
+        }
+        section aria-labelledby="snapshot" {
+            h2 #snapshot { "Latest snapshot" }
+            (json_block(&serde_json::to_value(record.snapshot.data()).unwrap_or(Value::Null)))
+        }
+    };
+    render(page(
+        &viewer,
+        &format!("{one} {}", record.provider_id),
+        "/records",
+        body,
+    ))
+}
