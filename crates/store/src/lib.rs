@@ -237,10 +237,11 @@ impl Store {
     /// Stores one request with its events in one transaction, unless its dedup key is already
     /// held, in which case nothing is written and the original's ids come back.
     ///
-    /// A write whose own request holds the key was stored by an earlier attempt whose commit
-    /// reached the database but whose answer did not (a PostgreSQL group is then written again
-    /// request by request). It is answered as stored, not as a duplicate of itself: what the
-    /// ledger concluded then is not known now, and those deliveries wait in the outbox.
+    /// A write whose own request holds the key was stored already: the same write submitted
+    /// twice. No path of the server does that today (a group whose commit went unanswered
+    /// fails as a whole, and the provider's retry is a new request), so this is a safeguard: it
+    /// is answered as stored, not as a duplicate of itself, and nothing is written twice. What
+    /// the ledger concluded then is not known now; those deliveries wait in the outbox.
     pub async fn ingest(&self, write: IngestWrite) -> Result<IngestOutcome, StoreError> {
         let id = write.inbound.id;
         let outcome = dispatch!(self, store => store.ingest(write).await)?;

@@ -254,9 +254,16 @@ fn a_write_stored_already_is_answered_as_stored_once() {
                 event_ids: vec![payment.id],
                 concluded: Vec::new(),
             };
-            let once = write(request.clone(), vec![payment]);
+            let endpoint = canonical_endpoint(store).await;
+            let mut once = write(request.clone(), vec![payment.clone()]);
+            once.deliveries = vec![delivery_for(&endpoint, Some(&payment), request.id)];
             assert_eq!(store.ingest(once.clone()).await.unwrap(), stored);
             assert_eq!(store.ingest(once).await.unwrap(), stored);
+            let owed = store
+                .deliveries_of_event(payment.id, request.id)
+                .await
+                .unwrap();
+            assert_eq!(owed.len(), 1, "{owed:?}");
             let all = store
                 .events(EventQuery {
                     after: None,

@@ -393,23 +393,31 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
     let (status, _) = get(&app, &session, &format!("/invoices/{bill}")).await;
     assert_eq!(status, 404, "a bill is not an invoice");
     // Disputes, billers and documents: each kind listed with what it is, each record's page
-    // showing its own facts and history, and each kind listed alone.
+    // showing its own facts, history and a status badge in its kind's tone, and each kind
+    // listed alone.
     let (_, records) = get(&app, &session, "/records").await;
     let mut pages = Vec::new();
-    for (kind, facts) in [
+    for (kind, badge, facts) in [
         (
             "dispute",
+            "badge waiting",
             ["Disputed transaction", "Assigned to", "dispute.updated"],
         ),
-        ("biller", ["BBPS biller id", "Category", "biller.updated"]),
+        (
+            "biller",
+            "badge good",
+            ["BBPS biller id", "Category", "biller.updated"],
+        ),
         (
             "document",
-            ["Addressed to", "document.received", "First seen"],
+            "badge good",
+            ["Addressed to", "document.received", "KHUID"],
         ),
     ] {
         let section = records
             .split(&format!("<h2 id=\"{kind}\">"))
             .nth(1)
+            .and_then(|rest| rest.split("</section>").next())
             .unwrap_or_else(|| panic!("a {kind} section: {records}"));
         let id = section
             .split("href=\"/records/")
@@ -425,6 +433,12 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
                 "the {kind} page lacks {expected}: {detail}"
             );
         }
+        let heading = detail
+            .split("<h1>")
+            .nth(1)
+            .and_then(|rest| rest.split("</h1>").next())
+            .unwrap_or_default();
+        assert!(heading.contains(badge), "{kind}: {heading}");
         let (status, alone) = get(&app, &session, &format!("/records?kind={kind}")).await;
         assert_eq!(status, 200);
         assert!(alone.contains(&format!("/records/{id}")), "{alone}");
@@ -432,6 +446,8 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
     }
     let (status, _) = get(&app, &session, &format!("/invoices/{}", pages[0])).await;
     assert_eq!(status, 404, "a dispute is not an invoice");
+    let (status, _) = get(&app, &session, &format!("/records/{bill}")).await;
+    assert_eq!(status, 404, "a bill has pages of its own");
     let (status, _) = get(&app, &session, "/records?kind=invoice").await;
     assert_eq!(status, 400, "invoices have pages of their own");
     let (_, sources) = get(&app, &session, "/sources").await;

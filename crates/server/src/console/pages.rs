@@ -990,17 +990,43 @@ fn status_badge(entity: &Entity) -> Markup {
             other => badge(Tone::Neutral, other),
         };
     }
-    let tone = match status {
-        "paid" | "succeeded" | "accepted" | "closed" | "resolved" | "success" => Tone::Good,
-        "failed" | "expired" | "cancelled" | "rejected" | "declined" | "returned" | "failure" => {
-            Tone::Bad
-        }
-        "pending" | "processing" | "issued" | "partially_paid" | "authorized" | "created" => {
+    // A document is told of its delivery or receipt without a status.
+    if entity.kind == SubjectKind::Document && entity.status.is_none() {
+        return badge(Tone::Neutral, "no status reported");
+    }
+    badge(status_tone(entity.kind, status), status)
+}
+
+/// How a status reads for its kind: ended well, ended badly, or still under way.
+fn status_tone(kind: SubjectKind, status: &str) -> Tone {
+    match (kind, status) {
+        (SubjectKind::Dispute, "resolved" | "default_resolved" | "refunded") => Tone::Good,
+        (SubjectKind::Dispute, "unresolved" | "rejected" | "failed") => Tone::Bad,
+        // Initialized, assigned (to whichever party), escalated: the complaint is open.
+        (SubjectKind::Dispute, _) => Tone::Waiting,
+        (SubjectKind::Biller, "active") => Tone::Good,
+        (SubjectKind::Biller, "deactivated") => Tone::Bad,
+        (SubjectKind::Biller, pending) if pending.starts_with("pending") => Tone::Waiting,
+        (
+            SubjectKind::Document,
+            "pending"
+            | "acknowledged"
+            | "in_process"
+            | "under_query"
+            | "conditionally_accepted"
+            | "sent",
+        ) => Tone::Waiting,
+        (SubjectKind::Document, "delivered") => Tone::Good,
+        (_, "paid" | "succeeded" | "accepted" | "closed" | "resolved" | "success") => Tone::Good,
+        (
+            _,
+            "failed" | "expired" | "cancelled" | "rejected" | "declined" | "returned" | "failure",
+        ) => Tone::Bad,
+        (_, "pending" | "processing" | "issued" | "partially_paid" | "authorized" | "created") => {
             Tone::Waiting
         }
         _ => Tone::Neutral,
-    };
-    badge(tone, status)
+    }
 }
 
 fn ledger_filter_form(
@@ -1394,7 +1420,7 @@ fn record_kind(name: &str) -> Option<(SubjectKind, &'static str)> {
 fn record_summary(entity: &Entity) -> Markup {
     match entity.snapshot.data() {
         EntityData::Dispute(dispute) => html! {
-            @if let Some(transaction) = &dispute.ref_id { "about " code { (transaction) } }
+            @match &dispute.ref_id { Some(transaction) => { "about " code { (transaction) } } None => { "—" } }
             @if let Some(assigned) = &dispute.assigned_to { " · assigned to " (assigned) }
         },
         EntityData::Biller(biller) => html! {
@@ -1402,9 +1428,9 @@ fn record_summary(entity: &Entity) -> Markup {
             @if let Some(category) = &biller.category { " · " (category) }
         },
         EntityData::Document(document) => html! {
-            @if let Some(member) = &document.member_id { "for " code { (member) } }
+            @match &document.member_id { Some(member) => { "for " code { (member) } } None => { "—" } }
         },
-        _ => html! {},
+        _ => html! { "—" },
     }
 }
 
@@ -1451,7 +1477,7 @@ pub(crate) async fn records(
                 }
             }
             label { "Provider" input type="text" name="provider" value=[filters.provider.as_deref()] placeholder="setu_bbps"; }
-            label { "Id" input type="text" name="reference" value=[filters.reference.as_deref()]; }
+            label { "Provider's id" input type="text" name="reference" value=[filters.reference.as_deref()]; }
             button type="submit" { "Filter" }
         }
     };
