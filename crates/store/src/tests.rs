@@ -157,6 +157,18 @@ fn write(inbound: NewInbound, events: Vec<NewEvent>) -> IngestWrite {
     }
 }
 
+/// The newest hundred events stored.
+async fn newest_hundred_events(store: &Store) -> Page<EventRecord> {
+    store
+        .events(EventQuery {
+            after: None,
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .await
+        .unwrap()
+}
+
 #[test]
 fn ingest_stores_the_request_and_its_events_byte_for_byte() {
     runtime().block_on(async {
@@ -221,14 +233,7 @@ fn a_held_dedup_key_stores_nothing_and_returns_the_original() {
                 }
             );
             assert!(store.inbound(again.id).await.unwrap().is_none());
-            let all = store
-                .events(EventQuery {
-                    after: None,
-                    limit: 100,
-                    ..EventQuery::default()
-                })
-                .await
-                .unwrap();
+            let all = newest_hundred_events(store).await;
             assert_eq!(all.items.len(), 1);
             // The same key on another source is a different message.
             let other_source = inbound("zw-2", "payments.created:evl_1", InboundStatus::Processed);
@@ -264,14 +269,7 @@ fn a_write_stored_already_is_answered_as_stored_once() {
                 .await
                 .unwrap();
             assert_eq!(owed.len(), 1, "{owed:?}");
-            let all = store
-                .events(EventQuery {
-                    after: None,
-                    limit: 100,
-                    ..EventQuery::default()
-                })
-                .await
-                .unwrap();
+            let all = newest_hundred_events(store).await;
             assert_eq!(all.items.len(), 1);
             // Another request with the key is still a duplicate of the first.
             let again = inbound("zw", "payments.created:evl_2", InboundStatus::Processed);
