@@ -359,6 +359,12 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
         invoices.contains("Outstanding") && invoices.contains("paid"),
         "{invoices}"
     );
+    // A filtered listing's links to the rest keep the filter.
+    let (_, razorpay) = get(&app, &session, "/invoices?provider=razorpay").await;
+    assert!(
+        razorpay.contains("href=\"/invoices?status=all&amp;provider=razorpay\""),
+        "{razorpay}"
+    );
     let (_, payments) = get(&app, &session, "/payments").await;
     assert!(payments.contains("Unmatched") && payments.contains("invoice_id"));
     // The BBPS bill the scenario fetched and paid: listed as paid, its page showing whose it is,

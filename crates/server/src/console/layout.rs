@@ -173,7 +173,14 @@ pub fn next_page(path: &str, params: &[(&str, Option<String>)], cursor: Option<&
     let Some(cursor) = cursor else {
         return html! {};
     };
-    let mut query: Vec<String> = params
+    let mut params = params.to_vec();
+    params.push(("cursor", Some(cursor.to_owned())));
+    html! { p.pager { a href=(href_with(path, &params)) rel="next" { "Older →" } } }
+}
+
+/// `path` with a query of the parameters that have a value, so a link keeps the filters in force.
+pub fn href_with(path: &str, params: &[(&str, Option<String>)]) -> String {
+    let query: Vec<String> = params
         .iter()
         .filter_map(|(name, value)| {
             value
@@ -182,9 +189,11 @@ pub fn next_page(path: &str, params: &[(&str, Option<String>)], cursor: Option<&
                 .map(|v| format!("{name}={}", super::url_encode(v)))
         })
         .collect();
-    query.push(format!("cursor={}", super::url_encode(cursor)));
-    let href = format!("{path}?{}", query.join("&"));
-    html! { p.pager { a href=(href) rel="next" { "Older →" } } }
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
 }
 
 /// A message shown once after an action.

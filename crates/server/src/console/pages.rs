@@ -21,8 +21,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::layout::{
-    Tone, ago, badge, csrf, delivery_tone, empty, json_block, maybe_time, money, next_page, notice,
-    text_block, time,
+    Tone, ago, badge, csrf, delivery_tone, empty, href_with, json_block, maybe_time, money,
+    next_page, notice, text_block, time,
 };
 use super::{ConsoleError, CsrfForm, Viewer, charts, page, url_encode};
 use crate::App;
@@ -1029,6 +1029,18 @@ fn status_tone(kind: SubjectKind, status: &str) -> Tone {
     }
 }
 
+/// A ledger listing of `status`, keeping the provider and reference the page is filtered by.
+fn ledger_href(path: &str, status: &str, filters: &LedgerFilters) -> String {
+    href_with(
+        path,
+        &[
+            ("status", Some(status.to_owned())),
+            ("provider", filters.provider.clone()),
+            ("reference", filters.reference.clone()),
+        ],
+    )
+}
+
 fn ledger_filter_form(
     path: &str,
     filters: &LedgerFilters,
@@ -1086,6 +1098,7 @@ async fn targets_page(
     let (path, many) = (targets.path, targets.many.to_lowercase());
     let form = ledger_filter_form(path, filters, &statuses, targets.provider_hint);
     let title = targets.many;
+    let all = |status: &str| ledger_href(path, status, filters);
     let body = match blank(&filters.status).as_deref() {
         None => {
             let outstanding = ledger_page(
@@ -1105,14 +1118,14 @@ async fn targets_page(
                 section aria-labelledby="outstanding" {
                     h2 #outstanding { "Outstanding" }
                     @if outstanding.items.is_empty() { (empty("Nothing is outstanding.")) } @else { (target_table(targets, &outstanding.items, now)) }
-                    @if outstanding.next_cursor.is_some() { p { a href=(format!("{path}?status=outstanding")) { "All outstanding " (many) " →" } } }
+                    @if outstanding.next_cursor.is_some() { p { a href=(all("outstanding")) { "All outstanding " (many) " →" } } }
                 }
                 section aria-labelledby="paid" {
                     h2 #paid { "Paid" }
                     @if paid.items.is_empty() { (empty(&format!("No {} is paid yet.", targets.one.to_lowercase()))) } @else { (target_table(targets, &paid.items, now)) }
-                    @if paid.next_cursor.is_some() { p { a href=(format!("{path}?status=paid")) { "All paid " (many) " →" } } }
+                    @if paid.next_cursor.is_some() { p { a href=(all("paid")) { "All paid " (many) " →" } } }
                 }
-                p { a href=(format!("{path}?status=all")) { "Every " (targets.one.to_lowercase()) ", closed ones included →" } }
+                p { a href=(all("all")) { "Every " (targets.one.to_lowercase()) ", closed ones included →" } }
             }
         }
         Some(status) => {
@@ -1228,7 +1241,7 @@ pub(crate) async fn payments(
                 section aria-labelledby="recent" {
                     h2 #recent { "Latest payments" }
                     @if recent.items.is_empty() { (empty("No payments yet.")) } @else { (payment_table(&recent.items)) }
-                    @if recent.next_cursor.is_some() { p { a href="/payments?status=all" { "All payments →" } } }
+                    @if recent.next_cursor.is_some() { p { a href=(ledger_href("/payments", "all", &filters)) { "All payments →" } } }
                 }
             }
         }
@@ -1496,7 +1509,7 @@ pub(crate) async fn records(
                     section aria-labelledby=(kind.as_str()) {
                         h2 id=(kind.as_str()) { (many) }
                         @if newest.items.is_empty() { (empty(&format!("No {} yet.", many.to_lowercase()))) } @else { (record_table(&newest.items)) }
-                        @if newest.next_cursor.is_some() { p { a href=(format!("/records?kind={}", kind.as_str())) { "All " (many.to_lowercase()) " →" } } }
+                        @if newest.next_cursor.is_some() { p { a href=(href_with("/records", &[("kind", Some(kind.as_str().to_owned())), ("provider", filters.provider.clone()), ("reference", filters.reference.clone())])) { "All " (many.to_lowercase()) " →" } } }
                     }
                 }
             }
