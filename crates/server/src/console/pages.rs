@@ -1271,6 +1271,20 @@ pub(crate) async fn payments(
     render(page(&viewer, "Payments", "/payments", body))
 }
 
+/// The end of every ledger entry's page: each status it reported, then what it says now.
+fn history_and_snapshot(history: &[ledger::HistoryEntry], entity: &Entity) -> Markup {
+    html! {
+        section aria-labelledby="history" {
+            h2 #history { "Status history" }
+            (history_table(history))
+        }
+        section aria-labelledby="snapshot" {
+            h2 #snapshot { "Latest snapshot" }
+            (json_block(&serde_json::to_value(entity.snapshot.data()).unwrap_or(Value::Null)))
+        }
+    }
+}
+
 fn history_table(history: &[ledger::HistoryEntry]) -> Markup {
     html! {
         div.scroll { table {
@@ -1355,14 +1369,7 @@ async fn target_page(app: &App, viewer: &Viewer, id: &str, targets: &Targets) ->
             h2 #payments { "Payments" }
             @if payments.is_empty() { (empty(&format!("No payment is linked to this {}.", targets.one.to_lowercase()))) } @else { (payment_table(&payments)) }
         }
-        section aria-labelledby="history" {
-            h2 #history { "Status history" }
-            (history_table(&history))
-        }
-        section aria-labelledby="snapshot" {
-            h2 #snapshot { "Latest snapshot" }
-            (json_block(&serde_json::to_value(target.snapshot.data()).unwrap_or(Value::Null)))
-        }
+        (history_and_snapshot(&history, &target))
     };
     render(page(
         viewer,
@@ -1397,24 +1404,18 @@ pub(crate) async fn payment(
                 None => { span.muted { "nothing (not succeeded)" } }
             } }
         }
-        section aria-labelledby="history" {
-            h2 #history { "Status history" }
-            (history_table(&history))
-        }
-        section aria-labelledby="snapshot" {
-            h2 #snapshot { "Latest snapshot" }
-            (json_block(&serde_json::to_value(payment.snapshot.data()).unwrap_or(Value::Null)))
-        }
+        (history_and_snapshot(&history, &payment))
     };
     render(page(&viewer, "Payment", "/payments", body))
 }
 
 /// The ledger's records that are neither owed nor paid: complaints about bill payments,
 /// BBPS billers and e-invoicing documents. (Network members are only announced as events.)
-const RECORDS: [(SubjectKind, &str); 3] = [
-    (SubjectKind::Dispute, "Disputes"),
-    (SubjectKind::Biller, "Billers"),
-    (SubjectKind::Document, "Documents"),
+/// Each kind with its name, one and many.
+const RECORDS: [(SubjectKind, &str, &str); 3] = [
+    (SubjectKind::Dispute, "Dispute", "Disputes"),
+    (SubjectKind::Biller, "Biller", "Billers"),
+    (SubjectKind::Document, "Document", "Documents"),
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -1425,8 +1426,11 @@ pub(crate) struct RecordFilters {
     cursor: Option<String>,
 }
 
-fn record_kind(name: &str) -> Option<(SubjectKind, &'static str)> {
-    RECORDS.into_iter().find(|(kind, _)| kind.as_str() == name)
+/// The kind of record `name` names (`dispute`), with its names.
+fn record_kind(name: &str) -> Option<(SubjectKind, &'static str, &'static str)> {
+    RECORDS
+        .into_iter()
+        .find(|(kind, _, _)| kind.as_str() == name)
 }
 
 /// One line on what a record is, from its latest snapshot.
@@ -1484,7 +1488,7 @@ pub(crate) async fn records(
             label { "Kind"
                 select name="kind" {
                     option value="" selected[kind.is_none()] { "every kind" }
-                    @for (kind_of, many) in RECORDS {
+                    @for (kind_of, _, many) in RECORDS {
                         option value=(kind_of.as_str()) selected[kind.as_deref() == Some(kind_of.as_str())] { (many) }
                     }
                 }
@@ -1497,7 +1501,7 @@ pub(crate) async fn records(
     let body = match kind {
         None => {
             let mut sections = Vec::new();
-            for (kind, many) in RECORDS {
+            for (kind, _, many) in RECORDS {
                 let newest =
                     ledger_page(&app, kind, LedgerFilter::All, &ledger_filters, None, 20).await?;
                 sections.push((kind, many, newest));
@@ -1515,7 +1519,7 @@ pub(crate) async fn records(
             }
         }
         Some(name) => {
-            let (kind, many) = record_kind(&name)
+            let (kind, _, many) = record_kind(&name)
                 .ok_or_else(|| ApiError::invalid(format!("kind: no records of kind `{name}`")))?;
             let list = ledger_page(
                 &app,
@@ -1545,20 +1549,16 @@ pub(crate) async fn record(
     Extension(viewer): Extension<Viewer>,
     Path(id): Path<String>,
 ) -> PageResult {
-    let record = app
-        .store
-        .ledger_entity(&id)
-        .await?
-        .and_then(|entity| record_kind(entity.kind.as_str()).map(|(_, many)| (entity, many)));
-    let Some((record, many)) = record else {
+    let record = app.store.ledger_entity(&id).await?.and_then(|entity| {
+        let (_, one, many) = RECORDS
+            .into_iter()
+            .find(|(kind, ..)| *kind == entity.kind)?;
+        Some((entity, one, many))
+    });
+    let Some((record, one, many)) = record else {
         return Err(ConsoleError::not_found("record"));
     };
     let history = app.store.ledger_history(&record.id).await?;
-    let one = match record.kind {
-        SubjectKind::Dispute => "Dispute",
-        SubjectKind::Biller => "Biller",
-        _ => "Document",
-    };
     let details = match record.snapshot.data() {
         EntityData::Dispute(dispute) => html! {
             @if let Some(transaction) = &dispute.ref_id { dt { "Disputed transaction" } dd { code { (transaction) } } }
@@ -1588,14 +1588,7 @@ pub(crate) async fn record(
             dt { "First seen" } dd { (time(record.created_at)) }
             dt { "Updated" } dd { (time(record.updated_at)) }
         }
-        section aria-labelledby="history" {
-            h2 #history { "Status history" }
-            (history_table(&history))
-        }
-        section aria-labelledby="snapshot" {
-            h2 #snapshot { "Latest snapshot" }
-            (json_block(&serde_json::to_value(record.snapshot.data()).unwrap_or(Value::Null)))
-        }
+        (history_and_snapshot(&history, &record))
     };
     render(page(
         &viewer,
