@@ -617,6 +617,84 @@ fn concurrent_writes_share_commits_and_one_failure_spares_the_rest() {
     });
 }
 
+/// PostgreSQL cancels one of two transactions that lock rows in opposite orders. An ingest so
+/// cancelled wrote nothing and is written again: its caller sees it stored, once. One the
+/// database keeps cancelling fails as a conflict (a 503 to the provider, who retries), still
+/// having written nothing.
+#[test]
+fn an_ingest_the_database_cancels_for_a_conflict_is_written_again() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let store = Store::open(&config).await.unwrap();
+        // The database cancels the first `cancelled.attempts` inserts of a request, as it
+        // cancels one side of a deadlock; the sequence counts attempts across rollbacks.
+        let session = postgres_session(&config).await;
+        session
+            .batch_execute(
+                "CREATE TABLE cancelled (attempts BIGINT NOT NULL);
+                 INSERT INTO cancelled VALUES (2);
+                 CREATE SEQUENCE attempted;
+                 CREATE FUNCTION cancel_as_a_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     IF nextval('attempted') <= (SELECT attempts FROM cancelled) THEN
+                         RAISE EXCEPTION 'deadlock detected' USING ERRCODE = 'deadlock_detected';
+                     END IF;
+                     RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER cancel_as_a_deadlock BEFORE INSERT ON inbound
+                     FOR EACH ROW EXECUTE FUNCTION cancel_as_a_deadlock();",
+            )
+            .await
+            .unwrap();
+        let attempts = || async {
+            let row = session
+                .query_one("SELECT last_value FROM attempted", &[])
+                .await
+                .unwrap();
+            row.get::<_, i64>(0)
+        };
+
+        let request = inbound("rzp", "pay_conflicted", InboundStatus::Processed);
+        let payment = event("rzp", "payment.captured", "pay_conflicted");
+        let stored = store
+            .ingest(write(request.clone(), vec![payment.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(
+            stored,
+            IngestOutcome::Stored {
+                inbound_id: request.id,
+                event_ids: vec![payment.id],
+                concluded: Vec::new(),
+            }
+        );
+        assert_eq!(
+            attempts().await,
+            3,
+            "two cancelled attempts, then the one stored"
+        );
+        assert_eq!(newest_hundred_events(&store).await.items.len(), 1);
+
+        session
+            .batch_execute("UPDATE cancelled SET attempts = 1000; ALTER SEQUENCE attempted RESTART")
+            .await
+            .unwrap();
+        let refused = inbound("rzp", "pay_refused", InboundStatus::Processed);
+        let error = store
+            .ingest(write(
+                refused.clone(),
+                vec![event("rzp", "payment.captured", "pay_refused")],
+            ))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Conflict(_)), "{error:?}");
+        assert_eq!(attempts().await, 3, "the first attempt and two more");
+        assert!(store.inbound(refused.id).await.unwrap().is_none());
+        assert_eq!(newest_hundred_events(&store).await.items.len(), 1);
+        store.close().await;
+    });
+}
+
 /// Copies of one message arriving together (a provider's retry racing the original) may land
 /// in one group of writes: each key is stored once, and every copy answers with what was.
 #[test]
