@@ -1500,12 +1500,15 @@ pub(crate) async fn records(
     };
     let body = match kind {
         None => {
-            let mut sections = Vec::new();
-            for (kind, _, many) in RECORDS {
-                let newest =
-                    ledger_page(&app, kind, LedgerFilter::All, &ledger_filters, None, 20).await?;
-                sections.push((kind, many, newest));
-            }
+            let newest = futures_util::future::try_join_all(RECORDS.iter().map(|(kind, ..)| {
+                ledger_page(&app, *kind, LedgerFilter::All, &ledger_filters, None, 20)
+            }))
+            .await?;
+            let sections: Vec<_> = RECORDS
+                .iter()
+                .zip(newest)
+                .map(|((kind, _, many), newest)| (kind, many, newest))
+                .collect();
             html! {
                 h1 { "Records" }
                 (form)
