@@ -434,7 +434,8 @@ impl Store {
     }
 
     /// Sends an event again (to one endpoint, or to all that had it), creating the deliveries in
-    /// `create` for endpoints that never had it.
+    /// `create` for endpoints that never had it. Each starts the retry schedule afresh: a dead
+    /// delivery sent again gets every attempt a new one would.
     pub async fn redeliver(
         &self,
         event: EventId,

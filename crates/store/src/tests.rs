@@ -1263,15 +1263,9 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
                 .await
                 .unwrap();
             assert_eq!(redelivered, vec![delivery_ids[0]]);
-            assert_eq!(
-                store
-                    .delivery(delivery_ids[0])
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .status,
-                DeliveryStatus::Pending
-            );
+            let again = store.delivery(delivery_ids[0]).await.unwrap().unwrap();
+            assert_eq!(again.status, DeliveryStatus::Pending);
+            assert_eq!(again.attempts, 0, "the retry schedule starts afresh");
         }
     });
 }

@@ -656,6 +656,23 @@ async fn dead_deliveries_stop_after_the_last_attempt(backend: Backend) {
     let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
     assert_eq!(view["last_error"], json!("HTTP 500"));
     assert!(view["failing_since"].is_string());
+
+    // Sent again, it has the whole schedule before it, not one attempt past its last.
+    let (status, body) = app
+        .admin_post(&format!("/v1/events/{}/redeliver", ids[0]), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app.eventually(Duration::from_secs(5), "three more attempts", || async {
+        calls.load(Ordering::SeqCst) >= 6
+    })
+    .await;
+    app.eventually(Duration::from_secs(5), "dead again", || async {
+        let (_, detail) = app.admin_get(&format!("/v1/events/{}", ids[0])).await;
+        detail["deliveries"][0]["status"] == json!("dead")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
     app.stop().await;
 }
 

@@ -435,7 +435,7 @@ impl PgStore {
         }
         let rows = transaction
             .query(
-                "UPDATE deliveries SET status = 'pending', next_attempt_at = $3,
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = $3, attempts = 0,
                     lease_owner = NULL, lease_until = NULL, updated_at = $3
                  WHERE inbound_id = $2 AND (event_id = $1 OR event_id IS NULL)
                    AND ($4::TEXT IS NULL OR endpoint_id = $4)

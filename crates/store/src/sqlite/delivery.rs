@@ -497,8 +497,9 @@ impl SqliteStore {
         .await
     }
 
-    /// Sends an event again: its deliveries (to `endpoint` only, if given) return to pending;
-    /// `create` adds deliveries for endpoints that never had one.
+    /// Sends an event again: its deliveries (to `endpoint` only, if given) return to pending
+    /// with the whole retry schedule before them, as recovered ones do; `create` adds
+    /// deliveries for endpoints that never had one.
     pub(crate) async fn redeliver(
         &self,
         event: EventId,
@@ -519,7 +520,7 @@ impl SqliteStore {
             };
             let ids: Vec<String> = connection
                 .prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3,
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3, attempts = 0,
                         lease_owner = NULL, lease_until = NULL, updated_at = ?3
                      WHERE inbound_id = ?2 AND (event_id = ?1 OR event_id IS NULL)
                        AND (?4 IS NULL OR endpoint_id = ?4)
