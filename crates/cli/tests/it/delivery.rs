@@ -21,6 +21,7 @@ backend_tests!(
     a_hanging_endpoint_does_not_slow_a_healthy_one,
     private_destinations_are_refused_at_creation,
     private_destinations_are_refused_at_delivery,
+    a_declared_endpoint_whose_host_does_not_resolve_yet_does_not_stop_the_start,
     failures_without_a_status_are_named_by_kind,
     an_endpoints_headers_replace_the_defaults,
     raw_endpoints_get_the_provider_body_byte_for_byte,
@@ -407,6 +408,39 @@ async fn private_destinations_are_refused_at_delivery(backend: Backend) {
         );
     }
     assert_eq!(receiver.count(), 0, "nothing reached the loopback receiver");
+    app.stop().await;
+}
+
+/// A subscriber's DNS failing while billhook starts does not stop providers' webhooks from
+/// being received: the endpoint is declared all the same, and its attempts fail, with the
+/// reason, until its host resolves.
+async fn a_declared_endpoint_whose_host_does_not_resolve_yet_does_not_stop_the_start(
+    backend: Backend,
+) {
+    let app = spawn_app_with(
+        backend,
+        "[[endpoint]]\nname = \"ledger\"\nurl = \"http://ledger.billhook-test.invalid/hooks\"\nevent_types = [\"*\"]\n",
+    )
+    .await;
+    let (status, listed) = app.admin_get("/v1/endpoints").await;
+    assert_eq!(status, 200, "{listed}");
+    let endpoint = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == json!("ledger"))
+        .unwrap_or_else(|| panic!("the declared endpoint: {listed}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ingest_payments(&app, 1, "unresolved").await;
+    app.eventually(Duration::from_secs(5), "an attempt refused", || async {
+        let (_, attempts) = app
+            .admin_get(&format!("/v1/endpoints/{endpoint}/attempts"))
+            .await;
+        attempts["data"][0]["error_kind"] == json!("dns")
+    })
+    .await;
     app.stop().await;
 }
 

@@ -49,7 +49,7 @@ use crate::config::{DeliveryConfig, EndpointConfig};
 use crate::metrics::{self, Metrics};
 pub use endpoints::{EndpointDefinition, EndpointRuntime, EndpointSet, check_destination};
 pub use send::RESPONSE_BODY_LIMIT;
-use ssrf::DestinationPolicy;
+use ssrf::{DestinationPolicy, Refusal};
 
 /// One delivery in memory, ready for its next attempt.
 #[derive(Debug)]
@@ -511,9 +511,18 @@ async fn sync_declared(
                 "sources names `{unknown}`, which is not a configured source"
             )));
         }
-        check_destination(destinations, &endpoint.url)
-            .await
-            .map_err(&invalid)?;
+        // A host that does not resolve now may later; the gateway starts all the same, and
+        // each attempt checks where the host then resolves to. One that resolves to an address
+        // the policy refuses is a mistake in the configuration.
+        match destinations.check_url(&endpoint.url).await {
+            Ok(_) => {}
+            Err(Refusal::Unresolvable(host)) => tracing::warn!(
+                endpoint = %endpoint.name,
+                %host,
+                "a declared endpoint's host does not resolve now; attempts to it fail until it does"
+            ),
+            Err(refused) => return Err(invalid(refused.to_string())),
+        }
         let secret = match &endpoint.secret {
             Some(text) => billhook_core::signing::EndpointSecret::parse(text)
                 .map_err(|e| invalid(e.to_string()))?
