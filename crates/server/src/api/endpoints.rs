@@ -389,11 +389,14 @@ pub(crate) async fn update(
         .update_endpoint(id, patch, now)
         .await?
         .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    // This instance plans new deliveries by the endpoints as reloaded: reloaded before the
+    // backlog is recovered, an endpoint enabled again gets its new deliveries as pending rather
+    // than held behind the recovery, where nothing would release them.
+    app.delivery.reload_endpoints().await?;
     if let Some(since) = body.recover_since {
         let recovered = app.store.recover(id, since, now).await?;
         tracing::info!(endpoint = %id, recovered, "re-enabled an endpoint and recovered its backlog");
     }
-    app.delivery.reload_endpoints().await?;
     app.delivery.wake();
     Ok(Json(EndpointView::new(record)))
 }
