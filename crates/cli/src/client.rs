@@ -1,9 +1,8 @@
 //! A small client for the admin API, used by the CLI's inspection and replay commands.
 
-use billhook_server::config::Config;
 use serde_json::Value;
 
-use crate::serve::stored_admin_token;
+use crate::serve::{load_config, stored_admin_token};
 use crate::{CliError, Remote};
 
 pub(crate) struct Client {
@@ -15,7 +14,7 @@ pub(crate) struct Client {
 impl Client {
     /// Resolves the server URL and admin token from flags, environment and configuration.
     pub(crate) fn connect(remote: &Remote) -> Result<Self, CliError> {
-        let config = Config::load(remote.config.as_deref())?;
+        let config = load_config(remote.config.as_deref())?;
         let base = remote
             .url
             .clone()

@@ -334,7 +334,7 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
         Command::Disputes(args) => ledger::run(ledger::Kind::Disputes, args).await,
         Command::Documents(args) => ledger::run(ledger::Kind::Documents, args).await,
         Command::Migrate { to, config } => {
-            let config = billhook_server::config::Config::load(config.as_deref())?;
+            let config = serve::load_config(config.as_deref())?;
             let database = config.database()?;
             let latest = billhook_store::Store::latest_version(&database);
             if to.is_some_and(|to| to > latest) {

@@ -78,6 +78,22 @@ fn admin_token(config: &Config) -> Result<Secret, CliError> {
     Ok(Secret::new(token))
 }
 
+/// The configuration a command other than `serve` runs with: `--config`, else the data
+/// directory's `billhook.toml` when there is one (the file `serve` reads), else the defaults;
+/// `BILLHOOK_*` variables override each.
+pub(crate) fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
+    if let Some(path) = path {
+        return Ok(Config::load(Some(path))?);
+    }
+    let defaults = Config::load(None)?;
+    let file = defaults.data_dir.join(CONFIG_FILE);
+    if file.exists() {
+        Ok(Config::load(Some(&file))?)
+    } else {
+        Ok(defaults)
+    }
+}
+
 /// Reads the admin token the way `serve` resolves it, for the CLI's client commands.
 pub(crate) fn stored_admin_token(data_dir: &Path) -> Option<String> {
     std::fs::read_to_string(data_dir.join(ADMIN_TOKEN_FILE))

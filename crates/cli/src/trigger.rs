@@ -13,12 +13,13 @@ use billhook_providers::auth::{Secret, SourceAuth, path_suffix};
 use billhook_providers::emulate::{GenerateOptions, Generated, Override};
 use billhook_providers::scenario::Scenario;
 use billhook_providers::{PROVIDERS, Provider, by_name};
-use billhook_server::config::{CONFIG_FILE, Config, SourceConfig};
+use billhook_server::config::{Config, SourceConfig};
 use clap::Args;
 use serde_json::{Value, json};
 
 use crate::CliError;
 use crate::output;
+use crate::serve::load_config;
 
 #[derive(Debug, Args)]
 pub(crate) struct TriggerArgs {
@@ -183,20 +184,6 @@ fn list(json: bool) {
         output::pretty(&Value::Array(entries));
     } else {
         output::table(&["PROVIDER", "EVENT", "VARIANTS", "DESCRIPTION"], &rows);
-    }
-}
-
-/// The configuration: `--config`, else the data directory's file when there is one.
-fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
-    if let Some(path) = path {
-        return Ok(Config::load(Some(path))?);
-    }
-    let defaults = Config::load(None)?;
-    let file = defaults.data_dir.join(CONFIG_FILE);
-    if file.exists() {
-        Ok(Config::load(Some(&file))?)
-    } else {
-        Ok(defaults)
     }
 }
 

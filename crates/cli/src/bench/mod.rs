@@ -81,16 +81,13 @@ pub(crate) struct BenchArgs {
     /// endpoint to the bench's receiver is created through the admin API and deleted after).
     #[arg(long)]
     url: Option<String>,
-    /// The running billhook's configuration file (with --url).
+    /// The running billhook's configuration file (with --url; default: the data directory's
+    /// billhook.toml, as for the other commands).
     #[arg(long, requires = "url")]
     config: Option<PathBuf>,
-    /// The running billhook's admin token (with --url).
-    #[arg(
-        long,
-        env = "BILLHOOK_ADMIN_TOKEN",
-        hide_env_values = true,
-        requires = "url"
-    )]
+    /// The running billhook's admin token (with --url; a bench without --url starts its own
+    /// server and needs none).
+    #[arg(long, env = "BILLHOOK_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// How long to wait for acknowledged events still to arrive after the last progress.
     #[arg(long, default_value = "30s")]
@@ -220,7 +217,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
                 config: args.config.clone(),
                 json: false,
             };
-            let config = billhook_server::config::Config::load(args.config.as_deref())?;
+            let config = crate::serve::load_config(args.config.as_deref())?;
             let endpoint = match &receiver {
                 Some(receiver) => {
                     let client = client::Client::connect(&remote)?;

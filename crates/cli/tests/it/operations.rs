@@ -539,6 +539,61 @@ async fn the_cli_manages_endpoints_end_to_end(backend: Backend) {
     app.stop().await;
 }
 
+/// The client commands read the data directory's configuration, as `serve` does: run where a
+/// data directory's `billhook.toml` sets the admin token, they need no token of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_read_the_data_directory_s_configuration() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let body = fixture("zwitch_upi/payments.updated.json");
+    let response = app.post_signed("zwitch", &body, &[]).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let stored: Value = response.json().await.unwrap();
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .args(["events", "list", "--json", "--url", &app.address])
+        .env("BILLHOOK_DATA_DIR", app.dir.path())
+        .env_remove("BILLHOOK_ADMIN_TOKEN")
+        .env_remove("BILLHOOK_URL")
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let listed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed["data"][0]["id"], stored["events"][0], "{listed}");
+    app.stop().await;
+}
+
+/// `migrate` without `--config` migrates the database the data directory's configuration
+/// names: the one `serve` there would open, not a new one beside it.
+#[test]
+fn migrate_migrates_the_database_the_data_directory_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let named = dir.path().join("elsewhere/ledger.db");
+    std::fs::write(
+        dir.path().join("billhook.toml"),
+        format!("database_url = \"sqlite://{}\"\n", named.display()),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .arg("migrate")
+        .env("BILLHOOK_DATA_DIR", dir.path())
+        .env_remove("BILLHOOK_DATABASE_URL")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(named.exists(), "{stderr}");
+    assert!(
+        !dir.path()
+            .join(billhook_server::config::DATABASE_FILE)
+            .exists(),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn completions_are_generated_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
