@@ -210,14 +210,18 @@ fn set_cookie(app: &App, name: &str, value: &str, max_age_seconds: u64) -> Heade
     .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// A path inside the console to return to after logging in, never another site.
+/// A path inside the console to return to after logging in, never another site. Browsers drop
+/// tabs and newlines from a URL before reading it, so `/<tab>/evil.example.com` would be
+/// `//evil.example.com` to them: only visible ASCII passes (anything else arrives
+/// percent-encoded from the console's own links).
 fn local_path(next: Option<&str>) -> String {
     match next {
         Some(path)
             if path.starts_with('/')
                 && !path.starts_with("//")
                 && !path.contains('\\')
-                && !path.starts_with("/login") =>
+                && !path.starts_with("/login")
+                && path.bytes().all(|b| b.is_ascii_graphic()) =>
         {
             path.to_owned()
         }
@@ -416,6 +420,13 @@ mod tests {
         assert_eq!(local_path(Some("//evil.example.com")), "/");
         assert_eq!(local_path(Some("https://evil.example.com")), "/");
         assert_eq!(local_path(Some("/\\evil.example.com")), "/");
+        assert_eq!(local_path(Some("/\t/evil.example.com")), "/");
+        assert_eq!(local_path(Some("/\n/evil.example.com")), "/");
+        assert_eq!(local_path(Some("/ /evil.example.com")), "/");
+        assert_eq!(
+            local_path(Some("/events?type=x&q=%20y")),
+            "/events?type=x&q=%20y"
+        );
         assert_eq!(local_path(Some("/login")), "/");
         assert_eq!(local_path(None), "/");
     }
