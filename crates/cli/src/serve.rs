@@ -114,7 +114,11 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
     use std::io::Write;
     options
         .open(path)
-        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .and_then(|mut file| {
+            file.write_all(contents.as_bytes())?;
+            // On disk before anything relies on it: the admin token is printed only once.
+            file.sync_all()
+        })
         .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))
 }
 

@@ -635,6 +635,13 @@ impl Config {
     /// Validates everything and resolves the admin token (which the caller provides when the
     /// configuration has none).
     pub fn into_settings(self, admin_token: Secret) -> Result<Settings, ConfigError> {
+        // An empty token would let an empty login in (and an empty file is what a crash
+        // while the first start wrote it could leave).
+        if admin_token.expose().trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "the admin token is empty: set admin_token, or remove the data directory's empty admin-token file to have one generated".to_owned(),
+            ));
+        }
         if self.ingest.dedup_window.0 < Duration::from_secs(8 * 86_400) {
             return Err(ConfigError::Invalid(format!(
                 "ingest.dedup_window is {}: keep dedup keys at least 8 days (providers retry for up to 7)",
@@ -822,6 +829,26 @@ mod tests {
         assert_eq!(
             settings.sources["zwitch"].ack_status,
             http::StatusCode::ACCEPTED
+        );
+    }
+
+    #[test]
+    fn an_empty_admin_token_is_refused() {
+        for empty in ["", "  \n"] {
+            let refused = Config::from_toml("")
+                .unwrap()
+                .into_settings(Secret::new(empty))
+                .unwrap_err();
+            assert!(
+                refused.to_string().contains("admin token is empty"),
+                "{refused}"
+            );
+        }
+        assert!(
+            Config::from_toml("")
+                .unwrap()
+                .into_settings(Secret::new("bh_token"))
+                .is_ok()
         );
     }
 
