@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
-    /// Read everything except endpoint secrets; change nothing.
+    /// Read everything except endpoint secrets and header values; change nothing.
     Read,
     /// Everything.
     Admin,

@@ -50,7 +50,11 @@ async fn a_read_token_reads_and_only_an_admin_token_changes(backend: Backend) {
     let read_id = created["id"].as_str().unwrap().to_owned();
     let receiver = Receiver::ok().await;
     let (endpoint_id, _) = app
-        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .create_endpoint(json!({
+            "url": receiver.url,
+            "event_types": ["*"],
+            "headers": { "Authorization": "Bearer subscriber-credential" },
+        }))
         .await;
 
     use reqwest::Method;
@@ -58,6 +62,24 @@ async fn a_read_token_reads_and_only_an_admin_token_changes(backend: Backend) {
         let (status, body) = request(&app, Method::GET, path, &read, None).await;
         assert_eq!(status, 200, "{path}: {body}");
     }
+    // An endpoint's headers are its subscriber's credentials: a read token sees their names.
+    let (_, listed) = request(&app, Method::GET, "/v1/endpoints", &read, None).await;
+    let (_, shown) = request(
+        &app,
+        Method::GET,
+        &format!("/v1/endpoints/{endpoint_id}"),
+        &read,
+        None,
+    )
+    .await;
+    for view in [&listed["data"][0], &shown] {
+        assert_eq!(
+            view["headers"],
+            json!({ "Authorization": "[redacted]" }),
+            "{view}"
+        );
+    }
+    assert!(!listed.to_string().contains("subscriber-credential"));
     for (method, path, body) in [
         (
             Method::POST,
@@ -96,6 +118,18 @@ async fn a_read_token_reads_and_only_an_admin_token_changes(backend: Backend) {
     )
     .await;
     assert_eq!(status, 200);
+    let (_, shown) = request(
+        &app,
+        Method::GET,
+        &format!("/v1/endpoints/{endpoint_id}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(
+        shown["headers"],
+        json!({ "Authorization": "Bearer subscriber-credential" })
+    );
 
     // Listings never show a token, only its hint; revoking ends it.
     let (_, list) = app.admin_get("/v1/tokens").await;

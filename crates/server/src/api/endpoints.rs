@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
+use billhook_core::access::Scope;
 use billhook_core::ids::{AttemptId, EndpointId};
 use billhook_core::signing::EndpointSecret;
 use billhook_core::time::Timestamp;
@@ -15,6 +16,7 @@ use serde_json::{Map, Value};
 
 use super::{ApiJson, ApiQuery, Page, page_limit, parse_cursor};
 use crate::App;
+use crate::access::Access;
 use crate::api::ApiPath;
 use crate::delivery::{EndpointDefinition, check_destination};
 use crate::error::ApiError;
@@ -135,6 +137,7 @@ pub(crate) struct EndpointView {
     event_types: Vec<String>,
     sources: Option<Vec<String>>,
     format: String,
+    /// Their values only to an admin token: a read token sees `[redacted]`.
     #[schema(value_type = std::collections::HashMap<String, String>)]
     headers: Map<String, Value>,
     rate_limit: Option<u32>,
@@ -156,6 +159,18 @@ pub(crate) struct EndpointView {
 }
 
 impl EndpointView {
+    /// The view a token of `access`'s scope may read. An endpoint's headers carry the
+    /// subscriber's credentials more often than not (`Authorization`), as much a secret as the
+    /// signing secret a read token cannot read either: it sees their names only.
+    fn shown_to(mut self, access: &Access) -> Self {
+        if access.scope != Scope::Admin {
+            for value in self.headers.values_mut() {
+                *value = Value::String("[redacted]".to_owned());
+            }
+        }
+        self
+    }
+
     fn new(record: EndpointRecord) -> Self {
         Self {
             id: record.id,
@@ -294,6 +309,7 @@ pub(crate) struct ListParams {
     ))]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
+    Extension(access): Extension<Access>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<EndpointView>>, ApiError> {
     let page = app
@@ -304,7 +320,11 @@ pub(crate) async fn list(
         )
         .await?;
     Ok(Json(Page {
-        data: page.items.into_iter().map(EndpointView::new).collect(),
+        data: page
+            .items
+            .into_iter()
+            .map(|record| EndpointView::new(record).shown_to(&access))
+            .collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -318,6 +338,7 @@ pub(crate) async fn list(
     ))]
 pub(crate) async fn show(
     State(app): State<Arc<App>>,
+    Extension(access): Extension<Access>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<EndpointView>, ApiError> {
     let id = endpoint_id(&id)?;
@@ -327,7 +348,7 @@ pub(crate) async fn show(
         .await?
         .ok_or_else(|| ApiError::not_found("endpoint"))?;
     let stats = app.store.endpoint_stats(id, Timestamp::now()).await?;
-    let mut view = EndpointView::new(record);
+    let mut view = EndpointView::new(record).shown_to(&access);
     view.stats = Some(stats.into());
     Ok(Json(view))
 }
