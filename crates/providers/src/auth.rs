@@ -6,7 +6,6 @@
 //! Any source may add an IP allow-list. Every comparison of a secret is constant-time.
 
 use std::fmt;
-use std::net::IpAddr;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
@@ -223,9 +222,11 @@ impl SourceSpec {
     /// Checks a request against this source's allow-list and credential.
     pub fn verify(&self, request: &InboundRequest<'_>) -> Result<Verification, VerifyError> {
         if !self.allow_ips.is_empty() {
+            // IPv4 peers reached over an IPv6 socket arrive as `::ffff:a.b.c.d`; allow-lists
+            // are written in IPv4.
             let allowed = request
                 .remote_ip
-                .map(canonical_ip)
+                .map(|ip| ip.to_canonical())
                 .is_some_and(|ip| self.allow_ips.iter().any(|net| net.contains(&ip)));
             if !allowed {
                 return Err(VerifyError::IpNotAllowed);
@@ -235,18 +236,6 @@ impl SourceSpec {
             SourceAuth::Signature { secrets } => self.provider.verify_signature(secrets, request),
             credential => verify_credential(credential, request),
         }
-    }
-}
-
-/// IPv4 peers reached over an IPv6 socket arrive as `::ffff:a.b.c.d`; allow-lists are written in
-/// IPv4.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
     }
 }
 

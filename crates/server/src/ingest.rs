@@ -313,22 +313,37 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
-/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+/// `X-Forwarded-For` entry that is not itself a trusted proxy. Addresses compare in their
+/// canonical form (an IPv4 peer of a dual-stack listener arrives as `::ffff:a.b.c.d`), and an
+/// entry with a port counts as its address. An entry that is neither ends the walk at the peer:
+/// what lies left of it was not written by a trusted proxy, so it is not believed.
 fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    let peer_ip = peer.ip();
+    let peer_ip = peer.ip().to_canonical();
     if !is_trusted(&peer_ip) {
         return peer_ip;
     }
-    headers
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|part| part.trim().parse::<IpAddr>().ok())
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(peer_ip)
+        .collect();
+    for entry in entries.into_iter().rev() {
+        let entry = entry.trim();
+        let Some(ip) = entry
+            .parse::<IpAddr>()
+            .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+            .ok()
+            .map(|ip| ip.to_canonical())
+        else {
+            return peer_ip;
+        };
+        if !is_trusted(&ip) {
+            return ip;
+        }
+    }
+    peer_ip
 }
 
 /// Headers kept with every stored request, besides the provider's own.
@@ -498,6 +513,33 @@ mod tests {
         assert_eq!(
             client_ip(direct, &headers, &trusted),
             "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // A dual-stack listener sees an IPv4 proxy as `::ffff:10.0.0.1`: still trusted.
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:4000".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped, &headers, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // A proxy that writes the port: the entry is its address.
+        let mut with_port = HeaderMap::new();
+        with_port.insert(
+            "x-forwarded-for",
+            "52.66.75.174, 198.51.100.7:55555".parse().unwrap(),
+        );
+        assert_eq!(
+            client_ip(via_proxy, &with_port, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // An entry that is no address ends the walk: what the client wrote left of it is not
+        // believed.
+        let mut garbled = HeaderMap::new();
+        garbled.insert(
+            "x-forwarded-for",
+            "52.66.75.174, unknown, 10.0.0.2".parse().unwrap(),
+        );
+        assert_eq!(
+            client_ip(via_proxy, &garbled, &trusted),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
         );
     }
 
