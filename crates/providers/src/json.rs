@@ -69,8 +69,9 @@ impl NumText {
     }
 }
 
-/// A JSON scalar (string, number or boolean) kept as text; providers are loose about whether
-/// ids and flags are strings or numbers.
+/// A JSON string or number kept as text; providers are loose about whether ids and references
+/// are strings or numbers. `null` and booleans are refused: a required id of `null` kept as the
+/// text `null` would make unrelated records one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScalarText(pub String);
 
@@ -82,10 +83,11 @@ impl<'de> Deserialize<'de> for ScalarText {
             Some(b'"') => serde_json::from_str::<String>(text)
                 .map(ScalarText)
                 .map_err(serde::de::Error::custom),
-            Some(b'{' | b'[') | None => Err(serde::de::Error::custom(
-                "expected a string or a number, found an object or array",
-            )),
-            Some(_) => Ok(ScalarText(text.to_owned())),
+            Some(b'-' | b'0'..=b'9') => Ok(ScalarText(text.to_owned())),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected a string or a number, found {}",
+                text.chars().take(16).collect::<String>()
+            ))),
         }
     }
 }
@@ -202,6 +204,23 @@ mod tests {
         assert!(serde_json::from_str::<Probe>(r#"{"amount": true}"#).is_err());
         let probe: Probe = serde_json::from_str(r#"{"amount": 1, "id": null}"#).unwrap();
         assert!(probe.id.is_none());
+        for not_an_id in ["true", "[1]", "{}"] {
+            let body = format!(r#"{{"amount": 1, "id": {not_an_id}}}"#);
+            assert!(serde_json::from_str::<Probe>(&body).is_err(), "{body}");
+        }
+        // A required id that is null is refused, not kept as the text `null`.
+        #[derive(Debug, Deserialize)]
+        struct Required {
+            id: ScalarText,
+        }
+        assert!(serde_json::from_str::<Required>(r#"{"id": null}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Required>(r#"{"id": -7}"#)
+                .unwrap()
+                .id
+                .0,
+            "-7"
+        );
     }
 
     #[test]
