@@ -12,12 +12,12 @@ mod console;
 pub mod delivery;
 pub mod error;
 mod health;
+mod http_server;
 mod ingest;
 pub mod ledger;
 pub mod metrics;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -119,17 +119,18 @@ impl Server {
         } else {
             health_only(Arc::clone(&app))
         };
-        let served = axum::serve(
+        http_server::serve(
             listener,
-            routes.into_make_service_with_connect_info::<SocketAddr>(),
+            routes,
+            app.settings.ingest.request_timeout.0,
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
         .await;
         app.delivery.shutdown().await;
         background.stop().await;
         app.store.close().await;
         tracing::info!("billhook stopped");
-        served.map_err(RunError::from)
+        Ok(())
     }
 }
 

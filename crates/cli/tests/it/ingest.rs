@@ -1,6 +1,7 @@
 //! Receiving webhooks over real HTTP: every fixture, every documented refusal.
 
 use std::io::{Read, Write};
+use std::time::Duration;
 
 use billhook_core::time::Timestamp;
 use billhook_providers::auth::{Secret, SourceAuth, hex_hmac, issue_jwt};
@@ -613,5 +614,41 @@ async fn static_credentials_jwt_basic_and_ip_allow_lists(backend: Backend) {
         ))
         .await;
     assert!(!record.to_string().contains(CAMINVOICE_TOKEN));
+    app.stop().await;
+}
+
+/// A client that sends a request's headers a byte now and then (or not at all) does not keep
+/// its connection: the headers must arrive within the ingest request timeout, or the
+/// connection is closed. Without a deadline, enough such clients hold every file descriptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_too_slow_with_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Backend::Sqlite, "[ingest]\nrequest_timeout = \"1s\"\n").await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"POST /ingest/razorpay HTTP/1.1\r\nHost: billhook\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    // Closed (or reset), not kept open waiting, and nothing was acknowledged.
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed, not kept open waiting");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed by the deadline, not at once: {:?}",
+        started.elapsed()
+    );
+
+    // A client that sends its headers in time is served as ever.
+    let (status, _) = app.admin_get("/v1/events").await;
+    assert_eq!(status, 200);
     app.stop().await;
 }
