@@ -20,6 +20,12 @@ pub trait Provider: Send + Sync + 'static {
     /// The authentication kinds a source of this provider may be configured with.
     fn auth_kinds(&self) -> &'static [AuthKind];
 
+    /// The status that acknowledges this provider's webhooks unless a source says otherwise:
+    /// 202, except for a provider whose documentation asks for another.
+    fn ack_status(&self) -> u16 {
+        202
+    }
+
     /// Request headers worth keeping with the stored request, besides the common ones.
     fn kept_headers(&self) -> &'static [&'static str] {
         &[]

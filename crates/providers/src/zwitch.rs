@@ -53,6 +53,12 @@ impl Provider for Zwitch {
         &[AuthKind::Signature]
     }
 
+    /// Zwitch expects HTTP 200 within 5 seconds; live mode retries anything else, every 30
+    /// minutes and then every 6 hours, for 7 days.
+    fn ack_status(&self) -> u16 {
+        200
+    }
+
     fn kept_headers(&self) -> &'static [&'static str] {
         &[SIGNATURE_HEADER]
     }

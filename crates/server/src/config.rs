@@ -514,7 +514,7 @@ pub struct SourceConfig {
     /// Only requests from these networks are accepted.
     #[serde(default)]
     pub allow_ips: Vec<IpNet>,
-    /// The status that acknowledges a request (202 unless the provider insists on 200).
+    /// The status that acknowledges a request (the provider's own: 202, or 200 for Zwitch).
     #[serde(default)]
     pub ack_status: Option<u16>,
     /// The payment references the ledger links this source's payments to invoices and bills
@@ -677,19 +677,18 @@ impl Config {
         let mut sources = HashMap::new();
         for source in self.sources {
             let name = source.name.clone();
-            let ack_status = match source.ack_status {
-                None => http::StatusCode::ACCEPTED,
-                Some(code @ (200 | 202 | 204)) => {
+            let spec = source.spec()?;
+            let ack_status = match source.ack_status.unwrap_or(spec.provider.ack_status()) {
+                code @ (200 | 202 | 204) => {
                     http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::ACCEPTED)
                 }
-                Some(other) => {
+                other => {
                     return Err(ConfigError::SourceSetting {
                         source_name: name,
                         message: format!("ack_status {other} is not one of 200, 202, 204"),
                     });
                 }
             };
-            let spec = source.spec()?;
             let link_rule = source.link_rule(&spec)?;
             if sources
                 .insert(
@@ -826,10 +825,7 @@ mod tests {
             .into_settings(Secret::new("token"))
             .unwrap();
         assert_eq!(settings.sources.len(), 4);
-        assert_eq!(
-            settings.sources["zwitch"].ack_status,
-            http::StatusCode::ACCEPTED
-        );
+        assert_eq!(settings.sources["zwitch"].ack_status, http::StatusCode::OK);
     }
 
     #[test]

@@ -56,8 +56,8 @@ pub struct IngestResponse {
     params(("source" = String, Path, description = "The source's name from the configuration")),
     request_body(content = Object, description = "The provider's message", content_type = "application/json"),
     responses(
-        (status = 202, description = "Stored (or recognised as a duplicate) and durable; the default acknowledgement", body = IngestResponse),
-        (status = 200, description = "The same, for a source configured with `ack_status = 200`", body = IngestResponse),
+        (status = 202, description = "Stored (or recognised as a duplicate) and durable; the acknowledgement unless the provider requires another or the source sets `ack_status`", body = IngestResponse),
+        (status = 200, description = "The same, for a Zwitch source (Zwitch requires 200) or one configured with `ack_status = 200`", body = IngestResponse),
         (status = 204, description = "The same, without a body, for a source configured with `ack_status = 204`"),
         (status = 400, description = "The body is empty or unreadable", body = Error),
         (status = 401, description = "The request failed the source's verification", body = Error),
@@ -84,8 +84,8 @@ pub(crate) async fn receive(
     ),
     request_body(content = Object, description = "The provider's message", content_type = "application/json"),
     responses(
-        (status = 202, description = "Stored (or recognised as a duplicate) and durable; the default acknowledgement", body = IngestResponse),
-        (status = 200, description = "The same, for a source configured with `ack_status = 200`", body = IngestResponse),
+        (status = 202, description = "Stored (or recognised as a duplicate) and durable; the acknowledgement unless the provider requires another or the source sets `ack_status`", body = IngestResponse),
+        (status = 200, description = "The same, for a Zwitch source (Zwitch requires 200) or one configured with `ack_status = 200`", body = IngestResponse),
         (status = 204, description = "The same, without a body, for a source configured with `ack_status = 204`"),
         (status = 400, description = "The body is empty or unreadable", body = Error),
         (status = 401, description = "The request failed the source's verification", body = Error),

@@ -81,7 +81,7 @@ async fn every_acknowledged_event_survives_sigkill() {
                 let Ok(response) = request.send().await else {
                     return;
                 };
-                if response.status().as_u16() != 202 {
+                if response.status().as_u16() != 200 {
                     return;
                 }
                 let Ok(ack) = response.json::<Value>().await else {
@@ -318,7 +318,7 @@ async fn ingest_round_robin(
         let Ok(response) = request.send().await else {
             continue;
         };
-        if response.status().as_u16() != 202 {
+        if response.status().as_u16() != 200 {
             continue;
         }
         let ack: Value = response.json().await.unwrap();

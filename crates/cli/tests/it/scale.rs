@@ -48,7 +48,7 @@ async fn ingest_across(
                     request = request.header(name, value);
                 }
                 let response = request.send().await.unwrap();
-                assert_eq!(response.status().as_u16(), 202);
+                assert_eq!(response.status().as_u16(), 200);
                 let ack: Value = response.json().await.unwrap();
                 acknowledged
                     .lock()
