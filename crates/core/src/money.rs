@@ -228,7 +228,7 @@ fn parse_decimal(text: &str, shift_by: u32, currency: Currency) -> Result<Amount
         return Ok(Amount::ZERO);
     }
     let significant = if shift < 0 {
-        let dropped = usize::try_from(-shift).unwrap_or(usize::MAX);
+        let dropped = usize::try_from(shift.unsigned_abs()).unwrap_or(usize::MAX);
         if dropped > digits.len() || !digits[digits.len() - dropped..].bytes().all(|b| b == b'0') {
             return Err(MoneyError::TooPrecise {
                 text: text.to_owned(),
@@ -305,6 +305,12 @@ mod tests {
             Err(MoneyError::Overflow(_))
         ));
         assert!(matches!(rupees("1e400"), Err(MoneyError::Overflow(_))));
+        // The smallest exponent there is, in a field already in minor units: refused, not a
+        // panic negating it.
+        assert!(matches!(
+            Amount::parse_minor("1e-9223372036854775808", Currency::INR),
+            Err(MoneyError::TooPrecise { .. })
+        ));
     }
 
     #[test]

@@ -469,7 +469,9 @@ fn verify_jwt(
     let issued_at = claims
         .iat
         .ok_or(VerifyError::MalformedToken("the `iat` claim is required"))?;
-    if now - issued_at > max_age_seconds || issued_at - now > JWT_FUTURE_SKEW_SECONDS {
+    if now.saturating_sub(issued_at) > max_age_seconds
+        || issued_at.saturating_sub(now) > JWT_FUTURE_SKEW_SECONDS
+    {
         return Err(VerifyError::TokenExpired);
     }
     if claims.exp.is_some_and(|exp| exp < now) {
@@ -633,6 +635,13 @@ mod tests {
             source.verify(&request(&with_token(issue_jwt(&secret, now - 121)), None)),
             Err(VerifyError::TokenExpired)
         );
+        // Times at the ends of the range are out of date, not an overflow.
+        for far in [i64::MIN, i64::MAX] {
+            assert_eq!(
+                source.verify(&request(&with_token(issue_jwt(&secret, far)), None)),
+                Err(VerifyError::TokenExpired)
+            );
+        }
         assert_eq!(
             source.verify(&request(
                 &with_token(issue_jwt(&Secret::new("other"), now)),

@@ -109,19 +109,31 @@ impl Ratio {
     }
 }
 
-/// True when `total` is `base × (1 + rate%)` to within one minor unit.
+/// True when `total` is `base × (1 + rate%)` to within one minor unit. Figures too large to
+/// multiply exactly are not judged (true): a warning must be right when it is given.
 pub(crate) fn tax_inclusive_matches(base: Amount, rate: Ratio, total: Amount) -> bool {
-    let hundred = 100 * rate.denominator;
-    let expected_scaled = i128::from(base.minor()) * (hundred + rate.numerator);
-    let actual_scaled = i128::from(total.minor()) * hundred;
-    (actual_scaled - expected_scaled).abs() <= hundred
+    let judged = || {
+        let hundred = rate.denominator.checked_mul(100)?;
+        let expected_scaled =
+            i128::from(base.minor()).checked_mul(hundred.checked_add(rate.numerator)?)?;
+        let actual_scaled = i128::from(total.minor()).checked_mul(hundred)?;
+        Some(actual_scaled.checked_sub(expected_scaled)?.unsigned_abs() <= hundred.unsigned_abs())
+    };
+    judged().unwrap_or(true)
 }
 
-/// True when `amount` is `unit_price × quantity` to within one minor unit.
+/// True when `amount` is `unit_price × quantity` to within one minor unit; figures too large to
+/// multiply exactly are not judged (true).
 pub(crate) fn product_matches(unit_price: Amount, quantity: Ratio, amount: Amount) -> bool {
-    let expected_scaled = i128::from(unit_price.minor()) * quantity.numerator;
-    let actual_scaled = i128::from(amount.minor()) * quantity.denominator;
-    (actual_scaled - expected_scaled).abs() <= quantity.denominator
+    let judged = || {
+        let expected_scaled = i128::from(unit_price.minor()).checked_mul(quantity.numerator)?;
+        let actual_scaled = i128::from(amount.minor()).checked_mul(quantity.denominator)?;
+        Some(
+            actual_scaled.checked_sub(expected_scaled)?.unsigned_abs()
+                <= quantity.denominator.unsigned_abs(),
+        )
+    };
+    judged().unwrap_or(true)
 }
 
 #[cfg(test)]
@@ -159,6 +171,11 @@ mod tests {
             Amount::from_minor(400)
         ));
         assert_eq!(Ratio::parse("x"), None);
+        // Thirty-digit figures overflow even i128 once multiplied: not judged, not a panic.
+        let huge = Ratio::parse(&"9".repeat(30)).unwrap();
+        let most = Amount::from_minor(i64::MAX);
+        assert!(product_matches(most, huge, Amount::from_minor(1)));
+        assert!(tax_inclusive_matches(most, huge, Amount::from_minor(1)));
     }
 
     #[test]
