@@ -158,12 +158,15 @@ pub struct EventQuery {
     pub limit: u32,
 }
 
-/// Filters for listing stored requests, newest first.
+/// Filters for listing stored requests, newest first unless `oldest_first`.
 #[derive(Debug, Clone, Default)]
 pub struct InboundQuery {
     pub status: Option<InboundStatus>,
     pub source: Option<String>,
-    pub before: Option<InboundId>,
+    /// The listing goes on past this id, in its order: a page's `next_cursor`.
+    pub cursor: Option<InboundId>,
+    /// Oldest first: how a backlog is worked through, the longest-waiting request first.
+    pub oldest_first: bool,
     pub limit: u32,
 }
 

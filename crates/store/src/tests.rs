@@ -389,6 +389,56 @@ fn events_filter_and_paginate_newest_first() {
     });
 }
 
+/// Quarantined requests page in either order, so a backlog can be worked oldest first without
+/// reading all of it.
+#[test]
+fn stored_requests_page_newest_or_oldest_first() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let mut quarantined = Vec::new();
+            for n in 0..7 {
+                let status = if n == 3 {
+                    InboundStatus::Processed
+                } else {
+                    InboundStatus::Quarantined
+                };
+                let request = inbound("a", &format!("k{n}"), status);
+                if status == InboundStatus::Quarantined {
+                    quarantined.push(request.id);
+                }
+                store.ingest(write(request, vec![])).await.unwrap();
+            }
+            for oldest_first in [true, false] {
+                let mut seen = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = store
+                        .inbound_list(InboundQuery {
+                            status: Some(InboundStatus::Quarantined),
+                            cursor,
+                            oldest_first,
+                            limit: 4,
+                            ..InboundQuery::default()
+                        })
+                        .await
+                        .unwrap();
+                    seen.extend(page.items.iter().map(|r| r.id));
+                    match page.next_cursor {
+                        Some(next) => cursor = Some(next.parse().unwrap()),
+                        None => break,
+                    }
+                }
+                let mut expected = quarantined.clone();
+                if !oldest_first {
+                    expected.reverse();
+                }
+                assert_eq!(seen, expected, "oldest first: {oldest_first}");
+            }
+        }
+    });
+}
+
 #[test]
 fn quarantine_and_reprocess() {
     runtime().block_on(async {

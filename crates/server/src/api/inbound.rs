@@ -183,8 +183,9 @@ pub(crate) async fn list(
         .inbound_list(InboundQuery {
             status,
             source: params.source,
-            before: parse_cursor(params.cursor.as_deref())?,
+            cursor: parse_cursor(params.cursor.as_deref())?,
             limit: page_limit(params.limit)?,
+            oldest_first: false,
         })
         .await?;
     Ok(Json(Page {
@@ -294,28 +295,20 @@ pub(crate) async fn reprocess_all(
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("body: {e}")))?
     };
     let limit = page_limit(params.limit.or(Some(super::MAX_LIMIT)))?;
-    // Listings run newest first; the oldest are the ones waiting longest, and taking the newest
-    // would leave older requests that keep failing in front of nothing but themselves.
-    let mut quarantined = Vec::new();
-    let mut before = None;
-    loop {
-        let page = app
-            .store
-            .inbound_list(InboundQuery {
-                status: Some(InboundStatus::Quarantined),
-                source: params.source.clone(),
-                before,
-                limit: super::MAX_LIMIT,
-            })
-            .await?;
-        quarantined.extend(page.items.into_iter().map(|summary| summary.id));
-        match page.next_cursor.and_then(|cursor| cursor.parse().ok()) {
-            Some(next) => before = Some(next),
-            None => break,
-        }
-    }
+    // Oldest first: those have waited longest, and taking the newest would leave older requests
+    // that keep failing in front of nothing but themselves.
+    let oldest = app
+        .store
+        .inbound_list(InboundQuery {
+            status: Some(InboundStatus::Quarantined),
+            source: params.source,
+            oldest_first: true,
+            limit,
+            ..InboundQuery::default()
+        })
+        .await?;
     let mut results = Vec::new();
-    for id in quarantined.into_iter().rev().take(limit as usize) {
+    for id in oldest.items.into_iter().map(|summary| summary.id) {
         let Some(record) = app.store.inbound(id).await? else {
             continue;
         };

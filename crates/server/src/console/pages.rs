@@ -755,7 +755,7 @@ pub(crate) async fn quarantine(
     Extension(viewer): Extension<Viewer>,
     Query(query): Query<QuarantineQuery>,
 ) -> PageResult {
-    let before = match blank(&query.cursor) {
+    let cursor = match blank(&query.cursor) {
         Some(c) => Some(
             c.parse::<InboundId>()
                 .map_err(|_| ApiError::invalid("not a cursor from this page"))?,
@@ -767,7 +767,8 @@ pub(crate) async fn quarantine(
         .inbound_list(InboundQuery {
             status: Some(InboundStatus::Quarantined),
             source: blank(&query.source),
-            before,
+            cursor,
+            oldest_first: false,
             limit: 50,
         })
         .await?;

@@ -185,11 +185,16 @@ impl PgStore {
         let mut filters = Filters::default();
         filters.add("status", "=", query.status.map(|s| s.as_str().to_owned()));
         filters.add("source", "=", query.source);
-        filters.add("id", "<", query.before.map(|id| id.to_string()));
+        let (past_cursor, order) = if query.oldest_first {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        filters.add("id", past_cursor, query.cursor.map(|id| id.to_string()));
         let sql = format!(
             "SELECT id, source, provider, received_at, status, provider_event, provider_event_id,
                 verification, octet_length(body), error_code, error_message, duplicate_of
-             FROM inbound {} ORDER BY id DESC LIMIT {}",
+             FROM inbound {} ORDER BY id {order} LIMIT {}",
             filters.sql(),
             limit + 1
         );

@@ -224,15 +224,20 @@ impl SqliteStore {
                 query.status.map(|s| SqlValue::Text(s.as_str().to_owned())),
             );
             filters.add("source = ?", query.source.map(SqlValue::Text));
+            let (past_cursor, order) = if query.oldest_first {
+                ("id > ?", "ASC")
+            } else {
+                ("id < ?", "DESC")
+            };
             filters.add(
-                "id < ?",
-                query.before.map(|id| SqlValue::Text(id.to_string())),
+                past_cursor,
+                query.cursor.map(|id| SqlValue::Text(id.to_string())),
             );
             let sql = format!(
                 "SELECT id, source, provider, received_at, status, provider_event,
                     provider_event_id, verification, length(body), error_code, error_message,
                     duplicate_of
-                 FROM inbound {} ORDER BY id DESC LIMIT {}",
+                 FROM inbound {} ORDER BY id {order} LIMIT {}",
                 filters.sql(),
                 limit + 1
             );
