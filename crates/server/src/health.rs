@@ -1,4 +1,4 @@
-//! `GET /healthz` (the process answers), `GET /readyz` (the database answers too) and
+//! `GET /healthz` (the process answers), `GET /readyz` (the database answers and can be written) and
 //! `GET /metrics` (Prometheus, OpenMetrics text).
 
 use std::sync::Arc;
@@ -22,20 +22,21 @@ pub(crate) async fn alive() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Answers 200 only while the database does.
+/// Answers 200 only while the database answers and writes can succeed (on SQLite, not after a
+/// failed fsync: only a restart makes writes durable again).
 #[utoipa::path(get, path = "/readyz", tag = "health", security(()),
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
-        (status = 503, description = "The database does not answer", body = Error),
+        (status = 503, description = "The database does not answer or cannot be written", body = Error),
     ))]
 pub(crate) async fn ready(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     match app.store.ping().await {
         Ok(()) => Ok(Json(json!({ "status": "ready" }))),
         Err(error) => {
-            tracing::warn!(%error, "not ready: the database does not answer");
+            tracing::warn!(%error, "not ready: the database does not answer or cannot be written");
             Err(ApiError::new(
                 ErrorCode::StorageUnavailable,
-                "the database does not answer",
+                "the database does not answer or cannot be written",
             ))
         }
     }

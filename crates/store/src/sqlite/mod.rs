@@ -89,7 +89,18 @@ where
     F: Fn(&Connection) -> Result<R, StoreError> + Send,
 {
     fn run(&mut self, connection: &Connection) -> bool {
-        let result = (self.work)(connection);
+        // A bug that panics in one write (ledger code runs here) fails that write, which is
+        // undone like any other failure, rather than unwinding the thread every write needs.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.work)(connection)))
+                .unwrap_or_else(|panic| {
+                    let reason = panic
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("no message");
+                    Err(StoreError::Database(format!("a write panicked: {reason}")))
+                });
         let succeeded = result.is_ok();
         self.result = Some(result);
         succeeded
@@ -113,6 +124,8 @@ type Job = Box<dyn PendingWrite>;
 pub(crate) struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The syncer's failure, for readiness: once set, no write succeeds until a restart.
+    durability_failure: Arc<OnceLock<String>>,
     readers: Arc<Readers>,
 }
 
@@ -132,6 +145,7 @@ impl SqliteStore {
             .filter(|p| !p.is_empty())
             .map_or_else(|| path.clone(), PathBuf::from);
         let syncer = Syncer::start(&database)?;
+        let durability_failure = Arc::clone(&syncer.failure);
         let (sender, receiver) = mpsc::channel::<Job>(4096);
         let thread = std::thread::Builder::new()
             .name("billhook-sqlite-writer".to_owned())
@@ -140,6 +154,7 @@ impl SqliteStore {
         Ok(Self {
             writer: Mutex::new(Some(sender)),
             writer_thread: Mutex::new(Some(thread)),
+            durability_failure,
             readers: Arc::new(Readers {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -200,7 +215,23 @@ impl SqliteStore {
         self.read(applied_version).await
     }
 
+    /// Ready when reads work and writes can: the writer is running and no fsync has failed.
+    /// Either of those ends every ingest with a 503 until a restart, which a probe must see.
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(error) = self.durability_failure.get() {
+            return Err(Wal::failed(error));
+        }
+        let writer_running = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Unavailable("writer lock poisoned".to_owned()))?
+            .as_ref()
+            .is_some_and(|sender| !sender.is_closed());
+        if !writer_running {
+            return Err(StoreError::Unavailable(
+                "the writer thread has stopped".to_owned(),
+            ));
+        }
         self.read(|connection| {
             connection
                 .query_row("SELECT 1", [], |_| Ok(()))
@@ -817,9 +848,18 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("billhook.db"), None)
             .await
             .expect("reopen");
+        store.ping().await.expect("ready before the failure");
         std::fs::rename(&wal, &aside).expect("move the WAL aside");
         let failed = store.write(insert(2, false)).await;
         assert!(failed.is_err(), "the fsync could not happen");
+        let unready = store
+            .ping()
+            .await
+            .expect_err("not ready once writes cannot succeed");
+        assert!(
+            unready.to_string().contains("cannot be made durable"),
+            "{unready}"
+        );
         let refused = store.write(insert(3, false)).await;
         let message = refused.expect_err("refused after the failure").to_string();
         assert!(message.contains("cannot be made durable"), "{message}");
@@ -827,6 +867,36 @@ mod tests {
         store.close().await;
         // 2 was committed before its fsync failed (its caller was told so); 3 never was.
         assert_eq!(numbers(&dir.path().join("billhook.db")), vec![1, 2]);
+    }
+
+    /// A write that panics fails alone: the others in its group commit, the writer goes on, and
+    /// the store stays ready. A closed store is not ready.
+    #[tokio::test]
+    async fn a_write_that_panics_fails_alone() {
+        let (dir, store) = scratch_store().await;
+        let (before, panicking, after) = tokio::join!(
+            store.write(insert(1, false)),
+            store.write(|connection: &Connection| -> Result<(), StoreError> {
+                insert(2, false)(connection)?;
+                panic!("a bug in a write")
+            }),
+            store.write(insert(3, false)),
+        );
+        before.expect("insert 1");
+        after.expect("insert 3");
+        let error = panicking
+            .expect_err("the panicking write fails")
+            .to_string();
+        assert!(error.contains("a bug in a write"), "{error}");
+        store
+            .write(insert(4, false))
+            .await
+            .expect("the writer goes on");
+        store.ping().await.expect("still ready");
+        store.close().await;
+        let closed = store.ping().await.expect_err("a closed store is not ready");
+        assert!(closed.to_string().contains("writer"), "{closed}");
+        assert_eq!(numbers(&dir.path().join("billhook.db")), vec![1, 3, 4]);
     }
 
     /// A caller that sent its write and stopped waiting for the answer (its future kept but no
