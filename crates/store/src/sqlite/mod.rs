@@ -127,11 +127,14 @@ pub(crate) struct SqliteStore {
     /// The syncer's failure, for readiness: once set, no write succeeds until a restart.
     durability_failure: Arc<OnceLock<String>>,
     readers: Arc<Readers>,
+    /// Held from open to close: see [`lock_exclusively`].
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl SqliteStore {
     pub(crate) async fn open(path: &Path, target: Option<u32>) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
+        let lock = lock_exclusively(&path)?;
         let connection = tokio::task::spawn_blocking({
             let path = path.clone();
             move || open_writer(&path, target.unwrap_or_else(latest_version))
@@ -159,6 +162,7 @@ impl SqliteStore {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -247,6 +251,45 @@ impl SqliteStore {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        // Only once the writer is done may another process take the file over.
+        drop(self.lock.lock().ok().and_then(|mut lock| lock.take()));
+    }
+}
+
+/// Makes this process the database's only user until [`SqliteStore::close`]. Two processes on
+/// one file would each take the other's deliveries for abandoned (a single-process store
+/// releases every lease when it opens) and send them again, and fight over the write lock.
+///
+/// The lock is on a file of its own beside the database: closing a descriptor of the database
+/// file itself would drop the POSIX locks SQLite holds on it through its own descriptors.
+fn lock_exclusively(database: &Path) -> Result<std::fs::File, StoreError> {
+    let mut lock_path = database.as_os_str().to_owned();
+    lock_path.push("-lock");
+    let lock_path = PathBuf::from(lock_path);
+    if let Some(directory) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(directory).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", directory.display()))
+        })?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Unavailable(format!("cannot open {}: {e}", lock_path.display()))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "{} is in use by another billhook process (it holds {}); stop that one first",
+            database.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
     }
 }
 
@@ -589,12 +632,8 @@ fn checkpoint(connection: &Connection, mode: &str) -> Option<CheckpointProgress>
         .ok()
 }
 
+/// Opens the writer's connection; the directory exists already (see [`lock_exclusively`]).
 fn open_writer(path: &Path, target: u32) -> Result<Connection, StoreError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-        })?;
-    }
     let connection = Connection::open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     connection
@@ -897,6 +936,34 @@ mod tests {
         let closed = store.ping().await.expect_err("a closed store is not ready");
         assert!(closed.to_string().contains("writer"), "{closed}");
         assert_eq!(numbers(&dir.path().join("billhook.db")), vec![1, 3, 4]);
+    }
+
+    /// A second store on the same file is refused while the first is open, and opens once the
+    /// first has closed.
+    #[tokio::test]
+    async fn one_database_file_has_one_store_at_a_time() {
+        let (dir, store) = scratch_store().await;
+        let path = dir.path().join("billhook.db");
+        let refused = SqliteStore::open(&path, None)
+            .await
+            .err()
+            .expect("refused while the first is open")
+            .to_string();
+        assert!(
+            refused.contains("in use by another billhook process"),
+            "{refused}"
+        );
+        store
+            .write(insert(1, false))
+            .await
+            .expect("the first goes on");
+        store.close().await;
+        let second = SqliteStore::open(&path, None)
+            .await
+            .expect("opens after close");
+        second.write(insert(2, false)).await.expect("insert");
+        second.close().await;
+        assert_eq!(numbers(&path), vec![1, 2]);
     }
 
     /// A caller that sent its write and stopped waiting for the answer (its future kept but no
