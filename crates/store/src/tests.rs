@@ -1742,6 +1742,61 @@ fn a_first_version_database_upgrades_with_its_data_intact() {
 
 /// SQLite's migration 6 rebuilds the outbox, attempts and dedup tables: what they held must come
 /// through whole and keep working.
+/// A PostgreSQL instance starting while another migrates waits for it, however much longer
+/// than the statement timeout that takes, and then opens; its connections keep the timeout.
+#[test]
+fn a_start_waits_out_another_instance_s_migration_past_the_statement_timeout() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let DatabaseConfig::Postgres(mut options) = config.clone() else {
+            unreachable!("a PostgreSQL configuration")
+        };
+        options.statement_timeout = Duration::from_millis(300);
+        options.pool_size = 1;
+        let other_instance = postgres_session(&config).await;
+        other_instance
+            .execute(
+                "SELECT pg_advisory_lock($1)",
+                &[&crate::postgres::MIGRATION_LOCK],
+            )
+            .await
+            .unwrap();
+        let opening =
+            tokio::spawn(async move { Store::open(&DatabaseConfig::Postgres(options)).await });
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert!(!opening.is_finished(), "waits for the other migration");
+        other_instance
+            .execute(
+                "SELECT pg_advisory_unlock($1)",
+                &[&crate::postgres::MIGRATION_LOCK],
+            )
+            .await
+            .unwrap();
+        let store = opening
+            .await
+            .unwrap()
+            .expect("opens once the other is done");
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            crate::postgres::latest_version()
+        );
+        let Backend::Postgres(postgres) = store.backend.as_ref() else {
+            unreachable!("a PostgreSQL store")
+        };
+        let client = postgres.client().await.unwrap();
+        let timeout: String = client
+            .query_one("SHOW statement_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            timeout, "300ms",
+            "the pool's connection has its timeout back"
+        );
+        store.close().await;
+    });
+}
+
 #[test]
 fn the_clustered_outbox_migration_keeps_deliveries_attempts_and_dedup_keys() {
     runtime().block_on(async {

@@ -70,7 +70,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
 ];
 
 /// An arbitrary constant naming billhook's migration lock.
-const MIGRATION_LOCK: i64 = 0x6269_6c6c_686f_6f6b;
+pub(crate) const MIGRATION_LOCK: i64 = 0x6269_6c6c_686f_6f6b;
 
 #[derive(Clone)]
 pub(crate) struct PgStore {
@@ -208,6 +208,13 @@ impl PgStore {
 
     async fn migrate(&self, target: u32) -> Result<(), StoreError> {
         let mut client = self.client().await?;
+        // Waiting for another instance's migration, and a migration building an index over a
+        // large table, can each take longer than any statement should at run time; the
+        // statement timeout would fail the start, and every start after it the same way.
+        client
+            .batch_execute("SET statement_timeout = 0")
+            .await
+            .map_err(pg_error)?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await
@@ -260,6 +267,8 @@ impl PgStore {
         let _ = client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
             .await;
+        // Back to the connection's own timeout before the pool lends it out again.
+        let _ = client.batch_execute("RESET statement_timeout").await;
         result
     }
 
