@@ -206,11 +206,13 @@ pub(crate) async fn prune_now(
 ) -> Result<PruneReport, StoreError> {
     let cutoff = retention_cutoff(app, Timestamp::now());
     let mut total = PruneReport::default();
+    let mut after = None;
     loop {
-        let removed = app
+        let batch = app
             .store
-            .prune(cutoff, app.settings.retention.batch)
+            .prune(cutoff, after, app.settings.retention.batch)
             .await?;
+        let removed = batch.removed;
         for (kind, count) in [
             ("inbound", removed.inbound),
             ("events", removed.events),
@@ -222,7 +224,8 @@ pub(crate) async fn prune_now(
             }
         }
         total.add(removed);
-        if removed.inbound == 0 || *stopped.borrow() {
+        after = batch.resume_after;
+        if after.is_none() || *stopped.borrow() {
             return Ok(total);
         }
         // Let ingest's writes in between batches.

@@ -571,15 +571,22 @@ impl Store {
     }
 
     /// What retention would remove: every message older than `before` (an id bound, see
-    /// `InboundId::lower_bound`) with nothing still owed to an endpoint, with its events,
-    /// deliveries and attempts. The ledger is never pruned.
+    /// `InboundId::lower_bound`), not quarantined nor processed since, with nothing still owed
+    /// to an endpoint (see `OWED_DELIVERIES`), with its events, deliveries and attempts. The
+    /// ledger is never pruned.
     pub async fn prune_preview(&self, before: InboundId) -> Result<PruneReport, StoreError> {
         dispatch!(self, store => store.prune_preview(before).await)
     }
 
-    /// Removes up to `batch` such messages in one transaction.
-    pub async fn prune(&self, before: InboundId, batch: u32) -> Result<PruneReport, StoreError> {
-        dispatch!(self, store => store.prune(before, batch).await)
+    /// Removes up to `batch` such messages in one transaction: the oldest past `after`, the
+    /// previous batch's `resume_after` (`None` to start from the oldest).
+    pub async fn prune(
+        &self,
+        before: InboundId,
+        after: Option<InboundId>,
+        batch: u32,
+    ) -> Result<PruneBatch, StoreError> {
+        dispatch!(self, store => store.prune(before, after, batch).await)
     }
 
     /// Adds an instance's activity counts to a minute (unix minutes).

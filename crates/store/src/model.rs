@@ -709,6 +709,15 @@ pub struct PruneReport {
     pub payload_bytes: u64,
 }
 
+/// One batch of retention: what it removed, and where the next batch starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneBatch {
+    pub removed: PruneReport,
+    /// The last message this batch looked at, when more may follow it: the next batch starts
+    /// after it rather than walking again the old messages kept (owed or quarantined).
+    pub resume_after: Option<InboundId>,
+}
+
 impl PruneReport {
     pub fn add(&mut self, other: PruneReport) {
         self.inbound += other.inbound;
@@ -719,9 +728,11 @@ impl PruneReport {
     }
 }
 
-/// Delivery statuses that still owe an endpoint something: their message is kept whatever its
-/// age.
-pub const UNFINISHED_DELIVERIES: &str = "'pending', 'failed', 'held'";
+/// Delivery statuses that keep their message from retention whatever its age: still to be sent
+/// or retried. A delivery held for a disabled endpoint keeps it only until it is as old as
+/// retention allows (`recover` reaches back that far), or one endpoint left disabled would
+/// keep every message it subscribes to for good.
+pub const OWED_DELIVERIES: &str = "'pending', 'failed'";
 
 /// What happened in one minute (or since an instance's last flush).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1341,6 +1341,7 @@ async fn ingest_owed_at(
 ) -> Owed {
     let mut request = inbound("rzp", key, InboundStatus::Processed);
     request.id = InboundId::new_at(at);
+    request.received_at = at;
     let e = event("rzp", "invoice.paid", key);
     let mut ingest = write(request.clone(), vec![e.clone()]);
     ingest.deliveries = vec![delivery_for(endpoint, Some(&e), request.id)];
@@ -1755,10 +1756,7 @@ fn a_start_waits_out_another_instance_s_migration_past_the_statement_timeout() {
         options.pool_size = 1;
         let other_instance = postgres_session(&config).await;
         other_instance
-            .execute(
-                "SELECT pg_advisory_lock($1)",
-                &[&crate::postgres::MIGRATION_LOCK],
-            )
+            .execute("SELECT pg_advisory_lock($1)", &[&postgres::MIGRATION_LOCK])
             .await
             .unwrap();
         let opening =
@@ -1768,7 +1766,7 @@ fn a_start_waits_out_another_instance_s_migration_past_the_statement_timeout() {
         other_instance
             .execute(
                 "SELECT pg_advisory_unlock($1)",
-                &[&crate::postgres::MIGRATION_LOCK],
+                &[&postgres::MIGRATION_LOCK],
             )
             .await
             .unwrap();
@@ -1778,7 +1776,7 @@ fn a_start_waits_out_another_instance_s_migration_past_the_statement_timeout() {
             .expect("opens once the other is done");
         assert_eq!(
             store.schema_version().await.unwrap(),
-            crate::postgres::latest_version()
+            postgres::latest_version()
         );
         let Backend::Postgres(postgres) = store.backend.as_ref() else {
             unreachable!("a PostgreSQL store")

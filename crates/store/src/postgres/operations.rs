@@ -10,17 +10,15 @@ use super::{PgStore, pg_error};
 use crate::StoreError;
 use crate::model::*;
 
-/// The inbound requests retention may remove: older than `$1`, with no delivery still owed,
-/// and not quarantined: a quarantined request was acknowledged and never processed, so it is
-/// kept until it is reprocessed, however old.
-fn prunable(limit: Option<u32>) -> String {
-    let limit = limit
-        .map(|l| format!(" ORDER BY i.id LIMIT {l}"))
-        .unwrap_or_default();
+/// Every message retention may remove: older than `$1` (an id bound), nothing owed of it, and
+/// not quarantined (a quarantined request was acknowledged and never processed, so it is kept
+/// until it is reprocessed, however old) nor processed since the cutoff (reprocessed late, its
+/// events are new and its dedup key holds again). `$2` is the cutoff in unix milliseconds.
+fn prunable() -> String {
     format!(
-        "SELECT i.id FROM inbound i WHERE i.id < $1 AND i.status <> 'quarantined' AND NOT EXISTS (
-            SELECT 1 FROM deliveries d
-            WHERE d.inbound_id = i.id AND d.status IN ({UNFINISHED_DELIVERIES})){limit}"
+        "SELECT i.id FROM inbound i WHERE i.id < $1 AND i.status <> 'quarantined'
+            AND (i.processed_at IS NULL OR i.processed_at < $2) AND NOT {}",
+        owed("i.id")
     )
 }
 
@@ -28,7 +26,7 @@ fn prunable(limit: Option<u32>) -> String {
 fn owed(inbound_column: &str) -> String {
     format!(
         "EXISTS (SELECT 1 FROM deliveries d WHERE d.inbound_id = {inbound_column}
-            AND d.status IN ({UNFINISHED_DELIVERIES}))"
+            AND d.status IN ({OWED_DELIVERIES}))"
     )
 }
 
@@ -43,7 +41,7 @@ fn signed(value: u64) -> i64 {
 impl PgStore {
     pub(crate) async fn prune_preview(&self, before: InboundId) -> Result<PruneReport, StoreError> {
         let client = self.client().await?;
-        let doomed = prunable(None);
+        let doomed = prunable();
         let row = client
             .query_one(
                 &format!(
@@ -56,7 +54,7 @@ impl PgStore {
                         (SELECT COALESCE(sum(length(body)), 0)::BIGINT FROM inbound
                             WHERE id IN (SELECT id FROM doomed))"
                 ),
-                &[&before.to_string()],
+                &[&before.to_string(), &before.created_at().unix_millis()],
             )
             .await
             .map_err(pg_error)?;
@@ -69,27 +67,42 @@ impl PgStore {
         })
     }
 
+    /// Removes up to `batch` finished messages older than `before` and past `after`, with their
+    /// events, deliveries and attempts, in one transaction.
     pub(crate) async fn prune(
         &self,
         before: InboundId,
+        after: Option<InboundId>,
         batch: u32,
-    ) -> Result<PruneReport, StoreError> {
+    ) -> Result<PruneBatch, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
         // SKIP LOCKED: instances pruning at once take different messages.
         let ids: Vec<String> = transaction
             .query(
-                &format!("{} FOR UPDATE SKIP LOCKED", prunable(Some(batch))),
-                &[&before.to_string()],
+                &format!(
+                    "{} AND i.id > $3 ORDER BY i.id LIMIT {batch} FOR UPDATE SKIP LOCKED",
+                    prunable()
+                ),
+                &[
+                    &before.to_string(),
+                    &before.created_at().unix_millis(),
+                    &after.map(|id| id.to_string()).unwrap_or_default(),
+                ],
             )
             .await
             .map_err(pg_error)?
             .iter()
             .map(|row| row.get(0))
             .collect();
+        let resume_after = if ids.len() >= usize::try_from(batch).unwrap_or(usize::MAX) {
+            ids.last().map(|id| parse_id(id)).transpose()?
+        } else {
+            None
+        };
         if ids.is_empty() {
             transaction.commit().await.map_err(pg_error)?;
-            return Ok(PruneReport::default());
+            return Ok(PruneBatch::default());
         }
         let payload_bytes: i64 = transaction
             .query_one(
@@ -101,7 +114,7 @@ impl PgStore {
             .get(0);
         // Each statement checks again that nothing is owed: a redelivery requested since the
         // selection keeps its message.
-        let finished = format!("status NOT IN ({UNFINISHED_DELIVERIES})");
+        let finished = format!("status NOT IN ({OWED_DELIVERIES})");
         let attempts = transaction
             .execute(
                 &format!(
@@ -140,12 +153,15 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         transaction.commit().await.map_err(pg_error)?;
-        Ok(PruneReport {
-            inbound,
-            events,
-            deliveries,
-            attempts,
-            payload_bytes: unsigned(payload_bytes),
+        Ok(PruneBatch {
+            removed: PruneReport {
+                inbound,
+                events,
+                deliveries,
+                attempts,
+                payload_bytes: unsigned(payload_bytes),
+            },
+            resume_after,
         })
     }
 

@@ -10,23 +10,34 @@ use super::{SqliteStore, db_error};
 use crate::StoreError;
 use crate::model::*;
 
-/// The inbound requests retention may remove: older than `before`, with no delivery still owed,
-/// and not quarantined: a quarantined request was acknowledged and never processed, so it is
-/// kept until it is reprocessed, however old.
-fn prunable(limit: Option<u32>) -> String {
-    let limit = limit
-        .map(|l| format!(" ORDER BY i.id LIMIT {l}"))
-        .unwrap_or_default();
+/// Whether retention may remove the message `i`, older than the cutoff: nothing is owed of it,
+/// and it is not quarantined (a quarantined request was acknowledged and never processed, so it
+/// is kept until it is reprocessed, however old) nor processed since the cutoff (reprocessed
+/// late, its events are new and its dedup key holds again). `?2` is the cutoff in unix
+/// milliseconds.
+fn may_go() -> String {
     format!(
-        "SELECT i.id FROM inbound i WHERE i.id < ?1 AND i.status <> 'quarantined' AND NOT EXISTS (
-            SELECT 1 FROM deliveries d
-            WHERE d.inbound_id = i.id AND d.status IN ({UNFINISHED_DELIVERIES})){limit}"
+        "i.status <> 'quarantined' AND (i.processed_at IS NULL OR i.processed_at < ?2)
+         AND NOT EXISTS (SELECT 1 FROM deliveries d
+            WHERE d.inbound_id = i.id AND d.status IN ({OWED_DELIVERIES}))"
     )
 }
 
-fn count(connection: &Connection, sql: &str, before: &str) -> Result<u64, StoreError> {
+/// Every message retention may remove: older than `?1` (an id bound).
+fn prunable() -> String {
+    format!(
+        "SELECT i.id FROM inbound i WHERE i.id < ?1 AND {}",
+        may_go()
+    )
+}
+
+fn count(connection: &Connection, sql: &str, before: InboundId) -> Result<u64, StoreError> {
     connection
-        .query_row(sql, [before], |row| row.get::<_, i64>(0))
+        .query_row(
+            sql,
+            params![before.to_string(), before.created_at().unix_millis()],
+            |row| row.get::<_, i64>(0),
+        )
         .map(unsigned)
         .map_err(db_error)
 }
@@ -43,23 +54,22 @@ impl SqliteStore {
     /// What retention would remove now: every finished message older than `before`.
     pub(crate) async fn prune_preview(&self, before: InboundId) -> Result<PruneReport, StoreError> {
         self.read(move |connection| {
-            let before = before.to_string();
-            let doomed = prunable(None);
+            let doomed = prunable();
             Ok(PruneReport {
                 inbound: count(
                     connection,
                     &format!("SELECT count(*) FROM ({doomed})"),
-                    &before,
+                    before,
                 )?,
                 events: count(
                     connection,
                     &format!("SELECT count(*) FROM events WHERE inbound_id IN ({doomed})"),
-                    &before,
+                    before,
                 )?,
                 deliveries: count(
                     connection,
                     &format!("SELECT count(*) FROM deliveries WHERE inbound_id IN ({doomed})"),
-                    &before,
+                    before,
                 )?,
                 attempts: count(
                     connection,
@@ -67,35 +77,72 @@ impl SqliteStore {
                         "SELECT count(*) FROM attempts WHERE delivery_id IN
                            (SELECT id FROM deliveries WHERE inbound_id IN ({doomed}))"
                     ),
-                    &before,
+                    before,
                 )?,
                 payload_bytes: count(
                     connection,
                     &format!(
                         "SELECT COALESCE(sum(length(body)), 0) FROM inbound WHERE id IN ({doomed})"
                     ),
-                    &before,
+                    before,
                 )?,
             })
         })
         .await
     }
 
-    /// Removes up to `batch` finished messages older than `before`, with their events,
-    /// deliveries and attempts, in one transaction.
+    /// Removes up to `batch` finished messages older than `before` and past `after`, with their
+    /// events, deliveries and attempts, in one transaction. They are chosen on a reader, so
+    /// that walking past the old messages kept never holds up the writer, and checked again
+    /// in the writer.
     pub(crate) async fn prune(
         &self,
         before: InboundId,
+        after: Option<InboundId>,
         batch: u32,
-    ) -> Result<PruneReport, StoreError> {
-        self.write(move |connection| {
-            let before = before.to_string();
+    ) -> Result<PruneBatch, StoreError> {
+        let cutoff_ms = before.created_at().unix_millis();
+        let chosen: Vec<String> = self
+            .read(move |connection| {
+                let sql = format!("{} AND i.id > ?3 ORDER BY i.id LIMIT {batch}", prunable());
+                let mut statement = connection.prepare_cached(&sql).map_err(db_error)?;
+                let ids = statement
+                    .query_map(
+                        params![
+                            before.to_string(),
+                            cutoff_ms,
+                            after.map(|id| id.to_string()).unwrap_or_default()
+                        ],
+                        |row| row.get(0),
+                    )
+                    .map_err(db_error)?
+                    .collect::<Result<_, _>>()
+                    .map_err(db_error);
+                ids
+            })
+            .await?;
+        let resume_after = if chosen.len() >= usize::try_from(batch).unwrap_or(usize::MAX) {
+            chosen.last().map(|id| parse_id(id)).transpose()?
+        } else {
+            None
+        };
+        if chosen.is_empty() {
+            return Ok(PruneBatch::default());
+        }
+        let removed = self.write(move |connection| {
             connection
                 .execute_batch("CREATE TEMP TABLE IF NOT EXISTS doomed (id TEXT PRIMARY KEY); DELETE FROM doomed;")
                 .map_err(db_error)?;
-            connection
-                .execute(&format!("INSERT INTO doomed {}", prunable(Some(batch))), [&before])
+            // A redelivery or a reprocess since the choice keeps its message.
+            let mut still_prunable = connection
+                .prepare_cached(&format!(
+                    "INSERT INTO doomed SELECT i.id FROM inbound i WHERE i.id = ?1 AND {}",
+                    may_go()
+                ))
                 .map_err(db_error)?;
+            for id in &chosen {
+                still_prunable.execute(params![id, cutoff_ms]).map_err(db_error)?;
+            }
             let payload_bytes = connection
                 .query_row(
                     "SELECT COALESCE(sum(length(body)), 0) FROM inbound WHERE id IN (SELECT id FROM doomed)",
@@ -117,7 +164,11 @@ impl SqliteStore {
             connection.execute("DELETE FROM doomed", []).map_err(db_error)?;
             Ok(report)
         })
-        .await
+        .await?;
+        Ok(PruneBatch {
+            removed,
+            resume_after,
+        })
     }
 
     /// Adds an instance's counts to a minute.

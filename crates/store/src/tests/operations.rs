@@ -8,7 +8,7 @@ use billhook_core::time::Timestamp;
 
 use super::{
     backends, canonical_endpoint, deliver, delivery_for, event, inbound, ingest_owed_at,
-    new_endpoint, postgres_config, postgres_session, runtime, write,
+    new_endpoint, normalized, postgres_config, postgres_session, runtime, write,
 };
 use crate::*;
 
@@ -165,6 +165,14 @@ fn sessions_expire_and_can_be_ended() {
     });
 }
 
+/// A message received `at`, as ingest stores it.
+fn received_at(key: &str, status: InboundStatus, at: Timestamp) -> NewInbound {
+    let mut request = inbound("rzp", key, status);
+    request.id = InboundId::new_at(at);
+    request.received_at = at;
+    request
+}
+
 #[test]
 fn retention_removes_finished_old_messages_and_keeps_what_is_owed_or_quarantined() {
     runtime().block_on(async {
@@ -172,26 +180,37 @@ fn retention_removes_finished_old_messages_and_keeps_what_is_owed_or_quarantined
             let store = &test.store;
             let endpoint = canonical_endpoint(store).await;
             let old = Timestamp::now().sub(Duration::from_secs(40 * 86_400));
-            // A finished old message: delivered, with an attempt.
-            let finished = ingest_owed_at(store, &endpoint, "old-finished", old).await;
-            deliver(store, &finished, endpoint.id).await;
-            let (finished_event, finished) = (finished.event, finished.inbound);
-            // An old message still owed to an endpoint (held while it is disabled).
-            let mut owed = inbound("rzp", "old-owed", InboundStatus::Processed);
-            owed.id = InboundId::new_at(old);
-            let owed_event = event("rzp", "invoice.paid", "inv_owed");
-            let mut ingest = write(owed.clone(), vec![owed_event.clone()]);
-            let mut held = delivery_for(&endpoint, Some(&owed_event), owed.id);
-            held.status = DeliveryStatus::Held;
-            ingest.deliveries = vec![held];
-            store.ingest(ingest).await.unwrap();
-            // An old quarantined message, and a recent one.
-            let mut quarantined = inbound("rzp", "old-quarantined", InboundStatus::Quarantined);
-            quarantined.id = InboundId::new_at(old);
+            // Kept, and older than everything removed, so each batch must get past them.
+            // An old message still owed to an endpoint: its delivery waits to be retried.
+            let owed = ingest_owed_at(store, &endpoint, "old-owed", old).await;
+            // An old quarantined message, and one reprocessed just now: its events are new.
+            let quarantined = received_at("old-quarantined", InboundStatus::Quarantined, old);
             store
                 .ingest(write(quarantined.clone(), Vec::new()))
                 .await
                 .unwrap();
+            let reprocessed = received_at("old-reprocessed", InboundStatus::Quarantined, old);
+            store
+                .ingest(write(reprocessed.clone(), Vec::new()))
+                .await
+                .unwrap();
+            store
+                .reprocess(reprocessed.id, normalized("old-reprocessed"))
+                .await
+                .unwrap();
+            // A finished old message: delivered, with an attempt.
+            let finished = ingest_owed_at(store, &endpoint, "old-finished", old).await;
+            deliver(store, &finished, endpoint.id).await;
+            let (finished_event, finished) = (finished.event, finished.inbound);
+            // An old message held for an endpoint left disabled: kept only as long as
+            // retention keeps anything, or one such endpoint would keep every message for good.
+            let held = received_at("old-held", InboundStatus::Processed, old);
+            let held_event = event("rzp", "invoice.paid", "inv_held");
+            let mut ingest = write(held.clone(), vec![held_event.clone()]);
+            let mut held_delivery = delivery_for(&endpoint, Some(&held_event), held.id);
+            held_delivery.status = DeliveryStatus::Held;
+            ingest.deliveries = vec![held_delivery];
+            store.ingest(ingest).await.unwrap();
             let recent = inbound("rzp", "recent", InboundStatus::Processed);
             store
                 .ingest(write(
@@ -205,24 +224,36 @@ fn retention_removes_finished_old_messages_and_keeps_what_is_owed_or_quarantined
                 InboundId::lower_bound(Timestamp::now().sub(Duration::from_secs(30 * 86_400)));
             let preview = store.prune_preview(cutoff).await.unwrap();
             let expected = PruneReport {
-                inbound: 1,
-                events: 1,
-                deliveries: 1,
+                inbound: 2,
+                events: 2,
+                deliveries: 2,
                 attempts: 1,
-                payload_bytes: finished.body.len() as u64,
+                payload_bytes: (finished.body.len() + held.body.len()) as u64,
             };
             assert_eq!(preview, expected);
-            // Batches of one: the work is split, and the sum is the preview.
+            // A batch that starts after the last old message finds nothing.
+            let past_all = store.prune(cutoff, Some(held.id), 10).await.unwrap();
+            assert_eq!(past_all, PruneBatch::default());
+            // Batches of one: the work is split, each batch goes on after the last, and the
+            // sum is the preview.
             let mut total = PruneReport::default();
+            let mut after = None;
+            let mut batches = 0;
             loop {
-                let batch = store.prune(cutoff, 1).await.unwrap();
-                if batch.inbound == 0 {
+                let batch = store.prune(cutoff, after, 1).await.unwrap();
+                assert!(batch.removed.inbound <= 1, "{batch:?}");
+                total.add(batch.removed);
+                batches += 1;
+                after = batch.resume_after;
+                if after.is_none() {
                     break;
                 }
-                assert_eq!(batch.inbound, 1);
-                total.add(batch);
             }
             assert_eq!(total, expected);
+            assert!(
+                batches <= 3,
+                "one batch per message and one to see the end: {batches}"
+            );
             assert_eq!(
                 store.prune_preview(cutoff).await.unwrap(),
                 PruneReport::default()
@@ -230,10 +261,12 @@ fn retention_removes_finished_old_messages_and_keeps_what_is_owed_or_quarantined
 
             assert!(store.inbound(finished.id).await.unwrap().is_none());
             assert!(store.event(finished_event.id).await.unwrap().is_none());
+            assert!(store.inbound(held.id).await.unwrap().is_none());
             // Acknowledged and never processed: kept for reprocessing, however old.
             assert!(store.inbound(quarantined.id).await.unwrap().is_some());
-            assert!(store.inbound(owed.id).await.unwrap().is_some());
-            assert!(store.event(owed_event.id).await.unwrap().is_some());
+            assert!(store.inbound(reprocessed.id).await.unwrap().is_some());
+            assert!(store.inbound(owed.inbound.id).await.unwrap().is_some());
+            assert!(store.event(owed.event.id).await.unwrap().is_some());
             assert!(store.inbound(recent.id).await.unwrap().is_some());
         }
     });
