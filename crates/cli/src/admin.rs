@@ -91,7 +91,9 @@ pub(crate) async fn token(command: TokenCommand) -> Result<(), CliError> {
         }
         TokenCommand::Revoke { id, remote } => {
             let client = client::Client::connect(&remote)?;
-            client.delete(&format!("/v1/tokens/{id}")).await?;
+            client
+                .delete(&format!("/v1/tokens/{}", client::segment(&id)))
+                .await?;
             output::line(&format!("revoked {id}"));
             Ok(())
         }
@@ -223,7 +225,10 @@ pub(crate) async fn reprocess(
         // One request that cannot be reprocessed (its source is gone) must not stop the rest.
         results.push(
             match client
-                .post(&format!("/v1/inbound/{id}/reprocess"), &json!({}))
+                .post(
+                    &format!("/v1/inbound/{}/reprocess", client::segment(&id)),
+                    &json!({}),
+                )
                 .await
             {
                 Ok(result) => result,

@@ -5,6 +5,12 @@ use serde_json::Value;
 use crate::serve::{load_config, stored_admin_token};
 use crate::{CliError, Remote};
 
+/// `text` as one segment of a path: an id given on the command line may hold `/`, `#`, `?` or
+/// `%` (a GST invoice number such as `INV/2026/42` does), which would otherwise change the path.
+pub(crate) fn segment(text: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
+}
+
 pub(crate) struct Client {
     http: reqwest::Client,
     base: String,

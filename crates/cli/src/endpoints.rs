@@ -233,7 +233,9 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
         EndpointsCommand::Show { id, remote } => {
             let client = client::Client::connect(&remote)?;
             print(
-                &client.get(&format!("/v1/endpoints/{id}"), &[]).await?,
+                &client
+                    .get(&format!("/v1/endpoints/{}", client::segment(&id)), &[])
+                    .await?,
                 remote.json,
             );
             Ok(())
@@ -262,7 +264,9 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
             let client = client::Client::connect(&remote)?;
             let body = fields.body(destination)?;
             print(
-                &client.patch(&format!("/v1/endpoints/{id}"), &body).await?,
+                &client
+                    .patch(&format!("/v1/endpoints/{}", client::segment(&id)), &body)
+                    .await?,
                 remote.json,
             );
             Ok(())
@@ -278,7 +282,9 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
                 body["recover_since"] = json!(parse_since(&since)?);
             }
             print(
-                &client.patch(&format!("/v1/endpoints/{id}"), &body).await?,
+                &client
+                    .patch(&format!("/v1/endpoints/{}", client::segment(&id)), &body)
+                    .await?,
                 remote.json,
             );
             Ok(())
@@ -287,21 +293,28 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
             let client = client::Client::connect(&remote)?;
             let body = json!({ "enabled": false, "disabled_reason": reason });
             print(
-                &client.patch(&format!("/v1/endpoints/{id}"), &body).await?,
+                &client
+                    .patch(&format!("/v1/endpoints/{}", client::segment(&id)), &body)
+                    .await?,
                 remote.json,
             );
             Ok(())
         }
         EndpointsCommand::Delete { id, remote } => {
             let client = client::Client::connect(&remote)?;
-            client.delete(&format!("/v1/endpoints/{id}")).await?;
+            client
+                .delete(&format!("/v1/endpoints/{}", client::segment(&id)))
+                .await?;
             output::line(&format!("deleted {id}"));
             Ok(())
         }
         EndpointsCommand::Secret { id, remote } => {
             let client = client::Client::connect(&remote)?;
             let secret = client
-                .get(&format!("/v1/endpoints/{id}/secret"), &[])
+                .get(
+                    &format!("/v1/endpoints/{}/secret", client::segment(&id)),
+                    &[],
+                )
                 .await?;
             if remote.json {
                 output::pretty(&secret);
@@ -313,7 +326,10 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
         EndpointsCommand::RotateSecret { id, remote } => {
             let client = client::Client::connect(&remote)?;
             let rotated = client
-                .post(&format!("/v1/endpoints/{id}/secret/rotate"), &json!({}))
+                .post(
+                    &format!("/v1/endpoints/{}/secret/rotate", client::segment(&id)),
+                    &json!({}),
+                )
                 .await?;
             if remote.json {
                 output::pretty(&rotated);
@@ -326,7 +342,7 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
             let client = client::Client::connect(&remote)?;
             let page = client
                 .get(
-                    &format!("/v1/endpoints/{id}/attempts"),
+                    &format!("/v1/endpoints/{}/attempts", client::segment(&id)),
                     &[("limit", limit.to_string())],
                 )
                 .await?;
@@ -370,11 +386,11 @@ pub(crate) async fn recover(
 ) -> Result<(), CliError> {
     let client = client::Client::connect(remote)?;
     let since = parse_since(since)?;
-    let path = format!("/v1/endpoints/{id}");
+    let path = format!("/v1/endpoints/{}", client::segment(&id));
     let before = client.get(&path, &[]).await?;
     let result = client
         .post(
-            &format!("/v1/endpoints/{id}/recover"),
+            &format!("/v1/endpoints/{}/recover", client::segment(&id)),
             &json!({ "since": since }),
         )
         .await?;

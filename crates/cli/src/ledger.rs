@@ -82,7 +82,9 @@ struct FilterArgs {
 pub(crate) async fn run(kind: Kind, args: LedgerArgs) -> Result<(), CliError> {
     if let Some(ShowCommand::Show { id, remote }) = args.show {
         let client = client::Client::connect(&remote)?;
-        let detail = client.get(&format!("{}/{id}", kind.path()), &[]).await?;
+        let detail = client
+            .get(&format!("{}/{}", kind.path(), client::segment(&id)), &[])
+            .await?;
         output::pretty(&detail);
         return Ok(());
     }

@@ -283,7 +283,9 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             }
             EventsCommand::Show { id, remote } => {
                 let client = client::Client::connect(&remote)?;
-                let detail = client.get(&format!("/v1/events/{id}"), &[]).await?;
+                let detail = client
+                    .get(&format!("/v1/events/{}", client::segment(&id)), &[])
+                    .await?;
                 output::pretty(&detail);
                 Ok(())
             }
@@ -307,7 +309,9 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
             }
             InboundCommand::Show { id, remote } => {
                 let client = client::Client::connect(&remote)?;
-                let detail = client.get(&format!("/v1/inbound/{id}"), &[]).await?;
+                let detail = client
+                    .get(&format!("/v1/inbound/{}", client::segment(&id)), &[])
+                    .await?;
                 output::pretty(&detail);
                 Ok(())
             }
@@ -368,7 +372,10 @@ async fn dispatch(command: Command) -> Result<(), CliError> {
                     None => serde_json::json!({}),
                 };
                 let result = client
-                    .post(&format!("/v1/events/{id}/redeliver"), &body)
+                    .post(
+                        &format!("/v1/events/{}/redeliver", client::segment(&id)),
+                        &body,
+                    )
                     .await?;
                 if remote.json {
                     output::pretty(&result);

@@ -301,7 +301,7 @@ provider = "zwitch"
 event = "payments.updated"
 variant = "success"
 [step.set]
-"data.object.merchant_reference_id" = "INV-2026-0042"
+"data.object.merchant_reference_id" = "INV/2026/0042"
 "data.object.amount" = 1180.5
 
 [[step]]
@@ -309,11 +309,11 @@ name = "invoice"
 provider = "zwitch"
 event = "bharat_connect.invoice.create"
 [step.set]
-"data.object.supplier_invoice_number" = "INV-2026-0042"
+"data.object.supplier_invoice_number" = "INV/2026/0042"
 "data.object.value_details.total_invoice_value" = 1180.5
 "#;
     run_scenario(&app, "zwitch-bc", scenario).await;
-    let invoice = only(&app, "/v1/invoices?reference=INV-2026-0042").await;
+    let invoice = only(&app, "/v1/invoices?reference=INV/2026/0042").await;
     assert_eq!(invoice["amount"], json!(118_050));
     assert_eq!(invoice["paid"], json!(118_050));
     assert_eq!(invoice["due"], json!(0));
@@ -322,8 +322,11 @@ event = "bharat_connect.invoice.create"
     assert_eq!(payment["linked_to"], invoice["id"]);
     assert_eq!(payment["link_rule"], json!("merchant_reference"));
     assert_eq!(events_of_type(&app, "invoice.settled").await.len(), 1);
-    // The invoice can be looked up by its number as well as by billhook's id.
-    let by_number = detail(&app, "invoices", "INV-2026-0042").await;
+    // The invoice can be looked up by its number as well as by billhook's id, a GST number's
+    // slashes and all.
+    let (ok, shown) = app.cli(&["invoices", "show", "INV/2026/0042"]).await;
+    assert!(ok, "{shown}");
+    let by_number: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(by_number["id"], invoice["id"]);
     assert_eq!(by_number["payments"][0]["id"], payment["id"]);
     let paid_by = detail(&app, "payments", payment["id"].as_str().unwrap()).await;
