@@ -120,6 +120,10 @@ impl Precedence {
         at: i64::MIN,
         tiebreak: 0,
     };
+
+    /// The time of a snapshot the provider did not stamp: before every stamped one, and above
+    /// [`Self::NONE`].
+    pub const UNSTAMPED: i64 = i64::MIN + 1;
 }
 
 /// FNV-1a over the parts, each followed by a zero byte. Hashes are stored and compared across
@@ -409,7 +413,9 @@ pub struct Fact {
     pub provider_event: String,
     /// The message came from a provider's test mode.
     pub sandbox: bool,
-    pub occurred_at: Timestamp,
+    /// The provider's time for the event, when it gave one. Its absence is kept: the reception
+    /// time is no order between snapshots, since a provider retries any of them at any time.
+    pub occurred_at: Option<Timestamp>,
     pub received_at: Timestamp,
     pub snapshot: Snapshot,
     /// The provider's rank for the snapshot's status, when it has one.
@@ -1150,13 +1156,19 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         },
     };
 
+    // A snapshot the provider did not stamp has no place in time: it comes before every
+    // stamped one, and among unstamped ones the rank and the hash decide, in every order.
+    let at = fact
+        .occurred_at
+        .map_or(Precedence::UNSTAMPED, |time| time.unix_millis());
+
     // Status: forward only.
     let (status, provider_status) = status_of(fact.snapshot.data());
     let mut status_applied = false;
     if let Some(word) = &status {
         let precedence = Precedence {
             level: fact.rank.map_or(i32::MIN, |r| r.level),
-            at: fact.occurred_at.unix_millis(),
+            at,
             tiebreak: stable_hash(&[word, provider_status.as_deref().unwrap_or("")]),
         };
         if precedence > entity.status_precedence {
@@ -1169,12 +1181,14 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     }
 
     // Content: the latest snapshot by provider time; at the same time, the one with the higher
-    // status rank (providers often stamp a whole lifecycle with one second), then a stable hash.
+    // status rank (providers often stamp a whole lifecycle with one second, and Bharat Connect
+    // stamps none), then a stable hash. So an unstamped snapshot with no status (a Bharat
+    // Connect edit, which states no amount either) never hides a ranked one's amount.
     let level = fact.rank.map_or(i32::MIN, |r| r.level);
     let rank_bits = u64::from(level.cast_unsigned() ^ 0x8000_0000);
     let content = Precedence {
         level: 0,
-        at: fact.occurred_at.unix_millis(),
+        at,
         tiebreak: (rank_bits << 32)
             | (stable_hash(&[fact.snapshot.json().unwrap_or_default()]) & 0xFFFF_FFFF),
     };
@@ -1194,7 +1208,7 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         status: status.clone(),
         provider_status,
         level: fact.rank.map(|r| r.level),
-        occurred_at: fact.occurred_at,
+        occurred_at: fact.occurred_at.unwrap_or(fact.received_at),
         received_at: fact.received_at,
         applied: status_applied,
     })

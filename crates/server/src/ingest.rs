@@ -487,8 +487,11 @@ pub(crate) fn canonical_events(
         facts: Vec::with_capacity(normalized.events.len()),
     };
     for draft in normalized.events.iter().cloned() {
+        let provider_time = draft.occurred_at;
         let event = draft.finish(reception, &normalized.warnings);
-        canonical.facts.extend(ledger::fact_for(&event, source));
+        canonical
+            .facts
+            .extend(ledger::fact_for(&event, provider_time, source));
         canonical.events.push(ledger::stored_event(&event));
     }
     canonical

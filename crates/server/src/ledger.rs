@@ -23,8 +23,13 @@ use crate::delivery::Planner;
 pub const LEDGER_EVENT: &str = "billhook.ledger";
 
 /// What a canonical event tells the ledger, ranked by its provider and linked by its source's
-/// rule. `None` for kinds the ledger does not keep.
-pub(crate) fn fact_for(event: &CanonicalEvent, source: &Source) -> Option<Fact> {
+/// rule. `provider_time` is the provider's own time for it, if it gave one (the event's
+/// `occurred_at` is then the reception time). `None` for kinds the ledger does not keep.
+pub(crate) fn fact_for(
+    event: &CanonicalEvent,
+    provider_time: Option<Timestamp>,
+    source: &Source,
+) -> Option<Fact> {
     let kind = event.data.kind();
     if !ledger::tracks(kind) {
         return None;
@@ -39,7 +44,7 @@ pub(crate) fn fact_for(event: &CanonicalEvent, source: &Source) -> Option<Fact> 
         provider: event.source.provider.clone(),
         provider_event: event.source.event.clone(),
         sandbox: event.source.sandbox,
-        occurred_at: event.occurred_at,
+        occurred_at: provider_time,
         received_at: event.received_at,
         // Serialized here, on the request's task, not inside the writer's transaction.
         snapshot: Snapshot::of(event.data.clone()),

@@ -311,6 +311,16 @@ event = "bharat_connect.invoice.create"
 [step.set]
 "data.object.supplier_invoice_number" = "INV/2026/0042"
 "data.object.value_details.total_invoice_value" = 1180.5
+
+# Bharat Connect stamps no time, and its edit states no amount: it leaves the amount alone,
+# arriving last as it does here or first.
+[[step]]
+name = "edit"
+provider = "zwitch"
+event = "bharat_connect.invoice.edit"
+[step.set]
+"data.object.id" = "${invoice.data.object.id}"
+"data.object.supplier_invoice_number" = "INV/2026/0042"
 "#;
     run_scenario(&app, "zwitch-bc", scenario).await;
     let invoice = only(&app, "/v1/invoices?reference=INV/2026/0042").await;

@@ -458,7 +458,7 @@ fn fact(
         provider: provider.to_owned(),
         provider_event: "test".to_owned(),
         sandbox: false,
-        occurred_at: Timestamp::from_unix_millis(T0 + at),
+        occurred_at: Some(Timestamp::from_unix_millis(T0 + at)),
         received_at: Timestamp::from_unix_millis(T0 + 1_000_000 + at),
         snapshot: Snapshot::of(data),
         rank,
@@ -1039,4 +1039,78 @@ fn a_stored_snapshot_keeps_its_text_and_equals_the_data_it_holds() {
     assert_ne!(stored.json(), fresh.json());
     assert_eq!(stored, fresh);
     assert!(Snapshot::from_stored(SubjectKind::Invoice, "{\"amount\":").is_err());
+}
+
+/// A Bharat Connect invoice's life: its events carry no time, and the edit no amount.
+fn unstamped_invoice_lifecycle() -> Vec<Fact> {
+    let unstamped = |mut fact: Fact| {
+        fact.occurred_at = None;
+        fact.provider = "zwitch".to_owned();
+        fact.source = "zwitch".to_owned();
+        fact
+    };
+    let created = unstamped(invoice("bc_1", "sent_to_buyer", 400, 0, StatusRank::new(0)));
+    let confirmed = unstamped(invoice("bc_1", "accepted", 400, 0, StatusRank::new(1)));
+    let EntityData::Invoice(mut edited) = created.snapshot.data().clone() else {
+        unreachable!("an invoice")
+    };
+    edited.amount = None;
+    edited.status = None;
+    edited.provider_status = None;
+    edited.description = Some("edited".to_owned());
+    let edited = unstamped(fact(
+        EntityData::Invoice(edited),
+        0,
+        None,
+        "zwitch",
+        Vec::new(),
+    ));
+    let paid = payment(
+        "pay_bc",
+        "succeeded",
+        400,
+        None,
+        Some("N-bc_1"),
+        10,
+        Some(CAPTURED),
+        "zwitch",
+    );
+    vec![created, confirmed, edited, paid]
+}
+
+#[test]
+fn an_edit_without_an_amount_leaves_the_invoice_s_amount() {
+    let repo = run(&unstamped_invoice_lifecycle());
+    let invoice = repo.find(SubjectKind::Invoice, "bc_1");
+    assert_eq!(invoice.amount, Some(Amount::from_minor(400)));
+    assert_eq!(invoice.due, Some(Amount::ZERO));
+    assert_eq!(invoice.status.as_deref(), Some("accepted"));
+    assert_eq!(repo.conclusions.len(), 1, "settled by the payment");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Without the provider's time, arrival (retries come at any time) orders nothing: each
+    /// fact arrives at its position in the shuffled order, and the ledger is the same.
+    #[test]
+    fn facts_without_a_provider_time_give_one_ledger_in_every_order(order in an_order_of(4)) {
+        let facts = unstamped_invoice_lifecycle();
+        let arriving = |order: &[usize]| -> Vec<Fact> {
+            order
+                .iter()
+                .enumerate()
+                .map(|(position, i)| {
+                    let mut fact = facts[*i].clone();
+                    let offset = i64::try_from(position).unwrap_or(0) * 60_000;
+                    fact.received_at = Timestamp::from_unix_millis(T0 + 1_000_000 + offset);
+                    fact
+                })
+                .collect()
+        };
+        let expected = run(&arriving(&[0, 1, 2, 3]));
+        let actual = run(&arriving(&order));
+        prop_assert_eq!(actual.outcome(), expected.outcome());
+        prop_assert_eq!(actual.conclusions.len(), 1, "exactly one settlement");
+    }
 }

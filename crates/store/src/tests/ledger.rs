@@ -128,7 +128,7 @@ fn ingest_of(data: EntityData, rank: Option<StatusRank>) -> IngestWrite {
         provider: "zwitch".to_owned(),
         provider_event: "test".to_owned(),
         sandbox: false,
-        occurred_at: now,
+        occurred_at: Some(now),
         received_at: now,
         snapshot: Snapshot::of(data),
         rank,
@@ -154,7 +154,7 @@ fn with_its_event(mut ingest: IngestWrite) -> IngestWrite {
         source: fact.source.clone(),
         subject_kind: data.kind().as_str(),
         subject_id: data.provider_id().to_owned(),
-        occurred_at: fact.occurred_at,
+        occurred_at: fact.occurred_at.unwrap_or(fact.received_at),
         received_at: fact.received_at,
         payload: Bytes::from_static(b"{}"),
     });
