@@ -777,12 +777,8 @@ impl ReadAhead {
                 .values()
                 .filter(|e| matches!(e.kind, SubjectKind::Invoice | SubjectKind::Bill))
         };
-        let chosen = |refs: &PaymentRefs| {
-            targets()
-                .filter(|t| is_target_of(t, refs))
-                .min_by(|a, b| (&a.provider, &a.provider_id).cmp(&(&b.provider, &b.provider_id)))
-                .map(|t| t.id.clone())
-        };
+        let chosen =
+            |refs: &PaymentRefs| best_target(refs, targets()).map(|(target, _)| target.id.clone());
         let mut ids: Vec<String> = targets()
             .filter(|t| {
                 self.identities
@@ -1068,8 +1064,9 @@ fn counted(entity: &Entity) -> Amount {
     }
 }
 
-/// Which reference linked a payment to a target, if any.
-fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<&'static str> {
+/// Which reference links a payment to a target, if any, and its strength: lower is stronger, in
+/// the order of the source's rule (an id before a number, a number before a free-text remark).
+fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static str)> {
     let names = |value: &Option<String>| {
         value
             .as_ref()
@@ -1078,29 +1075,52 @@ fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<&'static str> {
     match target.kind {
         SubjectKind::Invoice => {
             if payment.invoice_id.as_ref() == Some(&target.provider_id) {
-                Some("invoice_id")
+                Some((0, "invoice_id"))
             } else if payment.order_id.is_some() && payment.order_id == target.keys.order_id {
-                Some("order_id")
+                Some((1, "order_id"))
             } else if names(&payment.merchant_reference) {
-                Some("merchant_reference")
+                Some((2, "merchant_reference"))
             } else if names(&payment.remark) {
-                Some("remark")
+                Some((3, "remark"))
             } else {
                 None
             }
         }
         SubjectKind::Bill => {
             if payment.bill_ref_id.as_ref() == Some(&target.provider_id) {
-                Some("bill_ref_id")
+                Some((0, "bill_ref_id"))
             } else if payment.biller_ref_id.is_some() && payment.biller_ref_id == target.keys.number
             {
-                Some("biller_ref_id")
+                Some((1, "biller_ref_id"))
             } else {
                 None
             }
         }
         _ => None,
     }
+}
+
+/// The target a payment links to among `candidates`, and by which reference: the one its
+/// strongest reference names (a bill's own `refId` before the customer's `billerRefId`, which
+/// every month's bill shares), then the lowest provider and provider id, so that every arrival
+/// order makes the same choice.
+fn best_target<'a>(
+    payment: &PaymentRefs,
+    candidates: impl IntoIterator<Item = &'a Entity>,
+) -> Option<(&'a Entity, &'static str)> {
+    candidates
+        .into_iter()
+        .filter_map(|target| {
+            link_reason(payment, target).map(|(strength, reason)| (strength, target, reason))
+        })
+        .min_by_key(|&(strength, target, _)| {
+            (
+                strength,
+                target.provider.as_str(),
+                target.provider_id.as_str(),
+            )
+        })
+        .map(|(_, target, reason)| (target, reason))
 }
 
 /// What applying one fact did.
@@ -1226,15 +1246,8 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     match kind {
         SubjectKind::Payment => {
             if entity.linked_to.is_none() {
-                let mut targets = repo.targets_for(&entity.refs).await?;
-                // Several candidates: the same choice whatever the arrival order.
-                targets.sort_by(|a, b| {
-                    (&a.provider, &a.provider_id).cmp(&(&b.provider, &b.provider_id))
-                });
-                if let Some((target, reason)) = targets
-                    .iter()
-                    .find_map(|t| link_reason(&entity.refs, t).map(|reason| (t, reason)))
-                {
+                let targets = repo.targets_for(&entity.refs).await?;
+                if let Some((target, reason)) = best_target(&entity.refs, &targets) {
                     entity.linked_to = Some(target.id.clone());
                     entity.link_rule = Some(reason.to_owned());
                 }
@@ -1246,7 +1259,7 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         }
         SubjectKind::Invoice | SubjectKind::Bill => {
             for mut payment in repo.linkable_payments(&entity).await? {
-                if let Some(reason) = link_reason(&payment.refs, &entity) {
+                if let Some((_, reason)) = link_reason(&payment.refs, &entity) {
                     payment.linked_to = Some(entity.id.clone());
                     payment.link_rule = Some(reason.to_owned());
                     payment.updated_at = now;

@@ -1114,3 +1114,43 @@ proptest! {
         prop_assert_eq!(actual.conclusions.len(), 1, "exactly one settlement");
     }
 }
+
+/// Two months' bills for one customer share its `billerRefId`; the payment names this month's
+/// bill by its `refId` as well. It pays that bill, however the bills' ids sort and in whichever
+/// order they came, read ahead or asked for.
+#[test]
+fn a_payment_links_to_the_target_its_strongest_reference_names() {
+    let last_month = bill("ref_A", "CUSTOMER-7", 50_000, 0);
+    let this_month = bill("ref_B", "CUSTOMER-7", 70_000, 10);
+    let paid = succeeded_payment(
+        "sp_B",
+        70_000,
+        20,
+        "setu",
+        vec![PaymentRef::BillRefId, PaymentRef::BillerRefId],
+        PaymentReferences {
+            bill_ref_id: Some("ref_B".to_owned()),
+            biller_ref_id: Some("CUSTOMER-7".to_owned()),
+            ..PaymentReferences::default()
+        },
+    );
+    for bills in [
+        [last_month.clone(), this_month.clone()],
+        [this_month.clone(), last_month.clone()],
+    ] {
+        let facts = [bills[0].clone(), bills[1].clone(), paid.clone()];
+        for repo in [
+            run(&facts),
+            run_grouped(&facts, &[3], true),
+            run_grouped(&facts, &[2, 1], false),
+        ] {
+            let payment = repo.find(SubjectKind::Payment, "sp_B");
+            let paid_bill = repo.find(SubjectKind::Bill, "ref_B");
+            assert_eq!(payment.linked_to.as_ref(), Some(&paid_bill.id));
+            assert_eq!(payment.link_rule.as_deref(), Some("bill_ref_id"));
+            assert_eq!(paid_bill.due, Some(Amount::ZERO));
+            let other = repo.find(SubjectKind::Bill, "ref_A");
+            assert_eq!(other.due, Some(Amount::from_minor(50_000)));
+        }
+    }
+}
