@@ -1305,8 +1305,11 @@ async fn settle<R: LedgerRepo>(
     let from_payments = payments
         .iter()
         .filter(|p| p.currency == target.currency || target.currency.is_none())
+        // Counted amounts are never negative: a sum past the largest amount stays there, the
+        // same in every order, rather than dropping whichever payment came last.
         .fold(Amount::ZERO, |sum, p| {
-            sum.checked_add(p.counted).unwrap_or(sum)
+            sum.checked_add(p.counted)
+                .unwrap_or(Amount::from_minor(i64::MAX))
         });
     let amount = target.amount;
     let paid = match amount {

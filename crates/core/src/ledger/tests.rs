@@ -1154,3 +1154,40 @@ fn a_payment_links_to_the_target_its_strongest_reference_names() {
         }
     }
 }
+
+/// Payments too large to add up leave the invoice paid at the largest amount, in both orders,
+/// rather than dropping the payment that came last.
+#[test]
+fn payments_beyond_the_largest_amount_add_up_to_it_in_every_order() {
+    let huge = i64::MAX / 2 + 1;
+    let first = payment(
+        "pay_h1",
+        "succeeded",
+        huge,
+        Some("inv_h"),
+        None,
+        20,
+        Some(CAPTURED),
+        "razorpay",
+    );
+    let second = payment(
+        "pay_h2",
+        "succeeded",
+        huge + 1,
+        Some("inv_h"),
+        None,
+        30,
+        Some(CAPTURED),
+        "razorpay",
+    );
+    let issued = invoice("inv_h", "issued", 1000, 10, ISSUED);
+    for facts in [
+        [issued.clone(), first.clone(), second.clone()],
+        [issued.clone(), second.clone(), first.clone()],
+    ] {
+        let repo = run(&facts);
+        let invoice = repo.find(SubjectKind::Invoice, "inv_h");
+        assert_eq!(invoice.paid, Amount::from_minor(i64::MAX));
+        assert_eq!(invoice.due, Some(Amount::ZERO));
+    }
+}
