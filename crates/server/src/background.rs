@@ -58,7 +58,13 @@ async fn sweep_dedup(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
                 .prune_dedup(Timestamp::now(), DEDUP_SWEEP_BATCH)
                 .await
             {
-                Ok(removed) if u64::from(DEDUP_SWEEP_BATCH) <= removed => continue,
+                // A backlog of keys (after a long stop) is left for the next start rather than
+                // holding up this stop.
+                Ok(removed) if u64::from(DEDUP_SWEEP_BATCH) <= removed => {
+                    if *stopped.borrow() {
+                        return;
+                    }
+                }
                 Ok(removed) => {
                     if removed > 0 {
                         tracing::debug!(removed, "forgot expired dedup keys");

@@ -660,6 +660,12 @@ impl Config {
                 "console.session_ttl must be at least 1m".to_owned(),
             ));
         }
+        if self.ledger.unmatched_after.0 >= self.retention.max_age.0 {
+            return Err(ConfigError::Invalid(format!(
+                "ledger.unmatched_after ({}) must be shorter than retention.max_age ({}): an announcement is filed under its payment's message, which would be gone",
+                self.ledger.unmatched_after, self.retention.max_age
+            )));
+        }
         if self.ledger.sweep_every.0 < Duration::from_millis(100) {
             return Err(ConfigError::Invalid(
                 "ledger.sweep_every must be at least 100ms".to_owned(),
@@ -889,5 +895,16 @@ mod tests {
             .into_settings(Secret::new("t"))
             .unwrap_err();
         assert!(short_window.to_string().contains("at least 8 days"));
+
+        let late_announcement = Config::from_toml(
+            "[ledger]\nunmatched_after = \"31d\"\n[retention]\nmax_age = \"30d\"\n",
+        )
+        .unwrap()
+        .into_settings(Secret::new("t"))
+        .unwrap_err();
+        assert!(
+            late_announcement.to_string().contains("unmatched_after"),
+            "{late_announcement}"
+        );
     }
 }

@@ -21,17 +21,21 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then lets each connection finish
-/// the request it is on and closes it.
+/// the request it is on, for up to `request_timeout`, and closes it.
+///
+/// `request_timeout` also bounds reading each request's headers. An ingest request ends within
+/// it by its own deadline; an admin request still running after it (a client that never sends
+/// the body it announced, a long export) is left behind rather than holding the stop for ever.
 pub(crate) async fn serve(
     listener: TcpListener,
     routes: Router,
-    header_read_timeout: Duration,
+    request_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(request_timeout);
     let connections = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -65,5 +69,13 @@ pub(crate) async fn serve(
         });
     }
     drop(listener);
-    connections.shutdown().await;
+    if tokio::time::timeout(request_timeout, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            waited_ms = request_timeout.as_millis() as u64,
+            "requests still running at shutdown are cut short"
+        );
+    }
 }

@@ -652,3 +652,37 @@ async fn a_client_too_slow_with_its_headers_is_disconnected() {
     assert_eq!(status, 200);
     app.stop().await;
 }
+
+/// A request still running when billhook stops (here an admin request whose body never comes)
+/// gets the request timeout to finish, and then the stop goes on without it.
+#[tokio::test]
+async fn a_request_that_never_finishes_does_not_hold_up_the_stop() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Backend::Sqlite, "[ingest]\nrequest_timeout = \"1s\"\n").await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/endpoints HTTP/1.1\r\nHost: billhook\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server asks for the body once the handler reads it: the request is in flight.
+    let mut answer = vec![0u8; 64];
+    let read = stream.read(&mut answer).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&answer[..read])
+    );
+    stream.write_all(b"{\"url\":").await.unwrap();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), app.stop())
+        .await
+        .expect("stopped without waiting for the body");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the request had its time first: {:?}",
+        started.elapsed()
+    );
+    drop(stream);
+}
