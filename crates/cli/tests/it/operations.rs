@@ -21,6 +21,7 @@ backend_tests!(
     retention_runs_in_the_background,
     the_cli_manages_endpoints_end_to_end,
     reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do,
+    a_settlement_reached_by_reprocessing_is_counted,
 );
 
 async fn request(
@@ -712,5 +713,44 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
     assert_eq!(skipped.len(), 1, "{printed}");
     assert_eq!(skipped[0]["id"], json!(retired_id.to_string()));
     assert_eq!(skipped[0]["error"]["code"], json!("invalid_request"));
+    app.stop().await;
+}
+
+/// A quarantined message that today's code processes, and that settles its invoice, counts in
+/// the ledger's conclusions as one received would.
+async fn a_settlement_reached_by_reprocessing_is_counted(backend: Backend) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let stored = NewInbound {
+        status: InboundStatus::Quarantined,
+        provider_event: None,
+        provider_event_id: None,
+        body: Bytes::from(fixture("razorpay/invoice.paid.upi.json")),
+        error: Some(RecordedError {
+            code: "unexpected_shape".to_owned(),
+            message: "a provider change since fixed".to_owned(),
+        }),
+        ..seeded_request("razorpay", "sha256:settles", Timestamp::now())
+    };
+    let id = stored.id;
+    seed(backend, &dir, vec![(stored, Vec::new())]).await;
+    let app = spawn_app_in(backend, dir, "").await;
+    let (status, reprocessed) = app
+        .admin_post(&format!("/v1/inbound/{id}/reprocess"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{reprocessed}");
+    assert_eq!(reprocessed["outcome"], json!("processed"), "{reprocessed}");
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("billhook_ledger_conclusions_total{type=\"invoice.settled\"} 1"),
+        "{text}"
+    );
     app.stop().await;
 }

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use billhook_core::event::Reception;
+use billhook_core::event::{EventType, Reception};
 use billhook_core::ids::{EventId, InboundId};
 use billhook_core::time::Timestamp;
 use billhook_providers::InboundRequest;
@@ -420,8 +420,12 @@ async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, Ap
     let view = match app.store.reprocess(id, outcome).await? {
         ReprocessOutcome::Processed {
             event_ids,
-            concluded: _,
+            concluded,
         } => {
+            if !concluded.is_empty() {
+                app.metrics
+                    .concluded(EventType::InvoiceSettled.as_str(), concluded.len());
+            }
             app.delivery.wake();
             ReprocessView {
                 id,
