@@ -226,7 +226,7 @@ pub(crate) async fn reprocess(
         results.push(
             match client
                 .post(
-                    &format!("/v1/inbound/{}/reprocess", client::segment(&id)),
+                    &format!("/v1/inbound/{}/reprocess", client::segment(id)),
                     &json!({}),
                 )
                 .await

@@ -386,11 +386,11 @@ pub(crate) async fn recover(
 ) -> Result<(), CliError> {
     let client = client::Client::connect(remote)?;
     let since = parse_since(since)?;
-    let path = format!("/v1/endpoints/{}", client::segment(&id));
+    let path = format!("/v1/endpoints/{}", client::segment(id));
     let before = client.get(&path, &[]).await?;
     let result = client
         .post(
-            &format!("/v1/endpoints/{}/recover", client::segment(&id)),
+            &format!("/v1/endpoints/{}/recover", client::segment(id)),
             &json!({ "since": since }),
         )
         .await?;

@@ -1136,7 +1136,7 @@ fn a_payment_links_to_the_target_its_strongest_reference_names() {
     );
     for bills in [
         [last_month.clone(), this_month.clone()],
-        [this_month.clone(), last_month.clone()],
+        [this_month, last_month],
     ] {
         let facts = [bills[0].clone(), bills[1].clone(), paid.clone()];
         for repo in [
@@ -1183,7 +1183,7 @@ fn payments_beyond_the_largest_amount_add_up_to_it_in_every_order() {
     let issued = invoice("inv_h", "issued", 1000, 10, ISSUED);
     for facts in [
         [issued.clone(), first.clone(), second.clone()],
-        [issued.clone(), second.clone(), first.clone()],
+        [issued, second, first],
     ] {
         let repo = run(&facts);
         let invoice = repo.find(SubjectKind::Invoice, "inv_h");

@@ -78,22 +78,67 @@ struct Lane {
     id: EndpointId,
     /// Room for deliveries held in memory.
     slots: Arc<Semaphore>,
-    /// Concurrency permits and the cap they were sized for.
-    concurrency: Mutex<(Arc<Semaphore>, u32)>,
+    /// How many of its attempts may run at once.
+    concurrency: ConcurrencyLimit,
     queue: mpsc::UnboundedSender<Job>,
     paused_until: Mutex<Option<tokio::time::Instant>>,
     failing_since: Mutex<Option<Timestamp>>,
 }
 
-impl Lane {
-    fn concurrency(&self, cap: u32) -> Arc<Semaphore> {
-        let mut current = self.concurrency.lock().unwrap_or_else(|p| p.into_inner());
-        if current.1 != cap {
-            *current = (Arc::new(Semaphore::new(cap as usize)), cap);
+/// An endpoint's limit on attempts at once, which an operator may change while attempts hold
+/// its permits. The permits are resized rather than replaced: a new semaphore beside the old
+/// one would let the attempts already running and as many new ones run together.
+struct ConcurrencyLimit {
+    permits: Arc<Semaphore>,
+    sizing: Mutex<LimitSizing>,
+}
+
+struct LimitSizing {
+    cap: u32,
+    /// Permits out beyond a lowered cap: each is forgotten as it comes back.
+    excess: u32,
+}
+
+impl ConcurrencyLimit {
+    fn new(cap: u32) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(cap as usize)),
+            sizing: Mutex::new(LimitSizing { cap, excess: 0 }),
         }
-        Arc::clone(&current.0)
     }
 
+    /// A permit under `cap`, the endpoint's limit now; `None` if the permits are closed.
+    async fn acquire(&self, cap: u32) -> Option<OwnedSemaphorePermit> {
+        self.resize(cap);
+        loop {
+            let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+            let mut sizing = self.sizing.lock().unwrap_or_else(|p| p.into_inner());
+            if sizing.excess == 0 {
+                return Some(permit);
+            }
+            sizing.excess -= 1;
+            permit.forget();
+        }
+    }
+
+    fn resize(&self, cap: u32) {
+        let mut sizing = self.sizing.lock().unwrap_or_else(|p| p.into_inner());
+        if cap > sizing.cap {
+            let raise = cap - sizing.cap;
+            let cancelled = raise.min(sizing.excess);
+            sizing.excess -= cancelled;
+            self.permits.add_permits((raise - cancelled) as usize);
+        } else if cap < sizing.cap {
+            let lower = sizing.cap - cap;
+            let forgotten =
+                u32::try_from(self.permits.forget_permits(lower as usize)).unwrap_or(lower);
+            sizing.excess += lower - forgotten;
+        }
+        sizing.cap = cap;
+    }
+}
+
+impl Lane {
     fn pause(&self, wait: Duration) {
         let until = tokio::time::Instant::now() + wait;
         let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
@@ -619,10 +664,7 @@ impl Shared {
         let lane = Arc::new(Lane {
             id,
             slots: Arc::new(Semaphore::new(self.config.queue_per_endpoint as usize)),
-            concurrency: Mutex::new((
-                Arc::new(Semaphore::new(endpoint.max_concurrency as usize)),
-                endpoint.max_concurrency,
-            )),
+            concurrency: ConcurrencyLimit::new(endpoint.max_concurrency),
             queue,
             paused_until: Mutex::new(None),
             failing_since: Mutex::new(endpoint.failing_since),
@@ -795,12 +837,11 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
             }
             next_slot = next_slot.max(now) + Duration::from_secs(1) / rate;
         }
-        let concurrency = lane.concurrency(endpoint.max_concurrency);
         let permits = tokio::select! {
             permits = async {
-                let local = concurrency.acquire_owned().await;
+                let local = lane.concurrency.acquire(endpoint.max_concurrency).await;
                 let global = Arc::clone(&shared.in_flight).acquire_owned().await;
-                local.ok().zip(global.ok())
+                local.zip(global.ok())
             } => permits,
             _ = stopping.wait_for(|stop| *stop) => None,
         };
@@ -1253,4 +1294,58 @@ pub fn fan_out_events(events: &[billhook_store::NewEvent]) -> Vec<(FanOutEvent, 
                 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ready_within(
+        acquiring: &mut std::pin::Pin<Box<impl Future<Output = Option<OwnedSemaphorePermit>>>>,
+    ) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(Duration::from_millis(20), acquiring)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Lowering the limit while attempts run lets no new one start until those running are
+    /// under the new limit; raising it lets more start at once.
+    #[tokio::test]
+    async fn a_changed_concurrency_limit_holds_while_attempts_run() {
+        let limit = ConcurrencyLimit::new(3);
+        let mut running = Vec::new();
+        for _ in 0..3 {
+            running.push(limit.acquire(3).await.expect("a permit"));
+        }
+        let mut next = Box::pin(limit.acquire(1));
+        assert!(ready_within(&mut next).await.is_none(), "three run");
+        running.pop();
+        assert!(
+            ready_within(&mut next).await.is_none(),
+            "two run, the limit is one"
+        );
+        running.pop();
+        assert!(ready_within(&mut next).await.is_none(), "one runs");
+        running.pop();
+        let only = ready_within(&mut next)
+            .await
+            .expect("none runs: one may start");
+        let mut second = Box::pin(limit.acquire(1));
+        assert!(
+            ready_within(&mut second).await.is_none(),
+            "the limit is one"
+        );
+        drop(second);
+
+        let mut raised = Vec::new();
+        for _ in 0..2 {
+            let mut acquiring = Box::pin(limit.acquire(3));
+            raised.push(ready_within(&mut acquiring).await.expect("raised to three"));
+        }
+        let mut fourth = Box::pin(limit.acquire(3));
+        assert!(ready_within(&mut fourth).await.is_none(), "three run");
+        drop(only);
+        assert!(ready_within(&mut fourth).await.is_some());
+    }
 }

@@ -106,7 +106,7 @@ impl SqliteStore {
             .read(move |connection| {
                 let sql = format!("{} AND i.id > ?3 ORDER BY i.id LIMIT {batch}", prunable());
                 let mut statement = connection.prepare_cached(&sql).map_err(db_error)?;
-                let ids = statement
+                statement
                     .query_map(
                         params![
                             before.to_string(),
@@ -117,8 +117,7 @@ impl SqliteStore {
                     )
                     .map_err(db_error)?
                     .collect::<Result<_, _>>()
-                    .map_err(db_error);
-                ids
+                    .map_err(db_error)
             })
             .await?;
         let resume_after = if chosen.len() >= usize::try_from(batch).unwrap_or(usize::MAX) {
