@@ -482,6 +482,15 @@ impl Store {
         dispatch!(self, store => store.ledger_entities(query).await)
     }
 
+    /// Whether the listing holds more than `rows` entities, found without reading them all.
+    pub async fn ledger_listing_exceeds(
+        &self,
+        query: LedgerQuery,
+        rows: u64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, store => store.ledger_listing_exceeds(query, rows).await)
+    }
+
     /// One ledger entity by billhook's id.
     pub async fn ledger_entity(&self, id: &str) -> Result<Option<Entity>, StoreError> {
         let id = id.to_owned();

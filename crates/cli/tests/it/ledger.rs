@@ -19,6 +19,7 @@ backend_tests!(
     a_payment_no_invoice_claims_is_announced_once,
     listings_filter_find_by_reference_and_export_csv,
     the_cli_lists_invoices_and_payments,
+    a_csv_export_of_many_pages_holds_every_row_once,
 );
 
 /// Runs a scenario (TOML text) through `billhook trigger --scenario`; panics if any step fails.
@@ -585,5 +586,60 @@ async fn the_cli_lists_invoices_and_payments(backend: Backend) {
     assert!(ok, "{unmatched}");
     let page: Value = serde_json::from_str(&unmatched).unwrap();
     assert_eq!(page["data"], json!([]));
+    app.stop().await;
+}
+
+/// An export longer than a page is sent page after page: every payment once, newest first, and
+/// not marked as cut short.
+async fn a_csv_export_of_many_pages_holds_every_row_once(backend: Backend) {
+    const PAYMENTS: usize = 1_100;
+    let app = spawn_app(backend).await;
+    let template = String::from_utf8(fixture("zwitch_upi/payments.updated.json")).unwrap();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let writer = || async {
+        loop {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n >= PAYMENTS {
+                return;
+            }
+            let body = template
+                .replace("evl_tbs3NybYGbbjP5MMzptoFyU3W", &format!("evl_csv_{n}"))
+                .replace("tx_LDOr1fte7Npd5xBTS6BMGuRd6", &format!("tx_csv_{n:04}"));
+            let response = app.post_signed("zwitch", body.as_bytes(), &[]).await;
+            assert_eq!(response.status().as_u16(), 200);
+        }
+    };
+    tokio::join!(
+        writer(),
+        writer(),
+        writer(),
+        writer(),
+        writer(),
+        writer(),
+        writer(),
+        writer()
+    );
+
+    let response = app
+        .http
+        .get(app.url("/v1/payments?format=csv"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.headers().get("x-billhook-truncated").is_none());
+    let csv = response.text().await.unwrap();
+    let mut lines = csv.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("id,provider,source,provider_id")
+    );
+    let provider_ids: Vec<&str> = lines.map(|line| line.split(',').nth(3).unwrap()).collect();
+    assert_eq!(provider_ids.len(), PAYMENTS, "{csv:.300}");
+    let distinct: std::collections::BTreeSet<&str> = provider_ids.iter().copied().collect();
+    assert_eq!(distinct.len(), PAYMENTS);
     app.stop().await;
 }

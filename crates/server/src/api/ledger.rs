@@ -130,7 +130,57 @@ fn format(params: &ListParams) -> Result<Format, ApiError> {
 }
 
 /// The most rows one CSV export holds; past it the export says it was cut short.
-const MAX_EXPORT_ROWS: usize = 1_000_000;
+const MAX_EXPORT_ROWS: u64 = 1_000_000;
+
+/// A CSV export sent page by page as it is read, so that its size, up to [`MAX_EXPORT_ROWS`],
+/// is never held in memory.
+struct CsvExport {
+    app: Arc<App>,
+    query: LedgerQuery,
+    now: Timestamp,
+    /// The header line, sent with the first rows.
+    head: String,
+    /// The page to send next; the first is read before the response starts.
+    next: Option<Page<Entity>>,
+    sent: u64,
+}
+
+impl CsvExport {
+    /// The rows of the next page, read only when the client has taken the last ones. A
+    /// database failure midway ends the body without its last chunk, which the client sees
+    /// as an incomplete download.
+    async fn next_chunk(mut self) -> Option<(Result<bytes::Bytes, std::io::Error>, Self)> {
+        let mut chunk = std::mem::take(&mut self.head);
+        let page = match (self.next.take(), self.query.before.is_some()) {
+            (Some(page), _) => Some(page),
+            (None, true) => match self.app.store.ledger_entities(self.query.clone()).await {
+                Ok(page) => Some(page),
+                Err(error) => {
+                    tracing::warn!(%error, "a CSV export stopped midway");
+                    self.query.before = None;
+                    return Some((Err(std::io::Error::other("the export stopped")), self));
+                }
+            },
+            (None, false) => None,
+        };
+        if let Some(page) = page {
+            let room = MAX_EXPORT_ROWS.saturating_sub(self.sent);
+            let take = usize::try_from(room)
+                .unwrap_or(usize::MAX)
+                .min(page.items.len());
+            chunk.reserve(take * 160);
+            for entity in &page.items[..take] {
+                csv_row(entity, self.now, &mut chunk);
+            }
+            self.sent += take as u64;
+            self.query.before = page.next_cursor.filter(|_| self.sent < MAX_EXPORT_ROWS);
+        }
+        if chunk.is_empty() {
+            return None;
+        }
+        Some((Ok(bytes::Bytes::from(chunk)), self))
+    }
+}
 
 /// A listing's cursor is the id of the last entity of the page before, so an id of another kind
 /// (or no id at all) would silently give a wrong page.
@@ -172,31 +222,30 @@ pub(crate) async fn list(
             .into_response())
         }
         Format::Csv => {
-            let mut query = LedgerQuery {
+            let query = LedgerQuery {
                 limit: MAX_LIMIT,
                 before: None,
                 ..query
             };
-            let mut csv = String::new();
-            csv_header(kind, &mut csv);
-            let mut rows = 0;
-            let mut truncated = false;
-            loop {
-                let Page { items, next_cursor } = app.store.ledger_entities(query.clone()).await?;
-                for entity in &items {
-                    csv_row(entity, now, &mut csv);
-                }
-                rows += items.len();
-                match next_cursor {
-                    Some(cursor) if rows < MAX_EXPORT_ROWS => query.before = Some(cursor),
-                    Some(_) => {
-                        truncated = true;
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            let mut response = csv.into_response();
+            // Known before the first row is sent, as a header must be.
+            let truncated = app
+                .store
+                .ledger_listing_exceeds(query.clone(), MAX_EXPORT_ROWS)
+                .await?;
+            // The first page before answering, so a failing query is still a status code.
+            let first = app.store.ledger_entities(query.clone()).await?;
+            let mut head = String::new();
+            csv_header(kind, &mut head);
+            let export = CsvExport {
+                app: Arc::clone(&app),
+                query,
+                now,
+                head,
+                next: Some(first),
+                sent: 0,
+            };
+            let body = futures_util::stream::unfold(export, CsvExport::next_chunk);
+            let mut response = axum::body::Body::from_stream(body).into_response();
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,

@@ -674,37 +674,7 @@ impl PgStore {
     ) -> Result<Page<Entity>, StoreError> {
         let client = self.client().await?;
         let limit = clamp_limit(query.limit);
-        let mut filters = Filters::default();
-        // The kind's range of ids is what the primary key serves the listing by (migration 8).
-        // Only entities of the kind have ids in it, so the kind is not compared as well: the
-        // planner, taking the two for independent, would think the listing selects few rows and
-        // sort all of them instead of reading the newest first.
-        let (lower, upper) = id_bounds(query.kind);
-        filters.add("id", ">", Some(lower.to_owned()));
-        filters.add("id", "<", Some(upper));
-        let closed = CLOSED_UNPAID
-            .iter()
-            .map(|s| format!("'{s}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let unpaid = format!("(due IS NULL OR due > 0) AND COALESCE(status, '') NOT IN ({closed})");
-        match &query.filter {
-            LedgerFilter::All => {}
-            LedgerFilter::Outstanding => filters.add_clause(unpaid),
-            LedgerFilter::Overdue => {
-                filters.add_clause(unpaid);
-                filters.add("due_by", "<", Some(query.now.unix_millis()));
-            }
-            LedgerFilter::Paid => filters.add_clause("due = 0".to_owned()),
-            LedgerFilter::Unmatched => {
-                filters.add_clause("counted > 0 AND linked_to IS NULL".to_owned())
-            }
-            LedgerFilter::Status(status) => filters.add("status", "=", Some(status.clone())),
-        }
-        filters.add("provider", "=", query.provider.clone());
-        filters.add("source", "=", query.source.clone());
-        filters.add_any(&["provider_id", "number"], query.reference.clone());
-        filters.add("id", "<", query.before.clone());
+        let filters = listing_filters(&query);
         let condition = filters.sql().trim_start_matches("WHERE ").to_owned();
         let mut items = query_entities(
             &client,
@@ -713,6 +683,28 @@ impl PgStore {
         )
         .await?;
         Ok(paginate(&mut items, limit, |e| e.id.clone()))
+    }
+
+    pub(crate) async fn ledger_listing_exceeds(
+        &self,
+        query: LedgerQuery,
+        rows: u64,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let filters = listing_filters(&query);
+        let condition = filters.sql().trim_start_matches("WHERE ").to_owned();
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM ledger_entities WHERE {condition}
+                    ORDER BY id DESC LIMIT 1 OFFSET {rows})"
+            ))
+            .await
+            .map_err(pg_error)?;
+        Ok(client
+            .query_one(&statement, &filters.params())
+            .await
+            .map_err(pg_error)?
+            .get(0))
     }
 
     pub(crate) async fn ledger_entity(&self, id: String) -> Result<Option<Entity>, StoreError> {
@@ -805,4 +797,40 @@ impl PgStore {
         transaction.commit().await.map_err(pg_error)?;
         Ok(true)
     }
+}
+
+/// The conditions of a ledger listing, its cursor included.
+fn listing_filters(query: &LedgerQuery) -> Filters {
+    let mut filters = Filters::default();
+    // The kind's range of ids is what the primary key serves the listing by (migration 8).
+    // Only entities of the kind have ids in it, so the kind is not compared as well: the
+    // planner, taking the two for independent, would think the listing selects few rows and
+    // sort all of them instead of reading the newest first.
+    let (lower, upper) = id_bounds(query.kind);
+    filters.add("id", ">", Some(lower.to_owned()));
+    filters.add("id", "<", Some(upper));
+    let closed = CLOSED_UNPAID
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let unpaid = format!("(due IS NULL OR due > 0) AND COALESCE(status, '') NOT IN ({closed})");
+    match &query.filter {
+        LedgerFilter::All => {}
+        LedgerFilter::Outstanding => filters.add_clause(unpaid),
+        LedgerFilter::Overdue => {
+            filters.add_clause(unpaid);
+            filters.add("due_by", "<", Some(query.now.unix_millis()));
+        }
+        LedgerFilter::Paid => filters.add_clause("due = 0".to_owned()),
+        LedgerFilter::Unmatched => {
+            filters.add_clause("counted > 0 AND linked_to IS NULL".to_owned())
+        }
+        LedgerFilter::Status(status) => filters.add("status", "=", Some(status.clone())),
+    }
+    filters.add("provider", "=", query.provider.clone());
+    filters.add("source", "=", query.source.clone());
+    filters.add_any(&["provider_id", "number"], query.reference.clone());
+    filters.add("id", "<", query.before.clone());
+    filters
 }

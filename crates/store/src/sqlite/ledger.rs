@@ -629,6 +629,26 @@ impl SqliteStore {
         .await
     }
 
+    pub(crate) async fn ledger_listing_exceeds(
+        &self,
+        query: LedgerQuery,
+        rows: u64,
+    ) -> Result<bool, StoreError> {
+        self.read(move |connection| {
+            let (condition, values) = listing_condition(&query);
+            connection
+                .prepare_cached(&format!(
+                    "SELECT EXISTS (SELECT 1 FROM ledger_entities WHERE {condition}
+                        ORDER BY id DESC LIMIT 1 OFFSET {rows})"
+                ))
+                .and_then(|mut statement| {
+                    statement.query_row(params_from_iter(values), |row| row.get::<_, bool>(0))
+                })
+                .map_err(db_error)
+        })
+        .await
+    }
+
     pub(crate) async fn ledger_entity(&self, id: String) -> Result<Option<Entity>, StoreError> {
         self.read(move |connection| {
             Ok(

@@ -329,6 +329,15 @@ fn a_bill_whose_fetch_failed_is_not_outstanding() {
             };
             assert_eq!(listed(LedgerFilter::All).await.len(), 2);
             assert_eq!(listed(LedgerFilter::Outstanding).await, ["bill_ok"]);
+            // An export asks whether a listing runs past its limit without reading it.
+            let exceeds = |filter: LedgerFilter, rows: u64| {
+                let query = query(SubjectKind::Bill, filter);
+                async move { store.ledger_listing_exceeds(query, rows).await.unwrap() }
+            };
+            assert!(exceeds(LedgerFilter::All, 1).await);
+            assert!(!exceeds(LedgerFilter::All, 2).await);
+            assert!(!exceeds(LedgerFilter::Outstanding, 1).await);
+            assert!(exceeds(LedgerFilter::Outstanding, 0).await);
         }
     });
 }
