@@ -101,11 +101,23 @@ pub(crate) fn stored_admin_token(data_dir: &Path) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
-/// Writes a file only its owner can read: it holds secrets.
-fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
+/// Creates a directory only its owner can enter, as the data directory must be: it holds the
+/// database, with the endpoints' signing secrets and every raw body. One that exists is left
+/// as it is.
+pub(crate) fn create_private_dir(path: &Path) -> Result<(), CliError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(path)
+        .map_err(|e| CliError::Io(format!("cannot create {}: {e}", path.display())))
+}
+
+/// Writes a new file only its owner can read: it holds secrets.
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| CliError::Io(format!("cannot create {}: {e}", parent.display())))?;
+        create_private_dir(parent)?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

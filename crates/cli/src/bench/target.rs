@@ -62,8 +62,7 @@ impl Target {
         let stamp = billhook_core::time::Timestamp::now().unix_millis();
         let data_dir =
             std::env::temp_dir().join(format!("billhook-bench-{}-{stamp}", std::process::id()));
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| CliError::Io(format!("{}: {e}", data_dir.display())))?;
+        crate::serve::create_private_dir(&data_dir)?;
         let mut text = starter_config();
         text.push_str(&format!(
             "\n[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\nmax_in_flight = {}\n",
@@ -77,8 +76,8 @@ impl Target {
             ));
         }
         let config_path = data_dir.join(billhook_server::config::CONFIG_FILE);
-        std::fs::write(&config_path, &text)
-            .map_err(|e| CliError::Io(format!("{}: {e}", config_path.display())))?;
+        // It holds every source's secret and the endpoint's.
+        crate::serve::write_private(&config_path, &text)?;
         let config = Config::from_toml(&text)?;
 
         let schema = match launch.postgres {

@@ -180,11 +180,16 @@ fn the_first_run_writes_a_starter_config_and_shows_the_token_once() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(data_dir.join("admin-token"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o077, 0, "the token file is private");
+        let mode = |name: &str| {
+            std::fs::metadata(data_dir.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+        };
+        assert_eq!(mode("admin-token") & 0o077, 0, "the token file is private");
+        // The database holds the endpoints' secrets and every raw body.
+        assert_eq!(mode("") & 0o777, 0o700, "the data directory is private");
+        assert_eq!(mode("billhook.db") & 0o077, 0, "the database is private");
     }
     assert!(data_dir.join("billhook.db").exists());
 

@@ -267,10 +267,15 @@ fn lock_exclusively(database: &Path) -> Result<std::fs::File, StoreError> {
     lock_path.push("-lock");
     let lock_path = PathBuf::from(lock_path);
     if let Some(directory) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(directory).map_err(|e| {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(directory).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", directory.display()))
         })?;
     }
+    create_private(database)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -632,6 +637,24 @@ fn checkpoint(connection: &Connection, mode: &str) -> Option<CheckpointProgress>
         .ok()
 }
 
+/// Creates the database file, when it is new, readable by its owner only: it holds the
+/// endpoints' signing secrets and every raw body. SQLite gives its WAL and shared-memory files
+/// the database file's permissions.
+fn create_private(database: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(database) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(StoreError::Unavailable(format!(
+            "cannot create {}: {error}",
+            database.display()
+        ))),
+    }
+}
+
 /// Opens the writer's connection; the directory exists already (see [`lock_exclusively`]).
 fn open_writer(path: &Path, target: u32) -> Result<Connection, StoreError> {
     let connection = Connection::open(path)
@@ -936,6 +959,32 @@ mod tests {
         let closed = store.ping().await.expect_err("a closed store is not ready");
         assert!(closed.to_string().contains("writer"), "{closed}");
         assert_eq!(numbers(&dir.path().join("billhook.db")), vec![1, 3, 4]);
+    }
+
+    /// A new database and the directory made for it are its owner's alone: they hold the
+    /// endpoints' signing secrets and every raw body.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_new_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("made/for/it/billhook.db");
+        let store = SqliteStore::open(&path, None).await.expect("open");
+        create_numbers(&store).await.expect("create table");
+        store.write(insert(1, false)).await.expect("insert");
+        let mode = |path: &Path| {
+            std::fs::metadata(path)
+                .expect("exists")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(path.parent().expect("a directory")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        assert_eq!(mode(Path::new(&wal)), 0o600);
+        store.close().await;
     }
 
     /// A second store on the same file is refused while the first is open, and opens once the
