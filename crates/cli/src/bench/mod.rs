@@ -92,9 +92,11 @@ pub(crate) struct BenchArgs {
     /// How long to wait for acknowledged events still to arrive after the last progress.
     #[arg(long, default_value = "30s")]
     drain_timeout: HumanDuration,
-    /// Seed for the generated messages.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Seed for the generated messages (their ids and contents); a new one each run unless
+    /// given, so a second run against the same server is not refused as duplicates. The report
+    /// names the seed used.
+    #[arg(long)]
+    seed: Option<u64>,
     /// Keep the started server's data directory (and PostgreSQL schema) for inspection.
     #[arg(long)]
     keep: bool,
@@ -117,9 +119,13 @@ struct Report {
     provider: String,
     mode: String,
     concurrency: u32,
+    /// What the messages were generated from: `--seed` gives the same messages again.
+    seed: u64,
     warmup_messages: u64,
     /// Messages sent in the measured window, and how long sending them took.
     messages: u64,
+    /// Of those, acknowledged as new (2xx, neither a duplicate nor quarantined).
+    acknowledged: u64,
     send_ms: u64,
     /// With --duration: the messages built ahead ran out before the time was up.
     ran_out: bool,
@@ -273,7 +279,36 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
             "{} delivery signature(s) did not verify",
             delivery.signatures.bad
         ))),
-        _ => Ok(()),
+        _ => refused(&report).map_or(Ok(()), |why| Err(CliError::Usage(why))),
+    }
+}
+
+/// Why a run measured nothing worth its figures: nothing acknowledged (wrong secrets, every
+/// message a duplicate of an earlier run's), or more than one message in a hundred failed.
+fn refused(report: &Report) -> Option<String> {
+    let failed: u64 = report.errors.values().sum();
+    let kinds = || {
+        report
+            .errors
+            .iter()
+            .map(|(kind, count)| format!("{kind} {count}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if report.messages > 0 && report.acknowledged == 0 {
+        Some(format!(
+            "none of {} messages was acknowledged ({})",
+            report.messages,
+            kinds()
+        ))
+    } else if failed.saturating_mul(100) > report.messages {
+        Some(format!(
+            "{failed} of {} messages failed ({})",
+            report.messages,
+            kinds()
+        ))
+    } else {
+        None
     }
 }
 
@@ -309,8 +344,9 @@ async fn measure(
         })
     };
 
+    let seed = args.seed.unwrap_or_else(rand::random);
     // Warm-up: connections, caches, and for --duration a first reading of the pace.
-    let warmup = phase(build(&mix, &sources, 0..args.warmup, args.seed)?, false);
+    let warmup = phase(build(&mix, &sources, 0..args.warmup, seed)?, false);
     let warmup_started = Instant::now();
     send_range(&warmup, args, None).await;
     let warmup_pace = per_second(
@@ -326,12 +362,7 @@ async fn measure(
         (None, None, _) => 20_000,
     };
     let run = phase(
-        build(
-            &mix,
-            &sources,
-            args.warmup..args.warmup + measured,
-            args.seed,
-        )?,
+        build(&mix, &sources, args.warmup..args.warmup + measured, seed)?,
         true,
     );
 
@@ -433,8 +464,10 @@ async fn measure(
             None => format!("closed loop, {} connections", args.concurrency),
         },
         concurrency: args.concurrency,
+        seed,
         warmup_messages: args.warmup,
         messages: sent,
+        acknowledged,
         send_ms: u64::try_from(send_elapsed.as_millis()).unwrap_or(u64::MAX),
         ran_out: args
             .duration

@@ -97,22 +97,21 @@ async fn a_bench_run_delivers_every_acknowledged_event_once(backend: Backend) {
 
 async fn a_running_billhook_can_be_measured_at_a_fixed_rate(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (ok, output) = app
-        .cli(&[
-            "bench",
-            "--events",
-            "150",
-            "--warmup",
-            "10",
-            "--rate",
-            "300",
-            "--concurrency",
-            "8",
-            "--provider",
-            "zwitch",
-            "--json",
-        ])
-        .await;
+    let args = [
+        "bench",
+        "--events",
+        "150",
+        "--warmup",
+        "10",
+        "--rate",
+        "300",
+        "--concurrency",
+        "8",
+        "--provider",
+        "zwitch",
+        "--json",
+    ];
+    let (ok, output) = app.cli(&args).await;
     assert!(ok, "{output}");
     let figures: Value = serde_json::from_str(output.lines().next().unwrap()).unwrap();
     assert_complete(&figures, 150, &output);
@@ -127,4 +126,22 @@ async fn a_running_billhook_can_be_measured_at_a_fixed_rate(backend: Backend) {
     // Every message reached the ledger of the measured billhook.
     let (_, events) = app.admin_get("/v1/events?source=zwitch&limit=500").await;
     assert!(events["data"].as_array().unwrap().len() >= 160, "{events}");
+
+    // A second run makes new messages, so the server takes them as new.
+    let (ok, again) = app.cli(&args).await;
+    assert!(ok, "{again}");
+    let second: Value = serde_json::from_str(again.lines().next().unwrap()).unwrap();
+    assert_complete(&second, 150, &again);
+    assert_ne!(second["seed"], figures["seed"]);
+    // The first run's seed again: every message is a duplicate, nothing is measured, and the
+    // bench fails rather than report figures of nothing.
+    let seed = figures["seed"].to_string();
+    let mut repeat = args.to_vec();
+    repeat.extend(["--seed", &seed]);
+    let (ok, repeated) = app.cli(&repeat).await;
+    assert!(!ok, "{repeated}");
+    assert!(
+        repeated.contains("none of 150 messages was acknowledged (duplicate 150)"),
+        "{repeated}"
+    );
 }
