@@ -38,8 +38,11 @@ impl Client {
                         .to_owned(),
                 )
             })?;
+        // The admin API never redirects; following one could take the bearer token elsewhere.
         let http = reqwest::Client::builder()
             .user_agent(concat!("billhook-cli/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(120))
             .build()
             .map_err(|e| CliError::Io(e.to_string()))?;
         Ok(Self { http, base, token })

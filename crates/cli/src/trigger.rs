@@ -80,6 +80,8 @@ pub(crate) struct TriggerArgs {
 #[derive(Debug, Clone)]
 struct Request {
     url: String,
+    /// The URL as it may be shown: a path token replaced by `…`.
+    shown_url: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -135,7 +137,7 @@ pub(crate) async fn trigger(args: TriggerArgs) -> Result<(), CliError> {
         // Only printing: show the request as it would go to a source named after the provider.
         target.source = Some(provider.name().to_owned());
     }
-    let request = target.request(provider, &generated, &Sending::new(&args, &config), now)?;
+    let request = target.request(provider, &generated, &Sending::new(&args, &config))?;
     if args.print {
         output::write(&http_text(&request)?);
         if args.to.is_none() {
@@ -146,10 +148,7 @@ pub(crate) async fn trigger(args: TriggerArgs) -> Result<(), CliError> {
     if args.json {
         output::pretty(&json!({ "status": status, "body": body }));
     } else {
-        output::line(&format!(
-            "HTTP {status} from {}",
-            target.shown_url(&request.url)
-        ));
+        output::line(&format!("HTTP {status} from {}", request.shown_url));
         if !body.is_null() {
             output::line(&body.to_string());
         }
@@ -268,7 +267,6 @@ impl Target {
         provider: &dyn Provider,
         generated: &Generated,
         sending: &Sending<'_>,
-        now: Timestamp,
     ) -> Result<Request, CliError> {
         let body = generated.body();
         let url = match (sending.to, &self.source) {
@@ -299,7 +297,9 @@ impl Target {
         }
         let mut headers = generated.headers.clone();
         if let Some(auth) = &self.auth {
-            headers.extend(provider.sign(auth, &body, now));
+            // Signed now whatever `--at` says of the message: a credential issued in the past
+            // (a JWT's `iat`) is refused.
+            headers.extend(provider.sign(auth, &body, Timestamp::now()));
         }
         for header in sending.headers {
             let (name, value) = header.split_once(':').ok_or_else(|| {
@@ -307,7 +307,12 @@ impl Target {
             })?;
             headers.push((name.trim().to_owned(), value.trim().to_owned()));
         }
-        Ok(Request { url, headers, body })
+        Ok(Request {
+            shown_url: self.shown_url(&url),
+            url,
+            headers,
+            body,
+        })
     }
 }
 
@@ -340,9 +345,14 @@ fn http_text(request: &Request) -> Result<String, CliError> {
     Ok(text)
 }
 
+/// Sends one request as a provider would: a redirect is an answer, not followed (following
+/// one would turn the POST into a GET without its body, or carry the credentials elsewhere),
+/// and an answer that never comes fails after [`SEND_TIMEOUT`].
 async fn send(request: &Request) -> Result<(u16, Value), CliError> {
     let client = reqwest::Client::builder()
         .user_agent(concat!("billhook-trigger/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(SEND_TIMEOUT)
         .build()
         .map_err(|e| CliError::Io(e.to_string()))?;
     let mut builder = client.post(&request.url).body(request.body.clone());
@@ -350,8 +360,8 @@ async fn send(request: &Request) -> Result<(u16, Value), CliError> {
         builder = builder.header(name, value);
     }
     let response = builder.send().await.map_err(|e| CliError::Unreachable {
-        url: request.url.clone(),
-        reason: e.to_string(),
+        url: request.shown_url.clone(),
+        reason: e.without_url().to_string(),
     })?;
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
@@ -362,6 +372,9 @@ async fn send(request: &Request) -> Result<(u16, Value), CliError> {
     });
     Ok((status, body))
 }
+
+/// How long `trigger` waits for the target's answer.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Plays a scenario file step by step, checking each step's expectations.
 async fn play(
@@ -381,11 +394,17 @@ async fn play(
     let mut messages: HashMap<String, Value> = HashMap::new();
     let mut requests: HashMap<String, Request> = HashMap::new();
     let mut results = Vec::new();
+    // Each step's messages carry the time it is sent at: the start (or `--at`) plus the delays
+    // so far, which is the same in every run.
+    let started_at = options.now;
+    let mut waited = std::time::Duration::ZERO;
     for step in &scenario.steps {
         let wait = step.delay().map_err(|e| CliError::Usage(e.to_string()))?;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        waited += wait;
+        options.now = started_at.add(waited);
         let (request, label) = match &step.resend {
             Some(earlier) => {
                 let request = requests.get(earlier).cloned().ok_or_else(|| {
@@ -402,12 +421,7 @@ async fn play(
                     .map_err(|e| CliError::Usage(e.to_string()))?;
                 let source = step.source.as_deref().or(args.source.as_deref());
                 let target = Target::resolve(provider, source, args.secret.as_deref(), config)?;
-                let request = target.request(
-                    provider,
-                    &generated,
-                    &Sending::new(args, config),
-                    options.now,
-                )?;
+                let request = target.request(provider, &generated, &Sending::new(args, config))?;
                 messages.insert(step.name.clone(), generated.json);
                 (request, format!("{} {}", step.provider, step.event))
             }

@@ -1,6 +1,8 @@
 //! The provider emulator through the real `billhook trigger` binary.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use billhook_providers::auth::hex_hmac;
 use serde_json::{Value, json};
@@ -11,6 +13,7 @@ use crate::helpers::*;
 backend_tests!(
     every_listed_event_round_trips_through_a_billhook_server,
     every_shipped_scenario_runs_green,
+    a_message_dated_in_the_past_is_signed_now,
 );
 
 /// The canonical types each emulated event must become (for its default variant and others).
@@ -208,4 +211,82 @@ async fn trigger_sends_exactly_the_request_it_prints() {
         again.split_once("\r\n\r\n").unwrap().1.as_bytes(),
         printed_body
     );
+}
+
+/// A redirect is the target's answer, as it would be to a provider: `trigger` does not follow
+/// it (following would turn the POST into a GET without its body) and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_does_not_follow_a_redirect() {
+    let receiver = Receiver::start(Arc::new(|_| {
+        (
+            302,
+            vec![("location", "/elsewhere".to_owned())],
+            Some(Duration::ZERO),
+        )
+    }))
+    .await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .args([
+            "trigger",
+            "razorpay",
+            "invoice.paid",
+            "--secret",
+            RAZORPAY_SECRET,
+            "--to",
+            &receiver.url,
+        ])
+        .env_remove("BILLHOOK_URL")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("HTTP 302"), "{printed}");
+    assert_eq!(receiver.count(), 1, "the redirect was not followed");
+}
+
+/// A message dated in the past with `--at` is still signed now: a Setu JWT issued at that date
+/// would be refused as too old.
+async fn a_message_dated_in_the_past_is_signed_now(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (ok, printed) = app
+        .cli(&[
+            "trigger",
+            "setu_bbps",
+            "BILL_PAY",
+            "--source",
+            "setu-jwt",
+            "--at",
+            "2025-01-01T00:00:00+05:30",
+        ])
+        .await;
+    assert!(ok, "{printed}");
+    assert!(printed.contains("HTTP 202"), "{printed}");
+    app.stop().await;
+}
+
+/// A CamInvoice source's path token is its credential: an unreachable target's error names
+/// the URL without it.
+#[tokio::test]
+async fn an_unreachable_target_is_named_without_its_path_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("billhook.toml");
+    std::fs::write(&config, test_config(dir.path())).unwrap();
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = closed.local_addr().unwrap();
+    drop(closed);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .args(["trigger", "caminvoice", "DOCUMENT.RECEIVED", "--config"])
+        .arg(&config)
+        .env("BILLHOOK_URL", format!("http://{address}"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(printed.contains("/ingest/caminvoice/…"), "{printed}");
+    assert!(!printed.contains(CAMINVOICE_TOKEN), "{printed}");
 }
