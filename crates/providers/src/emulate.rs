@@ -167,6 +167,10 @@ pub enum EmulateError {
     MalformedOverride(String),
     #[error("`--set {path}`: {reason}")]
     BadOverridePath { path: String, reason: String },
+    #[error(
+        "`{0}` cannot be sent digit for digit as a JSON number here; quote it to send it as a string"
+    )]
+    InexactNumber(String),
 }
 
 /// The list of event names, for error messages.
@@ -190,6 +194,76 @@ pub fn find_event(
         })
 }
 
+/// The first number in the JSON `text` that a [`Value`] would not carry digit for digit: an
+/// integer beyond 64 bits, or a decimal with more significant digits than a double keeps.
+/// Money and big ids must survive exactly, so such a number is refused rather than rounded.
+pub fn inexact_number(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let (mut index, mut in_string, mut escaped) = (0, false, false);
+    while index < bytes.len() {
+        let byte = bytes[index];
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            index += 1;
+        } else if byte == b'"' {
+            in_string = true;
+            index += 1;
+        } else if byte == b'-' || byte.is_ascii_digit() {
+            let start = index;
+            while index < bytes.len()
+                && matches!(bytes[index], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+            {
+                index += 1;
+            }
+            let token = &text[start..index];
+            let carried = serde_json::from_str::<Value>(token)
+                .ok()
+                .map(|value| value.to_string());
+            if carried.is_none_or(|carried| decimal_digits(&carried) != decimal_digits(token)) {
+                return Some(token);
+            }
+        } else {
+            index += 1;
+        }
+    }
+    None
+}
+
+/// A JSON number's value as sign, significant digits and the power of ten of the last one, so
+/// that `1180.50`, `1180.5` and `1.1805e3` compare equal.
+fn decimal_digits(number: &str) -> (bool, String, i64) {
+    let (negative, unsigned) = match number.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, number),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (
+            &unsigned[..at],
+            unsigned[at + 1..].parse::<i64>().unwrap_or(0),
+        ),
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{whole}{fraction}");
+    let fraction_len = i64::try_from(fraction.len()).unwrap_or(i64::MAX);
+    let trimmed_end = digits.trim_end_matches('0');
+    let trailing = i64::try_from(digits.len() - trimmed_end.len()).unwrap_or(0);
+    let significant = trimmed_end.trim_start_matches('0');
+    if significant.is_empty() {
+        return (false, String::new(), 0);
+    }
+    (
+        negative,
+        significant.to_owned(),
+        exponent - fraction_len + trailing,
+    )
+}
+
 /// Parses a provider sample shipped with billhook into a value to build from.
 pub fn template(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
@@ -209,7 +283,15 @@ impl Override {
             .split_once('=')
             .filter(|(path, _)| !path.is_empty())
             .ok_or_else(|| EmulateError::MalformedOverride(text.to_owned()))?;
-        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+        let value = match serde_json::from_str(value) {
+            Ok(json) => {
+                if let Some(number) = inexact_number(value) {
+                    return Err(EmulateError::InexactNumber(number.to_owned()));
+                }
+                json
+            }
+            Err(_) => Value::String(value.to_owned()),
+        };
         Ok(Self {
             path: path.to_owned(),
             value,
@@ -292,6 +374,34 @@ pub(crate) fn set(root: &mut Value, path: &str, value: impl Into<Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_a_value_cannot_carry_exactly_are_refused() {
+        for exact in [
+            "50000",
+            "1180.5",
+            "1180.50",
+            "-3.69",
+            "699158487875191900",
+            "1e3",
+            "{\"amount\": 3.69, \"id\": 18446744073709551615}",
+            "\"12345678901234567.89\"",
+            "[\"a\\\"1e400\"]",
+        ] {
+            assert_eq!(inexact_number(exact), None, "{exact}");
+            Override::parse(&format!("data.x={exact}")).expect(exact);
+        }
+        for inexact in [
+            "37492803268785177510",
+            "12345678901234567.89",
+            "0.12345678901234567",
+            "{\"amount\": 1.00000000000000001}",
+        ] {
+            assert!(inexact_number(inexact).is_some(), "{inexact}");
+            let refused = Override::parse(&format!("data.x={inexact}")).unwrap_err();
+            assert!(refused.to_string().contains("quote it"), "{refused}");
+        }
+    }
     use serde_json::json;
 
     #[test]

@@ -117,6 +117,11 @@ impl Scenario {
     /// Parses a scenario from TOML, or from JSON when `json` is set.
     pub fn parse(text: &str, json: bool) -> Result<Self, ScenarioError> {
         let scenario: Scenario = if json {
+            if let Some(number) = crate::emulate::inexact_number(text) {
+                return Err(ScenarioError::Parse(format!(
+                    "`{number}` cannot be sent digit for digit as a JSON number; quote it to send it as a string"
+                )));
+            }
             serde_json::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?
         } else {
             toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?
@@ -244,8 +249,10 @@ fn resolve(
             reference: reference.to_owned(),
         })
     };
+    // A whole reference takes the value with its type; `${a.b} {c}` only looks like one.
     if let Some(reference) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}'))
         && !reference.contains("${")
+        && !reference.contains('}')
     {
         return find(reference);
     }
@@ -292,6 +299,7 @@ delay = "10ms"
 "payload.invoice.entity.id" = "${first.payload.invoice.entity.id}"
 "payload.invoice.entity.amount" = "${first.payload.invoice.entity.amount}"
 "payload.invoice.entity.description" = "second half of ${first.payload.invoice.entity.id}"
+"payload.invoice.entity.notes" = "${first.payload.invoice.entity.id} {paid in full}"
 "#;
 
     #[test]
@@ -321,9 +329,27 @@ delay = "10ms"
             ))
         );
         assert_eq!(
+            invoice["notes"],
+            json!(format!(
+                "{} {{paid in full}}",
+                invoice["id"].as_str().unwrap()
+            ))
+        );
+        assert_eq!(
             scenario.steps[1].delay().unwrap(),
             Duration::from_millis(10)
         );
+    }
+
+    /// A JSON scenario's numbers are sent as written or not at all.
+    #[test]
+    fn a_json_scenario_with_a_number_a_message_cannot_carry_is_refused() {
+        let exact = r#"{"name": "n", "step": [{"name": "a", "provider": "setu_bbps",
+            "event": "BILL_FETCH", "set": {"data.bill.amount": 60500}}]}"#;
+        Scenario::parse(exact, true).unwrap();
+        let inexact = exact.replace("60500", "37492803268785177510");
+        let refused = Scenario::parse(&inexact, true).unwrap_err().to_string();
+        assert!(refused.contains("37492803268785177510"), "{refused}");
     }
 
     #[test]
