@@ -203,17 +203,28 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
     match command {
         EndpointsCommand::List { remote } => {
             let client = client::Client::connect(&remote)?;
-            let page = client
-                .get("/v1/endpoints", &[("limit", "500".to_owned())])
-                .await?;
+            // Every endpoint, page after page: a list that stopped at the first page would
+            // hide the rest without a word.
+            let mut endpoints = Vec::new();
+            let mut query = vec![("limit", "500".to_owned())];
+            loop {
+                let mut page = client.get("/v1/endpoints", &query).await?;
+                if let Some(data) = page["data"].as_array_mut() {
+                    endpoints.append(data);
+                }
+                match page["next_cursor"].as_str() {
+                    Some(cursor) => {
+                        query = vec![("limit", "500".to_owned()), ("cursor", cursor.to_owned())]
+                    }
+                    None => break,
+                }
+            }
             if remote.json {
-                output::pretty(&page);
+                output::pretty(&serde_json::json!({ "data": endpoints, "next_cursor": null }));
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = page["data"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let rows: Vec<Vec<String>> = endpoints
+                .iter()
                 .map(|e| {
                     vec![
                         text(&e["id"]),

@@ -222,9 +222,25 @@ impl Target {
         config: &Config,
     ) -> Result<Self, CliError> {
         let configured: Option<&SourceConfig> = match source {
-            Some(name) => Some(config.sources.iter().find(|s| s.name == name).ok_or_else(
-                || CliError::Usage(format!("no source named `{name}` in the configuration")),
-            )?),
+            Some(name) => {
+                let named = config
+                    .sources
+                    .iter()
+                    .find(|s| s.name == name)
+                    .ok_or_else(|| {
+                        CliError::Usage(format!("no source named `{name}` in the configuration"))
+                    })?;
+                // Its credential would sign a message of another kind: refused, and never
+                // what was meant.
+                if named.provider != provider.name() {
+                    return Err(CliError::Usage(format!(
+                        "source `{name}` takes {} webhooks, not {}",
+                        named.provider,
+                        provider.name()
+                    )));
+                }
+                Some(named)
+            }
             None => config
                 .sources
                 .iter()

@@ -290,3 +290,31 @@ async fn an_unreachable_target_is_named_without_its_path_token() {
     assert!(printed.contains("/ingest/caminvoice/…"), "{printed}");
     assert!(!printed.contains(CAMINVOICE_TOKEN), "{printed}");
 }
+
+/// `--source` must name a source of the message's provider: another's credential would sign a
+/// message of another kind, which was never what was meant.
+#[test]
+fn a_source_of_another_provider_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("billhook.toml");
+    std::fs::write(&config, test_config(dir.path())).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .args([
+            "trigger",
+            "razorpay",
+            "invoice.paid",
+            "--source",
+            "zwitch",
+            "--print",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let printed = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        printed.contains("source `zwitch` takes zwitch webhooks, not razorpay"),
+        "{printed}"
+    );
+}

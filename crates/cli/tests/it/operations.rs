@@ -754,3 +754,58 @@ async fn a_settlement_reached_by_reprocessing_is_counted(backend: Backend) {
     );
     app.stop().await;
 }
+
+/// `endpoints list` shows every endpoint, past the API's largest page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_every_endpoint_past_one_page() {
+    const ENDPOINTS: usize = 501;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let store = Store::open(&database_in(Backend::Sqlite, dir.path()).await)
+        .await
+        .unwrap();
+    // Created together, so they share the writer's commits.
+    let mut creating = tokio::task::JoinSet::new();
+    for n in 0..ENDPOINTS {
+        let store = store.clone();
+        creating.spawn(async move {
+            store
+                .create_endpoint(billhook_store::NewEndpoint {
+                    id: billhook_core::ids::EndpointId::new(),
+                    name: None,
+                    url: format!("https://subscriber.example/hooks/{n}"),
+                    description: String::new(),
+                    event_types: vec!["*".to_owned()],
+                    sources: None,
+                    format: "canonical".to_owned(),
+                    headers: Vec::new(),
+                    rate_limit: None,
+                    max_concurrency: None,
+                    enabled: true,
+                    secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
+                    now: Timestamp::now(),
+                })
+                .await
+                .unwrap();
+        });
+    }
+    creating.join_all().await;
+    store.close().await;
+    let app = spawn_app_in(Backend::Sqlite, dir, "").await;
+    let (ok, printed) = app.cli(&["endpoints", "list", "--json"]).await;
+    assert!(ok, "{printed}");
+    let listed: Value = serde_json::from_str(&printed).unwrap();
+    let urls: std::collections::BTreeSet<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(urls.len(), ENDPOINTS);
+    let (ok, table) = app.cli(&["endpoints", "list"]).await;
+    assert!(ok, "{table}");
+    assert!(
+        table.contains("/hooks/0 ") || table.contains("/hooks/0\n"),
+        "{table:.300}"
+    );
+    app.stop().await;
+}
