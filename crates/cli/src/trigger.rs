@@ -475,18 +475,26 @@ async fn play(
                     step.name
                 ));
             }
-            if !status_ok {
-                return Err(CliError::Usage(format!(
+            let failure = if !status_ok {
+                Some(format!(
                     "step `{}` got {status}, expected {}: {body}",
                     step.name,
                     step.expect.map_or("a 2xx".to_owned(), |e| e.to_string())
-                )));
-            }
-            if !duplicate_ok {
-                return Err(CliError::Usage(format!(
+                ))
+            } else if !duplicate_ok {
+                Some(format!(
                     "step `{}`: expected duplicate = {expected_duplicate}, got {body}",
                     step.name
-                )));
+                ))
+            } else {
+                None
+            };
+            if let Some(failure) = failure {
+                // The steps so far, the failed one last, for a script reading the JSON.
+                if args.json {
+                    output::pretty(&json!({ "scenario": scenario.name, "steps": results }));
+                }
+                return Err(CliError::Usage(failure));
             }
         }
         requests.insert(step.name.clone(), request);

@@ -318,3 +318,47 @@ fn a_source_of_another_provider_is_refused() {
         "{printed}"
     );
 }
+
+/// A scenario that fails still prints, with `--json`, the steps sent so far and the failed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_scenario_still_prints_its_steps_as_json() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let path = app.dir.path().join("expects-too-much.toml");
+    std::fs::write(
+        &path,
+        r#"
+name = "expects too much"
+
+[[step]]
+name = "paid"
+provider = "razorpay"
+event = "invoice.paid"
+
+[[step]]
+name = "refused"
+provider = "razorpay"
+event = "invoice.paid"
+expect = 409
+"#,
+    )
+    .unwrap();
+    let (ok, printed) = app
+        .cli(&["trigger", "--scenario", path.to_str().unwrap(), "--json"])
+        .await;
+    assert!(!ok, "{printed}");
+    // The report on standard output, then the error on standard error.
+    let report: Value = serde_json::Deserializer::from_str(&printed)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{report}");
+    assert_eq!(steps[1]["step"], json!("refused"));
+    assert_eq!(steps[1]["status"], json!(202));
+    assert!(
+        printed.contains("step `refused` got 202, expected 409"),
+        "{printed}"
+    );
+    app.stop().await;
+}
