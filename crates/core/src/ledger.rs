@@ -777,8 +777,9 @@ impl ReadAhead {
                 .values()
                 .filter(|e| matches!(e.kind, SubjectKind::Invoice | SubjectKind::Bill))
         };
-        let chosen =
-            |refs: &PaymentRefs| best_target(refs, targets()).map(|(target, _)| target.id.clone());
+        let chosen = |refs: &PaymentRefs, currency: Option<Currency>| {
+            best_target(refs, currency, targets()).map(|(target, _)| target.id.clone())
+        };
         let mut ids: Vec<String> = targets()
             .filter(|t| {
                 self.identities
@@ -789,16 +790,18 @@ impl ReadAhead {
         for entity in self.stored.values() {
             match &entity.linked_to {
                 Some(target) => ids.push(target.clone()),
-                None if entity.kind == SubjectKind::Payment => ids.extend(chosen(&entity.refs)),
+                None if entity.kind == SubjectKind::Payment => {
+                    ids.extend(chosen(&entity.refs, entity.currency));
+                }
                 None => {}
             }
         }
         for fact in facts {
             if let EntityData::Payment(payment) = fact.snapshot.data() {
-                ids.extend(chosen(&PaymentRefs::ruled(
-                    &payment.references,
-                    &fact.link_rule,
-                )));
+                ids.extend(chosen(
+                    &PaymentRefs::ruled(&payment.references, &fact.link_rule),
+                    Some(payment.currency),
+                ));
             }
         }
         ids.sort();
@@ -1100,18 +1103,21 @@ fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static s
     }
 }
 
-/// The target a payment links to among `candidates`, and by which reference: the one its
-/// strongest reference names (a bill's own `refId` before the customer's `billerRefId`, which
-/// every month's bill shares), then the lowest provider and provider id, so that every arrival
-/// order makes the same choice.
+/// The target a payment links to among `candidates`, and by which reference: one in the
+/// payment's currency (money in another would count towards nothing, and keep the payment from
+/// being announced as unmatched), the one its strongest reference names (a bill's own `refId`
+/// before the customer's `billerRefId`, which every month's bill shares), then the lowest
+/// provider and provider id, so that every arrival order makes the same choice.
 fn best_target<'a>(
-    payment: &PaymentRefs,
+    refs: &PaymentRefs,
+    currency: Option<Currency>,
     candidates: impl IntoIterator<Item = &'a Entity>,
 ) -> Option<(&'a Entity, &'static str)> {
     candidates
         .into_iter()
+        .filter(|target| same_currency(currency, target.currency))
         .filter_map(|target| {
-            link_reason(payment, target).map(|(strength, reason)| (strength, target, reason))
+            link_reason(refs, target).map(|(strength, reason)| (strength, target, reason))
         })
         .min_by_key(|&(strength, target, _)| {
             (
@@ -1121,6 +1127,14 @@ fn best_target<'a>(
             )
         })
         .map(|(_, target, reason)| (target, reason))
+}
+
+/// Whether a payment's money can count towards a target: the same currency, or one not known.
+fn same_currency(paid: Option<Currency>, owed: Option<Currency>) -> bool {
+    match (paid, owed) {
+        (Some(paid), Some(owed)) => paid == owed,
+        _ => true,
+    }
 }
 
 /// What applying one fact did.
@@ -1247,7 +1261,8 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         SubjectKind::Payment => {
             if entity.linked_to.is_none() {
                 let targets = repo.targets_for(&entity.refs).await?;
-                if let Some((target, reason)) = best_target(&entity.refs, &targets) {
+                if let Some((target, reason)) = best_target(&entity.refs, entity.currency, &targets)
+                {
                     entity.linked_to = Some(target.id.clone());
                     entity.link_rule = Some(reason.to_owned());
                 }
@@ -1259,6 +1274,9 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         }
         SubjectKind::Invoice | SubjectKind::Bill => {
             for mut payment in repo.linkable_payments(&entity).await? {
+                if !same_currency(payment.currency, entity.currency) {
+                    continue;
+                }
                 if let Some((_, reason)) = link_reason(&payment.refs, &entity) {
                     payment.linked_to = Some(entity.id.clone());
                     payment.link_rule = Some(reason.to_owned());

@@ -1191,3 +1191,34 @@ fn payments_beyond_the_largest_amount_add_up_to_it_in_every_order() {
         assert_eq!(invoice.due, Some(Amount::ZERO));
     }
 }
+
+/// A payment in another currency than the invoice it names is not linked to it, in either
+/// order: it would count towards nothing and hide from the unmatched payments.
+#[test]
+fn a_payment_in_another_currency_stays_unmatched() {
+    let issued = invoice("inv_fx", "issued", 1000, 10, ISSUED);
+    let mut paid = payment(
+        "pay_fx",
+        "succeeded",
+        1000,
+        Some("inv_fx"),
+        None,
+        20,
+        Some(CAPTURED),
+        "razorpay",
+    );
+    let EntityData::Payment(mut snapshot) = paid.snapshot.data().clone() else {
+        unreachable!("a payment")
+    };
+    snapshot.currency = Currency::USD;
+    paid.snapshot = Snapshot::of(EntityData::Payment(snapshot));
+    for facts in [[issued.clone(), paid.clone()], [paid, issued]] {
+        for repo in [run(&facts), run_grouped(&facts, &[2], true)] {
+            let payment = repo.find(SubjectKind::Payment, "pay_fx");
+            assert_eq!(payment.linked_to, None);
+            assert_eq!(payment.counted, Amount::from_minor(1000));
+            let invoice = repo.find(SubjectKind::Invoice, "inv_fx");
+            assert_eq!(invoice.due, Some(Amount::from_minor(1000)));
+        }
+    }
+}
