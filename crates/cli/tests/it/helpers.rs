@@ -307,6 +307,18 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// The metrics as Prometheus scrapes them (no token).
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// GET on the admin API with the admin token; the status and JSON body.
     pub async fn admin_get(&self, path: &str) -> (u16, Value) {
         let response = self

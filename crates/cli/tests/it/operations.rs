@@ -253,15 +253,7 @@ async fn metrics_count_ingest_verification_and_delivery(backend: Backend) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        text = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        text = app.metrics().await;
     }
     let expect = |series: &str, value: f64| {
         assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
@@ -482,15 +474,7 @@ async fn retention_runs_in_the_background(backend: Backend) {
         inbound["data"].as_array().unwrap().is_empty()
     })
     .await;
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert_eq!(
         sample(&text, "billhook_pruned_total{kind=\"inbound\"}"),
         Some(5.0),
@@ -739,15 +723,7 @@ async fn a_settlement_reached_by_reprocessing_is_counted(backend: Backend) {
         .await;
     assert_eq!(status, 200, "{reprocessed}");
     assert_eq!(reprocessed["outcome"], json!("processed"), "{reprocessed}");
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains("billhook_ledger_conclusions_total{type=\"invoice.settled\"} 1"),
         "{text}"
