@@ -260,7 +260,9 @@ fn decimal_digits(number: &str) -> (bool, String, i64) {
     (
         negative,
         significant.to_owned(),
-        exponent - fraction_len + trailing,
+        exponent
+            .saturating_sub(fraction_len)
+            .saturating_add(trailing),
     )
 }
 
@@ -395,6 +397,7 @@ mod tests {
             "37492803268785177510",
             "12345678901234567.89",
             "0.12345678901234567",
+            "1.5e-9223372036854775808",
             "{\"amount\": 1.00000000000000001}",
         ] {
             assert!(inexact_number(inexact).is_some(), "{inexact}");

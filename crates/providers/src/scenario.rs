@@ -117,12 +117,14 @@ impl Scenario {
     /// Parses a scenario from TOML, or from JSON when `json` is set.
     pub fn parse(text: &str, json: bool) -> Result<Self, ScenarioError> {
         let scenario: Scenario = if json {
+            let scenario =
+                serde_json::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
             if let Some(number) = crate::emulate::inexact_number(text) {
                 return Err(ScenarioError::Parse(format!(
                     "`{number}` cannot be sent digit for digit as a JSON number; quote it to send it as a string"
                 )));
             }
-            serde_json::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?
+            scenario
         } else {
             toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?
         };
