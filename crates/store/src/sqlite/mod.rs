@@ -263,10 +263,7 @@ impl SqliteStore {
 /// The lock is on a file of its own beside the database: closing a descriptor of the database
 /// file itself would drop the POSIX locks SQLite holds on it through its own descriptors.
 fn lock_exclusively(database: &Path) -> Result<std::fs::File, StoreError> {
-    let mut lock_path = database.as_os_str().to_owned();
-    lock_path.push("-lock");
-    let lock_path = PathBuf::from(lock_path);
-    if let Some(directory) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(directory) = database.parent().filter(|d| !d.as_os_str().is_empty()) {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);
         #[cfg(unix)]
@@ -276,6 +273,13 @@ fn lock_exclusively(database: &Path) -> Result<std::fs::File, StoreError> {
         })?;
     }
     create_private(database)?;
+    // Beside the file itself, symbolic links resolved: two paths to one database take one lock.
+    let resolved = std::fs::canonicalize(database).map_err(|e| {
+        StoreError::Unavailable(format!("cannot resolve {}: {e}", database.display()))
+    })?;
+    let mut lock_path = resolved.into_os_string();
+    lock_path.push("-lock");
+    let lock_path = PathBuf::from(lock_path);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -641,18 +645,19 @@ fn checkpoint(connection: &Connection, mode: &str) -> Option<CheckpointProgress>
 /// endpoints' signing secrets and every raw body. SQLite gives its WAL and shared-memory files
 /// the database file's permissions.
 fn create_private(database: &Path) -> Result<(), StoreError> {
+    // Only a file that is not there is opened: closing a descriptor of a database this process
+    // has open would drop the POSIX locks SQLite holds on it. Through a symbolic link whose
+    // target is missing, the target is created.
+    if database.exists() {
+        return Ok(());
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(false);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(database) {
-        Ok(_) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(error) => Err(StoreError::Unavailable(format!(
-            "cannot create {}: {error}",
-            database.display()
-        ))),
-    }
+    options.open(database).map(drop).map_err(|error| {
+        StoreError::Unavailable(format!("cannot create {}: {error}", database.display()))
+    })
 }
 
 /// Opens the writer's connection; the directory exists already (see [`lock_exclusively`]).
@@ -892,6 +897,18 @@ mod tests {
             .expect("a write through the link is made durable");
         store.write(insert(1, false)).await.expect("insert");
         assert!(dir.path().join("data/billhook.db-wal").exists());
+        // The file it made through the link is private, and it is one database by either name.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target)
+            .expect("made")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let by_its_own_name = SqliteStore::open(&target, None).await.err();
+        assert!(
+            by_its_own_name.is_some_and(|e| e.to_string().contains("in use")),
+            "one lock for both paths"
+        );
         store.close().await;
         assert_eq!(numbers(&target), vec![1]);
     }
