@@ -107,9 +107,8 @@ impl ConcurrencyLimit {
         }
     }
 
-    /// A permit under `cap`, the endpoint's limit now; `None` if the permits are closed.
-    async fn acquire(&self, cap: u32) -> Option<OwnedSemaphorePermit> {
-        self.resize(cap);
+    /// A permit under the limit as it is now; `None` if the permits are closed.
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
         loop {
             let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
             let mut sizing = self.sizing.lock().unwrap_or_else(|p| p.into_inner());
@@ -121,6 +120,7 @@ impl ConcurrencyLimit {
         }
     }
 
+    /// Sets the limit, when the endpoint is loaded again: the only time it changes.
     fn resize(&self, cap: u32) {
         let mut sizing = self.sizing.lock().unwrap_or_else(|p| p.into_inner());
         if cap > sizing.cap {
@@ -644,6 +644,13 @@ impl Shared {
                     *lane.failing_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 }
             }
+            // A lane waiting for a permit under the old limit would otherwise take the next
+            // one freed before it learns of a lower one.
+            for (id, lane) in lanes.iter() {
+                if let Some(endpoint) = set.by_id.get(id) {
+                    lane.concurrency.resize(endpoint.max_concurrency);
+                }
+            }
         }
         *self.endpoints.write().unwrap_or_else(|p| p.into_inner()) = set;
         self.wake_poller.notify_one();
@@ -839,7 +846,7 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
         }
         let permits = tokio::select! {
             permits = async {
-                let local = lane.concurrency.acquire(endpoint.max_concurrency).await;
+                let local = lane.concurrency.acquire().await;
                 let global = Arc::clone(&shared.in_flight).acquire_owned().await;
                 local.zip(global.ok())
             } => permits,
@@ -1316,9 +1323,10 @@ mod tests {
         let limit = ConcurrencyLimit::new(3);
         let mut running = Vec::new();
         for _ in 0..3 {
-            running.push(limit.acquire(3).await.expect("a permit"));
+            running.push(limit.acquire().await.expect("a permit"));
         }
-        let mut next = Box::pin(limit.acquire(1));
+        limit.resize(1);
+        let mut next = Box::pin(limit.acquire());
         assert!(ready_within(&mut next).await.is_none(), "three run");
         running.pop();
         assert!(
@@ -1331,21 +1339,43 @@ mod tests {
         let only = ready_within(&mut next)
             .await
             .expect("none runs: one may start");
-        let mut second = Box::pin(limit.acquire(1));
+        let mut second = Box::pin(limit.acquire());
         assert!(
             ready_within(&mut second).await.is_none(),
             "the limit is one"
         );
         drop(second);
 
+        limit.resize(3);
         let mut raised = Vec::new();
         for _ in 0..2 {
-            let mut acquiring = Box::pin(limit.acquire(3));
+            let mut acquiring = Box::pin(limit.acquire());
             raised.push(ready_within(&mut acquiring).await.expect("raised to three"));
         }
-        let mut fourth = Box::pin(limit.acquire(3));
+        let mut fourth = Box::pin(limit.acquire());
         assert!(ready_within(&mut fourth).await.is_none(), "three run");
         drop(only);
         assert!(ready_within(&mut fourth).await.is_some());
+    }
+
+    /// A lane already waiting under the old limit when it is lowered (the endpoint reloaded)
+    /// does not take the next permit freed.
+    #[tokio::test]
+    async fn a_limit_lowered_while_the_lane_waits_holds() {
+        let limit = ConcurrencyLimit::new(2);
+        let mut running = vec![
+            limit.acquire().await.expect("a permit"),
+            limit.acquire().await.expect("a permit"),
+        ];
+        let mut waiting = Box::pin(limit.acquire());
+        assert!(ready_within(&mut waiting).await.is_none(), "two run");
+        limit.resize(1);
+        running.pop();
+        assert!(
+            ready_within(&mut waiting).await.is_none(),
+            "one runs, the limit is one"
+        );
+        running.pop();
+        assert!(ready_within(&mut waiting).await.is_some());
     }
 }
