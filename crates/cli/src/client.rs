@@ -39,10 +39,11 @@ impl Client {
                 )
             })?;
         // The admin API never redirects; following one could take the bearer token elsewhere.
+        // No limit on a whole request: a prune or an export takes as long as there is data.
         let http = reqwest::Client::builder()
             .user_agent(concat!("billhook-cli/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(120))
+            .connect_timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| CliError::Io(e.to_string()))?;
         Ok(Self { http, base, token })

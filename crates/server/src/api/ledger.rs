@@ -143,6 +143,14 @@ struct CsvExport {
     /// The page to send next; the first is read before the response starts.
     next: Option<Page<Entity>>,
     sent: u64,
+    /// What the header said. Rows that joined the listing meanwhile can still take an export
+    /// the header called whole past the limit: it then ends incomplete rather than cut short
+    /// without a word.
+    announced_truncated: bool,
+    /// An error to end the body with after the rows just sent.
+    error_next: Option<String>,
+    /// Set once the body has ended in an error: nothing more is sent.
+    ended: bool,
 }
 
 impl CsvExport {
@@ -150,6 +158,13 @@ impl CsvExport {
     /// database failure midway ends the body without its last chunk, which the client sees
     /// as an incomplete download.
     async fn next_chunk(mut self) -> Option<(Result<bytes::Bytes, std::io::Error>, Self)> {
+        if self.ended {
+            return None;
+        }
+        if let Some(message) = self.error_next.take() {
+            self.ended = true;
+            return Some((Err(std::io::Error::other(message)), self));
+        }
         let mut chunk = std::mem::take(&mut self.head);
         let page = match (self.next.take(), self.query.before.is_some()) {
             (Some(page), _) => Some(page),
@@ -157,7 +172,7 @@ impl CsvExport {
                 Ok(page) => Some(page),
                 Err(error) => {
                     tracing::warn!(%error, "a CSV export stopped midway");
-                    self.query.before = None;
+                    self.ended = true;
                     return Some((Err(std::io::Error::other("the export stopped")), self));
                 }
             },
@@ -173,10 +188,24 @@ impl CsvExport {
                 csv_row(entity, self.now, &mut chunk);
             }
             self.sent += take as u64;
+            let more = page.next_cursor.is_some() || take < page.items.len();
             self.query.before = page.next_cursor.filter(|_| self.sent < MAX_EXPORT_ROWS);
+            if self.sent >= MAX_EXPORT_ROWS && more && !self.announced_truncated {
+                // This page's rows, then an error, which leaves the body incomplete.
+                tracing::warn!("a CSV export grew past its limit while it was sent");
+                self.error_next = Some(format!(
+                    "the export grew past {MAX_EXPORT_ROWS} rows while it was sent"
+                ));
+            }
         }
         if chunk.is_empty() {
-            return None;
+            return match self.error_next.take() {
+                Some(message) => {
+                    self.ended = true;
+                    Some((Err(std::io::Error::other(message)), self))
+                }
+                None => None,
+            };
         }
         Some((Ok(bytes::Bytes::from(chunk)), self))
     }
@@ -243,6 +272,9 @@ pub(crate) async fn list(
                 head,
                 next: Some(first),
                 sent: 0,
+                announced_truncated: truncated,
+                error_next: None,
+                ended: false,
             };
             let body = futures_util::stream::unfold(export, CsvExport::next_chunk);
             let mut response = axum::body::Body::from_stream(body).into_response();
