@@ -67,6 +67,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         8,
         include_str!("../../migrations/postgres/0008_byte_order_keys.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_unstamped_ledger_times.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming billhook's migration lock.

@@ -60,6 +60,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         10,
         include_str!("../../migrations/sqlite/0010_deliveries_by_message.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/sqlite/0011_unstamped_ledger_times.sql"),
+    ),
 ];
 
 /// At most this many jobs share one transaction.

@@ -8,7 +8,7 @@ use billhook_core::entity::{
 };
 use billhook_core::event::EventType;
 use billhook_core::ids::{EventId, InboundId};
-use billhook_core::ledger::{Conclusion, Fact, PaymentRef, Snapshot, StatusRank};
+use billhook_core::ledger::{Conclusion, Fact, PaymentRef, Precedence, Snapshot, StatusRank};
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
 use bytes::Bytes;
@@ -1086,5 +1086,29 @@ fn a_refresh_that_analyzes_nothing_is_an_error() {
         );
         writer.close().await;
         owner.close().await;
+    });
+}
+
+/// Entries of providers that stamp no time, stored when their snapshots took the reception
+/// time, take the unstamped time at the migration; other entries keep theirs.
+#[test]
+fn the_unstamped_times_migration_reorders_only_unstamped_providers() {
+    runtime().block_on(async {
+        for (config, _dir) in [super::sqlite_config(), super::postgres_config().await] {
+            let before = Store::latest_version(&config) - 1;
+            let old = Store::open_at(&config, Some(before)).await.unwrap();
+            issue(&old, "bcinv_u1", "INV-U1", 1000).await;
+            pay(&old, "tx_u1", 400, "INV-U1").await;
+            old.close().await;
+
+            let store = Store::open(&config).await.unwrap();
+            let invoice = every(&store, SubjectKind::Invoice).await.remove(0);
+            assert_eq!(invoice.content_precedence.at, Precedence::UNSTAMPED);
+            assert_eq!(invoice.status_precedence.at, Precedence::UNSTAMPED);
+            let payment = every(&store, SubjectKind::Payment).await.remove(0);
+            assert!(payment.content_precedence.at > Precedence::UNSTAMPED);
+            assert!(payment.status_precedence.at > Precedence::UNSTAMPED);
+            store.close().await;
+        }
     });
 }
