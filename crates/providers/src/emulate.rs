@@ -51,19 +51,27 @@ impl GenerateOptions {
 
     /// The chosen variant, checked against the event's list; the first when none was chosen.
     pub fn variant_of(&self, event: &EmulatedEvent) -> Result<&'static str, EmulateError> {
-        match &self.variant {
-            None => Ok(event.variants.first().copied().unwrap_or("")),
-            Some(chosen) => event
-                .variants
-                .iter()
-                .copied()
-                .find(|v| v.eq_ignore_ascii_case(chosen))
-                .ok_or_else(|| EmulateError::UnknownVariant {
-                    event: event.name,
-                    variant: chosen.clone(),
-                    known: event.variants.join(", "),
-                }),
-        }
+        find_variant(event, self.variant.as_deref())
+    }
+}
+
+/// `chosen` in the event's list of variants (in any case); the first when none was chosen.
+pub fn find_variant(
+    event: &EmulatedEvent,
+    chosen: Option<&str>,
+) -> Result<&'static str, EmulateError> {
+    match chosen {
+        None => Ok(event.variants.first().copied().unwrap_or("")),
+        Some(chosen) => event
+            .variants
+            .iter()
+            .copied()
+            .find(|v| v.eq_ignore_ascii_case(chosen))
+            .ok_or_else(|| EmulateError::UnknownVariant {
+                event: event.name,
+                variant: chosen.to_owned(),
+                known: event.variants.join(", "),
+            }),
     }
 }
 

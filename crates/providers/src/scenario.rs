@@ -152,14 +152,41 @@ impl Scenario {
                     });
                 }
             }
+            // Every `${step.…}` names an earlier step: a scenario that cannot finish is refused
+            // before its first message is sent.
+            for value in step.set.values() {
+                if let Some(reference) = references(value).find(|name| !names.contains(name)) {
+                    return Err(ScenarioError::UnknownReference {
+                        step: step.name.clone(),
+                        reference: reference.to_owned(),
+                    });
+                }
+            }
             if !names.insert(step.name.as_str()) {
                 return Err(ScenarioError::DuplicateStep(step.name.clone()));
             }
-            if step.resend.is_none() && registry::by_name(&step.provider).is_none() {
-                return Err(ScenarioError::UnknownProvider {
+            if step.resend.is_none() {
+                let provider = registry::by_name(&step.provider).ok_or_else(|| {
+                    ScenarioError::UnknownProvider {
+                        step: step.name.clone(),
+                        provider: step.provider.clone(),
+                    }
+                })?;
+                let event = crate::emulate::find_event(
+                    provider.name(),
+                    provider.emulated_events(),
+                    &step.event,
+                )
+                .map_err(|source| ScenarioError::Emulate {
                     step: step.name.clone(),
-                    provider: step.provider.clone(),
-                });
+                    source,
+                })?;
+                crate::emulate::find_variant(event, step.variant.as_deref()).map_err(|source| {
+                    ScenarioError::Emulate {
+                        step: step.name.clone(),
+                        source,
+                    }
+                })?;
             }
             if step.repeat == 0 {
                 return Err(ScenarioError::BadStep {
@@ -222,6 +249,19 @@ impl Step {
         }
         Ok(generated)
     }
+}
+
+/// The steps a value's `${step.path}` references name.
+fn references(value: &Value) -> impl Iterator<Item = &str> {
+    let text = value.as_str().unwrap_or_default();
+    text.split("${").skip(1).filter_map(|rest| {
+        let reference = &rest[..rest.find('}')?];
+        Some(
+            reference
+                .split_once('.')
+                .map_or(reference, |(name, _)| name),
+        )
+    })
 }
 
 /// Replaces `${step.path}` references in a value with what earlier steps generated.
@@ -360,12 +400,37 @@ delay = "10ms"
             Scenario::parse("name = \"x\"\nstep = []\n", false),
             Err(ScenarioError::Empty)
         ));
+        // Found before anything is sent: a reference to no earlier step, an event or a
+        // variant the emulator does not know, in the last step.
         let unknown = TWO_STEPS.replace("${first.", "${nobody.");
-        let scenario = Scenario::parse(&unknown, false).unwrap();
-        let mut options = GenerateOptions::new(Timestamp::now(), None);
         assert!(matches!(
-            scenario.steps[1].build(&HashMap::new(), &mut options),
+            Scenario::parse(&unknown, false),
+            Err(ScenarioError::UnknownReference { reference, .. }) if reference == "nobody"
+        ));
+        let itself = TWO_STEPS.replace("${first.", "${second.");
+        assert!(matches!(
+            Scenario::parse(&itself, false),
             Err(ScenarioError::UnknownReference { .. })
+        ));
+        let no_such_event =
+            TWO_STEPS.replace("event = \"invoice.paid\"", "event = \"invoice.lost\"");
+        assert!(matches!(
+            Scenario::parse(&no_such_event, false),
+            Err(ScenarioError::Emulate {
+                source: EmulateError::UnknownEvent { .. },
+                ..
+            })
+        ));
+        let no_such_variant = TWO_STEPS.replace(
+            "event = \"invoice.paid\"",
+            "event = \"invoice.paid\"\nvariant = \"cheque\"",
+        );
+        assert!(matches!(
+            Scenario::parse(&no_such_variant, false),
+            Err(ScenarioError::Emulate {
+                source: EmulateError::UnknownVariant { .. },
+                ..
+            })
         ));
         let twice = TWO_STEPS.replace("name = \"second\"", "name = \"first\"");
         assert!(matches!(
