@@ -15,6 +15,7 @@ use billhook_core::ledger::{Entity, HistoryEntry, is_id_of};
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
 use billhook_store::{CLOSED_UNPAID, LedgerFilter, LedgerQuery, Page};
+use futures_util::StreamExt;
 use http::{HeaderValue, header};
 use serde::{Deserialize, Serialize};
 
@@ -147,67 +148,52 @@ struct CsvExport {
     /// the header called whole past the limit: it then ends incomplete rather than cut short
     /// without a word.
     announced_truncated: bool,
-    /// An error to end the body with after the rows just sent.
-    error_next: Option<String>,
     /// Set once the body has ended in an error: nothing more is sent.
     ended: bool,
 }
 
 impl CsvExport {
-    /// The rows of the next page, read only when the client has taken the last ones. A
-    /// database failure midway ends the body without its last chunk, which the client sees
-    /// as an incomplete download.
-    async fn next_chunk(mut self) -> Option<(Result<bytes::Bytes, std::io::Error>, Self)> {
+    /// The next page's rows, read only when the client has taken the last ones; after them, an
+    /// error when the body must end incomplete (a database failure midway, an export grown
+    /// past its limit), which the client sees as a download cut off.
+    async fn next_chunks(mut self) -> Option<(Vec<Result<bytes::Bytes, std::io::Error>>, Self)> {
         if self.ended {
             return None;
         }
-        if let Some(message) = self.error_next.take() {
-            self.ended = true;
-            return Some((Err(std::io::Error::other(message)), self));
-        }
-        let mut chunk = std::mem::take(&mut self.head);
-        let page = match (self.next.take(), self.query.before.is_some()) {
-            (Some(page), _) => Some(page),
-            (None, true) => match self.app.store.ledger_entities(self.query.clone()).await {
-                Ok(page) => Some(page),
-                Err(error) => {
-                    tracing::warn!(%error, "a CSV export stopped midway");
-                    self.ended = true;
-                    return Some((Err(std::io::Error::other("the export stopped")), self));
+        let page = match self.next.take() {
+            Some(page) => page,
+            None => {
+                self.query.before.as_ref()?;
+                match self.app.store.ledger_entities(self.query.clone()).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        tracing::warn!(%error, "a CSV export stopped midway");
+                        self.ended = true;
+                        let failed = std::io::Error::other("the export stopped");
+                        return Some((vec![Err(failed)], self));
+                    }
                 }
-            },
-            (None, false) => None,
+            }
         };
-        if let Some(page) = page {
-            let room = MAX_EXPORT_ROWS.saturating_sub(self.sent);
-            let take = usize::try_from(room)
-                .unwrap_or(usize::MAX)
-                .min(page.items.len());
-            chunk.reserve(take * 160);
-            for entity in &page.items[..take] {
-                csv_row(entity, self.now, &mut chunk);
-            }
-            self.sent += take as u64;
-            let more = page.next_cursor.is_some() || take < page.items.len();
-            self.query.before = page.next_cursor.filter(|_| self.sent < MAX_EXPORT_ROWS);
-            if self.sent >= MAX_EXPORT_ROWS && more && !self.announced_truncated {
-                // This page's rows, then an error, which leaves the body incomplete.
-                tracing::warn!("a CSV export grew past its limit while it was sent");
-                self.error_next = Some(format!(
-                    "the export grew past {MAX_EXPORT_ROWS} rows while it was sent"
-                ));
-            }
+        let room = usize::try_from(MAX_EXPORT_ROWS.saturating_sub(self.sent)).unwrap_or(usize::MAX);
+        let take = room.min(page.items.len());
+        let mut chunk = std::mem::take(&mut self.head);
+        chunk.reserve(take * 160);
+        for entity in &page.items[..take] {
+            csv_row(entity, self.now, &mut chunk);
         }
-        if chunk.is_empty() {
-            return match self.error_next.take() {
-                Some(message) => {
-                    self.ended = true;
-                    Some((Err(std::io::Error::other(message)), self))
-                }
-                None => None,
-            };
+        self.sent += take as u64;
+        let more = page.next_cursor.is_some() || take < page.items.len();
+        self.query.before = page.next_cursor.filter(|_| self.sent < MAX_EXPORT_ROWS);
+        let mut chunks = vec![Ok(bytes::Bytes::from(chunk))];
+        if self.sent >= MAX_EXPORT_ROWS && more && !self.announced_truncated {
+            tracing::warn!("a CSV export grew past its limit while it was sent");
+            self.ended = true;
+            chunks.push(Err(std::io::Error::other(format!(
+                "the export grew past {MAX_EXPORT_ROWS} rows while it was sent"
+            ))));
         }
-        Some((Ok(bytes::Bytes::from(chunk)), self))
+        Some((chunks, self))
     }
 }
 
@@ -273,10 +259,10 @@ pub(crate) async fn list(
                 next: Some(first),
                 sent: 0,
                 announced_truncated: truncated,
-                error_next: None,
                 ended: false,
             };
-            let body = futures_util::stream::unfold(export, CsvExport::next_chunk);
+            let body = futures_util::stream::unfold(export, CsvExport::next_chunks)
+                .flat_map(futures_util::stream::iter);
             let mut response = axum::body::Body::from_stream(body).into_response();
             let headers = response.headers_mut();
             headers.insert(
