@@ -112,12 +112,8 @@ async fn a_healthy_receiver_gets_every_event_once_correctly_signed(backend: Back
     // The body is exactly the stored canonical event.
     let first = &arrivals[0];
     let text = app
-        .http
-        .get(app.url("/v1/events?limit=500"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+        .admin_get_response("/v1/events?limit=500")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

@@ -319,15 +319,20 @@ impl TestApp {
             .unwrap()
     }
 
-    /// GET on the admin API with the admin token; the status and JSON body.
-    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
+    /// GET on the admin API with the admin token: the response as it came, for its headers
+    /// or its exact text.
+    pub async fn admin_get_response(&self, path: &str) -> reqwest::Response {
+        self.http
             .get(self.url(path))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// GET on the admin API with the admin token; the status and JSON body.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let response = self.admin_get_response(path).await;
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }

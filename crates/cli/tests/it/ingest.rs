@@ -165,12 +165,8 @@ async fn the_biller_id_survives_digit_for_digit(backend: Backend) {
     let event_id = ack["events"][0].as_str().unwrap();
     // Checked on the response text, so no JSON number parsing can round it on our side.
     let text = app
-        .http
-        .get(app.url(&format!("/v1/events/{event_id}")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+        .admin_get_response(&format!("/v1/events/{event_id}"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -179,12 +175,8 @@ async fn the_biller_id_survives_digit_for_digit(backend: Backend) {
     // The stored raw body keeps the provider's number as sent.
     assert!(text.contains(r#"\"ID\": 699158487875191900"#), "{text}");
     let listed = app
-        .http
-        .get(app.url("/v1/events?type=biller.updated"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+        .admin_get_response("/v1/events?type=biller.updated")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

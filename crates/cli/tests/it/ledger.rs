@@ -527,13 +527,7 @@ event = "invoice.expired"
     }
 
     // The CSV export: every invoice, money in major units, formulas defused.
-    let response = app
-        .http
-        .get(app.url("/v1/invoices?format=csv"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let response = app.admin_get_response("/v1/invoices?format=csv").await;
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -620,13 +614,7 @@ async fn a_csv_export_of_many_pages_holds_every_row_once(backend: Backend) {
         writer()
     );
 
-    let response = app
-        .http
-        .get(app.url("/v1/payments?format=csv"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let response = app.admin_get_response("/v1/payments?format=csv").await;
     assert_eq!(response.status().as_u16(), 200);
     assert!(response.headers().get("x-billhook-truncated").is_none());
     let csv = response.text().await.unwrap();
