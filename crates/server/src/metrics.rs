@@ -144,6 +144,7 @@ pub struct Metrics {
     delivery_attempts: Family<AttemptLabels, Counter>,
     attempt_duration: HistogramFamily<EndpointLabel>,
     delivery_latency: HistogramFamily<EndpointLabel>,
+    leases_lapsed: Counter,
     ledger_conclusions: Family<TypeLabel, Counter>,
     pruned: Family<KindLabel, Counter>,
     pending_deliveries: Gauge,
@@ -208,6 +209,12 @@ impl Metrics {
             Unit::Seconds,
             delivery_latency.clone(),
         );
+        let leases_lapsed = Counter::default();
+        registry.register(
+            "delivery_leases_lapsed",
+            "Deliveries held in memory and let go unattempted because their lease could end before an attempt would, or a newer claim held them; the database hands them out again",
+            leases_lapsed.clone(),
+        );
         let ledger_conclusions = Family::<TypeLabel, Counter>::default();
         registry.register(
             "ledger_conclusions",
@@ -259,6 +266,7 @@ impl Metrics {
             delivery_attempts,
             attempt_duration,
             delivery_latency,
+            leases_lapsed,
             ledger_conclusions,
             pruned,
             pending_deliveries,
@@ -361,6 +369,10 @@ impl Metrics {
         } else {
             self.pending.failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn lease_lapsed(&self) {
+        self.leases_lapsed.inc();
     }
 
     pub fn concluded(&self, event_type: &str, count: usize) {

@@ -388,15 +388,18 @@ impl Store {
         dispatch!(self, store => store.due_endpoints(now).await)
     }
 
-    /// Extends the leases `owner` holds on `ids`.
+    /// Extends to `until` the leases `owner` holds on `ids` and that have not lapsed at `now`;
+    /// returns the deliveries renewed. A lapsed lease is not renewed even if no one claimed the
+    /// delivery since: the claim that would take it over may be on its way.
     pub async fn renew_leases(
         &self,
         owner: &str,
         ids: Vec<DeliveryId>,
+        now: Timestamp,
         until: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<DeliveryId>, StoreError> {
         let owner = owner.to_owned();
-        dispatch!(self, store => store.renew_leases(owner, ids, until).await)
+        dispatch!(self, store => store.renew_leases(owner, ids, now, until).await)
     }
 
     /// Clears every lease (single-process backends, at start; elsewhere leases expire).

@@ -1637,14 +1637,30 @@ fn leases_can_be_renewed_and_released() {
             ingest.deliveries = vec![delivery.clone()];
             store.ingest(ingest).await.unwrap();
             let soon = now.add(Duration::from_secs(2));
-            store
-                .renew_leases(
-                    "ingest",
-                    vec![delivery.id],
-                    now.add(Duration::from_secs(60)),
-                )
-                .await
-                .unwrap();
+            let until = now.add(Duration::from_secs(60));
+            assert_eq!(
+                store
+                    .renew_leases("other", vec![delivery.id], now, until)
+                    .await
+                    .unwrap(),
+                vec![],
+                "only the lease's owner renews it"
+            );
+            assert_eq!(
+                store
+                    .renew_leases("ingest", vec![delivery.id], soon, until)
+                    .await
+                    .unwrap(),
+                vec![],
+                "a lease that lapsed is not renewed, claimed since or not"
+            );
+            assert_eq!(
+                store
+                    .renew_leases("ingest", vec![delivery.id], now, until)
+                    .await
+                    .unwrap(),
+                vec![delivery.id]
+            );
             assert!(
                 store
                     .claim_due(

@@ -30,6 +30,7 @@ backend_tests!(
     dead_deliveries_stop_after_the_last_attempt,
     shutdown_lets_in_flight_attempts_finish,
     a_re_enabled_endpoint_starts_its_failing_time_afresh,
+    a_job_whose_lease_lapsed_goes_out_only_under_its_new_claim,
 );
 
 /// Posts every fixture; returns the acknowledged event ids.
@@ -775,4 +776,56 @@ async fn shutdown_lets_in_flight_attempts_finish(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.count(), 1, "not sent again after the restart");
     again.stop().await;
+}
+
+/// A delivery whose lease lapsed while it waited in memory (its renewals failing through a
+/// database outage, played here by lapsing the leases in the database) is claimed again from
+/// the database, under the same owner; the job still waiting in memory must not go out too.
+async fn a_job_whose_lease_lapsed_goes_out_only_under_its_new_claim(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+         retry_schedule = [\"0s\", \"300ms\"]\njitter_percent = 0\n\
+         request_timeout = \"1s\"\nlease = \"2s\"\n",
+    )
+    .await;
+    let receiver = Receiver::ok().await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"], "rate_limit": 1 }))
+        .await;
+    ingest_payments(&app, 6, "lapse").await;
+    app.eventually(Duration::from_secs(5), "the first arrival", || async {
+        receiver.count() >= 1
+    })
+    .await;
+    let lapsed = app
+        .execute_sql(
+            "UPDATE deliveries SET lease_until = 1
+             WHERE lease_owner IS NOT NULL AND status = 'pending'",
+        )
+        .await;
+    assert!(lapsed >= 4, "{lapsed} jobs waiting in memory");
+    app.eventually(
+        Duration::from_secs(20),
+        "every message delivered",
+        || async { receiver.message_ids().len() == 6 },
+    )
+    .await;
+    // Long enough for the new claims queued behind the old jobs to go out at one a second.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // A job or two may go out before the new claims are made: those are the at-least-once of
+    // a lapse. Every job left waiting after that must be dropped.
+    let arrivals = receiver.count();
+    assert!(
+        arrivals <= 6 + 2,
+        "{arrivals} arrivals for 6 messages: jobs whose lease lapsed went out beside their new claims"
+    );
+    let dropped = sample(
+        &app.metrics().await,
+        "billhook_delivery_leases_lapsed_total",
+    );
+    assert!(
+        dropped >= Some(lapsed as f64 - 2.0),
+        "{dropped:?} dropped of {lapsed}"
+    );
+    app.stop().await;
 }

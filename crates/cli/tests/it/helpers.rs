@@ -432,6 +432,12 @@ pub fn all_fixtures() -> Vec<(String, &'static str)> {
     out
 }
 
+/// The value of the sample with exactly these name and labels in an OpenMetrics text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// One request a [`Receiver`] got.
 #[derive(Debug, Clone)]
 pub struct Arrival {
@@ -536,6 +542,33 @@ impl Receiver {
 }
 
 impl TestApp {
+    /// Runs one statement on this server's database behind its back, to play what the API does
+    /// not offer (another instance, a lapse); returns the number of rows it changed.
+    pub async fn execute_sql(&self, sql: &str) -> u64 {
+        match std::fs::read_to_string(self.dir.path().join("database-url")) {
+            Ok(url) => {
+                let (database, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                database.execute(sql, &[]).await.unwrap()
+            }
+            Err(_) => {
+                let path = self.dir.path().join(billhook_server::config::DATABASE_FILE);
+                let sql = sql.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let database = rusqlite::Connection::open(path).unwrap();
+                    database
+                        .busy_timeout(std::time::Duration::from_secs(10))
+                        .unwrap();
+                    database.execute(&sql, []).unwrap() as u64
+                })
+                .await
+                .unwrap()
+            }
+        }
+    }
+
     /// Another instance on the same database (PostgreSQL), with its own data directory.
     pub async fn another_instance(&self, extra: &str) -> TestApp {
         let dir = Arc::new(tempfile::tempdir().unwrap());

@@ -195,12 +195,6 @@ async fn a_read_token_reads_and_only_an_admin_token_changes(backend: Backend) {
     app.stop().await;
 }
 
-/// The value of the sample with exactly these name and labels in an OpenMetrics text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 async fn metrics_count_ingest_verification_and_delivery(backend: Backend) {
     let app = spawn_app(backend).await;
     let receiver = Receiver::ok().await;

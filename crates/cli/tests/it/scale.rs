@@ -310,6 +310,62 @@ async fn an_endpoint_taken_back_is_judged_by_the_databases_failing_time() {
     app.stop().await;
 }
 
+/// Deliveries held in memory whose leases another instance took over after they lapsed (this
+/// instance cut off from the database meanwhile, played here by moving the leases in the
+/// database) are let go unattempted once their leases could end before an attempt would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_whose_leases_were_taken_over_are_not_sent() {
+    let app = spawn_app_with(
+        Backend::Postgres,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+         request_timeout = \"1s\"\nlease = \"2s\"\n",
+    )
+    .await;
+    let receiver = Receiver::ok().await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"], "rate_limit": 1 }))
+        .await;
+    ingest_across(&[&app], 8, 1, "taken-over").await;
+    app.eventually(Duration::from_secs(5), "the first arrival", || async {
+        receiver.count() >= 1
+    })
+    .await;
+    let far = Timestamp::now()
+        .add(Duration::from_secs(3600))
+        .unix_millis();
+    let taken_over = app
+        .execute_sql(&format!(
+            "UPDATE deliveries SET lease_owner = 'another-instance', lease_until = {far}
+             WHERE lease_owner IS NOT NULL AND status = 'pending'"
+        ))
+        .await;
+    assert!(taken_over >= 5, "{taken_over} jobs waiting in memory");
+    let at_take_over = receiver.count();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The lease known in memory lasts at most two seconds past the take-over, and an attempt
+    // may take one: at one a second, at most two more go out.
+    let sent_after = receiver.count() - at_take_over;
+    assert!(
+        sent_after <= 2,
+        "{sent_after} sent under leases another instance holds"
+    );
+    let still_theirs = app
+        .execute_sql(
+            "UPDATE deliveries SET updated_at = updated_at
+             WHERE lease_owner = 'another-instance' AND status = 'pending'",
+        )
+        .await;
+    assert_eq!(
+        still_theirs, taken_over,
+        "the deliveries are left to the instance that holds them"
+    );
+    let dropped = sample(
+        &app.metrics().await,
+        "billhook_delivery_leases_lapsed_total",
+    );
+    assert!(dropped >= Some(taken_over as f64 - 2.0), "{dropped:?}");
+    app.stop().await;
+}
+
 /// Leases are renewed while attempts run out the shutdown grace: an attempt slower than what is
 /// left of its lease would otherwise be claimed and sent again by another instance meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,13 +13,15 @@
 //!   crashed worker) per endpoint, as lanes have room, sleeping until the next one falls due.
 //! - **Completer.** Records attempts and their consequences in batches, one transaction each.
 //! - **Leases.** Rows held in memory are leased and the lease is renewed; a crashed instance's
-//!   rows come back when its leases expire.
+//!   rows come back when its leases expire. A job is attempted only while its lease outlasts the
+//!   attempt (see [`claims`]), so a lease lost during a database outage is never sent on.
 //! - **Ownership.** On a database shared by several instances, one instance at a time delivers
 //!   to a given endpoint (a renewable lease on the endpoint), so its rate limit and concurrency
 //!   cap hold across instances. Instances tell each other about new work through the database's
 //!   notifications; an instance in the `api` role only plans deliveries and leaves them to the
 //!   workers.
 
+mod claims;
 mod endpoints;
 mod send;
 pub mod ssrf;
@@ -27,7 +29,6 @@ pub mod ssrf;
 pub use send::{ConnectDeadline, PooledClient, pooled_client};
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -47,6 +48,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{DeliveryConfig, EndpointConfig};
 use crate::metrics::{self, Metrics};
+use claims::{ClaimNumber, HeldClaims, Turn};
 pub use endpoints::{EndpointDefinition, EndpointRuntime, EndpointSet, check_destination};
 pub use send::RESPONSE_BODY_LIMIT;
 use ssrf::{DestinationPolicy, Refusal};
@@ -62,6 +64,11 @@ pub struct Job {
     pub attempts: u32,
     pub payload: Bytes,
     pub raw: Option<RawOrigin>,
+    /// Which claim of the delivery this is; the default, until the job is handed off, is
+    /// never attempted.
+    claim: ClaimNumber,
+    /// When the lease taken with the claim ends, unless renewed.
+    leased_until: Timestamp,
     /// The place this job holds in its lane.
     _slot: OwnedSemaphorePermit,
 }
@@ -163,10 +170,10 @@ struct Shared {
     endpoints: RwLock<Arc<EndpointSet>>,
     lanes: Mutex<HashMap<EndpointId, Arc<Lane>>>,
     in_flight: Arc<Semaphore>,
-    /// Deliveries held in memory under this instance's lease, each with the number of claims
-    /// not yet completed: a delivery given back can be claimed again before the completion that
-    /// gave it back is counted off, and the newer claim must keep its lease renewed.
-    held: Mutex<HashMap<DeliveryId, u32>>,
+    /// Deliveries held in memory under this instance's lease, each with its claims not yet
+    /// counted off: a delivery given back can be claimed again before the completion that gave
+    /// it back is counted off, and the newer claim must keep its lease renewed.
+    held: Mutex<HeldClaims>,
     /// Unbounded so a lane never waits on the database and nothing finished is left behind at
     /// shutdown. It grows only while the completer writes slower than attempts finish; the
     /// claims that feed the attempts go to the same database, so the two slow down together.
@@ -241,7 +248,7 @@ impl Delivery {
             client,
             endpoints: RwLock::new(Arc::new(EndpointSet::default())),
             lanes: Mutex::new(HashMap::new()),
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(HeldClaims::default()),
             completions,
             lane_tasks: Mutex::new(Vec::new()),
             wake_poller: Notify::new(),
@@ -347,6 +354,8 @@ impl Delivery {
                     attempts: 0,
                     payload,
                     raw: plan.event_id.is_none().then(|| raw.1.clone()),
+                    claim: ClaimNumber::default(),
+                    leased_until: lease.until,
                     _slot: slot,
                 });
             }
@@ -385,8 +394,8 @@ impl Delivery {
 
     /// Starts the jobs of a committed ingest.
     pub fn hand_off(&self, prepared: Prepared) {
-        for job in prepared.jobs {
-            self.shared.hold(job.delivery_id);
+        for mut job in prepared.jobs {
+            job.claim = self.shared.hold(job.delivery_id, job.leased_until);
             self.shared.enqueue(job);
         }
     }
@@ -686,13 +695,55 @@ impl Shared {
     }
 
     /// Counts a claim of a delivery taken into memory; its completion counts it off.
-    fn hold(&self, id: DeliveryId) {
-        *self
-            .held
+    fn hold(&self, id: DeliveryId, leased_until: Timestamp) -> ClaimNumber {
+        self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(id)
-            .or_insert(0) += 1;
+            .claim(id, leased_until)
+    }
+
+    /// Whether `job` may be attempted now, its lease lasting the longest an attempt may take.
+    /// A lease too short for that is renewed first, if it has not lapsed.
+    async fn turn(&self, job: &Job) -> Turn {
+        let turn = self.turn_at(job, Timestamp::now());
+        if turn != Turn::Lapsing {
+            return turn;
+        }
+        let now = Timestamp::now();
+        let until = now.add(self.config.lease.0);
+        match self
+            .store
+            .renew_leases(&self.owner, vec![job.delivery_id], now, until)
+            .await
+        {
+            Ok(renewed) => self
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .renewed(&renewed, until),
+            Err(error) => tracing::debug!(%error, "could not renew a lease before an attempt"),
+        }
+        self.turn_at(job, Timestamp::now())
+    }
+
+    fn turn_at(&self, job: &Job, now: Timestamp) -> Turn {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).turn(
+            job.delivery_id,
+            job.claim,
+            now,
+            self.config.request_timeout.0,
+        )
+    }
+
+    /// Lets go of a job that must not be attempted, writing nothing: its lease has lapsed or
+    /// soon will, or a newer claim holds the delivery, so the row is the database's to hand out.
+    fn drop_unattempted(&self, job: Job, turn: Turn) {
+        tracing::debug!(delivery = %job.delivery_id, ?turn, "dropping a job whose lease is not ours to use");
+        self.metrics.lease_lapsed();
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(job.delivery_id);
     }
 
     fn enqueue(self: &Arc<Self>, job: Job) {
@@ -856,6 +907,13 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
             shared.give_back(job);
             break;
         };
+        match shared.turn(&job).await {
+            Turn::Attempt => {}
+            turn => {
+                shared.drop_unattempted(job, turn);
+                continue;
+            }
+        }
         shared.running_attempts.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(attempt(
             Arc::clone(&shared),
@@ -1041,13 +1099,8 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     }
     {
         let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
-        for id in &done {
-            if let Entry::Occupied(mut claims) = held.entry(*id) {
-                *claims.get_mut() -= 1;
-                if *claims.get() == 0 {
-                    claims.remove();
-                }
-            }
+        for id in done {
+            held.release(id);
         }
     }
     if disables && let Err(error) = shared.reload_endpoints().await {
@@ -1115,15 +1168,10 @@ async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timest
         let Ok(slots) = Arc::clone(&lane.slots).try_acquire_many_owned(room as u32) else {
             continue;
         };
+        let leased_until = now.add(shared.config.lease.0);
         let claimed = shared
             .store
-            .claim_due(
-                endpoint,
-                &shared.owner,
-                now,
-                now.add(shared.config.lease.0),
-                room as u32,
-            )
+            .claim_due(endpoint, &shared.owner, now, leased_until, room as u32)
             .await?;
         again_now |= claimed.len() == room;
         let mut slots = Some(slots);
@@ -1132,14 +1180,19 @@ async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timest
                 Some(slot) => slot,
                 None => break,
             };
-            dispatch_claimed(shared, delivery, slot);
+            dispatch_claimed(shared, delivery, leased_until, slot);
         }
     }
     Ok(if again_now { Some(now) } else { next })
 }
 
-fn dispatch_claimed(shared: &Arc<Shared>, delivery: ClaimedDelivery, slot: OwnedSemaphorePermit) {
-    shared.hold(delivery.id);
+fn dispatch_claimed(
+    shared: &Arc<Shared>,
+    delivery: ClaimedDelivery,
+    leased_until: Timestamp,
+    slot: OwnedSemaphorePermit,
+) {
+    let claim = shared.hold(delivery.id, leased_until);
     let Some(payload) = delivery.payload else {
         // Retention pruned the payload before the delivery could go out.
         shared.finish(Completion {
@@ -1159,13 +1212,18 @@ fn dispatch_claimed(shared: &Arc<Shared>, delivery: ClaimedDelivery, slot: Owned
         attempts: delivery.attempts,
         payload,
         raw: delivery.raw,
+        claim,
+        leased_until,
         _slot: slot,
     });
 }
 
-/// Extends the lease on everything held in memory, well before it would expire.
+/// Extends the lease on everything held in memory, well before it would expire: often enough
+/// that a renewed lease always outlasts an attempt starting before the next renewal.
 async fn run_lease_renewal(shared: Arc<Shared>) {
-    let every = shared.config.lease.0 / 3;
+    let config = &shared.config;
+    let every =
+        (config.lease.0 / 3).min(config.lease.0.saturating_sub(config.request_timeout.0) / 2);
     let mut stop = shared.stop_renewing.subscribe();
     loop {
         tokio::select! {
@@ -1177,18 +1235,21 @@ async fn run_lease_renewal(shared: Arc<Shared>) {
         if !shared.store.is_single_process() {
             renew_ownership(&shared, now, until).await;
         }
-        let ids: Vec<DeliveryId> = shared
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect();
+        let ids = shared.held.lock().unwrap_or_else(|p| p.into_inner()).ids();
         if ids.is_empty() {
             continue;
         }
-        if let Err(error) = shared.store.renew_leases(&shared.owner, ids, until).await {
-            tracing::warn!(%error, "could not renew delivery leases");
+        match shared
+            .store
+            .renew_leases(&shared.owner, ids, now, until)
+            .await
+        {
+            Ok(renewed) => shared
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .renewed(&renewed, until),
+            Err(error) => tracing::warn!(%error, "could not renew delivery leases"),
         }
     }
 }

@@ -269,21 +269,26 @@ impl PgStore {
         &self,
         owner: String,
         ids: Vec<DeliveryId>,
+        now: Timestamp,
         until: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<DeliveryId>, StoreError> {
         let client = self.client().await?;
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        client
-            .execute(
+        let rows = client
+            .query(
                 // Locks the rows in id order, as completions do (see `complete`).
                 "UPDATE deliveries SET lease_until = $3 WHERE id IN
-                   (SELECT id FROM deliveries WHERE id = ANY($1) AND lease_owner = $2
-                    ORDER BY id FOR UPDATE)",
-                &[&ids, &owner, &until.unix_millis()],
+                   (SELECT id FROM deliveries
+                    WHERE id = ANY($1) AND lease_owner = $2 AND lease_until > $4
+                    ORDER BY id FOR UPDATE)
+                 RETURNING id",
+                &[&ids, &owner, &until.unix_millis(), &now.unix_millis()],
             )
             .await
             .map_err(pg_error)?;
-        Ok(())
+        rows.iter()
+            .map(|row| parse_id(row.get::<_, &str>(0)))
+            .collect()
     }
 
     pub(crate) async fn complete(

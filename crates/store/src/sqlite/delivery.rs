@@ -414,20 +414,31 @@ impl SqliteStore {
         &self,
         owner: String,
         ids: Vec<DeliveryId>,
+        now: Timestamp,
         until: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<DeliveryId>, StoreError> {
         self.write(move |connection| {
             let mut statement = connection
                 .prepare_cached(
-                    "UPDATE deliveries SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2",
+                    "UPDATE deliveries SET lease_until = ?3
+                     WHERE id = ?1 AND lease_owner = ?2 AND lease_until > ?4",
                 )
                 .map_err(db_error)?;
+            let mut renewed = Vec::with_capacity(ids.len());
             for id in &ids {
-                statement
-                    .execute(params![id.to_string(), owner, until.unix_millis()])
+                let changed = statement
+                    .execute(params![
+                        id.to_string(),
+                        owner,
+                        until.unix_millis(),
+                        now.unix_millis()
+                    ])
                     .map_err(db_error)?;
+                if changed > 0 {
+                    renewed.push(*id);
+                }
             }
-            Ok(())
+            Ok(renewed)
         })
         .await
     }
