@@ -46,6 +46,18 @@ pub enum StoreError {
     BadUrl(String),
 }
 
+impl StoreError {
+    /// A write that panicked, with the panic's message.
+    pub(crate) fn panicked(panic: &(dyn std::any::Any + Send)) -> Self {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        Self::Database(format!("a write panicked: {reason}"))
+    }
+}
+
 /// Where the data lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseConfig {

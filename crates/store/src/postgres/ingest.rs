@@ -566,8 +566,9 @@ impl IngestWriters {
                             return;
                         }
                         drop(receiver);
-                        // A panic fails this group's requests (their replies are dropped),
-                        // not the writer: the next group is written as usual.
+                        // A panic outside a request's write (each is caught in
+                        // `write_retrying`) fails this group's requests (their replies are
+                        // dropped), not the writer: the next group is written as usual.
                         let written =
                             AssertUnwindSafe(store.write_group(std::mem::take(&mut queued)))
                                 .catch_unwind()
@@ -730,7 +731,14 @@ impl PgStore {
     ) -> Result<Vec<IngestOutcome>, StoreError> {
         let mut retries = 0;
         loop {
-            match self.write_together(writes).await {
+            // A bug that panics in one request's write (ledger code runs here) fails the
+            // transaction, which is rolled back as it is dropped; a group is then written
+            // again one by one, so the request fails alone.
+            let written = AssertUnwindSafe(self.write_together(writes))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(StoreError::panicked(panic.as_ref())));
+            match written {
                 Err(error @ StoreError::Conflict(_)) if retries < CONFLICT_RETRIES => {
                     retries += 1;
                     tracing::warn!(%error, requests = writes.len(), "an ingest conflicted with another transaction; writing it again");

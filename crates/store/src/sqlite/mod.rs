@@ -97,14 +97,7 @@ where
         // undone like any other failure, rather than unwinding the thread every write needs.
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.work)(connection)))
-                .unwrap_or_else(|panic| {
-                    let reason = panic
-                        .downcast_ref::<&str>()
-                        .copied()
-                        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                        .unwrap_or("no message");
-                    Err(StoreError::Database(format!("a write panicked: {reason}")))
-                });
+                .unwrap_or_else(|panic| Err(StoreError::panicked(panic.as_ref())));
         let succeeded = result.is_ok();
         self.result = Some(result);
         succeeded

@@ -56,6 +56,15 @@ impl Concluder for BareConcluder {
     }
 }
 
+/// A concluder with a bug: it panics on any conclusion.
+struct PanickingConcluder;
+
+impl Concluder for PanickingConcluder {
+    fn announce(&self, _: &Conclusion) -> Announcement {
+        panic!("a bug in announcing")
+    }
+}
+
 fn invoice_data(id: &str, number: &str, amount: i64) -> EntityData {
     EntityData::Invoice(InvoiceSnapshot {
         provider_invoice_id: id.to_owned(),
@@ -1109,6 +1118,54 @@ fn the_unstamped_times_migration_reorders_only_unstamped_providers() {
             assert!(payment.content_precedence.at > Precedence::UNSTAMPED);
             assert!(payment.status_precedence.at > Precedence::UNSTAMPED);
             store.close().await;
+        }
+    });
+}
+
+/// A write that panics (a bug in ledger code, which runs inside the write) fails alone: the
+/// requests written in the same group as it are stored, on both backends.
+#[test]
+fn an_ingest_that_panics_fails_alone() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            issue(store, "bcinv_panic", "INV-PANIC", 500).await;
+            let mut settling = ingest_of(
+                payment_data("tx_panic", "succeeded", 500, "INV-PANIC"),
+                SUCCEEDED,
+            );
+            settling.concluder = Some(Arc::new(PanickingConcluder));
+            let others: Vec<_> = (0..30)
+                .map(|n| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store
+                            .ingest(ingest_of(
+                                invoice_data(&format!("bcinv_{n}"), &format!("INV-{n}"), 100),
+                                Some(StatusRank::new(1)),
+                            ))
+                            .await
+                    })
+                })
+                .collect();
+            let panicking = {
+                let store = store.clone();
+                tokio::spawn(async move { store.ingest(settling).await })
+            };
+            for other in others {
+                other
+                    .await
+                    .unwrap()
+                    .expect("written beside a panicking write");
+            }
+            let error = panicking
+                .await
+                .unwrap()
+                .expect_err("the panicking write fails")
+                .to_string();
+            assert!(error.contains("a bug in announcing"), "{error}");
+            assert_eq!(every(store, SubjectKind::Invoice).await.len(), 31);
+            assert!(every(store, SubjectKind::Payment).await.is_empty());
         }
     });
 }
