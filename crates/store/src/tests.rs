@@ -41,11 +41,16 @@ fn sqlite_config() -> (DatabaseConfig, tempfile::TempDir) {
 /// A fresh schema in the test PostgreSQL (`BILLHOOK_TEST_POSTGRES_URL`, default the local
 /// server's `test` database).
 pub(crate) async fn postgres_config() -> (DatabaseConfig, tempfile::TempDir) {
+    postgres_config_named("").await
+}
+
+/// Like [`postgres_config`], the schema's name ending in `suffix` (no spaces or `"`).
+async fn postgres_config_named(suffix: &str) -> (DatabaseConfig, tempfile::TempDir) {
     let base = std::env::var("BILLHOOK_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let schema = fresh_schema(&base).await;
+    let schema = fresh_schema(&base, suffix).await;
     let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let url = format!("{base}{separator}options=-c%20search_path%3D%22{schema}%22");
     let mut options = PostgresOptions::new(&url);
     options.pool_size = 4;
     options.wait = Duration::ZERO;
@@ -56,7 +61,7 @@ pub(crate) async fn postgres_config() -> (DatabaseConfig, tempfile::TempDir) {
 }
 
 /// Creates an empty schema for one test (dropping test schemas older than an hour).
-async fn fresh_schema(base: &str) -> String {
+async fn fresh_schema(base: &str, suffix: &str) -> String {
     let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| panic!("the test PostgreSQL at {base} is not reachable: {e}"));
@@ -78,13 +83,13 @@ async fn fresh_schema(base: &str) -> String {
             .unwrap_or(0);
         if created < now - 3_600_000 {
             let _ = client
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
                 .await;
         }
     }
-    let schema = format!("billhook_test_{now}_{:08x}", rand::random::<u32>());
+    let schema = format!("billhook_test_{now}_{:08x}{suffix}", rand::random::<u32>());
     client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
         .await
         .unwrap();
     schema
@@ -663,6 +668,37 @@ fn concurrent_writes_share_commits_and_one_failure_spares_the_rest() {
                 1 + 180,
                 "a failed write left nothing behind"
             );
+        }
+    });
+}
+
+/// Instances hear each other's changes whatever their schema is called: a name with capitals
+/// and a dash, and one too long to fit in a channel name as it is.
+#[test]
+fn notifications_reach_other_instances_in_any_schema() {
+    runtime().block_on(async {
+        for suffix in [
+            "_With-Capitals",
+            "_and_a_name_too_long_for_a_channel_as_it_is",
+        ] {
+            let (config, _dir) = postgres_config_named(suffix).await;
+            let listening = Store::open(&config).await.unwrap();
+            let mut notifications = listening.subscribe().expect("PostgreSQL notifies");
+            let mut next = async || {
+                tokio::time::timeout(Duration::from_secs(5), notifications.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            assert_eq!(next().await, Some(Notification::Reconnected), "{suffix}");
+            let other = Store::open(&config).await.unwrap();
+            other
+                .create_endpoint(new_endpoint("canonical", None))
+                .await
+                .unwrap();
+            assert_eq!(next().await, Some(Notification::Endpoints), "{suffix}");
+            other.close().await;
+            listening.close().await;
         }
     });
 }

@@ -110,6 +110,25 @@ pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// The notification channel of `kind` for the tables in `schema`. A channel name is at most 63
+/// bytes and compared exactly (`pg_notify` takes it as given), so a schema name that is not
+/// plain lower-case ASCII, or too long, is replaced by its hash: distinct schemas keep distinct
+/// channels, and every instance of every release derives the same one.
+fn channel(kind: &str, schema: &str) -> String {
+    let plain = format!("billhook_{kind}_{schema}");
+    let simple = schema
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if simple && plain.len() <= 63 {
+        plain
+    } else {
+        format!(
+            "billhook_{kind}_{:016x}",
+            billhook_core::ledger::stable_hash(&[schema])
+        )
+    }
+}
+
 pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
@@ -174,8 +193,8 @@ impl PgStore {
         let mut store = Self {
             pool,
             config,
-            deliveries_channel: format!("billhook_deliveries_{schema}"),
-            endpoints_channel: format!("billhook_endpoints_{schema}"),
+            deliveries_channel: channel("deliveries", &schema),
+            endpoints_channel: channel("endpoints", &schema),
             ingests: None,
         };
         store.migrate(target.unwrap_or_else(latest_version)).await?;
@@ -187,7 +206,7 @@ impl PgStore {
         Ok(store)
     }
 
-    /// The schema tables live in, reduced to characters safe in a channel name.
+    /// The schema tables live in.
     async fn schema_of(pool: &Pool) -> Result<String, StoreError> {
         let client = pool.get().await.map_err(pool_error)?;
         let row = client
@@ -200,10 +219,7 @@ impl PgStore {
                 "no schema on the search_path exists; create it first".to_owned(),
             )
         })?;
-        Ok(schema
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect())
+        Ok(schema)
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -310,7 +326,7 @@ impl PgStore {
                         delay = Duration::from_millis(250);
                         let mut messages =
                             futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                        let listen = format!("LISTEN {deliveries}; LISTEN {endpoints};");
+                        let listen = format!("LISTEN \"{deliveries}\"; LISTEN \"{endpoints}\";");
                         let drive = async {
                             while let Some(message) = messages.next().await {
                                 match message {
