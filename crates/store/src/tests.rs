@@ -1356,6 +1356,46 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
     });
 }
 
+/// Disabling an endpoint holds its deliveries, those under a lapsed lease too (an instance
+/// crashed holding them): no instance works a disabled endpoint's pending deliveries. One under
+/// a live lease is left to its attempt, whose completion finds the endpoint disabled.
+#[test]
+fn disabling_holds_deliveries_whose_lease_lapsed() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = canonical_endpoint(store).await;
+            let now = Timestamp::now();
+            let request = inbound("rzp", "lapsed-lease", InboundStatus::Processed);
+            let e = event("rzp", "invoice.paid", "inv_lapsed");
+            let mut lapsed = delivery_for(&endpoint, Some(&e), request.id);
+            lapsed.lease = Some(Lease {
+                owner: "crashed".into(),
+                until: now.sub(Duration::from_secs(1)),
+            });
+            let mut live = delivery_for(&endpoint, None, request.id);
+            live.lease = Some(Lease {
+                owner: "alive".into(),
+                until: now.add(Duration::from_secs(60)),
+            });
+            let mut ingest = write(request, vec![e]);
+            ingest.deliveries = vec![lapsed.clone(), live.clone()];
+            store.ingest(ingest).await.unwrap();
+            let disabling = EndpointPatch {
+                enabled: Some(false),
+                ..EndpointPatch::default()
+            };
+            store
+                .update_endpoint(endpoint.id, disabling, now)
+                .await
+                .unwrap();
+            let status = |id| async move { store.delivery(id).await.unwrap().unwrap().status };
+            assert_eq!(status(lapsed.id).await, DeliveryStatus::Held);
+            assert_eq!(status(live.id).await, DeliveryStatus::Pending);
+        }
+    });
+}
+
 /// What [`ingest_owed`] stored: a message, its one event, and the delivery owed of it.
 struct Owed {
     delivery: DeliveryId,

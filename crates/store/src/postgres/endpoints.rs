@@ -255,7 +255,8 @@ pub(super) async fn disable<C: GenericClient>(
         .execute(
             "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL, updated_at = $2
              WHERE id IN (SELECT id FROM deliveries
-                WHERE endpoint_id = $1 AND status IN ('pending', 'failed') AND lease_owner IS NULL
+                WHERE endpoint_id = $1 AND status IN ('pending', 'failed')
+                  AND (lease_owner IS NULL OR lease_until <= $2)
                 ORDER BY id FOR UPDATE)",
             &[&id, &now.unix_millis()],
         )

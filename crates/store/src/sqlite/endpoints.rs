@@ -266,7 +266,8 @@ pub(super) fn disable(
         .prepare_cached(
             "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
                 updated_at = ?2
-             WHERE endpoint_id = ?1 AND status IN ('pending', 'failed') AND lease_owner IS NULL",
+             WHERE endpoint_id = ?1 AND status IN ('pending', 'failed')
+               AND (lease_owner IS NULL OR lease_until <= ?2)",
         )
         .and_then(|mut statement| statement.execute(params![id, now.unix_millis()]))
         .map_err(db_error)?;
