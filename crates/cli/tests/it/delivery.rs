@@ -31,6 +31,7 @@ backend_tests!(
     shutdown_lets_in_flight_attempts_finish,
     a_re_enabled_endpoint_starts_its_failing_time_afresh,
     a_job_whose_lease_lapsed_goes_out_only_under_its_new_claim,
+    a_redelivery_to_a_disabled_endpoint_waits_held,
 );
 
 /// Posts every fixture; returns the acknowledged event ids.
@@ -826,6 +827,55 @@ async fn a_job_whose_lease_lapsed_goes_out_only_under_its_new_claim(backend: Bac
     assert!(
         dropped >= Some(lapsed as f64 - 2.0),
         "{dropped:?} dropped of {lapsed}"
+    );
+    app.stop().await;
+}
+
+/// Redelivering to a disabled endpoint holds the deliveries for its re-enabling, as everything
+/// else sent its way is held: no instance works a disabled endpoint's pending deliveries.
+async fn a_redelivery_to_a_disabled_endpoint_waits_held(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let (had_it, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let (never_had_it, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["invoice.*"] }))
+        .await;
+    let ids = ingest_payments(&app, 1, "held-redelivery").await;
+    app.eventually(Duration::from_secs(5), "delivered", || async {
+        receiver.count() == 1
+    })
+    .await;
+    for endpoint in [&had_it, &never_had_it] {
+        let (status, _) = app
+            .admin_patch(
+                &format!("/v1/endpoints/{endpoint}"),
+                json!({ "enabled": false }),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let redeliver = format!("/v1/events/{}/redeliver", ids[0]);
+    let (status, _) = app.admin_post(&redeliver, json!({})).await;
+    assert_eq!(status, 202);
+    let (status, _) = app
+        .admin_post(&redeliver, json!({ "endpoint_id": never_had_it }))
+        .await;
+    assert_eq!(status, 202);
+    let (_, detail) = app.admin_get(&format!("/v1/events/{}", ids[0])).await;
+    let statuses: Vec<&Value> = detail["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["status"])
+        .collect();
+    assert_eq!(statuses, [&json!("held"), &json!("held")], "{detail}");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(&metrics, "billhook_pending_deliveries"),
+        Some(0.0),
+        "{metrics}"
     );
     app.stop().await;
 }

@@ -261,7 +261,11 @@ pub(crate) async fn redeliver(
                     .parse::<EventType>()
                     .map_err(|e| ApiError::internal(&e))?
                     .as_str(),
-                status: DeliveryStatus::Pending,
+                status: if endpoint.enabled {
+                    DeliveryStatus::Pending
+                } else {
+                    DeliveryStatus::Held
+                },
                 next_attempt_at: now,
                 lease: None,
             });

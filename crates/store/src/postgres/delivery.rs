@@ -440,7 +440,12 @@ impl PgStore {
         }
         let rows = transaction
             .query(
-                "UPDATE deliveries SET status = 'pending', next_attempt_at = $3, attempts = 0,
+                // A disabled endpoint's deliveries wait held, for its re-enabling.
+                "UPDATE deliveries SET
+                    status = CASE WHEN (SELECT enabled FROM endpoints
+                                        WHERE endpoints.id = deliveries.endpoint_id)
+                                  THEN 'pending' ELSE 'held' END,
+                    next_attempt_at = $3, attempts = 0,
                     lease_owner = NULL, lease_until = NULL, updated_at = $3
                  WHERE inbound_id = $2 AND (event_id = $1 OR event_id IS NULL)
                    AND ($4::TEXT IS NULL OR endpoint_id = $4)

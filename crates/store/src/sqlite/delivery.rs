@@ -531,7 +531,12 @@ impl SqliteStore {
             };
             let ids: Vec<String> = connection
                 .prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3, attempts = 0,
+                    // A disabled endpoint's deliveries wait held, for its re-enabling.
+                    "UPDATE deliveries SET
+                        status = CASE WHEN (SELECT enabled FROM endpoints
+                                            WHERE endpoints.id = deliveries.endpoint_id)
+                                      THEN 'pending' ELSE 'held' END,
+                        next_attempt_at = ?3, attempts = 0,
                         lease_owner = NULL, lease_until = NULL, updated_at = ?3
                      WHERE inbound_id = ?2 AND (event_id = ?1 OR event_id IS NULL)
                        AND (?4 IS NULL OR endpoint_id = ?4)
