@@ -22,6 +22,7 @@ backend_tests!(
     the_cli_manages_endpoints_end_to_end,
     reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do,
     a_settlement_reached_by_reprocessing_is_counted,
+    an_endpoint_whose_source_left_the_configuration_can_be_disabled,
 );
 
 async fn request(
@@ -81,6 +82,11 @@ async fn a_read_token_reads_and_only_an_admin_token_changes(backend: Backend) {
         );
     }
     assert!(!listed.to_string().contains("subscriber-credential"));
+    // What a request needs is judged by its route: these are ledger lookups, not tokens.
+    for path in ["/v1/invoices/tokens-2024", "/v1/payments/secret"] {
+        let (status, body) = request(&app, Method::GET, path, &read, None).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
     for (method, path, body) in [
         (
             Method::POST,
@@ -777,5 +783,34 @@ async fn the_cli_lists_every_endpoint_past_one_page() {
         table.contains("/hooks/0 ") || table.contains("/hooks/0\n"),
         "{table:.300}"
     );
+    app.stop().await;
+}
+
+/// An endpoint can name a source the configuration no longer has (it was removed and billhook
+/// restarted); changing something else, disabling it say, does not require naming its sources
+/// anew.
+async fn an_endpoint_whose_source_left_the_configuration_can_be_disabled(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let (endpoint, _) = app
+        .create_endpoint(
+            json!({ "url": receiver.url, "event_types": ["*"], "sources": ["zwitch"] }),
+        )
+        .await;
+    let changed = app
+        .execute_sql(&format!(
+            "UPDATE endpoints SET sources = '[\"zwitch-retired\"]' WHERE id = '{endpoint}'"
+        ))
+        .await;
+    assert_eq!(changed, 1);
+    let path = format!("/v1/endpoints/{endpoint}");
+    let (status, view) = app.admin_patch(&path, json!({ "enabled": false })).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["enabled"], json!(false));
+    let (status, refusal) = app
+        .admin_patch(&path, json!({ "sources": ["zwitch-retired"] }))
+        .await;
+    assert_eq!(status, 400, "naming an unknown source is still refused");
+    assert_eq!(refusal["code"], json!("invalid_request"));
     app.stop().await;
 }

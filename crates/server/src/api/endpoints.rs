@@ -284,7 +284,7 @@ pub(crate) async fn create(
             now: Timestamp::now(),
         })
         .await?;
-    app.delivery.reload_endpoints().await?;
+    app.delivery.reload_after_change().await;
     tracing::info!(endpoint = %record.id, url = %record.url, "created an endpoint");
     let mut view = EndpointView::new(record);
     view.secret = Some(secret.expose());
@@ -383,7 +383,9 @@ pub(crate) async fn update(
         body.max_concurrency.unwrap_or(current.max_concurrency),
     )
     .map_err(ApiError::invalid)?;
-    check_sources(&app, sources.as_deref())?;
+    // Only sources named now: an endpoint whose source left the configuration can still be
+    // changed (disabled, say) without naming its sources anew.
+    check_sources(&app, body.sources.clone().flatten().as_deref())?;
     if let Some(url) = &body.url {
         check_destination(app.delivery.destinations(), url)
             .await
@@ -413,7 +415,7 @@ pub(crate) async fn update(
     // This instance plans new deliveries by the endpoints as reloaded: reloaded before the
     // backlog is recovered, an endpoint enabled again gets its new deliveries as pending rather
     // than held behind the recovery, where nothing would release them.
-    app.delivery.reload_endpoints().await?;
+    app.delivery.reload_after_change().await;
     if let Some(since) = body.recover_since {
         let recovered = app.store.recover(id, since, now).await?;
         tracing::info!(endpoint = %id, recovered, "re-enabled an endpoint and recovered its backlog");
@@ -437,7 +439,7 @@ pub(crate) async fn delete(
     if !app.store.delete_endpoint(id, Timestamp::now()).await? {
         return Err(ApiError::not_found("endpoint"));
     }
-    app.delivery.reload_endpoints().await?;
+    app.delivery.reload_after_change().await;
     tracing::info!(endpoint = %id, "deleted an endpoint");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -534,7 +536,7 @@ pub(crate) async fn rotate_secret(
         )
         .await?
         .ok_or_else(|| ApiError::not_found("endpoint"))?;
-    app.delivery.reload_endpoints().await?;
+    app.delivery.reload_after_change().await;
     tracing::info!(endpoint = %id, "rotated an endpoint's signing secret");
     Ok(Json(secret_view(&record)))
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -92,7 +92,12 @@ async fn require_token(
             "the admin token is not valid",
         ));
     };
-    let needed = needed_scope(request.method(), request.uri().path());
+    // Judged by the route, not the path: `/v1/invoices/tokens-2024` is an invoice, not tokens.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| request.uri().path(), MatchedPath::as_str);
+    let needed = needed_scope(request.method(), route);
     if !access.scope.allows(needed) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
@@ -108,11 +113,11 @@ async fn require_token(
     Ok(next.run(request).await)
 }
 
-/// The scope a request needs: reading is `read`, except secrets and tokens; everything that
-/// changes something is `admin`.
-pub(crate) fn needed_scope(method: &http::Method, path: &str) -> Scope {
+/// The scope a request to `route` (its template, `/v1/endpoints/{id}/secret`) needs: reading is
+/// `read`, except secrets and tokens; everything that changes something is `admin`.
+fn needed_scope(method: &http::Method, route: &str) -> Scope {
     let reads = matches!(*method, http::Method::GET | http::Method::HEAD);
-    let sensitive = path.ends_with("/secret") || path.contains("/tokens");
+    let sensitive = route.ends_with("/secret") || route.contains("/tokens");
     if reads && !sensitive {
         Scope::Read
     } else {

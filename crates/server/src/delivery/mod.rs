@@ -294,9 +294,25 @@ impl Delivery {
         self.shared.config.secret_overlap.0
     }
 
-    /// Re-reads endpoints after they changed.
-    pub async fn reload_endpoints(&self) -> Result<(), StoreError> {
-        self.shared.reload_endpoints().await
+    /// Re-reads endpoints after this instance changed one. The change is committed whatever
+    /// happens here, so a failed read is not the caller's (who would retry a change already
+    /// made): it is logged and tried again in the background until it succeeds.
+    pub async fn reload_after_change(&self) {
+        let Err(error) = self.shared.reload_endpoints().await else {
+            return;
+        };
+        tracing::warn!(%error, "could not reload endpoints after a change; trying again");
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(250);
+            while !shared.stopping() {
+                tokio::time::sleep(delay).await;
+                match shared.reload_endpoints().await {
+                    Ok(()) => return,
+                    Err(_) => delay = (delay * 2).min(Duration::from_secs(5)),
+                }
+            }
+        });
     }
 
     /// Plans the deliveries of one inbound message's events and reserves lane room for those
