@@ -134,6 +134,19 @@ async fn pages_need_a_login_and_a_login_needs_a_valid_token(backend: Backend) {
     let (login_cookie, header) = set_cookie(&form, "billhook_login").unwrap();
     assert!(header.contains("HttpOnly") && header.contains("SameSite=Strict"));
     let csrf = csrf_in(&form.text().await.unwrap());
+    // The login page opened again (another tab) keeps the form token the browser holds, so
+    // the first tab's form still logs in.
+    let again = http
+        .get(app.url("/login"))
+        .header("cookie", format!("billhook_login={login_cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        set_cookie(&again, "billhook_login").unwrap().0,
+        login_cookie
+    );
+    assert_eq!(csrf_in(&again.text().await.unwrap()), csrf);
 
     let wrong = http
         .post(app.url("/login"))
@@ -325,7 +338,11 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
         assert!(ok, "{printed}");
     }
     let quarantined = app
-        .post_signed("zwitch", b"{\"not\": \"a zwitch event\"}", &[])
+        .post_signed(
+            "zwitch",
+            b"{\"not\": \"a zwitch event\", \"amount\": 100000000000000000000001, \"rate\": 0.10}",
+            &[],
+        )
         .await;
     assert_eq!(quarantined.status().as_u16(), 200);
     let forged = app
@@ -467,6 +484,12 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
         .and_then(|rest| rest.split('"').next())
         .unwrap()
         .to_owned();
+    // A request kept for what went wrong with it shows its numbers as they were sent.
+    let (_, kept) = get(&app, &session, &format!("/inbound/{inbound}")).await;
+    assert!(
+        kept.contains("100000000000000000000001") && kept.contains("0.10"),
+        "{kept}"
+    );
     let response = post(
         &app,
         &session,

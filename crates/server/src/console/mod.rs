@@ -198,6 +198,14 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
+/// Whether `text` has the shape [`generate_session_secret`] gives (43 URL-safe characters).
+fn is_session_secret(text: &str) -> bool {
+    text.len() == 43
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 fn set_cookie(app: &App, name: &str, value: &str, max_age_seconds: u64) -> HeaderValue {
     let secure = if app.settings.console.secure_cookies {
         "; Secure"
@@ -283,12 +291,25 @@ struct LoginQuery {
     next: Option<String>,
 }
 
-async fn login_page(State(app): State<Arc<App>>, Query(query): Query<LoginQuery>) -> Response {
-    login_form(&app, query.next.as_deref(), None)
+async fn login_page(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<LoginQuery>,
+) -> Response {
+    login_form(&app, &headers, query.next.as_deref(), None)
 }
 
-fn login_form(app: &App, next: Option<&str>, problem: Option<&str>) -> Response {
-    let form_token = generate_session_secret();
+fn login_form(
+    app: &App,
+    headers: &HeaderMap,
+    next: Option<&str>,
+    problem: Option<&str>,
+) -> Response {
+    // A login page open in another tab (each expired session's tab lands here) keeps working:
+    // the form token the browser already holds is reused rather than replaced.
+    let form_token = cookie(headers, LOGIN_COOKIE)
+        .filter(|held| is_session_secret(held))
+        .map_or_else(generate_session_secret, str::to_owned);
     let page = layout::bare(
         "Log in",
         html! {
@@ -347,6 +368,7 @@ async fn login(
         tracing::info!("refused a console login with an invalid token");
         return Ok(login_form(
             &app,
+            &headers,
             form.next.as_deref(),
             Some("That token is not valid."),
         ));

@@ -421,9 +421,11 @@ fn inbound_details(inbound: &billhook_store::InboundRecord) -> Markup {
         h3 { "Body" }
         @match &inbound.body {
             Some(body) => {
+                // Pretty only when that shows the same numbers: a request kept for what went
+                // wrong with it is shown as the provider sent it.
                 @match serde_json::from_slice::<Value>(body) {
-                    Ok(value) => { (json_block(&value)) }
-                    Err(_) => { (text_block(&String::from_utf8_lossy(body))) }
+                    Ok(value) if numbers_are_exact(&value) => { (json_block(&value)) }
+                    _ => { (text_block(&String::from_utf8_lossy(body))) }
                 }
             }
             None => { (empty("The body has been removed by retention.")) }
@@ -1600,4 +1602,15 @@ pub(crate) async fn record(
         "/records",
         body,
     ))
+}
+
+/// Whether every number in `value` is an integer a `Value` holds digit for digit: a fraction
+/// or an integer beyond 64 bits is held as a float, and printed again it may read otherwise.
+fn numbers_are_exact(value: &Value) -> bool {
+    match value {
+        Value::Number(number) => number.is_i64() || number.is_u64(),
+        Value::Array(items) => items.iter().all(numbers_are_exact),
+        Value::Object(fields) => fields.values().all(numbers_are_exact),
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
+    }
 }
