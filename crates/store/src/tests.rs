@@ -703,6 +703,58 @@ fn notifications_reach_other_instances_in_any_schema() {
     });
 }
 
+/// A change to an endpoint that another instance is deleting at the same moment finds it gone
+/// and writes nothing to the deleted row.
+#[test]
+fn a_change_racing_a_deletion_finds_the_endpoint_gone() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let store = Store::open(&config).await.unwrap();
+        let endpoint = store
+            .create_endpoint(new_endpoint("canonical", None))
+            .await
+            .unwrap();
+        let mut deleting = postgres_session(&config).await;
+        let deletion = deleting.transaction().await.unwrap();
+        deletion
+            .execute(
+                "UPDATE endpoints SET deleted_at = 1, enabled = FALSE WHERE id = $1",
+                &[&endpoint.id.to_string()],
+            )
+            .await
+            .unwrap();
+        let changing = {
+            let store = store.clone();
+            let patch = EndpointPatch {
+                url: Some("https://elsewhere.example.com/hooks".to_owned()),
+                enabled: Some(true),
+                ..EndpointPatch::default()
+            };
+            tokio::spawn(async move {
+                store
+                    .update_endpoint(endpoint.id, patch, Timestamp::now())
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        deletion.commit().await.unwrap();
+        let changed = changing.await.unwrap().unwrap();
+        assert!(changed.is_none(), "{changed:?}");
+        let row = deleting
+            .query_one(
+                "SELECT url, enabled FROM endpoints WHERE id = $1",
+                &[&endpoint.id.to_string()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), endpoint.url);
+        assert!(
+            !row.get::<_, bool>(1),
+            "the deleted endpoint stays disabled"
+        );
+    });
+}
+
 /// PostgreSQL cancels one of two transactions that lock rows in opposite orders. An ingest so
 /// cancelled wrote nothing and is written again: its caller sees it stored, once. One the
 /// database keeps cancelling fails as a conflict (a 503 to the provider, who retries), still

@@ -139,6 +139,20 @@ async fn add_secret<C: GenericClient>(
     Ok(())
 }
 
+/// Locks endpoint `id` for a change unless it is deleted; false when it is (or is missing).
+/// Without the lock a change racing a deletion would find the endpoint, wait for the deletion's
+/// row lock, and then write to the deleted row.
+async fn lock_live<C: GenericClient>(client: &C, id: EndpointId) -> Result<bool, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM endpoints WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+            &[&id.to_string()],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(row.is_some())
+}
+
 async fn set_column<C: GenericClient>(
     client: &C,
     id: &str,
@@ -431,7 +445,7 @@ impl PgStore {
     ) -> Result<Option<EndpointRecord>, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
-        if endpoint_by_id(&transaction, id).await?.is_none() {
+        if !lock_live(&transaction, id).await? {
             return Ok(None);
         }
         apply_patch(&transaction, id, &patch, now).await?;
@@ -488,7 +502,7 @@ impl PgStore {
     ) -> Result<Option<EndpointRecord>, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
-        if endpoint_by_id(&transaction, id).await?.is_none() {
+        if !lock_live(&transaction, id).await? {
             return Ok(None);
         }
         rotate(&transaction, id, &secret, now, previous_until).await?;
