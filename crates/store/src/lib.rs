@@ -359,6 +359,17 @@ impl Store {
         dispatch!(self, store => store.update_endpoint(id, patch, now).await)
     }
 
+    /// Cancels the undelivered deliveries of those of `endpoints` that are deleted; the number
+    /// cancelled. A delivery planned by an instance that had not heard of a deletion yet is
+    /// written after the deletion cancelled the rest, and no lane would ever work it.
+    pub async fn cancel_deliveries_of_deleted(
+        &self,
+        endpoints: Vec<EndpointId>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.cancel_deliveries_of_deleted(endpoints, now).await)
+    }
+
     /// Deletes an endpoint and cancels its undelivered deliveries. False when there is none.
     pub async fn delete_endpoint(
         &self,

@@ -1448,6 +1448,40 @@ fn disabling_holds_deliveries_whose_lease_lapsed() {
     });
 }
 
+/// A delivery written for an endpoint deleted a moment before (planned by an instance that had
+/// not heard of the deletion) is cancelled when asked; a live endpoint's are left alone.
+#[test]
+fn deliveries_planned_for_a_deleted_endpoint_are_cancelled() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let deleted = canonical_endpoint(store).await;
+            let live = canonical_endpoint(store).await;
+            assert!(
+                store
+                    .delete_endpoint(deleted.id, Timestamp::now())
+                    .await
+                    .unwrap()
+            );
+            let request = inbound("rzp", "planned-late", InboundStatus::Processed);
+            let e = event("rzp", "invoice.paid", "inv_late");
+            let orphan = delivery_for(&deleted, Some(&e), request.id);
+            let kept = delivery_for(&live, Some(&e), request.id);
+            let mut ingest = write(request, vec![e]);
+            ingest.deliveries = vec![orphan.clone(), kept.clone()];
+            store.ingest(ingest).await.unwrap();
+            let cancelled = store
+                .cancel_deliveries_of_deleted(vec![deleted.id, live.id], Timestamp::now())
+                .await
+                .unwrap();
+            assert_eq!(cancelled, 1);
+            let status = |id| async move { store.delivery(id).await.unwrap().unwrap().status };
+            assert_eq!(status(orphan.id).await, DeliveryStatus::Cancelled);
+            assert_eq!(status(kept.id).await, DeliveryStatus::Pending);
+        }
+    });
+}
+
 /// What [`ingest_owed`] stored: a message, its one event, and the delivery owed of it.
 struct Owed {
     delivery: DeliveryId,

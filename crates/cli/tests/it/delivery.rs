@@ -32,6 +32,7 @@ backend_tests!(
     a_re_enabled_endpoint_starts_its_failing_time_afresh,
     a_job_whose_lease_lapsed_goes_out_only_under_its_new_claim,
     a_redelivery_to_a_disabled_endpoint_waits_held,
+    a_delivery_left_pending_for_a_deleted_endpoint_is_cancelled,
 );
 
 /// Posts every fixture; returns the acknowledged event ids.
@@ -877,5 +878,43 @@ async fn a_redelivery_to_a_disabled_endpoint_waits_held(backend: Backend) {
         Some(0.0),
         "{metrics}"
     );
+    app.stop().await;
+}
+
+/// A delivery left pending for an endpoint already deleted (planned by an instance that had not
+/// heard of the deletion, played here by reviving one behind billhook's back) is cancelled by
+/// the poller rather than counted as pending for good.
+async fn a_delivery_left_pending_for_a_deleted_endpoint_is_cancelled(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let ids = ingest_payments(&app, 1, "deleted-meanwhile").await;
+    app.eventually(Duration::from_secs(5), "delivered", || async {
+        receiver.count() == 1
+    })
+    .await;
+    let deleted = app
+        .http
+        .delete(app.url(&format!("/v1/endpoints/{endpoint}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    let revived = app
+        .execute_sql(&format!(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = 0
+             WHERE endpoint_id = '{endpoint}'"
+        ))
+        .await;
+    assert_eq!(revived, 1);
+    app.eventually(Duration::from_secs(5), "cancelled", || async {
+        let (_, detail) = app.admin_get(&format!("/v1/events/{}", ids[0])).await;
+        detail["deliveries"][0]["status"] == json!("cancelled")
+    })
+    .await;
+    assert_eq!(receiver.count(), 1);
     app.stop().await;
 }

@@ -1154,6 +1154,26 @@ async fn run_poller(shared: Arc<Shared>) {
 /// One pass of the poller; returns when it should look again.
 async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
     let (due, next) = shared.store.due_endpoints(now).await?;
+    // Due rows of an endpoint this instance does not know: most often one created elsewhere a
+    // moment ago, but a delivery planned for an endpoint as it was deleted elsewhere would
+    // otherwise wait for good.
+    let unknown: Vec<EndpointId> = due
+        .iter()
+        .copied()
+        .filter(|id| shared.endpoint(*id).is_none())
+        .collect();
+    if !unknown.is_empty() {
+        let cancelled = shared
+            .store
+            .cancel_deliveries_of_deleted(unknown, now)
+            .await?;
+        if cancelled > 0 {
+            tracing::info!(
+                cancelled,
+                "cancelled deliveries planned for endpoints deleted meanwhile"
+            );
+        }
+    }
     // Only endpoints this instance has a lane for: owning one it does not know yet (an endpoint
     // created elsewhere a moment ago) would hold its deliveries back from every instance.
     let unowned: Vec<EndpointId> = due

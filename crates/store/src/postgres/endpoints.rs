@@ -493,6 +493,28 @@ impl PgStore {
         Ok(deleted == 1)
     }
 
+    pub(crate) async fn cancel_deliveries_of_deleted(
+        &self,
+        endpoints: Vec<EndpointId>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+        client
+            .execute(
+                // Locks the rows in id order, as completions and lease renewals do.
+                "UPDATE deliveries SET status = 'cancelled', updated_at = $2 WHERE id IN
+                   (SELECT id FROM deliveries
+                    WHERE endpoint_id = ANY($1) AND status IN ('pending', 'failed', 'held')
+                      AND endpoint_id IN (SELECT id FROM endpoints
+                                          WHERE id = ANY($1) AND deleted_at IS NOT NULL)
+                    ORDER BY id FOR UPDATE)",
+                &[&endpoints, &now.unix_millis()],
+            )
+            .await
+            .map_err(pg_error)
+    }
+
     pub(crate) async fn rotate_secret(
         &self,
         id: EndpointId,

@@ -431,6 +431,31 @@ impl SqliteStore {
         .await
     }
 
+    pub(crate) async fn cancel_deliveries_of_deleted(
+        &self,
+        endpoints: Vec<EndpointId>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.write(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'cancelled', updated_at = ?2
+                     WHERE endpoint_id = ?1 AND status IN ('pending', 'failed', 'held')
+                       AND EXISTS (SELECT 1 FROM endpoints
+                                   WHERE id = ?1 AND deleted_at IS NOT NULL)",
+                )
+                .map_err(db_error)?;
+            let mut cancelled = 0;
+            for id in &endpoints {
+                cancelled += statement
+                    .execute(params![id.to_string(), now.unix_millis()])
+                    .map_err(db_error)? as u64;
+            }
+            Ok(cancelled)
+        })
+        .await
+    }
+
     pub(crate) async fn rotate_secret(
         &self,
         id: EndpointId,
