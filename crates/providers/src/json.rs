@@ -108,12 +108,22 @@ pub fn iso_time(text: &str, path: &str) -> Result<Timestamp, NormalizeError> {
 
 /// Parses a body into `T`. On failure the body is parsed again, tracking the path, so the
 /// quarantine record says *where* the shape was wrong; the happy path pays nothing for that.
+///
+/// Text holding the NUL character is refused as a shape error: PostgreSQL cannot store it (nor,
+/// most likely, the subscribers' databases the canonical events go to), so carrying it would
+/// make the same message storable on one backend and not on the other.
 pub fn parse_body<T: DeserializeOwned>(
     body: &[u8],
     provider: &'static str,
 ) -> Result<T, NormalizeError> {
     if let Ok(parsed) = serde_json::from_slice::<T>(body) {
-        return Ok(parsed);
+        return match text_with_nul(body) {
+            None => Ok(parsed),
+            Some(path) => Err(NormalizeError::Shape {
+                provider,
+                detail: format!("{path}: text holds the NUL character (\\u0000)"),
+            }),
+        };
     }
     let text = std::str::from_utf8(body).map_err(|e| NormalizeError::NotUtf8(e.valid_up_to()))?;
     if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
@@ -127,6 +137,47 @@ pub fn parse_body<T: DeserializeOwned>(
             detail: format!("{}: {}", error.path(), error.inner()),
         }),
     }
+}
+
+/// Where in `body` (valid JSON) a string or key holds the NUL character, if anywhere. JSON can
+/// only spell it `\u0000`, so bodies without that text are passed over at once.
+fn text_with_nul(body: &[u8]) -> Option<String> {
+    fn find(value: &serde_json::Value, path: &mut String) -> bool {
+        let at = path.len();
+        let found = match value {
+            serde_json::Value::String(text) => text.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().enumerate().any(|(index, item)| {
+                path.truncate(at);
+                path.push_str(&format!("[{index}]"));
+                find(item, path)
+            }),
+            serde_json::Value::Object(fields) => fields.iter().any(|(key, item)| {
+                path.truncate(at);
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key.replace('\0', "\\u0000"));
+                key.contains('\0') || find(item, path)
+            }),
+            _ => false,
+        };
+        if !found {
+            path.truncate(at);
+        }
+        found
+    }
+    if !body.windows(6).any(|window| window == b"\\u0000") {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut path = String::new();
+    find(&value, &mut path).then(|| {
+        if path.is_empty() {
+            ".".to_owned()
+        } else {
+            path
+        }
+    })
 }
 
 /// Parses a JSON sub-document the same way as [`parse_body`].

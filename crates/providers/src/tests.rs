@@ -413,6 +413,27 @@ fn bad_bodies_are_named_by_code() {
     );
 }
 
+/// Text holding the NUL character is a shape error, named by where it is; the six characters
+/// `\u0000` written as text (an escaped backslash before them) are ordinary text.
+#[test]
+fn text_holding_nul_is_refused_where_it_is() {
+    let payment = String::from_utf8(fixture("zwitch_upi/payments.updated.json")).unwrap();
+    let with_nul = payment.replace("\"Lego Death Star\"", "\"Lego\\u0000Death Star\"");
+    assert_ne!(with_nul, payment);
+    let error = normalize_with("zwitch", with_nul.as_bytes(), &[]).unwrap_err();
+    assert_eq!(error.code(), "unexpected_shape");
+    assert!(
+        error.to_string().contains("data.object.remitter_note"),
+        "{error}"
+    );
+    let spelled = payment.replace("\"Lego Death Star\"", "\"Lego\\\\u0000Death Star\"");
+    let normalized = normalize("zwitch", spelled.as_bytes());
+    assert_eq!(
+        data_json(&normalized, 0)["references"]["remark"],
+        serde_json::json!("Lego\\u0000Death Star")
+    );
+}
+
 fn verify(spec: &SourceSpec, body: &[u8], pairs: &[(&str, &str)]) -> Result<String, VerifyError> {
     let headers = headers(pairs);
     let request = InboundRequest {

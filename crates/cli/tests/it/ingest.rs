@@ -375,7 +375,12 @@ async fn verified_but_unreadable_bodies_are_quarantined_not_lost(backend: Backen
     let app = spawn_app(backend).await;
     let deep = "[".repeat(50_000).into_bytes();
     let unknown_event = br#"{"entity":"event","event":"refund.processed","payload":{}}"#.to_vec();
-    let cases: [(&str, Vec<u8>, &str); 4] = [
+    // PostgreSQL cannot store the NUL character in text; SQLite could, but both quarantine it.
+    let with_nul = String::from_utf8(fixture("zwitch_upi/payments.created.json"))
+        .unwrap()
+        .replace("\"Lego Death Star\"", "\"Lego\\u0000\"")
+        .into_bytes();
+    let cases: [(&str, Vec<u8>, &str); 5] = [
         ("razorpay", b"this is not json".to_vec(), "invalid_json"),
         (
             "zwitch",
@@ -384,6 +389,7 @@ async fn verified_but_unreadable_bodies_are_quarantined_not_lost(backend: Backen
         ),
         ("setu", deep, "invalid_json"),
         ("razorpay", unknown_event, "unsupported_event"),
+        ("zwitch", with_nul, "unexpected_shape"),
     ];
     let mut quarantined = Vec::new();
     for (index, (source, body, code)) in cases.iter().enumerate() {
@@ -425,8 +431,8 @@ async fn verified_but_unreadable_bodies_are_quarantined_not_lost(backend: Backen
     // Reprocessing with the same code keeps them quarantined and says why.
     let (status, summary) = app.admin_post("/v1/inbound/reprocess", json!({})).await;
     assert_eq!(status, 200, "{summary}");
-    assert_eq!(summary["attempted"], json!(4));
-    assert_eq!(summary["still_quarantined"], json!(4));
+    assert_eq!(summary["attempted"], json!(5));
+    assert_eq!(summary["still_quarantined"], json!(5));
     let (status, one) = app
         .admin_post(
             &format!("/v1/inbound/{}/reprocess", quarantined[0].0),
