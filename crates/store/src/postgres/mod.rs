@@ -111,15 +111,18 @@ pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
 }
 
 /// The notification channel of `kind` for the tables in `schema`. A channel name is at most 63
-/// bytes and compared exactly (`pg_notify` takes it as given), so a schema name that is not
-/// plain lower-case ASCII, or too long, is replaced by its hash: distinct schemas keep distinct
-/// channels, and every instance of every release derives the same one.
+/// bytes and compared exactly (`pg_notify` takes it as given, an unquoted `LISTEN` folds it to
+/// lower case). Names that always worked keep their channel, so running instances of earlier
+/// releases still hear new ones: the schema with every character but ASCII letters and digits
+/// made `_`, when it has no capitals and fits. Any other schema's channel is named by a stable
+/// hash of it.
 fn channel(kind: &str, schema: &str) -> String {
-    let plain = format!("billhook_{kind}_{schema}");
-    let simple = schema
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if simple && plain.len() <= 63 {
+    let plain: String = schema
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let plain = format!("billhook_{kind}_{plain}");
+    if !schema.chars().any(|c| c.is_ascii_uppercase()) && plain.len() <= 63 {
         plain
     } else {
         format!(
