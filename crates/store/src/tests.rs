@@ -737,6 +737,7 @@ fn a_change_racing_a_deletion_finds_the_endpoint_gone() {
             })
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!changing.is_finished(), "the change waits for the deletion");
         deletion.commit().await.unwrap();
         let changed = changing.await.unwrap().unwrap();
         assert!(changed.is_none(), "{changed:?}");
