@@ -370,9 +370,14 @@ impl DeliveryConfig {
         if self.lease.0 < Duration::from_secs(1) {
             return invalid("lease must be at least 1s");
         }
-        if self.request_timeout.0 >= self.lease.0 {
+        // A job is attempted only while its lease outlasts an attempt, and leases are renewed
+        // every half of the room between the two: too little room, and a database round trip
+        // slower than it would leave every job unattempted.
+        let room = self.lease.0.saturating_sub(self.request_timeout.0);
+        if room < (self.lease.0 / 4).max(Duration::from_secs(1)) {
             return invalid(
-                "request_timeout must be shorter than lease, or a slow attempt could be taken over",
+                "lease must exceed request_timeout by a quarter of the lease, and by 1s at least, \
+                 or a slow attempt could be taken over",
             );
         }
         Ok(())
@@ -832,6 +837,29 @@ mod tests {
             .unwrap();
         assert_eq!(settings.sources.len(), 4);
         assert_eq!(settings.sources["zwitch"].ack_status, http::StatusCode::OK);
+    }
+
+    /// A lease leaves room for an attempt and the renewals before it: a quarter of the lease
+    /// and a second at least.
+    #[test]
+    fn a_lease_leaves_room_beyond_an_attempt() {
+        let settings = |lease: &str, timeout: &str| {
+            Config::from_toml(&format!(
+                "[delivery]\nlease = \"{lease}\"\nrequest_timeout = \"{timeout}\"\n"
+            ))
+            .unwrap()
+            .into_settings(Secret::new("token"))
+        };
+        for (lease, timeout) in [("6s", "5900ms"), ("2s", "1500ms"), ("60s", "46s")] {
+            let refused = settings(lease, timeout).unwrap_err();
+            assert!(
+                refused.to_string().contains("exceed request_timeout"),
+                "{lease}/{timeout}: {refused}"
+            );
+        }
+        for (lease, timeout) in [("8s", "5900ms"), ("2s", "1s"), ("60s", "45s")] {
+            assert!(settings(lease, timeout).is_ok(), "{lease}/{timeout}");
+        }
     }
 
     #[test]

@@ -461,7 +461,8 @@ impl Store {
 
     /// Sends an event again (to one endpoint, or to all that had it), creating the deliveries in
     /// `create` for endpoints that never had it. Each starts the retry schedule afresh: a dead
-    /// delivery sent again gets every attempt a new one would.
+    /// delivery sent again gets every attempt a new one would. Only enabled endpoints are sent
+    /// to: a disabled one's deliveries are left as they are, and none is created for it.
     pub async fn redeliver(
         &self,
         event: EventId,

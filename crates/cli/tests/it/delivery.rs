@@ -31,7 +31,7 @@ backend_tests!(
     shutdown_lets_in_flight_attempts_finish,
     a_re_enabled_endpoint_starts_its_failing_time_afresh,
     a_job_whose_lease_lapsed_goes_out_only_under_its_new_claim,
-    a_redelivery_to_a_disabled_endpoint_waits_held,
+    a_redelivery_leaves_a_disabled_endpoint_alone,
     a_delivery_left_pending_for_a_deleted_endpoint_is_cancelled,
 );
 
@@ -832,9 +832,10 @@ async fn a_job_whose_lease_lapsed_goes_out_only_under_its_new_claim(backend: Bac
     app.stop().await;
 }
 
-/// Redelivering to a disabled endpoint holds the deliveries for its re-enabling, as everything
-/// else sent its way is held: no instance works a disabled endpoint's pending deliveries.
-async fn a_redelivery_to_a_disabled_endpoint_waits_held(backend: Backend) {
+/// Redelivering sends only to enabled endpoints: a disabled one's deliveries are left as they
+/// are (no instance works a disabled endpoint, so a pending one would wait for good), and
+/// naming one is refused.
+async fn a_redelivery_leaves_a_disabled_endpoint_alone(backend: Backend) {
     let app = spawn_app(backend).await;
     let receiver = Receiver::ok().await;
     let (had_it, _) = app
@@ -843,7 +844,7 @@ async fn a_redelivery_to_a_disabled_endpoint_waits_held(backend: Backend) {
     let (never_had_it, _) = app
         .create_endpoint(json!({ "url": receiver.url, "event_types": ["invoice.*"] }))
         .await;
-    let ids = ingest_payments(&app, 1, "held-redelivery").await;
+    let ids = ingest_payments(&app, 1, "disabled-redelivery").await;
     app.eventually(Duration::from_secs(5), "delivered", || async {
         receiver.count() == 1
     })
@@ -858,12 +859,17 @@ async fn a_redelivery_to_a_disabled_endpoint_waits_held(backend: Backend) {
         assert_eq!(status, 200);
     }
     let redeliver = format!("/v1/events/{}/redeliver", ids[0]);
-    let (status, _) = app.admin_post(&redeliver, json!({})).await;
+    let (status, redelivered) = app.admin_post(&redeliver, json!({})).await;
     assert_eq!(status, 202);
-    let (status, _) = app
+    assert_eq!(redelivered["deliveries"], json!([]));
+    let (status, refusal) = app
         .admin_post(&redeliver, json!({ "endpoint_id": never_had_it }))
         .await;
-    assert_eq!(status, 202);
+    assert_eq!(status, 400, "{refusal}");
+    assert!(
+        refusal["message"].as_str().unwrap().contains("disabled"),
+        "{refusal}"
+    );
     let (_, detail) = app.admin_get(&format!("/v1/events/{}", ids[0])).await;
     let statuses: Vec<&Value> = detail["deliveries"]
         .as_array()
@@ -871,7 +877,7 @@ async fn a_redelivery_to_a_disabled_endpoint_waits_held(backend: Backend) {
         .iter()
         .map(|d| &d["status"])
         .collect();
-    assert_eq!(statuses, [&json!("held"), &json!("held")], "{detail}");
+    assert_eq!(statuses, [&json!("delivered")], "{detail}");
     let metrics = app.metrics().await;
     assert_eq!(
         sample(&metrics, "billhook_pending_deliveries"),

@@ -373,7 +373,7 @@ async fn leases_are_renewed_while_shutdown_waits_for_attempts() {
     let app = spawn_app_with(
         Backend::Postgres,
         "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
-         request_timeout = \"5900ms\"\nlease = \"6s\"\nshutdown_grace = \"10s\"\n",
+         request_timeout = \"5900ms\"\nlease = \"8s\"\nshutdown_grace = \"10s\"\n",
     )
     .await;
     let receiver = Receiver::start(Arc::new(|_| {
@@ -391,9 +391,9 @@ async fn leases_are_renewed_while_shutdown_waits_for_attempts() {
 
     let shutdown_started = Timestamp::now();
     let stopping = tokio::spawn(app.stop());
-    // Every lease set before shutdown ends by `shutdown_started + lease`; renewals come every
-    // two seconds, and the attempt runs for almost six.
-    let renewed_past = shutdown_started.add(Duration::from_secs(6));
+    // Every lease set before shutdown ends by `shutdown_started + lease`; renewals come about
+    // every second, and the attempt runs for almost six.
+    let renewed_past = shutdown_started.add(Duration::from_secs(8));
     let mut lease_until = None;
     for _ in 0..40 {
         let until: Option<i64> = database

@@ -284,7 +284,7 @@ pub(crate) async fn create(
             now: Timestamp::now(),
         })
         .await?;
-    app.delivery.reload_after_change().await;
+    app.delivery.reload_after_change(None).await;
     tracing::info!(endpoint = %record.id, url = %record.url, "created an endpoint");
     let mut view = EndpointView::new(record);
     view.secret = Some(secret.expose());
@@ -395,6 +395,7 @@ pub(crate) async fn update(
         return Err(ApiError::invalid("recover_since goes with enabled: true"));
     }
     let now = Timestamp::now();
+    let enabled = body.enabled.map(|enabled| (id, enabled));
     let patch = EndpointPatch {
         url: body.url,
         description: body.description,
@@ -415,7 +416,7 @@ pub(crate) async fn update(
     // This instance plans new deliveries by the endpoints as reloaded: reloaded before the
     // backlog is recovered, an endpoint enabled again gets its new deliveries as pending rather
     // than held behind the recovery, where nothing would release them.
-    app.delivery.reload_after_change().await;
+    app.delivery.reload_after_change(enabled).await;
     if let Some(since) = body.recover_since {
         let recovered = app.store.recover(id, since, now).await?;
         tracing::info!(endpoint = %id, recovered, "re-enabled an endpoint and recovered its backlog");
@@ -439,7 +440,7 @@ pub(crate) async fn delete(
     if !app.store.delete_endpoint(id, Timestamp::now()).await? {
         return Err(ApiError::not_found("endpoint"));
     }
-    app.delivery.reload_after_change().await;
+    app.delivery.reload_after_change(None).await;
     tracing::info!(endpoint = %id, "deleted an endpoint");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -536,7 +537,7 @@ pub(crate) async fn rotate_secret(
         )
         .await?
         .ok_or_else(|| ApiError::not_found("endpoint"))?;
-    app.delivery.reload_after_change().await;
+    app.delivery.reload_after_change(None).await;
     tracing::info!(endpoint = %id, "rotated an endpoint's signing secret");
     Ok(Json(secret_view(&record)))
 }

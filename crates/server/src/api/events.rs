@@ -237,6 +237,12 @@ pub(crate) async fn redeliver(
                 .endpoint(endpoint_id)
                 .await?
                 .ok_or_else(|| ApiError::invalid(format!("no endpoint `{text}`")))?;
+            if !record.enabled {
+                return Err(ApiError::invalid(format!(
+                    "endpoint `{text}` is disabled: enable it (with recover_since to send what \
+                     it missed) before redelivering to it"
+                )));
+            }
             Some(record)
         }
         None => None,
@@ -261,11 +267,7 @@ pub(crate) async fn redeliver(
                     .parse::<EventType>()
                     .map_err(|e| ApiError::internal(&e))?
                     .as_str(),
-                status: if endpoint.enabled {
-                    DeliveryStatus::Pending
-                } else {
-                    DeliveryStatus::Held
-                },
+                status: DeliveryStatus::Pending,
                 next_attempt_at: now,
                 lease: None,
             });

@@ -294,14 +294,19 @@ impl Delivery {
         self.shared.config.secret_overlap.0
     }
 
-    /// Re-reads endpoints after this instance changed one. The change is committed whatever
-    /// happens here, so a failed read is not the caller's (who would retry a change already
-    /// made): it is logged and tried again in the background until it succeeds.
-    pub async fn reload_after_change(&self) {
+    /// Re-reads endpoints after this instance changed one; `enabled` is the endpoint enabled or
+    /// disabled by the change, if it was. The change is committed whatever happens here, so a
+    /// failed read is not the caller's (who would retry a change already made): it is logged
+    /// and tried again in the background until it succeeds, and meanwhile an endpoint enabled
+    /// or disabled is taken as such, so ingest plans its deliveries accordingly.
+    pub async fn reload_after_change(&self, enabled: Option<(EndpointId, bool)>) {
         let Err(error) = self.shared.reload_endpoints().await else {
             return;
         };
         tracing::warn!(%error, "could not reload endpoints after a change; trying again");
+        if let Some((id, enabled)) = enabled {
+            self.shared.set_enabled(id, enabled);
+        }
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(250);
@@ -721,7 +726,8 @@ impl Shared {
     /// Whether `job` may be attempted now, its lease lasting the longest an attempt may take.
     /// A lease too short for that is renewed first, if it has not lapsed.
     async fn turn(&self, job: &Job) -> Turn {
-        let turn = self.turn_at(job, Timestamp::now());
+        let longest = self.config.request_timeout.0;
+        let turn = self.turn_at(job, Timestamp::now(), longest);
         if turn != Turn::Lapsing {
             return turn;
         }
@@ -739,15 +745,16 @@ impl Shared {
                 .renewed(&renewed, until),
             Err(error) => tracing::debug!(%error, "could not renew a lease before an attempt"),
         }
-        self.turn_at(job, Timestamp::now())
+        self.turn_at(job, Timestamp::now(), longest)
     }
 
-    fn turn_at(&self, job: &Job, now: Timestamp) -> Turn {
+    /// Whether `job` may start, at `now`, an attempt lasting up to `longest`.
+    fn turn_at(&self, job: &Job, now: Timestamp, longest: Duration) -> Turn {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).turn(
             job.delivery_id,
             job.claim,
             now,
-            self.config.request_timeout.0,
+            longest,
         )
     }
 
@@ -850,16 +857,16 @@ impl Shared {
     }
 
     /// Treats an endpoint as disabled from now on, ahead of the reload from the database.
-    fn mark_disabled(&self, id: EndpointId) {
+    fn set_enabled(&self, id: EndpointId, enabled: bool) {
         let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
         let mut set = EndpointSet::clone(&endpoints);
         if let Some(endpoint) = set.by_id.get_mut(&id) {
             let mut updated = EndpointRuntime::clone(endpoint);
-            updated.enabled = false;
+            updated.enabled = enabled;
             *endpoint = Arc::new(updated);
         }
         for subscriber in set.subscribers.iter_mut().filter(|s| s.id == id) {
-            subscriber.enabled = false;
+            subscriber.enabled = enabled;
         }
         *endpoints = Arc::new(set);
     }
@@ -874,6 +881,14 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
             job = jobs.recv() => match job { Some(job) => job, None => break },
             _ = stopping.wait_for(|stop| *stop) => break,
         };
+        // A job superseded or whose lease is over is let go before it waits for anything,
+        // so a lane backed up behind an outage empties at once and makes room for new claims.
+        if let turn @ (Turn::Superseded | Turn::Lapsing) =
+            shared.turn_at(&job, Timestamp::now(), Duration::ZERO)
+        {
+            shared.drop_unattempted(job, turn);
+            continue;
+        }
         let Some(endpoint) = shared.endpoint(lane.id) else {
             shared.finish(Completion {
                 delivery_id: job.delivery_id,
@@ -976,7 +991,7 @@ async fn attempt(
     if disabled {
         // Stop the lane at once; the completer reloads endpoints from the database after
         // recording the change.
-        shared.mark_disabled(job.endpoint_id);
+        shared.set_enabled(job.endpoint_id, false);
     }
     drop(job);
     shared.running_attempts.fetch_sub(1, Ordering::SeqCst);
@@ -1163,15 +1178,20 @@ async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timest
         .filter(|id| shared.endpoint(*id).is_none())
         .collect();
     if !unknown.is_empty() {
-        let cancelled = shared
+        match shared
             .store
             .cancel_deliveries_of_deleted(unknown, now)
-            .await?;
-        if cancelled > 0 {
-            tracing::info!(
+            .await
+        {
+            Ok(0) => {}
+            Ok(cancelled) => tracing::info!(
                 cancelled,
                 "cancelled deliveries planned for endpoints deleted meanwhile"
-            );
+            ),
+            // Claiming for the endpoints this instance knows goes on regardless.
+            Err(error) => {
+                tracing::warn!(%error, "could not cancel deliveries of deleted endpoints")
+            }
         }
     }
     // Only endpoints this instance has a lane for: owning one it does not know yet (an endpoint

@@ -277,7 +277,8 @@ impl PgStore {
         let rows = client
             .query(
                 // Locks the rows in id order, as completions do (see `complete`).
-                "UPDATE deliveries SET lease_until = $3 WHERE id IN
+                // Never shortens a lease a claim or another renewal extended meanwhile.
+                "UPDATE deliveries SET lease_until = GREATEST(lease_until, $3) WHERE id IN
                    (SELECT id FROM deliveries
                     WHERE id = ANY($1) AND lease_owner = $2 AND lease_until > $4
                     ORDER BY id FOR UPDATE)
@@ -438,17 +439,30 @@ impl PgStore {
         {
             return Ok(Vec::new());
         }
+        // Only enabled endpoints are sent to: a disabled one's deliveries stay as they are until
+        // it is re-enabled (and its backlog recovered). Their rows are held against a disabling
+        // or an enabling until the commit, endpoints before their deliveries as everywhere.
+        let created: Vec<String> = create.iter().map(|d| d.endpoint_id.to_string()).collect();
+        let enabled: Vec<String> = transaction
+            .query(
+                "SELECT id FROM endpoints
+                 WHERE enabled AND deleted_at IS NULL
+                   AND (id = ANY($3) OR id IN (SELECT endpoint_id FROM deliveries
+                        WHERE inbound_id = $1 AND (event_id = $2 OR event_id IS NULL)))
+                 ORDER BY id FOR SHARE",
+                &[&inbound, &event.to_string(), &created],
+            )
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
         let rows = transaction
             .query(
-                // A disabled endpoint's deliveries wait held, for its re-enabling.
-                "UPDATE deliveries SET
-                    status = CASE WHEN (SELECT enabled FROM endpoints
-                                        WHERE endpoints.id = deliveries.endpoint_id)
-                                  THEN 'pending' ELSE 'held' END,
-                    next_attempt_at = $3, attempts = 0,
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = $3, attempts = 0,
                     lease_owner = NULL, lease_until = NULL, updated_at = $3
                  WHERE inbound_id = $2 AND (event_id = $1 OR event_id IS NULL)
-                   AND ($4::TEXT IS NULL OR endpoint_id = $4)
+                   AND ($4::TEXT IS NULL OR endpoint_id = $4) AND endpoint_id = ANY($5)
                    AND status <> 'cancelled' AND lease_owner IS NULL
                  RETURNING id",
                 &[
@@ -456,10 +470,15 @@ impl PgStore {
                     &inbound,
                     &now.unix_millis(),
                     &endpoint.map(|e| e.to_string()),
+                    &enabled,
                 ],
             )
             .await
             .map_err(pg_error)?;
+        let create: Vec<NewDelivery> = create
+            .into_iter()
+            .filter(|d| enabled.contains(&d.endpoint_id.to_string()))
+            .collect();
         insert_deliveries(self, &transaction, parse_id(&inbound)?, &create, now).await?;
         self.notify_deliveries(&transaction).await?;
         transaction.commit().await.map_err(pg_error)?;

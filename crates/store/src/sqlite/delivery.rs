@@ -420,7 +420,8 @@ impl SqliteStore {
         self.write(move |connection| {
             let mut statement = connection
                 .prepare_cached(
-                    "UPDATE deliveries SET lease_until = ?3
+                    // Never shortens a lease a claim or another renewal extended meanwhile.
+                    "UPDATE deliveries SET lease_until = MAX(lease_until, ?3)
                      WHERE id = ?1 AND lease_owner = ?2 AND lease_until > ?4",
                 )
                 .map_err(db_error)?;
@@ -529,17 +530,16 @@ impl SqliteStore {
             let Some(inbound) = inbound else {
                 return Ok(Vec::new());
             };
+            // Only enabled endpoints are sent to: a disabled one's deliveries stay as they are
+            // until it is re-enabled (and its backlog recovered).
             let ids: Vec<String> = connection
                 .prepare_cached(
-                    // A disabled endpoint's deliveries wait held, for its re-enabling.
-                    "UPDATE deliveries SET
-                        status = CASE WHEN (SELECT enabled FROM endpoints
-                                            WHERE endpoints.id = deliveries.endpoint_id)
-                                      THEN 'pending' ELSE 'held' END,
-                        next_attempt_at = ?3, attempts = 0,
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3, attempts = 0,
                         lease_owner = NULL, lease_until = NULL, updated_at = ?3
                      WHERE inbound_id = ?2 AND (event_id = ?1 OR event_id IS NULL)
                        AND (?4 IS NULL OR endpoint_id = ?4)
+                       AND endpoint_id IN (SELECT id FROM endpoints
+                                           WHERE enabled = 1 AND deleted_at IS NULL)
                        AND status NOT IN ('cancelled')
                        AND lease_owner IS NULL
                      RETURNING id",
@@ -557,12 +557,26 @@ impl SqliteStore {
                     .collect::<Result<Vec<_>, _>>()
                 })
                 .map_err(db_error)?;
-            insert_deliveries(connection, parse_id(&inbound)?, &create, now)?;
+            let mut enabled = connection
+                .prepare_cached(
+                    "SELECT 1 FROM endpoints WHERE id = ?1 AND enabled = 1 AND deleted_at IS NULL",
+                )
+                .map_err(db_error)?;
+            let mut created = Vec::with_capacity(create.len());
+            for delivery in &create {
+                if enabled
+                    .exists([delivery.endpoint_id.to_string()])
+                    .map_err(db_error)?
+                {
+                    created.push(delivery.clone());
+                }
+            }
+            insert_deliveries(connection, parse_id(&inbound)?, &created, now)?;
             let mut all = ids
                 .iter()
                 .map(|id| parse_id(id))
                 .collect::<Result<Vec<DeliveryId>, _>>()?;
-            all.extend(create.iter().map(|d| d.id));
+            all.extend(created.iter().map(|d| d.id));
             Ok(all)
         })
         .await
