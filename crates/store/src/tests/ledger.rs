@@ -1140,7 +1140,7 @@ fn an_ingest_that_panics_fails_alone() {
             // is written as one group: the panicking write first, 30 others after it.
             let mut hold_up = None;
             if matches!(test.config, DatabaseConfig::Postgres(_)) {
-                let mut session = super::postgres_session(&test.config).await;
+                let session = super::postgres_session(&test.config).await;
                 session
                     .batch_execute("BEGIN; LOCK TABLE inbound IN SHARE MODE")
                     .await
@@ -1154,14 +1154,14 @@ fn an_ingest_that_panics_fails_alone() {
                         ))
                         .await
                 });
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 hold_up = Some((session, blocked));
             }
             let panicking = {
                 let store = store.clone();
                 tokio::spawn(async move { store.ingest(settling).await })
             };
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             let others: Vec<_> = (0..30)
                 .map(|n| {
                     let store = store.clone();
@@ -1176,7 +1176,7 @@ fn an_ingest_that_panics_fails_alone() {
                 })
                 .collect();
             if let Some((session, blocked)) = hold_up {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 session.batch_execute("COMMIT").await.unwrap();
                 blocked.await.unwrap().expect("the write held up");
             }
