@@ -86,7 +86,11 @@ impl Provider for SetuBbps {
             }
             "BILL_DISPUTE" => {
                 let dispute: Dispute = parse_raw(data, NAME, "data")?;
-                let key = ref_key(&dispute.ref_id, Some(&dispute.status));
+                // A payment can be disputed more than once: each dispute has its own steps.
+                let key = ref_key(
+                    &dispute.ref_id,
+                    Some(&format!("{}:{}", dispute.dispute_id.0, dispute.status)),
+                );
                 (vec![dispute.normalize(sent_at, &mut warnings)], key)
             }
             "BILLER_UPDATES" => {

@@ -326,6 +326,16 @@ fn setu_bbps_amounts_statuses_and_big_ids() {
 
     let dispute = normalize("setu_bbps", &fixture("setu_bbps/BILL_DISPUTE.json"));
     assert_eq!(types(&dispute), [EventType::DisputeUpdated]);
+    // A second dispute about the same payment is not a copy of the first.
+    let second = String::from_utf8(fixture("setu_bbps/BILL_DISPUTE.json"))
+        .unwrap()
+        .replace("OP0121046567755", "OP0999");
+    let second = normalize("setu_bbps", second.as_bytes());
+    assert_ne!(second.dedup_key, dispute.dedup_key);
+    assert_eq!(
+        dispute.dedup_key,
+        "BILL_DISPUTE:JPMRPBOGGDTP1EFRZVXVESQVQIS10461642:op0121046567755:resolved"
+    );
     assert_eq!(data_json(&dispute, 0)["status"], json!("resolved"));
 
     let billers = normalize("setu_bbps", &fixture("setu_bbps/BILLER_UPDATES.json"));
