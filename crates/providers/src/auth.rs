@@ -6,6 +6,7 @@
 //! Any source may add an IP allow-list. Every comparison of a secret is constant-time.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
@@ -219,19 +220,26 @@ impl SourceSpec {
         })
     }
 
+    /// Checks a client address against this source's allow-list (everyone, when it has none).
+    pub fn admits(&self, remote_ip: Option<IpAddr>) -> Result<(), VerifyError> {
+        if self.allow_ips.is_empty() {
+            return Ok(());
+        }
+        // IPv4 peers reached over an IPv6 socket arrive as `::ffff:a.b.c.d`; allow-lists are
+        // written in IPv4.
+        let allowed = remote_ip
+            .map(|ip| ip.to_canonical())
+            .is_some_and(|ip| self.allow_ips.iter().any(|net| net.contains(&ip)));
+        if allowed {
+            Ok(())
+        } else {
+            Err(VerifyError::IpNotAllowed)
+        }
+    }
+
     /// Checks a request against this source's allow-list and credential.
     pub fn verify(&self, request: &InboundRequest<'_>) -> Result<Verification, VerifyError> {
-        if !self.allow_ips.is_empty() {
-            // IPv4 peers reached over an IPv6 socket arrive as `::ffff:a.b.c.d`; allow-lists
-            // are written in IPv4.
-            let allowed = request
-                .remote_ip
-                .map(|ip| ip.to_canonical())
-                .is_some_and(|ip| self.allow_ips.iter().any(|net| net.contains(&ip)));
-            if !allowed {
-                return Err(VerifyError::IpNotAllowed);
-            }
-        }
+        self.admits(request.remote_ip)?;
         match &self.auth {
             SourceAuth::Signature { secrets } => self.provider.verify_signature(secrets, request),
             credential => verify_credential(credential, request),

@@ -17,7 +17,7 @@ use billhook_core::ids::{EventId, InboundId};
 use billhook_core::ledger::Fact;
 use billhook_core::time::Timestamp;
 use billhook_providers::auth::SourceAuth;
-use billhook_providers::{InboundRequest, NormalizeError, Normalized, body_hash_key};
+use billhook_providers::{InboundRequest, NormalizeError, Normalized, VerifyError, body_hash_key};
 use billhook_store::{
     Concluder, InboundStatus, IngestOutcome as StoreOutcome, IngestWrite, NewEvent, NewInbound,
     RawOrigin, RecordedError,
@@ -170,23 +170,8 @@ async fn process(
             format!("no source named `{source_name}` is configured"),
         )
     })?;
-    let body = read_body(headers, body, app.settings.ingest.max_body_bytes).await?;
-    if body.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::EmptyBody,
-            "the request has no body",
-        ));
-    }
-    let received_at = Timestamp::now();
     let remote_ip = client_ip(peer, headers, &app.settings.trusted_proxies);
-    let request = InboundRequest {
-        headers,
-        body: &body,
-        remote_ip: Some(remote_ip),
-        path_token,
-        received_at,
-    };
-    let verification = source.spec.verify(&request).map_err(|error| {
+    let refused = |error: VerifyError| {
         app.metrics.verification_failed(source_name, error.code());
         tracing::warn!(
             source = source_name,
@@ -195,7 +180,25 @@ async fn process(
             "refused an unverified request"
         );
         ApiError::from(error)
-    })?;
+    };
+    // An address off the source's allow-list is refused before its body is read.
+    source.spec.admits(Some(remote_ip)).map_err(refused)?;
+    let body = read_body(headers, body, app.settings.ingest.max_body_bytes).await?;
+    if body.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::EmptyBody,
+            "the request has no body",
+        ));
+    }
+    let received_at = Timestamp::now();
+    let request = InboundRequest {
+        headers,
+        body: &body,
+        remote_ip: Some(remote_ip),
+        path_token,
+        received_at,
+    };
+    let verification = source.spec.verify(&request).map_err(refused)?;
     let normalized = source.spec.provider.normalize(&request);
     let mut write = build_write(
         source,

@@ -587,6 +587,19 @@ async fn static_credentials_jwt_basic_and_ip_allow_lists(backend: Backend) {
         status_and_code(outside).await,
         (401, "ip_not_allowed".to_owned())
     );
+    // Refused before its body is read: a body over the size limit is not even looked at.
+    let oversized = app
+        .http
+        .post(app.url("/ingest/setu-office"))
+        .header("X-BILL-WEBHOOK-API-KEY", SETU_KEY)
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status_and_code(oversized).await,
+        (401, "ip_not_allowed".to_owned())
+    );
 
     // CamInvoice's path token.
     let document = fixture("caminvoice/DOCUMENT.RECEIVED.json");
