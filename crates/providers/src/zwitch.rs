@@ -129,7 +129,9 @@ impl Provider for Zwitch {
     }
 
     /// UPI payments: pending < succeeded | failed. Bharat Connect invoices: sent_to_buyer <
-    /// accepted | rejected < payment_initiated < paid < closed (paid and closed settle).
+    /// accepted | rejected < payment_initiated < closed < paid. Only paid settles: closed
+    /// says the invoice is done with, not that it was paid, and a paid invoice closed after
+    /// stays paid.
     fn status_rank(&self, kind: SubjectKind, status: &str) -> Option<StatusRank> {
         Some(match (kind, status) {
             (SubjectKind::Payment, "pending") => StatusRank::new(0),
@@ -138,8 +140,8 @@ impl Provider for Zwitch {
             (SubjectKind::Invoice, "accepted") => StatusRank::new(1),
             (SubjectKind::Invoice, status) if is_rejection(status) => StatusRank::new(1),
             (SubjectKind::Invoice, "payment_initiated") => StatusRank::new(2),
-            (SubjectKind::Invoice, "paid") => StatusRank::settling(3),
-            (SubjectKind::Invoice, "closed") => StatusRank::settling(4),
+            (SubjectKind::Invoice, "closed") => StatusRank::new(3),
+            (SubjectKind::Invoice, "paid") => StatusRank::settling(4),
             _ => return None,
         })
     }

@@ -342,6 +342,36 @@ event = "bharat_connect.invoice.edit"
     assert_eq!(by_number["payments"][0]["id"], payment["id"]);
     let paid_by = detail(&app, "payments", payment["id"].as_str().unwrap()).await;
     assert_eq!(paid_by["paid_by"]["id"], invoice["id"]);
+
+    // Closed is not paid: an invoice closed with nothing paid is not announced as settled.
+    let closed = r#"
+name = "a Bharat Connect invoice closed unpaid"
+
+[[step]]
+name = "unpaid"
+provider = "zwitch"
+event = "bharat_connect.invoice.create"
+[step.set]
+"data.object.supplier_invoice_number" = "INV/2026/0043"
+"data.object.value_details.total_invoice_value" = 500
+
+[[step]]
+name = "closed"
+provider = "zwitch"
+event = "bharat_connect.invoice.change_status"
+[step.set]
+"data.object.id" = "${unpaid.data.object.id}"
+"data.object.supplier_invoice_number" = "INV/2026/0043"
+"data.object.value_details.total_invoice_value" = 500
+"data.object.status" = "CLOSED"
+"#;
+    run_scenario(&app, "zwitch-bc-closed", closed).await;
+    let unpaid = only(&app, "/v1/invoices?reference=INV/2026/0043").await;
+    assert_eq!(unpaid["status"], json!("closed"), "{unpaid}");
+    assert_eq!(unpaid["paid"], json!(0));
+    assert_eq!(unpaid["due"], json!(50_000));
+    assert!(unpaid["settled_event"].is_null(), "{unpaid}");
+    assert_eq!(events_of_type(&app, "invoice.settled").await.len(), 1);
     app.stop().await;
 }
 
