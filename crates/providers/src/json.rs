@@ -166,7 +166,17 @@ fn text_with_nul(body: &[u8]) -> Option<String> {
         }
         found
     }
-    if !body.windows(6).any(|window| window == b"\\u0000") {
+    // Backslashes are rare in bodies: look at what follows each one only.
+    let mut rest = body;
+    let spelled = loop {
+        match rest.iter().position(|&b| b == b'\\') {
+            None => break false,
+            Some(at) if rest[at..].starts_with(b"\\u0000") => break true,
+            // An escaped backslash is skipped whole, so `\\u0000` is not taken for one.
+            Some(at) => rest = rest.get(at + 2..).unwrap_or_default(),
+        }
+    };
+    if !spelled {
         return None;
     }
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
