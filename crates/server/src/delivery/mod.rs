@@ -731,21 +731,24 @@ impl Shared {
         if turn != Turn::Lapsing {
             return turn;
         }
-        let now = Timestamp::now();
-        let until = now.add(self.config.lease.0);
-        match self
-            .store
-            .renew_leases(&self.owner, vec![job.delivery_id], now, until)
-            .await
-        {
-            Ok(renewed) => self
-                .held
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .renewed(&renewed, until),
-            Err(error) => tracing::debug!(%error, "could not renew a lease before an attempt"),
+        if let Err(error) = self.renew(vec![job.delivery_id], Timestamp::now()).await {
+            tracing::debug!(%error, "could not renew a lease before an attempt");
         }
         self.turn_at(job, Timestamp::now(), longest)
+    }
+
+    /// Extends the leases of `ids` that have not lapsed at `now`, and records those extended.
+    async fn renew(&self, ids: Vec<DeliveryId>, now: Timestamp) -> Result<(), StoreError> {
+        let until = now.add(self.config.lease.0);
+        let renewed = self
+            .store
+            .renew_leases(&self.owner, ids, now, until)
+            .await?;
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .renewed(&renewed, until);
+        Ok(())
     }
 
     /// Whether `job` may start, at `now`, an attempt lasting up to `longest`.
@@ -1295,17 +1298,8 @@ async fn run_lease_renewal(shared: Arc<Shared>) {
         if ids.is_empty() {
             continue;
         }
-        match shared
-            .store
-            .renew_leases(&shared.owner, ids, now, until)
-            .await
-        {
-            Ok(renewed) => shared
-                .held
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .renewed(&renewed, until),
-            Err(error) => tracing::warn!(%error, "could not renew delivery leases"),
+        if let Err(error) = shared.renew(ids, Timestamp::now()).await {
+            tracing::warn!(%error, "could not renew delivery leases");
         }
     }
 }
