@@ -859,7 +859,8 @@ impl Shared {
         }
     }
 
-    /// Treats an endpoint as disabled from now on, ahead of the reload from the database.
+    /// Treats an endpoint as enabled or disabled from now on, ahead of the reload from the
+    /// database.
     fn set_enabled(&self, id: EndpointId, enabled: bool) {
         let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
         let mut set = EndpointSet::clone(&endpoints);
