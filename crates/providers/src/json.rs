@@ -116,14 +116,23 @@ pub fn parse_body<T: DeserializeOwned>(
     body: &[u8],
     provider: &'static str,
 ) -> Result<T, NormalizeError> {
+    let parsed = parse_json(body, provider)?;
+    match text_with_nul(body) {
+        None => Ok(parsed),
+        Some(path) => Err(NormalizeError::Shape {
+            provider,
+            detail: format!("{path}: text holds the NUL character (\\u0000)"),
+        }),
+    }
+}
+
+/// [`parse_body`] without the NUL check.
+fn parse_json<T: DeserializeOwned>(
+    body: &[u8],
+    provider: &'static str,
+) -> Result<T, NormalizeError> {
     if let Ok(parsed) = serde_json::from_slice::<T>(body) {
-        return match text_with_nul(body) {
-            None => Ok(parsed),
-            Some(path) => Err(NormalizeError::Shape {
-                provider,
-                detail: format!("{path}: text holds the NUL character (\\u0000)"),
-            }),
-        };
+        return Ok(parsed);
     }
     let text = std::str::from_utf8(body).map_err(|e| NormalizeError::NotUtf8(e.valid_up_to()))?;
     if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
@@ -190,13 +199,14 @@ fn text_with_nul(body: &[u8]) -> Option<String> {
     })
 }
 
-/// Parses a JSON sub-document the same way as [`parse_body`].
+/// Parses a JSON sub-document of a body read with [`parse_body`] the same way (the body's NUL
+/// check covered it already).
 pub fn parse_raw<T: DeserializeOwned>(
     raw: &RawValue,
     provider: &'static str,
     path: &str,
 ) -> Result<T, NormalizeError> {
-    parse_body(raw.get().as_bytes(), provider).map_err(|error| match error {
+    parse_json(raw.get().as_bytes(), provider).map_err(|error| match error {
         NormalizeError::Shape { provider, detail } => NormalizeError::Shape {
             provider,
             detail: format!("{path}.{detail}"),
