@@ -144,6 +144,7 @@ impl Provider for CamInvoice {
             provider_event: body.kind,
             provider_event_id: None,
             dedup_key,
+            body_dedup_key: None,
             sandbox: false,
             events: vec![event],
             warnings: warnings.into_vec(),

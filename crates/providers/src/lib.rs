@@ -59,6 +59,10 @@ pub struct Normalized {
     pub provider_event_id: Option<String>,
     /// The key under which a redelivery of the same message is recognised (see PROVIDERS.md).
     pub dedup_key: String,
+    /// A second key, a hash of the signed body, for a provider whose `dedup_key` comes from an
+    /// unsigned header (Razorpay's event id): a captured body sent again under a new id is a
+    /// duplicate too. A message is stored only if neither key is held.
+    pub body_dedup_key: Option<String>,
     pub sandbox: bool,
     pub events: Vec<EventDraft>,
     /// Warnings about the message as a whole; each event carries them too.

@@ -135,13 +135,17 @@ impl Provider for Razorpay {
             .header(EVENT_ID_HEADER)
             .filter(|id| !id.is_empty())
             .map(str::to_owned);
-        let dedup_key = self
-            .dedup_key_hint(request)
-            .unwrap_or_else(|| body_hash_key(request.body));
+        // The event id header is outside the signature, so the body's hash is a key too.
+        let body_key = body_hash_key(request.body);
+        let (dedup_key, body_dedup_key) = match self.dedup_key_hint(request) {
+            Some(event_key) => (event_key, Some(body_key)),
+            None => (body_key, None),
+        };
         Ok(Normalized {
             provider_event: envelope.event,
             provider_event_id,
             dedup_key,
+            body_dedup_key,
             sandbox: false,
             events,
             warnings: warnings.into_vec(),

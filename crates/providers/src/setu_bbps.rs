@@ -117,6 +117,7 @@ impl Provider for SetuBbps {
             provider_event: envelope.event,
             provider_event_id: envelope.trace_id.filter(|t| !t.is_empty()),
             dedup_key,
+            body_dedup_key: None,
             sandbox: false,
             events,
             warnings: warnings.into_vec(),

@@ -60,6 +60,28 @@ fn codes(normalized: &Normalized) -> Vec<String> {
 }
 
 #[test]
+fn a_razorpay_body_is_a_dedup_key_beside_its_unsigned_event_id() {
+    let body = fixture("razorpay/invoice.paid.upi.json");
+    let first = normalize("razorpay", &body);
+    let replayed = normalize_with(
+        "razorpay",
+        &body,
+        &[("x-razorpay-event-id", "EvtReplayed01")],
+    )
+    .unwrap();
+    assert_ne!(first.dedup_key, replayed.dedup_key);
+    assert_eq!(first.body_dedup_key, Some(crate::body_hash_key(&body)));
+    assert_eq!(first.body_dedup_key, replayed.body_dedup_key);
+    // Without the header the hash is the key, and there is no second one.
+    let unnamed = normalize_with("razorpay", &body, &[]).unwrap();
+    assert_eq!(unnamed.dedup_key, crate::body_hash_key(&body));
+    assert_eq!(unnamed.body_dedup_key, None);
+    // Other providers' keys come from the signed body already.
+    let zwitch = normalize("zwitch", &fixture("zwitch_upi/payments.created.json"));
+    assert_eq!(zwitch.body_dedup_key, None);
+}
+
+#[test]
 fn razorpay_invoice_paid_yields_the_invoice_and_its_payment_in_paise() {
     for method in ["card", "netbanking", "upi", "wallet"] {
         let normalized = normalize(

@@ -120,6 +120,7 @@ impl Provider for Zwitch {
         };
         Ok(Normalized {
             dedup_key: format!("{}:{}", envelope.name, envelope.id),
+            body_dedup_key: None,
             provider_event_id: Some(envelope.id),
             provider_event: envelope.name,
             sandbox,

@@ -405,50 +405,53 @@ pub(crate) fn build_write(
 ) -> IngestWrite {
     let inbound_id = InboundId::new_at(request.received_at);
     let provider = source.spec.provider.name();
-    let (status, provider_event, provider_event_id, dedup_key, canonical, error) = match normalized
-    {
-        Ok(normalized) => {
-            let reception = Reception {
-                inbound_id,
-                received_at: request.received_at,
-                source_name: &source.spec.name,
-                provider,
-                provider_event: &normalized.provider_event,
-                provider_event_id: normalized.provider_event_id.as_deref(),
-                sandbox: normalized.sandbox,
-            };
-            let canonical = canonical_events(&normalized, &reception, source);
-            (
-                InboundStatus::Processed,
-                Some(normalized.provider_event.clone()),
-                normalized.provider_event_id.clone(),
-                normalized.dedup_key,
-                canonical,
-                None,
-            )
-        }
-        Err(error) => {
-            let dedup_key = source
-                .spec
-                .provider
-                .dedup_key_hint(request)
-                .unwrap_or_else(|| body_hash_key(request.body));
-            (
-                InboundStatus::Quarantined,
-                None,
-                None,
-                dedup_key,
-                Canonical {
-                    events: Vec::new(),
-                    facts: Vec::new(),
-                },
-                Some(RecordedError {
-                    code: error.code().to_owned(),
-                    message: error.to_string(),
-                }),
-            )
-        }
-    };
+    let (status, provider_event, provider_event_id, dedup_key, body_dedup_key, canonical, error) =
+        match normalized {
+            Ok(normalized) => {
+                let reception = Reception {
+                    inbound_id,
+                    received_at: request.received_at,
+                    source_name: &source.spec.name,
+                    provider,
+                    provider_event: &normalized.provider_event,
+                    provider_event_id: normalized.provider_event_id.as_deref(),
+                    sandbox: normalized.sandbox,
+                };
+                let canonical = canonical_events(&normalized, &reception, source);
+                (
+                    InboundStatus::Processed,
+                    Some(normalized.provider_event.clone()),
+                    normalized.provider_event_id.clone(),
+                    normalized.dedup_key,
+                    normalized.body_dedup_key,
+                    canonical,
+                    None,
+                )
+            }
+            Err(error) => {
+                let dedup_key = source
+                    .spec
+                    .provider
+                    .dedup_key_hint(request)
+                    .unwrap_or_else(|| body_hash_key(request.body));
+                (
+                    InboundStatus::Quarantined,
+                    None,
+                    None,
+                    dedup_key,
+                    // A quarantined message delivers nothing, so a copy of it need not be caught.
+                    None,
+                    Canonical {
+                        events: Vec::new(),
+                        facts: Vec::new(),
+                    },
+                    Some(RecordedError {
+                        code: error.code().to_owned(),
+                        message: error.to_string(),
+                    }),
+                )
+            }
+        };
     IngestWrite {
         deliveries: Vec::new(),
         inbound: NewInbound {
@@ -460,6 +463,7 @@ pub(crate) fn build_write(
             provider_event,
             provider_event_id,
             dedup_key,
+            body_dedup_key,
             verification,
             remote_addr: request.remote_ip.map(|ip| ip.to_string()),
             headers: kept_headers(source, request.headers),

@@ -54,12 +54,22 @@ pub struct NewInbound {
     pub provider_event: Option<String>,
     pub provider_event_id: Option<String>,
     pub dedup_key: String,
+    /// A second key the request is a duplicate under, claimed beside `dedup_key` (the
+    /// provider's `body_dedup_key`); kept in the dedup table only.
+    pub body_dedup_key: Option<String>,
     pub verification: String,
     pub remote_addr: Option<String>,
     /// Selected headers, secrets already redacted.
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
     pub error: Option<RecordedError>,
+}
+
+impl NewInbound {
+    /// Every key the request claims, `dedup_key` first: it is stored only if it gets them all.
+    pub fn dedup_keys(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.dedup_key.as_str()).chain(self.body_dedup_key.as_deref())
+    }
 }
 
 /// A canonical event to store.
@@ -196,6 +206,8 @@ pub enum Reprocess {
         provider_event: String,
         provider_event_id: Option<String>,
         dedup_key: String,
+        /// Claimed beside `dedup_key`, as at ingest.
+        body_dedup_key: Option<String>,
         events: Vec<NewEvent>,
         deliveries: Vec<NewDelivery>,
         facts: Vec<Fact>,

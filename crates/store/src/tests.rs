@@ -126,6 +126,7 @@ fn inbound(source: &str, key: &str, status: InboundStatus) -> NewInbound {
         provider_event: Some("invoice.paid".to_owned()),
         provider_event_id: Some(key.to_owned()),
         dedup_key: key.to_owned(),
+        body_dedup_key: None,
         verification: "razorpay-signature: current secret (1 of 1)".to_owned(),
         remote_addr: Some("127.0.0.1".to_owned()),
         headers: vec![("content-type".to_owned(), "application/json".to_owned())],
@@ -285,6 +286,102 @@ fn a_write_stored_already_is_answered_as_stored_once() {
                     event_ids: all.items.iter().map(|e| e.id).collect(),
                 }
             );
+        }
+    });
+}
+
+/// A request with two keys (Razorpay's unsigned event id and its body's hash) is a duplicate
+/// under either, and one refused under its second key gives up the first it took: the id is
+/// free for a message that is new.
+#[test]
+fn a_request_is_a_duplicate_under_either_key_and_keeps_no_key_when_refused() {
+    fn keyed(event_key: &str, body_key: &str) -> NewInbound {
+        let mut request = inbound("rzp", event_key, InboundStatus::Processed);
+        request.body_dedup_key = Some(body_key.to_owned());
+        request
+    }
+    async fn outcome(store: &Store, request: &NewInbound) -> IngestOutcome {
+        let payment = event("rzp", "payment.succeeded", &request.dedup_key);
+        store
+            .ingest(write(request.clone(), vec![payment]))
+            .await
+            .unwrap()
+    }
+    fn duplicate_of(outcome: &IngestOutcome) -> Option<InboundId> {
+        match outcome {
+            IngestOutcome::Duplicate { inbound_id, .. } => Some(*inbound_id),
+            IngestOutcome::Stored { .. } => None,
+        }
+    }
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let original = keyed("event:1", "sha256:a");
+            let IngestOutcome::Stored { event_ids, .. } = outcome(store, &original).await else {
+                panic!("the first request is stored");
+            };
+            // The body again under a new id, then the id again with another body.
+            for copy in [keyed("event:2", "sha256:a"), keyed("event:1", "sha256:b")] {
+                assert_eq!(
+                    outcome(store, &copy).await,
+                    IngestOutcome::Duplicate {
+                        inbound_id: original.id,
+                        event_ids: event_ids.clone(),
+                    }
+                );
+                assert!(store.inbound(copy.id).await.unwrap().is_none());
+            }
+            let new = keyed("event:2", "sha256:b");
+            assert_eq!(duplicate_of(&outcome(store, &new).await), None);
+
+            // Copies and new requests at once (PostgreSQL writes them in groups).
+            let originals: Vec<NewInbound> = (0..6)
+                .map(|i| keyed(&format!("event:o{i}"), &format!("sha256:o{i}")))
+                .collect();
+            for request in &originals {
+                assert_eq!(duplicate_of(&outcome(store, request).await), None);
+            }
+            let copies: Vec<NewInbound> = (0..6)
+                .map(|i| keyed(&format!("event:c{i}"), &format!("sha256:o{i}")))
+                .collect();
+            let news: Vec<NewInbound> = (0..6)
+                .map(|i| keyed(&format!("event:n{i}"), &format!("sha256:n{i}")))
+                .collect();
+            let outcomes = futures_util::future::join_all(
+                copies.iter().chain(&news).map(|r| outcome(store, r)),
+            )
+            .await;
+            let (of_copies, of_news) = outcomes.split_at(copies.len());
+            for (original, copy) in originals.iter().zip(of_copies) {
+                assert_eq!(duplicate_of(copy), Some(original.id));
+            }
+            assert!(
+                of_news.iter().all(|o| duplicate_of(o).is_none()),
+                "{of_news:?}"
+            );
+            // The copies' ids were given up; the new requests keep both their keys.
+            for (i, new) in news.iter().enumerate() {
+                let reusing = keyed(&format!("event:c{i}"), &format!("sha256:r{i}"));
+                assert_eq!(duplicate_of(&outcome(store, &reusing).await), None);
+                let copy_of_new = keyed(&format!("event:x{i}"), &format!("sha256:n{i}"));
+                assert_eq!(
+                    duplicate_of(&outcome(store, &copy_of_new).await),
+                    Some(new.id)
+                );
+            }
+            // A stored request written again (its answer lost) is still answered as stored.
+            let again = write(news[0].clone(), Vec::new());
+            assert!(matches!(
+                store.ingest(again).await.unwrap(),
+                IngestOutcome::Stored { inbound_id, .. } if inbound_id == news[0].id
+            ));
+            let copy_of_new = keyed("event:y", "sha256:n0");
+            assert_eq!(
+                duplicate_of(&outcome(store, &copy_of_new).await),
+                Some(news[0].id)
+            );
+            let all = newest_hundred_events(store).await;
+            assert_eq!(all.items.len(), 2 + 6 + 6 + 6);
         }
     });
 }
@@ -490,6 +587,7 @@ fn quarantine_and_reprocess() {
                         provider_event: "DOCUMENT.RECEIVED".into(),
                         provider_event_id: None,
                         dedup_key: "DOCUMENT.RECEIVED:doc_1:".into(),
+                        body_dedup_key: None,
                         events: vec![new_event],
                         deliveries: Vec::new(),
                         facts: Vec::new(),
@@ -534,6 +632,7 @@ fn quarantine_and_reprocess() {
                         provider_event: "DOCUMENT.RECEIVED".into(),
                         provider_event_id: None,
                         dedup_key: "DOCUMENT.RECEIVED:doc_1:".into(),
+                        body_dedup_key: None,
                         events: vec![event("cam", "document.received", "doc_1")],
                         deliveries: Vec::new(),
                         facts: Vec::new(),
@@ -556,6 +655,7 @@ fn normalized(dedup_key: &str) -> Reprocess {
         provider_event: "invoice.paid".into(),
         provider_event_id: Some(dedup_key.into()),
         dedup_key: dedup_key.into(),
+        body_dedup_key: None,
         events: vec![event("s", "invoice.paid", "inv_1")],
         deliveries: Vec::new(),
         facts: Vec::new(),
@@ -604,6 +704,27 @@ fn reprocessing_claims_an_unchanged_dedup_key_again() {
             let record = store.inbound(stale_id).await.unwrap().unwrap();
             assert_eq!(record.status, InboundStatus::Duplicate);
             assert!(record.event_ids.is_empty());
+
+            // Reprocessed, a request is a duplicate under its second key too.
+            let mut original = inbound("s", "event:first", InboundStatus::Processed);
+            original.body_dedup_key = Some("sha256:body".into());
+            store.ingest(write(original.clone(), vec![])).await.unwrap();
+            let replayed = inbound("s", "event:replayed", InboundStatus::Quarantined);
+            store.ingest(write(replayed.clone(), vec![])).await.unwrap();
+            let mut again = normalized("event:replayed");
+            if let Reprocess::Normalized { body_dedup_key, .. } = &mut again {
+                *body_dedup_key = Some("sha256:body".into());
+            }
+            assert_eq!(
+                store.reprocess(replayed.id, again).await.unwrap(),
+                ReprocessOutcome::DuplicateOf(original.id)
+            );
+            // and gives up the key it held, which names no message stored.
+            let reusing = inbound("s", "event:replayed", InboundStatus::Processed);
+            assert!(matches!(
+                store.ingest(write(reusing, vec![])).await.unwrap(),
+                IngestOutcome::Stored { .. }
+            ));
         }
     });
 }

@@ -196,12 +196,13 @@ mod tests {
                 received_at: Timestamp::now(),
             };
             let normalized = source.provider.normalize(&request).unwrap();
-            assert!(
-                keys.insert((source.provider.name(), normalized.dedup_key.clone())),
-                "{} sent `{}` twice",
-                source.provider.name(),
-                normalized.dedup_key
-            );
+            for key in std::iter::once(normalized.dedup_key).chain(normalized.body_dedup_key) {
+                assert!(
+                    keys.insert((source.provider.name(), key.clone())),
+                    "{} sent `{key}` twice",
+                    source.provider.name(),
+                );
+            }
         }
     }
 }

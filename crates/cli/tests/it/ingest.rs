@@ -14,6 +14,7 @@ backend_tests!(
     every_fixture_becomes_the_expected_canonical_events,
     the_biller_id_survives_digit_for_digit,
     each_fixture_delivered_twice_is_stored_once,
+    a_razorpay_body_sent_again_under_a_new_event_id_is_a_duplicate,
     oversized_bodies_are_refused_before_they_are_read,
     unknown_sources_and_empty_bodies_are_refused,
     unverifiable_requests_get_401_with_a_stable_code,
@@ -233,6 +234,32 @@ async fn each_fixture_delivered_twice_is_stored_once(backend: Backend) {
     assert_eq!(subjects.len(), count, "one settlement per invoice");
     let (_, inbound) = app.admin_get("/v1/inbound?limit=500").await;
     assert_eq!(inbound["data"].as_array().unwrap().len(), fixtures.len());
+    app.stop().await;
+}
+
+/// Razorpay signs the body, not the `x-razorpay-event-id` header that is its dedup key: a
+/// captured request sent again with a new id must not become a second payment.
+async fn a_razorpay_body_sent_again_under_a_new_event_id_is_a_duplicate(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let upi = "razorpay/invoice.paid.upi.json";
+    let (_, first) = post_fixture(&app, upi, "razorpay", "evt_original").await;
+    assert_eq!(first["duplicate"], json!(false), "{first}");
+    let (status, again) = post_fixture(&app, upi, "razorpay", "evt_replayed").await;
+    assert_eq!(status, ack_status("razorpay"));
+    assert_eq!(again["duplicate"], json!(true), "{again}");
+    assert_eq!(again["inbound_id"], first["inbound_id"]);
+    assert_eq!(again["events"], first["events"]);
+    // The replay did not keep the id it came with: a message that is new may carry it.
+    let (_, card) = post_fixture(
+        &app,
+        "razorpay/invoice.paid.card.json",
+        "razorpay",
+        "evt_replayed",
+    )
+    .await;
+    assert_eq!(card["duplicate"], json!(false), "{card}");
+    let (_, inbound) = app.admin_get("/v1/inbound?source=razorpay").await;
+    assert_eq!(inbound["data"].as_array().unwrap().len(), 2, "{inbound}");
     app.stop().await;
 }
 

@@ -359,6 +359,7 @@ fn seeded_request(source: &str, key: &str, at: Timestamp) -> NewInbound {
         provider_event: Some("payment.captured".to_owned()),
         provider_event_id: Some(key.to_owned()),
         dedup_key: key.to_owned(),
+        body_dedup_key: None,
         verification: "seeded".to_owned(),
         remote_addr: None,
         headers: Vec::new(),

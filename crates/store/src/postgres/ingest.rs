@@ -60,23 +60,74 @@ async fn claim_dedup(
     if claimed.is_some() {
         return Ok(None);
     }
-    dedup_holder(transaction, source, key).await.map(Some)
+    dedup_holder(transaction, source, key)
+        .await?
+        .map(Some)
+        .ok_or_else(|| StoreError::Database(format!("dedup key `{key}` has no holder")))
 }
 
-/// The request that holds a dedup key (locked by the failed claim, so it stays the holder).
+/// Takes every key in `keys` for `inbound_id`, or none: at the first key another request holds,
+/// the keys this call took are given up again, and that holder is returned.
+async fn claim_all(
+    transaction: &Transaction<'_>,
+    source: &str,
+    keys: &[&str],
+    inbound_id: InboundId,
+    now: Timestamp,
+    expires_at: Timestamp,
+) -> Result<Option<InboundId>, StoreError> {
+    for (index, key) in keys.iter().enumerate() {
+        let Some(holder) =
+            claim_dedup(transaction, source, key, inbound_id, now, expires_at).await?
+        else {
+            continue;
+        };
+        if index > 0 {
+            release_claims(
+                transaction,
+                &vec![source; index],
+                &keys[..index],
+                &vec![inbound_id.to_string(); index],
+            )
+            .await?;
+        }
+        return Ok(Some(holder));
+    }
+    Ok(None)
+}
+
+/// Gives up the dedup claims `(sources[i], keys[i])` where `inbound_ids[i]` holds them.
+async fn release_claims(
+    transaction: &Transaction<'_>,
+    sources: &[&str],
+    keys: &[&str],
+    inbound_ids: &[String],
+) -> Result<(), StoreError> {
+    execute_cached(
+        transaction,
+        "DELETE FROM dedup d
+         USING unnest($1::text[], $2::text[], $3::text[]) AS c(source, key, inbound_id)
+         WHERE d.source = c.source AND d.key = c.key AND d.inbound_id = c.inbound_id",
+        &[&sources, &keys, &inbound_ids],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The request that holds a dedup key (locked by a failed claim, so it stays the holder).
 async fn dedup_holder(
     transaction: &Transaction<'_>,
     source: &str,
     key: &str,
-) -> Result<InboundId, StoreError> {
+) -> Result<Option<InboundId>, StoreError> {
     let row = transaction
-        .query_one(
+        .query_opt(
             "SELECT inbound_id FROM dedup WHERE source = $1 AND key = $2",
             &[&source, &key],
         )
         .await
         .map_err(pg_error)?;
-    parse_id(row.get::<_, &str>(0))
+    row.map(|row| parse_id(row.get::<_, &str>(0))).transpose()
 }
 
 /// The insert of events passed as nine arrays from parameter `$first` on (the request each
@@ -236,13 +287,46 @@ impl<'a> DeliveryArrays<'a> {
     }
 }
 
-/// Requests as the arrays the ingest statement reads, with their dedup claims.
+/// Every dedup key of a group's requests, as the arrays its claim reads, in one order (by
+/// source and key) for every group: two groups claiming the same keys wait for each other
+/// instead of deadlocking.
+#[derive(Default)]
+struct ClaimArrays<'a> {
+    sources: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    inbound_ids: Vec<String>,
+    expires_at: Vec<i64>,
+}
+
+impl<'a> ClaimArrays<'a> {
+    fn of(writes: &[&'a IngestWrite]) -> Self {
+        let mut claims: Vec<(&str, &str, &IngestWrite)> = writes
+            .iter()
+            .flat_map(|write| {
+                let inbound = &write.inbound;
+                inbound
+                    .dedup_keys()
+                    .map(move |key| (inbound.source.as_str(), key, *write))
+            })
+            .collect();
+        claims.sort_unstable_by_key(|&(source, key, _)| (source, key));
+        let mut arrays = Self::default();
+        for (source, key, write) in claims {
+            arrays.sources.push(source);
+            arrays.keys.push(key);
+            arrays.inbound_ids.push(write.inbound.id.to_string());
+            arrays.expires_at.push(write.dedup_expires_at.unix_millis());
+        }
+        arrays
+    }
+}
+
+/// Requests as the arrays the ingest statement reads.
 #[derive(Default)]
 struct RequestArrays<'a> {
     ids: Vec<String>,
     sources: Vec<&'a str>,
     dedup_keys: Vec<&'a str>,
-    dedup_expires_at: Vec<i64>,
     providers: Vec<&'a str>,
     received_at: Vec<i64>,
     statuses: Vec<&'static str>,
@@ -264,8 +348,6 @@ impl<'a> RequestArrays<'a> {
         self.ids.push(inbound.id.to_string());
         self.sources.push(&inbound.source);
         self.dedup_keys.push(&inbound.dedup_key);
-        self.dedup_expires_at
-            .push(write.dedup_expires_at.unix_millis());
         self.providers.push(&inbound.provider);
         self.received_at.push(received_at);
         self.statuses.push(inbound.status.as_str());
@@ -297,27 +379,27 @@ fn announced(deliveries: &[NewDelivery]) -> bool {
         .any(|d| d.lease.is_none() && d.status == DeliveryStatus::Pending)
 }
 
-/// The writes of a group of ingests in one statement: each request's dedup claim, and for
-/// the requests whose claim succeeded, the request itself, its events and its deliveries, and
-/// the notification of other instances. On PostgreSQL a statement costs mostly its round trip
-/// and executor start-up, however many rows it writes. Returns the ids of the requests whose
-/// claim succeeded (the others are duplicates). Parts with no rows are left out (a store opened
-/// at an older schema version in tests has no deliveries table), which makes four statements,
-/// indexed by `[has events, has deliveries]`.
+/// The writes of a group of ingests in one statement: each request's dedup claims, and for
+/// the requests that took every key they claimed, the request itself, its events and its
+/// deliveries, and the notification of other instances. On PostgreSQL a statement costs mostly
+/// its round trip and executor start-up, however many rows it writes. Returns the ids of the
+/// requests written (the others are duplicates). Parts with no rows are left out (a store
+/// opened at an older schema version in tests has no deliveries table), which makes four
+/// statements, indexed by `[has events, has deliveries]`.
 fn ingest_statement(with_events: bool, with_deliveries: bool) -> String {
-    // Only the claims' holders write: each insert keeps the rows of claimed requests.
+    // Only the requests written write the rest: each insert keeps their rows.
     let guarded = |name: &str, insert: Option<String>, alias: &str| {
         insert.map_or_else(String::new, |insert| {
             format!(
                 ", {name} AS ({insert}
-                   WHERE {alias}.inbound_id IN (SELECT inbound_id FROM claimed))"
+                   WHERE {alias}.inbound_id IN (SELECT inbound_id FROM written))"
             )
         })
     };
-    let first_delivery = if with_events { 29 } else { 20 };
+    let first_delivery = if with_events { 32 } else { 23 };
     let events = guarded(
         "request_events",
-        with_events.then(|| insert_events_sql(20)),
+        with_events.then(|| insert_events_sql(23)),
         "e",
     );
     let deliveries = guarded(
@@ -332,23 +414,33 @@ fn ingest_statement(with_events: bool, with_deliveries: bool) -> String {
             ON CONFLICT (source, key) DO UPDATE
               SET inbound_id = excluded.inbound_id, expires_at = excluded.expires_at
               WHERE dedup.expires_at <= $5
-            RETURNING inbound_id
+            RETURNING source, key, inbound_id
+          ), written AS (
+            SELECT wanted.inbound_id FROM unnest($3::text[]) AS wanted(inbound_id)
+            GROUP BY wanted.inbound_id
+            HAVING count(*) = (SELECT count(*) FROM claimed
+                               WHERE claimed.inbound_id = wanted.inbound_id)
+          ), refused AS (
+            SELECT * FROM claimed WHERE inbound_id NOT IN (SELECT inbound_id FROM written)
           ), request AS (
             INSERT INTO inbound (id, source, provider, received_at, status, provider_event,
                 provider_event_id, dedup_key, verification, remote_addr, headers, body,
                 error_code, error_message, processed_at)
-            SELECT * FROM unnest($3::text[], $1::text[], $6::text[], $7::bigint[], $8::text[],
-                $9::text[], $10::text[], $2::text[], $11::text[], $12::text[], $13::text[],
+            SELECT * FROM unnest($20::text[], $21::text[], $6::text[], $7::bigint[], $8::text[],
+                $9::text[], $10::text[], $22::text[], $11::text[], $12::text[], $13::text[],
                 $14::bytea[], $15::text[], $16::text[], $17::bigint[])
               AS r(id, source, provider, received_at, status, provider_event, provider_event_id,
                 dedup_key, verification, remote_addr, headers, body, error_code, error_message,
                 processed_at)
-            WHERE r.id IN (SELECT inbound_id FROM claimed)
+            WHERE r.id IN (SELECT inbound_id FROM written)
           ){events}{deliveries}
-         SELECT ARRAY(SELECT inbound_id FROM claimed),
+         SELECT ARRAY(SELECT inbound_id FROM written),
                 CASE WHEN $18::text IS NOT NULL
-                      AND EXISTS (SELECT 1 FROM claimed WHERE inbound_id = ANY($19::text[]))
-                     THEN pg_notify($18, '')::text END"
+                      AND EXISTS (SELECT 1 FROM written WHERE inbound_id = ANY($19::text[]))
+                     THEN pg_notify($18, '')::text END,
+                ARRAY(SELECT source FROM refused ORDER BY source, key),
+                ARRAY(SELECT key FROM refused ORDER BY source, key),
+                ARRAY(SELECT inbound_id FROM refused ORDER BY source, key)"
     )
 }
 
@@ -358,22 +450,19 @@ static INGEST_STATEMENTS: LazyLock<[[String; 2]; 2]> = LazyLock::new(|| {
     })
 });
 
-/// Writes each request, its events and deliveries unless its dedup key is held; returns the
-/// requests that were written. No two of `writes` may share a dedup key.
+/// Writes each request, its events and deliveries unless one of its dedup keys is held;
+/// returns the requests that were written. No two of `writes` may share a dedup key.
 async fn insert_requests(
     store: &PgStore,
     transaction: &Transaction<'_>,
     writes: &[&IngestWrite],
 ) -> Result<HashSet<InboundId>, StoreError> {
-    // Keys are claimed in one order by every group, so two groups claiming the same keys
-    // wait for each other instead of deadlocking.
-    let mut sorted = writes.to_vec();
-    sorted.sort_by(|a, b| dedup_key(a).cmp(&dedup_key(b)));
+    let claims = ClaimArrays::of(writes);
     let mut requests = RequestArrays::default();
     let mut events = EventArrays::default();
     let mut deliveries = DeliveryArrays::default();
     let mut announcing = Vec::new();
-    for write in sorted {
+    for write in writes {
         let id = write.inbound.id;
         requests.push(write)?;
         events.push(id, &write.events);
@@ -391,10 +480,10 @@ async fn insert_requests(
         .unwrap_or_default();
     let channel = (!announcing.is_empty()).then_some(store.deliveries_channel.as_str());
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-        &requests.sources,
-        &requests.dedup_keys,
-        &requests.ids,
-        &requests.dedup_expires_at,
+        &claims.sources,
+        &claims.keys,
+        &claims.inbound_ids,
+        &claims.expires_at,
         &now,
         &requests.providers,
         &requests.received_at,
@@ -410,6 +499,9 @@ async fn insert_requests(
         &requests.processed_at,
         &channel,
         &announcing,
+        &requests.ids,
+        &requests.sources,
+        &requests.dedup_keys,
     ];
     let with_events = !events.ids.is_empty();
     let with_deliveries = !deliveries.ids.is_empty();
@@ -427,10 +519,19 @@ async fn insert_requests(
         .query_one(&statement, &params)
         .await
         .map_err(pg_error)?;
-    row.get::<_, Vec<&str>>(0)
+    let written: HashSet<InboundId> = row
+        .get::<_, Vec<&str>>(0)
         .into_iter()
         .map(parse_id)
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // A request refused under one of its keys gives up the others it took.
+    let taken_keys: Vec<&str> = row.get(3);
+    if !taken_keys.is_empty() {
+        let sources: Vec<&str> = row.get(2);
+        let inbound_ids: Vec<String> = row.get(4);
+        release_claims(transaction, &sources, &taken_keys, &inbound_ids).await?;
+    }
+    Ok(written)
 }
 
 pub(super) async fn insert_events(
@@ -526,8 +627,11 @@ pub(super) struct QueuedIngest {
     reply: oneshot::Sender<Result<IngestOutcome, StoreError>>,
 }
 
-fn dedup_key(write: &IngestWrite) -> (&str, &str) {
-    (&write.inbound.source, &write.inbound.dedup_key)
+fn dedup_keys(write: &IngestWrite) -> impl Iterator<Item = (&str, &str)> {
+    let inbound = &write.inbound;
+    inbound
+        .dedup_keys()
+        .map(move |key| (inbound.source.as_str(), key))
 }
 
 /// The tasks that write ingests in groups, and their queue.
@@ -655,11 +759,18 @@ impl PgStore {
     /// Writes one group of queued ingests and answers each.
     async fn write_group(&self, queued: Vec<QueuedIngest>) {
         // The first of each dedup key is written with the group, in the order they arrived;
-        // later copies (one statement cannot claim a key twice) on their own after it.
+        // later requests claiming it (one statement cannot claim a key twice) on their own
+        // after it.
         let mut seen = HashSet::new();
         let firsts: Vec<bool> = queued
             .iter()
-            .map(|q| seen.insert(dedup_key(&q.write)))
+            .map(|q| {
+                let first = dedup_keys(&q.write).all(|key| !seen.contains(&key));
+                if first {
+                    seen.extend(dedup_keys(&q.write));
+                }
+                first
+            })
             .collect();
         drop(seen);
         let writes: Vec<&IngestWrite> = queued
@@ -775,8 +886,16 @@ impl PgStore {
                     concluded,
                 });
             } else {
-                let original =
-                    dedup_holder(&transaction, &inbound.source, &inbound.dedup_key).await?;
+                let mut holder = None;
+                for key in inbound.dedup_keys() {
+                    holder = dedup_holder(&transaction, &inbound.source, key).await?;
+                    if holder.is_some() {
+                        break;
+                    }
+                }
+                let original = holder.ok_or_else(|| {
+                    StoreError::Database("a refused ingest found no holder of its keys".to_owned())
+                })?;
                 outcomes.push(IngestOutcome::Duplicate {
                     inbound_id: original,
                     event_ids: event_ids_of(&transaction, original).await?,
@@ -827,6 +946,7 @@ impl PgStore {
                 provider_event,
                 provider_event_id,
                 dedup_key,
+                body_dedup_key,
                 events,
                 deliveries,
                 facts,
@@ -835,9 +955,11 @@ impl PgStore {
             } => {
                 // The key is claimed again even when it is unchanged: it may have expired while
                 // the request sat in quarantine and been taken by a later copy of the message.
+                let keys: Vec<&str> = std::iter::once(dedup_key.as_str())
+                    .chain(body_dedup_key.as_deref())
+                    .collect();
                 let holder =
-                    claim_dedup(&transaction, &source, &dedup_key, id, now, dedup_expires_at)
-                        .await?;
+                    claim_all(&transaction, &source, &keys, id, now, dedup_expires_at).await?;
                 if let Some(holder) = holder {
                     transaction
                         .execute(

@@ -95,12 +95,44 @@ fn claim_dedup(
     parse_id(&holder).map(Some)
 }
 
+/// Takes every key in `keys` for `inbound_id`, or none: at the first key another request holds,
+/// the keys this call took are given up again, and that holder is returned.
+fn claim_all(
+    connection: &Connection,
+    source: &str,
+    keys: &[&str],
+    inbound_id: InboundId,
+    now: Timestamp,
+    expires_at: Timestamp,
+    own: OwnClaim,
+) -> Result<Option<InboundId>, StoreError> {
+    for (index, key) in keys.iter().enumerate() {
+        let Some(holder) = claim_dedup(connection, source, key, inbound_id, now, expires_at, own)?
+        else {
+            continue;
+        };
+        for taken in &keys[..index] {
+            connection
+                .prepare_cached(
+                    "DELETE FROM dedup WHERE source = ?1 AND key = ?2 AND inbound_id = ?3",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![source, taken, inbound_id.to_string()])
+                })
+                .map_err(db_error)?;
+        }
+        return Ok(Some(holder));
+    }
+    Ok(None)
+}
+
 fn ingest(connection: &Connection, write: &IngestWrite) -> Result<IngestOutcome, StoreError> {
     let inbound = &write.inbound;
-    if let Some(original) = claim_dedup(
+    let keys: Vec<&str> = inbound.dedup_keys().collect();
+    if let Some(original) = claim_all(
         connection,
         &inbound.source,
-        &inbound.dedup_key,
+        &keys,
         inbound.id,
         inbound.received_at,
         write.dedup_expires_at,
@@ -295,6 +327,7 @@ fn reprocess(
             provider_event,
             provider_event_id,
             dedup_key,
+            body_dedup_key,
             events,
             deliveries,
             facts,
@@ -303,10 +336,13 @@ fn reprocess(
         } => {
             // The key is claimed again even when it is unchanged: it may have expired while
             // the request sat in quarantine and been taken by a later copy of the message.
-            if let Some(holder) = claim_dedup(
+            let keys: Vec<&str> = std::iter::once(dedup_key.as_str())
+                .chain(body_dedup_key.as_deref())
+                .collect();
+            if let Some(holder) = claim_all(
                 connection,
                 &source,
-                dedup_key,
+                &keys,
                 id,
                 now,
                 *dedup_expires_at,

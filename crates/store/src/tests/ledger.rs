@@ -850,6 +850,7 @@ fn events_about_ledger_entities_are_filed_under_them() {
                     provider_event: "payment.updated".into(),
                     provider_event_id: None,
                     dedup_key: "tx_r".into(),
+                    body_dedup_key: None,
                     events: late.events,
                     deliveries: Vec::new(),
                     facts: late.facts,
