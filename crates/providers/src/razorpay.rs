@@ -3,7 +3,8 @@
 //! - Verification: `X-Razorpay-Signature` is the lower-case hex HMAC-SHA256 of the raw body under
 //!   the webhook secret. Several secrets may be configured: Razorpay retries old events signed
 //!   with the secret they were first sent with.
-//! - Dedup: the `x-razorpay-event-id` header (a hash of the body when it is missing).
+//! - Dedup: the `x-razorpay-event-id` header and, since the header is outside the signature, a
+//!   hash of the body beside it (the hash alone when the header is missing).
 //! - Units: every amount is integer paise; times are unix seconds.
 //! - Events: `invoice.paid`, `invoice.partially_paid` and `invoice.expired` become the matching
 //!   `invoice.*` event plus, when a payment is enclosed, a `payment.*` event by the payment's status;

@@ -246,8 +246,9 @@ impl Store {
         dispatch!(self, store => store.schema_version().await)
     }
 
-    /// Stores one request with its events in one transaction, unless its dedup key is already
-    /// held, in which case nothing is written and the original's ids come back.
+    /// Stores one request with its events in one transaction, unless one of its dedup keys is
+    /// already held, in which case nothing is written (a key it took is given up) and the
+    /// original's ids come back.
     ///
     /// A write whose own request holds the key was stored already: the same write submitted
     /// twice. No path of the server does that today (a group whose commit went unanswered

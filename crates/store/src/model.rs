@@ -66,10 +66,20 @@ pub struct NewInbound {
 }
 
 impl NewInbound {
-    /// Every key the request claims, `dedup_key` first: it is stored only if it gets them all.
+    /// Every key the request claims: it is stored only if it gets them all.
     pub fn dedup_keys(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.dedup_key.as_str()).chain(self.body_dedup_key.as_deref())
+        claimed_keys(&self.dedup_key, self.body_dedup_key.as_deref())
     }
+}
+
+/// The distinct keys a request claims, `dedup_key` first (the order every claim takes them
+/// in). A body key equal to the main one is claimed once: one statement cannot claim a key
+/// twice.
+pub fn claimed_keys<'a>(
+    dedup_key: &'a str,
+    body_dedup_key: Option<&'a str>,
+) -> impl Iterator<Item = &'a str> {
+    std::iter::once(dedup_key).chain(body_dedup_key.filter(|key| *key != dedup_key))
 }
 
 /// A canonical event to store.

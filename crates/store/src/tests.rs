@@ -380,8 +380,16 @@ fn a_request_is_a_duplicate_under_either_key_and_keeps_no_key_when_refused() {
                 duplicate_of(&outcome(store, &copy_of_new).await),
                 Some(news[0].id)
             );
+            // A body key equal to the main key is one key, claimed once.
+            let alike = keyed("sha256:same", "sha256:same");
+            assert_eq!(duplicate_of(&outcome(store, &alike).await), None);
+            let copy_of_alike = keyed("event:z", "sha256:same");
+            assert_eq!(
+                duplicate_of(&outcome(store, &copy_of_alike).await),
+                Some(alike.id)
+            );
             let all = newest_hundred_events(store).await;
-            assert_eq!(all.items.len(), 2 + 6 + 6 + 6);
+            assert_eq!(all.items.len(), 2 + 6 + 6 + 6 + 1);
         }
     });
 }
@@ -725,6 +733,28 @@ fn reprocessing_claims_an_unchanged_dedup_key_again() {
                 store.ingest(write(reusing, vec![])).await.unwrap(),
                 IngestOutcome::Stored { .. }
             ));
+
+            // Quarantined under its body's hash (no event id then), reprocessed under an event
+            // id and that hash: the hash stays claimed.
+            let hashed = inbound("s", "sha256:kept", InboundStatus::Quarantined);
+            store.ingest(write(hashed.clone(), vec![])).await.unwrap();
+            let mut named = normalized("event:named");
+            if let Reprocess::Normalized { body_dedup_key, .. } = &mut named {
+                *body_dedup_key = Some("sha256:kept".into());
+            }
+            assert!(matches!(
+                store.reprocess(hashed.id, named).await.unwrap(),
+                ReprocessOutcome::Processed { .. }
+            ));
+            let mut copy = inbound("s", "event:other", InboundStatus::Processed);
+            copy.body_dedup_key = Some("sha256:kept".into());
+            assert_eq!(
+                store.ingest(write(copy, vec![])).await.unwrap(),
+                IngestOutcome::Duplicate {
+                    inbound_id: hashed.id,
+                    event_ids: store.inbound(hashed.id).await.unwrap().unwrap().event_ids,
+                }
+            );
         }
     });
 }

@@ -766,9 +766,9 @@ impl PgStore {
             .iter()
             .map(|q| {
                 let first = dedup_keys(&q.write).all(|key| !seen.contains(&key));
-                if first {
-                    seen.extend(dedup_keys(&q.write));
-                }
+                // A request held back holds its keys back too: one that shares another of
+                // them is written after it, not before.
+                seen.extend(dedup_keys(&q.write));
                 first
             })
             .collect();
@@ -955,9 +955,7 @@ impl PgStore {
             } => {
                 // The key is claimed again even when it is unchanged: it may have expired while
                 // the request sat in quarantine and been taken by a later copy of the message.
-                let keys: Vec<&str> = std::iter::once(dedup_key.as_str())
-                    .chain(body_dedup_key.as_deref())
-                    .collect();
+                let keys: Vec<&str> = claimed_keys(&dedup_key, body_dedup_key.as_deref()).collect();
                 let holder =
                     claim_all(&transaction, &source, &keys, id, now, dedup_expires_at).await?;
                 if let Some(holder) = holder {
@@ -978,7 +976,8 @@ impl PgStore {
                         .map_err(pg_error)?;
                     ReprocessOutcome::DuplicateOf(holder)
                 } else {
-                    if dedup_key != old_key {
+                    // The old key goes unless it is one of the new (a body's hash stays one).
+                    if !keys.contains(&old_key.as_str()) {
                         transaction
                             .execute(
                                 "DELETE FROM dedup WHERE source = $1 AND key = $2 AND inbound_id = $3",

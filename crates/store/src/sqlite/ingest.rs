@@ -336,9 +336,7 @@ fn reprocess(
         } => {
             // The key is claimed again even when it is unchanged: it may have expired while
             // the request sat in quarantine and been taken by a later copy of the message.
-            let keys: Vec<&str> = std::iter::once(dedup_key.as_str())
-                .chain(body_dedup_key.as_deref())
-                .collect();
+            let keys: Vec<&str> = claimed_keys(dedup_key, body_dedup_key.as_deref()).collect();
             if let Some(holder) = claim_all(
                 connection,
                 &source,
@@ -366,7 +364,8 @@ fn reprocess(
                     .map_err(db_error)?;
                 return Ok(ReprocessOutcome::DuplicateOf(holder));
             }
-            if *dedup_key != old_key {
+            // The old key goes unless it is one of the new (a body's hash stays one).
+            if !keys.contains(&old_key.as_str()) {
                 connection
                     .prepare_cached(
                         "DELETE FROM dedup WHERE source = ?1 AND key = ?2 AND inbound_id = ?3",
