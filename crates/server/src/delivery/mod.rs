@@ -300,24 +300,11 @@ impl Delivery {
     /// and tried again in the background until it succeeds, and meanwhile an endpoint enabled
     /// or disabled is taken as such, so ingest plans its deliveries accordingly.
     pub async fn reload_after_change(&self, enabled: Option<(EndpointId, bool)>) {
-        let Err(error) = self.shared.reload_endpoints().await else {
-            return;
-        };
-        tracing::warn!(%error, "could not reload endpoints after a change; trying again");
-        if let Some((id, enabled)) = enabled {
+        if self.shared.reload_endpoints_until_read().await.is_err()
+            && let Some((id, enabled)) = enabled
+        {
             self.shared.set_enabled(id, enabled);
         }
-        let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(250);
-            while !shared.stopping() {
-                tokio::time::sleep(delay).await;
-                match shared.reload_endpoints().await {
-                    Ok(()) => return,
-                    Err(_) => delay = (delay * 2).min(Duration::from_secs(5)),
-                }
-            }
-        });
     }
 
     /// Plans the deliveries of one inbound message's events and reserves lane room for those
@@ -654,6 +641,29 @@ impl Shared {
 
     fn endpoint(&self, id: EndpointId) -> Option<Arc<EndpointRuntime>> {
         self.endpoints().by_id.get(&id).cloned()
+    }
+
+    /// `reload_endpoints`, and when that fails, again in the background (backing off) until a
+    /// read succeeds or delivery stops: a change already committed must reach this instance's
+    /// endpoint set, and the caller has nothing to retry. The first failure is returned, for
+    /// the caller to act on meanwhile.
+    async fn reload_endpoints_until_read(self: &Arc<Self>) -> Result<(), StoreError> {
+        let Err(error) = self.reload_endpoints().await else {
+            return Ok(());
+        };
+        tracing::warn!(%error, "could not reload endpoints; trying again");
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(250);
+            while !shared.stopping() {
+                tokio::time::sleep(delay).await;
+                match shared.reload_endpoints().await {
+                    Ok(()) => return,
+                    Err(_) => delay = (delay * 2).min(Duration::from_secs(5)),
+                }
+            }
+        });
+        Err(error)
     }
 
     async fn reload_endpoints(self: &Arc<Self>) -> Result<(), StoreError> {
@@ -1138,8 +1148,9 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
             held.release(id);
         }
     }
-    if disables && let Err(error) = shared.reload_endpoints().await {
-        tracing::warn!(%error, "could not reload endpoints");
+    if disables {
+        // The endpoint was taken as disabled in memory when its attempt was judged.
+        let _ = shared.reload_endpoints_until_read().await;
     }
     shared.wake_poller.notify_one();
 }
@@ -1380,9 +1391,9 @@ async fn run_listener(
         if matches!(
             notification,
             Notification::Endpoints | Notification::Reconnected
-        ) && let Err(error) = shared.reload_endpoints().await
-        {
-            tracing::warn!(%error, "could not reload endpoints");
+        ) {
+            // Another instance's change is not announced twice.
+            let _ = shared.reload_endpoints_until_read().await;
         }
         if matches!(
             notification,
