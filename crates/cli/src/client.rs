@@ -81,24 +81,32 @@ impl Client {
         self.send(request).await
     }
 
-    /// A GET whose answer is not JSON (a CSV export): the body as text.
-    pub(crate) async fn get_text(
+    /// A CSV export: its text, and whether the server cut it short at its row limit (it says
+    /// so in a header, since the body alone looks whole).
+    pub(crate) async fn export(
         &self,
         path: &str,
         query: &[(&str, String)],
-    ) -> Result<String, CliError> {
+    ) -> Result<(String, bool), CliError> {
         let request = self.http.get(format!("{}{path}", self.base)).query(query);
-        let bytes = self.send_raw(request).await?;
-        String::from_utf8(bytes).map_err(|e| CliError::Io(e.to_string()))
+        let (headers, bytes) = self.send_raw(request).await?;
+        let truncated = headers
+            .get("x-billhook-truncated")
+            .is_some_and(|value| value == "true");
+        let text = String::from_utf8(bytes).map_err(|e| CliError::Io(e.to_string()))?;
+        Ok((text, truncated))
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, CliError> {
-        let bytes = self.send_raw(request).await?;
+        let (_, bytes) = self.send_raw(request).await?;
         Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
-    /// Sends with the admin token; a successful answer's body, or the API's error.
-    async fn send_raw(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, CliError> {
+    /// Sends with the admin token; a successful answer's headers and body, or the API's error.
+    async fn send_raw(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), CliError> {
         let response =
             request
                 .bearer_auth(&self.token)
@@ -109,12 +117,13 @@ impl Client {
                     reason: e.to_string(),
                 })?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(|e| CliError::Unreachable {
             url: self.base.clone(),
             reason: e.to_string(),
         })?;
         if status.is_success() {
-            return Ok(bytes.to_vec());
+            return Ok((headers, bytes.to_vec()));
         }
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Err(CliError::Api {

@@ -100,8 +100,18 @@ pub(crate) async fn run(kind: Kind, args: LedgerArgs) -> Result<(), CliError> {
     push(&mut query, "reference", filter.reference);
     if filter.csv {
         query.push(("format", "csv".to_owned()));
-        output::write(&client.get_text(kind.path(), &query).await?);
-        return Ok(());
+        let (csv, truncated) = client.export(kind.path(), &query).await?;
+        output::write(&csv);
+        // Written all the same (it is what the server sent), but never taken for the whole.
+        return if truncated {
+            Err(CliError::Io(
+                "the export was cut short at the server's row limit; narrow it with --status, \
+                 --provider, --source or --reference"
+                    .to_owned(),
+            ))
+        } else {
+            Ok(())
+        };
     }
     query.push(("limit", filter.limit.to_string()));
     push(&mut query, "cursor", filter.cursor);

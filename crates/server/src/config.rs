@@ -393,6 +393,9 @@ pub struct LedgerConfig {
     pub unmatched_after: HumanDuration,
     /// How often payments are checked for that.
     pub sweep_every: HumanDuration,
+    /// The most rows one CSV export of the ledger holds; past it the export says it was cut
+    /// short.
+    pub max_export_rows: u64,
 }
 
 impl Default for LedgerConfig {
@@ -400,6 +403,7 @@ impl Default for LedgerConfig {
         Self {
             unmatched_after: HumanDuration(Duration::from_secs(30 * 60)),
             sweep_every: HumanDuration(Duration::from_secs(60)),
+            max_export_rows: 1_000_000,
         }
     }
 }
@@ -670,6 +674,11 @@ impl Config {
                 "ledger.unmatched_after ({}) must be shorter than retention.max_age ({}): an announcement is filed under its payment's message, which would be gone",
                 self.ledger.unmatched_after, self.retention.max_age
             )));
+        }
+        if self.ledger.max_export_rows == 0 {
+            return Err(ConfigError::Invalid(
+                "ledger.max_export_rows must be at least 1".to_owned(),
+            ));
         }
         if self.ledger.sweep_every.0 < Duration::from_millis(100) {
             return Err(ConfigError::Invalid(

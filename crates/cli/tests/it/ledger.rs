@@ -20,6 +20,7 @@ backend_tests!(
     listings_filter_find_by_reference_and_export_csv,
     the_cli_lists_invoices_and_payments,
     a_csv_export_of_many_pages_holds_every_row_once,
+    a_csv_export_cut_short_says_so_and_the_cli_fails,
 );
 
 /// Runs a scenario (TOML text) through `billhook trigger --scenario`; panics if any step fails.
@@ -659,5 +660,36 @@ async fn a_csv_export_of_many_pages_holds_every_row_once(backend: Backend) {
     assert_eq!(provider_ids.len(), PAYMENTS, "{csv:.300}");
     let distinct: std::collections::BTreeSet<&str> = provider_ids.iter().copied().collect();
     assert_eq!(distinct.len(), PAYMENTS);
+    app.stop().await;
+}
+
+/// An export past `ledger.max_export_rows` is cut short and says so; the CLI writes what came
+/// and fails, so a script never takes it for the whole ledger.
+async fn a_csv_export_cut_short_says_so_and_the_cli_fails(backend: Backend) {
+    let app = spawn_app_with(backend, "[ledger]\nmax_export_rows = 2\n").await;
+    let template = String::from_utf8(fixture("zwitch_upi/payments.updated.json")).unwrap();
+    for n in 0..3 {
+        let body = template
+            .replace("evl_tbs3NybYGbbjP5MMzptoFyU3W", &format!("evl_cut_{n}"))
+            .replace("tx_LDOr1fte7Npd5xBTS6BMGuRd6", &format!("tx_cut_{n}"));
+        let response = app.post_signed("zwitch", body.as_bytes(), &[]).await;
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    let response = app.admin_get_response("/v1/payments?format=csv").await;
+    assert_eq!(
+        response.headers().get("x-billhook-truncated").unwrap(),
+        "true"
+    );
+    assert_eq!(response.text().await.unwrap().lines().count(), 1 + 2);
+    let (ok, printed) = app.cli(&["payments", "--csv"]).await;
+    assert!(!ok, "{printed}");
+    assert_eq!(printed.matches("tx_cut_").count(), 2, "{printed}");
+    assert!(printed.contains("cut short"), "{printed}");
+    // Narrowed below the limit, it is whole.
+    let (ok, printed) = app
+        .cli(&["payments", "--csv", "--reference", "tx_cut_1"])
+        .await;
+    assert!(ok, "{printed}");
+    assert_eq!(printed.lines().count(), 1 + 1, "{printed}");
     app.stop().await;
 }

@@ -130,11 +130,8 @@ fn format(params: &ListParams) -> Result<Format, ApiError> {
     }
 }
 
-/// The most rows one CSV export holds; past it the export says it was cut short.
-const MAX_EXPORT_ROWS: u64 = 1_000_000;
-
-/// A CSV export sent page by page as it is read, so that its size, up to [`MAX_EXPORT_ROWS`],
-/// is never held in memory.
+/// A CSV export sent page by page as it is read, so that its size, up to `max_export_rows`
+/// (`[ledger]`), is never held in memory.
 struct CsvExport {
     app: Arc<App>,
     query: LedgerQuery,
@@ -175,7 +172,8 @@ impl CsvExport {
                 }
             }
         };
-        let room = usize::try_from(MAX_EXPORT_ROWS.saturating_sub(self.sent)).unwrap_or(usize::MAX);
+        let limit = self.app.settings.ledger.max_export_rows;
+        let room = usize::try_from(limit.saturating_sub(self.sent)).unwrap_or(usize::MAX);
         let take = room.min(page.items.len());
         let mut chunk = std::mem::take(&mut self.head);
         chunk.reserve(take * 160);
@@ -184,13 +182,13 @@ impl CsvExport {
         }
         self.sent += take as u64;
         let more = page.next_cursor.is_some() || take < page.items.len();
-        self.query.before = page.next_cursor.filter(|_| self.sent < MAX_EXPORT_ROWS);
+        self.query.before = page.next_cursor.filter(|_| self.sent < limit);
         let mut chunks = vec![Ok(bytes::Bytes::from(chunk))];
-        if self.sent >= MAX_EXPORT_ROWS && more && !self.announced_truncated {
+        if self.sent >= limit && more && !self.announced_truncated {
             tracing::warn!("a CSV export grew past its limit while it was sent");
             self.ended = true;
             chunks.push(Err(std::io::Error::other(format!(
-                "the export grew past {MAX_EXPORT_ROWS} rows while it was sent"
+                "the export grew past {limit} rows while it was sent"
             ))));
         }
         Some((chunks, self))
@@ -245,7 +243,7 @@ pub(crate) async fn list(
             // Known before the first row is sent, as a header must be.
             let truncated = app
                 .store
-                .ledger_listing_exceeds(query.clone(), MAX_EXPORT_ROWS)
+                .ledger_listing_exceeds(query.clone(), app.settings.ledger.max_export_rows)
                 .await?;
             // The first page before answering, so a failing query is still a status code.
             let first = app.store.ledger_entities(query.clone()).await?;
