@@ -94,7 +94,11 @@ pub(crate) async fn token(command: TokenCommand) -> Result<(), CliError> {
             client
                 .delete(&format!("/v1/tokens/{}", client::segment(&id)))
                 .await?;
-            output::line(&format!("revoked {id}"));
+            if remote.json {
+                output::pretty(&json!({ "id": id, "revoked": true }));
+            } else {
+                output::line(&format!("revoked {id}"));
+            }
             Ok(())
         }
     }
@@ -188,6 +192,11 @@ pub(crate) async fn reprocess(
     source: Option<String>,
     remote: Remote,
 ) -> Result<(), CliError> {
+    if !ids.is_empty() && source.is_some() {
+        return Err(CliError::Usage(
+            "--source chooses among the quarantined requests; give it or ids, not both".to_owned(),
+        ));
+    }
     let client = client::Client::connect(&remote)?;
     let ids = if ids.is_empty() {
         let mut all = Vec::new();
@@ -221,8 +230,10 @@ pub(crate) async fn reprocess(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut results = Vec::with_capacity(ids.len());
+    let mut failure = None;
     for id in &ids {
-        // One request that cannot be reprocessed (its source is gone) must not stop the rest.
+        // One request that cannot be reprocessed (its source is gone, it does not exist) must
+        // not stop the rest.
         results.push(
             match client
                 .post(
@@ -233,7 +244,7 @@ pub(crate) async fn reprocess(
             {
                 Ok(result) => result,
                 Err(CliError::Api {
-                    status: 400,
+                    status: 400 | 404 | 409,
                     code,
                     message,
                 }) => json!({
@@ -242,14 +253,18 @@ pub(crate) async fn reprocess(
                     "events": [],
                     "error": { "code": code, "message": message },
                 }),
-                Err(error) => return Err(error),
+                // The server or the way to it failed: what was done so far is still shown.
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
             },
         );
         bar.inc(1);
     }
     bar.finish_and_clear();
     output::reprocessed(&results, remote.json);
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 /// Writes a completion script for `shell` to standard output.

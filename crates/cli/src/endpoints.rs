@@ -316,7 +316,11 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
             client
                 .delete(&format!("/v1/endpoints/{}", client::segment(&id)))
                 .await?;
-            output::line(&format!("deleted {id}"));
+            if remote.json {
+                output::pretty(&json!({ "id": id, "deleted": true }));
+            } else {
+                output::line(&format!("deleted {id}"));
+            }
             Ok(())
         }
         EndpointsCommand::Secret { id, remote } => {
@@ -398,7 +402,6 @@ pub(crate) async fn recover(
     let client = client::Client::connect(remote)?;
     let since = parse_since(since)?;
     let path = format!("/v1/endpoints/{}", client::segment(id));
-    let before = client.get(&path, &[]).await?;
     let result = client
         .post(
             &format!("/v1/endpoints/{}/recover", client::segment(id)),
@@ -420,7 +423,10 @@ pub(crate) async fn recover(
         let stats = &endpoint["stats"];
         stats["delivered"].as_u64().unwrap_or(0) + stats["dead"].as_u64().unwrap_or(0)
     };
-    let start = finished(&before);
+    // Counted after the recovery, which turned the dead deliveries it resends back to pending:
+    // counted before, they would stand for progress already made. Deliveries of other messages
+    // finishing meanwhile count too; the endpoint's figures do not tell them apart.
+    let start = finished(&client.get(&path, &[]).await?);
     let bar = indicatif::ProgressBar::new(recovered).with_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} {bar:30} {pos}/{len} delivered or given up  {elapsed}",

@@ -186,8 +186,10 @@ async fn a_read_token_reads_and_only_an_admin_token_changes(backend: Backend) {
         "{listed}"
     );
     assert!(!listed.contains(created["token"].as_str().unwrap()));
-    let (ok, revoked) = app.cli(&["token", "revoke", id]).await;
+    let (ok, revoked) = app.cli(&["token", "revoke", id, "--json"]).await;
     assert!(ok, "{revoked}");
+    let revoked: Value = serde_json::from_str(&revoked).unwrap();
+    assert_eq!(revoked, json!({ "id": id, "revoked": true }));
     let (ok, listed) = app.cli(&["token", "list", "--json"]).await;
     assert!(ok);
     let listed: Value = serde_json::from_str(&listed).unwrap();
@@ -550,8 +552,10 @@ async fn the_cli_manages_endpoints_end_to_end(backend: Backend) {
         ok && recovered.contains("recovering 0 deliveries"),
         "{recovered}"
     );
-    let (ok, deleted) = app.cli(&["endpoints", "delete", &id]).await;
+    let (ok, deleted) = app.cli(&["endpoints", "delete", &id, "--json"]).await;
     assert!(ok, "{deleted}");
+    let deleted: Value = serde_json::from_str(&deleted).unwrap();
+    assert_eq!(deleted, json!({ "id": id, "deleted": true }));
     let (status, _) = app.admin_get(&format!("/v1/endpoints/{id}")).await;
     assert_eq!(status, 404);
     let (ok, failed) = app.cli(&["endpoints", "show", &id]).await;
@@ -698,6 +702,25 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
     assert_eq!(skipped.len(), 1, "{printed}");
     assert_eq!(skipped[0]["id"], json!(retired_id.to_string()));
     assert_eq!(skipped[0]["error"]["code"], json!("invalid_request"));
+
+    // Named ids: one that does not exist is skipped, and the ones after it are still done.
+    let missing = "inb_01J0000000000000000000000";
+    let (ok, printed) = app
+        .cli(&["reprocess", missing, &quarantined[1], "--json"])
+        .await;
+    assert!(ok, "{printed}");
+    let results: Vec<Value> = serde_json::from_str(&printed).unwrap();
+    let outcomes: Vec<&Value> = results.iter().map(|r| &r["outcome"]).collect();
+    assert_eq!(
+        outcomes,
+        [&json!("skipped"), &json!("quarantined")],
+        "{printed}"
+    );
+    assert_eq!(results[0]["error"]["code"], json!("not_found"), "{printed}");
+    let (ok, printed) = app
+        .cli(&["reprocess", &quarantined[1], "--source", "razorpay"])
+        .await;
+    assert!(!ok && printed.contains("not both"), "{printed}");
     app.stop().await;
 }
 
