@@ -583,6 +583,35 @@ pub struct Settings {
     pub endpoints: Vec<EndpointConfig>,
 }
 
+/// A configuration that does not parse, told without the text of any value: a secret written
+/// where a list of them belongs would otherwise be quoted in the message, which every command
+/// prints.
+fn parse_error(error: figment::Error) -> ConfigError {
+    use figment::error::{Actual, Kind};
+    let unquoted = |actual: Actual| match actual {
+        Actual::Str(_) => Actual::Other("a string".to_owned()),
+        Actual::Bytes(_) => Actual::Other("bytes".to_owned()),
+        Actual::Char(_) => Actual::Other("a character".to_owned()),
+        other => other,
+    };
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|mut each| {
+            each.kind = match each.kind {
+                Kind::InvalidType(actual, expected) => {
+                    Kind::InvalidType(unquoted(actual), expected)
+                }
+                Kind::InvalidValue(actual, expected) => {
+                    Kind::InvalidValue(unquoted(actual), expected)
+                }
+                other => other,
+            };
+            each.to_string()
+        })
+        .collect();
+    ConfigError::Parse(format!("configuration: {}", messages.join("; ")))
+}
+
 impl Config {
     /// Reads the TOML file (if given) and applies `BILLHOOK_*` overrides.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -602,9 +631,7 @@ impl Config {
                 .iter()
                 .any(|section| section.eq_ignore_ascii_case(top))
         }));
-        figment
-            .extract()
-            .map_err(|error| ConfigError::Parse(format!("configuration: {error}")))
+        figment.extract().map_err(parse_error)
     }
 
     /// Parses a configuration from TOML text alone (no environment), for tests and tools.
@@ -612,7 +639,7 @@ impl Config {
         Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
             .extract()
-            .map_err(|error| ConfigError::Parse(format!("configuration: {error}")))
+            .map_err(parse_error)
     }
 
     /// The database the configuration points at.
@@ -869,6 +896,19 @@ mod tests {
         for (lease, timeout) in [("8s", "5900ms"), ("2s", "1s"), ("60s", "45s")] {
             assert!(settings(lease, timeout).is_ok(), "{lease}/{timeout}");
         }
+    }
+
+    /// A secret written where a list of them belongs is refused without quoting it.
+    #[test]
+    fn a_misplaced_secret_is_not_quoted_in_the_error() {
+        let text =
+            "[[source]]\nname = \"r\"\nprovider = \"razorpay\"\nsecrets = \"whsec_TOPSECRET\"\n";
+        let refused = Config::from_toml(text).unwrap_err().to_string();
+        assert!(!refused.contains("TOPSECRET"), "{refused}");
+        assert!(
+            refused.contains("invalid type: found a string, expected a sequence"),
+            "{refused}"
+        );
     }
 
     #[test]

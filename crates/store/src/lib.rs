@@ -122,17 +122,59 @@ impl DatabaseConfig {
     }
 }
 
-/// A database URL with its password replaced, for logs and errors.
+/// A database URL with its password replaced, for logs and errors. What is not a URL (a libpq
+/// `key=value` string) may hold a password anywhere and is not shown at all; a URL's
+/// parameters may hold one too (`?password=`) and are elided.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return "(not shown: not a URL)".to_owned();
     };
-    match rest.split_once('@') {
+    // The last `@` ends the credentials, whatever a raw password holds.
+    let (user, host) = match rest.rsplit_once('@') {
         Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:…@{host}"),
-            None => url.to_owned(),
+            Some((user, _)) => (format!("{user}:…@"), host),
+            None => (format!("{credentials}@"), host),
         },
-        None => url.to_owned(),
+        None => (String::new(), rest),
+    };
+    let host = match host.split_once('?') {
+        Some((host, _)) => format!("{host}?…"),
+        None => host.to_owned(),
+    };
+    format!("{scheme}://{user}{host}")
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact_url;
+
+    #[test]
+    fn no_password_survives_redaction() {
+        for (url, shown) in [
+            (
+                "postgres://billhook:s3cret@db:5432/billhook",
+                "postgres://billhook:…@db:5432/billhook",
+            ),
+            (
+                "postgres://billhook:p@ss?w/rd@db/billhook",
+                "postgres://billhook:…@db/billhook",
+            ),
+            (
+                "postgresql://db/billhook?user=billhook&password=s3cret",
+                "postgresql://db/billhook?…",
+            ),
+            ("postgres://db/billhook", "postgres://db/billhook"),
+            (
+                "postgres://billhook@db/billhook",
+                "postgres://billhook@db/billhook",
+            ),
+            (
+                "host=db user=billhook password=s3cret",
+                "(not shown: not a URL)",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 }
 
