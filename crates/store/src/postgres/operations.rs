@@ -1,6 +1,8 @@
 //! Operations on PostgreSQL: retention, the activity behind the console's charts, the overview
 //! and per-source figures.
 
+use std::collections::HashSet;
+
 use billhook_core::ids::{DeliveryId, InboundId};
 use billhook_core::time::Timestamp;
 use deadpool_postgres::GenericClient;
@@ -100,9 +102,40 @@ impl PgStore {
         } else {
             None
         };
+        // Their deliveries are locked before anything goes: a recovery (which does not touch
+        // the message) that sets one pending again either committed first, and its message
+        // stays whole, or waits and finds nothing. Checked only statement by statement, a
+        // message could lose its delivered rows and keep the recovered one.
+        transaction
+            .execute(
+                "SELECT 1 FROM deliveries WHERE inbound_id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?;
+        let still_owed: HashSet<String> = transaction
+            .query(
+                &format!(
+                    "SELECT DISTINCT inbound_id FROM deliveries
+                     WHERE inbound_id = ANY($1) AND status IN ({OWED_DELIVERIES})"
+                ),
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let ids: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !still_owed.contains(id))
+            .collect();
         if ids.is_empty() {
             transaction.commit().await.map_err(pg_error)?;
-            return Ok(PruneBatch::default());
+            return Ok(PruneBatch {
+                resume_after,
+                ..PruneBatch::default()
+            });
         }
         let payload_bytes: i64 = transaction
             .query_one(

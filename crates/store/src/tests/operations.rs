@@ -7,7 +7,7 @@ use billhook_core::ids::{InboundId, TokenId};
 use billhook_core::time::Timestamp;
 
 use super::{
-    backends, canonical_endpoint, deliver, delivery_for, event, inbound, ingest_owed_at,
+    Owed, backends, canonical_endpoint, deliver, delivery_for, event, inbound, ingest_owed_at,
     new_endpoint, normalized, postgres_config, postgres_session, runtime, write,
 };
 use crate::*;
@@ -351,6 +351,97 @@ fn a_redelivery_racing_retention_leaves_no_delivery_behind() {
             .unwrap()
             .get(0);
         assert_eq!(left, 0, "no delivery is owed for the removed event");
+    });
+}
+
+/// A recovery that meets retention removing its message leaves the message whole or gone,
+/// never without some of its deliveries. (PostgreSQL only: on SQLite both are jobs of the one
+/// writer.)
+#[test]
+fn a_recovery_racing_retention_keeps_a_message_whole_or_removes_it() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let store = Store::open(&config).await.unwrap();
+        let first = store
+            .create_endpoint(new_endpoint("canonical", Some("first")))
+            .await
+            .unwrap();
+        let second = store
+            .create_endpoint(new_endpoint("canonical", Some("second")))
+            .await
+            .unwrap();
+        let old = Timestamp::now().sub(Duration::from_secs(40 * 86_400));
+        // One message, delivered to the first endpoint and given up on by the second.
+        let mut request = inbound("rzp", "old-half-dead", InboundStatus::Processed);
+        request.id = InboundId::new_at(old);
+        request.received_at = old;
+        let paid = event("rzp", "invoice.paid", "old-half-dead");
+        let mut ingest = write(request.clone(), vec![paid.clone()]);
+        ingest.deliveries = vec![
+            delivery_for(&first, Some(&paid), request.id),
+            delivery_for(&second, Some(&paid), request.id),
+        ];
+        let owed = Owed {
+            delivery: ingest.deliveries[0].id,
+            inbound: request,
+            event: paid,
+        };
+        store.ingest(ingest).await.unwrap();
+        deliver(&store, &owed, first.id).await;
+        let session = postgres_session(&config).await;
+        let message = owed.inbound.id.to_string();
+        session
+            .execute(
+                "UPDATE deliveries SET status = 'dead' WHERE endpoint_id = $1",
+                &[&second.id.to_string()],
+            )
+            .await
+            .unwrap();
+        let count = |sql: &'static str| {
+            let session = &session;
+            let message = message.clone();
+            async move {
+                session
+                    .query_one(sql, &[&message])
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+            }
+        };
+        let deliveries = "SELECT count(*) FROM deliveries WHERE inbound_id = $1";
+        assert_eq!(count(deliveries).await, 2);
+
+        // Retention is held up after choosing the message, before removing its attempts.
+        let mut blocker = postgres_session(&config).await;
+        let hold = blocker.transaction().await.unwrap();
+        hold.execute("LOCK TABLE attempts IN SHARE ROW EXCLUSIVE MODE", &[])
+            .await
+            .unwrap();
+        let cutoff = InboundId::lower_bound(Timestamp::now().sub(Duration::from_secs(30 * 86_400)));
+        let retention = tokio::spawn({
+            let store = store.clone();
+            async move { store.prune(cutoff, None, 10).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let recovery = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .recover(second.id, old.sub(Duration::from_secs(1)), Timestamp::now())
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hold.commit().await.unwrap();
+        retention.await.unwrap().unwrap();
+        let recovered = recovery.await.unwrap().unwrap();
+
+        let left = count(deliveries).await;
+        let inbound = count("SELECT count(*) FROM inbound WHERE id = $1").await;
+        assert!(
+            (left, inbound, recovered) == (0, 0, 0) || (left, inbound, recovered) == (2, 1, 1),
+            "deliveries {left}, message {inbound}, recovered {recovered}"
+        );
     });
 }
 
