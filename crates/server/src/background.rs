@@ -87,7 +87,7 @@ async fn sweep_unmatched(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             _ = tokio::time::sleep(every) => {}
             _ = stopped.changed() => return,
         }
-        if let Err(error) = crate::ledger::announce_unmatched(&app).await {
+        if let Err(error) = crate::ledger::announce_unmatched(&app, &stopped).await {
             tracing::warn!(%error, "could not look for unmatched payments");
         }
     }

@@ -159,9 +159,11 @@ fn settled_snapshot(invoice: &Entity) -> EntityData {
 const UNMATCHED_BATCH: u32 = 100;
 
 /// Announces every succeeded payment that has matched nothing for `ledger.unmatched_after`.
-/// Safe on any number of instances: the store records each announcement once.
+/// Safe on any number of instances: the store records each announcement once. A backlog (after
+/// a long stop) is left between pages once `stopped` is set, for the next start.
 pub(crate) async fn announce_unmatched(
     app: &Arc<App>,
+    stopped: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<usize, billhook_store::StoreError> {
     let mut announced = 0;
     loop {
@@ -182,7 +184,7 @@ pub(crate) async fn announce_unmatched(
                 tracing::info!(payment = %id, "announced a payment that matches no invoice or bill");
             }
         }
-        if !full {
+        if !full || *stopped.borrow() {
             break;
         }
     }
