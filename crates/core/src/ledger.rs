@@ -271,11 +271,14 @@ pub struct PaymentRefs {
     pub remark: Option<String>,
     pub bill_ref_id: Option<String>,
     pub biller_ref_id: Option<String>,
+    /// The payment came from a provider's test mode: its references name only invoices and
+    /// bills of that mode (see [`Entity::sandbox`]).
+    pub sandbox: bool,
 }
 
 impl PaymentRefs {
-    /// The references of a payment its source's rule matches on.
-    pub fn ruled(references: &PaymentReferences, rule: &[PaymentRef]) -> Self {
+    /// The references of a payment (from test mode if `sandbox`) its source's rule matches on.
+    pub fn ruled(references: &PaymentReferences, rule: &[PaymentRef], sandbox: bool) -> Self {
         let allowed = |which: PaymentRef, value: &Option<String>| {
             value
                 .clone()
@@ -289,6 +292,7 @@ impl PaymentRefs {
             remark: allowed(PaymentRef::Remark, &r.remark),
             bill_ref_id: allowed(PaymentRef::BillRefId, &r.bill_ref_id),
             biller_ref_id: allowed(PaymentRef::BillerRefId, &r.biller_ref_id),
+            sandbox,
         }
     }
 
@@ -433,6 +437,10 @@ pub struct Entity {
     pub provider: String,
     pub provider_id: String,
     pub source: String,
+    /// Known from a provider's test mode (its first message said so). Payments link only to
+    /// invoices and bills of their own mode, so a test payment naming a real invoice's number
+    /// never counts towards it, nor a real one towards a test invoice.
+    pub sandbox: bool,
     pub status: Option<String>,
     pub provider_status: Option<String>,
     pub status_precedence: Precedence,
@@ -733,8 +741,11 @@ impl ReadAhead {
                 data.provider_id().to_owned(),
             ));
             match data {
-                EntityData::Payment(payment) => reading
-                    .add_targets_of(&PaymentRefs::ruled(&payment.references, &fact.link_rule)),
+                EntityData::Payment(payment) => reading.add_targets_of(&PaymentRefs::ruled(
+                    &payment.references,
+                    &fact.link_rule,
+                    fact.sandbox,
+                )),
                 _ => {
                     if let Some(keys) = TargetKeys::of(data) {
                         reading.add_payments_of(data.kind(), data.provider_id(), &keys);
@@ -799,7 +810,7 @@ impl ReadAhead {
         for fact in facts {
             if let EntityData::Payment(payment) = fact.snapshot.data() {
                 ids.extend(chosen(
-                    &PaymentRefs::ruled(&payment.references, &fact.link_rule),
+                    &PaymentRefs::ruled(&payment.references, &fact.link_rule, fact.sandbox),
                     Some(payment.currency),
                 ));
             }
@@ -1046,7 +1057,7 @@ fn describe(entity: &mut Entity, rule: &[PaymentRef]) {
         EntityData::Payment(payment) => {
             entity.currency = Some(payment.currency);
             entity.amount = Some(payment.amount);
-            entity.refs = PaymentRefs::ruled(&payment.references, rule);
+            entity.refs = PaymentRefs::ruled(&payment.references, rule, entity.sandbox);
         }
         _ => {}
     }
@@ -1070,6 +1081,9 @@ fn counted(entity: &Entity) -> Amount {
 /// Which reference links a payment to a target, if any, and its strength: lower is stronger, in
 /// the order of the source's rule (an id before a number, a number before a free-text remark).
 fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static str)> {
+    if payment.sandbox != target.sandbox {
+        return None;
+    }
     let names = |value: &Option<String>| {
         value
             .as_ref()
@@ -1164,6 +1178,7 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
             provider: fact.provider.clone(),
             provider_id: provider_id.clone(),
             source: fact.source.clone(),
+            sandbox: fact.sandbox,
             status: None,
             provider_status: None,
             status_precedence: Precedence::NONE,
@@ -1171,7 +1186,10 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
             snapshot: fact.snapshot.clone(),
             content_precedence: Precedence::NONE,
             keys: TargetKeys::default(),
-            refs: PaymentRefs::default(),
+            refs: PaymentRefs {
+                sandbox: fact.sandbox,
+                ..PaymentRefs::default()
+            },
             currency: None,
             amount: None,
             counted: Amount::ZERO,

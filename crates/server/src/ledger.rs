@@ -106,7 +106,7 @@ impl Announcer {
                     provider: &payment.provider,
                     provider_event: LEDGER_EVENT,
                     provider_event_id: None,
-                    sandbox: false,
+                    sandbox: payment.sandbox,
                 };
                 EventDraft::new(
                     EventType::PaymentUnmatched,

@@ -15,6 +15,7 @@ backend_tests!(
     setu_failure_then_late_processing_stays_failed,
     caminvoice_paid_then_late_accepted_stays_paid,
     a_zwitch_payment_settles_the_bharat_connect_invoice_it_names,
+    a_test_mode_payment_pays_only_a_test_mode_invoice,
     a_setu_payment_pays_the_bill_it_was_fetched_for,
     a_payment_no_invoice_claims_is_announced_once,
     listings_filter_find_by_reference_and_export_csv,
@@ -287,6 +288,77 @@ resend = "paid"
     assert_eq!(
         listing(&app, "/v1/documents?status=accepted").await.len(),
         0
+    );
+    app.stop().await;
+}
+
+/// Zwitch marks test-mode messages `is_sandbox`. A sandbox payment naming a live invoice's
+/// number does not pay it; one naming a sandbox invoice does. Each message is its own request,
+/// so each finds the other stored.
+async fn a_test_mode_payment_pays_only_a_test_mode_invoice(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let scenario = r#"
+name = "test payments and live and test invoices"
+
+[[step]]
+name = "live-invoice"
+provider = "zwitch"
+event = "bharat_connect.invoice.create"
+[step.set]
+"data.object.supplier_invoice_number" = "INV/LIVE/1"
+"data.object.value_details.total_invoice_value" = 500
+
+[[step]]
+name = "test-payment-of-live"
+provider = "zwitch"
+event = "payments.updated"
+variant = "success"
+sandbox = true
+[step.set]
+"data.object.merchant_reference_id" = "INV/LIVE/1"
+"data.object.amount" = 500
+
+[[step]]
+name = "test-invoice"
+provider = "zwitch"
+event = "bharat_connect.invoice.create"
+sandbox = true
+[step.set]
+"data.object.supplier_invoice_number" = "INV/TEST/1"
+"data.object.value_details.total_invoice_value" = 500
+
+[[step]]
+name = "test-payment-of-test"
+provider = "zwitch"
+event = "payments.updated"
+variant = "success"
+sandbox = true
+[step.set]
+"data.object.merchant_reference_id" = "INV/TEST/1"
+"data.object.amount" = 500
+"#;
+    run_scenario(&app, "zwitch-modes", scenario).await;
+    let live = only(&app, "/v1/invoices?reference=INV/LIVE/1").await;
+    assert_eq!(live["sandbox"], json!(false), "{live}");
+    assert_eq!(live["due"], json!(50_000), "{live}");
+    assert!(live["settled_event"].is_null(), "{live}");
+    let test = only(&app, "/v1/invoices?reference=INV/TEST/1").await;
+    assert_eq!(test["sandbox"], json!(true), "{test}");
+    assert_eq!(test["due"], json!(0), "{test}");
+    let (_, payments) = app.admin_get("/v1/payments?provider=zwitch").await;
+    let payments = payments["data"].as_array().unwrap();
+    assert_eq!(payments.len(), 2, "{payments:?}");
+    assert!(payments.iter().all(|p| p["sandbox"] == json!(true)));
+    let linked: Vec<&Value> = payments.iter().map(|p| &p["linked_to"]).collect();
+    assert!(linked.contains(&&test["id"]), "{payments:?}");
+    assert!(linked.contains(&&Value::Null), "{payments:?}");
+    let settled = events_of_type(&app, "invoice.settled").await;
+    assert_eq!(settled.len(), 1);
+    assert_eq!(
+        settled[0]["source"]["sandbox"],
+        json!(true),
+        "{:?}",
+        settled[0]
     );
     app.stop().await;
 }

@@ -1222,3 +1222,51 @@ fn a_payment_in_another_currency_stays_unmatched() {
         }
     }
 }
+
+/// A payment links only to an invoice of its own mode: a test payment naming a real invoice's
+/// number never counts towards it, nor a real payment towards a test invoice. Each pair in
+/// either order, written one by one and grouped.
+#[test]
+fn payments_link_only_to_invoices_of_their_own_mode() {
+    let in_mode = |mut fact: Fact, sandbox: bool| {
+        fact.sandbox = sandbox;
+        fact
+    };
+    let paying = |id: &str, invoice: &str| {
+        payment(
+            id,
+            "succeeded",
+            1000,
+            None,
+            Some(invoice),
+            20,
+            Some(CAPTURED),
+            "zwitch",
+        )
+    };
+    for (invoice_sandbox, payment_sandbox) in [(false, true), (true, false), (true, true)] {
+        let issued = in_mode(
+            invoice("inv_mode", "issued", 1000, 10, ISSUED),
+            invoice_sandbox,
+        );
+        let paid = in_mode(paying("pay_mode", "N-inv_mode"), payment_sandbox);
+        for facts in [[issued.clone(), paid.clone()], [paid, issued]] {
+            for repo in [run(&facts), run_grouped(&facts, &[2], true)] {
+                let payment = repo.find(SubjectKind::Payment, "pay_mode");
+                let invoice = repo.find(SubjectKind::Invoice, "inv_mode");
+                assert_eq!(invoice.sandbox, invoice_sandbox);
+                assert_eq!(payment.sandbox, payment_sandbox);
+                if invoice_sandbox == payment_sandbox {
+                    assert_eq!(payment.linked_to, Some(invoice.id.clone()));
+                    assert_eq!(invoice.due, Some(Amount::ZERO));
+                } else {
+                    assert_eq!(
+                        payment.linked_to, None,
+                        "{invoice_sandbox}/{payment_sandbox}"
+                    );
+                    assert_eq!(invoice.due, Some(Amount::from_minor(1000)));
+                }
+            }
+        }
+    }
+}

@@ -360,6 +360,8 @@ pub(crate) struct EntityView<'a> {
     provider: &'a str,
     provider_id: &'a str,
     source: &'a str,
+    /// Known from the provider's test mode; payments link only to entries of their own mode.
+    sandbox: bool,
     /// The invoice number, or a bill's biller reference.
     #[serde(skip_serializing_if = "Option::is_none")]
     number: Option<&'a str>,
@@ -420,6 +422,7 @@ impl<'a> EntityView<'a> {
             provider: &entity.provider,
             provider_id: &entity.provider_id,
             source: &entity.source,
+            sandbox: entity.sandbox,
             number,
             status: entity.status.as_deref(),
             provider_status: entity.provider_status.as_deref(),
@@ -523,7 +526,7 @@ const PAYMENT_COLUMNS: &[&str] = &[
     "link_rule",
     "completed_at",
 ];
-const TRAILING_COLUMNS: &[&str] = &["created_at", "updated_at"];
+const TRAILING_COLUMNS: &[&str] = &["created_at", "updated_at", "sandbox"];
 
 fn csv_header(kind: SubjectKind, out: &mut String) {
     let specific: &[&str] = match kind {
@@ -596,7 +599,11 @@ fn csv_row(entity: &Entity, now: Timestamp, out: &mut String) {
         ]),
         _ => {}
     }
-    fields.extend([time(Some(entity.created_at)), time(Some(entity.updated_at))]);
+    fields.extend([
+        time(Some(entity.created_at)),
+        time(Some(entity.updated_at)),
+        entity.sandbox.to_string(),
+    ]);
     let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
     out.push_str(&line.join(","));
     out.push_str("\r\n");

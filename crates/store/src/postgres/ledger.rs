@@ -26,7 +26,7 @@ const ENTITY_COLUMNS: &str = "id, kind, provider, provider_id, source, status,
     content_tiebreak, snapshot, number, order_ref, ref_invoice, ref_order, ref_merchant,
     ref_remark, ref_bill, ref_biller, currency, amount, counted, paid, due, overpaid, due_by,
     linked_to, link_rule, settled_event, settled_at, unmatched_event, created_at, updated_at,
-    inbound_id";
+    inbound_id, sandbox";
 
 fn millis(value: Option<i64>) -> Option<Timestamp> {
     value.map(Timestamp::from_unix_millis)
@@ -45,12 +45,14 @@ fn to_entity(row: &Row) -> Result<Entity, StoreError> {
     let kind = SubjectKind::parse(kind)
         .ok_or_else(|| StoreError::Corrupt(format!("ledger kind `{kind}`")))?;
     let snapshot: &str = row.get(13);
+    let sandbox: bool = row.get(37);
     Ok(Entity {
         id: row.get(0),
         kind,
         provider: row.get(2),
         provider_id: row.get(3),
         source: row.get(4),
+        sandbox,
         status: row.get(5),
         provider_status: row.get(6),
         status_precedence: Precedence {
@@ -77,6 +79,7 @@ fn to_entity(row: &Row) -> Result<Entity, StoreError> {
             remark: row.get(19),
             bill_ref_id: row.get(20),
             biller_ref_id: row.get(21),
+            sandbox,
         },
         currency: row
             .get::<_, Option<&str>>(22)
@@ -189,6 +192,7 @@ async fn save_entities<C: GenericClient>(
     let created_at = column(entities, |e| e.created_at.unix_millis());
     let updated_at = column(entities, |e| e.updated_at.unix_millis());
     let inbound_ids = column(entities, |e| e.inbound_id.to_string());
+    let sandbox = column(entities, |e| e.sandbox);
     execute_cached(
         client,
         &format!(
@@ -199,7 +203,8 @@ async fn save_entities<C: GenericClient>(
                 $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[],
                 $23::text[], $24::bigint[], $25::bigint[], $26::bigint[], $27::bigint[],
                 $28::bigint[], $29::bigint[], $30::text[], $31::text[], $32::text[],
-                $33::bigint[], $34::text[], $35::bigint[], $36::bigint[], $37::text[])
+                $33::bigint[], $34::text[], $35::bigint[], $36::bigint[], $37::text[],
+                $38::bool[])
              ON CONFLICT (id) DO UPDATE SET source = excluded.source, status = excluded.status,
                 provider_status = excluded.provider_status, status_level = excluded.status_level,
                 status_at = excluded.status_at, status_tiebreak = excluded.status_tiebreak,
@@ -254,6 +259,7 @@ async fn save_entities<C: GenericClient>(
             &created_at,
             &updated_at,
             &inbound_ids,
+            &sandbox,
         ],
     )
     .await?;

@@ -71,6 +71,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         9,
         include_str!("../../migrations/postgres/0009_unstamped_ledger_times.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_ledger_sandbox.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming billhook's migration lock.

@@ -30,7 +30,7 @@ macro_rules! entity_columns {
     content_tiebreak, snapshot, number, order_ref, ref_invoice, ref_order, ref_merchant,
     ref_remark, ref_bill, ref_biller, currency, amount, counted, paid, due, overpaid, due_by,
     linked_to, link_rule, settled_event, settled_at, unmatched_event, created_at, updated_at,
-    inbound_id"
+    inbound_id, sandbox"
     };
 }
 
@@ -73,6 +73,7 @@ fn entity_row(row: &Row<'_>) -> rusqlite::Result<Result<Entity, StoreError>> {
     let currency: Option<String> = row.get(22)?;
     let settled_event: Option<String> = row.get(31)?;
     let unmatched_event: Option<String> = row.get(33)?;
+    let sandbox: bool = row.get(37)?;
     let parts = (|| -> Result<Entity, StoreError> {
         let kind = SubjectKind::parse(&kind)
             .ok_or_else(|| StoreError::Corrupt(format!("ledger kind `{kind}`")))?;
@@ -82,6 +83,7 @@ fn entity_row(row: &Row<'_>) -> rusqlite::Result<Result<Entity, StoreError>> {
             provider: row.get(2).map_err(db_error)?,
             provider_id: row.get(3).map_err(db_error)?,
             source: row.get(4).map_err(db_error)?,
+            sandbox,
             status: row.get(5).map_err(db_error)?,
             provider_status: row.get(6).map_err(db_error)?,
             status_precedence: Precedence {
@@ -108,6 +110,7 @@ fn entity_row(row: &Row<'_>) -> rusqlite::Result<Result<Entity, StoreError>> {
                 remark: row.get(19).map_err(db_error)?,
                 bill_ref_id: row.get(20).map_err(db_error)?,
                 biller_ref_id: row.get(21).map_err(db_error)?,
+                sandbox,
             },
             currency: currency
                 .as_deref()
@@ -169,6 +172,8 @@ struct Changed {
 }
 
 /// Columns no save changes: an entity's identity and birth.
+/// (`sandbox` does not change either, but as the last column it is set again: SQLite counts a
+/// statement's parameters up to the highest it names, and every column is bound.)
 const FIXED_COLUMNS: [&str; 5] = ["id", "kind", "provider", "provider_id", "created_at"];
 const KEY_COLUMNS: [&str; 8] = [
     "number",
@@ -182,7 +187,7 @@ const KEY_COLUMNS: [&str; 8] = [
 ];
 
 /// `UPDATE … SET` of the columns `changed` allows, parameters numbered as in
-/// [`ENTITY_COLUMNS`] (all 37 are bound; those not named are left unused).
+/// [`ENTITY_COLUMNS`] (all 38 are bound; those not named are left unused).
 fn update_entity_sql(changed: Changed) -> String {
     let assignments = ENTITY_COLUMNS
         .split(',')
@@ -270,6 +275,7 @@ fn save_entity(
                 e.created_at.unix_millis(),
                 e.updated_at.unix_millis(),
                 e.inbound_id.to_string(),
+                e.sandbox,
             ])
         })
         .map_err(db_error)?;

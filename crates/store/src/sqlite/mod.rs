@@ -64,6 +64,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         11,
         include_str!("../../migrations/sqlite/0011_unstamped_ledger_times.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/sqlite/0012_ledger_sandbox.sql"),
+    ),
 ];
 
 /// At most this many jobs share one transaction.

@@ -192,6 +192,40 @@ async fn issue(store: &Store, id: &str, number: &str, amount: i64) -> IngestOutc
         .unwrap()
 }
 
+/// A store at an older schema version that today's code can write the ledger of: the
+/// `sandbox` column (SQLite 12, PostgreSQL 10), which every entity write names, is added for
+/// the writes and dropped by [`close_old`], so the upgrade adds it as it would.
+async fn open_old(config: &DatabaseConfig, version: u32) -> Store {
+    let store = Store::open_at(config, Some(version)).await.unwrap();
+    schema_change(
+        config,
+        "ALTER TABLE ledger_entities ADD COLUMN sandbox INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE ledger_entities ADD COLUMN sandbox BOOLEAN NOT NULL DEFAULT false",
+    )
+    .await;
+    store
+}
+
+async fn close_old(store: Store, config: &DatabaseConfig) {
+    store.close().await;
+    let drop = "ALTER TABLE ledger_entities DROP COLUMN sandbox";
+    schema_change(config, drop, drop).await;
+}
+
+async fn schema_change(config: &DatabaseConfig, sqlite: &str, postgres: &str) {
+    match config {
+        DatabaseConfig::Sqlite { path } => rusqlite::Connection::open(path)
+            .unwrap()
+            .execute_batch(sqlite)
+            .unwrap(),
+        DatabaseConfig::Postgres(_) => super::postgres_session(config)
+            .await
+            .batch_execute(postgres)
+            .await
+            .unwrap(),
+    }
+}
+
 /// Every entity of `kind` (up to a page).
 async fn every(store: &Store, kind: SubjectKind) -> Vec<Entity> {
     store
@@ -623,10 +657,10 @@ fn the_ledger_identity_migration_keeps_entities_and_their_lookups() {
             (super::sqlite_config(), 6),
             (super::postgres_config().await, 5),
         ] {
-            let old = Store::open_at(&config, Some(before)).await.unwrap();
+            let old = open_old(&config, before).await;
             pay(&old, "tx_m1", 400, "INV-M").await;
             issue(&old, "bcinv_m", "INV-M", 1000).await;
-            old.close().await;
+            close_old(old, &config).await;
 
             let store = Store::open(&config).await.unwrap();
             assert_eq!(
@@ -662,12 +696,12 @@ fn the_ledger_identity_migration_keeps_entities_and_their_lookups() {
 fn the_byte_order_migration_keeps_the_ledger_and_lists_it_by_kind() {
     runtime().block_on(async {
         let (config, _dir) = super::postgres_config().await;
-        let old = Store::open_at(&config, Some(7)).await.unwrap();
+        let old = open_old(&config, 7).await;
         for n in 0..3 {
             issue(&old, &format!("bcinv_b{n}"), &format!("INV-B{n}"), 1000).await;
             pay(&old, &format!("tx_b{n}"), 400, &format!("INV-B{n}")).await;
         }
-        old.close().await;
+        close_old(old, &config).await;
 
         let store = Store::open(&config).await.unwrap();
         let client = super::postgres_session(&config).await;
@@ -888,6 +922,7 @@ fn the_events_by_entity_migration_keeps_listings_by_subject() {
                  ALTER TABLE events DROP COLUMN entity_id;
                  CREATE INDEX events_by_subject ON events (subject_id, id);
                  CREATE INDEX deliveries_by_event ON deliveries (event_id);
+                 ALTER TABLE ledger_entities DROP COLUMN sandbox;
                  DELETE FROM billhook_migrations WHERE version >= 9;",
             )
             .unwrap();
@@ -1105,12 +1140,15 @@ fn a_refresh_that_analyzes_nothing_is_an_error() {
 #[test]
 fn the_unstamped_times_migration_reorders_only_unstamped_providers() {
     runtime().block_on(async {
-        for (config, _dir) in [super::sqlite_config(), super::postgres_config().await] {
-            let before = Store::latest_version(&config) - 1;
-            let old = Store::open_at(&config, Some(before)).await.unwrap();
+        // The migration is SQLite's 11th and PostgreSQL's 9th.
+        for ((config, _dir), before) in [
+            (super::sqlite_config(), 10),
+            (super::postgres_config().await, 8),
+        ] {
+            let old = open_old(&config, before).await;
             issue(&old, "bcinv_u1", "INV-U1", 1000).await;
             pay(&old, "tx_u1", 400, "INV-U1").await;
-            old.close().await;
+            close_old(old, &config).await;
 
             let store = Store::open(&config).await.unwrap();
             let invoice = every(&store, SubjectKind::Invoice).await.remove(0);
