@@ -112,18 +112,25 @@ fn claim_all(
             continue;
         };
         for taken in &keys[..index] {
-            connection
-                .prepare_cached(
-                    "DELETE FROM dedup WHERE source = ?1 AND key = ?2 AND inbound_id = ?3",
-                )
-                .and_then(|mut statement| {
-                    statement.execute(params![source, taken, inbound_id.to_string()])
-                })
-                .map_err(db_error)?;
+            release_claim(connection, source, taken, inbound_id)?;
         }
         return Ok(Some(holder));
     }
     Ok(None)
+}
+
+/// Gives up a dedup key, if `inbound_id` holds it.
+fn release_claim(
+    connection: &Connection,
+    source: &str,
+    key: &str,
+    inbound_id: InboundId,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("DELETE FROM dedup WHERE source = ?1 AND key = ?2 AND inbound_id = ?3")
+        .and_then(|mut statement| statement.execute(params![source, key, inbound_id.to_string()]))
+        .map_err(db_error)?;
+    Ok(())
 }
 
 fn ingest(connection: &Connection, write: &IngestWrite) -> Result<IngestOutcome, StoreError> {
@@ -366,14 +373,7 @@ fn reprocess(
             }
             // The old key goes unless it is one of the new (a body's hash stays one).
             if !keys.contains(&old_key.as_str()) {
-                connection
-                    .prepare_cached(
-                        "DELETE FROM dedup WHERE source = ?1 AND key = ?2 AND inbound_id = ?3",
-                    )
-                    .and_then(|mut statement| {
-                        statement.execute(params![source, old_key, id.to_string()])
-                    })
-                    .map_err(db_error)?;
+                release_claim(connection, &source, &old_key, id)?;
             }
             connection
                 .prepare_cached(
