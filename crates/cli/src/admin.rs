@@ -198,6 +198,7 @@ pub(crate) async fn reprocess(
         ));
     }
     let client = client::Client::connect(&remote)?;
+    let named = !ids.is_empty();
     let ids = if ids.is_empty() {
         let mut all = Vec::new();
         let mut cursor = None;
@@ -231,7 +232,7 @@ pub(crate) async fn reprocess(
     );
     let mut results = Vec::with_capacity(ids.len());
     let mut failure = None;
-    for id in &ids {
+    for (index, id) in ids.iter().enumerate() {
         // One request that cannot be reprocessed (its source is gone, it does not exist) must
         // not stop the rest.
         results.push(
@@ -244,7 +245,7 @@ pub(crate) async fn reprocess(
             {
                 Ok(result) => result,
                 Err(CliError::Api {
-                    status: 400 | 404 | 409,
+                    status: 400 | 404,
                     code,
                     message,
                 }) => json!({
@@ -253,8 +254,20 @@ pub(crate) async fn reprocess(
                     "events": [],
                     "error": { "code": code, "message": message },
                 }),
-                // The server or the way to it failed: what was done so far is still shown.
+                // The server or the way to it failed: what was done so far is still shown,
+                // and what was not, so the rest can be asked for again.
                 Err(error) => {
+                    results.push(json!({
+                        "id": id,
+                        "outcome": "failed",
+                        "events": [],
+                        "error": { "code": "request_failed", "message": error.to_string() },
+                    }));
+                    results.extend(
+                        ids[index + 1..].iter().map(
+                            |id| json!({ "id": id, "outcome": "not_attempted", "events": [] }),
+                        ),
+                    );
                     failure = Some(error);
                     break;
                 }
@@ -264,7 +277,18 @@ pub(crate) async fn reprocess(
     }
     bar.finish_and_clear();
     output::reprocessed(&results, remote.json);
-    failure.map_or(Ok(()), Err)
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    // Requests named one by one that could not be reprocessed fail the command (a mistyped id
+    // is not success); in a bulk run they are expected and reported above.
+    let skipped = results.iter().filter(|r| r["outcome"] == "skipped").count();
+    if named && skipped > 0 {
+        return Err(CliError::Usage(format!(
+            "{skipped} of the named requests could not be reprocessed"
+        )));
+    }
+    Ok(())
 }
 
 /// Writes a completion script for `shell` to standard output.

@@ -594,6 +594,20 @@ fn parse_error(error: figment::Error) -> ConfigError {
         Actual::Char(_) => Actual::Other("a character".to_owned()),
         other => other,
     };
+    // A TOML syntax error quotes the offending line (`4 | secrets = [...]`) and marks it
+    // (`  |    ^`); the line and column before it, and the reason after, remain.
+    let without_snippet = |message: String| {
+        message
+            .lines()
+            .filter(|line| {
+                let line = line
+                    .trim_start()
+                    .trim_start_matches(|c: char| c.is_ascii_digit());
+                !line.trim_start().starts_with('|')
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let messages: Vec<String> = error
         .into_iter()
         .map(|mut each| {
@@ -604,6 +618,7 @@ fn parse_error(error: figment::Error) -> ConfigError {
                 Kind::InvalidValue(actual, expected) => {
                     Kind::InvalidValue(unquoted(actual), expected)
                 }
+                Kind::Message(message) => Kind::Message(without_snippet(message)),
                 other => other,
             };
             each.to_string()
@@ -898,7 +913,8 @@ mod tests {
         }
     }
 
-    /// A secret written where a list of them belongs is refused without quoting it.
+    /// A secret written where a list of them belongs, or one that is not valid TOML, is
+    /// refused without quoting it, and the error still says where and why.
     #[test]
     fn a_misplaced_secret_is_not_quoted_in_the_error() {
         let text =
@@ -909,6 +925,12 @@ mod tests {
             refused.contains("invalid type: found a string, expected a sequence"),
             "{refused}"
         );
+        let text =
+            "[[source]]\nname = \"r\"\nprovider = \"razorpay\"\nsecrets = [\"rzp\\qTOPSECRET\"]\n";
+        let refused = Config::from_toml(text).unwrap_err().to_string();
+        assert!(!refused.contains("TOPSECRET"), "{refused}");
+        assert!(refused.contains("line 4"), "{refused}");
+        assert!(refused.contains("escape"), "{refused}");
     }
 
     #[test]

@@ -89,7 +89,8 @@ impl Announcer {
                     provider: &trigger.provider,
                     provider_event: &trigger.provider_event,
                     provider_event_id: None,
-                    sandbox: trigger.sandbox,
+                    // The invoice's mode: only payments of its mode can settle it.
+                    sandbox: invoice.sandbox,
                 };
                 EventDraft::new(
                     EventType::InvoiceSettled,

@@ -122,26 +122,59 @@ impl DatabaseConfig {
     }
 }
 
-/// A database URL with its password replaced, for logs and errors. What is not a URL (a libpq
-/// `key=value` string) may hold a password anywhere and is not shown at all; a URL's
-/// parameters may hold one too (`?password=`) and are elided.
+/// A database URL with its password replaced, for logs and errors: the user, hosts, ports and
+/// database as the PostgreSQL client reads them (so what is shown is what is dialled). Text
+/// the client cannot read (a password may be anywhere in it) is not shown, nor parameters.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, _)) = url.split_once("://") else {
         return "(not shown: not a URL)".to_owned();
     };
-    // The last `@` ends the credentials, whatever a raw password holds.
-    let (user, host) = match rest.rsplit_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _)) => (format!("{user}:…@"), host),
-            None => (format!("{credentials}@"), host),
-        },
-        None => (String::new(), rest),
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return format!("{scheme}://(not shown: not a valid URL)");
     };
-    let host = match host.split_once('?') {
-        Some((host, _)) => format!("{host}?…"),
-        None => host.to_owned(),
+    // A name is shown only if it looks like one: a URL the client reads differently from what
+    // was meant (a raw `@` in a password or a parameter) can carry a secret into any part.
+    let plain = |text: &str, also: &str| {
+        text.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c) || also.contains(c))
     };
-    format!("{scheme}://{user}{host}")
+    let hidden = "(not shown)";
+    let user = match (config.get_user(), config.get_password()) {
+        (Some(user), _) if !plain(user, "@") => format!("{hidden}@"),
+        (Some(user), Some(_)) => format!("{user}:…@"),
+        (Some(user), None) => format!("{user}@"),
+        (None, _) => String::new(),
+    };
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let name = match host {
+                tokio_postgres::config::Host::Tcp(name) if !plain(name, ":") => hidden.to_owned(),
+                tokio_postgres::config::Host::Tcp(name) if name.contains(':') => {
+                    format!("[{name}]")
+                }
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match ports
+                .get(index)
+                .or(ports.first().filter(|_| ports.len() == 1))
+            {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect();
+    let database = match config.get_dbname() {
+        Some(name) if !plain(name, "") => hidden,
+        Some(name) => name,
+        None => "",
+    };
+    format!("{scheme}://{user}{}/{database}", hosts.join(","))
 }
 
 #[cfg(test)]
@@ -156,17 +189,26 @@ mod redaction_tests {
                 "postgres://billhook:…@db:5432/billhook",
             ),
             (
-                "postgres://billhook:p@ss?w/rd@db/billhook",
-                "postgres://billhook:…@db/billhook",
-            ),
-            (
                 "postgresql://db/billhook?user=billhook&password=s3cret",
-                "postgresql://db/billhook?…",
+                "postgresql://billhook:…@db:5432/billhook",
             ),
-            ("postgres://db/billhook", "postgres://db/billhook"),
+            // The client takes the first `@` as the end of the credentials.
             (
-                "postgres://billhook@db/billhook",
-                "postgres://billhook@db/billhook",
+                "postgres://db:5432/billhook?user=billhook@server&password=s3cret",
+                "postgres://db:…@(not shown):5432/",
+            ),
+            ("postgres://db/billhook", "postgres://db:5432/billhook"),
+            (
+                "postgres://billhook@[::1]:5433/billhook",
+                "postgres://billhook@[::1]:5433/billhook",
+            ),
+            (
+                "postgres://billhook:p%40ss@db/billhook",
+                "postgres://billhook:…@db:5432/billhook",
+            ),
+            (
+                "postgres://billhook:p@ss@db/billhook",
+                "postgres://billhook:…@(not shown):5432/billhook",
             ),
             (
                 "host=db user=billhook password=s3cret",

@@ -708,8 +708,10 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
     let (ok, printed) = app
         .cli(&["reprocess", missing, &quarantined[1], "--json"])
         .await;
-    assert!(ok, "{printed}");
-    let results: Vec<Value> = serde_json::from_str(&printed).unwrap();
+    assert!(!ok, "a mistyped id is not success: {printed}");
+    assert!(printed.contains("1 of the named requests"), "{printed}");
+    let json_part = &printed[..printed.rfind(']').unwrap() + 1];
+    let results: Vec<Value> = serde_json::from_str(json_part).unwrap();
     let outcomes: Vec<&Value> = results.iter().map(|r| &r["outcome"]).collect();
     assert_eq!(
         outcomes,

@@ -1238,3 +1238,45 @@ fn an_ingest_that_panics_fails_alone() {
         }
     });
 }
+
+/// Entries stored before the ledger kept the mode take it from their message's events: a
+/// Zwitch entry whose event says `source.sandbox` becomes a test entry, others stay live.
+#[test]
+fn the_sandbox_migration_takes_the_mode_from_stored_events() {
+    runtime().block_on(async {
+        for ((config, _dir), before) in [
+            (super::sqlite_config(), 11),
+            (super::postgres_config().await, 9),
+        ] {
+            let old = open_old(&config, before).await;
+            issue(&old, "bcinv_test", "INV-TEST", 1000).await;
+            issue(&old, "bcinv_live", "INV-LIVE", 1000).await;
+            close_old(old, &config).await;
+            let event = "INSERT INTO events (id, type, source, subject_kind, subject_id,
+                    inbound_id, occurred_at, received_at, payload)
+                 SELECT 'evt_sandbox', 'invoice.created', 'zw', 'invoice', provider_id,
+                    inbound_id, 0, 0, PAYLOAD
+                 FROM ledger_entities WHERE provider_id = 'bcinv_test'";
+            let payload = r#"'{"source":{"sandbox":true}}'"#;
+            schema_change(
+                &config,
+                &event.replace("PAYLOAD", &format!("CAST({payload} AS BLOB)")),
+                &event.replace("PAYLOAD", &format!("convert_to({payload}, 'UTF8')")),
+            )
+            .await;
+
+            let store = Store::open(&config).await.unwrap();
+            let invoices = every(&store, SubjectKind::Invoice).await;
+            let mode = |id: &str| {
+                invoices
+                    .iter()
+                    .find(|e| e.provider_id == id)
+                    .unwrap()
+                    .sandbox
+            };
+            assert!(mode("bcinv_test"));
+            assert!(!mode("bcinv_live"));
+            store.close().await;
+        }
+    });
+}
