@@ -445,6 +445,39 @@ event = "bharat_connect.invoice.change_status"
     assert_eq!(unpaid["due"], json!(50_000));
     assert!(unpaid["settled_event"].is_null(), "{unpaid}");
     assert_eq!(events_of_type(&app, "invoice.settled").await.len(), 1);
+
+    // Paid by its status with no amount stated: paid, not outstanding.
+    let unstated = r#"
+name = "a Bharat Connect invoice without an amount, paid"
+
+[[step]]
+name = "issued"
+provider = "zwitch"
+event = "bharat_connect.invoice.create"
+[step.set]
+"data.object.supplier_invoice_number" = "INV/2026/0044"
+"data.object.value_details" = {}
+
+[[step]]
+name = "paid"
+provider = "zwitch"
+event = "bharat_connect.invoice.change_status"
+[step.set]
+"data.object.id" = "${issued.data.object.id}"
+"data.object.supplier_invoice_number" = "INV/2026/0044"
+"data.object.value_details" = {}
+"data.object.status" = "PAID"
+"#;
+    run_scenario(&app, "zwitch-bc-unstated", unstated).await;
+    let paid = only(&app, "/v1/invoices?reference=INV/2026/0044").await;
+    assert_eq!(paid["status"], json!("paid"), "{paid}");
+    assert!(paid["amount"].is_null() && paid["due"].is_null(), "{paid}");
+    let (_, outstanding) = app
+        .admin_get("/v1/invoices?status=outstanding&reference=INV/2026/0044")
+        .await;
+    assert_eq!(outstanding["data"], json!([]), "{outstanding}");
+    let listed = only(&app, "/v1/invoices?status=paid&reference=INV/2026/0044").await;
+    assert_eq!(listed["id"], paid["id"]);
     app.stop().await;
 }
 

@@ -400,8 +400,12 @@ pub(crate) struct EntityView<'a> {
     data: &'a EntityData,
 }
 
+/// As the `outstanding` listing has it: something is due, or the amount is unknown and no
+/// status said it was paid.
 fn is_outstanding(entity: &Entity) -> bool {
-    entity.due.is_none_or(|due| due.minor() > 0)
+    entity
+        .due
+        .map_or(!entity.status_settles, |due| due.minor() > 0)
         && !entity
             .status
             .as_deref()

@@ -820,7 +820,11 @@ fn listing_filters(query: &LedgerQuery) -> Filters {
         .map(|s| format!("'{s}'"))
         .collect::<Vec<_>>()
         .join(", ");
-    let unpaid = format!("(due IS NULL OR due > 0) AND COALESCE(status, '') NOT IN ({closed})");
+    // Owed: something is due, or the amount is unknown and no status said it was paid (a
+    // Bharat Connect invoice without value details, closed `PAID`, is paid).
+    let unpaid = format!(
+        "(due > 0 OR (due IS NULL AND NOT status_settles)) AND COALESCE(status, '') NOT IN ({closed})"
+    );
     match &query.filter {
         LedgerFilter::All => {}
         LedgerFilter::Outstanding => filters.add_clause(unpaid),
@@ -828,7 +832,9 @@ fn listing_filters(query: &LedgerQuery) -> Filters {
             filters.add_clause(unpaid);
             filters.add("due_by", "<", Some(query.now.unix_millis()));
         }
-        LedgerFilter::Paid => filters.add_clause("due = 0".to_owned()),
+        LedgerFilter::Paid => {
+            filters.add_clause("(due = 0 OR (due IS NULL AND status_settles))".to_owned())
+        }
         LedgerFilter::Unmatched => {
             filters.add_clause("counted > 0 AND linked_to IS NULL".to_owned())
         }

@@ -561,6 +561,11 @@ pub(super) fn apply_facts(
 }
 
 /// The SQL condition and parameters of a ledger listing.
+/// Owed: something is due, or the amount is unknown and no status said it was paid (a Bharat
+/// Connect invoice without value details, closed `PAID`, is paid).
+const UNPAID: &str = "(due > 0 OR (due IS NULL AND status_settles = 0))";
+const PAID: &str = "(due = 0 OR (due IS NULL AND status_settles = 1))";
+
 pub(crate) fn listing_condition(query: &LedgerQuery) -> (String, Vec<SqlValue>) {
     // The kind's range of ids is what the primary key serves the listing by; the kind itself
     // is checked on the rows it finds.
@@ -580,16 +585,16 @@ pub(crate) fn listing_condition(query: &LedgerQuery) -> (String, Vec<SqlValue>) 
         LedgerFilter::All => {}
         LedgerFilter::Outstanding => {
             clauses.push(format!(
-                "(due IS NULL OR due > 0) AND COALESCE(status, '') NOT IN ({closed})"
+                "{UNPAID} AND COALESCE(status, '') NOT IN ({closed})"
             ));
         }
         LedgerFilter::Overdue => {
             clauses.push(format!(
-                "(due IS NULL OR due > 0) AND COALESCE(status, '') NOT IN ({closed}) AND due_by < ?"
+                "{UNPAID} AND COALESCE(status, '') NOT IN ({closed}) AND due_by < ?"
             ));
             values.push(SqlValue::Integer(query.now.unix_millis()));
         }
-        LedgerFilter::Paid => clauses.push("due = 0".to_owned()),
+        LedgerFilter::Paid => clauses.push(PAID.to_owned()),
         LedgerFilter::Unmatched => clauses.push("counted > 0 AND linked_to IS NULL".to_owned()),
         LedgerFilter::Status(status) => {
             clauses.push("status = ?".to_owned());
