@@ -142,13 +142,13 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        let checkpointer = Checkpointer::start(&path)?;
         // The file SQLite opened, symbolic links resolved: its WAL lies beside that one.
         let database = connection
             .path()
             .filter(|p| !p.is_empty())
             .map_or_else(|| path.clone(), PathBuf::from);
         let syncer = Syncer::start(&database)?;
+        let checkpointer = Checkpointer::start(&path, Arc::clone(&syncer.failure))?;
         let durability_failure = Arc::clone(&syncer.failure);
         let (sender, receiver) = mpsc::channel::<Job>(4096);
         let thread = std::thread::Builder::new()
@@ -518,10 +518,16 @@ impl Wal {
 ///
 /// Dropped by the writer when the store closes: it then stops resting, truncates the WAL and is
 /// waited for, so a cleanly stopped store leaves no WAL to replay.
+///
+/// A checkpoint that fails writing to disk is a durability failure like a failed fsync (the
+/// syncer's `failure`, which stops writes and readiness): the database file may not hold what
+/// the WAL would next be started over without. From then on no checkpoint runs, not even the
+/// last, so the WAL is left to the next start's recovery, which checks every frame.
 struct Checkpointer {
     nudge: std::sync::mpsc::SyncSender<()>,
     restart_wanted: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
+    failure: Arc<OnceLock<String>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -536,7 +542,7 @@ impl Checkpointer {
     /// after a crash.
     const RESTART_FRAMES: i64 = 65_536;
 
-    fn start(path: &Path) -> Result<Self, StoreError> {
+    fn start(path: &Path, failure: Arc<OnceLock<String>>) -> Result<Self, StoreError> {
         let connection = Connection::open(path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         connection
@@ -547,11 +553,15 @@ impl Checkpointer {
         let stopping = Arc::new(AtomicBool::new(false));
         let wanted = Arc::clone(&restart_wanted);
         let stop = Arc::clone(&stopping);
+        let failed = Arc::clone(&failure);
         let thread = std::thread::Builder::new()
             .name("billhook-sqlite-checkpointer".to_owned())
             .spawn(move || {
                 while nudged.recv().is_ok() && !stop.load(Ordering::Acquire) {
-                    if let Some(progress) = checkpoint(&connection, "PASSIVE")
+                    if failed.get().is_some() {
+                        continue;
+                    }
+                    if let Some(progress) = checkpoint(&connection, "PASSIVE", &failed)
                         && progress.in_wal > Self::RESTART_FRAMES
                     {
                         wanted.store(true, Ordering::Relaxed);
@@ -569,9 +579,15 @@ impl Checkpointer {
                         }
                     }
                 }
+                if failed.get().is_some() {
+                    tracing::warn!("writing to disk failed; the WAL is left to replay");
+                    return;
+                }
                 // A read still running can hold frames back; the WAL is then replayed at the
                 // next start, which is safe but slower, and worth a line in the log.
-                if checkpoint(&connection, "TRUNCATE").is_some_and(|progress| progress.busy) {
+                if checkpoint(&connection, "TRUNCATE", &failed)
+                    .is_some_and(|progress| progress.busy)
+                {
                     tracing::warn!(
                         "a read held the last checkpoint back; the WAL is left to replay"
                     );
@@ -582,6 +598,7 @@ impl Checkpointer {
             nudge,
             restart_wanted,
             stopping,
+            failure,
             thread: Some(thread),
         })
     }
@@ -591,11 +608,11 @@ impl Checkpointer {
     /// writer one short checkpoint (the frames since the checkpointer's last pass) per
     /// [`Self::RESTART_FRAMES`] written.
     fn restart_if_wanted(&self, writer: &Connection) {
-        if !self.restart_wanted.load(Ordering::Relaxed) {
+        if !self.restart_wanted.load(Ordering::Relaxed) || self.failure.get().is_some() {
             return;
         }
         // A reader still using old frames can leave some uncopied; then the next group tries again.
-        if let Some(progress) = checkpoint(writer, "PASSIVE")
+        if let Some(progress) = checkpoint(writer, "PASSIVE", &self.failure)
             && !progress.busy
             && progress.copied >= progress.in_wal
         {
@@ -629,7 +646,12 @@ struct CheckpointProgress {
     copied: i64,
 }
 
-fn checkpoint(connection: &Connection, mode: &str) -> Option<CheckpointProgress> {
+/// Runs a checkpoint; one that failed writing to disk sets `failure` (see [`Checkpointer`]).
+fn checkpoint(
+    connection: &Connection,
+    mode: &str,
+    failure: &OnceLock<String>,
+) -> Option<CheckpointProgress> {
     connection
         .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
             Ok(CheckpointProgress {
@@ -638,7 +660,15 @@ fn checkpoint(connection: &Connection, mode: &str) -> Option<CheckpointProgress>
                 copied: row.get(2)?,
             })
         })
-        .inspect_err(|error| tracing::warn!(%error, "WAL checkpoint failed"))
+        .inspect_err(|error| {
+            tracing::warn!(%error, "WAL checkpoint failed");
+            if matches!(
+                error.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::DiskFull)
+            ) {
+                let _ = failure.set(format!("a WAL checkpoint failed: {error}"));
+            }
+        })
         .ok()
 }
 
@@ -945,6 +975,10 @@ mod tests {
         assert!(message.contains("cannot be made durable"), "{message}");
         std::fs::rename(&aside, &wal).expect("put the WAL back");
         store.close().await;
+        // No checkpoint copied it back: the next start's recovery, which checks every frame,
+        // reads the WAL instead.
+        let left = std::fs::metadata(&wal).expect("the WAL is kept").len();
+        assert!(left > 0, "the WAL was truncated after the failure");
         // 2 was committed before its fsync failed (its caller was told so); 3 never was.
         assert_eq!(numbers(&dir.path().join("billhook.db")), vec![1, 2]);
     }
