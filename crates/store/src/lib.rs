@@ -126,9 +126,19 @@ impl DatabaseConfig {
 /// database as the PostgreSQL client reads them (so what is shown is what is dialled). Text
 /// the client cannot read (a password may be anywhere in it) is not shown, nor parameters.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, _)) = url.split_once("://") else {
+    let Some((scheme, rest)) = url.split_once("://").filter(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    }) else {
         return "(not shown: not a URL)".to_owned();
     };
+    // Two `@`: which one ends the credentials is a guess the client may make differently, and
+    // either side of the other can be part of a password.
+    if rest.matches('@').count() > 1 {
+        return format!("{scheme}://(not shown: an ambiguous URL)");
+    }
     let Ok(config) = url.parse::<tokio_postgres::Config>() else {
         return format!("{scheme}://(not shown: not a valid URL)");
     };
@@ -192,10 +202,17 @@ mod redaction_tests {
                 "postgresql://db/billhook?user=billhook&password=s3cret",
                 "postgresql://billhook:…@db:5432/billhook",
             ),
-            // The client takes the first `@` as the end of the credentials.
             (
                 "postgres://db:5432/billhook?user=billhook@server&password=s3cret",
                 "postgres://db:…@(not shown):5432/",
+            ),
+            (
+                "postgres://billhook:ab@cd/ef@db/billhook",
+                "postgres://(not shown: an ambiguous URL)",
+            ),
+            (
+                "host=db user=billhook password=s3cr://et",
+                "(not shown: not a URL)",
             ),
             ("postgres://db/billhook", "postgres://db:5432/billhook"),
             (
@@ -208,7 +225,7 @@ mod redaction_tests {
             ),
             (
                 "postgres://billhook:p@ss@db/billhook",
-                "postgres://billhook:…@(not shown):5432/billhook",
+                "postgres://(not shown: an ambiguous URL)",
             ),
             (
                 "host=db user=billhook password=s3cret",

@@ -666,6 +666,18 @@ pub const CLOSED_UNPAID: &[&str] = &[
     "failure",
 ];
 
+/// Whether an invoice or bill is still owed, as the `outstanding` listing has it: something is
+/// due, or its amount is unknown and no status said it was paid; and no status closed it.
+pub fn is_outstanding(entity: &Entity) -> bool {
+    entity
+        .due
+        .map_or(!entity.status_settles, |due| due.minor() > 0)
+        && !entity
+            .status
+            .as_deref()
+            .is_some_and(|s| CLOSED_UNPAID.contains(&s))
+}
+
 /// An admin token to store: only its digest and a hint of it.
 #[derive(Debug, Clone)]
 pub struct NewToken {

@@ -14,7 +14,7 @@ use billhook_core::ids::{EventId, InboundId};
 use billhook_core::ledger::{Entity, HistoryEntry, is_id_of};
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
-use billhook_store::{CLOSED_UNPAID, LedgerFilter, LedgerQuery, Page};
+use billhook_store::{LedgerFilter, LedgerQuery, Page, is_outstanding};
 use futures_util::StreamExt;
 use http::{HeaderValue, header};
 use serde::{Deserialize, Serialize};
@@ -398,18 +398,6 @@ pub(crate) struct EntityView<'a> {
     inbound_id: InboundId,
     /// The latest snapshot, as canonical events carry it.
     data: &'a EntityData,
-}
-
-/// As the `outstanding` listing has it: something is due, or the amount is unknown and no
-/// status said it was paid.
-fn is_outstanding(entity: &Entity) -> bool {
-    entity
-        .due
-        .map_or(!entity.status_settles, |due| due.minor() > 0)
-        && !entity
-            .status
-            .as_deref()
-            .is_some_and(|s| CLOSED_UNPAID.contains(&s))
 }
 
 impl<'a> EntityView<'a> {

@@ -14,7 +14,7 @@ use billhook_core::ids::{EndpointId, EventId, InboundId};
 use billhook_core::ledger::{self, Entity};
 use billhook_core::time::Timestamp;
 use billhook_store::{
-    CLOSED_UNPAID, EventQuery, InboundQuery, InboundStatus, LedgerFilter, LedgerQuery,
+    EventQuery, InboundQuery, InboundStatus, LedgerFilter, LedgerQuery, is_outstanding,
 };
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -973,14 +973,6 @@ fn target_table(targets: &Targets, entities: &[Entity], now: Timestamp) -> Marku
             }
         } }
     }
-}
-
-fn is_outstanding(entity: &Entity) -> bool {
-    entity.due.is_none_or(|due| due.minor() > 0)
-        && !entity
-            .status
-            .as_deref()
-            .is_some_and(|s| CLOSED_UNPAID.contains(&s))
 }
 
 fn status_badge(entity: &Entity) -> Markup {

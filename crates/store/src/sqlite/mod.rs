@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
@@ -318,15 +319,16 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        // After a failed fsync nothing more is committed: a write its caller is told failed
-        // should not be there to read, and the WAL can no longer be trusted to hold it.
+        checkpointer.restart_if_wanted(&connection);
+        // After a failed fsync (or checkpoint, just now included) nothing more is committed: a
+        // write its caller is told failed should not be there to read, and the WAL can no
+        // longer be trusted to hold it.
         if let Some(error) = syncer.failure() {
             for job in group {
                 job.answer(Err(error.clone()));
             }
             continue;
         }
-        checkpointer.restart_if_wanted(&connection);
         match run_group(&connection, &mut group) {
             Ok(()) => syncer.make_durable(group),
             Err(error) => {
@@ -548,6 +550,10 @@ impl Checkpointer {
         connection
             .execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
             .map_err(db_error)?;
+        // Its checkpoints are the ones it decides on, none when it closes.
+        connection
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(db_error)?;
         let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
         let restart_wanted = Arc::new(AtomicBool::new(false));
         let stopping = Arc::new(AtomicBool::new(false));
@@ -662,10 +668,10 @@ fn checkpoint(
         })
         .inspect_err(|error| {
             tracing::warn!(%error, "WAL checkpoint failed");
-            if matches!(
-                error.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::DiskFull)
-            ) {
+            // A full disk fails the write before anything moves, and a later checkpoint can
+            // do it again; an I/O error may have lost what was written.
+            if error.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure) {
+                tracing::error!(%error, "a WAL checkpoint failed to write; writes stop until a restart");
                 let _ = failure.set(format!("a WAL checkpoint failed: {error}"));
             }
         })
@@ -712,6 +718,11 @@ fn open_writer(path: &Path, target: u32) -> Result<Connection, StoreError> {
     // From here on commits do not fsync; the syncer does, before anyone is answered.
     connection
         .execute_batch("PRAGMA synchronous = NORMAL;")
+        .map_err(db_error)?;
+    // Checkpoints are the checkpointer's alone: the last connection to close would otherwise
+    // copy the WAL back by itself, after a failed write to disk too (see `Checkpointer`).
+    connection
+        .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(db_error)?;
     Ok(connection)
 }
@@ -958,7 +969,8 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("billhook.db"), None)
             .await
             .expect("reopen");
-        store.ping().await.expect("ready before the failure");
+        // No read before the failure: with no reader open, the writer is the last connection
+        // to close, and must not copy the WAL back as it goes.
         std::fs::rename(&wal, &aside).expect("move the WAL aside");
         let failed = store.write(insert(2, false)).await;
         assert!(failed.is_err(), "the fsync could not happen");

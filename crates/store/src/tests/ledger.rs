@@ -1254,16 +1254,26 @@ fn the_sandbox_migration_takes_the_mode_from_stored_events() {
             close_old(old, &config).await;
             let event = "INSERT INTO events (id, type, source, subject_kind, subject_id,
                     inbound_id, occurred_at, received_at, payload)
-                 SELECT 'evt_sandbox', 'invoice.created', 'zw', 'invoice', provider_id,
+                 SELECT 'ID', 'invoice.created', 'zw', 'invoice', provider_id,
                     inbound_id, 0, 0, PAYLOAD
-                 FROM ledger_entities WHERE provider_id = 'bcinv_test'";
-            let payload = r#"'{"source":{"sandbox":true}}'"#;
-            schema_change(
-                &config,
-                &event.replace("PAYLOAD", &format!("CAST({payload} AS BLOB)")),
-                &event.replace("PAYLOAD", &format!("convert_to({payload}, 'UTF8')")),
-            )
-            .await;
+                 FROM ledger_entities WHERE provider_id = 'ENTITY'";
+            // The live entry's event holds an escaped U+0000, which PostgreSQL's jsonb refuses.
+            for (id, entity, payload) in [
+                (
+                    "evt_sandbox",
+                    "bcinv_test",
+                    r#"'{"source":{"sandbox":true}}'"#,
+                ),
+                ("evt_nul", "bcinv_live", r#"'{"note":"\u0000"}'"#),
+            ] {
+                let event = event.replace("ID", id).replace("ENTITY", entity);
+                schema_change(
+                    &config,
+                    &event.replace("PAYLOAD", &format!("CAST({payload} AS BLOB)")),
+                    &event.replace("PAYLOAD", &format!("convert_to({payload}, 'UTF8')")),
+                )
+                .await;
+            }
 
             let store = Store::open(&config).await.unwrap();
             let invoices = every(&store, SubjectKind::Invoice).await;
