@@ -282,6 +282,15 @@ fn retention_removes_finished_old_messages_and_keeps_what_is_owed_or_quarantined
     });
 }
 
+/// Two endpoints of canonical events, `first` and `second`.
+async fn two_endpoints(store: &Store) -> (EndpointRecord, EndpointRecord) {
+    let create = |name| store.create_endpoint(new_endpoint("canonical", Some(name)));
+    (
+        create("first").await.unwrap(),
+        create("second").await.unwrap(),
+    )
+}
+
 /// A redelivery that meets retention removing its message redelivers nothing: it waits for the
 /// removal and finds the message gone, rather than leaving new deliveries owed for an event that
 /// no longer exists. (PostgreSQL only: on SQLite both are jobs of the one writer.)
@@ -290,14 +299,7 @@ fn a_redelivery_racing_retention_leaves_no_delivery_behind() {
     runtime().block_on(async {
         let (config, _dir) = postgres_config().await;
         let store = Store::open(&config).await.unwrap();
-        let first = store
-            .create_endpoint(new_endpoint("canonical", Some("first")))
-            .await
-            .unwrap();
-        let second = store
-            .create_endpoint(new_endpoint("canonical", Some("second")))
-            .await
-            .unwrap();
+        let (first, second) = two_endpoints(&store).await;
         let old = Timestamp::now().sub(Duration::from_secs(40 * 86_400));
         let delivered = ingest_owed_at(&store, &first, "old-delivered", old).await;
         deliver(&store, &delivered, first.id).await;
@@ -362,14 +364,7 @@ fn a_recovery_racing_retention_keeps_a_message_whole_or_removes_it() {
     runtime().block_on(async {
         let (config, _dir) = postgres_config().await;
         let store = Store::open(&config).await.unwrap();
-        let first = store
-            .create_endpoint(new_endpoint("canonical", Some("first")))
-            .await
-            .unwrap();
-        let second = store
-            .create_endpoint(new_endpoint("canonical", Some("second")))
-            .await
-            .unwrap();
+        let (first, second) = two_endpoints(&store).await;
         let old = Timestamp::now().sub(Duration::from_secs(40 * 86_400));
         // One message, delivered to the first endpoint and given up on by the second.
         let mut request = inbound("rzp", "old-half-dead", InboundStatus::Processed);
