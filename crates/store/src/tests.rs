@@ -1831,7 +1831,8 @@ fn a_delivery_cancelled_in_flight_stays_cancelled() {
 /// An owner whose lease lapsed (a long pause, a partition from the database) finishes an
 /// attempt after another owner claimed the delivery: the attempt is recorded, but the delivery
 /// stays the newer claim's, leased and unfinished, so no third copy is sent meanwhile, and once
-/// that claim finished it no late retry brings it back.
+/// that claim finished it no late retry brings it back, nor, once retention removed it, leaves
+/// an attempt behind.
 #[test]
 fn a_completion_after_the_lease_was_taken_over_leaves_the_new_claim_alone() {
     runtime().block_on(async {
@@ -1899,6 +1900,26 @@ fn a_completion_after_the_lease_was_taken_over_leaves_the_new_claim_alone() {
                     .items
                     .len(),
                 3
+            );
+
+            // Retention removes the finished message; a completion later still leaves no
+            // attempt behind that no pass would ever remove.
+            let everything = InboundId::lower_bound(now.add(Duration::from_secs(1)));
+            let pruned = store.prune(everything, None, 10).await.unwrap();
+            assert_eq!(pruned.removed.attempts, 3, "{pruned:?}");
+            store
+                .complete(vec![failed_503(id, endpoint.id, now)], "stalled", now)
+                .await
+                .unwrap();
+            assert!(store.delivery(id).await.unwrap().is_none());
+            assert!(
+                store
+                    .attempts_of_endpoint(endpoint.id, None, 10)
+                    .await
+                    .unwrap()
+                    .items
+                    .is_empty(),
+                "an attempt was recorded for a delivery retention removed"
             );
         }
     });

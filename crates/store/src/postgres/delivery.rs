@@ -124,12 +124,17 @@ async fn complete_run<C: GenericClient>(
         .filter_map(|c| c.attempt.as_ref().map(|a| (c, a)))
         .collect();
     if !attempted.is_empty() {
+        // A completion so late that retention removed its delivery meanwhile records nothing:
+        // no later pass would ever remove an attempt of a delivery gone.
         execute_cached(
             client,
             "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
                     duration_ms, status_code, response_body, error_kind, error_message)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[],
-                    $6::bigint[], $7::int[], $8::bytea[], $9::text[], $10::text[])",
+                 SELECT a.* FROM unnest($1::text[], $2::text[], $3::text[], $4::int[],
+                    $5::bigint[], $6::bigint[], $7::int[], $8::bytea[], $9::text[], $10::text[])
+                    AS a(id, delivery_id, endpoint_id, number, started_at, duration_ms,
+                        status_code, response_body, error_kind, error_message)
+                 WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id)",
             &[
                 &column(&attempted, |(_, a)| a.id.to_string()),
                 &column(&attempted, |(c, _)| c.delivery_id.to_string()),

@@ -247,9 +247,12 @@ fn complete_one(
     if let Some(attempt) = &completion.attempt {
         connection
             .prepare_cached(
+                // A completion so late that retention removed its delivery meanwhile records
+                // nothing: no later pass would ever remove an attempt of a delivery gone.
                 "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
                     duration_ms, status_code, response_body, error_kind, error_message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+                 WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ?2)",
             )
             .and_then(|mut s| {
                 s.execute(params![
