@@ -776,3 +776,65 @@ impl SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LedgerFilter, LedgerQuery};
+    use billhook_core::entity::SubjectKind;
+
+    /// SQLite keeps no statistics here (no `ANALYZE`), so a listing by reference is planned by
+    /// heuristics alone: it must look the reference up in its two indexes, not walk the kind's
+    /// range of ids checking every row, whatever other filters come with it.
+    #[tokio::test]
+    async fn a_listing_by_reference_looks_the_reference_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("billhook.db"), None)
+            .await
+            .expect("open");
+        let filters = [
+            LedgerFilter::All,
+            LedgerFilter::Outstanding,
+            LedgerFilter::Overdue,
+            LedgerFilter::Paid,
+            LedgerFilter::Unmatched,
+            LedgerFilter::Status("paid".to_owned()),
+        ];
+        for filter in filters {
+            for (provider, before) in [(None, None), (Some("razorpay"), Some("iv_01K"))] {
+                let query = LedgerQuery {
+                    kind: SubjectKind::Invoice,
+                    filter: filter.clone(),
+                    provider: provider.map(str::to_owned),
+                    source: provider.map(str::to_owned),
+                    reference: Some("INV-7".to_owned()),
+                    before: before.map(str::to_owned),
+                    limit: 50,
+                    now: Timestamp::now(),
+                };
+                let plan = store
+                    .read(move |connection| {
+                        let (condition, values) = listing_condition(&query);
+                        let sql = select_entities_where(&format!(
+                            "{condition} ORDER BY id DESC LIMIT 51"
+                        ));
+                        let mut statement = connection
+                            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                            .map_err(db_error)?;
+                        let details = statement
+                            .query_map(params_from_iter(values), |row| row.get::<_, String>(3))
+                            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                            .map_err(db_error)?;
+                        Ok(details.join("\n"))
+                    })
+                    .await
+                    .expect("plan");
+                assert!(
+                    plan.contains("(provider_id=?)") && plan.contains("(number=?)"),
+                    "{filter:?}, provider {provider:?}, before {before:?}:\n{plan}"
+                );
+                assert!(!plan.contains("SCAN"), "{filter:?}:\n{plan}");
+            }
+        }
+    }
+}
