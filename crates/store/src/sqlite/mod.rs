@@ -21,6 +21,7 @@ mod read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
@@ -128,6 +129,8 @@ pub(crate) struct SqliteStore {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The syncer's failure, for readiness: once set, no write succeeds until a restart.
     durability_failure: Arc<OnceLock<String>>,
+    /// When the fsync under way began, for readiness: see [`Wal::syncing_since`].
+    syncing_since: Arc<Mutex<Option<Instant>>>,
     readers: Arc<Readers>,
     /// Held from open to close: see [`lock_exclusively`].
     lock: Mutex<Option<std::fs::File>>,
@@ -151,6 +154,7 @@ impl SqliteStore {
         let syncer = Syncer::start(&database)?;
         let checkpointer = Checkpointer::start(&path, Arc::clone(&syncer.failure))?;
         let durability_failure = Arc::clone(&syncer.failure);
+        let syncing_since = Arc::clone(&syncer.syncing_since);
         let (sender, receiver) = mpsc::channel::<Job>(4096);
         let thread = std::thread::Builder::new()
             .name("billhook-sqlite-writer".to_owned())
@@ -160,6 +164,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(sender)),
             writer_thread: Mutex::new(Some(thread)),
             durability_failure,
+            syncing_since,
             readers: Arc::new(Readers {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -221,11 +226,24 @@ impl SqliteStore {
         self.read(applied_version).await
     }
 
-    /// Ready when reads work and writes can: the writer is running and no fsync has failed.
-    /// Either of those ends every ingest with a 503 until a restart, which a probe must see.
+    /// Ready when reads work and writes can: the writer is running, no fsync has failed and
+    /// none has hung. A failure ends every ingest with a 503 until a restart, which a probe must
+    /// see; a hung fsync (a dead network volume, a device stuck in the kernel) fails nothing but
+    /// leaves every acknowledgement waiting, and only this check tells.
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         if let Some(error) = self.durability_failure.get() {
             return Err(Wal::failed(error));
+        }
+        let syncing_for = self
+            .syncing_since
+            .lock()
+            .map_err(|_| StoreError::Unavailable("syncer state poisoned".to_owned()))?
+            .map(|since| since.elapsed());
+        if let Some(waited) = syncing_for.filter(|waited| *waited >= STALLED_SYNC) {
+            return Err(StoreError::Unavailable(format!(
+                "an fsync of the write-ahead log has not returned for {} s",
+                waited.as_secs()
+            )));
         }
         let writer_running = self
             .writer
@@ -402,17 +420,25 @@ struct Syncer {
     groups: std::sync::mpsc::Sender<Vec<Job>>,
     thread: std::thread::JoinHandle<()>,
     failure: Arc<OnceLock<String>>,
+    syncing_since: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long an fsync may take before the store stops calling itself ready. A healthy disk takes
+/// milliseconds, a busy one under a second; by ten seconds every request waiting on it has been
+/// given up by its provider, which will send it again, better to an instance that can answer.
+const STALLED_SYNC: Duration = Duration::from_secs(10);
 
 impl Syncer {
     fn start(database: &Path) -> Result<Self, StoreError> {
         let mut wal_path = database.as_os_str().to_owned();
         wal_path.push("-wal");
         let failure = Arc::new(OnceLock::new());
+        let syncing_since = Arc::new(Mutex::new(None));
         let wal = Wal {
             path: PathBuf::from(wal_path),
             file: None,
             failure: Arc::clone(&failure),
+            syncing_since: Arc::clone(&syncing_since),
         };
         let (groups, committed) = std::sync::mpsc::channel::<Vec<Job>>();
         let thread = std::thread::Builder::new()
@@ -423,6 +449,7 @@ impl Syncer {
             groups,
             thread,
             failure,
+            syncing_since,
         })
     }
 
@@ -465,12 +492,15 @@ struct Wal {
     /// that a later fsync would not report, so nothing is acknowledged, nor committed, again
     /// until a restart. Shared with the writer.
     failure: Arc<OnceLock<String>>,
+    /// When the fsync under way began; `None` between fsyncs. An fsync that never returns
+    /// (a dead network volume) neither fails nor lets anything be acknowledged.
+    syncing_since: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Wal {
     fn sync(&mut self) -> Result<(), StoreError> {
         if self.failure.get().is_none()
-            && let Err(error) = self.try_sync()
+            && let Err(error) = self.timed_sync()
         {
             tracing::error!(
                 %error,
@@ -487,6 +517,19 @@ impl Wal {
 
     fn failed(error: &str) -> StoreError {
         StoreError::Unavailable(format!("writes cannot be made durable: {error}"))
+    }
+
+    fn timed_sync(&mut self) -> std::io::Result<()> {
+        self.mark_syncing(Some(Instant::now()));
+        let synced = self.try_sync();
+        self.mark_syncing(None);
+        synced
+    }
+
+    fn mark_syncing(&self, since: Option<Instant>) {
+        if let Ok(mut syncing_since) = self.syncing_since.lock() {
+            *syncing_since = since;
+        }
     }
 
     fn try_sync(&mut self) -> std::io::Result<()> {
@@ -536,7 +579,7 @@ struct Checkpointer {
 impl Checkpointer {
     /// Pause after a checkpoint, so that one checkpoint covers many commits: a page that many
     /// commits rewrote (the last leaf of an index on ids, say) is copied back once per pass.
-    const REST: std::time::Duration = std::time::Duration::from_secs(1);
+    const REST: Duration = Duration::from_secs(1);
     /// WAL frames (pages) beyond which the WAL is started over: 256 MiB of 4 KiB pages, a few
     /// seconds of writes at full speed. Each restart costs the writer a checkpoint of its own
     /// (and its fsyncs) between two groups, so restarting often is what delays acknowledgements;
@@ -575,9 +618,9 @@ impl Checkpointer {
                     // While a restart is wanted, keep up, so the writer has little left to copy.
                     if !wanted.load(Ordering::Relaxed) {
                         // Nudges that come meanwhile wait in the channel; only stopping wakes it.
-                        let until = std::time::Instant::now() + Self::REST;
+                        let until = Instant::now() + Self::REST;
                         while !stop.load(Ordering::Acquire) {
-                            let left = until.saturating_duration_since(std::time::Instant::now());
+                            let left = until.saturating_duration_since(Instant::now());
                             if left.is_zero() {
                                 break;
                             }
@@ -823,7 +866,6 @@ pub(crate) fn db_error(error: rusqlite::Error) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
 
@@ -993,6 +1035,36 @@ mod tests {
         assert!(left > 0, "the WAL was truncated after the failure");
         // 2 was committed before its fsync failed (its caller was told so); 3 never was.
         assert_eq!(numbers(&dir.path().join("billhook.db")), vec![1, 2]);
+    }
+
+    /// An fsync that has hung (a dead network volume) fails nothing, so only its age can tell a
+    /// probe that nothing will be acknowledged. There is no hanging disk here: the test sets the
+    /// start of the fsync under way as the syncer would have, then ends it.
+    #[tokio::test]
+    async fn a_hung_fsync_makes_the_store_unready_until_it_returns() {
+        let (_dir, store) = scratch_store().await;
+        store.write(insert(1, false)).await.expect("insert");
+        store.ping().await.expect("ready between fsyncs");
+        let began = |ago: Duration| Some(Instant::now().checked_sub(ago).expect("uptime"));
+        *store.syncing_since.lock().expect("lock") = began(Duration::from_secs(1));
+        store.ping().await.expect("ready during a slow fsync");
+        *store.syncing_since.lock().expect("lock") = began(STALLED_SYNC);
+        let unready = store
+            .ping()
+            .await
+            .expect_err("unready while an fsync hangs");
+        assert!(
+            unready.to_string().contains("has not returned for 10 s"),
+            "{unready}"
+        );
+        *store.syncing_since.lock().expect("lock") = None;
+        store.ping().await.expect("ready once it returned");
+        store
+            .write(insert(2, false))
+            .await
+            .expect("the syncer clears the mark");
+        assert!(store.syncing_since.lock().expect("lock").is_none());
+        store.ping().await.expect("ready after the next fsync");
     }
 
     /// A write that panics fails alone: the others in its group commit, the writer goes on, and
