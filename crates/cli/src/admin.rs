@@ -182,6 +182,13 @@ pub(crate) async fn prune(dry_run: bool, remote: Remote) -> Result<(), CliError>
     } else {
         output::line(&format!("removed {}", prune_line(&result["removed"])));
     }
+    // A server that began stopping midway removed whole batches only; the rest is still there.
+    if result["complete"] == json!(false) {
+        return Err(CliError::Io(
+            "billhook began stopping before it was done; run `billhook prune` again for the rest"
+                .to_owned(),
+        ));
+    }
     Ok(())
 }
 
@@ -280,12 +287,16 @@ pub(crate) async fn reprocess(
     if let Some(error) = failure {
         return Err(error);
     }
-    // Requests named one by one that could not be reprocessed fail the command (a mistyped id
-    // is not success); in a bulk run they are expected and reported above.
-    let skipped = results.iter().filter(|r| r["outcome"] == "skipped").count();
-    if named && skipped > 0 {
+    // Requests named one by one that could not be reprocessed fail the command: a mistyped id,
+    // or one today's code still refuses, is not success. One already processed (a second run
+    // of the same command) is. In a bulk run failures are expected and reported above.
+    let count = |outcome: &str| results.iter().filter(|r| r["outcome"] == outcome).count();
+    let (skipped, still_quarantined) = (count("skipped"), count("quarantined"));
+    if named && skipped + still_quarantined > 0 {
         return Err(CliError::Usage(format!(
-            "{skipped} of the named requests could not be reprocessed"
+            "{} of the named requests could not be reprocessed ({skipped} skipped, \
+             {still_quarantined} still quarantined)",
+            skipped + still_quarantined
         )));
     }
     Ok(())

@@ -207,7 +207,8 @@ enum InboundCommand {
 
 #[derive(Debug, Args)]
 struct ReprocessArgs {
-    /// Reprocess these requests (default: every quarantined request).
+    /// Reprocess these requests (default: every quarantined request). Fails if any of them
+    /// does not exist or is still quarantined.
     ids: Vec<String>,
     /// Only requests of this source.
     #[arg(long)]

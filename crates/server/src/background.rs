@@ -177,7 +177,7 @@ async fn retain(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             _ = tokio::time::sleep(every) => {}
             _ = stopped.changed() => return,
         }
-        match prune_now(&app, &mut stopped).await {
+        match prune_now(&app, &stopped).await.map(|run| run.removed) {
             Ok(removed) if removed.inbound > 0 => tracing::info!(
                 inbound = removed.inbound,
                 events = removed.events,
@@ -208,35 +208,50 @@ pub(crate) fn retention_cutoff(app: &App, now: Timestamp) -> InboundId {
 /// Prunes batch after batch until nothing old is left (or the server stops).
 pub(crate) async fn prune_now(
     app: &App,
-    stopped: &mut watch::Receiver<bool>,
-) -> Result<PruneReport, StoreError> {
+    stopped: &watch::Receiver<bool>,
+) -> Result<PruneRun, StoreError> {
     let cutoff = retention_cutoff(app, Timestamp::now());
-    let mut total = PruneReport::default();
+    let mut removed = PruneReport::default();
     let mut after = None;
     loop {
         let batch = app
             .store
             .prune(cutoff, after, app.settings.retention.batch)
             .await?;
-        let removed = batch.removed;
         for (kind, count) in [
-            ("inbound", removed.inbound),
-            ("events", removed.events),
-            ("deliveries", removed.deliveries),
-            ("attempts", removed.attempts),
+            ("inbound", batch.removed.inbound),
+            ("events", batch.removed.events),
+            ("deliveries", batch.removed.deliveries),
+            ("attempts", batch.removed.attempts),
         ] {
             if count > 0 {
                 app.metrics.pruned(kind, count);
             }
         }
-        total.add(removed);
+        removed.add(batch.removed);
         after = batch.resume_after;
-        if after.is_none() || *stopped.borrow() {
-            return Ok(total);
+        if after.is_none() {
+            return Ok(PruneRun {
+                removed,
+                complete: true,
+            });
+        }
+        if *stopped.borrow() {
+            return Ok(PruneRun {
+                removed,
+                complete: false,
+            });
         }
         // Let ingest's writes in between batches.
         tokio::task::yield_now().await;
     }
+}
+
+/// What one run of retention removed, and whether it got through everything old enough.
+pub(crate) struct PruneRun {
+    pub removed: PruneReport,
+    /// False when a stop came between two batches: the rest waits for the next run.
+    pub complete: bool,
 }
 
 #[cfg(test)]

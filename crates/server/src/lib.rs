@@ -40,6 +40,9 @@ pub struct App {
     pub announcer: Arc<ledger::Announcer>,
     pub access: access::AccessControl,
     pub metrics: Arc<metrics::Metrics>,
+    /// Set once shutdown begins: a long request (a manual prune) stops between its steps
+    /// instead of holding the stop up.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -99,6 +102,7 @@ impl Server {
                 announcer,
                 access,
                 metrics,
+                stopping: tokio::sync::watch::Sender::new(false),
             }),
         })
     }
@@ -114,6 +118,13 @@ impl Server {
         let background = background::spawn(Arc::clone(&app));
         let address = listener.local_addr()?;
         tracing::info!(%address, role = ?app.settings.role, sources = app.settings.sources.len(), "billhook is listening");
+        let shutdown = {
+            let app = Arc::clone(&app);
+            async move {
+                shutdown.await;
+                app.stopping.send_replace(true);
+            }
+        };
         let routes = if app.settings.role.serves_api() {
             router(Arc::clone(&app))
         } else {

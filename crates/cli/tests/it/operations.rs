@@ -19,6 +19,7 @@ backend_tests!(
     sources_show_traffic_and_verification_failures,
     retention_previews_and_prunes_old_messages_on_request,
     retention_runs_in_the_background,
+    a_prune_on_request_stops_between_batches_when_billhook_stops,
     the_cli_manages_endpoints_end_to_end,
     reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do,
     a_settlement_reached_by_reprocessing_is_counted,
@@ -463,6 +464,47 @@ async fn retention_previews_and_prunes_old_messages_on_request(backend: Backend)
     app.stop().await;
 }
 
+/// A manual prune of a backlog does not hold a stop up: it ends after the batch under way,
+/// answers with what it removed and that it is not complete, and the next run removes the rest.
+async fn a_prune_on_request_stops_between_batches_when_billhook_stops(backend: Backend) {
+    const OLD: u64 = 600;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    seed_old_messages(backend, &dir, OLD as usize, 31).await;
+    let settings = "[retention]\nmax_age = \"30d\"\nevery = \"1h\"\nbatch = 1\n";
+    let app = spawn_app_in(backend, Arc::clone(&dir), settings).await;
+    let pruning = tokio::spawn({
+        let request = app
+            .http
+            .post(app.url("/v1/retention/prune"))
+            .bearer_auth(ADMIN_TOKEN);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    });
+    app.eventually(Duration::from_secs(15), "the prune to begin", || async {
+        let (_, preview) = app.admin_get("/v1/retention").await;
+        preview["would_remove"]["inbound"].as_u64().unwrap() < OLD
+    })
+    .await;
+    app.stop().await;
+    let first = pruning.await.unwrap();
+    assert_eq!(first["complete"], json!(false), "{first}");
+    let removed = first["removed"]["inbound"].as_u64().unwrap();
+    assert!(0 < removed && removed < OLD, "{first}");
+
+    let app = spawn_app_in(backend, Arc::clone(&dir), settings).await;
+    let (_, preview) = app.admin_get("/v1/retention").await;
+    assert_eq!(preview["would_remove"]["inbound"], json!(OLD - removed));
+    let (ok, printed) = app.cli(&["prune", "--json"]).await;
+    assert!(ok, "{printed}");
+    let rest: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(rest["complete"], json!(true), "{rest}");
+    assert_eq!(rest["removed"]["inbound"], json!(OLD - removed));
+    app.stop().await;
+}
+
 async fn retention_runs_in_the_background(backend: Backend) {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     seed_old_messages(backend, &dir, 5, 31).await;
@@ -704,12 +746,18 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
     assert_eq!(skipped[0]["error"]["code"], json!("invalid_request"));
 
     // Named ids: one that does not exist is skipped, and the ones after it are still done.
+    // Neither it nor one still refused is success.
     let missing = "inb_01J0000000000000000000000";
     let (ok, printed) = app
         .cli(&["reprocess", missing, &quarantined[1], "--json"])
         .await;
     assert!(!ok, "a mistyped id is not success: {printed}");
-    assert!(printed.contains("1 of the named requests"), "{printed}");
+    assert!(
+        printed.contains(
+            "2 of the named requests could not be reprocessed (1 skipped, 1 still quarantined)"
+        ),
+        "{printed}"
+    );
     let json_part = &printed[..printed.rfind(']').unwrap() + 1];
     let results: Vec<Value> = serde_json::from_str(json_part).unwrap();
     let outcomes: Vec<&Value> = results.iter().map(|r| &r["outcome"]).collect();
@@ -719,6 +767,11 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
         "{printed}"
     );
     assert_eq!(results[0]["error"]["code"], json!("not_found"), "{printed}");
+    let (ok, printed) = app.cli(&["reprocess", &quarantined[1]]).await;
+    assert!(
+        !ok && printed.contains("0 skipped, 1 still quarantined"),
+        "still refused is not success: {printed}"
+    );
     let (ok, printed) = app
         .cli(&["reprocess", &quarantined[1], "--source", "razorpay"])
         .await;

@@ -170,20 +170,28 @@ pub(crate) async fn retention(
 #[derive(Serialize, utoipa::ToSchema)]
 struct Pruned {
     removed: PruneView,
+    /// False when billhook began to stop before it was done: what is left goes at the next run.
+    complete: bool,
 }
 
-/// Removes now what retention would remove, batch by batch.
+/// Removes now what retention would remove, batch by batch, stopping between two once billhook
+/// is stopping.
 #[utoipa::path(post, path = "/v1/retention/prune", tag = "operations",
     responses(
         (status = 200, description = "What was removed", body = Pruned),
         (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error),
     ))]
 pub(crate) async fn prune(State(app): State<Arc<App>>) -> Result<Json<impl Serialize>, ApiError> {
-    // A manual run is not interrupted by shutdown signals of its own.
-    let (_keep, mut never) = tokio::sync::watch::channel(false);
-    let removed = prune_now(&app, &mut never).await?;
-    tracing::info!(inbound = removed.inbound, "pruned on request");
+    // Stops between batches once billhook is stopping, rather than holding the stop up for as
+    // long as a backlog takes; every batch is whole, so what is left is left for the next run.
+    let run = prune_now(&app, &app.stopping.subscribe()).await?;
+    tracing::info!(
+        inbound = run.removed.inbound,
+        complete = run.complete,
+        "pruned on request"
+    );
     Ok(Json(Pruned {
-        removed: removed.into(),
+        removed: run.removed.into(),
+        complete: run.complete,
     }))
 }
