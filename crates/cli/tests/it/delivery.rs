@@ -8,6 +8,7 @@ use std::time::Duration;
 use billhook_core::signing::{EndpointSecret, verify};
 use billhook_core::time::Timestamp;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend_tests;
 use crate::helpers::*;
@@ -23,6 +24,7 @@ backend_tests!(
     private_destinations_are_refused_at_delivery,
     a_declared_endpoint_whose_host_does_not_resolve_yet_does_not_stop_the_start,
     failures_without_a_status_are_named_by_kind,
+    a_success_whose_answer_stalls_is_delivered,
     an_endpoints_headers_replace_the_defaults,
     raw_endpoints_get_the_provider_body_byte_for_byte,
     redeliver_and_recover_send_again,
@@ -497,6 +499,61 @@ async fn failures_without_a_status_are_named_by_kind(backend: Backend) {
         0,
         "no request reached the plain server as HTTP"
     );
+    app.stop().await;
+}
+
+/// A receiver that answered 200 has the event, even if the rest of its answer never comes: the
+/// attempt ends at the request timeout with the status it got, and nothing is sent again.
+async fn a_success_whose_answer_stalls_is_delivered(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\nretry_schedule = [\"0s\", \"500ms\"]\njitter_percent = 0\nrequest_timeout = \"1s\"\nlease = \"5s\"\n",
+    )
+    .await;
+    let stalling = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = stalling.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let _stalling = tokio::spawn({
+        let requests = Arc::clone(&requests);
+        async move {
+            let mut held = Vec::new();
+            while let Ok((mut connection, _)) = stalling.accept().await {
+                requests.fetch_add(1, Ordering::SeqCst);
+                let mut head = vec![0; 64 * 1024];
+                let _ = connection.read(&mut head).await;
+                connection
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
+                    .await
+                    .unwrap();
+                held.push(connection);
+            }
+        }
+    });
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": format!("http://{address}/hooks"), "event_types": ["*"] }))
+        .await;
+    let ids = ingest_payments(&app, 1, "stalled").await;
+    app.eventually(Duration::from_secs(10), "the attempt recorded", || async {
+        let (_, detail) = app.admin_get(&format!("/v1/events/{}", ids[0])).await;
+        detail["deliveries"][0]["attempt_count"] == json!(1)
+    })
+    .await;
+    let (_, detail) = app.admin_get(&format!("/v1/events/{}", ids[0])).await;
+    assert_eq!(
+        detail["deliveries"][0]["status"],
+        json!("delivered"),
+        "{detail}"
+    );
+    let (_, attempts) = app
+        .admin_get(&format!("/v1/endpoints/{endpoint}/attempts"))
+        .await;
+    let attempt = &attempts["data"][0];
+    assert_eq!(attempt["status_code"], json!(200), "{attempt}");
+    assert!(attempt["error_kind"].is_null(), "{attempt}");
+    assert_eq!(attempt["response_body"], json!("partial"), "{attempt}");
+    // Past when a retry would have gone, had the attempt been taken for a timeout.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
     app.stop().await;
 }
 

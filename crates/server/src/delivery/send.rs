@@ -207,24 +207,34 @@ pub async fn send(
     headers
         .entry(ACCEPT)
         .or_insert(HeaderValue::from_static("*/*"));
-    // One deadline for the whole exchange, the answer's body included.
-    match tokio::time::timeout(client.request_timeout, exchange(&client.http, request)).await {
-        Ok(result) => result,
-        Err(_) => {
-            AttemptResult::failed("timeout", "the endpoint did not answer in time".to_owned())
-        }
-    }
+    exchange(
+        &client.http,
+        request,
+        tokio::time::Instant::now() + client.request_timeout,
+    )
+    .await
 }
 
+/// Sends `request` and reads the answer, all by `deadline`: an attempt never outlasts
+/// `request_timeout`, which its lease is sized by. The status decides the attempt, so a body
+/// still arriving at the deadline is cut there, not taken for a timeout: a receiver that
+/// answered 2xx has the event, and sending it again would be a duplicate.
 async fn exchange(
     http: &PooledClient<GuardedResolver>,
     request: Request<Full<Bytes>>,
+    deadline: tokio::time::Instant,
 ) -> AttemptResult {
-    let response = match http.request(request).await {
-        Ok(response) => response,
-        Err(error) => {
+    let response = match tokio::time::timeout_at(deadline, http.request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
             let (kind, message) = name_failure(&error, error.is_connect());
             return AttemptResult::failed(kind, message);
+        }
+        Err(_) => {
+            return AttemptResult::failed(
+                "timeout",
+                "the endpoint did not answer in time".to_owned(),
+            );
         }
     };
     let status = response.status().as_u16();
@@ -237,13 +247,13 @@ async fn exchange(
     let mut body = BytesMut::new();
     // Keep the beginning of the answer; the rest is never read.
     while body.len() < RESPONSE_BODY_LIMIT {
-        match answer.frame().await {
-            Some(Ok(frame)) => {
+        match tokio::time::timeout_at(deadline, answer.frame()).await {
+            Ok(Some(Ok(frame))) => {
                 if let Some(chunk) = frame.data_ref() {
                     body.extend_from_slice(chunk);
                 }
             }
-            Some(Err(_)) | None => break,
+            Ok(Some(Err(_)) | None) | Err(_) => break,
         }
     }
     body.truncate(RESPONSE_BODY_LIMIT);
