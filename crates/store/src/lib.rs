@@ -424,13 +424,14 @@ impl Store {
     }
 
     /// Creates the endpoint named in the configuration, or updates it to match. Its secret is
-    /// replaced only when the configuration names one (`configured_secret`).
+    /// replaced only when the configuration names a different one (`previous_secret_until` is
+    /// `Some`), and the one replaced keeps signing until then, as after a rotation.
     pub async fn upsert_named_endpoint(
         &self,
         endpoint: NewEndpoint,
-        configured_secret: bool,
+        previous_secret_until: Option<Timestamp>,
     ) -> Result<EndpointRecord, StoreError> {
-        dispatch!(self, store => store.upsert_named_endpoint(endpoint, configured_secret).await)
+        dispatch!(self, store => store.upsert_named_endpoint(endpoint, previous_secret_until).await)
     }
 
     pub async fn endpoint(&self, id: EndpointId) -> Result<Option<EndpointRecord>, StoreError> {

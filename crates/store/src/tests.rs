@@ -1285,21 +1285,37 @@ fn named_endpoints_keep_their_id_and_secret_across_upserts() {
         for test in backends().await {
             let store = &test.store;
             let first = store
-                .upsert_named_endpoint(new_endpoint("canonical", Some("ledger")), false)
+                .upsert_named_endpoint(new_endpoint("canonical", Some("ledger")), None)
                 .await
                 .unwrap();
             let mut changed = new_endpoint("raw", Some("ledger"));
             changed.secret = "whsec_ignored".into();
             changed.url = "https://elsewhere.example.com/".into();
-            let second = store.upsert_named_endpoint(changed, false).await.unwrap();
+            let second = store.upsert_named_endpoint(changed, None).await.unwrap();
             assert_eq!(second.id, first.id);
             assert_eq!(second.format, "raw");
             assert_eq!(second.url, "https://elsewhere.example.com/");
             assert_eq!(second.secrets[0].secret, "whsec_first");
             let mut configured = new_endpoint("raw", Some("ledger"));
             configured.secret = "whsec_from_config".into();
-            let third = store.upsert_named_endpoint(configured, true).await.unwrap();
+            let overlap_until = Timestamp::now().add(Duration::from_secs(86_400));
+            let third = store
+                .upsert_named_endpoint(configured.clone(), Some(overlap_until))
+                .await
+                .unwrap();
             assert_eq!(third.secrets[0].secret, "whsec_from_config");
+            // The secret it replaced keeps signing, as after a rotation through the API, so a
+            // receiver not yet given the new one still verifies.
+            assert_eq!(third.secrets.len(), 2, "{:?}", third.secrets);
+            assert_eq!(third.secrets[1].secret, "whsec_first");
+            assert_eq!(third.secrets[1].expires_at, Some(overlap_until));
+            // The same configured secret at the next start changes nothing.
+            let later = Timestamp::now().add(Duration::from_secs(3600));
+            let fourth = store
+                .upsert_named_endpoint(configured, Some(later))
+                .await
+                .unwrap();
+            assert_eq!(fourth.secrets, third.secrets);
 
             // Deleted through the API while still declared: the next start creates it anew.
             assert!(
@@ -1309,7 +1325,7 @@ fn named_endpoints_keep_their_id_and_secret_across_upserts() {
                     .unwrap()
             );
             let recreated = store
-                .upsert_named_endpoint(new_endpoint("canonical", Some("ledger")), false)
+                .upsert_named_endpoint(new_endpoint("canonical", Some("ledger")), None)
                 .await
                 .unwrap();
             assert_ne!(recreated.id, third.id);

@@ -223,7 +223,14 @@ impl Delivery {
             config.connect_timeout.0,
         )
         .map_err(|e| StartError::Client(e.to_string()))?;
-        sync_declared(&store, &destinations, declared, known_sources).await?;
+        sync_declared(
+            &store,
+            &destinations,
+            declared,
+            known_sources,
+            config.secret_overlap.0,
+        )
+        .await?;
         if works && store.is_single_process() {
             let released = store.release_all_leases().await?;
             if released > 0 {
@@ -546,6 +553,7 @@ async fn sync_declared(
     destinations: &DestinationPolicy,
     declared: &[EndpointConfig],
     known_sources: &[String],
+    secret_overlap: Duration,
 ) -> Result<(), StartError> {
     let now = Timestamp::now();
     for endpoint in declared {
@@ -608,7 +616,9 @@ async fn sync_declared(
                     secret,
                     now,
                 },
-                endpoint.secret.is_some(),
+                // A secret changed in the file is a rotation: the one it replaces keeps signing
+                // for the overlap, so receivers can take the new one in their own time.
+                endpoint.secret.is_some().then(|| now.add(secret_overlap)),
             )
             .await?;
     }

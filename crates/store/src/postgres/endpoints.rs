@@ -324,7 +324,7 @@ impl PgStore {
     pub(crate) async fn upsert_named_endpoint(
         &self,
         endpoint: NewEndpoint,
-        configured_secret: bool,
+        previous_secret_until: Option<Timestamp>,
     ) -> Result<EndpointRecord, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
@@ -364,16 +364,10 @@ impl PgStore {
                 };
                 apply_patch(&transaction, id, &patch, endpoint.now).await?;
                 let current = secrets_of(&transaction, id).await?;
-                if configured_secret && current.first().is_none_or(|s| s.secret != endpoint.secret)
+                if let Some(until) = previous_secret_until
+                    && current.first().is_none_or(|s| s.secret != endpoint.secret)
                 {
-                    rotate(
-                        &transaction,
-                        id,
-                        &endpoint.secret,
-                        endpoint.now,
-                        endpoint.now,
-                    )
-                    .await?;
+                    rotate(&transaction, id, &endpoint.secret, endpoint.now, until).await?;
                 }
                 id
             }

@@ -292,7 +292,7 @@ impl SqliteStore {
     pub(crate) async fn upsert_named_endpoint(
         &self,
         endpoint: NewEndpoint,
-        configured_secret: bool,
+        previous_secret_until: Option<Timestamp>,
     ) -> Result<EndpointRecord, StoreError> {
         self.write(move |connection| {
             let existing: Option<String> = connection
@@ -319,8 +319,10 @@ impl SqliteStore {
             };
             apply_patch(connection, id, &patch, endpoint.now)?;
             let current = secrets_of(connection, id)?;
-            if configured_secret && current.first().is_none_or(|s| s.secret != endpoint.secret) {
-                rotate(connection, id, &endpoint.secret, endpoint.now, endpoint.now)?;
+            if let Some(until) = previous_secret_until
+                && current.first().is_none_or(|s| s.secret != endpoint.secret)
+            {
+                rotate(connection, id, &endpoint.secret, endpoint.now, until)?;
             }
             endpoint_by_id(connection, id)?
                 .ok_or_else(|| StoreError::Database("the endpoint vanished".to_owned()))
