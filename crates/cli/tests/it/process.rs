@@ -11,6 +11,12 @@ use crate::helpers::*;
 
 /// Starts `billhook serve` on port 0 over `data_dir` and returns it with its address.
 fn start_binary(data_dir: &std::path::Path) -> (Child, String) {
+    let (child, address, _) = start_binary_logging(data_dir, "warn");
+    (child, address)
+}
+
+/// Like [`start_binary`], logging at `level`, with everything the process writes to stderr.
+fn start_binary_logging(data_dir: &std::path::Path, level: &str) -> (Child, String, Logs) {
     let config = data_dir.join("billhook.toml");
     if !config.exists() {
         std::fs::write(&config, test_config(data_dir)).unwrap();
@@ -19,28 +25,48 @@ fn start_binary(data_dir: &std::path::Path) -> (Child, String) {
         .args(["serve", "--config"])
         .arg(&config)
         .env("BILLHOOK_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
-    let mut printed = String::new();
+    let logs = Logs::default();
     let address = loop {
         let Some(line) = lines.next() else {
-            panic!("billhook exited before listening:\n{printed}");
+            panic!("billhook exited before listening:\n{}", logs.text());
         };
         let line = line.unwrap();
+        logs.push(&line);
         if let Some(rest) = line.strip_prefix("billhook: admin API and console at ") {
             break rest.trim_end_matches('/').to_owned();
         }
-        printed.push_str(&line);
-        printed.push('\n');
     };
     // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, address)
+    let kept = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.push(&line);
+        }
+    });
+    (child, address, logs)
+}
+
+/// What a process wrote to stderr so far.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Logs {
+    fn push(&self, line: &str) {
+        let mut text = self.0.lock().unwrap();
+        text.push_str(line);
+        text.push('\n');
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,4 +445,102 @@ async fn two_instances_on_one_postgres_survive_a_sigkill() {
     );
     second.kill().unwrap();
     second.wait().unwrap();
+}
+
+/// Logs never hold a secret: not the admin token, a source's signing secret or an endpoint's,
+/// nor a signature sent, nor what an endpoint's URL or headers carry for its receiver. Checked
+/// on the real process's output at `debug`, through an endpoint's creation, a failed and a
+/// retried delivery, and a request whose signature does not verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}{TEST_DELIVERY}", test_config(dir.path()));
+    std::fs::write(dir.path().join("billhook.toml"), config).unwrap();
+    let (mut child, address, logs) = start_binary_logging(dir.path(), "debug");
+    let http = reqwest::Client::new();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let receiver = Receiver::start({
+        let calls = std::sync::Arc::clone(&calls);
+        std::sync::Arc::new(move |_| {
+            let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            (if first { 500 } else { 200 }, vec![], Some(Duration::ZERO))
+        })
+    })
+    .await;
+    let query_token = "query-token-for-the-receiver";
+    let header_token = "header-token-for-the-receiver";
+    let created: Value = http
+        .post(format!("{address}/v1/endpoints"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({
+            "url": format!("{}?token={query_token}", receiver.url),
+            "event_types": ["*"],
+            "headers": { "Authorization": format!("Bearer {header_token}") },
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let endpoint_secret = created["secret"].as_str().unwrap().to_owned();
+
+    let body = fixture("zwitch_upi/payments.updated.json");
+    let provider = billhook_providers::by_name("zwitch").unwrap();
+    let auth = billhook_providers::auth::SourceAuth::Signature {
+        secrets: vec![billhook_providers::auth::Secret::new(ZWITCH_SECRET)],
+    };
+    let mut request = http
+        .post(format!("{address}/ingest/zwitch"))
+        .body(body.clone());
+    for (name, value) in provider.sign(&auth, &body, billhook_core::time::Timestamp::now()) {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status().as_u16(), 200);
+    let forged = "f".repeat(64);
+    let refused = http
+        .post(format!("{address}/ingest/razorpay"))
+        .header("x-razorpay-signature", &forged)
+        .header("x-razorpay-event-id", "evt_forged")
+        .body(fixture("razorpay/invoice.paid.card.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while receiver.count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no retried delivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = receiver.arrivals();
+    let sent_signature = delivered[1].header("webhook-signature").to_owned();
+    // Give the process a moment to log the completed delivery.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let printed = logs.text();
+    assert!(
+        printed.contains("created an endpoint") && printed.contains("signature"),
+        "the logs were not captured at the level asked for:\n{printed}"
+    );
+    for (what, secret) in [
+        ("the admin token", ADMIN_TOKEN),
+        ("a source's signing secret", ZWITCH_SECRET),
+        ("a source's signing secret", RAZORPAY_SECRET),
+        ("the endpoint's secret", &endpoint_secret),
+        (
+            "the endpoint's secret",
+            endpoint_secret.trim_start_matches("whsec_"),
+        ),
+        ("a token in the endpoint's URL", query_token),
+        ("a token in the endpoint's headers", header_token),
+        ("a forged signature", &forged),
+        (
+            "a delivery's signature",
+            sent_signature.trim_start_matches("v1,"),
+        ),
+    ] {
+        assert!(!printed.contains(secret), "{what} was logged:\n{printed}");
+    }
 }

@@ -285,7 +285,12 @@ pub(crate) async fn create(
         })
         .await?;
     app.delivery.reload_after_change(None).await;
-    tracing::info!(endpoint = %record.id, url = %record.url, "created an endpoint");
+    // The host alone: a receiver's token may ride in the URL's path or query.
+    let host = url::Url::parse(&record.url)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    tracing::info!(endpoint = %record.id, %host, "created an endpoint");
     let mut view = EndpointView::new(record);
     view.secret = Some(secret.expose());
     Ok((StatusCode::CREATED, Json(view)).into_response())
