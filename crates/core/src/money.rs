@@ -25,6 +25,8 @@ pub enum MoneyError {
     },
     #[error("`{0}` is too large to be an amount of money")]
     Overflow(String),
+    #[error("`{0}` is negative; an amount paid, owed or refunded never is")]
+    Negative(String),
     #[error("`{0}` is not an ISO 4217 currency code")]
     BadCurrency(String),
 }

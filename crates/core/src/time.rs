@@ -20,6 +20,8 @@ pub enum TimeError {
     NotADate(String),
     #[error("unix time {0} is out of range")]
     OutOfRange(i64),
+    #[error("`{0}` is not a whole number of unix seconds")]
+    NotUnixSeconds(String),
 }
 
 /// An instant in UTC with millisecond precision.

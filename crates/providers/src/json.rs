@@ -6,8 +6,8 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::NormalizeError;
-use billhook_core::money::{Amount, Currency};
-use billhook_core::time::Timestamp;
+use billhook_core::money::{Amount, Currency, MoneyError};
+use billhook_core::time::{TimeError, Timestamp};
 
 /// The exact text of a JSON number (or of a JSON string holding one), as the provider wrote it.
 ///
@@ -38,28 +38,43 @@ impl NumText {
         &self.0
     }
 
-    /// Parses the text as minor units (`479030` paise).
+    /// Parses the text as minor units (`479030` paise). Every amount a provider sends is paid,
+    /// owed, refunded, a fee or a limit, none of which is ever negative: a negative one would
+    /// reach subscribers as a payment of minus a sum.
     pub fn minor(&self, path: &str, currency: Currency) -> Result<Amount, NormalizeError> {
-        Amount::parse_minor(&self.0, currency).map_err(|source| NormalizeError::Money {
-            path: path.to_owned(),
-            source,
-        })
+        self.non_negative(Amount::parse_minor(&self.0, currency), path)
     }
 
-    /// Parses the text as major units (`3.69` rupees → 369 paise).
+    /// Parses the text as major units (`3.69` rupees → 369 paise); never negative either.
     pub fn major(&self, path: &str, currency: Currency) -> Result<Amount, NormalizeError> {
-        Amount::parse_major(&self.0, currency).map_err(|source| NormalizeError::Money {
-            path: path.to_owned(),
-            source,
-        })
+        self.non_negative(Amount::parse_major(&self.0, currency), path)
     }
 
-    /// Parses the text as unix seconds.
-    pub fn unix_seconds(&self, path: &str) -> Result<Timestamp, NormalizeError> {
-        let seconds = Amount::parse_minor(&self.0, Currency::INR)
+    fn non_negative(
+        &self,
+        parsed: Result<Amount, MoneyError>,
+        path: &str,
+    ) -> Result<Amount, NormalizeError> {
+        parsed
+            .and_then(|amount| {
+                if amount.minor() < 0 {
+                    Err(MoneyError::Negative(truncate(&self.0, 40).to_owned()))
+                } else {
+                    Ok(amount)
+                }
+            })
             .map_err(|source| NormalizeError::Money {
                 path: path.to_owned(),
                 source,
+            })
+    }
+
+    /// Parses the text as unix seconds (a whole number; a JSON number in exponent form too).
+    pub fn unix_seconds(&self, path: &str) -> Result<Timestamp, NormalizeError> {
+        let seconds = Amount::parse_minor(&self.0, Currency::INR)
+            .map_err(|_| NormalizeError::Time {
+                path: path.to_owned(),
+                source: TimeError::NotUnixSeconds(truncate(&self.0, 40).to_owned()),
             })?
             .minor();
         Timestamp::from_unix_seconds(seconds).map_err(|source| NormalizeError::Time {

@@ -445,6 +445,58 @@ fn bad_bodies_are_named_by_code() {
     );
 }
 
+/// No amount a provider sends is negative (paid, owed, refunded, a fee, a limit): a negative one
+/// is quarantined as `invalid_amount` rather than sent on as a payment of minus a sum. A time
+/// that is not unix seconds is `invalid_time`, whatever the number parser said of it.
+#[test]
+fn negative_amounts_and_bad_unix_times_are_refused_by_their_own_codes() {
+    let with = |provider: &str, fixture_path: &str, pointer: &str, value: &str| {
+        let mut body: Value = serde_json::from_slice(&fixture(fixture_path)).unwrap();
+        *body.pointer_mut(pointer).unwrap() = serde_json::from_str(value).unwrap();
+        normalize_with(provider, body.to_string().as_bytes(), &[])
+    };
+    for (provider, path, pointer) in [
+        (
+            "razorpay",
+            "razorpay/invoice.paid.card.json",
+            "/payload/payment/entity/amount",
+        ),
+        (
+            "zwitch",
+            "zwitch_upi/payments.updated.json",
+            "/data/object/amount",
+        ),
+        (
+            "setu_bbps",
+            "setu_bbps/BILL_PAY.SUCCESS.json",
+            "/data/paymentDetails/amount",
+        ),
+    ] {
+        let error = with(provider, path, pointer, "-10000").unwrap_err();
+        assert_eq!(error.code(), "invalid_amount", "{provider}: {error}");
+        assert!(error.to_string().contains("is negative"), "{error}");
+        assert!(
+            with(provider, path, pointer, "0").is_ok(),
+            "{provider}: zero is an amount"
+        );
+    }
+    for value in ["1567686996.5", "\"2019-09-05\""] {
+        let error = with(
+            "razorpay",
+            "razorpay/invoice.paid.card.json",
+            "/created_at",
+            value,
+        )
+        .unwrap_err();
+        assert_eq!(error.code(), "invalid_time", "{value}: {error}");
+        assert!(
+            error
+                .to_string()
+                .contains("not a whole number of unix seconds")
+        );
+    }
+}
+
 /// Text holding the NUL character is a shape error, named by where it is; the six characters
 /// `\u0000` written as text (an escaped backslash before them) are ordinary text.
 #[test]
