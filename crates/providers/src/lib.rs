@@ -48,6 +48,18 @@ impl InboundRequest<'_> {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|value| value.to_str().ok())
     }
+
+    /// A signature header's value: one absent is missing, one present but not visible ASCII
+    /// (no hex signature is) is malformed, so the caller is told which it sent.
+    pub fn signature(&self, name: &'static str) -> Result<&str, VerifyError> {
+        let value = self
+            .headers
+            .get(name)
+            .ok_or(VerifyError::MissingSignature(name))?;
+        value
+            .to_str()
+            .map_err(|_| VerifyError::MalformedSignature(name))
+    }
 }
 
 /// What a provider module makes of a verified message.

@@ -60,9 +60,7 @@ impl Provider for Razorpay {
         secrets: &[Secret],
         request: &InboundRequest<'_>,
     ) -> Result<Verification, VerifyError> {
-        let signature = request
-            .header(SIGNATURE_HEADER)
-            .ok_or(VerifyError::MissingSignature(SIGNATURE_HEADER))?;
+        let signature = request.signature(SIGNATURE_HEADER)?;
         match auth::match_hex_hmac(secrets, request.body, signature, SIGNATURE_HEADER)? {
             Some(index) => Ok(Verification {
                 scheme: "razorpay-signature",

@@ -20,7 +20,7 @@ fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
     for (name, value) in pairs {
         map.insert(
             http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
+            http::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
         );
     }
     map
@@ -569,6 +569,12 @@ fn razorpay_public_sdk_vector_rotation_and_tamper() {
     );
     assert_eq!(
         verify(&source, body, &[("X-Razorpay-Signature", "zz")]),
+        Err(VerifyError::MalformedSignature("x-razorpay-signature"))
+    );
+    // Present but not ASCII is malformed, not missing.
+    let not_ascii = format!("{}é", &vector[..62]);
+    assert_eq!(
+        verify(&source, body, &[("X-Razorpay-Signature", &not_ascii)]),
         Err(VerifyError::MalformedSignature("x-razorpay-signature"))
     );
     // Upper-case hex is the same signature.

@@ -68,9 +68,7 @@ impl Provider for Zwitch {
         secrets: &[Secret],
         request: &InboundRequest<'_>,
     ) -> Result<Verification, VerifyError> {
-        let signature = request
-            .header(SIGNATURE_HEADER)
-            .ok_or(VerifyError::MissingSignature(SIGNATURE_HEADER))?;
+        let signature = request.signature(SIGNATURE_HEADER)?;
         if let Some(index) =
             auth::match_hex_hmac(secrets, request.body, signature, SIGNATURE_HEADER)?
         {
