@@ -19,6 +19,8 @@ backend_tests!(
     gone_disables_the_endpoint_and_holds_its_deliveries,
     too_many_requests_with_retry_after_is_waited_out,
     a_rate_limit_of_ten_per_second_holds,
+    a_rate_limit_holds_after_a_wait_for_concurrency,
+    a_pause_asked_for_while_a_job_waits_for_concurrency_holds_it,
     a_hanging_endpoint_does_not_slow_a_healthy_one,
     private_destinations_are_refused_at_creation,
     private_destinations_are_refused_at_delivery,
@@ -318,6 +320,72 @@ async fn a_rate_limit_of_ten_per_second_holds(backend: Backend) {
     assert!(
         (45..=55).contains(&in_five_seconds),
         "{in_five_seconds} in 5 s at 10/s"
+    );
+    app.stop().await;
+}
+
+/// The rate limit counts from when a request goes out: a job that waited for a concurrency slot
+/// behind a slow answer must not go out together with the one after it.
+async fn a_rate_limit_holds_after_a_wait_for_concurrency(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::start(Arc::new(|index| {
+        let delay = if index == 0 { 1200 } else { 0 };
+        (200, vec![], Some(Duration::from_millis(delay)))
+    }))
+    .await;
+    app.create_endpoint(json!({
+        "url": receiver.url,
+        "event_types": ["*"],
+        "rate_limit": 2,
+        "max_concurrency": 1,
+    }))
+    .await;
+    ingest_payments(&app, 4, "slow-first").await;
+    app.eventually(Duration::from_secs(10), "four arrivals", || async {
+        receiver.count() >= 4
+    })
+    .await;
+    let arrivals = receiver.arrivals();
+    for pair in arrivals.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(450),
+            "two requests {gap:?} apart at 2 a second"
+        );
+    }
+    app.stop().await;
+}
+
+/// A `429` with `Retry-After` pauses the endpoint for every job, the one already waiting for a
+/// concurrency slot behind it included.
+async fn a_pause_asked_for_while_a_job_waits_for_concurrency_holds_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::start(Arc::new(|index| {
+        if index == 0 {
+            let wait = vec![("retry-after", "2".to_owned())];
+            (429, wait, Some(Duration::from_millis(800)))
+        } else {
+            (200, vec![], Some(Duration::ZERO))
+        }
+    }))
+    .await;
+    app.create_endpoint(json!({
+        "url": receiver.url,
+        "event_types": ["*"],
+        "max_concurrency": 1,
+    }))
+    .await;
+    ingest_payments(&app, 2, "paused").await;
+    app.eventually(Duration::from_secs(10), "the second arrival", || async {
+        receiver.count() >= 2
+    })
+    .await;
+    let arrivals = receiver.arrivals();
+    let waited = arrivals[1].at - arrivals[0].at;
+    // 800 ms for the answer, then the 2 s it asked for.
+    assert!(
+        waited >= Duration::from_millis(2700),
+        "the next request went out {waited:?} after the first"
     );
     app.stop().await;
 }

@@ -933,30 +933,44 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
             });
             continue;
         }
-        let paused = *lane.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(until) = paused {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => {}
-                _ = stopping.wait_for(|stop| *stop) => { shared.give_back(job); break; }
-            }
-        }
-        if let Some(rate) = endpoint.rate_limit {
+        // The pause and the rate limit are checked again once the permits are held: a wait
+        // for a slot can outlast both, and a pause set meanwhile (a 429) or a send slot taken
+        // when the job was dequeued would let it go out at once, beside the one before it.
+        // Permits are not held while waiting, which would keep other endpoints' attempts out.
+        let permits = loop {
             let now = tokio::time::Instant::now();
-            if next_slot > now {
+            let paused = *lane.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+            let wait_until = paused
+                .into_iter()
+                .chain(endpoint.rate_limit.map(|_| next_slot))
+                .max()
+                .filter(|until| *until > now);
+            if let Some(until) = wait_until {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(next_slot) => {}
-                    _ = stopping.wait_for(|stop| *stop) => { shared.give_back(job); break; }
+                    _ = tokio::time::sleep_until(until) => continue,
+                    _ = stopping.wait_for(|stop| *stop) => break None,
                 }
             }
-            next_slot = next_slot.max(now) + Duration::from_secs(1) / rate;
-        }
-        let permits = tokio::select! {
-            permits = async {
-                let local = lane.concurrency.acquire().await;
-                let global = Arc::clone(&shared.in_flight).acquire_owned().await;
-                local.zip(global.ok())
-            } => permits,
-            _ = stopping.wait_for(|stop| *stop) => None,
+            let permits = tokio::select! {
+                permits = async {
+                    let local = lane.concurrency.acquire().await;
+                    let global = Arc::clone(&shared.in_flight).acquire_owned().await;
+                    local.zip(global.ok())
+                } => permits,
+                _ = stopping.wait_for(|stop| *stop) => None,
+            };
+            let Some(permits) = permits else {
+                break None;
+            };
+            let now = tokio::time::Instant::now();
+            let paused = *lane.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+            if paused.is_some_and(|until| until > now) {
+                continue;
+            }
+            if let Some(rate) = endpoint.rate_limit {
+                next_slot = now + Duration::from_secs(1) / rate;
+            }
+            break Some(permits);
         };
         let Some(permits) = permits else {
             shared.give_back(job);
