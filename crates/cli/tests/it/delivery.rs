@@ -1049,3 +1049,48 @@ async fn a_delivery_left_pending_for_a_deleted_endpoint_is_cancelled(backend: Ba
     assert_eq!(receiver.count(), 1);
     app.stop().await;
 }
+
+/// A batch of outcomes the database refused (here SQLite, locked by another process past the
+/// writer's five-second wait) is recorded once the database takes writes again: the delivery
+/// is delivered, not left leased and sent again when its lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_the_database_refused_are_recorded_when_it_is_back() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+         retry_schedule = [\"0s\", \"300ms\"]\njitter_percent = 0\n\
+         request_timeout = \"1s\"\nlease = \"60s\"\n",
+    )
+    .await;
+    let database = app.dir.path().join(billhook_server::config::DATABASE_FILE);
+    let (locked, lock_taken) = std::sync::mpsc::channel::<()>();
+    let lock = std::sync::Mutex::new(Some((database, locked)));
+    let receiver = Receiver::start(Arc::new(move |_| {
+        // On the first request, lock the database from another connection before answering,
+        // so the attempt's outcome meets a database that refuses writes.
+        if let Some((database, locked)) = lock.lock().unwrap().take() {
+            std::thread::spawn(move || {
+                let connection = rusqlite::Connection::open(database).unwrap();
+                connection.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                locked.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(6500));
+                connection.execute_batch("COMMIT").unwrap();
+            });
+        }
+        (200, vec![], Some(Duration::ZERO))
+    }))
+    .await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let ids = ingest_payments(&app, 1, "locked").await;
+    tokio::task::spawn_blocking(move || lock_taken.recv().unwrap())
+        .await
+        .unwrap();
+    app.eventually(Duration::from_secs(20), "the outcome recorded", || async {
+        let (_, detail) = app.admin_get(&format!("/v1/events/{}", ids[0])).await;
+        detail["deliveries"][0]["status"] == json!("delivered")
+    })
+    .await;
+    assert_eq!(receiver.count(), 1, "sent once");
+    app.stop().await;
+}

@@ -1135,6 +1135,10 @@ fn received_at(message_id: &str) -> Option<Timestamp> {
         .ok()
 }
 
+/// The first pause before recording a batch of outcomes again, doubled up to the second.
+const COMPLETION_RETRY_FIRST: Duration = Duration::from_millis(100);
+const COMPLETION_RETRY_MOST: Duration = Duration::from_secs(5);
+
 /// Records completions in batches, one transaction each.
 async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<ToCompleter>) {
     let mut messages = Vec::with_capacity(256);
@@ -1156,15 +1160,34 @@ async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<T
     }
 }
 
+/// Records a batch of outcomes, trying again until the database takes them (or billhook stops).
+/// Dropping them would send every delivered event in the batch again once its lease lapsed, and
+/// lose an endpoint's disabling: later batches, holding its deliveries, would commit meanwhile
+/// and the reload after them would find it enabled. The batch's claims stay held while it
+/// waits, so their leases are renewed whenever the database answers.
 async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     let done: Vec<DeliveryId> = batch.iter().map(|c| c.delivery_id).collect();
     let disables = batch.iter().any(|c| c.disable_endpoint.is_some());
-    if let Err(error) = shared
-        .store
-        .complete(batch, &shared.owner, Timestamp::now())
-        .await
-    {
-        tracing::error!(%error, count = done.len(), "could not record delivery outcomes; their leases will expire and they will be retried");
+    let mut stopping = shared.stopping.subscribe();
+    let mut pause = COMPLETION_RETRY_FIRST;
+    loop {
+        let Err(error) = shared
+            .store
+            .complete(batch.clone(), &shared.owner, Timestamp::now())
+            .await
+        else {
+            break;
+        };
+        if shared.stopping() {
+            tracing::error!(%error, count = done.len(), "could not record delivery outcomes before stopping; their leases will expire and they will be retried");
+            break;
+        }
+        tracing::warn!(%error, count = done.len(), retry_in_ms = pause.as_millis() as u64, "could not record delivery outcomes; trying again");
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+        pause = (pause * 2).min(COMPLETION_RETRY_MOST);
     }
     {
         let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
