@@ -21,6 +21,7 @@ backend_tests!(
     a_rate_limit_of_ten_per_second_holds,
     a_rate_limit_holds_after_a_wait_for_concurrency,
     a_pause_asked_for_while_a_job_waits_for_concurrency_holds_it,
+    attempts_in_flight_when_a_410_disables_the_endpoint_are_held,
     a_hanging_endpoint_does_not_slow_a_healthy_one,
     private_destinations_are_refused_at_creation,
     private_destinations_are_refused_at_delivery,
@@ -387,6 +388,44 @@ async fn a_pause_asked_for_while_a_job_waits_for_concurrency_holds_it(backend: B
         waited >= Duration::from_millis(2700),
         "the next request went out {waited:?} after the first"
     );
+    app.stop().await;
+}
+
+/// Attempts in flight when one of them disables the endpoint (a `410`) and that then fail are
+/// held with the rest of the endpoint's deliveries, for a recover: not left as retrying, which
+/// nothing would do while it is disabled.
+async fn attempts_in_flight_when_a_410_disables_the_endpoint_are_held(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::start(Arc::new(|index| {
+        if index == 0 {
+            (410, vec![], Some(Duration::from_millis(100)))
+        } else {
+            (503, vec![], Some(Duration::from_millis(700)))
+        }
+    }))
+    .await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({
+            "url": receiver.url,
+            "event_types": ["*"],
+            "max_concurrency": 4,
+        }))
+        .await;
+    let ids = ingest_payments(&app, 3, "in-flight").await;
+    app.eventually(
+        Duration::from_secs(10),
+        "every attempt recorded",
+        || async {
+            let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+            view["enabled"] == json!(false) && view["stats"]["held"] == json!(3)
+        },
+    )
+    .await;
+    for id in &ids {
+        let (_, detail) = app.admin_get(&format!("/v1/events/{id}")).await;
+        assert_eq!(detail["deliveries"][0]["status"], json!("held"), "{detail}");
+    }
+    assert_eq!(receiver.count(), 3, "each sent once, none retried");
     app.stop().await;
 }
 
