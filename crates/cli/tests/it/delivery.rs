@@ -22,6 +22,7 @@ backend_tests!(
     a_rate_limit_holds_after_a_wait_for_concurrency,
     a_pause_asked_for_while_a_job_waits_for_concurrency_holds_it,
     attempts_in_flight_when_a_410_disables_the_endpoint_are_held,
+    a_delivery_claimed_again_during_its_attempt_is_sent_once,
     a_hanging_endpoint_does_not_slow_a_healthy_one,
     private_destinations_are_refused_at_creation,
     private_destinations_are_refused_at_delivery,
@@ -942,6 +943,44 @@ async fn shutdown_lets_in_flight_attempts_finish(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.count(), 1, "not sent again after the restart");
     again.stop().await;
+}
+
+/// A delivery claimed again while its attempt is still in flight (its lease lapsed: renewals
+/// failing through a database outage, played here by lapsing it in the database) is not sent
+/// beside that attempt, whose outcome, written under the same owner name, decides the row.
+async fn a_delivery_claimed_again_during_its_attempt_is_sent_once(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+         retry_schedule = [\"0s\", \"300ms\"]\njitter_percent = 0\n\
+         request_timeout = \"5s\"\nlease = \"7s\"\n",
+    )
+    .await;
+    let receiver = Receiver::start(Arc::new(|index| {
+        let delay = if index == 0 { 3000 } else { 0 };
+        (200, vec![], Some(Duration::from_millis(delay)))
+    }))
+    .await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let ids = ingest_payments(&app, 1, "in-flight").await;
+    app.eventually(Duration::from_secs(5), "the first arrival", || async {
+        receiver.count() >= 1
+    })
+    .await;
+    let lapsed = app
+        .execute_sql("UPDATE deliveries SET lease_until = 1 WHERE lease_owner IS NOT NULL")
+        .await;
+    assert_eq!(lapsed, 1);
+    app.eventually(Duration::from_secs(10), "the attempt recorded", || async {
+        let (_, detail) = app.admin_get(&format!("/v1/events/{}", ids[0])).await;
+        detail["deliveries"][0]["status"] == json!("delivered")
+    })
+    .await;
+    // Past when the second claim would have gone out.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.count(), 1, "sent beside the attempt in flight");
+    app.stop().await;
 }
 
 /// A delivery whose lease lapsed while it waited in memory (its renewals failing through a

@@ -8,6 +8,12 @@
 //! a job is attempted only when its claim is the latest of its delivery and its lease outlasts
 //! the longest an attempt may take. Anything else is dropped unattempted and without a write:
 //! its row is already, or soon, claimable and is worked again from the database.
+//!
+//! An earlier claim's attempt may still be in flight, or its outcome waiting to be written, when
+//! the row is claimed again. That outcome is written under the same owner name, so it lands on
+//! the row whatever claim holds it now, and ends that claim's lease. So a claim is not attempted
+//! while an earlier one of its delivery is still out, and once an earlier one's outcome is
+//! written, the later claims held are void.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -76,6 +82,10 @@ impl HeldClaims {
     }
 
     /// Whether claim `number` of `id` may start an attempt at `now` that may last `longest`.
+    ///
+    /// Not while an earlier claim of the delivery is still out (its attempt in flight, or its
+    /// outcome not yet written): that outcome, written under the same owner name, will decide
+    /// the row, and an attempt now would go out beside it.
     pub fn turn(
         &self,
         id: DeliveryId,
@@ -84,19 +94,29 @@ impl HeldClaims {
         longest: Duration,
     ) -> Turn {
         match self.held.get(&id) {
-            Some(held) if held.latest != number => Turn::Superseded,
+            Some(held) if held.latest != number || held.claims > 1 => Turn::Superseded,
             Some(held) if now.add(longest) < held.leased_until => Turn::Attempt,
             _ => Turn::Lapsing,
         }
     }
 
-    /// Counts one claim of `id` off: it was completed, given back or dropped.
+    /// Counts one claim of `id` off that ended without a write: dropped unattempted.
     pub fn release(&mut self, id: DeliveryId) {
         if let Some(held) = self.held.get_mut(&id) {
             held.claims -= 1;
             if held.claims == 0 {
                 self.held.remove(&id);
             }
+        }
+    }
+
+    /// Counts one claim of `id` off whose outcome was written. The write matched the row by
+    /// owner name, so it ended the lease of any later claim of it this instance holds: that
+    /// claim is never attempted (the row is worked again from the database if still due).
+    pub fn recorded(&mut self, id: DeliveryId) {
+        self.release(id);
+        if let Some(held) = self.held.get_mut(&id) {
+            held.latest = ClaimNumber::default();
         }
     }
 }
@@ -150,7 +170,12 @@ mod tests {
         let later = now.add(LEASE);
         let second = claims.claim(id, later.add(LEASE));
         assert_eq!(claims.turn(id, first, later, ATTEMPT), Turn::Superseded);
-        assert_eq!(claims.turn(id, second, later, ATTEMPT), Turn::Attempt);
+        assert_eq!(
+            claims.turn(id, second, later, ATTEMPT),
+            Turn::Superseded,
+            "not while the first is still out"
+        );
+        // The first dropped unattempted: the second goes.
         claims.release(id);
         assert_eq!(claims.ids(), vec![id], "the second claim is still held");
         assert_eq!(claims.turn(id, second, later, ATTEMPT), Turn::Attempt);
@@ -162,5 +187,25 @@ mod tests {
             Turn::Lapsing,
             "a job never claimed is never attempted"
         );
+    }
+
+    /// The row was claimed again while the first claim's attempt was in flight; that attempt's
+    /// outcome, once written, decided the row and ended the second claim's lease.
+    #[test]
+    fn a_claim_made_while_an_earlier_attempt_was_out_is_void_once_that_one_is_written() {
+        let mut claims = HeldClaims::default();
+        let id = DeliveryId::new();
+        let now = Timestamp::now();
+        let first = claims.claim(id, now.add(LEASE));
+        assert_eq!(claims.turn(id, first, now, ATTEMPT), Turn::Attempt);
+        let second = claims.claim(id, now.add(LEASE));
+        assert_eq!(claims.turn(id, second, now, ATTEMPT), Turn::Superseded);
+        claims.recorded(id);
+        assert_eq!(claims.turn(id, second, now, ATTEMPT), Turn::Superseded);
+        claims.release(id);
+        assert!(claims.ids().is_empty());
+        // A claim made after that is the row's own again.
+        let third = claims.claim(id, now.add(LEASE));
+        assert_eq!(claims.turn(id, third, now, ATTEMPT), Turn::Attempt);
     }
 }

@@ -1198,7 +1198,7 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     {
         let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
         for id in done {
-            held.release(id);
+            held.recorded(id);
         }
     }
     if disables {
