@@ -95,10 +95,13 @@ impl Provider for SetuBbps {
             }
             "BILLER_UPDATES" => {
                 let billers: Vec<Biller> = parse_raw(data, NAME, "data")?;
+                // A biller's statuses have no order, so only time can say which update is the
+                // latest; when Setu stamps none, the time billhook received it is the only one.
+                let at = sent_at.or(Some(request.received_at));
                 let events = billers
                     .into_iter()
                     .enumerate()
-                    .map(|(index, biller)| biller.normalize(index, sent_at))
+                    .map(|(index, biller)| biller.normalize(index, at))
                     .collect::<Result<Vec<_>, _>>()?;
                 (events, None)
             }

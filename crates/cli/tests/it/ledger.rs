@@ -17,6 +17,7 @@ backend_tests!(
     a_zwitch_payment_settles_the_bharat_connect_invoice_it_names,
     a_test_mode_payment_pays_only_a_test_mode_invoice,
     a_setu_payment_pays_the_bill_it_was_fetched_for,
+    unstamped_biller_updates_leave_the_latest_status,
     a_payment_no_invoice_claims_is_announced_once,
     listings_filter_find_by_reference_and_export_csv,
     the_cli_lists_invoices_and_payments,
@@ -507,6 +508,40 @@ async fn a_setu_payment_pays_the_bill_it_was_fetched_for(backend: Backend) {
     assert_eq!(biller["provider_id"], json!("699158487875191900"));
     assert_eq!(biller["status"], json!("active"));
     assert!(biller["data"]["plans"].is_array(), "{biller}");
+    app.stop().await;
+}
+
+/// Setu often sends biller updates with no `timeStamp`, and a biller's statuses have no order:
+/// the update received last is the biller's status, whichever way round the two came.
+async fn unstamped_biller_updates_leave_the_latest_status(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let update = |id: &str, status: &str| {
+        let mut body: Value =
+            serde_json::from_slice(&fixture("setu_bbps/BILLER_UPDATES.json")).unwrap();
+        let envelope = body.as_object_mut().unwrap();
+        envelope.remove("timeStamp");
+        envelope.remove("traceId");
+        body["data"][0]["ID"] = serde_json::from_str(id).unwrap();
+        body["data"][0]["Status"] = json!(status);
+        body.to_string()
+    };
+    for (id, first, last) in [
+        ("7001", "ACTIVE", "DEACTIVATED"),
+        ("7002", "DEACTIVATED", "ACTIVE"),
+    ] {
+        for status in [first, last] {
+            let response = app
+                .post_signed("setu", update(id, status).as_bytes(), &[])
+                .await;
+            assert_eq!(response.status().as_u16(), 202);
+        }
+        let biller = detail(&app, "billers", id).await;
+        assert_eq!(
+            biller["provider_status"],
+            json!(last),
+            "{first} then {last}: {biller}"
+        );
+    }
     app.stop().await;
 }
 
