@@ -5,7 +5,8 @@
 //! client keeps sending them: a client sending a byte now and then held a connection for ever,
 //! and enough such clients every file descriptor, on the port providers post to. Here the
 //! headers of every request, and the next request on a kept-alive connection, must arrive
-//! within the ingest request timeout.
+//! within the ingest request timeout, and so must the body of every admin and console request
+//! ([`read_body_in_time`]; ingest bounds its own).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -77,5 +78,59 @@ pub(crate) async fn serve(
             waited_ms = request_timeout.as_millis() as u64,
             "requests still running at shutdown are cut short"
         );
+    }
+}
+
+/// The largest body an admin or console request may have (axum's own default limit).
+pub(crate) const ADMIN_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Reads an admin or console request's body whole, within `timeout`, before its handler runs.
+///
+/// The header deadline above ends once the headers are in; a client could then send the body it
+/// announced a byte now and then, and hold the connection for as long as it liked. The login
+/// form, the one such route that reads a body before knowing who sent it, made that open to
+/// anyone. A body too large, or too slow, is answered here in the API's error shape.
+pub(crate) async fn read_body_in_time(
+    axum::extract::State(timeout): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+
+    use crate::error::{ApiError, ErrorCode};
+
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body exceeds {ADMIN_BODY_LIMIT} bytes"),
+        )
+        .into_response()
+    };
+    let announced = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > ADMIN_BODY_LIMIT as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, ADMIN_BODY_LIMIT)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Ok(Err(error)) => {
+            let error = error.into_inner();
+            if error.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::invalid(format!("the body could not be read: {error}")).into_response()
+            }
+        }
+        Err(_) => ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+        )
+        .into_response(),
     }
 }

@@ -151,14 +151,22 @@ fn router(app: Arc<App>) -> Router {
     } else {
         Router::new()
     };
-    Router::new()
+    // Ingest reads its body under a deadline of its own; every other route reads it whole
+    // first, within the same time.
+    let admin = Router::new()
         .merge(console)
+        .nest("/v1", api::router(Arc::clone(&app)))
+        .layer(axum::middleware::from_fn_with_state(
+            app.settings.ingest.request_timeout.0,
+            http_server::read_body_in_time,
+        ));
+    Router::new()
+        .merge(admin)
         .route("/ingest/{source}", post(ingest::receive))
         .route("/ingest/{source}/{token}", post(ingest::receive_with_token))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(health::metrics))
-        .nest("/v1", api::router(Arc::clone(&app)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)

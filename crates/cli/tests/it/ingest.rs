@@ -703,6 +703,68 @@ async fn a_client_too_slow_with_its_headers_is_disconnected() {
     app.stop().await;
 }
 
+/// The login form, and every admin route, reads its body within the request timeout: a client
+/// that sends the body it announced a byte now and then is answered `408` and let go rather than
+/// holding its connection. A body over the limit is `413`, in the API's error shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_or_login_body_too_slow_or_too_large_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Backend::Sqlite, "[ingest]\nrequest_timeout = \"1s\"\n").await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    for path in ["/login", "/v1/endpoints"] {
+        let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: billhook\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\ntoken="
+        );
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let dribble = tokio::spawn(async move {
+            // A byte every 200 ms: never idle for long, never done.
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if writer.write_all(b"a").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut answer = vec![0; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut answer))
+            .await
+            .expect("answered, not kept waiting")
+            .unwrap();
+        dribble.abort();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(
+            answer.contains("\"code\":\"request_timeout\""),
+            "{path}: {answer}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(4), "{path}");
+    }
+
+    // Announced too large: answered before any of the body is read.
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/endpoints HTTP/1.1\r\nHost: billhook\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 3000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"payload_too_large\""),
+        "{answer}"
+    );
+    app.stop().await;
+}
+
 /// A request still running when billhook stops (here an admin request whose body never comes)
 /// gets the request timeout to finish, and then the stop goes on without it.
 #[tokio::test]
