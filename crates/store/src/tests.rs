@@ -1941,6 +1941,38 @@ fn a_completion_after_the_lease_was_taken_over_leaves_the_new_claim_alone() {
     });
 }
 
+/// A batch of outcomes is written again when its commit went unanswered (the connection lost
+/// after the server committed): the second write succeeds and records each attempt once.
+#[test]
+fn a_batch_of_outcomes_written_twice_records_each_attempt_once() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = canonical_endpoint(store).await;
+            let id = ingest_owed(store, &endpoint, "twice").await.delivery;
+            let now = Timestamp::now();
+            let claimed = store
+                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            let batch = vec![failed_503(id, endpoint.id, now)];
+            store.complete(batch.clone(), "w", now).await.unwrap();
+            store.complete(batch, "w", now).await.unwrap();
+            let attempts = store
+                .attempts_of_endpoint(endpoint.id, None, 10)
+                .await
+                .unwrap();
+            assert_eq!(attempts.items.len(), 1, "{:?}", attempts.items);
+            let record = store.delivery(id).await.unwrap().unwrap();
+            assert_eq!(
+                (record.status, record.attempts),
+                (DeliveryStatus::Failed, 1)
+            );
+        }
+    });
+}
+
 /// A delivery of an event that outlived its message (an announcement about a payment whose
 /// last message retention has removed) is still claimed and carries the event: a claim that
 /// leased it without returning it would keep it from being sent, lease after lease.

@@ -1144,6 +1144,8 @@ fn received_at(message_id: &str) -> Option<Timestamp> {
 /// The first pause before recording a batch of outcomes again, doubled up to the second.
 const COMPLETION_RETRY_FIRST: Duration = Duration::from_millis(100);
 const COMPLETION_RETRY_MOST: Duration = Duration::from_secs(5);
+/// How many times a batch is written again after errors other than the database being away.
+const COMPLETION_REFUSALS_KEPT_AT: usize = 5;
 
 /// Records completions in batches, one transaction each.
 async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<ToCompleter>) {
@@ -1166,7 +1168,8 @@ async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<T
     }
 }
 
-/// Records a batch of outcomes, trying again until the database takes them (or billhook stops).
+/// Records a batch of outcomes, trying again until the database takes them (or billhook stops,
+/// or it refused them five times for another reason than being away).
 /// Dropping them would send every delivered event in the batch again once its lease lapsed, and
 /// lose an endpoint's disabling: later batches, holding its deliveries, would commit meanwhile
 /// and the reload after them would find it enabled. The batch's claims stay held while it
@@ -1176,6 +1179,7 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     let disables = batch.iter().any(|c| c.disable_endpoint.is_some());
     let mut stopping = shared.stopping.subscribe();
     let mut pause = COMPLETION_RETRY_FIRST;
+    let mut refusals = 0;
     loop {
         let Err(error) = shared
             .store
@@ -1184,8 +1188,12 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
         else {
             break;
         };
-        if shared.stopping() {
-            tracing::error!(%error, count = done.len(), "could not record delivery outcomes before stopping; their leases will expire and they will be retried");
+        // The database away, or a conflict, passes; any other refusal may be this batch's own
+        // for good, and must not hold up every outcome after it.
+        let passing = matches!(error, StoreError::Unavailable(_) | StoreError::Conflict(_));
+        refusals += usize::from(!passing);
+        if shared.stopping() || refusals >= COMPLETION_REFUSALS_KEPT_AT {
+            tracing::error!(%error, count = done.len(), "could not record delivery outcomes; their leases will expire and they will be retried");
             break;
         }
         tracing::warn!(%error, count = done.len(), retry_in_ms = pause.as_millis() as u64, "could not record delivery outcomes; trying again");

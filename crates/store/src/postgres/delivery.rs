@@ -125,7 +125,9 @@ async fn complete_run<C: GenericClient>(
         .collect();
     if !attempted.is_empty() {
         // A completion so late that retention removed its delivery meanwhile records nothing:
-        // no later pass would ever remove an attempt of a delivery gone.
+        // no later pass would ever remove an attempt of a delivery gone. One recorded already
+        // is left as it is: a batch is written again when its commit went unanswered (the
+        // connection lost after the server committed), and must not fail on its own rows.
         execute_cached(
             client,
             "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
@@ -134,7 +136,8 @@ async fn complete_run<C: GenericClient>(
                     $5::bigint[], $6::bigint[], $7::int[], $8::bytea[], $9::text[], $10::text[])
                     AS a(id, delivery_id, endpoint_id, number, started_at, duration_ms,
                         status_code, response_body, error_kind, error_message)
-                 WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id)",
+                 WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id)
+                 ON CONFLICT (id) DO NOTHING",
             &[
                 &column(&attempted, |(_, a)| a.id.to_string()),
                 &column(&attempted, |(c, _)| c.delivery_id.to_string()),

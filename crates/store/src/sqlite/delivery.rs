@@ -248,11 +248,13 @@ fn complete_one(
         connection
             .prepare_cached(
                 // A completion so late that retention removed its delivery meanwhile records
-                // nothing: no later pass would ever remove an attempt of a delivery gone.
+                // nothing: no later pass would ever remove an attempt of a delivery gone. One
+                // recorded already (a batch written again) is left as it is.
                 "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
                     duration_ms, status_code, response_body, error_kind, error_message)
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
-                 WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ?2)",
+                 WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ?2)
+                 ON CONFLICT (id) DO NOTHING",
             )
             .and_then(|mut s| {
                 s.execute(params![

@@ -861,7 +861,14 @@ impl Readers {
 }
 
 pub(crate) fn db_error(error: rusqlite::Error) -> StoreError {
-    StoreError::Database(error.to_string())
+    // Locked by another connection past the wait (a backup, a tool holding a write lock):
+    // nothing was written, and the same write can succeed later.
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(error.to_string())
+        }
+        _ => StoreError::Database(error.to_string()),
+    }
 }
 
 #[cfg(test)]
