@@ -32,6 +32,8 @@ impl Client {
             .clone()
             .or(config.admin_token.clone())
             .or_else(|| stored_admin_token(&config.data_dir))
+            // As the server reads it (a secret from a file often ends in a newline).
+            .map(|token| token.trim().to_owned())
             .ok_or_else(|| {
                 CliError::Usage(
                     "no admin token: pass --token, set BILLHOOK_ADMIN_TOKEN, or run where the data directory is"

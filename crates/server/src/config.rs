@@ -693,6 +693,9 @@ impl Config {
                 "the admin token is empty: set admin_token, or remove the data directory's empty admin-token file to have one generated".to_owned(),
             ));
         }
+        // Presented tokens are trimmed, so a configured one must be too: a secret read from a
+        // file or an environment variable often ends in a newline, and would match nothing.
+        let admin_token = Secret::new(admin_token.expose().trim().to_owned());
         if self.ingest.dedup_window.0 < Duration::from_secs(8 * 86_400) {
             return Err(ConfigError::Invalid(format!(
                 "ingest.dedup_window is {}: keep dedup keys at least 8 days (providers retry for up to 7)",
@@ -951,6 +954,13 @@ mod tests {
                 .into_settings(Secret::new("bh_token"))
                 .is_ok()
         );
+        // A token read from a file or the environment with a trailing newline is the token:
+        // presented ones are trimmed, and the untrimmed one would match nothing.
+        let settings = Config::from_toml("")
+            .unwrap()
+            .into_settings(Secret::new(" bh_token\n"))
+            .unwrap();
+        assert_eq!(settings.admin_token.expose(), "bh_token");
     }
 
     #[test]
