@@ -57,6 +57,7 @@ error_codes! {
     InvalidRequest => "invalid_request", BAD_REQUEST, "A parameter or the body is invalid; the message says which.";
     InvalidCursor => "invalid_cursor", BAD_REQUEST, "The pagination cursor is not one this API issued.";
     MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED, "The path does not accept this method.";
+    UnsupportedMediaType => "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "The body must be JSON, sent with `Content-Type: application/json`.";
     RequestTimeout => "request_timeout", REQUEST_TIMEOUT, "The request took longer than the server allows.";
     StorageUnavailable => "storage_unavailable", SERVICE_UNAVAILABLE, "The database is unreachable, or cancelled a write that conflicted with another; nothing was stored, retry later.";
     Internal => "internal", INTERNAL_SERVER_ERROR, "An unexpected failure; nothing was acknowledged. See the server log.";
@@ -145,6 +146,9 @@ impl From<StoreError> for ApiError {
                     ErrorCode::StorageUnavailable,
                     "the database is unavailable; nothing was stored, retry later",
                 )
+            }
+            StoreError::Unstorable(_) => {
+                Self::invalid("a value holds the NUL character (\\u0000), which cannot be stored")
             }
             other => Self::internal(&other),
         }

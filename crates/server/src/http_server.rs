@@ -106,6 +106,12 @@ pub(crate) async fn read_body_in_time(
         )
         .into_response()
     };
+    // No text billhook stores may hold the NUL character (PostgreSQL refuses it), and no name
+    // or id does: refused here, the same on every backend.
+    let uri = request.uri();
+    if uri.path().contains("%00") || uri.query().is_some_and(|query| query.contains("%00")) {
+        return ApiError::invalid("the URL holds the NUL character (%00)").into_response();
+    }
     let announced = request
         .headers()
         .get(http::header::CONTENT_LENGTH)

@@ -36,6 +36,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// A value the database cannot hold (PostgreSQL refuses text with the NUL character): the
+    /// caller's input, not the database, is at fault.
+    #[error("a value cannot be stored: {0}")]
+    Unstorable(String),
     #[error("migration {version} failed: {message}")]
     Migration { version: u32, message: String },
     #[error(

@@ -10,6 +10,7 @@ backend_tests!(
     events_filter_and_paginate,
     event_types_come_with_json_schemas,
     health_and_readiness,
+    bad_input_is_refused_by_code_never_as_a_server_failure,
 );
 
 async fn the_admin_api_requires_the_token(backend: Backend) {
@@ -154,5 +155,51 @@ async fn health_and_readiness(backend: Backend) {
     assert_eq!(alive["status"], json!("ok"));
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status().as_u16(), 200);
+    app.stop().await;
+}
+
+/// Input the database cannot hold, or a body of the wrong type, is the caller's error with its
+/// own code, on either backend: never a `500`.
+async fn bad_input_is_refused_by_code_never_as_a_server_failure(backend: Backend) {
+    let app = spawn_app(backend).await;
+    for path in [
+        "/v1/events?source=a%00",
+        "/v1/invoices/%00",
+        "/v1/payments?reference=x%00y",
+    ] {
+        let (status, body) = app.admin_get(path).await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (400, json!("invalid_request")),
+            "{path}"
+        );
+    }
+    // A NUL inside a JSON body: PostgreSQL cannot store it, SQLite can.
+    let (status, body) = app
+        .admin_post("/v1/tokens", json!({ "name": "a\u{0}b", "scope": "read" }))
+        .await;
+    match backend {
+        Backend::Postgres => {
+            assert_eq!(
+                (status, body["code"].clone()),
+                (400, json!("invalid_request")),
+                "{body}"
+            );
+            assert!(body["message"].as_str().unwrap().contains("NUL"), "{body}");
+        }
+        Backend::Sqlite => assert_eq!(status, 201, "{body}"),
+    }
+    let response = app
+        .http
+        .post(app.url("/v1/tokens"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "text/plain")
+        .body(r#"{"name": "n", "scope": "read"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 415);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], json!("unsupported_media_type"), "{body}");
     app.stop().await;
 }

@@ -164,7 +164,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         axum::Json::<T>::from_request(request, state)
             .await
             .map(|j| ApiJson(j.0))
-            .map_err(|rejection: JsonRejection| ApiError::invalid(rejection.body_text()))
+            .map_err(|rejection: JsonRejection| match rejection {
+                JsonRejection::MissingJsonContentType(_) => {
+                    ApiError::new(ErrorCode::UnsupportedMediaType, rejection.body_text())
+                }
+                rejection => ApiError::invalid(rejection.body_text()),
+            })
     }
 }
 

@@ -109,6 +109,8 @@ pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
         .is_some_and(|code| code.code().starts_with("40"))
     {
         StoreError::Conflict(text)
+    } else if error.code() == Some(&tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE) {
+        StoreError::Unstorable(text)
     } else {
         StoreError::Database(text)
     }
