@@ -680,11 +680,12 @@ impl PgStore {
     ) -> Result<Page<Entity>, StoreError> {
         let client = self.client().await?;
         let limit = clamp_limit(query.limit);
-        let filters = listing_filters(&query);
+        let mut filters = listing_filters(&query);
         let condition = filters.sql().trim_start_matches("WHERE ").to_owned();
+        let rows = filters.bind(i64::from(limit) + 1);
         let mut items = query_entities(
             &client,
-            &format!("{condition} ORDER BY id DESC LIMIT {}", limit + 1),
+            &format!("{condition} ORDER BY id DESC LIMIT {rows}"),
             &filters.params(),
         )
         .await?;
@@ -697,12 +698,13 @@ impl PgStore {
         rows: u64,
     ) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let filters = listing_filters(&query);
+        let mut filters = listing_filters(&query);
         let condition = filters.sql().trim_start_matches("WHERE ").to_owned();
+        let offset = filters.bind(i64::try_from(rows).unwrap_or(i64::MAX));
         let statement = client
             .prepare_cached(&format!(
                 "SELECT EXISTS (SELECT 1 FROM ledger_entities WHERE {condition}
-                    ORDER BY id DESC LIMIT 1 OFFSET {rows})"
+                    ORDER BY id DESC LIMIT 1 OFFSET {offset})"
             ))
             .await
             .map_err(pg_error)?;

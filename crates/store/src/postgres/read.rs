@@ -70,6 +70,14 @@ impl Filters {
         self.clauses.push(clause);
     }
 
+    /// A parameter outside the conditions (a `LIMIT`), as its placeholder. Written into the
+    /// text instead, every page size would be a statement of its own, prepared and kept on
+    /// each pooled connection for its life.
+    pub(super) fn bind(&mut self, value: i64) -> String {
+        self.values.push(Box::new(value));
+        format!("${}", self.values.len())
+    }
+
     pub(super) fn sql(&self) -> String {
         if self.clauses.is_empty() {
             String::new()
@@ -123,10 +131,10 @@ impl PgStore {
         filters.add("subject_id", "=", query.subject);
         filters.add("id", "<", query.before.map(|id| id.to_string()));
         filters.add("id", ">=", query.after.map(|id| id.to_string()));
+        let conditions = filters.sql();
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events {} ORDER BY id DESC LIMIT {}",
-            filters.sql(),
-            limit + 1
+            "SELECT {EVENT_COLUMNS} FROM events {conditions} ORDER BY id DESC LIMIT {}",
+            filters.bind(i64::from(limit) + 1)
         );
         let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
         let rows = client
@@ -191,12 +199,12 @@ impl PgStore {
             ("<", "DESC")
         };
         filters.add("id", past_cursor, query.cursor.map(|id| id.to_string()));
+        let conditions = filters.sql();
         let sql = format!(
             "SELECT id, source, provider, received_at, status, provider_event, provider_event_id,
                 verification, octet_length(body), error_code, error_message, duplicate_of
-             FROM inbound {} ORDER BY id {order} LIMIT {}",
-            filters.sql(),
-            limit + 1
+             FROM inbound {conditions} ORDER BY id {order} LIMIT {}",
+            filters.bind(i64::from(limit) + 1)
         );
         let statement = client.prepare_cached(&sql).await.map_err(pg_error)?;
         let rows = client
