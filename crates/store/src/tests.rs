@@ -1335,6 +1335,43 @@ fn named_endpoints_keep_their_id_and_secret_across_upserts() {
     });
 }
 
+/// PostgreSQL: an instance starting while an operator deletes its declared endpoint through the
+/// API (the delete committing while the start waits for the row) declares it anew instead of
+/// updating the deleted row and failing the start.
+#[test]
+fn a_declared_endpoint_deleted_during_the_start_is_declared_anew() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let store = Store::open(&config).await.unwrap();
+        let first = store
+            .upsert_named_endpoint(new_endpoint("canonical", Some("ledger")), None)
+            .await
+            .unwrap();
+        let mut operator = postgres_session(&config).await;
+        let deleting = operator.transaction().await.unwrap();
+        deleting
+            .execute(
+                "UPDATE endpoints SET deleted_at = 1, enabled = FALSE, name = NULL WHERE id = $1",
+                &[&first.id.to_string()],
+            )
+            .await
+            .unwrap();
+        let starting = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .upsert_named_endpoint(new_endpoint("canonical", Some("ledger")), None)
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        deleting.commit().await.unwrap();
+        let declared = starting.await.unwrap().expect("the start goes on");
+        assert_ne!(declared.id, first.id, "declared anew");
+        assert_eq!(declared.name.as_deref(), Some("ledger"));
+    });
+}
+
 #[test]
 fn deliveries_are_claimed_under_lease_with_their_payloads() {
     runtime().block_on(async {

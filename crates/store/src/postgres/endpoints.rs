@@ -336,9 +336,12 @@ impl PgStore {
             )
             .await
             .map_err(pg_error)?;
+        // Locked, so an endpoint deleted through the API meanwhile is either deleted after
+        // this update, or seen as deleted here (the row is read again once its lock is free)
+        // and declared anew; never updated while deleted, which failed the start.
         let existing = transaction
             .query_opt(
-                "SELECT id FROM endpoints WHERE name = $1 AND deleted_at IS NULL",
+                "SELECT id FROM endpoints WHERE name = $1 AND deleted_at IS NULL FOR UPDATE",
                 &[&endpoint.name],
             )
             .await
