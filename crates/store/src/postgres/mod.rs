@@ -319,7 +319,8 @@ impl PgStore {
         self.pool.close();
     }
 
-    /// Starts a connection that LISTENs for changes and forwards them; it reconnects with
+    /// Starts a connection that LISTENs for changes and forwards them (checking every
+    /// [`LISTEN_HEARTBEAT`] that it still answers); it reconnects with
     /// backoff when the connection drops, and says `Reconnected` each time it listens (the
     /// first included) so listeners can catch up.
     pub(crate) fn subscribe(&self) -> mpsc::Receiver<Notification> {
@@ -355,12 +356,27 @@ impl PgStore {
                             }
                         };
                         let subscribe = async {
-                            if client.batch_execute(&listen).await.is_ok() {
-                                // The first time too: what changed between the caller's initial
-                                // load and this LISTEN (another instance creating an endpoint as
-                                // this one starts) would otherwise be missed until a restart.
-                                let _ = sender.send(Notification::Reconnected).await;
-                                std::future::pending::<()>().await;
+                            if client.batch_execute(&listen).await.is_err() {
+                                return;
+                            }
+                            // The first time too: what changed between the caller's initial
+                            // load and this LISTEN (another instance creating an endpoint as
+                            // this one starts) would otherwise be missed until a restart.
+                            let _ = sender.send(Notification::Reconnected).await;
+                            // A connection a NAT or a load balancer dropped without a word hears
+                            // nothing and fails nothing (TCP keepalive notices after two hours),
+                            // and every change made meanwhile would be missed. A query now and
+                            // then finds out, and the reconnection catches up.
+                            loop {
+                                tokio::time::sleep(LISTEN_HEARTBEAT).await;
+                                let answered = tokio::time::timeout(
+                                    LISTEN_HEARTBEAT_TIMEOUT,
+                                    client.simple_query("SELECT 1"),
+                                )
+                                .await;
+                                if !matches!(answered, Ok(Ok(_))) {
+                                    return;
+                                }
                             }
                         };
                         tokio::select! {
@@ -381,6 +397,11 @@ impl PgStore {
         receiver
     }
 }
+
+/// How often the notification connection is asked whether it still answers, and how long it
+/// has to.
+const LISTEN_HEARTBEAT: Duration = Duration::from_secs(30);
+const LISTEN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn applied_version(client: &tokio_postgres::Client) -> Result<u32, StoreError> {
     let row = client
