@@ -283,6 +283,13 @@ async fn a_read_session_sees_everything_and_changes_nothing(backend: Backend) {
     let (status, page) = get(&app, &session, &format!("/events/{event}")).await;
     assert_eq!(status, 200);
     assert!(page.contains("scope: read"));
+    // An endpoint's URL may carry its receiver's credential: a reader sees its origin only.
+    let (_, listed) = app.admin_get("/v1/endpoints").await;
+    let endpoint = listed["data"][0]["id"].as_str().unwrap().to_owned();
+    let (status, page) = get(&app, &session, &format!("/endpoints/{endpoint}")).await;
+    assert_eq!(status, 200);
+    assert!(!page.contains("/hooks"), "{page}");
+    assert!(page.contains("/[redacted]"), "{page}");
     assert!(
         !page.contains(">Redeliver<"),
         "no button for a read session"

@@ -52,9 +52,10 @@ async fn a_read_token_reads_and_only_an_admin_token_changes(backend: Backend) {
     assert!(read.starts_with("bh_"));
     let read_id = created["id"].as_str().unwrap().to_owned();
     let receiver = Receiver::ok().await;
+    let url = format!("{}?token=query-credential", receiver.url);
     let (endpoint_id, _) = app
         .create_endpoint(json!({
-            "url": receiver.url,
+            "url": url,
             "event_types": ["*"],
             "headers": { "Authorization": "Bearer subscriber-credential" },
         }))
@@ -75,14 +76,20 @@ async fn a_read_token_reads_and_only_an_admin_token_changes(backend: Backend) {
         None,
     )
     .await;
+    // So may its URL's path and query be: a read token sees its origin.
+    let origin = receiver.url.trim_end_matches("/hooks");
     for view in [&listed["data"][0], &shown] {
         assert_eq!(
             view["headers"],
             json!({ "Authorization": "[redacted]" }),
             "{view}"
         );
+        assert_eq!(view["url"], json!(format!("{origin}/[redacted]")), "{view}");
     }
     assert!(!listed.to_string().contains("subscriber-credential"));
+    assert!(!listed.to_string().contains("query-credential"));
+    let (_, as_admin) = app.admin_get(&format!("/v1/endpoints/{endpoint_id}")).await;
+    assert_eq!(as_admin["url"], json!(url), "an admin token sees it whole");
     // What a request needs is judged by its route: these are ledger lookups, not tokens.
     for path in ["/v1/invoices/tokens-2024", "/v1/payments/secret"] {
         let (status, body) = request(&app, Method::GET, path, &read, None).await;

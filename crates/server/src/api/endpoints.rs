@@ -158,6 +158,25 @@ pub(crate) struct EndpointView {
     secret: Option<String>,
 }
 
+/// An endpoint's URL as a reader (a token without the admin scope) sees it: its origin only. A
+/// receiver's credential often rides in the path (`/services/T0/B0/…`) or the query
+/// (`?token=…`), as much a secret as the header values a reader sees the names of only.
+pub(crate) fn url_for_reader(url: &str) -> String {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return "[redacted]".to_owned();
+    };
+    let origin = match (parsed.host_str(), parsed.port()) {
+        (Some(host), Some(port)) => format!("{}://{host}:{port}", parsed.scheme()),
+        (Some(host), None) => format!("{}://{host}", parsed.scheme()),
+        (None, _) => return "[redacted]".to_owned(),
+    };
+    if parsed.path() == "/" && parsed.query().is_none() {
+        format!("{origin}/")
+    } else {
+        format!("{origin}/[redacted]")
+    }
+}
+
 impl EndpointView {
     /// The view a token of `access`'s scope may read. An endpoint's headers carry the
     /// subscriber's credentials more often than not (`Authorization`), as much a secret as the
@@ -167,6 +186,7 @@ impl EndpointView {
             for value in self.headers.values_mut() {
                 *value = Value::String("[redacted]".to_owned());
             }
+            self.url = url_for_reader(&self.url);
         }
         self
     }

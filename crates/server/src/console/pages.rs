@@ -26,6 +26,7 @@ use super::layout::{
 };
 use super::{ConsoleError, CsrfForm, Viewer, charts, page, url_encode};
 use crate::App;
+use crate::api::endpoints::url_for_reader;
 use crate::api::{
     ApiJson, ApiPath, endpoints as endpoints_api, events as events_api, inbound as inbound_api,
 };
@@ -143,7 +144,7 @@ pub(crate) async fn overview(
                     tbody {
                         @for endpoint in &failing {
                             tr {
-                                td { a href=(format!("/endpoints/{}", endpoint.id)) { (endpoint_label(endpoint)) } }
+                                td { a href=(format!("/endpoints/{}", endpoint.id)) { (endpoint_label(endpoint, &viewer)) } }
                                 td { @if endpoint.enabled { (badge(Tone::Bad, "failing")) } @else { (badge(Tone::Bad, "disabled")) } }
                                 td { (maybe_time(endpoint.failing_since.or(Some(endpoint.updated_at)))) }
                                 td.wrap { (endpoint.last_error.as_deref().or(endpoint.disabled_reason.as_deref()).unwrap_or("—")) }
@@ -157,11 +158,22 @@ pub(crate) async fn overview(
     render(page(&viewer, "Overview", "/", body))
 }
 
-fn endpoint_label(endpoint: &billhook_store::EndpointRecord) -> String {
+/// An endpoint's name, or its URL as `viewer` may see it.
+fn endpoint_label(endpoint: &billhook_store::EndpointRecord, viewer: &Viewer) -> String {
     endpoint
         .name
         .clone()
-        .unwrap_or_else(|| endpoint.url.clone())
+        .unwrap_or_else(|| endpoint_url(endpoint, viewer))
+}
+
+/// The URL in full for those who may change endpoints; a reader sees its origin only (see
+/// [`url_for_reader`]).
+fn endpoint_url(endpoint: &billhook_store::EndpointRecord, viewer: &Viewer) -> String {
+    if viewer.can_change() {
+        endpoint.url.clone()
+    } else {
+        url_for_reader(&endpoint.url)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,7 +316,7 @@ pub(crate) async fn event(
     let mut endpoint_names = std::collections::HashMap::new();
     for (delivery, _) in &deliveries {
         if let Some(endpoint) = app.store.endpoint(delivery.endpoint_id).await? {
-            endpoint_names.insert(delivery.endpoint_id, endpoint_label(&endpoint));
+            endpoint_names.insert(delivery.endpoint_id, endpoint_label(&endpoint, &viewer));
         }
     }
     let waiting = deliveries
@@ -476,7 +488,7 @@ pub(crate) async fn endpoints(
                 tbody {
                     @for (endpoint, stats) in &rows {
                         tr {
-                            td { a href=(format!("/endpoints/{}", endpoint.id)) { (endpoint_label(endpoint)) }
+                            td { a href=(format!("/endpoints/{}", endpoint.id)) { (endpoint_label(endpoint, &viewer)) }
                                 br; span.muted { (endpoint.event_types.join(", ")) } }
                             td { (health(endpoint)) }
                             td { (charts::percent(stats.successes_24h, stats.attempts_24h)) " of " (stats.attempts_24h) }
@@ -526,12 +538,12 @@ pub(crate) async fn endpoint(
     let day_ago = now.sub(Duration::from_secs(86_400)).to_rfc3339();
     let day_ago = day_ago.get(..16).unwrap_or_default();
     let body = html! {
-        p.crumbs { a href="/endpoints" { "Endpoints" } " / " (endpoint_label(&endpoint)) }
-        h1 { (endpoint_label(&endpoint)) " " (health(&endpoint)) }
+        p.crumbs { a href="/endpoints" { "Endpoints" } " / " (endpoint_label(&endpoint, &viewer)) }
+        h1 { (endpoint_label(&endpoint, &viewer)) " " (health(&endpoint)) }
         (notice(done.message().as_deref()))
         dl.facts {
             dt { "Id" } dd { code { (endpoint.id.to_string()) } }
-            dt { "URL" } dd.wrap { code { (endpoint.url) } }
+            dt { "URL" } dd.wrap { code { (endpoint_url(&endpoint, &viewer)) } }
             dt { "Events" } dd { (endpoint.event_types.join(", ")) }
             dt { "Sources" } dd { (endpoint.sources.as_ref().map_or("all".to_owned(), |s| s.join(", "))) }
             dt { "Format" } dd { (endpoint.format) }
@@ -601,7 +613,7 @@ pub(crate) async fn endpoint(
     };
     render(page(
         &viewer,
-        &endpoint_label(&endpoint),
+        &endpoint_label(&endpoint, &viewer),
         "/endpoints",
         body,
     ))
