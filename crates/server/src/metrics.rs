@@ -371,6 +371,26 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of an endpoint that no longer exists.
+    pub fn forget_endpoint(&self, endpoint: &str) {
+        for outcome in [
+            AttemptOutcome::delivered,
+            AttemptOutcome::retrying,
+            AttemptOutcome::dead,
+            AttemptOutcome::endpoint_disabled,
+        ] {
+            self.delivery_attempts.remove(&AttemptLabels {
+                endpoint: endpoint.to_owned(),
+                outcome,
+            });
+        }
+        let label = EndpointLabel {
+            endpoint: endpoint.to_owned(),
+        };
+        self.attempt_duration.remove(&label);
+        self.delivery_latency.remove(&label);
+    }
+
     pub fn lease_lapsed(&self) {
         self.leases_lapsed.inc();
     }

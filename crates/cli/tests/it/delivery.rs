@@ -1106,6 +1106,7 @@ async fn a_delivery_left_pending_for_a_deleted_endpoint_is_cancelled(backend: Ba
         detail["deliveries"][0]["status"] == json!("delivered")
     })
     .await;
+    assert!(app.metrics().await.contains(&endpoint));
     let deleted = app
         .http
         .delete(app.url(&format!("/v1/endpoints/{endpoint}")))
@@ -1114,6 +1115,9 @@ async fn a_delivery_left_pending_for_a_deleted_endpoint_is_cancelled(backend: Ba
         .await
         .unwrap();
     assert_eq!(deleted.status().as_u16(), 204);
+    // Its metric series go with it.
+    let metrics = app.metrics().await;
+    assert!(!metrics.contains(&endpoint), "{metrics}");
     let revived = app
         .execute_sql(&format!(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = 0

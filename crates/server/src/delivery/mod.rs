@@ -702,7 +702,19 @@ impl Shared {
                 }
             }
         }
-        *self.endpoints.write().unwrap_or_else(|p| p.into_inner()) = set;
+        let previous = std::mem::replace(
+            &mut *self.endpoints.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::clone(&set),
+        );
+        // A deleted endpoint's series go with it, or every endpoint ever made (a CI creating
+        // and deleting one per run) would stay in /metrics until a restart.
+        for gone in previous
+            .by_id
+            .keys()
+            .filter(|id| !set.by_id.contains_key(id))
+        {
+            self.metrics.forget_endpoint(&gone.to_string());
+        }
         self.wake_poller.notify_one();
         Ok(())
     }
