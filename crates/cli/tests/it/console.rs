@@ -363,6 +363,19 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
     assert_eq!(forged.status().as_u16(), 401);
     let (session, csrf) = log_in(&app, ADMIN_TOKEN).await;
 
+    // A ledger page's cursor is checked as the API checks it, not paged from wherever it sorts.
+    for path in [
+        "/invoices?status=all&cursor=zzz",
+        "/payments?status=all&cursor=iv_01J0000000000000000000000",
+        "/records?kind=biller&cursor=zzz",
+    ] {
+        let (status, page) = get(&app, &session, path).await;
+        assert_eq!(status, 400, "{path}: {page}");
+        assert!(
+            page.contains("is not a cursor from this listing"),
+            "{path}: {page}"
+        );
+    }
     let (_, events) = get(&app, &session, "/events?type=invoice.settled").await;
     assert!(events.contains("invoice.settled") && !events.contains("payment.succeeded</code>"));
     let (_, detail) = get(&app, &session, &format!("/events/{event}")).await;

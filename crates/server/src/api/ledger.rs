@@ -197,7 +197,10 @@ impl CsvExport {
 
 /// A listing's cursor is the id of the last entity of the page before, so an id of another kind
 /// (or no id at all) would silently give a wrong page.
-fn ledger_cursor(kind: SubjectKind, cursor: Option<&str>) -> Result<Option<String>, ApiError> {
+pub(crate) fn ledger_cursor(
+    kind: SubjectKind,
+    cursor: Option<&str>,
+) -> Result<Option<String>, ApiError> {
     match cursor.filter(|c| !c.is_empty()) {
         None => Ok(None),
         Some(cursor) if is_id_of(kind, cursor) => Ok(Some(cursor.to_owned())),

@@ -7,7 +7,7 @@ pub(crate) mod endpoints;
 mod event_types;
 pub(crate) mod events;
 pub(crate) mod inbound;
-mod ledger;
+pub(crate) mod ledger;
 pub(crate) mod operations;
 mod tokens;
 

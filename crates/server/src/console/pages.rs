@@ -913,6 +913,8 @@ async fn ledger_page(
     cursor: Option<String>,
     limit: u32,
 ) -> Result<billhook_store::Page<Entity>, ConsoleError> {
+    // Refused as the API refuses it: any other text would page from wherever it sorts.
+    let before = crate::api::ledger::ledger_cursor(kind, cursor.as_deref())?;
     Ok(app
         .store
         .ledger_entities(LedgerQuery {
@@ -921,7 +923,7 @@ async fn ledger_page(
             provider: blank(&filters.provider),
             source: None,
             reference: blank(&filters.reference),
-            before: cursor,
+            before,
             limit,
             now: Timestamp::now(),
         })
