@@ -116,27 +116,25 @@ async fn record_health<C: GenericClient>(
 async fn complete_run<C: GenericClient>(
     client: &C,
     run: &[Completion],
+    existing: &std::collections::HashSet<&str>,
     owner: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let attempted: Vec<(&Completion, &NewAttempt)> = run
         .iter()
+        .filter(|c| existing.contains(c.delivery_id.to_string().as_str()))
         .filter_map(|c| c.attempt.as_ref().map(|a| (c, a)))
         .collect();
     if !attempted.is_empty() {
-        // A completion so late that retention removed its delivery meanwhile records nothing:
-        // no later pass would ever remove an attempt of a delivery gone. One recorded already
-        // is left as it is: a batch is written again when its commit went unanswered (the
+        // Only attempts of deliveries that still exist (`existing`). One recorded already is
+        // left as it is: a batch is written again when its commit went unanswered (the
         // connection lost after the server committed), and must not fail on its own rows.
         execute_cached(
             client,
             "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
                     duration_ms, status_code, response_body, error_kind, error_message)
-                 SELECT a.* FROM unnest($1::text[], $2::text[], $3::text[], $4::int[],
-                    $5::bigint[], $6::bigint[], $7::int[], $8::bytea[], $9::text[], $10::text[])
-                    AS a(id, delivery_id, endpoint_id, number, started_at, duration_ms,
-                        status_code, response_body, error_kind, error_message)
-                 WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[],
+                    $6::bigint[], $7::int[], $8::bytea[], $9::text[], $10::text[])
                  ON CONFLICT (id) DO NOTHING",
             &[
                 &column(&attempted, |(_, a)| a.id.to_string()),
@@ -336,30 +334,39 @@ impl PgStore {
             .filter(|c| c.disable_endpoint.is_some())
             .map(|c| c.endpoint_id.to_string())
             .collect();
-        if disabled.is_empty() {
-            execute_cached(
-                &transaction,
-                "SELECT 1 FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                &[&ids],
-            )
-            .await?;
+        // The batch's deliveries that still exist: a completion so late that retention removed
+        // its delivery meanwhile records no attempt, which no later pass would ever remove.
+        // Locked, none can go before the commit.
+        let locked = if disabled.is_empty() {
+            let statement = transaction
+                .prepare_cached(
+                    "SELECT id FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                )
+                .await
+                .map_err(pg_error)?;
+            transaction
+                .query(&statement, &[&ids])
+                .await
+                .map_err(pg_error)?
         } else {
             // Disabling holds the endpoint's waiting deliveries: they are locked now, in the
             // same sorted batch, not after the batch's own (a recovery of that endpoint, taking
             // them in id order, would otherwise wait on the batch while the batch waits on it).
             transaction
-                .execute(
-                    "SELECT 1 FROM deliveries
+                .query(
+                    "SELECT id FROM deliveries
                      WHERE id = ANY($1)
                         OR (endpoint_id = ANY($2) AND status IN ('pending', 'failed'))
                      ORDER BY id FOR UPDATE",
                     &[&ids, &disabled],
                 )
                 .await
-                .map_err(pg_error)?;
-        }
+                .map_err(pg_error)?
+        };
+        let existing: std::collections::HashSet<&str> =
+            locked.iter().map(|row| row.get::<_, &str>(0)).collect();
         for run in completion_runs(&completions) {
-            complete_run(&transaction, run, &owner, now).await?;
+            complete_run(&transaction, run, &existing, &owner, now).await?;
         }
         if completions.iter().any(|c| c.disable_endpoint.is_some()) {
             self.notify_endpoints(&transaction).await?;
