@@ -6,6 +6,7 @@
 //! are constant-time, and stored tokens are found by their digest.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,23 @@ pub struct Access {
 pub struct AccessControl {
     root_digest: String,
     last_touched: Mutex<HashMap<TokenId, Instant>>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
 }
+
+/// Invalid tokens a client address presented in the current window.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    since: Instant,
+    count: u32,
+}
+
+/// How many invalid tokens a client address may present in [`FAILURE_WINDOW`] before it is
+/// refused without a check until the window ends: guessing a token is then slow, while an
+/// operator who mistyped one is not locked out for long.
+pub const FAILURES_ALLOWED: u32 = 20;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Client addresses remembered at most; past it, windows already over are forgotten first.
+const FAILURES_REMEMBERED: usize = 10_000;
 
 impl AccessControl {
     pub fn new(root: Secret) -> Self {
@@ -56,6 +73,7 @@ impl AccessControl {
         Self {
             root_digest,
             last_touched: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -77,6 +95,64 @@ impl AccessControl {
             token: TokenRef::Stored(record.id),
             scope: record.scope,
         }))
+    }
+
+    /// How long `client` must wait before presenting a token again, if it presented too many
+    /// invalid ones lately.
+    pub fn refused_for(&self, client: IpAddr) -> Option<Duration> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = failures.get(&client)?;
+        let elapsed = entry.since.elapsed();
+        (entry.count >= FAILURES_ALLOWED && elapsed < FAILURE_WINDOW)
+            .then(|| FAILURE_WINDOW - elapsed)
+    }
+
+    /// Counts an invalid token from `client`. The first of a window and the one that reaches
+    /// the limit are logged, not every one: a guesser would otherwise fill the log.
+    pub fn failed(&self, client: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= FAILURES_REMEMBERED && !failures.contains_key(&client) {
+            failures.retain(|_, entry| entry.since.elapsed() < FAILURE_WINDOW);
+            if failures.len() >= FAILURES_REMEMBERED {
+                // Every one of them is guessing right now: make room, oldest window first.
+                if let Some(oldest) = failures
+                    .iter()
+                    .min_by_key(|(_, entry)| entry.since)
+                    .map(|(ip, _)| *ip)
+                {
+                    failures.remove(&oldest);
+                }
+            }
+        }
+        let now = Instant::now();
+        let entry = failures.entry(client).or_insert(Failures {
+            since: now,
+            count: 0,
+        });
+        if now.duration_since(entry.since) >= FAILURE_WINDOW {
+            *entry = Failures {
+                since: now,
+                count: 0,
+            };
+        }
+        entry.count += 1;
+        if entry.count == 1 {
+            tracing::warn!(%client, "refused an invalid admin token");
+        } else if entry.count == FAILURES_ALLOWED {
+            tracing::warn!(
+                %client,
+                failures = entry.count,
+                "too many invalid admin tokens; refusing this address until its window ends"
+            );
+        }
+    }
+
+    /// A valid token from `client`: its earlier mistakes no longer count.
+    pub fn succeeded(&self, client: IpAddr) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&client);
     }
 
     /// The caller a console session cookie stands for, with the session's CSRF token.

@@ -51,6 +51,7 @@ error_codes! {
     TokenExpired => "token_expired", UNAUTHORIZED, "The bearer token's `iat` is too old or it has expired.";
     IpNotAllowed => "ip_not_allowed", UNAUTHORIZED, "The client address is not on the source's allow-list.";
     Unauthorized => "unauthorized", UNAUTHORIZED, "The admin API needs `Authorization: Bearer <admin token>`.";
+    TooManyAttempts => "too_many_attempts", TOO_MANY_REQUESTS, "This address presented too many invalid tokens lately; wait and try again.";
     Forbidden => "forbidden", FORBIDDEN, "The token's scope does not allow this request: it needs the `admin` scope.";
     CsrfRejected => "csrf_rejected", FORBIDDEN, "A console form was sent without its CSRF token; reload the page and try again.";
     NotFound => "not_found", NOT_FOUND, "No such resource.";

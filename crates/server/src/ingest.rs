@@ -320,7 +320,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 /// canonical form (an IPv4 peer of a dual-stack listener arrives as `::ffff:a.b.c.d`), and an
 /// entry with a port counts as its address. An entry that is neither ends the walk at the peer:
 /// what lies left of it was not written by a trusted proxy, so it is not believed.
-fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub(crate) fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let peer_ip = peer.ip().to_canonical();
     if !is_trusted(&peer_ip) {

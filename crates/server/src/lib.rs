@@ -77,6 +77,15 @@ pub struct Server {
 impl Server {
     /// Opens (and migrates) the database.
     pub async fn start(settings: Settings) -> Result<Self, RunError> {
+        // Guessing is slowed (twenty tries a minute per address), not stopped: a short root
+        // token can still be found, and its digest in a copied database cracked offline.
+        let root_length = settings.admin_token.expose().chars().count();
+        if root_length < 24 {
+            tracing::warn!(
+                characters = root_length,
+                "the admin token is short; use 24 or more random characters, as billhook generates when none is set"
+            );
+        }
         let store = Store::open(&settings.database).await?;
         let schema = store.schema_version().await?;
         tracing::info!(database = %settings.database.describe(), schema, "database ready");

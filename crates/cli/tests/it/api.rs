@@ -11,6 +11,7 @@ backend_tests!(
     event_types_come_with_json_schemas,
     health_and_readiness,
     bad_input_is_refused_by_code_never_as_a_server_failure,
+    an_address_guessing_tokens_is_refused_for_a_while,
 );
 
 async fn the_admin_api_requires_the_token(backend: Backend) {
@@ -201,5 +202,70 @@ async fn bad_input_is_refused_by_code_never_as_a_server_failure(backend: Backend
     assert_eq!(response.status().as_u16(), 415);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], json!("unsupported_media_type"), "{body}");
+    app.stop().await;
+}
+
+/// An address that presents twenty invalid tokens in a minute is refused without a check (the
+/// right token included) until its minute ends, at the API and the console's login alike;
+/// other addresses go on as ever. Addresses come from a trusted proxy's `X-Forwarded-For`.
+async fn an_address_guessing_tokens_is_refused_for_a_while(backend: Backend) {
+    let app = spawn_app_with(backend, "trusted_proxies = [\"127.0.0.0/8\"]\n").await;
+    let from = |client: &str, token: &str| {
+        app.http
+            .get(app.url("/v1/events"))
+            .bearer_auth(token)
+            .header("x-forwarded-for", client)
+    };
+    for _ in 0..20 {
+        let response = from("10.0.0.1", "guess").send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+    }
+    let refused = from("10.0.0.1", ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], json!("too_many_attempts"), "{body}");
+    let elsewhere = from("10.0.0.2", ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(elsewhere.status().as_u16(), 200);
+
+    // The console's login counts the same.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = http.get(app.url("/login")).send().await.unwrap();
+    let cookie = form
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("billhook_login="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = form.text().await.unwrap();
+    let marker = "name=\"csrf\" value=\"";
+    let csrf = html[html.find(marker).unwrap() + marker.len()..]
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    for (client, refused) in [("10.0.0.1", true), ("10.0.0.3", false)] {
+        let response = http
+            .post(app.url("/login"))
+            .header("cookie", &cookie)
+            .header("x-forwarded-for", client)
+            .form(&[
+                ("token", ADMIN_TOKEN),
+                ("csrf", csrf.as_str()),
+                ("next", "/"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let expected = if refused { 429 } else { 303 };
+        assert_eq!(response.status().as_u16(), expected, "{client}");
+    }
     app.stop().await;
 }

@@ -192,7 +192,19 @@ pub async fn spawn_app_in(backend: Backend, dir: Arc<tempfile::TempDir>, extra: 
         None => String::new(),
         Some(url) => format!("database_url = \"{url}\"\n"),
     };
-    let text = format!("{database}{}\n{delivery}\n{extra}", test_config(&data_dir));
+    // Keys before `extra`'s first table are top-level settings, which must come before any.
+    let (top, tables) = match extra
+        .find("\n[")
+        .map(|at| at + 1)
+        .or_else(|| extra.starts_with('[').then_some(0))
+    {
+        Some(at) => extra.split_at(at),
+        None => (extra, ""),
+    };
+    let text = format!(
+        "{database}{top}\n{}\n{delivery}\n{tables}",
+        test_config(&data_dir)
+    );
     // Written out too, so the CLI can be pointed at this server's sources with --config.
     std::fs::write(data_dir.join("billhook.toml"), &text).unwrap();
     let config = Config::from_toml(&text).unwrap();

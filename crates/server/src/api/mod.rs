@@ -86,12 +86,18 @@ async fn require_token(
             "send `Authorization: Bearer <admin token>`",
         ));
     };
+    let client = requesting_client(&app, &request);
+    if let Some(wait) = app.access.refused_for(client) {
+        return Err(too_many_attempts(wait));
+    }
     let Some(access) = app.access.token(&app.store, token).await? else {
+        app.access.failed(client);
         return Err(ApiError::new(
             ErrorCode::Unauthorized,
             "the admin token is not valid",
         ));
     };
+    app.access.succeeded(client);
     // Judged by the route, not the path: `/v1/invoices/tokens-2024` is an invoice, not tokens.
     let route = request
         .extensions()
@@ -111,6 +117,30 @@ async fn require_token(
     }
     request.extensions_mut().insert(access);
     Ok(next.run(request).await)
+}
+
+/// The address a request came from, as the source allow-lists judge it (the peer, or what a
+/// trusted proxy says).
+pub(crate) fn requesting_client(app: &App, request: &Request) -> std::net::IpAddr {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(
+            || std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            |info| info.0,
+        );
+    crate::ingest::client_ip(peer, request.headers(), &app.settings.trusted_proxies)
+}
+
+/// The refusal of a client that presented too many invalid tokens lately.
+pub(crate) fn too_many_attempts(wait: std::time::Duration) -> ApiError {
+    ApiError::new(
+        ErrorCode::TooManyAttempts,
+        format!(
+            "too many invalid tokens from this address; try again in {} s",
+            wait.as_secs() + 1
+        ),
+    )
 }
 
 /// The scope a request to `route` (its template, `/v1/endpoints/{id}/secret`) needs: reading is

@@ -353,6 +353,7 @@ struct LoginForm {
 
 async fn login(
     State(app): State<Arc<App>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ConsoleError> {
@@ -364,8 +365,12 @@ async fn login(
         )
         .into());
     }
+    let client = crate::ingest::client_ip(peer, &headers, &app.settings.trusted_proxies);
+    if let Some(wait) = app.access.refused_for(client) {
+        return Err(crate::api::too_many_attempts(wait).into());
+    }
     let Some(access) = app.access.token(&app.store, form.token.trim()).await? else {
-        tracing::info!("refused a console login with an invalid token");
+        app.access.failed(client);
         return Ok(login_form(
             &app,
             &headers,
@@ -373,6 +378,7 @@ async fn login(
             Some("That token is not valid."),
         ));
     };
+    app.access.succeeded(client);
     let session = generate_session_secret();
     let now = Timestamp::now();
     let ttl = app.settings.console.session_ttl.0;
