@@ -1653,6 +1653,53 @@ fn disabling_holds_deliveries_whose_lease_lapsed() {
     });
 }
 
+/// A retry decided for an attempt that was in flight when its endpoint was disabled (a 410 to
+/// another attempt) is written held, with the endpoint's other deliveries, not failed: nothing
+/// retries a disabled endpoint's deliveries, and recover takes the held ones. It is judged as
+/// it is written: once the endpoint is enabled again, a retry is a retry.
+#[test]
+fn a_retry_written_after_its_endpoint_was_disabled_is_held() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = canonical_endpoint(store).await;
+            let first = ingest_owed(store, &endpoint, "in-flight-1").await.delivery;
+            let second = ingest_owed(store, &endpoint, "in-flight-2").await.delivery;
+            let now = Timestamp::now();
+            let claimed = store
+                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 2);
+            let switch = |enabled| EndpointPatch {
+                enabled: Some(enabled),
+                ..EndpointPatch::default()
+            };
+            store
+                .update_endpoint(endpoint.id, switch(false), now)
+                .await
+                .unwrap();
+            store
+                .complete(vec![failed_503(first, endpoint.id, now)], "w", now)
+                .await
+                .unwrap();
+            let record = store.delivery(first).await.unwrap().unwrap();
+            assert_eq!((record.status, record.attempts), (DeliveryStatus::Held, 1));
+
+            store
+                .update_endpoint(endpoint.id, switch(true), now)
+                .await
+                .unwrap();
+            store
+                .complete(vec![failed_503(second, endpoint.id, now)], "w", now)
+                .await
+                .unwrap();
+            let record = store.delivery(second).await.unwrap().unwrap();
+            assert_eq!(record.status, DeliveryStatus::Failed);
+        }
+    });
+}
+
 /// A delivery written for an endpoint deleted a moment before (planned by an instance that had
 /// not heard of the deletion) is cancelled when asked; a live endpoint's are left alone.
 #[test]
@@ -1995,6 +2042,13 @@ fn a_batch_of_outcomes_written_twice_records_each_attempt_once() {
             assert_eq!(claimed.len(), 1);
             let batch = vec![failed_503(id, endpoint.id, now)];
             store.complete(batch.clone(), "w", now).await.unwrap();
+            // Its retry fell due and the same owner claimed it again before the batch was
+            // written the second time: the write lands on the new claim, and counts no more.
+            let again = store
+                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+                .await
+                .unwrap();
+            assert_eq!(again.len(), 1);
             store.complete(batch, "w", now).await.unwrap();
             let attempts = store
                 .attempts_of_endpoint(endpoint.id, None, 10)

@@ -1081,12 +1081,6 @@ fn judge(
         .decide(number, outcome, now, failing_since, &mut rand::rng());
     let (next, disable_endpoint) = match decision {
         Decision::Delivered => (NextStep::Delivered, None),
-        // An attempt that was in flight when another disabled its endpoint (a 410) waits with
-        // the endpoint's other deliveries, held for a recover, rather than showing as retrying
-        // and keeping its message from retention while nothing will retry it.
-        Decision::Retry { .. } if shared.endpoint(job.endpoint_id).is_some_and(|e| !e.enabled) => {
-            (NextStep::Held, None)
-        }
         Decision::Retry { at, slow_down } => {
             if let Some(wait) = slow_down {
                 lane.pause(wait);

@@ -153,19 +153,27 @@ async fn complete_run<C: GenericClient>(
     }
     let next_steps = column(run, |completion| completion.next.columns());
     // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt is
-    // recorded, but no retry may bring it back. Only a delivery still leased to this owner
-    // changes: once the lease lapsed, another owner may have claimed (or even finished) it, and
-    // it is theirs to finish.
+    // recorded, but no retry may bring it back. A retry of an endpoint disabled by now (a 410
+    // answered to an attempt beside this one) waits with its other deliveries, held for a
+    // recover, judged here as it is written and not when it was decided. Only a delivery still
+    // leased to this owner changes: once the lease lapsed, another owner may have claimed (or
+    // even finished) it, and it is theirs to finish. The count of attempts is the attempt's
+    // number, so a batch written twice counts once.
     execute_cached(client, "UPDATE deliveries AS d SET
                 status = CASE WHEN d.status = 'cancelled' THEN d.status
+                              WHEN c.status = 'failed'
+                                AND NOT (SELECT enabled FROM endpoints WHERE id = d.endpoint_id)
+                                THEN 'held'
                               ELSE COALESCE(c.status, d.status) END,
                 next_attempt_at = COALESCE(c.next_at, d.next_attempt_at),
-                attempts = d.attempts + c.attempted,
+                attempts = CASE WHEN c.attempted = 1 THEN GREATEST(d.attempts, c.number)
+                                ELSE d.attempts END,
                 last_status_code = CASE WHEN c.attempted = 1 THEN c.status_code ELSE d.last_status_code END,
                 last_error = CASE WHEN c.attempted = 1 THEN c.error ELSE d.last_error END,
                 lease_owner = NULL, lease_until = NULL, updated_at = $7
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::int[], $6::text[])
-                AS c(id, status, next_at, attempted, status_code, error)
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::int[], $6::text[],
+                    $9::int[])
+                AS c(id, status, next_at, attempted, status_code, error, number)
              WHERE d.id = c.id AND d.lease_owner = $8", &[
                 &column(run, |c| c.delivery_id.to_string()),
                 &column(&next_steps, |(status, _)| *status),
@@ -182,6 +190,7 @@ async fn complete_run<C: GenericClient>(
                 }),
                 &now.unix_millis(),
                 &owner,
+                &column(run, |c| c.attempt.as_ref().map(|a| small(a.number))),
             ]).await?;
     if let Some(last) = run.last()
         && let Some(reason) = &last.disable_endpoint

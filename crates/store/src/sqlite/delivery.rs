@@ -277,13 +277,20 @@ fn complete_one(
     connection
         .prepare_cached(
             // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt
-            // is recorded, but no retry may bring it back. Only a delivery still leased to this
-            // owner changes: once the lease lapsed, another owner may have claimed (or even
-            // finished) it, and it is theirs to finish.
+            // is recorded, but no retry may bring it back. A retry of an endpoint disabled by now
+            // (a 410 answered to an attempt beside this one) waits with its other deliveries,
+            // held for a recover, judged here as it is written and not when it was decided.
+            // Only a delivery still leased to this owner changes: once the lease lapsed, another
+            // owner may have claimed (or even finished) it, and it is theirs to finish. The
+            // count of attempts is the attempt's number, so a batch written twice counts once.
             "UPDATE deliveries SET
-                status = CASE WHEN status = 'cancelled' THEN status ELSE COALESCE(?2, status) END,
+                status = CASE WHEN status = 'cancelled' THEN status
+                    WHEN ?2 = 'failed'
+                        AND (SELECT enabled FROM endpoints WHERE id = deliveries.endpoint_id) = 0
+                        THEN 'held'
+                    ELSE COALESCE(?2, status) END,
                 next_attempt_at = COALESCE(?3, next_attempt_at),
-                attempts = attempts + ?4,
+                attempts = CASE WHEN ?4 = 1 THEN MAX(attempts, ?9) ELSE attempts END,
                 last_status_code = CASE WHEN ?4 = 1 THEN ?5 ELSE last_status_code END,
                 last_error = CASE WHEN ?4 = 1 THEN ?6 ELSE last_error END,
                 lease_owner = NULL, lease_until = NULL, updated_at = ?7
@@ -299,6 +306,7 @@ fn complete_one(
                 attempted.and_then(|a| a.error_message.clone()),
                 now.unix_millis(),
                 owner,
+                attempted.map(|a| a.number),
             ])
         })
         .map_err(db_error)?;
