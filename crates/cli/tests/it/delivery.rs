@@ -1178,3 +1178,50 @@ async fn outcomes_the_database_refused_are_recorded_when_it_is_back() {
     assert_eq!(receiver.count(), 1, "sent once");
     app.stop().await;
 }
+
+/// Stopping does not drop outcomes the database refused a moment before (locked here by another
+/// process past the writer's five-second wait): they are tried for a few seconds more, so a
+/// delivered event is not sent again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_refused_as_billhook_stops_are_still_recorded() {
+    let config = "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+         retry_schedule = [\"0s\", \"300ms\"]\njitter_percent = 0\n\
+         request_timeout = \"1s\"\nlease = \"60s\"\n";
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_app_in(Backend::Sqlite, Arc::clone(&dir), config).await;
+    let database = dir.path().join(billhook_server::config::DATABASE_FILE);
+    let (locked, lock_taken) = std::sync::mpsc::channel::<()>();
+    let lock = std::sync::Mutex::new(Some((database, locked)));
+    let receiver = Receiver::start(Arc::new(move |_| {
+        if let Some((database, locked)) = lock.lock().unwrap().take() {
+            std::thread::spawn(move || {
+                let connection = rusqlite::Connection::open(database).unwrap();
+                connection.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                locked.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(6500));
+                connection.execute_batch("COMMIT").unwrap();
+            });
+        }
+        (200, vec![], Some(Duration::ZERO))
+    }))
+    .await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let ids = ingest_payments(&app, 1, "stopping").await;
+    tokio::task::spawn_blocking(move || lock_taken.recv().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.stop().await;
+
+    let again = spawn_app_in(Backend::Sqlite, Arc::clone(&dir), config).await;
+    let (_, detail) = again.admin_get(&format!("/v1/events/{}", ids[0])).await;
+    assert_eq!(
+        detail["deliveries"][0]["status"],
+        json!("delivered"),
+        "{detail}"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(receiver.count(), 1, "sent again after the restart");
+    again.stop().await;
+}

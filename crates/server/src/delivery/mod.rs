@@ -1152,6 +1152,9 @@ const COMPLETION_RETRY_FIRST: Duration = Duration::from_millis(100);
 const COMPLETION_RETRY_MOST: Duration = Duration::from_secs(5);
 /// How many times a batch is written again after errors other than the database being away.
 const COMPLETION_REFUSALS_KEPT_AT: usize = 5;
+/// How long a batch is still tried once billhook is stopping: the stop waits for outcomes to be
+/// written, but not for a database that does not come back.
+const COMPLETION_RETRY_AT_STOP: Duration = Duration::from_secs(5);
 
 /// Records completions in batches, one transaction each.
 async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<ToCompleter>) {
@@ -1174,8 +1177,9 @@ async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<T
     }
 }
 
-/// Records a batch of outcomes, trying again until the database takes them (or billhook stops,
-/// or it refused them five times for another reason than being away).
+/// Records a batch of outcomes, trying again until the database takes them (or, once billhook is
+/// stopping, for five seconds more; or until it refused them five times for another reason than
+/// being away).
 /// Dropping them would send every delivered event in the batch again once its lease lapsed, and
 /// lose an endpoint's disabling: later batches, holding its deliveries, would commit meanwhile
 /// and the reload after them would find it enabled. The batch's claims stay held while it
@@ -1186,33 +1190,48 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     let mut stopping = shared.stopping.subscribe();
     let mut pause = COMPLETION_RETRY_FIRST;
     let mut refusals = 0;
-    loop {
+    // Once stopping, the database away is waited out a little longer, not for good.
+    let mut stop_by = None;
+    let written = loop {
         let Err(error) = shared
             .store
             .complete(batch.clone(), &shared.owner, Timestamp::now())
             .await
         else {
-            break;
+            break true;
         };
         // The database away, or a conflict, passes; any other refusal may be this batch's own
         // for good, and must not hold up every outcome after it.
         let passing = matches!(error, StoreError::Unavailable(_) | StoreError::Conflict(_));
         refusals += usize::from(!passing);
-        if shared.stopping() || refusals >= COMPLETION_REFUSALS_KEPT_AT {
+        let out_of_time = shared.stopping()
+            && *stop_by
+                .get_or_insert_with(|| tokio::time::Instant::now() + COMPLETION_RETRY_AT_STOP)
+                <= tokio::time::Instant::now();
+        if refusals >= COMPLETION_REFUSALS_KEPT_AT || out_of_time {
             tracing::error!(%error, count = done.len(), "could not record delivery outcomes; their leases will expire and they will be retried");
-            break;
+            break false;
         }
         tracing::warn!(%error, count = done.len(), retry_in_ms = pause.as_millis() as u64, "could not record delivery outcomes; trying again");
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stopping.wait_for(|stop| *stop) => {}
+        match stop_by {
+            Some(deadline) => {
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await
+            }
+            None => tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stopping.wait_for(|stop| *stop) => {}
+            },
         }
         pause = (pause * 2).min(COMPLETION_RETRY_MOST);
-    }
+    };
     {
         let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
         for id in done {
-            held.recorded(id);
+            if written {
+                held.recorded(id);
+            } else {
+                held.release(id);
+            }
         }
     }
     if disables {
