@@ -101,31 +101,37 @@ impl AccessControl {
     /// invalid ones lately.
     pub fn refused_for(&self, client: IpAddr) -> Option<Duration> {
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = failures.get(&client)?;
+        let entry = failures.get(&guessing_unit(client))?;
         let elapsed = entry.since.elapsed();
         (entry.count >= FAILURES_ALLOWED && elapsed < FAILURE_WINDOW)
             .then(|| FAILURE_WINDOW - elapsed)
     }
 
     /// Counts an invalid token from `client`. The first of a window and the one that reaches
-    /// the limit are logged, not every one: a guesser would otherwise fill the log.
+    /// the limit are logged, not every one: a guesser would otherwise fill the log. A valid
+    /// token does not clear the count, or a holder of any token could guess on between two
+    /// requests of its own.
     pub fn failed(&self, client: IpAddr) {
+        let unit = guessing_unit(client);
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= FAILURES_REMEMBERED && !failures.contains_key(&client) {
+        if failures.len() >= FAILURES_REMEMBERED && !failures.contains_key(&unit) {
             failures.retain(|_, entry| entry.since.elapsed() < FAILURE_WINDOW);
             if failures.len() >= FAILURES_REMEMBERED {
-                // Every one of them is guessing right now: make room, oldest window first.
-                if let Some(oldest) = failures
+                // Room is made from addresses not refused yet, oldest first; never by letting
+                // one that is refused go.
+                let Some(oldest) = failures
                     .iter()
+                    .filter(|(_, entry)| entry.count < FAILURES_ALLOWED)
                     .min_by_key(|(_, entry)| entry.since)
-                    .map(|(ip, _)| *ip)
-                {
-                    failures.remove(&oldest);
-                }
+                    .map(|(unit, _)| *unit)
+                else {
+                    return;
+                };
+                failures.remove(&oldest);
             }
         }
         let now = Instant::now();
-        let entry = failures.entry(client).or_insert(Failures {
+        let entry = failures.entry(unit).or_insert(Failures {
             since: now,
             count: 0,
         });
@@ -145,14 +151,6 @@ impl AccessControl {
                 "too many invalid admin tokens; refusing this address until its window ends"
             );
         }
-    }
-
-    /// A valid token from `client`: its earlier mistakes no longer count.
-    pub fn succeeded(&self, client: IpAddr) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&client);
     }
 
     /// The caller a console session cookie stands for, with the session's CSRF token.
@@ -208,5 +206,55 @@ impl AccessControl {
         if due && let Err(error) = store.touch_token(id, Timestamp::now()).await {
             tracing::debug!(%error, "could not record a token's use");
         }
+    }
+}
+
+/// What invalid tokens are counted by: an IPv4 address, or an IPv6 address's /64, which one
+/// client usually holds whole (counting single addresses would let it rotate through them).
+fn guessing_unit(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(segments.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control() -> AccessControl {
+        AccessControl::new(Secret::new("root-token-for-tests".to_owned()))
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        let access = control();
+        for n in 0..FAILURES_ALLOWED {
+            access.failed(format!("2001:db8:1:2::{n:x}").parse().unwrap());
+        }
+        let neighbour: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert!(access.refused_for(neighbour).is_some(), "the same /64");
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(access.refused_for(elsewhere).is_none(), "another /64");
+    }
+
+    /// A crowd of addresses cannot free a refused one by filling the table.
+    #[test]
+    fn a_refused_address_is_never_forgotten_to_make_room() {
+        let access = control();
+        let guesser: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..FAILURES_ALLOWED {
+            access.failed(guesser);
+        }
+        for n in 0..(FAILURES_REMEMBERED as u32 + 10) {
+            access.failed(IpAddr::V4((0x0b00_0000 + n).into()));
+        }
+        assert!(access.refused_for(guesser).is_some());
+        let remembered = access.failures.lock().unwrap().len();
+        assert!(remembered <= FAILURES_REMEMBERED, "{remembered}");
     }
 }

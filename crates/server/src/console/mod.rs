@@ -378,7 +378,6 @@ async fn login(
             Some("That token is not valid."),
         ));
     };
-    app.access.succeeded(client);
     let session = generate_session_secret();
     let now = Timestamp::now();
     let ttl = app.settings.console.session_ttl.0;
