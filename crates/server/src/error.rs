@@ -40,7 +40,7 @@ macro_rules! error_codes {
 
 error_codes! {
     UnknownSource => "unknown_source", NOT_FOUND, "No source with that name is configured.";
-    PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE, "The body exceeds the size limit (ingest's, or 2 MiB for the admin API and console).";
+    PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE, "The body exceeds the size limit (ingest's; 2 MiB for the admin API, 64 KiB for the console).";
     EmptyBody => "empty_body", BAD_REQUEST, "The request has no body.";
     MissingSignature => "missing_signature", UNAUTHORIZED, "The provider's signature header is missing.";
     MalformedSignature => "malformed_signature", UNAUTHORIZED, "The signature header is not a hex HMAC-SHA256.";

@@ -81,17 +81,28 @@ pub(crate) async fn serve(
     }
 }
 
-/// The largest body an admin or console request may have (axum's own default limit).
+/// The largest body an admin API request may have (axum's own default limit).
 pub(crate) const ADMIN_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// The largest body a console request may have: its forms are a few fields each, and the
+/// login form is read before anyone is known.
+pub(crate) const CONSOLE_BODY_LIMIT: usize = 64 * 1024;
 
-/// Reads an admin or console request's body whole, within `timeout`, before its handler runs.
+/// How long a request's body may take to arrive, and how large it may be.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyDeadline {
+    pub timeout: Duration,
+    pub limit: usize,
+}
+
+/// Reads an admin or console request's body whole, within the deadline, before its handler
+/// runs.
 ///
 /// The header deadline above ends once the headers are in; a client could then send the body it
 /// announced a byte now and then, and hold the connection for as long as it liked. The login
 /// form, the one such route that reads a body before knowing who sent it, made that open to
 /// anyone. A body too large, or too slow, is answered here in the API's error shape.
 pub(crate) async fn read_body_in_time(
-    axum::extract::State(timeout): axum::extract::State<Duration>,
+    axum::extract::State(deadline): axum::extract::State<BodyDeadline>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -99,28 +110,28 @@ pub(crate) async fn read_body_in_time(
 
     use crate::error::{ApiError, ErrorCode};
 
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the body exceeds {ADMIN_BODY_LIMIT} bytes"),
-        )
-        .into_response()
-    };
     // No text billhook stores may hold the NUL character (PostgreSQL refuses it), and no name
     // or id does: refused here, the same on every backend.
     let uri = request.uri();
     if uri.path().contains("%00") || uri.query().is_some_and(|query| query.contains("%00")) {
         return ApiError::invalid("the URL holds the NUL character (%00)").into_response();
     }
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body exceeds {} bytes", deadline.limit),
+        )
+        .into_response()
+    };
     let announced = request
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > ADMIN_BODY_LIMIT as u64) {
+    if announced.is_some_and(|length| length > deadline.limit as u64) {
         return too_large();
     }
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, ADMIN_BODY_LIMIT)).await {
+    match tokio::time::timeout(deadline.timeout, axum::body::to_bytes(body, deadline.limit)).await {
         Ok(Ok(bytes)) => {
             next.run(axum::extract::Request::from_parts(parts, bytes.into()))
                 .await
@@ -135,7 +146,10 @@ pub(crate) async fn read_body_in_time(
         }
         Err(_) => ApiError::new(
             ErrorCode::RequestTimeout,
-            format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+            format!(
+                "the body did not arrive within {} s",
+                deadline.timeout.as_secs_f64()
+            ),
         )
         .into_response(),
     }

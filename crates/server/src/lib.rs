@@ -155,22 +155,23 @@ impl Server {
 }
 
 fn router(app: Arc<App>) -> Router {
+    // Ingest reads its body under a deadline of its own; the console and the API read theirs
+    // whole first, within the same time: the console before knowing who asks (its login form
+    // has to), so only as much as its forms need; the API once the token is known.
     let console = if app.settings.console.enabled {
-        console::router(Arc::clone(&app))
+        console::router(Arc::clone(&app)).layer(axum::middleware::from_fn_with_state(
+            http_server::BodyDeadline {
+                timeout: app.settings.ingest.request_timeout.0,
+                limit: http_server::CONSOLE_BODY_LIMIT,
+            },
+            http_server::read_body_in_time,
+        ))
     } else {
         Router::new()
     };
-    // Ingest reads its body under a deadline of its own; every other route reads it whole
-    // first, within the same time.
-    let admin = Router::new()
+    Router::new()
         .merge(console)
         .nest("/v1", api::router(Arc::clone(&app)))
-        .layer(axum::middleware::from_fn_with_state(
-            app.settings.ingest.request_timeout.0,
-            http_server::read_body_in_time,
-        ));
-    Router::new()
-        .merge(admin)
         .route("/ingest/{source}", post(ingest::receive))
         .route("/ingest/{source}/{token}", post(ingest::receive_with_token))
         .route("/healthz", get(health::alive))

@@ -59,6 +59,14 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/retention/prune", post(operations::prune))
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
+        // Inside the token check: a body is read only for a caller known to be allowed.
+        .route_layer(middleware::from_fn_with_state(
+            crate::http_server::BodyDeadline {
+                timeout: app.settings.ingest.request_timeout.0,
+                limit: crate::http_server::ADMIN_BODY_LIMIT,
+            },
+            crate::http_server::read_body_in_time,
+        ))
         .route_layer(middleware::from_fn_with_state(app, require_token))
         // The API's description is public, like any API reference.
         .route("/openapi.json", get(docs::serve))
