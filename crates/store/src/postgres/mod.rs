@@ -102,8 +102,20 @@ pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => error.to_string(),
     };
-    if error.is_closed() || error.code().is_none() {
+    // The connection lost, or never made: the database is away, and the same statement may
+    // succeed later. An error of the client's own (a value it could not encode) is not that,
+    // and must not be waited out.
+    // A server shutting down, restarting or full says so with its own codes.
+    let unreachable = error.is_closed()
+        || std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>())
+        || error.code().is_some_and(|code| {
+            let code = code.code();
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        });
+    if unreachable {
         StoreError::Unavailable(text)
+    } else if error.code().is_none() {
+        StoreError::Database(text)
     } else if error
         .code()
         .is_some_and(|code| code.code().starts_with("40"))
