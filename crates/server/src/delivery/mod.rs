@@ -1113,12 +1113,16 @@ fn judge(
         _ if disable_endpoint.is_some() => metrics::AttemptOutcome::endpoint_disabled,
         _ => metrics::AttemptOutcome::retrying,
     };
-    shared.metrics.attempted(
-        &job.endpoint_id.to_string(),
-        counted,
-        took,
-        received_at(&job.message_id),
-    );
+    // An attempt that was in flight when its endpoint was deleted would bring back the series
+    // the deletion dropped, for good.
+    if shared.endpoint(job.endpoint_id).is_some() {
+        shared.metrics.attempted(
+            &job.endpoint_id.to_string(),
+            counted,
+            took,
+            received_at(&job.message_id),
+        );
+    }
     Completion {
         delivery_id: job.delivery_id,
         endpoint_id: job.endpoint_id,

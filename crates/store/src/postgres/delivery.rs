@@ -361,12 +361,15 @@ impl PgStore {
             // Disabling holds the endpoint's waiting deliveries: they are locked now, in the
             // same sorted batch, not after the batch's own (a recovery of that endpoint, taking
             // them in id order, would otherwise wait on the batch while the batch waits on it).
+            // All are locked; only the batch's own come back (a backlog can be large).
             transaction
                 .query(
-                    "SELECT id FROM deliveries
-                     WHERE id = ANY($1)
-                        OR (endpoint_id = ANY($2) AND status IN ('pending', 'failed'))
-                     ORDER BY id FOR UPDATE",
+                    "SELECT id FROM (
+                        SELECT id FROM deliveries
+                        WHERE id = ANY($1)
+                           OR (endpoint_id = ANY($2) AND status IN ('pending', 'failed'))
+                        ORDER BY id FOR UPDATE) AS locked
+                     WHERE id = ANY($1)",
                     &[&ids, &disabled],
                 )
                 .await
