@@ -262,7 +262,7 @@ fn check_sources(app: &App, sources: Option<&[String]>) -> Result<(), ApiError> 
 #[utoipa::path(post, path = "/v1/endpoints", tag = "endpoints", request_body = CreateEndpoint,
     responses(
         (status = 201, description = "Created", body = EndpointView),
-        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 415, description = "The body was not sent as JSON", body = Error),
     ))]
 pub(crate) async fn create(
     State(app): State<Arc<App>>,
@@ -384,7 +384,7 @@ pub(crate) async fn show(
     params(("id" = String, Path, description = "The endpoint's id (`ep_…`)")),
     responses(
         (status = 200, description = "The endpoint as changed", body = EndpointView),
-        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error), (status = 415, description = "The body was not sent as JSON", body = Error),
     ))]
 pub(crate) async fn update(
     State(app): State<Arc<App>>,
@@ -650,7 +650,7 @@ pub(crate) struct Recovered {
     params(("id" = String, Path, description = "The endpoint's id (`ep_…`)")),
     responses(
         (status = 200, description = "Deliveries scheduled", body = Recovered),
-        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error), (status = 415, description = "The body was not sent as JSON", body = Error),
     ))]
 pub(crate) async fn recover(
     State(app): State<Arc<App>>,

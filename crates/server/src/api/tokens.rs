@@ -93,7 +93,7 @@ struct TokenList {
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateToken,
     responses(
         (status = 201, description = "Created", body = CreatedToken),
-        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 415, description = "The body was not sent as JSON", body = Error),
     ))]
 pub(crate) async fn create(
     State(app): State<Arc<App>>,
