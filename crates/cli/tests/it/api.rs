@@ -232,29 +232,11 @@ async fn an_address_guessing_tokens_is_refused_for_a_while(backend: Backend) {
     assert_eq!(elsewhere.status().as_u16(), 200);
 
     // The console's login counts the same.
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = crate::console::browserless();
     let form = http.get(app.url("/login")).send().await.unwrap();
-    let cookie = form
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("billhook_login="))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let html = form.text().await.unwrap();
-    let marker = "name=\"csrf\" value=\"";
-    let csrf = html[html.find(marker).unwrap() + marker.len()..]
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (login, _) = crate::console::set_cookie(&form, "billhook_login").unwrap();
+    let cookie = format!("billhook_login={login}");
+    let csrf = crate::console::csrf_in(&form.text().await.unwrap());
     for (client, refused) in [("10.0.0.1", true), ("10.0.0.3", false)] {
         let response = http
             .post(app.url("/login"))

@@ -17,7 +17,7 @@ backend_tests!(
 );
 
 /// A client that does not follow redirects, so each step can be checked.
-fn browserless() -> reqwest::Client {
+pub(crate) fn browserless() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -25,7 +25,7 @@ fn browserless() -> reqwest::Client {
 }
 
 /// The value of a `Set-Cookie` for `name`, and the whole header.
-fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, String)> {
+pub(crate) fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, String)> {
     response
         .headers()
         .get_all("set-cookie")
@@ -43,7 +43,7 @@ fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, Strin
 }
 
 /// The hidden CSRF field's value in a page.
-fn csrf_in(html: &str) -> String {
+pub(crate) fn csrf_in(html: &str) -> String {
     let marker = "name=\"csrf\" value=\"";
     let start = html.find(marker).expect("a CSRF field") + marker.len();
     html[start..].split('"').next().unwrap().to_owned()

@@ -1134,24 +1134,24 @@ async fn a_delivery_left_pending_for_a_deleted_endpoint_is_cancelled(backend: Ba
     app.stop().await;
 }
 
-/// A batch of outcomes the database refused (here SQLite, locked by another process past the
-/// writer's five-second wait) is recorded once the database takes writes again: the delivery
-/// is delivered, not left leased and sent again when its lease lapses.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outcomes_the_database_refused_are_recorded_when_it_is_back() {
-    let app = spawn_app_with(
-        Backend::Sqlite,
-        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
-         retry_schedule = [\"0s\", \"300ms\"]\njitter_percent = 0\n\
-         request_timeout = \"1s\"\nlease = \"60s\"\n",
-    )
-    .await;
-    let database = app.dir.path().join(billhook_server::config::DATABASE_FILE);
+/// The settings of the two tests below: one attempt, a long lease.
+const LOCKED_DATABASE_DELIVERY: &str = "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+     retry_schedule = [\"0s\", \"300ms\"]\njitter_percent = 0\n\
+     request_timeout = \"1s\"\nlease = \"60s\"\n";
+
+/// An endpoint of `app` answering 200, whose first request has the SQLite database in `dir`
+/// locked by another connection for 6.5 s before it answers, so that attempt's outcome meets a
+/// database that refuses writes past the writer's five-second wait. Ingests one payment for it
+/// and returns once the lock is taken, with the receiver and the payment's event id.
+async fn a_delivery_whose_outcome_meets_a_locked_database(
+    app: &TestApp,
+    dir: &std::path::Path,
+    tag: &str,
+) -> (Receiver, String) {
+    let database = dir.join(billhook_server::config::DATABASE_FILE);
     let (locked, lock_taken) = std::sync::mpsc::channel::<()>();
     let lock = std::sync::Mutex::new(Some((database, locked)));
     let receiver = Receiver::start(Arc::new(move |_| {
-        // On the first request, lock the database from another connection before answering,
-        // so the attempt's outcome meets a database that refuses writes.
         if let Some((database, locked)) = lock.lock().unwrap().take() {
             std::thread::spawn(move || {
                 let connection = rusqlite::Connection::open(database).unwrap();
@@ -1166,12 +1166,23 @@ async fn outcomes_the_database_refused_are_recorded_when_it_is_back() {
     .await;
     app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
         .await;
-    let ids = ingest_payments(&app, 1, "locked").await;
+    let ids = ingest_payments(app, 1, tag).await;
     tokio::task::spawn_blocking(move || lock_taken.recv().unwrap())
         .await
         .unwrap();
+    (receiver, ids[0].clone())
+}
+
+/// A batch of outcomes the database refused (here SQLite, locked by another process past the
+/// writer's five-second wait) is recorded once the database takes writes again: the delivery
+/// is delivered, not left leased and sent again when its lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_the_database_refused_are_recorded_when_it_is_back() {
+    let app = spawn_app_with(Backend::Sqlite, LOCKED_DATABASE_DELIVERY).await;
+    let (receiver, event) =
+        a_delivery_whose_outcome_meets_a_locked_database(&app, app.dir.path(), "locked").await;
     app.eventually(Duration::from_secs(20), "the outcome recorded", || async {
-        let (_, detail) = app.admin_get(&format!("/v1/events/{}", ids[0])).await;
+        let (_, detail) = app.admin_get(&format!("/v1/events/{event}")).await;
         detail["deliveries"][0]["status"] == json!("delivered")
     })
     .await;
@@ -1184,38 +1195,15 @@ async fn outcomes_the_database_refused_are_recorded_when_it_is_back() {
 /// delivered event is not sent again after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_refused_as_billhook_stops_are_still_recorded() {
-    let config = "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
-         retry_schedule = [\"0s\", \"300ms\"]\njitter_percent = 0\n\
-         request_timeout = \"1s\"\nlease = \"60s\"\n";
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let app = spawn_app_in(Backend::Sqlite, Arc::clone(&dir), config).await;
-    let database = dir.path().join(billhook_server::config::DATABASE_FILE);
-    let (locked, lock_taken) = std::sync::mpsc::channel::<()>();
-    let lock = std::sync::Mutex::new(Some((database, locked)));
-    let receiver = Receiver::start(Arc::new(move |_| {
-        if let Some((database, locked)) = lock.lock().unwrap().take() {
-            std::thread::spawn(move || {
-                let connection = rusqlite::Connection::open(database).unwrap();
-                connection.execute_batch("BEGIN EXCLUSIVE").unwrap();
-                locked.send(()).unwrap();
-                std::thread::sleep(Duration::from_millis(6500));
-                connection.execute_batch("COMMIT").unwrap();
-            });
-        }
-        (200, vec![], Some(Duration::ZERO))
-    }))
-    .await;
-    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
-        .await;
-    let ids = ingest_payments(&app, 1, "stopping").await;
-    tokio::task::spawn_blocking(move || lock_taken.recv().unwrap())
-        .await
-        .unwrap();
+    let app = spawn_app_in(Backend::Sqlite, Arc::clone(&dir), LOCKED_DATABASE_DELIVERY).await;
+    let (receiver, event) =
+        a_delivery_whose_outcome_meets_a_locked_database(&app, dir.path(), "stopping").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     app.stop().await;
 
-    let again = spawn_app_in(Backend::Sqlite, Arc::clone(&dir), config).await;
-    let (_, detail) = again.admin_get(&format!("/v1/events/{}", ids[0])).await;
+    let again = spawn_app_in(Backend::Sqlite, Arc::clone(&dir), LOCKED_DATABASE_DELIVERY).await;
+    let (_, detail) = again.admin_get(&format!("/v1/events/{event}")).await;
     assert_eq!(
         detail["deliveries"][0]["status"],
         json!("delivered"),

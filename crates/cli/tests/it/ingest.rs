@@ -744,39 +744,38 @@ async fn an_admin_or_login_body_too_slow_or_too_large_is_refused() {
         assert!(started.elapsed() < Duration::from_secs(4), "{path}");
     }
 
+    // Sends only a request's head and reads the first of the answer.
+    let answer_to_head = |head: String| {
+        let address = address.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = vec![0; 4096];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+                .await
+                .expect("answered at once")
+                .unwrap();
+            String::from_utf8_lossy(&answer[..read]).into_owned()
+        }
+    };
     // Announced too large: answered before any of the body is read.
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let head = format!(
+    let answer = answer_to_head(format!(
         "POST /v1/endpoints HTTP/1.1\r\nHost: billhook\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
          Content-Type: application/json\r\nContent-Length: 3000000\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = vec![0; 4096];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
-        .await
-        .expect("answered at once")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..read]);
+    ))
+    .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(
         answer.contains("\"code\":\"payload_too_large\""),
         "{answer}"
     );
     // Without a valid token, nothing of the body is looked at: the caller is refused first.
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    stream
-        .write_all(
-            b"POST /v1/endpoints HTTP/1.1\r\nHost: billhook\r\n\
-              Content-Type: application/json\r\nContent-Length: 3000000\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut answer = vec![0; 4096];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
-        .await
-        .expect("answered at once")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..read]);
+    let answer = answer_to_head(
+        "POST /v1/endpoints HTTP/1.1\r\nHost: billhook\r\n\
+         Content-Type: application/json\r\nContent-Length: 3000000\r\n\r\n"
+            .to_owned(),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     // The console's forms are small: a body past 64 KiB is refused before anyone is known.
     let form = app
