@@ -1768,6 +1768,20 @@ async fn ingest_owed_at(
     }
 }
 
+/// One delivery owed to a new canonical endpoint, claimed by the worker `w` for 30 s from the
+/// returned time.
+async fn owed_and_claimed(store: &Store, key: &str) -> (EndpointRecord, DeliveryId, Timestamp) {
+    let endpoint = canonical_endpoint(store).await;
+    let id = ingest_owed(store, &endpoint, key).await.delivery;
+    let now = Timestamp::now();
+    let claimed = store
+        .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    (endpoint, id, now)
+}
+
 /// Delivers what [`ingest_owed`] left owed: claimed and completed by the worker `w`.
 async fn deliver(store: &Store, owed: &Owed, endpoint: EndpointId) {
     let now = Timestamp::now();
@@ -2032,14 +2046,7 @@ fn a_batch_of_outcomes_written_twice_records_each_attempt_once() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
-            let endpoint = canonical_endpoint(store).await;
-            let id = ingest_owed(store, &endpoint, "twice").await.delivery;
-            let now = Timestamp::now();
-            let claimed = store
-                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-                .await
-                .unwrap();
-            assert_eq!(claimed.len(), 1);
+            let (endpoint, id, now) = owed_and_claimed(store, "twice").await;
             let batch = vec![failed_503(id, endpoint.id, now)];
             store.complete(batch.clone(), "w", now).await.unwrap();
             // Its retry fell due and the same owner claimed it again before the batch was
