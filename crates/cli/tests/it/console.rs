@@ -133,6 +133,16 @@ async fn pages_need_a_login_and_a_login_needs_a_valid_token(backend: Backend) {
     assert_eq!(form.headers()["x-frame-options"], "DENY");
     let (login_cookie, header) = set_cookie(&form, "billhook_login").unwrap();
     assert!(header.contains("HttpOnly") && header.contains("SameSite=Strict"));
+    assert!(!header.contains("Secure"), "plain HTTP: {header}");
+    // Reached over HTTPS through a proxy, the console's cookies are Secure with no setting.
+    let over_tls = http
+        .get(app.url("/login"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let (_, header) = set_cookie(&over_tls, "billhook_login").unwrap();
+    assert!(header.contains("; Secure"), "{header}");
     let csrf = csrf_in(&form.text().await.unwrap());
     // The login page opened again (another tab) keeps the form token the browser holds, so
     // the first tab's form still logs in.

@@ -206,8 +206,23 @@ fn is_session_secret(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn set_cookie(app: &App, name: &str, value: &str, max_age_seconds: u64) -> HeaderValue {
-    let secure = if app.settings.console.secure_cookies {
+/// A cookie of the console's. `Secure` when the configuration says so, or when the request came
+/// over HTTPS through a proxy (`X-Forwarded-Proto: https`), so a console behind a TLS proxy
+/// needs no setting for it. The header is believed from anyone: marking a cookie `Secure` only
+/// keeps it off plain HTTP, so a client that lies about it locks only itself out.
+fn set_cookie(
+    app: &App,
+    request: &HeaderMap,
+    name: &str,
+    value: &str,
+    max_age_seconds: u64,
+) -> HeaderValue {
+    let over_https = request
+        .get("x-forwarded-proto")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(',').next())
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"));
+    let secure = if app.settings.console.secure_cookies || over_https {
         "; Secure"
     } else {
         ""
@@ -339,7 +354,7 @@ fn login_form(
     let mut response = (status, Html(page.into_string())).into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(app, LOGIN_COOKIE, &form_token, 3600),
+        set_cookie(app, headers, LOGIN_COOKIE, &form_token, 3600),
     );
     response
 }
@@ -393,13 +408,12 @@ async fn login(
         })
         .await?;
     tracing::info!(token = %access.token.as_session_owner(), "console login");
+    let session_cookie = set_cookie(&app, &headers, SESSION_COOKIE, &session, ttl.as_secs());
+    let login_cookie = set_cookie(&app, &headers, LOGIN_COOKIE, "", 0);
     let mut response = Redirect::to(&local_path(form.next.as_deref())).into_response();
-    let headers = response.headers_mut();
-    headers.append(
-        header::SET_COOKIE,
-        set_cookie(&app, SESSION_COOKIE, &session, ttl.as_secs()),
-    );
-    headers.append(header::SET_COOKIE, set_cookie(&app, LOGIN_COOKIE, "", 0));
+    let cookies = response.headers_mut();
+    cookies.append(header::SET_COOKIE, session_cookie);
+    cookies.append(header::SET_COOKIE, login_cookie);
     Ok(response)
 }
 
@@ -411,6 +425,7 @@ pub(crate) struct CsrfForm {
 async fn logout(
     State(app): State<Arc<App>>,
     axum::Extension(viewer): axum::Extension<Viewer>,
+    request_headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
     // Logging out needs the CSRF token but not the admin scope.
@@ -423,9 +438,10 @@ async fn logout(
     }
     app.store.delete_session(&digest(&viewer.session)).await?;
     let mut response = Redirect::to("/login").into_response();
-    response
-        .headers_mut()
-        .append(header::SET_COOKIE, set_cookie(&app, SESSION_COOKIE, "", 0));
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&app, &request_headers, SESSION_COOKIE, "", 0),
+    );
     Ok(response)
 }
 
