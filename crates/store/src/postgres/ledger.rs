@@ -786,7 +786,8 @@ impl PgStore {
         let still = transaction
             .query_opt(
                 "SELECT id FROM ledger_entities
-                 WHERE id = $1 AND linked_to IS NULL AND unmatched_event IS NULL FOR UPDATE",
+                 WHERE id = $1 AND counted > 0 AND linked_to IS NULL AND unmatched_event IS NULL
+                 FOR UPDATE",
                 &[&payment_id],
             )
             .await

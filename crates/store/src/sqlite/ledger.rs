@@ -759,7 +759,8 @@ impl SqliteStore {
             let still: Option<String> = connection
                 .prepare_cached(
                     "SELECT provider_id FROM ledger_entities
-                     WHERE id = ?1 AND linked_to IS NULL AND unmatched_event IS NULL",
+                     WHERE id = ?1 AND counted > 0 AND linked_to IS NULL
+                       AND unmatched_event IS NULL",
                 )
                 .and_then(|mut s| s.query_row([&payment_id], |row| row.get(0)).optional())
                 .map_err(db_error)?;

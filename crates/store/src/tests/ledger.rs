@@ -545,6 +545,30 @@ fn an_unmatched_payment_is_announced_once() {
                 .unwrap()
                 .items;
             assert_eq!(unmatched.len(), 1, "still unmatched, announced or not");
+
+            // A payment that failed (or was refunded) between the sweep's read and its
+            // announcement no longer counts, and is not announced as money matching nothing.
+            pay(store, "tx_7", 300, "NOTHING").await;
+            let read = store.unmatched_payments(later, 10).await.unwrap();
+            let stale = read.into_iter().find(|p| p.provider_id == "tx_7").unwrap();
+            store
+                .ingest(ingest_of(
+                    payment_data("tx_7", "refunded", 300, "NOTHING"),
+                    Some(StatusRank::new(3)),
+                ))
+                .await
+                .unwrap();
+            let announcement = BareConcluder.announce(&Conclusion::PaymentUnmatched {
+                payment: stale.clone(),
+                at: later,
+            });
+            assert!(
+                !store
+                    .record_unmatched(&stale.id, announcement)
+                    .await
+                    .unwrap(),
+                "announced a payment that no longer counts"
+            );
         }
     });
 }
