@@ -548,10 +548,12 @@ impl Store {
     /// `attempts`).
     pub async fn complete(
         &self,
-        completions: Vec<Completion>,
+        completions: impl Into<Arc<[Completion]>>,
         owner: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        // Shared, so a batch written again after a refusal is not copied for each try.
+        let completions = completions.into();
         let owner = owner.to_owned();
         dispatch!(self, store => store.complete(completions, owner, now).await)
     }

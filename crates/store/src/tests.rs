@@ -1859,7 +1859,7 @@ fn recovery_leaves_a_retry_under_lease_alone() {
                     .len(),
                 2
             );
-            let failures = ids
+            let failures: Vec<_> = ids
                 .iter()
                 .map(|id| failed_503(*id, endpoint.id, now))
                 .collect();

@@ -1190,6 +1190,7 @@ async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<T
 /// waits, so their leases are renewed whenever the database answers.
 async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     let done: Vec<DeliveryId> = batch.iter().map(|c| c.delivery_id).collect();
+    let batch: Arc<[Completion]> = batch.into();
     let disables = batch.iter().any(|c| c.disable_endpoint.is_some());
     let mut stopping = shared.stopping.subscribe();
     let mut pause = COMPLETION_RETRY_FIRST;
@@ -1199,7 +1200,7 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     let written = loop {
         let Err(error) = shared
             .store
-            .complete(batch.clone(), &shared.owner, Timestamp::now())
+            .complete(Arc::clone(&batch), &shared.owner, Timestamp::now())
             .await
         else {
             break true;

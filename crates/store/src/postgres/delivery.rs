@@ -1,5 +1,7 @@
 //! The outbox on PostgreSQL: deliveries, leases, attempts, completions and endpoint ownership.
 
+use std::sync::Arc;
+
 use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, EventId, InboundId};
 use billhook_core::time::Timestamp;
 use bytes::Bytes;
@@ -116,13 +118,13 @@ async fn record_health<C: GenericClient>(
 async fn complete_run<C: GenericClient>(
     client: &C,
     run: &[Completion],
-    existing: &std::collections::HashSet<&str>,
+    existing: &std::collections::HashSet<DeliveryId>,
     owner: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let attempted: Vec<(&Completion, &NewAttempt)> = run
         .iter()
-        .filter(|c| existing.contains(c.delivery_id.to_string().as_str()))
+        .filter(|c| existing.contains(&c.delivery_id))
         .filter_map(|c| c.attempt.as_ref().map(|a| (c, a)))
         .collect();
     if !attempted.is_empty() {
@@ -309,7 +311,7 @@ impl PgStore {
 
     pub(crate) async fn complete(
         &self,
-        completions: Vec<Completion>,
+        completions: Arc<[Completion]>,
         owner: String,
         now: Timestamp,
     ) -> Result<(), StoreError> {
@@ -375,8 +377,10 @@ impl PgStore {
                 .await
                 .map_err(pg_error)?
         };
-        let existing: std::collections::HashSet<&str> =
-            locked.iter().map(|row| row.get::<_, &str>(0)).collect();
+        let existing = locked
+            .iter()
+            .map(|row| parse_id(row.get::<_, &str>(0)))
+            .collect::<Result<std::collections::HashSet<DeliveryId>, _>>()?;
         for run in completion_runs(&completions) {
             complete_run(&transaction, run, &existing, &owner, now).await?;
         }

@@ -1,5 +1,7 @@
 //! The outbox on SQLite: deliveries, their leases, attempts and completions.
 
+use std::sync::Arc;
+
 use billhook_core::ids::{DeliveryId, EndpointId, EventId, InboundId};
 use billhook_core::time::Timestamp;
 use bytes::Bytes;
@@ -475,12 +477,12 @@ impl SqliteStore {
 
     pub(crate) async fn complete(
         &self,
-        completions: Vec<Completion>,
+        completions: Arc<[Completion]>,
         owner: String,
         now: Timestamp,
     ) -> Result<(), StoreError> {
         self.write(move |connection| {
-            for completion in &completions {
+            for completion in completions.iter() {
                 complete_one(connection, completion, &owner, now)?;
             }
             for health in endpoint_health(&completions) {
