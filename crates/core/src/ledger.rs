@@ -13,8 +13,9 @@
 //!   and at equal times from the one with the higher status rank.
 //! - **Reconciliation.** A payment links to the invoice or bill its references name, by the
 //!   source's link rule (Razorpay: invoice and order ids; Zwitch: merchant reference or remark
-//!   equal to an invoice number or id; Setu: the bill's `refId` or `billerRefId`). An invoice or
-//!   bill arriving after its payments picks them up. `paid` sums the succeeded linked payments,
+//!   equal to an invoice number or id; Setu: the bill's `refId` or `billerRefId`), never to an
+//!   invoice the business received (Bharat Connect `INCOMING`). A payment's references are
+//!   those all its snapshots named. An invoice or bill arriving after its payments picks them up. `paid` sums the succeeded linked payments,
 //!   each once; a status that means "paid" (Bharat Connect `PAID`, Razorpay `paid`) settles the
 //!   amount by itself. `due` and `overpaid` follow.
 //! - **Conclusions.** An invoice whose `paid` reaches its amount is settled, once: the repository
@@ -29,7 +30,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use crate::entity::{EntityData, PaymentReferences, SubjectKind};
+use crate::entity::{Direction, EntityData, PaymentReferences, SubjectKind};
 use crate::event::EventType;
 use crate::ids::{EventId, InboundId};
 use crate::money::{Amount, Currency};
@@ -293,6 +294,27 @@ impl PaymentRefs {
             bill_ref_id: allowed(PaymentRef::BillRefId, &r.bill_ref_id),
             biller_ref_id: allowed(PaymentRef::BillerRefId, &r.biller_ref_id),
             sandbox,
+        }
+    }
+
+    /// These references together with `other`'s: each one only one of them names is kept, and
+    /// where both name one differently, the lesser. A payment's references are all its
+    /// snapshots', merged so: a message that leaves a reference out (Razorpay's
+    /// `payment.captured` without the order's receipt, say) does not take it away, and every
+    /// arrival order ends with the same references.
+    pub fn merged(self, other: Self) -> Self {
+        let either = |ours: Option<String>, theirs: Option<String>| match (ours, theirs) {
+            (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
+            (ours, theirs) => ours.or(theirs),
+        };
+        Self {
+            invoice_id: either(self.invoice_id, other.invoice_id),
+            order_id: either(self.order_id, other.order_id),
+            merchant_reference: either(self.merchant_reference, other.merchant_reference),
+            remark: either(self.remark, other.remark),
+            bill_ref_id: either(self.bill_ref_id, other.bill_ref_id),
+            biller_ref_id: either(self.biller_ref_id, other.biller_ref_id),
+            sandbox: self.sandbox,
         }
     }
 
@@ -1036,8 +1058,8 @@ pub fn status_of(data: &EntityData) -> (Option<String>, Option<String>) {
     }
 }
 
-/// Money, due date, keys and references from a snapshot.
-fn describe(entity: &mut Entity, rule: &[PaymentRef]) {
+/// Money, due date and keys from a snapshot.
+fn describe(entity: &mut Entity) {
     match entity.snapshot.data() {
         EntityData::Invoice(invoice) => {
             entity.currency = Some(invoice.currency);
@@ -1057,7 +1079,6 @@ fn describe(entity: &mut Entity, rule: &[PaymentRef]) {
         EntityData::Payment(payment) => {
             entity.currency = Some(payment.currency);
             entity.amount = Some(payment.amount);
-            entity.refs = PaymentRefs::ruled(&payment.references, rule, entity.sandbox);
         }
         _ => {}
     }
@@ -1090,6 +1111,7 @@ fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static s
             .is_some_and(|v| *v == target.provider_id || target.keys.number.as_ref() == Some(v))
     };
     match target.kind {
+        SubjectKind::Invoice if is_incoming(target) => None,
         SubjectKind::Invoice => {
             if payment.invoice_id.as_ref() == Some(&target.provider_id) {
                 Some((0, "invoice_id"))
@@ -1115,6 +1137,15 @@ fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static s
         }
         _ => None,
     }
+}
+
+/// An invoice a supplier sent the business (Bharat Connect `INCOMING`): the business owes it,
+/// so no payment the business receives pays it, however alike their numbers.
+fn is_incoming(invoice: &Entity) -> bool {
+    matches!(
+        invoice.snapshot.data(),
+        EntityData::Invoice(data) if data.direction == Some(Direction::Incoming)
+    )
 }
 
 /// The target a payment links to among `candidates`, and by which reference: one in the
@@ -1248,7 +1279,11 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         entity.snapshot = fact.snapshot.clone();
         entity.content_precedence = content;
         entity.inbound_id = fact.inbound_id;
-        describe(&mut entity, &fact.link_rule);
+        describe(&mut entity);
+    }
+    if let EntityData::Payment(payment) = fact.snapshot.data() {
+        let named = PaymentRefs::ruled(&payment.references, &fact.link_rule, entity.sandbox);
+        entity.refs = std::mem::take(&mut entity.refs).merged(named);
     }
     entity.counted = counted(&entity);
     entity.updated_at = now;
@@ -1363,7 +1398,11 @@ async fn settle<R: LedgerRepo>(
         .filter(|o| o.minor() > 0)
         .unwrap_or(Amount::ZERO);
     let mut concluded = Vec::new();
-    let covered = amount.is_some_and(|a| a.minor() > 0 && paid >= a);
+    // With its amount unknown, an invoice is covered when a status says it is paid in full.
+    let covered = match amount {
+        Some(amount) => amount.minor() > 0 && paid >= amount,
+        None => target.status_settles,
+    };
     if target.kind == SubjectKind::Invoice && covered && target.settled_event.is_none() {
         target.updated_at = trigger.at;
         let event = repo

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 
 use super::*;
-use crate::entity::{BillSnapshot, InvoiceSnapshot, PaymentReferences, PaymentSnapshot};
+use crate::entity::{BillSnapshot, Direction, InvoiceSnapshot, PaymentReferences, PaymentSnapshot};
 
 /// The ledger tables as maps, the conclusions recorded, and how many questions were asked.
 #[derive(Default)]
@@ -637,11 +637,12 @@ fn lifecycle() -> Vec<Fact> {
             Some(CREATED),
             "razorpay",
         ),
+        // Later messages about the payment leave its invoice out: it is still the payment's.
         payment(
             "pay_1",
             "authorized",
             600,
-            Some("inv_9"),
+            None,
             None,
             20,
             Some(AUTHORIZED),
@@ -651,7 +652,7 @@ fn lifecycle() -> Vec<Fact> {
             "pay_1",
             "succeeded",
             600,
-            Some("inv_9"),
+            None,
             None,
             30,
             Some(CAPTURED),
@@ -1269,4 +1270,75 @@ fn payments_link_only_to_invoices_of_their_own_mode() {
             }
         }
     }
+}
+
+#[test]
+fn payments_never_link_to_an_invoice_the_business_received() {
+    let with_direction = |mut fact: Fact, direction: Direction| {
+        if let EntityData::Invoice(mut invoice) = fact.snapshot.data().clone() {
+            invoice.number = Some("INV-0042".to_owned());
+            invoice.direction = Some(direction);
+            fact.snapshot = Snapshot::of(EntityData::Invoice(invoice));
+        }
+        fact
+    };
+    // A supplier's invoice that happens to share the business's own invoice's number; its id
+    // sorts first, so only its direction keeps the payment from it.
+    let received = with_direction(
+        invoice("bcinv_a", "accepted", 1000, 10, ISSUED),
+        Direction::Incoming,
+    );
+    let issued = with_direction(
+        invoice("bcinv_b", "sent_to_buyer", 1000, 10, ISSUED),
+        Direction::Outgoing,
+    );
+    let paid = payment(
+        "tx_42",
+        "succeeded",
+        1000,
+        None,
+        Some("INV-0042"),
+        20,
+        Some(CAPTURED),
+        "zwitch",
+    );
+
+    for facts in [
+        vec![received.clone(), paid.clone()],
+        vec![paid.clone(), received.clone()],
+    ] {
+        let repo = run(&facts);
+        assert_eq!(repo.find(SubjectKind::Payment, "tx_42").linked_to, None);
+        assert_eq!(
+            repo.find(SubjectKind::Invoice, "bcinv_a").paid,
+            Amount::ZERO
+        );
+    }
+    for facts in [
+        [received.clone(), issued.clone(), paid.clone()],
+        [paid.clone(), received.clone(), issued.clone()],
+        [issued, paid, received],
+    ] {
+        for repo in [run(&facts), run_grouped(&facts, &[3], true)] {
+            let payment = repo.find(SubjectKind::Payment, "tx_42");
+            let ours = repo.find(SubjectKind::Invoice, "bcinv_b");
+            assert_eq!(payment.linked_to.as_ref(), Some(&ours.id));
+            assert_eq!(ours.due, Some(Amount::ZERO));
+            assert_eq!(repo.conclusions.len(), 1);
+        }
+    }
+}
+
+#[test]
+fn an_invoice_a_status_says_is_paid_is_settled_with_its_amount_unknown() {
+    let mut paid = invoice("inv_open", "paid", 0, 10, PAID);
+    if let EntityData::Invoice(mut data) = paid.snapshot.data().clone() {
+        data.amount = None;
+        paid.snapshot = Snapshot::of(EntityData::Invoice(data));
+    }
+    let repo = run(&[paid.clone(), paid]);
+    let invoice = repo.find(SubjectKind::Invoice, "inv_open");
+    assert_eq!(invoice.amount, None);
+    assert!(invoice.settled_event.is_some());
+    assert_eq!(repo.conclusions.len(), 1, "settled once");
 }
