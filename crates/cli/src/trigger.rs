@@ -33,7 +33,11 @@ pub(crate) struct TriggerArgs {
     #[arg(long)]
     list: bool,
     /// Play a scenario file (TOML, or JSON by extension).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["provider", "event", "list"])]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["provider", "event", "list", "variant", "overrides", "sandbox", "print"]
+    )]
     scenario: Option<PathBuf>,
     /// A variant of the event: a payment method, a status (see --list).
     #[arg(long)]
@@ -426,6 +430,10 @@ async fn play(
                 let request = requests.get(earlier).cloned().ok_or_else(|| {
                     CliError::Usage(format!("step `{}`: nothing to resend", step.name))
                 })?;
+                // Later steps may refer to the resent message by this step's name too.
+                if let Some(message) = messages.get(earlier).cloned() {
+                    messages.insert(step.name.clone(), message);
+                }
                 (request, format!("resend of {earlier}"))
             }
             None => {
@@ -447,23 +455,36 @@ async fn play(
             let status_ok = step
                 .expect
                 .map_or((200..300).contains(&status), |e| e == status);
+            // billhook's acknowledgement says whether the message was a duplicate and whether
+            // it was quarantined; a receiver given by `--to` says neither, and neither does
+            // billhook for a source that acknowledges with an empty 204.
+            let answered = args.to.is_none() && (200..300).contains(&status);
             let duplicate = body["duplicate"].as_bool();
             let expected_duplicate = attempt > 1 || step.expects_duplicate();
-            let duplicate_ok = duplicate.is_none_or(|d| d == expected_duplicate);
+            let duplicate_ok = match duplicate {
+                Some(duplicate) => duplicate == expected_duplicate,
+                None => !(answered && expected_duplicate),
+            };
+            let quarantined = body["quarantined"].as_bool() == Some(true);
+            let quarantine_ok = if answered && !body.is_null() {
+                quarantined == step.expect_quarantined
+            } else {
+                !step.expect_quarantined
+            };
             results.push(json!({
                 "step": step.name, "attempt": attempt, "status": status, "response": body,
             }));
             if !args.json {
-                let mark = if status_ok && duplicate_ok {
+                let mark = if status_ok && duplicate_ok && quarantine_ok {
                     "ok"
                 } else {
                     "FAILED"
                 };
                 let events = body["events"].as_array().map_or(0, Vec::len);
-                let note = if duplicate == Some(true) {
-                    ", duplicate"
-                } else {
-                    ""
+                let note = match (duplicate == Some(true), quarantined) {
+                    (_, true) => ", quarantined",
+                    (true, false) => ", duplicate",
+                    (false, false) => "",
                 };
                 let repeat = if step.repeat > 1 {
                     format!(" #{attempt}")
@@ -481,10 +502,20 @@ async fn play(
                     step.name,
                     step.expect.map_or("a 2xx".to_owned(), |e| e.to_string())
                 ))
+            } else if !duplicate_ok && duplicate.is_none() {
+                Some(format!(
+                    "step `{}`: expected duplicate = {expected_duplicate}, but billhook's answer does not say (a source that acknowledges with 204 has no body to say it in)",
+                    step.name
+                ))
             } else if !duplicate_ok {
                 Some(format!(
                     "step `{}`: expected duplicate = {expected_duplicate}, got {body}",
                     step.name
+                ))
+            } else if !quarantine_ok {
+                Some(format!(
+                    "step `{}`: expected quarantined = {}, got {body}",
+                    step.name, step.expect_quarantined
                 ))
             } else {
                 None

@@ -82,6 +82,10 @@ pub struct Step {
     /// true, others to false).
     #[serde(default)]
     pub expect_duplicate: Option<bool>,
+    /// Whether billhook must quarantine the message (verified, but not understood); a step
+    /// whose message billhook quarantines fails unless it says so.
+    #[serde(default)]
+    pub expect_quarantined: bool,
 }
 
 fn once() -> u32 {

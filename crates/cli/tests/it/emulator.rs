@@ -319,6 +319,114 @@ fn a_source_of_another_provider_is_refused() {
     );
 }
 
+/// A step whose message billhook quarantines fails unless the step expects it; a resent step's
+/// message can be referred to by the resend's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_billhook_quarantines_fails_unless_it_expects_so() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let scenario = |expect_quarantined: bool| {
+        format!(
+            r#"
+name = "a refund larger than nothing"
+
+[[step]]
+name = "paid"
+provider = "razorpay"
+event = "invoice.paid"
+
+[[step]]
+name = "again"
+resend = "paid"
+
+[[step]]
+name = "broken"
+provider = "razorpay"
+event = "invoice.paid"
+expect_quarantined = {expect_quarantined}
+[step.set]
+"payload.invoice.entity.id" = "${{again.payload.invoice.entity.id}}"
+"payload.invoice.entity.amount" = -5
+"#
+        )
+    };
+    let path = app.dir.path().join("quarantined.toml");
+
+    std::fs::write(&path, scenario(false)).unwrap();
+    let (ok, printed) = app
+        .cli(&["trigger", "--scenario", path.to_str().unwrap()])
+        .await;
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("step `broken`: expected quarantined = false"),
+        "{printed}"
+    );
+
+    std::fs::write(&path, scenario(true)).unwrap();
+    let (ok, printed) = app
+        .cli(&["trigger", "--scenario", path.to_str().unwrap()])
+        .await;
+    assert!(ok, "{printed}");
+    assert!(
+        printed.contains("broken (razorpay invoice.paid) → 202, 0 event(s), quarantined"),
+        "{printed}"
+    );
+    let (_, quarantined) = app.admin_get("/v1/inbound?status=quarantined").await;
+    assert_eq!(
+        quarantined["data"].as_array().unwrap().len(),
+        2,
+        "{quarantined}"
+    );
+    app.stop().await;
+}
+
+/// A redelivery must be reported as a duplicate; a source that acknowledges with an empty 204
+/// cannot say so, and the step fails rather than pass unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_that_cannot_be_checked_fails_its_step() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        &format!(
+            r#"
+[[source]]
+name = "razorpay-quiet"
+provider = "razorpay"
+secrets = ["{RAZORPAY_SECRET}"]
+ack_status = 204
+"#
+        ),
+    )
+    .await;
+    let path = app.dir.path().join("redelivered.toml");
+    std::fs::write(
+        &path,
+        r#"
+name = "redelivered"
+
+[[step]]
+name = "paid"
+provider = "razorpay"
+event = "invoice.paid"
+source = "razorpay-quiet"
+repeat = 2
+"#,
+    )
+    .unwrap();
+    let (ok, printed) = app
+        .cli(&["trigger", "--scenario", path.to_str().unwrap()])
+        .await;
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("  ok     paid (razorpay invoice.paid #1) → 204"),
+        "{printed}"
+    );
+    assert!(
+        printed
+            .contains("step `paid`: expected duplicate = true, but billhook's answer does not say"),
+        "{printed}"
+    );
+    app.stop().await;
+}
+
 /// A scenario that fails still prints, with `--json`, the steps sent so far and the failed one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_scenario_still_prints_its_steps_as_json() {
