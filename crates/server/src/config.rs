@@ -274,6 +274,27 @@ impl Default for LogConfig {
     }
 }
 
+impl LogConfig {
+    /// Every directive names a level, alone or after `target=`. A bare word is a valid tracing
+    /// filter, but it means "everything from the target of that name": `warning` or `debg`
+    /// would silence every log billhook writes.
+    fn validate(&self) -> Result<(), ConfigError> {
+        const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+        for directive in self.level.split(',').map(str::trim) {
+            let level = directive
+                .rsplit_once('=')
+                .map_or(directive, |(_, level)| level);
+            if !directive.is_empty() && !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "log.level: `{directive}` names no level; write one of {} alone, or after a target (`billhook_server=debug`)",
+                    LEVELS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -707,6 +728,45 @@ impl Config {
                 "ingest.max_body_bytes must be positive".to_owned(),
             ));
         }
+        // Zero would not mean "no deadline": a zero request timeout refuses every webhook and
+        // every attempt, a zero pool wait every connection, and PostgreSQL reads a zero
+        // statement timeout as none at all.
+        let ms = Duration::from_millis;
+        for (key, value, least) in [
+            (
+                "ingest.request_timeout",
+                self.ingest.request_timeout,
+                ms(1000),
+            ),
+            (
+                "delivery.request_timeout",
+                self.delivery.request_timeout,
+                ms(1000),
+            ),
+            (
+                "delivery.connect_timeout",
+                self.delivery.connect_timeout,
+                ms(100),
+            ),
+            (
+                "database.statement_timeout",
+                self.database.statement_timeout,
+                ms(1000),
+            ),
+            (
+                "database.connect_timeout",
+                self.database.connect_timeout,
+                ms(100),
+            ),
+        ] {
+            if value.0 < least {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} is {value}: it must be at least {}",
+                    HumanDuration(least)
+                )));
+            }
+        }
+        self.log.validate()?;
         self.delivery.validate()?;
         self.retention.validate(self.ingest.dedup_window)?;
         if self.console.session_ttl.0 < Duration::from_secs(60) {
@@ -891,6 +951,55 @@ mod tests {
             .unwrap();
         assert_eq!(settings.sources.len(), 4);
         assert_eq!(settings.sources["zwitch"].ack_status, http::StatusCode::OK);
+    }
+
+    #[test]
+    fn a_log_level_must_name_a_level() {
+        let settings = |level: &str| {
+            Config::from_toml(&format!("[log]\nlevel = \"{level}\"\n"))
+                .unwrap()
+                .into_settings(Secret::new("token"))
+        };
+        for typo in [
+            "warning",
+            "debg",
+            "billhook_server=verbose",
+            "info,billhook",
+        ] {
+            let refused = settings(typo).unwrap_err().to_string();
+            assert!(refused.contains("names no level"), "{typo}: {refused}");
+        }
+        for level in ["info", "WARN", "billhook_server=debug,info", "off"] {
+            assert!(settings(level).is_ok(), "{level}");
+        }
+    }
+
+    #[test]
+    fn a_zero_or_tiny_timeout_is_refused() {
+        let settings = |table: &str, key: &str, value: &str| {
+            Config::from_toml(&format!("[{table}]\n{key} = \"{value}\"\n"))
+                .unwrap()
+                .into_settings(Secret::new("token"))
+        };
+        for (table, key, least) in [
+            ("ingest", "request_timeout", "1s"),
+            ("delivery", "request_timeout", "1s"),
+            ("delivery", "connect_timeout", "100ms"),
+            ("database", "statement_timeout", "1s"),
+            ("database", "connect_timeout", "100ms"),
+        ] {
+            let refused = settings(table, key, "0s").unwrap_err().to_string();
+            assert!(
+                refused.contains(&format!(
+                    "{table}.{key} is 0ms: it must be at least {least}"
+                )),
+                "{refused}"
+            );
+            assert!(
+                settings(table, key, least).is_ok(),
+                "{table}.{key} = {least}"
+            );
+        }
     }
 
     /// A lease leaves room for an attempt and the renewals before it: a quarter of the lease
