@@ -97,23 +97,44 @@ impl SourceAuth {
         }
     }
 
-    /// True when no credential in it is empty.
-    fn is_usable(&self) -> bool {
-        match self {
-            SourceAuth::Signature { secrets } => {
-                !secrets.is_empty() && secrets.iter().all(|s| !s.expose().is_empty())
+    /// What makes it unusable, if anything: an empty credential, a JWT age under a second, or
+    /// a path token too short to guess hard or holding what a URL path would change.
+    fn problem(&self) -> Option<&'static str> {
+        let problem = match self {
+            SourceAuth::Signature { secrets } if secrets.is_empty() => "`secrets` is empty",
+            SourceAuth::Signature { secrets } if secrets.iter().any(|s| s.expose().is_empty()) => {
+                "one of `secrets` is empty"
             }
-            SourceAuth::Header { value, .. } => !value.expose().is_empty(),
-            SourceAuth::Basic { username, password } => {
-                !username.is_empty() && !password.expose().is_empty()
+            SourceAuth::Header { value, .. } if value.expose().is_empty() => {
+                "the header's `value` is empty"
+            }
+            SourceAuth::Basic { username, password }
+                if username.is_empty() || password.expose().is_empty() =>
+            {
+                "`username` or `password` is empty"
+            }
+            SourceAuth::JwtHs256 { secret, .. } if secret.expose().is_empty() => {
+                "the JWT `secret` is empty"
             }
             SourceAuth::JwtHs256 {
-                secret,
-                max_age_seconds,
-            } => !secret.expose().is_empty() && *max_age_seconds > 0,
-            SourceAuth::PathToken { token } => token.expose().len() >= 16,
-        }
+                max_age_seconds, ..
+            } if *max_age_seconds < 1 => "the JWT `max_age` must be at least 1s",
+            SourceAuth::PathToken { token } if token.expose().len() < 16 => {
+                "the path `token` must be at least 16 characters"
+            }
+            // Sent as one path segment, unencoded: `/`, `?`, `#` and `%` would change the URL.
+            SourceAuth::PathToken { token } if !token.expose().bytes().all(is_path_safe) => {
+                "the path `token` may hold only letters, digits and `-._~!$&'()*+,;=:@`"
+            }
+            _ => return None,
+        };
+        Some(problem)
     }
+}
+
+/// A URL path segment's own characters: unreserved, sub-delimiters, `:` and `@` (RFC 3986).
+fn is_path_safe(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte)
 }
 
 /// A configured source: a name (the URL segment), its provider and how its requests are checked.
@@ -154,6 +175,12 @@ pub enum SpecError {
         source_name: String,
         provider: &'static str,
         accepted: String,
+    },
+    #[error("source `{source_name}` ({provider}): {problem}")]
+    UnusableAuth {
+        source_name: String,
+        provider: &'static str,
+        problem: &'static str,
     },
     #[error(
         "source `{source_name}` ({provider}) cannot use `{kind}` authentication: configure {accepted}"
@@ -197,13 +224,20 @@ impl SourceSpec {
             .map(AuthKind::as_str)
             .collect::<Vec<_>>()
             .join(" or ");
-        let Some(auth) = auth.filter(SourceAuth::is_usable) else {
+        let Some(auth) = auth else {
             return Err(SpecError::NoUsableAuth {
                 source_name: name.to_owned(),
                 provider: provider.name(),
                 accepted,
             });
         };
+        if let Some(problem) = auth.problem() {
+            return Err(SpecError::UnusableAuth {
+                source_name: name.to_owned(),
+                provider: provider.name(),
+                problem,
+            });
+        }
         if !provider.auth_kinds().contains(&auth.kind()) {
             return Err(SpecError::UnsupportedAuth {
                 source_name: name.to_owned(),
@@ -698,10 +732,50 @@ mod tests {
             error.to_string().contains("no usable authentication"),
             "{error}"
         );
-        let empty = SourceAuth::Signature {
-            secrets: vec![Secret::new("")],
+        // Each unusable credential says what is wrong with it.
+        let problems = [
+            (
+                "razorpay",
+                SourceAuth::Signature {
+                    secrets: vec![Secret::new("s"), Secret::new("")],
+                },
+                "one of `secrets` is empty",
+            ),
+            (
+                "setu_bbps",
+                SourceAuth::JwtHs256 {
+                    secret: Secret::new("s"),
+                    max_age_seconds: 0,
+                },
+                "the JWT `max_age` must be at least 1s",
+            ),
+            (
+                "caminvoice",
+                SourceAuth::PathToken {
+                    token: Secret::new("short"),
+                },
+                "the path `token` must be at least 16 characters",
+            ),
+            (
+                "caminvoice",
+                SourceAuth::PathToken {
+                    token: Secret::new("0123456789abcdef/ghi"),
+                },
+                "the path `token` may hold only",
+            ),
+        ];
+        for (provider, auth, problem) in problems {
+            let error = SourceSpec::new("src", provider, Some(auth), vec![]).unwrap_err();
+            assert!(
+                matches!(error, SpecError::UnusableAuth { .. })
+                    && error.to_string().contains(problem),
+                "{error}"
+            );
+        }
+        let token = SourceAuth::PathToken {
+            token: Secret::new("Ab0-._~!$&'()*+,;=:@xyz"),
         };
-        assert!(SourceSpec::new("rzp", "razorpay", Some(empty), vec![]).is_err());
+        assert!(SourceSpec::new("cam", "caminvoice", Some(token), vec![]).is_ok());
         let basic = SourceAuth::Basic {
             username: "a".into(),
             password: Secret::new("b"),
