@@ -75,6 +75,18 @@ const MIGRATIONS: &[(u32, &str)] = &[
 /// At most this many jobs share one transaction.
 const MAX_GROUP: usize = 512;
 
+/// At most this many writes wait for the writer.
+const QUEUE: usize = 4096;
+
+/// How long a write waits for room in the writer's queue before it is refused (503): a writer
+/// that far behind (a stalled disk) would otherwise have every request that reached it hold its
+/// body in memory until it recovers, each one long since timed out and sent again.
+const QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+/// At most this many committed groups wait for an fsync; past them the writer waits too, so a
+/// hung fsync stops the writer taking more from its queue.
+const SYNC_BACKLOG: usize = 64;
+
 /// Prepared statements the writer keeps: more than every statement it runs.
 const WRITER_STATEMENT_CACHE: usize = 256;
 
@@ -134,6 +146,8 @@ pub(crate) struct SqliteStore {
     readers: Arc<Readers>,
     /// Held from open to close: see [`lock_exclusively`].
     lock: Mutex<Option<std::fs::File>>,
+    /// [`QUEUE_WAIT`], shorter in tests.
+    queue_wait: Duration,
 }
 
 impl SqliteStore {
@@ -155,7 +169,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(&path, Arc::clone(&syncer.failure))?;
         let durability_failure = Arc::clone(&syncer.failure);
         let syncing_since = Arc::clone(&syncer.syncing_since);
-        let (sender, receiver) = mpsc::channel::<Job>(4096);
+        let (sender, receiver) = mpsc::channel::<Job>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("billhook-sqlite-writer".to_owned())
             .spawn(move || write_loop(connection, receiver, syncer, checkpointer))
@@ -170,6 +184,7 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             lock: Mutex::new(Some(lock)),
+            queue_wait: QUEUE_WAIT,
         })
     }
 
@@ -193,10 +208,19 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("writer lock poisoned".to_owned()))?
             .clone()
             .ok_or_else(|| StoreError::Unavailable("the store is closed".to_owned()))?;
-        sender
-            .send(job)
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".to_owned()))?;
+        match tokio::time::timeout(self.queue_wait, sender.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(StoreError::Unavailable(
+                    "the writer thread has stopped".to_owned(),
+                ));
+            }
+            Err(_) => {
+                return Err(StoreError::Unavailable(
+                    "the writer is behind: its queue is full".to_owned(),
+                ));
+            }
+        }
         // Only the store's own sender may keep the writer running: `close` drops it and waits
         // for the thread, which a clone held by a caller awaiting its answer would hold up.
         drop(sender);
@@ -417,7 +441,7 @@ fn run_group(connection: &Connection, group: &mut [Job]) -> Result<(), StoreErro
 /// Groups that commit during an fsync share the next one. Until its fsync, a committed group is
 /// visible to readers but nothing has been answered, acknowledged or handed to delivery.
 struct Syncer {
-    groups: std::sync::mpsc::Sender<Vec<Job>>,
+    groups: std::sync::mpsc::SyncSender<Vec<Job>>,
     thread: std::thread::JoinHandle<()>,
     failure: Arc<OnceLock<String>>,
     syncing_since: Arc<Mutex<Option<Instant>>>,
@@ -440,7 +464,7 @@ impl Syncer {
             failure: Arc::clone(&failure),
             syncing_since: Arc::clone(&syncing_since),
         };
-        let (groups, committed) = std::sync::mpsc::channel::<Vec<Job>>();
+        let (groups, committed) = std::sync::mpsc::sync_channel::<Vec<Job>>(SYNC_BACKLOG);
         let thread = std::thread::Builder::new()
             .name("billhook-sqlite-syncer".to_owned())
             .spawn(move || sync_loop(wal, committed))
@@ -1042,6 +1066,75 @@ mod tests {
         assert!(left > 0, "the WAL was truncated after the failure");
         // 2 was committed before its fsync failed (its caller was told so); 3 never was.
         assert_eq!(numbers(&dir.path().join("billhook.db")), vec![1, 2]);
+    }
+
+    /// A writer that cannot keep up refuses what it has no room for after a short wait, rather
+    /// than holding every caller's data in memory until it recovers; what it took is written.
+    #[tokio::test]
+    async fn a_write_finding_the_queue_full_is_refused_after_a_wait() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = SqliteStore::open(&dir.path().join("billhook.db"), None)
+            .await
+            .expect("open");
+        store.queue_wait = Duration::from_millis(200);
+        create_numbers(&store).await.expect("create table");
+        let store = Arc::new(store);
+        // A job that holds the writer, as a stalled disk would.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        let holding = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .write(move |_| {
+                        let _ = held.lock().map(|held| held.recv());
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting: Vec<_> = (0..QUEUE)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.write(insert(n as i64, false)).await })
+            })
+            .collect();
+        let room = || {
+            store
+                .writer
+                .lock()
+                .expect("writer")
+                .as_ref()
+                .map_or(0, mpsc::Sender::capacity)
+        };
+        while room() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let started = Instant::now();
+        let refused = store
+            .write(insert(-1, false))
+            .await
+            .expect_err("no room in the queue");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(matches!(refused, StoreError::Unavailable(_)), "{refused}");
+        assert!(refused.to_string().contains("queue is full"), "{refused}");
+
+        release.send(()).expect("release the writer");
+        holding
+            .await
+            .expect("join")
+            .expect("the held job is written");
+        for write in waiting {
+            write
+                .await
+                .expect("join")
+                .expect("every queued write is written");
+        }
+        let written = numbers(&dir.path().join("billhook.db"));
+        assert_eq!(written.len(), QUEUE);
+        assert!(!written.contains(&-1));
     }
 
     /// An fsync that has hung (a dead network volume) fails nothing, so only its age can tell a
