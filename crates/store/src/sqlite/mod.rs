@@ -208,25 +208,27 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("writer lock poisoned".to_owned()))?
             .clone()
             .ok_or_else(|| StoreError::Unavailable("the store is closed".to_owned()))?;
-        match tokio::time::timeout(self.queue_wait, sender.send(job)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(StoreError::Unavailable(
-                    "the writer thread has stopped".to_owned(),
-                ));
-            }
-            Err(_) => {
-                return Err(StoreError::Unavailable(
-                    "the writer is behind: its queue is full".to_owned(),
-                ));
+        let stopped = || StoreError::Unavailable("the writer thread has stopped".to_owned());
+        // A timer only when there is no room: the common case stays one channel send.
+        match sender.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                match tokio::time::timeout(self.queue_wait, sender.send(job)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(stopped()),
+                    Err(_) => {
+                        return Err(StoreError::Unavailable(
+                            "the writer is behind: its queue is full".to_owned(),
+                        ));
+                    }
+                }
             }
         }
         // Only the store's own sender may keep the writer running: `close` drops it and waits
         // for the thread, which a clone held by a caller awaiting its answer would hold up.
         drop(sender);
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".to_owned()))?
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Runs `work` on a read-only connection from the pool.
