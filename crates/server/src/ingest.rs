@@ -64,7 +64,7 @@ pub struct IngestResponse {
         (status = 404, description = "No such source", body = Error),
         (status = 408, description = "The request took too long", body = Error),
         (status = 413, description = "The body is too large", body = Error),
-        (status = 503, description = "The database is unavailable; nothing was stored", body = Error),
+        (status = 503, description = "The database is unavailable; retry (a retry of a request stored after all is answered as a duplicate)", body = Error),
     ))]
 pub(crate) async fn receive(
     State(app): State<Arc<App>>,
@@ -92,7 +92,7 @@ pub(crate) async fn receive(
         (status = 404, description = "No such source", body = Error),
         (status = 408, description = "The request took too long", body = Error),
         (status = 413, description = "The body is too large", body = Error),
-        (status = 503, description = "The database is unavailable; nothing was stored", body = Error),
+        (status = 503, description = "The database is unavailable; retry (a retry of a request stored after all is answered as a duplicate)", body = Error),
     ))]
 pub(crate) async fn receive_with_token(
     State(app): State<Arc<App>>,

@@ -22,6 +22,7 @@ backend_tests!(
     a_prune_on_request_stops_between_batches_when_billhook_stops,
     the_cli_manages_endpoints_end_to_end,
     reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do,
+    reprocessing_in_bulk_goes_past_a_request_the_database_refuses,
     a_settlement_reached_by_reprocessing_is_counted,
     an_endpoint_whose_source_left_the_configuration_can_be_disabled,
 );
@@ -783,6 +784,77 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
         .cli(&["reprocess", &quarantined[1], "--source", "razorpay"])
         .await;
     assert!(!ok && printed.contains("not both"), "{printed}");
+    app.stop().await;
+}
+
+/// A request whose reprocessing the database refuses is reported `failed`, and the requests
+/// after it are reprocessed all the same: stopping at it would stop every later call there.
+async fn reprocessing_in_bulk_goes_past_a_request_the_database_refuses(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut quarantined = Vec::new();
+    for n in 0..3 {
+        let body = format!("not json {n}");
+        let response = app.post_signed("razorpay", body.as_bytes(), &[]).await;
+        assert_eq!(response.status().as_u16(), 202);
+        let ack: Value = response.json().await.unwrap();
+        quarantined.push(ack["inbound_id"].as_str().unwrap().to_owned());
+    }
+    let refused = &quarantined[0];
+    match backend {
+        Backend::Sqlite => {
+            app.execute_sql(&format!(
+                "CREATE TRIGGER refuse_one BEFORE UPDATE ON inbound WHEN OLD.id = '{refused}' \
+                 BEGIN SELECT RAISE(ABORT, 'refused for the test'); END"
+            ))
+            .await;
+        }
+        Backend::Postgres => {
+            app.execute_sql(
+                "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$",
+            )
+            .await;
+            app.execute_sql(&format!(
+                "CREATE TRIGGER refuse_one BEFORE UPDATE ON inbound FOR EACH ROW \
+                 WHEN (OLD.id = '{refused}') EXECUTE FUNCTION refuse_one()"
+            ))
+            .await;
+        }
+    }
+
+    let (status, summary) = app.admin_post("/v1/inbound/reprocess", json!({})).await;
+    assert_eq!(status, 200, "{summary}");
+    let outcomes: Vec<(&str, &str)> = summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (refused.as_str(), "failed"),
+            (quarantined[1].as_str(), "quarantined"),
+            (quarantined[2].as_str(), "quarantined"),
+        ],
+        "{summary}"
+    );
+    let failure = &summary["results"][0]["error"];
+    assert_eq!(failure["code"], json!("internal"), "{summary}");
+    assert!(
+        !failure["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused for the test"),
+        "the database's words stay in the log: {summary}"
+    );
+    assert_eq!(
+        (
+            summary["failed"].clone(),
+            summary["still_quarantined"].clone()
+        ),
+        (json!(1), json!(2))
+    );
     app.stop().await;
 }
 

@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use super::{ApiQuery, Page, page_limit, parse_cursor};
 use crate::App;
 use crate::api::ApiPath;
-use crate::error::ApiError;
 #[allow(unused_imports, reason = "named in the OpenAPI attributes")]
 use crate::error::ErrorBody as Error;
+use crate::error::{ApiError, ErrorCode};
 use crate::ingest::canonical_events;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -44,6 +44,15 @@ pub(crate) struct ListParams {
 pub(crate) struct ErrorView {
     code: String,
     message: String,
+}
+
+impl From<ApiError> for ErrorView {
+    fn from(error: ApiError) -> Self {
+        Self {
+            code: error.code.as_str().to_owned(),
+            message: error.message,
+        }
+    }
 }
 
 impl From<RecordedError> for ErrorView {
@@ -227,7 +236,9 @@ pub(crate) async fn show(
 pub(crate) struct ReprocessView {
     id: InboundId,
     /// `processed`, `quarantined`, `duplicate`, `not_quarantined`, or (reprocessing in bulk)
-    /// `skipped` when the request cannot be reprocessed now; `error` says why.
+    /// `skipped` when the request cannot be reprocessed now, `failed` when the database
+    /// refused it (`error` says why for both), and `not_attempted` after the database became
+    /// unavailable.
     outcome: &'static str,
     events: Vec<EventId>,
     error: Option<ErrorView>,
@@ -273,6 +284,9 @@ pub(crate) struct ReprocessAllView {
     /// Requests that cannot be reprocessed now (their source is no longer configured); the
     /// others are reprocessed all the same.
     skipped: usize,
+    /// Requests whose reprocessing failed in the database; `error` says how. With the
+    /// database unavailable the rest are `not_attempted`.
+    failed: usize,
     results: Vec<ReprocessView>,
 }
 
@@ -308,22 +322,45 @@ pub(crate) async fn reprocess_all(
         })
         .await?;
     let mut results = Vec::new();
+    let mut unavailable = false;
     for id in oldest.items.into_iter().map(|summary| summary.id) {
-        let Some(record) = app.store.inbound(id).await? else {
+        let view = |outcome, error: Option<ErrorView>| ReprocessView {
+            id,
+            outcome,
+            events: Vec::new(),
+            error,
+            duplicate_of: None,
+        };
+        if unavailable {
+            results.push(view("not_attempted", None));
             continue;
+        }
+        // One request the database refuses must not stop every later call at the same request
+        // (oldest first), nor hide what was done before it.
+        let record = match app.store.inbound(id).await.map_err(ApiError::from) {
+            Ok(Some(record)) => record,
+            Ok(None) => continue,
+            Err(error) => {
+                unavailable = error.code == ErrorCode::StorageUnavailable;
+                results.push(view("failed", Some(ErrorView::from(error))));
+                continue;
+            }
         };
         results.push(match reprocessable(&app, &record) {
-            Err(message) => ReprocessView {
-                id,
-                outcome: "skipped",
-                events: Vec::new(),
-                error: Some(ErrorView {
-                    code: crate::error::ErrorCode::InvalidRequest.as_str().to_owned(),
+            Err(message) => view(
+                "skipped",
+                Some(ErrorView {
+                    code: ErrorCode::InvalidRequest.as_str().to_owned(),
                     message,
                 }),
-                duplicate_of: None,
+            ),
+            Ok(_) => match reprocess(&app, record).await {
+                Ok(done) => done,
+                Err(error) => {
+                    unavailable = error.code == ErrorCode::StorageUnavailable;
+                    view("failed", Some(ErrorView::from(error)))
+                }
             },
-            Ok(_) => reprocess(&app, record).await?,
         });
     }
     Ok(Json(ReprocessAllView {
@@ -335,6 +372,7 @@ pub(crate) async fn reprocess_all(
             .count(),
         duplicates: results.iter().filter(|r| r.outcome == "duplicate").count(),
         skipped: results.iter().filter(|r| r.outcome == "skipped").count(),
+        failed: results.iter().filter(|r| r.outcome == "failed").count(),
         results,
     }))
 }
