@@ -316,6 +316,21 @@ impl Target {
             )));
         }
         let mut headers = generated.headers.clone();
+        // What an HTTP client would add on its own is set here, so `--print` shows it too.
+        for (name, value) in [
+            (
+                "User-Agent",
+                concat!("billhook-trigger/", env!("CARGO_PKG_VERSION")),
+            ),
+            ("Accept", "*/*"),
+        ] {
+            if !headers
+                .iter()
+                .any(|(set, _)| set.eq_ignore_ascii_case(name))
+            {
+                headers.push((name.to_owned(), value.to_owned()));
+            }
+        }
         if let Some(auth) = &self.auth {
             // Signed now whatever `--at` says of the message: a credential issued in the past
             // (a JWT's `iat`) is refused.
@@ -370,7 +385,6 @@ fn http_text(request: &Request) -> Result<String, CliError> {
 /// and an answer that never comes fails after [`SEND_TIMEOUT`].
 async fn send(request: &Request) -> Result<(u16, Value), CliError> {
     let client = reqwest::Client::builder()
-        .user_agent(concat!("billhook-trigger/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .timeout(SEND_TIMEOUT)
         .build()
@@ -379,9 +393,18 @@ async fn send(request: &Request) -> Result<(u16, Value), CliError> {
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
     }
-    let response = builder.send().await.map_err(|e| CliError::Unreachable {
-        url: request.shown_url.clone(),
-        reason: e.without_url().to_string(),
+    let response = builder.send().await.map_err(|e| {
+        let unsendable = e.is_builder();
+        let reason = e.without_url().to_string();
+        if unsendable {
+            // Nothing was sent: the URL or a header cannot be.
+            CliError::Usage(format!("cannot send to {}: {reason}", request.shown_url))
+        } else {
+            CliError::Unreachable {
+                url: request.shown_url.clone(),
+                reason,
+            }
+        }
     })?;
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();

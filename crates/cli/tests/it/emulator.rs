@@ -183,15 +183,15 @@ async fn trigger_sends_exactly_the_request_it_prints() {
         printed_body,
         "the bytes sent are the bytes printed"
     );
-    for name in [
-        "content-type",
-        "x-razorpay-event-id",
-        "x-razorpay-signature",
-        "x-trace",
-        "content-length",
-        "host",
-    ] {
-        assert_eq!(arrival.header(name), printed_headers[name], "{name}");
+    // Every header that arrived was printed, with the same value, and nothing more.
+    let arrived: BTreeMap<String, String> = arrival
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(arrived, printed_headers);
+    for name in ["x-razorpay-event-id", "x-razorpay-signature", "x-trace"] {
+        assert!(arrived.contains_key(name), "{name}");
     }
     assert_eq!(
         arrival.header("x-razorpay-signature"),
