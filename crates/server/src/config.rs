@@ -243,6 +243,10 @@ pub struct IngestConfig {
     pub dedup_window: HumanDuration,
     /// The most time one ingest request may take.
     pub request_timeout: HumanDuration,
+    /// The most bytes of ingest bodies held in memory at once; a request that would pass it is
+    /// refused with 503 before its body is read. Each request counts its `Content-Length`, or
+    /// `max_body_bytes` when it declares none.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for IngestConfig {
@@ -251,6 +255,7 @@ impl Default for IngestConfig {
             max_body_bytes: 1024 * 1024,
             dedup_window: HumanDuration(Duration::from_secs(8 * 86_400)),
             request_timeout: HumanDuration(Duration::from_secs(30)),
+            max_buffered_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -727,6 +732,20 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "ingest.max_body_bytes must be positive".to_owned(),
             ));
+        }
+        // A body's share of the budget is taken in one piece, which counts at most u32::MAX.
+        if self.ingest.max_body_bytes > u32::MAX as usize {
+            return Err(ConfigError::Invalid(
+                "ingest.max_body_bytes must be under 4 GiB".to_owned(),
+            ));
+        }
+        if self.ingest.max_buffered_bytes < self.ingest.max_body_bytes
+            || self.ingest.max_buffered_bytes > tokio::sync::Semaphore::MAX_PERMITS
+        {
+            return Err(ConfigError::Invalid(format!(
+                "ingest.max_buffered_bytes ({}) must be at least ingest.max_body_bytes ({})",
+                self.ingest.max_buffered_bytes, self.ingest.max_body_bytes
+            )));
         }
         // Zero would not mean "no deadline": a zero request timeout refuses every webhook and
         // every attempt, a zero pool wait every connection, and PostgreSQL reads a zero

@@ -64,7 +64,7 @@ pub struct IngestResponse {
         (status = 404, description = "No such source", body = Error),
         (status = 408, description = "The request took too long", body = Error),
         (status = 413, description = "The body is too large", body = Error),
-        (status = 503, description = "The database is unavailable; retry (a retry of a request stored after all is answered as a duplicate)", body = Error),
+        (status = 503, description = "The database is unavailable, or billhook holds as many bodies as it may; retry (a retry of a request stored after all is answered as a duplicate)", body = Error),
     ))]
 pub(crate) async fn receive(
     State(app): State<Arc<App>>,
@@ -92,7 +92,7 @@ pub(crate) async fn receive(
         (status = 404, description = "No such source", body = Error),
         (status = 408, description = "The request took too long", body = Error),
         (status = 413, description = "The body is too large", body = Error),
-        (status = 503, description = "The database is unavailable; retry (a retry of a request stored after all is answered as a duplicate)", body = Error),
+        (status = 503, description = "The database is unavailable, or billhook holds as many bodies as it may; retry (a retry of a request stored after all is answered as a duplicate)", body = Error),
     ))]
 pub(crate) async fn receive_with_token(
     State(app): State<Arc<App>>,
@@ -183,6 +183,8 @@ async fn process(
     };
     // An address off the source's allow-list is refused before its body is read.
     source.spec.admits(Some(remote_ip)).map_err(refused)?;
+    // Held until the request is answered: its body lives that long.
+    let _buffered = reserve_body(app, headers)?;
     let body = read_body(headers, body, app.settings.ingest.max_body_bytes).await?;
     if body.is_empty() {
         return Err(ApiError::new(
@@ -288,6 +290,34 @@ async fn process(
         }
     };
     Ok(((source.ack_status, Json(response)).into_response(), counted))
+}
+
+/// Takes the body's share of `ingest.max_buffered_bytes`: its declared length, or the most a
+/// body may be. Refused at once (503) rather than waited for: a provider retries, while a
+/// request waiting here would hold its connection all the same.
+fn reserve_body<'a>(
+    app: &'a App,
+    headers: &HeaderMap,
+) -> Result<tokio::sync::SemaphorePermit<'a>, ApiError> {
+    let limit = app.settings.ingest.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    // A declared length past the limit is refused with 413 by `read_body`.
+    let share = declared.unwrap_or(limit).clamp(1, limit);
+    let share = u32::try_from(share).unwrap_or(u32::MAX);
+    app.ingest_budget.try_acquire_many(share).map_err(|_| {
+        // Counted as an ingest error; a line per refusal would flood the log when it matters.
+        tracing::debug!(
+            max_buffered_bytes = app.settings.ingest.max_buffered_bytes,
+            "refused a webhook: the ingest bodies in memory are at their limit"
+        );
+        ApiError::new(
+            ErrorCode::Overloaded,
+            "billhook is holding as many request bodies as it may; retry later",
+        )
+    })
 }
 
 /// Reads the body, refusing with 413 as soon as it is known to exceed `limit`: from

@@ -43,6 +43,9 @@ pub struct App {
     /// Set once shutdown begins: a long request (a manual prune) stops between its steps
     /// instead of holding the stop up.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Bytes of ingest bodies that may be held in memory at once (`ingest.max_buffered_bytes`):
+    /// a request takes its share before its body is read.
+    pub ingest_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -103,6 +106,9 @@ impl Server {
         .await?;
         let announcer = Arc::new(ledger::Announcer::new(delivery.planner()));
         let access = access::AccessControl::new(settings.admin_token.clone());
+        let ingest_budget = Arc::new(tokio::sync::Semaphore::new(
+            settings.ingest.max_buffered_bytes,
+        ));
         Ok(Self {
             app: Arc::new(App {
                 settings,
@@ -112,6 +118,7 @@ impl Server {
                 access,
                 metrics,
                 stopping: tokio::sync::watch::Sender::new(false),
+                ingest_budget,
             }),
         })
     }

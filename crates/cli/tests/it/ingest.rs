@@ -667,6 +667,55 @@ async fn static_credentials_jwt_basic_and_ip_allow_lists(backend: Backend) {
     app.stop().await;
 }
 
+/// Bodies being read are held in memory; past `ingest.max_buffered_bytes` of them a webhook is
+/// refused with 503 before its body is read, so clients that announce large bodies and stall
+/// cannot grow billhook's memory without bound. Room comes back as those requests end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_past_the_bodies_billhook_may_hold_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        "[ingest]\nmax_body_bytes = 16384\nmax_buffered_bytes = 32768\nrequest_timeout = \"2s\"\n",
+    )
+    .await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    // Two requests announce the most a body may be, send a little of it, and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream
+            .write_all(
+                b"POST /ingest/razorpay HTTP/1.1\r\nHost: billhook\r\n\
+                  Content-Type: application/json\r\nContent-Length: 16384\r\n\r\n{\"a\":",
+            )
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let body = fixture("razorpay/invoice.paid.upi.json");
+    let refused = app.post_signed("razorpay", &body, &[]).await;
+    assert_eq!(refused.status().as_u16(), 503);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["code"], json!("overloaded"), "{error}");
+    let (_, inbound) = app.admin_get("/v1/inbound").await;
+    assert_eq!(inbound["data"], json!([]), "nothing was stored");
+
+    // The stalled requests time out and give their room back.
+    for mut stream in stalled {
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("the stalled request is answered");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let accepted = app.post_signed("razorpay", &body, &[]).await;
+    assert_eq!(accepted.status().as_u16(), 202);
+    app.stop().await;
+}
+
 /// A client that sends a request's headers a byte now and then (or not at all) does not keep
 /// its connection: the headers must arrive within the ingest request timeout, or the
 /// connection is closed. Without a deadline, enough such clients hold every file descriptor.
