@@ -246,37 +246,9 @@ fn complete_one(
 ) -> Result<(), StoreError> {
     let delivery = completion.delivery_id.to_string();
     let endpoint = completion.endpoint_id.to_string();
-    if let Some(attempt) = &completion.attempt {
-        connection
-            .prepare_cached(
-                // A completion so late that retention removed its delivery meanwhile records
-                // nothing: no later pass would ever remove an attempt of a delivery gone. One
-                // recorded already (a batch written again) is left as it is.
-                "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
-                    duration_ms, status_code, response_body, error_kind, error_message)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
-                 WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ?2)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    attempt.id.to_string(),
-                    delivery,
-                    endpoint,
-                    attempt.number,
-                    attempt.started_at.unix_millis(),
-                    i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX),
-                    attempt.status_code,
-                    attempt.response_body.as_deref(),
-                    attempt.error_kind,
-                    attempt.error_message,
-                ])
-            })
-            .map_err(db_error)?;
-    }
     let (status, next_at) = completion.next.columns();
     let attempted = completion.attempt.as_ref();
-    connection
+    let updated = connection
         .prepare_cached(
             // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt
             // is recorded, but no retry may bring it back. A retry of an endpoint disabled by now
@@ -312,6 +284,42 @@ fn complete_one(
             ])
         })
         .map_err(db_error)?;
+    if let Some(attempt) = attempted {
+        // A completion so late that retention removed its delivery meanwhile records nothing:
+        // no later pass would ever remove an attempt of a delivery gone. The update above just
+        // found it when it changed a row; only when it did not (the lease lapsed, or the
+        // delivery is gone) is its existence asked. One recorded already (a batch written
+        // again) is left as it is.
+        let sql = if updated == 1 {
+            "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
+                duration_ms, status_code, response_body, error_kind, error_message)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (id) DO NOTHING"
+        } else {
+            "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
+                duration_ms, status_code, response_body, error_kind, error_message)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+             WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ?2)
+             ON CONFLICT (id) DO NOTHING"
+        };
+        connection
+            .prepare_cached(sql)
+            .and_then(|mut s| {
+                s.execute(params![
+                    attempt.id.to_string(),
+                    delivery,
+                    endpoint,
+                    attempt.number,
+                    attempt.started_at.unix_millis(),
+                    i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX),
+                    attempt.status_code,
+                    attempt.response_body.as_deref(),
+                    attempt.error_kind,
+                    attempt.error_message,
+                ])
+            })
+            .map_err(db_error)?;
+    }
     if let Some(reason) = &completion.disable_endpoint {
         disable(connection, completion.endpoint_id, reason, now)?;
     }
