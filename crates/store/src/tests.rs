@@ -2071,6 +2071,57 @@ fn a_batch_of_outcomes_written_twice_records_each_attempt_once() {
     });
 }
 
+/// A 410's disabling, written a second time after an operator re-enabled the endpoint (the
+/// first write's answer was lost), leaves the endpoint enabled: the operator's word is later.
+#[test]
+fn a_disable_written_again_after_a_re_enable_leaves_the_endpoint_enabled() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let (endpoint, id, now) = owed_and_claimed(store, "gone-twice").await;
+            let gone = Completion {
+                attempt: Some(NewAttempt {
+                    status_code: Some(410),
+                    ..delivered_ok(id, endpoint.id, now).attempt.unwrap()
+                }),
+                next: NextStep::Held,
+                disable_endpoint: Some("the endpoint answered 410 Gone".into()),
+                ..delivered_ok(id, endpoint.id, now)
+            };
+            let later = now.add(Duration::from_secs(5));
+            store
+                .complete(vec![gone.clone()], "w", later)
+                .await
+                .unwrap();
+            let disabled = store.endpoint(endpoint.id).await.unwrap().unwrap();
+            assert!(!disabled.enabled);
+
+            let re_enabled_at = now.add(Duration::from_secs(10));
+            store
+                .update_endpoint(
+                    endpoint.id,
+                    EndpointPatch {
+                        enabled: Some(true),
+                        ..EndpointPatch::default()
+                    },
+                    re_enabled_at,
+                )
+                .await
+                .unwrap();
+            store
+                .complete(vec![gone], "w", now.add(Duration::from_secs(15)))
+                .await
+                .unwrap();
+            let record = store.endpoint(endpoint.id).await.unwrap().unwrap();
+            assert!(
+                record.enabled,
+                "re-enabled by the operator, and so it stays"
+            );
+            assert_eq!(record.disabled_reason, None);
+        }
+    });
+}
+
 /// A delivery of an event that outlived its message (an announcement about a payment whose
 /// last message retention has removed) is still claimed and carries the event: a claim that
 /// leased it without returning it would keep it from being sent, lease after lease.

@@ -197,7 +197,8 @@ async fn complete_run<C: GenericClient>(
     if let Some(last) = run.last()
         && let Some(reason) = &last.disable_endpoint
     {
-        disable(client, last.endpoint_id, reason, now).await?;
+        let judged_at = last.attempt.as_ref().map(|a| a.started_at);
+        disable(client, last.endpoint_id, reason, now, judged_at).await?;
     }
     Ok(())
 }

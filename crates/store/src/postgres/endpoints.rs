@@ -242,6 +242,7 @@ async fn apply_patch<C: GenericClient>(
                     .as_deref()
                     .unwrap_or("disabled by an operator"),
                 now,
+                None,
             )
             .await?;
         }
@@ -250,21 +251,30 @@ async fn apply_patch<C: GenericClient>(
     Ok(())
 }
 
-/// Disables an endpoint and holds its undelivered deliveries until it is recovered.
+/// Disables an endpoint and holds its undelivered deliveries until it is recovered. With
+/// `unchanged_since` (when the attempt that judged it gone began), only an endpoint no one has
+/// changed since: one an operator re-enabled meanwhile stays enabled, even when a batch of
+/// outcomes is written a second time.
 pub(super) async fn disable<C: GenericClient>(
     client: &C,
     id: EndpointId,
     reason: &str,
     now: Timestamp,
+    unchanged_since: Option<Timestamp>,
 ) -> Result<(), StoreError> {
     let id = id.to_string();
-    client
+    let since = unchanged_since.map_or(i64::MAX, |at| at.unix_millis());
+    let disabled = client
         .execute(
-            "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2, updated_at = $3 WHERE id = $1",
-            &[&id, &reason, &now.unix_millis()],
+            "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2, updated_at = $3
+             WHERE id = $1 AND updated_at <= $4",
+            &[&id, &reason, &now.unix_millis(), &since],
         )
         .await
         .map_err(pg_error)?;
+    if disabled == 0 {
+        return Ok(());
+    }
     client
         .execute(
             "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL, updated_at = $2

@@ -321,7 +321,8 @@ fn complete_one(
             .map_err(db_error)?;
     }
     if let Some(reason) = &completion.disable_endpoint {
-        disable(connection, completion.endpoint_id, reason, now)?;
+        let judged_at = attempted.map(|a| a.started_at);
+        disable(connection, completion.endpoint_id, reason, now, judged_at)?;
     }
     Ok(())
 }

@@ -242,26 +242,36 @@ fn apply_patch(
                 .as_deref()
                 .unwrap_or("disabled by an operator"),
             now,
+            None,
         )?,
         None => {}
     }
     Ok(())
 }
 
-/// Disables an endpoint and holds its undelivered deliveries until it is recovered.
+/// Disables an endpoint and holds its undelivered deliveries until it is recovered. With
+/// `unchanged_since` (when the attempt that judged it gone began), only an endpoint no one has
+/// changed since: one an operator re-enabled meanwhile stays enabled, even when a batch of
+/// outcomes is written a second time.
 pub(super) fn disable(
     connection: &Connection,
     id: EndpointId,
     reason: &str,
     now: Timestamp,
+    unchanged_since: Option<Timestamp>,
 ) -> Result<(), StoreError> {
     let id = id.to_string();
-    connection
+    let since = unchanged_since.map_or(i64::MAX, |at| at.unix_millis());
+    let disabled = connection
         .prepare_cached(
-            "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3 WHERE id = ?1",
+            "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
+             WHERE id = ?1 AND updated_at <= ?4",
         )
-        .and_then(|mut statement| statement.execute(params![id, reason, now.unix_millis()]))
+        .and_then(|mut statement| statement.execute(params![id, reason, now.unix_millis(), since]))
         .map_err(db_error)?;
+    if disabled == 0 {
+        return Ok(());
+    }
     connection
         .prepare_cached(
             "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
