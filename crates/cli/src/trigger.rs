@@ -69,6 +69,10 @@ pub(crate) struct TriggerArgs {
     /// Write the exact HTTP/1.1 request to standard output (and send it only with --to).
     #[arg(long)]
     print: bool,
+    /// Send the JSON indented, as providers' own samples are; each provider signs it its way
+    /// (Zwitch over the body with its whitespace removed).
+    #[arg(long)]
+    pretty: bool,
     /// The local billhook (default: http:// + the configured listen address).
     #[arg(long, env = "BILLHOOK_URL")]
     url: Option<String>,
@@ -199,6 +203,8 @@ struct Sending<'a> {
     config: &'a Config,
     /// Extra `Name: value` headers.
     headers: &'a [String],
+    /// Indented JSON instead of compact.
+    pretty: bool,
 }
 
 impl<'a> Sending<'a> {
@@ -208,6 +214,7 @@ impl<'a> Sending<'a> {
             base: args.url.as_deref(),
             config,
             headers: &args.headers,
+            pretty: args.pretty,
         }
     }
 }
@@ -288,7 +295,11 @@ impl Target {
         generated: &Generated,
         sending: &Sending<'_>,
     ) -> Result<Request, CliError> {
-        let body = generated.body();
+        let body = if sending.pretty {
+            generated.pretty_body()
+        } else {
+            generated.body()
+        };
         let url = match (sending.to, &self.source) {
             (Some(url), _) => url.to_owned(),
             (None, Some(source)) => {

@@ -154,6 +154,11 @@ impl Generated {
     pub fn body(&self) -> Vec<u8> {
         serde_json::to_vec(&self.json).unwrap_or_default()
     }
+
+    /// The body as indented JSON, as providers' own samples are written.
+    pub fn pretty_body(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.json).unwrap_or_default()
+    }
 }
 
 /// Why the emulator cannot build a message.

@@ -149,8 +149,12 @@ impl Provider for Zwitch {
         &[PaymentRef::MerchantReference, PaymentRef::Remark]
     }
 
+    /// Over the body with its insignificant whitespace removed, as Zwitch documents: the same
+    /// bytes for a compact body, and a pretty-printed one is signed as Zwitch would sign it.
     fn sign(&self, auth: &SourceAuth, body: &[u8], now: Timestamp) -> Vec<(String, String)> {
-        auth::hex_signature_headers(auth, "x-zwitch-signature", body, now.unix_seconds())
+        let compacted = json::compact(body);
+        let signed = compacted.as_deref().unwrap_or(body);
+        auth::hex_signature_headers(auth, "x-zwitch-signature", signed, now.unix_seconds())
     }
 
     fn emulated_events(&self) -> &'static [EmulatedEvent] {

@@ -12,6 +12,7 @@ use crate::helpers::*;
 
 backend_tests!(
     every_listed_event_round_trips_through_a_billhook_server,
+    a_pretty_zwitch_message_is_signed_over_its_compact_form,
     every_shipped_scenario_runs_green,
     a_message_dated_in_the_past_is_signed_now,
 );
@@ -211,6 +212,51 @@ async fn trigger_sends_exactly_the_request_it_prints() {
         again.split_once("\r\n\r\n").unwrap().1.as_bytes(),
         printed_body
     );
+}
+
+/// `--pretty` sends indented JSON, as Zwitch's samples are, signed over its compact form as
+/// Zwitch documents: billhook verifies it by its second check, over the compacted body.
+async fn a_pretty_zwitch_message_is_signed_over_its_compact_form(backend: Backend) {
+    let receiver = Receiver::ok().await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .args([
+            "trigger",
+            "zwitch",
+            "payments.updated",
+            "--pretty",
+            "--secret",
+            ZWITCH_SECRET,
+            "--to",
+            &receiver.url,
+        ])
+        .env_remove("BILLHOOK_URL")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let arrival = &receiver.arrivals()[0];
+    assert!(arrival.body.contains(&b'\n'), "indented");
+    assert_ne!(
+        arrival.header("x-zwitch-signature"),
+        hex_hmac(ZWITCH_SECRET, &arrival.body),
+        "not over the indented bytes"
+    );
+
+    let app = spawn_app(backend).await;
+    let (ok, printed) = app
+        .cli(&["trigger", "zwitch", "payments.updated", "--pretty"])
+        .await;
+    assert!(ok && printed.contains("HTTP 200"), "{printed}");
+    let (_, inbound) = app.admin_get("/v1/inbound").await;
+    assert_eq!(
+        inbound["data"][0]["status"],
+        json!("processed"),
+        "{inbound}"
+    );
+    app.stop().await;
 }
 
 /// A redirect is the target's answer, as it would be to a provider: `trigger` does not follow
