@@ -477,6 +477,18 @@ impl Store {
         dispatch!(self, store => store.cancel_deliveries_of_deleted(endpoints, now).await)
     }
 
+    /// Holds the due deliveries of those of `endpoints` that are disabled; the number held. A
+    /// delivery planned as its endpoint was being disabled, or left pending by a holder that
+    /// stopped, is written or left after the disabling held the rest, and no lane works it:
+    /// pending, it would keep its message from retention and the backlog from ever emptying.
+    pub async fn hold_deliveries_of_disabled(
+        &self,
+        endpoints: Vec<EndpointId>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.hold_deliveries_of_disabled(endpoints, now).await)
+    }
+
     /// Deletes an endpoint and cancels its undelivered deliveries. False when there is none.
     pub async fn delete_endpoint(
         &self,

@@ -2071,6 +2071,45 @@ fn a_batch_of_outcomes_written_twice_records_each_attempt_once() {
     });
 }
 
+/// A delivery left pending for an endpoint that is disabled (planned as it was disabled) is
+/// held when asked, like those the disabling held; those of enabled endpoints are left alone.
+#[test]
+fn due_deliveries_of_a_disabled_endpoint_are_held_when_asked() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = canonical_endpoint(store).await;
+            let owed = ingest_owed(store, &endpoint, "late-for-disabled").await;
+            let now = Timestamp::now();
+            assert_eq!(
+                store
+                    .hold_deliveries_of_disabled(vec![endpoint.id], now)
+                    .await
+                    .unwrap(),
+                0,
+                "enabled: left to its lane"
+            );
+            // Disabled behind the store's back, so the delivery stays pending as one planned
+            // by an instance that had not heard of the disabling would.
+            execute_directly(
+                &test.config,
+                "UPDATE endpoints SET enabled = false WHERE id = $1",
+                &endpoint.id.to_string(),
+            )
+            .await;
+            assert_eq!(
+                store
+                    .hold_deliveries_of_disabled(vec![endpoint.id], now)
+                    .await
+                    .unwrap(),
+                1
+            );
+            let record = store.delivery(owed.delivery).await.unwrap().unwrap();
+            assert_eq!(record.status, DeliveryStatus::Held);
+        }
+    });
+}
+
 /// A 410's disabling, written a second time after an operator re-enabled the endpoint (the
 /// first write's answer was lost), leaves the endpoint enabled: the operator's word is later.
 #[test]

@@ -38,6 +38,7 @@ backend_tests!(
     a_re_enabled_endpoint_starts_its_failing_time_afresh,
     a_job_whose_lease_lapsed_goes_out_only_under_its_new_claim,
     a_redelivery_leaves_a_disabled_endpoint_alone,
+    a_delivery_left_pending_for_a_disabled_endpoint_is_held,
     a_delivery_left_pending_for_a_deleted_endpoint_is_cancelled,
 );
 
@@ -1212,4 +1213,54 @@ async fn outcomes_refused_as_billhook_stops_are_still_recorded() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(receiver.count(), 1, "sent again after the restart");
     again.stop().await;
+}
+
+/// A delivery left pending for a disabled endpoint (planned as the endpoint was being disabled,
+/// or given back by an instance that stopped) is held by the next pass over due deliveries:
+/// pending, it would wait for good, keeping its message from retention and the backlog gauge
+/// from ever emptying.
+async fn a_delivery_left_pending_for_a_disabled_endpoint_is_held(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let (status, _) = app
+        .admin_patch(
+            &format!("/v1/endpoints/{endpoint}"),
+            json!({ "enabled": false }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let events = ingest_payments(&app, 1, "left-pending").await;
+    let status_of = || async {
+        let (_, detail) = app.admin_get(&format!("/v1/events/{}", events[0])).await;
+        detail["deliveries"][0]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    app.eventually(Duration::from_secs(5), "the delivery held", || async {
+        status_of().await == "held"
+    })
+    .await;
+    // As an instance that had not heard of the disabling would have written it.
+    let changed = app
+        .execute_sql(&format!(
+            "UPDATE deliveries SET status = 'pending' WHERE endpoint_id = '{endpoint}'"
+        ))
+        .await;
+    assert_eq!(changed, 1);
+    app.eventually(
+        Duration::from_secs(5),
+        "the delivery held again",
+        || async { status_of().await == "held" },
+    )
+    .await;
+    assert_eq!(
+        receiver.count(),
+        0,
+        "nothing is sent to a disabled endpoint"
+    );
+    app.stop().await;
 }

@@ -1300,6 +1300,27 @@ async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timest
             }
         }
     }
+    // Due rows of an endpoint this instance knows as disabled: written as it was disabled, or
+    // left pending by a holder that stopped. No lane works them; held, they wait for a recover
+    // like the rest, and pending they would keep their messages from retention for good.
+    let disabled: Vec<EndpointId> = due
+        .iter()
+        .copied()
+        .filter(|id| shared.endpoint(*id).is_some_and(|e| !e.enabled))
+        .collect();
+    if !disabled.is_empty() {
+        match shared
+            .store
+            .hold_deliveries_of_disabled(disabled, now)
+            .await
+        {
+            Ok(0) => {}
+            Ok(held) => tracing::info!(held, "held deliveries due to disabled endpoints"),
+            Err(error) => {
+                tracing::warn!(%error, "could not hold deliveries of disabled endpoints")
+            }
+        }
+    }
     // Only endpoints this instance has a lane for: owning one it does not know yet (an endpoint
     // created elsewhere a moment ago) would hold its deliveries back from every instance.
     let unowned: Vec<EndpointId> = due

@@ -522,6 +522,31 @@ impl PgStore {
             .map_err(pg_error)
     }
 
+    pub(crate) async fn hold_deliveries_of_disabled(
+        &self,
+        endpoints: Vec<EndpointId>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+        client
+            .execute(
+                // Locks the rows in id order, as completions and lease renewals do.
+                "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
+                    updated_at = $2
+                 WHERE id IN
+                   (SELECT id FROM deliveries
+                    WHERE endpoint_id = ANY($1) AND status IN ('pending', 'failed')
+                      AND (lease_owner IS NULL OR lease_until <= $2)
+                      AND endpoint_id IN (SELECT id FROM endpoints WHERE id = ANY($1)
+                                          AND NOT enabled AND deleted_at IS NULL)
+                    ORDER BY id FOR UPDATE)",
+                &[&endpoints, &now.unix_millis()],
+            )
+            .await
+            .map_err(pg_error)
+    }
+
     pub(crate) async fn rotate_secret(
         &self,
         id: EndpointId,

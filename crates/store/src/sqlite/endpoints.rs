@@ -468,6 +468,33 @@ impl SqliteStore {
         .await
     }
 
+    pub(crate) async fn hold_deliveries_of_disabled(
+        &self,
+        endpoints: Vec<EndpointId>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.write(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
+                        updated_at = ?2
+                     WHERE endpoint_id = ?1 AND status IN ('pending', 'failed')
+                       AND (lease_owner IS NULL OR lease_until <= ?2)
+                       AND EXISTS (SELECT 1 FROM endpoints
+                                   WHERE id = ?1 AND enabled = 0 AND deleted_at IS NULL)",
+                )
+                .map_err(db_error)?;
+            let mut held = 0;
+            for id in &endpoints {
+                held += statement
+                    .execute(params![id.to_string(), now.unix_millis()])
+                    .map_err(db_error)? as u64;
+            }
+            Ok(held)
+        })
+        .await
+    }
+
     pub(crate) async fn rotate_secret(
         &self,
         id: EndpointId,
