@@ -23,7 +23,8 @@ pub(crate) async fn alive() -> Json<Value> {
 }
 
 /// Answers 200 only while the database answers and writes can succeed (on SQLite, not after a
-/// failed fsync: only a restart makes writes durable again).
+/// failed fsync: only a restart makes writes durable again; on PostgreSQL, not on a standby or
+/// a server read-only by default).
 #[utoipa::path(get, path = "/readyz", tag = "health", security(()),
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),

@@ -2071,6 +2071,63 @@ fn a_batch_of_outcomes_written_twice_records_each_attempt_once() {
     });
 }
 
+/// A PostgreSQL server that answers but cannot be written (a standby after a failover, or read
+/// only by default) is not ready. Played with a role of its own made read-only by default, its
+/// pooled connections then dropped so that the pool reconnects under the new default.
+#[test]
+fn a_read_only_postgres_is_not_ready() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let DatabaseConfig::Postgres(mut options) = config else {
+            unreachable!("a PostgreSQL configuration")
+        };
+        let role = format!("billhook_test_ro_{}", Timestamp::now().unix_millis());
+        let admin = postgres_session(&DatabaseConfig::Postgres(options.clone())).await;
+        admin
+            .batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
+            .await
+            .unwrap();
+        let user_at = options.url.find("://").unwrap() + 3;
+        let host_at = options.url[user_at..].find('@').unwrap() + user_at;
+        options.url.replace_range(user_at..host_at, &role);
+        let store = Store::open(&DatabaseConfig::Postgres(options))
+            .await
+            .unwrap();
+        store.ping().await.expect("a writable database is ready");
+
+        admin
+            .batch_execute(&format!(
+                "ALTER ROLE {role} SET default_transaction_read_only = on;
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+            ))
+            .await
+            .unwrap();
+        // The first pings may meet a connection just dropped; then the pool's new ones answer.
+        let mut refused = None;
+        for _ in 0..20 {
+            match store.ping().await {
+                Err(error) if error.to_string().contains("read-only") => {
+                    refused = Some(error);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(()) => panic!("a read-only database was called ready"),
+            }
+        }
+        let refused = refused.expect("refused as read-only");
+        assert!(matches!(refused, StoreError::Unavailable(_)), "{refused}");
+
+        store.close().await;
+        admin
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}';
+                 DROP OWNED BY {role}; DROP ROLE {role}"
+            ))
+            .await
+            .unwrap();
+    });
+}
+
 /// A delivery left pending for an endpoint that is disabled (planned as it was disabled) is
 /// held when asked, like those the disabling held; those of enabled endpoints are left alone.
 #[test]

@@ -318,9 +318,24 @@ impl PgStore {
         applied_version(&client).await
     }
 
+    /// Answers only while a write could succeed: a server that answers but is a standby (a
+    /// failover left the address on it) or read-only by default refuses every write.
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client.query_one("SELECT 1", &[]).await.map_err(pg_error)?;
+        let writable: bool = client
+            .query_one(
+                "SELECT NOT pg_is_in_recovery()
+                    AND current_setting('transaction_read_only') = 'off'",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        if !writable {
+            return Err(StoreError::Unavailable(
+                "the database is read-only: a standby, or default_transaction_read_only".to_owned(),
+            ));
+        }
         Ok(())
     }
 
