@@ -1021,8 +1021,11 @@ impl PgStore {
         let client = self.client().await?;
         client
             .execute(
+                // The outer condition again: a key claimed anew between the scan and the delete
+                // (its row updated in place) is no longer expired, and stays.
                 "DELETE FROM dedup WHERE ctid IN
-                   (SELECT ctid FROM dedup WHERE expires_at <= $1 LIMIT $2)",
+                   (SELECT ctid FROM dedup WHERE expires_at <= $1 LIMIT $2)
+                   AND expires_at <= $1",
                 &[&now.unix_millis(), &i64::from(batch)],
             )
             .await
