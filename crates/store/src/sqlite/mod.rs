@@ -887,12 +887,15 @@ impl Readers {
 }
 
 pub(crate) fn db_error(error: rusqlite::Error) -> StoreError {
-    // Locked by another connection past the wait (a backup, a tool holding a write lock):
-    // nothing was written, and the same write can succeed later.
+    // Locked by another connection past the wait (a backup, a tool holding a write lock), or
+    // the disk full: nothing was written, and the same write can succeed later (a provider
+    // retries a 503; a 500 says its request was wrong).
     match error.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-            StoreError::Unavailable(error.to_string())
-        }
+        Some(
+            rusqlite::ErrorCode::DatabaseBusy
+            | rusqlite::ErrorCode::DatabaseLocked
+            | rusqlite::ErrorCode::DiskFull,
+        ) => StoreError::Unavailable(error.to_string()),
         _ => StoreError::Database(error.to_string()),
     }
 }
@@ -1068,6 +1071,45 @@ mod tests {
         assert!(left > 0, "the WAL was truncated after the failure");
         // 2 was committed before its fsync failed (its caller was told so); 3 never was.
         assert_eq!(numbers(&dir.path().join("billhook.db")), vec![1, 2]);
+    }
+
+    /// A full disk fails a write as unavailable (try again later), not as a database fault,
+    /// and the writes after space comes back succeed. The database's page limit plays the disk.
+    #[tokio::test]
+    async fn a_full_disk_makes_writes_unavailable_until_there_is_room() {
+        let (dir, store) = scratch_store().await;
+        let limit = |pages: Option<i64>| {
+            move |connection: &Connection| {
+                let count: i64 = connection
+                    .query_row("PRAGMA page_count", [], |row| row.get(0))
+                    .map_err(db_error)?;
+                let limit = pages.unwrap_or(count);
+                connection
+                    .query_row(&format!("PRAGMA max_page_count = {limit}"), [], |_| Ok(()))
+                    .map_err(db_error)
+            }
+        };
+        store.write(limit(None)).await.expect("limit the pages");
+        let full = store
+            .write(|connection| {
+                connection
+                    .execute_batch(
+                        "CREATE TABLE filler (b BLOB); INSERT INTO filler VALUES (zeroblob(1048576));",
+                    )
+                    .map_err(db_error)
+            })
+            .await
+            .expect_err("no room");
+        assert!(matches!(full, StoreError::Unavailable(_)), "{full}");
+        store
+            .write(limit(Some(1_000_000)))
+            .await
+            .expect("room again");
+        store
+            .write(insert(7, false))
+            .await
+            .expect("written once there is room");
+        assert_eq!(numbers(&dir.path().join("billhook.db")), vec![7]);
     }
 
     /// A writer that cannot keep up refuses what it has no room for after a short wait, rather
