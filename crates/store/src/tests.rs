@@ -2128,6 +2128,55 @@ fn a_read_only_postgres_is_not_ready() {
     });
 }
 
+/// A 410 answered to an attempt that began before an operator changed its endpoint (re-enabled
+/// it, say) disables nothing, and its delivery is retried rather than held on an enabled
+/// endpoint, where nothing would ever send it.
+#[test]
+fn a_410_to_an_attempt_older_than_its_endpoint_s_change_is_retried() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let (endpoint, id, now) = owed_and_claimed(store, "gone-meanwhile").await;
+            store
+                .update_endpoint(
+                    endpoint.id,
+                    EndpointPatch {
+                        enabled: Some(true),
+                        ..EndpointPatch::default()
+                    },
+                    now.add(Duration::from_secs(1)),
+                )
+                .await
+                .unwrap();
+            let gone = Completion {
+                attempt: Some(NewAttempt {
+                    status_code: Some(410),
+                    ..delivered_ok(id, endpoint.id, now).attempt.unwrap()
+                }),
+                next: NextStep::Held,
+                disable_endpoint: Some("the endpoint answered 410 Gone".into()),
+                ..delivered_ok(id, endpoint.id, now)
+            };
+            let later = now.add(Duration::from_secs(2));
+            store.complete(vec![gone], "w", later).await.unwrap();
+            assert!(store.endpoint(endpoint.id).await.unwrap().unwrap().enabled);
+            let record = store.delivery(id).await.unwrap().unwrap();
+            assert_eq!(record.status, DeliveryStatus::Failed);
+            let again = store
+                .claim_due(
+                    endpoint.id,
+                    "w",
+                    later,
+                    later.add(Duration::from_secs(30)),
+                    10,
+                )
+                .await
+                .unwrap();
+            assert_eq!(again.len(), 1, "due again at once");
+        }
+    });
+}
+
 /// A delivery left pending for an endpoint that is disabled (planned as it was disabled) is
 /// held when asked, like those the disabling held; those of enabled endpoints are left alone.
 #[test]

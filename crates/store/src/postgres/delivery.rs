@@ -153,19 +153,28 @@ async fn complete_run<C: GenericClient>(
         )
         .await?;
     }
+    // Disabling first (a run ends at its disabling completion): the update below holds the
+    // run's deliveries only if the endpoint is disabled once it has run.
+    if let Some(last) = run.last()
+        && let Some(reason) = &last.disable_endpoint
+    {
+        let judged_at = last.attempt.as_ref().map(|a| a.started_at);
+        disable(client, last.endpoint_id, reason, now, judged_at).await?;
+    }
     let next_steps = column(run, |completion| completion.next.columns());
     // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt is
-    // recorded, but no retry may bring it back. A retry of an endpoint disabled by now (a 410
-    // answered to an attempt beside this one) waits with its other deliveries, held for a
-    // recover, judged here as it is written and not when it was decided. Only a delivery still
-    // leased to this owner changes: once the lease lapsed, another owner may have claimed (or
-    // even finished) it, and it is theirs to finish. The count of attempts is the attempt's
-    // number, so a batch written twice counts once.
+    // recorded, but no retry may bring it back. Whether a delivery not done waits held or is
+    // retried is judged here, as it is written, by whether its endpoint is disabled now: a
+    // retry of an endpoint a 410 beside it disabled waits with the others for a recover, and
+    // one held by a disabling that did not apply (the endpoint re-enabled during its attempt)
+    // is retried. Only a delivery still leased to this owner changes: once the lease lapsed,
+    // another owner may have claimed (or even finished) it, and it is theirs to finish. The
+    // count of attempts is the attempt's number, so a batch written twice counts once.
     execute_cached(client, "UPDATE deliveries AS d SET
                 status = CASE WHEN d.status = 'cancelled' THEN d.status
-                              WHEN c.status = 'failed'
-                                AND NOT (SELECT enabled FROM endpoints WHERE id = d.endpoint_id)
-                                THEN 'held'
+                              WHEN c.status IN ('failed', 'held') THEN
+                                CASE WHEN (SELECT enabled FROM endpoints WHERE id = d.endpoint_id)
+                                     THEN 'failed' ELSE 'held' END
                               ELSE COALESCE(c.status, d.status) END,
                 next_attempt_at = COALESCE(c.next_at, d.next_attempt_at),
                 attempts = CASE WHEN c.attempted = 1 THEN GREATEST(d.attempts, c.number)
@@ -194,12 +203,6 @@ async fn complete_run<C: GenericClient>(
                 &owner,
                 &column(run, |c| c.attempt.as_ref().map(|a| small(a.number))),
             ]).await?;
-    if let Some(last) = run.last()
-        && let Some(reason) = &last.disable_endpoint
-    {
-        let judged_at = last.attempt.as_ref().map(|a| a.started_at);
-        disable(client, last.endpoint_id, reason, now, judged_at).await?;
-    }
     Ok(())
 }
 

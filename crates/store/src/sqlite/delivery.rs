@@ -248,20 +248,29 @@ fn complete_one(
     let endpoint = completion.endpoint_id.to_string();
     let (status, next_at) = completion.next.columns();
     let attempted = completion.attempt.as_ref();
+    // Disabling first: the update below holds this delivery only if the endpoint is disabled
+    // once it has run.
+    if let Some(reason) = &completion.disable_endpoint {
+        let judged_at = attempted.map(|a| a.started_at);
+        disable(connection, completion.endpoint_id, reason, now, judged_at)?;
+    }
     let updated = connection
         .prepare_cached(
             // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt
-            // is recorded, but no retry may bring it back. A retry of an endpoint disabled by now
-            // (a 410 answered to an attempt beside this one) waits with its other deliveries,
-            // held for a recover, judged here as it is written and not when it was decided.
-            // Only a delivery still leased to this owner changes: once the lease lapsed, another
-            // owner may have claimed (or even finished) it, and it is theirs to finish. The
-            // count of attempts is the attempt's number, so a batch written twice counts once.
+            // is recorded, but no retry may bring it back. Whether a delivery not done waits
+            // held or is retried is judged here, as it is written, by whether its endpoint is
+            // disabled now: a retry of an endpoint a 410 beside it disabled waits with the
+            // others for a recover, and one held by a disabling that did not apply (the
+            // endpoint re-enabled during its attempt) is retried. Only a delivery still leased
+            // to this owner changes: once the lease lapsed, another owner may have claimed (or
+            // even finished) it, and it is theirs to finish. The count of attempts is the
+            // attempt's number, so a batch written twice counts once.
             "UPDATE deliveries SET
                 status = CASE WHEN status = 'cancelled' THEN status
-                    WHEN ?2 = 'failed'
-                        AND (SELECT enabled FROM endpoints WHERE id = deliveries.endpoint_id) = 0
-                        THEN 'held'
+                    WHEN ?2 IN ('failed', 'held') THEN
+                        CASE WHEN (SELECT enabled FROM endpoints
+                                   WHERE id = deliveries.endpoint_id) = 0
+                             THEN 'held' ELSE 'failed' END
                     ELSE COALESCE(?2, status) END,
                 next_attempt_at = COALESCE(?3, next_attempt_at),
                 attempts = CASE WHEN ?4 = 1 THEN MAX(attempts, ?9) ELSE attempts END,
@@ -319,10 +328,6 @@ fn complete_one(
                 ])
             })
             .map_err(db_error)?;
-    }
-    if let Some(reason) = &completion.disable_endpoint {
-        let judged_at = attempted.map(|a| a.started_at);
-        disable(connection, completion.endpoint_id, reason, now, judged_at)?;
     }
     Ok(())
 }
