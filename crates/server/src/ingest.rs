@@ -183,8 +183,9 @@ async fn process(
     };
     // An address off the source's allow-list is refused before its body is read.
     source.spec.admits(Some(remote_ip)).map_err(refused)?;
-    // Held until the request is answered: its body lives that long.
-    let _buffered = reserve_body(app, headers)?;
+    // Held until the store has the body: moved into the write below, which outlives this
+    // request when the request times out or its client goes away.
+    let buffered = reserve_body(app, headers)?;
     let body = read_body(headers, body, app.settings.ingest.max_body_bytes).await?;
     if body.is_empty() {
         return Err(ApiError::new(
@@ -243,6 +244,7 @@ async fn process(
     let committed = tokio::spawn({
         let app = Arc::clone(app);
         async move {
+            let _buffered = buffered;
             let outcome = app.store.ingest(write).await?;
             if let StoreOutcome::Stored { concluded, .. } = &outcome {
                 app.delivery.hand_off(prepared);
@@ -294,51 +296,58 @@ async fn process(
 
 /// Takes the body's share of `ingest.max_buffered_bytes`: its declared length, or the most a
 /// body may be. Refused at once (503) rather than waited for: a provider retries, while a
-/// request waiting here would hold its connection all the same.
-fn reserve_body<'a>(
-    app: &'a App,
+/// request waiting here would hold its connection all the same. A declared length past the
+/// limit is refused as too large first: waiting would not help it.
+fn reserve_body(
+    app: &App,
     headers: &HeaderMap,
-) -> Result<tokio::sync::SemaphorePermit<'a>, ApiError> {
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     let limit = app.settings.ingest.max_body_bytes;
-    let declared = headers
+    let share = match declared_length(headers) {
+        Some(length) if length > limit as u64 => return Err(too_large(limit)),
+        Some(length) => usize::try_from(length).unwrap_or(limit).max(1),
+        None => limit,
+    };
+    let share = u32::try_from(share).unwrap_or(u32::MAX);
+    Arc::clone(&app.ingest_budget)
+        .try_acquire_many_owned(share)
+        .map_err(|_| {
+            // Counted as an ingest error; a line per refusal would flood the log when it
+            // matters.
+            tracing::debug!(
+                max_buffered_bytes = app.settings.ingest.max_buffered_bytes,
+                "refused a webhook: the ingest bodies in memory are at their limit"
+            );
+            ApiError::new(
+                ErrorCode::Overloaded,
+                "billhook is holding as many request bodies as it may; retry later",
+            )
+        })
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    // A declared length past the limit is refused with 413 by `read_body`.
-    let share = declared.unwrap_or(limit).clamp(1, limit);
-    let share = u32::try_from(share).unwrap_or(u32::MAX);
-    app.ingest_budget.try_acquire_many(share).map_err(|_| {
-        // Counted as an ingest error; a line per refusal would flood the log when it matters.
-        tracing::debug!(
-            max_buffered_bytes = app.settings.ingest.max_buffered_bytes,
-            "refused a webhook: the ingest bodies in memory are at their limit"
-        );
-        ApiError::new(
-            ErrorCode::Overloaded,
-            "billhook is holding as many request bodies as it may; retry later",
-        )
-    })
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the body exceeds the limit of {limit} bytes"),
+    )
 }
 
 /// Reads the body, refusing with 413 as soon as it is known to exceed `limit`: from
 /// `Content-Length` before reading anything, else while streaming.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the body exceeds the limit of {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
+    if declared_length(headers).is_some_and(|length| length > limit as u64) {
+        return Err(too_large(limit));
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
         Err(error) => Err(ApiError::invalid(format!(
             "the body could not be read: {error}"
         ))),

@@ -701,6 +701,9 @@ async fn webhooks_past_the_bodies_billhook_may_hold_are_refused() {
     assert_eq!(error["code"], json!("overloaded"), "{error}");
     let (_, inbound) = app.admin_get("/v1/inbound").await;
     assert_eq!(inbound["data"], json!([]), "nothing was stored");
+    // One too large for any room is told so, not to come back later.
+    let oversized = app.post_signed("razorpay", &[b' '; 20_000], &[]).await;
+    assert_eq!(oversized.status().as_u16(), 413);
 
     // The stalled requests time out and give their room back.
     for mut stream in stalled {
