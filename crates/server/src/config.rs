@@ -285,11 +285,19 @@ impl LogConfig {
     /// would silence every log billhook writes.
     fn validate(&self) -> Result<(), ConfigError> {
         const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+        let is_level = |word: &str| {
+            LEVELS.contains(&word.to_ascii_lowercase().as_str())
+                || matches!(word, "0" | "1" | "2" | "3" | "4" | "5")
+        };
         for directive in self.level.split(',').map(str::trim) {
+            // `target[span{field=value}]` without a level enables every level of that span.
+            if directive.is_empty() || directive.ends_with(']') {
+                continue;
+            }
             let level = directive
                 .rsplit_once('=')
                 .map_or(directive, |(_, level)| level);
-            if !directive.is_empty() && !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            if !is_level(level) {
                 return Err(ConfigError::Invalid(format!(
                     "log.level: `{directive}` names no level; write one of {} alone, or after a target (`billhook_server=debug`)",
                     LEVELS.join(", ")
@@ -988,7 +996,16 @@ mod tests {
             let refused = settings(typo).unwrap_err().to_string();
             assert!(refused.contains("names no level"), "{typo}: {refused}");
         }
-        for level in ["info", "WARN", "billhook_server=debug,info", "off"] {
+        for level in [
+            "info",
+            "WARN",
+            "billhook_server=debug,info",
+            "off",
+            "3",
+            "billhook_server=4",
+            "billhook_server[ingest]",
+            "billhook_server[ingest{source=razorpay}]=debug",
+        ] {
             assert!(settings(level).is_ok(), "{level}");
         }
     }

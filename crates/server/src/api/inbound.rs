@@ -277,6 +277,7 @@ pub(crate) struct ReprocessAllParams {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = ReprocessedAll)]
 pub(crate) struct ReprocessAllView {
+    /// Requests tried: every result but those `not_attempted`.
     attempted: usize,
     processed: usize,
     still_quarantined: usize,
@@ -364,7 +365,10 @@ pub(crate) async fn reprocess_all(
         });
     }
     Ok(Json(ReprocessAllView {
-        attempted: results.len(),
+        attempted: results
+            .iter()
+            .filter(|r| r.outcome != "not_attempted")
+            .count(),
         processed: results.iter().filter(|r| r.outcome == "processed").count(),
         still_quarantined: results
             .iter()
