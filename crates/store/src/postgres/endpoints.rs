@@ -527,9 +527,28 @@ impl PgStore {
         endpoints: Vec<EndpointId>,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(pg_error)?;
         let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
-        client
+        // The endpoints first, shared: a re-enabling waits for this transaction, or this one
+        // for it and then sees the endpoint enabled. Read in the same statement as the
+        // deliveries, the endpoint's state would be the statement's start, and rows a re-enable
+        // and recover had just made pending could be held again on an enabled endpoint.
+        let disabled: Vec<String> = transaction
+            .query(
+                "SELECT id FROM endpoints WHERE id = ANY($1) AND NOT enabled AND deleted_at IS NULL
+                 ORDER BY id FOR SHARE",
+                &[&endpoints],
+            )
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if disabled.is_empty() {
+            return Ok(0);
+        }
+        let held = transaction
             .execute(
                 // Locks the rows in id order, as completions and lease renewals do.
                 "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
@@ -538,13 +557,13 @@ impl PgStore {
                    (SELECT id FROM deliveries
                     WHERE endpoint_id = ANY($1) AND status IN ('pending', 'failed')
                       AND (lease_owner IS NULL OR lease_until <= $2)
-                      AND endpoint_id IN (SELECT id FROM endpoints WHERE id = ANY($1)
-                                          AND NOT enabled AND deleted_at IS NULL)
                     ORDER BY id FOR UPDATE)",
-                &[&endpoints, &now.unix_millis()],
+                &[&disabled, &now.unix_millis()],
             )
             .await
-            .map_err(pg_error)
+            .map_err(pg_error)?;
+        transaction.commit().await.map_err(pg_error)?;
+        Ok(held)
     }
 
     pub(crate) async fn rotate_secret(
