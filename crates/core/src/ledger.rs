@@ -297,6 +297,21 @@ impl PaymentRefs {
         }
     }
 
+    /// These references less those `rule` does not match on.
+    pub fn within(self, rule: &[PaymentRef]) -> Self {
+        let allowed =
+            |which: PaymentRef, value: Option<String>| value.filter(|_| rule.contains(&which));
+        Self {
+            invoice_id: allowed(PaymentRef::InvoiceId, self.invoice_id),
+            order_id: allowed(PaymentRef::OrderId, self.order_id),
+            merchant_reference: allowed(PaymentRef::MerchantReference, self.merchant_reference),
+            remark: allowed(PaymentRef::Remark, self.remark),
+            bill_ref_id: allowed(PaymentRef::BillRefId, self.bill_ref_id),
+            biller_ref_id: allowed(PaymentRef::BillerRefId, self.biller_ref_id),
+            sandbox: self.sandbox,
+        }
+    }
+
     /// These references together with `other`'s: each one only one of them names is kept, and
     /// where both name one differently, the lesser. A payment's references are all its
     /// snapshots', merged so: a message that leaves a reference out (Razorpay's
@@ -1283,7 +1298,10 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     }
     if let EntityData::Payment(payment) = fact.snapshot.data() {
         let named = PaymentRefs::ruled(&payment.references, &fact.link_rule, entity.sandbox);
-        entity.refs = std::mem::take(&mut entity.refs).merged(named);
+        // Kept references are held to today's rule too: one the source no longer matches on
+        // (`reconcile` narrowed) links nothing more.
+        let kept = std::mem::take(&mut entity.refs).within(&fact.link_rule);
+        entity.refs = kept.merged(named);
     }
     entity.counted = counted(&entity);
     entity.updated_at = now;

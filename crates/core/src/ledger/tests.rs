@@ -1342,3 +1342,47 @@ fn an_invoice_a_status_says_is_paid_is_settled_with_its_amount_unknown() {
     assert!(invoice.settled_event.is_some());
     assert_eq!(repo.conclusions.len(), 1, "settled once");
 }
+
+/// A reference kept from an earlier message no longer counts once the source stops matching on
+/// it (`reconcile` narrowed): the payment's references are held to the rule of today.
+#[test]
+fn a_kept_reference_the_rule_no_longer_allows_links_nothing() {
+    let first = payment(
+        "tx_rule",
+        "pending",
+        500,
+        None,
+        None,
+        10,
+        Some(StatusRank::new(0)),
+        "zwitch",
+    );
+    let with_remark = |mut fact: Fact, rule: Vec<PaymentRef>| {
+        if let EntityData::Payment(mut data) = fact.snapshot.data().clone() {
+            data.references.remark = Some("N-inv_rule".to_owned());
+            fact.snapshot = Snapshot::of(EntityData::Payment(data));
+        }
+        fact.link_rule = rule;
+        fact
+    };
+    let pending = with_remark(
+        first,
+        vec![PaymentRef::MerchantReference, PaymentRef::Remark],
+    );
+    let mut succeeded = payment(
+        "tx_rule",
+        "succeeded",
+        500,
+        None,
+        None,
+        20,
+        Some(StatusRank::new(1)),
+        "zwitch",
+    );
+    succeeded.link_rule = vec![PaymentRef::MerchantReference];
+    let issued = invoice("inv_rule", "issued", 500, 30, ISSUED);
+    let repo = run(&[pending, succeeded, issued]);
+    let paid = repo.find(SubjectKind::Payment, "tx_rule");
+    assert_eq!(paid.refs.remark, None);
+    assert_eq!(paid.linked_to, None);
+}
