@@ -105,12 +105,16 @@ pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
     // The connection lost, or never made: the database is away, and the same statement may
     // succeed later. An error of the client's own (a value it could not encode) is not that,
     // and must not be waited out.
-    // A server shutting down, restarting or full says so with its own codes.
+    // A server shutting down, restarting, out of connections or disk, or read-only (a standby
+    // after a failover) says so with its own codes: the same write can succeed once it is
+    // past that, and readiness says it is not ready meanwhile.
     let unreachable = error.is_closed()
         || std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>())
         || error.code().is_some_and(|code| {
             let code = code.code();
-            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || matches!(code, "53300" | "53100" | "25006")
         });
     if unreachable {
         StoreError::Unavailable(text)

@@ -1126,18 +1126,23 @@ mod tests {
         // A job that holds the writer, as a stalled disk would.
         let (release, held) = std::sync::mpsc::channel::<()>();
         let held = Mutex::new(held);
+        let (started, writer_taken) = std::sync::mpsc::channel::<()>();
         let holding = tokio::spawn({
             let store = Arc::clone(&store);
             async move {
                 store
                     .write(move |_| {
+                        let _ = started.send(());
                         let _ = held.lock().map(|held| held.recv());
                         Ok(())
                     })
                     .await
             }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Queued only once the writer holds the job: queued before, they would share its group.
+        while writer_taken.try_recv().is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let waiting: Vec<_> = (0..QUEUE)
             .map(|n| {
                 let store = Arc::clone(&store);
