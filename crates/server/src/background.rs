@@ -34,16 +34,74 @@ impl Background {
 
 pub(crate) fn spawn(app: Arc<App>) -> Background {
     let (stop, stopped) = watch::channel(false);
+    let with_app = |run: fn(Arc<App>, watch::Receiver<bool>) -> TaskFuture| {
+        let app = Arc::clone(&app);
+        move |stopped| run(Arc::clone(&app), stopped)
+    };
     let mut tasks = vec![
-        tokio::spawn(sweep_dedup(Arc::clone(&app), stopped.clone())),
-        tokio::spawn(sweep_unmatched(Arc::clone(&app), stopped.clone())),
-        tokio::spawn(retain(Arc::clone(&app), stopped.clone())),
-        tokio::spawn(flush_activity(Arc::clone(&app), stopped.clone())),
+        supervise(
+            "dedup sweep",
+            stopped.clone(),
+            with_app(|app, stopped| Box::pin(sweep_dedup(app, stopped))),
+        ),
+        supervise(
+            "unmatched payments sweep",
+            stopped.clone(),
+            with_app(|app, stopped| Box::pin(sweep_unmatched(app, stopped))),
+        ),
+        supervise(
+            "retention",
+            stopped.clone(),
+            with_app(|app, stopped| Box::pin(retain(app, stopped))),
+        ),
+        supervise(
+            "activity flush",
+            stopped.clone(),
+            with_app(|app, stopped| Box::pin(flush_activity(app, stopped))),
+        ),
     ];
     if app.store.keeps_planner_statistics() {
-        tasks.push(tokio::spawn(refresh_statistics(app, stopped)));
+        tasks.push(supervise(
+            "planner statistics",
+            stopped,
+            with_app(|app, stopped| Box::pin(refresh_statistics(app, stopped))),
+        ));
     }
     Background { stop, tasks }
+}
+
+/// A background task's future, boxed so that every task has one type.
+type TaskFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The pause before a task that panicked starts again, doubling while it keeps panicking.
+const RESTART_PAUSE_FIRST: Duration = Duration::from_secs(1);
+const RESTART_PAUSE_MOST: Duration = Duration::from_secs(60);
+
+/// Runs `task` until it returns, which it does when billhook stops. A panic in it (a bug met by
+/// one pass over some row) is logged and the task started again after a pause: otherwise that
+/// work (retention, the dedup sweep, the unmatched sweep) would end for the life of the process
+/// without a word.
+fn supervise<F>(name: &'static str, mut stopped: watch::Receiver<bool>, task: F) -> JoinHandle<()>
+where
+    F: Fn(watch::Receiver<bool>) -> TaskFuture + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut pause = RESTART_PAUSE_FIRST;
+        loop {
+            let Err(failure) = tokio::spawn(task(stopped.clone())).await else {
+                return;
+            };
+            if *stopped.borrow() {
+                return;
+            }
+            tracing::error!(task = name, error = %failure, "a background task failed; starting it again");
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stopped.changed() => return,
+            }
+            pause = pause.saturating_mul(2).min(RESTART_PAUSE_MOST);
+        }
+    })
 }
 
 async fn sweep_dedup(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
@@ -257,6 +315,35 @@ pub(crate) struct PruneRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_started_again_until_billhook_stops() {
+        let passes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stop, stopped) = watch::channel(false);
+        let supervised = supervise("test", stopped, {
+            let passes = Arc::clone(&passes);
+            move |mut stopped: watch::Receiver<bool>| -> TaskFuture {
+                let pass = passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Box::pin(async move {
+                    assert!(pass > 0, "the first pass meets a bug");
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+            }
+        });
+        tokio::time::timeout(RESTART_PAUSE_FIRST * 5, async {
+            while passes.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("started again after the panic");
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), supervised)
+            .await
+            .expect("stops with billhook")
+            .unwrap();
+        assert_eq!(passes.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn failing_statistics_checks_back_off_to_a_minute_and_recover_at_once() {
