@@ -10,6 +10,10 @@ use super::{SqliteStore, db_error};
 use crate::StoreError;
 use crate::model::*;
 
+/// The most bytes of bodies one SQLite prune batch removes (unless its first message alone is
+/// larger): the writer reads them all, with every ingest waiting behind it.
+const PRUNE_BATCH_BYTES: i64 = 8 * 1024 * 1024;
+
 /// Whether retention may remove the message `i`, older than the cutoff: nothing is owed of it,
 /// and it is not quarantined (a quarantined request was acknowledged and never processed, so it
 /// is kept until it is reprocessed, however old) nor processed since the cutoff (reprocessed
@@ -102,9 +106,13 @@ impl SqliteStore {
         batch: u32,
     ) -> Result<PruneBatch, StoreError> {
         let cutoff_ms = before.created_at().unix_millis();
-        let chosen: Vec<String> = self
+        let found: Vec<(String, i64)> = self
             .read(move |connection| {
-                let sql = format!("{} AND i.id > ?3 ORDER BY i.id LIMIT {batch}", prunable());
+                let sql = format!(
+                    "SELECT i.id, length(i.body) FROM inbound i
+                     WHERE i.id < ?1 AND i.id > ?3 AND {} ORDER BY i.id LIMIT {batch}",
+                    may_go()
+                );
                 let mut statement = connection.prepare_cached(&sql).map_err(db_error)?;
                 statement
                     .query_map(
@@ -113,14 +121,28 @@ impl SqliteStore {
                             cutoff_ms,
                             after.map(|id| id.to_string()).unwrap_or_default()
                         ],
-                        |row| row.get(0),
+                        |row| Ok((row.get(0)?, row.get::<_, Option<i64>>(1)?.unwrap_or(0))),
                     )
                     .map_err(db_error)?
                     .collect::<Result<_, _>>()
                     .map_err(db_error)
             })
             .await?;
-        let resume_after = if chosen.len() >= usize::try_from(batch).unwrap_or(usize::MAX) {
+        // The writer reads each body it removes (its columns after the body lie past it, and
+        // freeing it walks its pages): a batch of large bodies would hold every ingest behind
+        // it, so a batch also stops at PRUNE_BATCH_BYTES, taking one message at least.
+        let mut full = found.len() >= usize::try_from(batch).unwrap_or(usize::MAX);
+        let mut bytes = 0_i64;
+        let mut chosen = Vec::with_capacity(found.len());
+        for (id, length) in found {
+            if !chosen.is_empty() && bytes.saturating_add(length) > PRUNE_BATCH_BYTES {
+                full = true;
+                break;
+            }
+            bytes = bytes.saturating_add(length);
+            chosen.push(id);
+        }
+        let resume_after = if full {
             chosen.last().map(|id| parse_id(id)).transpose()?
         } else {
             None
