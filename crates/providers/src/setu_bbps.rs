@@ -223,8 +223,18 @@ struct BillFetch {
     status: Option<String>,
 }
 
+/// An optional amount in paise. Setu writes `""` for a value it does not have (as for
+/// `BillerTimeOut` beside it), which is absent, not an amount that fails to parse: one such
+/// limit would otherwise quarantine a whole list of billers.
 fn paise(value: Option<&NumText>, path: &str) -> Result<Option<Amount>, NormalizeError> {
-    value.map(|v| v.minor(path, Currency::INR)).transpose()
+    given(value)
+        .map(|v| v.minor(path, Currency::INR))
+        .transpose()
+}
+
+/// `value`, unless it is Setu's empty string for "none".
+fn given(value: Option<&NumText>) -> Option<&NumText> {
+    value.filter(|v| !v.as_str().trim().is_empty())
 }
 
 impl BillFetch {
@@ -532,9 +542,7 @@ impl Biller {
             plans.push(BillerPlan {
                 id: plan.id.into(),
                 plan_id: plan.plan_id.map(String::from),
-                amount: plan
-                    .amount_in_rupees
-                    .as_ref()
+                amount: given(plan.amount_in_rupees.as_ref())
                     .map(|a| a.major(&path, Currency::INR))
                     .transpose()?,
                 currency: Currency::INR,

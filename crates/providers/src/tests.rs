@@ -378,6 +378,17 @@ fn setu_bbps_amounts_statuses_and_big_ids() {
     let both = normalize("setu_bbps", two.to_string().as_bytes());
     assert_eq!(both.events.len(), 2);
     assert_eq!(data_json(&both, 1)["id"], json!("12345678901234567890"));
+
+    // Setu's empty string for a value it does not have is absent, not an amount gone wrong.
+    let mut blank: Value =
+        serde_json::from_slice(&fixture("setu_bbps/BILLER_UPDATES.json")).unwrap();
+    blank["data"][0]["Plans"][0]["AmountInRupees"] = json!("");
+    blank["data"][0]["BillerPaymentChannels"][0]["minLimit"] = json!("");
+    let blank = normalize("setu_bbps", blank.to_string().as_bytes());
+    let biller = data_json(&blank, 0);
+    assert_eq!(biller["plans"][0]["amount"], json!(null));
+    assert_eq!(biller["payment_channels"][0]["min"], json!(null));
+    assert_eq!(biller["plans"][1]["amount"], json!(29900));
 }
 
 #[test]
