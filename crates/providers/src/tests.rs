@@ -225,14 +225,17 @@ fn zwitch_documented_variants() {
     );
     assert_eq!(codes(&normalized), ["unknown_status"]);
 
-    // A failed collect.
-    let failed = String::from_utf8(fixture("zwitch_upi/payments.updated.json"))
-        .unwrap()
-        .replace("\"success\"", "\"failed\"");
-    assert_eq!(
-        types(&normalize("zwitch", failed.as_bytes())),
-        [EventType::PaymentFailed]
-    );
+    // A failed collect, and collects that ended without money in other words.
+    let updated = String::from_utf8(fixture("zwitch_upi/payments.updated.json")).unwrap();
+    for word in ["failed", "expired", "cancelled", "declined"] {
+        let ended = updated.replace("\"success\"", &format!("\"{word}\""));
+        let normalized = normalize("zwitch", ended.as_bytes());
+        assert_eq!(types(&normalized), [EventType::PaymentFailed], "{word}");
+        let payment = data_json(&normalized, 0);
+        assert_eq!(payment["status"], json!("failed"), "{word}");
+        assert_eq!(payment["provider_status"], json!(word));
+        assert!(normalized.warnings.is_empty(), "{word}");
+    }
 }
 
 #[test]
@@ -283,6 +286,15 @@ fn bharat_connect_lifecycle_and_spellings() {
         )["direction"],
         json!("incoming")
     );
+
+    // The sandbox flag on the invoice alone marks it too, as on a UPI payment.
+    let mut object_only: Value =
+        serde_json::from_slice(&fixture("bharat_connect/invoice.create.json")).unwrap();
+    object_only["is_sandbox"] = json!(false);
+    object_only["data"]["object"]["is_sandbox"] = json!(true);
+    assert!(normalize("zwitch", object_only.to_string().as_bytes()).sandbox);
+    object_only["data"]["object"]["is_sandbox"] = json!(false);
+    assert!(!normalize("zwitch", object_only.to_string().as_bytes()).sandbox);
 
     // The seed names the edit event `change_status` a second time; it has no status.
     let edit = String::from_utf8(fixture("bharat_connect/invoice.edit.json"))

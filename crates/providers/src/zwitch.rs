@@ -106,6 +106,7 @@ impl Provider for Zwitch {
             }
             name if name.starts_with("bharat_connect.invoice.") => {
                 let invoice: BcInvoice = parse_raw(object, NAME, "data.object")?;
+                sandbox |= invoice.is_sandbox.unwrap_or(false);
                 let action = &name["bharat_connect.invoice.".len()..];
                 vec![invoice.normalize(action, &mut warnings)?]
             }
@@ -227,11 +228,16 @@ struct UpiPayment {
     settled_at: Option<NumText>,
 }
 
-/// billhook's payment vocabulary for a Zwitch collect status.
+/// billhook's payment vocabulary for a Zwitch collect status. A collect request that expired
+/// unpaid, or that the payer declined or the request was cancelled, ends without money as a
+/// failure does (its own word stays in `provider_status`): left unranked, it would lose to
+/// `pending` and the payment would wait for good.
 fn upi_status(status: &str) -> String {
     match status.to_ascii_lowercase().as_str() {
         "success" | "successful" | "completed" => "succeeded".to_owned(),
-        "failed" | "failure" => "failed".to_owned(),
+        "failed" | "failure" | "expired" | "cancelled" | "canceled" | "declined" | "rejected" => {
+            "failed".to_owned()
+        }
         other => status_word(other),
     }
 }
@@ -389,6 +395,7 @@ struct BcInvoice {
     value_details: Option<BcValues>,
     supplier_bank_details: Option<BcBank>,
     status: Option<String>,
+    is_sandbox: Option<bool>,
 }
 
 /// Bharat Connect statuses that mean the buyer declined the invoice.
