@@ -378,11 +378,16 @@ impl Invoice {
         let amount_paid = amount_of(&self.amount_paid, "amount_paid")?;
         let amount_due = amount_of(&self.amount_due, "amount_due")?;
         let taxable = amount_of(&self.taxable_amount, "taxable_amount")?;
+        // Tax is on the taxable amount, the gross less any discount; an invoice that does not
+        // state it has none.
         warnings.total(
             amount,
-            gross.zip(tax).and_then(|(g, t)| g.checked_add(t)),
+            taxable
+                .or(gross)
+                .zip(tax)
+                .and_then(|(t, x)| t.checked_add(x)),
             &format!("{AT}.amount"),
-            "amount should equal gross_amount + tax_amount",
+            "amount should equal taxable_amount + tax_amount",
         );
         warnings.total(
             amount,

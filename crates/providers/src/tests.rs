@@ -154,6 +154,30 @@ fn razorpay_payment_events_and_unknown_events() {
     assert_eq!(error.code(), "unsupported_event");
 }
 
+/// An invoice with a discount: tax is on the taxable amount, the gross less the discount, and
+/// the total adds up without a warning; one that does not is warned about.
+#[test]
+fn a_razorpay_invoice_with_a_discount_adds_up() {
+    let mut body: Value =
+        serde_json::from_slice(&fixture("razorpay/invoice.paid.upi.json")).unwrap();
+    let invoice = &mut body["payload"]["invoice"]["entity"];
+    invoice["gross_amount"] = json!(1000);
+    invoice["taxable_amount"] = json!(900);
+    invoice["tax_amount"] = json!(162);
+    invoice["amount"] = json!(1062);
+    invoice["amount_paid"] = json!(1062);
+    invoice["amount_due"] = json!(0);
+    let normalized = normalize("razorpay", body.to_string().as_bytes());
+    assert!(
+        !codes(&normalized).contains(&"totals_mismatch".to_owned()),
+        "{:?}",
+        normalized.warnings
+    );
+    body["payload"]["invoice"]["entity"]["tax_amount"] = json!(180);
+    let normalized = normalize("razorpay", body.to_string().as_bytes());
+    assert!(codes(&normalized).contains(&"totals_mismatch".to_owned()));
+}
+
 #[test]
 fn zwitch_upi_amounts_are_decimal_rupees() {
     let created = normalize("zwitch", &fixture("zwitch_upi/payments.created.json"));
