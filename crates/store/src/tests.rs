@@ -2152,6 +2152,28 @@ fn a_read_only_postgres_is_not_ready() {
     });
 }
 
+/// The outcome of an attempt begun at `now` that the endpoint answered `410 Gone`.
+fn gone_410(delivery: DeliveryId, endpoint: EndpointId, now: Timestamp) -> Completion {
+    Completion {
+        attempt: Some(NewAttempt {
+            status_code: Some(410),
+            ..delivered_ok(delivery, endpoint, now).attempt.unwrap()
+        }),
+        next: NextStep::Held,
+        disable_endpoint: Some("the endpoint answered 410 Gone".into()),
+        ..delivered_ok(delivery, endpoint, now)
+    }
+}
+
+/// An operator's re-enabling of `endpoint` at `at`.
+async fn re_enable(store: &Store, endpoint: EndpointId, at: Timestamp) {
+    let patch = EndpointPatch {
+        enabled: Some(true),
+        ..EndpointPatch::default()
+    };
+    store.update_endpoint(endpoint, patch, at).await.unwrap();
+}
+
 /// A 410 answered to an attempt that began before an operator changed its endpoint (re-enabled
 /// it, say) disables nothing, and its delivery is retried rather than held on an enabled
 /// endpoint, where nothing would ever send it.
@@ -2161,26 +2183,8 @@ fn a_410_to_an_attempt_older_than_its_endpoint_s_change_is_retried() {
         for test in backends().await {
             let store = &test.store;
             let (endpoint, id, now) = owed_and_claimed(store, "gone-meanwhile").await;
-            store
-                .update_endpoint(
-                    endpoint.id,
-                    EndpointPatch {
-                        enabled: Some(true),
-                        ..EndpointPatch::default()
-                    },
-                    now.add(Duration::from_secs(1)),
-                )
-                .await
-                .unwrap();
-            let gone = Completion {
-                attempt: Some(NewAttempt {
-                    status_code: Some(410),
-                    ..delivered_ok(id, endpoint.id, now).attempt.unwrap()
-                }),
-                next: NextStep::Held,
-                disable_endpoint: Some("the endpoint answered 410 Gone".into()),
-                ..delivered_ok(id, endpoint.id, now)
-            };
+            re_enable(store, endpoint.id, now.add(Duration::from_secs(1))).await;
+            let gone = gone_410(id, endpoint.id, now);
             let later = now.add(Duration::from_secs(2));
             store.complete(vec![gone], "w", later).await.unwrap();
             assert!(store.endpoint(endpoint.id).await.unwrap().unwrap().enabled);
@@ -2248,15 +2252,7 @@ fn a_disable_written_again_after_a_re_enable_leaves_the_endpoint_enabled() {
         for test in backends().await {
             let store = &test.store;
             let (endpoint, id, now) = owed_and_claimed(store, "gone-twice").await;
-            let gone = Completion {
-                attempt: Some(NewAttempt {
-                    status_code: Some(410),
-                    ..delivered_ok(id, endpoint.id, now).attempt.unwrap()
-                }),
-                next: NextStep::Held,
-                disable_endpoint: Some("the endpoint answered 410 Gone".into()),
-                ..delivered_ok(id, endpoint.id, now)
-            };
+            let gone = gone_410(id, endpoint.id, now);
             let later = now.add(Duration::from_secs(5));
             store
                 .complete(vec![gone.clone()], "w", later)
@@ -2265,18 +2261,7 @@ fn a_disable_written_again_after_a_re_enable_leaves_the_endpoint_enabled() {
             let disabled = store.endpoint(endpoint.id).await.unwrap().unwrap();
             assert!(!disabled.enabled);
 
-            let re_enabled_at = now.add(Duration::from_secs(10));
-            store
-                .update_endpoint(
-                    endpoint.id,
-                    EndpointPatch {
-                        enabled: Some(true),
-                        ..EndpointPatch::default()
-                    },
-                    re_enabled_at,
-                )
-                .await
-                .unwrap();
+            re_enable(store, endpoint.id, now.add(Duration::from_secs(10))).await;
             store
                 .complete(vec![gone], "w", now.add(Duration::from_secs(15)))
                 .await

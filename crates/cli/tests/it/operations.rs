@@ -685,6 +685,20 @@ fn completions_are_generated_for_each_shell() {
     }
 }
 
+/// Three verified Razorpay requests whose bodies are not JSON, quarantined; their ids, oldest
+/// first.
+async fn quarantine_three(app: &TestApp) -> Vec<String> {
+    let mut quarantined = Vec::new();
+    for n in 0..3 {
+        let body = format!("not json {n}");
+        let response = app.post_signed("razorpay", body.as_bytes(), &[]).await;
+        assert_eq!(response.status().as_u16(), 202);
+        let ack: Value = response.json().await.unwrap();
+        quarantined.push(ack["inbound_id"].as_str().unwrap().to_owned());
+    }
+    quarantined
+}
+
 /// Reprocessing in bulk takes the quarantined requests that waited longest first, and goes past
 /// one it cannot reprocess (its source is no longer configured) rather than failing the batch,
 /// which would stop every later call at the same request.
@@ -706,13 +720,7 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
     seed(backend, &dir, vec![(retired, Vec::new())]).await;
     let app = spawn_app_in(backend, dir, "").await;
     let mut quarantined = vec![retired_id.to_string()];
-    for n in 0..3 {
-        let body = format!("not json {n}");
-        let response = app.post_signed("razorpay", body.as_bytes(), &[]).await;
-        assert_eq!(response.status().as_u16(), 202);
-        let ack: Value = response.json().await.unwrap();
-        quarantined.push(ack["inbound_id"].as_str().unwrap().to_owned());
-    }
+    quarantined.extend(quarantine_three(&app).await);
 
     let (status, summary) = app
         .admin_post("/v1/inbound/reprocess", json!({ "limit": 2 }))
@@ -791,14 +799,7 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
 /// after it are reprocessed all the same: stopping at it would stop every later call there.
 async fn reprocessing_in_bulk_goes_past_a_request_the_database_refuses(backend: Backend) {
     let app = spawn_app(backend).await;
-    let mut quarantined = Vec::new();
-    for n in 0..3 {
-        let body = format!("not json {n}");
-        let response = app.post_signed("razorpay", body.as_bytes(), &[]).await;
-        assert_eq!(response.status().as_u16(), 202);
-        let ack: Value = response.json().await.unwrap();
-        quarantined.push(ack["inbound_id"].as_str().unwrap().to_owned());
-    }
+    let quarantined = quarantine_three(&app).await;
     let refused = &quarantined[0];
     match backend {
         Backend::Sqlite => {
