@@ -662,12 +662,30 @@ impl PgStore {
             )
             .await
             .map_err(pg_error)?;
-        // ANALYZE skips, with only a warning, a table the role may not maintain; said as an
-        // error so the caller backs off instead of asking again every few seconds.
         if stale().await? {
+            // Skipped because another session holds the table's maintenance lock (another
+            // instance analyzing it, autovacuum): nothing is wrong, and the next check asks again.
+            let busy = client
+                .query_opt(
+                    "SELECT 1 FROM pg_locks
+                     WHERE relation = to_regclass('ledger_entities') AND granted
+                       AND pid <> pg_backend_pid()
+                       AND mode IN ('ShareUpdateExclusiveLock', 'ShareLock',
+                                    'ShareRowExclusiveLock', 'ExclusiveLock',
+                                    'AccessExclusiveLock')",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?
+                .is_some();
+            if busy {
+                return Ok(false);
+            }
+            // ANALYZE skips, with only a warning, a table the role may not maintain; said as an
+            // error so the caller backs off instead of asking again every few seconds.
             return Err(StoreError::Database(
                 "the ledger's planner statistics are still stale after ANALYZE: billhook's \
-                 database role may not own ledger_entities (or another instance was analyzing it)"
+                 database role may not own ledger_entities"
                     .to_owned(),
             ));
         }

@@ -1159,6 +1159,54 @@ fn a_refresh_that_analyzes_nothing_is_an_error() {
     });
 }
 
+/// A refresh that finds the ledger locked by another session's maintenance (another instance
+/// analyzing it, autovacuum) did nothing, and says so without an error: it is not the role's
+/// fault, and backing off would leave the plans stale for a minute.
+#[test]
+fn a_refresh_skipped_for_another_session_s_analyze_is_not_an_error() {
+    runtime().block_on(async {
+        let (config, _dir) = super::postgres_config().await;
+        let store = Store::open(&config).await.unwrap();
+        for n in 0..150 {
+            issue(&store, &format!("bcinv_{n}"), &format!("INV-{n}"), 1000).await;
+        }
+        let mut other = super::postgres_session(&config).await;
+        // The activity counters reach the statistics within seconds of a commit, not at once.
+        let mut grown = false;
+        for _ in 0..120 {
+            let live: i64 = other
+                .query_one(
+                    "SELECT pg_stat_get_live_tuples(to_regclass('ledger_entities'))",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if live > 100 {
+                grown = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(grown, "the ledger's growth reached the statistics");
+        let maintaining = other.transaction().await.unwrap();
+        maintaining
+            .batch_execute("LOCK TABLE ledger_entities IN SHARE UPDATE EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        assert!(
+            !store.refresh_statistics().await.unwrap(),
+            "skipped, not failed"
+        );
+        maintaining.rollback().await.unwrap();
+        assert!(
+            store.refresh_statistics().await.unwrap(),
+            "analyzed once the lock is gone"
+        );
+        store.close().await;
+    });
+}
+
 /// Entries of providers that stamp no time, stored when their snapshots took the reception
 /// time, take the unstamped time at the migration; other entries keep theirs.
 #[test]
