@@ -378,16 +378,20 @@ impl Invoice {
         let amount_paid = amount_of(&self.amount_paid, "amount_paid")?;
         let amount_due = amount_of(&self.amount_due, "amount_due")?;
         let taxable = amount_of(&self.taxable_amount, "taxable_amount")?;
-        // Tax is on the taxable amount, the gross less any discount; an invoice that does not
-        // state it has none.
+        // Tax is on the taxable amount, the gross less any discount; invoices without tax state
+        // a taxable amount of 0. Either sum may be the total.
+        let with_tax = |base: Option<Amount>| base.zip(tax).and_then(|(b, t)| b.checked_add(t));
+        let expected = [with_tax(taxable), with_tax(gross)]
+            .into_iter()
+            .flatten()
+            .find(|sum| Some(*sum) == amount)
+            .or(with_tax(taxable))
+            .or(with_tax(gross));
         warnings.total(
             amount,
-            taxable
-                .or(gross)
-                .zip(tax)
-                .and_then(|(t, x)| t.checked_add(x)),
+            expected,
             &format!("{AT}.amount"),
-            "amount should equal taxable_amount + tax_amount",
+            "amount should equal taxable_amount (or gross_amount) + tax_amount",
         );
         warnings.total(
             amount,

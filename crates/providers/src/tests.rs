@@ -176,6 +176,18 @@ fn a_razorpay_invoice_with_a_discount_adds_up() {
     body["payload"]["invoice"]["entity"]["tax_amount"] = json!(180);
     let normalized = normalize("razorpay", body.to_string().as_bytes());
     assert!(codes(&normalized).contains(&"totals_mismatch".to_owned()));
+
+    // Without tax Razorpay states a taxable amount of 0: the gross is the total.
+    let invoice = &mut body["payload"]["invoice"]["entity"];
+    invoice["gross_amount"] = json!(1062);
+    invoice["taxable_amount"] = json!(0);
+    invoice["tax_amount"] = json!(0);
+    let normalized = normalize("razorpay", body.to_string().as_bytes());
+    assert!(
+        !codes(&normalized).contains(&"totals_mismatch".to_owned()),
+        "{:?}",
+        normalized.warnings
+    );
 }
 
 #[test]

@@ -88,13 +88,29 @@ where
     tokio::spawn(async move {
         let mut pause = RESTART_PAUSE_FIRST;
         loop {
+            let started = tokio::time::Instant::now();
             let Err(failure) = tokio::spawn(task(stopped.clone())).await else {
                 return;
             };
+            // The panic's own message went to standard error through the panic hook; rows or
+            // values it may name stay out of the structured log.
             if *stopped.borrow() {
+                tracing::error!(
+                    task = name,
+                    panicked = failure.is_panic(),
+                    "a background task failed as billhook stopped"
+                );
                 return;
             }
-            tracing::error!(task = name, error = %failure, "a background task failed; starting it again");
+            tracing::error!(
+                task = name,
+                panicked = failure.is_panic(),
+                "a background task failed; starting it again"
+            );
+            // A task that ran a long while before failing starts again soon, as a first time.
+            if started.elapsed() > RESTART_PAUSE_MOST * 10 {
+                pause = RESTART_PAUSE_FIRST;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = stopped.changed() => return,

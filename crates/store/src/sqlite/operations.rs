@@ -106,7 +106,12 @@ impl SqliteStore {
         batch: u32,
     ) -> Result<PruneBatch, StoreError> {
         let cutoff_ms = before.created_at().unix_millis();
-        let found: Vec<(String, i64)> = self
+        // The writer reads each body it removes (its columns after the body lie past it, and
+        // freeing it walks its pages): a batch of large bodies would hold every ingest behind
+        // it, so a batch also stops at PRUNE_BATCH_BYTES, taking one message at least. Rows are
+        // stepped one by one and no further than the budget: each one stepped walks its body
+        // here too, to reach the columns the choice reads.
+        let (chosen, full): (Vec<String>, bool) = self
             .read(move |connection| {
                 let sql = format!(
                     "SELECT i.id, length(i.body) FROM inbound i
@@ -114,34 +119,27 @@ impl SqliteStore {
                     may_go()
                 );
                 let mut statement = connection.prepare_cached(&sql).map_err(db_error)?;
-                statement
-                    .query_map(
-                        params![
-                            before.to_string(),
-                            cutoff_ms,
-                            after.map(|id| id.to_string()).unwrap_or_default()
-                        ],
-                        |row| Ok((row.get(0)?, row.get::<_, Option<i64>>(1)?.unwrap_or(0))),
-                    )
-                    .map_err(db_error)?
-                    .collect::<Result<_, _>>()
-                    .map_err(db_error)
+                let mut rows = statement
+                    .query(params![
+                        before.to_string(),
+                        cutoff_ms,
+                        after.map(|id| id.to_string()).unwrap_or_default()
+                    ])
+                    .map_err(db_error)?;
+                let mut chosen = Vec::new();
+                let mut bytes = 0_i64;
+                while let Some(row) = rows.next().map_err(db_error)? {
+                    let length = row.get::<_, Option<i64>>(1).map_err(db_error)?.unwrap_or(0);
+                    if !chosen.is_empty() && bytes.saturating_add(length) > PRUNE_BATCH_BYTES {
+                        return Ok((chosen, true));
+                    }
+                    bytes = bytes.saturating_add(length);
+                    chosen.push(row.get(0).map_err(db_error)?);
+                }
+                let full = chosen.len() >= usize::try_from(batch).unwrap_or(usize::MAX);
+                Ok((chosen, full))
             })
             .await?;
-        // The writer reads each body it removes (its columns after the body lie past it, and
-        // freeing it walks its pages): a batch of large bodies would hold every ingest behind
-        // it, so a batch also stops at PRUNE_BATCH_BYTES, taking one message at least.
-        let mut full = found.len() >= usize::try_from(batch).unwrap_or(usize::MAX);
-        let mut bytes = 0_i64;
-        let mut chosen = Vec::with_capacity(found.len());
-        for (id, length) in found {
-            if !chosen.is_empty() && bytes.saturating_add(length) > PRUNE_BATCH_BYTES {
-                full = true;
-                break;
-            }
-            bytes = bytes.saturating_add(length);
-            chosen.push(id);
-        }
         let resume_after = if full {
             chosen.last().map(|id| parse_id(id)).transpose()?
         } else {
