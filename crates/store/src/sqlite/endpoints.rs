@@ -448,23 +448,13 @@ impl SqliteStore {
         endpoints: Vec<EndpointId>,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
-        self.write(move |connection| {
-            let mut statement = connection
-                .prepare_cached(
-                    "UPDATE deliveries SET status = 'cancelled', updated_at = ?2
-                     WHERE endpoint_id = ?1 AND status IN ('pending', 'failed', 'held')
-                       AND EXISTS (SELECT 1 FROM endpoints
-                                   WHERE id = ?1 AND deleted_at IS NOT NULL)",
-                )
-                .map_err(db_error)?;
-            let mut cancelled = 0;
-            for id in &endpoints {
-                cancelled += statement
-                    .execute(params![id.to_string(), now.unix_millis()])
-                    .map_err(db_error)? as u64;
-            }
-            Ok(cancelled)
-        })
+        self.update_deliveries_of_each(
+            "UPDATE deliveries SET status = 'cancelled', updated_at = ?2
+             WHERE endpoint_id = ?1 AND status IN ('pending', 'failed', 'held')
+               AND EXISTS (SELECT 1 FROM endpoints WHERE id = ?1 AND deleted_at IS NOT NULL)",
+            endpoints,
+            now,
+        )
         .await
     }
 
@@ -473,24 +463,36 @@ impl SqliteStore {
         endpoints: Vec<EndpointId>,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
+        self.update_deliveries_of_each(
+            "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
+                updated_at = ?2
+             WHERE endpoint_id = ?1 AND status IN ('pending', 'failed')
+               AND (lease_owner IS NULL OR lease_until <= ?2)
+               AND EXISTS (SELECT 1 FROM endpoints
+                           WHERE id = ?1 AND enabled = 0 AND deleted_at IS NULL)",
+            endpoints,
+            now,
+        )
+        .await
+    }
+
+    /// Runs `sql` (`?1` an endpoint id, `?2` now) once per endpoint, in one write; the rows
+    /// changed in all.
+    async fn update_deliveries_of_each(
+        &self,
+        sql: &'static str,
+        endpoints: Vec<EndpointId>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
         self.write(move |connection| {
-            let mut statement = connection
-                .prepare_cached(
-                    "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
-                        updated_at = ?2
-                     WHERE endpoint_id = ?1 AND status IN ('pending', 'failed')
-                       AND (lease_owner IS NULL OR lease_until <= ?2)
-                       AND EXISTS (SELECT 1 FROM endpoints
-                                   WHERE id = ?1 AND enabled = 0 AND deleted_at IS NULL)",
-                )
-                .map_err(db_error)?;
-            let mut held = 0;
+            let mut statement = connection.prepare_cached(sql).map_err(db_error)?;
+            let mut changed = 0;
             for id in &endpoints {
-                held += statement
+                changed += statement
                     .execute(params![id.to_string(), now.unix_millis()])
                     .map_err(db_error)? as u64;
             }
-            Ok(held)
+            Ok(changed)
         })
         .await
     }
