@@ -280,21 +280,18 @@ pub struct PaymentRefs {
 impl PaymentRefs {
     /// The references of a payment (from test mode if `sandbox`) its source's rule matches on.
     pub fn ruled(references: &PaymentReferences, rule: &[PaymentRef], sandbox: bool) -> Self {
-        let allowed = |which: PaymentRef, value: &Option<String>| {
-            value
-                .clone()
-                .filter(|v| !v.is_empty() && rule.contains(&which))
-        };
+        let given = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
         let r = references;
         Self {
-            invoice_id: allowed(PaymentRef::InvoiceId, &r.invoice_id),
-            order_id: allowed(PaymentRef::OrderId, &r.order_id),
-            merchant_reference: allowed(PaymentRef::MerchantReference, &r.merchant_reference),
-            remark: allowed(PaymentRef::Remark, &r.remark),
-            bill_ref_id: allowed(PaymentRef::BillRefId, &r.bill_ref_id),
-            biller_ref_id: allowed(PaymentRef::BillerRefId, &r.biller_ref_id),
+            invoice_id: given(&r.invoice_id),
+            order_id: given(&r.order_id),
+            merchant_reference: given(&r.merchant_reference),
+            remark: given(&r.remark),
+            bill_ref_id: given(&r.bill_ref_id),
+            biller_ref_id: given(&r.biller_ref_id),
             sandbox,
         }
+        .within(rule)
     }
 
     /// These references less those `rule` does not match on.

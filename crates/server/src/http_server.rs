@@ -81,6 +81,13 @@ pub(crate) async fn serve(
     }
 }
 
+/// The body length a request's `Content-Length` declares, if it declares one that parses.
+pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+}
+
 /// The largest body an admin API request may have (axum's own default limit).
 pub(crate) const ADMIN_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// The largest body a console request may have: its forms are a few fields each, and the
@@ -123,11 +130,7 @@ pub(crate) async fn read_body_in_time(
         )
         .into_response()
     };
-    let announced = request
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > deadline.limit as u64) {
+    if declared_length(request.headers()).is_some_and(|length| length > deadline.limit as u64) {
         return too_large();
     }
     let (parts, body) = request.into_parts();

@@ -23,7 +23,7 @@ use billhook_store::{
     RawOrigin, RecordedError,
 };
 use bytes::Bytes;
-use http::{HeaderMap, header};
+use http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
 use ipnet::IpNet;
 use serde::Serialize;
@@ -183,10 +183,16 @@ async fn process(
     };
     // An address off the source's allow-list is refused before its body is read.
     source.spec.admits(Some(remote_ip)).map_err(refused)?;
+    // A body declared too large is refused before anything else: waiting would not help it.
+    let limit = app.settings.ingest.max_body_bytes;
+    let declared = crate::http_server::declared_length(headers);
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large(limit));
+    }
     // Held until the store has the body: moved into the write below, which outlives this
     // request when the request times out or its client goes away.
-    let buffered = reserve_body(app, headers)?;
-    let body = read_body(headers, body, app.settings.ingest.max_body_bytes).await?;
+    let buffered = reserve_body(app, declared)?;
+    let body = read_body(body, limit).await?;
     if body.is_empty() {
         return Err(ApiError::new(
             ErrorCode::EmptyBody,
@@ -294,20 +300,17 @@ async fn process(
     Ok(((source.ack_status, Json(response)).into_response(), counted))
 }
 
-/// Takes the body's share of `ingest.max_buffered_bytes`: its declared length, or the most a
-/// body may be. Refused at once (503) rather than waited for: a provider retries, while a
-/// request waiting here would hold its connection all the same. A declared length past the
-/// limit is refused as too large first: waiting would not help it.
+/// Takes the body's share of `ingest.max_buffered_bytes`: its declared length (within the
+/// limit), or the most a body may be. Refused at once (503) rather than waited for: a provider
+/// retries, while a request waiting here would hold its connection all the same.
 fn reserve_body(
     app: &App,
-    headers: &HeaderMap,
+    declared: Option<u64>,
 ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     let limit = app.settings.ingest.max_body_bytes;
-    let share = match declared_length(headers) {
-        Some(length) if length > limit as u64 => return Err(too_large(limit)),
-        Some(length) => usize::try_from(length).unwrap_or(limit).max(1),
-        None => limit,
-    };
+    let share = declared.map_or(limit, |length| {
+        usize::try_from(length).unwrap_or(limit).clamp(1, limit)
+    });
     let share = u32::try_from(share).unwrap_or(u32::MAX);
     Arc::clone(&app.ingest_budget)
         .try_acquire_many_owned(share)
@@ -325,13 +328,6 @@ fn reserve_body(
         })
 }
 
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-}
-
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         ErrorCode::PayloadTooLarge,
@@ -339,12 +335,9 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Reads the body, refusing with 413 as soon as it is known to exceed `limit`: from
-/// `Content-Length` before reading anything, else while streaming.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    if declared_length(headers).is_some_and(|length| length > limit as u64) {
-        return Err(too_large(limit));
-    }
+/// Reads the body, refusing with 413 as soon as a streamed body crosses `limit` (one declared
+/// larger was refused before).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),

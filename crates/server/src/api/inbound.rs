@@ -348,13 +348,7 @@ pub(crate) async fn reprocess_all(
             }
         };
         results.push(match reprocessable(&app, &record) {
-            Err(message) => view(
-                "skipped",
-                Some(ErrorView {
-                    code: ErrorCode::InvalidRequest.as_str().to_owned(),
-                    message,
-                }),
-            ),
+            Err(message) => view("skipped", Some(ApiError::invalid(message).into())),
             Ok(_) => match reprocess(&app, record).await {
                 Ok(done) => done,
                 Err(error) => {

@@ -275,18 +275,29 @@ pub(super) async fn disable<C: GenericClient>(
     if disabled == 0 {
         return Ok(());
     }
+    hold_waiting(client, &[id], now).await?;
+    Ok(())
+}
+
+/// Holds the deliveries of `endpoints` waiting to be sent (none under a live lease at `now`),
+/// locking them in id order, as completions and lease renewals do; the number held.
+async fn hold_waiting<C: GenericClient>(
+    client: &C,
+    endpoints: &[String],
+    now: Timestamp,
+) -> Result<u64, StoreError> {
     client
         .execute(
-            "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL, updated_at = $2
+            "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
+                updated_at = $2
              WHERE id IN (SELECT id FROM deliveries
-                WHERE endpoint_id = $1 AND status IN ('pending', 'failed')
+                WHERE endpoint_id = ANY($1) AND status IN ('pending', 'failed')
                   AND (lease_owner IS NULL OR lease_until <= $2)
                 ORDER BY id FOR UPDATE)",
-            &[&id, &now.unix_millis()],
+            &[&endpoints, &now.unix_millis()],
         )
         .await
-        .map_err(pg_error)?;
-    Ok(())
+        .map_err(pg_error)
 }
 
 /// Makes `secret` current; the previous current secret keeps signing until `previous_until`.
@@ -548,20 +559,7 @@ impl PgStore {
         if disabled.is_empty() {
             return Ok(0);
         }
-        let held = transaction
-            .execute(
-                // Locks the rows in id order, as completions and lease renewals do.
-                "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
-                    updated_at = $2
-                 WHERE id IN
-                   (SELECT id FROM deliveries
-                    WHERE endpoint_id = ANY($1) AND status IN ('pending', 'failed')
-                      AND (lease_owner IS NULL OR lease_until <= $2)
-                    ORDER BY id FOR UPDATE)",
-                &[&disabled, &now.unix_millis()],
-            )
-            .await
-            .map_err(pg_error)?;
+        let held = hold_waiting(&transaction, &disabled, now).await?;
         transaction.commit().await.map_err(pg_error)?;
         Ok(held)
     }

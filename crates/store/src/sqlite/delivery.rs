@@ -299,17 +299,23 @@ fn complete_one(
         // found it when it changed a row; only when it did not (the lease lapsed, or the
         // delivery is gone) is its existence asked. One recorded already (a batch written
         // again) is left as it is.
+        macro_rules! insert_attempt {
+            ($values:literal) => {
+                concat!(
+                    "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
+                        duration_ms, status_code, response_body, error_kind, error_message) ",
+                    $values,
+                    " ON CONFLICT (id) DO NOTHING"
+                )
+            };
+        }
         let sql = if updated == 1 {
-            "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
-                duration_ms, status_code, response_body, error_kind, error_message)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (id) DO NOTHING"
+            insert_attempt!("VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
         } else {
-            "INSERT INTO attempts (id, delivery_id, endpoint_id, number, started_at,
-                duration_ms, status_code, response_body, error_kind, error_message)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
-             WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ?2)
-             ON CONFLICT (id) DO NOTHING"
+            insert_attempt!(
+                "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+                 WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ?2)"
+            )
         };
         connection
             .prepare_cached(sql)

@@ -249,6 +249,20 @@ fn apply_patch(
     Ok(())
 }
 
+/// Holds the deliveries of endpoint `?1` waiting to be sent (none under a live lease at `?2`),
+/// where `$condition` (`AND …`) holds too.
+macro_rules! hold_waiting {
+    ($condition:literal) => {
+        concat!(
+            "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
+                updated_at = ?2
+             WHERE endpoint_id = ?1 AND status IN ('pending', 'failed')
+               AND (lease_owner IS NULL OR lease_until <= ?2) ",
+            $condition
+        )
+    };
+}
+
 /// Disables an endpoint and holds its undelivered deliveries until it is recovered. With
 /// `unchanged_since` (when the attempt that judged it gone began), only an endpoint no one has
 /// changed since: one an operator re-enabled meanwhile stays enabled, even when a batch of
@@ -273,12 +287,7 @@ pub(super) fn disable(
         return Ok(());
     }
     connection
-        .prepare_cached(
-            "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
-                updated_at = ?2
-             WHERE endpoint_id = ?1 AND status IN ('pending', 'failed')
-               AND (lease_owner IS NULL OR lease_until <= ?2)",
-        )
+        .prepare_cached(hold_waiting!(""))
         .and_then(|mut statement| statement.execute(params![id, now.unix_millis()]))
         .map_err(db_error)?;
     Ok(())
@@ -464,12 +473,10 @@ impl SqliteStore {
         now: Timestamp,
     ) -> Result<u64, StoreError> {
         self.update_deliveries_of_each(
-            "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
-                updated_at = ?2
-             WHERE endpoint_id = ?1 AND status IN ('pending', 'failed')
-               AND (lease_owner IS NULL OR lease_until <= ?2)
-               AND EXISTS (SELECT 1 FROM endpoints
-                           WHERE id = ?1 AND enabled = 0 AND deleted_at IS NULL)",
+            hold_waiting!(
+                "AND EXISTS (SELECT 1 FROM endpoints
+                             WHERE id = ?1 AND enabled = 0 AND deleted_at IS NULL)"
+            ),
             endpoints,
             now,
         )

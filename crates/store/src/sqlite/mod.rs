@@ -888,8 +888,8 @@ impl Readers {
 
 pub(crate) fn db_error(error: rusqlite::Error) -> StoreError {
     // Locked by another connection past the wait (a backup, a tool holding a write lock), or
-    // the disk full: nothing was written, and the same write can succeed later (a provider
-    // retries a 503; a 500 says its request was wrong).
+    // the disk full: nothing was written, and the same write can succeed later (503, retry),
+    // where a 500 would say billhook itself failed.
     match error.sqlite_error_code() {
         Some(
             rusqlite::ErrorCode::DatabaseBusy
