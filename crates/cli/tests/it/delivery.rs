@@ -34,6 +34,7 @@ backend_tests!(
     redeliver_and_recover_send_again,
     rotation_signs_with_both_secrets,
     dead_deliveries_stop_after_the_last_attempt,
+    retries_due_at_once_go_out_at_once,
     shutdown_lets_in_flight_attempts_finish,
     a_re_enabled_endpoint_starts_its_failing_time_afresh,
     a_job_whose_lease_lapsed_goes_out_only_under_its_new_claim,
@@ -872,6 +873,42 @@ async fn dead_deliveries_stop_after_the_last_attempt(backend: Backend) {
     .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 6);
+    app.stop().await;
+}
+
+/// A retry due at once is claimed again as soon as its failure is written, often before this
+/// instance has counted that attempt off. The new claim is still this instance's to send: it
+/// goes out at once rather than waiting for its lease to run out.
+async fn retries_due_at_once_go_out_at_once(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+         retry_schedule = [\"0s\", \"0s\", \"0s\", \"0s\", \"0s\"]\njitter_percent = 0\n\
+         request_timeout = \"2s\"\nlease = \"60s\"\n",
+    )
+    .await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let receiver = Receiver::start(Arc::new(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        (500, vec![], Some(Duration::ZERO))
+    }))
+    .await;
+    app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let messages = 40;
+    ingest_payments(&app, messages, "at-once").await;
+    // Well inside the lease: a claim dropped unsent would hold its delivery for all of it.
+    app.eventually(Duration::from_secs(20), "every attempt made", || async {
+        calls.load(Ordering::SeqCst) >= messages * 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        messages * 5,
+        "a claim sent beside the one before it"
+    );
     app.stop().await;
 }
 

@@ -48,7 +48,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{DeliveryConfig, EndpointConfig};
 use crate::metrics::{self, Metrics};
-use claims::{ClaimNumber, HeldClaims, Turn};
+use claims::{Asked, ClaimNumber, HeldClaims, Turn};
 pub use endpoints::{EndpointDefinition, EndpointRuntime, EndpointSet, check_destination};
 pub use send::RESPONSE_BODY_LIMIT;
 use ssrf::{DestinationPolicy, Refusal};
@@ -172,8 +172,9 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     /// Deliveries held in memory under this instance's lease, each with its claims not yet
     /// counted off: a delivery given back can be claimed again before the completion that gave
-    /// it back is counted off, and the newer claim must keep its lease renewed.
-    held: Mutex<HeldClaims>,
+    /// it back is counted off, and the newer claim must keep its lease renewed. Holds the jobs
+    /// set aside to wait for an earlier claim of their delivery.
+    held: Mutex<HeldClaims<Job>>,
     /// Unbounded so a lane never waits on the database and nothing finished is left behind at
     /// shutdown. It grows only while the completer writes slower than attempts finish; the
     /// claims that feed the attempts go to the same database, so the two slow down together.
@@ -410,7 +411,7 @@ impl Delivery {
     /// Starts the jobs of a committed ingest.
     pub fn hand_off(&self, prepared: Prepared) {
         for mut job in prepared.jobs {
-            job.claim = self.shared.hold(job.delivery_id, job.leased_until);
+            job.claim = self.shared.hold(job.delivery_id, job.leased_until, None);
             self.shared.enqueue(job);
         }
     }
@@ -460,9 +461,13 @@ impl Delivery {
         if let Some(renewal) = renewal {
             let _ = renewal.await;
         }
-        let (flushed, done) = tokio::sync::oneshot::channel();
-        if shared.completions.send(ToCompleter::Flush(flushed)).is_ok() {
-            let _ = done.await;
+        // Twice: a job set aside for an earlier claim of its delivery is handed back, and given
+        // back, as the first flush records that claim's outcome.
+        for _ in 0..2 {
+            let (flushed, done) = tokio::sync::oneshot::channel();
+            if shared.completions.send(ToCompleter::Flush(flushed)).is_ok() {
+                let _ = done.await;
+            }
         }
         let completer = self
             .completer
@@ -747,20 +752,22 @@ impl Shared {
         Some(lane)
     }
 
-    /// Counts a claim of a delivery taken into memory; its completion counts it off.
-    fn hold(&self, id: DeliveryId, leased_until: Timestamp) -> ClaimNumber {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .claim(id, leased_until)
+    /// Counts a claim of a delivery taken into memory; its completion counts it off. `asked` is
+    /// when the poller asked for it; a claim written with its new row, which no outcome can
+    /// have ended yet, has none.
+    fn hold(&self, id: DeliveryId, leased_until: Timestamp, asked: Option<Asked>) -> ClaimNumber {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let asked = asked.unwrap_or_else(|| held.asking());
+        held.claim(id, leased_until, asked)
     }
 
     /// Whether `job` may be attempted now, its lease lasting the longest an attempt may take.
-    /// A lease too short for that is renewed first, if it has not lapsed.
+    /// A lease too short for that, or not known to be this instance's, is renewed first, if
+    /// the database still holds it for this instance.
     async fn turn(&self, job: &Job) -> Turn {
         let longest = self.config.request_timeout.0;
         let turn = self.turn_at(job, Timestamp::now(), longest);
-        if turn != Turn::Lapsing {
+        if !matches!(turn, Turn::Lapsing | Turn::Unproven) {
             return turn;
         }
         if let Err(error) = self.renew(vec![job.delivery_id], Timestamp::now()).await {
@@ -772,6 +779,7 @@ impl Shared {
     /// Extends the leases of `ids` that have not lapsed at `now`, and records those extended.
     async fn renew(&self, ids: Vec<DeliveryId>, now: Timestamp) -> Result<(), StoreError> {
         let until = now.add(self.config.lease.0);
+        let asked = self.held.lock().unwrap_or_else(|p| p.into_inner()).asking();
         let renewed = self
             .store
             .renew_leases(&self.owner, ids, now, until)
@@ -779,7 +787,7 @@ impl Shared {
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .renewed(&renewed, until);
+            .renewed(&renewed, until, asked);
         Ok(())
     }
 
@@ -793,15 +801,33 @@ impl Shared {
         )
     }
 
-    /// Lets go of a job that must not be attempted, writing nothing: its lease has lapsed or
-    /// soon will, or a newer claim holds the delivery, so the row is the database's to hand out.
-    fn drop_unattempted(&self, job: Job, turn: Turn) {
+    /// Puts off a job that must not be attempted now. One waiting for an earlier claim of its
+    /// delivery is set aside until that claim is counted off. Any other is let go, writing
+    /// nothing: its lease has lapsed or soon will, or a newer claim holds the delivery, so the
+    /// row is the database's to hand out.
+    fn put_off(self: &Arc<Self>, job: Job, turn: Turn) {
+        if turn == Turn::Waiting {
+            let id = job.delivery_id;
+            let job = self
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_aside(id, job);
+            if let Some(job) = job {
+                self.enqueue(job);
+            }
+            return;
+        }
         tracing::debug!(delivery = %job.delivery_id, ?turn, "dropping a job whose lease is not ours to use");
         self.metrics.lease_lapsed();
-        self.held
+        let waiting = self
+            .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .release(job.delivery_id);
+        if let Some(waiting) = waiting {
+            self.enqueue(waiting);
+        }
     }
 
     fn enqueue(self: &Arc<Self>, job: Job) {
@@ -919,10 +945,12 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
         };
         // A job superseded or whose lease is over is let go before it waits for anything,
         // so a lane backed up behind an outage empties at once and makes room for new claims.
-        if let turn @ (Turn::Superseded | Turn::Lapsing) =
+        // One whose lease is unproven is renewed once it holds its permits, like one lapsing
+        // while it waited for them.
+        if let turn @ (Turn::Superseded | Turn::Waiting | Turn::Lapsing) =
             shared.turn_at(&job, Timestamp::now(), Duration::ZERO)
         {
-            shared.drop_unattempted(job, turn);
+            shared.put_off(job, turn);
             continue;
         }
         let Some(endpoint) = shared.endpoint(lane.id) else {
@@ -991,7 +1019,7 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
         match shared.turn(&job).await {
             Turn::Attempt => {}
             turn => {
-                shared.drop_unattempted(job, turn);
+                shared.put_off(job, turn);
                 continue;
             }
         }
@@ -1229,15 +1257,20 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
         }
         pause = (pause * 2).min(COMPLETION_RETRY_MOST);
     };
-    {
+    let waiting: Vec<Job> = {
         let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
-        for id in done {
-            if written {
-                held.recorded(id);
-            } else {
-                held.release(id);
-            }
-        }
+        done.into_iter()
+            .filter_map(|id| {
+                if written {
+                    held.recorded(id)
+                } else {
+                    held.release(id)
+                }
+            })
+            .collect()
+    };
+    for job in waiting {
+        shared.enqueue(job);
     }
     if disables {
         // The endpoint was taken as disabled in memory when its attempt was judged.
@@ -1274,6 +1307,11 @@ async fn run_poller(shared: Arc<Shared>) {
 
 /// One pass of the poller; returns when it should look again.
 async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
+    let asked = shared
+        .held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .claiming();
     let (due, next) = shared.store.due_endpoints(now).await?;
     // Due rows of an endpoint this instance does not know: most often one created elsewhere a
     // moment ago, but a delivery planned for an endpoint as it was deleted elsewhere would
@@ -1363,7 +1401,7 @@ async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timest
                 Some(slot) => slot,
                 None => break,
             };
-            dispatch_claimed(shared, delivery, leased_until, slot);
+            dispatch_claimed(shared, delivery, leased_until, asked, slot);
         }
     }
     Ok(if again_now { Some(now) } else { next })
@@ -1373,9 +1411,10 @@ fn dispatch_claimed(
     shared: &Arc<Shared>,
     delivery: ClaimedDelivery,
     leased_until: Timestamp,
+    asked: Asked,
     slot: OwnedSemaphorePermit,
 ) {
-    let claim = shared.hold(delivery.id, leased_until);
+    let claim = shared.hold(delivery.id, leased_until, Some(asked));
     let Some(payload) = delivery.payload else {
         // Retention pruned the payload before the delivery could go out.
         shared.finish(Completion {
