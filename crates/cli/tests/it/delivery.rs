@@ -887,28 +887,32 @@ async fn retries_due_at_once_go_out_at_once(backend: Backend) {
          request_timeout = \"2s\"\nlease = \"60s\"\n",
     )
     .await;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    let receiver = Receiver::start(Arc::new(move |_| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        (500, vec![], Some(Duration::ZERO))
-    }))
-    .await;
+    let receiver = Receiver::start(Arc::new(|_| (500, vec![], Some(Duration::ZERO)))).await;
     app.create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
         .await;
     let messages = 40;
-    ingest_payments(&app, messages, "at-once").await;
+    let ids = ingest_payments(&app, messages, "at-once").await;
     // Well inside the lease: a claim dropped unsent would hold its delivery for all of it.
     app.eventually(Duration::from_secs(20), "every attempt made", || async {
-        calls.load(Ordering::SeqCst) >= messages * 5
+        receiver.count() >= messages * 5
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        messages * 5,
-        "a claim sent beside the one before it"
+    let mut per_message = std::collections::BTreeMap::<String, usize>::new();
+    for arrival in receiver.arrivals() {
+        *per_message
+            .entry(arrival.header("webhook-id").to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_message.len(), messages);
+    assert!(
+        per_message.values().all(|attempts| *attempts == 5),
+        "five attempts each, none sent beside another: {per_message:?}"
     );
+    for id in &ids {
+        let (_, detail) = app.admin_get(&format!("/v1/events/{id}")).await;
+        assert_eq!(detail["deliveries"][0]["status"], json!("dead"), "{detail}");
+    }
     app.stop().await;
 }
 

@@ -6,8 +6,8 @@
 //! same owner name. The job still queued in a lane must then not go out, or the endpoint would
 //! receive it twice. So each claim is numbered, the time its lease is known to last is kept, and
 //! a job is attempted only when its claim is the latest of its delivery and its lease outlasts
-//! the longest an attempt may take. An earlier claim is dropped unattempted and without a write:
-//! the latest one holds the row.
+//! the longest an attempt may take. An earlier claim is dropped unattempted and without a write,
+//! even as its lane stops: the latest one holds the row.
 //!
 //! An earlier claim's attempt may still be in flight, or its outcome waiting to be written, when
 //! the row is claimed again. That outcome is written under the same owner name, so it lands on
@@ -19,6 +19,11 @@
 //! the write proves it; a renewal asked before could have been answered before the write, and
 //! proves nothing. The same holds for a claim the poller asked for before an outcome of its
 //! delivery was written and takes in after.
+//!
+//! A renewal cannot tell this instance's claims of a row apart. One that proves a set-aside
+//! claim's lease may have found a newer claim's, not yet taken into memory: the older job goes,
+//! and the newer one waits behind it, to find its lease ended by that outcome. Nothing goes out
+//! twice; the attempt counts the delivery's attempts as the older claim read them.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -103,7 +108,8 @@ impl<J> HeldClaims<J> {
     }
 
     /// Records a claim of `id` leased until `leased_until`, as the database answered when
-    /// `asked`; it becomes the delivery's latest.
+    /// `asked`; it becomes the delivery's latest. A job set aside for the delivery is now
+    /// superseded: it is counted off and dropped, never attempted.
     pub fn claim(&mut self, id: DeliveryId, leased_until: Timestamp, asked: Asked) -> ClaimNumber {
         self.issued += 1;
         let number = ClaimNumber(self.issued);
@@ -115,6 +121,9 @@ impl<J> HeldClaims<J> {
             last_recorded: forgotten,
             waiting: None,
         });
+        if held.waiting.take().is_some() {
+            held.claims -= 1;
+        }
         held.claims += 1;
         held.latest = number;
         // An outcome recorded since the claim was asked for may have ended its lease.
@@ -162,11 +171,12 @@ impl<J> HeldClaims<J> {
         }
     }
 
-    /// Sets `job`, the latest claim of `id`, aside until the earlier claims are counted off;
-    /// the count that leaves it alone hands it back. Handed back at once if they already are.
-    pub fn set_aside(&mut self, id: DeliveryId, job: J) -> Option<J> {
+    /// Sets `job`, claim `number` of `id`, aside until the earlier claims are counted off; the
+    /// count that leaves it alone hands it back. Handed back at once, for its turn to be taken
+    /// again, if they already are or if it is no longer the latest.
+    pub fn set_aside(&mut self, id: DeliveryId, number: ClaimNumber, job: J) -> Option<J> {
         match self.held.get_mut(&id) {
-            Some(held) if held.claims > 1 => {
+            Some(held) if held.latest == number && held.claims > 1 => {
                 held.waiting = Some(job);
                 None
             }
@@ -189,10 +199,11 @@ impl<J> HeldClaims<J> {
         }
     }
 
-    /// Counts one claim of `id` off whose outcome was written. The write matched the row by
-    /// owner name, so it ended the lease of any later claim of it unless that claim came
-    /// after it: the lease is unknown until a renewal asked from now on proves it. Returns the
-    /// job set aside, if this leaves it the only claim.
+    /// Counts one claim of `id` off whose outcome was written, or may have been (a commit whose
+    /// answer was lost). The write matched the row by owner name, so it ended the lease of any
+    /// later claim of it unless that claim came after it: the lease is unknown until a renewal
+    /// asked from now on proves it. Returns the job set aside, if this leaves it the only
+    /// claim.
     pub fn recorded(&mut self, id: DeliveryId) -> Option<J> {
         self.recorded += 1;
         let number = self.recorded;
@@ -268,7 +279,7 @@ mod tests {
             Turn::Waiting,
             "not while the first is still out"
         );
-        assert_eq!(claims.set_aside(id, second), None);
+        assert_eq!(claims.set_aside(id, second, second), None);
         // The first dropped unattempted: the second is handed back, and goes.
         assert_eq!(claims.release(id), Some(second));
         assert_eq!(claims.ids(), vec![id], "the second claim is still held");
@@ -293,7 +304,7 @@ mod tests {
         assert_eq!(claims.turn(id, second, now, ATTEMPT), Turn::Waiting);
         // The first is counted off between the turn and the setting aside.
         assert_eq!(claims.release(id), None);
-        assert_eq!(claims.set_aside(id, second), Some(second));
+        assert_eq!(claims.set_aside(id, second, second), Some(second));
         assert_eq!(claims.turn(id, second, now, ATTEMPT), Turn::Attempt);
     }
 
@@ -309,7 +320,7 @@ mod tests {
         assert_eq!(claims.turn(id, first, now, ATTEMPT), Turn::Attempt);
         let second = claims.claim(id, now.add(LEASE), claims.asking());
         assert_eq!(claims.turn(id, second, now, ATTEMPT), Turn::Waiting);
-        assert_eq!(claims.set_aside(id, second), None);
+        assert_eq!(claims.set_aside(id, second, second), None);
         let asked_before_the_write = claims.asking();
         assert_eq!(claims.recorded(id), Some(second), "handed back");
         assert_eq!(claims.turn(id, second, now, ATTEMPT), Turn::Unproven);
@@ -326,6 +337,33 @@ mod tests {
         // A claim made after that is the row's own again.
         let third = claims.claim(id, now.add(LEASE), claims.asking());
         assert_eq!(claims.turn(id, third, now, ATTEMPT), Turn::Attempt);
+    }
+
+    /// The row was claimed a second time while the first claim was out, and a third time once
+    /// the first one's outcome was written but before it was counted off.
+    #[test]
+    fn a_job_set_aside_is_superseded_by_a_later_claim() {
+        let mut claims = Claims::default();
+        let id = DeliveryId::new();
+        let now = Timestamp::now();
+        claims.claim(id, now.add(LEASE), claims.asking());
+        let second = claims.claim(id, now.add(LEASE), claims.asking());
+        assert_eq!(claims.set_aside(id, second, second), None);
+        let third = claims.claim(id, now.add(LEASE), claims.asking());
+        assert_eq!(
+            claims.set_aside(id, second, second),
+            Some(second),
+            "only the latest claim waits"
+        );
+        assert_eq!(claims.turn(id, second, now, ATTEMPT), Turn::Superseded);
+        assert_eq!(claims.turn(id, third, now, ATTEMPT), Turn::Waiting);
+        assert_eq!(claims.set_aside(id, third, third), None);
+        // The first is counted off: the second, superseded while set aside, is no longer out.
+        assert_eq!(claims.recorded(id), Some(third));
+        claims.renewed(&[id], now.add(LEASE), claims.asking());
+        assert_eq!(claims.turn(id, third, now, ATTEMPT), Turn::Attempt);
+        assert_eq!(claims.release(id), None);
+        assert!(claims.ids().is_empty(), "every claim counted off");
     }
 
     /// The poller asked for claims, and the database handed this delivery out again, just

@@ -807,12 +807,12 @@ impl Shared {
     /// row is the database's to hand out.
     fn put_off(self: &Arc<Self>, job: Job, turn: Turn) {
         if turn == Turn::Waiting {
-            let id = job.delivery_id;
+            let (id, claim) = (job.delivery_id, job.claim);
             let job = self
                 .held
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .set_aside(id, job);
+                .set_aside(id, claim, job);
             if let Some(job) = job {
                 self.enqueue(job);
             }
@@ -856,6 +856,17 @@ impl Shared {
             next: NextStep::Released,
             disable_endpoint: None,
         });
+    }
+
+    /// Returns a job to the database as its lane stops, unless another claim of its delivery
+    /// is out: the write, matched by owner name, would end that claim's lease while its
+    /// attempt may be in flight. A superseded job is let go; one waiting for an earlier claim
+    /// is given back once that claim is counted off.
+    fn give_back_at_stop(self: &Arc<Self>, job: Job) {
+        match self.turn_at(&job, Timestamp::now(), Duration::ZERO) {
+            turn @ (Turn::Superseded | Turn::Waiting) => self.put_off(job, turn),
+            Turn::Attempt | Turn::Unproven | Turn::Lapsing => self.give_back(job),
+        }
     }
 
     fn finish(&self, completion: Completion) {
@@ -945,8 +956,8 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
         };
         // A job superseded or whose lease is over is let go before it waits for anything,
         // so a lane backed up behind an outage empties at once and makes room for new claims.
-        // One whose lease is unproven is renewed once it holds its permits, like one lapsing
-        // while it waited for them.
+        // One whose lease is unproven (an outcome of its delivery written since its claim)
+        // waits for its permits like the rest, and is renewed then.
         if let turn @ (Turn::Superseded | Turn::Waiting | Turn::Lapsing) =
             shared.turn_at(&job, Timestamp::now(), Duration::ZERO)
         {
@@ -1013,7 +1024,7 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
             break Some(permits);
         };
         let Some(permits) = permits else {
-            shared.give_back(job);
+            shared.give_back_at_stop(job);
             break;
         };
         match shared.turn(&job).await {
@@ -1035,7 +1046,7 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
     // Whatever is still queued goes back to the database for the next run or another instance.
     jobs.close();
     while let Some(job) = jobs.recv().await {
-        shared.give_back(job);
+        shared.give_back_at_stop(job);
     }
 }
 
@@ -1225,13 +1236,13 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     let mut refusals = 0;
     // Once stopping, the database away is waited out a little longer, not for good.
     let mut stop_by = None;
-    let written = loop {
+    loop {
         let Err(error) = shared
             .store
             .complete(Arc::clone(&batch), &shared.owner, Timestamp::now())
             .await
         else {
-            break true;
+            break;
         };
         // The database away, or a conflict, passes; any other refusal may be this batch's own
         // for good, and must not hold up every outcome after it.
@@ -1243,7 +1254,7 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
                 <= tokio::time::Instant::now();
         if refusals >= COMPLETION_REFUSALS_KEPT_AT || out_of_time {
             tracing::error!(%error, count = done.len(), "could not record delivery outcomes; their leases will expire and they will be retried");
-            break false;
+            break;
         }
         tracing::warn!(%error, count = done.len(), retry_in_ms = pause.as_millis() as u64, "could not record delivery outcomes; trying again");
         match stop_by {
@@ -1256,17 +1267,13 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
             },
         }
         pause = (pause * 2).min(COMPLETION_RETRY_MOST);
-    };
+    }
+    // Counted off as written even when given up on: a commit whose answer was lost may have
+    // written it, and a later claim's lease must then be proven before it is used.
     let waiting: Vec<Job> = {
         let mut held = shared.held.lock().unwrap_or_else(|p| p.into_inner());
         done.into_iter()
-            .filter_map(|id| {
-                if written {
-                    held.recorded(id)
-                } else {
-                    held.release(id)
-                }
-            })
+            .filter_map(|id| held.recorded(id))
             .collect()
     };
     for job in waiting {
