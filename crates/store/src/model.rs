@@ -824,8 +824,10 @@ pub struct SourceStats {
 
 /// Splits a batch into runs that can each be written as one set-based statement per table with
 /// the same result as writing the completions one by one: no delivery appears twice in a run,
-/// and a run ends with any completion that disables its endpoint (disabling holds the
-/// endpoint's unleased deliveries, so what follows it must be written after it).
+/// and a completion that disables its endpoint is a run of its own. Disabling holds the
+/// endpoint's unleased deliveries, and a run disables before it updates: what came before the
+/// disabling must be written before it (a delivery given back is then held with the rest), and
+/// what follows it after it.
 pub(crate) fn completion_runs(completions: &[Completion]) -> Vec<&[Completion]> {
     let mut runs = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -838,7 +840,10 @@ pub(crate) fn completion_runs(completions: &[Completion]) -> Vec<&[Completion]> 
             start = index;
         }
         if completion.disable_endpoint.is_some() {
-            runs.push(&completions[start..=index]);
+            if start < index {
+                runs.push(&completions[start..index]);
+            }
+            runs.push(&completions[index..=index]);
             seen.clear();
             start = index + 1;
         }
@@ -854,7 +859,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn completion_runs_keep_each_delivery_once_and_end_at_a_disabling() {
+    fn completion_runs_keep_each_delivery_once_and_disable_alone() {
         let endpoint = EndpointId::new();
         let first = attempted(endpoint, 500, NextStep::Dead);
         let mut again = attempted(endpoint, 200, NextStep::Delivered);
@@ -870,7 +875,7 @@ mod tests {
             attempted(endpoint, 200, NextStep::Delivered),
         ];
         let lengths: Vec<usize> = completion_runs(&batch).iter().map(|r| r.len()).collect();
-        assert_eq!(lengths, vec![3, 2, 1]);
+        assert_eq!(lengths, vec![3, 1, 1, 1]);
         assert!(completion_runs(&[]).is_empty());
     }
 

@@ -1613,6 +1613,57 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
     });
 }
 
+/// A redelivery leaves a delivery under a live lease to its attempt, whose outcome decides
+/// it, but takes one whose lease lapsed (its holder gone) like any other.
+#[test]
+fn a_redelivery_takes_a_delivery_whose_lease_lapsed() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = canonical_endpoint(store).await;
+            let owed = ingest_owed(store, &endpoint, "redeliver-lapsed").await;
+            let now = Timestamp::now();
+            let lease = Duration::from_secs(30);
+            store
+                .claim_due(endpoint.id, "w", now, now.add(lease), 10)
+                .await
+                .unwrap();
+            store
+                .complete(vec![failed_503(owed.delivery, endpoint.id, now)], "w", now)
+                .await
+                .unwrap();
+            assert_eq!(
+                store
+                    .delivery(owed.delivery)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .attempts,
+                1
+            );
+            let claimed = store
+                .claim_due(endpoint.id, "gone", now, now.add(lease), 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            let during = store
+                .redeliver(owed.event.id, None, vec![], now)
+                .await
+                .unwrap();
+            assert!(during.is_empty(), "an attempt under a live lease decides");
+            let after = now.add(lease);
+            let redelivered = store
+                .redeliver(owed.event.id, None, vec![], after)
+                .await
+                .unwrap();
+            assert_eq!(redelivered, vec![owed.delivery]);
+            let record = store.delivery(owed.delivery).await.unwrap().unwrap();
+            assert_eq!(record.status, DeliveryStatus::Pending);
+            assert_eq!(record.attempts, 0, "the retry schedule starts afresh");
+        }
+    });
+}
+
 /// Disabling an endpoint holds its deliveries, those under a lapsed lease too (an instance
 /// crashed holding them): no instance works a disabled endpoint's pending deliveries. One under
 /// a live lease is left to its attempt, whose completion finds the endpoint disabled.
@@ -1938,6 +1989,77 @@ fn a_delivery_cancelled_in_flight_stays_cancelled() {
                     .unwrap()
                     .is_empty()
             );
+        }
+    });
+}
+
+/// An instance cancels a delivery when its endpoint is not in its memory: deleted, most often,
+/// but also one it cannot use (written by a newer version). Only a deletion the database holds
+/// cancels it; otherwise the delivery is given back as it was, for an instance that can.
+#[test]
+fn a_cancel_for_an_endpoint_the_database_still_has_gives_the_delivery_back() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let (endpoint, id, now) = owed_and_claimed(store, "cancel-live").await;
+            let cancel = Completion {
+                delivery_id: id,
+                endpoint_id: endpoint.id,
+                attempt: None,
+                next: NextStep::Cancelled,
+                disable_endpoint: None,
+            };
+            store
+                .complete(vec![cancel.clone()], "w", now)
+                .await
+                .unwrap();
+            let record = store.delivery(id).await.unwrap().unwrap();
+            assert_eq!(record.status, DeliveryStatus::Pending);
+            let lease = now.add(Duration::from_secs(30));
+            let claimed = store
+                .claim_due(endpoint.id, "w", now, lease, 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1, "unleased and due again");
+
+            assert!(store.delete_endpoint(endpoint.id, now).await.unwrap());
+            store.complete(vec![cancel], "w", now).await.unwrap();
+            let record = store.delivery(id).await.unwrap().unwrap();
+            assert_eq!(record.status, DeliveryStatus::Cancelled);
+        }
+    });
+}
+
+/// A batch gives one delivery back and then disables its endpoint for another's 410: as if
+/// written one by one, the given-back delivery is held with the endpoint's other waiting ones.
+#[test]
+fn a_delivery_given_back_before_a_disabling_in_one_batch_is_held() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = canonical_endpoint(store).await;
+            let given_back = ingest_owed(store, &endpoint, "back-1").await.delivery;
+            let gone = ingest_owed(store, &endpoint, "gone-1").await.delivery;
+            let now = Timestamp::now();
+            let claimed = store
+                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 2);
+            let release = Completion {
+                delivery_id: given_back,
+                endpoint_id: endpoint.id,
+                attempt: None,
+                next: NextStep::Released,
+                disable_endpoint: None,
+            };
+            store
+                .complete(vec![release, gone_410(gone, endpoint.id, now)], "w", now)
+                .await
+                .unwrap();
+            let status = |id| async move { store.delivery(id).await.unwrap().unwrap().status };
+            assert_eq!(status(gone).await, DeliveryStatus::Held);
+            assert_eq!(status(given_back).await, DeliveryStatus::Held);
         }
     });
 }

@@ -153,8 +153,8 @@ async fn complete_run<C: GenericClient>(
         )
         .await?;
     }
-    // Disabling first (a run ends at its disabling completion): the update below holds the
-    // run's deliveries only if the endpoint is disabled once it has run.
+    // Disabling first (a disabling completion is a run of its own): the update below holds
+    // its delivery only if the endpoint is disabled once it has run.
     if let Some(last) = run.last()
         && let Some(reason) = &last.disable_endpoint
     {
@@ -163,7 +163,10 @@ async fn complete_run<C: GenericClient>(
     }
     let next_steps = column(run, |completion| completion.next.columns());
     // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt is
-    // recorded, but no retry may bring it back. Whether a delivery not done waits held or is
+    // recorded, but no retry may bring it back. One is cancelled only if its endpoint is
+    // deleted in the database, not merely unknown to this instance's memory (say, one it
+    // cannot use, written by a newer version): such a one is left as it was, unleased, for an
+    // instance that can. Whether a delivery not done waits held or is
     // retried is judged here, as it is written, by whether its endpoint is disabled now: a
     // retry of an endpoint a 410 beside it disabled waits with the others for a recover, and
     // one held by a disabling that did not apply (the endpoint re-enabled during its attempt)
@@ -172,9 +175,12 @@ async fn complete_run<C: GenericClient>(
     // count of attempts is the attempt's number, so a batch written twice counts once.
     execute_cached(client, "UPDATE deliveries AS d SET
                 status = CASE WHEN d.status = 'cancelled' THEN d.status
+                              WHEN c.status = 'cancelled' AND EXISTS (SELECT 1 FROM endpoints
+                                  WHERE id = d.endpoint_id AND deleted_at IS NULL) THEN d.status
                               WHEN c.status IN ('failed', 'held') THEN
                                 CASE WHEN (SELECT enabled FROM endpoints WHERE id = d.endpoint_id)
-                                     THEN 'failed' ELSE 'held' END
+                                          IS FALSE
+                                     THEN 'held' ELSE 'failed' END
                               ELSE COALESCE(c.status, d.status) END,
                 next_attempt_at = COALESCE(c.next_at, d.next_attempt_at),
                 attempts = CASE WHEN c.attempted = 1 THEN GREATEST(d.attempts, c.number)
@@ -498,7 +504,7 @@ impl PgStore {
                     lease_owner = NULL, lease_until = NULL, updated_at = $3
                  WHERE inbound_id = $2 AND (event_id = $1 OR event_id IS NULL)
                    AND ($4::TEXT IS NULL OR endpoint_id = $4) AND endpoint_id = ANY($5)
-                   AND status <> 'cancelled' AND lease_owner IS NULL
+                   AND status <> 'cancelled' AND (lease_owner IS NULL OR lease_until <= $3)
                  RETURNING id",
                 &[
                     &event.to_string(),

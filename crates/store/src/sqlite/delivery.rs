@@ -257,7 +257,10 @@ fn complete_one(
     let updated = connection
         .prepare_cached(
             // A delivery cancelled meanwhile (its endpoint deleted) stays cancelled: the attempt
-            // is recorded, but no retry may bring it back. Whether a delivery not done waits
+            // is recorded, but no retry may bring it back. One is cancelled only if its endpoint
+            // is deleted in the database, not merely unknown to this instance's memory (say,
+            // one it cannot use, written by a newer version): such a one is left as it was,
+            // unleased, for an instance that can. Whether a delivery not done waits
             // held or is retried is judged here, as it is written, by whether its endpoint is
             // disabled now: a retry of an endpoint a 410 beside it disabled waits with the
             // others for a recover, and one held by a disabling that did not apply (the
@@ -267,6 +270,8 @@ fn complete_one(
             // attempt's number, so a batch written twice counts once.
             "UPDATE deliveries SET
                 status = CASE WHEN status = 'cancelled' THEN status
+                    WHEN ?2 = 'cancelled' AND EXISTS (SELECT 1 FROM endpoints
+                        WHERE id = deliveries.endpoint_id AND deleted_at IS NULL) THEN status
                     WHEN ?2 IN ('failed', 'held') THEN
                         CASE WHEN (SELECT enabled FROM endpoints
                                    WHERE id = deliveries.endpoint_id) = 0
@@ -576,7 +581,7 @@ impl SqliteStore {
                        AND endpoint_id IN (SELECT id FROM endpoints
                                            WHERE enabled = 1 AND deleted_at IS NULL)
                        AND status NOT IN ('cancelled')
-                       AND lease_owner IS NULL
+                       AND (lease_owner IS NULL OR lease_until <= ?3)
                      RETURNING id",
                 )
                 .and_then(|mut s| {
