@@ -57,7 +57,15 @@ fn parse_prefixed(text: &str, prefix: &'static str) -> Result<Ulid, IdError> {
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('_'))
         .ok_or(IdError::WrongPrefix { expected: prefix })?;
-    Ulid::from_string(rest).map_err(|_| IdError::Malformed(text.to_owned()))
+    exact_ulid(rest).ok_or_else(|| IdError::Malformed(text.to_owned()))
+}
+
+/// The ULID `text` spells, if it spells it as billhook writes one, letters of either case.
+/// Crockford's aliases (`O` for `0`) and values past 128 bits (a first digit above `7`) are
+/// refused: they decode, but to an id whose text is another one.
+pub(crate) fn exact_ulid(text: &str) -> Option<Ulid> {
+    let ulid = Ulid::from_string(text).ok()?;
+    ulid.to_string().eq_ignore_ascii_case(text).then_some(ulid)
 }
 
 macro_rules! prefixed_id {
@@ -199,6 +207,20 @@ mod tests {
             "evt_notaulid".parse::<EventId>(),
             Err(IdError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn only_an_exact_spelling_parses() {
+        let id = EventId::new();
+        let text = id.to_string();
+        assert_eq!(text.to_lowercase().parse::<EventId>(), Ok(id));
+        let ulid = &text[4..];
+        // A first digit past `7` overflows 128 bits: it would wrap to another id.
+        let overflowing = format!("evt_{}{}", "8", &ulid[1..]);
+        assert!(overflowing.parse::<EventId>().is_err());
+        let aliased = format!("evt_{}", ulid.replace('0', "O"));
+        assert_ne!(aliased, text, "the id has a zero to alias");
+        assert!(aliased.parse::<EventId>().is_err());
     }
 
     #[test]

@@ -1036,7 +1036,10 @@ pub fn id_bounds(kind: SubjectKind) -> (&'static str, String) {
 pub fn is_id_of(kind: SubjectKind, text: &str) -> bool {
     text.strip_prefix(prefix(kind))
         .and_then(|rest| rest.strip_prefix('_'))
-        .is_some_and(|ulid| ulid::Ulid::from_string(ulid).is_ok())
+        // Exactly as written, upper case: listings compare the text itself.
+        .is_some_and(|ulid| {
+            crate::ids::exact_ulid(ulid).is_some_and(|parsed| parsed.to_string() == ulid)
+        })
 }
 
 /// The id prefix of each kind of ledger entity.

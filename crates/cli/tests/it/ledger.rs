@@ -676,18 +676,24 @@ event = "invoice.expired"
     let payments_cursor = cursor.replacen("iv_", "py_", 1);
     let invoices_cursor = format!("/v1/invoices?cursor={payments_cursor}");
     let payments_with_invoice_cursor = format!("/v1/payments?cursor={cursor}");
+    // Stored ids are upper case: a lower-cased cursor would sort past every one of them.
+    let lowered_cursor = format!("/v1/invoices?cursor={}", cursor.to_lowercase());
 
     // Bad requests get stable codes.
     for (path, code) in [
         (invoices_cursor.as_str(), "invalid_cursor"),
         (payments_with_invoice_cursor.as_str(), "invalid_cursor"),
         ("/v1/invoices?cursor=junk", "invalid_cursor"),
+        (lowered_cursor.as_str(), "invalid_cursor"),
         ("/v1/invoices?unmatched=true", "invalid_request"),
         (
             "/v1/payments?unmatched=true&status=failed",
             "invalid_request",
         ),
         ("/v1/invoices?format=xml", "invalid_request"),
+        ("/v1/payments?status=outstanding", "invalid_request"),
+        ("/v1/invoices?provider=stripe", "invalid_request"),
+        ("/v1/invoices?format=csv&limit=5", "invalid_request"),
         ("/v1/invoices?limit=0", "invalid_request"),
         ("/v1/invoices/iv_nonexistent", "not_found"),
         ("/v1/payments/nothing-like-it", "not_found"),

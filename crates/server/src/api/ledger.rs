@@ -110,6 +110,12 @@ fn filter(kind: SubjectKind, params: &ListParams) -> Result<LedgerFilter, ApiErr
         (Some("outstanding"), false) if is_payable(kind) => LedgerFilter::Outstanding,
         (Some("overdue"), false) if is_payable(kind) => LedgerFilter::Overdue,
         (Some("paid"), false) if is_payable(kind) => LedgerFilter::Paid,
+        // Never a status word: asked of payments, they would list nothing without a word.
+        (Some(word @ ("outstanding" | "overdue")), false) => {
+            return Err(ApiError::invalid(format!(
+                "`status={word}` applies to invoices and bills only"
+            )));
+        }
         (Some(""), false) => return Err(ApiError::invalid("`status` is empty")),
         (Some(word), false) => LedgerFilter::Status(word.to_owned()),
     })
@@ -218,6 +224,13 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let kind = listing.kind;
     let now = Timestamp::now();
+    if let Some(provider) = params.provider.as_deref()
+        && billhook_providers::registry::by_name(provider).is_none()
+    {
+        return Err(ApiError::invalid(format!(
+            "`{provider}` is not a provider (razorpay, zwitch, setu_bbps, caminvoice)"
+        )));
+    }
     let query = LedgerQuery {
         kind,
         filter: filter(kind, &params)?,
@@ -238,6 +251,11 @@ pub(crate) async fn list(
             .into_response())
         }
         Format::Csv => {
+            if params.cursor.is_some() || params.limit.is_some() {
+                return Err(ApiError::invalid(
+                    "a CSV export holds every row: `limit` and `cursor` do not apply",
+                ));
+            }
             let query = LedgerQuery {
                 limit: MAX_LIMIT,
                 before: None,
