@@ -1,8 +1,7 @@
 //! The one table of error codes clients see, and the one place they become HTTP responses.
 //!
 //! Every error body is `{"code": "...", "message": "..."}`. Codes are stable: clients and scripts
-//! branch on them. A 5xx says only that something failed and how to find it in the logs
-//! (`request_id`); the cause is logged, never sent.
+//! branch on them. A 5xx says only that something failed; the cause is logged, never sent.
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
@@ -70,6 +69,8 @@ error_codes! {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Sent as `Retry-After`, in whole seconds rounded up.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// Every error's body: a stable code to branch on and a message for people.
@@ -101,6 +102,15 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Tells the client when to try again.
+    pub fn retry_after(self, wait: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..self
         }
     }
 
@@ -163,7 +173,14 @@ impl IntoResponse for ApiError {
             code: self.code.as_str(),
             message: self.message,
         };
-        (self.code.status(), Json(body)).into_response()
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

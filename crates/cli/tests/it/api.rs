@@ -226,6 +226,12 @@ async fn an_address_guessing_tokens_is_refused_for_a_while(backend: Backend) {
     }
     let refused = from("10.0.0.1", ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(refused.status().as_u16(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["code"], json!("too_many_attempts"), "{body}");
     let elsewhere = from("10.0.0.2", ADMIN_TOKEN).send().await.unwrap();

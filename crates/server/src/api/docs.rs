@@ -57,7 +57,7 @@ use super::{endpoints, event_types, events, inbound, ledger, operations, tokens}
         crate::health::ready,
         crate::health::metrics,
     ),
-    modifiers(&AdminToken),
+    modifiers(&AdminToken, &CommonResponses),
     security(("admin_token" = [])),
     tags(
         (name = "ingest", description = "Where providers post their webhooks"),
@@ -88,6 +88,73 @@ impl Modify for AdminToken {
                     .build(),
             ),
         );
+    }
+}
+
+/// The answers any `/v1` route may give besides its own, added where a route does not describe
+/// them itself: every request there passes the URL check, the body deadline and the token
+/// lockout, and may find the database away.
+struct CommonResponses;
+
+impl CommonResponses {
+    const ANSWERS: [(&'static str, &'static str); 6] = [
+        (
+            "400",
+            "The URL holds the NUL character, or a parameter is invalid",
+        ),
+        (
+            "408",
+            "The body did not arrive within `ingest.request_timeout`",
+        ),
+        ("413", "The body exceeds 2 MiB"),
+        (
+            "429",
+            "This address presented too many invalid tokens lately; `Retry-After` says when to try again",
+        ),
+        (
+            "500",
+            "An unexpected failure; the cause is in the server log",
+        ),
+        ("503", "The database is unavailable; retry later"),
+    ];
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in Self::ANSWERS {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name("Error")))
+                                        .build(),
+                                )
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
     }
 }
 

@@ -148,6 +148,7 @@ pub(crate) fn too_many_attempts(wait: std::time::Duration) -> ApiError {
             wait.as_secs() + 1
         ),
     )
+    .retry_after(wait)
 }
 
 /// The scope a request to `route` (its template, `/v1/endpoints/{id}/secret`) needs: reading is
