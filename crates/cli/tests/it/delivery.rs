@@ -63,20 +63,6 @@ async fn ingest_all_fixtures(app: &TestApp, tag: &str) -> BTreeSet<String> {
     ids
 }
 
-/// Posts `count` distinct Zwitch payments; returns their event ids in order.
-async fn ingest_payments(app: &TestApp, count: usize, tag: &str) -> Vec<String> {
-    let template = String::from_utf8(fixture("zwitch_upi/payments.updated.json")).unwrap();
-    let mut ids = Vec::new();
-    for n in 0..count {
-        let body = template.replace("evl_tbs3NybYGbbjP5MMzptoFyU3W", &format!("evl_{tag}_{n}"));
-        let response = app.post_signed("zwitch", body.as_bytes(), &[]).await;
-        assert_eq!(response.status().as_u16(), 200);
-        let ack: Value = response.json().await.unwrap();
-        ids.push(ack["events"][0].as_str().unwrap().to_owned());
-    }
-    ids
-}
-
 fn verifies(arrival: &Arrival, secret: &str) -> bool {
     let secret = EndpointSecret::parse(secret).unwrap();
     verify(

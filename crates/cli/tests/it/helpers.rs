@@ -649,3 +649,20 @@ impl DatabaseProxy {
         }
     }
 }
+
+/// Posts `count` distinct Zwitch payments (each its own message and payment); returns their
+/// event ids in order.
+pub async fn ingest_payments(app: &TestApp, count: usize, tag: &str) -> Vec<String> {
+    let template = String::from_utf8(fixture("zwitch_upi/payments.updated.json")).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let body = template
+            .replace("evl_tbs3NybYGbbjP5MMzptoFyU3W", &format!("evl_{tag}_{n}"))
+            .replace("tx_LDOr1fte7Npd5xBTS6BMGuRd6", &format!("tx_{tag}_{n}"));
+        let response = app.post_signed("zwitch", body.as_bytes(), &[]).await;
+        assert_eq!(response.status().as_u16(), 200);
+        let ack: Value = response.json().await.unwrap();
+        ids.push(ack["events"][0].as_str().unwrap().to_owned());
+    }
+    ids
+}

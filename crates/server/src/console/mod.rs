@@ -362,6 +362,8 @@ fn login_form(
 #[derive(Debug, Deserialize)]
 struct LoginForm {
     token: String,
+    /// Missing reads as empty, so it is refused as `csrf_rejected` like a wrong one.
+    #[serde(default)]
     csrf: String,
     next: Option<String>,
 }
@@ -419,6 +421,8 @@ async fn login(
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct CsrfForm {
+    /// Missing reads as empty, so it is refused as `csrf_rejected` like a wrong one.
+    #[serde(default)]
     pub csrf: String,
 }
 

@@ -621,18 +621,24 @@ pub(crate) async fn endpoint(
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct DisableForm {
+    /// Missing reads as empty, so it is refused as `csrf_rejected` like a wrong one.
+    #[serde(default)]
     csrf: String,
     reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct EnableForm {
+    /// Missing reads as empty, so it is refused as `csrf_rejected` like a wrong one.
+    #[serde(default)]
     csrf: String,
     recover_since: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct RecoverForm {
+    /// Missing reads as empty, so it is refused as `csrf_rejected` like a wrong one.
+    #[serde(default)]
     csrf: String,
     since: String,
 }
@@ -872,6 +878,8 @@ pub(crate) async fn reprocess(
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct ReprocessAllForm {
+    /// Missing reads as empty, so it is refused as `csrf_rejected` like a wrong one.
+    #[serde(default)]
     csrf: String,
     source: Option<String>,
 }
@@ -1246,6 +1254,7 @@ pub(crate) async fn payments(
                     h2 #unmatched { "Unmatched" }
                     p.muted { "Succeeded payments that no invoice or bill claims (yet)." }
                     @if unmatched.items.is_empty() { (empty("Every succeeded payment is matched.")) } @else { (payment_table(&unmatched.items)) }
+                    @if unmatched.next_cursor.is_some() { p { a href=(ledger_href("/payments", "unmatched", &filters)) { "All unmatched payments →" } } }
                 }
                 section aria-labelledby="recent" {
                     h2 #recent { "Latest payments" }
