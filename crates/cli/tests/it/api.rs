@@ -202,6 +202,31 @@ async fn bad_input_is_refused_by_code_never_as_a_server_failure(backend: Backend
     assert_eq!(response.status().as_u16(), 415);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], json!("unsupported_media_type"), "{body}");
+
+    // A change that would be taken as no change at all is refused, not ignored.
+    let receiver = Receiver::ok().await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let path = format!("/v1/endpoints/{endpoint}");
+    for change in [
+        json!({ "url": null }),
+        json!({ "event_types": null }),
+        json!({ "headers": null }),
+        json!({ "enabled": null }),
+        json!({ "disabled_reason": "why" }),
+    ] {
+        let (status, body) = app.admin_patch(&path, change.clone()).await;
+        assert_eq!(
+            (status, body["code"].clone()),
+            (400, json!("invalid_request")),
+            "{change}: {body}"
+        );
+    }
+    let (status, body) = app
+        .admin_patch(&path, json!({ "enabled": false, "disabled_reason": null }))
+        .await;
+    assert_eq!(status, 200, "{body}");
     app.stop().await;
 }
 

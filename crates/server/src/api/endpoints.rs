@@ -30,6 +30,14 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// A field that may be left out but not sent as `null`: it has nothing to clear to, and taking
+/// `null` as "unchanged" would hide the caller's mistake.
+fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
 /// A new endpoint.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -74,17 +82,25 @@ fn yes() -> bool {
     true
 }
 
-/// Changes to an endpoint: only the fields given change; `null` clears the nullable ones.
+/// Changes to an endpoint: only the fields given change; `null` clears `sources`, `rate_limit`
+/// and `max_concurrency`, and is refused elsewhere.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateEndpoint {
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     url: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     event_types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Vec<String>>)]
     sources: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     format: Option<String>,
-    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     headers: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u32>)]
@@ -92,10 +108,17 @@ pub(crate) struct UpdateEndpoint {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u32>)]
     max_concurrency: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     description: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     enabled: Option<bool>,
+    /// With `enabled: false`: why, shown with the endpoint; `null` for no reason.
     disabled_reason: Option<String>,
     /// With `enabled: true`: also resend what failed, died or was held since this time.
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     recover_since: Option<Timestamp>,
 }
 
@@ -418,6 +441,11 @@ pub(crate) async fn update(
     }
     if body.recover_since.is_some() && body.enabled != Some(true) {
         return Err(ApiError::invalid("recover_since goes with enabled: true"));
+    }
+    if body.disabled_reason.is_some() && body.enabled != Some(false) {
+        return Err(ApiError::invalid(
+            "disabled_reason goes with enabled: false",
+        ));
     }
     let now = Timestamp::now();
     let enabled = body.enabled.map(|enabled| (id, enabled));
