@@ -1038,7 +1038,8 @@ pub fn is_id_of(kind: SubjectKind, text: &str) -> bool {
         .and_then(|rest| rest.strip_prefix('_'))
         // Exactly as written, upper case: listings compare the text itself.
         .is_some_and(|ulid| {
-            crate::ids::exact_ulid(ulid).is_some_and(|parsed| parsed.to_string() == ulid)
+            !ulid.bytes().any(|byte| byte.is_ascii_lowercase())
+                && crate::ids::exact_ulid(ulid).is_some()
         })
 }
 

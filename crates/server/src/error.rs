@@ -175,13 +175,17 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.code.status(), Json(body)).into_response();
         if let Some(wait) = self.retry_after {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             response
                 .headers_mut()
-                .insert(http::header::RETRY_AFTER, seconds.into());
+                .insert(http::header::RETRY_AFTER, whole_seconds(wait).into());
         }
         response
     }
+}
+
+/// A wait in whole seconds, rounded up, as `Retry-After` gives it.
+pub(crate) fn whole_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 #[cfg(test)]

@@ -283,6 +283,11 @@ async fn an_address_guessing_tokens_is_refused_for_a_while(backend: Backend) {
             .unwrap();
         let expected = if refused { 429 } else { 303 };
         assert_eq!(response.status().as_u16(), expected, "{client}");
+        assert_eq!(
+            response.headers().contains_key("retry-after"),
+            refused,
+            "{client}"
+        );
     }
     app.stop().await;
 }

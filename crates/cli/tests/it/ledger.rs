@@ -692,6 +692,7 @@ event = "invoice.expired"
         ),
         ("/v1/invoices?format=xml", "invalid_request"),
         ("/v1/payments?status=outstanding", "invalid_request"),
+        ("/v1/payments?status=paid", "invalid_request"),
         ("/v1/invoices?provider=stripe", "invalid_request"),
         ("/v1/invoices?format=csv&limit=5", "invalid_request"),
         ("/v1/invoices?limit=0", "invalid_request"),

@@ -763,7 +763,7 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
 
     // Named ids: one that does not exist is skipped, and the ones after it are still done.
     // Neither it nor one still refused is success.
-    let missing = "inb_01J0000000000000000000000";
+    let missing = "inb_01J00000000000000000000000";
     let (ok, printed) = app
         .cli(&["reprocess", missing, &quarantined[1], "--json"])
         .await;

@@ -83,7 +83,7 @@ fn yes() -> bool {
 }
 
 /// Changes to an endpoint: only the fields given change; `null` clears `sources`, `rate_limit`
-/// and `max_concurrency`, and is refused elsewhere.
+/// and `max_concurrency`, is no reason as `disabled_reason`, and is refused elsewhere.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateEndpoint {

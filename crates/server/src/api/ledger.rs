@@ -110,8 +110,11 @@ fn filter(kind: SubjectKind, params: &ListParams) -> Result<LedgerFilter, ApiErr
         (Some("outstanding"), false) if is_payable(kind) => LedgerFilter::Outstanding,
         (Some("overdue"), false) if is_payable(kind) => LedgerFilter::Overdue,
         (Some("paid"), false) if is_payable(kind) => LedgerFilter::Paid,
-        // Never a status word: asked of payments, they would list nothing without a word.
-        (Some(word @ ("outstanding" | "overdue")), false) => {
+        // Never a payment's status word: asked of payments, they would list nothing without a
+        // word. (Other kinds have their own statuses: a CamInvoice document can be `paid`.)
+        (Some(word @ ("outstanding" | "overdue" | "paid")), false)
+            if kind == SubjectKind::Payment || word != "paid" =>
+        {
             return Err(ApiError::invalid(format!(
                 "`status={word}` applies to invoices and bills only"
             )));
@@ -251,7 +254,7 @@ pub(crate) async fn list(
             .into_response())
         }
         Format::Csv => {
-            if params.cursor.is_some() || params.limit.is_some() {
+            if params.cursor.as_deref().is_some_and(|c| !c.is_empty()) || params.limit.is_some() {
                 return Err(ApiError::invalid(
                     "a CSV export holds every row: `limit` and `cursor` do not apply",
                 ));
@@ -738,9 +741,12 @@ mod tests {
             LedgerFilter::Outstanding
         );
         assert_eq!(
-            filter(SubjectKind::Payment, &params("paid")).unwrap(),
-            LedgerFilter::Status("paid".to_owned())
+            filter(SubjectKind::Document, &params("paid")).unwrap(),
+            LedgerFilter::Status("paid".to_owned()),
+            "a document's own status word"
         );
+        assert!(filter(SubjectKind::Payment, &params("paid")).is_err());
+        assert!(filter(SubjectKind::Dispute, &params("overdue")).is_err());
         let unmatched = ListParams {
             unmatched: Some(true),
             ..ListParams::default()

@@ -145,7 +145,7 @@ pub(crate) fn too_many_attempts(wait: std::time::Duration) -> ApiError {
         ErrorCode::TooManyAttempts,
         format!(
             "too many invalid tokens from this address; try again in {} s",
-            wait.as_secs() + 1
+            crate::error::whole_seconds(wait)
         ),
     )
     .retry_after(wait)

@@ -74,6 +74,7 @@ pub(crate) struct ConsoleError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl From<ApiError> for ConsoleError {
@@ -82,6 +83,7 @@ impl From<ApiError> for ConsoleError {
             status: error.code.status(),
             code: error.code.as_str(),
             message: error.message,
+            retry_after: error.retry_after,
         }
     }
 }
@@ -110,7 +112,14 @@ impl IntoResponse for ConsoleError {
                 }
             },
         );
-        (self.status, Html(page.into_string())).into_response()
+        let mut response = (self.status, Html(page.into_string())).into_response();
+        if let Some(wait) = self.retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                crate::error::whole_seconds(wait).into(),
+            );
+        }
+        response
     }
 }
 

@@ -1368,10 +1368,12 @@ async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timest
     }
     // Only endpoints this instance has a lane for: owning one it does not know yet (an endpoint
     // created elsewhere a moment ago) would hold its deliveries back from every instance.
+    // `owns` is asked only of endpoints with a lane: asking marks an owned endpoint active,
+    // and one gone from memory must fall idle, to be handed over to an instance that can work it.
     let unowned: Vec<EndpointId> = due
         .iter()
         .copied()
-        .filter(|id| !shared.owns(*id) && shared.lane(*id).is_some())
+        .filter(|id| shared.lane(*id).is_some() && !shared.owns(*id))
         .collect();
     if !unowned.is_empty() {
         let taken = shared
@@ -1385,10 +1387,13 @@ async fn poll_once(shared: &Arc<Shared>, now: Timestamp) -> Result<Option<Timest
         }
     }
     let mut again_now = false;
-    for endpoint in due.into_iter().filter(|id| shared.owns(*id)) {
+    for endpoint in due {
         let Some(lane) = shared.lane(endpoint) else {
             continue;
         };
+        if !shared.owns(endpoint) {
+            continue;
+        }
         let room = lane.slots.available_permits().min(256);
         if room == 0 {
             continue;
