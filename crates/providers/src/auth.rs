@@ -271,6 +271,20 @@ impl SourceSpec {
         }
     }
 
+    /// What can be checked of a request before its body is read: the allow-list, a credential
+    /// that does not depend on the body (all but the providers' signatures), or that a signature
+    /// is there, well formed, to check. A request refused here never holds memory for a body.
+    pub fn check_before_body(&self, request: &InboundRequest<'_>) -> Result<(), VerifyError> {
+        self.admits(request.remote_ip)?;
+        match &self.auth {
+            SourceAuth::Signature { .. } => match self.provider.signature_header() {
+                Some(header) => hex_signature(request.signature(header)?, header).map(drop),
+                None => Ok(()),
+            },
+            credential => verify_credential(credential, request).map(drop),
+        }
+    }
+
     /// Checks a request against this source's allow-list and credential.
     pub fn verify(&self, request: &InboundRequest<'_>) -> Result<Verification, VerifyError> {
         self.admits(request.remote_ip)?;
@@ -335,16 +349,21 @@ pub fn match_hex_hmac(
     signature: &str,
     header: &'static str,
 ) -> Result<Option<usize>, VerifyError> {
-    let signature = signature.trim();
-    if signature.len() != 64 {
-        return Err(VerifyError::MalformedSignature(header));
-    }
-    let expected = hex::decode(signature).map_err(|_| VerifyError::MalformedSignature(header))?;
+    let expected = hex_signature(signature, header)?;
     Ok(secrets.iter().position(|secret| {
         hmac_of(secret.expose().as_bytes(), message)
             .verify_slice(&expected)
             .is_ok()
     }))
+}
+
+/// The bytes of a hex HMAC-SHA256 signature (either case), if it is one.
+fn hex_signature(signature: &str, header: &'static str) -> Result<Vec<u8>, VerifyError> {
+    let signature = signature.trim();
+    if signature.len() != 64 {
+        return Err(VerifyError::MalformedSignature(header));
+    }
+    hex::decode(signature).map_err(|_| VerifyError::MalformedSignature(header))
 }
 
 /// The lower-case hex HMAC-SHA256 of `message`, as Razorpay and Zwitch sign.

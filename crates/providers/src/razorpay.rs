@@ -55,6 +55,10 @@ impl Provider for Razorpay {
         &[EVENT_ID_HEADER, SIGNATURE_HEADER]
     }
 
+    fn signature_header(&self) -> Option<&'static str> {
+        Some(SIGNATURE_HEADER)
+    }
+
     fn verify_signature(
         &self,
         secrets: &[Secret],

@@ -31,6 +31,12 @@ pub trait Provider: Send + Sync + 'static {
         &[]
     }
 
+    /// The header carrying the provider's hex HMAC-SHA256 of the body, for providers that sign
+    /// so: checked to be there and well formed before the body is read.
+    fn signature_header(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Verifies the provider's own body signature under any of `secrets` (newest first).
     /// Providers without a signature scheme keep the default, which refuses.
     fn verify_signature(

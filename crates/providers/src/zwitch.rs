@@ -63,6 +63,10 @@ impl Provider for Zwitch {
         &[SIGNATURE_HEADER]
     }
 
+    fn signature_header(&self) -> Option<&'static str> {
+        Some(SIGNATURE_HEADER)
+    }
+
     fn verify_signature(
         &self,
         secrets: &[Secret],

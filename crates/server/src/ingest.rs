@@ -181,8 +181,20 @@ async fn process(
         );
         ApiError::from(error)
     };
-    // An address off the source's allow-list is refused before its body is read.
-    source.spec.admits(Some(remote_ip)).map_err(refused)?;
+    // A request without the source's credential (an address off its allow-list, no signature
+    // to check) is refused before its body is read: it never holds a share of the memory kept
+    // for bodies, which anyone could otherwise fill with bodies sent a byte at a time.
+    let before_body = InboundRequest {
+        headers,
+        body: &[],
+        remote_ip: Some(remote_ip),
+        path_token,
+        received_at: Timestamp::now(),
+    };
+    source
+        .spec
+        .check_before_body(&before_body)
+        .map_err(refused)?;
     // A body declared too large is refused before anything else: waiting would not help it.
     let limit = app.settings.ingest.max_body_bytes;
     let declared = crate::http_server::declared_length(headers);

@@ -570,7 +570,8 @@ impl Store {
         dispatch!(self, store => store.complete(completions, owner, now).await)
     }
 
-    /// Resends an endpoint's failed, dead and held deliveries created since `since`.
+    /// Resends an endpoint's failed, dead and held deliveries created since `since`, if it is
+    /// enabled and not deleted as this runs (nothing otherwise).
     pub async fn recover(
         &self,
         endpoint: EndpointId,

@@ -1888,6 +1888,38 @@ fn failed_503(delivery: DeliveryId, endpoint: EndpointId, now: Timestamp) -> Com
     }
 }
 
+/// A recover checks the endpoint itself as it runs: one disabled or deleted since the caller
+/// looked keeps its deliveries as they are.
+#[test]
+fn a_recover_sends_nothing_for_an_endpoint_disabled_or_deleted_meanwhile() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let (endpoint, id, now) = owed_and_claimed(store, "recover-disabled").await;
+            store
+                .complete(vec![gone_410(id, endpoint.id, now)], "w", now)
+                .await
+                .unwrap();
+            let since = now.sub(Duration::from_secs(60));
+            assert_eq!(store.recover(endpoint.id, since, now).await.unwrap(), 0);
+            let record = store.delivery(id).await.unwrap().unwrap();
+            assert_eq!(record.status, DeliveryStatus::Held, "disabled: kept held");
+
+            re_enable(store, endpoint.id, now).await;
+            assert!(store.delete_endpoint(endpoint.id, now).await.unwrap());
+            assert_eq!(store.recover(endpoint.id, since, now).await.unwrap(), 0);
+
+            let (live, held, now) = owed_and_claimed(store, "recover-live").await;
+            store
+                .complete(vec![gone_410(held, live.id, now)], "w", now)
+                .await
+                .unwrap();
+            re_enable(store, live.id, now).await;
+            assert_eq!(store.recover(live.id, since, now).await.unwrap(), 1);
+        }
+    });
+}
+
 /// Recovering an endpoint resends its failures, but not a retry that is queued or in flight
 /// under a live lease: that one is being sent, and sending it again at once would duplicate it.
 #[test]

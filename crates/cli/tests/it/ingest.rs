@@ -719,6 +719,48 @@ async fn webhooks_past_the_bodies_billhook_may_hold_are_refused() {
     app.stop().await;
 }
 
+/// A webhook without its source's credential is refused as soon as its headers are in, not
+/// after its body: a body sent a byte at a time would otherwise hold a share of the memory kept
+/// for bodies, and enough of them would have every real webhook answered `503`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_without_its_credential_is_refused_before_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(Backend::Sqlite).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    for (path, headers, code) in [
+        ("/ingest/razorpay", "", "missing_signature"),
+        (
+            "/ingest/razorpay",
+            "X-Razorpay-Signature: not-hex\r\n",
+            "malformed_signature",
+        ),
+        ("/ingest/setu", "", "missing_credentials"),
+        (
+            "/ingest/setu",
+            "X-BILL-WEBHOOK-API-KEY: wrong\r\n",
+            "invalid_credentials",
+        ),
+        ("/ingest/caminvoice/wrong-token", "", "invalid_credentials"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: billhook\r\nContent-Type: application/json\r\n\
+             {headers}Content-Length: 100000\r\n\r\n{{\"a\":"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0; 4096];
+        // The ingest request timeout is 30 s: an answer within 5 s did not wait for the body.
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("answered before the body came")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+        assert!(answer.contains(code), "{path}: {answer}");
+    }
+    app.stop().await;
+}
+
 /// A client that sends a request's headers a byte now and then (or not at all) does not keep
 /// its connection: the headers must arrive within the ingest request timeout, or the
 /// connection is closed. Without a deadline, enough such clients hold every file descriptor.

@@ -415,6 +415,21 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
+        // Only an endpoint enabled and not deleted is sent to, checked here rather than by the
+        // caller beforehand: a disabling or a deletion in between would otherwise be undone for
+        // its deliveries. Held against both until the commit, endpoints before their deliveries
+        // as everywhere.
+        let sendable = transaction
+            .query_opt(
+                "SELECT 1 FROM endpoints WHERE id = $1 AND enabled AND deleted_at IS NULL
+                 FOR SHARE",
+                &[&endpoint.to_string()],
+            )
+            .await
+            .map_err(pg_error)?;
+        if sendable.is_none() {
+            return Ok(0);
+        }
         let recovered = transaction
             .execute(
                 // Locked in id order, as everywhere (see `complete`): a retried delivery can be

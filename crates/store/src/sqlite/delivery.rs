@@ -534,7 +534,9 @@ impl SqliteStore {
                         lease_owner = NULL, lease_until = NULL, updated_at = ?3
                      WHERE endpoint_id = ?1 AND created_at >= ?2
                        AND status IN ('failed', 'dead', 'held')
-                       AND (lease_owner IS NULL OR lease_until <= ?3)",
+                       AND (lease_owner IS NULL OR lease_until <= ?3)
+                       AND EXISTS (SELECT 1 FROM endpoints
+                                   WHERE id = ?1 AND enabled = 1 AND deleted_at IS NULL)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
