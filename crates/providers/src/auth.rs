@@ -113,6 +113,10 @@ impl SourceAuth {
             {
                 "`username` or `password` is empty"
             }
+            // HTTP Basic splits the pair at its first colon: such a name could never match.
+            SourceAuth::Basic { username, .. } if username.contains(':') => {
+                "`username` may not hold `:`"
+            }
             SourceAuth::JwtHs256 { secret, .. } if secret.expose().is_empty() => {
                 "the JWT `secret` is empty"
             }
@@ -250,7 +254,7 @@ impl SourceSpec {
             name: name.to_owned(),
             provider,
             auth,
-            allow_ips,
+            allow_ips: allow_ips.into_iter().map(canonical_net).collect(),
         })
     }
 
@@ -292,6 +296,20 @@ impl SourceSpec {
             SourceAuth::Signature { secrets } => self.provider.verify_signature(secrets, request),
             credential => verify_credential(credential, request),
         }
+    }
+}
+
+/// A range of IPv4-mapped IPv6 addresses (`::ffff:10.0.0.0/104`) as the IPv4 range it stands
+/// for. Client addresses are compared in their canonical form, IPv4 for a mapped one, so a
+/// mapped range kept as written would match nothing.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
     }
 }
 
@@ -737,10 +755,22 @@ mod tests {
             source.verify(&request(&headers, Some("0123456789abcdef0124"))),
             Err(VerifyError::InvalidCredentials)
         );
-        let elsewhere = spec(auth, vec!["10.0.0.0/8".parse().unwrap()]);
+        let elsewhere = spec(auth.clone(), vec!["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(
             elsewhere.verify(&request(&headers, Some("0123456789abcdef0123"))),
             Err(VerifyError::IpNotAllowed)
+        );
+        // A range written IPv4-mapped stands for its IPv4 range, as client addresses are read.
+        let mapped = spec(auth, vec!["::ffff:52.66.75.0/120".parse().unwrap()]);
+        assert!(
+            mapped
+                .verify(&request(&headers, Some("0123456789abcdef0123")))
+                .is_ok()
+        );
+        assert_eq!(
+            canonical_net("2001:db8::/32".parse().unwrap()),
+            "2001:db8::/32".parse::<IpNet>().unwrap(),
+            "other IPv6 ranges stay as they are"
         );
     }
 

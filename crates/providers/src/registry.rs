@@ -26,6 +26,12 @@ pub trait Provider: Send + Sync + 'static {
         202
     }
 
+    /// Whether the provider counts only [`ack_status`](Provider::ack_status) as delivered, so
+    /// that a source may not choose another.
+    fn requires_ack_status(&self) -> bool {
+        false
+    }
+
     /// Request headers worth keeping with the stored request, besides the common ones.
     fn kept_headers(&self) -> &'static [&'static str] {
         &[]

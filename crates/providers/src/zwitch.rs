@@ -59,6 +59,10 @@ impl Provider for Zwitch {
         200
     }
 
+    fn requires_ack_status(&self) -> bool {
+        true
+    }
+
     fn kept_headers(&self) -> &'static [&'static str] {
         &[SIGNATURE_HEADER]
     }

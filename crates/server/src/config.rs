@@ -830,7 +830,17 @@ impl Config {
         for source in self.sources {
             let name = source.name.clone();
             let spec = source.spec()?;
-            let ack_status = match source.ack_status.unwrap_or(spec.provider.ack_status()) {
+            let required = spec.provider.ack_status();
+            let ack_status = match source.ack_status.unwrap_or(required) {
+                code if spec.provider.requires_ack_status() && code != required => {
+                    return Err(ConfigError::SourceSetting {
+                        source_name: name,
+                        message: format!(
+                            "ack_status {code}: {} counts only {required} as delivered, and retries anything else",
+                            spec.provider.name()
+                        ),
+                    });
+                }
                 code @ (200 | 202 | 204) => {
                     http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::ACCEPTED)
                 }
@@ -862,7 +872,11 @@ impl Config {
             data_dir: self.data_dir,
             database,
             admin_token,
-            trusted_proxies: self.trusted_proxies,
+            trusted_proxies: self
+                .trusted_proxies
+                .into_iter()
+                .map(billhook_providers::auth::canonical_net)
+                .collect(),
             ingest: self.ingest,
             delivery: self.delivery,
             ledger: self.ledger,
@@ -967,6 +981,39 @@ mod tests {
         assert!("5 weeks".parse::<HumanDuration>().is_err());
         assert!("fast".parse::<HumanDuration>().is_err());
         assert_eq!(HumanDuration(Duration::from_secs(7200)).to_string(), "2h");
+    }
+
+    #[test]
+    fn a_source_may_not_choose_an_acknowledgement_its_provider_retries() {
+        let settings = |provider: &str, extra: &str| {
+            Config::from_toml(&format!(
+                "[[source]]\nname = \"s\"\nprovider = \"{provider}\"\nsecrets = [\"k\"]\n{extra}"
+            ))
+            .unwrap()
+            .into_settings(Secret::new("token"))
+        };
+        let refused = settings("zwitch", "ack_status = 202").unwrap_err();
+        assert!(refused.to_string().contains("counts only 200"), "{refused}");
+        assert!(settings("zwitch", "ack_status = 200").is_ok());
+        let razorpay = settings("razorpay", "ack_status = 204").unwrap();
+        assert_eq!(
+            razorpay.sources["s"].ack_status,
+            http::StatusCode::NO_CONTENT
+        );
+    }
+
+    #[test]
+    fn a_basic_username_holding_a_colon_is_refused() {
+        let config = Config::from_toml(
+            "[[source]]\nname = \"s\"\nprovider = \"setu_bbps\"\n\
+             auth = { kind = \"basic\", username = \"a:b\", password = \"secret-password\" }\n",
+        )
+        .unwrap();
+        let refused = config.into_settings(Secret::new("token")).unwrap_err();
+        assert!(
+            refused.to_string().contains("may not hold `:`"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -272,13 +272,17 @@ async fn oversized_bodies_are_refused_before_they_are_read(backend: Backend) {
     assert_eq!(body["code"], json!("payload_too_large"));
 
     // A chunked body with no length: refused once the limit is crossed, while the client is
-    // still sending (it never finishes its body).
+    // still sending (it never finishes its body). Its signature header is well formed, as one
+    // must be before a body is read at all.
     let address = app.address.trim_start_matches("http://").to_owned();
     let status = tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(address).unwrap();
-        stream
-            .write_all(b"POST /ingest/razorpay HTTP/1.1\r\nhost: billhook\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n")
-            .unwrap();
+        let head = format!(
+            "POST /ingest/razorpay HTTP/1.1\r\nhost: billhook\r\ntransfer-encoding: chunked\r\n\
+             content-type: application/json\r\nx-razorpay-signature: {}\r\n\r\n",
+            "0".repeat(64)
+        );
+        stream.write_all(head.as_bytes()).unwrap();
         let chunk = vec![b'a'; 1024];
         for _ in 0..8 {
             let _ = stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
@@ -679,17 +683,17 @@ async fn webhooks_past_the_bodies_billhook_may_hold_are_refused() {
     )
     .await;
     let address = app.address.trim_start_matches("http://").to_owned();
-    // Two requests announce the most a body may be, send a little of it, and stall.
+    // Two requests announce the most a body may be, send a little of it, and stall. Their
+    // signature headers are well formed: a request without one takes no room.
     let mut stalled = Vec::new();
     for _ in 0..2 {
         let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-        stream
-            .write_all(
-                b"POST /ingest/razorpay HTTP/1.1\r\nHost: billhook\r\n\
-                  Content-Type: application/json\r\nContent-Length: 16384\r\n\r\n{\"a\":",
-            )
-            .await
-            .unwrap();
+        let head = format!(
+            "POST /ingest/razorpay HTTP/1.1\r\nHost: billhook\r\nContent-Type: application/json\r\n\
+             X-Razorpay-Signature: {}\r\nContent-Length: 16384\r\n\r\n{{\"a\":",
+            "0".repeat(64)
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
         stalled.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
