@@ -494,8 +494,9 @@ fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
     given.eq_ignore_ascii_case(scheme).then_some(rest)
 }
 
-/// Tokens from the future are refused beyond this much clock skew (seconds).
-const JWT_FUTURE_SKEW_SECONDS: i64 = 60;
+/// How far the sender's clock may be from billhook's (seconds): a token issued this far in the
+/// future, or expired this long ago, is still taken.
+const JWT_CLOCK_SKEW_SECONDS: i64 = 60;
 
 #[derive(Deserialize)]
 struct JwtHeader {
@@ -549,11 +550,14 @@ fn verify_jwt(
         .iat
         .ok_or(VerifyError::MalformedToken("the `iat` claim is required"))?;
     if now.saturating_sub(issued_at) > max_age_seconds
-        || issued_at.saturating_sub(now) > JWT_FUTURE_SKEW_SECONDS
+        || issued_at.saturating_sub(now) > JWT_CLOCK_SKEW_SECONDS
     {
         return Err(VerifyError::TokenExpired);
     }
-    if claims.exp.is_some_and(|exp| exp < now) {
+    if claims
+        .exp
+        .is_some_and(|exp| exp.saturating_add(JWT_CLOCK_SKEW_SECONDS) < now)
+    {
         return Err(VerifyError::TokenExpired);
     }
     Ok(())
@@ -561,8 +565,12 @@ fn verify_jwt(
 
 /// Builds an HS256 JWT with `iat = now`, as the emulator signs for a `jwt_hs256` source.
 pub fn issue_jwt(secret: &Secret, now: i64) -> String {
+    jwt_with_claims(secret, &format!(r#"{{"iat":{now}}}"#))
+}
+
+fn jwt_with_claims(secret: &Secret, claims: &str) -> String {
     let header = BASE64URL.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = BASE64URL.encode(format!(r#"{{"iat":{now}}}"#));
+    let claims = BASE64URL.encode(claims);
     let signed = format!("{header}.{claims}");
     let signature = BASE64URL.encode(
         hmac_of(secret.expose().as_bytes(), signed.as_bytes())
@@ -714,6 +722,16 @@ mod tests {
             source.verify(&request(&with_token(issue_jwt(&secret, now - 121)), None)),
             Err(VerifyError::TokenExpired)
         );
+        // `exp` is judged with the same allowance for clocks apart as `iat`.
+        let expiring = |exp: i64| {
+            let claims = format!(r#"{{"iat":{},"exp":{exp}}}"#, now - 90);
+            source.verify(&request(
+                &with_token(jwt_with_claims(&secret, &claims)),
+                None,
+            ))
+        };
+        assert!(expiring(now - 30).is_ok(), "expired by less than the skew");
+        assert_eq!(expiring(now - 61), Err(VerifyError::TokenExpired));
         // Times at the ends of the range are out of date, not an overflow.
         for far in [i64::MIN, i64::MAX] {
             assert_eq!(

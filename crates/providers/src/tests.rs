@@ -671,6 +671,25 @@ fn zwitch_accepts_a_signature_over_the_compact_body() {
         verify(&source, &pretty, &[("x-zwitch-signature", &wrong)]),
         Err(VerifyError::InvalidSignature)
     );
+    // A body that whitespace breaks (`"created_at": 16587 37934`) compacts to the signed bytes,
+    // but it is not what was signed: refused, not stored and quarantined in as many variants as
+    // a sender cares to make.
+    let compact_text = String::from_utf8(crate::json::compact(&pretty).unwrap()).unwrap();
+    let broken = compact_text.replacen("1658737934", "16587 37934", 1);
+    assert_ne!(broken, compact_text);
+    assert!(serde_json::from_str::<serde_json::Value>(&broken).is_err());
+    assert_eq!(
+        crate::json::compact(broken.as_bytes()).unwrap(),
+        compact_text.as_bytes()
+    );
+    assert_eq!(
+        verify(
+            &source,
+            broken.as_bytes(),
+            &[("x-zwitch-signature", &over_compact)]
+        ),
+        Err(VerifyError::InvalidSignature)
+    );
 }
 
 #[test]
