@@ -473,18 +473,20 @@ pub(crate) fn build_write(
                 )
             }
             Err(error) => {
-                let dedup_key = source
-                    .spec
-                    .provider
-                    .dedup_key_hint(request)
-                    .unwrap_or_else(|| body_hash_key(request.body));
+                let hint = source.spec.provider.dedup_key_hint(request);
+                // The body's hash beside a provider's unsigned id (Razorpay's event-id header):
+                // a captured body resent under fresh ids would otherwise be stored, and wait in
+                // quarantine, once per id.
+                let (dedup_key, body_dedup_key) = match hint {
+                    Some(hint) => (hint, Some(body_hash_key(request.body))),
+                    None => (body_hash_key(request.body), None),
+                };
                 (
                     InboundStatus::Quarantined,
                     None,
                     None,
                     dedup_key,
-                    // A quarantined message delivers nothing, so a copy of it need not be caught.
-                    None,
+                    body_dedup_key,
                     Canonical {
                         events: Vec::new(),
                         facts: Vec::new(),

@@ -672,6 +672,52 @@ fn normalized(dedup_key: &str) -> Reprocess {
     }
 }
 
+/// A quarantined request that holds its body's hash beside the provider's id reprocesses under
+/// both, its own claims renewed rather than taken for another request's.
+#[test]
+fn a_quarantined_request_holding_two_keys_reprocesses_under_them() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let mut held = inbound("s", "event:evt_two", InboundStatus::Quarantined);
+            held.body_dedup_key = Some("sha256:two".to_owned());
+            store.ingest(write(held.clone(), vec![])).await.unwrap();
+            let Reprocess::Normalized { events, .. } = normalized("x") else {
+                unreachable!()
+            };
+            let outcome = store
+                .reprocess(
+                    held.id,
+                    Reprocess::Normalized {
+                        provider_event: "invoice.paid".into(),
+                        provider_event_id: Some("evt_two".into()),
+                        dedup_key: "event:evt_two".into(),
+                        body_dedup_key: Some("sha256:two".into()),
+                        events,
+                        deliveries: Vec::new(),
+                        facts: Vec::new(),
+                        concluder: None,
+                        dedup_expires_at: Timestamp::now().add(Duration::from_secs(3600)),
+                    },
+                )
+                .await
+                .unwrap();
+            assert!(
+                matches!(outcome, ReprocessOutcome::Processed { .. }),
+                "{outcome:?}"
+            );
+            // Both keys are still held: a copy under either is a duplicate.
+            let mut copy = inbound("s", "event:evt_other", InboundStatus::Processed);
+            copy.body_dedup_key = Some("sha256:two".to_owned());
+            let stored = store.ingest(write(copy, vec![])).await.unwrap();
+            assert!(
+                matches!(stored, IngestOutcome::Duplicate { .. }),
+                "{stored:?}"
+            );
+        }
+    });
+}
+
 #[test]
 fn reprocessing_claims_an_unchanged_dedup_key_again() {
     runtime().block_on(async {

@@ -260,6 +260,39 @@ async fn a_razorpay_body_sent_again_under_a_new_event_id_is_a_duplicate(backend:
     assert_eq!(card["duplicate"], json!(false), "{card}");
     let (_, inbound) = app.admin_get("/v1/inbound?source=razorpay").await;
     assert_eq!(inbound["data"].as_array().unwrap().len(), 2, "{inbound}");
+
+    // So is one that is quarantined (an event billhook does not take): each copy would
+    // otherwise wait in quarantine for good.
+    let unsupported = String::from_utf8(fixture(upi)).unwrap().replacen(
+        "\"invoice.paid\"",
+        "\"refund.processed\"",
+        1,
+    );
+    let mut quarantined = Vec::new();
+    for id in ["evt_q1", "evt_q2"] {
+        let response = app
+            .post_signed(
+                "razorpay",
+                unsupported.as_bytes(),
+                &[("x-razorpay-event-id", id)],
+            )
+            .await;
+        assert_eq!(response.status().as_u16(), ack_status("razorpay"));
+        quarantined.push(response.json::<Value>().await.unwrap());
+    }
+    assert_eq!(
+        quarantined[0]["quarantined"],
+        json!(true),
+        "{}",
+        quarantined[0]
+    );
+    assert_eq!(
+        quarantined[1]["duplicate"],
+        json!(true),
+        "{}",
+        quarantined[1]
+    );
+    assert_eq!(quarantined[1]["inbound_id"], quarantined[0]["inbound_id"]);
     app.stop().await;
 }
 
