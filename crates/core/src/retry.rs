@@ -155,7 +155,7 @@ fn jitter(base: Duration, percent: u32, rng: &mut impl Rng) -> Duration {
     if spread == 0 {
         return base;
     }
-    let offset = rng.random_range(0..=spread * 2);
+    let offset = rng.random_range(0..=spread.saturating_mul(2));
     Duration::from_millis((millis - spread).saturating_add(offset))
 }
 
@@ -276,6 +276,8 @@ mod tests {
             assert!(wait >= Duration::from_secs(270) && wait <= Duration::from_secs(330));
         }
         assert_eq!(jitter(Duration::ZERO, 10, &mut rng), Duration::ZERO);
+        // A wait past what milliseconds can count stays a wait, not an overflow.
+        assert!(jitter(Duration::MAX, 100, &mut rng) > Duration::from_secs(1));
     }
 
     #[test]

@@ -678,6 +678,7 @@ async fn an_endpoints_headers_replace_the_defaults(backend: Backend) {
             .map(|v| v.to_str().unwrap().to_owned())
             .collect()
     };
+    let plain_url = plain.url.clone();
     let plain = &plain.arrivals()[0];
     let user_agent = values(plain, "user-agent");
     assert!(
@@ -688,6 +689,27 @@ async fn an_endpoints_headers_replace_the_defaults(backend: Backend) {
     let custom = &custom.arrivals()[0];
     assert_eq!(values(custom, "user-agent"), ["ledger-service/2"]);
     assert_eq!(values(custom, "x-team"), ["payments"]);
+
+    // Headers billhook sets, or that speak of the connection, are not an endpoint's to set.
+    for name in [
+        "webhook-signature",
+        "Content-Length",
+        "Upgrade",
+        "TE",
+        "Expect",
+    ] {
+        let (status, body) = app
+            .admin_post(
+                "/v1/endpoints",
+                json!({ "url": plain_url, "event_types": ["*"], "headers": { name: "x" } }),
+            )
+            .await;
+        assert_eq!(status, 400, "{name}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("cannot be set"),
+            "{body}"
+        );
+    }
     app.stop().await;
 }
 

@@ -15,7 +15,8 @@ use url::Url;
 
 use super::ssrf::{DestinationPolicy, parse_destination};
 
-/// Headers billhook sets itself; an endpoint cannot override them.
+/// Headers billhook sets itself, or that speak of the connection rather than the message; an
+/// endpoint cannot set them.
 const RESERVED_HEADERS: &[&str] = &[
     "webhook-id",
     "webhook-timestamp",
@@ -25,6 +26,13 @@ const RESERVED_HEADERS: &[&str] = &[
     "host",
     "transfer-encoding",
     "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "proxy-authorization",
+    "proxy-connection",
 ];
 
 /// Limits on what an endpoint may ask for.
@@ -168,7 +176,7 @@ impl EndpointDefinition {
                 || header.as_str().starts_with("billhook-")
             {
                 return Err(format!(
-                    "the `{name}` header is set by billhook and cannot be overridden"
+                    "the `{name}` header is billhook's own or the connection's, and cannot be set"
                 ));
             }
             let value = HeaderValue::from_str(value)

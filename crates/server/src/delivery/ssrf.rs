@@ -40,8 +40,15 @@ pub struct DestinationPolicy {
 }
 
 impl DestinationPolicy {
+    /// An allowance written IPv4-mapped (`::ffff:10.0.0.0/104`) stands for its IPv4 range, as
+    /// addresses are judged in their IPv4 form.
     pub fn new(allow: Vec<IpNet>) -> Self {
-        Self { allow }
+        Self {
+            allow: allow
+                .into_iter()
+                .map(billhook_providers::auth::canonical_net)
+                .collect(),
+        }
     }
 
     /// Refuses an address in a blocked category unless it is explicitly allowed.
@@ -142,7 +149,12 @@ fn blocked_category(address: IpAddr) -> Option<&'static str> {
 
 fn v4_category(v4: Ipv4Addr) -> Option<&'static str> {
     let [a, b, ..] = v4.octets();
-    if v4 == Ipv4Addr::new(169, 254, 169, 254) || v4 == Ipv4Addr::new(100, 100, 100, 200) {
+    // AWS, GCP and Azure's metadata, Alibaba's, and Azure's WireServer (reachable from every
+    // Azure VM).
+    if v4 == Ipv4Addr::new(169, 254, 169, 254)
+        || v4 == Ipv4Addr::new(100, 100, 100, 200)
+        || v4 == Ipv4Addr::new(168, 63, 129, 16)
+    {
         Some("cloud metadata")
     } else if v4.is_loopback() {
         Some("loopback")
@@ -158,6 +170,11 @@ fn v4_category(v4: Ipv4Addr) -> Option<&'static str> {
         Some("broadcast")
     } else if a == 100 && (64..128).contains(&b) {
         Some("shared (carrier-grade NAT)")
+    } else if a == 198 && (18..20).contains(&b) {
+        // Benchmarking, and the fake-IP range of DNS proxies that map internal names into it.
+        Some("benchmarking")
+    } else if a == 192 && b == 0 && v4.octets()[2] == 0 {
+        Some("protocol assignments")
     } else if a >= 240 {
         Some("reserved")
     } else {
@@ -183,6 +200,14 @@ fn v6_category(v6: Ipv6Addr) -> Option<&'static str> {
         Some("unique-local")
     } else if first & 0xffc0 == 0xfe80 {
         Some("link-local")
+    } else if first & 0xffc0 == 0xfec0 {
+        Some("site-local")
+    } else if v6.segments()[..3] == [0x64, 0xff9b, 1] {
+        // Local-use NAT64 (RFC 8215): any IPv4 address behind it, private ones included.
+        Some("local NAT64")
+    } else if v6.segments()[..6] == [0; 6] {
+        // IPv4-compatible (`::a.b.c.d`), deprecated: some stacks still route it as IPv4.
+        Some("IPv4-compatible")
     } else {
         None
     }
@@ -267,6 +292,13 @@ mod tests {
             ("ff02::1", "multicast"),
             ("::ffff:127.0.0.1", "loopback"),
             ("64:ff9b::a00:1", "private"),
+            ("168.63.129.16", "cloud metadata"),
+            ("198.18.0.1", "benchmarking"),
+            ("198.19.255.254", "benchmarking"),
+            ("192.0.0.8", "protocol assignments"),
+            ("64:ff9b:1::a00:1", "local NAT64"),
+            ("::a00:1", "IPv4-compatible"),
+            ("fec0::1", "site-local"),
         ] {
             assert_eq!(refused(&policy, address), Some(category), "{address}");
         }
@@ -274,6 +306,8 @@ mod tests {
             "93.184.216.34",
             "2606:2800:220:1:248:1893:25c8:1946",
             "100.128.0.1",
+            "198.20.0.1",
+            "192.0.2.1",
         ] {
             assert_eq!(refused(&policy, public), None, "{public}");
         }
@@ -285,6 +319,12 @@ mod tests {
         assert_eq!(refused(&policy, "127.0.0.1"), None);
         assert_eq!(refused(&policy, "::ffff:127.0.0.1"), None);
         assert_eq!(refused(&policy, "10.0.0.1"), Some("private"));
+        let mapped = DestinationPolicy::new(vec!["::ffff:10.1.0.0/112".parse().unwrap()]);
+        assert_eq!(
+            refused(&mapped, "10.1.2.3"),
+            None,
+            "written mapped, judged as IPv4"
+        );
     }
 
     #[tokio::test]
