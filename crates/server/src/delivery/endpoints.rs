@@ -71,15 +71,20 @@ impl EndpointRuntime {
             record.rate_limit,
             record.max_concurrency,
         )?;
+        // Every secret must read: one dropped could leave nothing to sign with, and the
+        // deliveries would go out unsigned.
         let secrets = record
             .secrets
             .iter()
-            .filter_map(|s| {
+            .map(|s| {
                 EndpointSecret::parse(&s.secret)
-                    .ok()
                     .map(|key| (key, s.expires_at))
+                    .map_err(|_| "one of its signing secrets is not a `whsec_` secret".to_owned())
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
+        if secrets.is_empty() {
+            return Err("it has no signing secret".to_owned());
+        }
         Ok(Self {
             id: record.id,
             url,
@@ -212,4 +217,62 @@ pub async fn check_destination(policy: &DestinationPolicy, url: &str) -> Result<
         .await
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use billhook_core::ids::EndpointId;
+    use billhook_core::signing::EndpointSecret;
+    use billhook_core::time::Timestamp;
+    use billhook_store::{EndpointRecord, SecretRecord};
+
+    use super::*;
+
+    fn record(secrets: &[&str]) -> EndpointRecord {
+        let now = Timestamp::now();
+        EndpointRecord {
+            id: EndpointId::new(),
+            name: None,
+            url: "https://hooks.example.com/in".to_owned(),
+            description: String::new(),
+            event_types: vec!["*".to_owned()],
+            sources: None,
+            format: "canonical".to_owned(),
+            headers: Vec::new(),
+            rate_limit: None,
+            max_concurrency: None,
+            enabled: true,
+            disabled_reason: None,
+            failing_since: None,
+            last_success_at: None,
+            last_failure_at: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            secrets: secrets
+                .iter()
+                .map(|secret| SecretRecord {
+                    secret: (*secret).to_owned(),
+                    created_at: now,
+                    expires_at: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// An endpoint whose stored secrets do not all read (a row edited by hand) is skipped, not
+    /// sent to with what is left, which could be nothing: deliveries would go out unsigned.
+    #[test]
+    fn an_endpoint_without_readable_secrets_is_skipped() {
+        let good = EndpointSecret::generate().expose();
+        let usable = record(&[&good]);
+        let garbled = record(&["whsec_not base64"]);
+        let partly = record(&[&good, "garbage"]);
+        let none = record(&[]);
+        let set = EndpointSet::build(&[usable.clone(), garbled, partly, none], 4);
+        assert_eq!(
+            set.by_id.keys().copied().collect::<Vec<_>>(),
+            vec![usable.id]
+        );
+    }
 }

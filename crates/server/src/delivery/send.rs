@@ -188,7 +188,13 @@ pub async fn send(
         request = request
             .header("billhook-source", &raw.source)
             .header("billhook-provider", &raw.provider);
-        if let Some(event) = &raw.provider_event {
+        // The provider's event name, as its body spelled it: a name no header can carry (a
+        // control character) is left out rather than failing every attempt.
+        if let Some(event) = raw
+            .provider_event
+            .as_deref()
+            .and_then(|event| HeaderValue::from_str(event).ok())
+        {
             request = request.header("billhook-provider-event", event);
         }
     }
