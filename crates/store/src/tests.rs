@@ -707,13 +707,18 @@ fn a_quarantined_request_holding_two_keys_reprocesses_under_them() {
                 "{outcome:?}"
             );
             // Both keys are still held: a copy under either is a duplicate.
-            let mut copy = inbound("s", "event:evt_other", InboundStatus::Processed);
-            copy.body_dedup_key = Some("sha256:two".to_owned());
-            let stored = store.ingest(write(copy, vec![])).await.unwrap();
-            assert!(
-                matches!(stored, IngestOutcome::Duplicate { .. }),
-                "{stored:?}"
-            );
+            for (event_key, body_key) in [
+                ("event:evt_other", "sha256:two"),
+                ("event:evt_two", "sha256:other"),
+            ] {
+                let mut copy = inbound("s", event_key, InboundStatus::Processed);
+                copy.body_dedup_key = Some(body_key.to_owned());
+                let stored = store.ingest(write(copy, vec![])).await.unwrap();
+                assert!(
+                    matches!(stored, IngestOutcome::Duplicate { .. }),
+                    "{event_key}, {body_key}: {stored:?}"
+                );
+            }
         }
     });
 }

@@ -426,7 +426,11 @@ pub(crate) async fn update(
         body.event_types.as_ref().unwrap_or(&current.event_types),
         sources.as_deref(),
         body.format.as_ref().unwrap_or(&current.format),
-        headers.as_ref().unwrap_or(&current.headers),
+        // The stored headers, when not replaced, as they are sent: without headers of the
+        // connection an older billhook let an endpoint keep.
+        headers
+            .as_ref()
+            .unwrap_or(&crate::delivery::sendable_headers(&current.headers)),
         body.rate_limit.unwrap_or(current.rate_limit),
         body.max_concurrency.unwrap_or(current.max_concurrency),
     )

@@ -26,6 +26,11 @@ const RESERVED_HEADERS: &[&str] = &[
     "host",
     "transfer-encoding",
     "connection",
+];
+
+/// More headers of the connection, refused since endpoints could already be stored with them:
+/// such a stored endpoint keeps working, without sending them (see [`sendable_headers`]).
+const CONNECTION_HEADERS: &[&str] = &[
     "keep-alive",
     "te",
     "trailer",
@@ -34,6 +39,16 @@ const RESERVED_HEADERS: &[&str] = &[
     "proxy-authorization",
     "proxy-connection",
 ];
+
+/// A stored endpoint's headers without those of [`CONNECTION_HEADERS`], which it may hold from
+/// before they were refused.
+pub fn sendable_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !CONNECTION_HEADERS.contains(&name.to_ascii_lowercase().as_str()))
+        .cloned()
+        .collect()
+}
 
 /// Limits on what an endpoint may ask for.
 pub const MAX_RATE_LIMIT: u32 = 10_000;
@@ -67,7 +82,7 @@ impl EndpointRuntime {
             &record.event_types,
             record.sources.as_deref(),
             &record.format,
-            &record.headers,
+            &sendable_headers(&record.headers),
             record.rate_limit,
             record.max_concurrency,
         )?;
@@ -79,7 +94,7 @@ impl EndpointRuntime {
             .map(|s| {
                 EndpointSecret::parse(&s.secret)
                     .map(|key| (key, s.expires_at))
-                    .map_err(|_| "one of its signing secrets is not a `whsec_` secret".to_owned())
+                    .map_err(|_| "one of its signing secrets does not read".to_owned())
             })
             .collect::<Result<Vec<_>, _>>()?;
         if secrets.is_empty() {
@@ -178,6 +193,7 @@ impl EndpointDefinition {
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("`{name}` is not a valid header name"))?;
             if RESERVED_HEADERS.contains(&header.as_str())
+                || CONNECTION_HEADERS.contains(&header.as_str())
                 || header.as_str().starts_with("billhook-")
             {
                 return Err(format!(
@@ -273,6 +289,32 @@ mod tests {
         assert_eq!(
             set.by_id.keys().copied().collect::<Vec<_>>(),
             vec![usable.id]
+        );
+    }
+
+    /// An endpoint stored with a header of the connection from before those were refused keeps
+    /// working, without sending it.
+    #[test]
+    fn a_stored_connection_header_is_left_out_not_fatal() {
+        let mut stored = record(&[&EndpointSecret::generate().expose()]);
+        stored.headers = vec![
+            ("Expect".to_owned(), "100-continue".to_owned()),
+            ("x-team".to_owned(), "payments".to_owned()),
+        ];
+        let endpoint = EndpointRuntime::from_record(&stored, 4).unwrap();
+        let names: Vec<&str> = endpoint.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-team"]);
+        assert!(
+            EndpointDefinition::check_static(
+                &stored.event_types,
+                None,
+                "canonical",
+                &stored.headers,
+                None,
+                None
+            )
+            .is_err(),
+            "refused as new input"
         );
     }
 }

@@ -49,7 +49,9 @@ use tokio::task::JoinHandle;
 use crate::config::{DeliveryConfig, EndpointConfig};
 use crate::metrics::{self, Metrics};
 use claims::{Asked, ClaimNumber, HeldClaims, Turn};
-pub use endpoints::{EndpointDefinition, EndpointRuntime, EndpointSet, check_destination};
+pub use endpoints::{
+    EndpointDefinition, EndpointRuntime, EndpointSet, check_destination, sendable_headers,
+};
 pub use send::RESPONSE_BODY_LIMIT;
 use ssrf::{DestinationPolicy, Refusal};
 

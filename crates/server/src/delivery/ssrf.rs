@@ -128,7 +128,11 @@ fn canonical(address: IpAddr) -> IpAddr {
                 return IpAddr::V4(v4);
             }
             let segments = v6.segments();
-            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+            // NAT64: the well-known prefix, and the local-use one laid out as a /96 (RFC 8215),
+            // as DNS64 writes a public IPv4 address on an IPv6-only host.
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || segments[..6] == [0x64, 0xff9b, 1, 0, 0, 0]
+            {
                 let octets = v6.octets();
                 return IpAddr::V4(Ipv4Addr::new(
                     octets[12], octets[13], octets[14], octets[15],
@@ -203,7 +207,8 @@ fn v6_category(v6: Ipv6Addr) -> Option<&'static str> {
     } else if first & 0xffc0 == 0xfec0 {
         Some("site-local")
     } else if v6.segments()[..3] == [0x64, 0xff9b, 1] {
-        // Local-use NAT64 (RFC 8215): any IPv4 address behind it, private ones included.
+        // Local-use NAT64 laid out otherwise than as a /96: where its IPv4 address sits is the
+        // network's own choice, so it cannot be judged.
         Some("local NAT64")
     } else if v6.segments()[..6] == [0; 6] {
         // IPv4-compatible (`::a.b.c.d`), deprecated: some stacks still route it as IPv4.
@@ -296,7 +301,8 @@ mod tests {
             ("198.18.0.1", "benchmarking"),
             ("198.19.255.254", "benchmarking"),
             ("192.0.0.8", "protocol assignments"),
-            ("64:ff9b:1::a00:1", "local NAT64"),
+            ("64:ff9b:1::a00:1", "private"),
+            ("64:ff9b:1:a00:1::", "local NAT64"),
             ("::a00:1", "IPv4-compatible"),
             ("fec0::1", "site-local"),
         ] {
@@ -308,6 +314,7 @@ mod tests {
             "100.128.0.1",
             "198.20.0.1",
             "192.0.2.1",
+            "64:ff9b:1::5db8:d822",
         ] {
             assert_eq!(refused(&policy, public), None, "{public}");
         }
