@@ -2709,6 +2709,40 @@ fn a_start_waits_out_another_instance_s_migration_past_the_statement_timeout() {
     });
 }
 
+/// Every acknowledgement waits for its commit to be durable: billhook's connections commit
+/// synchronously even where the URL (or the server's, or the role's default) says otherwise.
+#[test]
+fn postgres_connections_commit_synchronously_whatever_the_defaults() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let DatabaseConfig::Postgres(mut options) = config else {
+            unreachable!("a PostgreSQL configuration")
+        };
+        options.url = options
+            .url
+            .replace("options=", "options=-c%20synchronous_commit%3Doff%20");
+        assert!(
+            options.url.contains("synchronous_commit"),
+            "{}",
+            options.url
+        );
+        let store = Store::open(&DatabaseConfig::Postgres(options))
+            .await
+            .unwrap();
+        let Backend::Postgres(postgres) = store.backend.as_ref() else {
+            unreachable!("a PostgreSQL store")
+        };
+        let client = postgres.client().await.unwrap();
+        let setting: String = client
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(setting, "on");
+        store.close().await;
+    });
+}
+
 #[test]
 fn the_clustered_outbox_migration_keeps_deliveries_attempts_and_dedup_keys() {
     runtime().block_on(async {

@@ -179,8 +179,10 @@ impl PgStore {
         config.application_name("billhook");
         config.connect_timeout(options.connect_timeout);
         let existing = config.get_options().unwrap_or_default().to_owned();
+        // An acknowledgement waits for its commit to be durable, whatever the database's or
+        // the role's default for `synchronous_commit` says.
         config.options(format!(
-            "{existing} -c statement_timeout={}",
+            "{existing} -c statement_timeout={} -c synchronous_commit=on",
             options.statement_timeout.as_millis()
         ));
         let manager = Manager::from_config(

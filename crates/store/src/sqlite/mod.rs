@@ -770,10 +770,20 @@ fn create_private(database: &Path) -> Result<(), StoreError> {
 fn open_writer(path: &Path, target: u32) -> Result<Connection, StoreError> {
     let connection = Connection::open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    // The syncer makes writes durable by syncing the write-ahead log: without one (a filesystem
+    // SQLite cannot keep it on), every write would be refused as not durable, so say so at start.
+    let mode: String = connection
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(db_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "cannot keep a write-ahead log for {} (journal mode {mode}): billhook needs one",
+            path.display()
+        )));
+    }
     connection
         .execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
+            "PRAGMA synchronous = FULL;
              PRAGMA wal_autocheckpoint = 0;
              PRAGMA busy_timeout = 5000;
              PRAGMA temp_store = MEMORY;
