@@ -48,14 +48,25 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
         .await
         .map_err(|error| CliError::Io(format!("cannot listen on {}: {error}", settings.listen)))?;
     let urls = ingest_urls(&settings, &listener);
+    // Listened for once, from before the start: a signal that came while the start ran (its
+    // migrations can take minutes) would otherwise be lost with the listener that heard it, and
+    // the process would serve on until killed.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let signalled = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
     let server = tokio::select! {
         started = billhook_server::Server::start(settings) => started?,
-        () = shutdown_signal() => return Ok(()),
+        () = signalled(stopped.clone()) => return Ok(()),
     };
     for line in urls {
         eprintln!("billhook: {line}");
     }
-    server.serve(listener, shutdown_signal()).await?;
+    server.serve(listener, signalled(stopped)).await?;
     Ok(())
 }
 
