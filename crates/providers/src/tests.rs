@@ -677,7 +677,7 @@ fn zwitch_accepts_a_signature_over_the_compact_body() {
     let compact_text = String::from_utf8(crate::json::compact(&pretty).unwrap()).unwrap();
     let broken = compact_text.replacen("1658737934", "16587 37934", 1);
     assert_ne!(broken, compact_text);
-    assert!(serde_json::from_str::<serde_json::Value>(&broken).is_err());
+    assert!(serde_json::from_str::<Value>(&broken).is_err());
     assert_eq!(
         crate::json::compact(broken.as_bytes()).unwrap(),
         compact_text.as_bytes()
