@@ -278,24 +278,38 @@ impl SourceSpec {
     /// What can be checked of a request before its body is read: the allow-list, a credential
     /// that does not depend on the body (all but the providers' signatures), or that a signature
     /// is there, well formed, to check. A request refused here never holds memory for a body.
-    pub fn check_before_body(&self, request: &InboundRequest<'_>) -> Result<(), VerifyError> {
+    /// Returns the verification when it is complete without the body; a signature is checked
+    /// once the body is in, with [`verify_body`](Self::verify_body).
+    pub fn check_before_body(
+        &self,
+        request: &InboundRequest<'_>,
+    ) -> Result<Option<Verification>, VerifyError> {
         self.admits(request.remote_ip)?;
         match &self.auth {
-            SourceAuth::Signature { .. } => match self.provider.signature_header() {
-                Some(header) => hex_signature(request.signature(header)?, header).map(drop),
-                None => Ok(()),
-            },
-            credential => verify_credential(credential, request).map(drop),
+            SourceAuth::Signature { .. } => {
+                if let Some(header) = self.provider.signature_header() {
+                    hex_signature(request.signature(header)?, header)?;
+                }
+                Ok(None)
+            }
+            credential => verify_credential(credential, request).map(Some),
+        }
+    }
+
+    /// Checks a request's signature over its body, once [`check_before_body`] passed it.
+    ///
+    /// [`check_before_body`]: Self::check_before_body
+    pub fn verify_body(&self, request: &InboundRequest<'_>) -> Result<Verification, VerifyError> {
+        match &self.auth {
+            SourceAuth::Signature { secrets } => self.provider.verify_signature(secrets, request),
+            credential => verify_credential(credential, request),
         }
     }
 
     /// Checks a request against this source's allow-list and credential.
     pub fn verify(&self, request: &InboundRequest<'_>) -> Result<Verification, VerifyError> {
         self.admits(request.remote_ip)?;
-        match &self.auth {
-            SourceAuth::Signature { secrets } => self.provider.verify_signature(secrets, request),
-            credential => verify_credential(credential, request),
-        }
+        self.verify_body(request)
     }
 }
 

@@ -191,11 +191,11 @@ async fn process(
         path_token,
         received_at: Timestamp::now(),
     };
-    source
+    let verified = source
         .spec
         .check_before_body(&before_body)
         .map_err(refused)?;
-    // A body declared too large is refused before anything else: waiting would not help it.
+    // A body declared too large is refused before it is read: waiting would not help it.
     let limit = app.settings.ingest.max_body_bytes;
     let declared = crate::http_server::declared_length(headers);
     if declared.is_some_and(|length| length > limit as u64) {
@@ -219,7 +219,11 @@ async fn process(
         path_token,
         received_at,
     };
-    let verification = source.spec.verify(&request).map_err(refused)?;
+    // A credential was checked whole above; a signature is checked over the body now.
+    let verification = match verified {
+        Some(verification) => verification,
+        None => source.spec.verify_body(&request).map_err(refused)?,
+    };
     let normalized = source.spec.provider.normalize(&request);
     let mut write = build_write(
         source,

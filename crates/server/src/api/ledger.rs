@@ -110,14 +110,17 @@ fn filter(kind: SubjectKind, params: &ListParams) -> Result<LedgerFilter, ApiErr
         (Some("outstanding"), false) if is_payable(kind) => LedgerFilter::Outstanding,
         (Some("overdue"), false) if is_payable(kind) => LedgerFilter::Overdue,
         (Some("paid"), false) if is_payable(kind) => LedgerFilter::Paid,
-        // Never a payment's status word: asked of payments, they would list nothing without a
-        // word. (Other kinds have their own statuses: a CamInvoice document can be `paid`.)
-        (Some(word @ ("outstanding" | "overdue" | "paid")), false)
-            if kind == SubjectKind::Payment || word != "paid" =>
-        {
+        // Never a status word of the kinds below: asked of them, the listing would be empty
+        // without a word. (A CamInvoice document's own status can be `paid`.)
+        (Some(word @ ("outstanding" | "overdue")), false) => {
             return Err(ApiError::invalid(format!(
                 "`status={word}` applies to invoices and bills only"
             )));
+        }
+        (Some("paid"), false) if kind == SubjectKind::Payment => {
+            return Err(ApiError::invalid(
+                "`status=paid` applies to invoices and bills; a payment is `succeeded`",
+            ));
         }
         (Some(""), false) => return Err(ApiError::invalid("`status` is empty")),
         (Some(word), false) => LedgerFilter::Status(word.to_owned()),
