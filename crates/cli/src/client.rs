@@ -30,7 +30,7 @@ impl Client {
         let token = remote
             .token
             .clone()
-            .or(config.admin_token.clone())
+            .or(config.admin_token.as_ref().map(|t| t.expose().to_owned()))
             .or_else(|| stored_admin_token(&config.data_dir))
             // As the server reads it (a secret from a file often ends in a newline).
             .map(|token| token.trim().to_owned())

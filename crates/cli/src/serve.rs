@@ -73,8 +73,12 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
 /// The admin token: from the configuration or environment, else the one generated into the data
 /// directory on first start (printed that once).
 fn admin_token(config: &Config) -> Result<Secret, CliError> {
-    if let Some(token) = config.admin_token.as_ref().filter(|t| !t.is_empty()) {
-        return Ok(Secret::new(token.clone()));
+    if let Some(token) = config
+        .admin_token
+        .as_ref()
+        .filter(|t| !t.expose().is_empty())
+    {
+        return Ok(token.clone());
     }
     let path = config.data_dir.join(ADMIN_TOKEN_FILE);
     if let Ok(token) = std::fs::read_to_string(&path) {
@@ -139,8 +143,19 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), CliError>
         .open(path)
         .and_then(|mut file| {
             file.write_all(contents.as_bytes())?;
-            // On disk before anything relies on it: the admin token is printed only once.
-            file.sync_all()
+            // On disk before anything relies on it: the admin token is printed only once. The
+            // file's name is in its directory, which a crash could lose without a sync of its own.
+            file.sync_all()?;
+            #[cfg(unix)]
+            if let Some(parent) = path.parent() {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            Ok(())
         })
         .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))
 }

@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
 use hmac::{Hmac, KeyInit, Mac};
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -21,8 +21,10 @@ use crate::registry::{self, Provider};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// A secret from the configuration. `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret from the configuration. `Debug` never prints it; it reads from and writes to a
+/// configuration as the plain string it is.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {

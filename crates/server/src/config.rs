@@ -115,12 +115,13 @@ pub struct Config {
     pub listen: SocketAddr,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// `sqlite://PATH` or `postgres://…`; default: `billhook.db` in the data directory.
+    /// `sqlite://PATH` or `postgres://…`; default: `billhook.db` in the data directory. A
+    /// secret because a PostgreSQL URL may carry a password.
     #[serde(default)]
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret>,
     /// The root admin token; generated into the data directory when unset.
     #[serde(default)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     #[serde(default)]
     pub database: DatabaseSection,
     /// Proxies whose `X-Forwarded-For` is trusted for the client address (IP allow-lists).
@@ -513,7 +514,7 @@ impl Default for ConsoleConfig {
 
 /// One `[[endpoint]]` declared in the configuration; created at start and kept in line with the
 /// file (matched by `name`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     pub name: String,
@@ -533,7 +534,23 @@ pub struct EndpointConfig {
     pub description: String,
     /// `whsec_…`; generated (and shown by the API) when unset.
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
+}
+
+/// Without the URL (its path or query may hold a token), the headers' values (an
+/// `Authorization` more often than not) or the secret.
+impl fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("name", &self.name)
+            .field("event_types", &self.event_types)
+            .field("sources", &self.sources)
+            .field("format", &self.format)
+            .field("header_names", &self.headers.keys().collect::<Vec<_>>())
+            .field("rate_limit", &self.rate_limit)
+            .field("max_concurrency", &self.max_concurrency)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_format() -> String {
@@ -550,7 +567,7 @@ pub struct SourceConfig {
     pub provider: String,
     /// Signing secrets, newest first (Razorpay, Zwitch).
     #[serde(default)]
-    pub secrets: Vec<String>,
+    pub secrets: Vec<Secret>,
     /// A credential, for providers without a signature of their own (Setu, CamInvoice).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -573,20 +590,20 @@ pub struct SourceConfig {
 pub enum AuthConfig {
     Header {
         name: String,
-        value: String,
+        value: Secret,
     },
     Basic {
         username: String,
-        password: String,
+        password: Secret,
     },
     JwtHs256 {
-        secret: String,
+        secret: Secret,
         /// The oldest acceptable `iat` (default 120 s).
         #[serde(default)]
         max_age: Option<HumanDuration>,
     },
     PathToken {
-        token: String,
+        token: Secret,
     },
 }
 
@@ -694,7 +711,7 @@ impl Config {
     /// The database the configuration points at.
     pub fn database(&self) -> Result<billhook_store::DatabaseConfig, ConfigError> {
         match &self.database_url {
-            Some(url) => match billhook_store::DatabaseConfig::from_url(url)
+            Some(url) => match billhook_store::DatabaseConfig::from_url(url.expose())
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?
             {
                 billhook_store::DatabaseConfig::Postgres(mut options) => {
@@ -933,27 +950,27 @@ fn source_auth(source: &SourceConfig) -> Result<Option<SourceAuth>, ConfigError>
         )),
         (None, true) => Ok(None),
         (None, false) => Ok(Some(SourceAuth::Signature {
-            secrets: source.secrets.iter().map(Secret::new).collect(),
+            secrets: source.secrets.clone(),
         })),
         (Some(auth), true) => Ok(Some(match auth {
             AuthConfig::Header { name, value } => SourceAuth::Header {
                 name: http::HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| invalid(format!("`{name}` is not a valid header name")))?,
-                value: Secret::new(value.clone()),
+                value: value.clone(),
             },
             AuthConfig::Basic { username, password } => SourceAuth::Basic {
                 username: username.clone(),
-                password: Secret::new(password.clone()),
+                password: password.clone(),
             },
             AuthConfig::JwtHs256 { secret, max_age } => SourceAuth::JwtHs256 {
-                secret: Secret::new(secret.clone()),
+                secret: secret.clone(),
                 max_age_seconds: i64::try_from(
                     max_age.map_or(DEFAULT_JWT_MAX_AGE, |d| d.0).as_secs(),
                 )
                 .unwrap_or(i64::MAX),
             },
             AuthConfig::PathToken { token } => SourceAuth::PathToken {
-                token: Secret::new(token.clone()),
+                token: token.clone(),
             },
         })),
     }
@@ -1014,6 +1031,42 @@ mod tests {
             refused.to_string().contains("may not hold `:`"),
             "{refused}"
         );
+    }
+
+    /// Configuration and settings are `Debug` for diagnostics; none of their secrets may show.
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let config = Config::from_toml(
+            "admin_token = \"SECRET-admin\"\n\
+             database_url = \"postgres://billhook:SECRET-db@db.internal/billhook\"\n\
+             [[source]]\nname = \"r\"\nprovider = \"razorpay\"\nsecrets = [\"SECRET-razorpay\"]\n\
+             [[source]]\nname = \"s\"\nprovider = \"setu_bbps\"\n\
+             auth = { kind = \"basic\", username = \"setu\", password = \"SECRET-basic\" }\n\
+             [[source]]\nname = \"c\"\nprovider = \"caminvoice\"\n\
+             auth = { kind = \"jwt_hs256\", secret = \"SECRET-jwt\" }\n\
+             [[source]]\nname = \"h\"\nprovider = \"setu_bbps\"\n\
+             auth = { kind = \"header\", name = \"x-key\", value = \"SECRET-header\" }\n\
+             [[source]]\nname = \"p\"\nprovider = \"caminvoice\"\n\
+             auth = { kind = \"path_token\", token = \"SECRET-path-token-long-enough\" }\n\
+             [[endpoint]]\nname = \"e\"\nurl = \"https://hooks.example.com/in/SECRET-url\"\n\
+             event_types = [\"*\"]\nsecret = \"whsec_U0VDUkVULWVuZHBvaW50LXNlY3JldC1ieXRlcw==\"\n\
+             headers = { Authorization = \"Bearer SECRET-bearer\" }\n",
+        )
+        .unwrap();
+        let settings = config
+            .clone()
+            .into_settings(Secret::new("SECRET-admin"))
+            .unwrap();
+        let database = config.database().unwrap();
+        for shown in [
+            format!("{config:?}"),
+            format!("{settings:?}"),
+            format!("{database:?}"),
+        ] {
+            assert!(!shown.contains("SECRET"), "{shown}");
+            assert!(!shown.contains("whsec_U0VD"), "{shown}");
+        }
+        assert!(format!("{database:?}").contains("db.internal"));
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub enum DatabaseConfig {
 }
 
 /// How billhook uses a PostgreSQL database.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
     /// `postgres://user:password@host:port/database?options=…` (libpq syntax).
     pub url: String,
@@ -83,6 +83,19 @@ pub struct PostgresOptions {
     pub connect_timeout: Duration,
     /// How long to keep retrying when the database is unreachable at start.
     pub wait: Duration,
+}
+
+/// With the URL's password left out.
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("wait", &self.wait)
+            .finish()
+    }
 }
 
 impl PostgresOptions {

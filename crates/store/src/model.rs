@@ -260,8 +260,8 @@ pub struct InboundSummary {
 
 use billhook_core::ids::{AttemptId, DeliveryId, EndpointId};
 
-/// A signing secret of an endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A signing secret of an endpoint. `Debug` leaves the secret out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SecretRecord {
     /// `whsec_…`
     pub secret: String,
@@ -270,8 +270,18 @@ pub struct SecretRecord {
     pub expires_at: Option<Timestamp>,
 }
 
-/// A subscriber endpoint as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRecord")
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A subscriber endpoint as stored. `Debug` leaves out the URL and headers' values, which may
+/// carry the subscriber's credentials, and the secrets.
+#[derive(Clone, PartialEq, Eq)]
 pub struct EndpointRecord {
     pub id: EndpointId,
     /// Set for endpoints declared in the configuration file.
@@ -296,8 +306,29 @@ pub struct EndpointRecord {
     pub secrets: Vec<SecretRecord>,
 }
 
-/// An endpoint to create.
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for EndpointRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("event_types", &self.event_types)
+            .field("sources", &self.sources)
+            .field("format", &self.format)
+            .field("header_names", &header_names(&self.headers))
+            .field("rate_limit", &self.rate_limit)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("enabled", &self.enabled)
+            .field("disabled_reason", &self.disabled_reason)
+            .field("failing_since", &self.failing_since)
+            .field("updated_at", &self.updated_at)
+            .field("secrets", &self.secrets)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An endpoint to create. `Debug` leaves out the secret and the URL and headers' values, which
+/// may carry the subscriber's credentials.
+#[derive(Clone)]
 pub struct NewEndpoint {
     pub id: EndpointId,
     pub name: Option<String>,
@@ -314,8 +345,27 @@ pub struct NewEndpoint {
     pub now: Timestamp,
 }
 
-/// Changes to an endpoint; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default)]
+impl std::fmt::Debug for NewEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewEndpoint")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("event_types", &self.event_types)
+            .field("sources", &self.sources)
+            .field("format", &self.format)
+            .field("header_names", &header_names(&self.headers))
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+fn header_names(headers: &[(String, String)]) -> Vec<&str> {
+    headers.iter().map(|(name, _)| name.as_str()).collect()
+}
+
+/// Changes to an endpoint; `None` leaves a field as it is. `Debug` shows which fields change,
+/// not the URL's or headers' new values.
+#[derive(Clone, Default)]
 pub struct EndpointPatch {
     pub url: Option<String>,
     pub description: Option<String>,
@@ -328,6 +378,23 @@ pub struct EndpointPatch {
     /// Disabling holds the endpoint's pending deliveries; enabling clears its failure streak.
     pub enabled: Option<bool>,
     pub disabled_reason: Option<String>,
+}
+
+impl std::fmt::Debug for EndpointPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointPatch")
+            .field("url_changes", &self.url.is_some())
+            .field("description", &self.description)
+            .field("event_types", &self.event_types)
+            .field("sources", &self.sources)
+            .field("format", &self.format)
+            .field("header_names", &self.headers.as_deref().map(header_names))
+            .field("rate_limit", &self.rate_limit)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("enabled", &self.enabled)
+            .field("disabled_reason", &self.disabled_reason)
+            .finish()
+    }
 }
 
 /// Where a delivery stands.

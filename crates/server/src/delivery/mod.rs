@@ -601,7 +601,7 @@ async fn sync_declared(
             Err(refused) => return Err(invalid(refused.to_string())),
         }
         let secret = match &endpoint.secret {
-            Some(text) => billhook_core::signing::EndpointSecret::parse(text)
+            Some(text) => billhook_core::signing::EndpointSecret::parse(text.expose())
                 .map_err(|e| invalid(e.to_string()))?
                 .expose(),
             None => billhook_core::signing::EndpointSecret::generate().expose(),
