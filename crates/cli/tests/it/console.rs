@@ -15,6 +15,7 @@ backend_tests!(
     the_pages_show_what_came_in_and_what_it_became,
     a_browser_logs_in_finds_an_event_and_redelivers_it,
     more_unmatched_payments_than_the_overview_shows_are_linked,
+    malformed_requests_get_the_error_page,
 );
 
 /// A client that does not follow redirects, so each step can be checked.
@@ -632,5 +633,43 @@ async fn a_browser_logs_in_finds_an_event_and_redelivers_it(backend: Backend) {
         2,
         "one delivery and one redelivery, nothing more"
     );
+    app.stop().await;
+}
+
+/// A query, path or form the console cannot read gets its error page with a stable code, as
+/// every other refusal does, not the framework's plain text.
+async fn malformed_requests_get_the_error_page(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let event = delivered_payment(&app, &receiver).await;
+    let (session, csrf) = log_in(&app, ADMIN_TOKEN).await;
+    let error_page = |status: u16, body: &str, expected: u16, code: &str| {
+        assert_eq!(status, expected, "{body}");
+        assert!(body.contains("<h1>Something went wrong</h1>"), "{body}");
+        assert!(body.contains(&format!("<strong>{code}</strong>")), "{body}");
+    };
+
+    let (status, body) = get(&app, &session, &format!("/events/{event}?n=many")).await;
+    error_page(status, &body, 400, "invalid_request");
+    let (status, body) = get(&app, &session, "/events/evt_%FF%FE").await;
+    error_page(status, &body, 400, "invalid_request");
+
+    let path = format!("/events/{event}/redeliver");
+    let as_json = browserless()
+        .post(app.url(&path))
+        .header("cookie", format!("billhook_session={session}"))
+        .json(&json!({ "csrf": csrf }))
+        .send()
+        .await
+        .unwrap();
+    let status = as_json.status().as_u16();
+    error_page(
+        status,
+        &as_json.text().await.unwrap(),
+        415,
+        "unsupported_media_type",
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 1, "nothing was redelivered");
     app.stop().await;
 }

@@ -13,16 +13,19 @@ mod pages;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Form, Query, Request, State};
+use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use billhook_core::access::{Scope, digest, generate_session_secret};
 use billhook_core::time::Timestamp;
 use billhook_store::NewSession;
+use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use maud::{Markup, html};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use crate::App;
@@ -120,6 +123,56 @@ impl IntoResponse for ConsoleError {
             );
         }
         response
+    }
+}
+
+/// Query parameters; malformed ones are refused with the error page, as `invalid_request`.
+pub(crate) struct PageQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PageQuery<T> {
+    type Rejection = ConsoleError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ConsoleError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| PageQuery(q.0))
+            .map_err(|rejection: QueryRejection| ApiError::invalid(rejection.body_text()).into())
+    }
+}
+
+/// Path parameters (percent-encoding that is not UTF-8 is refused with the error page).
+pub(crate) struct PagePath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PagePath<T> {
+    type Rejection = ConsoleError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ConsoleError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PagePath(p.0))
+            .map_err(|rejection: PathRejection| ApiError::invalid(rejection.body_text()).into())
+    }
+}
+
+/// A form body; one of another content type or that does not read is refused with the error
+/// page.
+pub(crate) struct PageForm<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for PageForm<T> {
+    type Rejection = ConsoleError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ConsoleError> {
+        axum::extract::Form::<T>::from_request(request, state)
+            .await
+            .map(|f| PageForm(f.0))
+            .map_err(|rejection: FormRejection| {
+                let code = match rejection.status() {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+                    StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+                    _ => ErrorCode::InvalidRequest,
+                };
+                ApiError::new(code, rejection.body_text()).into()
+            })
     }
 }
 
@@ -318,7 +371,7 @@ struct LoginQuery {
 async fn login_page(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Query(query): Query<LoginQuery>,
+    PageQuery(query): PageQuery<LoginQuery>,
 ) -> Response {
     login_form(&app, &headers, query.next.as_deref(), None)
 }
@@ -381,7 +434,7 @@ async fn login(
     State(app): State<Arc<App>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
-    Form(form): Form<LoginForm>,
+    PageForm(form): PageForm<LoginForm>,
 ) -> Result<Response, ConsoleError> {
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes())) {
@@ -439,7 +492,7 @@ async fn logout(
     State(app): State<Arc<App>>,
     axum::Extension(viewer): axum::Extension<Viewer>,
     request_headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    PageForm(form): PageForm<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
     // Logging out needs the CSRF token but not the admin scope.
     if !bool::from(form.csrf.as_bytes().ct_eq(viewer.csrf.as_bytes())) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::State;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use billhook_core::entity::EntityData;
 use billhook_core::entity::SubjectKind;
@@ -24,7 +24,9 @@ use super::layout::{
     Tone, ago, badge, csrf, delivery_tone, empty, href_with, json_block, maybe_time, money,
     next_page, notice, text_block, time,
 };
-use super::{ConsoleError, CsrfForm, Viewer, charts, page, url_encode};
+use super::{
+    ConsoleError, CsrfForm, PageForm, PagePath, PageQuery, Viewer, charts, page, url_encode,
+};
 use crate::App;
 use crate::api::endpoints::url_for_reader;
 use crate::api::{
@@ -212,7 +214,7 @@ fn blank(value: &Option<String>) -> Option<String> {
 pub(crate) async fn events(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Query(filters): Query<EventFilters>,
+    PageQuery(filters): PageQuery<EventFilters>,
 ) -> PageResult {
     let event_type = blank(&filters.event_type);
     if let Some(t) = &event_type {
@@ -301,8 +303,8 @@ pub(crate) async fn events(
 pub(crate) async fn event(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
-    Query(done): Query<Done>,
+    PagePath(id): PagePath<String>,
+    PageQuery(done): PageQuery<Done>,
 ) -> PageResult {
     let id: EventId = id.parse().map_err(|_| ConsoleError::not_found("event"))?;
     let event = app
@@ -448,8 +450,8 @@ fn inbound_details(inbound: &billhook_store::InboundRecord) -> Markup {
 pub(crate) async fn redeliver(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    PagePath(id): PagePath<String>,
+    PageForm(form): PageForm<CsrfForm>,
 ) -> PageResult {
     viewer.check_form(&form.csrf)?;
     let (_, axum::Json(result)) = events_api::redeliver(
@@ -518,8 +520,8 @@ fn health(endpoint: &billhook_store::EndpointRecord) -> Markup {
 pub(crate) async fn endpoint(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
-    Query(done): Query<Done>,
+    PagePath(id): PagePath<String>,
+    PageQuery(done): PageQuery<Done>,
 ) -> PageResult {
     let endpoint_id: EndpointId = id
         .parse()
@@ -657,8 +659,8 @@ async fn patch_endpoint(app: &Arc<App>, id: &str, body: Value) -> Result<(), Con
 pub(crate) async fn disable_endpoint(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
-    Form(form): Form<DisableForm>,
+    PagePath(id): PagePath<String>,
+    PageForm(form): PageForm<DisableForm>,
 ) -> PageResult {
     viewer.check_form(&form.csrf)?;
     let reason = blank(&form.reason).unwrap_or_else(|| "disabled from the console".to_owned());
@@ -674,8 +676,8 @@ pub(crate) async fn disable_endpoint(
 pub(crate) async fn enable_endpoint(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
-    Form(form): Form<EnableForm>,
+    PagePath(id): PagePath<String>,
+    PageForm(form): PageForm<EnableForm>,
 ) -> PageResult {
     viewer.check_form(&form.csrf)?;
     let mut body = json!({ "enabled": true });
@@ -689,8 +691,8 @@ pub(crate) async fn enable_endpoint(
 pub(crate) async fn rotate_secret(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    PagePath(id): PagePath<String>,
+    PageForm(form): PageForm<CsrfForm>,
 ) -> PageResult {
     viewer.check_form(&form.csrf)?;
     let _rotated = endpoints_api::rotate_secret(
@@ -705,8 +707,8 @@ pub(crate) async fn rotate_secret(
 pub(crate) async fn recover(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
-    Form(form): Form<RecoverForm>,
+    PagePath(id): PagePath<String>,
+    PageForm(form): PageForm<RecoverForm>,
 ) -> PageResult {
     viewer.check_form(&form.csrf)?;
     let since = form_time("since", Some(&form.since))?
@@ -773,7 +775,7 @@ pub(crate) struct QuarantineQuery {
 pub(crate) async fn quarantine(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Query(query): Query<QuarantineQuery>,
+    PageQuery(query): PageQuery<QuarantineQuery>,
 ) -> PageResult {
     let cursor = match blank(&query.cursor) {
         Some(c) => Some(
@@ -837,7 +839,7 @@ pub(crate) async fn quarantine(
 pub(crate) async fn inbound(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> PageResult {
     let id: InboundId = id.parse().map_err(|_| ConsoleError::not_found("request"))?;
     let record = app
@@ -868,8 +870,8 @@ pub(crate) async fn inbound(
 pub(crate) async fn reprocess(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    PagePath(id): PagePath<String>,
+    PageForm(form): PageForm<CsrfForm>,
 ) -> PageResult {
     viewer.check_form(&form.csrf)?;
     let _outcome = inbound_api::reprocess_one(State(Arc::clone(&app)), ApiPath(id.clone())).await?;
@@ -887,7 +889,7 @@ pub(crate) struct ReprocessAllForm {
 pub(crate) async fn reprocess_all(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Form(form): Form<ReprocessAllForm>,
+    PageForm(form): PageForm<ReprocessAllForm>,
 ) -> PageResult {
     viewer.check_form(&form.csrf)?;
     let body = json!({ "source": blank(&form.source) });
@@ -1083,7 +1085,7 @@ fn ledger_filter_form(
 pub(crate) async fn invoices(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Query(filters): Query<LedgerFilters>,
+    PageQuery(filters): PageQuery<LedgerFilters>,
 ) -> PageResult {
     targets_page(&app, &viewer, &filters, &INVOICES).await
 }
@@ -1091,7 +1093,7 @@ pub(crate) async fn invoices(
 pub(crate) async fn bills(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Query(filters): Query<LedgerFilters>,
+    PageQuery(filters): PageQuery<LedgerFilters>,
 ) -> PageResult {
     targets_page(&app, &viewer, &filters, &BILLS).await
 }
@@ -1217,7 +1219,7 @@ fn target_link(id: &str, label: &str) -> Markup {
 pub(crate) async fn payments(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Query(filters): Query<LedgerFilters>,
+    PageQuery(filters): PageQuery<LedgerFilters>,
 ) -> PageResult {
     let statuses = [
         ("", "unmatched first"),
@@ -1335,7 +1337,7 @@ async fn find_entity(app: &App, kind: SubjectKind, id: &str) -> Result<Entity, C
 pub(crate) async fn invoice(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> PageResult {
     target_page(&app, &viewer, &id, &INVOICES).await
 }
@@ -1343,7 +1345,7 @@ pub(crate) async fn invoice(
 pub(crate) async fn bill(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> PageResult {
     target_page(&app, &viewer, &id, &BILLS).await
 }
@@ -1400,7 +1402,7 @@ async fn target_page(app: &App, viewer: &Viewer, id: &str, targets: &Targets) ->
 pub(crate) async fn payment(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> PageResult {
     let payment = find_entity(&app, SubjectKind::Payment, &id).await?;
     let history = app.store.ledger_history(&payment.id).await?;
@@ -1492,7 +1494,7 @@ fn record_table(entities: &[Entity]) -> Markup {
 pub(crate) async fn records(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Query(filters): Query<RecordFilters>,
+    PageQuery(filters): PageQuery<RecordFilters>,
 ) -> PageResult {
     let ledger_filters = LedgerFilters {
         status: None,
@@ -1568,7 +1570,7 @@ pub(crate) async fn records(
 pub(crate) async fn record(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
 ) -> PageResult {
     let record = app.store.ledger_entity(&id).await?.and_then(|entity| {
         let (_, one, many) = RECORDS
