@@ -737,6 +737,22 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
         (json!(2), json!(1))
     );
 
+    // Named, a source that is not configured is refused rather than answered with nothing done.
+    for source in ["retired", "razorpya"] {
+        let (status, refused) = app
+            .admin_post("/v1/inbound/reprocess", json!({ "source": source }))
+            .await;
+        assert_eq!(status, 400, "{refused}");
+        assert_eq!(refused["code"], json!("invalid_request"), "{refused}");
+        assert!(
+            refused["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a configured source"),
+            "{refused}"
+        );
+    }
+
     let (status, summary) = app.admin_post("/v1/inbound/reprocess", json!({})).await;
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["attempted"], json!(4), "{summary}");

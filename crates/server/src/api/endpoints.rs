@@ -261,7 +261,7 @@ fn endpoint_id(text: &str) -> Result<EndpointId, ApiError> {
 }
 
 /// Checks sources against the configured ones.
-fn check_sources(app: &App, sources: Option<&[String]>) -> Result<(), ApiError> {
+pub(crate) fn check_sources(app: &App, sources: Option<&[String]>) -> Result<(), ApiError> {
     if let Some(unknown) = sources
         .into_iter()
         .flatten()

@@ -310,6 +310,9 @@ pub(crate) async fn reprocess_all(
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("body: {e}")))?
     };
     let limit = page_limit(params.limit.or(Some(super::MAX_LIMIT)))?;
+    // A source that is not configured could only answer an empty success (a misspelt name) or
+    // requests that would all be skipped (a removed source).
+    super::endpoints::check_sources(&app, Some(params.source.as_slice()))?;
     // Oldest first: those have waited longest, and taking the newest would leave older requests
     // that keep failing in front of nothing but themselves.
     let oldest = app
