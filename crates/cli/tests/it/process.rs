@@ -1,5 +1,5 @@
 //! The real `billhook` binary: killed with SIGKILL mid-load, every acknowledged event is there
-//! after a restart.
+//! after a restart; stopped with SIGTERM, it exits cleanly and gives back what it held.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
