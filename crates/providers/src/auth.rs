@@ -353,7 +353,7 @@ pub enum VerifyError {
     InvalidCredentials,
     #[error("the token is not a valid HS256 JWT: {0}")]
     MalformedToken(&'static str),
-    #[error("the token was issued too long ago or has expired")]
+    #[error("the token was issued too long ago, has expired or is not valid yet")]
     TokenExpired,
     #[error("the request's address is not on this source's allow-list")]
     IpNotAllowed,
@@ -523,11 +523,12 @@ struct JwtHeader {
 struct JwtClaims {
     iat: Option<i64>,
     exp: Option<i64>,
+    nbf: Option<i64>,
 }
 
 /// Verifies an HS256 JWT: the algorithm is pinned to HS256 (no `none`, no key confusion), the
 /// signature is checked in constant time, `iat` must be present and at most `max_age_seconds`
-/// old, and `exp`, when present, must not have passed.
+/// old, `exp`, when present, must not have passed, and `nbf`, when present, must have come.
 fn verify_jwt(
     token: &str,
     secret: &Secret,
@@ -573,6 +574,9 @@ fn verify_jwt(
     if claims
         .exp
         .is_some_and(|exp| exp.saturating_add(JWT_CLOCK_SKEW_SECONDS) < now)
+        || claims
+            .nbf
+            .is_some_and(|nbf| nbf.saturating_sub(JWT_CLOCK_SKEW_SECONDS) > now)
     {
         return Err(VerifyError::TokenExpired);
     }
@@ -748,6 +752,17 @@ mod tests {
         };
         assert!(expiring(now - 30).is_ok(), "expired by less than the skew");
         assert_eq!(expiring(now - 61), Err(VerifyError::TokenExpired));
+        // So is `nbf`, from the other side.
+        let not_before = |nbf: i64| {
+            let claims = format!(r#"{{"iat":{now},"nbf":{nbf}}}"#);
+            source.verify(&request(
+                &with_token(jwt_with_claims(&secret, &claims)),
+                None,
+            ))
+        };
+        assert!(not_before(now + 30).is_ok(), "valid within the skew");
+        assert_eq!(not_before(now + 61), Err(VerifyError::TokenExpired));
+        assert_eq!(not_before(i64::MAX), Err(VerifyError::TokenExpired));
         // Times at the ends of the range are out of date, not an overflow.
         for far in [i64::MIN, i64::MAX] {
             assert_eq!(

@@ -47,7 +47,7 @@ error_codes! {
     MissingCredentials => "missing_credentials", UNAUTHORIZED, "The request carries none of the source's credentials.";
     InvalidCredentials => "invalid_credentials", UNAUTHORIZED, "The request's credentials are wrong for this source.";
     MalformedToken => "malformed_token", UNAUTHORIZED, "The bearer token is not a valid HS256 JWT.";
-    TokenExpired => "token_expired", UNAUTHORIZED, "The bearer token's `iat` is too old or it has expired.";
+    TokenExpired => "token_expired", UNAUTHORIZED, "The bearer token's `iat` is too old, it has expired, or its `nbf` has not come.";
     IpNotAllowed => "ip_not_allowed", UNAUTHORIZED, "The client address is not on the source's allow-list.";
     Unauthorized => "unauthorized", UNAUTHORIZED, "The admin API needs `Authorization: Bearer <admin token>`.";
     TooManyAttempts => "too_many_attempts", TOO_MANY_REQUESTS, "This address presented too many invalid tokens lately; wait and try again.";
