@@ -51,10 +51,16 @@ impl DestinationPolicy {
         }
     }
 
-    /// Refuses an address in a blocked category unless it is explicitly allowed.
+    /// Refuses an address in a blocked category unless it is explicitly allowed, as written or
+    /// as the IPv4 address it carries (an allowance of a NAT64 range matches its addresses).
     pub fn check_ip(&self, address: IpAddr) -> Result<(), Refusal> {
+        let written = address;
         let address = canonical(address);
-        if self.allow.iter().any(|net| net.contains(&address)) {
+        if self
+            .allow
+            .iter()
+            .any(|net| net.contains(&address) || net.contains(&written))
+        {
             return Ok(());
         }
         match blocked_category(address) {
@@ -332,6 +338,13 @@ mod tests {
             None,
             "written mapped, judged as IPv4"
         );
+        let nat64 = DestinationPolicy::new(vec!["64:ff9b::a01:0/112".parse().unwrap()]);
+        assert_eq!(
+            refused(&nat64, "64:ff9b::a01:203"),
+            None,
+            "allowed as written"
+        );
+        assert_eq!(refused(&nat64, "64:ff9b::a02:203"), Some("private"));
     }
 
     #[tokio::test]
