@@ -60,7 +60,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     let server = tokio::select! {
-        started = billhook_server::Server::start(settings) => started?,
+        started = billhook_server::Server::start_answering(settings, &listener) => started?,
         () = signalled(stopped.clone()) => return Ok(()),
     };
     for line in urls {

@@ -59,6 +59,7 @@ error_codes! {
     MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED, "The path does not accept this method.";
     UnsupportedMediaType => "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "The body must be JSON, sent with `Content-Type: application/json`.";
     RequestTimeout => "request_timeout", REQUEST_TIMEOUT, "The request took longer than the server allows.";
+    Starting => "starting", SERVICE_UNAVAILABLE, "billhook is starting (opening the database, applying migrations); nothing was read or stored, retry shortly.";
     Overloaded => "overloaded", SERVICE_UNAVAILABLE, "billhook holds as many request bodies in memory as `ingest.max_buffered_bytes` allows; nothing was read or stored, retry later.";
     StorageUnavailable => "storage_unavailable", SERVICE_UNAVAILABLE, "The database is unreachable, or cancelled a write that conflicted with another; retry later. A webhook answered so may have been stored all the same, and its retry is then answered as a duplicate.";
     Internal => "internal", INTERNAL_SERVER_ERROR, "An unexpected failure; nothing was acknowledged. See the server log.";

@@ -15,11 +15,17 @@ use crate::App;
 use crate::error::ErrorBody as Error;
 use crate::error::{ApiError, ErrorCode};
 
-/// Answers while the process runs.
+/// Answers while the process runs: `{"status": "ok"}`, or `{"status": "starting"}` while the
+/// database is opened and migrated (when every other path answers `503 starting`).
 #[utoipa::path(get, path = "/healthz", tag = "health", security(()),
     responses((status = 200, description = "Alive", body = Object, example = json!({"status": "ok"}))))]
 pub(crate) async fn alive() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// `/healthz` while the server starts.
+pub(crate) async fn starting() -> Json<Value> {
+    Json(json!({ "status": "starting" }))
 }
 
 /// Answers 200 only while the database answers and writes can succeed (on SQLite, not after a
@@ -28,7 +34,7 @@ pub(crate) async fn alive() -> Json<Value> {
 #[utoipa::path(get, path = "/readyz", tag = "health", security(()),
     responses(
         (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
-        (status = 503, description = "The database does not answer or cannot be written", body = Error),
+        (status = 503, description = "The database does not answer or cannot be written (`storage_unavailable`), or billhook is still starting (`starting`)", body = Error),
     ))]
 pub(crate) async fn ready(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     match app.store.ping().await {

@@ -33,12 +33,37 @@ pub(crate) async fn serve(
     request_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
+    let connections = accept_until(&listener, routes, request_timeout, shutdown).await;
+    // Closed before the drain, so a client connecting now is refused at once rather than left
+    // waiting for a server that will not answer.
+    drop(listener);
+    drain(connections, request_timeout).await;
+}
+
+/// Serves `routes` on a listener the caller keeps until `until` resolves, then finishes the
+/// requests in flight. Connections that arrive meanwhile wait for whoever accepts next.
+pub(crate) async fn serve_for_now(
+    listener: &TcpListener,
+    routes: Router,
+    request_timeout: Duration,
+    until: impl Future<Output = ()>,
+) {
+    let connections = accept_until(listener, routes, request_timeout, until).await;
+    drain(connections, request_timeout).await;
+}
+
+async fn accept_until(
+    listener: &TcpListener,
+    routes: Router,
+    request_timeout: Duration,
+    until: impl Future<Output = ()>,
+) -> GracefulShutdown {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(request_timeout);
     let connections = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+    tokio::pin!(until);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -50,7 +75,7 @@ pub(crate) async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut until => return connections,
         };
         let service = routes
             .clone()
@@ -69,7 +94,10 @@ pub(crate) async fn serve(
             }
         });
     }
-    drop(listener);
+}
+
+/// Lets each connection finish the request it is on, for up to `request_timeout`.
+async fn drain(connections: GracefulShutdown, request_timeout: Duration) {
     if tokio::time::timeout(request_timeout, connections.shutdown())
         .await
         .is_err()

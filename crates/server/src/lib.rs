@@ -66,7 +66,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    Server::start(settings)
+    Server::start_answering(settings, &listener)
         .await?
         .serve(listener, shutdown)
         .await
@@ -78,6 +78,29 @@ pub struct Server {
 }
 
 impl Server {
+    /// [`Server::start`], answering on `listener` meanwhile: `/healthz` that the process is
+    /// alive, everything else `503 starting`. A start can take minutes (a migration, a database
+    /// still coming up): an orchestrator's liveness probe must not kill it halfway, and a
+    /// provider's webhook is better answered "retry" at once than left waiting for its timeout.
+    pub async fn start_answering(
+        settings: Settings,
+        listener: &TcpListener,
+    ) -> Result<Self, RunError> {
+        let request_timeout = settings.ingest.request_timeout.0;
+        let (started, starting) = tokio::sync::oneshot::channel::<()>();
+        let start = async move {
+            let server = Self::start(settings).await;
+            let _ = started.send(());
+            server
+        };
+        let answer =
+            http_server::serve_for_now(listener, starting_routes(), request_timeout, async {
+                let _ = starting.await;
+            });
+        let (server, ()) = tokio::join!(start, answer);
+        server
+    }
+
     /// Opens (and migrates) the database.
     pub async fn start(settings: Settings) -> Result<Self, RunError> {
         // Guessing is slowed (twenty tries a minute per address), not stopped: a short root
@@ -188,6 +211,22 @@ fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
 }
+
+/// What answers while the server starts.
+fn starting_routes() -> Router {
+    Router::new()
+        .route("/healthz", get(health::starting))
+        .fallback(|| async {
+            ApiError::new(
+                ErrorCode::Starting,
+                "billhook is starting: the database is being opened or migrated",
+            )
+            .retry_after(std::time::Duration::from_secs(STARTING_RETRY_AFTER_SECONDS))
+        })
+}
+
+/// The `Retry-After` of a request that came while the server starts.
+const STARTING_RETRY_AFTER_SECONDS: u64 = 5;
 
 /// A worker instance answers health checks only.
 fn health_only(app: Arc<App>) -> Router {

@@ -181,7 +181,31 @@ pub async fn spawn_app_with(backend: Backend, extra: &str) -> TestApp {
 }
 
 /// Like [`spawn_app_with`], over an existing data directory (to restart on the same data).
+/// Returns once the server is ready.
 pub async fn spawn_app_in(backend: Backend, dir: Arc<tempfile::TempDir>, extra: &str) -> TestApp {
+    let app = start_app_in(backend, dir, extra).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(response) = app.http.get(app.url("/readyz")).send().await
+            && response.status().is_success()
+        {
+            return app;
+        }
+        assert!(
+            !app.task.as_ref().is_some_and(|task| task.is_finished()),
+            "the server stopped while starting"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server was not ready within a minute"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Like [`spawn_app_in`], returning as soon as the server listens (it answers `503 starting`
+/// until its start is done).
+pub async fn start_app_in(backend: Backend, dir: Arc<tempfile::TempDir>, extra: &str) -> TestApp {
     let data_dir = dir.path().to_path_buf();
     let delivery = if extra.contains("[delivery]") {
         ""

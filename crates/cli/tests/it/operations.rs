@@ -989,3 +989,78 @@ async fn an_endpoint_whose_source_left_the_configuration_can_be_disabled(backend
     assert_eq!(refusal["code"], json!("invalid_request"));
     app.stop().await;
 }
+
+/// While its database is not there yet, a starting server is alive (`/healthz`) but answers
+/// everything else `503 starting` with a `Retry-After`, rather than leaving probes and webhooks
+/// waiting on a port nobody accepts on. Once the database comes, it is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_server_says_so_until_its_database_comes() {
+    // A stand-in for a database coming up: it hangs up on every connection until opened, then
+    // forwards them to the test PostgreSQL.
+    let url = fresh_postgres_url().await;
+    let database = reqwest::Url::parse(&url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        database.host_str().unwrap(),
+        database.port().unwrap_or(5432)
+    );
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxied = url.replacen(&upstream, &proxy.local_addr().unwrap().to_string(), 1);
+    let (open, opened) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = proxy.accept().await {
+            if !*opened.borrow() {
+                continue;
+            }
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    std::fs::write(dir.path().join("database-url"), &proxied).unwrap();
+    let app = start_app_in(Backend::Postgres, dir, "").await;
+
+    let health = |expected: Value| {
+        let app = &app;
+        async move {
+            let response = app.http.get(app.url("/healthz")).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            assert_eq!(response.json::<Value>().await.unwrap(), expected);
+        }
+    };
+    health(json!({ "status": "starting" })).await;
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert_eq!(ready.headers()["retry-after"], "5");
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["code"], json!("starting"), "{body}");
+    let webhook = app
+        .post_signed("zwitch", &fixture("zwitch_upi/payments.updated.json"), &[])
+        .await;
+    assert_eq!(webhook.status().as_u16(), 503);
+    let (status, listing) = app.admin_get("/v1/events").await;
+    assert_eq!((status, listing["code"].clone()), (503, json!("starting")));
+
+    open.send_replace(true);
+    app.eventually(
+        Duration::from_secs(30),
+        "ready once the database came",
+        || async {
+            app.http
+                .get(app.url("/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
+    health(json!({ "status": "ok" })).await;
+    let webhook = app
+        .post_signed("zwitch", &fixture("zwitch_upi/payments.updated.json"), &[])
+        .await;
+    assert_eq!(webhook.status().as_u16(), 200);
+    app.stop().await;
+}
