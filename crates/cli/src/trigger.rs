@@ -63,7 +63,8 @@ pub(crate) struct TriggerArgs {
     /// The provider signing secret (Razorpay, Zwitch) instead of the source's.
     #[arg(long, hide_env_values = true)]
     secret: Option<String>,
-    /// An extra request header, `Name: value`. Repeatable.
+    /// A request header, `Name: value`, replacing any generated one of that name (a signature,
+    /// an event id, a credential). Repeatable.
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
     /// Write the exact HTTP/1.1 request to standard output (and send it only with --to).
@@ -347,12 +348,18 @@ impl Target {
             // (a JWT's `iat`) is refused.
             headers.extend(provider.sign(auth, &body, Timestamp::now()));
         }
+        let mut given = Vec::with_capacity(sending.headers.len());
         for header in sending.headers {
             let (name, value) = header.split_once(':').ok_or_else(|| {
                 CliError::Usage(format!("--header `{header}`: expected `Name: value`"))
             })?;
-            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+            given.push((name.trim().to_owned(), value.trim().to_owned()));
         }
+        // A given header replaces the generated one of its name: a receiver reads the first of
+        // two, so a wrong signature or a fixed event id added after the real one would go
+        // unnoticed, and a test meant to be refused would pass.
+        headers.retain(|(name, _)| !given.iter().any(|(set, _)| set.eq_ignore_ascii_case(name)));
+        headers.extend(given);
         Ok(Request {
             shown_url: self.shown_url(&url),
             url,

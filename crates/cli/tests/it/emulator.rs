@@ -15,6 +15,7 @@ backend_tests!(
     a_pretty_zwitch_message_is_signed_over_its_compact_form,
     every_shipped_scenario_runs_green,
     a_message_dated_in_the_past_is_signed_now,
+    a_given_header_replaces_the_generated_one,
 );
 
 /// The canonical types each emulated event must become (for its default variant and others).
@@ -191,6 +192,11 @@ async fn trigger_sends_exactly_the_request_it_prints() {
         .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap().to_owned()))
         .collect();
     assert_eq!(arrived, printed_headers);
+    assert_eq!(
+        arrival.headers.len(),
+        arrived.len(),
+        "no header arrived twice"
+    );
     for name in ["x-razorpay-event-id", "x-razorpay-signature", "x-trace"] {
         assert!(arrived.contains_key(name), "{name}");
     }
@@ -514,5 +520,31 @@ expect = 409
         printed.contains("step `refused` got 202, expected 409"),
         "{printed}"
     );
+    app.stop().await;
+}
+
+/// `--header` replaces a generated header of its name: a wrong signature or credential given on
+/// purpose is what billhook sees, and refuses.
+async fn a_given_header_replaces_the_generated_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let wrong_signature = format!("X-Razorpay-Signature: {}", "0".repeat(64));
+    let wrong_key = "x-bill-webhook-api-key: not-the-key";
+    for (provider, event, header, code) in [
+        (
+            "razorpay",
+            "invoice.paid",
+            wrong_signature.as_str(),
+            "invalid_signature",
+        ),
+        ("setu_bbps", "BILL_PAY", wrong_key, "invalid_credentials"),
+    ] {
+        let (ok, printed) = app
+            .cli(&["trigger", provider, event, "--header", header])
+            .await;
+        assert!(!ok, "{provider}: {printed}");
+        assert!(printed.contains(code), "{provider}: {printed}");
+    }
+    let (_, listing) = app.admin_get("/v1/events").await;
+    assert_eq!(listing["data"], json!([]), "nothing was taken in");
     app.stop().await;
 }
