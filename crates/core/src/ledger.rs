@@ -1291,11 +1291,14 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         tiebreak: (rank_bits << 32)
             | (stable_hash(&[fact.snapshot.json().unwrap_or_default()]) & 0xFFFF_FFFF),
     };
+    let was_incoming = is_incoming(&entity);
     if content > entity.content_precedence {
-        entity.snapshot = fact.snapshot.clone();
+        entity.snapshot = with_direction_of(fact.snapshot.clone(), &entity.snapshot);
         entity.content_precedence = content;
         entity.inbound_id = fact.inbound_id;
         describe(&mut entity);
+    } else if let Some(known) = with_direction_kept(&entity.snapshot, fact.snapshot.data()) {
+        entity.snapshot = known;
     }
     if let EntityData::Payment(payment) = fact.snapshot.data() {
         let named = PaymentRefs::ruled(&payment.references, &fact.link_rule, entity.sandbox);
@@ -1345,6 +1348,9 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
             }
         }
         SubjectKind::Invoice | SubjectKind::Bill => {
+            if !was_incoming && is_incoming(&entity) {
+                conclusions.extend(relink_from_received(repo, &entity, &trigger).await?);
+            }
             for mut payment in repo.linkable_payments(&entity).await? {
                 if !same_currency(payment.currency, entity.currency) {
                     continue;
@@ -1368,6 +1374,55 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         status_applied,
         conclusions,
     })
+}
+
+/// Moves the payments linked to an invoice that turned out to be one the business received:
+/// linked while no message had said which way it went (a Bharat Connect edit, which does not,
+/// delivered before the invoice's creation), they go to the target they name among the others,
+/// or back to waiting for one.
+async fn relink_from_received<R: LedgerRepo>(
+    repo: &mut R,
+    received: &Entity,
+    trigger: &Trigger,
+) -> Result<Vec<EventId>, R::Error> {
+    let mut concluded = Vec::new();
+    for mut payment in repo.linked_payments(received).await? {
+        let mut targets = repo.targets_for(&payment.refs).await?;
+        targets.retain(|target| target.id != received.id);
+        let (linked_to, link_rule) = best_target(&payment.refs, payment.currency, &targets)
+            .map_or((None, None), |(target, reason)| {
+                (Some(target.id.clone()), Some(reason.to_owned()))
+            });
+        payment.linked_to = linked_to;
+        payment.link_rule = link_rule;
+        payment.updated_at = trigger.at;
+        repo.save(&payment).await?;
+        if let Some(target) = &payment.linked_to {
+            concluded.extend(recompute(repo, target, trigger).await?);
+        }
+    }
+    Ok(concluded)
+}
+
+/// An invoice's direction, once a message has stated it, stays known under a later snapshot
+/// that does not state it (a Bharat Connect edit): a payment must never link to an invoice the
+/// business received because the message that won did not say so.
+fn with_direction_of(latest: Snapshot, previous: &Snapshot) -> Snapshot {
+    with_direction_kept(&latest, previous.data()).unwrap_or(latest)
+}
+
+/// `snapshot` with the direction `other` states, if `snapshot` states none and `other` does.
+fn with_direction_kept(snapshot: &Snapshot, other: &EntityData) -> Option<Snapshot> {
+    match (snapshot.data(), other) {
+        (EntityData::Invoice(invoice), EntityData::Invoice(stated))
+            if invoice.direction.is_none() && stated.direction.is_some() =>
+        {
+            let mut invoice = invoice.clone();
+            invoice.direction = stated.direction;
+            Some(Snapshot::of(EntityData::Invoice(invoice)))
+        }
+        _ => None,
+    }
 }
 
 /// Loads an invoice or bill, settles it ([`settle`]) and saves it: for a payment's target.

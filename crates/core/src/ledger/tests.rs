@@ -1329,6 +1329,89 @@ fn payments_never_link_to_an_invoice_the_business_received() {
     }
 }
 
+/// A Bharat Connect edit states no direction. Delivered before the message that says the
+/// invoice is one the business received, it let a payment link there; that message moves the
+/// payment to the business's own invoice of the number, or back to waiting, and a later edit
+/// does not make the invoice's direction unknown again.
+#[test]
+fn a_payment_linked_before_an_invoice_was_known_received_moves_on() {
+    let bharat_connect = |mut fact: Fact, id: &str, direction: Option<Direction>| {
+        if let EntityData::Invoice(mut invoice) = fact.snapshot.data().clone() {
+            invoice.provider_invoice_id = id.to_owned();
+            invoice.number = Some("INV-0042".to_owned());
+            invoice.order_id = None;
+            invoice.direction = direction;
+            fact.snapshot = Snapshot::of(EntityData::Invoice(invoice));
+        }
+        fact.provider = "zwitch".to_owned();
+        fact
+    };
+    // An edit: no status, no time, no direction.
+    let mut edit = bharat_connect(
+        invoice("bcinv_a", "ignored", 1000, 10, ISSUED),
+        "bcinv_a",
+        None,
+    );
+    if let EntityData::Invoice(mut invoice) = edit.snapshot.data().clone() {
+        invoice.status = None;
+        invoice.provider_status = None;
+        edit.snapshot = Snapshot::of(EntityData::Invoice(invoice));
+    }
+    edit.rank = None;
+    edit.occurred_at = None;
+    let received = bharat_connect(
+        invoice("bcinv_a", "accepted", 1000, 10, ISSUED),
+        "bcinv_a",
+        Some(Direction::Incoming),
+    );
+    let issued = bharat_connect(
+        invoice("bcinv_b", "sent_to_buyer", 1000, 10, ISSUED),
+        "bcinv_b",
+        Some(Direction::Outgoing),
+    );
+    let paid = payment(
+        "tx_42",
+        "succeeded",
+        1000,
+        None,
+        Some("INV-0042"),
+        20,
+        Some(CAPTURED),
+        "zwitch",
+    );
+
+    // One stamped after the invoice's acceptance wins the content, not the direction.
+    let mut late_edit = edit.clone();
+    late_edit.occurred_at = received
+        .occurred_at
+        .map(|at| at.add(std::time::Duration::from_secs(60)));
+
+    // The edit first: the payment links to the only invoice of its number, until the invoice
+    // turns out to be received; with nothing else to go to, it waits, unlinked.
+    let facts = [edit.clone(), paid.clone(), received.clone(), late_edit];
+    for repo in [run(&facts), run_grouped(&facts, &[2], true)] {
+        let theirs = repo.find(SubjectKind::Invoice, "bcinv_a");
+        assert_eq!(repo.find(SubjectKind::Payment, "tx_42").linked_to, None);
+        assert_eq!(theirs.paid, Amount::ZERO);
+        assert!(
+            matches!(theirs.snapshot.data(), EntityData::Invoice(i) if i.direction == Some(Direction::Incoming)),
+            "a later edit keeps the direction known"
+        );
+    }
+    // With the business's own invoice of that number there, the payment goes to it.
+    let facts = [issued, edit, paid, received];
+    for repo in [run(&facts), run_grouped(&facts, &[3], true)] {
+        let ours = repo.find(SubjectKind::Invoice, "bcinv_b");
+        let payment = repo.find(SubjectKind::Payment, "tx_42");
+        assert_eq!(payment.linked_to.as_ref(), Some(&ours.id));
+        assert_eq!(ours.due, Some(Amount::ZERO));
+        assert_eq!(
+            repo.find(SubjectKind::Invoice, "bcinv_a").paid,
+            Amount::ZERO
+        );
+    }
+}
+
 #[test]
 fn an_invoice_a_status_says_is_paid_is_settled_with_its_amount_unknown() {
     let mut paid = invoice("inv_open", "paid", 0, 10, PAID);
