@@ -111,7 +111,7 @@ impl Announcer {
                 };
                 EventDraft::new(
                     EventType::PaymentUnmatched,
-                    payment.snapshot.data().clone(),
+                    unmatched_snapshot(payment),
                     Some(*at),
                 )
                 .finish(&reception, &[])
@@ -151,6 +151,25 @@ fn settled_snapshot(invoice: &Entity) -> EntityData {
             snapshot.amount_paid = Some(invoice.paid);
             snapshot.amount_due = invoice.due;
             EntityData::Invoice(snapshot)
+        }
+        other => other.clone(),
+    }
+}
+
+/// The payment as the ledger holds it: its content is the latest snapshot by provider time,
+/// which need not be the one whose status won (an unstamped `success` ranks below a stamped
+/// `pending` for content, never for status), and the event says the payment succeeded.
+fn unmatched_snapshot(payment: &Entity) -> EntityData {
+    match payment.snapshot.data() {
+        EntityData::Payment(snapshot) => {
+            let mut snapshot = snapshot.clone();
+            if let Some(status) = &payment.status {
+                snapshot.status.clone_from(status);
+            }
+            if let Some(provider_status) = &payment.provider_status {
+                snapshot.provider_status.clone_from(provider_status);
+            }
+            EntityData::Payment(snapshot)
         }
         other => other.clone(),
     }

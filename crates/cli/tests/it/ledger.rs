@@ -557,12 +557,27 @@ async fn a_payment_no_invoice_claims_is_announced_once(backend: Backend) {
     let scenario = r#"
 name = "a stray payment and a matched one"
 
+# The stray payment's success is stamped before its creation: the created message's content
+# stays the latest, while the status is the success's.
+[[step]]
+name = "stray created"
+provider = "zwitch"
+event = "payments.created"
+[step.set]
+"data.object.id" = "pay_stray"
+"data.object.created_at" = 1790000000
+"data.object.merchant_reference_id" = "NO-SUCH-INVOICE"
+"data.object.remark" = "nothing to see"
+
 [[step]]
 name = "stray"
 provider = "zwitch"
 event = "payments.updated"
 variant = "success"
 [step.set]
+"data.object.id" = "pay_stray"
+"data.object.created_at" = 1789990000
+"data.object.transacted_at" = 1789999000
 "data.object.merchant_reference_id" = "NO-SUCH-INVOICE"
 "data.object.remark" = "nothing to see"
 
@@ -600,6 +615,12 @@ variant = "success"
     );
     assert_eq!(unmatched["unmatched_event"], announced[0]["id"]);
     assert_eq!(announced[0]["source"]["event"], json!("billhook.ledger"));
+    assert_eq!(
+        announced[0]["data"]["status"],
+        json!("succeeded"),
+        "the status the ledger holds, not the latest content's: {}",
+        announced[0]
+    );
     assert_eq!(listing(&app, "/v1/payments").await.len(), 2);
     app.stop().await;
 }
