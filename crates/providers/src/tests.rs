@@ -2,7 +2,7 @@
 //! expected canonical events, every documented variant is accepted, signatures verify the way
 //! each provider signs.
 
-use billhook_core::entity::EntityData;
+use billhook_core::entity::{EntityData, SubjectKind};
 use billhook_core::event::EventType;
 use billhook_core::time::Timestamp;
 use serde_json::{Value, json};
@@ -351,6 +351,34 @@ fn bharat_connect_lifecycle_and_spellings() {
         types(&normalize("zwitch", rejected.as_bytes())),
         [EventType::InvoiceRejected]
     );
+
+    // A refusal however worded closes the invoice as `rejected`; a return for correction is
+    // `returned`, which a later acceptance outranks in any order.
+    let zwitch = by_name("zwitch").unwrap();
+    for (sent, word) in [
+        ("REJECTED BY BUYER", "rejected"),
+        ("Declined", "declined"),
+        ("RETURNED FOR CORRECTION", "returned"),
+    ] {
+        let confirm = String::from_utf8(fixture("bharat_connect/invoice.confirm.json"))
+            .unwrap()
+            .replace("\"ACCEPTED\"", &format!("\"{sent}\""));
+        let invoice = data_json(&normalize("zwitch", confirm.as_bytes()), 0);
+        assert_eq!(invoice["status"], json!(word), "{sent}");
+        assert_eq!(invoice["provider_status"], json!(sent));
+        assert!(
+            zwitch.status_rank(SubjectKind::Invoice, word).is_some(),
+            "{word} is ranked"
+        );
+    }
+    let rank = |status| {
+        zwitch
+            .status_rank(SubjectKind::Invoice, status)
+            .unwrap()
+            .level
+    };
+    assert!(rank("accepted") > rank("returned"));
+    assert_eq!(rank("rejected"), rank("accepted"));
 }
 
 #[test]

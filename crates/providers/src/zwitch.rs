@@ -140,17 +140,17 @@ impl Provider for Zwitch {
         })
     }
 
-    /// UPI payments: pending < succeeded | failed. Bharat Connect invoices: sent_to_buyer <
-    /// accepted | rejected < payment_initiated < closed < paid. Only paid settles: closed
-    /// says the invoice is done with, not that it was paid, and a paid invoice closed after
-    /// stays paid.
+    /// UPI payments: pending < succeeded | failed. Bharat Connect invoices: sent_to_buyer |
+    /// returned < accepted | rejected | declined < payment_initiated < closed < paid. A
+    /// return asks the supplier for a correction, after which the buyer may still accept:
+    /// acceptance must win over it, in any order. Only paid settles: closed says the invoice
+    /// is done with, not that it was paid, and a paid invoice closed after stays paid.
     fn status_rank(&self, kind: SubjectKind, status: &str) -> Option<StatusRank> {
         Some(match (kind, status) {
             (SubjectKind::Payment, "pending") => StatusRank::new(0),
             (SubjectKind::Payment, "succeeded" | "failed") => StatusRank::new(1),
-            (SubjectKind::Invoice, "sent_to_buyer") => StatusRank::new(0),
-            (SubjectKind::Invoice, "accepted") => StatusRank::new(1),
-            (SubjectKind::Invoice, status) if is_rejection(status) => StatusRank::new(1),
+            (SubjectKind::Invoice, "sent_to_buyer" | "returned") => StatusRank::new(0),
+            (SubjectKind::Invoice, "accepted" | "rejected" | "declined") => StatusRank::new(1),
             (SubjectKind::Invoice, "payment_initiated") => StatusRank::new(2),
             (SubjectKind::Invoice, "closed") => StatusRank::new(3),
             (SubjectKind::Invoice, "paid") => StatusRank::settling(4),
@@ -411,6 +411,23 @@ struct BcInvoice {
 }
 
 /// Bharat Connect statuses that mean the buyer declined the invoice.
+/// billhook's invoice vocabulary for a Bharat Connect status. The buyer's refusals, however
+/// worded (`REJECTED BY BUYER`), are `rejected` or `declined`, which close the invoice unpaid,
+/// and a return to the supplier for correction is `returned` (the words stay in
+/// `provider_status`).
+fn bc_invoice_status(status: &str) -> String {
+    let upper = status.to_ascii_uppercase();
+    if upper.contains("RETURN") {
+        "returned".to_owned()
+    } else if upper.contains("REJECT") {
+        "rejected".to_owned()
+    } else if upper.contains("DECLINE") {
+        "declined".to_owned()
+    } else {
+        status_word(status)
+    }
+}
+
 fn is_rejection(status: &str) -> bool {
     let status = status.to_ascii_uppercase();
     status.contains("REJECT") || status.contains("RETURN") || status.contains("DECLINE")
@@ -597,7 +614,7 @@ impl BcInvoice {
             provider_invoice_id: self.id,
             number: self.supplier_invoice_number.map(String::from),
             direction,
-            status: self.status.as_deref().map(status_word),
+            status: self.status.as_deref().map(bc_invoice_status),
             provider_status: self.status,
             currency,
             amount,
