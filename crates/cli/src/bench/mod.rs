@@ -168,6 +168,18 @@ struct Run {
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
+impl Run {
+    /// Records how long a measured request took to be answered, or to fail: a request that
+    /// timed out or was refused counts in the latency as much as one acknowledged.
+    fn answered(&self, started: Instant, at: Instant) {
+        let micros = at.duration_since(started).as_micros();
+        self.ack_latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(u64::try_from(micros).unwrap_or(u64::MAX));
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct Ack {
     #[serde(default)]
@@ -365,6 +377,11 @@ async fn measure(
         build(&mix, &sources, args.warmup..args.warmup + measured, seed)?,
         true,
     );
+    // The warm-up's deliveries are done before the window opens: left queued, they would be
+    // sent, timed and paid for in CPU within it.
+    if let Some(tracker) = &tracker {
+        drain(tracker, args.drain_timeout.0).await;
+    }
 
     let usage_before = target.usage();
     let window_start = Instant::now();
@@ -398,18 +415,8 @@ async fn measure(
     let sent = send_range(&run, args, deadline).await;
     let send_elapsed = window_start.elapsed();
 
-    // Wait for every acknowledged event to arrive, as long as arrivals keep coming.
     if let Some(tracker) = &tracker {
-        let mut last = tracker.progress();
-        let mut last_change = Instant::now();
-        while last.0 > 0 && last_change.elapsed() < args.drain_timeout.0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let now = tracker.progress();
-            if now != last {
-                last = now;
-                last_change = Instant::now();
-            }
-        }
+        drain(tracker, args.drain_timeout.0).await;
         // Late duplicates would show in the next moments; give them a short chance.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -610,6 +617,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 const USER_AGENT: &str = concat!("billhook-bench/", env!("CARGO_PKG_VERSION"));
 
+/// Waits for every acknowledged event to arrive, as long as arrivals keep coming: until none
+/// has for `stalled`.
+async fn drain(tracker: &Tracker, stalled: Duration) {
+    let mut last = tracker.progress();
+    let mut last_change = Instant::now();
+    while last.0 > 0 && last_change.elapsed() < stalled {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = tracker.progress();
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+    }
+}
+
 /// Sends message `n` and records its acknowledgement or error.
 async fn send_one(run: &Run, n: u64, started: Instant) {
     let measured = run.measured;
@@ -645,19 +667,25 @@ async fn send_one(run: &Run, n: u64, started: Instant) {
         Ok::<_, &'static str>((status, body))
     };
     let error = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-        Err(_) => "timeout".to_owned(),
-        Ok(Err(kind)) => kind.to_owned(),
+        Err(_) => {
+            if measured {
+                run.answered(started, Instant::now());
+            }
+            "timeout".to_owned()
+        }
+        Ok(Err(kind)) => {
+            if measured {
+                run.answered(started, Instant::now());
+            }
+            kind.to_owned()
+        }
         Ok(Ok((status, body))) => {
             let acked_at = Instant::now();
+            if measured {
+                run.answered(started, acked_at);
+            }
             match serde_json::from_slice::<Ack>(&body) {
                 Ok(ack) if status.is_success() && !ack.duplicate && !ack.quarantined => {
-                    if measured {
-                        let micros = acked_at.duration_since(started).as_micros();
-                        run.ack_latencies
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(u64::try_from(micros).unwrap_or(u64::MAX));
-                    }
                     if let Some(tracker) = &run.tracker {
                         tracker.acknowledged(
                             ack.events.iter().map(String::as_str),

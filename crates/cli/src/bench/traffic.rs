@@ -28,7 +28,9 @@ pub(crate) struct Message {
 }
 
 impl Message {
-    /// The headers to send now: the provider's own, its signature or credential, the type.
+    /// The headers to send now: the provider's own, its signature or credential, and the
+    /// content type unless the provider's own carry it (sent twice, it would be a request no
+    /// provider sends).
     pub(crate) fn signed_headers(&self, source: &Source) -> Vec<(String, String)> {
         let mut headers = self.headers.clone();
         headers.extend(
@@ -36,7 +38,12 @@ impl Message {
                 .provider
                 .sign(&source.auth, &self.body, Timestamp::now()),
         );
-        headers.push(("content-type".to_owned(), "application/json".to_owned()));
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            headers.push(("content-type".to_owned(), "application/json".to_owned()));
+        }
         headers
     }
 }
@@ -195,6 +202,17 @@ mod tests {
                 path_token: None,
                 received_at: Timestamp::now(),
             };
+            let sent = message.signed_headers(source);
+            for name in ["content-type", "user-agent"] {
+                assert!(
+                    sent.iter()
+                        .filter(|(set, _)| set.eq_ignore_ascii_case(name))
+                        .count()
+                        <= 1,
+                    "{} sends {name} twice",
+                    source.provider.name()
+                );
+            }
             let normalized = source.provider.normalize(&request).unwrap();
             for key in std::iter::once(normalized.dedup_key).chain(normalized.body_dedup_key) {
                 assert!(
