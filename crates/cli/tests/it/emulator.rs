@@ -428,6 +428,17 @@ expect_quarantined = {expect_quarantined}
         2,
         "{quarantined}"
     );
+
+    // Sent with --to, billhook's answer still counts.
+    let ingest = app.url("/ingest/razorpay");
+    let to = ["--to", ingest.as_str(), "--secret", RAZORPAY_SECRET];
+    for expect_quarantined in [false, true] {
+        std::fs::write(&path, scenario(expect_quarantined)).unwrap();
+        let mut args = vec!["trigger", "--scenario", path.to_str().unwrap()];
+        args.extend(to);
+        let (ok, printed) = app.cli(&args).await;
+        assert_eq!(ok, expect_quarantined, "{printed}");
+    }
     app.stop().await;
 }
 
