@@ -611,10 +611,10 @@ fn razorpay_id(rng: &mut EmulatorRng, prefix: &str) -> String {
 
 fn generate(event: &str, options: &mut GenerateOptions) -> Result<Generated, EmulateError> {
     let spec = emulate::find_event(NAME, EVENTS, event)?;
-    let method = if spec.variants.is_empty() {
-        "upi"
-    } else {
-        options.variant_of(spec)?
+    // An event without variants refuses one given all the same, as every other provider's do.
+    let method = match options.variant_of(spec)? {
+        "" => "upi",
+        method => method,
     };
     let now_seconds = options.now.unix_seconds();
     let rng = &mut options.rng;

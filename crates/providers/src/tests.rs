@@ -953,3 +953,33 @@ fn the_same_seed_and_clock_give_the_same_bytes() {
     assert_eq!(build().body(), build().body());
     assert_eq!(build().headers, build().headers);
 }
+
+/// A variant given for an event that has none is refused by every provider, rather than
+/// accepted and ignored.
+#[test]
+fn a_variant_for_an_event_without_variants_is_refused() {
+    for provider in crate::PROVIDERS {
+        for event in provider.emulated_events() {
+            let mut options = crate::emulate::GenerateOptions::new(Timestamp::now(), Some(7));
+            options.variant = Some("card".to_owned());
+            let generated = provider.generate(event.name, &mut options);
+            if event
+                .variants
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case("card"))
+            {
+                assert!(generated.is_ok(), "{} {}", provider.name(), event.name);
+            } else {
+                assert!(
+                    matches!(
+                        generated,
+                        Err(crate::emulate::EmulateError::UnknownVariant { .. })
+                    ),
+                    "{} {} took a variant it does not have",
+                    provider.name(),
+                    event.name
+                );
+            }
+        }
+    }
+}
