@@ -117,6 +117,51 @@ pub enum ScenarioError {
     },
 }
 
+/// Why a value in a TOML scenario's `set` tables cannot be sent as written, if one cannot: a
+/// float is read as an `f64`, which would send `12345678901234567.89` rounded, and a bare date
+/// has no JSON form. The text as written is checked, as a JSON scenario's is.
+fn unsendable_toml_value(text: &str) -> Option<String> {
+    fn check(value: &toml_edit::Value) -> Option<String> {
+        match value {
+            toml_edit::Value::Float(float) => {
+                let written = float
+                    .as_repr()
+                    .and_then(|repr| repr.as_raw().as_str())
+                    .map_or_else(|| float.value().to_string(), |raw| raw.replace('_', ""));
+                (!float.value().is_finite() || crate::emulate::inexact_number(&written).is_some())
+                    .then(|| {
+                        format!(
+                            "`{written}` cannot be sent digit for digit as a JSON number; quote it to send it as a string"
+                        )
+                    })
+            }
+            toml_edit::Value::Datetime(datetime) => Some(format!(
+                "`{}` is a TOML date or time, which JSON has no form for; quote it to send it as a string",
+                datetime.value()
+            )),
+            toml_edit::Value::Array(array) => array.iter().find_map(check),
+            toml_edit::Value::InlineTable(table) => table.iter().find_map(|(_, v)| check(v)),
+            _ => None,
+        }
+    }
+    fn check_item(item: &toml_edit::Item) -> Option<String> {
+        match item {
+            toml_edit::Item::Value(value) => check(value),
+            toml_edit::Item::Table(table) => table.iter().find_map(|(_, item)| check_item(item)),
+            toml_edit::Item::ArrayOfTables(tables) => tables
+                .iter()
+                .find_map(|table| table.iter().find_map(|(_, item)| check_item(item))),
+            toml_edit::Item::None => None,
+        }
+    }
+    let document = text.parse::<toml_edit::DocumentMut>().ok()?;
+    let steps = document.get("step")?.as_array_of_tables()?;
+    steps
+        .iter()
+        .filter_map(|step| step.get("set"))
+        .find_map(check_item)
+}
+
 impl Scenario {
     /// Parses a scenario from TOML, or from JSON when `json` is set.
     pub fn parse(text: &str, json: bool) -> Result<Self, ScenarioError> {
@@ -130,7 +175,11 @@ impl Scenario {
             }
             scenario
         } else {
-            toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?
+            let scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+            if let Some(refused) = unsendable_toml_value(text) {
+                return Err(ScenarioError::Parse(refused));
+            }
+            scenario
         };
         scenario.check()?;
         Ok(scenario)
@@ -396,6 +445,41 @@ delay = "10ms"
         let inexact = exact.replace("60500", "37492803268785177510");
         let refused = Scenario::parse(&inexact, true).unwrap_err().to_string();
         assert!(refused.contains("37492803268785177510"), "{refused}");
+    }
+
+    /// So are a TOML scenario's, which TOML itself would read as an `f64`; and a bare TOML date
+    /// has no JSON form.
+    #[test]
+    fn a_toml_scenario_with_a_value_a_message_cannot_carry_is_refused() {
+        let scenario = |value: &str| {
+            format!(
+                "name = \"n\"\n[[step]]\nname = \"a\"\nprovider = \"zwitch\"\n\
+                 event = \"bharat_connect.invoice.create\"\n[step.set]\n\
+                 \"data.object.value_details\" = {{ total_invoice_value = {value} }}\n"
+            )
+        };
+        for exact in [
+            "2500.75",
+            "1_180.50",
+            "60500",
+            "\"12345678901234567.89\"",
+            "-3.69",
+        ] {
+            Scenario::parse(&scenario(exact), false).unwrap_or_else(|e| panic!("{exact}: {e}"));
+        }
+        for (unsendable, named) in [
+            ("12345678901234567.89", "12345678901234567.89"),
+            ("1.000_000_000_000_000_01", "1.00000000000000001"),
+            ("inf", "inf"),
+            ("2026-03-01T10:00:00Z", "2026-03-01T10:00:00Z"),
+            ("[1, 0.12345678901234567]", "0.12345678901234567"),
+        ] {
+            let refused = Scenario::parse(&scenario(unsendable), false)
+                .unwrap_err()
+                .to_string();
+            assert!(refused.contains(named), "{unsendable}: {refused}");
+            assert!(refused.contains("quote it"), "{refused}");
+        }
     }
 
     #[test]
