@@ -85,6 +85,15 @@ pub(crate) struct BenchArgs {
     /// billhook.toml, as for the other commands).
     #[arg(long, requires = "url")]
     config: Option<PathBuf>,
+    /// Where the bench's receiver listens. A billhook on another machine (--url) cannot reach
+    /// the default, this machine's loopback: listen on an address it can, and give the URL it
+    /// reaches it by with --receiver-url.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    receiver_listen: std::net::SocketAddr,
+    /// The URL billhook delivers to, when it is not the address the receiver listens on
+    /// (`http://bench-host:9000/hook`; the path is `/hook`).
+    #[arg(long)]
+    receiver_url: Option<String>,
     /// The running billhook's admin token (with --url; a bench without --url starts its own
     /// server and needs none).
     #[arg(long, env = "BILLHOOK_ADMIN_TOKEN", hide_env_values = true)]
@@ -208,9 +217,14 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
     let secret = EndpointSecret::generate();
     let receiver = match &tracker {
         Some(tracker) => Some(
-            Receiver::start(Arc::clone(tracker), secret.clone())
-                .await
-                .map_err(|e| CliError::Io(format!("cannot start the receiver: {e}")))?,
+            Receiver::start(
+                Arc::clone(tracker),
+                secret.clone(),
+                args.receiver_listen,
+                args.receiver_url.as_deref(),
+            )
+            .await
+            .map_err(|e| CliError::Io(format!("cannot start the receiver: {e}")))?,
         ),
         None => None,
     };

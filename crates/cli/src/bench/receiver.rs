@@ -45,11 +45,15 @@ pub(crate) struct SignatureChecks {
 }
 
 impl Receiver {
+    /// Listens on `listen`; billhook is to deliver to `public_url`, or to the address listened
+    /// on when none is given.
     pub(crate) async fn start(
         tracker: Arc<Tracker>,
         secret: EndpointSecret,
+        listen: SocketAddr,
+        public_url: Option<&str>,
     ) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let listener = tokio::net::TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
         let shared = Arc::new(Shared {
             tracker,
@@ -70,7 +74,7 @@ impl Receiver {
                 .await;
         });
         Ok(Self {
-            url: format!("http://{address}/hook"),
+            url: public_url.map_or_else(|| format!("http://{address}/hook"), str::to_owned),
             shared,
             stop: Some(stop),
         })

@@ -127,8 +127,18 @@ async fn a_running_billhook_can_be_measured_at_a_fixed_rate(backend: Backend) {
     let (_, events) = app.admin_get("/v1/events?source=zwitch&limit=500").await;
     assert!(events["data"].as_array().unwrap().len() >= 160, "{events}");
 
-    // A second run makes new messages, so the server takes them as new.
-    let (ok, again) = app.cli(&args).await;
+    // A second run makes new messages, so the server takes them as new; its receiver listens
+    // where it is told to, and billhook is given the URL that reaches it.
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.2:{port}");
+    let reached_at = format!("http://127.0.0.2:{port}/hook");
+    let mut elsewhere = args.to_vec();
+    elsewhere.extend(["--receiver-listen", &listen, "--receiver-url", &reached_at]);
+    let (ok, again) = app.cli(&elsewhere).await;
     assert!(ok, "{again}");
     let second: Value = serde_json::from_str(again.lines().next().unwrap()).unwrap();
     assert_complete(&second, 150, &again);
