@@ -1144,8 +1144,12 @@ fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static s
         SubjectKind::Bill => {
             if payment.bill_ref_id.as_ref() == Some(&target.provider_id) {
                 Some((0, "bill_ref_id"))
-            } else if payment.biller_ref_id.is_some() && payment.biller_ref_id == target.keys.number
+            } else if payment.bill_ref_id.is_none()
+                && payment.biller_ref_id.is_some()
+                && payment.biller_ref_id == target.keys.number
             {
+                // Every month's bill of a customer shares its `billerRefId`: a payment that
+                // names its own bill waits for that one rather than pay another month's.
                 Some((1, "biller_ref_id"))
             } else {
                 None

@@ -1118,7 +1118,7 @@ proptest! {
 
 /// Two months' bills for one customer share its `billerRefId`; the payment names this month's
 /// bill by its `refId` as well. It pays that bill, however the bills' ids sort and in whichever
-/// order they came, read ahead or asked for.
+/// order they and the payment came, read ahead or asked for.
 #[test]
 fn a_payment_links_to_the_target_its_strongest_reference_names() {
     let last_month = bill("ref_A", "CUSTOMER-7", 50_000, 0);
@@ -1135,6 +1135,20 @@ fn a_payment_links_to_the_target_its_strongest_reference_names() {
             ..PaymentReferences::default()
         },
     );
+    // Before its own bill too: it waits for it rather than pay last month's.
+    let facts = [last_month.clone(), paid.clone(), this_month.clone()];
+    for repo in [run(&facts), run_grouped(&facts, &[2, 1], true)] {
+        let paid_bill = repo.find(SubjectKind::Bill, "ref_B");
+        assert_eq!(
+            repo.find(SubjectKind::Payment, "sp_B").linked_to.as_ref(),
+            Some(&paid_bill.id)
+        );
+        assert_eq!(paid_bill.due, Some(Amount::ZERO));
+        assert_eq!(
+            repo.find(SubjectKind::Bill, "ref_A").due,
+            Some(Amount::from_minor(50_000))
+        );
+    }
     for bills in [
         [last_month.clone(), this_month.clone()],
         [this_month, last_month],
