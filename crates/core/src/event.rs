@@ -68,6 +68,7 @@ event_types! {
     InvoicePartiallyPaid => "invoice.partially_paid", [Invoice], "A payment covered part of an invoice (Razorpay `invoice.partially_paid`).";
     InvoiceExpired => "invoice.expired", [Invoice], "An invoice expired unpaid (Razorpay `invoice.expired`).";
     InvoiceSettled => "invoice.settled", [Invoice], "billhook's ledger concluded that the payments linked to an invoice cover its amount.";
+    InvoiceUnsettled => "invoice.unsettled", [Invoice], "billhook's ledger concluded that an invoice it announced settled is no longer covered (a refund, a larger amount, or a payment that turned out to be another's).";
     PaymentCreated => "payment.created", [Payment], "A payment was initiated and awaits the payer (Zwitch collect request, Razorpay `payment` created).";
     PaymentAuthorized => "payment.authorized", [Payment], "A payment was authorized but not yet captured (Razorpay `payment.authorized`).";
     PaymentProcessing => "payment.processing", [Payment], "A payment is in flight (Setu `BILL_PAY` Processing).";
@@ -85,12 +86,12 @@ event_types! {
 }
 
 impl EventType {
-    /// Types billhook's ledger emits on its own (`invoice.settled`, `payment.unmatched`), as
-    /// opposed to the types a provider message becomes.
+    /// Types billhook's ledger emits on its own (`invoice.settled`, `invoice.unsettled`,
+    /// `payment.unmatched`), as opposed to the types a provider message becomes.
     pub fn is_conclusion(&self) -> bool {
         matches!(
             self,
-            EventType::InvoiceSettled | EventType::PaymentUnmatched
+            EventType::InvoiceSettled | EventType::InvoiceUnsettled | EventType::PaymentUnmatched
         )
     }
 }

@@ -539,8 +539,36 @@ pub struct Trigger {
 pub enum Conclusion {
     /// The payments linked to an invoice cover its amount.
     InvoiceSettled { invoice: Entity, trigger: Trigger },
+    /// An invoice announced settled is no longer covered.
+    InvoiceUnsettled { invoice: Entity, trigger: Trigger },
     /// A succeeded payment matched no invoice or bill within the matching window.
     PaymentUnmatched { payment: Entity, at: Timestamp },
+}
+
+impl Conclusion {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Conclusion::InvoiceSettled { .. } => EventType::InvoiceSettled,
+            Conclusion::InvoiceUnsettled { .. } => EventType::InvoiceUnsettled,
+            Conclusion::PaymentUnmatched { .. } => EventType::PaymentUnmatched,
+        }
+    }
+
+    /// The entity the conclusion is about.
+    pub fn entity(&self) -> &Entity {
+        match self {
+            Conclusion::InvoiceSettled { invoice, .. }
+            | Conclusion::InvoiceUnsettled { invoice, .. } => invoice,
+            Conclusion::PaymentUnmatched { payment, .. } => payment,
+        }
+    }
+}
+
+/// A conclusion as announced: its event, and the event's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concluded {
+    pub id: EventId,
+    pub event_type: EventType,
 }
 
 /// The storage the ledger rules run against: one transaction's view of the ledger tables.
@@ -1209,7 +1237,7 @@ pub struct Applied {
     pub entity_id: Option<String>,
     /// Whether its status moved.
     pub status_applied: bool,
-    pub conclusions: Vec<EventId>,
+    pub conclusions: Vec<Concluded>,
 }
 
 /// Applies one fact: merges it into its entity, links payments and their invoices or bills,
@@ -1388,7 +1416,7 @@ async fn relink_from_received<R: LedgerRepo>(
     repo: &mut R,
     received: &Entity,
     trigger: &Trigger,
-) -> Result<Vec<EventId>, R::Error> {
+) -> Result<Vec<Concluded>, R::Error> {
     let mut concluded = Vec::new();
     for mut payment in repo.linked_payments(received).await? {
         let mut targets = repo.targets_for(&payment.refs).await?;
@@ -1434,7 +1462,7 @@ async fn recompute<R: LedgerRepo>(
     repo: &mut R,
     target_id: &str,
     trigger: &Trigger,
-) -> Result<Vec<EventId>, R::Error> {
+) -> Result<Vec<Concluded>, R::Error> {
     let Some(mut target) = repo.entity_by_id(target_id).await? else {
         return Ok(Vec::new());
     };
@@ -1449,7 +1477,7 @@ async fn settle<R: LedgerRepo>(
     repo: &mut R,
     target: &mut Entity,
     trigger: &Trigger,
-) -> Result<Vec<EventId>, R::Error> {
+) -> Result<Vec<Concluded>, R::Error> {
     let payments = repo.linked_payments(target).await?;
     let from_payments = payments
         .iter()
@@ -1481,18 +1509,37 @@ async fn settle<R: LedgerRepo>(
         Some(amount) => amount.minor() > 0 && paid >= amount,
         None => target.status_settles,
     };
-    if target.kind == SubjectKind::Invoice && covered && target.settled_event.is_none() {
-        target.updated_at = trigger.at;
-        let event = repo
-            .conclude(&Conclusion::InvoiceSettled {
-                invoice: target.clone(),
-                trigger: trigger.clone(),
-            })
-            .await?;
-        target.settled_event = Some(event);
-        target.settled_at = Some(trigger.at);
-        concluded.push(event);
+    if target.kind != SubjectKind::Invoice || covered == target.settled_event.is_some() {
+        return Ok(concluded);
     }
+    // Covered for the first time, or again; or no longer (a refund, a larger amount, a payment
+    // that turned out to be another's), which subscribers counting money from `invoice.settled`
+    // must hear of as surely as they heard of the settlement.
+    target.updated_at = trigger.at;
+    let (settled_at, conclusion) = if covered {
+        let conclusion = Conclusion::InvoiceSettled {
+            invoice: target.clone(),
+            trigger: trigger.clone(),
+        };
+        (Some(trigger.at), conclusion)
+    } else {
+        target.settled_event = None;
+        target.settled_at = None;
+        let conclusion = Conclusion::InvoiceUnsettled {
+            invoice: target.clone(),
+            trigger: trigger.clone(),
+        };
+        (None, conclusion)
+    };
+    let event = repo.conclude(&conclusion).await?;
+    if covered {
+        target.settled_event = Some(event);
+    }
+    target.settled_at = settled_at;
+    concluded.push(Concluded {
+        id: event,
+        event_type: conclusion.event_type(),
+    });
     Ok(concluded)
 }
 

@@ -11,7 +11,6 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
-use billhook_core::event::EventType;
 use billhook_core::event::Reception;
 use billhook_core::ids::{EventId, InboundId};
 use billhook_core::ledger::Fact;
@@ -271,8 +270,7 @@ async fn process(
             if let StoreOutcome::Stored { concluded, .. } = &outcome {
                 app.delivery.hand_off(prepared);
                 if !concluded.is_empty() {
-                    app.metrics
-                        .concluded(EventType::InvoiceSettled.as_str(), concluded.len());
+                    app.metrics.concluded_events(concluded);
                     // The announcements' deliveries were planned inside the transaction and
                     // wait in the database; they are due now.
                     app.delivery.wake();

@@ -81,7 +81,8 @@ impl Announcer {
 
     fn event(&self, conclusion: &Conclusion) -> CanonicalEvent {
         match conclusion {
-            Conclusion::InvoiceSettled { invoice, trigger } => {
+            Conclusion::InvoiceSettled { invoice, trigger }
+            | Conclusion::InvoiceUnsettled { invoice, trigger } => {
                 let reception = Reception {
                     inbound_id: trigger.inbound_id,
                     received_at: trigger.at,
@@ -93,7 +94,7 @@ impl Announcer {
                     sandbox: invoice.sandbox,
                 };
                 EventDraft::new(
-                    EventType::InvoiceSettled,
+                    conclusion.event_type(),
                     settled_snapshot(invoice),
                     Some(trigger.at),
                 )
@@ -140,7 +141,7 @@ impl Concluder for Announcer {
     }
 }
 
-/// The invoice as the ledger sees it when settled: the latest snapshot with the winning status
+/// The invoice as the ledger sees it when settled or unsettled: the latest snapshot with the winning status
 /// and the ledger's own paid and due amounts.
 fn settled_snapshot(invoice: &Entity) -> EntityData {
     match invoice.snapshot.data() {

@@ -218,7 +218,7 @@ impl Metrics {
         let ledger_conclusions = Family::<TypeLabel, Counter>::default();
         registry.register(
             "ledger_conclusions",
-            "Events the ledger concluded (invoice.settled, payment.unmatched)",
+            "Events the ledger concluded (invoice.settled, invoice.unsettled, payment.unmatched)",
             ledger_conclusions.clone(),
         );
         let pruned = Family::<KindLabel, Counter>::default();
@@ -393,6 +393,13 @@ impl Metrics {
 
     pub fn lease_lapsed(&self) {
         self.leases_lapsed.inc();
+    }
+
+    /// Counts the events the ledger concluded, by type.
+    pub fn concluded_events(&self, concluded: &[billhook_core::ledger::Concluded]) {
+        for event in concluded {
+            self.concluded(event.event_type.as_str(), 1);
+        }
     }
 
     pub fn concluded(&self, event_type: &str, count: usize) {

@@ -3,6 +3,7 @@
 
 use billhook_core::access::Scope;
 use billhook_core::ids::{EventId, InboundId, TokenId};
+use billhook_core::ledger::Concluded;
 use billhook_core::time::Timestamp;
 use bytes::Bytes;
 
@@ -120,7 +121,7 @@ pub enum IngestOutcome {
         event_ids: Vec<EventId>,
         /// Events the ledger concluded from this message (`invoice.settled`), with their
         /// deliveries: stored, but not handed off in memory.
-        concluded: Vec<EventId>,
+        concluded: Vec<Concluded>,
     },
     /// The dedup key was already held: nothing new was stored. The ids are the original's.
     Duplicate {
@@ -233,7 +234,7 @@ pub enum Reprocess {
 pub enum ReprocessOutcome {
     Processed {
         event_ids: Vec<EventId>,
-        concluded: Vec<EventId>,
+        concluded: Vec<Concluded>,
     },
     StillQuarantined,
     DuplicateOf(InboundId),

@@ -10,6 +10,7 @@ use crate::helpers::*;
 
 backend_tests!(
     two_partial_payments_settle_the_invoice_once,
+    a_refund_that_uncovers_an_invoice_is_announced,
     zwitch_success_before_pending_stays_succeeded,
     razorpay_captured_before_authorized_stays_captured,
     setu_failure_then_late_processing_stays_failed,
@@ -136,6 +137,83 @@ async fn two_partial_payments_settle_the_invoice_once(backend: Backend) {
             ("partially_paid".to_owned(), true),
             ("paid".to_owned(), true)
         ]
+    );
+    app.stop().await;
+}
+
+/// Payments cover a Razorpay invoice (its own status stays `partially_paid`, so only they do);
+/// the second is then refunded: `invoice.unsettled` follows the `invoice.settled`, and the
+/// invoice shows what is due again.
+async fn a_refund_that_uncovers_an_invoice_is_announced(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    app.create_endpoint(json!({
+        "url": receiver.url,
+        "event_types": ["invoice.settled", "invoice.unsettled"]
+    }))
+    .await;
+    let rest = r#"
+"payload.payment.entity.amount" = "${first_half.payload.invoice.entity.amount_due}"
+"payload.payment.entity.order_id" = "${first_half.payload.order.entity.id}"
+"payload.payment.entity.invoice_id" = "${first_half.payload.invoice.entity.id}""#;
+    let scenario = format!(
+        r#"
+name = "paid, then refunded"
+
+[[step]]
+name = "first_half"
+provider = "razorpay"
+event = "invoice.partially_paid"
+variant = "upi"
+
+[[step]]
+name = "rest"
+provider = "razorpay"
+event = "payment.captured"
+[step.set]{rest}
+
+[[step]]
+name = "refund"
+provider = "razorpay"
+event = "payment.captured"
+[step.set]{rest}
+"payload.payment.entity.id" = "${{rest.payload.payment.entity.id}}"
+"payload.payment.entity.status" = "refunded"
+"payload.payment.entity.amount_refunded" = "${{first_half.payload.invoice.entity.amount_due}}"
+"payload.payment.entity.refund_status" = "full"
+"#
+    );
+    run_scenario(&app, "refunded", &scenario).await;
+
+    let invoice = only(&app, "/v1/invoices?provider=razorpay").await;
+    assert_eq!(invoice["status"], json!("partially_paid"));
+    assert_eq!(invoice["settled_event"], Value::Null, "{invoice}");
+    assert_eq!(invoice["settled_at"], Value::Null, "{invoice}");
+    let due = invoice["due"].as_i64().unwrap();
+    assert!(due > 0, "{invoice}");
+    let settled = events_of_type(&app, "invoice.settled").await;
+    let unsettled = events_of_type(&app, "invoice.unsettled").await;
+    assert_eq!((settled.len(), unsettled.len()), (1, 1), "{unsettled:?}");
+    assert_eq!(unsettled[0]["data"]["amount_due"], json!(due));
+    assert_eq!(unsettled[0]["subject"], settled[0]["subject"]);
+    assert_eq!(unsettled[0]["source"]["event"], json!("payment.captured"));
+    app.eventually(Duration::from_secs(10), "both delivered", || async {
+        receiver.count() >= 2
+    })
+    .await;
+    let types: Vec<Value> = receiver
+        .arrivals()
+        .iter()
+        .map(|arrival| serde_json::from_slice::<Value>(&arrival.body).unwrap()["type"].clone())
+        .collect();
+    assert_eq!(
+        types,
+        [json!("invoice.settled"), json!("invoice.unsettled")]
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("billhook_ledger_conclusions_total{type=\"invoice.unsettled\"} 1"),
+        "{metrics}"
     );
     app.stop().await;
 }

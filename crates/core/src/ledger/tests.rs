@@ -1426,6 +1426,93 @@ fn a_payment_linked_before_an_invoice_was_known_received_moves_on() {
     }
 }
 
+/// A settled invoice whose cover goes (its payment refunded) is announced unsettled, once, and
+/// settled again when another payment covers it.
+#[test]
+fn an_invoice_no_longer_covered_is_unsettled_and_can_settle_again() {
+    let refunded_rank = StatusRank::new(3);
+    let facts = [
+        invoice("inv_r", "issued", 1000, 10, ISSUED),
+        payment(
+            "pay_r1",
+            "succeeded",
+            1000,
+            Some("inv_r"),
+            None,
+            20,
+            Some(CAPTURED),
+            "razorpay",
+        ),
+        payment(
+            "pay_r1",
+            "refunded",
+            1000,
+            Some("inv_r"),
+            None,
+            30,
+            Some(refunded_rank),
+            "razorpay",
+        ),
+        // The same refund again changes nothing.
+        payment(
+            "pay_r1",
+            "refunded",
+            1000,
+            Some("inv_r"),
+            None,
+            31,
+            Some(refunded_rank),
+            "razorpay",
+        ),
+        payment(
+            "pay_r2",
+            "succeeded",
+            1000,
+            Some("inv_r"),
+            None,
+            40,
+            Some(CAPTURED),
+            "razorpay",
+        ),
+    ];
+    let mut repo = MemoryRepo::default();
+    let mut states = Vec::new();
+    for fact in &facts {
+        repo.apply(fact);
+        let invoice = repo.find(SubjectKind::Invoice, "inv_r");
+        states.push((invoice.settled_at.is_some(), invoice.due));
+    }
+    let due = |minor| Some(Amount::from_minor(minor));
+    assert_eq!(
+        states,
+        [
+            (false, due(1000)),
+            (true, due(0)),
+            (false, due(1000)),
+            (false, due(1000)),
+            (true, due(0)),
+        ]
+    );
+    let announced: Vec<EventType> = repo
+        .conclusions
+        .iter()
+        .map(Conclusion::event_type)
+        .collect();
+    assert_eq!(
+        announced,
+        [
+            EventType::InvoiceSettled,
+            EventType::InvoiceUnsettled,
+            EventType::InvoiceSettled
+        ]
+    );
+    let Conclusion::InvoiceUnsettled { invoice, .. } = &repo.conclusions[1] else {
+        unreachable!()
+    };
+    assert_eq!(invoice.due, due(1000), "announced with what is due now");
+    assert_eq!(invoice.settled_event, None);
+}
+
 #[test]
 fn an_invoice_a_status_says_is_paid_is_settled_with_its_amount_unknown() {
     let mut paid = invoice("inv_open", "paid", 0, 10, PAID);

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use billhook_core::event::{EventType, Reception};
+use billhook_core::event::Reception;
 use billhook_core::ids::{EventId, InboundId};
 use billhook_core::time::Timestamp;
 use billhook_providers::InboundRequest;
@@ -463,8 +463,7 @@ async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, Ap
             concluded,
         } => {
             if !concluded.is_empty() {
-                app.metrics
-                    .concluded(EventType::InvoiceSettled.as_str(), concluded.len());
+                app.metrics.concluded_events(&concluded);
             }
             app.delivery.wake();
             ReprocessView {

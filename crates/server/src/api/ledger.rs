@@ -406,9 +406,10 @@ pub(crate) struct EntityView<'a> {
     due_by: Option<Timestamp>,
     /// Invoices and bills: outstanding past `due_by`.
     overdue: Option<bool>,
-    /// Invoices: when linked payments first covered the amount.
+    /// Invoices: when linked payments covered the amount (`null` again once an
+    /// `invoice.unsettled` says they no longer do).
     settled_at: Option<Timestamp>,
-    /// Invoices: the `invoice.settled` event.
+    /// Invoices: the `invoice.settled` event of the current settlement.
     settled_event: Option<EventId>,
     /// Payments: what the payment contributes to an invoice (its amount net of refunds once it
     /// succeeded, else 0).

@@ -5,8 +5,9 @@ use billhook_core::entity::SubjectKind;
 use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
-    self, Conclusion, Entity, Fact, GroupedLedger, HistoryEntry, LedgerRepo, LookupColumn,
-    PaymentRef, PaymentRefs, Precedence, ReadAhead, Reading, Snapshot, TargetKeys, id_bounds,
+    self, Concluded, Conclusion, Entity, Fact, GroupedLedger, HistoryEntry, LedgerRepo,
+    LookupColumn, PaymentRef, PaymentRefs, Precedence, ReadAhead, Reading, Snapshot, TargetKeys,
+    id_bounds,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -557,7 +558,7 @@ impl<'a> LedgerGroup<'a> {
         &mut self,
         facts: &[Fact],
         concluder: Option<&'a dyn Concluder>,
-    ) -> Result<Vec<EventId>, StoreError> {
+    ) -> Result<Vec<Concluded>, StoreError> {
         self.0.store.concluder = concluder;
         let mut concluded = Vec::new();
         for fact in facts {
@@ -616,7 +617,7 @@ pub(super) async fn apply_facts(
     transaction: &Transaction<'_>,
     facts: &[Fact],
     concluder: Option<&dyn Concluder>,
-) -> Result<Vec<EventId>, StoreError> {
+) -> Result<Vec<Concluded>, StoreError> {
     let mut ledger = LedgerGroup::begin(store, transaction, facts).await?;
     let concluded = ledger.apply(facts, concluder).await?;
     ledger.finish().await?;

@@ -8,8 +8,8 @@ use billhook_core::entity::SubjectKind;
 use billhook_core::event::EventType;
 use billhook_core::ids::EventId;
 use billhook_core::ledger::{
-    self, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence, Snapshot,
-    TargetKeys, id_bounds,
+    self, Concluded, Conclusion, Entity, Fact, HistoryEntry, LedgerRepo, PaymentRefs, Precedence,
+    Snapshot, TargetKeys, id_bounds,
 };
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
@@ -519,10 +519,7 @@ impl LedgerRepo for SqliteLedger<'_> {
                 "the ledger reached a conclusion with no concluder".to_owned(),
             ));
         };
-        let entity = match conclusion {
-            Conclusion::InvoiceSettled { invoice, .. } => invoice,
-            Conclusion::PaymentUnmatched { payment, .. } => payment,
-        };
+        let entity = conclusion.entity();
         record_announcement(
             self.connection,
             &concluder.announce(conclusion),
@@ -538,7 +535,7 @@ pub(super) fn apply_facts(
     connection: &Connection,
     facts: &[Fact],
     concluder: Option<&dyn Concluder>,
-) -> Result<(Vec<EventId>, EventEntities), StoreError> {
+) -> Result<(Vec<Concluded>, EventEntities), StoreError> {
     let mut repo = SqliteLedger {
         connection,
         concluder,

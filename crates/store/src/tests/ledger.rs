@@ -21,26 +21,19 @@ struct BareConcluder;
 
 impl Concluder for BareConcluder {
     fn announce(&self, conclusion: &Conclusion) -> Announcement {
-        let (event_type, inbound_id, subject, at) = match conclusion {
-            Conclusion::InvoiceSettled { invoice, trigger } => (
-                "invoice.settled",
-                trigger.inbound_id,
-                invoice.provider_id.clone(),
-                trigger.at,
-            ),
-            Conclusion::PaymentUnmatched { payment, at } => (
-                "payment.unmatched",
-                payment.inbound_id,
-                payment.provider_id.clone(),
-                *at,
-            ),
+        let (inbound_id, at) = match conclusion {
+            Conclusion::InvoiceSettled { trigger, .. }
+            | Conclusion::InvoiceUnsettled { trigger, .. } => (trigger.inbound_id, trigger.at),
+            Conclusion::PaymentUnmatched { payment, at } => (payment.inbound_id, *at),
         };
+        let event_type = conclusion.event_type().as_str();
+        let subject = conclusion.entity().provider_id.clone();
         Announcement {
             event: NewEvent {
                 id: EventId::new_at(at),
                 event_type,
                 source: "zw".to_owned(),
-                subject_kind: if event_type == "invoice.settled" {
+                subject_kind: if event_type.starts_with("invoice.") {
                     "invoice"
                 } else {
                     "payment"
@@ -244,7 +237,7 @@ async fn listed_by_reference(store: &Store, kind: SubjectKind, reference: &str) 
 
 fn concluded(outcome: IngestOutcome) -> Vec<EventId> {
     match outcome {
-        IngestOutcome::Stored { concluded, .. } => concluded,
+        IngestOutcome::Stored { concluded, .. } => concluded.iter().map(|c| c.id).collect(),
         IngestOutcome::Duplicate { .. } => panic!("unexpected duplicate"),
     }
 }
