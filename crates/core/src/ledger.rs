@@ -194,6 +194,39 @@ pub fn lock_names(facts: &[Fact]) -> Vec<LockName> {
     unique
 }
 
+/// The names a writer holds to change a payment no fact it applies is about (see
+/// [`LedgerRepo::hold`]): the payment's, and its references, shared, as a fact about it would.
+pub fn payment_lock_names(payment: &Entity) -> Vec<LockName> {
+    let refs = &payment.refs;
+    let mut names: Vec<LockName> = [
+        &refs.invoice_id,
+        &refs.order_id,
+        &refs.merchant_reference,
+        &refs.remark,
+        &refs.bill_ref_id,
+        &refs.biller_ref_id,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|value| LockName {
+        name: format!("ref/{value}"),
+        exclusive: false,
+    })
+    .collect();
+    names.push(LockName {
+        name: format!(
+            "entity/{}/{}/{}",
+            payment.kind.as_str(),
+            payment.provider,
+            payment.provider_id
+        ),
+        exclusive: true,
+    });
+    names.sort();
+    names.dedup_by(|later, earlier| later.name == earlier.name);
+    names
+}
+
 /// The references a snapshot links by: those a payment seeks (all it has; its source's rule
 /// picks among them), or those an invoice or bill is known by (its id among them). Non-empty.
 fn link_references(data: &EntityData) -> Vec<&str> {
@@ -584,6 +617,15 @@ pub trait LedgerRepo {
     ) -> Result<Option<Entity>, Self::Error>;
 
     async fn entity_by_id(&mut self, id: &str) -> Result<Option<Entity>, Self::Error>;
+
+    /// The entity as it stands now, held for a change no fact being applied is about (a
+    /// payment moved off an invoice that turned out to be received): a store several writers
+    /// share takes the locks a fact about it would ([`payment_lock_names`]) and reads it
+    /// afresh, so that no concurrent writer overwrites the change, or misses it. `None` if it
+    /// is gone.
+    async fn hold(&mut self, entity: &Entity) -> Result<Option<Entity>, Self::Error> {
+        self.entity_by_id(&entity.id).await
+    }
 
     /// Invoices and bills that a payment's references name.
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, Self::Error>;
@@ -1008,6 +1050,15 @@ impl<S: LedgerRepo> LedgerRepo for GroupedLedger<S> {
         self.store.entity_by_id(id).await
     }
 
+    /// What this group saved of it already is the latest (a fact of the group was about it,
+    /// so its locks are held); otherwise the store holds it, past what was read ahead.
+    async fn hold(&mut self, entity: &Entity) -> Result<Option<Entity>, Self::Error> {
+        if let Some(saved) = self.unwritten.entity_by_id(&entity.id) {
+            return Ok(Some(saved.clone()));
+        }
+        self.store.hold(entity).await
+    }
+
     async fn targets_for(&mut self, refs: &PaymentRefs) -> Result<Vec<Entity>, Self::Error> {
         let stored = match self.read_ahead.targets_for(refs) {
             Some(read) => read,
@@ -1381,7 +1432,8 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         }
         SubjectKind::Invoice | SubjectKind::Bill => {
             if !was_incoming && is_incoming(&entity) {
-                conclusions.extend(relink_from_received(repo, &entity, &trigger).await?);
+                // Boxed: rare, and its lookups would otherwise enlarge every apply's future.
+                conclusions.extend(Box::pin(relink_from_received(repo, &entity, &trigger)).await?);
             }
             for mut payment in repo.linkable_payments(&entity).await? {
                 if !same_currency(payment.currency, entity.currency) {
@@ -1418,7 +1470,13 @@ async fn relink_from_received<R: LedgerRepo>(
     trigger: &Trigger,
 ) -> Result<Vec<Concluded>, R::Error> {
     let mut concluded = Vec::new();
-    for mut payment in repo.linked_payments(received).await? {
+    for linked in repo.linked_payments(received).await? {
+        let Some(mut payment) = repo.hold(&linked).await? else {
+            continue;
+        };
+        if payment.linked_to.as_deref() != Some(received.id.as_str()) {
+            continue;
+        }
         let mut targets = repo.targets_for(&payment.refs).await?;
         targets.retain(|target| target.id != received.id);
         let (linked_to, link_rule) = best_target(&payment.refs, payment.currency, &targets)

@@ -155,11 +155,18 @@ fn unsendable_toml_value(text: &str) -> Option<String> {
         }
     }
     let document = text.parse::<toml_edit::DocumentMut>().ok()?;
-    let steps = document.get("step")?.as_array_of_tables()?;
-    steps
-        .iter()
-        .filter_map(|step| step.get("set"))
-        .find_map(check_item)
+    // Steps as `[[step]]` tables, or inline: `step = [{ …, set = { … } }]`.
+    match document.get("step")? {
+        toml_edit::Item::ArrayOfTables(steps) => steps
+            .iter()
+            .filter_map(|step| step.get("set"))
+            .find_map(check_item),
+        toml_edit::Item::Value(toml_edit::Value::Array(steps)) => steps
+            .iter()
+            .filter_map(|step| step.as_inline_table()?.get("set"))
+            .find_map(check),
+        _ => None,
+    }
 }
 
 impl Scenario {
@@ -467,6 +474,11 @@ delay = "10ms"
         ] {
             Scenario::parse(&scenario(exact), false).unwrap_or_else(|e| panic!("{exact}: {e}"));
         }
+        let inline = "name = \"n\"\nstep = [{ name = \"a\", provider = \"zwitch\", \
+                      event = \"bharat_connect.invoice.create\", \
+                      set = { \"data.object.x\" = 12345678901234567.89 } }]\n";
+        let refused = Scenario::parse(inline, false).unwrap_err().to_string();
+        assert!(refused.contains("12345678901234567.89"), "{refused}");
         for (unsendable, named) in [
             ("12345678901234567.89", "12345678901234567.89"),
             ("1.000_000_000_000_000_01", "1.00000000000000001"),

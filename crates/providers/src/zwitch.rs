@@ -410,7 +410,6 @@ struct BcInvoice {
     is_sandbox: Option<bool>,
 }
 
-/// Bharat Connect statuses that mean the buyer declined the invoice.
 /// billhook's invoice vocabulary for a Bharat Connect status. The buyer's refusals, however
 /// worded (`REJECTED BY BUYER`), are `rejected` or `declined`, which close the invoice unpaid,
 /// and a return to the supplier for correction is `returned` (the words stay in
@@ -428,6 +427,7 @@ fn bc_invoice_status(status: &str) -> String {
     }
 }
 
+/// Bharat Connect statuses by which the buyer refused or returned the invoice.
 fn is_rejection(status: &str) -> bool {
     let status = status.to_ascii_uppercase();
     status.contains("REJECT") || status.contains("RETURN") || status.contains("DECLINE")

@@ -40,8 +40,10 @@ pub(crate) async fn serve(
     drain(connections, request_timeout).await;
 }
 
-/// Serves `routes` on a listener the caller keeps until `until` resolves, then finishes the
-/// requests in flight. Connections that arrive meanwhile wait for whoever accepts next.
+/// Serves `routes` on a listener the caller keeps until `until` resolves, and returns then:
+/// the requests in flight finish in the background (for up to `request_timeout`), so a client
+/// slow to send its headers does not hold up whoever accepts next. Connections that arrive
+/// meanwhile wait for that.
 pub(crate) async fn serve_for_now(
     listener: &TcpListener,
     routes: Router,
@@ -49,7 +51,7 @@ pub(crate) async fn serve_for_now(
     until: impl Future<Output = ()>,
 ) {
     let connections = accept_until(listener, routes, request_timeout, until).await;
-    drain(connections, request_timeout).await;
+    tokio::spawn(drain(connections, request_timeout));
 }
 
 async fn accept_until(

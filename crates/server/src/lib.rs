@@ -78,10 +78,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// [`Server::start`], answering on `listener` meanwhile: `/healthz` that the process is
-    /// alive, everything else `503 starting`. A start can take minutes (a migration, a database
-    /// still coming up): an orchestrator's liveness probe must not kill it halfway, and a
-    /// provider's webhook is better answered "retry" at once than left waiting for its timeout.
+    /// [`Server::start`], answering on `listener` once it has taken a while: `/healthz` that
+    /// the process is alive, everything else `503 starting`. A start can take minutes (a
+    /// migration, a database still coming up): an orchestrator's liveness probe must not kill it
+    /// halfway, and a provider's webhook is better answered "retry" than left waiting for its
+    /// timeout. A start of a moment answers nothing meanwhile: its requests wait to be served.
     pub async fn start_answering(
         settings: Settings,
         listener: &TcpListener,
@@ -93,6 +94,11 @@ impl Server {
             let _ = started.send(());
             server
         };
+        tokio::pin!(start);
+        tokio::select! {
+            server = &mut start => return server,
+            () = tokio::time::sleep(QUIET_START) => {}
+        }
         let answer =
             http_server::serve_for_now(listener, starting_routes(), request_timeout, async {
                 let _ = starting.await;
@@ -224,6 +230,9 @@ fn starting_routes() -> Router {
             .retry_after(std::time::Duration::from_secs(STARTING_RETRY_AFTER_SECONDS))
         })
 }
+
+/// How long a start may take before the port answers that it is starting.
+const QUIET_START: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The `Retry-After` of a request that came while the server starts.
 const STARTING_RETRY_AFTER_SECONDS: u64 = 5;

@@ -729,7 +729,6 @@ pub const CLOSED_UNPAID: &[&str] = &[
     "cancelled",
     "deleted",
     "rejected",
-    "returned",
     "declined",
     "failure",
 ];

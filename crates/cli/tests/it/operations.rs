@@ -990,6 +990,18 @@ async fn an_endpoint_whose_source_left_the_configuration_can_be_disabled(backend
     app.stop().await;
 }
 
+/// A start of a moment answers nothing meanwhile: a webhook sent as it starts waits to be
+/// served and is acknowledged, rather than told to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_sent_during_a_quick_start_is_served() {
+    let app = start_app_in(Backend::Sqlite, Arc::new(tempfile::tempdir().unwrap()), "").await;
+    let webhook = app
+        .post_signed("zwitch", &fixture("zwitch_upi/payments.updated.json"), &[])
+        .await;
+    assert_eq!(webhook.status().as_u16(), 200);
+    app.stop().await;
+}
+
 /// While its database is not there yet, a starting server is alive (`/healthz`) but answers
 /// everything else `503 starting` with a `Retry-After`, rather than leaving probes and webhooks
 /// waiting on a port nobody accepts on. Once the database comes, it is ready.

@@ -1037,10 +1037,9 @@ fn status_tone(kind: SubjectKind, status: &str) -> Tone {
         ) => Tone::Waiting,
         (SubjectKind::Document, "delivered") => Tone::Good,
         (_, "paid" | "succeeded" | "accepted" | "closed" | "resolved" | "success") => Tone::Good,
-        (
-            _,
-            "failed" | "expired" | "cancelled" | "rejected" | "declined" | "returned" | "failure",
-        ) => Tone::Bad,
+        (_, "failed" | "expired" | "cancelled" | "rejected" | "declined" | "failure") => Tone::Bad,
+        // Sent back to the supplier for a correction the buyer may then accept.
+        (SubjectKind::Invoice, "returned") => Tone::Waiting,
         (_, "pending" | "processing" | "issued" | "partially_paid" | "authorized" | "created") => {
             Tone::Waiting
         }

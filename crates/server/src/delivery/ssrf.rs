@@ -51,16 +51,16 @@ impl DestinationPolicy {
         }
     }
 
-    /// Refuses an address in a blocked category unless it is explicitly allowed, as written or
-    /// as the IPv4 address it carries (an allowance of a NAT64 range matches its addresses).
+    /// Refuses an address in a blocked category unless it is explicitly allowed: as the IPv4
+    /// address it carries, or, for a NAT64 address, by an allowance within a NAT64 range as
+    /// written (so a broad allowance, `::/0`, does not let mapped addresses through).
     pub fn check_ip(&self, address: IpAddr) -> Result<(), Refusal> {
         let written = address;
         let address = canonical(address);
-        if self
-            .allow
-            .iter()
-            .any(|net| net.contains(&address) || net.contains(&written))
-        {
+        let nat64 = address != written && is_nat64(written);
+        if self.allow.iter().any(|net| {
+            net.contains(&address) || (nat64 && is_nat64(net.network()) && net.contains(&written))
+        }) {
             return Ok(());
         }
         match blocked_category(address) {
@@ -133,12 +133,7 @@ fn canonical(address: IpAddr) -> IpAddr {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return IpAddr::V4(v4);
             }
-            let segments = v6.segments();
-            // NAT64: the well-known prefix, and the local-use one laid out as a /96 (RFC 8215),
-            // as DNS64 writes a public IPv4 address on an IPv6-only host.
-            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
-                || segments[..6] == [0x64, 0xff9b, 1, 0, 0, 0]
-            {
+            if is_nat64(IpAddr::V6(v6)) {
                 let octets = v6.octets();
                 return IpAddr::V4(Ipv4Addr::new(
                     octets[12], octets[13], octets[14], octets[15],
@@ -147,6 +142,20 @@ fn canonical(address: IpAddr) -> IpAddr {
             IpAddr::V6(v6)
         }
         v4 => v4,
+    }
+}
+
+/// Whether an address is in a NAT64 prefix billhook reads an IPv4 address out of: the
+/// well-known prefix, and the local-use one laid out as a /96 (RFC 8215), as DNS64 writes a
+/// public IPv4 address on an IPv6-only host.
+fn is_nat64(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || segments[..6] == [0x64, 0xff9b, 1, 0, 0, 0]
+        }
+        IpAddr::V4(_) => false,
     }
 }
 
@@ -345,6 +354,16 @@ mod tests {
             "allowed as written"
         );
         assert_eq!(refused(&nat64, "64:ff9b::a02:203"), Some("private"));
+        // A broad allowance of IPv6 does not reach IPv4's blocked addresses through it.
+        let every_v6 = DestinationPolicy::new(vec!["::/0".parse().unwrap()]);
+        for mapped in [
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(refused(&every_v6, mapped).is_some(), "{mapped}");
+        }
+        assert_eq!(refused(&every_v6, "fd00::1"), None);
     }
 
     #[tokio::test]

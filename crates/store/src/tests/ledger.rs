@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use billhook_core::entity::{
-    BillSnapshot, EntityData, InvoiceSnapshot, PaymentReferences, PaymentSnapshot, SubjectKind,
+    BillSnapshot, Direction, EntityData, InvoiceSnapshot, PaymentReferences, PaymentSnapshot,
+    SubjectKind,
 };
 use billhook_core::event::EventType;
 use billhook_core::ids::{EventId, InboundId};
@@ -310,6 +311,93 @@ fn payments_link_to_their_invoice_which_settles_once() {
                     .len(),
                 1
             );
+        }
+    });
+}
+
+/// A payment linked to (and settling) an invoice whose direction no message had stated yet
+/// moves to the business's own invoice of that number once the first turns out to be received:
+/// the settlement is taken back and made where it belongs, on both backends (on PostgreSQL
+/// with the moved payment held afresh under its own locks).
+#[test]
+fn a_payment_moves_off_an_invoice_that_turns_out_received() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let with_direction = |data: EntityData, direction| match data {
+                EntityData::Invoice(mut invoice) => {
+                    invoice.direction = Some(direction);
+                    EntityData::Invoice(invoice)
+                }
+                other => other,
+            };
+            // Known only by its number so far (as after a Bharat Connect edit).
+            issue(store, "bcinv_a", "INV-9", 1000).await;
+            let ours = ingest_of(
+                with_direction(invoice_data("bcinv_b", "INV-9", 1000), Direction::Outgoing),
+                Some(StatusRank::new(1)),
+            );
+            store.ingest(ours).await.unwrap();
+            let paid = concluded(pay(store, "tx_9", 1000, "INV-9").await);
+            assert_eq!(paid.len(), 1, "settles the first invoice of the number");
+
+            let received = ingest_of(
+                with_direction(invoice_data("bcinv_a", "INV-9", 1000), Direction::Incoming),
+                Some(StatusRank::new(2)),
+            );
+            let moved = concluded(store.ingest(received).await.unwrap());
+            let mut types = Vec::new();
+            for id in &moved {
+                types.push(store.event(*id).await.unwrap().unwrap().event_type);
+            }
+            types.sort();
+            assert_eq!(types, ["invoice.settled", "invoice.unsettled"]);
+
+            let invoices = every(store, SubjectKind::Invoice).await;
+            let by_provider_id = |id: &str| {
+                invoices
+                    .iter()
+                    .find(|i| i.provider_id == id)
+                    .unwrap()
+                    .clone()
+            };
+            let (theirs, ours) = (by_provider_id("bcinv_a"), by_provider_id("bcinv_b"));
+            assert_eq!((theirs.paid, theirs.settled_event), (Amount::ZERO, None));
+            assert_eq!(ours.due, Some(Amount::ZERO));
+            assert!(ours.settled_event.is_some());
+            let payment = &every(store, SubjectKind::Payment).await[0];
+            assert_eq!(payment.linked_to.as_ref(), Some(&ours.id));
+        }
+    });
+}
+
+/// A Bharat Connect invoice returned for correction is still owed; a rejected one is not.
+#[test]
+fn a_returned_invoice_stays_outstanding_and_a_rejected_one_does_not() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            for (id, status) in [("bcinv_ret", "returned"), ("bcinv_rej", "rejected")] {
+                let EntityData::Invoice(mut invoice) = invoice_data(id, id, 1000) else {
+                    unreachable!()
+                };
+                invoice.status = Some(status.to_owned());
+                store
+                    .ingest(ingest_of(
+                        EntityData::Invoice(invoice),
+                        Some(StatusRank::new(1)),
+                    ))
+                    .await
+                    .unwrap();
+            }
+            let outstanding = store
+                .ledger_entities(query(SubjectKind::Invoice, LedgerFilter::Outstanding))
+                .await
+                .unwrap()
+                .items;
+            let ids: Vec<&str> = outstanding.iter().map(|i| i.provider_id.as_str()).collect();
+            assert_eq!(ids, ["bcinv_ret"]);
+            assert!(is_outstanding(&outstanding[0]));
         }
     });
 }
