@@ -164,6 +164,16 @@ pub(crate) async fn trigger(args: TriggerArgs) -> Result<(), CliError> {
     }
     if (200..300).contains(&status) {
         Ok(())
+    } else if status == 401
+        && args.to.is_some()
+        && matches!(target.auth, Some(SourceAuth::PathToken { .. }))
+    {
+        // The token goes in the path, which --to gives whole.
+        Err(CliError::Usage(format!(
+            "the target answered 401: source `{}` authenticates by a token in the path, which --to must end with (…/ingest/{}/TOKEN)",
+            target.source.as_deref().unwrap_or(""),
+            target.source.as_deref().unwrap_or("SOURCE")
+        )))
     } else {
         Err(CliError::Usage(format!("the target answered {status}")))
     }

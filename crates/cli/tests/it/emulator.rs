@@ -16,6 +16,7 @@ backend_tests!(
     every_shipped_scenario_runs_green,
     a_message_dated_in_the_past_is_signed_now,
     a_given_header_replaces_the_generated_one,
+    a_path_token_source_sent_with_to_is_told_where_its_token_goes,
 );
 
 /// The canonical types each emulated event must become (for its default variant and others).
@@ -531,6 +532,40 @@ expect = 409
         printed.contains("step `refused` got 202, expected 409"),
         "{printed}"
     );
+    app.stop().await;
+}
+
+/// A path token cannot ride along with --to, which gives the path whole: the 401 says where
+/// the token goes.
+async fn a_path_token_source_sent_with_to_is_told_where_its_token_goes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let without_token = app.url("/ingest/caminvoice");
+    let (ok, printed) = app
+        .cli(&[
+            "trigger",
+            "caminvoice",
+            "DOCUMENT.RECEIVED",
+            "--to",
+            &without_token,
+        ])
+        .await;
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("authenticates by a token in the path"),
+        "{printed}"
+    );
+    assert!(!printed.contains(CAMINVOICE_TOKEN), "{printed}");
+    let with_token = format!("{without_token}/{CAMINVOICE_TOKEN}");
+    let (ok, printed) = app
+        .cli(&[
+            "trigger",
+            "caminvoice",
+            "DOCUMENT.RECEIVED",
+            "--to",
+            &with_token,
+        ])
+        .await;
+    assert!(ok, "{printed}");
     app.stop().await;
 }
 
