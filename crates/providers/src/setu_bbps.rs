@@ -714,6 +714,20 @@ fn generate(event: &str, options: &mut GenerateOptions) -> Result<Generated, Emu
                 format!("OP{}", options.rng.digits(13)),
             );
             set(&mut body, "data.status", variant);
+            // The sample is a resolved complaint; one at another stage says where it stands,
+            // and has no agent before it is assigned.
+            let (assigned_to, remarks) = match variant {
+                "RESOLVED" => (Value::from("AX39"), "Resolved in favour of customer"),
+                "INITIALIZED" => (Value::Null, "Complaint registered"),
+                "ASSIGNED" => (Value::from("AX39"), "Assigned to the biller's agent"),
+                "ESCALATED" => (
+                    Value::from("AX39"),
+                    "Escalated after the resolution time passed",
+                ),
+                _ => (Value::from("AX39"), "Closed without a resolution"),
+            };
+            set(&mut body, "data.assignedTo", assigned_to);
+            set(&mut body, "data.remarks", remarks);
             body
         }
         _ => {
