@@ -138,6 +138,32 @@ impl SourceAuth {
     }
 }
 
+impl SourceAuth {
+    /// What makes a usable credential weak, if anything: short enough to guess, or, for a JWT,
+    /// shorter than its hash (RFC 7518 asks 32 bytes for HS256) or accepted so long after it
+    /// was issued that a captured token can be replayed for hours. Warned about at start, not
+    /// refused: a provider may have issued it.
+    pub fn weakness(&self) -> Option<&'static str> {
+        Some(match self {
+            SourceAuth::Header { value, .. } if value.expose().chars().count() < 16 => {
+                "the header's `value` is under 16 characters: easy to guess"
+            }
+            SourceAuth::Basic { password, .. } if password.expose().chars().count() < 16 => {
+                "the Basic `password` is under 16 characters: easy to guess"
+            }
+            SourceAuth::JwtHs256 { secret, .. } if secret.expose().len() < 32 => {
+                "the JWT `secret` is under 32 bytes, the least HS256 asks for (RFC 7518)"
+            }
+            SourceAuth::JwtHs256 {
+                max_age_seconds, ..
+            } if *max_age_seconds > 3600 => {
+                "the JWT `max_age` is over an hour: a captured token can be replayed that long"
+            }
+            _ => return None,
+        })
+    }
+}
+
 /// A URL path segment's own characters: unreserved, sub-delimiters, `:` and `@` (RFC 3986).
 fn is_path_safe(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte)
@@ -786,6 +812,51 @@ mod tests {
             source.verify(&request(&with_token(unsigned), None)),
             Err(VerifyError::MalformedToken("the algorithm must be HS256"))
         );
+    }
+
+    /// Short static credentials, a short HS256 key and a long JWT age are named at start.
+    #[test]
+    fn weak_credentials_are_named() {
+        let weak = [
+            SourceAuth::Header {
+                name: http::HeaderName::from_static("x-key"),
+                value: Secret::new("short-key"),
+            },
+            SourceAuth::Basic {
+                username: "setu".to_owned(),
+                password: Secret::new("password"),
+            },
+            SourceAuth::JwtHs256 {
+                secret: Secret::new("sixteen-chars-ok"),
+                max_age_seconds: 120,
+            },
+            SourceAuth::JwtHs256 {
+                secret: Secret::new("k".repeat(32)),
+                max_age_seconds: 86_400,
+            },
+        ];
+        for auth in weak {
+            assert!(auth.weakness().is_some(), "{:?}", auth.kind());
+        }
+        let strong = [
+            SourceAuth::Header {
+                name: http::HeaderName::from_static("x-key"),
+                value: Secret::new("a-sixteen-char-k"),
+            },
+            SourceAuth::JwtHs256 {
+                secret: Secret::new("k".repeat(32)),
+                max_age_seconds: 120,
+            },
+            SourceAuth::PathToken {
+                token: Secret::new("0123456789abcdef"),
+            },
+            SourceAuth::Signature {
+                secrets: vec![Secret::new("s")],
+            },
+        ];
+        for auth in strong {
+            assert_eq!(auth.weakness(), None, "{:?}", auth.kind());
+        }
     }
 
     #[test]

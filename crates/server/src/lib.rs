@@ -118,6 +118,13 @@ impl Server {
                 "the admin token is short; use 24 or more random characters, as billhook generates when none is set"
             );
         }
+        let mut names: Vec<&String> = settings.sources.keys().collect();
+        names.sort();
+        for name in names {
+            if let Some(weakness) = settings.sources[name].spec.auth.weakness() {
+                tracing::warn!(source = %name, "{weakness}");
+            }
+        }
         let store = Store::open(&settings.database).await?;
         let schema = store.schema_version().await?;
         tracing::info!(database = %settings.database.describe(), schema, "database ready");
