@@ -46,8 +46,42 @@ pub enum StoreError {
         "the database was written by a newer billhook (schema version {found}, this build knows {known}); upgrade billhook"
     )]
     SchemaTooNew { found: u32, known: u32 },
+    #[error(
+        "migration {version} is not the one this database applied (its text changed since): a released migration must never change; restore it and add a new one"
+    )]
+    MigrationChanged { version: u32 },
     #[error("`{0}` is not a database URL billhook understands (sqlite://PATH or postgres://…)")]
     BadUrl(String),
+}
+
+/// A migration's checksum as recorded: the hex SHA-256 of its text without carriage returns,
+/// so a checkout that converts line endings reads the same migration.
+pub(crate) fn migration_checksum(sql: &str) -> String {
+    billhook_core::access::digest(&sql.replace('\r', ""))
+}
+
+/// Checks the applied migrations' recorded checksums against `migrations`; returns those
+/// recorded without one (by a billhook from before checksums), to record now.
+pub(crate) fn unrecorded_checksums(
+    applied: &[(u32, Option<String>)],
+    migrations: &[(u32, &str)],
+) -> Result<Vec<(u32, String)>, StoreError> {
+    let mut unrecorded = Vec::new();
+    for (version, recorded) in applied {
+        // A version this build does not know is a newer build's, refused as such elsewhere.
+        let Some((_, sql)) = migrations.iter().find(|(known, _)| known == version) else {
+            continue;
+        };
+        let checksum = migration_checksum(sql);
+        match recorded {
+            None => unrecorded.push((*version, checksum)),
+            Some(recorded) if *recorded != checksum => {
+                return Err(StoreError::MigrationChanged { version: *version });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(unrecorded)
 }
 
 impl StoreError {

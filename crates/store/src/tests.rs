@@ -2655,6 +2655,73 @@ fn a_first_version_database_upgrades_with_its_data_intact() {
     });
 }
 
+/// Each applied migration's checksum is recorded; one recorded by a billhook from before
+/// checksums is filled in at the next start, and a migration whose text no longer matches what
+/// the database applied stops the start.
+#[test]
+fn a_migration_changed_since_it_was_applied_stops_the_start() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let TestStore {
+                store,
+                config,
+                _dir,
+            } = test;
+            store.close().await;
+            let sql = |statement: &str| {
+                let config = config.clone();
+                let statement = statement.to_owned();
+                async move {
+                    match &config {
+                        DatabaseConfig::Sqlite { path } => rusqlite::Connection::open(path)
+                            .unwrap()
+                            .execute_batch(&statement)
+                            .unwrap(),
+                        DatabaseConfig::Postgres(_) => postgres_session(&config)
+                            .await
+                            .batch_execute(&statement)
+                            .await
+                            .unwrap(),
+                    }
+                }
+            };
+            let recorded = |config: DatabaseConfig| async move {
+                let count = "SELECT count(*) FROM billhook_migrations WHERE checksum IS NOT NULL";
+                match &config {
+                    DatabaseConfig::Sqlite { path } => rusqlite::Connection::open(path)
+                        .unwrap()
+                        .query_row(count, [], |row| row.get::<_, i64>(0))
+                        .unwrap(),
+                    DatabaseConfig::Postgres(_) => postgres_session(&config)
+                        .await
+                        .query_one(count, &[])
+                        .await
+                        .unwrap()
+                        .get::<_, i64>(0),
+                }
+            };
+            let applied = recorded(config.clone()).await;
+            assert!(applied > 1, "every applied migration has its checksum");
+
+            // The bookkeeping as an older billhook left it: no checksums at all.
+            sql("ALTER TABLE billhook_migrations DROP COLUMN checksum").await;
+            Store::open(&config).await.unwrap().close().await;
+            assert_eq!(
+                recorded(config.clone()).await,
+                applied,
+                "filled in at start"
+            );
+            sql("UPDATE billhook_migrations SET checksum = NULL WHERE version = 1").await;
+            Store::open(&config).await.unwrap().close().await;
+            assert_eq!(recorded(config.clone()).await, applied);
+
+            sql("UPDATE billhook_migrations SET checksum = 'edited' WHERE version = 2").await;
+            let refused = Store::open(&config).await.err();
+            assert_eq!(refused, Some(StoreError::MigrationChanged { version: 2 }));
+        }
+    });
+}
+
 /// SQLite's migration 6 rebuilds the outbox, attempts and dedup tables: what they held must come
 /// through whole and keep working.
 /// A PostgreSQL instance starting while another migrates waits for it, however much longer

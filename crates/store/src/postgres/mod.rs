@@ -272,7 +272,8 @@ impl PgStore {
                     "CREATE TABLE IF NOT EXISTS billhook_migrations (
                         version    INTEGER PRIMARY KEY,
                         applied_at BIGINT NOT NULL
-                    )",
+                    );
+                    ALTER TABLE billhook_migrations ADD COLUMN IF NOT EXISTS checksum TEXT COLLATE \"C\"",
                 )
                 .await
                 .map_err(pg_error)?;
@@ -283,6 +284,28 @@ impl PgStore {
                     known: latest_version(),
                 });
             }
+            let applied: Vec<(u32, Option<String>)> = client
+                .query(
+                    "SELECT version, checksum FROM billhook_migrations ORDER BY version",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?
+                .iter()
+                .map(|row| {
+                    let version: i32 = row.get(0);
+                    (u32::try_from(version).unwrap_or(0), row.get(1))
+                })
+                .collect();
+            for (version, checksum) in crate::unrecorded_checksums(&applied, MIGRATIONS)? {
+                client
+                    .execute(
+                        "UPDATE billhook_migrations SET checksum = $2 WHERE version = $1",
+                        &[&i32::try_from(version).unwrap_or(i32::MAX), &checksum],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+            }
             for (version, sql) in MIGRATIONS
                 .iter()
                 .filter(|(v, _)| *v > current && *v <= target)
@@ -292,10 +315,12 @@ impl PgStore {
                     transaction.batch_execute(sql).await?;
                     transaction
                         .execute(
-                            "INSERT INTO billhook_migrations (version, applied_at) VALUES ($1, $2)",
+                            "INSERT INTO billhook_migrations (version, applied_at, checksum)
+                             VALUES ($1, $2, $3)",
                             &[
                                 &i32::try_from(*version).unwrap_or(i32::MAX),
                                 &billhook_core::time::Timestamp::now().unix_millis(),
+                                &crate::migration_checksum(sql),
                             ],
                         )
                         .await?;

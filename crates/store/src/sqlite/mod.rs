@@ -827,16 +827,47 @@ fn migrate(connection: &Connection, target: u32) -> Result<(), StoreError> {
         .execute_batch(
             "CREATE TABLE IF NOT EXISTS billhook_migrations (
                 version    INTEGER PRIMARY KEY,
-                applied_at INTEGER NOT NULL
+                applied_at INTEGER NOT NULL,
+                checksum   TEXT
             )",
         )
         .map_err(db_error)?;
+    // Written by a billhook from before checksums.
+    let has_checksums: bool = connection
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('billhook_migrations')
+                            WHERE name = 'checksum')",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(db_error)?;
+    if !has_checksums {
+        connection
+            .execute_batch("ALTER TABLE billhook_migrations ADD COLUMN checksum TEXT")
+            .map_err(db_error)?;
+    }
     let current = applied_version(connection)?;
     if current > latest_version() {
         return Err(StoreError::SchemaTooNew {
             found: current,
             known: latest_version(),
         });
+    }
+    let applied = connection
+        .prepare("SELECT version, checksum FROM billhook_migrations ORDER BY version")
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<(u32, Option<String>)>>>()
+        })
+        .map_err(db_error)?;
+    for (version, checksum) in crate::unrecorded_checksums(&applied, MIGRATIONS)? {
+        connection
+            .execute(
+                "UPDATE billhook_migrations SET checksum = ?2 WHERE version = ?1",
+                (version, checksum),
+            )
+            .map_err(db_error)?;
     }
     for (version, sql) in MIGRATIONS
         .iter()
@@ -846,8 +877,13 @@ fn migrate(connection: &Connection, target: u32) -> Result<(), StoreError> {
             connection.execute_batch("BEGIN IMMEDIATE")?;
             connection.execute_batch(sql)?;
             connection.execute(
-                "INSERT INTO billhook_migrations (version, applied_at) VALUES (?1, ?2)",
-                (version, billhook_core::time::Timestamp::now().unix_millis()),
+                "INSERT INTO billhook_migrations (version, applied_at, checksum)
+                 VALUES (?1, ?2, ?3)",
+                (
+                    version,
+                    billhook_core::time::Timestamp::now().unix_millis(),
+                    crate::migration_checksum(sql),
+                ),
             )?;
             connection.execute_batch("COMMIT")
         };
