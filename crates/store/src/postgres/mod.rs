@@ -272,11 +272,32 @@ impl PgStore {
                     "CREATE TABLE IF NOT EXISTS billhook_migrations (
                         version    INTEGER PRIMARY KEY,
                         applied_at BIGINT NOT NULL
-                    );
-                    ALTER TABLE billhook_migrations ADD COLUMN IF NOT EXISTS checksum TEXT COLLATE \"C\"",
+                    )",
                 )
                 .await
                 .map_err(pg_error)?;
+            // Written by a billhook from before checksums. Asked first: altering a table needs
+            // its owner even when there is nothing to add, and a role that only writes may run
+            // billhook once the schema is up to date.
+            let has_checksums: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                                    WHERE table_schema = current_schema()
+                                      AND table_name = 'billhook_migrations'
+                                      AND column_name = 'checksum')",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?
+                .get(0);
+            if !has_checksums {
+                client
+                    .batch_execute(
+                        "ALTER TABLE billhook_migrations ADD COLUMN checksum TEXT COLLATE \"C\"",
+                    )
+                    .await
+                    .map_err(pg_error)?;
+            }
             let current = applied_version(&client).await?;
             if current > latest_version() {
                 return Err(StoreError::SchemaTooNew {
