@@ -439,7 +439,16 @@ pub(crate) async fn recover(
         bar.set_position(done);
         let waiting = endpoint["stats"]["pending"].as_u64().unwrap_or(0)
             + endpoint["stats"]["failed"].as_u64().unwrap_or(0);
-        if done >= recovered || waiting == 0 || endpoint["enabled"] == Value::Bool(false) {
+        let held = endpoint["stats"]["held"].as_u64().unwrap_or(0);
+        if endpoint["enabled"] == Value::Bool(false) && waiting + held > 0 {
+            // Disabled again (a 410, or failing for days): what waits is held, not delivered.
+            bar.abandon();
+            return Err(CliError::Io(format!(
+                "{id} was disabled while {} of its deliveries still waited; they are held until it is recovered again",
+                waiting + held
+            )));
+        }
+        if done >= recovered || waiting == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -14,6 +14,7 @@ use crate::backend_tests;
 use crate::helpers::*;
 
 backend_tests!(
+    a_recovery_the_endpoint_refuses_with_410_fails_the_waiting_command,
     a_healthy_receiver_gets_every_event_once_correctly_signed,
     a_receiver_failing_at_first_gets_everything_on_the_retry_schedule,
     gone_disables_the_endpoint_and_holds_its_deliveries,
@@ -799,6 +800,39 @@ async fn redeliver_and_recover_send_again(backend: Backend) {
         receiver.arrivals().last().unwrap().header("webhook-id"),
         ids[0]
     );
+    app.stop().await;
+}
+
+/// `billhook endpoints recover` waits for what it resent; an endpoint that answers `410 Gone`
+/// is disabled with the deliveries still waiting, and the command says so and fails.
+async fn a_recovery_the_endpoint_refuses_with_410_fails_the_waiting_command(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let switch = Arc::clone(&gone);
+    let receiver = Receiver::start(Arc::new(move |_| {
+        let status = if switch.load(Ordering::SeqCst) {
+            410
+        } else {
+            500
+        };
+        (status, vec![], Some(Duration::ZERO))
+    }))
+    .await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    ingest_payments(&app, 2, "gone").await;
+    app.eventually(Duration::from_secs(10), "both deliveries dead", || async {
+        let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+        view["stats"]["dead"] == json!(2)
+    })
+    .await;
+    gone.store(true, Ordering::SeqCst);
+    let (ok, printed) = app
+        .cli(&["endpoints", "recover", &endpoint, "--since", "1h"])
+        .await;
+    assert!(!ok, "{printed}");
+    assert!(printed.contains("was disabled while"), "{printed}");
     app.stop().await;
 }
 
