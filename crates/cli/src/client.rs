@@ -11,6 +11,21 @@ pub(crate) fn segment(text: &str) -> percent_encoding::PercentEncode<'_> {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
 }
 
+/// Whether `base` names this machine (a loopback address or `localhost`).
+fn is_local(base: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(base) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
 pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
@@ -27,11 +42,14 @@ impl Client {
             .unwrap_or_else(|| format!("http://{}", config.listen))
             .trim_end_matches('/')
             .to_owned();
+        let local = is_local(&base);
         let token = remote
             .token
             .clone()
             .or(config.admin_token.as_ref().map(|t| t.expose().to_owned()))
-            .or_else(|| stored_admin_token(&config.data_dir))
+            // The token this machine's server generated is for this machine's server: a --url
+            // elsewhere (a staging host in BILLHOOK_URL) must not receive it.
+            .or_else(|| local.then(|| stored_admin_token(&config.data_dir)).flatten())
             // As the server reads it (a secret from a file often ends in a newline).
             .map(|token| token.trim().to_owned())
             .ok_or_else(|| {
@@ -40,6 +58,11 @@ impl Client {
                         .to_owned(),
                 )
             })?;
+        if !local && base.starts_with("http://") {
+            eprintln!(
+                "billhook: warning: sending the admin token to {base} over plain HTTP, readable on the way; use https"
+            );
+        }
         // The admin API never redirects; following one could take the bearer token elsewhere.
         // No limit on a whole request: a prune or an export takes as long as there is data.
         let http = reqwest::Client::builder()
@@ -136,5 +159,32 @@ impl Client {
                 .unwrap_or("the server gave no reason")
                 .to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local;
+
+    #[test]
+    fn local_means_this_machine() {
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://LOCALHOST",
+            "http://[::1]:8080",
+            "http://127.0.0.2",
+            "http://0.0.0.0:8080",
+        ] {
+            assert!(is_local(local), "{local}");
+        }
+        for remote in [
+            "http://10.0.0.5:8080",
+            "https://billhook.example.com",
+            "http://localhost.example.com",
+            "not a url",
+        ] {
+            assert!(!is_local(remote), "{remote}");
+        }
     }
 }

@@ -613,6 +613,43 @@ async fn the_cli_manages_endpoints_end_to_end(backend: Backend) {
     app.stop().await;
 }
 
+/// The admin token the local server generated into its data directory goes only to a local
+/// server: pointed elsewhere, a client command asks for a token instead of sending that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stored_admin_token_goes_only_to_a_local_server() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("admin-token"),
+        "bh_stored_token_of_this_machine\n",
+    )
+    .unwrap();
+    let run = |url: &str| {
+        let url = url.to_owned();
+        let dir = dir.path().to_owned();
+        async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+                .args(["events", "list", "--url", &url])
+                .env("BILLHOOK_DATA_DIR", &dir)
+                .env_remove("BILLHOOK_ADMIN_TOKEN")
+                .env_remove("BILLHOOK_URL")
+                .current_dir(&dir)
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&output.stderr).into_owned()
+        }
+    };
+    // TEST-NET-1: nothing answers there, and nothing is sent.
+    let elsewhere = run("http://192.0.2.1:9").await;
+    assert!(elsewhere.contains("no admin token"), "{elsewhere}");
+    // A closed local port: the token would be sent, so the connection is tried.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let local = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let here = run(&local).await;
+    assert!(here.contains("cannot reach billhook"), "{here}");
+}
+
 /// The client commands read the data directory's configuration, as `serve` does: run where a
 /// data directory's `billhook.toml` sets the admin token, they need no token of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
