@@ -122,9 +122,20 @@ impl Client {
         Ok((text, truncated))
     }
 
+    /// A JSON answer; an empty one (a `204`) is `null`. Anything else that is not JSON did not
+    /// come from billhook's API (a proxy's page, say): taken as done, it would print nothing
+    /// done and exit 0.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, CliError> {
         let (_, bytes) = self.send_raw(request).await?;
-        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|_| {
+            CliError::Io(format!(
+                "{} answered with something that is not billhook's JSON: is --url billhook's address?",
+                self.base
+            ))
+        })
     }
 
     /// Sends with the admin token; a successful answer's headers and body, or the API's error.

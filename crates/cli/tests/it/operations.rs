@@ -650,6 +650,24 @@ async fn the_stored_admin_token_goes_only_to_a_local_server() {
     assert!(here.contains("cannot reach billhook"), "{here}");
 }
 
+/// A `2xx` that is not JSON did not come from billhook's API: the command fails instead of
+/// reporting nothing done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_command_answered_by_something_else_fails() {
+    let not_billhook = Receiver::ok().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .args(["prune", "--url", &not_billhook.url, "--token", "bh_any"])
+        .env_remove("BILLHOOK_URL")
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("not billhook's JSON"), "{stderr}");
+    assert_eq!(not_billhook.count(), 1);
+}
+
 /// The client commands read the data directory's configuration, as `serve` does: run where a
 /// data directory's `billhook.toml` sets the admin token, they need no token of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
