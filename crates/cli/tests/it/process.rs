@@ -289,6 +289,18 @@ async fn every_acknowledged_event_is_delivered_across_a_sigkill() {
     let delivered_before = receiver.message_ids().len();
 
     let (mut restarted, _) = start_binary(dir.path());
+    every_one_arrives(&receiver, &acknowledged, "never reached the receiver").await;
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+    assert!(
+        delivered_before < acknowledged.len(),
+        "the kill happened mid-delivery"
+    );
+}
+
+/// Waits up to a minute for every one of `acknowledged` to reach `receiver`; fails saying how
+/// many did not, and that they `failed`.
+async fn every_one_arrives(receiver: &Receiver, acknowledged: &[String], failed: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let received = receiver.message_ids();
@@ -297,21 +309,15 @@ async fn every_acknowledged_event_is_delivered_across_a_sigkill() {
             .filter(|id| !received.contains(*id))
             .count();
         if missing == 0 {
-            break;
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{missing} of {} acknowledged events never reached the receiver",
+            "{missing} of {} acknowledged events {failed}",
             acknowledged.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    restarted.kill().unwrap();
-    restarted.wait().unwrap();
-    assert!(
-        delivered_before < acknowledged.len(),
-        "the kill happened mid-delivery"
-    );
 }
 
 /// Posts distinct Zwitch payments to `addresses` (round robin) until `stop` returns true or
@@ -637,24 +643,13 @@ async fn sigterm_stops_gracefully_and_gives_back_what_it_held(postgres: Option<S
         "the signal came mid-delivery"
     );
 
-    let started_again = std::time::Instant::now();
     let (mut restarted, _) = start_binary(dir.path());
-    loop {
-        let received = receiver.message_ids();
-        let missing = acknowledged
-            .iter()
-            .filter(|id| !received.contains(*id))
-            .count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            started_again.elapsed() < Duration::from_secs(60),
-            "{missing} of {} acknowledged events were not delivered well within the lease",
-            acknowledged.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    every_one_arrives(
+        &receiver,
+        &acknowledged,
+        "were not delivered well within the lease",
+    )
+    .await;
     restarted.kill().unwrap();
     restarted.wait().unwrap();
 }
