@@ -42,13 +42,19 @@ impl Client {
             .unwrap_or_else(|| format!("http://{}", config.listen))
             .trim_end_matches('/')
             .to_owned();
-        let local = is_local(&base);
+        // The server the configuration describes (its `listen`) is the one its token is for.
+        let local = remote.url.is_none() || is_local(&base);
+        // A token from the data directory, or from a configuration found there rather than
+        // named with --config, is this machine's server's: a --url elsewhere (a staging host
+        // in BILLHOOK_URL) must not receive it.
+        let own = local || remote.config.is_some();
         let token = remote
             .token
             .clone()
-            .or(config.admin_token.as_ref().map(|t| t.expose().to_owned()))
-            // The token this machine's server generated is for this machine's server: a --url
-            // elsewhere (a staging host in BILLHOOK_URL) must not receive it.
+            .or_else(|| {
+                own.then(|| config.admin_token.as_ref().map(|t| t.expose().to_owned()))
+                    .flatten()
+            })
             .or_else(|| local.then(|| stored_admin_token(&config.data_dir)).flatten())
             // As the server reads it (a secret from a file often ends in a newline).
             .map(|token| token.trim().to_owned())
@@ -115,6 +121,16 @@ impl Client {
     ) -> Result<(String, bool), CliError> {
         let request = self.http.get(format!("{}{path}", self.base)).query(query);
         let (headers, bytes) = self.send_raw(request).await?;
+        let csv = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("text/csv"));
+        if !csv {
+            return Err(CliError::Io(format!(
+                "{} answered with something that is not billhook's CSV: is --url billhook's address?",
+                self.base
+            )));
+        }
         let truncated = headers
             .get("x-billhook-truncated")
             .is_some_and(|value| value == "true");

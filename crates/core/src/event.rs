@@ -61,7 +61,7 @@ macro_rules! event_types {
 event_types! {
     InvoiceIssued => "invoice.issued", [Invoice], "An invoice was issued to a buyer (Bharat Connect `invoice.create`).";
     InvoiceAccepted => "invoice.accepted", [Invoice], "The buyer accepted an invoice (Bharat Connect `invoice.confirm`).";
-    InvoiceRejected => "invoice.rejected", [Invoice], "The buyer rejected or returned an invoice (Bharat Connect `invoice.confirm`).";
+    InvoiceRejected => "invoice.rejected", [Invoice], "The buyer rejected an invoice (Bharat Connect `invoice.confirm`); one returned for a correction is `invoice.status_changed`.";
     InvoiceStatusChanged => "invoice.status_changed", [Invoice, Document], "An invoice moved to a new status (Bharat Connect `invoice.change_status`, CamInvoice `DOCUMENT.STATUS_UPDATED`).";
     InvoiceUpdated => "invoice.updated", [Invoice], "An invoice's contents were edited (Bharat Connect `invoice.edit`).";
     InvoicePaid => "invoice.paid", [Invoice], "An invoice was paid in full (Razorpay `invoice.paid`).";

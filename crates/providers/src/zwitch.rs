@@ -416,7 +416,7 @@ struct BcInvoice {
 /// `provider_status`).
 fn bc_invoice_status(status: &str) -> String {
     let upper = status.to_ascii_uppercase();
-    if upper.contains("RETURN") {
+    if is_return(status) {
         "returned".to_owned()
     } else if upper.contains("REJECT") {
         "rejected".to_owned()
@@ -427,10 +427,15 @@ fn bc_invoice_status(status: &str) -> String {
     }
 }
 
-/// Bharat Connect statuses by which the buyer refused or returned the invoice.
+/// Bharat Connect statuses by which the buyer refused the invoice.
 fn is_rejection(status: &str) -> bool {
     let status = status.to_ascii_uppercase();
-    status.contains("REJECT") || status.contains("RETURN") || status.contains("DECLINE")
+    status.contains("REJECT") || status.contains("DECLINE")
+}
+
+/// Bharat Connect statuses by which the buyer sent the invoice back for a correction.
+fn is_return(status: &str) -> bool {
+    status.to_ascii_uppercase().contains("RETURN")
 }
 
 impl BcParty {
@@ -490,6 +495,7 @@ impl BcInvoice {
         if let Some(status) = &self.status
             && !KNOWN_BC_STATUSES.contains(&status.to_ascii_uppercase().as_str())
             && !is_rejection(status)
+            && !is_return(status)
         {
             warnings.unknown_status(status, &format!("{AT}.status"));
         }

@@ -54,10 +54,13 @@ pub enum StoreError {
     BadUrl(String),
 }
 
-/// A migration's checksum as recorded: the hex SHA-256 of its text without carriage returns,
-/// so a checkout that converts line endings reads the same migration.
+/// A migration's checksum as recorded: the hex SHA-256 of its lines with their trailing
+/// whitespace (carriage returns among it) and the blank lines at its end left out, so that a
+/// checkout converting line endings or an editor trimming lines reads the same migration.
 pub(crate) fn migration_checksum(sql: &str) -> String {
-    billhook_core::access::digest(&sql.replace('\r', ""))
+    let lines: Vec<&str> = sql.lines().map(str::trim_end).collect();
+    let text = lines.join("\n");
+    billhook_core::access::digest(text.trim_end())
 }
 
 /// Checks the applied migrations' recorded checksums against `migrations`; returns those

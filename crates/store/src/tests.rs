@@ -2660,6 +2660,15 @@ fn a_first_version_database_upgrades_with_its_data_intact() {
 /// the database applied stops the start.
 #[test]
 fn a_migration_changed_since_it_was_applied_stops_the_start() {
+    // Line endings and trailing blanks are not a change; a statement is.
+    assert_eq!(
+        migration_checksum("CREATE TABLE a (x INTEGER);\r\nCREATE INDEX b ON a (x);  \n\n"),
+        migration_checksum("CREATE TABLE a (x INTEGER);\nCREATE INDEX b ON a (x);")
+    );
+    assert_ne!(
+        migration_checksum("CREATE TABLE a (x INTEGER);"),
+        migration_checksum("CREATE TABLE a (x TEXT);")
+    );
     runtime().block_on(async {
         for test in backends().await {
             let TestStore {

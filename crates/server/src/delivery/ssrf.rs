@@ -58,8 +58,17 @@ impl DestinationPolicy {
         let written = address;
         let address = canonical(address);
         let nat64 = address != written && is_nat64(written);
-        if self.allow.iter().any(|net| {
-            net.contains(&address) || (nat64 && is_nat64(net.network()) && net.contains(&written))
+        let unjudged = unjudged_ipv4_range(written);
+        if self.allow.iter().any(|net| match unjudged {
+            // An IPv4 address sits where billhook cannot read it: only an allowance within that
+            // very range lets it through, never a broad one (`::/0`).
+            Some(range) => {
+                matches!(net, IpNet::V6(net) if range.contains(net)) && net.contains(&written)
+            }
+            None => {
+                net.contains(&address)
+                    || (nat64 && is_nat64(net.network()) && net.contains(&written))
+            }
         }) {
             return Ok(());
         }
@@ -143,6 +152,27 @@ fn canonical(address: IpAddr) -> IpAddr {
         }
         v4 => v4,
     }
+}
+
+/// The range of an IPv6 address that may carry an IPv4 address billhook cannot read out: the
+/// local-use NAT64 prefix laid out otherwise than as a /96, and the deprecated IPv4-compatible
+/// form (`::a.b.c.d`).
+fn unjudged_ipv4_range(address: IpAddr) -> Option<ipnet::Ipv6Net> {
+    let IpAddr::V6(v6) = address else {
+        return None;
+    };
+    if is_nat64(address) {
+        return None;
+    }
+    let segments = v6.segments();
+    let range = if segments[..3] == [0x64, 0xff9b, 1] {
+        "64:ff9b:1::/48"
+    } else if segments[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+        "::/96"
+    } else {
+        return None;
+    };
+    range.parse().ok()
 }
 
 /// Whether an address is in a NAT64 prefix billhook reads an IPv4 address out of: the
@@ -364,6 +394,13 @@ mod tests {
             assert!(refused(&every_v6, mapped).is_some(), "{mapped}");
         }
         assert_eq!(refused(&every_v6, "fd00::1"), None);
+        // Nor to those carrying an IPv4 address where billhook cannot read it, which only an
+        // allowance within their own range lets through.
+        for unjudged in ["64:ff9b:1:a00:1::", "::a00:1"] {
+            assert!(refused(&every_v6, unjudged).is_some(), "{unjudged}");
+        }
+        let local_nat64 = DestinationPolicy::new(vec!["64:ff9b:1::/48".parse().unwrap()]);
+        assert_eq!(refused(&local_nat64, "64:ff9b:1:a00:1::"), None);
     }
 
     #[tokio::test]
