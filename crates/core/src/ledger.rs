@@ -161,28 +161,57 @@ pub struct LockName {
 /// any fact needs it so).
 pub fn lock_names(facts: &[Fact]) -> Vec<LockName> {
     let mut names = Vec::new();
-    let mut add = |name: String, exclusive: bool| names.push(LockName { name, exclusive });
     for fact in facts {
-        let kind = fact.snapshot.data().kind();
+        let data = fact.snapshot.data();
+        let kind = data.kind();
         if !tracks(kind) {
             continue;
         }
-        add(
-            format!(
-                "entity/{}/{}/{}",
-                kind.as_str(),
-                fact.provider,
-                fact.snapshot.data().provider_id()
-            ),
-            true,
-        );
+        names.push(entity_lock(kind, &fact.provider, data.provider_id()));
         // A payment seeks its references, shared; an invoice or bill is known by its own.
         let exclusive = kind != SubjectKind::Payment;
-        for value in link_references(fact.snapshot.data()) {
-            add(format!("ref/{value}"), exclusive);
-        }
+        names.extend(
+            link_references(data)
+                .into_iter()
+                .map(|value| reference_lock(value, exclusive)),
+        );
     }
-    // Exclusive sorts after shared for the same name; keep the last of each name.
+    sorted_once(names)
+}
+
+/// The names a writer holds to change a payment no fact it applies is about (see
+/// [`LedgerRepo::hold`]): the payment's, and its references, shared, as a fact about it would.
+pub fn payment_lock_names(payment: &Entity) -> Vec<LockName> {
+    let mut names: Vec<LockName> = payment
+        .refs
+        .values()
+        .map(|value| reference_lock(value, false))
+        .collect();
+    names.push(entity_lock(
+        payment.kind,
+        &payment.provider,
+        &payment.provider_id,
+    ));
+    sorted_once(names)
+}
+
+fn entity_lock(kind: SubjectKind, provider: &str, provider_id: &str) -> LockName {
+    LockName {
+        name: format!("entity/{}/{provider}/{provider_id}", kind.as_str()),
+        exclusive: true,
+    }
+}
+
+fn reference_lock(value: &str, exclusive: bool) -> LockName {
+    LockName {
+        name: format!("ref/{value}"),
+        exclusive,
+    }
+}
+
+/// Sorted by name, each once: exclusive sorts after shared for the same name, and the last of
+/// each name is kept.
+fn sorted_once(mut names: Vec<LockName>) -> Vec<LockName> {
     names.sort();
     let mut unique: Vec<LockName> = Vec::with_capacity(names.len());
     for lock in names {
@@ -192,39 +221,6 @@ pub fn lock_names(facts: &[Fact]) -> Vec<LockName> {
         }
     }
     unique
-}
-
-/// The names a writer holds to change a payment no fact it applies is about (see
-/// [`LedgerRepo::hold`]): the payment's, and its references, shared, as a fact about it would.
-pub fn payment_lock_names(payment: &Entity) -> Vec<LockName> {
-    let refs = &payment.refs;
-    let mut names: Vec<LockName> = [
-        &refs.invoice_id,
-        &refs.order_id,
-        &refs.merchant_reference,
-        &refs.remark,
-        &refs.bill_ref_id,
-        &refs.biller_ref_id,
-    ]
-    .into_iter()
-    .flatten()
-    .map(|value| LockName {
-        name: format!("ref/{value}"),
-        exclusive: false,
-    })
-    .collect();
-    names.push(LockName {
-        name: format!(
-            "entity/{}/{}/{}",
-            payment.kind.as_str(),
-            payment.provider,
-            payment.provider_id
-        ),
-        exclusive: true,
-    });
-    names.sort();
-    names.dedup_by(|later, earlier| later.name == earlier.name);
-    names
 }
 
 /// The references a snapshot links by: those a payment seeks (all it has; its source's rule
@@ -1376,7 +1372,8 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     };
     let was_incoming = is_incoming(&entity);
     if content > entity.content_precedence {
-        entity.snapshot = with_direction_of(fact.snapshot.clone(), &entity.snapshot);
+        entity.snapshot = with_direction_kept(&fact.snapshot, entity.snapshot.data())
+            .unwrap_or_else(|| fact.snapshot.clone());
         entity.content_precedence = content;
         entity.inbound_id = fact.inbound_id;
         describe(&mut entity);
@@ -1494,14 +1491,10 @@ async fn relink_from_received<R: LedgerRepo>(
     Ok(concluded)
 }
 
-/// An invoice's direction, once a message has stated it, stays known under a later snapshot
-/// that does not state it (a Bharat Connect edit): a payment must never link to an invoice the
-/// business received because the message that won did not say so.
-fn with_direction_of(latest: Snapshot, previous: &Snapshot) -> Snapshot {
-    with_direction_kept(&latest, previous.data()).unwrap_or(latest)
-}
-
-/// `snapshot` with the direction `other` states, if `snapshot` states none and `other` does.
+/// `snapshot` with the direction `other` states, if `snapshot` states none and `other` does. An
+/// invoice's direction, once a message has stated it, stays known whichever snapshot wins (a
+/// Bharat Connect edit states none): a payment must never link to an invoice the business
+/// received because the message that won did not say so.
 fn with_direction_kept(snapshot: &Snapshot, other: &EntityData) -> Option<Snapshot> {
     match (snapshot.data(), other) {
         (EntityData::Invoice(invoice), EntityData::Invoice(stated))
@@ -1574,26 +1567,24 @@ async fn settle<R: LedgerRepo>(
     // that turned out to be another's), which subscribers counting money from `invoice.settled`
     // must hear of as surely as they heard of the settlement.
     target.updated_at = trigger.at;
-    let (settled_at, conclusion) = if covered {
-        let conclusion = Conclusion::InvoiceSettled {
+    let conclusion = if covered {
+        Conclusion::InvoiceSettled {
             invoice: target.clone(),
             trigger: trigger.clone(),
-        };
-        (Some(trigger.at), conclusion)
+        }
     } else {
         target.settled_event = None;
         target.settled_at = None;
-        let conclusion = Conclusion::InvoiceUnsettled {
+        Conclusion::InvoiceUnsettled {
             invoice: target.clone(),
             trigger: trigger.clone(),
-        };
-        (None, conclusion)
+        }
     };
     let event = repo.conclude(&conclusion).await?;
     if covered {
         target.settled_event = Some(event);
+        target.settled_at = Some(trigger.at);
     }
-    target.settled_at = settled_at;
     concluded.push(Concluded {
         id: event,
         event_type: conclusion.event_type(),

@@ -13,7 +13,7 @@ mod pages;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::FormRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -30,6 +30,7 @@ use subtle::ConstantTimeEq;
 
 use crate::App;
 use crate::access::Access;
+use crate::api::{ApiPath, ApiQuery};
 use crate::error::{ApiError, ErrorCode};
 
 /// The session cookie.
@@ -126,17 +127,18 @@ impl IntoResponse for ConsoleError {
     }
 }
 
-/// Query parameters; malformed ones are refused with the error page, as `invalid_request`.
+/// Query parameters; malformed ones are refused as the API refuses them (`invalid_request`),
+/// on the error page.
 pub(crate) struct PageQuery<T>(pub T);
 
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PageQuery<T> {
     type Rejection = ConsoleError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ConsoleError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
+        ApiQuery::<T>::from_request_parts(parts, state)
             .await
             .map(|q| PageQuery(q.0))
-            .map_err(|rejection: QueryRejection| ApiError::invalid(rejection.body_text()).into())
+            .map_err(ConsoleError::from)
     }
 }
 
@@ -147,10 +149,10 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PagePat
     type Rejection = ConsoleError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ConsoleError> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
+        ApiPath::<T>::from_request_parts(parts, state)
             .await
             .map(|p| PagePath(p.0))
-            .map_err(|rejection: PathRejection| ApiError::invalid(rejection.body_text()).into())
+            .map_err(ConsoleError::from)
     }
 }
 

@@ -62,7 +62,7 @@ impl DestinationPolicy {
         if self.allow.iter().any(|net| match unjudged {
             // An IPv4 address sits where billhook cannot read it: only an allowance within that
             // very range lets it through, never a broad one (`::/0`).
-            Some(range) => {
+            Some((range, _)) => {
                 matches!(net, IpNet::V6(net) if range.contains(net)) && net.contains(&written)
             }
             None => {
@@ -154,25 +154,26 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
-/// The range of an IPv6 address that may carry an IPv4 address billhook cannot read out: the
-/// local-use NAT64 prefix laid out otherwise than as a /96, and the deprecated IPv4-compatible
-/// form (`::a.b.c.d`).
-fn unjudged_ipv4_range(address: IpAddr) -> Option<ipnet::Ipv6Net> {
+/// The range, and the category, of an IPv6 address that may carry an IPv4 address billhook
+/// cannot read out: local-use NAT64 laid out otherwise than as a /96 (where its IPv4 address
+/// sits is the network's own choice), and the deprecated IPv4-compatible form (`::a.b.c.d`),
+/// which some stacks still route as IPv4.
+fn unjudged_ipv4_range(address: IpAddr) -> Option<(ipnet::Ipv6Net, &'static str)> {
     let IpAddr::V6(v6) = address else {
         return None;
     };
-    if is_nat64(address) {
+    if is_nat64(address) || v6.is_loopback() || v6.is_unspecified() {
         return None;
     }
     let segments = v6.segments();
-    let range = if segments[..3] == [0x64, 0xff9b, 1] {
-        "64:ff9b:1::/48"
-    } else if segments[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
-        "::/96"
+    let (range, category) = if segments[..3] == [0x64, 0xff9b, 1] {
+        ("64:ff9b:1::/48", "local NAT64")
+    } else if segments[..6] == [0; 6] {
+        ("::/96", "IPv4-compatible")
     } else {
         return None;
     };
-    range.parse().ok()
+    range.parse().ok().map(|range| (range, category))
 }
 
 /// Whether an address is in a NAT64 prefix billhook reads an IPv4 address out of: the
@@ -251,15 +252,8 @@ fn v6_category(v6: Ipv6Addr) -> Option<&'static str> {
         Some("link-local")
     } else if first & 0xffc0 == 0xfec0 {
         Some("site-local")
-    } else if v6.segments()[..3] == [0x64, 0xff9b, 1] {
-        // Local-use NAT64 laid out otherwise than as a /96: where its IPv4 address sits is the
-        // network's own choice, so it cannot be judged.
-        Some("local NAT64")
-    } else if v6.segments()[..6] == [0; 6] {
-        // IPv4-compatible (`::a.b.c.d`), deprecated: some stacks still route it as IPv4.
-        Some("IPv4-compatible")
     } else {
-        None
+        unjudged_ipv4_range(IpAddr::V6(v6)).map(|(_, category)| category)
     }
 }
 

@@ -37,6 +37,11 @@ fn to_bits(value: u64) -> i64 {
     i64::from_ne_bytes(value.to_ne_bytes())
 }
 
+/// The advisory lock key a ledger lock name is taken under.
+fn advisory_key(lock: &ledger::LockName) -> i64 {
+    to_bits(ledger::stable_hash(&["billhook-ledger", &lock.name]))
+}
+
 fn from_bits(value: i64) -> u64 {
     u64::from_ne_bytes(value.to_ne_bytes())
 }
@@ -411,12 +416,7 @@ impl LedgerRepo for PgLedger<'_> {
     async fn hold(&mut self, entity: &Entity) -> Result<Option<Entity>, StoreError> {
         let (keys, exclusive): (Vec<i64>, Vec<bool>) = ledger::payment_lock_names(entity)
             .into_iter()
-            .map(|lock| {
-                (
-                    to_bits(ledger::stable_hash(&["billhook-ledger", &lock.name])),
-                    lock.exclusive,
-                )
-            })
+            .map(|lock| (advisory_key(&lock), lock.exclusive))
             .unzip();
         execute_cached(
             self.transaction,
@@ -536,10 +536,7 @@ impl<'a> LedgerGroup<'a> {
         let mut exclusive = Vec::new();
         for fact in facts.iter().copied() {
             for lock in ledger::lock_names(std::slice::from_ref(fact)) {
-                keys.push(to_bits(ledger::stable_hash(&[
-                    "billhook-ledger",
-                    &lock.name,
-                ])));
+                keys.push(advisory_key(&lock));
                 exclusive.push(lock.exclusive);
             }
         }

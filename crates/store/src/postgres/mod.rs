@@ -271,7 +271,8 @@ impl PgStore {
                 .batch_execute(
                     "CREATE TABLE IF NOT EXISTS billhook_migrations (
                         version    INTEGER PRIMARY KEY,
-                        applied_at BIGINT NOT NULL
+                        applied_at BIGINT NOT NULL,
+                        checksum   TEXT COLLATE \"C\"
                     )",
                 )
                 .await
