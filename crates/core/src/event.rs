@@ -187,6 +187,11 @@ pub struct CanonicalEvent {
     pub subject: Subject,
     pub data: EntityData,
     pub warnings: Vec<Warning>,
+    /// `invoice.unsettled` only: the `invoice.settled` event it takes back, so a subscriber
+    /// counting settlements can pair the two whatever order they arrive in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "evt_01JD3R6Q9K5M2XW8T4HZ7BCN1E")]
+    pub reverses: Option<EventId>,
 }
 
 /// A canonical event as a provider module builds it, before billhook assigns its id.
@@ -243,6 +248,7 @@ impl EventDraft {
             subject: self.data.subject(),
             data: self.data,
             warnings,
+            reverses: None,
         }
     }
 }

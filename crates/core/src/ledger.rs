@@ -568,8 +568,12 @@ pub struct Trigger {
 pub enum Conclusion {
     /// The payments linked to an invoice cover its amount.
     InvoiceSettled { invoice: Entity, trigger: Trigger },
-    /// An invoice announced settled is no longer covered.
-    InvoiceUnsettled { invoice: Entity, trigger: Trigger },
+    /// An invoice announced settled (by the event `reverses`) is no longer covered.
+    InvoiceUnsettled {
+        invoice: Entity,
+        trigger: Trigger,
+        reverses: EventId,
+    },
     /// A succeeded payment matched no invoice or bill within the matching window.
     PaymentUnmatched { payment: Entity, at: Timestamp },
 }
@@ -1573,11 +1577,15 @@ async fn settle<R: LedgerRepo>(
             trigger: trigger.clone(),
         }
     } else {
-        target.settled_event = None;
+        // Not covered and yet announced settled: `settled_event` is there (checked above).
+        let Some(reverses) = target.settled_event.take() else {
+            return Ok(concluded);
+        };
         target.settled_at = None;
         Conclusion::InvoiceUnsettled {
             invoice: target.clone(),
             trigger: trigger.clone(),
+            reverses,
         }
     };
     let event = repo.conclude(&conclusion).await?;

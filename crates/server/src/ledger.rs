@@ -82,7 +82,9 @@ impl Announcer {
     fn event(&self, conclusion: &Conclusion) -> CanonicalEvent {
         match conclusion {
             Conclusion::InvoiceSettled { invoice, trigger }
-            | Conclusion::InvoiceUnsettled { invoice, trigger } => {
+            | Conclusion::InvoiceUnsettled {
+                invoice, trigger, ..
+            } => {
                 let reception = Reception {
                     inbound_id: trigger.inbound_id,
                     received_at: trigger.at,
@@ -93,12 +95,16 @@ impl Announcer {
                     // The invoice's mode: only payments of its mode can settle it.
                     sandbox: invoice.sandbox,
                 };
-                EventDraft::new(
+                let mut event = EventDraft::new(
                     conclusion.event_type(),
                     settled_snapshot(invoice),
                     Some(trigger.at),
                 )
-                .finish(&reception, &[])
+                .finish(&reception, &[]);
+                if let Conclusion::InvoiceUnsettled { reverses, .. } = conclusion {
+                    event.reverses = Some(*reverses);
+                }
+                event
             }
             Conclusion::PaymentUnmatched { payment, at } => {
                 let reception = Reception {

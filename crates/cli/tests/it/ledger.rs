@@ -196,6 +196,11 @@ event = "payment.captured"
     assert_eq!((settled.len(), unsettled.len()), (1, 1), "{unsettled:?}");
     assert_eq!(unsettled[0]["data"]["amount_due"], json!(due));
     assert_eq!(unsettled[0]["subject"], settled[0]["subject"]);
+    assert_eq!(
+        unsettled[0]["reverses"], settled[0]["id"],
+        "names what it takes back"
+    );
+    assert!(settled[0].get("reverses").is_none(), "{}", settled[0]);
     assert_eq!(unsettled[0]["source"]["event"], json!("payment.captured"));
     app.eventually(Duration::from_secs(10), "both delivered", || async {
         receiver.count() >= 2

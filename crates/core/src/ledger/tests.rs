@@ -14,6 +14,8 @@ struct MemoryRepo {
     entities: HashMap<String, Entity>,
     history: Vec<HistoryEntry>,
     conclusions: Vec<Conclusion>,
+    /// The event id each conclusion was announced as, in order.
+    announced_as: Vec<EventId>,
     questions: usize,
 }
 
@@ -88,7 +90,9 @@ impl LedgerRepo for MemoryRepo {
 
     async fn conclude(&mut self, conclusion: &Conclusion) -> Result<EventId, Self::Error> {
         self.conclusions.push(conclusion.clone());
-        Ok(EventId::new())
+        let id = EventId::new();
+        self.announced_as.push(id);
+        Ok(id)
     }
 }
 
@@ -1506,11 +1510,18 @@ fn an_invoice_no_longer_covered_is_unsettled_and_can_settle_again() {
             EventType::InvoiceSettled
         ]
     );
-    let Conclusion::InvoiceUnsettled { invoice, .. } = &repo.conclusions[1] else {
+    let Conclusion::InvoiceUnsettled {
+        invoice, reverses, ..
+    } = &repo.conclusions[1]
+    else {
         unreachable!()
     };
     assert_eq!(invoice.due, due(1000), "announced with what is due now");
     assert_eq!(invoice.settled_event, None);
+    assert_eq!(
+        *reverses, repo.announced_as[0],
+        "names the settlement it takes back"
+    );
 }
 
 #[test]
