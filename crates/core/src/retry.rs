@@ -3,8 +3,8 @@
 //! The schedule lists the wait before each attempt: the default `0s, 5s, 5m, 30m, 2h, 5h, 10h,
 //! 10h` makes eight attempts over about 28 hours. Waits get ±`jitter_percent` so retries of many
 //! deliveries spread out. Following the Standard Webhooks guidance, `410 Gone` disables the
-//! endpoint, `429`, `502` and `504` slow the endpoint down, and `Retry-After` is honoured up to a
-//! cap. An endpoint that has failed without a single success for `disable_after` is disabled.
+//! endpoint, `429`, `502` and `504` slow the endpoint down (so does a `503` that says how long,
+//! with `Retry-After`), and `Retry-After` is honoured up to a cap. An endpoint that has failed without a single success for `disable_after` is disabled.
 
 use std::time::Duration;
 
@@ -137,8 +137,12 @@ impl RetryPolicy {
         let capped_retry_after = retry_after.map(|wait| wait.min(self.retry_after_cap));
         let scheduled = self.wait_before(attempt + 1, rng);
         let wait = capped_retry_after.map_or(scheduled, |honoured| honoured.max(scheduled));
-        let slow_down = match status {
-            Some(429 | 502 | 504) => Some(capped_retry_after.unwrap_or(self.slow_down)),
+        // A receiver that says how long it will be unavailable (RFC 9110: 503 with
+        // `Retry-After`) is left alone that long, as one rate limiting is; a bare 503 may be
+        // one request's trouble and pauses nothing.
+        let slow_down = match (status, capped_retry_after) {
+            (Some(429 | 502 | 504), _) => Some(capped_retry_after.unwrap_or(self.slow_down)),
+            (Some(503), Some(wait)) => Some(wait),
             _ => None,
         };
         Decision::Retry {
@@ -256,9 +260,17 @@ mod tests {
             policy.decide(1, forever, NOW, Some(NOW), &mut rng()),
             Decision::Retry {
                 at: NOW.add(policy.retry_after_cap),
-                slow_down: None
-            }
+                slow_down: Some(policy.retry_after_cap)
+            },
+            "a 503 with Retry-After pauses the endpoint too, up to the cap"
         );
+        assert!(matches!(
+            policy.decide(1, failure(503), NOW, Some(NOW), &mut rng()),
+            Decision::Retry {
+                slow_down: None,
+                ..
+            }
+        ));
         assert!(matches!(
             policy.decide(1, failure(502), NOW, Some(NOW), &mut rng()),
             Decision::Retry {

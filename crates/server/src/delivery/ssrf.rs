@@ -21,16 +21,38 @@ use url::Url;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error(
-        "{address} is a {category} address; billhook does not deliver there unless it is listed in delivery.allow_private_destinations"
+        "{address} is a {category} address; billhook delivers there only if it is in a range listed in delivery.allow_private_destinations"
     )]
     Blocked {
         address: IpAddr,
+        category: &'static str,
+    },
+    /// A name that resolves to a refused address. The address is not told: an admin could
+    /// otherwise learn what internal names resolve to, one endpoint at a time.
+    #[error(
+        "`{host}` resolves to a {category} address; billhook delivers there only if that address is in a range listed in delivery.allow_private_destinations"
+    )]
+    ResolvesBlocked {
+        host: String,
         category: &'static str,
     },
     #[error("`{0}` does not resolve to any address")]
     Unresolvable(String),
     #[error("{0}")]
     BadUrl(String),
+}
+
+impl Refusal {
+    /// This refusal of an address `host` resolved to, told without the address.
+    fn of_resolved(self, host: &str) -> Self {
+        match self {
+            Refusal::Blocked { category, .. } => Refusal::ResolvesBlocked {
+                host: host.to_owned(),
+                category,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Which destinations are allowed.
@@ -102,7 +124,8 @@ impl DestinationPolicy {
             return Err(Refusal::Unresolvable(host.to_owned()));
         }
         for address in addresses {
-            self.check_ip(address.ip())?;
+            self.check_ip(address.ip())
+                .map_err(|refusal| refusal.of_resolved(host))?;
         }
         Ok(parsed)
     }
@@ -290,7 +313,7 @@ impl tower::Service<Name> for GuardedResolver {
                 .filter(|address| match policy.check_ip(address.ip()) {
                     Ok(()) => true,
                     Err(refusal) => {
-                        first_refusal.get_or_insert(refusal);
+                        first_refusal.get_or_insert_with(|| refusal.of_resolved(&host));
                         false
                     }
                 })
@@ -416,10 +439,18 @@ mod tests {
             policy.check_url("http://[::1]:8080/").await,
             Err(Refusal::Blocked { .. })
         ));
-        assert!(matches!(
-            policy.check_url("http://localhost:9/").await,
-            Err(Refusal::Blocked { .. })
-        ));
+        let refused = policy.check_url("http://localhost:9/").await.unwrap_err();
+        assert_eq!(
+            refused,
+            Refusal::ResolvesBlocked {
+                host: "localhost".to_owned(),
+                category: "loopback"
+            }
+        );
+        assert!(
+            !refused.to_string().contains("127.0.0.1"),
+            "the address a name resolves to is not told: {refused}"
+        );
         assert!(
             policy
                 .check_url("https://93.184.216.34/hooks")
