@@ -1,5 +1,6 @@
 // The console in a real browser: log in, find an ingested event, open it, press Redeliver and
-// see the new attempt appear; then check that a form sent without its CSRF token is refused.
+// see the new attempt appear; then check that a form sent without its CSRF token is refused,
+// and that buttons are legible in both colour schemes.
 // Run by billhook's integration tests (crates/cli/tests/it/console.rs) against a test server.
 import { launch, logIn, settings } from "./lib.mjs";
 
@@ -13,20 +14,58 @@ function check(condition, message) {
   console.log(`ok - ${message}`);
 }
 
-/** Reloads `page` until `count()` reaches `atLeast`, for up to `seconds`. */
+/**
+ * Reloads `page` until `count()` reaches `atLeast`, for up to `seconds`. The page may reload
+ * itself meanwhile (it refreshes while an attempt is near): a count or reload caught in the
+ * middle of that navigation is tried again.
+ */
 async function waitFor(page, count, atLeast, seconds, what) {
   const deadline = Date.now() + seconds * 1000;
+  let n = 0;
   for (;;) {
-    const n = await count();
-    if (n >= atLeast) {
-      return n;
+    try {
+      n = await count();
+      if (n >= atLeast) {
+        return n;
+      }
+    } catch (error) {
+      if (!/navigat|context was destroyed/i.test(String(error))) {
+        throw error;
+      }
     }
     if (Date.now() > deadline) {
       throw new Error(`timed out waiting for ${what} (have ${n}, want ${atLeast})`);
     }
     await page.waitForTimeout(250);
-    await page.reload();
+    await page.reload().catch(() => {});
   }
+}
+
+/** The event's deliveries as the API has them. */
+async function deliveriesOf(eventId) {
+  const response = await fetch(`${url}/v1/events/${eventId}`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  if (!response.ok) {
+    throw new Error(`GET /v1/events/${eventId}: ${response.status}`);
+  }
+  return (await response.json()).deliveries;
+}
+
+/** WCAG's contrast ratio of a button's text on its background, in the page's colour scheme. */
+async function buttonContrast(page, name) {
+  return page.getByRole("button", { name }).evaluate((button) => {
+    const style = getComputedStyle(button);
+    const luminance = (colour) => {
+      const [r, g, b] = colour.match(/[\d.]+/g).slice(0, 3).map(Number).map((c) => {
+        const s = c / 255;
+        return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4;
+      });
+      return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const [light, dark] = [luminance(style.color), luminance(style.backgroundColor)].sort((a, b) => b - a);
+    return (light + 0.05) / (dark + 0.05);
+  });
 }
 
 const browser = await launch(executablePath);
@@ -40,10 +79,15 @@ try {
   await page.getByRole("link", { name: "Events", exact: true }).click();
   await page.getByLabel("Type").selectOption(eventType);
   await page.getByRole("button", { name: "Filter" }).click();
-  const link = page.locator("table a[href^='/events/evt_']").first();
-  check((await link.count()) === 1, `found an ingested ${eventType} event`);
+  await page.waitForURL(/[?&]type=/);
+  const rows = page.locator("table tbody tr");
+  await rows.first().waitFor();
+  const types = await rows.evaluateAll((all) => all.map((row) => row.querySelector("code")?.textContent));
+  check(types.length >= 1 && types.every((t) => t === eventType), `the filter lists only ${eventType} events (${types.length})`);
+  const link = rows.first().locator("a[href^='/events/evt_']");
   await link.click();
   await page.waitForURL(/\/events\/evt_/);
+  const eventId = page.url().match(/evt_[0-9A-Z]+/)[0];
   check(await page.getByRole("heading", { name: eventType }).isVisible(), "opened the event");
 
   const attempts = () => page.locator("ol.timeline li").count();
@@ -68,14 +112,27 @@ try {
   ]);
   check(response.status() === 403, "a form without its CSRF token gets 403");
   check(await page.getByText("csrf_rejected").isVisible(), "the refusal names csrf_rejected");
-  await page.goto(page.url().replace(/\/redeliver.*$/, "").replace(/\?.*$/, ""));
-  await page.waitForTimeout(500);
-  check((await attempts()) === after, "the refused form redelivered nothing");
+  // Read at once: an accepted redelivery sets its delivery pending in the same transaction.
+  const deliveries = await deliveriesOf(eventId);
+  check(
+    deliveries.length === 1 && deliveries[0].status === "delivered" && deliveries[0].attempts.length === after,
+    `the refused form redelivered nothing (${JSON.stringify(deliveries.map((d) => [d.status, d.attempts.length]))})`,
+  );
 
   // The session cookie is out of reach of scripts.
   const cookies = await context.cookies();
   const session = cookies.find((c) => c.name === "billhook_session");
   check(session && session.httpOnly && session.sameSite === "Strict", "the session cookie is HttpOnly and SameSite=Strict");
+
+  // Buttons are legible in both colour schemes (WCAG AA: 4.5:1 for text).
+  for (const colorScheme of ["light", "dark"]) {
+    const schemed = await browser.newContext({ colorScheme });
+    const login = await schemed.newPage();
+    await login.goto(`${url}/login`);
+    const ratio = await buttonContrast(login, "Log in");
+    check(ratio >= 4.5, `the ${colorScheme} scheme's buttons have a contrast of ${ratio.toFixed(1)}:1`);
+    await schemed.close();
+  }
 } finally {
   await browser.close();
 }

@@ -26,9 +26,11 @@ try {
   // An event with its deliveries, and an invoice with its payments.
   await page.goto(`${url}/events?type=invoice.settled`);
   await page.locator("table a[href^='/events/evt_']").first().click();
+  await page.waitForURL(/\/events\/evt_/);
   await page.screenshot({ path: `${out}/event.png`, fullPage: true });
   await page.goto(`${url}/invoices?status=paid`);
   await page.locator("table a[href^='/invoices/iv_']").first().click();
+  await page.waitForURL(/\/invoices\/iv_/);
   await page.screenshot({ path: `${out}/invoice.png`, fullPage: true });
 
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });

@@ -16,6 +16,8 @@ backend_tests!(
     a_browser_logs_in_finds_an_event_and_redelivers_it,
     more_unmatched_payments_than_the_overview_shows_are_linked,
     malformed_requests_get_the_error_page,
+    the_event_page_refreshes_only_while_an_attempt_is_near,
+    a_quarantined_request_is_shown_as_sent_and_reprocessed_by_source,
 );
 
 /// A client that does not follow redirects, so each step can be checked.
@@ -136,7 +138,9 @@ async fn pages_need_a_login_and_a_login_needs_a_valid_token(backend: Backend) {
     let (login_cookie, header) = set_cookie(&form, "billhook_login").unwrap();
     assert!(header.contains("HttpOnly") && header.contains("SameSite=Strict"));
     assert!(!header.contains("Secure"), "plain HTTP: {header}");
-    // Reached over HTTPS through a proxy, the console's cookies are Secure with no setting.
+    assert!(!form.headers().contains_key("strict-transport-security"));
+    // Reached over HTTPS through a proxy, the console's cookies are Secure with no setting, and
+    // the browser is told to come back over HTTPS only.
     let over_tls = http
         .get(app.url("/login"))
         .header("x-forwarded-proto", "https")
@@ -145,6 +149,10 @@ async fn pages_need_a_login_and_a_login_needs_a_valid_token(backend: Backend) {
         .unwrap();
     let (_, header) = set_cookie(&over_tls, "billhook_login").unwrap();
     assert!(header.contains("; Secure"), "{header}");
+    assert_eq!(
+        over_tls.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
     let csrf = csrf_in(&form.text().await.unwrap());
     // The login page opened again (another tab) keeps the form token the browser holds, so
     // the first tab's form still logs in.
@@ -671,5 +679,99 @@ async fn malformed_requests_get_the_error_page(backend: Backend) {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.count(), 1, "nothing was redelivered");
+    app.stop().await;
+}
+
+/// The event page reloads itself while an attempt is under way or due within half a minute,
+/// to its own address (an action's notice is not repeated), and not while the next retry is
+/// an hour away.
+async fn the_event_page_refreshes_only_while_an_attempt_is_near(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\nretry_schedule = [\"0s\", \"1h\"]\n",
+    )
+    .await;
+    let failing =
+        Receiver::start(std::sync::Arc::new(|_| (500, vec![], Some(Duration::ZERO)))).await;
+    app.create_endpoint(json!({ "url": failing.url, "event_types": ["payment.*"] }))
+        .await;
+    let response = app
+        .post_signed("zwitch", &fixture("zwitch_upi/payments.updated.json"), &[])
+        .await;
+    let ack: Value = response.json().await.unwrap();
+    let event = ack["events"][0].as_str().unwrap().to_owned();
+    app.eventually(Duration::from_secs(10), "the first attempt", || async {
+        failing.count() >= 1
+    })
+    .await;
+    let (session, _) = log_in(&app, ADMIN_TOKEN).await;
+    let page = format!("/events/{event}");
+    let refresh = format!("content=\"2; url=/events/{event}\"");
+    app.eventually(Duration::from_secs(10), "the failure recorded", || async {
+        get(&app, &session, &page).await.1.contains("HTTP 500")
+    })
+    .await;
+    let (_, detail) = get(&app, &session, &page).await;
+    assert!(
+        !detail.contains("http-equiv=\"refresh\""),
+        "the retry is an hour away: {detail}"
+    );
+    let soon = billhook_core::time::Timestamp::now()
+        .add(Duration::from_secs(20))
+        .unix_millis();
+    app.execute_sql(&format!("UPDATE deliveries SET next_attempt_at = {soon}"))
+        .await;
+    let (_, detail) = get(&app, &session, &format!("{page}?done=redelivered&n=1")).await;
+    assert!(detail.contains(&refresh), "the retry is near: {detail}");
+    app.stop().await;
+}
+
+/// A request kept for what went wrong with it is shown byte for byte: parsed and pretty-printed,
+/// a repeated key (which a provider's parser may refuse) would show once, hiding the cause. And
+/// reprocessing one source's quarantine comes back to that source's list.
+async fn a_quarantined_request_is_shown_as_sent_and_reprocessed_by_source(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let response = app
+        .post_signed(
+            "zwitch",
+            b"{\"not\": \"a zwitch event\", \"dup\": 1, \"dup\": 2}",
+            &[],
+        )
+        .await;
+    let ack: Value = response.json().await.unwrap();
+    assert_eq!(ack["quarantined"], json!(true), "{ack}");
+    let (session, csrf) = log_in(&app, ADMIN_TOKEN).await;
+    let (_, page) = get(
+        &app,
+        &session,
+        &format!("/inbound/{}", ack["inbound_id"].as_str().unwrap()),
+    )
+    .await;
+    assert!(
+        page.contains("&quot;dup&quot;: 1, &quot;dup&quot;: 2"),
+        "{page}"
+    );
+    // Each row's button names its request for a screen reader's list of buttons.
+    let (_, quarantine) = get(&app, &session, "/quarantine?source=zwitch").await;
+    assert!(
+        quarantine.contains(&format!(
+            "aria-label=\"Reprocess {}\"",
+            ack["inbound_id"].as_str().unwrap()
+        )),
+        "{quarantine}"
+    );
+    // Reprocessing a source's quarantine leads back to that source's list.
+    let response = post(
+        &app,
+        &session,
+        "/quarantine/reprocess",
+        &[("csrf", &csrf), ("source", "zwitch")],
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(
+        response.headers()["location"],
+        "/quarantine?source=zwitch&done=reprocessed&n=1"
+    );
     app.stop().await;
 }

@@ -108,7 +108,7 @@ pub fn ingest(series: &Series, id: &str, label: &str) -> Markup {
                     @let height = scaled(bucket.ingested, max);
                     @let x = index as u32 * slot;
                     rect.ingested x=(x) y=(HEIGHT - BOTTOM - height) width=(bar) height=(height) {
-                        title { (clock(series.starts[index])) ": " (bucket.ingested) " stored, "
+                        title { (clock(series.starts[index])) " UTC: " (bucket.ingested) " stored, "
                             (bucket.duplicates) " duplicates, " (bucket.quarantined) " quarantined" }
                     }
                 }
@@ -166,7 +166,7 @@ pub fn deliveries(series: &Series, id: &str, label: &str) -> Markup {
                     @let bad = scaled(bucket.failed, max);
                     @let x = index as u32 * slot;
                     g {
-                        title { (clock(series.starts[index])) ": " (bucket.delivered) " delivered, "
+                        title { (clock(series.starts[index])) " UTC: " (bucket.delivered) " delivered, "
                             (bucket.failed) " failed (" (percent(bucket.delivered, bucket.delivered + bucket.failed)) " success)" }
                         rect.delivered x=(x) y=(HEIGHT - BOTTOM - ok) width=(bar) height=(ok) {}
                         rect x=(x) y=(HEIGHT - BOTTOM - ok - bad) width=(bar) height=(bad) fill=(format!("url(#{stripes})")) {}

@@ -205,12 +205,15 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/records", get(pages::records))
         .route("/records/{id}", get(pages::record))
         .route("/logout", post(logout))
-        .route_layer(middleware::from_fn_with_state(app, require_session));
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            require_session,
+        ));
     Router::new()
         .merge(pages)
         .route("/login", get(login_page).post(login))
         .route("/assets/console.css", get(stylesheet))
-        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(app, security_headers))
 }
 
 async fn stylesheet() -> Response {
@@ -225,10 +228,18 @@ async fn stylesheet() -> Response {
 }
 
 /// Headers every console response carries: no scripts, no framing, no sniffing, no leaking
-/// paths to other sites.
-async fn security_headers(request: Request, next: Next) -> Response {
+/// paths to other sites; and, over HTTPS, HTTPS only from then on, so a first visit typed as
+/// `http://` cannot be downgraded before the `Secure` cookie matters.
+async fn security_headers(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let https = app.settings.console.secure_cookies || over_https(request.headers());
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    if https {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -281,12 +292,7 @@ fn set_cookie(
     value: &str,
     max_age_seconds: u64,
 ) -> HeaderValue {
-    let over_https = request
-        .get("x-forwarded-proto")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(',').next())
-        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"));
-    let secure = if app.settings.console.secure_cookies || over_https {
+    let secure = if app.settings.console.secure_cookies || over_https(request) {
         "; Secure"
     } else {
         ""
@@ -295,6 +301,16 @@ fn set_cookie(
         "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_seconds}{secure}"
     ))
     .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Whether the request came over HTTPS through a proxy (`X-Forwarded-Proto: https`). Believed
+/// from anyone: what it turns on (a `Secure` cookie, HSTS) only keeps that client off plain HTTP.
+fn over_https(request: &HeaderMap) -> bool {
+    request
+        .get("x-forwarded-proto")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(',').next())
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
 }
 
 /// A path inside the console to return to after logging in, never another site. Browsers drop

@@ -197,14 +197,36 @@ fn form_time(name: &str, value: Option<&str>) -> Result<Option<Timestamp>, ApiEr
     let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
-    let full = match value.len() {
-        16 => format!("{value}:00Z"),
-        19 => format!("{value}Z"),
-        _ => value.to_owned(),
+    // A `datetime-local` value has no offset (`…T06:50`, `…T06:50:07`, `…T06:50:07.250`); the
+    // date before the time is always ten characters, whatever separates the two.
+    let time_of_day = value.get(11..).unwrap_or_default();
+    let full = if time_of_day.contains(['Z', 'z', '+', '-']) {
+        value.to_owned()
+    } else if time_of_day.len() == 5 {
+        format!("{value}:00Z")
+    } else {
+        format!("{value}Z")
     };
     Timestamp::parse_rfc3339(&full)
         .map(Some)
         .map_err(|_| ApiError::invalid(format!("{name}: `{value}` is not a time")))
+}
+
+/// A time as a `datetime-local` input shows it (UTC, to the minute, or as finely as it has
+/// seconds and milliseconds): an RFC 3339 value from a link, put back as given, would be invalid
+/// there and the browser would show the field empty, dropping the bound at the next "Filter".
+fn datetime_local(at: Timestamp) -> String {
+    let text = at.to_rfc3339();
+    let to_second = text.get(..19).unwrap_or_default();
+    let millis = at.unix_millis().rem_euclid(1000);
+    if millis != 0 {
+        format!("{to_second}.{millis:03}")
+    } else {
+        to_second
+            .strip_suffix(":00")
+            .unwrap_or(to_second)
+            .to_owned()
+    }
 }
 
 fn blank(value: &Option<String>) -> Option<String> {
@@ -267,8 +289,8 @@ pub(crate) async fn events(
                 }
             }
             label { "Provider id" input type="text" name="subject" value=[filters.subject.as_deref()] placeholder="inv_…, pay_…"; }
-            label { "Since (UTC)" input type="datetime-local" name="since" value=[filters.since.as_deref()]; }
-            label { "Until (UTC)" input type="datetime-local" name="until" value=[filters.until.as_deref()]; }
+            label { "Since (UTC)" input type="datetime-local" name="since" step="any" value=[since.map(datetime_local)]; }
+            label { "Until (UTC)" input type="datetime-local" name="until" step="any" value=[until.map(datetime_local)]; }
             button type="submit" { "Filter" }
         }
         @if result.items.is_empty() {
@@ -321,17 +343,21 @@ pub(crate) async fn event(
             endpoint_names.insert(delivery.endpoint_id, endpoint_label(&endpoint, &viewer));
         }
     }
-    let waiting = deliveries
-        .iter()
-        .any(|(d, _)| matches!(d.status.as_str(), "pending" | "failed"));
+    // Only an attempt under way or due within half a minute is worth watching for: a retry
+    // hours away (the schedule reaches 10 h) would reload the page every two seconds until then.
+    let soon = Timestamp::now().add(Duration::from_secs(30));
+    let waiting = deliveries.iter().any(|(d, _)| {
+        matches!(d.status.as_str(), "pending" | "failed") && d.next_attempt_at <= soon
+    });
     let warnings = canonical["warnings"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     let body = html! {
         @if waiting {
-            // Refreshes while deliveries are under way, so new attempts appear by themselves.
-            meta http-equiv="refresh" content="2";
+            // Refreshes while deliveries are under way, so new attempts appear by themselves;
+            // to the page itself, so an action's notice is not announced again at each reload.
+            meta http-equiv="refresh" content=(format!("2; url=/events/{id}"));
         }
         p.crumbs { a href="/events" { "Events" } " / " (id.to_string()) }
         h1 { code { (event.event_type) } }
@@ -435,10 +461,12 @@ fn inbound_details(inbound: &billhook_store::InboundRecord) -> Markup {
         h3 { "Body" }
         @match &inbound.body {
             Some(body) => {
-                // Pretty only when that shows the same numbers: a request kept for what went
-                // wrong with it is shown as the provider sent it.
+                // Pretty only when that shows the same numbers, and never for a request kept
+                // for what went wrong with it: that is shown as the provider sent it (parsed,
+                // a repeated key would show once, and the cause would be gone).
                 @match serde_json::from_slice::<Value>(body) {
-                    Ok(value) if numbers_are_exact(&value) => { (json_block(&value)) }
+                    Ok(value) if inbound.status != InboundStatus::Quarantined
+                        && numbers_are_exact(&value) => { (json_block(&value)) }
                     _ => { (text_block(&String::from_utf8_lossy(body))) }
                 }
             }
@@ -537,8 +565,11 @@ pub(crate) async fn endpoint(
         .store
         .attempts_of_endpoint(endpoint_id, None, 25)
         .await?;
-    let day_ago = now.sub(Duration::from_secs(86_400)).to_rfc3339();
-    let day_ago = day_ago.get(..16).unwrap_or_default();
+    // To the minute, as the input steps by default.
+    let day_ago = now.sub(Duration::from_secs(86_400)).unix_millis();
+    let day_ago = datetime_local(Timestamp::from_unix_millis(
+        day_ago - day_ago.rem_euclid(60_000),
+    ));
     let body = html! {
         p.crumbs { a href="/endpoints" { "Endpoints" } " / " (endpoint_label(&endpoint, &viewer)) }
         h1 { (endpoint_label(&endpoint, &viewer)) " " (health(&endpoint)) }
@@ -573,13 +604,13 @@ pub(crate) async fn endpoint(
                     }
                     form method="post" action=(format!("/endpoints/{}/recover", endpoint.id)) {
                         (csrf(&viewer))
-                        label { "Resend failures since (UTC)" input type="datetime-local" name="since" value=(day_ago) required; }
+                        label { "Resend failures since (UTC)" input type="datetime-local" name="since" step="any" value=(day_ago) required; }
                         button type="submit" { "Recover" }
                     }
                 } @else {
                     form method="post" action=(format!("/endpoints/{}/enable", endpoint.id)) {
                         (csrf(&viewer))
-                        label { "Also resend what failed since (UTC, optional)" input type="datetime-local" name="recover_since"; }
+                        label { "Also resend what failed since (UTC, optional)" input type="datetime-local" name="recover_since" step="any"; }
                         button type="submit" { "Enable" }
                     }
                 }
@@ -813,7 +844,7 @@ pub(crate) async fn quarantine(
             (empty("Nothing in quarantine."))
         } @else {
             div.scroll { table {
-                thead { tr { th { "Received" } th { "Source" } th { "Error" } th { "" } } }
+                thead { tr { th { "Received" } th { "Source" } th { "Error" } th { span.visually-hidden { "Action" } } } }
                 tbody {
                     @for item in &list.items {
                         tr {
@@ -823,7 +854,7 @@ pub(crate) async fn quarantine(
                             td { @if viewer.can_change() {
                                 form method="post" action=(format!("/inbound/{}/reprocess", item.id)) {
                                     (csrf(&viewer))
-                                    button type="submit" { "Reprocess" }
+                                    button type="submit" aria-label=(format!("Reprocess {}", item.id)) { "Reprocess" }
                                 }
                             } }
                         }
@@ -901,7 +932,16 @@ pub(crate) async fn reprocess_all(
     let count = serde_json::to_value(&summary)
         .ok()
         .and_then(|v| v["attempted"].as_u64());
-    redirect_done("/quarantine", "reprocessed", count)
+    // Back to the list as it was filtered.
+    let filtered = href_with(
+        "/quarantine",
+        &[
+            ("source", form.source.clone()),
+            ("done", Some("reprocessed".to_owned())),
+            ("n", count.map(|n| n.to_string())),
+        ],
+    );
+    Ok(Redirect::to(&filtered).into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1628,5 +1668,34 @@ fn numbers_are_exact(value: &Value) -> bool {
         Value::Array(items) => items.iter().all(numbers_are_exact),
         Value::Object(fields) => fields.values().all(numbers_are_exact),
         Value::Null | Value::Bool(_) | Value::String(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A time given in a link in any RFC 3339 form comes back as a `datetime-local` input
+    /// reads it, in UTC, so the next "Filter" keeps the bound.
+    #[test]
+    fn a_filter_time_is_put_back_as_the_input_reads_it() {
+        for (given, shown) in [
+            ("2026-11-20T10:00", "2026-11-20T10:00"),
+            ("2026-11-20T10:00:00Z", "2026-11-20T10:00"),
+            ("2026-11-20T15:30:00+05:30", "2026-11-20T10:00"),
+            ("2026-11-20T10:00:07Z", "2026-11-20T10:00:07"),
+            ("2026-11-20T10:00:07.250Z", "2026-11-20T10:00:07.250"),
+            ("2026-11-20t15:30:00+05:30", "2026-11-20T10:00"),
+            ("2026-11-20 10:00:00Z", "2026-11-20T10:00"),
+            ("2026-11-20T05:00:00-05:00", "2026-11-20T10:00"),
+        ] {
+            let parsed = form_time("since", Some(given)).unwrap().unwrap();
+            assert_eq!(datetime_local(parsed), shown, "{given}");
+            assert_eq!(
+                form_time("since", Some(shown)).unwrap(),
+                Some(parsed),
+                "{shown} reads back as the same time"
+            );
+        }
     }
 }
