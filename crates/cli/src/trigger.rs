@@ -164,19 +164,41 @@ pub(crate) async fn trigger(args: TriggerArgs) -> Result<(), CliError> {
     }
     if (200..300).contains(&status) {
         Ok(())
-    } else if status == 401
-        && args.to.is_some()
-        && matches!(target.auth, Some(SourceAuth::PathToken { .. }))
+    } else if let Some(to) = args
+        .to
+        .as_deref()
+        .filter(|_| status == 401 && matches!(target.auth, Some(SourceAuth::PathToken { .. })))
     {
-        // The token goes in the path, which --to gives whole.
-        Err(CliError::Usage(format!(
-            "the target answered 401: source `{}` authenticates by a token in the path, which --to must end with (…/ingest/{}/TOKEN)",
-            target.source.as_deref().unwrap_or(""),
-            target.source.as_deref().unwrap_or("SOURCE")
-        )))
+        // The token goes in the path, which --to gives whole: either it was left out, or the
+        // one given is not the source's.
+        let source = target.source.as_deref().unwrap_or("SOURCE");
+        Err(CliError::Usage(if names_a_path_token(to) {
+            format!(
+                "the target answered 401: the token at the end of --to is not source `{source}`'s"
+            )
+        } else {
+            format!(
+                "the target answered 401: source `{source}` authenticates by a token in the path, which --to must end with (…/ingest/{source}/TOKEN)"
+            )
+        }))
     } else {
         Err(CliError::Usage(format!("the target answered {status}")))
     }
+}
+
+/// Whether an ingest URL goes on past its source's name (`…/ingest/SOURCE/TOKEN`).
+fn names_a_path_token(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let segments: Vec<&str> = url
+        .path_segments()
+        .map(|segments| segments.filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    segments
+        .iter()
+        .rposition(|segment| *segment == "ingest")
+        .is_some_and(|at| segments.len() > at + 2)
 }
 
 fn list(json: bool) {

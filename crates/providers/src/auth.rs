@@ -139,28 +139,34 @@ impl SourceAuth {
 }
 
 impl SourceAuth {
-    /// What makes a usable credential weak, if anything: short enough to guess, or, for a JWT,
-    /// shorter than its hash (RFC 7518 asks 32 bytes for HS256) or accepted so long after it
-    /// was issued that a captured token can be replayed for hours. Warned about at start, not
-    /// refused: a provider may have issued it.
-    pub fn weakness(&self) -> Option<&'static str> {
-        Some(match self {
+    /// What makes a usable credential weak, each thing once: short enough to guess, or, for a
+    /// JWT, shorter than its hash (RFC 7518 asks 32 bytes for HS256) or accepted so long after
+    /// it was issued that a captured token can be replayed for hours. Warned about at start,
+    /// not refused: a provider may have issued it.
+    pub fn weaknesses(&self) -> Vec<&'static str> {
+        match self {
             SourceAuth::Header { value, .. } if value.expose().chars().count() < 16 => {
-                "the header's `value` is under 16 characters: easy to guess"
+                vec!["the header's `value` is under 16 characters: easy to guess"]
             }
             SourceAuth::Basic { password, .. } if password.expose().chars().count() < 16 => {
-                "the Basic `password` is under 16 characters: easy to guess"
-            }
-            SourceAuth::JwtHs256 { secret, .. } if secret.expose().len() < 32 => {
-                "the JWT `secret` is under 32 bytes, the least HS256 asks for (RFC 7518)"
+                vec!["the Basic `password` is under 16 characters: easy to guess"]
             }
             SourceAuth::JwtHs256 {
-                max_age_seconds, ..
-            } if *max_age_seconds > 3600 => {
-                "the JWT `max_age` is over an hour: a captured token can be replayed that long"
-            }
-            _ => return None,
-        })
+                secret,
+                max_age_seconds,
+            } => [
+                (secret.expose().len() < 32).then_some(
+                    "the JWT `secret` is under 32 bytes, the least HS256 asks for (RFC 7518)",
+                ),
+                (*max_age_seconds > 3600).then_some(
+                    "the JWT `max_age` is over an hour: a captured token can be replayed that long",
+                ),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -836,8 +842,13 @@ mod tests {
             },
         ];
         for auth in weak {
-            assert!(auth.weakness().is_some(), "{:?}", auth.kind());
+            assert_eq!(auth.weaknesses().len(), 1, "{:?}", auth.kind());
         }
+        let twice_weak = SourceAuth::JwtHs256 {
+            secret: Secret::new("sixteen-chars-ok"),
+            max_age_seconds: 86_400,
+        };
+        assert_eq!(twice_weak.weaknesses().len(), 2, "each named");
         let strong = [
             SourceAuth::Header {
                 name: http::HeaderName::from_static("x-key"),
@@ -855,7 +866,7 @@ mod tests {
             },
         ];
         for auth in strong {
-            assert_eq!(auth.weakness(), None, "{:?}", auth.kind());
+            assert!(auth.weaknesses().is_empty(), "{:?}", auth.kind());
         }
     }
 

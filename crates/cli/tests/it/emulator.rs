@@ -555,6 +555,21 @@ async fn a_path_token_source_sent_with_to_is_told_where_its_token_goes(backend: 
         "{printed}"
     );
     assert!(!printed.contains(CAMINVOICE_TOKEN), "{printed}");
+    // A wrong token is told as wrong, not as missing.
+    let (ok, printed) = app
+        .cli(&[
+            "trigger",
+            "caminvoice",
+            "DOCUMENT.RECEIVED",
+            "--to",
+            &format!("{without_token}/not-the-token"),
+        ])
+        .await;
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("the token at the end of --to is not source `caminvoice`'s"),
+        "{printed}"
+    );
     let with_token = format!("{without_token}/{CAMINVOICE_TOKEN}");
     let (ok, printed) = app
         .cli(&[
