@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use billhook_core::ids::InboundId;
+use billhook_core::ids::{EventId, InboundId};
 use billhook_core::time::Timestamp;
-use billhook_store::{PruneReport, StoreError};
+use billhook_store::{PruneBatch, PruneReport, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -252,14 +252,9 @@ async fn retain(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             _ = stopped.changed() => return,
         }
         match prune_now(&app, &stopped).await.map(|run| run.removed) {
-            Ok(removed) if removed.inbound > 0 => tracing::info!(
-                inbound = removed.inbound,
-                events = removed.events,
-                deliveries = removed.deliveries,
-                attempts = removed.attempts,
-                bytes = removed.payload_bytes,
-                "retention removed old messages"
-            ),
+            Ok(removed) if removed != PruneReport::default() => {
+                log_removed(&removed, "retention removed old messages");
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "retention could not run"),
         }
@@ -279,42 +274,101 @@ pub(crate) fn retention_cutoff(app: &App, now: Timestamp) -> InboundId {
     InboundId::lower_bound(now.sub(app.settings.retention.max_age.0))
 }
 
-/// Prunes batch after batch until nothing old is left (or the server stops).
+/// Prunes batch after batch until nothing old is left (or the server stops): the old messages,
+/// then the announcements as old whose message was already gone when they were made.
 pub(crate) async fn prune_now(
     app: &App,
     stopped: &watch::Receiver<bool>,
 ) -> Result<PruneRun, StoreError> {
     let cutoff = retention_cutoff(app, Timestamp::now());
+    let store = &app.store;
+    let size = app.settings.retention.batch;
     let mut removed = PruneReport::default();
-    let mut after = None;
-    loop {
-        let batch = app
-            .store
-            .prune(cutoff, after, app.settings.retention.batch)
-            .await?;
+    let mut count = |batch: PruneReport| {
         for (kind, count) in [
-            ("inbound", batch.removed.inbound),
-            ("events", batch.removed.events),
-            ("deliveries", batch.removed.deliveries),
-            ("attempts", batch.removed.attempts),
+            ("inbound", batch.inbound),
+            ("events", batch.events),
+            ("deliveries", batch.deliveries),
+            ("attempts", batch.attempts),
         ] {
             if count > 0 {
                 app.metrics.pruned(kind, count);
             }
         }
-        removed.add(batch.removed);
+        removed.add(batch);
+    };
+    let orphans_before = EventId::lower_bound(cutoff.created_at());
+    let run = async {
+        let messages_done = prune_batches(size, stopped, &mut count, |after, batch| {
+            store.prune(cutoff, after, batch)
+        })
+        .await?;
+        Ok(messages_done
+            && prune_batches(size, stopped, &mut count, |after, batch| {
+                store.prune_orphaned_events(orphans_before, after, batch)
+            })
+            .await?)
+    }
+    .await;
+    match run {
+        Ok(complete) => Ok(PruneRun { removed, complete }),
+        Err(error) => {
+            // The batches before the failure are committed: said here, as the error is all
+            // the caller gets.
+            if removed != PruneReport::default() {
+                log_removed(&removed, "retention removed old rows before a batch failed");
+            }
+            Err(error)
+        }
+    }
+}
+
+fn log_removed(removed: &PruneReport, message: &'static str) {
+    tracing::info!(
+        inbound = removed.inbound,
+        events = removed.events,
+        deliveries = removed.deliveries,
+        attempts = removed.attempts,
+        bytes = removed.payload_bytes,
+        "{message}"
+    );
+}
+
+/// Runs `prune` batch after batch of `size`, each going on after the last, until one says
+/// nothing is left (true) or the server stops (false), handing each one's report to `removed`.
+/// A batch the database refuses is tried again at half the size, down to one row: a batch too
+/// large for the database's statement timeout, or one that lost a deadlock to ingest, would
+/// otherwise fail again at every run, and retention, which starts from the oldest each time,
+/// would never get past it. A database that is away ends the run at once.
+async fn prune_batches<Key: Copy, Batch>(
+    mut size: u32,
+    stopped: &watch::Receiver<bool>,
+    removed: &mut impl FnMut(PruneReport),
+    mut prune: impl FnMut(Option<Key>, u32) -> Batch,
+) -> Result<bool, StoreError>
+where
+    Batch: Future<Output = Result<PruneBatch<Key>, StoreError>>,
+{
+    let mut after = None;
+    loop {
+        // Once smaller, a batch stays smaller for the rest of the run.
+        let batch = match prune(after, size).await {
+            Ok(batch) => batch,
+            // Not when the database is away: a smaller batch would fail the same way.
+            Err(error) if size > 1 && !matches!(error, StoreError::Unavailable(_)) => {
+                tracing::warn!(%error, size, "a retention batch failed; trying a smaller one");
+                size = (size / 2).max(1);
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        removed(batch.removed);
         after = batch.resume_after;
         if after.is_none() {
-            return Ok(PruneRun {
-                removed,
-                complete: true,
-            });
+            return Ok(true);
         }
         if *stopped.borrow() {
-            return Ok(PruneRun {
-                removed,
-                complete: false,
-            });
+            return Ok(false);
         }
         // Let ingest's writes in between batches.
         tokio::task::yield_now().await;
@@ -331,6 +385,68 @@ pub(crate) struct PruneRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch over what the database can do (here: more than three rows) is tried again
+    /// smaller until it goes through, and the run goes on at that size to the end; one that
+    /// fails even at one row ends the run with its error, as a database that is away does at
+    /// once.
+    #[tokio::test]
+    async fn a_failing_prune_batch_is_retried_smaller_until_one_row() {
+        let (_stop, stopped) = watch::channel(false);
+        let rows = 10_u32;
+        let mut sizes = Vec::new();
+        let mut removed = PruneReport::default();
+        let done = prune_batches(
+            8,
+            &stopped,
+            &mut |batch| removed.add(batch),
+            |after: Option<u32>, size| {
+                sizes.push(size);
+                let start = after.unwrap_or(0);
+                std::future::ready(if size > 3 {
+                    Err(StoreError::Database(
+                        "canceling statement due to statement timeout".into(),
+                    ))
+                } else {
+                    let end = (start + size).min(rows);
+                    Ok(PruneBatch {
+                        removed: PruneReport {
+                            inbound: u64::from(end - start),
+                            ..PruneReport::default()
+                        },
+                        resume_after: (end < rows).then_some(end),
+                    })
+                })
+            },
+        )
+        .await
+        .unwrap();
+        assert!(done);
+        assert_eq!(removed.inbound, u64::from(rows));
+        assert_eq!(sizes, [8, 4, 2, 2, 2, 2, 2]);
+
+        let mut tries = 0;
+        let failed = prune_batches(4, &stopped, &mut |_| {}, |_: Option<u32>, _| {
+            tries += 1;
+            std::future::ready(Err::<PruneBatch<u32>, _>(StoreError::Database(
+                "always".into(),
+            )))
+        })
+        .await;
+        assert!(failed.is_err());
+        assert_eq!(tries, 3, "4, 2, then 1");
+
+        let mut tries = 0;
+        let away = prune_batches(4, &stopped, &mut |_| {}, |_: Option<u32>, _| {
+            tries += 1;
+            std::future::ready(Err::<PruneBatch<u32>, _>(StoreError::Unavailable(
+                "connection refused".into(),
+            )))
+        })
+        .await;
+        assert!(away.is_err());
+        assert_eq!(tries, 1, "a database away is not tried smaller");
+    }
 
     #[tokio::test]
     async fn a_task_that_panics_is_started_again_until_billhook_stops() {

@@ -34,6 +34,11 @@ pub enum StoreError {
     /// deadlock, a serialization failure): nothing was written, and trying again can succeed.
     #[error("the database cancelled a conflicting transaction: {0}")]
     Conflict(String),
+    /// The database cancelled a statement that ran past `statement_timeout`: it may be
+    /// overloaded, or the statement too large (a group that would pass one request at a time),
+    /// so the caller decides whether to try again, smaller or later.
+    #[error("the database cancelled a statement that took too long: {0}")]
+    TimedOut(String),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     /// A value the database cannot hold (PostgreSQL refuses text with the NUL character): the
@@ -780,14 +785,16 @@ impl Store {
 
     /// What retention would remove: every message older than `before` (an id bound, see
     /// `InboundId::lower_bound`), not quarantined nor processed since, with nothing still owed
-    /// to an endpoint (see `OWED_DELIVERIES`), with its events, deliveries and attempts. The
-    /// ledger is never pruned.
+    /// to an endpoint (see `OWED_DELIVERIES`), with its events, deliveries and attempts; and the
+    /// announcements as old whose message is gone (`prune_orphaned_events`). The ledger is
+    /// never pruned.
     pub async fn prune_preview(&self, before: InboundId) -> Result<PruneReport, StoreError> {
         dispatch!(self, store => store.prune_preview(before).await)
     }
 
     /// Removes up to `batch` such messages in one transaction: the oldest past `after`, the
-    /// previous batch's `resume_after` (`None` to start from the oldest).
+    /// previous batch's `resume_after` (`None` to start from the oldest). A batch also stops
+    /// at 8 MiB of bodies, taking one message at least.
     pub async fn prune(
         &self,
         before: InboundId,
@@ -795,6 +802,21 @@ impl Store {
         batch: u32,
     ) -> Result<PruneBatch, StoreError> {
         dispatch!(self, store => store.prune(before, after, batch).await)
+    }
+
+    /// Removes up to `batch` canonical events older than `before` (an id bound) and past
+    /// `after` whose message is gone, with their finished deliveries and attempts; an event
+    /// with a delivery still owed stays. Such events are the ledger's announcements filed under
+    /// a message that retention had already removed (an unmatched payment announced after a
+    /// stop longer than `max_age`, a payment unlinked by a late reprocess): the message-by-
+    /// message batches of `prune` never reach them.
+    pub async fn prune_orphaned_events(
+        &self,
+        before: EventId,
+        after: Option<EventId>,
+        batch: u32,
+    ) -> Result<PruneBatch<EventId>, StoreError> {
+        dispatch!(self, store => store.prune_orphaned_events(before, after, batch).await)
     }
 
     /// Adds an instance's activity counts to a minute (unix minutes).

@@ -810,14 +810,45 @@ pub struct PruneReport {
     pub payload_bytes: u64,
 }
 
-/// One batch of retention: what it removed, and where the next batch starts.
+/// One batch of retention: what it removed, and where the next batch starts. Messages are
+/// pruned in batches keyed by message (`InboundId`); announcements left without their message
+/// in batches keyed by event (`EventId`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PruneBatch {
+pub struct PruneBatch<Key = InboundId> {
     pub removed: PruneReport,
-    /// The last message this batch looked at, when more may follow it: the next batch starts
-    /// after it rather than walking again the old messages kept (owed or quarantined).
-    pub resume_after: Option<InboundId>,
+    /// The last row this batch looked at, when more may follow it: the next batch starts
+    /// after it rather than walking again the old rows kept (owed or quarantined).
+    pub resume_after: Option<Key>,
 }
+
+/// An id as stored, parsed back; one that does not parse is corrupt data.
+pub(crate) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, crate::StoreError> {
+    text.parse()
+        .map_err(|_| crate::StoreError::Corrupt(format!("`{text}` is not a valid id")))
+}
+
+/// Whether a prune batch that looked at `looked_at` rows of at most `batch` took all it could,
+/// so that more may follow it.
+pub(crate) fn fills(looked_at: usize, batch: u32) -> bool {
+    looked_at >= usize::try_from(batch).unwrap_or(usize::MAX)
+}
+
+/// Where the next prune batch starts: after the last row this one looked at, when more may
+/// follow it (`full`).
+pub(crate) fn resume_after<Key: std::str::FromStr>(
+    looked_at: &[String],
+    full: bool,
+) -> Result<Option<Key>, crate::StoreError> {
+    match looked_at.last() {
+        Some(last) if full => parse_id(last).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The most bytes of bodies one prune batch removes (unless its first message alone is larger):
+/// on SQLite the one writer reads them all with every ingest waiting behind it, and on
+/// PostgreSQL a batch of large bodies could run past `statement_timeout` and fail at every run.
+pub(crate) const PRUNE_BATCH_BYTES: i64 = 8 * 1024 * 1024;
 
 impl PruneReport {
     pub fn add(&mut self, other: PruneReport) {

@@ -672,6 +672,51 @@ fn normalized(dedup_key: &str) -> Reprocess {
     }
 }
 
+/// On PostgreSQL a reprocess the database cancels for a conflict (here: a row lock waited for
+/// past `lock_timeout`, as a deadlock with an ingest's ledger locks would be) is written again,
+/// as an ingest is, rather than failing the operator's request.
+#[test]
+fn a_postgres_reprocess_that_conflicts_is_written_again() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let store = Store::open(&config).await.unwrap();
+        let DatabaseConfig::Postgres(mut options) = config.clone() else {
+            unreachable!("a PostgreSQL configuration")
+        };
+        options.url.push_str("%20-c%20lock_timeout%3D1000");
+        let impatient = Store::open(&DatabaseConfig::Postgres(options))
+            .await
+            .unwrap();
+        let request = inbound("rzp", "held-up", InboundStatus::Quarantined);
+        store
+            .ingest(write(request.clone(), Vec::new()))
+            .await
+            .unwrap();
+        // Another session holds the request's row for 1.5 s: the first try gives up at 1 s.
+        let holder = postgres_session(&config).await;
+        holder.batch_execute("BEGIN").await.unwrap();
+        holder
+            .execute(
+                "SELECT 1 FROM inbound WHERE id = $1 FOR UPDATE",
+                &[&request.id.to_string()],
+            )
+            .await
+            .unwrap();
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            holder.batch_execute("COMMIT").await.unwrap();
+        };
+        let (outcome, ()) = tokio::join!(
+            impatient.reprocess(request.id, normalized("held-up")),
+            release
+        );
+        assert!(
+            matches!(outcome, Ok(ReprocessOutcome::Processed { .. })),
+            "{outcome:?}"
+        );
+    });
+}
+
 /// A quarantined request that holds its body's hash beside the provider's id reprocesses under
 /// both, its own claims renewed rather than taken for another request's.
 #[test]

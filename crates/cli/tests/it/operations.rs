@@ -439,6 +439,17 @@ async fn retention_previews_and_prunes_old_messages_on_request(backend: Backend)
         .post_signed("razorpay", &fixture("razorpay/invoice.paid.card.json"), &[])
         .await;
     assert_eq!(response.status().as_u16(), 202);
+    // An announcement as old, filed under a message retention had already removed.
+    let gone = InboundId::new_at(Timestamp::now().sub(Duration::from_secs(50 * 86_400)));
+    assert_eq!(
+        app.execute_sql(&format!(
+            "UPDATE events SET inbound_id = '{gone}' WHERE subject_id = 'pay_old0'"
+        ))
+        .await,
+        1
+    );
+    let (_, orphan) = app.admin_get("/v1/events?subject=pay_old0").await;
+    assert_eq!(orphan["data"].as_array().unwrap().len(), 1);
 
     let (ok, printed) = app.cli(&["prune", "--dry-run", "--json"]).await;
     assert!(ok, "{printed}");
@@ -461,6 +472,8 @@ async fn retention_previews_and_prunes_old_messages_on_request(backend: Backend)
 
     let (ok, printed) = app.cli(&["prune"]).await;
     assert!(ok && printed.contains("removed 3 messages"), "{printed}");
+    let (_, orphan) = app.admin_get("/v1/events?subject=pay_old0").await;
+    assert_eq!(orphan["data"], json!([]), "the announcement goes too");
     let (_, inbound) = app.admin_get("/v1/inbound?limit=500").await;
     assert_eq!(
         inbound["data"].as_array().unwrap().len(),
@@ -663,32 +676,23 @@ async fn the_stored_admin_token_goes_only_to_a_local_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_command_answered_by_something_else_fails() {
     let not_billhook = Receiver::ok().await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
-        .args(["prune", "--url", &not_billhook.url, "--token", "bh_any"])
-        .env_remove("BILLHOOK_URL")
-        .current_dir(tempfile::tempdir().unwrap().path())
-        .output()
-        .await
-        .unwrap();
+    // From an empty directory: nothing of this tree (a configuration, a data directory) is used.
+    let away = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+            .args(args)
+            .args(["--url", &not_billhook.url, "--token", "bh_any"])
+            .env_remove("BILLHOOK_URL")
+            .current_dir(away.path())
+            .output()
+    };
+    let output = run(&["prune"]).await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("not billhook's JSON"), "{stderr}");
     assert_eq!(not_billhook.count(), 1);
     // Nor is a page that is not CSV written out as an export.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
-        .args([
-            "invoices",
-            "--csv",
-            "--url",
-            &not_billhook.url,
-            "--token",
-            "bh_any",
-        ])
-        .env_remove("BILLHOOK_URL")
-        .current_dir(tempfile::tempdir().unwrap().path())
-        .output()
-        .await
-        .unwrap();
+    let output = run(&["invoices", "--csv"]).await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("not billhook's CSV"), "{stderr}");

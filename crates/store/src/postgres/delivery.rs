@@ -485,10 +485,15 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         // An announcement can outlive the message it named (retention keeps the ledger, not
-        // the messages behind it); such an event is still redelivered if it is still there.
+        // the messages behind it); such an event is still redelivered if it is still there,
+        // held as the message would be: retention removes such events under their own row
+        // lock (`prune_orphaned_events`), and this waits for that and finds the event gone.
         if held.is_none()
             && transaction
-                .query_opt("SELECT 1 FROM events WHERE id = $1", &[&event.to_string()])
+                .query_opt(
+                    "SELECT 1 FROM events WHERE id = $1 FOR SHARE",
+                    &[&event.to_string()],
+                )
                 .await
                 .map_err(pg_error)?
                 .is_none()

@@ -19,10 +19,7 @@ use super::{PgStore, execute_cached, pg_error};
 use crate::StoreError;
 use crate::model::*;
 
-pub(crate) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
-    text.parse()
-        .map_err(|_| StoreError::Corrupt(format!("`{text}` is not a valid id")))
-}
+pub(crate) use crate::model::parse_id;
 
 /// Takes (or, if it already holds it, renews) the dedup key for `inbound_id` unless another live
 /// request holds it; returns the holder.
@@ -812,12 +809,26 @@ impl PgStore {
                 writes.iter().map(|_| Err(error.clone())).collect()
             }
             // Nothing of the group was written, and one of its requests may be one the
-            // database refuses: each is written again on its own, so a bad one fails alone.
+            // database refuses, or too large for `statement_timeout`: each is written again on
+            // its own, so a bad one fails alone. One of them timing out too, or finding the
+            // database away, says the database is the trouble: the rest fail with it at once,
+            // rather than each waiting out the timeout in turn.
             Err(error) => {
                 tracing::warn!(%error, requests = writes.len(), "an ingest group failed; writing its requests one by one");
                 let mut outcomes = Vec::with_capacity(writes.len());
+                let mut overloaded = None;
                 for write in writes {
-                    outcomes.push(self.write_alone(write).await);
+                    if let Some(error) = &overloaded {
+                        outcomes.push(Err(StoreError::clone(error)));
+                        continue;
+                    }
+                    let outcome = self.write_alone(write).await;
+                    if let Err(error @ (StoreError::TimedOut(_) | StoreError::Unavailable(_))) =
+                        &outcome
+                    {
+                        overloaded = Some(error.clone());
+                    }
+                    outcomes.push(outcome);
                 }
                 outcomes
             }
@@ -907,10 +918,30 @@ impl PgStore {
         Ok(outcomes)
     }
 
+    /// `reprocess_once`, again when the database cancelled it for conflicting with another
+    /// transaction, as an ingest is: a reprocess takes the ledger's locks too, and one that
+    /// relinks a payment takes the payment's out of the group's sorted order (`hold`).
     pub(crate) async fn reprocess(
         &self,
         id: InboundId,
         outcome: Reprocess,
+    ) -> Result<ReprocessOutcome, StoreError> {
+        let mut retries = 0;
+        loop {
+            match self.reprocess_once(id, &outcome).await {
+                Err(error @ StoreError::Conflict(_)) if retries < CONFLICT_RETRIES => {
+                    retries += 1;
+                    tracing::warn!(%error, "a reprocess conflicted with another transaction; writing it again");
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn reprocess_once(
+        &self,
+        id: InboundId,
+        outcome: &Reprocess,
     ) -> Result<ReprocessOutcome, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
@@ -955,9 +986,9 @@ impl PgStore {
             } => {
                 // The key is claimed again even when it is unchanged: it may have expired while
                 // the request sat in quarantine and been taken by a later copy of the message.
-                let keys: Vec<&str> = claimed_keys(&dedup_key, body_dedup_key.as_deref()).collect();
+                let keys: Vec<&str> = claimed_keys(dedup_key, body_dedup_key.as_deref()).collect();
                 let holder =
-                    claim_all(&transaction, &source, &keys, id, now, dedup_expires_at).await?;
+                    claim_all(&transaction, &source, &keys, id, now, *dedup_expires_at).await?;
                 if let Some(holder) = holder {
                     transaction
                         .execute(
@@ -1002,10 +1033,10 @@ impl PgStore {
                         )
                         .await
                         .map_err(pg_error)?;
-                    insert_events(&transaction, id, &events).await?;
-                    insert_deliveries(self, &transaction, id, &deliveries, now).await?;
+                    insert_events(&transaction, id, events).await?;
+                    insert_deliveries(self, &transaction, id, deliveries, now).await?;
                     let concluded =
-                        apply_facts(self, &transaction, &facts, concluder.as_deref()).await?;
+                        apply_facts(self, &transaction, facts, concluder.as_deref()).await?;
                     ReprocessOutcome::Processed {
                         event_ids: events.iter().map(|e| e.id).collect(),
                         concluded,

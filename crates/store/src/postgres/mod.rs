@@ -105,25 +105,29 @@ pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
     // The connection lost, or never made: the database is away, and the same statement may
     // succeed later. An error of the client's own (a value it could not encode) is not that,
     // and must not be waited out.
-    // A server shutting down, restarting, out of connections or disk, or read-only (a standby
-    // after a failover) says so with its own codes: the same write can succeed once it is
-    // past that, and readiness says it is not ready meanwhile.
+    // A server shutting down, restarting, out of connections, memory or disk, or read-only (a
+    // standby after a failover) says so with its own codes: the same write can succeed once it
+    // is past that, and readiness says it is not ready meanwhile. (A limit of the
+    // configuration's, 53400, would refuse the same statement again: not that.)
     let unreachable = error.is_closed()
         || std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>())
         || error.code().is_some_and(|code| {
             let code = code.code();
             code.starts_with("08")
                 || code.starts_with("57P")
-                || matches!(code, "53300" | "53100" | "25006")
+                || matches!(code, "53000" | "53100" | "53200" | "53300" | "25006")
         });
     if unreachable {
         StoreError::Unavailable(text)
+    } else if error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+        StoreError::TimedOut(text)
     } else if error.code().is_none() {
         StoreError::Database(text)
     } else if error
         .code()
-        .is_some_and(|code| code.code().starts_with("40"))
+        .is_some_and(|code| code.code().starts_with("40") || code.code() == "55P03")
     {
+        // A serialization failure, a deadlock, or a lock waited for past `lock_timeout`.
         StoreError::Conflict(text)
     } else if error.code() == Some(&tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE) {
         StoreError::Unstorable(text)

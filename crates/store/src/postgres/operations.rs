@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use billhook_core::ids::{DeliveryId, InboundId};
+use billhook_core::ids::{DeliveryId, EventId, InboundId};
 use billhook_core::time::Timestamp;
 use deadpool_postgres::GenericClient;
 
@@ -17,8 +17,13 @@ use crate::model::*;
 /// until it is reprocessed, however old) nor processed since the cutoff (reprocessed late, its
 /// events are new and its dedup key holds again). `$2` is the cutoff in unix milliseconds.
 fn prunable() -> String {
+    format!("SELECT i.id FROM inbound i WHERE {}", may_go())
+}
+
+/// The condition of `prunable` on the message `i`.
+fn may_go() -> String {
     format!(
-        "SELECT i.id FROM inbound i WHERE i.id < $1 AND i.status <> 'quarantined'
+        "i.id < $1 AND i.status <> 'quarantined'
             AND (i.processed_at IS NULL OR i.processed_at < $2) AND NOT {}",
         owed("i.id")
     )
@@ -29,6 +34,18 @@ fn owed(inbound_column: &str) -> String {
     format!(
         "EXISTS (SELECT 1 FROM deliveries d WHERE d.inbound_id = {inbound_column}
             AND d.status IN ({OWED_DELIVERIES}))"
+    )
+}
+
+/// Whether the event `e`, older than `$1` (an event id bound), is an announcement whose message
+/// retention removed before it was made (see `Store::prune_orphaned_events`), with nothing of it
+/// still owed to an endpoint. An event's deliveries are found among its message's
+/// (`deliveries_by_inbound`).
+fn orphaned() -> String {
+    format!(
+        "e.id < $1 AND NOT EXISTS (SELECT 1 FROM inbound i WHERE i.id = e.inbound_id)
+         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.inbound_id = e.inbound_id
+            AND d.event_id = e.id AND d.status IN ({OWED_DELIVERIES}))"
     )
 }
 
@@ -60,11 +77,25 @@ impl PgStore {
             )
             .await
             .map_err(pg_error)?;
+        let orphans = client
+            .query_one(
+                &format!(
+                    "WITH orphans AS (SELECT e.id, e.inbound_id FROM events e WHERE {}),
+                        theirs AS (SELECT d.id FROM deliveries d JOIN orphans o
+                            ON d.inbound_id = o.inbound_id AND d.event_id = o.id)
+                     SELECT (SELECT count(*) FROM orphans), (SELECT count(*) FROM theirs),
+                        (SELECT count(*) FROM attempts WHERE delivery_id IN (SELECT id FROM theirs))",
+                    orphaned()
+                ),
+                &[&EventId::lower_bound(before.created_at()).to_string()],
+            )
+            .await
+            .map_err(pg_error)?;
         Ok(PruneReport {
             inbound: unsigned(row.get(0)),
-            events: unsigned(row.get(1)),
-            deliveries: unsigned(row.get(2)),
-            attempts: unsigned(row.get(3)),
+            events: unsigned(row.get(1)) + unsigned(orphans.get(0)),
+            deliveries: unsigned(row.get(2)) + unsigned(orphans.get(1)),
+            attempts: unsigned(row.get(3)) + unsigned(orphans.get(2)),
             payload_bytes: unsigned(row.get(4)),
         })
     }
@@ -80,11 +111,12 @@ impl PgStore {
         let mut client = self.client().await?;
         let transaction = client.transaction().await.map_err(pg_error)?;
         // SKIP LOCKED: instances pruning at once take different messages.
-        let ids: Vec<String> = transaction
+        let rows = transaction
             .query(
                 &format!(
-                    "{} AND i.id > $3 ORDER BY i.id LIMIT {batch} FOR UPDATE SKIP LOCKED",
-                    prunable()
+                    "SELECT i.id, length(i.body) FROM inbound i WHERE {} AND i.id > $3
+                     ORDER BY i.id LIMIT {batch} FOR UPDATE SKIP LOCKED",
+                    may_go()
                 ),
                 &[
                     &before.to_string(),
@@ -93,15 +125,21 @@ impl PgStore {
                 ],
             )
             .await
-            .map_err(pg_error)?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        let resume_after = if ids.len() >= usize::try_from(batch).unwrap_or(usize::MAX) {
-            ids.last().map(|id| parse_id(id)).transpose()?
-        } else {
-            None
-        };
+            .map_err(pg_error)?;
+        // The batch stops at its byte budget, one message at least; the rest it locked stays.
+        let mut ids: Vec<String> = Vec::with_capacity(rows.len());
+        let mut bytes = 0_i64;
+        let mut full = fills(rows.len(), batch);
+        for row in &rows {
+            let length = row.get::<_, Option<i32>>(1).map_or(0, i64::from);
+            if !ids.is_empty() && bytes.saturating_add(length) > PRUNE_BATCH_BYTES {
+                full = true;
+                break;
+            }
+            bytes = bytes.saturating_add(length);
+            ids.push(row.get(0));
+        }
+        let resume_after = resume_after(&ids, full)?;
         // Their deliveries are locked before anything goes: a recovery (which does not touch
         // the message) that sets one pending again either committed first, and its message
         // stays whole, or waits and finds nothing. Checked only statement by statement, a
@@ -193,6 +231,91 @@ impl PgStore {
                 deliveries,
                 attempts,
                 payload_bytes: unsigned(payload_bytes),
+            },
+            resume_after,
+        })
+    }
+
+    /// Removes up to `batch` announcements older than `before` and past `after` whose message
+    /// is gone, with their finished deliveries and attempts, in one transaction.
+    pub(crate) async fn prune_orphaned_events(
+        &self,
+        before: EventId,
+        after: Option<EventId>,
+        batch: u32,
+    ) -> Result<PruneBatch<EventId>, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(pg_error)?;
+        let bound = before.to_string();
+        let (events, messages): (Vec<String>, Vec<String>) = transaction
+            .query(
+                &format!(
+                    "SELECT e.id, e.inbound_id FROM events e WHERE {} AND e.id > $2
+                     ORDER BY e.id LIMIT {batch} FOR UPDATE SKIP LOCKED",
+                    orphaned()
+                ),
+                &[&bound, &after.map(|id| id.to_string()).unwrap_or_default()],
+            )
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+            .unzip();
+        let resume_after = resume_after(&events, fills(events.len(), batch))?;
+        if events.is_empty() {
+            transaction.commit().await.map_err(pg_error)?;
+            return Ok(PruneBatch::default());
+        }
+        // As for messages: their deliveries are locked first, and each statement checks again
+        // that nothing is owed, so a redelivery requested meanwhile keeps its event whole.
+        let theirs = "SELECT d.id FROM deliveries d
+            WHERE d.inbound_id = ANY($2) AND d.event_id = ANY($1)";
+        transaction
+            .execute(
+                &format!("{theirs} ORDER BY d.id FOR UPDATE"),
+                &[&events, &messages],
+            )
+            .await
+            .map_err(pg_error)?;
+        let finished = format!("d.status NOT IN ({OWED_DELIVERIES})");
+        let still_orphaned = format!(
+            "e.id = ANY($1) AND NOT EXISTS (SELECT 1 FROM inbound i WHERE i.id = e.inbound_id)
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.inbound_id = e.inbound_id
+                AND d.event_id = e.id AND d.status IN ({OWED_DELIVERIES}))"
+        );
+        // The finished deliveries of the events still orphaned.
+        let doomed = format!(
+            "{theirs} AND {finished}
+                AND d.event_id IN (SELECT e.id FROM events e WHERE {still_orphaned})"
+        );
+        let attempts = transaction
+            .execute(
+                &format!("DELETE FROM attempts WHERE delivery_id IN ({doomed})"),
+                &[&events, &messages],
+            )
+            .await
+            .map_err(pg_error)?;
+        let deliveries = transaction
+            .execute(
+                &format!("DELETE FROM deliveries WHERE id IN ({doomed})"),
+                &[&events, &messages],
+            )
+            .await
+            .map_err(pg_error)?;
+        let removed_events = transaction
+            .execute(
+                &format!("DELETE FROM events e WHERE {still_orphaned}"),
+                &[&events],
+            )
+            .await
+            .map_err(pg_error)?;
+        transaction.commit().await.map_err(pg_error)?;
+        Ok(PruneBatch {
+            removed: PruneReport {
+                events: removed_events,
+                deliveries,
+                attempts,
+                ..PruneReport::default()
             },
             resume_after,
         })

@@ -403,7 +403,4 @@ fn reprocess(
     }
 }
 
-pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
-    text.parse()
-        .map_err(|_| StoreError::Corrupt(format!("`{text}` is not a valid id")))
-}
+pub(super) use crate::model::parse_id;

@@ -1,7 +1,7 @@
 //! Operations on SQLite: retention, the activity behind the console's charts, the overview
 //! and per-source figures.
 
-use billhook_core::ids::{DeliveryId, InboundId};
+use billhook_core::ids::{DeliveryId, EventId, InboundId};
 use billhook_core::time::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -9,10 +9,6 @@ use super::ingest::parse_id;
 use super::{SqliteStore, db_error};
 use crate::StoreError;
 use crate::model::*;
-
-/// The most bytes of bodies one SQLite prune batch removes (unless its first message alone is
-/// larger): the writer reads them all, with every ingest waiting behind it.
-const PRUNE_BATCH_BYTES: i64 = 8 * 1024 * 1024;
 
 /// Whether retention may remove the message `i`, older than the cutoff: nothing is owed of it,
 /// and it is not quarantined (a quarantined request was acknowledged and never processed, so it
@@ -32,6 +28,18 @@ fn prunable() -> String {
     format!(
         "SELECT i.id FROM inbound i WHERE i.id < ?1 AND {}",
         may_go()
+    )
+}
+
+/// Whether the event `e`, older than `?1` (an event id bound), is an announcement whose message
+/// retention removed before it was made (see `Store::prune_orphaned_events`), with nothing of it
+/// still owed to an endpoint. An event's deliveries are found among its message's
+/// (`deliveries_by_inbound`).
+fn orphaned() -> String {
+    format!(
+        "e.id < ?1 AND NOT EXISTS (SELECT 1 FROM inbound i WHERE i.id = e.inbound_id)
+         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.inbound_id = e.inbound_id
+            AND d.event_id = e.id AND d.status IN ({OWED_DELIVERIES}))"
     )
 }
 
@@ -59,7 +67,7 @@ impl SqliteStore {
     pub(crate) async fn prune_preview(&self, before: InboundId) -> Result<PruneReport, StoreError> {
         self.read(move |connection| {
             let doomed = prunable();
-            Ok(PruneReport {
+            let mut report = PruneReport {
                 inbound: count(
                     connection,
                     &format!("SELECT count(*) FROM ({doomed})"),
@@ -90,7 +98,29 @@ impl SqliteStore {
                     ),
                     before,
                 )?,
-            })
+            };
+            let orphaned = orphaned();
+            let bound = EventId::lower_bound(before.created_at()).to_string();
+            let count_orphans = |sql: &str| {
+                connection
+                    .query_row(sql, params![bound], |row| row.get::<_, i64>(0))
+                    .map(unsigned)
+                    .map_err(db_error)
+            };
+            report.add(PruneReport {
+                events: count_orphans(&format!("SELECT count(*) FROM events e WHERE {orphaned}"))?,
+                deliveries: count_orphans(&format!(
+                    "SELECT count(*) FROM events e JOIN deliveries d
+                       ON d.inbound_id = e.inbound_id AND d.event_id = e.id WHERE {orphaned}"
+                ))?,
+                attempts: count_orphans(&format!(
+                    "SELECT count(*) FROM events e JOIN deliveries d
+                       ON d.inbound_id = e.inbound_id AND d.event_id = e.id
+                     JOIN attempts a ON a.delivery_id = d.id WHERE {orphaned}"
+                ))?,
+                ..PruneReport::default()
+            });
+            Ok(report)
         })
         .await
     }
@@ -136,15 +166,11 @@ impl SqliteStore {
                     bytes = bytes.saturating_add(length);
                     chosen.push(row.get(0).map_err(db_error)?);
                 }
-                let full = chosen.len() >= usize::try_from(batch).unwrap_or(usize::MAX);
+                let full = fills(chosen.len(), batch);
                 Ok((chosen, full))
             })
             .await?;
-        let resume_after = if full {
-            chosen.last().map(|id| parse_id(id)).transpose()?
-        } else {
-            None
-        };
+        let resume_after = resume_after(&chosen, full)?;
         if chosen.is_empty() {
             return Ok(PruneBatch::default());
         }
@@ -181,6 +207,78 @@ impl SqliteStore {
                 payload_bytes: payload_bytes.max(0).unsigned_abs(),
             };
             connection.execute("DELETE FROM doomed", []).map_err(db_error)?;
+            Ok(report)
+        })
+        .await?;
+        Ok(PruneBatch {
+            removed,
+            resume_after,
+        })
+    }
+
+    /// Removes up to `batch` announcements older than `before` and past `after` whose message
+    /// is gone, with their finished deliveries and attempts: chosen on a reader, checked again
+    /// in the writer, as messages are.
+    pub(crate) async fn prune_orphaned_events(
+        &self,
+        before: EventId,
+        after: Option<EventId>,
+        batch: u32,
+    ) -> Result<PruneBatch<EventId>, StoreError> {
+        let bound = before.to_string();
+        let chosen: Vec<String> = self
+            .read({
+                let bound = bound.clone();
+                move |connection| {
+                    let sql = format!(
+                        "SELECT e.id FROM events e WHERE e.id > ?2 AND {} ORDER BY e.id LIMIT {batch}",
+                        orphaned()
+                    );
+                    let mut statement = connection.prepare_cached(&sql).map_err(db_error)?;
+                    let rows = statement
+                        .query_map(
+                            params![bound, after.map(|id| id.to_string()).unwrap_or_default()],
+                            |row| row.get(0),
+                        )
+                        .map_err(db_error)?;
+                    rows.collect::<Result<_, _>>().map_err(db_error)
+                }
+            })
+            .await?;
+        let resume_after = resume_after(&chosen, fills(chosen.len(), batch))?;
+        if chosen.is_empty() {
+            return Ok(PruneBatch::default());
+        }
+        let removed = self.write(move |connection| {
+            connection
+                .execute_batch(
+                    "CREATE TEMP TABLE IF NOT EXISTS doomed_events (id TEXT PRIMARY KEY, inbound_id TEXT NOT NULL);
+                     DELETE FROM doomed_events;",
+                )
+                .map_err(db_error)?;
+            // A redelivery since the choice keeps its event.
+            let mut still_orphaned = connection
+                .prepare_cached(&format!(
+                    "INSERT INTO doomed_events SELECT e.id, e.inbound_id FROM events e
+                     WHERE e.id = ?2 AND {}",
+                    orphaned()
+                ))
+                .map_err(db_error)?;
+            for id in &chosen {
+                still_orphaned.execute(params![bound, id]).map_err(db_error)?;
+            }
+            let delete = |sql: &str| connection.execute(sql, []).map(|n| n as u64).map_err(db_error);
+            let theirs = "SELECT d.id FROM deliveries d JOIN doomed_events g
+                ON d.inbound_id = g.inbound_id AND d.event_id = g.id";
+            let report = PruneReport {
+                attempts: delete(&format!(
+                    "DELETE FROM attempts WHERE delivery_id IN ({theirs})"
+                ))?,
+                deliveries: delete(&format!("DELETE FROM deliveries WHERE id IN ({theirs})"))?,
+                events: delete("DELETE FROM events WHERE id IN (SELECT id FROM doomed_events)")?,
+                ..PruneReport::default()
+            };
+            connection.execute("DELETE FROM doomed_events", []).map_err(db_error)?;
             Ok(report)
         })
         .await?;
