@@ -58,10 +58,10 @@ error_codes! {
     InvalidCursor => "invalid_cursor", BAD_REQUEST, "The pagination cursor is not one this API issued.";
     MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED, "The path does not accept this method.";
     UnsupportedMediaType => "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "The body must be JSON, sent with `Content-Type: application/json`.";
-    RequestTimeout => "request_timeout", REQUEST_TIMEOUT, "The request took longer than the server allows.";
+    RequestTimeout => "request_timeout", REQUEST_TIMEOUT, "The request took longer than the server allows. A webhook answered so may have been stored all the same (its write goes on), and its retry is then answered as a duplicate.";
     Starting => "starting", SERVICE_UNAVAILABLE, "billhook is starting (opening the database, applying migrations); nothing was read or stored, retry shortly.";
     Overloaded => "overloaded", SERVICE_UNAVAILABLE, "billhook holds as many request bodies in memory as `ingest.max_buffered_bytes` allows; nothing was read or stored, retry later.";
-    StorageUnavailable => "storage_unavailable", SERVICE_UNAVAILABLE, "The database is unreachable, or cancelled a write that conflicted with another; retry later. A webhook answered so may have been stored all the same, and its retry is then answered as a duplicate.";
+    StorageUnavailable => "storage_unavailable", SERVICE_UNAVAILABLE, "The database is unreachable, overloaded (out of connections, memory or disk, or a statement past `database.statement_timeout`), or cancelled a write that conflicted with another; retry later. A webhook answered so may have been stored all the same, and its retry is then answered as a duplicate.";
     Internal => "internal", INTERNAL_SERVER_ERROR, "An unexpected failure; nothing was acknowledged. See the server log.";
 }
 
@@ -153,7 +153,7 @@ impl From<VerifyError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) | StoreError::Conflict(_) => {
+            StoreError::Unavailable(_) | StoreError::Conflict(_) | StoreError::TimedOut(_) => {
                 tracing::error!(%error, "the database is unavailable");
                 Self::new(
                     ErrorCode::StorageUnavailable,

@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::body::Body;
@@ -61,9 +62,10 @@ pub struct IngestResponse {
         (status = 400, description = "The body is empty or unreadable", body = Error),
         (status = 401, description = "The request failed the source's verification", body = Error),
         (status = 404, description = "No such source", body = Error),
-        (status = 408, description = "The request took too long", body = Error),
+        (status = 408, description = "The request took too long; it may have been stored all the same (a retry is then answered as a duplicate)", body = Error),
         (status = 413, description = "The body is too large", body = Error),
-        (status = 503, description = "The database is unavailable, or billhook holds as many bodies as it may; retry (a retry of a request stored after all is answered as a duplicate)", body = Error),
+        (status = 500, description = "An unexpected failure; nothing was acknowledged", body = Error),
+        (status = 503, description = "The database is unavailable, or billhook holds as many bodies as it may, or is starting; retry (a retry of a request stored after all is answered as a duplicate)", body = Error),
     ))]
 pub(crate) async fn receive(
     State(app): State<Arc<App>>,
@@ -89,9 +91,10 @@ pub(crate) async fn receive(
         (status = 400, description = "The body is empty or unreadable", body = Error),
         (status = 401, description = "The request failed the source's verification", body = Error),
         (status = 404, description = "No such source", body = Error),
-        (status = 408, description = "The request took too long", body = Error),
+        (status = 408, description = "The request took too long; it may have been stored all the same (a retry is then answered as a duplicate)", body = Error),
         (status = 413, description = "The body is too large", body = Error),
-        (status = 503, description = "The database is unavailable, or billhook holds as many bodies as it may; retry (a retry of a request stored after all is answered as a duplicate)", body = Error),
+        (status = 500, description = "An unexpected failure; nothing was acknowledged", body = Error),
+        (status = 503, description = "The database is unavailable, or billhook holds as many bodies as it may, or is starting; retry (a retry of a request stored after all is answered as a duplicate)", body = Error),
     ))]
 pub(crate) async fn receive_with_token(
     State(app): State<Arc<App>>,
@@ -112,6 +115,17 @@ async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
+    // Unknown names share one label, so a scan of random paths cannot grow the metrics.
+    let label = if app.settings.sources.contains_key(&source_name) {
+        source_name.clone()
+    } else {
+        "(unknown)".to_owned()
+    };
+    let tally = Tally {
+        label,
+        started,
+        handed_to_store: AtomicBool::new(false),
+    };
     let timeout = app.settings.ingest.request_timeout.0;
     let result = match tokio::time::timeout(
         timeout,
@@ -122,6 +136,7 @@ async fn handle(
             peer,
             &headers,
             body,
+            &tally,
         ),
     )
     .await
@@ -135,24 +150,59 @@ async fn handle(
             ),
         )),
     };
-    // Unknown names share one label, so a scan of random paths cannot grow the metrics.
-    let label = if app.settings.sources.contains_key(&source_name) {
-        source_name.as_str()
-    } else {
-        "(unknown)"
-    };
-    match &result {
-        Ok((_, outcome)) => app
-            .metrics
-            .ingested(label, *outcome, Some(started.elapsed())),
-        // Counted where verification failed, with its code.
-        Err(error) if error.code.status() == http::StatusCode::UNAUTHORIZED => {}
-        Err(error) if error.code.status().is_server_error() => {
-            app.metrics.ingested(label, IngestOutcome::error, None);
+    // Once the write is handed to the store, the write counts the request, whatever became of
+    // this answer: a webhook answered 408 and stored after is counted stored.
+    if !tally.handed_to_store.load(Ordering::Acquire) {
+        match &result {
+            Ok(_) => {}
+            // Counted where verification failed, with its code.
+            Err(error) if error.code.status() == http::StatusCode::UNAUTHORIZED => {}
+            Err(error) if error.code.status().is_server_error() => {
+                app.metrics
+                    .ingested(&tally.label, IngestOutcome::error, None);
+            }
+            Err(_) => app
+                .metrics
+                .ingested(&tally.label, IngestOutcome::rejected, None),
         }
-        Err(_) => app.metrics.ingested(label, IngestOutcome::rejected, None),
     }
-    result.map(|(response, _)| response)
+    result
+}
+
+/// Counts an ingest request once its write is handed to the store: as the write ends, or, if
+/// the write panics before that, as an error when it is dropped.
+struct WriteCounter {
+    app: Arc<App>,
+    label: String,
+    started: std::time::Instant,
+    counted: bool,
+}
+
+impl WriteCounter {
+    fn count(&mut self, outcome: IngestOutcome, timed: bool) {
+        self.counted = true;
+        self.app
+            .metrics
+            .ingested(&self.label, outcome, timed.then(|| self.started.elapsed()));
+    }
+}
+
+impl Drop for WriteCounter {
+    fn drop(&mut self) {
+        if !self.counted {
+            self.app
+                .metrics
+                .ingested(&self.label, IngestOutcome::error, None);
+        }
+    }
+}
+
+/// How one ingest request is counted in metrics and activity, and by whom.
+struct Tally {
+    label: String,
+    started: std::time::Instant,
+    /// Set as the write is spawned: from then on the write counts the request.
+    handed_to_store: AtomicBool,
 }
 
 async fn process(
@@ -162,7 +212,8 @@ async fn process(
     peer: SocketAddr,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Response, IngestOutcome), ApiError> {
+    tally: &Tally,
+) -> Result<Response, ApiError> {
     let source = app.settings.sources.get(source_name).ok_or_else(|| {
         ApiError::new(
             ErrorCode::UnknownSource,
@@ -262,11 +313,37 @@ async fn process(
     // The write and the hand-off run to their end even if this request is dropped (the client
     // went away, or the ingest timeout fired): once the deliveries leased to this instance are
     // stored, they must reach their lanes, or they would wait out their lease unsent.
+    let mut counter = WriteCounter {
+        app: Arc::clone(app),
+        label: tally.label.clone(),
+        started: tally.started,
+        counted: false,
+    };
     let committed = tokio::spawn({
         let app = Arc::clone(app);
         async move {
             let _buffered = buffered;
-            let outcome = app.store.ingest(write).await?;
+            let outcome = match app.store.ingest(write).await {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    // A value the database cannot hold is the request's fault (a 400).
+                    let counted = if matches!(error, billhook_store::StoreError::Unstorable(_)) {
+                        IngestOutcome::rejected
+                    } else {
+                        IngestOutcome::error
+                    };
+                    counter.count(counted, false);
+                    return Err(error);
+                }
+            };
+            counter.count(
+                match &outcome {
+                    StoreOutcome::Stored { .. } if quarantined => IngestOutcome::quarantined,
+                    StoreOutcome::Stored { .. } => IngestOutcome::stored,
+                    StoreOutcome::Duplicate { .. } => IngestOutcome::duplicate,
+                },
+                true,
+            );
             if let StoreOutcome::Stored { concluded, .. } = &outcome {
                 app.delivery.hand_off(prepared);
                 if !concluded.is_empty() {
@@ -279,14 +356,10 @@ async fn process(
             Ok::<_, billhook_store::StoreError>(outcome)
         }
     });
+    tally.handed_to_store.store(true, Ordering::Release);
     let outcome = committed
         .await
         .map_err(|error| ApiError::internal(&error))??;
-    let counted = match &outcome {
-        StoreOutcome::Stored { .. } if quarantined => IngestOutcome::quarantined,
-        StoreOutcome::Stored { .. } => IngestOutcome::stored,
-        StoreOutcome::Duplicate { .. } => IngestOutcome::duplicate,
-    };
     let response = match outcome {
         StoreOutcome::Stored {
             inbound_id,
@@ -311,7 +384,7 @@ async fn process(
             }
         }
     };
-    Ok(((source.ack_status, Json(response)).into_response(), counted))
+    Ok((source.ack_status, Json(response)).into_response())
 }
 
 /// Takes the body's share of `ingest.max_buffered_bytes`: its declared length (within the

@@ -222,6 +222,104 @@ async fn readiness_follows_the_database_and_nothing_acknowledged_is_lost() {
     proxy.down().await;
 }
 
+/// A statement the database cancels at `statement_timeout` (here: an ingest waiting behind a
+/// table lock) is the database overloaded, not a bug: the provider is told `503
+/// storage_unavailable`, to retry, and billhook serves again once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_its_timeout_is_a_503_to_retry() {
+    let app = spawn_app_with(
+        Backend::Postgres,
+        "[database]\nstatement_timeout = \"1s\"\n",
+    )
+    .await;
+    let locker = holding_inbound(&app).await;
+    let body = fixture("zwitch_upi/payments.created.json");
+    let refused = app.post_signed("zwitch", &body, &[]).await;
+    assert_eq!(refused.status().as_u16(), 503);
+    let refusal: Value = refused.json().await.unwrap();
+    assert_eq!(refusal["code"], json!("storage_unavailable"));
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let accepted = app.post_signed("zwitch", &body, &[]).await;
+    assert!(accepted.status().is_success(), "{}", accepted.status());
+    let acknowledgement: Value = accepted.json().await.unwrap();
+    assert_eq!(
+        acknowledgement["duplicate"],
+        json!(false),
+        "nothing of the first was stored"
+    );
+    app.stop().await;
+}
+
+/// A webhook answered `408` whose write commits after (here: behind a table lock released
+/// after the timeout) is counted as stored, not as refused, and its retry is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_stored_after_its_408_is_counted_stored() {
+    let app = spawn_app_with(Backend::Postgres, "[ingest]\nrequest_timeout = \"1s\"\n").await;
+    let locker = holding_inbound(&app).await;
+    let body = fixture("zwitch_upi/payments.created.json");
+    let timed_out = app.post_signed("zwitch", &body, &[]).await;
+    assert_eq!(timed_out.status().as_u16(), 408);
+    locker.batch_execute("COMMIT").await.unwrap();
+    let series = |outcome: &str| {
+        format!("billhook_ingest_requests_total{{source=\"zwitch\",outcome=\"{outcome}\"}}")
+    };
+    app.eventually(
+        Duration::from_secs(10),
+        "the write to be counted",
+        || async { sample(&app.metrics().await, &series("stored")) == Some(1.0) },
+    )
+    .await;
+    let retried = app.post_signed("zwitch", &body, &[]).await;
+    let acknowledgement: Value = retried.json().await.unwrap();
+    assert_eq!(acknowledgement["duplicate"], json!(true));
+    let text = app.metrics().await;
+    assert_eq!(sample(&text, &series("rejected")), None, "{text}");
+    assert_eq!(sample(&text, &series("duplicate")), Some(1.0));
+    app.stop().await;
+}
+
+/// A worker instance answers health checks only, and refuses everything else as `{code,
+/// message}` like the API does: an unknown path 404, a wrong method 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_health_checks_only_and_refuses_in_json() {
+    let app = spawn_app_with(Backend::Postgres, "role = \"worker\"\n").await;
+    let alive = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(alive.status().as_u16(), 200);
+    for (method, path, status, code) in [
+        (reqwest::Method::GET, "/v1/events", 404, "not_found"),
+        (reqwest::Method::POST, "/ingest/zwitch", 404, "not_found"),
+        (reqwest::Method::POST, "/healthz", 405, "method_not_allowed"),
+        (
+            reqwest::Method::DELETE,
+            "/metrics",
+            405,
+            "method_not_allowed",
+        ),
+    ] {
+        let response = app
+            .http
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        let refusal: Value = response.json().await.unwrap();
+        assert_eq!(refusal["code"], json!(code), "{method} {path}");
+    }
+    app.stop().await;
+}
+
+/// A session of the test's own holding `app`'s table of requests, so that every ingest waits
+/// behind it until the session commits or rolls back.
+async fn holding_inbound(app: &TestApp) -> tokio_postgres::Client {
+    let locker = database_session(app).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE inbound IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    locker
+}
+
 /// A connection of the test's own to the PostgreSQL schema `app` uses, to set up or observe
 /// what the API does not show.
 async fn database_session(app: &TestApp) -> tokio_postgres::Client {
