@@ -54,7 +54,8 @@ pub(crate) async fn ready(State(app): State<Arc<App>>) -> Result<Json<Value>, Ap
 /// Prometheus metrics in the OpenMetrics text format.
 #[utoipa::path(get, path = "/metrics", tag = "health", security(()),
     responses((status = 200, description = "The metrics",
-        content((String = "application/openmetrics-text; version=1.0.0; charset=utf-8")))))]
+        content((String = "application/openmetrics-text; version=1.0.0; charset=utf-8"))),
+        (status = 503, description = "billhook is starting (its database is opening or migrating)", body = crate::error::ErrorBody)))]
 pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
     let overview = match app.store.overview().await {
         Ok(overview) => Some(overview),

@@ -121,7 +121,7 @@ impl Server {
         let mut names: Vec<&String> = settings.sources.keys().collect();
         names.sort();
         for name in names {
-            if let Some(weakness) = settings.sources[name].spec.auth.weakness() {
+            for weakness in settings.sources[name].spec.auth.weaknesses() {
                 tracing::warn!(source = %name, "{weakness}");
             }
         }
@@ -236,6 +236,7 @@ fn starting_routes() -> Router {
             )
             .retry_after(std::time::Duration::from_secs(STARTING_RETRY_AFTER_SECONDS))
         })
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 /// How long a start may take before the port answers that it is starting.
@@ -251,6 +252,7 @@ fn health_only(app: Arc<App>) -> Router {
         .route("/readyz", get(health::ready))
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
 }
 

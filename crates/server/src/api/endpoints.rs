@@ -49,10 +49,11 @@ pub(crate) struct CreateEndpoint {
     event_types: Vec<String>,
     /// Only events from these sources; absent or `null` for every source.
     #[serde(default)]
+    #[schema(min_items = 1)]
     sources: Option<Vec<String>>,
     /// `canonical` (billhook's events) or `raw` (the provider's body, re-signed).
     #[serde(default = "canonical")]
-    #[schema(default = "canonical")]
+    #[schema(default = "canonical", pattern = "^(canonical|raw)$")]
     format: String,
     /// Headers sent with every delivery.
     #[serde(default)]
@@ -60,9 +61,11 @@ pub(crate) struct CreateEndpoint {
     headers: Map<String, Value>,
     /// Requests per second at most.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10_000)]
     rate_limit: Option<u32>,
     /// Requests in flight at most.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000)]
     max_concurrency: Option<u32>,
     #[serde(default)]
     description: String,
@@ -83,7 +86,7 @@ fn yes() -> bool {
 }
 
 /// Changes to an endpoint: only the fields given change; `null` clears `sources`, `rate_limit`
-/// and `max_concurrency`, is no reason as `disabled_reason`, and is refused elsewhere.
+/// and `max_concurrency`, is the same as absent for `disabled_reason`, and is refused elsewhere.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateEndpoint {
@@ -94,19 +97,19 @@ pub(crate) struct UpdateEndpoint {
     #[schema(nullable = false)]
     event_types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<String>>, min_items = 1)]
     sources: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "not_null")]
-    #[schema(nullable = false)]
+    #[schema(nullable = false, pattern = "^(canonical|raw)$")]
     format: Option<String>,
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = std::collections::HashMap<String, String>)]
     headers: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 10_000)]
     rate_limit: Option<Option<u32>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1_000)]
     max_concurrency: Option<Option<u32>>,
     #[serde(default, deserialize_with = "not_null")]
     #[schema(nullable = false)]
@@ -114,7 +117,8 @@ pub(crate) struct UpdateEndpoint {
     #[serde(default, deserialize_with = "not_null")]
     #[schema(nullable = false)]
     enabled: Option<bool>,
-    /// With `enabled: false`: why, shown with the endpoint; `null` for no reason.
+    /// With `enabled: false`: why, shown with the endpoint; absent or `null` for "disabled by
+    /// an operator".
     disabled_reason: Option<String>,
     /// With `enabled: true`: also resend what failed, died or was held since this time.
     #[serde(default, deserialize_with = "not_null")]
@@ -344,6 +348,7 @@ pub(crate) async fn create(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -574,11 +579,7 @@ pub(crate) async fn rotate_secret(
     body: bytes::Bytes,
 ) -> Result<Json<SecretView>, ApiError> {
     let id = endpoint_id(&id)?;
-    let body: RotateSecret = if body.is_empty() {
-        RotateSecret::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("body: {e}")))?
-    };
+    let body: RotateSecret = super::optional_body(&body)?;
     let secret = match &body.secret {
         Some(text) => EndpointSecret::parse(text).map_err(|e| ApiError::invalid(e.to_string()))?,
         None => EndpointSecret::generate(),

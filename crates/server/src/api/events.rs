@@ -42,6 +42,7 @@ pub(crate) struct ListParams {
     /// Only events received before this time (RFC 3339).
     until: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -217,11 +218,7 @@ pub(crate) async fn redeliver(
     body: bytes::Bytes,
 ) -> Result<(StatusCode, Json<Redelivered>), ApiError> {
     let id: EventId = id.parse().map_err(|_| ApiError::not_found("event"))?;
-    let body: Redeliver = if body.is_empty() {
-        Redeliver::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("body: {e}")))?
-    };
+    let body: Redeliver = super::optional_body(&body)?;
     let event = app
         .store
         .event(id)

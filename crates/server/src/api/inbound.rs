@@ -33,6 +33,7 @@ pub(crate) struct ListParams {
     /// Only requests to this source.
     source: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -270,7 +271,10 @@ pub(crate) async fn reprocess_one(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReprocessAllParams {
+    /// Only requests to this source.
     source: Option<String>,
+    /// The most requests to reprocess, 1 to 500 (default 500).
+    #[schema(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
@@ -304,11 +308,7 @@ pub(crate) async fn reprocess_all(
     body: bytes::Bytes,
 ) -> Result<Json<ReprocessAllView>, ApiError> {
     // An empty body means "everything quarantined, any source".
-    let params: ReprocessAllParams = if body.is_empty() {
-        ReprocessAllParams::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("body: {e}")))?
-    };
+    let params: ReprocessAllParams = super::optional_body(&body)?;
     let limit = page_limit(params.limit.or(Some(super::MAX_LIMIT)))?;
     // A source that is not configured could only answer an empty success (a misspelt name) or
     // requests that would all be skipped (a removed source).

@@ -83,6 +83,7 @@ pub(crate) struct ListParams {
     /// The provider's id or the invoice number.
     reference: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -666,7 +667,11 @@ macro_rules! ledger_handlers {
             #[utoipa::path(get, path = $list_path, tag = "ledger", params(ListParams),
                 responses(
                     (status = 200, description = "A page of entries, or a CSV export",
-                        content((super::Page<EntityView<'static>> = "application/json"), (String = "text/csv"))),
+                        content((super::Page<EntityView<'static>> = "application/json"), (String = "text/csv")),
+                        headers(
+                            ("content-disposition" = String, description = "CSV only: `attachment` with a file name"),
+                            ("x-billhook-truncated" = String, description = "CSV only: `true` when the export stopped at its row limit"),
+                        )),
                     (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error),
                 ))]
             pub(crate) async fn $list(

@@ -220,6 +220,16 @@ pub(crate) struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// An optional JSON body: none at all, or `null`, is the default; anything else must be a `T`.
+pub(crate) fn optional_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice::<Option<T>>(body)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| ApiError::invalid(format!("body: {e}")))
+}
+
 /// Default and maximum page sizes.
 pub(crate) const DEFAULT_LIMIT: u32 = 50;
 pub(crate) const MAX_LIMIT: u32 = 500;
