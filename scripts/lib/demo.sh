@@ -59,25 +59,46 @@ description = "answers 405: shows what a failing endpoint looks like"
 TOML
 }
 
-start_demo() {
-  cargo build --quiet -p billhook
-  bin=target/debug/billhook
-  work=$(mktemp -d)
-  port=$((20000 + RANDOM % 20000))
-  receiver_port=$((port + 1))
-  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+free_ports() {
+  # Two ports the kernel hands out now, held together so that they differ (not guessed ones
+  # that something may hold).
+  python3 -c '
+import socket
+held = [socket.socket() for _ in range(2)]
+for s in held: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in held))'
+}
 
-  demo_receiver "$receiver_port" &
-  for _ in $(seq 1 50); do
-    curl -fs -X POST -d '' "http://127.0.0.1:$receiver_port/" >/dev/null && break
-    sleep 0.1
-  done
-  demo_config >"$work/billhook.toml"
-  "$bin" serve --config "$work/billhook.toml" >"$work/serve.log" 2>&1 &
-  for _ in $(seq 1 100); do
-    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break
+# Polls `curl "$@"` until it succeeds, up to $1 tries 0.2 s apart; fails saying what did not
+# answer, with billhook's log so far.
+wait_for() {
+  local tries=$1; shift
+  for _ in $(seq 1 "$tries"); do
+    curl -fs "$@" >/dev/null && return 0
     sleep 0.2
   done
+  echo "demo: no answer from ${*: -1}" >&2
+  if [ -s "$work/serve.log" ]; then
+    echo "billhook's log:" >&2
+    cat "$work/serve.log" >&2
+  fi
+  return 1
+}
+
+start_demo() {
+  cargo build --quiet --locked -p billhook
+  bin=target/debug/billhook
+  work=$(mktemp -d)
+  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+  local ports
+  ports=$(free_ports)
+  read -r port receiver_port <<<"$ports"
+
+  demo_receiver "$receiver_port" &
+  wait_for 50 -X POST -d '' "http://127.0.0.1:$receiver_port/"
+  demo_config >"$work/billhook.toml"
+  "$bin" serve --config "$work/billhook.toml" >"$work/serve.log" 2>&1 &
+  wait_for 150 "http://127.0.0.1:$port/readyz"
 
   export BILLHOOK_ADMIN_TOKEN=demo-admin-token
   for scenario in scenarios/*.toml; do
