@@ -3,6 +3,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -55,7 +57,7 @@ fn start_binary_logging(data_dir: &std::path::Path, level: &str) -> (Child, Stri
 
 /// What a process wrote to stderr so far.
 #[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<String>>);
+struct Logs(Arc<std::sync::Mutex<String>>);
 
 impl Logs {
     fn push(&self, line: &str) {
@@ -78,7 +80,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     let provider = billhook_providers::by_name("zwitch").unwrap();
 
     // Eight writers keep ingesting distinct messages; the process is killed while they run.
-    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut writers = Vec::new();
     for writer in 0..8 {
         let http = http.clone();
@@ -248,7 +250,7 @@ fn a_source_without_usable_auth_stops_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_is_delivered_across_a_sigkill() {
     // A receiver slow enough that deliveries are in flight when the process dies.
-    let receiver = Receiver::start(std::sync::Arc::new(|_| {
+    let receiver = Receiver::start(Arc::new(|_| {
         (200, vec![], Some(Duration::from_millis(100)))
     }))
     .await;
@@ -366,10 +368,8 @@ async fn ingest_round_robin(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_postgres_survive_a_sigkill() {
-    let receiver = Receiver::start(std::sync::Arc::new(|_| {
-        (200, vec![], Some(Duration::from_millis(5)))
-    }))
-    .await;
+    let receiver =
+        Receiver::start(Arc::new(|_| (200, vec![], Some(Duration::from_millis(5))))).await;
     let url = fresh_postgres_url().await;
     let delivery = TEST_DELIVERY
         .replace("lease = \"5s\"", "lease = \"2s\"")
@@ -464,11 +464,11 @@ async fn no_secret_reaches_the_logs() {
     std::fs::write(dir.path().join("billhook.toml"), config).unwrap();
     let (mut child, address, logs) = start_binary_logging(dir.path(), "debug");
     let http = reqwest::Client::new();
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
     let receiver = Receiver::start({
-        let calls = std::sync::Arc::clone(&calls);
-        std::sync::Arc::new(move |_| {
-            let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        let calls = Arc::clone(&calls);
+        Arc::new(move |_| {
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
             (if first { 500 } else { 200 }, vec![], Some(Duration::ZERO))
         })
     })
@@ -567,8 +567,19 @@ async fn sigterm_stops_gracefully_on_postgres() {
 /// held are given back rather than left leased: the next start sends them at once, not a lease
 /// later. On SQLite the write-ahead log is checkpointed into the database.
 async fn sigterm_stops_gracefully_and_gives_back_what_it_held(postgres: Option<String>) {
-    let receiver = Receiver::start(std::sync::Arc::new(|_| {
-        (200, vec![], Some(Duration::from_millis(20)))
+    // The receiver is slow until the process has stopped, so the signal always finds deliveries
+    // owed: the shutdown grace cannot catch up with every acknowledged event.
+    let stopped = Arc::new(AtomicBool::new(false));
+    let receiver = Receiver::start(Arc::new({
+        let stopped = stopped.clone();
+        move |_| {
+            let delay = if stopped.load(Ordering::Relaxed) {
+                20
+            } else {
+                100
+            };
+            (200, vec![], Some(Duration::from_millis(delay)))
+        }
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -590,23 +601,36 @@ async fn sigterm_stops_gracefully_and_gives_back_what_it_held(postgres: Option<S
     let pid = child.id().to_string();
 
     // Writers keep ingesting while the signal arrives.
-    let stop_after = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_after = Arc::new(AtomicBool::new(false));
+    let acknowledged_so_far: Arc<[AtomicUsize; 4]> = Arc::default();
     let mut writers = Vec::new();
     for writer in 0..4 {
         let addresses = vec![address.clone()];
         let stop_after = stop_after.clone();
+        let acknowledged_so_far = acknowledged_so_far.clone();
         writers.push(tokio::spawn(async move {
-            ingest_round_robin(&addresses, 300, &format!("term{writer}"), |_| {
-                stop_after.load(std::sync::atomic::Ordering::Relaxed)
+            ingest_round_robin(&addresses, 300, &format!("term{writer}"), |acknowledged| {
+                acknowledged_so_far[writer].store(acknowledged, Ordering::Relaxed);
+                stop_after.load(Ordering::Relaxed)
             })
             .await
         }));
     }
+    // Signal mid-delivery: some events delivered, and far more acknowledged than the shutdown
+    // grace can deliver at the receiver's pace.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while receiver.count() < 20 {
+    loop {
+        let acknowledged: usize = acknowledged_so_far
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum();
+        if receiver.count() >= 10 && acknowledged >= receiver.count() + 150 {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "nothing was delivered"
+            "{acknowledged} acknowledged and {} delivered after 30 s",
+            receiver.count()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -623,7 +647,8 @@ async fn sigterm_stops_gracefully_and_gives_back_what_it_held(postgres: Option<S
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    stop_after.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_after.store(true, Ordering::Relaxed);
+    stopped.store(true, Ordering::Relaxed);
     let mut acknowledged = Vec::new();
     for writer in writers {
         acknowledged.extend(writer.await.unwrap());
