@@ -407,15 +407,16 @@ async fn seed_old_messages(backend: Backend, dir: &tempfile::TempDir, count: usi
     let at = Timestamp::now().sub(Duration::from_secs(days_ago * 86_400));
     let writes = (0..count)
         .map(|n| {
+            let id = EventId::new_at(at);
             let event = NewEvent {
-                id: EventId::new_at(at),
+                id,
                 event_type: "payment.succeeded",
                 source: "razorpay".to_owned(),
                 subject_kind: "payment",
                 subject_id: format!("pay_old{n}"),
                 occurred_at: at,
                 received_at: at,
-                payload: Bytes::from_static(b"{}"),
+                payload: Bytes::from(format!("{{\"id\":\"{id}\"}}")),
             };
             (
                 seeded_request("razorpay", &format!("old-{n}"), at),
@@ -450,6 +451,32 @@ async fn retention_previews_and_prunes_old_messages_on_request(backend: Backend)
     );
     let (_, orphan) = app.admin_get("/v1/events?subject=pay_old0").await;
     assert_eq!(orphan["data"].as_array().unwrap().len(), 1);
+    // A raw endpoint is sent the request behind an event, which this one no longer has.
+    let (raw_endpoint, _) = app
+        .create_endpoint(json!({
+            "url": "http://127.0.0.1:9/hooks",
+            "event_types": ["payment.*"],
+            "format": "raw",
+        }))
+        .await;
+    let orphan_id = orphan["data"][0]["id"].as_str().unwrap();
+    let (status, refused) = app
+        .admin_post(
+            &format!("/v1/events/{orphan_id}/redeliver"),
+            json!({ "endpoint_id": raw_endpoint }),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["code"], "invalid_request", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("was removed by retention"),
+        "{refused}"
+    );
+    let (_, detail) = app.admin_get(&format!("/v1/events/{orphan_id}")).await;
+    assert_eq!(detail["deliveries"], json!([]), "{detail}");
 
     let (ok, printed) = app.cli(&["prune", "--dry-run", "--json"]).await;
     assert!(ok, "{printed}");

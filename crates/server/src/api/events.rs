@@ -250,6 +250,15 @@ pub(crate) async fn redeliver(
         let existing = app.store.deliveries_of_event(id, event.inbound_id).await?;
         if !existing.iter().any(|(d, _)| d.endpoint_id == endpoint.id) {
             let raw = endpoint.format == "raw";
+            // A raw endpoint is sent the provider's request behind the event. An announcement
+            // made after retention removed that request has none: refused here, rather than
+            // left as a delivery that can only die.
+            if raw && app.store.inbound(event.inbound_id).await?.is_none() {
+                return Err(ApiError::invalid(format!(
+                    "endpoint `{}` takes the provider's request as sent, and the request behind                      event `{id}` was removed by retention; redeliver it to an endpoint in the                      canonical format",
+                    endpoint.id
+                )));
+            }
             create.push(NewDelivery {
                 id: DeliveryId::new_at(now),
                 endpoint_id: endpoint.id,
