@@ -26,6 +26,7 @@ fn is_local(base: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
 }
 
+#[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
     base: String,

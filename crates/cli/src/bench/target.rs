@@ -22,6 +22,8 @@ pub(crate) struct Target {
 struct Spawned {
     child: Child,
     data_dir: PathBuf,
+    /// The admin token it was started with, for the bench's questions to its API.
+    admin_token: String,
     keep: bool,
     /// The scratch PostgreSQL schema: the server's database URL and the schema's name.
     schema: Option<(String, String)>,
@@ -90,6 +92,7 @@ impl Target {
             }
             None => None,
         };
+        let admin_token = generate_secret();
         let mut command = Command::new(
             std::env::current_exe().map_err(|e| CliError::Io(format!("own executable: {e}")))?,
         );
@@ -98,7 +101,7 @@ impl Target {
             .arg(&config_path)
             .env("BILLHOOK_LISTEN", "127.0.0.1:0")
             .env("BILLHOOK_DATA_DIR", &data_dir)
-            .env("BILLHOOK_ADMIN_TOKEN", generate_secret())
+            .env("BILLHOOK_ADMIN_TOKEN", &admin_token)
             .env("RUST_LOG", "warn")
             .env_remove("BILLHOOK_DATABASE_URL")
             .stdout(Stdio::null())
@@ -114,6 +117,7 @@ impl Target {
         let spawned = Spawned {
             child,
             data_dir,
+            admin_token,
             keep: launch.keep,
             schema: spawned_schema,
         };
@@ -140,6 +144,20 @@ impl Target {
     pub(crate) fn usage(&self) -> Option<Usage> {
         let pid = self.spawned.as_ref()?.child.id();
         read_usage(pid)
+    }
+
+    /// A client for the spawned server's admin API; `None` for a remote one.
+    pub(crate) fn admin_client(&self) -> Result<Option<crate::client::Client>, CliError> {
+        let Some(spawned) = &self.spawned else {
+            return Ok(None);
+        };
+        crate::client::Client::connect(&crate::Remote {
+            url: Some(self.base_url.clone()),
+            token: Some(spawned.admin_token.clone()),
+            config: Some(spawned.data_dir.join(billhook_server::config::CONFIG_FILE)),
+            json: false,
+        })
+        .map(Some)
     }
 
     /// Where the spawned server keeps its data (kept after the run with `--keep`).

@@ -45,7 +45,8 @@ pub(crate) struct Outcome {
     pub end_to_end_us: Vec<u64>,
     /// Acknowledged (in any window) and never arrived.
     pub lost: usize,
-    /// Events (acknowledged or not) that arrived more than once, and the surplus arrivals.
+    /// Events that arrived more than once (acknowledged or not, unless another sender's
+    /// traffic arrives too), and the surplus arrivals.
     pub duplicated_events: usize,
     pub duplicate_arrivals: usize,
     /// Arrivals of events no request acknowledged: the ledger's own conclusions.
@@ -96,11 +97,14 @@ impl Tracker {
         (state.owed, state.arrivals)
     }
 
-    pub(crate) fn outcome(&self) -> Outcome {
+    /// The outcome so far. With `others_traffic`, arrivals nobody here acknowledged may be
+    /// another sender's (a running billhook's own traffic): their repeats are that sender's
+    /// retries, not counted as duplicates.
+    pub(crate) fn outcome(&self, others_traffic: bool) -> Outcome {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut outcome = Outcome::default();
         for entry in state.events.values() {
-            if entry.arrivals > 1 {
+            if entry.arrivals > 1 && (entry.started.is_some() || !others_traffic) {
                 outcome.duplicated_events += 1;
                 outcome.duplicate_arrivals += (entry.arrivals - 1) as usize;
             }
@@ -149,7 +153,7 @@ mod tests {
         tracker.acknowledged(["evt_c"], start, false);
         tracker.arrived("evt_settled", start);
 
-        let outcome = tracker.outcome();
+        let outcome = tracker.outcome(false);
         assert_eq!(outcome.acknowledged, 2);
         assert_eq!(outcome.delivered, 2);
         assert_eq!(outcome.lost, 1);
@@ -162,6 +166,24 @@ mod tests {
         latencies.sort_unstable();
         assert_eq!(latencies, vec![3_000, 5_000]);
         assert_eq!(outcome.last_arrival, Some(start + Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn another_senders_repeats_are_not_the_runs_duplicates() {
+        let tracker = Tracker::default();
+        let start = Instant::now();
+        tracker.acknowledged(["evt_ours"], start, true);
+        tracker.arrived("evt_ours", start);
+        tracker.arrived("evt_ours", start);
+        tracker.arrived("evt_theirs", start);
+        tracker.arrived("evt_theirs", start);
+        let outcome = tracker.outcome(true);
+        assert_eq!(
+            (outcome.duplicated_events, outcome.duplicate_arrivals),
+            (1, 1)
+        );
+        assert_eq!(outcome.unsolicited, 1);
+        assert_eq!(tracker.outcome(false).duplicated_events, 2);
     }
 
     #[test]

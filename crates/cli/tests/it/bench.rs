@@ -50,6 +50,8 @@ fn assert_complete(figures: &Value, messages: u64, output: &str) {
     assert_eq!(delivery["delivered"], events, "{output}");
     assert_eq!(delivery["lost"], 0, "{output}");
     assert_eq!(delivery["duplicated"], 0, "{output}");
+    // Nothing left that could still arrive a second time.
+    assert_eq!(delivery["owed_after_drain"], 0, "{output}");
     assert_eq!(
         delivery["end_to_end_latency"]["samples"], events,
         "{output}"
@@ -87,6 +89,14 @@ async fn a_bench_run_delivers_every_acknowledged_event_once(backend: Backend) {
         "{output}"
     );
     assert!(figures["server"]["cpu_ms"].as_u64().is_some(), "{output}");
+
+    // A run of nothing is refused before anything starts.
+    let (ok, _, output) = bench(&["--events", "0"]).await;
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("--concurrency, --rate and --events must be positive"),
+        "{output}"
+    );
 
     // Ingest alone: nothing to deliver, nothing owed.
     let (ok, figures, output) = bench(&["--events", "200", "--warmup", "0", "--no-endpoint"]).await;
@@ -154,4 +164,25 @@ async fn a_running_billhook_can_be_measured_at_a_fixed_rate(backend: Backend) {
         repeated.contains("none of 150 messages was acknowledged (duplicate 150)"),
         "{repeated}"
     );
+
+    // A duration under a second is kept to: at 200/s, half a second is 100 messages, all sent
+    // on schedule, so none ran out.
+    let timed = [
+        "bench",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "0",
+        "--rate",
+        "200",
+        "--provider",
+        "zwitch",
+        "--strict",
+        "--json",
+    ];
+    let (ok, output) = app.cli(&timed).await;
+    assert!(ok, "{output}");
+    let figures: Value = serde_json::from_str(output.lines().next().unwrap()).unwrap();
+    assert_complete(&figures, 100, &output);
+    assert_eq!(figures["ran_out"], false, "{output}");
 }
