@@ -9,6 +9,16 @@ use crate::NormalizeError;
 use billhook_core::money::{Amount, Currency, MoneyError};
 use billhook_core::time::{TimeError, Timestamp};
 
+/// A field a provider may write as `null` where it means "none", as Setu writes its empty lists:
+/// `#[serde(default, deserialize_with = "null_as_default")]` takes absent and `null` alike.
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// The exact text of a JSON number (or of a JSON string holding one), as the provider wrote it.
 ///
 /// Money and big ids go through this type so that `3.69` stays `3.69` and `699158487875191900`

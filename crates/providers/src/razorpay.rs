@@ -223,7 +223,7 @@ fn payment_event_type(status: &str) -> EventType {
 #[derive(Deserialize)]
 struct Envelope {
     event: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::null_as_default")]
     payload: Payload,
     created_at: Option<NumText>,
 }
@@ -344,7 +344,7 @@ struct Invoice {
     currency: Option<String>,
     description: Option<String>,
     supply_state_code: Option<ScalarText>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::null_as_default")]
     line_items: Vec<InvoiceLineItem>,
 }
 

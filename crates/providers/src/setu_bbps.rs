@@ -217,7 +217,7 @@ struct BillFetch {
     biller_ref_id: Option<ScalarText>,
     biller_id: Option<String>,
     exactness: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::null_as_default")]
     payment_limits: Vec<Limit>,
     ref_id: Option<String>,
     status: Option<String>,

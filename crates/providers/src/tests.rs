@@ -239,9 +239,12 @@ fn zwitch_documented_variants() {
     // `payment.created` as the seed's table spells it.
     let body = String::from_utf8(fixture("zwitch_upi/payments.created.json")).unwrap();
     let singular = body.replace("\"payments.created\"", "\"payment.created\"");
+    let singular = normalize("zwitch", singular.as_bytes());
+    assert_eq!(types(&singular), [EventType::PaymentCreated]);
+    // One event under either name: a retry under the other is a duplicate.
     assert_eq!(
-        types(&normalize("zwitch", singular.as_bytes())),
-        [EventType::PaymentCreated]
+        singular.dedup_key,
+        normalize("zwitch", body.as_bytes()).dedup_key
     );
 
     // The object directly under `data`.
@@ -339,9 +342,21 @@ fn bharat_connect_lifecycle_and_spellings() {
             "bharat_connect.invoice.edit",
             "bharat_connect.invoice.change_status",
         );
+    let edit_as_change_status = normalize("zwitch", edit.as_bytes());
+    assert_eq!(types(&edit_as_change_status), [EventType::InvoiceUpdated]);
+    // One event under either name: a retry under the other finds its key.
     assert_eq!(
-        types(&normalize("zwitch", edit.as_bytes())),
-        [EventType::InvoiceUpdated]
+        edit_as_change_status.dedup_key,
+        normalize("zwitch", &fixture("bharat_connect/invoice.edit.json")).dedup_key
+    );
+    let closed = normalize(
+        "zwitch",
+        &fixture("bharat_connect/invoice.change_status.json"),
+    );
+    assert!(
+        closed
+            .dedup_key
+            .starts_with("bharat_connect.invoice.change_status:")
     );
 
     let rejected = String::from_utf8(fixture("bharat_connect/invoice.confirm.json"))
@@ -501,6 +516,43 @@ fn caminvoice_documents() {
     }
     let revoked = normalize("caminvoice", &fixture("caminvoice/ENTITY.REVOKED.json"));
     assert_eq!(revoked.dedup_key, "ENTITY.REVOKED:KHUID000001");
+}
+
+/// `fixture` with the value at `path` replaced by `null`, or added as `null` where absent.
+fn with_null(fixture_path: &str, path: &[&str]) -> Vec<u8> {
+    let mut body: Value = serde_json::from_slice(&fixture(fixture_path)).unwrap();
+    let (last, parents) = path.split_last().unwrap();
+    let parent = parents
+        .iter()
+        .fold(&mut body, |value, key| value.get_mut(*key).unwrap());
+    parent[*last] = Value::Null;
+    serde_json::to_vec(&body).unwrap()
+}
+
+#[test]
+fn a_list_written_as_null_is_an_empty_list() {
+    let fetch = normalize(
+        "setu_bbps",
+        &with_null("setu_bbps/BILL_FETCH.json", &["data", "paymentLimits"]),
+    );
+    assert_eq!(types(&fetch), [EventType::BillFetched]);
+    let invoice = normalize(
+        "zwitch",
+        &with_null(
+            "bharat_connect/invoice.create.json",
+            &["data", "object", "items_details"],
+        ),
+    );
+    assert_eq!(types(&invoice), [EventType::InvoiceIssued]);
+    assert_eq!(data_json(&invoice, 0)["line_items"], serde_json::json!([]));
+    let paid = normalize(
+        "razorpay",
+        &with_null(
+            "razorpay/invoice.paid.card.json",
+            &["payload", "invoice", "entity", "line_items"],
+        ),
+    );
+    assert_eq!(types(&paid)[0], EventType::InvoicePaid);
 }
 
 #[test]

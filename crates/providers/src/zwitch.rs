@@ -130,7 +130,7 @@ impl Provider for Zwitch {
             }
         };
         Ok(Normalized {
-            dedup_key: format!("{}:{}", envelope.name, envelope.id),
+            dedup_key: format!("{}:{}", dedup_name(&envelope.name, &events), envelope.id),
             body_dedup_key: None,
             provider_event_id: Some(envelope.id),
             provider_event: envelope.name,
@@ -180,6 +180,24 @@ impl Provider for Zwitch {
         options: &mut GenerateOptions,
     ) -> Result<Generated, EmulateError> {
         generate(event, options)
+    }
+}
+
+/// The event's name as its dedup key spells it. Zwitch sends one event under two names
+/// (`payment.created` beside `payments.created`, Bharat Connect's edit as `change_status`
+/// without a status): a retry under the other spelling is the same event, and must find its key.
+fn dedup_name<'a>(name: &'a str, events: &[EventDraft]) -> &'a str {
+    match name {
+        "payment.created" => "payments.created",
+        "payment.updated" => "payments.updated",
+        "bharat_connect.invoice.change_status"
+            if events
+                .first()
+                .is_some_and(|event| event.event_type == EventType::InvoiceUpdated) =>
+        {
+            "bharat_connect.invoice.edit"
+        }
+        other => other,
     }
 }
 
@@ -402,7 +420,7 @@ struct BcInvoice {
     supplier_invoice_number: Option<ScalarText>,
     supplier_details: Option<BcParty>,
     buyer_details: Option<BcParty>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::null_as_default")]
     items_details: Vec<BcItem>,
     value_details: Option<BcValues>,
     supplier_bank_details: Option<BcBank>,
