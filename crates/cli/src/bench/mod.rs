@@ -507,16 +507,19 @@ async fn measure(
     let sent = send_range(&run, args, deadline).await;
     let send_elapsed = window_start.elapsed();
 
-    let mut owed_after_drain = 0;
     if let Some(tracker) = &tracker {
         drain(tracker, args.drain_timeout.0).await;
-        if let Some((client, endpoint)) = endpoint_api {
-            owed_after_drain = settle(client, endpoint, args.drain_timeout.0).await?;
-        }
+    }
+    // Read before the questions that follow, which are the bench's, not the traffic's.
+    let usage_after = target.usage();
+    let mut owed_after_drain = 0;
+    if tracker.is_some()
+        && let Some((client, endpoint)) = endpoint_api
+    {
+        owed_after_drain = settle(client, endpoint, args.drain_timeout.0).await?;
     }
     ticker.abort();
     bar.finish_and_clear();
-    let usage_after = target.usage();
 
     let acknowledged = run.acknowledged.load(Ordering::Relaxed);
     let ack_latency = Latency::of(std::mem::take(
