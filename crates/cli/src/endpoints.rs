@@ -77,6 +77,17 @@ pub(crate) enum EndpointsCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The latest deliveries, newest first: what the endpoint was sent, is owed or gave up on.
+    Deliveries {
+        id: String,
+        /// Only these: pending, failed (retrying), delivered, dead, held or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// The latest attempts, newest first.
     Attempts {
         id: String,
@@ -380,6 +391,60 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
                 })
                 .collect();
             table(&["STARTED", "DELIVERY", "STATUS", "TOOK", "ERROR"], &rows);
+            Ok(())
+        }
+        EndpointsCommand::Deliveries {
+            id,
+            status,
+            limit,
+            remote,
+        } => {
+            let client = client::Client::connect(&remote)?;
+            let mut query = vec![("limit", limit.to_string())];
+            if let Some(status) = status {
+                query.push(("status", status));
+            }
+            let page = client
+                .get(
+                    &format!("/v1/endpoints/{}/deliveries", client::segment(&id)),
+                    &query,
+                )
+                .await?;
+            if remote.json {
+                output::pretty(&page);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = page["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    vec![
+                        text(&d["created_at"]),
+                        text(&d["id"]),
+                        text(&d["event_type"]),
+                        text(&d["status"]),
+                        text(&d["attempt_count"]),
+                        text(&d["next_attempt_at"]),
+                        match d["last_status_code"].as_u64() {
+                            Some(code) => format!("HTTP {code}"),
+                            None => text(&d["last_error"]),
+                        },
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "CREATED",
+                    "DELIVERY",
+                    "EVENT TYPE",
+                    "STATUS",
+                    "ATTEMPTS",
+                    "NEXT",
+                    "LAST ANSWER",
+                ],
+                &rows,
+            );
             Ok(())
         }
         EndpointsCommand::Recover {

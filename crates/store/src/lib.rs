@@ -663,6 +663,17 @@ impl Store {
         dispatch!(self, store => store.delivery(id).await)
     }
 
+    /// An endpoint's deliveries, newest first, of one status or all.
+    pub async fn deliveries_of_endpoint(
+        &self,
+        endpoint: EndpointId,
+        status: Option<DeliveryStatus>,
+        before: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Page<DeliveryRecord>, StoreError> {
+        dispatch!(self, store => store.deliveries_of_endpoint(endpoint, status, before, limit).await)
+    }
+
     /// An endpoint's attempts, newest first.
     pub async fn attempts_of_endpoint(
         &self,

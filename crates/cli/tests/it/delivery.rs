@@ -35,6 +35,7 @@ backend_tests!(
     redeliver_and_recover_send_again,
     rotation_signs_with_both_secrets,
     dead_deliveries_stop_after_the_last_attempt,
+    an_endpoints_deliveries_are_listed_by_status,
     retries_due_at_once_go_out_at_once,
     shutdown_lets_in_flight_attempts_finish,
     a_re_enabled_endpoint_starts_its_failing_time_afresh,
@@ -915,6 +916,126 @@ async fn dead_deliveries_stop_after_the_last_attempt(backend: Backend) {
     .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 6);
+    app.stop().await;
+}
+
+/// An endpoint's deliveries are listed newest first, all or of one status, a page at a time,
+/// through the API and the CLI.
+async fn an_endpoints_deliveries_are_listed_by_status(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\nretry_schedule = [\"0s\"]\nrequest_timeout = \"2s\"\n",
+    )
+    .await;
+    // The first three arrivals are taken, every later one refused.
+    let receiver = Receiver::start(Arc::new(|arrival| {
+        (
+            if arrival < 3 { 200 } else { 500 },
+            vec![],
+            Some(Duration::ZERO),
+        )
+    }))
+    .await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let delivered = ingest_payments(&app, 3, "taken").await;
+    app.eventually(Duration::from_secs(5), "three deliveries", || async {
+        receiver.count() == 3
+    })
+    .await;
+    let refused = ingest_payments(&app, 2, "refused").await;
+    let listing = |query: &'static str| {
+        let app = &app;
+        let endpoint = endpoint.clone();
+        async move {
+            app.admin_get(&format!("/v1/endpoints/{endpoint}/deliveries{query}"))
+                .await
+        }
+    };
+    app.eventually(Duration::from_secs(5), "two dead deliveries", || async {
+        listing("?status=dead").await.1["data"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2)
+    })
+    .await;
+
+    let (status, all) = listing("").await;
+    assert_eq!(status, 200, "{all}");
+    let ids: Vec<&str> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5, "{all}");
+    assert!(
+        ids.windows(2).all(|pair| pair[0] > pair[1]),
+        "newest first: {all}"
+    );
+    let (_, dead) = listing("?status=dead").await;
+    let mut dead_events: Vec<&str> = dead["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["status"], "dead", "{dead}");
+            assert_eq!(d["attempt_count"], 1, "{dead}");
+            assert_eq!(d["last_status_code"], 500, "{dead}");
+            assert_eq!(d["next_attempt_at"], Value::Null, "{dead}");
+            assert_eq!(d["endpoint_id"], json!(endpoint), "{dead}");
+            assert!(d.get("attempts").is_none(), "{dead}");
+            d["message_id"].as_str().unwrap()
+        })
+        .collect();
+    dead_events.sort_unstable();
+    let mut expected: Vec<&str> = refused.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(dead_events, expected);
+
+    // Pages of two: the cursor carries on where the last page ended, within the status.
+    let (_, first) = listing("?status=delivered&limit=2").await;
+    assert_eq!(first["data"].as_array().unwrap().len(), 2, "{first}");
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (_, second) = app
+        .admin_get(&format!(
+            "/v1/endpoints/{endpoint}/deliveries?status=delivered&limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(second["data"].as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(second["next_cursor"], Value::Null, "{second}");
+    let mut paged: Vec<&str> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["data"].as_array().unwrap())
+        .map(|d| d["message_id"].as_str().unwrap())
+        .collect();
+    paged.sort_unstable();
+    let mut expected: Vec<&str> = delivered.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(paged, expected);
+
+    let (status, bad) = listing("?status=gone").await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["code"], "invalid_request", "{bad}");
+    assert!(
+        bad["message"].as_str().unwrap().contains("not `gone`"),
+        "{bad}"
+    );
+    let (status, missing) = app
+        .admin_get("/v1/endpoints/ep_01JD3R6Q9K5M2XW8T4HZ7BCN1E/deliveries")
+        .await;
+    assert_eq!(status, 404, "{missing}");
+
+    let (ok, printed) = app
+        .cli(&["endpoints", "deliveries", &endpoint, "--status", "dead"])
+        .await;
+    assert!(ok, "{printed}");
+    assert!(printed.contains("LAST ANSWER"), "{printed}");
+    assert_eq!(printed.matches(" dead ").count(), 2, "{printed}");
+    assert_eq!(printed.matches("HTTP 500").count(), 2, "{printed}");
     app.stop().await;
 }
 

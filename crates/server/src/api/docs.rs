@@ -33,6 +33,7 @@ use super::{endpoints, event_types, events, inbound, ledger, operations, tokens}
         endpoints::delete,
         endpoints::secret,
         endpoints::rotate_secret,
+        endpoints::deliveries,
         endpoints::attempts,
         endpoints::recover,
         ledger::list_invoices,

@@ -9,11 +9,14 @@ use billhook_core::access::Scope;
 use billhook_core::ids::{AttemptId, EndpointId};
 use billhook_core::signing::EndpointSecret;
 use billhook_core::time::Timestamp;
-use billhook_store::{AttemptRecord, EndpointPatch, EndpointRecord, EndpointStats, NewEndpoint};
+use billhook_store::{
+    AttemptRecord, DeliveryStatus, EndpointPatch, EndpointRecord, EndpointStats, NewEndpoint,
+};
 use http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+use super::events::DeliverySummary;
 use super::{ApiJson, ApiQuery, Page, page_limit, parse_cursor};
 use crate::App;
 use crate::access::Access;
@@ -633,6 +636,62 @@ impl From<AttemptRecord> for AttemptView {
             error_message: a.error_message,
         }
     }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DeliveryListParams {
+    /// Only deliveries in this status: `pending`, `failed` (retrying), `delivered`, `dead`,
+    /// `held` or `cancelled`.
+    status: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The endpoint's deliveries, newest first: what it was sent, is owed, gave up on or holds.
+#[utoipa::path(get, path = "/v1/endpoints/{id}/deliveries", tag = "endpoints",
+    params(("id" = String, Path, description = "The endpoint's id (`ep_…`)"), DeliveryListParams),
+    responses(
+        (status = 200, description = "A page of deliveries", body = Page<DeliverySummary>),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 404, description = "Not found", body = Error),
+    ))]
+pub(crate) async fn deliveries(
+    State(app): State<Arc<App>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<DeliveryListParams>,
+) -> Result<Json<Page<DeliverySummary>>, ApiError> {
+    let id = endpoint_id(&id)?;
+    let status = params
+        .status
+        .as_deref()
+        .map(|text| {
+            DeliveryStatus::parse(text).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "status must be pending, failed, delivered, dead, held or cancelled, not `{text}`"
+                ))
+            })
+        })
+        .transpose()?;
+    if app.store.endpoint(id).await?.is_none() {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    let page = app
+        .store
+        .deliveries_of_endpoint(
+            id,
+            status,
+            parse_cursor(params.cursor.as_deref())?,
+            page_limit(params.limit)?,
+        )
+        .await?;
+    Ok(Json(Page {
+        data: page.items.into_iter().map(DeliverySummary::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Every attempt to deliver to the endpoint, newest first.

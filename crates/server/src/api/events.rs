@@ -101,10 +101,9 @@ pub(crate) async fn list(
     ))
 }
 
-/// A delivery of an event, with its attempts oldest first.
+/// A delivery of an event to one endpoint.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-#[schema(as = Delivery)]
-pub(crate) struct DeliveryView {
+pub(crate) struct DeliverySummary {
     id: DeliveryId,
     endpoint_id: EndpointId,
     /// The `webhook-id` the endpoint receives: the event id, or the stored request's for raw
@@ -119,11 +118,28 @@ pub(crate) struct DeliveryView {
     last_error: Option<String>,
     created_at: Timestamp,
     updated_at: Timestamp,
+}
+
+/// A delivery of an event, with its attempts oldest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Delivery)]
+pub(crate) struct DeliveryView {
+    #[serde(flatten)]
+    delivery: DeliverySummary,
     attempts: Vec<AttemptView>,
 }
 
 impl DeliveryView {
     fn new(delivery: DeliveryRecord, attempts: Vec<AttemptRecord>) -> Self {
+        Self {
+            delivery: DeliverySummary::from(delivery),
+            attempts: attempts.into_iter().map(AttemptView::from).collect(),
+        }
+    }
+}
+
+impl From<DeliveryRecord> for DeliverySummary {
+    fn from(delivery: DeliveryRecord) -> Self {
         let waiting = matches!(
             delivery.status,
             DeliveryStatus::Pending | DeliveryStatus::Failed
@@ -140,7 +156,6 @@ impl DeliveryView {
             last_error: delivery.last_error,
             created_at: delivery.created_at,
             updated_at: delivery.updated_at,
-            attempts: attempts.into_iter().map(AttemptView::from).collect(),
         }
     }
 }

@@ -45,6 +45,7 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
             "/endpoints/{id}/secret/rotate",
             post(endpoints::rotate_secret),
         )
+        .route("/endpoints/{id}/deliveries", get(endpoints::deliveries))
         .route("/endpoints/{id}/attempts", get(endpoints::attempts))
         .route("/endpoints/{id}/recover", post(endpoints::recover))
         .route("/inbound", get(inbound::list))

@@ -604,6 +604,40 @@ impl PgStore {
             .transpose()
     }
 
+    pub(crate) async fn deliveries_of_endpoint(
+        &self,
+        endpoint: EndpointId,
+        status: Option<DeliveryStatus>,
+        before: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Page<DeliveryRecord>, StoreError> {
+        let client = self.client().await?;
+        let limit = clamp_limit(limit);
+        // Along `deliveries_by_endpoint` (endpoint_id, id), newest first.
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                     WHERE endpoint_id = $1 AND ($2::TEXT IS NULL OR status = $2)
+                       AND ($3::TEXT IS NULL OR id < $3)
+                     ORDER BY id DESC LIMIT $4"
+                ),
+                &[
+                    &endpoint.to_string(),
+                    &status.map(|s| s.as_str()),
+                    &before.map(|b| b.to_string()),
+                    &i64::from(limit + 1),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut items = rows
+            .iter()
+            .map(to_delivery)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(paginate(&mut items, limit, |d| d.id.to_string()))
+    }
+
     pub(crate) async fn attempts_of_endpoint(
         &self,
         endpoint: EndpointId,

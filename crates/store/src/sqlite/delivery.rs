@@ -684,6 +684,45 @@ impl SqliteStore {
         .await
     }
 
+    pub(crate) async fn deliveries_of_endpoint(
+        &self,
+        endpoint: EndpointId,
+        status: Option<DeliveryStatus>,
+        before: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Page<DeliveryRecord>, StoreError> {
+        self.read(move |connection| {
+            let limit = clamp_limit(limit);
+            // Along `deliveries_by_endpoint` (endpoint_id, id), newest first.
+            let rows = connection
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                     WHERE endpoint_id = ?1 AND (?2 IS NULL OR status = ?2)
+                       AND (?3 IS NULL OR id < ?3)
+                     ORDER BY id DESC LIMIT ?4"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![
+                            endpoint.to_string(),
+                            status.map(|s| s.as_str()),
+                            before.map(|b| b.to_string()),
+                            limit + 1
+                        ],
+                        delivery_row,
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db_error)?;
+            let mut items = rows
+                .into_iter()
+                .map(to_delivery)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(paginate(&mut items, limit, |d| d.id.to_string()))
+        })
+        .await
+    }
+
     pub(crate) async fn attempts_of_endpoint(
         &self,
         endpoint: EndpointId,
