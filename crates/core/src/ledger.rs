@@ -304,11 +304,21 @@ pub struct PaymentRefs {
     /// The payment came from a provider's test mode: its references name only invoices and
     /// bills of that mode (see [`Entity::sandbox`]).
     pub sandbox: bool,
+    /// The payment's provider: its references name only that provider's invoices and bills. A
+    /// Zwitch payment's free-text reference that happens to equal a Razorpay invoice's number
+    /// says nothing about that invoice.
+    pub provider: String,
 }
 
 impl PaymentRefs {
-    /// The references of a payment (from test mode if `sandbox`) its source's rule matches on.
-    pub fn ruled(references: &PaymentReferences, rule: &[PaymentRef], sandbox: bool) -> Self {
+    /// The references of a payment from `provider` (its test mode if `sandbox`) its source's
+    /// rule matches on.
+    pub fn ruled(
+        references: &PaymentReferences,
+        rule: &[PaymentRef],
+        sandbox: bool,
+        provider: &str,
+    ) -> Self {
         let given = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
         let r = references;
         Self {
@@ -319,6 +329,7 @@ impl PaymentRefs {
             bill_ref_id: given(&r.bill_ref_id),
             biller_ref_id: given(&r.biller_ref_id),
             sandbox,
+            provider: provider.to_owned(),
         }
         .within(rule)
     }
@@ -335,6 +346,7 @@ impl PaymentRefs {
             bill_ref_id: allowed(PaymentRef::BillRefId, self.bill_ref_id),
             biller_ref_id: allowed(PaymentRef::BillerRefId, self.biller_ref_id),
             sandbox: self.sandbox,
+            provider: self.provider,
         }
     }
 
@@ -356,6 +368,7 @@ impl PaymentRefs {
             bill_ref_id: either(self.bill_ref_id, other.bill_ref_id),
             biller_ref_id: either(self.biller_ref_id, other.biller_ref_id),
             sandbox: self.sandbox,
+            provider: self.provider,
         }
     }
 
@@ -849,6 +862,7 @@ impl ReadAhead {
                     &payment.references,
                     &fact.link_rule,
                     fact.sandbox,
+                    &fact.provider,
                 )),
                 _ => {
                     if let Some(keys) = TargetKeys::of(data) {
@@ -914,7 +928,12 @@ impl ReadAhead {
         for fact in facts {
             if let EntityData::Payment(payment) = fact.snapshot.data() {
                 ids.extend(chosen(
-                    &PaymentRefs::ruled(&payment.references, &fact.link_rule, fact.sandbox),
+                    &PaymentRefs::ruled(
+                        &payment.references,
+                        &fact.link_rule,
+                        fact.sandbox,
+                        &fact.provider,
+                    ),
                     Some(payment.currency),
                 ));
             }
@@ -1197,7 +1216,7 @@ fn counted(entity: &Entity) -> Amount {
 /// Which reference links a payment to a target, if any, and its strength: lower is stronger, in
 /// the order of the source's rule (an id before a number, a number before a free-text remark).
 fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static str)> {
-    if payment.sandbox != target.sandbox {
+    if payment.sandbox != target.sandbox || payment.provider != target.provider {
         return None;
     }
     let names = |value: &Option<String>| {
@@ -1318,6 +1337,7 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
             keys: TargetKeys::default(),
             refs: PaymentRefs {
                 sandbox: fact.sandbox,
+                provider: fact.provider.clone(),
                 ..PaymentRefs::default()
             },
             currency: None,
@@ -1385,7 +1405,12 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         entity.snapshot = known;
     }
     if let EntityData::Payment(payment) = fact.snapshot.data() {
-        let named = PaymentRefs::ruled(&payment.references, &fact.link_rule, entity.sandbox);
+        let named = PaymentRefs::ruled(
+            &payment.references,
+            &fact.link_rule,
+            entity.sandbox,
+            &entity.provider,
+        );
         // Kept references are held to today's rule too: one the source no longer matches on
         // (`reconcile` narrowed) links nothing more.
         let kept = std::mem::take(&mut entity.refs).within(&fact.link_rule);

@@ -265,6 +265,21 @@ fn invoice(id: &str, status: &str, amount: i64, at: i64, rank: StatusRank) -> Fa
     )
 }
 
+/// [`invoice`], as `provider` issued it (a Bharat Connect invoice is Zwitch's).
+fn invoice_of(
+    provider: &str,
+    id: &str,
+    status: &str,
+    amount: i64,
+    at: i64,
+    rank: StatusRank,
+) -> Fact {
+    let mut fact = invoice(id, status, amount, at, rank);
+    provider.clone_into(&mut fact.provider);
+    provider.clone_into(&mut fact.source);
+    fact
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "one argument per field the cases vary, so each case reads as a row"
@@ -373,6 +388,8 @@ fn bill(ref_id: &str, biller_ref_id: &str, amount: i64, at: i64) -> Fact {
 /// as a merchant reference, its number as a remark; a bill's reference and its biller's
 /// reference for the customer. Each payment names only its own target.
 fn every_reference() -> Vec<Fact> {
+    // A Razorpay source told to match on merchant references and remarks too (Zwitch's
+    // default rule): a payment names only its own provider's invoices.
     let zwitch = || vec![PaymentRef::MerchantReference, PaymentRef::Remark];
     let setu = || vec![PaymentRef::BillRefId, PaymentRef::BillerRefId];
     vec![
@@ -392,7 +409,7 @@ fn every_reference() -> Vec<Fact> {
             "tx_21",
             200,
             20,
-            "zwitch",
+            "razorpay",
             zwitch(),
             PaymentReferences {
                 remark: Some("inv_20".to_owned()),
@@ -403,7 +420,7 @@ fn every_reference() -> Vec<Fact> {
             "tx_22",
             250,
             22,
-            "zwitch",
+            "razorpay",
             zwitch(),
             PaymentReferences {
                 merchant_reference: Some("inv_20".to_owned()),
@@ -414,7 +431,7 @@ fn every_reference() -> Vec<Fact> {
             "tx_23",
             250,
             24,
-            "zwitch",
+            "razorpay",
             zwitch(),
             PaymentReferences {
                 remark: Some("N-inv_20".to_owned()),
@@ -556,15 +573,17 @@ fn payments_before_their_invoice_are_linked_when_it_arrives() {
         Some(CAPTURED),
         "razorpay",
     ));
-    repo.apply(&payment(
+    // A Razorpay source that matches on merchant references too.
+    repo.apply(&succeeded_payment(
         "tx_b",
-        "succeeded",
         400,
-        None,
-        Some("N-inv_1"),
         30,
-        Some(StatusRank::new(1)),
-        "zwitch",
+        "razorpay",
+        vec![PaymentRef::MerchantReference, PaymentRef::Remark],
+        PaymentReferences {
+            merchant_reference: Some("N-inv_1".to_owned()),
+            ..PaymentReferences::default()
+        },
     ));
     repo.apply(&invoice("inv_1", "issued", 1000, 10, ISSUED));
     let invoice = repo.find(SubjectKind::Invoice, "inv_1").clone();
@@ -704,7 +723,7 @@ fn lifecycle() -> Vec<Fact> {
             Some(StatusRank::new(1)),
             "zwitch",
         ),
-        invoice("inv_10", "issued", 500, 55, ISSUED),
+        invoice_of("zwitch", "inv_10", "issued", 500, 55, ISSUED),
     ]
 }
 
@@ -1265,7 +1284,7 @@ fn payments_link_only_to_invoices_of_their_own_mode() {
     };
     for (invoice_sandbox, payment_sandbox) in [(false, true), (true, false), (true, true)] {
         let issued = in_mode(
-            invoice("inv_mode", "issued", 1000, 10, ISSUED),
+            invoice_of("zwitch", "inv_mode", "issued", 1000, 10, ISSUED),
             invoice_sandbox,
         );
         let paid = in_mode(paying("pay_mode", "N-inv_mode"), payment_sandbox);
@@ -1290,6 +1309,62 @@ fn payments_link_only_to_invoices_of_their_own_mode() {
     }
 }
 
+/// A payment's references name only its own provider's invoices: a Zwitch payment whose
+/// merchant reference equals a Razorpay invoice's number pays the Zwitch invoice of that number,
+/// or nothing, never the Razorpay one (whose provider name sorts first). Every order, written
+/// one by one and grouped.
+#[test]
+fn a_payment_names_only_its_own_providers_invoices() {
+    let razorpay = invoice("inv_same", "issued", 1000, 10, ISSUED);
+    let zwitch = invoice_of("zwitch", "bcinv_same", "issued", 1000, 10, ISSUED);
+    let with_number = |mut fact: Fact| {
+        if let EntityData::Invoice(mut invoice) = fact.snapshot.data().clone() {
+            invoice.number = Some("INV-7".to_owned());
+            fact.snapshot = Snapshot::of(EntityData::Invoice(invoice));
+        }
+        fact
+    };
+    let (razorpay, zwitch) = (with_number(razorpay), with_number(zwitch));
+    let paid = payment(
+        "tx_same",
+        "succeeded",
+        1000,
+        None,
+        Some("INV-7"),
+        20,
+        Some(CAPTURED),
+        "zwitch",
+    );
+    for facts in [
+        vec![razorpay.clone(), paid.clone()],
+        vec![paid.clone(), razorpay.clone()],
+    ] {
+        for repo in [run(&facts), run_grouped(&facts, &[2], true)] {
+            assert_eq!(repo.find(SubjectKind::Payment, "tx_same").linked_to, None);
+            let invoice = repo.find(SubjectKind::Invoice, "inv_same");
+            assert_eq!(invoice.paid, Amount::ZERO);
+            assert!(invoice.settled_event.is_none());
+        }
+    }
+    for facts in [
+        vec![razorpay.clone(), zwitch.clone(), paid.clone()],
+        vec![paid.clone(), razorpay.clone(), zwitch.clone()],
+        vec![zwitch, paid, razorpay],
+    ] {
+        for repo in [run(&facts), run_grouped(&facts, &[3], true)] {
+            let own = repo.find(SubjectKind::Invoice, "bcinv_same").id.clone();
+            assert_eq!(
+                repo.find(SubjectKind::Payment, "tx_same").linked_to,
+                Some(own)
+            );
+            assert_eq!(
+                repo.find(SubjectKind::Invoice, "inv_same").paid,
+                Amount::ZERO
+            );
+        }
+    }
+}
+
 #[test]
 fn payments_never_link_to_an_invoice_the_business_received() {
     let with_direction = |mut fact: Fact, direction: Direction| {
@@ -1303,11 +1378,11 @@ fn payments_never_link_to_an_invoice_the_business_received() {
     // A supplier's invoice that happens to share the business's own invoice's number; its id
     // sorts first, so only its direction keeps the payment from it.
     let received = with_direction(
-        invoice("bcinv_a", "accepted", 1000, 10, ISSUED),
+        invoice_of("zwitch", "bcinv_a", "accepted", 1000, 10, ISSUED),
         Direction::Incoming,
     );
     let issued = with_direction(
-        invoice("bcinv_b", "sent_to_buyer", 1000, 10, ISSUED),
+        invoice_of("zwitch", "bcinv_b", "sent_to_buyer", 1000, 10, ISSUED),
         Direction::Outgoing,
     );
     let paid = payment(

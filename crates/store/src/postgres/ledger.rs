@@ -86,6 +86,7 @@ fn to_entity(row: &Row) -> Result<Entity, StoreError> {
             bill_ref_id: row.get(20),
             biller_ref_id: row.get(21),
             sandbox,
+            provider: row.get(2),
         },
         currency: row
             .get::<_, Option<&str>>(22)

@@ -111,6 +111,7 @@ fn entity_row(row: &Row<'_>) -> rusqlite::Result<Result<Entity, StoreError>> {
                 bill_ref_id: row.get(20).map_err(db_error)?,
                 biller_ref_id: row.get(21).map_err(db_error)?,
                 sandbox,
+                provider: row.get(2).map_err(db_error)?,
             },
             currency: currency
                 .as_deref()
