@@ -23,6 +23,7 @@ backend_tests!(
     a_rate_limit_holds_after_a_wait_for_concurrency,
     a_pause_asked_for_while_a_job_waits_for_concurrency_holds_it,
     attempts_in_flight_when_a_410_disables_the_endpoint_are_held,
+    a_job_waiting_for_a_slot_when_a_410_disables_the_endpoint_is_held,
     a_delivery_claimed_again_during_its_attempt_is_sent_once,
     a_hanging_endpoint_does_not_slow_a_healthy_one,
     private_destinations_are_refused_at_creation,
@@ -417,6 +418,42 @@ async fn attempts_in_flight_when_a_410_disables_the_endpoint_are_held(backend: B
         assert_eq!(detail["deliveries"][0]["status"], json!("held"), "{detail}");
     }
     assert_eq!(receiver.count(), 3, "each sent once, none retried");
+    app.stop().await;
+}
+
+/// At its concurrency cap, an endpoint's next job waits for the attempt before it. When that
+/// attempt's 410 disables the endpoint, the waiting job is held, not sent to the endpoint
+/// that just said it is gone.
+async fn a_job_waiting_for_a_slot_when_a_410_disables_the_endpoint_is_held(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::start(Arc::new(|index| {
+        if index == 0 {
+            (410, vec![], Some(Duration::from_millis(300)))
+        } else {
+            (200, vec![], Some(Duration::ZERO))
+        }
+    }))
+    .await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({
+            "url": receiver.url,
+            "event_types": ["*"],
+            "max_concurrency": 1,
+        }))
+        .await;
+    let ids = ingest_payments(&app, 2, "waiting").await;
+    app.eventually(Duration::from_secs(10), "both held", || async {
+        let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+        view["enabled"] == json!(false) && view["stats"]["held"] == json!(2)
+    })
+    .await;
+    // Long enough for a job sent after the 410 to have arrived.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 1, "only the attempt that was told 410");
+    for id in &ids {
+        let (_, detail) = app.admin_get(&format!("/v1/events/{id}")).await;
+        assert_eq!(detail["deliveries"][0]["status"], json!("held"), "{detail}");
+    }
     app.stop().await;
 }
 

@@ -967,23 +967,11 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
             continue;
         }
         let Some(endpoint) = shared.endpoint(lane.id) else {
-            shared.finish(Completion {
-                delivery_id: job.delivery_id,
-                endpoint_id: job.endpoint_id,
-                attempt: None,
-                next: NextStep::Cancelled,
-                disable_endpoint: None,
-            });
+            shared.finish(not_sent(&job, NextStep::Cancelled));
             continue;
         };
         if !endpoint.enabled {
-            shared.finish(Completion {
-                delivery_id: job.delivery_id,
-                endpoint_id: job.endpoint_id,
-                attempt: None,
-                next: NextStep::Held,
-                disable_endpoint: None,
-            });
+            shared.finish(not_sent(&job, NextStep::Held));
             continue;
         }
         // The pause and the rate limit are checked again once the permits are held: a wait
@@ -1036,6 +1024,17 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
                 continue;
             }
         }
+        // The waits above can last up to `retry_after_cap`; meanwhile the endpoint may have
+        // been deleted, disabled (an attempt beside this one answered 410) or pointed elsewhere.
+        // The attempt goes by the endpoint as it is now.
+        let Some(endpoint) = shared.endpoint(lane.id) else {
+            shared.finish(not_sent(&job, NextStep::Cancelled));
+            continue;
+        };
+        if !endpoint.enabled {
+            shared.finish(not_sent(&job, NextStep::Held));
+            continue;
+        }
         shared.running_attempts.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(attempt(
             Arc::clone(&shared),
@@ -1049,6 +1048,17 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
     jobs.close();
     while let Some(job) = jobs.recv().await {
         shared.give_back_at_stop(job);
+    }
+}
+
+/// The outcome of a job that is not attempted: its endpoint was deleted or disabled.
+fn not_sent(job: &Job, next: NextStep) -> Completion {
+    Completion {
+        delivery_id: job.delivery_id,
+        endpoint_id: job.endpoint_id,
+        attempt: None,
+        next,
+        disable_endpoint: None,
     }
 }
 
