@@ -1584,11 +1584,15 @@ async fn settle<R: LedgerRepo>(
         .filter(|o| o.minor() > 0)
         .unwrap_or(Amount::ZERO);
     let mut concluded = Vec::new();
-    // With its amount unknown, an invoice is covered when a status says it is paid in full.
-    let covered = match amount {
-        Some(amount) => amount.minor() > 0 && paid >= amount,
-        None => target.status_settles,
-    };
+    // With its amount unknown or zero, an invoice is covered when a status says it is paid in
+    // full. One the business received is never covered: settlements count money the business
+    // receives, and that invoice's money goes the other way (its own `PAID` shows in its
+    // status), so one announced settled before its direction was known is taken back.
+    let covered = !is_incoming(target)
+        && match amount {
+            Some(amount) if amount.minor() > 0 => paid >= amount,
+            _ => target.status_settles,
+        };
     if target.kind != SubjectKind::Invoice || covered == target.settled_event.is_some() {
         return Ok(concluded);
     }

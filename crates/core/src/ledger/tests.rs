@@ -1422,23 +1422,110 @@ fn payments_never_link_to_an_invoice_the_business_received() {
     }
 }
 
+/// `fact` as a Bharat Connect invoice `id` numbered `INV-0042`, going `direction`.
+fn bharat_connect(mut fact: Fact, id: &str, direction: Option<Direction>) -> Fact {
+    if let EntityData::Invoice(mut invoice) = fact.snapshot.data().clone() {
+        invoice.provider_invoice_id = id.to_owned();
+        invoice.number = Some("INV-0042".to_owned());
+        invoice.order_id = None;
+        invoice.direction = direction;
+        fact.snapshot = Snapshot::of(EntityData::Invoice(invoice));
+    }
+    fact.provider = "zwitch".to_owned();
+    fact
+}
+
+/// A received invoice is never announced settled, even when its own status says it is paid (the
+/// business paid its supplier): settlements count money the business receives. One announced
+/// settled while its direction was unknown is taken back when the direction comes, even in the
+/// message that says it is paid.
+#[test]
+fn a_received_invoice_is_never_settled() {
+    let received = bharat_connect(
+        invoice("bcinv_r", "accepted", 1000, 10, ISSUED),
+        "bcinv_r",
+        Some(Direction::Incoming),
+    );
+    let received_paid = bharat_connect(
+        invoice("bcinv_r", "paid", 1000, 30, PAID),
+        "bcinv_r",
+        Some(Direction::Incoming),
+    );
+    for facts in [
+        [received.clone(), received_paid.clone()],
+        [received_paid.clone(), received],
+    ] {
+        for repo in [run(&facts), run_grouped(&facts, &[2], true)] {
+            let invoice = repo.find(SubjectKind::Invoice, "bcinv_r");
+            assert_eq!(invoice.status.as_deref(), Some("paid"));
+            assert_eq!(invoice.due, Some(Amount::ZERO));
+            assert!(invoice.settled_event.is_none());
+            assert_eq!(repo.conclusions.len(), 0);
+        }
+    }
+
+    // An edit says no direction: a payment naming its number links and settles it, until the
+    // invoice's `PAID`, sent as received, takes the settlement back.
+    let mut edit = bharat_connect(
+        invoice("bcinv_r", "ignored", 1000, 10, ISSUED),
+        "bcinv_r",
+        None,
+    );
+    if let EntityData::Invoice(mut invoice) = edit.snapshot.data().clone() {
+        invoice.status = None;
+        invoice.provider_status = None;
+        edit.snapshot = Snapshot::of(EntityData::Invoice(invoice));
+    }
+    edit.rank = None;
+    let paid = payment(
+        "tx_r",
+        "succeeded",
+        1000,
+        None,
+        Some("INV-0042"),
+        20,
+        Some(CAPTURED),
+        "zwitch",
+    );
+    let facts = [edit, paid, received_paid];
+    for repo in [run(&facts), run_grouped(&facts, &[1, 1, 1], true)] {
+        let types: Vec<EventType> = repo
+            .conclusions
+            .iter()
+            .map(Conclusion::event_type)
+            .collect();
+        assert_eq!(
+            types,
+            [EventType::InvoiceSettled, EventType::InvoiceUnsettled]
+        );
+        let invoice = repo.find(SubjectKind::Invoice, "bcinv_r");
+        assert!(invoice.settled_event.is_none());
+        assert_eq!(repo.find(SubjectKind::Payment, "tx_r").linked_to, None);
+    }
+}
+
+/// An invoice of amount zero settles when its status says it is paid, as one of unknown
+/// amount does; not before.
+#[test]
+fn an_invoice_of_nothing_settles_by_its_status() {
+    let facts = [
+        invoice("inv_zero", "issued", 0, 10, ISSUED),
+        invoice("inv_zero", "paid", 0, 20, PAID),
+    ];
+    let issued = run(&facts[..1]);
+    assert_eq!(issued.conclusions.len(), 0);
+    for repo in [run(&facts), run_grouped(&facts, &[2], true)] {
+        assert_eq!(repo.conclusions.len(), 1);
+        assert_eq!(repo.conclusions[0].event_type(), EventType::InvoiceSettled);
+    }
+}
+
 /// A Bharat Connect edit states no direction. Delivered before the message that says the
 /// invoice is one the business received, it let a payment link there; that message moves the
 /// payment to the business's own invoice of the number, or back to waiting, and a later edit
 /// does not make the invoice's direction unknown again.
 #[test]
 fn a_payment_linked_before_an_invoice_was_known_received_moves_on() {
-    let bharat_connect = |mut fact: Fact, id: &str, direction: Option<Direction>| {
-        if let EntityData::Invoice(mut invoice) = fact.snapshot.data().clone() {
-            invoice.provider_invoice_id = id.to_owned();
-            invoice.number = Some("INV-0042".to_owned());
-            invoice.order_id = None;
-            invoice.direction = direction;
-            fact.snapshot = Snapshot::of(EntityData::Invoice(invoice));
-        }
-        fact.provider = "zwitch".to_owned();
-        fact
-    };
     // An edit: no status, no time, no direction.
     let mut edit = bharat_connect(
         invoice("bcinv_a", "ignored", 1000, 10, ISSUED),
