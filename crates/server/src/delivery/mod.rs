@@ -1008,9 +1008,6 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
             if paused.is_some_and(|until| until > now) {
                 continue;
             }
-            if let Some(rate) = endpoint.rate_limit {
-                next_slot = now + Duration::from_secs(1) / rate;
-            }
             break Some(permits);
         };
         let Some(permits) = permits else {
@@ -1034,6 +1031,12 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
         if !endpoint.enabled {
             shared.finish(not_sent(&job, NextStep::Held));
             continue;
+        }
+        // The send slot is taken as the attempt starts, not when the permits came: the turn
+        // may have renewed the lease in the database meanwhile, and a slot reserved before that
+        // wait would let the next attempt follow this one closer than the rate allows.
+        if let Some(rate) = endpoint.rate_limit {
+            next_slot = tokio::time::Instant::now() + Duration::from_secs(1) / rate;
         }
         shared.running_attempts.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(attempt(
