@@ -966,14 +966,9 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
             shared.put_off(job, turn);
             continue;
         }
-        let Some(endpoint) = shared.endpoint(lane.id) else {
-            shared.finish(not_sent(&job, NextStep::Cancelled));
+        let Some(endpoint) = sendable_endpoint(&shared, &lane, &job) else {
             continue;
         };
-        if !endpoint.enabled {
-            shared.finish(not_sent(&job, NextStep::Held));
-            continue;
-        }
         // The pause and the rate limit are checked again once the permits are held: a wait
         // for a slot can outlast both, and a pause set meanwhile (a 429) or a send slot taken
         // when the job was dequeued would let it go out at once, beside the one before it.
@@ -1024,14 +1019,9 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
         // The waits above can last up to `retry_after_cap`; meanwhile the endpoint may have
         // been deleted, disabled (an attempt beside this one answered 410) or pointed elsewhere.
         // The attempt goes by the endpoint as it is now.
-        let Some(endpoint) = shared.endpoint(lane.id) else {
-            shared.finish(not_sent(&job, NextStep::Cancelled));
+        let Some(endpoint) = sendable_endpoint(&shared, &lane, &job) else {
             continue;
         };
-        if !endpoint.enabled {
-            shared.finish(not_sent(&job, NextStep::Held));
-            continue;
-        }
         // The send slot is taken as the attempt starts, not when the permits came: the turn
         // may have renewed the lease in the database meanwhile, and a slot reserved before that
         // wait would let the next attempt follow this one closer than the rate allows.
@@ -1054,15 +1044,23 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
     }
 }
 
-/// The outcome of a job that is not attempted: its endpoint was deleted or disabled.
-fn not_sent(job: &Job, next: NextStep) -> Completion {
-    Completion {
+/// The lane's endpoint as it is now, if the job may go to it; otherwise the job is finished
+/// unsent: cancelled if the endpoint was deleted, held if it is disabled.
+fn sendable_endpoint(shared: &Shared, lane: &Lane, job: &Job) -> Option<Arc<EndpointRuntime>> {
+    let endpoint = shared.endpoint(lane.id);
+    let next = match &endpoint {
+        None => NextStep::Cancelled,
+        Some(endpoint) if !endpoint.enabled => NextStep::Held,
+        Some(_) => return endpoint,
+    };
+    shared.finish(Completion {
         delivery_id: job.delivery_id,
         endpoint_id: job.endpoint_id,
         attempt: None,
         next,
         disable_endpoint: None,
-    }
+    });
+    None
 }
 
 /// Makes one attempt and decides what follows.
