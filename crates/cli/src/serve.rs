@@ -81,8 +81,16 @@ fn admin_token(config: &Config) -> Result<Secret, CliError> {
         return Ok(token.clone());
     }
     let path = config.data_dir.join(ADMIN_TOKEN_FILE);
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(Secret::new(token.trim().to_owned()));
+    match std::fs::read_to_string(&path) {
+        Ok(token) => return Ok(Secret::new(token.trim().to_owned())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        // One that cannot be read (owned by root after a `sudo billhook serve`) is not replaced.
+        Err(error) => {
+            return Err(CliError::Io(format!(
+                "cannot read the admin token in {}: {error}",
+                path.display()
+            )));
+        }
     }
     let token = format!("bh_{}", generate_secret());
     write_private(&path, &token)?;

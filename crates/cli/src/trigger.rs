@@ -148,7 +148,13 @@ pub(crate) async fn trigger(args: TriggerArgs) -> Result<(), CliError> {
     }
     let request = target.request(provider, &generated, &Sending::new(&args, &config))?;
     if args.print {
-        output::write(&http_text(&request)?);
+        let text = http_text(&request)?;
+        if args.json && args.to.is_some() {
+            // Standard output carries the JSON answer alone.
+            eprint!("{text}");
+        } else {
+            output::write(&text);
+        }
         if args.to.is_none() {
             return Ok(());
         }

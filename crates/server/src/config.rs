@@ -639,10 +639,15 @@ pub struct Settings {
 /// prints.
 fn parse_error(error: figment::Error) -> ConfigError {
     use figment::error::{Actual, Kind};
+    // Numbers too: a secret of digits written without quotes (or set in the environment,
+    // which figment reads as TOML) is a number.
     let unquoted = |actual: Actual| match actual {
         Actual::Str(_) => Actual::Other("a string".to_owned()),
         Actual::Bytes(_) => Actual::Other("bytes".to_owned()),
         Actual::Char(_) => Actual::Other("a character".to_owned()),
+        Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_) => {
+            Actual::Other("a number".to_owned())
+        }
         other => other,
     };
     // A TOML syntax error quotes the offending line (`4 | secrets = [...]`) and marks it
@@ -689,7 +694,19 @@ impl Config {
                     file.display()
                 )));
             }
-            figment = figment.merge(Toml::file(file));
+            figment = if file.is_file() {
+                figment.merge(Toml::file(file))
+            } else {
+                // figment reads only regular files, and would silently take nothing from a
+                // pipe (`--config <(sops -d billhook.toml)`); a directory is refused here.
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    ConfigError::Parse(format!(
+                        "cannot read the configuration file {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                figment.merge(Toml::string(&text))
+            };
         }
         figment = figment.merge(Env::prefixed("BILLHOOK_").split("__").filter(|key| {
             let top = key.as_str().split('.').next().unwrap_or_default();
@@ -1179,6 +1196,50 @@ mod tests {
         assert!(!refused.contains("TOPSECRET"), "{refused}");
         assert!(refused.contains("line 4"), "{refused}");
         assert!(refused.contains("escape"), "{refused}");
+    }
+
+    /// A secret of digits written without quotes is a number, and is not quoted either.
+    #[test]
+    fn a_secret_of_digits_is_not_quoted_in_the_error() {
+        let refused = Config::from_toml("admin_token = 1234567890123456\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!refused.contains("1234567890123456"), "{refused}");
+        assert!(refused.contains("found a number"), "{refused}");
+    }
+
+    /// A configuration given as a pipe (`--config <(sops -d billhook.toml)`) is read like a
+    /// file; a directory is refused, not taken as an empty configuration.
+    #[test]
+    fn a_configuration_from_a_pipe_is_read_and_a_directory_refused() {
+        let dir = std::env::temp_dir().join(format!(
+            "billhook-config-pipe-{}-{}",
+            std::process::id(),
+            billhook_core::time::Timestamp::now().unix_millis()
+        ));
+        std::fs::create_dir(&dir).unwrap();
+        let fifo = dir.join("billhook.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                std::fs::write(fifo, "listen = \"127.0.0.1:9911\"\n").unwrap();
+            })
+        };
+        let config = Config::load(Some(&fifo)).unwrap();
+        // Before joining: a reader that never opened the pipe leaves the writer blocked.
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9911");
+        writer.join().unwrap();
+        let refused = Config::load(Some(&dir)).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            refused.contains("cannot read the configuration file"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -219,6 +219,18 @@ async fn trigger_sends_exactly_the_request_it_prints() {
         again.split_once("\r\n\r\n").unwrap().1.as_bytes(),
         printed_body
     );
+
+    // With --json, standard output is the answer alone, for a script to parse; the request
+    // printed goes to standard error.
+    let as_json = run(&["--print", "--to", &receiver.url, "--json"]);
+    assert!(as_json.status.success());
+    let answer: Value = serde_json::from_slice(&as_json.stdout).unwrap();
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert!(
+        String::from_utf8_lossy(&as_json.stderr).contains("POST /hooks HTTP/1.1"),
+        "{}",
+        String::from_utf8_lossy(&as_json.stderr)
+    );
 }
 
 /// `--pretty` sends indented JSON, as Zwitch's samples are, signed over its compact form as

@@ -678,3 +678,31 @@ async fn sigterm_stops_gracefully_and_gives_back_what_it_held(postgres: Option<S
     restarted.kill().unwrap();
     restarted.wait().unwrap();
 }
+
+/// An admin token file that cannot be read is reported as such, not replaced by a new token
+/// (which would fail all the same, the file being there) nor taken as missing.
+#[test]
+fn an_unreadable_admin_token_file_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("billhook.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = \"{}\"\n", dir.path().display()),
+    )
+    .unwrap();
+    // Not UTF-8: unreadable as text even to root, who reads any file whatever its mode.
+    std::fs::write(dir.path().join("admin-token"), [0xff, 0xfe, 0x00]).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("BILLHOOK_LISTEN", "127.0.0.1:0")
+        .env_remove("BILLHOOK_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{printed}");
+    assert!(
+        printed.contains("cannot read the admin token in"),
+        "{printed}"
+    );
+}
