@@ -131,3 +131,18 @@ impl NormalizeError {
 pub fn body_hash_key(body: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(body)))
 }
+
+/// The longest dedup key kept as the provider wrote it.
+pub const MAX_DEDUP_KEY_BYTES: usize = 256;
+
+/// `key`, or its hash when it is longer than [`MAX_DEDUP_KEY_BYTES`]. A key can be anything an
+/// unsigned header carries (Razorpay's event id, padded by whoever replays a captured body),
+/// and PostgreSQL refuses an index entry past about 2.7 KB where SQLite takes it: hashed, every
+/// key fits both, and the same request is stored alike on each.
+pub fn bounded_dedup_key(key: String) -> String {
+    if key.len() <= MAX_DEDUP_KEY_BYTES {
+        key
+    } else {
+        format!("long:{}", hex::encode(Sha256::digest(key.as_bytes())))
+    }
+}

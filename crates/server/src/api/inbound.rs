@@ -439,7 +439,7 @@ async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, Ap
             Reprocess::Normalized {
                 provider_event: normalized.provider_event.clone(),
                 provider_event_id: normalized.provider_event_id.clone(),
-                dedup_key: normalized.dedup_key.clone(),
+                dedup_key: billhook_providers::bounded_dedup_key(normalized.dedup_key.clone()),
                 body_dedup_key: normalized.body_dedup_key.clone(),
                 events: canonical.events,
                 deliveries,
