@@ -8,7 +8,8 @@
 //! - Envelope: `{id: "evl_…", object: "event", name, is_sandbox, data: {object: {…}}}`; some
 //!   messages put the object directly in `data`.
 //! - Dedup: `name` and `id` together. The event id is documented as unique; pairing it with the
-//!   name also keeps the published samples (four events sharing one id) apart.
+//!   name also keeps the published samples (four events sharing one id) apart. A name spelt two
+//!   ways is keyed by one spelling, so a retry under the other is still a duplicate.
 //! - Units: UPI `amount` and every Bharat Connect money field are decimal rupees; times are unix
 //!   seconds. The UPI seed spells the events `payment.created` and `payments.created`; Bharat
 //!   Connect's edit event is also sent as `change_status` (recognised by its missing `status`), and

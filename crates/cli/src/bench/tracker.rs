@@ -91,6 +91,15 @@ impl Tracker {
         entry.arrivals += 1;
     }
 
+    /// Whether a request of this run was acknowledged with event `id`.
+    pub(crate) fn was_acknowledged(&self, id: &str) -> bool {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .events
+            .get(id)
+            .is_some_and(|entry| entry.started.is_some())
+    }
+
     /// Acknowledged events still to arrive, and every arrival so far.
     pub(crate) fn progress(&self) -> (usize, usize) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());

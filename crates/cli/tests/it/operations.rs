@@ -472,7 +472,13 @@ async fn retention_previews_and_prunes_old_messages_on_request(backend: Backend)
         refused["message"]
             .as_str()
             .unwrap()
-            .contains("was removed by retention"),
+            .contains("the request behind event `evt_"),
+        "{refused}"
+    );
+    assert!(
+        refused["message"].as_str().unwrap().ends_with(
+            "was removed by retention; redeliver it to an endpoint in the canonical format"
+        ),
         "{refused}"
     );
     let (_, detail) = app.admin_get(&format!("/v1/events/{orphan_id}")).await;

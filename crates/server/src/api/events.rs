@@ -270,7 +270,9 @@ pub(crate) async fn redeliver(
             // left as a delivery that can only die.
             if raw && app.store.inbound(event.inbound_id).await?.is_none() {
                 return Err(ApiError::invalid(format!(
-                    "endpoint `{}` takes the provider's request as sent, and the request behind                      event `{id}` was removed by retention; redeliver it to an endpoint in the                      canonical format",
+                    "endpoint `{}` takes the provider's request as sent, and the request behind \
+                     event `{id}` was removed by retention; redeliver it to an endpoint in the \
+                     canonical format",
                     endpoint.id
                 )));
             }

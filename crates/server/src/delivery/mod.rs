@@ -969,10 +969,10 @@ async fn run_lane(shared: Arc<Shared>, lane: Arc<Lane>, mut jobs: mpsc::Unbounde
         let Some(endpoint) = sendable_endpoint(&shared, &lane, &job) else {
             continue;
         };
-        // The pause and the rate limit are checked again once the permits are held: a wait
-        // for a slot can outlast both, and a pause set meanwhile (a 429) or a send slot taken
-        // when the job was dequeued would let it go out at once, beside the one before it.
-        // Permits are not held while waiting, which would keep other endpoints' attempts out.
+        // The pause is checked again once the permits are held: a wait for them can outlast
+        // it, and a pause set meanwhile (a 429) would otherwise let the job go out at once.
+        // The rate limit's slot is taken only as the attempt starts, below. Permits are not
+        // held while waiting, which would keep other endpoints' attempts out.
         let permits = loop {
             let now = tokio::time::Instant::now();
             let paused = *lane.paused_until.lock().unwrap_or_else(|p| p.into_inner());
