@@ -1435,6 +1435,18 @@ fn bharat_connect(mut fact: Fact, id: &str, direction: Option<Direction>) -> Fac
     fact
 }
 
+/// A Bharat Connect edit of invoice `id`: no status, no direction.
+fn bharat_connect_edit(id: &str) -> Fact {
+    let mut edit = bharat_connect(invoice(id, "ignored", 1000, 10, ISSUED), id, None);
+    if let EntityData::Invoice(mut invoice) = edit.snapshot.data().clone() {
+        invoice.status = None;
+        invoice.provider_status = None;
+        edit.snapshot = Snapshot::of(EntityData::Invoice(invoice));
+    }
+    edit.rank = None;
+    edit
+}
+
 /// A received invoice is never announced settled, even when its own status says it is paid (the
 /// business paid its supplier): settlements count money the business receives. One announced
 /// settled while its direction was unknown is taken back when the direction comes, even in the
@@ -1466,17 +1478,7 @@ fn a_received_invoice_is_never_settled() {
 
     // An edit says no direction: a payment naming its number links and settles it, until the
     // invoice's `PAID`, sent as received, takes the settlement back.
-    let mut edit = bharat_connect(
-        invoice("bcinv_r", "ignored", 1000, 10, ISSUED),
-        "bcinv_r",
-        None,
-    );
-    if let EntityData::Invoice(mut invoice) = edit.snapshot.data().clone() {
-        invoice.status = None;
-        invoice.provider_status = None;
-        edit.snapshot = Snapshot::of(EntityData::Invoice(invoice));
-    }
-    edit.rank = None;
+    let edit = bharat_connect_edit("bcinv_r");
     let paid = payment(
         "tx_r",
         "succeeded",
@@ -1527,17 +1529,7 @@ fn an_invoice_of_nothing_settles_by_its_status() {
 #[test]
 fn a_payment_linked_before_an_invoice_was_known_received_moves_on() {
     // An edit: no status, no time, no direction.
-    let mut edit = bharat_connect(
-        invoice("bcinv_a", "ignored", 1000, 10, ISSUED),
-        "bcinv_a",
-        None,
-    );
-    if let EntityData::Invoice(mut invoice) = edit.snapshot.data().clone() {
-        invoice.status = None;
-        invoice.provider_status = None;
-        edit.snapshot = Snapshot::of(EntityData::Invoice(invoice));
-    }
-    edit.rank = None;
+    let mut edit = bharat_connect_edit("bcinv_a");
     edit.occurred_at = None;
     let received = bharat_connect(
         invoice("bcinv_a", "accepted", 1000, 10, ISSUED),
