@@ -365,33 +365,19 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
             Ok(())
         }
         EndpointsCommand::Attempts { id, limit, remote } => {
-            let client = client::Client::connect(&remote)?;
-            let page = client
-                .get(
-                    &format!("/v1/endpoints/{}/attempts", client::segment(&id)),
-                    &[("limit", limit.to_string())],
-                )
-                .await?;
-            if remote.json {
-                output::pretty(&page);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = page["data"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|a| {
-                    vec![
-                        text(&a["started_at"]),
-                        text(&a["delivery_id"]),
-                        text(&a["status_code"]),
-                        format!("{} ms", text(&a["duration_ms"])),
-                        text(&a["error_kind"]),
-                    ]
-                })
-                .collect();
-            table(&["STARTED", "DELIVERY", "STATUS", "TOOK", "ERROR"], &rows);
-            Ok(())
+            let path = format!("/v1/endpoints/{}/attempts", client::segment(&id));
+            let query = [("limit", limit.to_string())];
+            let header = ["STARTED", "DELIVERY", "STATUS", "TOOK", "ERROR"];
+            print_page(&remote, &path, &query, &header, |a| {
+                vec![
+                    text(&a["started_at"]),
+                    text(&a["delivery_id"]),
+                    text(&a["status_code"]),
+                    format!("{} ms", text(&a["duration_ms"])),
+                    text(&a["error_kind"]),
+                ]
+            })
+            .await
         }
         EndpointsCommand::Deliveries {
             id,
@@ -399,53 +385,33 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
             limit,
             remote,
         } => {
-            let client = client::Client::connect(&remote)?;
+            let path = format!("/v1/endpoints/{}/deliveries", client::segment(&id));
             let mut query = vec![("limit", limit.to_string())];
-            if let Some(status) = status {
-                query.push(("status", status));
-            }
-            let page = client
-                .get(
-                    &format!("/v1/endpoints/{}/deliveries", client::segment(&id)),
-                    &query,
-                )
-                .await?;
-            if remote.json {
-                output::pretty(&page);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = page["data"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|d| {
-                    vec![
-                        text(&d["created_at"]),
-                        text(&d["id"]),
-                        text(&d["event_type"]),
-                        text(&d["status"]),
-                        text(&d["attempt_count"]),
-                        text(&d["next_attempt_at"]),
-                        match d["last_status_code"].as_u64() {
-                            Some(code) => format!("HTTP {code}"),
-                            None => text(&d["last_error"]),
-                        },
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "CREATED",
-                    "DELIVERY",
-                    "EVENT TYPE",
-                    "STATUS",
-                    "ATTEMPTS",
-                    "NEXT",
-                    "LAST ANSWER",
-                ],
-                &rows,
-            );
-            Ok(())
+            query.extend(status.map(|status| ("status", status)));
+            let header = [
+                "CREATED",
+                "DELIVERY",
+                "EVENT TYPE",
+                "STATUS",
+                "ATTEMPTS",
+                "NEXT",
+                "LAST ANSWER",
+            ];
+            print_page(&remote, &path, &query, &header, |d| {
+                vec![
+                    text(&d["created_at"]),
+                    text(&d["id"]),
+                    text(&d["event_type"]),
+                    text(&d["status"]),
+                    text(&d["attempt_count"]),
+                    text(&d["next_attempt_at"]),
+                    match d["last_status_code"].as_u64() {
+                        Some(code) => format!("HTTP {code}"),
+                        None => text(&d["last_error"]),
+                    },
+                ]
+            })
+            .await
         }
         EndpointsCommand::Recover {
             id,
@@ -454,6 +420,30 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
             remote,
         } => recover(&remote, &id, &since, !no_wait).await,
     }
+}
+
+/// Gets one page of a listing and prints it: as it came with `--json`, else as a table of
+/// `header` with a row of each item.
+async fn print_page(
+    remote: &Remote,
+    path: &str,
+    query: &[(&str, String)],
+    header: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<(), CliError> {
+    let page = client::Client::connect(remote)?.get(path, query).await?;
+    if remote.json {
+        output::pretty(&page);
+    } else {
+        let rows: Vec<Vec<String>> = page["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(row)
+            .collect();
+        table(header, &rows);
+    }
+    Ok(())
 }
 
 /// Resends an endpoint's failures since a time and, when `wait`, shows a progress bar until

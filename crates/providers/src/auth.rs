@@ -232,6 +232,26 @@ pub enum SpecError {
 }
 
 impl SourceSpec {
+    /// The provider's reading of a verified request, its dedup key bounded
+    /// ([`crate::bounded_dedup_key`]) as every stored key is.
+    pub fn normalize(
+        &self,
+        request: &InboundRequest<'_>,
+    ) -> Result<crate::Normalized, crate::NormalizeError> {
+        self.provider.normalize(request).map(|mut normalized| {
+            normalized.dedup_key =
+                crate::bounded_dedup_key(std::mem::take(&mut normalized.dedup_key));
+            normalized
+        })
+    }
+
+    /// The provider's dedup key for a request it cannot read, bounded likewise.
+    pub fn dedup_key_hint(&self, request: &InboundRequest<'_>) -> Option<String> {
+        self.provider
+            .dedup_key_hint(request)
+            .map(crate::bounded_dedup_key)
+    }
+
     /// Validates a source: a known provider, a URL-safe name and a usable credential the provider
     /// accepts.
     pub fn new(

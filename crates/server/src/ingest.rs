@@ -17,9 +17,7 @@ use billhook_core::ids::{EventId, InboundId};
 use billhook_core::ledger::Fact;
 use billhook_core::time::Timestamp;
 use billhook_providers::auth::SourceAuth;
-use billhook_providers::{
-    InboundRequest, NormalizeError, Normalized, VerifyError, body_hash_key, bounded_dedup_key,
-};
+use billhook_providers::{InboundRequest, NormalizeError, Normalized, VerifyError, body_hash_key};
 use billhook_store::{
     Concluder, InboundStatus, IngestOutcome as StoreOutcome, IngestWrite, NewEvent, NewInbound,
     RawOrigin, RecordedError,
@@ -276,7 +274,7 @@ async fn process(
         Some(verification) => verification,
         None => source.spec.verify_body(&request).map_err(refused)?,
     };
-    let normalized = source.spec.provider.normalize(&request);
+    let normalized = source.spec.normalize(&request);
     let mut write = build_write(
         source,
         &request,
@@ -543,18 +541,14 @@ pub(crate) fn build_write(
                     InboundStatus::Processed,
                     Some(normalized.provider_event.clone()),
                     normalized.provider_event_id.clone(),
-                    bounded_dedup_key(normalized.dedup_key),
+                    normalized.dedup_key,
                     normalized.body_dedup_key,
                     canonical,
                     None,
                 )
             }
             Err(error) => {
-                let hint = source
-                    .spec
-                    .provider
-                    .dedup_key_hint(request)
-                    .map(bounded_dedup_key);
+                let hint = source.spec.dedup_key_hint(request);
                 // The body's hash beside a provider's unsigned id (Razorpay's event-id header):
                 // a captured body resent under fresh ids would otherwise be stored, and wait in
                 // quarantine, once per id.

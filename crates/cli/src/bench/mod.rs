@@ -307,21 +307,20 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
             (Target::remote(url, config), endpoint)
         }
     };
-    let outcome = match receiver_endpoint(&target, remote_endpoint.as_ref()).await {
-        Ok(api) => {
-            let api = api.as_ref().map(|(client, id)| (client, id.as_str()));
-            measure(
-                &args,
-                &provider_names,
-                tracker,
-                receiver.as_ref(),
-                &target,
-                api,
-            )
-            .await
-        }
-        Err(error) => Err(error),
-    };
+    let outcome = async {
+        let api = receiver_endpoint(&target, remote_endpoint.as_ref()).await?;
+        let api = api.as_ref().map(|(client, id)| (client, id.as_str()));
+        measure(
+            &args,
+            &provider_names,
+            tracker,
+            receiver.as_ref(),
+            &target,
+            api,
+        )
+        .await
+    }
+    .await;
     if let Some((client, id)) = remote_endpoint
         && let Err(error) = client.delete(&format!("/v1/endpoints/{id}")).await
     {

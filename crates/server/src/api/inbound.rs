@@ -417,7 +417,7 @@ async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, Ap
         path_token: None,
         received_at: record.received_at,
     };
-    let outcome = match source.spec.provider.normalize(&request) {
+    let outcome = match source.spec.normalize(&request) {
         Ok(normalized) => {
             let reception = Reception {
                 inbound_id: id,
@@ -439,7 +439,7 @@ async fn reprocess(app: &App, record: InboundRecord) -> Result<ReprocessView, Ap
             Reprocess::Normalized {
                 provider_event: normalized.provider_event.clone(),
                 provider_event_id: normalized.provider_event_id.clone(),
-                dedup_key: billhook_providers::bounded_dedup_key(normalized.dedup_key.clone()),
+                dedup_key: normalized.dedup_key.clone(),
                 body_dedup_key: normalized.body_dedup_key.clone(),
                 events: canonical.events,
                 deliveries,
