@@ -152,6 +152,7 @@ pub struct Metrics {
     disabled_endpoints: Gauge,
     failing_endpoints: Gauge,
     quarantined: Gauge,
+    lanes: Gauge,
     pending: Pending,
     /// Per source: verification failures since start, and the last one.
     last_failures: Mutex<HashMap<String, (u64, LastFailure)>>,
@@ -258,6 +259,12 @@ impl Metrics {
             "Verified requests waiting in quarantine for reprocessing",
             quarantined.clone(),
         );
+        let lanes = Gauge::default();
+        registry.register(
+            "delivery_lanes",
+            "Endpoints this instance holds a delivery lane for (one queue and task each)",
+            lanes.clone(),
+        );
         Self {
             registry,
             ingest_requests,
@@ -274,6 +281,7 @@ impl Metrics {
             disabled_endpoints,
             failing_endpoints,
             quarantined,
+            lanes,
             pending: Pending::default(),
             last_failures: Mutex::new(HashMap::new()),
             started_at: Timestamp::now(),
@@ -389,6 +397,10 @@ impl Metrics {
         };
         self.attempt_duration.remove(&label);
         self.delivery_latency.remove(&label);
+    }
+
+    pub fn set_lanes(&self, count: usize) {
+        self.lanes.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn lease_lapsed(&self) {

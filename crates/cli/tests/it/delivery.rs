@@ -1351,7 +1351,9 @@ async fn a_delivery_left_pending_for_a_deleted_endpoint_is_cancelled(backend: Ba
         detail["deliveries"][0]["status"] == json!("delivered")
     })
     .await;
-    assert!(app.metrics().await.contains(&endpoint));
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(&endpoint));
+    assert_eq!(sample(&metrics, "billhook_delivery_lanes"), Some(1.0));
     let deleted = app
         .http
         .delete(app.url(&format!("/v1/endpoints/{endpoint}")))
@@ -1360,9 +1362,10 @@ async fn a_delivery_left_pending_for_a_deleted_endpoint_is_cancelled(backend: Ba
         .await
         .unwrap();
     assert_eq!(deleted.status().as_u16(), 204);
-    // Its metric series go with it.
+    // Its metric series and its lane go with it.
     let metrics = app.metrics().await;
     assert!(!metrics.contains(&endpoint), "{metrics}");
+    assert_eq!(sample(&metrics, "billhook_delivery_lanes"), Some(0.0));
     let revived = app
         .execute_sql(&format!(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = 0

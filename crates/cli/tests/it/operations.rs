@@ -1,6 +1,7 @@
 //! Operating billhook: admin tokens and scopes, Prometheus metrics, sources, retention, and the
 //! CLI commands over them.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ backend_tests!(
     reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do,
     reprocessing_in_bulk_goes_past_a_request_the_database_refuses,
     a_settlement_reached_by_reprocessing_is_counted,
+    every_first_delivery_waits_the_schedules_first_wait,
     an_endpoint_whose_source_left_the_configuration_can_be_disabled,
 );
 
@@ -1025,6 +1027,74 @@ async fn a_settlement_reached_by_reprocessing_is_counted(backend: Backend) {
     app.stop().await;
 }
 
+/// The retry schedule's first entry is the wait before every delivery's first attempt: those
+/// of a received message, of a reprocessed one, and of the ledger's conclusions alike.
+async fn every_first_delivery_waits_the_schedules_first_wait(backend: Backend) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let stored = NewInbound {
+        status: InboundStatus::Quarantined,
+        provider_event: None,
+        provider_event_id: None,
+        body: Bytes::from(fixture("razorpay/invoice.paid.upi.json")),
+        error: Some(RecordedError {
+            code: "unexpected_shape".to_owned(),
+            message: "a provider change since fixed".to_owned(),
+        }),
+        ..seeded_request("razorpay", "sha256:waits", Timestamp::now())
+    };
+    let id = stored.id;
+    seed(backend, &dir, vec![(stored, Vec::new())]).await;
+    let app = spawn_app_in(
+        backend,
+        dir,
+        "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\n\
+         retry_schedule = [\"1h\", \"1h\"]\njitter_percent = 0\n",
+    )
+    .await;
+    let receiver = Receiver::ok().await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let (status, reprocessed) = app
+        .admin_post(&format!("/v1/inbound/{id}/reprocess"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{reprocessed}");
+    assert_eq!(reprocessed["outcome"], json!("processed"), "{reprocessed}");
+    let received = ingest_payments(&app, 1, "received").await;
+    let (status, listed) = app
+        .admin_get(&format!("/v1/endpoints/{endpoint}/deliveries"))
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let deliveries = listed["data"].as_array().unwrap();
+    let types: BTreeSet<&str> = deliveries
+        .iter()
+        .map(|d| d["event_type"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains("invoice.paid") && types.contains("invoice.settled"),
+        "the reprocessed message and the ledger's conclusion: {listed}"
+    );
+    assert!(
+        deliveries
+            .iter()
+            .any(|d| d["message_id"] == json!(received[0])),
+        "and the received payment: {listed}"
+    );
+    for delivery in deliveries {
+        assert_eq!(delivery["status"], json!("pending"), "{delivery}");
+        let at =
+            |field: &str| -> Timestamp { serde_json::from_value(delivery[field].clone()).unwrap() };
+        // Without the wait it would be due as it was written; a received message's row is
+        // written a moment after it was planned.
+        assert!(
+            at("next_attempt_at").since(at("created_at")) >= Duration::from_secs(3590),
+            "due an hour after it was planned: {delivery}"
+        );
+    }
+    assert_eq!(receiver.count(), 0);
+    app.stop().await;
+}
+
 /// `endpoints list` shows every endpoint, past the API's largest page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_lists_every_endpoint_past_one_page() {
@@ -1064,7 +1134,7 @@ async fn the_cli_lists_every_endpoint_past_one_page() {
     let (ok, printed) = app.cli(&["endpoints", "list", "--json"]).await;
     assert!(ok, "{printed}");
     let listed: Value = serde_json::from_str(&printed).unwrap();
-    let urls: std::collections::BTreeSet<&str> = listed["data"]
+    let urls: BTreeSet<&str> = listed["data"]
         .as_array()
         .unwrap()
         .iter()

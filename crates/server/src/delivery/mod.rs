@@ -89,9 +89,16 @@ struct Lane {
     slots: Arc<Semaphore>,
     /// How many of its attempts may run at once.
     concurrency: ConcurrencyLimit,
-    queue: mpsc::UnboundedSender<Job>,
     paused_until: Mutex<Option<tokio::time::Instant>>,
     failing_since: Mutex<Option<Timestamp>>,
+}
+
+/// A lane as the instance holds it: the lane and the only sender of its queue. Dropping the
+/// entry (its endpoint deleted) closes the queue, and the lane's task ends once it has worked
+/// through what was queued.
+struct LaneEntry {
+    lane: Arc<Lane>,
+    queue: mpsc::UnboundedSender<Job>,
 }
 
 /// An endpoint's limit on attempts at once, which an operator may change while attempts hold
@@ -170,7 +177,7 @@ struct Shared {
     destinations: Arc<DestinationPolicy>,
     client: send::Client,
     endpoints: RwLock<Arc<EndpointSet>>,
-    lanes: Mutex<HashMap<EndpointId, Arc<Lane>>>,
+    lanes: Mutex<HashMap<EndpointId, LaneEntry>>,
     in_flight: Arc<Semaphore>,
     /// Deliveries held in memory under this instance's lease, each with its claims not yet
     /// counted off: a delivery given back can be claimed again before the completion that gave
@@ -393,7 +400,10 @@ impl Delivery {
         let set = self.shared.endpoints();
         plan_deliveries(source, events, &set.subscribers)
             .iter()
-            .map(|plan| new_delivery(plan, DeliveryId::new_at(now), inbound_id, now, None))
+            .map(|plan| {
+                let due = self.shared.first_attempt_at(now);
+                new_delivery(plan, DeliveryId::new_at(now), inbound_id, due, None)
+            })
             .collect()
     }
 
@@ -537,7 +547,10 @@ impl Planner {
         plan_deliveries(source, &[event], &set.subscribers)
             .iter()
             .filter(|plan| plan.event_id.is_some())
-            .map(|plan| new_delivery(plan, DeliveryId::new_at(now), inbound_id, now, None))
+            .map(|plan| {
+                let due = self.shared.first_attempt_at(now);
+                new_delivery(plan, DeliveryId::new_at(now), inbound_id, due, None)
+            })
             .collect()
     }
 }
@@ -693,19 +706,28 @@ impl Shared {
         // the endpoint is disabled and enabled again (or succeeds on another instance); a lane
         // that did not would disable a re-enabled endpoint again at its first failure.
         {
-            let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
             for record in &records {
-                if let Some(lane) = lanes.get(&record.id)
+                if let Some(entry) = lanes.get(&record.id)
                     && (!record.enabled || record.failing_since.is_none())
                 {
-                    *lane.failing_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    *entry
+                        .lane
+                        .failing_since
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = None;
                 }
             }
+            // A deleted endpoint's lane goes, or an instance would keep a task and a queue for
+            // every endpoint ever made. What it still holds is cancelled as its task works
+            // through it; a job on its way to it finds no lane and goes back to the database.
+            lanes.retain(|id, _| set.by_id.contains_key(id));
+            self.metrics.set_lanes(lanes.len());
             // A lane waiting for a permit under the old limit would otherwise take the next
             // one freed before it learns of a lower one.
-            for (id, lane) in lanes.iter() {
+            for (id, entry) in lanes.iter() {
                 if let Some(endpoint) = set.by_id.get(id) {
-                    lane.concurrency.resize(endpoint.max_concurrency);
+                    entry.lane.concurrency.resize(endpoint.max_concurrency);
                 }
             }
         }
@@ -726,6 +748,12 @@ impl Shared {
         Ok(())
     }
 
+    /// When a delivery planned at `now` is first due: the retry schedule's first wait applies
+    /// to every delivery, whether ingest, reprocessing or the ledger planned it.
+    fn first_attempt_at(&self, now: Timestamp) -> Timestamp {
+        now.add(self.policy.wait_before(1, &mut rand::rng()))
+    }
+
     /// The lane of an endpoint that exists and is enabled, started on first use.
     fn lane(self: &Arc<Self>, id: EndpointId) -> Option<Arc<Lane>> {
         if !self.works || *self.stopping.borrow() {
@@ -733,24 +761,27 @@ impl Shared {
         }
         let endpoint = self.endpoint(id).filter(|e| e.enabled)?;
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(lane) = lanes.get(&id) {
-            return Some(Arc::clone(lane));
+        if let Some(entry) = lanes.get(&id) {
+            return Some(Arc::clone(&entry.lane));
         }
         let (queue, jobs) = mpsc::unbounded_channel();
         let lane = Arc::new(Lane {
             id,
             slots: Arc::new(Semaphore::new(self.config.queue_per_endpoint as usize)),
             concurrency: ConcurrencyLimit::new(endpoint.max_concurrency),
-            queue,
             paused_until: Mutex::new(None),
             failing_since: Mutex::new(endpoint.failing_since),
         });
-        lanes.insert(id, Arc::clone(&lane));
+        let entry = LaneEntry {
+            lane: Arc::clone(&lane),
+            queue,
+        };
+        lanes.insert(id, entry);
+        self.metrics.set_lanes(lanes.len());
         let task = tokio::spawn(run_lane(Arc::clone(self), Arc::clone(&lane), jobs));
-        self.lane_tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(task);
+        let mut tasks = self.lane_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(task);
         Some(lane)
     }
 
@@ -833,15 +864,15 @@ impl Shared {
     }
 
     fn enqueue(self: &Arc<Self>, job: Job) {
-        let lane = self
+        let queue = self
             .lanes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&job.endpoint_id)
-            .cloned();
-        match lane {
-            Some(lane) => {
-                if let Err(mpsc::error::SendError(job)) = lane.queue.send(job) {
+            .map(|entry| entry.queue.clone());
+        match queue {
+            Some(queue) => {
+                if let Err(mpsc::error::SendError(job)) = queue.send(job) {
                     self.give_back(job);
                 }
             }
@@ -923,9 +954,12 @@ impl Shared {
         };
         let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         for record in records.iter().filter(|r| taken.contains(&r.id)) {
-            if let Some(lane) = lanes.get(&record.id) {
-                *lane.failing_since.lock().unwrap_or_else(|p| p.into_inner()) =
-                    record.failing_since;
+            if let Some(entry) = lanes.get(&record.id) {
+                *entry
+                    .lane
+                    .failing_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = record.failing_since;
             }
         }
     }
@@ -1503,8 +1537,8 @@ async fn renew_ownership(shared: &Arc<Shared>, now: Timestamp, until: Timestamp)
         owned.iter().fold(
             (Vec::new(), Vec::new()),
             |(mut active, mut idle), (id, last)| {
-                let busy = lanes.get(id).is_some_and(|lane| {
-                    lane.slots.available_permits() < shared.config.queue_per_endpoint as usize
+                let busy = lanes.get(id).is_some_and(|entry| {
+                    entry.lane.slots.available_permits() < shared.config.queue_per_endpoint as usize
                 });
                 // A stopping instance keeps only the endpoints it still has attempts for.
                 let recent = !shared.stopping() && last.elapsed() < idle_after;
