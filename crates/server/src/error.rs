@@ -56,6 +56,7 @@ error_codes! {
     NotFound => "not_found", NOT_FOUND, "No such resource.";
     InvalidRequest => "invalid_request", BAD_REQUEST, "A parameter or the body is invalid; the message says which.";
     InvalidCursor => "invalid_cursor", BAD_REQUEST, "The pagination cursor is not one this API issued.";
+    DeclaredInConfiguration => "declared_in_configuration", CONFLICT, "The endpoint is declared in the configuration file, which sets what the request would change and would set it back at the next start; change the file instead.";
     MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED, "The path does not accept this method.";
     UnsupportedMediaType => "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "The body must be JSON, sent with `Content-Type: application/json`.";
     RequestTimeout => "request_timeout", REQUEST_TIMEOUT, "The request took longer than the server allows. A webhook answered so may have been stored all the same (its write goes on), and its retry is then answered as a duplicate.";

@@ -48,6 +48,15 @@ pub struct App {
     pub ingest_budget: Arc<tokio::sync::Semaphore>,
 }
 
+impl App {
+    /// How the configuration file declares the endpoint named `name`, if it does. A declared
+    /// endpoint is set back to its declaration at every start.
+    pub(crate) fn declaration(&self, name: Option<&str>) -> Option<&config::EndpointConfig> {
+        let name = name?;
+        self.settings.endpoints.iter().find(|e| e.name == name)
+    }
+}
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -18,6 +18,7 @@ backend_tests!(
     malformed_requests_get_the_error_page,
     the_event_page_refreshes_only_while_an_attempt_is_near,
     a_quarantined_request_is_shown_as_sent_and_reprocessed_by_source,
+    what_the_configuration_file_declares_is_changed_only_there,
 );
 
 /// A client that does not follow redirects, so each step can be checked.
@@ -515,7 +516,7 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
     assert!(sources.contains("invalid_signature"), "{sources}");
 
     let (_, quarantine) = get(&app, &session, "/quarantine").await;
-    assert!(quarantine.contains("Reprocess all"));
+    assert!(quarantine.contains("Reprocess, oldest first (500 at most)"));
     let inbound = quarantine
         .split("/inbound/")
         .nth(1)
@@ -769,9 +770,106 @@ async fn a_quarantined_request_is_shown_as_sent_and_reprocessed_by_source(backen
     )
     .await;
     assert_eq!(response.status().as_u16(), 303);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
     assert_eq!(
-        response.headers()["location"],
-        "/quarantine?source=zwitch&done=reprocessed&n=1"
+        location,
+        "/quarantine?source=zwitch&done=reprocessed&n=0&of=1"
+    );
+    // The list says it is one source's, and that the request tried did not leave quarantine.
+    let (_, page) = get(&app, &session, &location).await;
+    assert!(
+        page.contains("Reprocessed 1 request(s): 0 left quarantine.")
+            && page.contains("Showing requests to <code>zwitch</code> only."),
+        "{page}"
+    );
+    app.stop().await;
+}
+
+/// A declared endpoint is set back to the file at every start, so the API and the console
+/// refuse to change what the file sets instead of letting a restart undo it; enabling and
+/// disabling stay theirs, and so does the secret of an endpoint whose file leaves it out.
+async fn what_the_configuration_file_declares_is_changed_only_there(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        &format!(
+            "{TEST_DELIVERY}\n\
+             [[endpoint]]\nname = \"ledger\"\nurl = \"http://127.0.0.1:9/hooks\"\nevent_types = [\"*\"]\n\
+             secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+             [[endpoint]]\nname = \"archive\"\nurl = \"http://127.0.0.1:9/archive\"\nevent_types = [\"*\"]\n"
+        ),
+    )
+    .await;
+    let (_, listed) = app.admin_get("/v1/endpoints").await;
+    let id_of = |name: &str| {
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == json!(name))
+            .unwrap_or_else(|| panic!("{name}: {listed}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (ledger, archive) = (id_of("ledger"), id_of("archive"));
+
+    let (status, refused) = app
+        .admin_patch(
+            &format!("/v1/endpoints/{ledger}"),
+            json!({ "url": "http://127.0.0.1:9/elsewhere", "description": "moved" }),
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["code"], json!("declared_in_configuration"));
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("url, description"),
+        "{refused}"
+    );
+    let (status, disabled) = app
+        .admin_patch(
+            &format!("/v1/endpoints/{ledger}"),
+            json!({ "enabled": false, "disabled_reason": "maintenance" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{disabled}");
+    assert_eq!(disabled["url"], json!("http://127.0.0.1:9/hooks"));
+
+    let (status, refused) = app
+        .admin_post(&format!("/v1/endpoints/{ledger}/secret/rotate"), json!({}))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["code"], json!("declared_in_configuration"));
+    let (_, secret) = app
+        .admin_get(&format!("/v1/endpoints/{ledger}/secret"))
+        .await;
+    assert_eq!(
+        secret["secret"],
+        json!("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    );
+    let (status, rotated) = app
+        .admin_post(&format!("/v1/endpoints/{archive}/secret/rotate"), json!({}))
+        .await;
+    assert_eq!(
+        status, 200,
+        "the file leaves this secret to billhook: {rotated}"
+    );
+
+    // The console offers only what it may do.
+    let (session, _) = log_in(&app, ADMIN_TOKEN).await;
+    let (_, page) = get(&app, &session, &format!("/endpoints/{ledger}")).await;
+    assert!(
+        page.contains("The configuration file sets the signing secret")
+            && !page.contains(&format!("/endpoints/{ledger}/rotate"))
+            && page.contains("in the configuration file as <code>ledger</code>"),
+        "{page}"
+    );
+    let (_, page) = get(&app, &session, &format!("/endpoints/{archive}")).await;
+    assert!(
+        page.contains(&format!("/endpoints/{archive}/rotate")),
+        "{page}"
     );
     app.stop().await;
 }

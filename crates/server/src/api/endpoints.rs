@@ -22,9 +22,9 @@ use crate::App;
 use crate::access::Access;
 use crate::api::ApiPath;
 use crate::delivery::{EndpointDefinition, check_destination};
-use crate::error::ApiError;
 #[allow(unused_imports, reason = "named in the OpenAPI attributes")]
 use crate::error::ErrorBody as Error;
+use crate::error::{ApiError, ErrorCode};
 
 /// Distinguishes a field set to `null` (`Some(None)`) from one left out (`None`).
 fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
@@ -415,7 +415,7 @@ pub(crate) async fn show(
     params(("id" = String, Path, description = "The endpoint's id (`ep_…`)")),
     responses(
         (status = 200, description = "The endpoint as changed", body = EndpointView),
-        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error), (status = 415, description = "The body was not sent as JSON", body = Error),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error), (status = 409, description = "The configuration file declares what this would change", body = Error), (status = 415, description = "The body was not sent as JSON", body = Error),
     ))]
 pub(crate) async fn update(
     State(app): State<Arc<App>>,
@@ -428,6 +428,30 @@ pub(crate) async fn update(
         .endpoint(id)
         .await?
         .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    if app.declaration(current.name.as_deref()).is_some() {
+        let declared: Vec<&str> = [
+            ("url", body.url.is_some()),
+            ("description", body.description.is_some()),
+            ("event_types", body.event_types.is_some()),
+            ("sources", body.sources.is_some()),
+            ("format", body.format.is_some()),
+            ("headers", body.headers.is_some()),
+            ("rate_limit", body.rate_limit.is_some()),
+            ("max_concurrency", body.max_concurrency.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, named)| named.then_some(field))
+        .collect();
+        if !declared.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::DeclaredInConfiguration,
+                format!(
+                    "the configuration file declares this endpoint and sets {}: change it there (only enabling and disabling it are the API's)",
+                    declared.join(", ")
+                ),
+            ));
+        }
+    }
     let headers = body.headers.as_ref().map(header_pairs).transpose()?;
     let sources = body.sources.clone().unwrap_or(current.sources.clone());
     EndpointDefinition::check_static(
@@ -574,7 +598,7 @@ pub(crate) struct RotateSecret {
     request_body(content = Option<RotateSecret>, description = "Optional: the new secret"),
     responses(
         (status = 200, description = "The secrets after the rotation", body = SecretView),
-        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error),
+        (status = 400, description = "A parameter or the body is invalid", body = Error), (status = 401, description = "No valid token", body = Error), (status = 403, description = "The token's scope does not allow this", body = Error), (status = 404, description = "Not found", body = Error), (status = 409, description = "The configuration file declares what this would change", body = Error),
     ))]
 pub(crate) async fn rotate_secret(
     State(app): State<Arc<App>>,
@@ -583,6 +607,20 @@ pub(crate) async fn rotate_secret(
 ) -> Result<Json<SecretView>, ApiError> {
     let id = endpoint_id(&id)?;
     let body: RotateSecret = super::optional_body(&body)?;
+    let current = app
+        .store
+        .endpoint(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    if app
+        .declaration(current.name.as_deref())
+        .is_some_and(|declared| declared.secret.is_some())
+    {
+        return Err(ApiError::new(
+            ErrorCode::DeclaredInConfiguration,
+            "the configuration file sets this endpoint's secret: change it there, and the next start rotates it",
+        ));
+    }
     let secret = match &body.secret {
         Some(text) => EndpointSecret::parse(text).map_err(|e| ApiError::invalid(e.to_string()))?,
         None => EndpointSecret::generate(),

@@ -45,6 +45,8 @@ fn render(markup: Markup) -> PageResult {
 pub(crate) struct Done {
     done: Option<String>,
     n: Option<u64>,
+    /// Of how many, where `n` counts those of a batch that succeeded.
+    of: Option<u64>,
 }
 
 impl Done {
@@ -54,12 +56,15 @@ impl Done {
             "redelivered" => format!("Redelivering to {n} endpoint(s). New attempts appear below."),
             "enabled" => "The endpoint is enabled.".to_owned(),
             "disabled" => "The endpoint is disabled; its deliveries are held.".to_owned(),
-            "rotated" => {
-                "A new signing secret is in use; the previous one keeps signing for a while."
-                    .to_owned()
-            }
+            "rotated" => "A new signing secret is in use, and the previous one keeps signing for \
+                 delivery.secret_overlap: give the receiver the new one before then \
+                 (`billhook endpoints secret <id>` prints it)."
+                .to_owned(),
             "recovered" => format!("Resending {n} deliveries."),
-            "reprocessed" => format!("Reprocessed {n} request(s)."),
+            "reprocessed" => format!(
+                "Reprocessed {} request(s): {n} left quarantine.",
+                self.of.unwrap_or(n)
+            ),
             _ => return None,
         })
     }
@@ -570,12 +575,16 @@ pub(crate) async fn endpoint(
     let day_ago = datetime_local(Timestamp::from_unix_millis(
         day_ago - day_ago.rem_euclid(60_000),
     ));
+    let declaration = app.declaration(endpoint.name.as_deref());
     let body = html! {
         p.crumbs { a href="/endpoints" { "Endpoints" } " / " (endpoint_label(&endpoint, &viewer)) }
         h1 { (endpoint_label(&endpoint, &viewer)) " " (health(&endpoint)) }
         (notice(done.message().as_deref()))
         dl.facts {
             dt { "Id" } dd { code { (endpoint.id.to_string()) } }
+            @if let Some(declared) = &declaration {
+                dt { "Declared" } dd { "in the configuration file as " code { (declared.name) } ", which sets it back at every start" }
+            }
             dt { "URL" } dd.wrap { code { (endpoint_url(&endpoint, &viewer)) } }
             dt { "Events" } dd { (endpoint.event_types.join(", ")) }
             dt { "Sources" } dd { (endpoint.sources.as_ref().map_or("all".to_owned(), |s| s.join(", "))) }
@@ -614,9 +623,13 @@ pub(crate) async fn endpoint(
                         button type="submit" { "Enable" }
                     }
                 }
-                form method="post" action=(format!("/endpoints/{}/rotate", endpoint.id)) {
-                    (csrf(&viewer))
-                    button type="submit" { "Rotate the signing secret" }
+                @if declaration.is_some_and(|declared| declared.secret.is_some()) {
+                    p { "The configuration file sets the signing secret: a new one there rotates it at the next start." }
+                } @else {
+                    form method="post" action=(format!("/endpoints/{}/rotate", endpoint.id)) {
+                        (csrf(&viewer))
+                        button type="submit" { "Rotate the signing secret" }
+                    }
                 }
             }
         }
@@ -801,6 +814,7 @@ pub(crate) struct QuarantineQuery {
     cursor: Option<String>,
     done: Option<String>,
     n: Option<u64>,
+    of: Option<u64>,
 }
 
 pub(crate) async fn quarantine(
@@ -828,16 +842,21 @@ pub(crate) async fn quarantine(
     let done = Done {
         done: query.done.clone(),
         n: query.n,
+        of: query.of,
     };
+    let source = blank(&query.source);
     let body = html! {
         h1 { "Quarantine" }
         (notice(done.message().as_deref()))
         p { "Requests that passed verification but that billhook could not read. They are kept, and reprocessing runs them through this version's provider code again." }
+        @if let Some(source) = &source {
+            p { "Showing requests to " code { (source) } " only. " a href="/quarantine" { "Show every source" } }
+        }
         @if viewer.can_change() && !list.items.is_empty() {
             form method="post" action="/quarantine/reprocess" {
                 (csrf(&viewer))
-                @if let Some(source) = blank(&query.source) { input type="hidden" name="source" value=(source); }
-                button type="submit" { "Reprocess all" }
+                @if let Some(source) = &source { input type="hidden" name="source" value=(source); }
+                button type="submit" { "Reprocess, oldest first (500 at most)" }
             }
         }
         @if list.items.is_empty() {
@@ -929,16 +948,16 @@ pub(crate) async fn reprocess_all(
         bytes::Bytes::from(body.to_string()),
     )
     .await?;
-    let count = serde_json::to_value(&summary)
-        .ok()
-        .and_then(|v| v["attempted"].as_u64());
+    let summary = serde_json::to_value(&summary).unwrap_or_default();
+    let count = |field: &str| summary[field].as_u64().map(|n| n.to_string());
     // Back to the list as it was filtered.
     let filtered = href_with(
         "/quarantine",
         &[
             ("source", form.source.clone()),
             ("done", Some("reprocessed".to_owned())),
-            ("n", count.map(|n| n.to_string())),
+            ("n", count("processed")),
+            ("of", count("attempted")),
         ],
     );
     Ok(Redirect::to(&filtered).into_response())
