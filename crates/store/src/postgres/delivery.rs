@@ -690,14 +690,15 @@ impl PgStore {
                 _ => {}
             }
         }
-        let day_ago = now
-            .sub(std::time::Duration::from_secs(86_400))
-            .unix_millis();
+        let day_ago = now.sub(std::time::Duration::from_secs(86_400));
+        // An attempt's id is made from its start, so the id bounds the index's range where
+        // `started_at` alone would read every attempt the endpoint ever had.
+        let since_id = AttemptId::lower_bound(day_ago).to_string();
         let row = client
             .query_one(
                 "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status_code BETWEEN 200 AND 299 THEN 1 ELSE 0 END), 0)
-                 FROM attempts WHERE endpoint_id = $1 AND started_at >= $2",
-                &[&endpoint.to_string(), &day_ago],
+                 FROM attempts WHERE endpoint_id = $1 AND started_at >= $2 AND id >= $3",
+                &[&endpoint.to_string(), &day_ago.unix_millis(), &since_id],
             )
             .await
             .map_err(pg_error)?;

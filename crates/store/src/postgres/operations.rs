@@ -400,7 +400,11 @@ impl PgStore {
             .query_one(
                 "SELECT
                     (SELECT count(*) FROM deliveries WHERE status IN ('pending', 'failed')),
-                    (SELECT min(id) FROM deliveries WHERE status IN ('pending', 'failed')),
+                    -- Taken from the owed rows themselves (OFFSET 0 keeps the planner from
+                    -- walking the primary key up from the oldest delivery instead: owed rows
+                    -- are the newest, and that walk would read most of the table).
+                    (SELECT min(id) FROM
+                        (SELECT id FROM deliveries WHERE status IN ('pending', 'failed') OFFSET 0) owed),
                     (SELECT count(*) FROM endpoints WHERE deleted_at IS NULL AND NOT enabled),
                     (SELECT count(*) FROM endpoints
                         WHERE deleted_at IS NULL AND enabled AND failing_since IS NOT NULL),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use billhook_core::ids::{DeliveryId, EndpointId, EventId, InboundId};
+use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, EventId, InboundId};
 use billhook_core::time::Timestamp;
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -726,7 +726,7 @@ impl SqliteStore {
     pub(crate) async fn attempts_of_endpoint(
         &self,
         endpoint: EndpointId,
-        before: Option<billhook_core::ids::AttemptId>,
+        before: Option<AttemptId>,
         limit: u32,
     ) -> Result<Page<AttemptRecord>, StoreError> {
         self.read(move |connection| {
@@ -782,13 +782,17 @@ impl SqliteStore {
                     _ => {}
                 }
             }
-            let day_ago = now.sub(std::time::Duration::from_secs(86_400)).unix_millis();
+            let day_ago = now.sub(std::time::Duration::from_secs(86_400));
+            // An attempt's id is made from its start, so the id bounds the index's range where
+            // `started_at` alone would read every attempt the endpoint ever had.
+            let since_id = AttemptId::lower_bound(day_ago).to_string();
+            let day_ago = day_ago.unix_millis();
             let (attempts, successes): (u64, Option<u64>) = connection
                 .prepare_cached(
                     "SELECT COUNT(*), SUM(CASE WHEN status_code BETWEEN 200 AND 299 THEN 1 ELSE 0 END)
-                     FROM attempts WHERE endpoint_id = ?1 AND started_at >= ?2",
+                     FROM attempts WHERE endpoint_id = ?1 AND started_at >= ?2 AND id >= ?3",
                 )
-                .and_then(|mut s| s.query_row(params![endpoint.to_string(), day_ago], |row| Ok((row.get(0)?, row.get(1)?))))
+                .and_then(|mut s| s.query_row(params![endpoint.to_string(), day_ago, since_id], |row| Ok((row.get(0)?, row.get(1)?))))
                 .map_err(db_error)?;
             stats.attempts_24h = attempts;
             stats.successes_24h = successes.unwrap_or(0);
