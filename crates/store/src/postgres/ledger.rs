@@ -840,6 +840,17 @@ impl PgStore {
         if still.is_none() {
             return Ok(false);
         }
+        // The payment's message can be old enough for retention, which checks statement by
+        // statement that nothing it removes is owed: held here, retention passes over it (its
+        // lock skips what is locked), or, holding it already, has removed it once this returns,
+        // and the announcement outlives it as any announcement may.
+        transaction
+            .query_opt(
+                "SELECT 1 FROM inbound WHERE id = $1 FOR SHARE",
+                &[&announcement.inbound_id.to_string()],
+            )
+            .await
+            .map_err(pg_error)?;
         let event = record_announcement(self, &transaction, &announcement).await?;
         transaction
             .execute(
