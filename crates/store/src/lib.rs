@@ -521,9 +521,10 @@ impl Store {
         dispatch!(self, store => store.update_endpoint(id, patch, now).await)
     }
 
-    /// Cancels the undelivered deliveries of those of `endpoints` that are deleted; the number
-    /// cancelled. A delivery planned by an instance that had not heard of a deletion yet is
-    /// written after the deletion cancelled the rest, and no lane would ever work it.
+    /// Cancels up to [`BACKLOG_BATCH`] pending or failed deliveries of those of `endpoints`
+    /// that are deleted; the number cancelled (call again while it is the whole batch). The
+    /// deletion cancels only the first batch; and a delivery planned by an instance that had
+    /// not heard of a deletion yet is written after it, where no lane would ever work it.
     pub async fn cancel_deliveries_of_deleted(
         &self,
         endpoints: Vec<EndpointId>,
@@ -532,9 +533,10 @@ impl Store {
         dispatch!(self, store => store.cancel_deliveries_of_deleted(endpoints, now).await)
     }
 
-    /// Holds the due deliveries of those of `endpoints` that are disabled; the number held. A
-    /// delivery planned as its endpoint was being disabled, or left pending by a holder that
-    /// stopped, is written or left after the disabling held the rest, and no lane works it:
+    /// Holds up to [`BACKLOG_BATCH`] waiting deliveries of those of `endpoints` that are
+    /// disabled; the number held (call again while it is the whole batch). The disabling holds
+    /// only the first batch; and a delivery planned as its endpoint was being disabled, or left
+    /// pending by a holder that stopped, is written or left after it, and no lane works it:
     /// pending, it would keep its message from retention and the backlog from ever emptying.
     pub async fn hold_deliveries_of_disabled(
         &self,
@@ -544,7 +546,21 @@ impl Store {
         dispatch!(self, store => store.hold_deliveries_of_disabled(endpoints, now).await)
     }
 
-    /// Deletes an endpoint and cancels its undelivered deliveries. False when there is none.
+    /// Cancels the held deliveries of a deleted endpoint among its next [`BACKLOG_BATCH`]
+    /// deliveries after `after` (from the first when `None`); where to go on from, `None` once
+    /// past its last delivery.
+    pub async fn cancel_held_of_deleted(
+        &self,
+        endpoint: EndpointId,
+        after: Option<DeliveryId>,
+        now: Timestamp,
+    ) -> Result<Option<DeliveryId>, StoreError> {
+        dispatch!(self, store => store.cancel_held_of_deleted(endpoint, after, now).await)
+    }
+
+    /// Deletes an endpoint and cancels the first [`BACKLOG_BATCH`] of its pending and failed
+    /// deliveries; [`Store::cancel_deliveries_of_deleted`] and [`Store::cancel_held_of_deleted`]
+    /// cancel the rest. False when there is no such endpoint.
     pub async fn delete_endpoint(
         &self,
         id: EndpointId,
@@ -626,7 +642,10 @@ impl Store {
     }
 
     /// Resends an endpoint's failed, dead and held deliveries created since `since`, if it is
-    /// enabled and not deleted as this runs (nothing otherwise).
+    /// enabled and not deleted as this runs (nothing otherwise); the number resent. Written
+    /// [`BACKLOG_BATCH`] deliveries' stretch at a time, each in its own transaction: stopped
+    /// between two (a disabling, a failure), what was resent stays resent, and the same call
+    /// again resends the rest.
     pub async fn recover(
         &self,
         endpoint: EndpointId,

@@ -866,6 +866,12 @@ impl PruneReport {
 /// keep every message it subscribes to for good.
 pub const OWED_DELIVERIES: &str = "'pending', 'failed'";
 
+/// The most deliveries one statement changes when an endpoint's backlog is held (the endpoint
+/// disabled), cancelled (deleted) or recovered. An endpoint down for a day can owe a million;
+/// changed at once, they would hold SQLite's one writer, and with it every ingest, for seconds,
+/// or run a PostgreSQL transaction past its statement timeout. The rest follows batch by batch.
+pub const BACKLOG_BATCH: u32 = 1_000;
+
 /// What happened in one minute (or since an instance's last flush).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ActivityCounts {

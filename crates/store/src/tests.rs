@@ -1533,6 +1533,91 @@ fn deliveries_are_claimed_under_lease_with_their_payloads() {
     });
 }
 
+/// An endpoint's backlog longer than a batch is held, cancelled and recovered a batch at a
+/// time: a disabling or a deletion changes only the first batch and the calls after it the
+/// rest, and a recovery walks the whole backlog in transactions of a batch each.
+#[test]
+fn long_backlogs_change_a_batch_at_a_time() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = canonical_endpoint(store).await;
+            let request = inbound("rzp", "backlog-1", InboundStatus::Processed);
+            let batch = u64::from(BACKLOG_BATCH);
+            let total = 2 * batch + 5;
+            let since = Timestamp::now().sub(Duration::from_secs(1));
+            let mut ingest = write(request.clone(), Vec::new());
+            ingest.deliveries = (0..total)
+                .map(|_| NewDelivery {
+                    next_attempt_at: Timestamp::now().add(Duration::from_secs(3600)),
+                    ..delivery_for(&endpoint, None, request.id)
+                })
+                .collect();
+            store.ingest(ingest).await.unwrap();
+            let counts = || async {
+                let stats = store
+                    .endpoint_stats(endpoint.id, Timestamp::now())
+                    .await
+                    .unwrap();
+                (stats.pending, stats.held)
+            };
+            let switch = |enabled: bool| {
+                store.update_endpoint(
+                    endpoint.id,
+                    EndpointPatch {
+                        enabled: Some(enabled),
+                        ..EndpointPatch::default()
+                    },
+                    Timestamp::now(),
+                )
+            };
+            let hold = || store.hold_deliveries_of_disabled(vec![endpoint.id], Timestamp::now());
+
+            switch(false).await.unwrap();
+            assert_eq!(counts().await, (total - batch, batch), "{:?}", test.config);
+            assert_eq!(hold().await.unwrap(), batch);
+            assert_eq!(hold().await.unwrap(), 5);
+            assert_eq!(hold().await.unwrap(), 0);
+            assert_eq!(counts().await, (0, total));
+
+            switch(true).await.unwrap();
+            let recovered = store
+                .recover(endpoint.id, since, Timestamp::now())
+                .await
+                .unwrap();
+            assert_eq!(recovered, total, "{:?}", test.config);
+            assert_eq!(counts().await, (total, 0));
+
+            // Disabled (a batch held), then deleted (a batch of the pending cancelled).
+            switch(false).await.unwrap();
+            assert!(
+                store
+                    .delete_endpoint(endpoint.id, Timestamp::now())
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(counts().await, (5, batch), "{:?}", test.config);
+            let cancel = || store.cancel_deliveries_of_deleted(vec![endpoint.id], Timestamp::now());
+            assert_eq!(cancel().await.unwrap(), 5);
+            assert_eq!(cancel().await.unwrap(), 0);
+            let mut after = None;
+            let mut stretches = 0;
+            loop {
+                after = store
+                    .cancel_held_of_deleted(endpoint.id, after, Timestamp::now())
+                    .await
+                    .unwrap();
+                if after.is_none() {
+                    break;
+                }
+                stretches += 1;
+            }
+            assert_eq!(stretches, 3, "{:?}", test.config);
+            assert_eq!(counts().await, (0, 0), "{:?}", test.config);
+        }
+    });
+}
+
 #[test]
 fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
     runtime().block_on(async {

@@ -506,6 +506,9 @@ pub(crate) async fn update(
     // backlog is recovered, an endpoint enabled again gets its new deliveries as pending rather
     // than held behind the recovery, where nothing would release them.
     app.delivery.reload_after_change(enabled).await;
+    if body.enabled == Some(false) {
+        app.delivery.settle_backlogs(vec![id], Vec::new());
+    }
     if let Some(since) = body.recover_since {
         let recovered = app.store.recover(id, since, now).await?;
         tracing::info!(endpoint = %id, recovered, "re-enabled an endpoint and recovered its backlog");
@@ -530,6 +533,7 @@ pub(crate) async fn delete(
         return Err(ApiError::not_found("endpoint"));
     }
     app.delivery.reload_after_change(None).await;
+    app.delivery.settle_backlogs(Vec::new(), vec![id]);
     tracing::info!(endpoint = %id, "deleted an endpoint");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -39,8 +39,8 @@ use billhook_core::retry::{AttemptOutcome, Decision, RetryPolicy};
 use billhook_core::subscription::{FanOutEvent, PlannedDelivery, plan_deliveries};
 use billhook_core::time::Timestamp;
 use billhook_store::{
-    ClaimedDelivery, Completion, DeliveryStatus, Lease, NewAttempt, NewDelivery, NextStep,
-    RawOrigin, Store, StoreError,
+    BACKLOG_BATCH, ClaimedDelivery, Completion, DeliveryStatus, Lease, NewAttempt, NewDelivery,
+    NextStep, RawOrigin, Store, StoreError,
 };
 use bytes::Bytes;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -277,6 +277,15 @@ impl Delivery {
             store,
         });
         shared.reload_endpoints().await?;
+        // A disabling stopped before it held its whole backlog (see `settle_backlogs`).
+        let disabled: Vec<EndpointId> = shared
+            .endpoints()
+            .by_id
+            .values()
+            .filter(|endpoint| !endpoint.enabled)
+            .map(|endpoint| endpoint.id)
+            .collect();
+        shared.settle_backlogs(disabled, Vec::new());
         let completer = tokio::spawn(run_completer(Arc::clone(&shared), completion_queue));
         let mut tasks = Vec::new();
         let mut renewal = None;
@@ -426,6 +435,12 @@ impl Delivery {
             job.claim = self.shared.hold(job.delivery_id, job.leased_until, None);
             self.shared.enqueue(job);
         }
+    }
+
+    /// Works through what a disabling or a deletion left of an endpoint's backlog, in the
+    /// background (see [`Shared::settle_backlogs`]).
+    pub fn settle_backlogs(&self, disabled: Vec<EndpointId>, deleted: Vec<EndpointId>) {
+        self.shared.settle_backlogs(disabled, deleted);
     }
 
     /// Wakes the poller: deliveries became due outside the hand-off (recovery, redelivery).
@@ -746,6 +761,80 @@ impl Shared {
         }
         self.wake_poller.notify_one();
         Ok(())
+    }
+
+    /// Holds the waiting deliveries of `disabled` endpoints and cancels those of `deleted`
+    /// ones, batch after batch, in the background: the disabling or deletion changed only the
+    /// first [`BACKLOG_BATCH`], so that a backlog of any length never holds the database for
+    /// long. Stops at the first failure or at shutdown; the poller holds or cancels any
+    /// delivery of such an endpoint that falls due, and the next start holds the rest.
+    fn settle_backlogs(self: &Arc<Self>, disabled: Vec<EndpointId>, deleted: Vec<EndpointId>) {
+        if disabled.is_empty() && deleted.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            let whole = u64::from(BACKLOG_BATCH);
+            let store = &shared.store;
+            let result: Result<(), StoreError> = async {
+                while !disabled.is_empty()
+                    && !shared.stopping()
+                    && shared
+                        .retrying(|| {
+                            store.hold_deliveries_of_disabled(disabled.clone(), Timestamp::now())
+                        })
+                        .await?
+                        == whole
+                {}
+                while !deleted.is_empty()
+                    && !shared.stopping()
+                    && shared
+                        .retrying(|| {
+                            store.cancel_deliveries_of_deleted(deleted.clone(), Timestamp::now())
+                        })
+                        .await?
+                        == whole
+                {}
+                for endpoint in &deleted {
+                    let mut after = None;
+                    while !shared.stopping() {
+                        after = shared
+                            .retrying(|| {
+                                store.cancel_held_of_deleted(*endpoint, after, Timestamp::now())
+                            })
+                            .await?;
+                        if after.is_none() {
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "could not hold or cancel the rest of an endpoint's backlog");
+            }
+        });
+    }
+
+    /// `step`, tried again a few times, backing off, while the database is away or cancels it
+    /// for a conflict (a deadlock with a statement locking the same rows in another order).
+    async fn retrying<T, Step, Fut>(&self, mut step: Step) -> Result<T, StoreError>
+    where
+        Step: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut pause = Duration::from_millis(100);
+        for _ in 0..5 {
+            match step().await {
+                Err(StoreError::Unavailable(_) | StoreError::Conflict(_)) if !self.stopping() => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                done => return done,
+            }
+        }
+        step().await
     }
 
     /// When a delivery planned at `now` is first due: the retry schedule's first wait applies
@@ -1277,7 +1366,11 @@ async fn run_completer(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<T
 async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     let done: Vec<DeliveryId> = batch.iter().map(|c| c.delivery_id).collect();
     let batch: Arc<[Completion]> = batch.into();
-    let disables = batch.iter().any(|c| c.disable_endpoint.is_some());
+    let disabled: Vec<EndpointId> = batch
+        .iter()
+        .filter(|c| c.disable_endpoint.is_some())
+        .map(|c| c.endpoint_id)
+        .collect();
     let mut stopping = shared.stopping.subscribe();
     let mut pause = COMPLETION_RETRY_FIRST;
     let mut refusals = 0;
@@ -1326,9 +1419,10 @@ async fn record(shared: &Arc<Shared>, batch: Vec<Completion>) {
     for job in waiting {
         shared.enqueue(job);
     }
-    if disables {
+    if !disabled.is_empty() {
         // The endpoint was taken as disabled in memory when its attempt was judged.
         let _ = shared.reload_endpoints_until_read().await;
+        shared.settle_backlogs(disabled, Vec::new());
     }
     shared.wake_poller.notify_one();
 }

@@ -413,47 +413,75 @@ impl PgStore {
         since: Timestamp,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
+        // The endpoint's deliveries are walked in id order from a little before `since` (an id
+        // is made as its delivery is planned, a moment before its row is written), a bounded
+        // stretch per transaction, so a long backlog never runs one past its statement timeout.
+        let mut after = DeliveryId::lower_bound(since.sub(std::time::Duration::from_secs(60)));
+        let mut recovered = 0;
         let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(pg_error)?;
-        // Only an endpoint enabled and not deleted is sent to, checked here rather than by the
-        // caller beforehand: a disabling or a deletion in between would otherwise be undone for
-        // its deliveries. Held against both until the commit, endpoints before their deliveries
-        // as everywhere.
-        let sendable = transaction
-            .query_opt(
-                "SELECT 1 FROM endpoints WHERE id = $1 AND enabled AND deleted_at IS NULL
-                 FOR SHARE",
-                &[&endpoint.to_string()],
-            )
-            .await
-            .map_err(pg_error)?;
-        if sendable.is_none() {
-            return Ok(0);
+        loop {
+            let transaction = client.transaction().await.map_err(pg_error)?;
+            // Only an endpoint enabled and not deleted is sent to, checked here rather than by
+            // the caller beforehand: a disabling or a deletion in between would otherwise be
+            // undone for its deliveries. Held against both until the commit, endpoints before
+            // their deliveries as everywhere.
+            let sendable = transaction
+                .query_opt(
+                    "SELECT 1 FROM endpoints WHERE id = $1 AND enabled AND deleted_at IS NULL
+                     FOR SHARE",
+                    &[&endpoint.to_string()],
+                )
+                .await
+                .map_err(pg_error)?;
+            if sendable.is_none() {
+                return Ok(recovered);
+            }
+            let last: Option<String> = transaction
+                .query_one(
+                    "SELECT max(id) FROM (SELECT id FROM deliveries
+                        WHERE endpoint_id = $1 AND id > $2 ORDER BY id LIMIT $3) stretch",
+                    &[
+                        &endpoint.to_string(),
+                        &after.to_string(),
+                        &i64::from(BACKLOG_BATCH),
+                    ],
+                )
+                .await
+                .map_err(pg_error)?
+                .get(0);
+            let Some(last) = last else {
+                return Ok(recovered);
+            };
+            let changed = transaction
+                .execute(
+                    // Locked in id order, as everywhere (see `complete`): a retried delivery
+                    // can be failed and in flight at once, so its completion may hold it
+                    // meanwhile. One under a live lease is left alone: it is being sent, and
+                    // taking its lease would let it be sent twice at once.
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = $4, attempts = 0,
+                        lease_owner = NULL, lease_until = NULL, updated_at = $4
+                     WHERE id IN (SELECT id FROM deliveries
+                        WHERE endpoint_id = $1 AND id > $2 AND id <= $3 AND created_at >= $5
+                          AND status IN ('failed', 'dead', 'held')
+                          AND (lease_owner IS NULL OR lease_until <= $4)
+                        ORDER BY id FOR UPDATE)",
+                    &[
+                        &endpoint.to_string(),
+                        &after.to_string(),
+                        &last,
+                        &now.unix_millis(),
+                        &since.unix_millis(),
+                    ],
+                )
+                .await
+                .map_err(pg_error)?;
+            if changed > 0 {
+                self.notify_deliveries(&transaction).await?;
+            }
+            transaction.commit().await.map_err(pg_error)?;
+            recovered += changed;
+            after = parse_id(&last)?;
         }
-        let recovered = transaction
-            .execute(
-                // Locked in id order, as everywhere (see `complete`): a retried delivery can be
-                // failed and in flight at once, so its completion may hold it meanwhile. One
-                // under a live lease is left alone: it is being sent, and taking its lease would
-                // let it be sent twice at once.
-                "UPDATE deliveries SET status = 'pending', next_attempt_at = $3, attempts = 0,
-                    lease_owner = NULL, lease_until = NULL, updated_at = $3
-                 WHERE id IN (SELECT id FROM deliveries
-                    WHERE endpoint_id = $1 AND created_at >= $2
-                      AND status IN ('failed', 'dead', 'held')
-                      AND (lease_owner IS NULL OR lease_until <= $3)
-                    ORDER BY id FOR UPDATE)",
-                &[
-                    &endpoint.to_string(),
-                    &since.unix_millis(),
-                    &now.unix_millis(),
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-        self.notify_deliveries(&transaction).await?;
-        transaction.commit().await.map_err(pg_error)?;
-        Ok(recovered)
     }
 
     pub(crate) async fn redeliver(

@@ -1,6 +1,6 @@
 //! Endpoints and their signing secrets on PostgreSQL.
 
-use billhook_core::ids::EndpointId;
+use billhook_core::ids::{DeliveryId, EndpointId};
 use billhook_core::time::Timestamp;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
@@ -251,7 +251,9 @@ async fn apply_patch<C: GenericClient>(
     Ok(())
 }
 
-/// Disables an endpoint and holds its undelivered deliveries until it is recovered. With
+/// Disables an endpoint and holds its undelivered deliveries, the first [`BACKLOG_BATCH`] at
+/// once and the rest through [`PgStore::hold_deliveries_of_disabled`], until it is recovered.
+/// With
 /// `unchanged_since` (when the attempt that judged it gone began), only an endpoint no one has
 /// changed since: one an operator re-enabled meanwhile stays enabled, even when a batch of
 /// outcomes is written a second time.
@@ -279,8 +281,11 @@ pub(super) async fn disable<C: GenericClient>(
     Ok(())
 }
 
-/// Holds the deliveries of `endpoints` waiting to be sent (none under a live lease at `now`),
-/// locking them in id order, as completions and lease renewals do; the number held.
+/// Holds up to [`BACKLOG_BATCH`] deliveries of `endpoints` waiting to be sent (none under a
+/// live lease at `now`); the number held. Found through the index of owed deliveries, which
+/// those held leave. Rows another transaction has locked (a completion, a claim) are passed
+/// over rather than waited for, which also keeps the lock order of completions and renewals
+/// (by id) from mattering here; the next batch, or the poller's, takes them.
 async fn hold_waiting<C: GenericClient>(
     client: &C,
     endpoints: &[String],
@@ -293,8 +298,30 @@ async fn hold_waiting<C: GenericClient>(
              WHERE id IN (SELECT id FROM deliveries
                 WHERE endpoint_id = ANY($1) AND status IN ('pending', 'failed')
                   AND (lease_owner IS NULL OR lease_until <= $2)
-                ORDER BY id FOR UPDATE)",
-            &[&endpoints, &now.unix_millis()],
+                LIMIT $3 FOR UPDATE SKIP LOCKED)",
+            &[&endpoints, &now.unix_millis(), &i64::from(BACKLOG_BATCH)],
+        )
+        .await
+        .map_err(pg_error)
+}
+
+/// Cancels up to [`BACKLOG_BATCH`] owed deliveries of those of `endpoints` that are deleted,
+/// found through the index of owed deliveries, which those cancelled leave; locked rows are
+/// passed over, as in [`hold_waiting`].
+async fn cancel_owed<C: GenericClient>(
+    client: &C,
+    endpoints: &[String],
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    client
+        .execute(
+            "UPDATE deliveries SET status = 'cancelled', updated_at = $2 WHERE id IN
+               (SELECT id FROM deliveries
+                WHERE endpoint_id = ANY($1) AND status IN ('pending', 'failed')
+                  AND endpoint_id IN (SELECT id FROM endpoints
+                                      WHERE id = ANY($1) AND deleted_at IS NOT NULL)
+                LIMIT $3 FOR UPDATE SKIP LOCKED)",
+            &[&endpoints, &now.unix_millis(), &i64::from(BACKLOG_BATCH)],
         )
         .await
         .map_err(pg_error)
@@ -494,17 +521,9 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         if deleted == 1 {
-            transaction
-                .execute(
-                    // Locks the rows in id order, as completions and lease renewals do.
-                    "UPDATE deliveries SET status = 'cancelled', updated_at = $2 WHERE id IN
-                   (SELECT id FROM deliveries
-                    WHERE endpoint_id = $1 AND status IN ('pending', 'failed', 'held')
-                    ORDER BY id FOR UPDATE)",
-                    &[&id.to_string(), &now.unix_millis()],
-                )
-                .await
-                .map_err(pg_error)?;
+            // The first batch of what is owed; the rest, and what is held, follow through
+            // `cancel_deliveries_of_deleted` and `cancel_held_of_deleted`.
+            cancel_owed(&transaction, &[id.to_string()], now).await?;
             self.notify_endpoints(&transaction).await?;
         }
         transaction.commit().await.map_err(pg_error)?;
@@ -518,19 +537,48 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
-        client
-            .execute(
-                // Locks the rows in id order, as completions and lease renewals do.
-                "UPDATE deliveries SET status = 'cancelled', updated_at = $2 WHERE id IN
-                   (SELECT id FROM deliveries
-                    WHERE endpoint_id = ANY($1) AND status IN ('pending', 'failed', 'held')
-                      AND endpoint_id IN (SELECT id FROM endpoints
-                                          WHERE id = ANY($1) AND deleted_at IS NOT NULL)
-                    ORDER BY id FOR UPDATE)",
-                &[&endpoints, &now.unix_millis()],
+        cancel_owed(&client, &endpoints, now).await
+    }
+
+    /// Cancels the held deliveries among the next [`BACKLOG_BATCH`] deliveries of a deleted
+    /// endpoint after `after`, in id order; where to go on from, or `None` past the last.
+    /// Held deliveries have no index of their own (they are seldom many), so the endpoint's
+    /// deliveries are walked, a bounded stretch per statement. Rows locked meanwhile are waited
+    /// for, in id order as everywhere: the walk does not come back for one passed over.
+    pub(crate) async fn cancel_held_of_deleted(
+        &self,
+        endpoint: EndpointId,
+        after: Option<DeliveryId>,
+        now: Timestamp,
+    ) -> Result<Option<DeliveryId>, StoreError> {
+        let client = self.client().await?;
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let row = client
+            .query_one(
+                "WITH stretch AS (
+                    SELECT id FROM deliveries WHERE endpoint_id = $1 AND id > $2
+                    ORDER BY id LIMIT $3),
+                 cancelled AS (
+                    UPDATE deliveries SET status = 'cancelled', updated_at = $4
+                    WHERE id IN (SELECT id FROM deliveries
+                        WHERE id IN (SELECT id FROM stretch) AND status = 'held'
+                          AND endpoint_id IN (SELECT id FROM endpoints
+                                              WHERE id = $1 AND deleted_at IS NOT NULL)
+                        ORDER BY id FOR UPDATE)
+                    RETURNING 1)
+                 SELECT max(id), (SELECT count(*) FROM cancelled) FROM stretch",
+                &[
+                    &endpoint.to_string(),
+                    &after,
+                    &i64::from(BACKLOG_BATCH),
+                    &now.unix_millis(),
+                ],
             )
             .await
-            .map_err(pg_error)
+            .map_err(pg_error)?;
+        row.get::<_, Option<String>>(0)
+            .map(|last| parse_id(&last))
+            .transpose()
     }
 
     pub(crate) async fn hold_deliveries_of_disabled(

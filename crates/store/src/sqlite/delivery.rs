@@ -527,28 +527,67 @@ impl SqliteStore {
         since: Timestamp,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
-        self.write(move |connection| {
-            connection
-                .prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?3, attempts = 0,
-                        lease_owner = NULL, lease_until = NULL, updated_at = ?3
-                     WHERE endpoint_id = ?1 AND created_at >= ?2
-                       AND status IN ('failed', 'dead', 'held')
-                       AND (lease_owner IS NULL OR lease_until <= ?3)
-                       AND EXISTS (SELECT 1 FROM endpoints
-                                   WHERE id = ?1 AND enabled = 1 AND deleted_at IS NULL)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        endpoint.to_string(),
-                        since.unix_millis(),
-                        now.unix_millis()
-                    ])
+        // The endpoint's deliveries are walked in id order from a little before `since` (an id
+        // is made as its delivery is planned, a moment before its row is written), a bounded
+        // stretch per write, so a long backlog never holds the writer for long.
+        let mut after = DeliveryId::lower_bound(since.sub(std::time::Duration::from_secs(60)));
+        let mut recovered = 0;
+        loop {
+            let batch = self
+                .write(move |connection| {
+                    let sendable = connection
+                        .prepare_cached(
+                            "SELECT 1 FROM endpoints
+                             WHERE id = ?1 AND enabled = 1 AND deleted_at IS NULL",
+                        )
+                        .and_then(|mut s| s.exists([endpoint.to_string()]))
+                        .map_err(db_error)?;
+                    if !sendable {
+                        return Ok(None);
+                    }
+                    let last: Option<String> = connection
+                        .prepare_cached(
+                            "SELECT max(id) FROM (SELECT id FROM deliveries
+                                WHERE endpoint_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3)",
+                        )
+                        .and_then(|mut s| {
+                            s.query_row(
+                                params![endpoint.to_string(), after.to_string(), BACKLOG_BATCH],
+                                |row| row.get(0),
+                            )
+                        })
+                        .map_err(db_error)?;
+                    let Some(last) = last else {
+                        return Ok(None);
+                    };
+                    let changed = connection
+                        .prepare_cached(
+                            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?4,
+                                attempts = 0, lease_owner = NULL, lease_until = NULL,
+                                updated_at = ?4
+                             WHERE endpoint_id = ?1 AND id > ?2 AND id <= ?3 AND created_at >= ?5
+                               AND status IN ('failed', 'dead', 'held')
+                               AND (lease_owner IS NULL OR lease_until <= ?4)",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                endpoint.to_string(),
+                                after.to_string(),
+                                last,
+                                now.unix_millis(),
+                                since.unix_millis()
+                            ])
+                        })
+                        .map_err(db_error)?;
+                    Ok(Some((changed as u64, parse_id::<DeliveryId>(&last)?)))
                 })
-                .map(|n| n as u64)
-                .map_err(db_error)
-        })
-        .await
+                .await?;
+            let Some((changed, last)) = batch else {
+                return Ok(recovered);
+            };
+            recovered += changed;
+            after = last;
+        }
     }
 
     /// Sends an event again: its deliveries (to `endpoint` only, if given) return to pending

@@ -1,6 +1,6 @@
 //! Endpoints and their signing secrets on SQLite.
 
-use billhook_core::ids::EndpointId;
+use billhook_core::ids::{DeliveryId, EndpointId};
 use billhook_core::time::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -249,21 +249,34 @@ fn apply_patch(
     Ok(())
 }
 
-/// Holds the deliveries of endpoint `?1` waiting to be sent (none under a live lease at `?2`),
-/// where `$condition` (`AND …`) holds too.
+/// Cancels up to `?3` owed deliveries of endpoint `?1` if it is deleted (`?2` now), found
+/// through the index of owed deliveries, which those cancelled leave.
+const CANCEL_OWED: &str = "UPDATE deliveries SET status = 'cancelled', updated_at = ?2
+    WHERE id IN (SELECT id FROM deliveries
+        WHERE endpoint_id = ?1 AND status IN ('pending', 'failed')
+          AND EXISTS (SELECT 1 FROM endpoints WHERE id = ?1 AND deleted_at IS NOT NULL)
+        LIMIT ?3)";
+
+/// Holds up to `?3` deliveries of endpoint `?1` waiting to be sent (none under a live lease at
+/// `?2`), where `$condition` (`AND …`) holds too. Found through the index of owed deliveries,
+/// which those held leave: each batch starts where there is work.
 macro_rules! hold_waiting {
     ($condition:literal) => {
         concat!(
             "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
                 updated_at = ?2
-             WHERE endpoint_id = ?1 AND status IN ('pending', 'failed')
-               AND (lease_owner IS NULL OR lease_until <= ?2) ",
-            $condition
+             WHERE id IN (SELECT id FROM deliveries
+                WHERE endpoint_id = ?1 AND status IN ('pending', 'failed')
+                  AND (lease_owner IS NULL OR lease_until <= ?2) ",
+            $condition,
+            " LIMIT ?3)"
         )
     };
 }
 
-/// Disables an endpoint and holds its undelivered deliveries until it is recovered. With
+/// Disables an endpoint and holds its undelivered deliveries, the first [`BACKLOG_BATCH`] at
+/// once and the rest through [`SqliteStore::hold_deliveries_of_disabled`], until it is
+/// recovered. With
 /// `unchanged_since` (when the attempt that judged it gone began), only an endpoint no one has
 /// changed since: one an operator re-enabled meanwhile stays enabled, even when a batch of
 /// outcomes is written a second time.
@@ -288,7 +301,7 @@ pub(super) fn disable(
     }
     connection
         .prepare_cached(hold_waiting!(""))
-        .and_then(|mut statement| statement.execute(params![id, now.unix_millis()]))
+        .and_then(|mut statement| statement.execute(params![id, now.unix_millis(), BACKLOG_BATCH]))
         .map_err(db_error)?;
     Ok(())
 }
@@ -439,12 +452,13 @@ impl SqliteStore {
                 .and_then(|mut s| s.execute(params![id.to_string(), now.unix_millis()]))
                 .map_err(db_error)?;
             if deleted == 1 {
+                // The first batch of what is owed; the rest, and what is held, follow through
+                // `cancel_deliveries_of_deleted` and `cancel_held_of_deleted`.
                 connection
-                    .prepare_cached(
-                        "UPDATE deliveries SET status = 'cancelled', updated_at = ?2
-                         WHERE endpoint_id = ?1 AND status IN ('pending', 'failed', 'held')",
-                    )
-                    .and_then(|mut s| s.execute(params![id.to_string(), now.unix_millis()]))
+                    .prepare_cached(CANCEL_OWED)
+                    .and_then(|mut s| {
+                        s.execute(params![id.to_string(), now.unix_millis(), BACKLOG_BATCH])
+                    })
                     .map_err(db_error)?;
             }
             Ok(deleted == 1)
@@ -457,13 +471,43 @@ impl SqliteStore {
         endpoints: Vec<EndpointId>,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
-        self.update_deliveries_of_each(
-            "UPDATE deliveries SET status = 'cancelled', updated_at = ?2
-             WHERE endpoint_id = ?1 AND status IN ('pending', 'failed', 'held')
-               AND EXISTS (SELECT 1 FROM endpoints WHERE id = ?1 AND deleted_at IS NOT NULL)",
-            endpoints,
-            now,
-        )
+        self.update_deliveries_of_each(CANCEL_OWED, endpoints, now)
+            .await
+    }
+
+    /// Cancels the held deliveries among the next [`BACKLOG_BATCH`] deliveries of a deleted
+    /// endpoint after `after`, in id order; where to go on from, or `None` past the last.
+    /// Held deliveries have no index of their own (they are seldom many), so the endpoint's
+    /// deliveries are walked, a bounded stretch per write.
+    pub(crate) async fn cancel_held_of_deleted(
+        &self,
+        endpoint: EndpointId,
+        after: Option<DeliveryId>,
+        now: Timestamp,
+    ) -> Result<Option<DeliveryId>, StoreError> {
+        self.write(move |connection| {
+            let endpoint = endpoint.to_string();
+            let after = after.map(|id| id.to_string()).unwrap_or_default();
+            let last: Option<String> = connection
+                .prepare_cached(
+                    "SELECT max(id) FROM (SELECT id FROM deliveries
+                        WHERE endpoint_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3)",
+                )
+                .and_then(|mut s| s.query_row(params![endpoint, after, BACKLOG_BATCH], |row| row.get(0)))
+                .map_err(db_error)?;
+            let Some(last) = last else {
+                return Ok(None);
+            };
+            connection
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'cancelled', updated_at = ?4
+                     WHERE endpoint_id = ?1 AND id > ?2 AND id <= ?3 AND status = 'held'
+                       AND EXISTS (SELECT 1 FROM endpoints WHERE id = ?1 AND deleted_at IS NOT NULL)",
+                )
+                .and_then(|mut s| s.execute(params![endpoint, after, last, now.unix_millis()]))
+                .map_err(db_error)?;
+            parse_id(&last).map(Some)
+        })
         .await
     }
 
@@ -483,8 +527,8 @@ impl SqliteStore {
         .await
     }
 
-    /// Runs `sql` (`?1` an endpoint id, `?2` now) once per endpoint, in one write; the rows
-    /// changed in all.
+    /// Runs `sql` (`?1` an endpoint id, `?2` now, `?3` the most rows to change) once per
+    /// endpoint, in one write, changing at most [`BACKLOG_BATCH`] rows in all; the rows changed.
     async fn update_deliveries_of_each(
         &self,
         sql: &'static str,
@@ -495,8 +539,12 @@ impl SqliteStore {
             let mut statement = connection.prepare_cached(sql).map_err(db_error)?;
             let mut changed = 0;
             for id in &endpoints {
+                let room = u64::from(BACKLOG_BATCH) - changed;
+                if room == 0 {
+                    break;
+                }
                 changed += statement
-                    .execute(params![id.to_string(), now.unix_millis()])
+                    .execute(params![id.to_string(), now.unix_millis(), room])
                     .map_err(db_error)? as u64;
             }
             Ok(changed)
