@@ -593,12 +593,20 @@ impl Store {
         dispatch!(self, store => store.claim_due(endpoint, owner, now, lease_until, limit).await)
     }
 
-    /// Endpoints with claimable deliveries due by `now`, and when the next one falls due.
+    /// Endpoints with claimable deliveries due by `now` (and endpoints deleted within
+    /// [`DELETED_ENDPOINTS_WATCHED_FOR`] that still owe any), and the earliest time another
+    /// delivery could be claimed. A few index probes per endpoint, whatever the backlog.
     pub async fn due_endpoints(
         &self,
         now: Timestamp,
     ) -> Result<(Vec<EndpointId>, Option<Timestamp>), StoreError> {
         dispatch!(self, store => store.due_endpoints(now).await)
+    }
+
+    /// Deleted endpoints that still owe deliveries: a deletion whose cancelling was cut short
+    /// (see [`BACKLOG_BATCH`]). Asked once at start.
+    pub async fn deleted_endpoints_owing(&self) -> Result<Vec<EndpointId>, StoreError> {
+        dispatch!(self, store => store.deleted_endpoints_owing().await)
     }
 
     /// Extends to `until` the leases `owner` holds on `ids` and that have not lapsed at `now`;

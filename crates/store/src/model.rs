@@ -866,6 +866,72 @@ impl PruneReport {
 /// keep every message it subscribes to for good.
 pub const OWED_DELIVERIES: &str = "'pending', 'failed'";
 
+/// Per endpoint (`$1` now, `$2` the oldest deletion still watched): whether it has claimable
+/// deliveries due, and if not, the earliest time one of its deliveries could be: the next
+/// attempt due, or the end of a lease on one due and in flight. Each is an index probe or a
+/// short range per endpoint, where one statement over the owed deliveries would read them all
+/// at every poll, and an endpoint down for a day owes a million. The probes ask for the first
+/// row in the index's order (`ORDER BY next_attempt_at LIMIT 1`, not `EXISTS`): for `EXISTS`,
+/// PostgreSQL may expect a scan of the table to meet a match at once (it would, for the one
+/// endpoint owed most) and read all of it for an endpoint owed nothing. A deleted endpoint is due
+/// while it owes anything, for the poller to cancel it. A due endpoint's times are not asked:
+/// the deliveries due and leased (in flight) are few, but due and unleased may be any number.
+/// Written with `$n` for PostgreSQL; SQLite's copy has `?n`.
+pub const DUE_BY_ENDPOINT: &str = "
+    SELECT id, due,
+        CASE WHEN due THEN NULL ELSE (
+            SELECT min(d.next_attempt_at) FROM deliveries d
+            WHERE d.endpoint_id = owed.id AND d.status IN ('pending', 'failed')
+              AND d.next_attempt_at > $1) END,
+        CASE WHEN due THEN NULL ELSE (
+            SELECT min(d.lease_until) FROM deliveries d
+            WHERE d.endpoint_id = owed.id AND d.status IN ('pending', 'failed')
+              AND d.next_attempt_at <= $1 AND d.lease_until > $1) END
+    FROM (
+        SELECT e.id, CASE WHEN e.deleted_at IS NULL
+            THEN (SELECT 1 FROM deliveries d
+                WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'failed')
+                  AND d.next_attempt_at <= $1 AND (d.lease_until IS NULL OR d.lease_until <= $1)
+                ORDER BY d.next_attempt_at LIMIT 1) IS NOT NULL
+            ELSE (SELECT 1 FROM deliveries d
+                WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'failed')
+                ORDER BY d.next_attempt_at LIMIT 1) IS NOT NULL
+            END AS due
+        FROM endpoints e
+        WHERE e.deleted_at IS NULL OR e.deleted_at > $2
+    ) owed";
+
+/// Deleted endpoints that still owe deliveries, an index probe per deleted endpoint.
+pub const DELETED_OWING: &str = "
+    SELECT e.id FROM endpoints e
+    WHERE e.deleted_at IS NOT NULL
+      AND (SELECT 1 FROM deliveries d
+           WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'failed')
+           ORDER BY d.next_attempt_at LIMIT 1) IS NOT NULL";
+
+/// The endpoints due and the earliest time another delivery could be, from the rows of
+/// [`DUE_BY_ENDPOINT`].
+pub(crate) fn due_and_next(
+    rows: impl IntoIterator<Item = (EndpointId, bool, Option<i64>, Option<i64>)>,
+) -> (Vec<EndpointId>, Option<Timestamp>) {
+    let mut due = Vec::new();
+    let mut next: Option<i64> = None;
+    for (id, is_due, next_attempt, lease_end) in rows {
+        if is_due {
+            due.push(id);
+        }
+        for at in [next_attempt, lease_end].into_iter().flatten() {
+            next = Some(next.map_or(at, |earliest| earliest.min(at)));
+        }
+    }
+    (due, next.map(Timestamp::from_unix_millis))
+}
+
+/// How long after its deletion an endpoint's deliveries are still looked for by the poller: a
+/// delivery planned by an instance that had not heard of the deletion yet is written within
+/// seconds of it. Older ones are found once, at start.
+pub const DELETED_ENDPOINTS_WATCHED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The most deliveries one statement changes when an endpoint's backlog is held (the endpoint
 /// disabled), cancelled (deleted) or recovered. An endpoint down for a day can owe a million;
 /// changed at once, they would hold SQLite's one writer, and with it every ingest, for seconds,

@@ -1533,6 +1533,89 @@ fn deliveries_are_claimed_under_lease_with_their_payloads() {
     });
 }
 
+/// The poller's question, asked endpoint by endpoint: an endpoint owed only later is not due
+/// and says when; one with a delivery due and unleased is; a deleted one is due while it still
+/// owes anything (for the poller to cancel it), and is found at start however long ago it was
+/// deleted.
+#[test]
+fn due_endpoints_are_asked_endpoint_by_endpoint() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let now = Timestamp::now();
+            let later = now.add(Duration::from_secs(3600));
+            let soon = now.add(Duration::from_secs(60));
+            let waiting = store
+                .create_endpoint(new_endpoint("raw", None))
+                .await
+                .unwrap();
+            let ready = store
+                .create_endpoint(new_endpoint("raw", None))
+                .await
+                .unwrap();
+            let gone = store
+                .create_endpoint(new_endpoint("raw", None))
+                .await
+                .unwrap();
+            let request = inbound("rzp", "due-by-endpoint", InboundStatus::Processed);
+            let mut ingest = write(request.clone(), Vec::new());
+            let planned = |endpoint: &EndpointRecord, at: Timestamp| NewDelivery {
+                next_attempt_at: at,
+                ..delivery_for(endpoint, None, request.id)
+            };
+            ingest.deliveries = vec![
+                planned(&waiting, later),
+                planned(&waiting, soon),
+                planned(&ready, now),
+                planned(&ready, later),
+                planned(&gone, later),
+            ];
+            store.ingest(ingest).await.unwrap();
+            assert_eq!(
+                store.due_endpoints(now).await.unwrap(),
+                (vec![ready.id], Some(soon)),
+                "{:?}",
+                test.config
+            );
+            assert!(store.deleted_endpoints_owing().await.unwrap().is_empty());
+
+            // Deleted with its deliveries left owed (a cancelling cut short, played here by
+            // setting one back behind the store's back).
+            assert!(store.delete_endpoint(gone.id, now).await.unwrap());
+            execute_directly(
+                &test.config,
+                "UPDATE deliveries SET status = 'pending' WHERE endpoint_id = $1",
+                &gone.id.to_string(),
+            )
+            .await;
+            let (mut due, _) = store.due_endpoints(now).await.unwrap();
+            due.sort();
+            let mut expected = vec![ready.id, gone.id];
+            expected.sort();
+            assert_eq!(due, expected, "{:?}", test.config);
+            assert_eq!(
+                store.deleted_endpoints_owing().await.unwrap(),
+                vec![gone.id]
+            );
+            // An hour on, the poller no longer asks after it; a start still finds it.
+            let (due, _) = store
+                .due_endpoints(now.add(DELETED_ENDPOINTS_WATCHED_FOR + Duration::from_secs(1)))
+                .await
+                .unwrap();
+            assert!(!due.contains(&gone.id));
+            assert_eq!(
+                store.deleted_endpoints_owing().await.unwrap(),
+                vec![gone.id]
+            );
+            store
+                .cancel_deliveries_of_deleted(vec![gone.id], now)
+                .await
+                .unwrap();
+            assert!(store.deleted_endpoints_owing().await.unwrap().is_empty());
+        }
+    });
+}
+
 /// An endpoint's backlog longer than a batch is held, cancelled and recovered a batch at a
 /// time: a disabling or a deletion changes only the first batch and the calls after it the
 /// rest, and a recovery walks the whole backlog in transactions of a batch each.
@@ -1698,8 +1781,19 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
             let endpoint_now = store.endpoint(endpoint.id).await.unwrap().unwrap();
             assert_eq!(endpoint_now.failing_since, Some(now));
             assert_eq!(endpoint_now.last_error.as_deref(), Some("HTTP 503"));
-            let (_, next_due) = store.due_endpoints(now).await.unwrap();
-            assert!(next_due.is_some());
+            // The released delivery is due again; once it is claimed, the endpoint is next due
+            // with the retry (its lease ends later).
+            let (due, _) = store.due_endpoints(now).await.unwrap();
+            assert_eq!(due, vec![endpoint.id]);
+            let reclaimed = store
+                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+                .await
+                .unwrap();
+            assert_eq!(reclaimed.len(), 1);
+            assert_eq!(
+                store.due_endpoints(now).await.unwrap(),
+                (Vec::new(), Some(retry_at))
+            );
 
             let attempts = store
                 .attempts_of_endpoint(endpoint.id, None, 10)
@@ -1713,12 +1807,9 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
             assert_eq!(history.len(), 1);
             assert_eq!(history[0].1[0].response_body.as_deref(), Some(&b"busy"[..]));
 
-            // A 410: the endpoint is disabled and its other deliveries are held.
-            let claimed = store
-                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-                .await
-                .unwrap();
-            assert_eq!(claimed.len(), 1);
+            // A 410 for the one claimed again: the endpoint is disabled and its other
+            // deliveries are held.
+            let claimed = reclaimed;
             store
                 .complete(
                     vec![Completion {

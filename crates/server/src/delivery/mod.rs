@@ -277,7 +277,9 @@ impl Delivery {
             store,
         });
         shared.reload_endpoints().await?;
-        // A disabling stopped before it held its whole backlog (see `settle_backlogs`).
+        // A disabling or a deletion stopped before it held or cancelled its whole backlog
+        // (see `settle_backlogs`). The poller looks for the deliveries of deleted endpoints
+        // only for a while after the deletion.
         let disabled: Vec<EndpointId> = shared
             .endpoints()
             .by_id
@@ -286,6 +288,17 @@ impl Delivery {
             .map(|endpoint| endpoint.id)
             .collect();
         shared.settle_backlogs(disabled, Vec::new());
+        tokio::spawn({
+            let shared = Arc::clone(&shared);
+            async move {
+                match shared.store.deleted_endpoints_owing().await {
+                    Ok(deleted) => shared.settle_backlogs(Vec::new(), deleted),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not look for deleted endpoints still owed deliveries")
+                    }
+                }
+            }
+        });
         let completer = tokio::spawn(run_completer(Arc::clone(&shared), completion_queue));
         let mut tasks = Vec::new();
         let mut renewal = None;

@@ -262,34 +262,35 @@ impl PgStore {
         now: Timestamp,
     ) -> Result<(Vec<EndpointId>, Option<Timestamp>), StoreError> {
         let client = self.client().await?;
-        let due = client
-            .query(
-                "SELECT DISTINCT endpoint_id FROM deliveries
-                 WHERE status IN ('pending', 'failed') AND next_attempt_at <= $1
-                   AND (lease_until IS NULL OR lease_until <= $1)",
-                &[&now.unix_millis()],
-            )
+        let watched_since = now.sub(DELETED_ENDPOINTS_WATCHED_FOR).unix_millis();
+        let rows = client
+            .query(DUE_BY_ENDPOINT, &[&now.unix_millis(), &watched_since])
             .await
             .map_err(pg_error)?;
-        let next = client
-            .query_one(
-                "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at
-                                 THEN lease_until ELSE next_attempt_at END)
-                 FROM deliveries
-                 WHERE status IN ('pending', 'failed') AND (next_attempt_at > $1 OR lease_until > $1)",
-                &[&now.unix_millis()],
-            )
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    parse_id(row.get::<_, &str>(0))?,
+                    row.get::<_, bool>(1),
+                    row.get::<_, Option<i64>>(2),
+                    row.get::<_, Option<i64>>(3),
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(due_and_next(rows))
+    }
+
+    /// Deleted endpoints that still owe deliveries: a deletion whose cancelling was cut short.
+    pub(crate) async fn deleted_endpoints_owing(&self) -> Result<Vec<EndpointId>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query(DELETED_OWING, &[])
             .await
-            .map_err(pg_error)?;
-        let due = due
+            .map_err(pg_error)?
             .iter()
             .map(|row| parse_id(row.get::<_, &str>(0)))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((
-            due,
-            next.get::<_, Option<i64>>(0)
-                .map(Timestamp::from_unix_millis),
-        ))
+            .collect()
     }
 
     pub(crate) async fn renew_leases(

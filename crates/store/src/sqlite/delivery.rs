@@ -414,38 +414,39 @@ impl SqliteStore {
     }
 
     /// Endpoints with claimable deliveries due by `now`, and the earliest time any other
-    /// claimable delivery falls due.
+    /// claimable delivery falls due (see `DUE_BY_ENDPOINT`).
     pub(crate) async fn due_endpoints(
         &self,
         now: Timestamp,
     ) -> Result<(Vec<EndpointId>, Option<Timestamp>), StoreError> {
         self.read(move |connection| {
-            let due: Vec<String> = connection
-                .prepare_cached(
-                    "SELECT DISTINCT endpoint_id FROM deliveries
-                     WHERE status IN ('pending', 'failed') AND next_attempt_at <= ?1
-                       AND (lease_until IS NULL OR lease_until <= ?1)",
-                )
+            let watched_since = now.sub(DELETED_ENDPOINTS_WATCHED_FOR).unix_millis();
+            let rows: Vec<(String, bool, Option<i64>, Option<i64>)> = connection
+                .prepare_cached(&DUE_BY_ENDPOINT.replace('$', "?"))
                 .and_then(|mut s| {
-                    s.query_map([now.unix_millis()], |row| row.get(0))?
-                        .collect()
+                    s.query_map(params![now.unix_millis(), watched_since], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    })?
+                    .collect()
                 })
                 .map_err(db_error)?;
-            let next: Option<i64> = connection
-                .prepare_cached(
-                    "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at
-                                     THEN lease_until ELSE next_attempt_at END)
-                     FROM deliveries
-                     WHERE status IN ('pending', 'failed')
-                       AND (next_attempt_at > ?1 OR lease_until > ?1)",
-                )
-                .and_then(|mut s| s.query_row([now.unix_millis()], |row| row.get(0)))
+            let rows = rows
+                .into_iter()
+                .map(|(id, due, next, lease)| Ok((parse_id(&id)?, due, next, lease)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok(due_and_next(rows))
+        })
+        .await
+    }
+
+    /// Deleted endpoints that still owe deliveries: a deletion whose cancelling was cut short.
+    pub(crate) async fn deleted_endpoints_owing(&self) -> Result<Vec<EndpointId>, StoreError> {
+        self.read(move |connection| {
+            let ids: Vec<String> = connection
+                .prepare_cached(DELETED_OWING)
+                .and_then(|mut s| s.query_map([], |row| row.get(0))?.collect())
                 .map_err(db_error)?;
-            let due = due
-                .iter()
-                .map(|id| parse_id(id))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((due, next.map(Timestamp::from_unix_millis)))
+            ids.iter().map(|id| parse_id(id)).collect()
         })
         .await
     }
