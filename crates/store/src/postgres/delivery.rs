@@ -263,8 +263,14 @@ impl PgStore {
     ) -> Result<(Vec<EndpointId>, Option<Timestamp>), StoreError> {
         let client = self.client().await?;
         let watched_since = now.sub(DELETED_ENDPOINTS_WATCHED_FOR).unix_millis();
+        // Prepared once per connection: the statement is long, and the poller asks it after
+        // every batch of outcomes.
+        let statement = client
+            .prepare_cached(DUE_BY_ENDPOINT)
+            .await
+            .map_err(pg_error)?;
         let rows = client
-            .query(DUE_BY_ENDPOINT, &[&now.unix_millis(), &watched_since])
+            .query(&statement, &[&now.unix_millis(), &watched_since])
             .await
             .map_err(pg_error)?;
         let rows = rows
@@ -351,43 +357,19 @@ impl PgStore {
             .iter()
             .map(|c| c.delivery_id.to_string())
             .collect();
-        let disabled: Vec<String> = completions
-            .iter()
-            .filter(|c| c.disable_endpoint.is_some())
-            .map(|c| c.endpoint_id.to_string())
-            .collect();
         // The batch's deliveries that still exist: a completion so late that retention removed
         // its delivery meanwhile records no attempt, which no later pass would ever remove.
-        // Locked, none can go before the commit.
-        let locked = if disabled.is_empty() {
-            let statement = transaction
-                .prepare_cached(
-                    "SELECT id FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                )
-                .await
-                .map_err(pg_error)?;
-            transaction
-                .query(&statement, &[&ids])
-                .await
-                .map_err(pg_error)?
-        } else {
-            // Disabling holds the endpoint's waiting deliveries: they are locked now, in the
-            // same sorted batch, not after the batch's own (a recovery of that endpoint, taking
-            // them in id order, would otherwise wait on the batch while the batch waits on it).
-            // All are locked; only the batch's own come back (a backlog can be large).
-            transaction
-                .query(
-                    "SELECT id FROM (
-                        SELECT id FROM deliveries
-                        WHERE id = ANY($1)
-                           OR (endpoint_id = ANY($2) AND status IN ('pending', 'failed'))
-                        ORDER BY id FOR UPDATE) AS locked
-                     WHERE id = ANY($1)",
-                    &[&ids, &disabled],
-                )
-                .await
-                .map_err(pg_error)?
-        };
+        // Locked, none can go before the commit. A disabling holds the endpoint's other waiting
+        // deliveries too, but passes over those locked elsewhere (`hold_waiting`), so it waits
+        // for no delivery but the batch's own.
+        let statement = transaction
+            .prepare_cached("SELECT id FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .await
+            .map_err(pg_error)?;
+        let locked = transaction
+            .query(&statement, &[&ids])
+            .await
+            .map_err(pg_error)?;
         let existing = locked
             .iter()
             .map(|row| parse_id(row.get::<_, &str>(0)))
