@@ -268,14 +268,47 @@ async fn forms_refuse_a_request_without_the_csrf_token(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.count(), 1, "nothing was redelivered");
 
-    // Without the login cookie the login form is refused too.
+    // Without the login cookie the login form is refused too, and comes back to be sent again
+    // with a fresh token and the same place to go after.
     let response = browserless()
         .post(app.url("/login"))
-        .form(&[("token", ADMIN_TOKEN), ("csrf", "anything")])
+        .form(&[
+            ("token", ADMIN_TOKEN),
+            ("csrf", "anything"),
+            ("next", "/endpoints"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 403);
+    assert!(set_cookie(&response, "billhook_login").is_some());
+    let again = response.text().await.unwrap();
+    assert!(
+        again.contains("csrf_rejected")
+            && again.contains("name=\"csrf\"")
+            && again.contains("value=\"/endpoints\""),
+        "{again}"
+    );
+
+    // A form sent after the session ended leads back to its page through the login.
+    let response = browserless()
+        .post(app.url(&path))
+        .header(
+            "referer",
+            app.url(&format!("/events/{event}?done=redelivered&n=1")),
+        )
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let ended = response.text().await.unwrap();
+    assert!(
+        ended.contains(&format!(
+            "href=\"/login?next=/events/{event}%3Fdone%3Dredelivered%26n%3D1\""
+        )),
+        "{ended}"
+    );
 
     // With the token it works.
     let response = post(&app, &session, &path, &[("csrf", &csrf)]).await;

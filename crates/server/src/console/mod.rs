@@ -332,6 +332,23 @@ fn local_path(next: Option<&str>) -> String {
     }
 }
 
+/// The answer to a form sent without a live session: `401 unauthorized`, with a link to log in
+/// again and come back to `back` (a path of the console's, or the overview).
+fn session_ended(back: Option<&str>) -> Response {
+    let login = format!("/login?next={}", url_encode(&local_path(back)));
+    let page = layout::bare(
+        "Log in again",
+        html! {
+            main.narrow {
+                h1 { "Log in again" }
+                p.error role="alert" { strong { "unauthorized" } ": the session has ended, and what the form asked was not done." }
+                p { a href=(login) { "Log in again" } " to go back to the page and send it again." }
+            }
+        },
+    );
+    (StatusCode::UNAUTHORIZED, Html(page.into_string())).into_response()
+}
+
 async fn require_session(
     State(app): State<Arc<App>>,
     mut request: Request,
@@ -343,11 +360,18 @@ async fn require_session(
     };
     let Some((access, session)) = found else {
         if request.method() != http::Method::GET {
-            return Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                "the session has ended; log in again",
-            )
-            .into());
+            // A form sent after the session ended: its input cannot be kept, but the way back
+            // can, to the page the form was on.
+            let back = request
+                .headers()
+                .get(header::REFERER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|referer| url::Url::parse(referer).ok())
+                .map(|referer| match referer.query() {
+                    Some(query) => format!("{}?{query}", referer.path()),
+                    None => referer.path().to_owned(),
+                });
+            return Ok(session_ended(back.as_deref()));
         }
         let here = request
             .uri()
@@ -456,11 +480,16 @@ async fn login(
 ) -> Result<Response, ConsoleError> {
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes())) {
-        return Err(ApiError::new(
-            ErrorCode::CsrfRejected,
-            "the login form was sent without its CSRF token; reload the page and try again",
-        )
-        .into());
+        // Most often a login form left open past its cookie, or in a tab beside one already
+        // used: the form comes back with a fresh token (and where to go after), not a dead end.
+        let mut response = login_form(
+            &app,
+            &headers,
+            form.next.as_deref(),
+            Some("The login form had expired (csrf_rejected). Enter the token again."),
+        );
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return Ok(response);
     }
     let client = crate::ingest::client_ip(peer, &headers, &app.settings.trusted_proxies);
     if let Some(wait) = app.access.refused_for(client) {
