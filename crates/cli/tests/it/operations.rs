@@ -385,6 +385,22 @@ fn seeded_request(source: &str, key: &str, at: Timestamp) -> NewInbound {
     }
 }
 
+/// A Razorpay `invoice.paid` that an older billhook quarantined and today's code processes, as
+/// a test stores it before the server starts.
+fn quarantined_invoice_paid(key: &str) -> NewInbound {
+    NewInbound {
+        status: InboundStatus::Quarantined,
+        provider_event: None,
+        provider_event_id: None,
+        body: Bytes::from(fixture("razorpay/invoice.paid.upi.json")),
+        error: Some(RecordedError {
+            code: "unexpected_shape".to_owned(),
+            message: "a provider change since fixed".to_owned(),
+        }),
+        ..seeded_request("razorpay", key, Timestamp::now())
+    }
+}
+
 /// Stores requests and their events through the store itself, before the server starts.
 async fn seed(backend: Backend, dir: &tempfile::TempDir, writes: Vec<(NewInbound, Vec<NewEvent>)>) {
     let store = Store::open(&database_in(backend, dir.path()).await)
@@ -1004,17 +1020,7 @@ async fn reprocessing_in_bulk_goes_past_a_request_the_database_refuses(backend: 
 /// the ledger's conclusions as one received would.
 async fn a_settlement_reached_by_reprocessing_is_counted(backend: Backend) {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let stored = NewInbound {
-        status: InboundStatus::Quarantined,
-        provider_event: None,
-        provider_event_id: None,
-        body: Bytes::from(fixture("razorpay/invoice.paid.upi.json")),
-        error: Some(RecordedError {
-            code: "unexpected_shape".to_owned(),
-            message: "a provider change since fixed".to_owned(),
-        }),
-        ..seeded_request("razorpay", "sha256:settles", Timestamp::now())
-    };
+    let stored = quarantined_invoice_paid("sha256:settles");
     let id = stored.id;
     seed(backend, &dir, vec![(stored, Vec::new())]).await;
     let app = spawn_app_in(backend, dir, "").await;
@@ -1035,17 +1041,7 @@ async fn a_settlement_reached_by_reprocessing_is_counted(backend: Backend) {
 /// of a received message, of a reprocessed one, and of the ledger's conclusions alike.
 async fn every_first_delivery_waits_the_schedules_first_wait(backend: Backend) {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let stored = NewInbound {
-        status: InboundStatus::Quarantined,
-        provider_event: None,
-        provider_event_id: None,
-        body: Bytes::from(fixture("razorpay/invoice.paid.upi.json")),
-        error: Some(RecordedError {
-            code: "unexpected_shape".to_owned(),
-            message: "a provider change since fixed".to_owned(),
-        }),
-        ..seeded_request("razorpay", "sha256:waits", Timestamp::now())
-    };
+    let stored = quarantined_invoice_paid("sha256:waits");
     let id = stored.id;
     seed(backend, &dir, vec![(stored, Vec::new())]).await;
     let app = spawn_app_in(
