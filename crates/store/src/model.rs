@@ -874,15 +874,15 @@ pub const OWED_DELIVERIES: &str = "'pending', 'failed'";
 /// row in the index's order (`ORDER BY next_attempt_at LIMIT 1`, not `EXISTS`): for `EXISTS`,
 /// PostgreSQL may expect a scan of the table to meet a match at once (it would, for the one
 /// endpoint owed most) and read all of it for an endpoint owed nothing. A deleted endpoint is due
-/// while it owes anything, for the poller to cancel it. A due endpoint's times are not asked:
-/// the deliveries due and leased (in flight) are few, but due and unleased may be any number.
+/// while it owes anything, for the poller to cancel it. A due endpoint's lease ends are not
+/// asked: the deliveries due and leased (in flight) are few, but due and unleased may be any
+/// number, and its next attempt to come, one probe, tells when to look again.
 /// Written with `$n` for PostgreSQL; SQLite's copy has `?n`.
 pub const DUE_BY_ENDPOINT: &str = "
     SELECT id, due,
-        CASE WHEN due THEN NULL ELSE (
-            SELECT min(d.next_attempt_at) FROM deliveries d
-            WHERE d.endpoint_id = owed.id AND d.status IN ('pending', 'failed')
-              AND d.next_attempt_at > $1) END,
+        (SELECT min(d.next_attempt_at) FROM deliveries d
+         WHERE d.endpoint_id = owed.id AND d.status IN ('pending', 'failed')
+           AND d.next_attempt_at > $1),
         CASE WHEN due THEN NULL ELSE (
             SELECT min(d.lease_until) FROM deliveries d
             WHERE d.endpoint_id = owed.id AND d.status IN ('pending', 'failed')

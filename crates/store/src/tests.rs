@@ -1533,6 +1533,59 @@ fn deliveries_are_claimed_under_lease_with_their_payloads() {
     });
 }
 
+/// An attempt whose endpoint was deleted while it was out, and whose delivery the deletion
+/// passed over (PostgreSQL's batch skips rows locked at that moment), ends cancelled rather
+/// than retried or held: held, it would wait for a recovery that can never come.
+#[test]
+fn an_attempt_finished_after_its_endpoint_was_deleted_ends_cancelled() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = canonical_endpoint(store).await;
+            let request = inbound("rzp", "deleted-during-attempt", InboundStatus::Processed);
+            let mut ingest = write(request.clone(), Vec::new());
+            ingest.deliveries = vec![delivery_for(&endpoint, None, request.id)];
+            store.ingest(ingest).await.unwrap();
+            let now = Timestamp::now();
+            let claimed = store
+                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            assert!(store.delete_endpoint(endpoint.id, now).await.unwrap());
+            execute_directly(
+                &test.config,
+                "UPDATE deliveries SET status = 'pending' WHERE endpoint_id = $1",
+                &endpoint.id.to_string(),
+            )
+            .await;
+            store
+                .complete(
+                    vec![Completion {
+                        delivery_id: claimed[0].id,
+                        endpoint_id: endpoint.id,
+                        attempt: None,
+                        next: NextStep::Retry {
+                            at: now.add(Duration::from_secs(5)),
+                        },
+                        disable_endpoint: None,
+                    }],
+                    "w",
+                    now,
+                )
+                .await
+                .unwrap();
+            let record = store.delivery(claimed[0].id).await.unwrap().unwrap();
+            assert_eq!(
+                record.status,
+                DeliveryStatus::Cancelled,
+                "{:?}",
+                test.config
+            );
+        }
+    });
+}
+
 /// The poller's question, asked endpoint by endpoint: an endpoint owed only later is not due
 /// and says when; one with a delivery due and unleased is; a deleted one is due while it still
 /// owes anything (for the poller to cancel it), and is found at start however long ago it was

@@ -1041,7 +1041,13 @@ async fn a_settlement_reached_by_reprocessing_is_counted(backend: Backend) {
 /// of a received message, of a reprocessed one, and of the ledger's conclusions alike.
 async fn every_first_delivery_waits_the_schedules_first_wait(backend: Backend) {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let stored = quarantined_invoice_paid("sha256:waits");
+    // Quarantined two hours ago: the wait runs from the reprocessing, not from the reception.
+    let received_at = Timestamp::now().sub(Duration::from_secs(7200));
+    let stored = NewInbound {
+        id: InboundId::new_at(received_at),
+        received_at,
+        ..quarantined_invoice_paid("sha256:waits")
+    };
     let id = stored.id;
     seed(backend, &dir, vec![(stored, Vec::new())]).await;
     let app = spawn_app_in(
@@ -1055,6 +1061,7 @@ async fn every_first_delivery_waits_the_schedules_first_wait(backend: Backend) {
     let (endpoint, _) = app
         .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
         .await;
+    let planned_from = Timestamp::now();
     let (status, reprocessed) = app
         .admin_post(&format!("/v1/inbound/{id}/reprocess"), json!({}))
         .await;
@@ -1082,12 +1089,9 @@ async fn every_first_delivery_waits_the_schedules_first_wait(backend: Backend) {
     );
     for delivery in deliveries {
         assert_eq!(delivery["status"], json!("pending"), "{delivery}");
-        let at =
-            |field: &str| -> Timestamp { serde_json::from_value(delivery[field].clone()).unwrap() };
-        // Without the wait it would be due as it was written; a received message's row is
-        // written a moment after it was planned.
+        let due: Timestamp = serde_json::from_value(delivery["next_attempt_at"].clone()).unwrap();
         assert!(
-            at("next_attempt_at").since(at("created_at")) >= Duration::from_secs(3590),
+            due.since(planned_from) >= Duration::from_secs(3600),
             "due an hour after it was planned: {delivery}"
         );
     }

@@ -950,13 +950,18 @@ pub(crate) async fn reprocess_all(
     .await?;
     let summary = serde_json::to_value(&summary).unwrap_or_default();
     let count = |field: &str| summary[field].as_u64().map(|n| n.to_string());
+    // A request found to be a duplicate leaves quarantine as one processed does.
+    let left = summary["processed"]
+        .as_u64()
+        .zip(summary["duplicates"].as_u64())
+        .map(|(processed, duplicates)| (processed + duplicates).to_string());
     // Back to the list as it was filtered.
     let filtered = href_with(
         "/quarantine",
         &[
             ("source", form.source.clone()),
             ("done", Some("reprocessed".to_owned())),
-            ("n", count("processed")),
+            ("n", left),
             ("of", count("attempted")),
         ],
     );

@@ -576,7 +576,9 @@ impl Planner {
             .iter()
             .filter(|plan| plan.event_id.is_some())
             .map(|plan| {
-                let due = self.shared.first_attempt_at(now);
+                // `now` is when the message behind the conclusion was received, which for a
+                // message reprocessed from quarantine is long past; the wait runs from now.
+                let due = self.shared.first_attempt_at(Timestamp::now().max(now));
                 new_delivery(plan, DeliveryId::new_at(now), inbound_id, due, None)
             })
             .collect()
@@ -730,6 +732,13 @@ impl Shared {
             &records,
             self.config.default_max_concurrency,
         ));
+        // Swapped in before the lanes are matched to it: a lane is started only by a reader
+        // of the set holding the lanes' lock (`lane`), so none can be started for an endpoint
+        // of the old set once the deleted endpoints' lanes are gone.
+        let previous = std::mem::replace(
+            &mut *self.endpoints.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::clone(&set),
+        );
         // A lane remembers since when its endpoint has been failing. The store forgets it when
         // the endpoint is disabled and enabled again (or succeeds on another instance); a lane
         // that did not would disable a re-enabled endpoint again at its first failure.
@@ -759,10 +768,6 @@ impl Shared {
                 }
             }
         }
-        let previous = std::mem::replace(
-            &mut *self.endpoints.write().unwrap_or_else(|p| p.into_inner()),
-            Arc::clone(&set),
-        );
         // A deleted endpoint's series go with it, or every endpoint ever made (a CI creating
         // and deleting one per run) would stay in /metrics until a restart.
         for gone in previous
@@ -861,8 +866,9 @@ impl Shared {
         if !self.works || *self.stopping.borrow() {
             return None;
         }
-        let endpoint = self.endpoint(id).filter(|e| e.enabled)?;
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the lanes' lock (see `reload_endpoints`).
+        let endpoint = self.endpoint(id).filter(|e| e.enabled)?;
         if let Some(entry) = lanes.get(&id) {
             return Some(Arc::clone(&entry.lane));
         }

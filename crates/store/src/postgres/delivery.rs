@@ -167,7 +167,8 @@ async fn complete_run<C: GenericClient>(
     // deleted in the database, not merely unknown to this instance's memory (say, one it
     // cannot use, written by a newer version): such a one is left as it was, unleased, for an
     // instance that can. Whether a delivery not done waits held or is
-    // retried is judged here, as it is written, by whether its endpoint is disabled now: a
+    // retried is judged here, as it is written, by whether its endpoint is disabled now (or
+    // deleted: cancelled, for one the deletion's batch passed over as locked): a
     // retry of an endpoint a 410 beside it disabled waits with the others for a recover, and
     // one held by a disabling that did not apply (the endpoint re-enabled during its attempt)
     // is retried. Only a delivery still leased to this owner changes: once the lease lapsed,
@@ -177,10 +178,10 @@ async fn complete_run<C: GenericClient>(
                 status = CASE WHEN d.status = 'cancelled' THEN d.status
                               WHEN c.status = 'cancelled' AND EXISTS (SELECT 1 FROM endpoints
                                   WHERE id = d.endpoint_id AND deleted_at IS NULL) THEN d.status
-                              WHEN c.status IN ('failed', 'held') THEN
-                                CASE WHEN (SELECT enabled FROM endpoints WHERE id = d.endpoint_id)
-                                          IS FALSE
-                                     THEN 'held' ELSE 'failed' END
+                              WHEN c.status IN ('failed', 'held') THEN COALESCE(
+                                (SELECT CASE WHEN deleted_at IS NOT NULL THEN 'cancelled'
+                                             WHEN NOT enabled THEN 'held' END
+                                 FROM endpoints WHERE id = d.endpoint_id), 'failed')
                               ELSE COALESCE(c.status, d.status) END,
                 next_attempt_at = COALESCE(c.next_at, d.next_attempt_at),
                 attempts = CASE WHEN c.attempted = 1 THEN GREATEST(d.attempts, c.number)

@@ -262,7 +262,8 @@ fn complete_one(
             // one it cannot use, written by a newer version): such a one is left as it was,
             // unleased, for an instance that can. Whether a delivery not done waits
             // held or is retried is judged here, as it is written, by whether its endpoint is
-            // disabled now: a retry of an endpoint a 410 beside it disabled waits with the
+            // disabled now (or deleted: cancelled, for one written after the deletion's
+            // batch): a retry of an endpoint a 410 beside it disabled waits with the
             // others for a recover, and one held by a disabling that did not apply (the
             // endpoint re-enabled during its attempt) is retried. Only a delivery still leased
             // to this owner changes: once the lease lapsed, another owner may have claimed (or
@@ -272,10 +273,10 @@ fn complete_one(
                 status = CASE WHEN status = 'cancelled' THEN status
                     WHEN ?2 = 'cancelled' AND EXISTS (SELECT 1 FROM endpoints
                         WHERE id = deliveries.endpoint_id AND deleted_at IS NULL) THEN status
-                    WHEN ?2 IN ('failed', 'held') THEN
-                        CASE WHEN (SELECT enabled FROM endpoints
-                                   WHERE id = deliveries.endpoint_id) = 0
-                             THEN 'held' ELSE 'failed' END
+                    WHEN ?2 IN ('failed', 'held') THEN COALESCE(
+                        (SELECT CASE WHEN deleted_at IS NOT NULL THEN 'cancelled'
+                                     WHEN enabled = 0 THEN 'held' END
+                         FROM endpoints WHERE id = deliveries.endpoint_id), 'failed')
                     ELSE COALESCE(?2, status) END,
                 next_attempt_at = COALESCE(?3, next_attempt_at),
                 attempts = CASE WHEN ?4 = 1 THEN MAX(attempts, ?9) ELSE attempts END,
