@@ -732,42 +732,42 @@ impl Shared {
             &records,
             self.config.default_max_concurrency,
         ));
-        // Swapped in before the lanes are matched to it: a lane is started only by a reader
-        // of the set holding the lanes' lock (`lane`), so none can be started for an endpoint
-        // of the old set once the deleted endpoints' lanes are gone.
+        // The lanes' lock is held across the swap: a lane is started only by a reader of the
+        // set holding that lock (`lane`), so none is started for an endpoint of the old set
+        // after the deleted endpoints' lanes are removed below.
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        // A lane remembers since when its endpoint has been failing. The store forgets it when
+        // the endpoint is disabled and enabled again (or succeeds on another instance); a lane
+        // that did not would disable a re-enabled endpoint again at its first failure. Reset
+        // before the endpoint is seen as enabled again.
+        for record in &records {
+            if let Some(entry) = lanes.get(&record.id)
+                && (!record.enabled || record.failing_since.is_none())
+            {
+                *entry
+                    .lane
+                    .failing_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
         let previous = std::mem::replace(
             &mut *self.endpoints.write().unwrap_or_else(|p| p.into_inner()),
             Arc::clone(&set),
         );
-        // A lane remembers since when its endpoint has been failing. The store forgets it when
-        // the endpoint is disabled and enabled again (or succeeds on another instance); a lane
-        // that did not would disable a re-enabled endpoint again at its first failure.
-        {
-            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-            for record in &records {
-                if let Some(entry) = lanes.get(&record.id)
-                    && (!record.enabled || record.failing_since.is_none())
-                {
-                    *entry
-                        .lane
-                        .failing_since
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = None;
-                }
-            }
-            // A deleted endpoint's lane goes, or an instance would keep a task and a queue for
-            // every endpoint ever made. What it still holds is cancelled as its task works
-            // through it; a job on its way to it finds no lane and goes back to the database.
-            lanes.retain(|id, _| set.by_id.contains_key(id));
-            self.metrics.set_lanes(lanes.len());
-            // A lane waiting for a permit under the old limit would otherwise take the next
-            // one freed before it learns of a lower one.
-            for (id, entry) in lanes.iter() {
-                if let Some(endpoint) = set.by_id.get(id) {
-                    entry.lane.concurrency.resize(endpoint.max_concurrency);
-                }
+        // A deleted endpoint's lane goes, or an instance would keep a task and a queue for
+        // every endpoint ever made. What it still holds is cancelled as its task works through
+        // it; a job on its way to it finds no lane and goes back to the database.
+        lanes.retain(|id, _| set.by_id.contains_key(id));
+        self.metrics.set_lanes(lanes.len());
+        // A lane waiting for a permit under the old limit would otherwise take the next one
+        // freed before it learns of a lower one.
+        for (id, entry) in lanes.iter() {
+            if let Some(endpoint) = set.by_id.get(id) {
+                entry.lane.concurrency.resize(endpoint.max_concurrency);
             }
         }
+        drop(lanes);
         // A deleted endpoint's series go with it, or every endpoint ever made (a CI creating
         // and deleting one per run) would stay in /metrics until a restart.
         for gone in previous
