@@ -815,6 +815,42 @@ async fn a_quarantined_request_is_shown_as_sent_and_reprocessed_by_source(backen
             && page.contains("Showing requests to <code>zwitch</code> only."),
         "{page}"
     );
+    assert!(
+        !page.contains("Reprocess the next 500"),
+        "nothing follows: {page}"
+    );
+    // Where a bulk reprocess stopped with more to go, the next one goes on past what it tried.
+    let inbound_id = ack["inbound_id"].as_str().unwrap();
+    let (_, page) = get(
+        &app,
+        &session,
+        &format!("/quarantine?source=zwitch&done=reprocessed&n=0&of=500&after={inbound_id}"),
+    )
+    .await;
+    assert!(
+        page.contains(&format!(
+            "<input type=\"hidden\" name=\"cursor\" value=\"{inbound_id}\">"
+        )) && page.contains("Reprocess the next 500"),
+        "{page}"
+    );
+    let response = post(
+        &app,
+        &session,
+        "/quarantine/reprocess",
+        &[
+            ("csrf", &csrf),
+            ("source", "zwitch"),
+            ("cursor", inbound_id),
+        ],
+    )
+    .await;
+    assert_eq!(
+        response.headers()["location"].to_str().unwrap(),
+        "/quarantine?source=zwitch&done=reprocessed&n=0&of=0",
+        "nothing after the one request"
+    );
+    let (status, _) = get(&app, &session, "/quarantine?after=%3Cb%3E").await;
+    assert_eq!(status, 400);
     app.stop().await;
 }
 

@@ -877,6 +877,33 @@ async fn reprocessing_in_bulk_goes_oldest_first_and_past_what_it_cannot_do(backe
         (summary["attempted"].clone(), summary["skipped"].clone()),
         (json!(2), json!(1))
     );
+    // Those two keep failing, so without a cursor the next call would try them again; the
+    // cursor goes on to the ones behind them, and is absent once nothing follows.
+    assert_eq!(summary["next_cursor"], json!(quarantined[1]), "{summary}");
+    let (status, rest) = app
+        .admin_post(
+            "/v1/inbound/reprocess",
+            json!({ "limit": 2, "cursor": quarantined[1] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{rest}");
+    let ids: Vec<&Value> = rest["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(
+        ids,
+        [&json!(quarantined[2]), &json!(quarantined[3])],
+        "{rest}"
+    );
+    assert_eq!(rest["next_cursor"], Value::Null, "{rest}");
+    let (status, refused) = app
+        .admin_post("/v1/inbound/reprocess", json!({ "cursor": "evt_1" }))
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["code"], json!("invalid_cursor"), "{refused}");
 
     // Named, a source that is not configured is refused rather than answered with nothing done.
     for source in ["retired", "razorpya"] {

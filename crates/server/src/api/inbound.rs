@@ -276,6 +276,9 @@ pub(crate) struct ReprocessAllParams {
     /// The most requests to reprocess, 1 to 500 (default 500).
     #[schema(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous call: go on with the requests after those it worked
+    /// through, so that requests that keep failing do not hide the ones behind them.
+    cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -293,6 +296,10 @@ pub(crate) struct ReprocessAllView {
     /// database unavailable the rest are `not_attempted`.
     failed: usize,
     results: Vec<ReprocessView>,
+    /// Set when more quarantined requests follow those worked through: pass it as `cursor` to
+    /// go on with them. When the database became unavailable midway it points before the
+    /// request that met it; absent then only if that was the first after the call's `cursor`.
+    next_cursor: Option<String>,
 }
 
 /// Reprocesses up to `limit` quarantined requests, oldest first. A request that cannot be
@@ -313,20 +320,24 @@ pub(crate) async fn reprocess_all(
     // A source that is not configured could only answer an empty success (a misspelt name) or
     // requests that would all be skipped (a removed source).
     super::endpoints::check_sources(&app, Some(params.source.as_slice()))?;
+    let cursor: Option<InboundId> = parse_cursor(params.cursor.as_deref())?;
     // Oldest first: those have waited longest, and taking the newest would leave older requests
-    // that keep failing in front of nothing but themselves.
+    // that keep failing in front of nothing but themselves. The cursor takes a caller past
+    // those that keep failing.
     let oldest = app
         .store
         .inbound_list(InboundQuery {
             status: Some(InboundStatus::Quarantined),
             source: params.source,
+            cursor,
             oldest_first: true,
             limit,
-            ..InboundQuery::default()
         })
         .await?;
     let mut results = Vec::new();
     let mut unavailable = false;
+    // Where the next call goes on from: after the last request tried.
+    let mut worked_through = cursor;
     for id in oldest.items.into_iter().map(|summary| summary.id) {
         let view = |outcome, error: Option<ErrorView>| ReprocessView {
             id,
@@ -360,6 +371,10 @@ pub(crate) async fn reprocess_all(
                 }
             },
         });
+        // A request the database was unavailable for is tried again by the next call.
+        if !unavailable {
+            worked_through = Some(id);
+        }
     }
     Ok(Json(ReprocessAllView {
         attempted: results
@@ -374,6 +389,9 @@ pub(crate) async fn reprocess_all(
         duplicates: results.iter().filter(|r| r.outcome == "duplicate").count(),
         skipped: results.iter().filter(|r| r.outcome == "skipped").count(),
         failed: results.iter().filter(|r| r.outcome == "failed").count(),
+        next_cursor: (unavailable || oldest.next_cursor.is_some())
+            .then(|| worked_through.map(|id| id.to_string()))
+            .flatten(),
         results,
     }))
 }

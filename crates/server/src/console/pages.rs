@@ -815,6 +815,8 @@ pub(crate) struct QuarantineQuery {
     done: Option<String>,
     n: Option<u64>,
     of: Option<u64>,
+    /// Where a bulk reprocess stopped with more to go: the next one goes on from there.
+    after: Option<String>,
 }
 
 pub(crate) async fn quarantine(
@@ -845,6 +847,15 @@ pub(crate) async fn quarantine(
         of: query.of,
     };
     let source = blank(&query.source);
+    // Only an id goes back into the form: the page never echoes other text from its URL.
+    let after = match blank(&query.after) {
+        Some(after) => Some(
+            after
+                .parse::<InboundId>()
+                .map_err(|_| ApiError::invalid("not a cursor from this page"))?,
+        ),
+        None => None,
+    };
     let body = html! {
         h1 { "Quarantine" }
         (notice(done.message().as_deref()))
@@ -853,10 +864,21 @@ pub(crate) async fn quarantine(
             p { "Showing requests to " code { (source) } " only. " a href="/quarantine" { "Show every source" } }
         }
         @if viewer.can_change() && !list.items.is_empty() {
-            form method="post" action="/quarantine/reprocess" {
-                (csrf(&viewer))
-                @if let Some(source) = &source { input type="hidden" name="source" value=(source); }
-                button type="submit" { "Reprocess, oldest first (500 at most)" }
+            div.bulk {
+                form method="post" action="/quarantine/reprocess" {
+                    (csrf(&viewer))
+                    @if let Some(source) = &source { input type="hidden" name="source" value=(source); }
+                    button type="submit" { "Reprocess, oldest first (500 at most)" }
+                }
+                // Those that keep failing stay first in line; this goes on past them.
+                @if let Some(after) = after {
+                    form method="post" action="/quarantine/reprocess" {
+                        (csrf(&viewer))
+                        @if let Some(source) = &source { input type="hidden" name="source" value=(source); }
+                        input type="hidden" name="cursor" value=(after.to_string());
+                        button type="submit" { "Reprocess the next 500" }
+                    }
+                }
             }
         }
         @if list.items.is_empty() {
@@ -934,6 +956,8 @@ pub(crate) struct ReprocessAllForm {
     #[serde(default)]
     csrf: String,
     source: Option<String>,
+    /// Where the previous bulk reprocess stopped.
+    cursor: Option<String>,
 }
 
 pub(crate) async fn reprocess_all(
@@ -942,7 +966,7 @@ pub(crate) async fn reprocess_all(
     PageForm(form): PageForm<ReprocessAllForm>,
 ) -> PageResult {
     viewer.check_form(&form.csrf)?;
-    let body = json!({ "source": blank(&form.source) });
+    let body = json!({ "source": blank(&form.source), "cursor": blank(&form.cursor) });
     let axum::Json(summary) = inbound_api::reprocess_all(
         State(Arc::clone(&app)),
         bytes::Bytes::from(body.to_string()),
@@ -963,6 +987,7 @@ pub(crate) async fn reprocess_all(
             ("done", Some("reprocessed".to_owned())),
             ("n", left),
             ("of", count("attempted")),
+            ("after", summary["next_cursor"].as_str().map(str::to_owned)),
         ],
     );
     Ok(Redirect::to(&filtered).into_response())
