@@ -454,6 +454,28 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
         razorpay.contains("href=\"/invoices?status=all&amp;provider=razorpay\""),
         "{razorpay}"
     );
+    // A misspelt provider is refused as the API refuses it, not shown as an empty ledger.
+    for path in [
+        "/invoices?provider=razorpya",
+        "/payments?status=all&provider=razorpya",
+        "/records?provider=razorpya",
+    ] {
+        let (status, page) = get(&app, &session, path).await;
+        assert_eq!(status, 400, "{path}: {page}");
+        assert!(page.contains("is not a provider"), "{path}: {page}");
+    }
+    // A filter the form does not list (a provider's own status, a source since removed) stays
+    // chosen in the form, so changing another field keeps it.
+    let (_, issued) = get(&app, &session, "/invoices?status=issued").await;
+    assert!(
+        issued.contains("<option value=\"issued\" selected>issued</option>"),
+        "{issued}"
+    );
+    let (_, removed) = get(&app, &session, "/events?source=retired").await;
+    assert!(
+        removed.contains("<option value=\"retired\" selected>retired</option>"),
+        "{removed}"
+    );
     let (_, payments) = get(&app, &session, "/payments").await;
     assert!(payments.contains("Unmatched") && payments.contains("invoice_id"));
     // The BBPS bill the scenario fetched and paid: listed as paid, its page showing whose it is,

@@ -224,6 +224,19 @@ pub(crate) fn ledger_cursor(
     }
 }
 
+/// Refuses a provider filter that names no provider: it could only answer an empty listing,
+/// which reads as "nothing there" for a misspelt name.
+pub(crate) fn check_provider(provider: Option<&str>) -> Result<(), ApiError> {
+    match provider {
+        Some(provider) if billhook_providers::registry::by_name(provider).is_none() => {
+            Err(ApiError::invalid(format!(
+                "`{provider}` is not a provider (razorpay, zwitch, setu_bbps, caminvoice)"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub(crate) async fn list(
     app: Arc<App>,
     listing: Listing,
@@ -231,13 +244,7 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let kind = listing.kind;
     let now = Timestamp::now();
-    if let Some(provider) = params.provider.as_deref()
-        && billhook_providers::registry::by_name(provider).is_none()
-    {
-        return Err(ApiError::invalid(format!(
-            "`{provider}` is not a provider (razorpay, zwitch, setu_bbps, caminvoice)"
-        )));
-    }
+    check_provider(params.provider.as_deref())?;
     let query = LedgerQuery {
         kind,
         filter: filter(kind, &params)?,

@@ -291,6 +291,10 @@ pub(crate) async fn events(
                     @for s in &sources {
                         option value=(s) selected[filters.source.as_deref() == Some(s.as_str())] { (s) }
                     }
+                    // Events outlive a source removed from the configuration.
+                    @if let Some(removed) = blank(&filters.source).filter(|s| !app.settings.sources.contains_key(s)) {
+                        option value=(removed) selected { (removed) }
+                    }
                 }
             }
             label { "Provider id" input type="text" name="subject" value=[filters.subject.as_deref()] placeholder="inv_…, pay_…"; }
@@ -1012,14 +1016,17 @@ async fn ledger_page(
     cursor: Option<String>,
     limit: u32,
 ) -> Result<billhook_store::Page<Entity>, ConsoleError> {
-    // Refused as the API refuses it: any other text would page from wherever it sorts.
+    // Refused as the API refuses them: any other text would page from wherever it sorts, and a
+    // misspelt provider would show an empty ledger.
     let before = crate::api::ledger::ledger_cursor(kind, cursor.as_deref())?;
+    let provider = blank(&filters.provider);
+    crate::api::ledger::check_provider(provider.as_deref())?;
     Ok(app
         .store
         .ledger_entities(LedgerQuery {
             kind,
             filter,
-            provider: blank(&filters.provider),
+            provider,
             source: None,
             reference: blank(&filters.reference),
             before,
@@ -1160,6 +1167,11 @@ fn ledger_filter_form(
                 select name="status" {
                     @for (value, label) in statuses {
                         option value=(value) selected[filters.status.as_deref().unwrap_or("") == *value] { (label) }
+                    }
+                    // A provider's own status, reached by a link or typed into the URL, stays
+                    // the filter when another field changes.
+                    @if let Some(other) = blank(&filters.status).filter(|s| statuses.iter().all(|(value, _)| value != s)) {
+                        option value=(other) selected { (other) }
                     }
                 }
             }
