@@ -1,6 +1,7 @@
 // The console in a real browser: log in, find an ingested event, open it, press Redeliver and
 // see the new attempt appear; then check that a form sent without its CSRF token is refused,
-// and that buttons are legible in both colour schemes.
+// that the session follows a link from another site but not a form, and that buttons are
+// legible in both colour schemes.
 // Run by billhook's integration tests (crates/cli/tests/it/console.rs) against a test server.
 import { launch, logIn, settings } from "./lib.mjs";
 
@@ -119,10 +120,31 @@ try {
     `the refused form redelivered nothing (${JSON.stringify(deliveries.map((d) => [d.status, d.attempts.length]))})`,
   );
 
-  // The session cookie is out of reach of scripts.
+  // The session cookie is out of reach of scripts, and goes along with a link from another
+  // site (an alert in a chat, say) but not with a form another site sends.
   const cookies = await context.cookies();
   const session = cookies.find((c) => c.name === "billhook_session");
-  check(session && session.httpOnly && session.sameSite === "Strict", "the session cookie is HttpOnly and SameSite=Strict");
+  check(session && session.httpOnly && session.sameSite === "Lax", "the session cookie is HttpOnly and SameSite=Lax");
+  await page.route("http://elsewhere.test/", (route) =>
+    route.fulfill({
+      contentType: "text/html",
+      body: `<a href="${url}/events">the events</a>
+        <form method="post" action="${url}/quarantine/reprocess"><input name="csrf" value="guess"><button>Send</button></form>`,
+    }),
+  );
+  await page.goto("http://elsewhere.test/");
+  await page.getByRole("link", { name: "the events" }).click();
+  await page.waitForURL((at) => at.origin !== "http://elsewhere.test");
+  check(
+    page.url() === `${url}/events` && (await page.getByRole("heading", { name: "Events" }).isVisible()),
+    "a link from another site opens the page logged in",
+  );
+  await page.goto("http://elsewhere.test/");
+  const [foreign] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith("/quarantine/reprocess")),
+    page.getByRole("button", { name: "Send" }).click(),
+  ]);
+  check(foreign.status() === 401, `a form another site sends arrives without the session (${foreign.status()})`);
 
   // Buttons are legible in both colour schemes (WCAG AA: 4.5:1 for text).
   for (const colorScheme of ["light", "dark"]) {

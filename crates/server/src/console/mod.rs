@@ -1,7 +1,7 @@
 //! The web console at `/`: server-rendered HTML over the same store and operations as the admin
 //! API, with its stylesheet embedded in the binary (no CDN, no scripts, works offline).
 //!
-//! Login exchanges an admin token for a session cookie (`HttpOnly`, `SameSite=Strict`, optionally
+//! Login exchanges an admin token for a session cookie (`HttpOnly`, `SameSite=Lax`, optionally
 //! `Secure`); the store keeps the cookie's digest and the session's CSRF token, which every form
 //! carries and every `POST` checks. A `read`-scoped session sees everything and changes nothing.
 //! Pages send a strict Content-Security-Policy.
@@ -285,6 +285,10 @@ fn is_session_secret(text: &str) -> bool {
 /// over HTTPS through a proxy (`X-Forwarded-Proto: https`), so a console behind a TLS proxy
 /// needs no setting for it. The header is believed from anyone: marking a cookie `Secure` only
 /// keeps it off plain HTTP, so a client that lies about it locks only itself out.
+///
+/// `SameSite=Lax`, not `Strict`: a link to a page from elsewhere (an alert in a chat or a mail)
+/// opens it logged in, while a form another site sends still arrives without the cookie. No
+/// `GET` changes anything, and every `POST` checks the session's CSRF token besides.
 fn set_cookie(
     app: &App,
     request: &HeaderMap,
@@ -298,7 +302,7 @@ fn set_cookie(
         ""
     };
     HeaderValue::from_str(&format!(
-        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_seconds}{secure}"
+        "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_seconds}{secure}"
     ))
     .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
