@@ -809,6 +809,27 @@ async fn a_quarantined_request_is_shown_as_sent_and_reprocessed_by_source(backen
         page.contains("&quot;dup&quot;: 1, &quot;dup&quot;: 2"),
         "{page}"
     );
+    // Bytes that are not UTF-8 are shown as they are, in hexadecimal, not replaced.
+    let response = app
+        .post_signed("razorpay", b"{\"amount\": \xff\xfe <x>}", &[])
+        .await;
+    let binary: Value = response.json().await.unwrap();
+    assert_eq!(binary["quarantined"], json!(true), "{binary}");
+    let (_, page) = get(
+        &app,
+        &session,
+        &format!("/inbound/{}", binary["inbound_id"].as_str().unwrap()),
+    )
+    .await;
+    assert!(
+        page.contains("Not UTF-8 text: shown byte for byte in hexadecimal.")
+            && page.contains(
+                "00000000  7b 22 61 6d 6f 75 6e 74 22 3a 20 ff fe 20 3c 78  |{&quot;amount&quot;: .. &lt;x|\n\
+                 00000010  3e 7d                                            |&gt;}|"
+            )
+            && !page.contains('\u{fffd}'),
+        "{page}"
+    );
     // Each row's button names its request for a screen reader's list of buttons.
     let (_, quarantine) = get(&app, &session, "/quarantine?source=zwitch").await;
     assert!(

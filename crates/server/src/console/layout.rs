@@ -1,6 +1,8 @@
 //! The console's page shell and the small pieces pages are built from. Status is always written
 //! out in words (and a symbol), never shown by colour alone.
 
+use std::fmt::Write as _;
+
 use billhook_core::money::{Amount, Currency};
 use billhook_core::time::Timestamp;
 use maud::{DOCTYPE, Markup, html};
@@ -163,9 +165,41 @@ pub fn json_block(value: &serde_json::Value) -> Markup {
     html! { pre.code { code { (text) } } }
 }
 
-/// Text that may not be UTF-8 or may be long, escaped.
+/// Text that may be long, escaped.
 pub fn text_block(text: &str) -> Markup {
     html! { pre.code { code { (text) } } }
+}
+
+/// The most bytes a hex dump shows: four times as many characters on the page.
+const HEX_DUMP_MAX: usize = 64 * 1024;
+
+/// Bytes that are not UTF-8, as a hex dump (offset, sixteen bytes, their printable ASCII): a
+/// text rendering would replace what it cannot decode, and those bytes are often the clue.
+pub fn bytes_block(bytes: &[u8]) -> Markup {
+    let shown = &bytes[..bytes.len().min(HEX_DUMP_MAX)];
+    let mut dump = String::with_capacity(shown.len() * 5);
+    for (line, chunk) in shown.chunks(16).enumerate() {
+        let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+        let ascii: String = chunk
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    char::from(b)
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        // Writing to a String cannot fail.
+        let _ = writeln!(dump, "{:08x}  {:<47}  |{ascii}|", line * 16, hex.join(" "));
+    }
+    html! {
+        p.muted { "Not UTF-8 text: shown byte for byte in hexadecimal"
+            @if shown.len() < bytes.len() {
+                " (the first " (shown.len()) " of " (bytes.len()) " bytes; `billhook inbound show` prints them all)"
+            } "." }
+        pre.code { code { (dump) } }
+    }
 }
 
 /// A "next page" link keeping the other query parameters.
@@ -207,4 +241,25 @@ pub fn notice(text: Option<&str>) -> Markup {
 /// Marks up nothing; used where a section has no rows.
 pub fn empty(text: &str) -> Markup {
     html! { p.muted { (text) } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_hex_dump_shows_its_start_and_says_where_the_rest_is() {
+        let bytes: Vec<u8> = (0..HEX_DUMP_MAX + 10).map(|n| (n % 251) as u8).collect();
+        let page = bytes_block(&bytes).into_string();
+        assert!(
+            page.contains(
+                "(the first 65536 of 65546 bytes; `billhook inbound show` prints them all)"
+            ),
+            "{}",
+            &page[..200]
+        );
+        assert_eq!(page.matches('\n').count(), HEX_DUMP_MAX / 16);
+        assert!(page.contains("0000fff0  "), "the last line shown");
+        assert!(!page.contains("00010000  "), "no line past the limit");
+    }
 }

@@ -21,8 +21,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::layout::{
-    Tone, ago, badge, csrf, delivery_tone, empty, href_with, json_block, maybe_time, money,
-    next_page, notice, text_block, time,
+    Tone, ago, badge, bytes_block, csrf, delivery_tone, empty, href_with, json_block, maybe_time,
+    money, next_page, notice, text_block, time,
 };
 use super::{
     ConsoleError, CsrfForm, PageForm, PagePath, PageQuery, Viewer, charts, page, url_encode,
@@ -476,7 +476,10 @@ fn inbound_details(inbound: &billhook_store::InboundRecord) -> Markup {
                 @match serde_json::from_slice::<Value>(body) {
                     Ok(value) if inbound.status != InboundStatus::Quarantined
                         && numbers_are_exact(&value) => { (json_block(&value)) }
-                    _ => { (text_block(&String::from_utf8_lossy(body))) }
+                    _ => @match std::str::from_utf8(body) {
+                        Ok(text) => { (text_block(text)) }
+                        Err(_) => { (bytes_block(body)) }
+                    }
                 }
             }
             None => { (empty("The body has been removed by retention.")) }
