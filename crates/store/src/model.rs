@@ -877,21 +877,24 @@ pub const OWED_DELIVERIES: &str = "'pending', 'failed'";
 /// while it owes anything, for the poller to cancel it. A due endpoint's lease ends are not
 /// asked: the deliveries due and leased (in flight) are few, but due and unleased may be any
 /// number, and its next attempt to come, one probe, tells when to look again.
-/// Written with `$n` for PostgreSQL; SQLite's copy has `?n`.
+/// Written with `$n` for PostgreSQL; SQLite's copy has `?n`. Leases are judged at `LEASE_NOW`,
+/// the database's clock on PostgreSQL and `$1` on SQLite, and a lease's end comes back on the
+/// caller's clock.
 pub const DUE_BY_ENDPOINT: &str = "
     SELECT id, due,
         (SELECT min(d.next_attempt_at) FROM deliveries d
          WHERE d.endpoint_id = owed.id AND d.status IN ('pending', 'failed')
            AND d.next_attempt_at > $1),
         CASE WHEN due THEN NULL ELSE (
-            SELECT min(d.lease_until) FROM deliveries d
+            SELECT min(d.lease_until) - LEASE_NOW + $1 FROM deliveries d
             WHERE d.endpoint_id = owed.id AND d.status IN ('pending', 'failed')
-              AND d.next_attempt_at <= $1 AND d.lease_until > $1) END
+              AND d.next_attempt_at <= $1 AND d.lease_until > LEASE_NOW) END
     FROM (
         SELECT e.id, CASE WHEN e.deleted_at IS NULL
             THEN (SELECT 1 FROM deliveries d
                 WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'failed')
-                  AND d.next_attempt_at <= $1 AND (d.lease_until IS NULL OR d.lease_until <= $1)
+                  AND d.next_attempt_at <= $1
+                  AND (d.lease_until IS NULL OR d.lease_until <= LEASE_NOW)
                 ORDER BY d.next_attempt_at LIMIT 1) IS NOT NULL
             ELSE (SELECT 1 FROM deliveries d
                 WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'failed')

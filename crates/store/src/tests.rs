@@ -1490,7 +1490,7 @@ fn deliveries_are_claimed_under_lease_with_their_payloads() {
             let now = Timestamp::now();
             let (due, _) = store.due_endpoints(now).await.unwrap();
             assert_eq!(due.len(), 2);
-            let lease = now.add(Duration::from_secs(30));
+            let lease = now.add(SHORT_LEASE);
             let claimed = store
                 .claim_due(canonical.id, "worker-a", now, lease, 10)
                 .await
@@ -1506,7 +1506,8 @@ fn deliveries_are_claimed_under_lease_with_their_payloads() {
                     .is_empty()
             );
             // After the lease expires, another worker may take it.
-            let later = lease.add(Duration::from_millis(1));
+            outlive_short_lease().await;
+            let later = Timestamp::now();
             let reclaimed = store
                 .claim_due(
                     canonical.id,
@@ -1967,7 +1968,7 @@ fn a_redelivery_takes_a_delivery_whose_lease_lapsed() {
                 1
             );
             let claimed = store
-                .claim_due(endpoint.id, "gone", now, now.add(lease), 10)
+                .claim_due(endpoint.id, "gone", now, now.add(SHORT_LEASE), 10)
                 .await
                 .unwrap();
             assert_eq!(claimed.len(), 1);
@@ -1976,7 +1977,8 @@ fn a_redelivery_takes_a_delivery_whose_lease_lapsed() {
                 .await
                 .unwrap();
             assert!(during.is_empty(), "an attempt under a live lease decides");
-            let after = now.add(lease);
+            outlive_short_lease().await;
+            let after = Timestamp::now();
             let redelivered = store
                 .redeliver(owed.event.id, None, vec![], after)
                 .await
@@ -1987,6 +1989,111 @@ fn a_redelivery_takes_a_delivery_whose_lease_lapsed() {
             assert_eq!(record.attempts, 0, "the retry schedule starts afresh");
         }
     });
+}
+
+/// Instances sharing a PostgreSQL database may disagree about the time, so leases and
+/// endpoint ownership are judged by the database's clock: an instance whose clock runs ahead
+/// does not take them early, and a lease given by one whose clock runs behind lasts as long
+/// as it asked, not already lapsed.
+#[test]
+fn postgres_judges_leases_and_ownership_by_its_own_clock() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let store = Store::open(&config).await.unwrap();
+        let endpoint = canonical_endpoint(&store).await;
+        let first = ingest_owed(&store, &endpoint, "leased-on-time")
+            .await
+            .delivery;
+        let lease = Duration::from_secs(30);
+        let now = Timestamp::now();
+        let ahead = now.add(Duration::from_secs(120));
+        let behind = now.sub(Duration::from_secs(120));
+
+        let claimed = store
+            .claim_due(endpoint.id, "punctual", now, now.add(lease), 10)
+            .await
+            .unwrap();
+        assert_eq!(ids(&claimed), [first]);
+        let (due, next) = store.due_endpoints(ahead).await.unwrap();
+        assert!(!due.contains(&endpoint.id), "the lease is live");
+        let next = next.expect("the lease's end").unix_millis() - ahead.unix_millis();
+        assert!(
+            (25_000..=30_000).contains(&next),
+            "the lease's end, told on the caller's clock: {next} ms from its now"
+        );
+        let stolen = store
+            .claim_due(endpoint.id, "ahead", ahead, ahead.add(lease), 10)
+            .await
+            .unwrap();
+        assert!(stolen.is_empty(), "{:?}", ids(&stolen));
+        let renewed = store
+            .renew_leases("punctual", vec![first], behind, behind.add(lease))
+            .await
+            .unwrap();
+        assert_eq!(renewed, [first], "live, whatever the renewing clock says");
+
+        let owned = store
+            .own_endpoints("punctual", vec![endpoint.id], now, now.add(lease))
+            .await
+            .unwrap();
+        assert_eq!(owned, [endpoint.id]);
+        let taken = store
+            .own_endpoints("ahead", vec![endpoint.id], ahead, ahead.add(lease))
+            .await
+            .unwrap();
+        assert!(
+            taken.is_empty(),
+            "owned until the database's clock says otherwise"
+        );
+
+        // A one-second lease from a clock two minutes behind lasts a second, where judged by
+        // that clock it would have lapsed before it was taken.
+        let request = inbound("rzp", "leased-behind", InboundStatus::Processed);
+        let e = event("rzp", "invoice.paid", "leased-behind");
+        let mut ingest = write(request.clone(), vec![e.clone()]);
+        let mut owed = delivery_for(&endpoint, Some(&e), request.id);
+        owed.next_attempt_at = behind.sub(Duration::from_secs(1));
+        let second = owed.id;
+        ingest.deliveries = vec![owed];
+        store.ingest(ingest).await.unwrap();
+        let claimed = store
+            .claim_due(
+                endpoint.id,
+                "behind",
+                behind,
+                behind.add(Duration::from_secs(1)),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(ids(&claimed), [second]);
+        let at_once = Timestamp::now();
+        let early = store
+            .claim_due(endpoint.id, "punctual", at_once, at_once.add(lease), 10)
+            .await
+            .unwrap();
+        assert!(early.is_empty(), "{:?}", ids(&early));
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let later = Timestamp::now();
+        let lapsed = store
+            .claim_due(endpoint.id, "punctual", later, later.add(lease), 10)
+            .await
+            .unwrap();
+        assert_eq!(ids(&lapsed), [second]);
+    });
+}
+
+fn ids(claimed: &[ClaimedDelivery]) -> Vec<DeliveryId> {
+    claimed.iter().map(|c| c.id).collect()
+}
+
+/// A lease tests let lapse by waiting it out ([`outlive`]): PostgreSQL judges leases by its
+/// own clock, which a test cannot move as it moves the `now` it passes.
+const SHORT_LEASE: Duration = Duration::from_secs(2);
+
+/// Waits until a lease of [`SHORT_LEASE`] taken before the call has lapsed.
+async fn outlive_short_lease() {
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
 }
 
 /// Disabling an endpoint holds its deliveries, those under a lapsed lease too (an instance
@@ -2441,15 +2548,16 @@ fn a_completion_after_the_lease_was_taken_over_leaves_the_new_claim_alone() {
             let endpoint = canonical_endpoint(store).await;
             let id = ingest_owed(store, &endpoint, "lapsed").await.delivery;
             let now = Timestamp::now();
-            let first_lease = now.add(Duration::from_secs(30));
             let claimed = store
-                .claim_due(endpoint.id, "stalled", now, first_lease, 10)
+                .claim_due(endpoint.id, "stalled", now, now.add(SHORT_LEASE), 10)
                 .await
                 .unwrap();
             assert_eq!(claimed.len(), 1);
-            let second_lease = first_lease.add(Duration::from_secs(30));
+            outlive_short_lease().await;
+            let lapsed = Timestamp::now();
+            let second_lease = lapsed.add(Duration::from_secs(30));
             let taken = store
-                .claim_due(endpoint.id, "taker", first_lease, second_lease, 10)
+                .claim_due(endpoint.id, "taker", lapsed, second_lease, 10)
                 .await
                 .unwrap();
             assert_eq!(taken.len(), 1);
@@ -2801,18 +2909,21 @@ fn leases_can_be_renewed_and_released() {
             let e = event("rzp", "invoice.paid", "inv_1");
             let mut ingest = write(request.clone(), vec![e.clone()]);
             let now = Timestamp::now();
-            let mut delivery = delivery_for(&endpoint, Some(&e), request.id);
-            delivery.lease = Some(Lease {
-                owner: "ingest".into(),
-                until: now.add(Duration::from_secs(1)),
-            });
-            ingest.deliveries = vec![delivery.clone()];
+            let leased_at_ingest = || {
+                let mut delivery = delivery_for(&endpoint, Some(&e), request.id);
+                delivery.lease = Some(Lease {
+                    owner: "ingest".into(),
+                    until: now.add(SHORT_LEASE),
+                });
+                delivery
+            };
+            let (kept, lapsing) = (leased_at_ingest(), leased_at_ingest());
+            ingest.deliveries = vec![kept.clone(), lapsing.clone()];
             store.ingest(ingest).await.unwrap();
-            let soon = now.add(Duration::from_secs(2));
             let until = now.add(Duration::from_secs(60));
             assert_eq!(
                 store
-                    .renew_leases("other", vec![delivery.id], now, until)
+                    .renew_leases("other", vec![kept.id], now, until)
                     .await
                     .unwrap(),
                 vec![],
@@ -2820,48 +2931,33 @@ fn leases_can_be_renewed_and_released() {
             );
             assert_eq!(
                 store
-                    .renew_leases("ingest", vec![delivery.id], soon, until)
+                    .renew_leases("ingest", vec![kept.id], now, until)
+                    .await
+                    .unwrap(),
+                vec![kept.id]
+            );
+            outlive_short_lease().await;
+            let later = Timestamp::now();
+            assert_eq!(
+                store
+                    .renew_leases("ingest", vec![lapsing.id], later, later.add(SHORT_LEASE))
                     .await
                     .unwrap(),
                 vec![],
                 "a lease that lapsed is not renewed, claimed since or not"
             );
-            assert_eq!(
-                store
-                    .renew_leases("ingest", vec![delivery.id], now, until)
-                    .await
-                    .unwrap(),
-                vec![delivery.id]
-            );
-            assert!(
-                store
-                    .claim_due(
-                        endpoint.id,
-                        "other",
-                        soon,
-                        soon.add(Duration::from_secs(30)),
-                        10
-                    )
-                    .await
-                    .unwrap()
-                    .is_empty()
-            );
+            let claimed = store
+                .claim_due(endpoint.id, "other", later, later.add(SHORT_LEASE), 10)
+                .await
+                .unwrap();
+            assert_eq!(ids(&claimed), [lapsing.id], "the renewed lease holds");
             if store.is_single_process() {
-                assert_eq!(store.release_all_leases().await.unwrap(), 1);
-                assert_eq!(
-                    store
-                        .claim_due(
-                            endpoint.id,
-                            "other",
-                            soon,
-                            soon.add(Duration::from_secs(30)),
-                            10
-                        )
-                        .await
-                        .unwrap()
-                        .len(),
-                    1
-                );
+                assert_eq!(store.release_all_leases().await.unwrap(), 2);
+                let claimed = store
+                    .claim_due(endpoint.id, "other", later, later.add(SHORT_LEASE), 10)
+                    .await
+                    .unwrap();
+                assert_eq!(claimed.len(), 2);
             }
         }
     });

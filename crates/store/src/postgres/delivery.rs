@@ -1,6 +1,6 @@
 //! The outbox on PostgreSQL: deliveries, leases, attempts, completions and endpoint ownership.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use billhook_core::ids::{AttemptId, DeliveryId, EndpointId, EventId, InboundId};
 use billhook_core::time::Timestamp;
@@ -11,7 +11,7 @@ use tokio_postgres::types::Type;
 
 use super::endpoints::disable;
 use super::ingest::{insert_deliveries, parse_id};
-use super::{PgStore, big, column, execute_cached, pg_error, small, unsigned};
+use super::{DB_NOW, PgStore, big, column, execute_cached, pg_error, small, unsigned};
 use crate::StoreError;
 use crate::model::*;
 use crate::page::{clamp_limit, paginate};
@@ -226,15 +226,16 @@ impl PgStore {
         // Unnamed, so planned for these values: a cached generic plan chosen while the outbox
         // was small could join it by scanning long after it has grown. The join to the message
         // is LEFT: an announcement can outlive the message it names, and every claimed
-        // delivery must come back (one without a payload is given up as dead).
+        // delivery must come back (one without a payload is given up as dead). The lease runs
+        // on the database's clock (see the module's docs).
         let sql = format!(
             "WITH claimed AS (
-                    UPDATE deliveries SET lease_owner = $1, lease_until = $2
+                    UPDATE deliveries SET lease_owner = $1, lease_until = {DB_NOW} + ($2 - $4)
                     WHERE id IN (
                         SELECT id FROM deliveries
                         WHERE endpoint_id = $3 AND status IN ('pending', 'failed')
                           AND next_attempt_at <= $4
-                          AND (lease_until IS NULL OR lease_until <= $4)
+                          AND (lease_until IS NULL OR lease_until <= {DB_NOW})
                         ORDER BY next_attempt_at LIMIT $5
                         FOR UPDATE SKIP LOCKED)
                     RETURNING *)
@@ -266,10 +267,9 @@ impl PgStore {
         let watched_since = now.sub(DELETED_ENDPOINTS_WATCHED_FOR).unix_millis();
         // Prepared once per connection: the statement is long, and the poller asks it after
         // every batch of outcomes.
-        let statement = client
-            .prepare_cached(DUE_BY_ENDPOINT)
-            .await
-            .map_err(pg_error)?;
+        static STATEMENT: LazyLock<String> =
+            LazyLock::new(|| DUE_BY_ENDPOINT.replace("LEASE_NOW", DB_NOW));
+        let statement = client.prepare_cached(&STATEMENT).await.map_err(pg_error)?;
         let rows = client
             .query(&statement, &[&now.unix_millis(), &watched_since])
             .await
@@ -313,11 +313,14 @@ impl PgStore {
             .query(
                 // Locks the rows in id order, as completions do (see `complete`).
                 // Never shortens a lease a claim or another renewal extended meanwhile.
-                "UPDATE deliveries SET lease_until = GREATEST(lease_until, $3) WHERE id IN
-                   (SELECT id FROM deliveries
-                    WHERE id = ANY($1) AND lease_owner = $2 AND lease_until > $4
-                    ORDER BY id FOR UPDATE)
-                 RETURNING id",
+                &format!(
+                    "UPDATE deliveries
+                     SET lease_until = GREATEST(lease_until, {DB_NOW} + ($3::INT8 - $4::INT8))
+                     WHERE id IN (SELECT id FROM deliveries
+                        WHERE id = ANY($1) AND lease_owner = $2 AND lease_until > {DB_NOW}
+                        ORDER BY id FOR UPDATE)
+                     RETURNING id"
+                ),
                 &[&ids, &owner, &until.unix_millis(), &now.unix_millis()],
             )
             .await
@@ -442,13 +445,15 @@ impl PgStore {
                     // can be failed and in flight at once, so its completion may hold it
                     // meanwhile. One under a live lease is left alone: it is being sent, and
                     // taking its lease would let it be sent twice at once.
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = $4, attempts = 0,
-                        lease_owner = NULL, lease_until = NULL, updated_at = $4
-                     WHERE id IN (SELECT id FROM deliveries
-                        WHERE endpoint_id = $1 AND id > $2 AND id <= $3 AND created_at >= $5
-                          AND status IN ('failed', 'dead', 'held')
-                          AND (lease_owner IS NULL OR lease_until <= $4)
-                        ORDER BY id FOR UPDATE)",
+                    &format!(
+                        "UPDATE deliveries SET status = 'pending', next_attempt_at = $4,
+                            attempts = 0, lease_owner = NULL, lease_until = NULL, updated_at = $4
+                         WHERE id IN (SELECT id FROM deliveries
+                            WHERE endpoint_id = $1 AND id > $2 AND id <= $3 AND created_at >= $5
+                              AND status IN ('failed', 'dead', 'held')
+                              AND (lease_owner IS NULL OR lease_until <= {DB_NOW})
+                            ORDER BY id FOR UPDATE)"
+                    ),
                     &[
                         &endpoint.to_string(),
                         &after.to_string(),
@@ -532,12 +537,15 @@ impl PgStore {
             .collect();
         let rows = transaction
             .query(
-                "UPDATE deliveries SET status = 'pending', next_attempt_at = $3, attempts = 0,
-                    lease_owner = NULL, lease_until = NULL, updated_at = $3
-                 WHERE inbound_id = $2 AND (event_id = $1 OR event_id IS NULL)
-                   AND ($4::TEXT IS NULL OR endpoint_id = $4) AND endpoint_id = ANY($5)
-                   AND status <> 'cancelled' AND (lease_owner IS NULL OR lease_until <= $3)
-                 RETURNING id",
+                &format!(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = $3, attempts = 0,
+                        lease_owner = NULL, lease_until = NULL, updated_at = $3
+                     WHERE inbound_id = $2 AND (event_id = $1 OR event_id IS NULL)
+                       AND ($4::TEXT IS NULL OR endpoint_id = $4) AND endpoint_id = ANY($5)
+                       AND status <> 'cancelled'
+                       AND (lease_owner IS NULL OR lease_until <= {DB_NOW})
+                     RETURNING id"
+                ),
                 &[
                     &event.to_string(),
                     &inbound,
@@ -735,11 +743,16 @@ impl PgStore {
         let ids: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
         let rows = client
             .query(
-                "INSERT INTO endpoint_owners (endpoint_id, owner, until)
-                 SELECT id, $2, $4 FROM unnest($1::TEXT[]) AS id
-                 ON CONFLICT (endpoint_id) DO UPDATE SET owner = excluded.owner, until = excluded.until
-                   WHERE endpoint_owners.owner = excluded.owner OR endpoint_owners.until <= $3
-                 RETURNING endpoint_id",
+                // On the database's clock, as leases are (see the module's docs).
+                &format!(
+                    "INSERT INTO endpoint_owners (endpoint_id, owner, until)
+                     SELECT id, $2, {DB_NOW} + ($4::INT8 - $3::INT8) FROM unnest($1::TEXT[]) AS id
+                     ON CONFLICT (endpoint_id) DO UPDATE
+                       SET owner = excluded.owner, until = excluded.until
+                       WHERE endpoint_owners.owner = excluded.owner
+                          OR endpoint_owners.until <= {DB_NOW}
+                     RETURNING endpoint_id"
+                ),
                 &[&ids, &owner, &now.unix_millis(), &until.unix_millis()],
             )
             .await

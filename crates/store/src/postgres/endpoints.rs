@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::ingest::parse_id;
-use super::{PgStore, pg_error, unsigned};
+use super::{DB_NOW, PgStore, pg_error, unsigned};
 use crate::StoreError;
 use crate::model::*;
 use crate::page::{clamp_limit, paginate};
@@ -293,12 +293,14 @@ async fn hold_waiting<C: GenericClient>(
 ) -> Result<u64, StoreError> {
     client
         .execute(
-            "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
-                updated_at = $2
-             WHERE id IN (SELECT id FROM deliveries
-                WHERE endpoint_id = ANY($1) AND status IN ('pending', 'failed')
-                  AND (lease_owner IS NULL OR lease_until <= $2)
-                LIMIT $3 FOR UPDATE SKIP LOCKED)",
+            &format!(
+                "UPDATE deliveries SET status = 'held', lease_owner = NULL, lease_until = NULL,
+                    updated_at = $2
+                 WHERE id IN (SELECT id FROM deliveries
+                    WHERE endpoint_id = ANY($1) AND status IN ('pending', 'failed')
+                      AND (lease_owner IS NULL OR lease_until <= {DB_NOW})
+                    LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            ),
             &[&endpoints, &now.unix_millis(), &i64::from(BACKLOG_BATCH)],
         )
         .await

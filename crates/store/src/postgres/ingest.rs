@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use super::ledger::{LedgerGroup, apply_facts};
-use super::{PgStore, execute_cached, pg_error};
+use super::{DB_NOW, PgStore, execute_cached, pg_error};
 use crate::StoreError;
 use crate::model::*;
 
@@ -155,7 +155,8 @@ fn insert_events_sql(first: usize) -> String {
 }
 
 /// The insert of deliveries passed as eleven arrays from parameter `$first` on (the request
-/// each belongs to, when it was created, then the delivery's columns).
+/// each belongs to, when it was created, then the delivery's columns, with how long its lease
+/// has to run, if it has one: the lease ends on the database's clock).
 fn insert_deliveries_sql(first: usize) -> String {
     let [
         inbound,
@@ -168,18 +169,18 @@ fn insert_deliveries_sql(first: usize) -> String {
         status,
         next,
         owner,
-        until,
+        lease_for,
     ] = std::array::from_fn::<usize, 11, _>(|i| first + i);
     format!(
         "INSERT INTO deliveries (id, endpoint_id, message_id, event_id, inbound_id, event_type,
             status, next_attempt_at, lease_owner, lease_until, created_at, updated_at)
          SELECT id, endpoint_id, message_id, event_id, inbound_id, event_type, status,
-            next_attempt_at, lease_owner, lease_until, created_at, created_at
+            next_attempt_at, lease_owner, {DB_NOW} + lease_for, created_at, created_at
          FROM unnest(${inbound}::text[], ${created}::bigint[], ${id}::text[],
             ${endpoint}::text[], ${message}::text[], ${event}::text[], ${kind}::text[],
-            ${status}::text[], ${next}::bigint[], ${owner}::text[], ${until}::bigint[])
+            ${status}::text[], ${next}::bigint[], ${owner}::text[], ${lease_for}::bigint[])
            AS d(inbound_id, created_at, id, endpoint_id, message_id, event_id, event_type, status,
-            next_attempt_at, lease_owner, lease_until)"
+            next_attempt_at, lease_owner, lease_for)"
     )
 }
 
@@ -240,15 +241,18 @@ struct DeliveryArrays<'a> {
     statuses: Vec<&'static str>,
     next_attempt_at: Vec<i64>,
     lease_owners: Vec<Option<&'a str>>,
-    lease_until: Vec<Option<i64>>,
+    /// Milliseconds to the lease's end, from the instance's clock when the rows were written.
+    lease_for: Vec<Option<i64>>,
 }
 
 impl<'a> DeliveryArrays<'a> {
+    /// `clock` is the instance's time now, what a lease's end is measured from.
     fn push(
         &mut self,
         inbound_id: InboundId,
         created_at: Timestamp,
         deliveries: &'a [NewDelivery],
+        clock: Timestamp,
     ) {
         for d in deliveries {
             self.inbound_ids.push(inbound_id.to_string());
@@ -262,8 +266,11 @@ impl<'a> DeliveryArrays<'a> {
             self.next_attempt_at.push(d.next_attempt_at.unix_millis());
             self.lease_owners
                 .push(d.lease.as_ref().map(|l| l.owner.as_str()));
-            self.lease_until
-                .push(d.lease.as_ref().map(|l| l.until.unix_millis()));
+            self.lease_for.push(
+                d.lease
+                    .as_ref()
+                    .map(|l| l.until.unix_millis() - clock.unix_millis()),
+            );
         }
     }
 
@@ -279,7 +286,7 @@ impl<'a> DeliveryArrays<'a> {
             &self.statuses,
             &self.next_attempt_at,
             &self.lease_owners,
-            &self.lease_until,
+            &self.lease_for,
         ]
     }
 }
@@ -459,11 +466,12 @@ async fn insert_requests(
     let mut events = EventArrays::default();
     let mut deliveries = DeliveryArrays::default();
     let mut announcing = Vec::new();
+    let clock = Timestamp::now();
     for write in writes {
         let id = write.inbound.id;
         requests.push(write)?;
         events.push(id, &write.events);
-        deliveries.push(id, write.inbound.received_at, &write.deliveries);
+        deliveries.push(id, write.inbound.received_at, &write.deliveries, clock);
         if announced(&write.deliveries) {
             announcing.push(id.to_string());
         }
@@ -571,7 +579,7 @@ pub(super) async fn insert_deliveries(
         .await
         .map_err(pg_error)?;
     let mut arrays = DeliveryArrays::default();
-    arrays.push(inbound_id, now, deliveries);
+    arrays.push(inbound_id, now, deliveries, Timestamp::now());
     transaction
         .execute(&statement, &arrays.params())
         .await

@@ -15,6 +15,10 @@
 //! Transactions that lock several rows take them in one order (endpoints, then deliveries by
 //! id) so they cannot deadlock one another.
 //!
+//! Leases and endpoint ownership are judged by the database's clock ([`DB_NOW`]), not by the
+//! instances' own, which may disagree: an instant `t` an instance gives at its `now` is written
+//! as `DB_NOW + (t - now)`, and a lease has lapsed when its end is at or before `DB_NOW`.
+//!
 //! Every text column is `COLLATE "C"` (migration 8): keys compare as bytes, as on SQLite and in
 //! Rust, whatever the database's collation, which is faster and makes a kind's ledger ids one
 //! range of the primary key. A migration that adds a text column declares it so.
@@ -76,6 +80,9 @@ const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("../../migrations/postgres/0010_ledger_sandbox.sql"),
     ),
 ];
+
+/// The database's clock in Unix milliseconds, as one statement reads it.
+pub(crate) const DB_NOW: &str = "(extract(epoch FROM statement_timestamp()) * 1000)::int8";
 
 /// An arbitrary constant naming billhook's migration lock.
 pub(crate) const MIGRATION_LOCK: i64 = 0x6269_6c6c_686f_6f6b;

@@ -423,7 +423,7 @@ impl SqliteStore {
         self.read(move |connection| {
             let watched_since = now.sub(DELETED_ENDPOINTS_WATCHED_FOR).unix_millis();
             let rows: Vec<(String, bool, Option<i64>, Option<i64>)> = connection
-                .prepare_cached(&DUE_BY_ENDPOINT.replace('$', "?"))
+                .prepare_cached(&DUE_BY_ENDPOINT.replace("LEASE_NOW", "$1").replace('$', "?"))
                 .and_then(|mut s| {
                     s.query_map(params![now.unix_millis(), watched_since], |row| {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
