@@ -546,16 +546,14 @@ impl Store {
         dispatch!(self, store => store.hold_deliveries_of_disabled(endpoints, now).await)
     }
 
-    /// Cancels the held deliveries of a deleted endpoint among its next [`BACKLOG_BATCH`]
-    /// deliveries after `after` (from the first when `None`); where to go on from, `None` once
-    /// past its last delivery.
+    /// Cancels up to [`BACKLOG_BATCH`] held deliveries of a deleted endpoint, oldest first;
+    /// the number cancelled (call again while it is the whole batch).
     pub async fn cancel_held_of_deleted(
         &self,
         endpoint: EndpointId,
-        after: Option<DeliveryId>,
         now: Timestamp,
-    ) -> Result<Option<DeliveryId>, StoreError> {
-        dispatch!(self, store => store.cancel_held_of_deleted(endpoint, after, now).await)
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.cancel_held_of_deleted(endpoint, now).await)
     }
 
     /// Deletes an endpoint and cancels the first [`BACKLOG_BATCH`] of its pending and failed

@@ -904,13 +904,17 @@ pub const DUE_BY_ENDPOINT: &str = "
         WHERE e.deleted_at IS NULL OR e.deleted_at > $2
     ) owed";
 
-/// Deleted endpoints that still owe deliveries, an index probe per deleted endpoint.
+/// Deleted endpoints that still owe deliveries or hold some, two index probes per deleted
+/// endpoint.
 pub const DELETED_OWING: &str = "
     SELECT e.id FROM endpoints e
     WHERE e.deleted_at IS NOT NULL
-      AND (SELECT 1 FROM deliveries d
-           WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'failed')
-           ORDER BY d.next_attempt_at LIMIT 1) IS NOT NULL";
+      AND ((SELECT 1 FROM deliveries d
+            WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'failed')
+            ORDER BY d.next_attempt_at LIMIT 1) IS NOT NULL
+        OR (SELECT 1 FROM deliveries d
+            WHERE d.endpoint_id = e.id AND d.status = 'held'
+            ORDER BY d.id LIMIT 1) IS NOT NULL)";
 
 /// The endpoints due and the earliest time another delivery could be, from the rows of
 /// [`DUE_BY_ENDPOINT`].

@@ -814,17 +814,12 @@ impl Shared {
                         == whole
                 {}
                 for endpoint in &deleted {
-                    let mut after = None;
-                    while !shared.stopping() {
-                        after = shared
-                            .retrying(|| {
-                                store.cancel_held_of_deleted(*endpoint, after, Timestamp::now())
-                            })
-                            .await?;
-                        if after.is_none() {
-                            break;
-                        }
-                    }
+                    while !shared.stopping()
+                        && shared
+                            .retrying(|| store.cancel_held_of_deleted(*endpoint, Timestamp::now()))
+                            .await?
+                            == whole
+                    {}
                 }
                 Ok(())
             }

@@ -1,6 +1,6 @@
 //! Endpoints and their signing secrets on PostgreSQL.
 
-use billhook_core::ids::{DeliveryId, EndpointId};
+use billhook_core::ids::EndpointId;
 use billhook_core::time::Timestamp;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
@@ -542,45 +542,31 @@ impl PgStore {
         cancel_owed(&client, &endpoints, now).await
     }
 
-    /// Cancels the held deliveries among the next [`BACKLOG_BATCH`] deliveries of a deleted
-    /// endpoint after `after`, in id order; where to go on from, or `None` past the last.
-    /// Held deliveries have no index of their own (they are seldom many), so the endpoint's
-    /// deliveries are walked, a bounded stretch per statement. Rows locked meanwhile are waited
-    /// for, in id order as everywhere: the walk does not come back for one passed over.
+    /// Cancels up to [`BACKLOG_BATCH`] held deliveries of a deleted endpoint, found through the
+    /// index of held deliveries; the number cancelled. Rows locked meanwhile are waited for, in
+    /// id order as everywhere.
     pub(crate) async fn cancel_held_of_deleted(
         &self,
         endpoint: EndpointId,
-        after: Option<DeliveryId>,
         now: Timestamp,
-    ) -> Result<Option<DeliveryId>, StoreError> {
+    ) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        let after = after.map(|id| id.to_string()).unwrap_or_default();
-        let row = client
-            .query_one(
-                "WITH stretch AS (
-                    SELECT id FROM deliveries WHERE endpoint_id = $1 AND id > $2
-                    ORDER BY id LIMIT $3),
-                 cancelled AS (
-                    UPDATE deliveries SET status = 'cancelled', updated_at = $4
-                    WHERE id IN (SELECT id FROM deliveries
-                        WHERE id IN (SELECT id FROM stretch) AND status = 'held'
-                          AND endpoint_id IN (SELECT id FROM endpoints
-                                              WHERE id = $1 AND deleted_at IS NOT NULL)
-                        ORDER BY id FOR UPDATE)
-                    RETURNING 1)
-                 SELECT max(id), (SELECT count(*) FROM cancelled) FROM stretch",
+        client
+            .execute(
+                "UPDATE deliveries SET status = 'cancelled', updated_at = $2
+                 WHERE id IN (SELECT id FROM deliveries
+                    WHERE endpoint_id = $1 AND status = 'held'
+                      AND endpoint_id IN (SELECT id FROM endpoints
+                                          WHERE id = $1 AND deleted_at IS NOT NULL)
+                    ORDER BY id LIMIT $3 FOR UPDATE)",
                 &[
                     &endpoint.to_string(),
-                    &after,
-                    &i64::from(BACKLOG_BATCH),
                     &now.unix_millis(),
+                    &i64::from(BACKLOG_BATCH),
                 ],
             )
             .await
-            .map_err(pg_error)?;
-        row.get::<_, Option<String>>(0)
-            .map(|last| parse_id(&last))
-            .transpose()
+            .map_err(pg_error)
     }
 
     pub(crate) async fn hold_deliveries_of_disabled(

@@ -79,6 +79,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         10,
         include_str!("../../migrations/postgres/0010_ledger_sandbox.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/postgres/0011_held_deliveries.sql"),
+    ),
 ];
 
 /// The database's clock in Unix milliseconds, as one statement reads it.

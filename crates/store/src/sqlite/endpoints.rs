@@ -1,6 +1,6 @@
 //! Endpoints and their signing secrets on SQLite.
 
-use billhook_core::ids::{DeliveryId, EndpointId};
+use billhook_core::ids::EndpointId;
 use billhook_core::time::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -475,38 +475,26 @@ impl SqliteStore {
             .await
     }
 
-    /// Cancels the held deliveries among the next [`BACKLOG_BATCH`] deliveries of a deleted
-    /// endpoint after `after`, in id order; where to go on from, or `None` past the last.
-    /// Held deliveries have no index of their own (they are seldom many), so the endpoint's
-    /// deliveries are walked, a bounded stretch per write.
+    /// Cancels up to [`BACKLOG_BATCH`] held deliveries of a deleted endpoint, found through the
+    /// index of held deliveries; the number cancelled.
     pub(crate) async fn cancel_held_of_deleted(
         &self,
         endpoint: EndpointId,
-        after: Option<DeliveryId>,
         now: Timestamp,
-    ) -> Result<Option<DeliveryId>, StoreError> {
+    ) -> Result<u64, StoreError> {
         self.write(move |connection| {
-            let endpoint = endpoint.to_string();
-            let after = after.map(|id| id.to_string()).unwrap_or_default();
-            let last: Option<String> = connection
+            let changed = connection
                 .prepare_cached(
-                    "SELECT max(id) FROM (SELECT id FROM deliveries
-                        WHERE endpoint_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3)",
-                )
-                .and_then(|mut s| s.query_row(params![endpoint, after, BACKLOG_BATCH], |row| row.get(0)))
-                .map_err(db_error)?;
-            let Some(last) = last else {
-                return Ok(None);
-            };
-            connection
-                .prepare_cached(
-                    "UPDATE deliveries SET status = 'cancelled', updated_at = ?4
-                     WHERE endpoint_id = ?1 AND id > ?2 AND id <= ?3 AND status = 'held'
+                    "UPDATE deliveries SET status = 'cancelled', updated_at = ?2
+                     WHERE id IN (SELECT id FROM deliveries
+                        WHERE endpoint_id = ?1 AND status = 'held' ORDER BY id LIMIT ?3)
                        AND EXISTS (SELECT 1 FROM endpoints WHERE id = ?1 AND deleted_at IS NOT NULL)",
                 )
-                .and_then(|mut s| s.execute(params![endpoint, after, last, now.unix_millis()]))
+                .and_then(|mut s| {
+                    s.execute(params![endpoint.to_string(), now.unix_millis(), BACKLOG_BATCH])
+                })
                 .map_err(db_error)?;
-            parse_id(&last).map(Some)
+            Ok(changed as u64)
         })
         .await
     }

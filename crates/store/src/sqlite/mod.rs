@@ -70,6 +70,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         12,
         include_str!("../../migrations/sqlite/0012_ledger_sandbox.sql"),
     ),
+    (
+        13,
+        include_str!("../../migrations/sqlite/0013_held_deliveries.sql"),
+    ),
 ];
 
 /// At most this many jobs share one transaction.
