@@ -578,7 +578,10 @@ impl Store {
         dispatch!(self, store => store.rotate_secret(id, secret, now, previous_until).await)
     }
 
-    /// Claims up to `limit` deliveries of `endpoint` that are due at `now` and not leased.
+    /// Claims up to `limit` deliveries of `endpoint` that are due at `now` and not leased, under
+    /// a lease to `lease_until`. On PostgreSQL, shared by instances whose clocks may disagree,
+    /// leases are judged by the database's clock: the lease runs `lease_until - now` from the
+    /// database's now, and a lease is live until the database's clock passes its end.
     pub async fn claim_due(
         &self,
         endpoint: EndpointId,
@@ -607,9 +610,10 @@ impl Store {
         dispatch!(self, store => store.deleted_endpoints_owing().await)
     }
 
-    /// Extends to `until` the leases `owner` holds on `ids` and that have not lapsed at `now`;
-    /// returns the deliveries renewed. A lapsed lease is not renewed even if no one claimed the
-    /// delivery since: the claim that would take it over may be on its way.
+    /// Extends to `until` the leases `owner` holds on `ids` and that have not lapsed at `now`
+    /// (on PostgreSQL, by the database's clock, as for [`Store::claim_due`]); returns the
+    /// deliveries renewed. A lapsed lease is not renewed even if no one claimed the delivery
+    /// since: the claim that would take it over may be on its way.
     pub async fn renew_leases(
         &self,
         owner: &str,

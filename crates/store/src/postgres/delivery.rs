@@ -227,7 +227,7 @@ impl PgStore {
         // was small could join it by scanning long after it has grown. The join to the message
         // is LEFT: an announcement can outlive the message it names, and every claimed
         // delivery must come back (one without a payload is given up as dead). The lease runs
-        // on the database's clock (see the module's docs).
+        // on the database's clock (see `DB_NOW`).
         let sql = format!(
             "WITH claimed AS (
                     UPDATE deliveries SET lease_owner = $1, lease_until = {DB_NOW} + ($2 - $4)
@@ -743,7 +743,7 @@ impl PgStore {
         let ids: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
         let rows = client
             .query(
-                // On the database's clock, as leases are (see the module's docs).
+                // On the database's clock, as leases are (see `DB_NOW`).
                 &format!(
                     "INSERT INTO endpoint_owners (endpoint_id, owner, until)
                      SELECT id, $2, {DB_NOW} + ($4::INT8 - $3::INT8) FROM unnest($1::TEXT[]) AS id

@@ -85,7 +85,8 @@ const MIGRATIONS: &[(u32, &str)] = &[
     ),
 ];
 
-/// The database's clock in Unix milliseconds, as one statement reads it.
+/// The database's clock in Unix milliseconds, as one statement reads it. Leases and endpoint
+/// ownership are judged by it (see the module's docs).
 pub(crate) const DB_NOW: &str = "(extract(epoch FROM statement_timestamp()) * 1000)::int8";
 
 /// An arbitrary constant naming billhook's migration lock.
