@@ -904,6 +904,16 @@ pub const DUE_BY_ENDPOINT: &str = "
         WHERE e.deleted_at IS NULL OR e.deleted_at > $2
     ) owed";
 
+/// The condition on a listing's deliveries for one status, written out rather than bound: only
+/// then may the database read them through the partial index of that status's rows (held and
+/// dead deliveries have one), where a bound parameter leaves it reading past every delivery of
+/// the endpoint. The text is one of [`DeliveryStatus`]'s own words.
+pub(crate) fn status_filter(status: Option<DeliveryStatus>) -> String {
+    status
+        .map(|status| format!("AND status = '{}'", status.as_str()))
+        .unwrap_or_default()
+}
+
 /// Deleted endpoints that still owe deliveries or hold some, two index probes per deleted
 /// endpoint.
 pub const DELETED_OWING: &str = "

@@ -633,18 +633,18 @@ impl PgStore {
     ) -> Result<Page<DeliveryRecord>, StoreError> {
         let client = self.client().await?;
         let limit = clamp_limit(limit);
-        // Along `deliveries_by_endpoint` (endpoint_id, id), newest first.
+        // Newest first, along `deliveries_by_endpoint` (endpoint_id, id), or the index of the
+        // status's rows where it has one (see `status_filter`).
         let rows = client
             .query(
                 &format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                     WHERE endpoint_id = $1 AND ($2::TEXT IS NULL OR status = $2)
-                       AND ($3::TEXT IS NULL OR id < $3)
-                     ORDER BY id DESC LIMIT $4"
+                     WHERE endpoint_id = $1 {} AND ($2::TEXT IS NULL OR id < $2)
+                     ORDER BY id DESC LIMIT $3",
+                    status_filter(status)
                 ),
                 &[
                     &endpoint.to_string(),
-                    &status.map(|s| s.as_str()),
                     &before.map(|b| b.to_string()),
                     &i64::from(limit + 1),
                 ],

@@ -81,7 +81,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     ),
     (
         11,
-        include_str!("../../migrations/postgres/0011_held_deliveries.sql"),
+        include_str!("../../migrations/postgres/0011_held_and_dead_deliveries.sql"),
     ),
 ];
 

@@ -734,19 +734,19 @@ impl SqliteStore {
     ) -> Result<Page<DeliveryRecord>, StoreError> {
         self.read(move |connection| {
             let limit = clamp_limit(limit);
-            // Along `deliveries_by_endpoint` (endpoint_id, id), newest first.
+            // Newest first, along `deliveries_by_endpoint` (endpoint_id, id), or the index of
+            // the status's rows where it has one (see `status_filter`).
             let rows = connection
                 .prepare_cached(&format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                     WHERE endpoint_id = ?1 AND (?2 IS NULL OR status = ?2)
-                       AND (?3 IS NULL OR id < ?3)
-                     ORDER BY id DESC LIMIT ?4"
+                     WHERE endpoint_id = ?1 {} AND (?2 IS NULL OR id < ?2)
+                     ORDER BY id DESC LIMIT ?3",
+                    status_filter(status)
                 ))
                 .and_then(|mut s| {
                     s.query_map(
                         params![
                             endpoint.to_string(),
-                            status.map(|s| s.as_str()),
                             before.map(|b| b.to_string()),
                             limit + 1
                         ],

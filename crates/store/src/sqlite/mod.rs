@@ -72,7 +72,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     ),
     (
         13,
-        include_str!("../../migrations/sqlite/0013_held_deliveries.sql"),
+        include_str!("../../migrations/sqlite/0013_held_and_dead_deliveries.sql"),
     ),
 ];
 

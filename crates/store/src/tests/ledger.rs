@@ -1029,6 +1029,7 @@ fn the_events_by_entity_migration_keeps_listings_by_subject() {
                  CREATE INDEX deliveries_by_event ON deliveries (event_id);
                  ALTER TABLE ledger_entities DROP COLUMN sandbox;
                  DROP INDEX deliveries_held;
+                 DROP INDEX deliveries_dead;
                  DELETE FROM billhook_migrations WHERE version >= 9;",
             )
             .unwrap();
