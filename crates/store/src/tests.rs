@@ -3094,8 +3094,79 @@ fn a_migration_changed_since_it_was_applied_stops_the_start() {
     });
 }
 
-/// SQLite's migration 6 rebuilds the outbox, attempts and dedup tables: what they held must come
-/// through whole and keep working.
+/// Deployments sharing one PostgreSQL database in schemas of their own migrate without waiting
+/// for each other: the migration lock is the schema's.
+#[test]
+fn a_start_does_not_wait_for_a_migration_in_another_schema() {
+    runtime().block_on(async {
+        let (elsewhere, _dir) = postgres_config().await;
+        let other_deployment = postgres_session(&elsewhere).await;
+        other_deployment
+            .execute(postgres::LOCK_MIGRATIONS, &[&postgres::MIGRATION_LOCK])
+            .await
+            .unwrap();
+        let (config, _dir) = postgres_config().await;
+        let store = tokio::time::timeout(Duration::from_secs(20), Store::open(&config))
+            .await
+            .expect("opens while another schema migrates")
+            .unwrap();
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            postgres::latest_version()
+        );
+        store.close().await;
+    });
+}
+
+/// Once the schema is up to date, billhook starts as a role that may read and write its tables
+/// but not create anything: many deployments migrate with the schema's owner and run with less.
+#[test]
+fn a_role_that_only_reads_and_writes_starts_an_up_to_date_schema() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        Store::open(&config).await.unwrap().close().await;
+        let owner = postgres_session(&config).await;
+        let role = format!("billhook_test_writer_{:08x}", rand::random::<u32>());
+        owner
+            .batch_execute(&format!(
+                "CREATE ROLE {role} LOGIN;
+                 DO $$ BEGIN EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role}', current_schema());
+                    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO {role}',
+                        current_schema());
+                    EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA %I TO {role}',
+                        current_schema()); END $$;"
+            ))
+            .await
+            .unwrap();
+        let DatabaseConfig::Postgres(options) = &config else {
+            unreachable!("a PostgreSQL configuration")
+        };
+        let mut as_writer = options.clone();
+        // The test URL has a query (its search_path); a later `user` overrides one before it.
+        as_writer.url = format!("{}&user={role}", options.url);
+        let opened = Store::open(&DatabaseConfig::Postgres(as_writer)).await;
+        let written = match &opened {
+            Ok(store) => Some(canonical_endpoint(store).await),
+            Err(_) => None,
+        };
+        if let Ok(store) = opened.as_ref() {
+            store.close().await;
+        }
+        owner
+            .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+            .await
+            .unwrap();
+        assert!(opened.is_ok(), "{:?}", opened.err());
+        assert!(written.is_some());
+        let user: String = owner
+            .query_one("SELECT current_user", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_ne!(user, role, "the owner's session is not the writer's");
+    });
+}
+
 /// A PostgreSQL instance starting while another migrates waits for it, however much longer
 /// than the statement timeout that takes, and then opens; its connections keep the timeout.
 #[test]
@@ -3109,7 +3180,7 @@ fn a_start_waits_out_another_instance_s_migration_past_the_statement_timeout() {
         options.pool_size = 1;
         let other_instance = postgres_session(&config).await;
         other_instance
-            .execute("SELECT pg_advisory_lock($1)", &[&postgres::MIGRATION_LOCK])
+            .execute(postgres::LOCK_MIGRATIONS, &[&postgres::MIGRATION_LOCK])
             .await
             .unwrap();
         let opening =
@@ -3117,10 +3188,7 @@ fn a_start_waits_out_another_instance_s_migration_past_the_statement_timeout() {
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         assert!(!opening.is_finished(), "waits for the other migration");
         other_instance
-            .execute(
-                "SELECT pg_advisory_unlock($1)",
-                &[&postgres::MIGRATION_LOCK],
-            )
+            .execute(postgres::UNLOCK_MIGRATIONS, &[&postgres::MIGRATION_LOCK])
             .await
             .unwrap();
         let store = opening
@@ -3182,6 +3250,8 @@ fn postgres_connections_commit_synchronously_whatever_the_defaults() {
     });
 }
 
+/// SQLite's migration 6 rebuilds the outbox, attempts and dedup tables: what they held must come
+/// through whole and keep working.
 #[test]
 fn the_clustered_outbox_migration_keeps_deliveries_attempts_and_dedup_keys() {
     runtime().block_on(async {

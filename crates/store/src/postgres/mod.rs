@@ -89,8 +89,17 @@ const MIGRATIONS: &[(u32, &str)] = &[
 /// ownership are judged by it (see the module's docs).
 pub(crate) const DB_NOW: &str = "(extract(epoch FROM statement_timestamp()) * 1000)::int8";
 
-/// An arbitrary constant naming billhook's migration lock.
-pub(crate) const MIGRATION_LOCK: i64 = 0x6269_6c6c_686f_6f6b;
+/// An arbitrary constant naming billhook's migration locks: one per schema, taken as
+/// [`LOCK_MIGRATIONS`] does, so deployments sharing a database in schemas of their own migrate
+/// without waiting for each other.
+pub(crate) const MIGRATION_LOCK: i32 = 0x6268_6b6d;
+
+/// Takes the migration lock of the connection's schema; [`UNLOCK_MIGRATIONS`] gives it back.
+pub(crate) const LOCK_MIGRATIONS: &str = "SELECT pg_advisory_lock($1, hashtext(current_schema()))";
+
+/// Gives back the lock [`LOCK_MIGRATIONS`] took.
+pub(crate) const UNLOCK_MIGRATIONS: &str =
+    "SELECT pg_advisory_unlock($1, hashtext(current_schema()))";
 
 #[derive(Clone)]
 pub(crate) struct PgStore {
@@ -282,20 +291,34 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .execute(LOCK_MIGRATIONS, &[&MIGRATION_LOCK])
             .await
             .map_err(pg_error)?;
         let result = async {
-            client
-                .batch_execute(
-                    "CREATE TABLE IF NOT EXISTS billhook_migrations (
-                        version    INTEGER PRIMARY KEY,
-                        applied_at BIGINT NOT NULL,
-                        checksum   TEXT COLLATE \"C\"
-                    )",
+            // Asked first: `CREATE TABLE IF NOT EXISTS` needs the right to create in the schema
+            // even when the table is there, and a role that only reads and writes may run
+            // billhook once the schema is up to date.
+            let exists: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema()
+                                      AND tablename = 'billhook_migrations')",
+                    &[],
                 )
                 .await
-                .map_err(pg_error)?;
+                .map_err(pg_error)?
+                .get(0);
+            if !exists {
+                client
+                    .batch_execute(
+                        "CREATE TABLE billhook_migrations (
+                            version    INTEGER PRIMARY KEY,
+                            applied_at BIGINT NOT NULL,
+                            checksum   TEXT COLLATE \"C\"
+                        )",
+                    )
+                    .await
+                    .map_err(pg_error)?;
+            }
             // Written by a billhook from before checksums. Asked first: altering a table needs
             // its owner even when there is nothing to add, and a role that only writes may run
             // billhook once the schema is up to date.
@@ -377,9 +400,7 @@ impl PgStore {
             Ok(())
         }
         .await;
-        let _ = client
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-            .await;
+        let _ = client.execute(UNLOCK_MIGRATIONS, &[&MIGRATION_LOCK]).await;
         // Back to the connection's own timeout before the pool lends it out again.
         let _ = client.batch_execute("RESET statement_timeout").await;
         result
