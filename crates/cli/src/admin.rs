@@ -157,7 +157,7 @@ fn prune_line(counts: &Value) -> String {
 }
 
 pub(crate) async fn prune(dry_run: bool, remote: Remote) -> Result<(), CliError> {
-    let client = client::Client::connect(&remote)?;
+    let client = client::Client::connect(&remote)?.without_time_limit();
     if dry_run {
         let preview = client.get("/v1/retention", &[]).await?;
         if remote.json {

@@ -1,5 +1,7 @@
 //! A small client for the admin API, used by the CLI's inspection and replay commands.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::serve::{load_config, stored_admin_token};
@@ -31,6 +33,11 @@ pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// The most one request may take, answer included (`--timeout`), so that a server that
+    /// accepted the connection and went quiet is reported rather than waited on for ever;
+    /// `None` for the commands that take as long as there is data
+    /// ([`Client::without_time_limit`]).
+    time_limit: Option<Duration>,
 }
 
 impl Client {
@@ -71,14 +78,26 @@ impl Client {
             );
         }
         // The admin API never redirects; following one could take the bearer token elsewhere.
-        // No limit on a whole request: a prune or an export takes as long as there is data.
         let http = reqwest::Client::builder()
             .user_agent(concat!("billhook-cli/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| CliError::Io(e.to_string()))?;
-        Ok(Self { http, base, token })
+        Ok(Self {
+            http,
+            base,
+            token,
+            time_limit: Some(Duration::from_secs(remote.timeout)),
+        })
+    }
+
+    /// For a prune, an export or a recovery, which take as long as there is data.
+    pub(crate) fn without_time_limit(self) -> Self {
+        Self {
+            time_limit: None,
+            ..self
+        }
     }
 
     pub(crate) async fn get(
@@ -160,21 +179,27 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), CliError> {
-        let response =
-            request
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .map_err(|e| CliError::Unreachable {
-                    url: self.base.clone(),
-                    reason: e.to_string(),
-                })?;
+        let request = match self.time_limit {
+            Some(limit) => request.timeout(limit),
+            None => request,
+        };
+        let unreachable = |error: reqwest::Error| CliError::Unreachable {
+            url: self.base.clone(),
+            reason: match self.time_limit {
+                Some(limit) if error.is_timeout() => {
+                    format!("no answer within {} s", limit.as_secs())
+                }
+                _ => error.to_string(),
+            },
+        };
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(unreachable)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(|e| CliError::Unreachable {
-            url: self.base.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes = response.bytes().await.map_err(unreachable)?;
         if status.is_success() {
             return Ok((headers, bytes.to_vec()));
         }

@@ -454,7 +454,7 @@ pub(crate) async fn recover(
     since: &str,
     wait: bool,
 ) -> Result<(), CliError> {
-    let client = client::Client::connect(remote)?;
+    let client = client::Client::connect(remote)?.without_time_limit();
     let since = parse_since(since)?;
     let path = format!("/v1/endpoints/{}", client::segment(id));
     let result = client

@@ -90,6 +90,11 @@ pub(crate) async fn run(kind: Kind, args: LedgerArgs) -> Result<(), CliError> {
     }
     let filter = args.filter;
     let client = client::Client::connect(&args.remote)?;
+    let client = if filter.csv {
+        client.without_time_limit()
+    } else {
+        client
+    };
     let mut query = Vec::new();
     push(&mut query, "status", filter.status);
     if filter.unmatched {

@@ -130,6 +130,9 @@ enum ReplayCommand {
     },
 }
 
+/// How long a client command's request may take by default, in seconds.
+pub(crate) const CLIENT_TIMEOUT_SECONDS: u64 = 60;
+
 /// How to reach a running billhook.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct Remote {
@@ -150,6 +153,16 @@ pub(crate) struct Remote {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// The most seconds one request may take before the command gives up (`prune`, `recover`
+    /// and `--csv` exports take as long as there is data, without a limit).
+    #[arg(
+        long,
+        env = "BILLHOOK_CLIENT_TIMEOUT",
+        global = true,
+        default_value_t = CLIENT_TIMEOUT_SECONDS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]

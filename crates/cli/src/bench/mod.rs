@@ -282,6 +282,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
                 token: args.token.clone(),
                 config: args.config.clone(),
                 json: false,
+                timeout: crate::CLIENT_TIMEOUT_SECONDS,
             };
             let config = crate::serve::load_config(args.config.as_deref())?;
             let endpoint = match &receiver {

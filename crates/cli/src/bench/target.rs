@@ -156,6 +156,7 @@ impl Target {
             token: Some(spawned.admin_token.clone()),
             config: Some(spawned.data_dir.join(billhook_server::config::CONFIG_FILE)),
             json: false,
+            timeout: crate::CLIENT_TIMEOUT_SECONDS,
         })
         .map(Some)
     }

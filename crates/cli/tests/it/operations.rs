@@ -754,6 +754,57 @@ async fn a_client_command_answered_by_something_else_fails() {
     assert!(output.stdout.is_empty());
 }
 
+/// A server that accepts the connection and then says nothing is reported after `--timeout`
+/// rather than waited on for ever; a prune, which takes as long as there is data, waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_command_gives_up_on_a_server_that_does_not_answer() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            connections.push(connection);
+        }
+    });
+    let away = tempfile::tempdir().unwrap();
+    let command = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_billhook"));
+        command
+            .args(args)
+            .args(["--url", &url, "--token", "bh_any", "--timeout", "1"])
+            .env_remove("BILLHOOK_URL")
+            .env_remove("BILLHOOK_CLIENT_TIMEOUT")
+            .current_dir(away.path())
+            .kill_on_drop(true);
+        command
+    };
+    let started = std::time::Instant::now();
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        command(&["events", "list"]).output(),
+    )
+    .await
+    .expect("gives up by itself")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach billhook at {url}: no answer within 1 s"
+        )),
+        "{stderr}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let mut prune = command(&["prune"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        prune.try_wait().unwrap().is_none(),
+        "a prune waits for its answer"
+    );
+    prune.kill().await.unwrap();
+    held.abort();
+}
+
 /// The client commands read the data directory's configuration, as `serve` does: run where a
 /// data directory's `billhook.toml` sets the admin token, they need no token of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
