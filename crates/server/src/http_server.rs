@@ -7,6 +7,9 @@
 //! headers of every request, and the next request on a kept-alive connection, must arrive
 //! within the ingest request timeout, and so must the body of every admin and console request
 //! ([`read_body_in_time`]; ingest bounds its own).
+//!
+//! A handler that panics (a bug) is answered `500 internal` like any other failure, rather
+//! than with the connection cut mid-request, which a client cannot tell from a network fault.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +23,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::error::ApiError;
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then lets each connection finish
 /// the request it is on, for up to `request_timeout`, and closes it.
@@ -65,6 +71,7 @@ async fn accept_until(
         .timer(TokioTimer::new())
         .header_read_timeout(request_timeout);
     let connections = GracefulShutdown::new();
+    let routes = routes.layer(CatchPanicLayer::custom(answer_panic));
     tokio::pin!(until);
     loop {
         let (stream, peer) = tokio::select! {
@@ -96,6 +103,14 @@ async fn accept_until(
             }
         });
     }
+}
+
+/// The answer to a request whose handler panicked. The panic's message went to standard error
+/// through the panic hook; it may hold request data, so it reaches neither the log's fields
+/// nor the client.
+fn answer_panic(_panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    ApiError::internal(&"a request's handler panicked").into_response()
 }
 
 /// Lets each connection finish the request it is on, for up to `request_timeout`.
@@ -185,5 +200,39 @@ pub(crate) async fn read_body_in_time(
             ),
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_answered_500_without_its_message() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        async fn boom() -> &'static str {
+            panic!("secret detail of a bug")
+        }
+        let routes = Router::new().route("/boom", get(boom));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, routes, Duration::from_secs(5), async {
+            let _ = stopped.await;
+        }));
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /boom HTTP/1.1\r\nhost: billhook\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+        assert!(answer.contains("\"code\":\"internal\""), "{answer}");
+        assert!(!answer.contains("secret detail"), "{answer}");
+        let _ = stop.send(());
+        server.await.unwrap();
     }
 }
