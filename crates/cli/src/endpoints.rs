@@ -474,13 +474,40 @@ pub(crate) async fn recover(
     if !wait || recovered == 0 {
         return Ok(());
     }
+    let resent_before = result["resent_before"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // Whether any delivery the recovery resent still waits: one made before it that is pending
+    // or failed (or held: the endpoint was disabled meanwhile, which the next look reports).
+    // The endpoint's figures alone count deliveries made since as well, and under live traffic
+    // they would end the wait early or keep it going for ever.
+    let deliveries = format!("{path}/deliveries");
+    let still_waiting = || async {
+        for status in ["pending", "failed", "held"] {
+            let page = client
+                .get(
+                    &deliveries,
+                    &[
+                        ("status", status.to_owned()),
+                        ("cursor", resent_before.clone()),
+                        ("limit", "1".to_owned()),
+                    ],
+                )
+                .await?;
+            if page["data"].as_array().is_some_and(|data| !data.is_empty()) {
+                return Ok::<_, CliError>(true);
+            }
+        }
+        Ok(false)
+    };
     let finished = |endpoint: &Value| {
         let stats = &endpoint["stats"];
         stats["delivered"].as_u64().unwrap_or(0) + stats["dead"].as_u64().unwrap_or(0)
     };
     // Counted after the recovery, which turned the dead deliveries it resends back to pending:
-    // counted before, they would stand for progress already made. Deliveries of other messages
-    // finishing meanwhile count too; the endpoint's figures do not tell them apart.
+    // counted before, they would stand for progress already made. The bar is an estimate
+    // (deliveries of other messages finishing meanwhile count too); the wait is not.
     let start = finished(&client.get(&path, &[]).await?);
     let bar = indicatif::ProgressBar::new(recovered).with_style(
         indicatif::ProgressStyle::with_template(
@@ -490,8 +517,7 @@ pub(crate) async fn recover(
     );
     loop {
         let endpoint = client.get(&path, &[]).await?;
-        let done = finished(&endpoint).saturating_sub(start).min(recovered);
-        bar.set_position(done);
+        bar.set_position(finished(&endpoint).saturating_sub(start).min(recovered));
         let waiting = endpoint["stats"]["pending"].as_u64().unwrap_or(0)
             + endpoint["stats"]["failed"].as_u64().unwrap_or(0);
         let held = endpoint["stats"]["held"].as_u64().unwrap_or(0);
@@ -503,10 +529,11 @@ pub(crate) async fn recover(
                 waiting + held
             )));
         }
-        if done >= recovered || waiting == 0 {
+        if !still_waiting().await? {
+            bar.set_position(recovered);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     bar.finish();
     Ok(())

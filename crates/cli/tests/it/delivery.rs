@@ -15,6 +15,7 @@ use crate::helpers::*;
 
 backend_tests!(
     a_recovery_the_endpoint_refuses_with_410_fails_the_waiting_command,
+    a_waiting_recovery_waits_for_what_it_resent_not_for_live_traffic,
     a_healthy_receiver_gets_every_event_once_correctly_signed,
     a_receiver_failing_at_first_gets_everything_on_the_retry_schedule,
     gone_disables_the_endpoint_and_holds_its_deliveries,
@@ -838,6 +839,55 @@ async fn redeliver_and_recover_send_again(backend: Backend) {
         receiver.arrivals().last().unwrap().header("webhook-id"),
         ids[0]
     );
+    app.stop().await;
+}
+
+/// `billhook endpoints recover` waits for the deliveries it resent, however much other traffic
+/// the endpoint delivers meanwhile: counting every delivery that finished, it ended while the
+/// resent ones were still being sent.
+async fn a_waiting_recovery_waits_for_what_it_resent_not_for_live_traffic(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Ten failed attempts (two deliveries, five each), then the two resent, slow; then live
+    // traffic, answered at once.
+    let receiver = Receiver::start(Arc::new(|arrival| match arrival {
+        0..10 => (500, vec![], Some(Duration::ZERO)),
+        10..12 => (200, vec![], Some(Duration::from_secs(2))),
+        _ => (200, vec![], Some(Duration::ZERO)),
+    }))
+    .await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
+        .await;
+    let resent = ingest_payments(&app, 2, "resent").await;
+    app.eventually(Duration::from_secs(10), "both deliveries dead", || async {
+        let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+        view["stats"]["dead"] == json!(2)
+    })
+    .await;
+    let command = ["endpoints", "recover", &endpoint, "--since", "1h"];
+    let (recovery, ()) = tokio::join!(app.cli(&command), async {
+        app.eventually(
+            Duration::from_secs(10),
+            "the resent deliveries out",
+            || async { receiver.count() == 12 },
+        )
+        .await;
+        ingest_payments(&app, 3, "live").await;
+        app.eventually(Duration::from_secs(5), "the live deliveries", || async {
+            receiver.count() == 15
+        })
+        .await;
+    });
+    let (ok, printed) = recovery;
+    assert!(ok, "{printed}");
+    for event in &resent {
+        let (_, view) = app.admin_get(&format!("/v1/events/{event}")).await;
+        assert_eq!(
+            view["deliveries"][0]["status"],
+            json!("delivered"),
+            "the command ended before what it resent was delivered: {view}"
+        );
+    }
     app.stop().await;
 }
 

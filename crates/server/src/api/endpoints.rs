@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use billhook_core::access::Scope;
-use billhook_core::ids::{AttemptId, EndpointId};
+use billhook_core::ids::{AttemptId, DeliveryId, EndpointId};
 use billhook_core::signing::EndpointSecret;
 use billhook_core::time::Timestamp;
 use billhook_store::{
@@ -650,7 +650,7 @@ pub(crate) async fn rotate_secret(
 #[schema(as = Attempt)]
 pub(crate) struct AttemptView {
     id: AttemptId,
-    delivery_id: billhook_core::ids::DeliveryId,
+    delivery_id: DeliveryId,
     endpoint_id: EndpointId,
     number: u32,
     started_at: Timestamp,
@@ -777,6 +777,10 @@ pub(crate) struct Recover {
 pub(crate) struct Recovered {
     /// How many deliveries will be attempted again.
     recovered: u64,
+    /// Every delivery resent was made before this point of the endpoint's deliveries: as a
+    /// `cursor` of its listing with `status=pending` and `status=failed`, it shows what is
+    /// left of the recovery apart from deliveries made since.
+    resent_before: String,
 }
 
 /// Resends every failed, dead or held delivery of the endpoint created since `since`.
@@ -803,7 +807,12 @@ pub(crate) async fn recover(
         ));
     }
     let recovered = app.store.recover(id, body.since, Timestamp::now()).await?;
+    // Taken after the recovery: a delivery it resent was made before it changed that row.
+    let resent_before = DeliveryId::lower_bound(Timestamp::now()).to_string();
     app.delivery.wake();
     tracing::info!(endpoint = %id, recovered, "recovering deliveries");
-    Ok(Json(Recovered { recovered }))
+    Ok(Json(Recovered {
+        recovered,
+        resent_before,
+    }))
 }
