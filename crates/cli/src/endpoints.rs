@@ -300,9 +300,14 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
         } => {
             let client = client::Client::connect(&remote)?;
             let mut body = json!({ "enabled": true });
-            if let Some(since) = recover_since {
-                body["recover_since"] = json!(parse_since(&since)?);
-            }
+            // Enabling with a recovery takes as long as the backlog it resends.
+            let client = match recover_since {
+                Some(since) => {
+                    body["recover_since"] = json!(parse_since(&since)?);
+                    client.without_time_limit()
+                }
+                None => client,
+            };
             print(
                 &client
                     .patch(&format!("/v1/endpoints/{}", client::segment(&id)), &body)
@@ -474,14 +479,16 @@ pub(crate) async fn recover(
     if !wait || recovered == 0 {
         return Ok(());
     }
-    let resent_before = result["resent_before"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    // Whether any delivery the recovery resent still waits: one made before it that is pending
-    // or failed (or held: the endpoint was disabled meanwhile, which the next look reports).
-    // The endpoint's figures alone count deliveries made since as well, and under live traffic
-    // they would end the wait early or keep it going for ever.
+    let Some(resent_before) = result["resent_before"].as_str().map(str::to_owned) else {
+        return Err(CliError::Io(
+            "the server does not say which deliveries it resent (it is older than this command), so there is nothing to wait on; pass --no-wait".to_owned(),
+        ));
+    };
+    // Whether any delivery the recovery resent still waits: one made in its range (since
+    // `since`, before the recovery) that is pending or failed (or held: the endpoint was
+    // disabled meanwhile, which the next look reports). The endpoint's figures alone count
+    // deliveries made since as well, and under live traffic they would end the wait early or
+    // keep it going for ever; older deliveries it did not resend are not its to wait on.
     let deliveries = format!("{path}/deliveries");
     let still_waiting = || async {
         for status in ["pending", "failed", "held"] {
@@ -490,6 +497,7 @@ pub(crate) async fn recover(
                     &deliveries,
                     &[
                         ("status", status.to_owned()),
+                        ("since", since.clone()),
                         ("cursor", resent_before.clone()),
                         ("limit", "1".to_owned()),
                     ],
@@ -533,7 +541,7 @@ pub(crate) async fn recover(
             bar.set_position(recovered);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     bar.finish();
     Ok(())

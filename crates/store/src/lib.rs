@@ -692,15 +692,16 @@ impl Store {
         dispatch!(self, store => store.delivery(id).await)
     }
 
-    /// An endpoint's deliveries, newest first, of one status or all.
+    /// An endpoint's deliveries, newest first, of one status or all, before `before` and
+    /// after `after` (ids, so a time range through [`DeliveryId::lower_bound`]).
     pub async fn deliveries_of_endpoint(
         &self,
         endpoint: EndpointId,
         status: Option<DeliveryStatus>,
-        before: Option<DeliveryId>,
+        (after, before): (Option<DeliveryId>, Option<DeliveryId>),
         limit: u32,
     ) -> Result<Page<DeliveryRecord>, StoreError> {
-        dispatch!(self, store => store.deliveries_of_endpoint(endpoint, status, before, limit).await)
+        dispatch!(self, store => store.deliveries_of_endpoint(endpoint, status, (after, before), limit).await)
     }
 
     /// An endpoint's attempts, newest first.

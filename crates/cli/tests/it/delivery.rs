@@ -843,8 +843,8 @@ async fn redeliver_and_recover_send_again(backend: Backend) {
 }
 
 /// `billhook endpoints recover` waits for the deliveries it resent, however much other traffic
-/// the endpoint delivers meanwhile: counting every delivery that finished, it ended while the
-/// resent ones were still being sent.
+/// the endpoint delivers meanwhile (counting every delivery that finished, it ended while the
+/// resent ones were still being sent), and not for older ones it did not resend.
 async fn a_waiting_recovery_waits_for_what_it_resent_not_for_live_traffic(backend: Backend) {
     let app = spawn_app(backend).await;
     // Ten failed attempts (two deliveries, five each), then the two resent, slow; then live
@@ -858,14 +858,27 @@ async fn a_waiting_recovery_waits_for_what_it_resent_not_for_live_traffic(backen
     let (endpoint, _) = app
         .create_endpoint(json!({ "url": receiver.url, "event_types": ["*"] }))
         .await;
+    // Held while the endpoint was disabled, and left held when it was enabled again.
+    let path = format!("/v1/endpoints/{endpoint}");
+    let switch = |enabled: bool| app.admin_patch(&path, json!({ "enabled": enabled }));
+    assert_eq!(switch(false).await.0, 200);
+    let older = ingest_payments(&app, 1, "older").await;
+    assert_eq!(switch(true).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since = Timestamp::now().to_rfc3339();
     let resent = ingest_payments(&app, 2, "resent").await;
     app.eventually(Duration::from_secs(10), "both deliveries dead", || async {
         let (_, view) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
         view["stats"]["dead"] == json!(2)
     })
     .await;
-    let command = ["endpoints", "recover", &endpoint, "--since", "1h"];
-    let (recovery, ()) = tokio::join!(app.cli(&command), async {
+    let command = ["endpoints", "recover", &endpoint, "--since", &since];
+    let waiting = async {
+        tokio::time::timeout(Duration::from_secs(30), app.cli(&command))
+            .await
+            .expect("the command ends once what it resent is delivered")
+    };
+    let (recovery, ()) = tokio::join!(waiting, async {
         app.eventually(
             Duration::from_secs(10),
             "the resent deliveries out",
@@ -888,6 +901,8 @@ async fn a_waiting_recovery_waits_for_what_it_resent_not_for_live_traffic(backen
             "the command ended before what it resent was delivered: {view}"
         );
     }
+    let (_, view) = app.admin_get(&format!("/v1/events/{}", older[0])).await;
+    assert_eq!(view["deliveries"][0]["status"], json!("held"), "{view}");
     app.stop().await;
 }
 

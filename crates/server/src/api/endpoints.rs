@@ -692,6 +692,8 @@ pub(crate) struct DeliveryListParams {
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only deliveries made since this RFC 3339 time.
+    since: Option<String>,
 }
 
 /// The endpoint's deliveries, newest first: what it was sent, is owed, gave up on or holds.
@@ -718,15 +720,18 @@ pub(crate) async fn deliveries(
             })
         })
         .transpose()?;
+    let since = super::events::time_param("since", params.since.as_deref())?;
     if app.store.endpoint(id).await?.is_none() {
         return Err(ApiError::not_found("endpoint"));
     }
+    // A delivery's id is made from when it was made, so `since` is a range of ids.
+    let after = since.map(DeliveryId::lower_bound);
     let page = app
         .store
         .deliveries_of_endpoint(
             id,
             status,
-            parse_cursor(params.cursor.as_deref())?,
+            (after, parse_cursor(params.cursor.as_deref())?),
             page_limit(params.limit)?,
         )
         .await?;

@@ -628,7 +628,7 @@ impl PgStore {
         &self,
         endpoint: EndpointId,
         status: Option<DeliveryStatus>,
-        before: Option<DeliveryId>,
+        (after, before): (Option<DeliveryId>, Option<DeliveryId>),
         limit: u32,
     ) -> Result<Page<DeliveryRecord>, StoreError> {
         let client = self.client().await?;
@@ -640,12 +640,14 @@ impl PgStore {
                 &format!(
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries
                      WHERE endpoint_id = $1 {} AND ($2::TEXT IS NULL OR id < $2)
-                     ORDER BY id DESC LIMIT $3",
+                       AND ($3::TEXT IS NULL OR id > $3)
+                     ORDER BY id DESC LIMIT $4",
                     status_filter(status)
                 ),
                 &[
                     &endpoint.to_string(),
                     &before.map(|b| b.to_string()),
+                    &after.map(|a| a.to_string()),
                     &i64::from(limit + 1),
                 ],
             )

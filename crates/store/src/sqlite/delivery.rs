@@ -373,6 +373,22 @@ fn record_health(
     Ok(())
 }
 
+/// An endpoint's deliveries newest first, along `deliveries_by_endpoint` (endpoint_id, id), or
+/// the index of the status's rows where it has one (see `status_filter`); its parameters are
+/// the endpoint, `before` and `after` when given, and the limit. A bound is written only when
+/// given: SQLite plans a statement once, and `(? IS NULL OR id < ?)` would be a filter on every
+/// row read rather than where the index range starts and stops.
+fn deliveries_of_endpoint_sql(status: Option<DeliveryStatus>, before: bool, after: bool) -> String {
+    format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries
+         WHERE endpoint_id = ? {} {} {}
+         ORDER BY id DESC LIMIT ?",
+        status_filter(status),
+        if before { "AND id < ?" } else { "" },
+        if after { "AND id > ?" } else { "" },
+    )
+}
+
 impl SqliteStore {
     /// Claims up to `limit` due deliveries of `endpoint` for `owner` until `lease_until`.
     pub(crate) async fn claim_due(
@@ -729,30 +745,26 @@ impl SqliteStore {
         &self,
         endpoint: EndpointId,
         status: Option<DeliveryStatus>,
-        before: Option<DeliveryId>,
+        (after, before): (Option<DeliveryId>, Option<DeliveryId>),
         limit: u32,
     ) -> Result<Page<DeliveryRecord>, StoreError> {
         self.read(move |connection| {
             let limit = clamp_limit(limit);
-            // Newest first, along `deliveries_by_endpoint` (endpoint_id, id), or the index of
-            // the status's rows where it has one (see `status_filter`).
             let rows = connection
-                .prepare_cached(&format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                     WHERE endpoint_id = ?1 {} AND (?2 IS NULL OR id < ?2)
-                     ORDER BY id DESC LIMIT ?3",
-                    status_filter(status)
+                .prepare_cached(&deliveries_of_endpoint_sql(
+                    status,
+                    before.is_some(),
+                    after.is_some(),
                 ))
                 .and_then(|mut s| {
-                    s.query_map(
-                        params![
-                            endpoint.to_string(),
-                            before.map(|b| b.to_string()),
-                            limit + 1
-                        ],
-                        delivery_row,
-                    )?
-                    .collect::<Result<Vec<_>, _>>()
+                    use rusqlite::types::Value;
+                    let values: Vec<Value> = std::iter::once(Value::Text(endpoint.to_string()))
+                        .chain(before.map(|b| Value::Text(b.to_string())))
+                        .chain(after.map(|a| Value::Text(a.to_string())))
+                        .chain([Value::Integer(i64::from(limit) + 1)])
+                        .collect();
+                    s.query_map(rusqlite::params_from_iter(values), delivery_row)?
+                        .collect::<Result<Vec<_>, _>>()
                 })
                 .map_err(db_error)?;
             let mut items = rows
@@ -840,5 +852,64 @@ impl SqliteStore {
             Ok(stats)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dead and held deliveries are listed through their partial indexes, and a listing
+    /// bounded on both sides reads only that range of the endpoint's deliveries.
+    #[test]
+    fn deliveries_are_listed_through_the_index_of_their_status_and_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = runtime
+            .block_on(SqliteStore::open(&dir.path().join("plan.db"), None))
+            .unwrap();
+        let plan = |sql: String| {
+            runtime
+                .block_on(store.read(move |connection| {
+                    let mut statement = connection
+                        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                        .map_err(db_error)?;
+                    let details = statement
+                        .query_map([], |row| row.get::<_, String>(3))
+                        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                        .map_err(db_error)?;
+                    Ok(details.join("\n"))
+                }))
+                .unwrap()
+        };
+        let bound = |sql: String| {
+            sql.replacen("endpoint_id = ?", "endpoint_id = 'ep_1'", 1)
+                .replacen("id < ?", "id < 'dl_9'", 1)
+                .replacen("id > ?", "id > 'dl_1'", 1)
+                .replacen("LIMIT ?", "LIMIT 2", 1)
+        };
+        for (status, index) in [
+            (DeliveryStatus::Dead, "deliveries_dead"),
+            (DeliveryStatus::Held, "deliveries_held"),
+        ] {
+            let plan = plan(bound(deliveries_of_endpoint_sql(
+                Some(status),
+                false,
+                false,
+            )));
+            assert!(plan.contains(index), "{status:?}: {plan}");
+        }
+        let plan = plan(bound(deliveries_of_endpoint_sql(
+            Some(DeliveryStatus::Pending),
+            true,
+            true,
+        )));
+        assert!(
+            plan.contains("(endpoint_id=? AND id>? AND id<?)"),
+            "a range of the index: {plan}"
+        );
     }
 }
