@@ -68,6 +68,38 @@ pub(crate) const LISTINGS: &[Listing] = &[
     },
 ];
 
+/// A provider's name, as a schema: one of those billhook speaks.
+pub(crate) struct ProviderName;
+
+impl utoipa::PartialSchema for ProviderName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(
+                billhook_providers::registry::PROVIDERS
+                    .iter()
+                    .map(|provider| provider.name()),
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ProviderName {}
+
+/// A listing's format, as a schema.
+pub(crate) struct ListingFormat;
+
+impl utoipa::PartialSchema for ListingFormat {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(["json", "csv"]))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ListingFormat {}
+
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -77,6 +109,7 @@ pub(crate) struct ListParams {
     /// Payments: only succeeded payments linked to no invoice or bill.
     unmatched: Option<bool>,
     /// Only this provider (`razorpay`, `zwitch`, `setu_bbps`, `caminvoice`).
+    #[param(value_type = Option<ProviderName>, inline)]
     provider: Option<String>,
     /// Only this source.
     source: Option<String>,
@@ -88,6 +121,7 @@ pub(crate) struct ListParams {
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// `json` (default) or `csv`.
+    #[param(value_type = Option<ListingFormat>, inline)]
     format: Option<String>,
 }
 
