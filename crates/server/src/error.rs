@@ -90,10 +90,7 @@ pub(crate) struct ErrorCodeName;
 
 impl utoipa::PartialSchema for ErrorCodeName {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .enum_values(Some(ErrorCode::ALL.iter().map(ErrorCode::as_str)))
-            .into()
+        crate::api::docs::one_of(ErrorCode::ALL.iter().map(ErrorCode::as_str), None)
     }
 }
 

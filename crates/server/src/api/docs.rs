@@ -7,6 +7,19 @@ use utoipa::{Modify, OpenApi};
 
 use super::{endpoints, event_types, events, inbound, ledger, operations, tokens};
 
+/// The schema of a string that is one of `words`, for the types that stand for such a string
+/// in the document (a scope, an error code, a provider's name).
+pub(crate) fn one_of(
+    words: impl IntoIterator<Item = &'static str>,
+    description: Option<&str>,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(words))
+        .description(description)
+        .into()
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(

@@ -73,14 +73,12 @@ pub(crate) struct ProviderName;
 
 impl utoipa::PartialSchema for ProviderName {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .enum_values(Some(
-                billhook_providers::registry::PROVIDERS
-                    .iter()
-                    .map(|provider| provider.name()),
-            ))
-            .into()
+        super::docs::one_of(
+            billhook_providers::registry::PROVIDERS
+                .iter()
+                .map(|provider| provider.name()),
+            None,
+        )
     }
 }
 
@@ -91,10 +89,7 @@ pub(crate) struct ListingFormat;
 
 impl utoipa::PartialSchema for ListingFormat {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .enum_values(Some(["json", "csv"]))
-            .into()
+        super::docs::one_of(["json", "csv"], None)
     }
 }
 

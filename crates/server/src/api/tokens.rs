@@ -25,11 +25,10 @@ pub(crate) struct ScopeName;
 
 impl utoipa::PartialSchema for ScopeName {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .enum_values(Some(["read", "admin"]))
-            .description(Some("`read`: look, change nothing; `admin`: everything."))
-            .into()
+        super::docs::one_of(
+            ["read", "admin"],
+            Some("`read`: look, change nothing; `admin`: everything."),
+        )
     }
 }
 

@@ -238,6 +238,16 @@ fn blank(value: &Option<String>) -> Option<String> {
     value.clone().filter(|v| !v.trim().is_empty())
 }
 
+/// A page's cursor parameter: absent when blank, refused when it is not an id of the listing.
+fn page_cursor<T: std::str::FromStr>(value: &Option<String>) -> Result<Option<T>, ApiError> {
+    blank(value)
+        .map(|text| {
+            text.parse()
+                .map_err(|_| ApiError::invalid("not a cursor from this page"))
+        })
+        .transpose()
+}
+
 pub(crate) async fn events(
     State(app): State<Arc<App>>,
     Extension(viewer): Extension<Viewer>,
@@ -250,13 +260,7 @@ pub(crate) async fn events(
     }
     let since = form_time("since", filters.since.as_deref())?;
     let until = form_time("until", filters.until.as_deref())?;
-    let cursor = match blank(&filters.cursor) {
-        Some(c) => Some(
-            c.parse::<EventId>()
-                .map_err(|_| ApiError::invalid("not a cursor from this page"))?,
-        ),
-        None => None,
-    };
+    let cursor: Option<EventId> = page_cursor(&filters.cursor)?;
     let before = match (cursor, until.map(EventId::lower_bound)) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -831,13 +835,7 @@ pub(crate) async fn quarantine(
     Extension(viewer): Extension<Viewer>,
     PageQuery(query): PageQuery<QuarantineQuery>,
 ) -> PageResult {
-    let cursor = match blank(&query.cursor) {
-        Some(c) => Some(
-            c.parse::<InboundId>()
-                .map_err(|_| ApiError::invalid("not a cursor from this page"))?,
-        ),
-        None => None,
-    };
+    let cursor: Option<InboundId> = page_cursor(&query.cursor)?;
     let list = app
         .store
         .inbound_list(InboundQuery {
@@ -855,14 +853,7 @@ pub(crate) async fn quarantine(
     };
     let source = blank(&query.source);
     // Only an id goes back into the form: the page never echoes other text from its URL.
-    let after = match blank(&query.after) {
-        Some(after) => Some(
-            after
-                .parse::<InboundId>()
-                .map_err(|_| ApiError::invalid("not a cursor from this page"))?,
-        ),
-        None => None,
-    };
+    let after: Option<InboundId> = page_cursor(&query.after)?;
     let body = html! {
         h1 { "Quarantine" }
         (notice(done.message().as_deref()))

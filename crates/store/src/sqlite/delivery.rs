@@ -373,6 +373,11 @@ fn record_health(
     Ok(())
 }
 
+/// [`DUE_BY_ENDPOINT`] in SQLite's spelling, leases judged at the caller's `now`; made once,
+/// as the poller asks it after every batch of outcomes.
+static DUE_STATEMENT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| DUE_BY_ENDPOINT.replace("LEASE_NOW", "$1").replace('$', "?"));
+
 /// An endpoint's deliveries newest first, along `deliveries_by_endpoint` (endpoint_id, id), or
 /// the index of the status's rows where it has one (see `status_filter`); its parameters are
 /// the endpoint, `before` and `after` when given, and the limit. A bound is written only when
@@ -439,7 +444,7 @@ impl SqliteStore {
         self.read(move |connection| {
             let watched_since = now.sub(DELETED_ENDPOINTS_WATCHED_FOR).unix_millis();
             let rows: Vec<(String, bool, Option<i64>, Option<i64>)> = connection
-                .prepare_cached(&DUE_BY_ENDPOINT.replace("LEASE_NOW", "$1").replace('$', "?"))
+                .prepare_cached(&DUE_STATEMENT)
                 .and_then(|mut s| {
                     s.query_map(params![now.unix_millis(), watched_since], |row| {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
