@@ -102,6 +102,12 @@ macro_rules! prefixed_id {
                 Self(Ulid::from_parts(at.unix_millis().max(0).unsigned_abs(), 0))
             }
 
+            /// The id right after this one: the exclusive bound that keeps this id inside a
+            /// range (the largest id is its own successor).
+            pub fn successor(&self) -> Self {
+                Self(Ulid(self.0.0.saturating_add(1)))
+            }
+
             /// The creation time encoded in the id, to the millisecond.
             pub fn created_at(&self) -> Timestamp {
                 Timestamp::from_unix_millis(i64::try_from(self.0.timestamp_ms()).unwrap_or(i64::MAX))
@@ -203,6 +209,17 @@ mod tests {
         assert!(text.starts_with("evt_"));
         assert_eq!(text.len(), 4 + 26);
         assert_eq!(text.parse::<EventId>().unwrap(), id);
+    }
+
+    #[test]
+    fn a_successor_sorts_right_after_its_id_as_text_too() {
+        let id: DeliveryId = "dlv_01JD3R6Q9K5M2XW8T4HZ7BCN1Z".parse().unwrap();
+        let next = id.successor();
+        // The last digit carries into the one before it.
+        assert_eq!(next.to_string(), "dlv_01JD3R6Q9K5M2XW8T4HZ7BCN20");
+        assert!(id.to_string() < next.to_string());
+        let last: DeliveryId = "dlv_7ZZZZZZZZZZZZZZZZZZZZZZZZZ".parse().unwrap();
+        assert_eq!(last.successor(), last);
     }
 
     #[test]

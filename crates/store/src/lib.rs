@@ -652,7 +652,8 @@ impl Store {
     }
 
     /// Resends an endpoint's failed, dead and held deliveries created since `since`, if it is
-    /// enabled and not deleted as this runs (nothing otherwise); the number resent. Written
+    /// enabled and not deleted as this runs (nothing otherwise): how many, and an id above all
+    /// of them. Written
     /// [`BACKLOG_BATCH`] deliveries' stretch at a time, each in its own transaction: stopped
     /// between two (a disabling, a failure), what was resent stays resent, and the same call
     /// again resends the rest.
@@ -661,7 +662,7 @@ impl Store {
         endpoint: EndpointId,
         since: Timestamp,
         now: Timestamp,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Recovery, StoreError> {
         dispatch!(self, store => store.recover(endpoint, since, now).await)
     }
 

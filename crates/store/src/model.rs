@@ -650,6 +650,16 @@ pub struct DeliveryRecord {
     pub updated_at: Timestamp,
 }
 
+/// What a recovery resent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// How many deliveries it returned to pending.
+    pub resent: u64,
+    /// Above every delivery it looked at, so above every one it resent: taken from the ids it
+    /// walked, not from a clock, which on another instance may run ahead of them.
+    pub resent_before: DeliveryId,
+}
+
 /// Counts of an endpoint's deliveries by status, and of its recent attempts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointStats {

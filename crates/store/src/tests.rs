@@ -1721,7 +1721,8 @@ fn long_backlogs_change_a_batch_at_a_time() {
             let recovered = store
                 .recover(endpoint.id, since, Timestamp::now())
                 .await
-                .unwrap();
+                .unwrap()
+                .resent;
             assert_eq!(recovered, total, "{:?}", test.config);
             assert_eq!(counts().await, (total, 0));
 
@@ -1911,7 +1912,8 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
             let recovered = store
                 .recover(endpoint.id, now.sub(Duration::from_secs(60)), now)
                 .await
-                .unwrap();
+                .unwrap()
+                .resent;
             assert_eq!(recovered, 2);
             assert_eq!(
                 store
@@ -2326,13 +2328,19 @@ fn a_recover_sends_nothing_for_an_endpoint_disabled_or_deleted_meanwhile() {
                 .await
                 .unwrap();
             let since = now.sub(Duration::from_secs(60));
-            assert_eq!(store.recover(endpoint.id, since, now).await.unwrap(), 0);
+            assert_eq!(
+                store.recover(endpoint.id, since, now).await.unwrap().resent,
+                0
+            );
             let record = store.delivery(id).await.unwrap().unwrap();
             assert_eq!(record.status, DeliveryStatus::Held, "disabled: kept held");
 
             re_enable(store, endpoint.id, now).await;
             assert!(store.delete_endpoint(endpoint.id, now).await.unwrap());
-            assert_eq!(store.recover(endpoint.id, since, now).await.unwrap(), 0);
+            assert_eq!(
+                store.recover(endpoint.id, since, now).await.unwrap().resent,
+                0
+            );
 
             let (live, held, now) = owed_and_claimed(store, "recover-live").await;
             store
@@ -2340,7 +2348,67 @@ fn a_recover_sends_nothing_for_an_endpoint_disabled_or_deleted_meanwhile() {
                 .await
                 .unwrap();
             re_enable(store, live.id, now).await;
-            assert_eq!(store.recover(live.id, since, now).await.unwrap(), 1);
+            assert_eq!(store.recover(live.id, since, now).await.unwrap().resent, 1);
+        }
+    });
+}
+
+/// A recovery's bound lies above every delivery it resent, even one made by an instance whose
+/// clock runs ahead: the bound comes from the ids it walked, not from the clock of the instance
+/// serving the request.
+#[test]
+fn a_recovery_bounds_what_it_resent_by_the_ids_it_walked() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = canonical_endpoint(store).await;
+            let now = Timestamp::now();
+            let ahead = now.add(Duration::from_secs(600));
+            let mut ids = Vec::new();
+            for (key, made_at) in [("made-now", now), ("made-ahead", ahead)] {
+                let request = inbound("rzp", key, InboundStatus::Processed);
+                let e = event("rzp", "invoice.paid", key);
+                let mut ingest = write(request.clone(), vec![e.clone()]);
+                let mut delivery = delivery_for(&endpoint, Some(&e), request.id);
+                delivery.id = DeliveryId::new_at(made_at);
+                delivery.next_attempt_at = now;
+                ids.push(delivery.id);
+                ingest.deliveries = vec![delivery];
+                store.ingest(ingest).await.unwrap();
+            }
+            let lease = now.add(Duration::from_secs(30));
+            let claimed = store
+                .claim_due(endpoint.id, "w", now, lease, 10)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 2);
+            let failures: Vec<_> = ids
+                .iter()
+                .map(|id| failed_503(*id, endpoint.id, now))
+                .collect();
+            store.complete(failures, "w", now).await.unwrap();
+
+            let recovery = store
+                .recover(endpoint.id, now.sub(Duration::from_secs(60)), now)
+                .await
+                .unwrap();
+            assert_eq!(recovery.resent, 2);
+            assert!(
+                ids.iter().all(|id| *id < recovery.resent_before),
+                "{ids:?} not all before {}",
+                recovery.resent_before
+            );
+            // As the listing's bound, it shows what the recovery resent.
+            let pending = store
+                .deliveries_of_endpoint(
+                    endpoint.id,
+                    Some(DeliveryStatus::Pending),
+                    (None, Some(recovery.resent_before)),
+                    10,
+                )
+                .await
+                .unwrap();
+            assert_eq!(pending.items.len(), 2);
         }
     });
 }
@@ -2387,7 +2455,8 @@ fn recovery_leaves_a_retry_under_lease_alone() {
             let recovered = store
                 .recover(endpoint.id, now.sub(Duration::from_secs(60)), later)
                 .await
-                .unwrap();
+                .unwrap()
+                .resent;
             assert_eq!(recovered, 1, "only the retry no one holds");
             let first = store.delivery(ids[0]).await.unwrap().unwrap();
             assert_eq!((first.status, first.attempts), (DeliveryStatus::Pending, 0));

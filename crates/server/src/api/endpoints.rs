@@ -510,7 +510,7 @@ pub(crate) async fn update(
         app.delivery.settle_backlogs(vec![id], Vec::new());
     }
     if let Some(since) = body.recover_since {
-        let recovered = app.store.recover(id, since, now).await?;
+        let recovered = app.store.recover(id, since, now).await?.resent;
         tracing::info!(endpoint = %id, recovered, "re-enabled an endpoint and recovered its backlog");
     }
     app.delivery.wake();
@@ -811,13 +811,11 @@ pub(crate) async fn recover(
             "the endpoint is disabled: enable it (PATCH with enabled: true and recover_since) to recover",
         ));
     }
-    let recovered = app.store.recover(id, body.since, Timestamp::now()).await?;
-    // Taken after the recovery: a delivery it resent was made before it changed that row.
-    let resent_before = DeliveryId::lower_bound(Timestamp::now()).to_string();
+    let recovery = app.store.recover(id, body.since, Timestamp::now()).await?;
     app.delivery.wake();
-    tracing::info!(endpoint = %id, recovered, "recovering deliveries");
+    tracing::info!(endpoint = %id, recovered = recovery.resent, "recovering deliveries");
     Ok(Json(Recovered {
-        recovered,
-        resent_before,
+        recovered: recovery.resent,
+        resent_before: recovery.resent_before.to_string(),
     }))
 }

@@ -399,7 +399,7 @@ impl PgStore {
         endpoint: EndpointId,
         since: Timestamp,
         now: Timestamp,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Recovery, StoreError> {
         // The endpoint's deliveries are walked in id order from a little before `since` (an id
         // is made as its delivery is planned, a moment before its row is written), a bounded
         // stretch per transaction, so a long backlog never runs one past its statement timeout.
@@ -421,7 +421,7 @@ impl PgStore {
                 .await
                 .map_err(pg_error)?;
             if sendable.is_none() {
-                return Ok(recovered);
+                break;
             }
             let last: Option<String> = transaction
                 .query_one(
@@ -437,7 +437,7 @@ impl PgStore {
                 .map_err(pg_error)?
                 .get(0);
             let Some(last) = last else {
-                return Ok(recovered);
+                break;
             };
             let changed = transaction
                 .execute(
@@ -471,6 +471,10 @@ impl PgStore {
             recovered += changed;
             after = parse_id(&last)?;
         }
+        Ok(Recovery {
+            resent: recovered,
+            resent_before: after.successor(),
+        })
     }
 
     pub(crate) async fn redeliver(

@@ -549,7 +549,7 @@ impl SqliteStore {
         endpoint: EndpointId,
         since: Timestamp,
         now: Timestamp,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Recovery, StoreError> {
         // The endpoint's deliveries are walked in id order from a little before `since` (an id
         // is made as its delivery is planned, a moment before its row is written), a bounded
         // stretch per write, so a long backlog never holds the writer for long.
@@ -606,11 +606,15 @@ impl SqliteStore {
                 })
                 .await?;
             let Some((changed, last)) = batch else {
-                return Ok(recovered);
+                break;
             };
             recovered += changed;
             after = last;
         }
+        Ok(Recovery {
+            resent: recovered,
+            resent_before: after.successor(),
+        })
     }
 
     /// Sends an event again: its deliveries (to `endpoint` only, if given) return to pending

@@ -525,7 +525,7 @@ fn a_recovery_racing_retention_keeps_a_message_whole_or_removes_it() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         hold.commit().await.unwrap();
         retention.await.unwrap().unwrap();
-        let recovered = recovery.await.unwrap().unwrap();
+        let recovered = recovery.await.unwrap().unwrap().resent;
 
         let left = count(deliveries).await;
         let inbound = count("SELECT count(*) FROM inbound WHERE id = $1").await;
