@@ -98,6 +98,15 @@ pub(crate) struct BenchArgs {
     /// server and needs none).
     #[arg(long, env = "BILLHOOK_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The most seconds one admin API request of a run with --url may take (creating, reading
+    /// and deleting the receiver's endpoint), as for the other client commands.
+    #[arg(
+        long,
+        env = "BILLHOOK_CLIENT_TIMEOUT",
+        default_value_t = crate::CLIENT_TIMEOUT_SECONDS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    timeout: u64,
     /// How long to wait for acknowledged events still to arrive after the last progress.
     #[arg(long, default_value = "30s")]
     drain_timeout: HumanDuration,
@@ -282,7 +291,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<(), CliError> {
                 token: args.token.clone(),
                 config: args.config.clone(),
                 json: false,
-                timeout: crate::CLIENT_TIMEOUT_SECONDS,
+                timeout: args.timeout,
             };
             let config = crate::serve::load_config(args.config.as_deref())?;
             let endpoint = match &receiver {

@@ -795,6 +795,17 @@ async fn a_client_command_gives_up_on_a_server_that_does_not_answer() {
         "{stderr}"
     );
     assert!(started.elapsed() >= Duration::from_secs(1));
+    // The bench's admin requests to a running billhook (its receiver's endpoint) too.
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        command(&["bench", "--events", "10", "--warmup", "0"]).output(),
+    )
+    .await
+    .expect("the bench gives up by itself")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("no answer within 1 s"), "{stderr}");
     let mut prune = command(&["prune"]).spawn().unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
