@@ -209,11 +209,24 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
             Arc::clone(&app),
             require_session,
         ));
-    Router::new()
+    let routes = Router::new()
         .merge(pages)
         .route("/login", get(login_page).post(login))
-        .route("/assets/console.css", get(stylesheet))
+        .route("/assets/console.css", get(stylesheet));
+    answering_panics_with_a_page(routes)
         .layer(middleware::from_fn_with_state(app, security_headers))
+}
+
+/// Answers a page whose handler panicked with the error page (the server's own guard would
+/// answer the API's JSON). The panic's message went to standard error through the panic hook;
+/// it may hold request data, so it is not shown.
+fn answering_panics_with_a_page<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |_panic: Box<dyn std::any::Any + Send + 'static>| {
+            ConsoleError::from(ApiError::internal(&"a console page's handler panicked"))
+                .into_response()
+        },
+    ))
 }
 
 async fn stylesheet() -> Response {
@@ -570,6 +583,35 @@ pub(crate) fn page(viewer: &Viewer, title: &str, current: &str, body: Markup) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_page_that_panics_is_answered_with_the_error_page_without_its_message() {
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+
+        async fn boom() -> &'static str {
+            panic!("secret detail of a bug")
+        }
+        let routes = answering_panics_with_a_page(Router::new().route("/boom", get(boom)));
+        let response = routes
+            .oneshot(
+                Request::get("/boom")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let page = String::from_utf8_lossy(&body);
+        assert!(page.contains("Something went wrong"), "{page}");
+        assert!(page.contains("internal"), "{page}");
+        assert!(!page.contains("secret detail"), "{page}");
+    }
 
     #[test]
     fn only_local_paths_are_followed_after_login() {
