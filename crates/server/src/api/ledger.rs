@@ -120,6 +120,31 @@ pub(crate) struct ListParams {
     format: Option<String>,
 }
 
+/// The parameters of the payments listing, as documented: [`ListParams`] whole.
+pub(crate) struct PaymentListParams;
+
+/// The parameters of the other listings, as documented: [`ListParams`] but `unmatched`, which
+/// they refuse.
+pub(crate) struct ListParamsButUnmatched;
+
+impl utoipa::IntoParams for PaymentListParams {
+    fn into_params(
+        parameter_in: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        <ListParams as utoipa::IntoParams>::into_params(parameter_in)
+    }
+}
+
+impl utoipa::IntoParams for ListParamsButUnmatched {
+    fn into_params(
+        parameter_in: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        let mut params = <ListParams as utoipa::IntoParams>::into_params(parameter_in);
+        params.retain(|param| param.name != "unmatched");
+        params
+    }
+}
+
 fn is_payable(kind: SubjectKind) -> bool {
     matches!(kind, SubjectKind::Invoice | SubjectKind::Bill)
 }
@@ -697,10 +722,10 @@ fn is_decimal(value: &str) -> bool {
 
 /// One documented handler pair per listing (the OpenAPI document needs a function per path).
 macro_rules! ledger_handlers {
-    ($($kind:ident: $list:ident $list_path:literal, $show:ident $show_path:literal, $what:literal;)*) => {
+    ($($kind:ident($params:ident): $list:ident $list_path:literal, $show:ident $show_path:literal, $what:literal;)*) => {
         $(
             #[doc = concat!("Ledger ", $what, ", newest first; `format=csv` exports every match.")]
-            #[utoipa::path(get, path = $list_path, tag = "ledger", params(ListParams),
+            #[utoipa::path(get, path = $list_path, tag = "ledger", params($params),
                 responses(
                     (status = 200, description = "A page of entries, or a CSV export",
                         content((super::Page<EntityView<'static>> = "application/json"), (String = "text/csv")),
@@ -744,12 +769,12 @@ macro_rules! ledger_handlers {
 }
 
 ledger_handlers! {
-    Invoice: list_invoices "/v1/invoices", show_invoice "/v1/invoices/{id}", "invoices";
-    Payment: list_payments "/v1/payments", show_payment "/v1/payments/{id}", "payments";
-    Bill: list_bills "/v1/bills", show_bill "/v1/bills/{id}", "BBPS bills";
-    Biller: list_billers "/v1/billers", show_biller "/v1/billers/{id}", "BBPS billers";
-    Dispute: list_disputes "/v1/disputes", show_dispute "/v1/disputes/{id}", "BBPS disputes";
-    Document: list_documents "/v1/documents", show_document "/v1/documents/{id}", "CamInvoice documents";
+    Invoice(ListParamsButUnmatched): list_invoices "/v1/invoices", show_invoice "/v1/invoices/{id}", "invoices";
+    Payment(PaymentListParams): list_payments "/v1/payments", show_payment "/v1/payments/{id}", "payments";
+    Bill(ListParamsButUnmatched): list_bills "/v1/bills", show_bill "/v1/bills/{id}", "BBPS bills";
+    Biller(ListParamsButUnmatched): list_billers "/v1/billers", show_biller "/v1/billers/{id}", "BBPS billers";
+    Dispute(ListParamsButUnmatched): list_disputes "/v1/disputes", show_dispute "/v1/disputes/{id}", "BBPS disputes";
+    Document(ListParamsButUnmatched): list_documents "/v1/documents", show_document "/v1/documents/{id}", "CamInvoice documents";
 }
 
 fn listing(kind: SubjectKind) -> Listing {
