@@ -1548,10 +1548,7 @@ fn an_attempt_finished_after_its_endpoint_was_deleted_ends_cancelled() {
             ingest.deliveries = vec![delivery_for(&endpoint, None, request.id)];
             store.ingest(ingest).await.unwrap();
             let now = Timestamp::now();
-            let claimed = store
-                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-                .await
-                .unwrap();
+            let claimed = claim_for_w(store, endpoint.id, now).await;
             assert_eq!(claimed.len(), 1);
             assert!(store.delete_endpoint(endpoint.id, now).await.unwrap());
             execute_directly(
@@ -1770,10 +1767,7 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
             let delivery_ids: Vec<_> = ingest.deliveries.iter().map(|d| d.id).collect();
             store.ingest(ingest).await.unwrap();
             let now = Timestamp::now();
-            let claimed = store
-                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-                .await
-                .unwrap();
+            let claimed = claim_for_w(store, endpoint.id, now).await;
             assert_eq!(claimed.len(), 3);
 
             let attempt = |status: u16| NewAttempt {
@@ -1836,10 +1830,7 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
             // with the retry (its lease ends later).
             let (due, _) = store.due_endpoints(now).await.unwrap();
             assert_eq!(due, vec![endpoint.id]);
-            let reclaimed = store
-                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-                .await
-                .unwrap();
+            let reclaimed = claim_for_w(store, endpoint.id, now).await;
             assert_eq!(reclaimed.len(), 1);
             assert_eq!(
                 store.due_endpoints(now).await.unwrap(),
@@ -1915,14 +1906,7 @@ fn completions_record_attempts_schedule_retries_and_disable_endpoints() {
                 .unwrap()
                 .resent;
             assert_eq!(recovered, 2);
-            assert_eq!(
-                store
-                    .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-                    .await
-                    .unwrap()
-                    .len(),
-                2
-            );
+            assert_eq!(claim_for_w(store, endpoint.id, now).await.len(), 2);
 
             // Redelivering a delivered event resends it.
             let redelivered = store
@@ -2144,10 +2128,7 @@ fn a_retry_written_after_its_endpoint_was_disabled_is_held() {
             let first = ingest_owed(store, &endpoint, "in-flight-1").await.delivery;
             let second = ingest_owed(store, &endpoint, "in-flight-2").await.delivery;
             let now = Timestamp::now();
-            let claimed = store
-                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-                .await
-                .unwrap();
+            let claimed = claim_for_w(store, endpoint.id, now).await;
             assert_eq!(claimed.len(), 2);
             let switch = |enabled| EndpointPatch {
                 enabled: Some(enabled),
@@ -2252,21 +2233,24 @@ async fn owed_and_claimed(store: &Store, key: &str) -> (EndpointRecord, Delivery
     let endpoint = canonical_endpoint(store).await;
     let id = ingest_owed(store, &endpoint, key).await.delivery;
     let now = Timestamp::now();
-    let claimed = store
-        .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-        .await
-        .unwrap();
+    let claimed = claim_for_w(store, endpoint.id, now).await;
     assert_eq!(claimed.len(), 1);
     (endpoint, id, now)
+}
+
+/// Claims up to ten of `endpoint`'s due deliveries for the worker `w`, leased for 30 s from
+/// `now`.
+async fn claim_for_w(store: &Store, endpoint: EndpointId, now: Timestamp) -> Vec<ClaimedDelivery> {
+    store
+        .claim_due(endpoint, "w", now, now.add(Duration::from_secs(30)), 10)
+        .await
+        .unwrap()
 }
 
 /// Delivers what [`ingest_owed`] left owed: claimed and completed by the worker `w`.
 async fn deliver(store: &Store, owed: &Owed, endpoint: EndpointId) {
     let now = Timestamp::now();
-    let claimed = store
-        .claim_due(endpoint, "w", now, now.add(Duration::from_secs(30)), 10)
-        .await
-        .unwrap();
+    let claimed = claim_for_w(store, endpoint, now).await;
     assert!(claimed.iter().any(|c| c.id == owed.delivery));
     store
         .complete(vec![delivered_ok(owed.delivery, endpoint, now)], "w", now)
@@ -2574,10 +2558,7 @@ fn a_delivery_given_back_before_a_disabling_in_one_batch_is_held() {
             let given_back = ingest_owed(store, &endpoint, "back-1").await.delivery;
             let gone = ingest_owed(store, &endpoint, "gone-1").await.delivery;
             let now = Timestamp::now();
-            let claimed = store
-                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-                .await
-                .unwrap();
+            let claimed = claim_for_w(store, endpoint.id, now).await;
             assert_eq!(claimed.len(), 2);
             let release = Completion {
                 delivery_id: given_back,
@@ -2707,10 +2688,7 @@ fn a_batch_of_outcomes_written_twice_records_each_attempt_once() {
             store.complete(batch.clone(), "w", now).await.unwrap();
             // Its retry fell due and the same owner claimed it again before the batch was
             // written the second time: the write lands on the new claim, and counts no more.
-            let again = store
-                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-                .await
-                .unwrap();
+            let again = claim_for_w(store, endpoint.id, now).await;
             assert_eq!(again.len(), 1);
             store.complete(batch, "w", now).await.unwrap();
             let attempts = store
@@ -2950,10 +2928,7 @@ fn a_delivery_whose_message_is_gone_is_still_claimed() {
             .await;
 
             let now = Timestamp::now();
-            let claimed = store
-                .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-                .await
-                .unwrap();
+            let claimed = claim_for_w(store, endpoint.id, now).await;
             assert_eq!(claimed.len(), 1);
             assert_eq!(claimed[0].id, owed.delivery);
             assert_eq!(claimed[0].payload.as_deref(), Some(&owed.event.payload[..]));
@@ -3375,10 +3350,7 @@ fn the_clustered_outbox_migration_keeps_deliveries_attempts_and_dedup_keys() {
             .unwrap();
         assert_eq!(attempts.items.len(), 1);
         assert_eq!(attempts.items[0].response_body.as_deref(), Some(&b"ok"[..]));
-        let claimed = current
-            .claim_due(endpoint.id, "w", now, now.add(Duration::from_secs(30)), 10)
-            .await
-            .unwrap();
+        let claimed = claim_for_w(&current, endpoint.id, now).await;
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].id, waiting);
         let again = inbound("rzp", "before-6", InboundStatus::Processed);
