@@ -19,6 +19,48 @@ where
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// An object that a provider built in PHP writes as `[]` when it is empty, as Razorpay writes
+/// `notes` and `acquirer_data`: `#[serde(default, deserialize_with = "object_or_empty_list")]`
+/// takes absent, `null` and `[]` as none. A list with something in it is still refused.
+pub fn object_or_empty_list<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ObjectOrEmptyList<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOrEmptyList<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("an object, null or an empty list")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            match seq.next_element::<serde::de::IgnoredAny>()? {
+                None => Ok(None),
+                Some(_) => Err(serde::de::Error::invalid_type(
+                    serde::de::Unexpected::Seq,
+                    &self,
+                )),
+            }
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+
+    deserializer.deserialize_any(ObjectOrEmptyList(std::marker::PhantomData))
+}
+
 /// The exact text of a JSON number (or of a JSON string holding one), as the provider wrote it.
 ///
 /// Money and big ids go through this type so that `3.69` stays `3.69` and `699158487875191900`

@@ -27,7 +27,7 @@ use crate::checks::Warnings;
 use crate::emulate::{
     self, EmulateError, EmulatedEvent, EmulatorRng, GenerateOptions, Generated, set,
 };
-use crate::json::{NumText, ScalarText, parse_body};
+use crate::json::{NumText, ScalarText, object_or_empty_list, parse_body};
 use crate::registry::Provider;
 use crate::{InboundRequest, NormalizeError, Normalized, body_hash_key};
 
@@ -278,6 +278,7 @@ struct Payment {
     tax: Option<NumText>,
     error_code: Option<String>,
     error_description: Option<String>,
+    #[serde(default, deserialize_with = "object_or_empty_list")]
     acquirer_data: Option<AcquirerData>,
     created_at: Option<NumText>,
 }

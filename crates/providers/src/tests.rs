@@ -154,6 +154,39 @@ fn razorpay_payment_events_and_unknown_events() {
     assert_eq!(error.code(), "unsupported_event");
 }
 
+/// Razorpay's payloads are built in PHP, which writes an empty object as `[]`: an empty
+/// `acquirer_data` is none, not a payment of the wrong shape.
+#[test]
+fn razorpay_acquirer_data_written_as_an_empty_list_is_none() {
+    let payment = |acquirer_data: Value| {
+        json!({
+            "entity": "event", "event": "payment.captured", "contains": ["payment"],
+            "payload": {"payment": {"entity": {"id": "pay_X", "amount": 100, "currency": "INR",
+                "status": "captured", "method": "netbanking", "acquirer_data": acquirer_data,
+                "created_at": 1567687127}}},
+            "created_at": 1567687127
+        })
+        .to_string()
+    };
+    let empty = normalize("razorpay", payment(json!([])).as_bytes());
+    assert_eq!(types(&empty), [EventType::PaymentSucceeded]);
+    assert_eq!(
+        data_json(&empty, 0)["references"]["bank_reference"],
+        Value::Null
+    );
+    let stated = normalize(
+        "razorpay",
+        payment(json!({"bank_transaction_id": "5733649"})).as_bytes(),
+    );
+    assert_eq!(
+        data_json(&stated, 0)["references"]["bank_reference"],
+        "5733649"
+    );
+    let error =
+        normalize_with("razorpay", payment(json!(["5733649"])).as_bytes(), &[]).unwrap_err();
+    assert_eq!(error.code(), "unexpected_shape");
+}
+
 /// An invoice with a discount: tax is on the taxable amount, the gross less the discount, and
 /// the total adds up without a warning; one that does not is warned about.
 #[test]
