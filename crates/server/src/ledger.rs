@@ -130,6 +130,10 @@ impl Announcer {
 impl Concluder for Announcer {
     fn announce(&self, conclusion: &Conclusion) -> Announcement {
         let event = self.event(conclusion);
+        // The event belongs to the message that led to it, received long ago if it was
+        // reprocessed from quarantine; its deliveries are made now, and are found by what was
+        // made since (a recovery, a listing) as such.
+        let planned_at = Timestamp::now().max(event.received_at);
         let deliveries = self.planner.canonical(
             &event.source.name,
             FanOutEvent {
@@ -137,12 +141,13 @@ impl Concluder for Announcer {
                 event_type: event.event_type,
             },
             event.source.inbound_id,
-            event.received_at,
+            planned_at,
         );
         Announcement {
             inbound_id: event.source.inbound_id,
             event: stored_event(&event),
             deliveries,
+            planned_at,
         }
     }
 }

@@ -688,6 +688,9 @@ pub struct Announcement {
     pub event: NewEvent,
     pub inbound_id: InboundId,
     pub deliveries: Vec<NewDelivery>,
+    /// When the deliveries were planned: their creation time. Not the event's reception,
+    /// which for a message reprocessed from quarantine is long past.
+    pub planned_at: Timestamp,
 }
 
 /// What a ledger listing selects.

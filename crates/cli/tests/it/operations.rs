@@ -1183,7 +1183,22 @@ async fn every_first_delivery_waits_the_schedules_first_wait(backend: Backend) {
             due.since(planned_from) >= Duration::from_secs(3600),
             "due an hour after it was planned: {delivery}"
         );
+        // Made at the reprocessing, not two hours ago with the message: a recovery, and a
+        // listing of what was made since, find the conclusion's deliveries too.
+        let made: Timestamp = serde_json::from_value(delivery["created_at"].clone()).unwrap();
+        assert!(made >= planned_from, "{delivery}");
     }
+    let (status, since) = app
+        .admin_get(&format!(
+            "/v1/endpoints/{endpoint}/deliveries?since={planned_from}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{since}");
+    assert_eq!(
+        since["data"].as_array().unwrap().len(),
+        deliveries.len(),
+        "{since}"
+    );
     assert_eq!(receiver.count(), 0);
     app.stop().await;
 }

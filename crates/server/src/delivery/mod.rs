@@ -562,8 +562,9 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// Deliveries of one announced event to the canonical endpoints subscribed to it. Raw
-    /// endpoints receive providers' messages only, and billhook's conclusions are none.
+    /// Deliveries of one announced event to the canonical endpoints subscribed to it, made at
+    /// `now`. Raw endpoints receive providers' messages only, and billhook's conclusions are
+    /// none.
     pub fn canonical(
         &self,
         source: &str,
@@ -576,9 +577,7 @@ impl Planner {
             .iter()
             .filter(|plan| plan.event_id.is_some())
             .map(|plan| {
-                // `now` is when the message behind the conclusion was received, which for a
-                // message reprocessed from quarantine is long past; the wait runs from now.
-                let due = self.shared.first_attempt_at(Timestamp::now().max(now));
+                let due = self.shared.first_attempt_at(now);
                 new_delivery(plan, DeliveryId::new_at(now), inbound_id, due, None)
             })
             .collect()

@@ -289,7 +289,7 @@ async fn record_announcement(
         transaction,
         announcement.inbound_id,
         &announcement.deliveries,
-        announcement.event.received_at,
+        announcement.planned_at,
     )
     .await?;
     Ok(announcement.event.id)

@@ -307,7 +307,7 @@ pub(super) fn record_announcement(
         connection,
         announcement.inbound_id,
         &announcement.deliveries,
-        announcement.event.received_at,
+        announcement.planned_at,
     )?;
     Ok(announcement.event.id)
 }

@@ -46,6 +46,7 @@ impl Concluder for BareConcluder {
             },
             inbound_id,
             deliveries: Vec::new(),
+            planned_at: at,
         }
     }
 }
