@@ -120,7 +120,8 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| SigningError::MalformedTimestamp)?;
-    if (now_unix_seconds - timestamp).abs() > TOLERANCE_SECONDS {
+    // A difference, not a subtraction: a timestamp near the ends of i64 must not wrap into range.
+    if now_unix_seconds.abs_diff(timestamp) > TOLERANCE_SECONDS.unsigned_abs() {
         return Err(SigningError::TimestampOutOfTolerance);
     }
     for entry in signature_header.split(' ') {
@@ -197,6 +198,20 @@ mod tests {
             ),
             Err(SigningError::TimestampOutOfTolerance)
         );
+        for far in [i64::MIN, i64::MAX] {
+            assert_eq!(
+                verify(
+                    &secret,
+                    VECTOR_ID,
+                    &far.to_string(),
+                    VECTOR_SIGNATURE,
+                    VECTOR_BODY,
+                    VECTOR_TS
+                ),
+                Err(SigningError::TimestampOutOfTolerance),
+                "{far}"
+            );
+        }
     }
 
     #[test]
