@@ -2808,6 +2808,43 @@ async fn re_enable(store: &Store, endpoint: EndpointId, at: Timestamp) {
     store.update_endpoint(endpoint, patch, at).await.unwrap();
 }
 
+/// A delivery planned as held whose endpoint was enabled before it is written (by another
+/// instance, or just before) is written pending: the enabling's recovery has run, and nothing
+/// else would release it. One whose endpoint is still disabled is written held.
+#[test]
+fn a_delivery_planned_as_held_is_written_pending_if_its_endpoint_is_enabled() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let endpoint = canonical_endpoint(store).await;
+            let write_held = |key: &'static str| {
+                let endpoint = endpoint.clone();
+                async move {
+                    let request = inbound("rzp", key, InboundStatus::Processed);
+                    let e = event("rzp", "invoice.paid", key);
+                    let mut ingest = write(request.clone(), vec![e.clone()]);
+                    let mut delivery = delivery_for(&endpoint, Some(&e), request.id);
+                    delivery.status = DeliveryStatus::Held;
+                    let id = delivery.id;
+                    ingest.deliveries = vec![delivery];
+                    store.ingest(ingest).await.unwrap();
+                    store.delivery(id).await.unwrap().unwrap().status
+                }
+            };
+            assert_eq!(write_held("enabled").await, DeliveryStatus::Pending);
+            let disable = EndpointPatch {
+                enabled: Some(false),
+                ..EndpointPatch::default()
+            };
+            store
+                .update_endpoint(endpoint.id, disable, Timestamp::now())
+                .await
+                .unwrap();
+            assert_eq!(write_held("disabled").await, DeliveryStatus::Held);
+        }
+    });
+}
+
 /// A 410 answered to an attempt that began before an operator changed its endpoint (re-enabled
 /// it, say) disables nothing, and its delivery is retried rather than held on an enabled
 /// endpoint, where nothing would ever send it.

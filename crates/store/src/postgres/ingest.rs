@@ -157,6 +157,12 @@ fn insert_events_sql(first: usize) -> String {
 /// The insert of deliveries passed as eleven arrays from parameter `$first` on (the request
 /// each belongs to, when it was created, then the delivery's columns, with how long its lease
 /// has to run, if it has one: the lease ends on the database's clock).
+///
+/// A delivery planned as held (its endpoint disabled as the planning instance saw it) is
+/// judged again against the endpoint as written: one enabled meanwhile, by another instance
+/// or just before, would otherwise hold it after the recovery that came with the enabling,
+/// with nothing left to release it. The endpoint is locked for that, so an enabling either
+/// waits for this write (and its recovery sees the held row) or is seen by it.
 fn insert_deliveries_sql(first: usize) -> String {
     let [
         inbound,
@@ -174,7 +180,11 @@ fn insert_deliveries_sql(first: usize) -> String {
     format!(
         "INSERT INTO deliveries (id, endpoint_id, message_id, event_id, inbound_id, event_type,
             status, next_attempt_at, lease_owner, lease_until, created_at, updated_at)
-         SELECT id, endpoint_id, message_id, event_id, inbound_id, event_type, status,
+         SELECT id, endpoint_id, message_id, event_id, inbound_id, event_type,
+            CASE WHEN status = 'held' THEN
+                CASE WHEN EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id
+                    AND e.enabled AND e.deleted_at IS NULL FOR SHARE) THEN 'pending' ELSE 'held' END
+            ELSE status END,
             next_attempt_at, lease_owner, {DB_NOW} + lease_for, created_at, created_at
          FROM unnest(${inbound}::text[], ${created}::bigint[], ${id}::text[],
             ${endpoint}::text[], ${message}::text[], ${event}::text[], ${kind}::text[],

@@ -14,7 +14,9 @@ use crate::StoreError;
 use crate::model::*;
 use crate::page::{clamp_limit, paginate};
 
-/// Inserts the deliveries of one ingest (inside its transaction).
+/// Inserts the deliveries of one ingest (inside its transaction). One planned as held (its
+/// endpoint disabled as the planner saw it) is judged again against the endpoint as written:
+/// enabled meanwhile, its recovery has already run, and nothing would release it.
 pub(super) fn insert_deliveries(
     connection: &Connection,
     inbound_id: InboundId,
@@ -28,7 +30,10 @@ pub(super) fn insert_deliveries(
         .prepare_cached(
             "INSERT INTO deliveries (id, endpoint_id, message_id, event_id, inbound_id, event_type,
                 status, next_attempt_at, lease_owner, lease_until, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                CASE WHEN ?7 = 'held' AND EXISTS (SELECT 1 FROM endpoints
+                    WHERE id = ?2 AND enabled = 1 AND deleted_at IS NULL) THEN 'pending' ELSE ?7 END,
+                ?8, ?9, ?10, ?11, ?11)",
         )
         .map_err(db_error)?;
     let inbound_id = inbound_id.to_string();

@@ -204,6 +204,14 @@ fn retention_removes_finished_old_messages_and_keeps_what_is_owed_or_quarantined
             let (finished_event, finished) = (finished.event, finished.inbound);
             // An old message held for an endpoint left disabled: kept only as long as
             // retention keeps anything, or one such endpoint would keep every message for good.
+            let disable = EndpointPatch {
+                enabled: Some(false),
+                ..EndpointPatch::default()
+            };
+            store
+                .update_endpoint(endpoint.id, disable, Timestamp::now())
+                .await
+                .unwrap();
             let held = received_at("old-held", InboundStatus::Processed, old);
             let held_event = event("rzp", "invoice.paid", "inv_held");
             let mut ingest = write(held.clone(), vec![held_event.clone()]);
