@@ -282,7 +282,12 @@ fn name_failure(
     let (mut tls, mut timed_out) = (false, false);
     while let Some(current) = cause {
         if let Some(refusal) = current.downcast_ref::<Refusal>() {
-            return ("ssrf_refused", refusal.to_string());
+            // A name with no address is the name's failure, not the guard's refusal.
+            let kind = match refusal {
+                Refusal::Unresolvable(_) => "dns",
+                _ => "ssrf_refused",
+            };
+            return (kind, refusal.to_string());
         }
         tls |= is_tls(current);
         timed_out |= current
@@ -370,13 +375,24 @@ mod tests {
             "client error (Connect)",
             wrapped(
                 "dns error",
+                Refusal::ResolvesBlocked {
+                    host: "metadata.internal".to_owned(),
+                    category: "link-local",
+                },
+            ),
+        );
+        assert_eq!(name_failure(&refused, true).0, "ssrf_refused");
+        let nowhere = wrapped(
+            "client error (Connect)",
+            wrapped(
+                "dns error",
                 Refusal::Unresolvable("example.invalid".to_owned()),
             ),
         );
         assert_eq!(
-            name_failure(&refused, true),
+            name_failure(&nowhere, true),
             (
-                "ssrf_refused",
+                "dns",
                 "`example.invalid` does not resolve to any address".to_owned()
             )
         );
