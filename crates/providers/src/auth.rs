@@ -233,16 +233,29 @@ pub enum SpecError {
 
 impl SourceSpec {
     /// The provider's reading of a verified request, its dedup key bounded
-    /// ([`crate::bounded_dedup_key`]) as every stored key is.
+    /// ([`crate::bounded_dedup_key`]) as every stored key is. A message about an entity whose
+    /// id is empty is refused: the ledger would merge every such entity into one, and a dedup
+    /// key built on the id would take different messages for repeats.
     pub fn normalize(
         &self,
         request: &InboundRequest<'_>,
     ) -> Result<crate::Normalized, crate::NormalizeError> {
-        self.provider.normalize(request).map(|mut normalized| {
-            normalized.dedup_key =
-                crate::bounded_dedup_key(std::mem::take(&mut normalized.dedup_key));
-            normalized
-        })
+        let mut normalized = self.provider.normalize(request)?;
+        if let Some(draft) = normalized
+            .events
+            .iter()
+            .find(|draft| draft.data.provider_id().trim().is_empty())
+        {
+            return Err(crate::NormalizeError::Shape {
+                provider: self.provider.name(),
+                detail: format!(
+                    "the {} it is about has an empty id",
+                    draft.data.kind().as_str()
+                ),
+            });
+        }
+        normalized.dedup_key = crate::bounded_dedup_key(std::mem::take(&mut normalized.dedup_key));
+        Ok(normalized)
     }
 
     /// The provider's dedup key for a request it cannot read, bounded likewise.

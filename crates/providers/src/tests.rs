@@ -709,6 +709,95 @@ fn signature_source(provider: &str, secrets: &[&str]) -> SourceSpec {
     SourceSpec::new(provider, provider, Some(auth), vec![]).unwrap()
 }
 
+/// `fixture` with the text value at `path` replaced by `value`.
+fn with_text(fixture_path: &str, path: &[&str], value: &str) -> Vec<u8> {
+    let mut body: Value = serde_json::from_slice(&fixture(fixture_path)).unwrap();
+    let (last, parents) = path.split_last().unwrap();
+    let parent = parents
+        .iter()
+        .fold(&mut body, |value, key| value.get_mut(*key).unwrap());
+    parent[*last] = Value::String(value.to_owned());
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// A source's reading of `body`, as ingest asks for it.
+fn read_by(spec: &SourceSpec, body: &[u8]) -> Result<Normalized, NormalizeError> {
+    let headers = headers(&[]);
+    spec.normalize(&InboundRequest {
+        headers: &headers,
+        body,
+        remote_ip: None,
+        path_token: None,
+        received_at: Timestamp::from_unix_millis(1_700_000_000_000),
+    })
+}
+
+/// A message about an entity with an empty id is refused, whatever the provider: the ledger
+/// would merge every such entity into one, and keys built on the id would collide. A Zwitch
+/// event without an id of its own is told apart from others by its body.
+#[test]
+fn an_entity_with_an_empty_id_is_refused_and_an_event_without_one_is_keyed_by_its_body() {
+    let zwitch = signature_source("zwitch", &["secret"]);
+    let setu = SourceSpec::new(
+        "setu",
+        "setu_bbps",
+        Some(SourceAuth::Header {
+            name: http::HeaderName::from_static("x-bill-webhook-api-key"),
+            value: Secret::new("key"),
+        }),
+        vec![],
+    )
+    .unwrap();
+    let caminvoice = SourceSpec::new(
+        "caminvoice",
+        "caminvoice",
+        Some(SourceAuth::PathToken {
+            token: Secret::new("caminvoice-path-token-0123456789"),
+        }),
+        vec![],
+    )
+    .unwrap();
+    let refused = [
+        (
+            &zwitch,
+            with_text(
+                "zwitch_upi/payments.updated.json",
+                &["data", "object", "id"],
+                "",
+            ),
+        ),
+        (
+            &setu,
+            with_text("setu_bbps/BILL_PAY.SUCCESS.json", &["data", "refId"], " "),
+        ),
+        (
+            &caminvoice,
+            with_text("caminvoice/DOCUMENT.DELIVERED.json", &["document_id"], ""),
+        ),
+    ];
+    for (spec, body) in &refused {
+        let error = read_by(spec, body).unwrap_err();
+        assert_eq!(error.code(), "unexpected_shape", "{error}");
+        assert!(error.to_string().contains("empty id"), "{error}");
+    }
+
+    let no_event_id = |remark: &str| {
+        let body = with_text("zwitch_upi/payments.updated.json", &["id"], "");
+        let mut body: Value = serde_json::from_slice(&body).unwrap();
+        body["data"]["object"]["remark"] = Value::String(remark.to_owned());
+        read_by(&zwitch, &serde_json::to_vec(&body).unwrap()).unwrap()
+    };
+    let (first, second) = (no_event_id("one"), no_event_id("two"));
+    assert_eq!(first.provider_event_id, None);
+    assert!(
+        first.dedup_key.starts_with("sha256:"),
+        "{}",
+        first.dedup_key
+    );
+    assert_ne!(first.dedup_key, second.dedup_key);
+    assert_eq!(first.dedup_key, no_event_id("one").dedup_key);
+}
+
 #[test]
 fn razorpay_public_sdk_vector_rotation_and_tamper() {
     let body = br#"{"a":1,"b":2,"c":{"d":3}}"#;

@@ -33,7 +33,7 @@ use crate::checks::{Ratio, Warnings, product_matches, tax_inclusive_matches};
 use crate::emulate::{self, EmulateError, EmulatedEvent, GenerateOptions, Generated, set};
 use crate::json::{self, NumText, ScalarText, parse_body, parse_raw};
 use crate::registry::Provider;
-use crate::{InboundRequest, NormalizeError, Normalized};
+use crate::{InboundRequest, NormalizeError, Normalized, body_hash_key};
 
 /// The Zwitch provider (UPI collect and Bharat Connect).
 pub struct Zwitch;
@@ -130,10 +130,19 @@ impl Provider for Zwitch {
                 });
             }
         };
+        // An event id is what tells two messages apart; without one, the signed body does.
+        let (dedup_key, provider_event_id) = if envelope.id.trim().is_empty() {
+            (body_hash_key(request.body), None)
+        } else {
+            (
+                format!("{}:{}", dedup_name(&envelope.name, &events), envelope.id),
+                Some(envelope.id),
+            )
+        };
         Ok(Normalized {
-            dedup_key: format!("{}:{}", dedup_name(&envelope.name, &events), envelope.id),
+            dedup_key,
             body_dedup_key: None,
-            provider_event_id: Some(envelope.id),
+            provider_event_id,
             provider_event: envelope.name,
             sandbox,
             events,
