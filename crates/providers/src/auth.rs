@@ -586,9 +586,27 @@ struct JwtHeader {
 
 #[derive(Deserialize)]
 struct JwtClaims {
-    iat: Option<i64>,
-    exp: Option<i64>,
-    nbf: Option<i64>,
+    iat: Option<NumericDate>,
+    exp: Option<NumericDate>,
+    nbf: Option<NumericDate>,
+}
+
+/// A JWT time: seconds since the epoch, which RFC 7519 lets be any JSON number (`1700000000.5`,
+/// `1.7e9`); the fraction is dropped, and a number past the range of seconds is its end.
+struct NumericDate(i64);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let number = serde_json::Number::deserialize(deserializer)?;
+        let seconds = match (number.as_i64(), number.as_u64(), number.as_f64()) {
+            (Some(seconds), _, _) => seconds,
+            (None, Some(_), _) => i64::MAX,
+            // A cast from a float saturates at the ends of the range.
+            (None, None, Some(seconds)) if seconds.is_finite() => seconds.floor() as i64,
+            _ => return Err(serde::de::Error::custom("a NumericDate must be a number")),
+        };
+        Ok(NumericDate(seconds))
+    }
 }
 
 /// Verifies an HS256 JWT: the algorithm is pinned to HS256 (no `none`, no key confusion), the
@@ -630,7 +648,8 @@ fn verify_jwt(
         .ok_or(VerifyError::MalformedToken("unreadable claims"))?;
     let issued_at = claims
         .iat
-        .ok_or(VerifyError::MalformedToken("the `iat` claim is required"))?;
+        .ok_or(VerifyError::MalformedToken("the `iat` claim is required"))?
+        .0;
     if now.saturating_sub(issued_at) > max_age_seconds
         || issued_at.saturating_sub(now) > JWT_CLOCK_SKEW_SECONDS
     {
@@ -638,10 +657,10 @@ fn verify_jwt(
     }
     if claims
         .exp
-        .is_some_and(|exp| exp.saturating_add(JWT_CLOCK_SKEW_SECONDS) < now)
+        .is_some_and(|exp| exp.0.saturating_add(JWT_CLOCK_SKEW_SECONDS) < now)
         || claims
             .nbf
-            .is_some_and(|nbf| nbf.saturating_sub(JWT_CLOCK_SKEW_SECONDS) > now)
+            .is_some_and(|nbf| nbf.0.saturating_sub(JWT_CLOCK_SKEW_SECONDS) > now)
     {
         return Err(VerifyError::TokenExpired);
     }
@@ -828,6 +847,25 @@ mod tests {
         assert!(not_before(now + 30).is_ok(), "valid within the skew");
         assert_eq!(not_before(now + 61), Err(VerifyError::TokenExpired));
         assert_eq!(not_before(i64::MAX), Err(VerifyError::TokenExpired));
+        // A NumericDate may be any JSON number.
+        let issued = |iat: &str| {
+            let claims = format!(r#"{{"iat":{iat}}}"#);
+            source.verify(&request(
+                &with_token(jwt_with_claims(&secret, &claims)),
+                None,
+            ))
+        };
+        assert!(issued(&format!("{}.75", now - 10)).is_ok());
+        assert!(issued("1.69999999e9").is_ok());
+        assert_eq!(issued("1e300"), Err(VerifyError::TokenExpired));
+        assert_eq!(
+            issued("18446744073709551615"),
+            Err(VerifyError::TokenExpired)
+        );
+        assert!(matches!(
+            issued(r#""1700000000""#),
+            Err(VerifyError::MalformedToken(_))
+        ));
         // Times at the ends of the range are out of date, not an overflow.
         for far in [i64::MIN, i64::MAX] {
             assert_eq!(
