@@ -201,6 +201,10 @@ pub struct EventDraft {
     pub data: EntityData,
     /// The provider's time for the event, if it gave one.
     pub occurred_at: Option<Timestamp>,
+    /// Without that time, the earliest the event can have happened, if the provider tells it
+    /// (a payment's creation, for an update that names no time): it places the event's
+    /// snapshot in the ledger among others of its entity, and is no time for the event itself.
+    pub not_before: Option<Timestamp>,
     pub warnings: Vec<Warning>,
 }
 
@@ -222,8 +226,15 @@ impl EventDraft {
             event_type,
             data,
             occurred_at,
+            not_before: None,
             warnings: Vec::new(),
         }
+    }
+
+    /// The earliest the event can have happened, for a provider that gave no time for it.
+    pub fn not_before(mut self, at: Option<Timestamp>) -> Self {
+        self.not_before = at;
+        self
     }
 
     /// Gives the draft its id and reception facts. `shared_warnings` (about the message as a

@@ -496,6 +496,10 @@ pub struct Fact {
     /// The provider's time for the event, when it gave one. Its absence is kept: the reception
     /// time is no order between snapshots, since a provider retries any of them at any time.
     pub occurred_at: Option<Timestamp>,
+    /// Without `occurred_at`, the earliest the event can have happened, when the provider tells
+    /// it (a payment's creation): the snapshot is ordered by it, but the history keeps the
+    /// event unstamped.
+    pub not_before: Option<Timestamp>,
     pub received_at: Timestamp,
     pub snapshot: Snapshot,
     /// The provider's rank for the snapshot's status, when it has one.
@@ -1359,9 +1363,12 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     };
 
     // A snapshot the provider did not stamp has no place in time: it comes before every
-    // stamped one, and among unstamped ones the rank and the hash decide, in every order.
+    // stamped one, and among unstamped ones the rank and the hash decide, in every order. One
+    // known to be no older than a time is placed at that time, where the rank decides against
+    // a snapshot of the same time (an update after the creation it is no older than).
     let at = fact
         .occurred_at
+        .or(fact.not_before)
         .map_or(Precedence::UNSTAMPED, |time| time.unix_millis());
 
     // Status: forward only.

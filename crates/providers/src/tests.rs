@@ -254,6 +254,26 @@ fn zwitch_upi_amounts_are_decimal_rupees() {
     assert_eq!(payment["completed_at"], json!("2022-07-25T09:31:36Z"));
     assert_eq!(payment["settled"], json!(true));
     assert_eq!(payment["payer"]["ifsc"], json!("HDFC0000123"));
+    assert_eq!(
+        updated.events[0].occurred_at,
+        Some(Timestamp::from_unix_millis(1_658_741_496_000))
+    );
+
+    // A failure names no time of its own: no event time, but no older than the request.
+    let failed = with_null(
+        "zwitch_upi/payments.updated.json",
+        &["data", "object", "transacted_at"],
+    );
+    let failed = String::from_utf8(failed)
+        .unwrap()
+        .replace("\"success\"", "\"failed\"");
+    let failed = normalize("zwitch", failed.as_bytes());
+    assert_eq!(types(&failed), [EventType::PaymentFailed]);
+    assert_eq!(failed.events[0].occurred_at, None);
+    assert_eq!(
+        failed.events[0].not_before,
+        Some(Timestamp::from_unix_millis(1_658_741_486_000))
+    );
 
     // `3.69` rupees is exactly 369 paise.
     let mut body: Value =

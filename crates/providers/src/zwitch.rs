@@ -367,11 +367,12 @@ impl UpiPayment {
             settled: self.is_settled,
             settled_at: time(&self.settled_at, "settled_at")?,
         };
-        Ok(EventDraft::new(
-            event_type,
-            EntityData::Payment(snapshot),
-            occurred_at,
-        ))
+        // An update names no time of its own until the money moves (a failure or an expiry
+        // names none); it is no older than the collect request it updates.
+        Ok(
+            EventDraft::new(event_type, EntityData::Payment(snapshot), occurred_at)
+                .not_before(created_at),
+        )
     }
 }
 

@@ -615,11 +615,11 @@ pub(crate) fn canonical_events(
         facts: Vec::with_capacity(normalized.events.len()),
     };
     for draft in normalized.events.iter().cloned() {
-        let provider_time = draft.occurred_at;
+        let times = (draft.occurred_at, draft.not_before);
         let event = draft.finish(reception, &normalized.warnings);
         canonical
             .facts
-            .extend(ledger::fact_for(&event, provider_time, source));
+            .extend(ledger::fact_for(&event, times, source));
         canonical.events.push(ledger::stored_event(&event));
     }
     canonical

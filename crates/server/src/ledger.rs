@@ -24,10 +24,11 @@ pub const LEDGER_EVENT: &str = "billhook.ledger";
 
 /// What a canonical event tells the ledger, ranked by its provider and linked by its source's
 /// rule. `provider_time` is the provider's own time for it, if it gave one (the event's
-/// `occurred_at` is then the reception time). `None` for kinds the ledger does not keep.
+/// `occurred_at` is otherwise the reception time), else the earliest it can have happened, if
+/// the provider tells that. `None` for kinds the ledger does not keep.
 pub(crate) fn fact_for(
     event: &CanonicalEvent,
-    provider_time: Option<Timestamp>,
+    (provider_time, not_before): (Option<Timestamp>, Option<Timestamp>),
     source: &Source,
 ) -> Option<Fact> {
     let kind = event.data.kind();
@@ -45,6 +46,7 @@ pub(crate) fn fact_for(
         provider_event: event.source.event.clone(),
         sandbox: event.source.sandbox,
         occurred_at: provider_time,
+        not_before,
         received_at: event.received_at,
         // Serialized here, on the request's task, not inside the writer's transaction.
         snapshot: Snapshot::of(event.data.clone()),

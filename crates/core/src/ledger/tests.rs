@@ -480,6 +480,7 @@ fn fact(
         provider_event: "test".to_owned(),
         sandbox: false,
         occurred_at: Some(Timestamp::from_unix_millis(T0 + at)),
+        not_before: None,
         received_at: Timestamp::from_unix_millis(T0 + 1_000_000 + at),
         snapshot: Snapshot::of(data),
         rank,
@@ -1110,6 +1111,52 @@ fn an_edit_without_an_amount_leaves_the_invoice_s_amount() {
     assert_eq!(invoice.due, Some(Amount::ZERO));
     assert_eq!(invoice.status.as_deref(), Some("accepted"));
     assert_eq!(repo.conclusions.len(), 1, "settled by the payment");
+}
+
+/// A collect request's update that names no time of its own (Zwitch states none for a failure
+/// or an expiry) is no older than the request it updates: its snapshot replaces the creation's
+/// in either order, while its history entry stays without a provider time.
+#[test]
+fn an_update_no_older_than_its_creation_replaces_the_creation_s_snapshot() {
+    let created = payment(
+        "tx_1",
+        "pending",
+        100,
+        None,
+        None,
+        0,
+        Some(StatusRank::new(0)),
+        "zwitch",
+    );
+    let mut failed = payment(
+        "tx_1",
+        "failed",
+        100,
+        None,
+        None,
+        0,
+        Some(StatusRank::new(1)),
+        "zwitch",
+    );
+    failed.not_before = failed.occurred_at.take();
+    for facts in [
+        [created.clone(), failed.clone()],
+        [failed.clone(), created.clone()],
+    ] {
+        let repo = run(&facts);
+        let entity = repo.find(SubjectKind::Payment, "tx_1");
+        assert_eq!(entity.status.as_deref(), Some("failed"));
+        let EntityData::Payment(snapshot) = entity.snapshot.data() else {
+            unreachable!("a payment")
+        };
+        assert_eq!(snapshot.status, "failed", "the update's snapshot is kept");
+        let entry = repo
+            .history
+            .iter()
+            .find(|entry| entry.event_id == failed.event_id)
+            .unwrap();
+        assert_eq!(entry.occurred_at, failed.received_at);
+    }
 }
 
 proptest! {

@@ -133,6 +133,7 @@ fn ingest_of(data: EntityData, rank: Option<StatusRank>) -> IngestWrite {
         provider_event: "test".to_owned(),
         sandbox: false,
         occurred_at: Some(now),
+        not_before: None,
         received_at: now,
         snapshot: Snapshot::of(data),
         rank,
