@@ -171,6 +171,43 @@ async fn handle(
 
 /// Counts an ingest request once its write is handed to the store: as the write ends, or, if
 /// the write panics before that, as an error when it is dropped.
+/// The ingest writes still running. Each outlives its request (see `receive`); the stop waits
+/// for them to hand their deliveries to the lanes before delivery stops.
+#[derive(Debug, Default)]
+pub struct WritesInFlight {
+    count: std::sync::atomic::AtomicUsize,
+    settled: tokio::sync::Notify,
+}
+
+/// One write counted in [`WritesInFlight`] until it is dropped.
+pub(crate) struct WriteInFlight(Arc<WritesInFlight>);
+
+impl WritesInFlight {
+    pub(crate) fn start(self: &Arc<Self>) -> WriteInFlight {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        WriteInFlight(Arc::clone(self))
+    }
+
+    /// Returns once no write is running.
+    pub async fn settled(&self) {
+        loop {
+            let settled = self.settled.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            settled.await;
+        }
+    }
+}
+
+impl Drop for WriteInFlight {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.settled.notify_waiters();
+        }
+    }
+}
+
 struct WriteCounter {
     app: Arc<App>,
     label: String,
@@ -321,8 +358,10 @@ async fn process(
     };
     let committed = tokio::spawn({
         let app = Arc::clone(app);
+        let in_flight = app.ingest_writes.start();
         async move {
             let _buffered = buffered;
+            let _in_flight = in_flight;
             let outcome = match app.store.ingest(write).await {
                 Ok(outcome) => outcome,
                 Err(error) => {
@@ -659,6 +698,25 @@ mod tests {
             client(via_proxy, "52.66.75.174, unknown, 10.0.0.2"),
             "10.0.0.1"
         );
+    }
+
+    #[tokio::test]
+    async fn the_stop_waits_for_the_writes_in_flight() {
+        let writes = Arc::new(WritesInFlight::default());
+        writes.settled().await;
+        let (first, second) = (writes.start(), writes.start());
+        let waiting = tokio::spawn({
+            let writes = Arc::clone(&writes);
+            async move { writes.settled().await }
+        });
+        drop(first);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "one write still runs");
+        drop(second);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("settled once the last write ends")
+            .unwrap();
     }
 
     #[test]

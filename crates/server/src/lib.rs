@@ -46,6 +46,9 @@ pub struct App {
     /// Bytes of ingest bodies that may be held in memory at once (`ingest.max_buffered_bytes`):
     /// a request takes its share before its body is read.
     pub ingest_budget: Arc<tokio::sync::Semaphore>,
+    /// Ingest writes still running, which outlive their requests by design: the stop waits for
+    /// them before delivery stops.
+    pub ingest_writes: Arc<ingest::WritesInFlight>,
 }
 
 impl App {
@@ -164,6 +167,7 @@ impl Server {
                 metrics,
                 stopping: tokio::sync::watch::Sender::new(false),
                 ingest_budget,
+                ingest_writes: Arc::default(),
             }),
         })
     }
@@ -198,6 +202,17 @@ impl Server {
             shutdown,
         )
         .await;
+        // A write that committed deliveries leased to this instance hands them to their lanes;
+        // once delivery has stopped, they could only wait out their leases.
+        let writes = app.ingest_writes.settled();
+        if tokio::time::timeout(app.settings.ingest.request_timeout.0, writes)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "ingest writes still running at shutdown; their deliveries wait out their leases"
+            );
+        }
         app.delivery.shutdown().await;
         background.stop().await;
         app.store.close().await;

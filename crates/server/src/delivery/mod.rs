@@ -866,6 +866,12 @@ impl Shared {
         if let Some(entry) = lanes.get(&id) {
             return Some(Arc::clone(&entry.lane));
         }
+        // Asked again under the lane tasks' lock: the stop says so before it takes the tasks to
+        // wait for, so a lane started now is either among them or never started.
+        let mut tasks = self.lane_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if *self.stopping.borrow() {
+            return None;
+        }
         let (queue, jobs) = mpsc::unbounded_channel();
         let lane = Arc::new(Lane {
             id,
@@ -881,7 +887,6 @@ impl Shared {
         lanes.insert(id, entry);
         self.metrics.set_lanes(lanes.len());
         let task = tokio::spawn(run_lane(Arc::clone(self), Arc::clone(&lane), jobs));
-        let mut tasks = self.lane_tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.retain(|task| !task.is_finished());
         tasks.push(task);
         Some(lane)
