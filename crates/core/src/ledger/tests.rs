@@ -1141,7 +1141,7 @@ fn an_update_no_older_than_its_creation_replaces_the_creation_s_snapshot() {
     failed.not_before = failed.occurred_at.take();
     for facts in [
         [created.clone(), failed.clone()],
-        [failed.clone(), created.clone()],
+        [failed.clone(), created],
     ] {
         let repo = run(&facts);
         let entity = repo.find(SubjectKind::Payment, "tx_1");
