@@ -2801,8 +2801,13 @@ fn gone_410(delivery: DeliveryId, endpoint: EndpointId, now: Timestamp) -> Compl
 
 /// An operator's re-enabling of `endpoint` at `at`.
 async fn re_enable(store: &Store, endpoint: EndpointId, at: Timestamp) {
+    switch(store, endpoint, true, at).await;
+}
+
+/// An operator's enabling or disabling of `endpoint` at `at`.
+async fn switch(store: &Store, endpoint: EndpointId, enabled: bool, at: Timestamp) {
     let patch = EndpointPatch {
-        enabled: Some(true),
+        enabled: Some(enabled),
         ..EndpointPatch::default()
     };
     store.update_endpoint(endpoint, patch, at).await.unwrap();
@@ -2832,14 +2837,7 @@ fn a_delivery_planned_as_held_is_written_pending_if_its_endpoint_is_enabled() {
                 }
             };
             assert_eq!(write_held("enabled").await, DeliveryStatus::Pending);
-            let disable = EndpointPatch {
-                enabled: Some(false),
-                ..EndpointPatch::default()
-            };
-            store
-                .update_endpoint(endpoint.id, disable, Timestamp::now())
-                .await
-                .unwrap();
+            switch(store, endpoint.id, false, Timestamp::now()).await;
             assert_eq!(write_held("disabled").await, DeliveryStatus::Held);
         }
     });

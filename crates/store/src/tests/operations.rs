@@ -8,7 +8,8 @@ use billhook_core::time::Timestamp;
 
 use super::{
     Owed, backends, canonical_endpoint, deliver, delivery_for, event, execute_directly, inbound,
-    ingest_owed_at, new_endpoint, normalized, postgres_config, postgres_session, runtime, write,
+    ingest_owed_at, new_endpoint, normalized, postgres_config, postgres_session, runtime, switch,
+    write,
 };
 use crate::*;
 
@@ -204,14 +205,7 @@ fn retention_removes_finished_old_messages_and_keeps_what_is_owed_or_quarantined
             let (finished_event, finished) = (finished.event, finished.inbound);
             // An old message held for an endpoint left disabled: kept only as long as
             // retention keeps anything, or one such endpoint would keep every message for good.
-            let disable = EndpointPatch {
-                enabled: Some(false),
-                ..EndpointPatch::default()
-            };
-            store
-                .update_endpoint(endpoint.id, disable, Timestamp::now())
-                .await
-                .unwrap();
+            switch(store, endpoint.id, false, Timestamp::now()).await;
             let held = received_at("old-held", InboundStatus::Processed, old);
             let held_event = event("rzp", "invoice.paid", "inv_held");
             let mut ingest = write(held.clone(), vec![held_event.clone()]);
