@@ -60,6 +60,9 @@ pub(crate) async fn serve_for_now(
     tokio::spawn(drain(connections, request_timeout));
 }
 
+/// The most a connection buffers from its client at once: its headers must fit.
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
 async fn accept_until(
     listener: &TcpListener,
     routes: Router,
@@ -67,9 +70,13 @@ async fn accept_until(
     until: impl Future<Output = ()>,
 ) -> GracefulShutdown {
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // A connection's read buffer, which bounds its headers, is held before any body is
+    // counted against the memory kept for bodies; hyper's default would let each one hold
+    // 400 KiB of headers.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(request_timeout);
+        .header_read_timeout(request_timeout)
+        .max_buf_size(MAX_READ_BUFFER);
     let connections = GracefulShutdown::new();
     let routes = routes.layer(CatchPanicLayer::custom(answer_panic));
     tokio::pin!(until);
@@ -126,6 +133,58 @@ async fn drain(connections: GracefulShutdown, request_timeout: Duration) {
     }
 }
 
+/// Why a body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("the body exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("the body could not be read: {0}")]
+    Unreadable(String),
+}
+
+/// Reads a body of at most `limit` bytes into one buffer as it arrives. Kept frame by frame
+/// (as `collect` keeps them), a body sent a byte per chunk would cost a handle of its own per
+/// byte, and each would keep the connection's read buffer alive: tens of times the bytes
+/// counted against the memory kept for bodies.
+pub(crate) async fn read_whole_body(
+    mut body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, BodyError> {
+    use http_body_util::BodyExt as _;
+
+    // A body that comes in one frame (most do) is kept as it came, without a copy.
+    let mut first: Option<bytes::Bytes> = None;
+    let mut gathered = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| BodyError::Unreadable(error.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let length = first.as_ref().map_or(0, bytes::Bytes::len) + gathered.len() + data.len();
+        if length > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        match first.take() {
+            None if gathered.is_empty() => first = Some(data),
+            earlier => {
+                if gathered.capacity() < length {
+                    // Doubling, as a vector grows, but never past the limit (a vector's own
+                    // growth could take twice the limit).
+                    let capacity = (gathered.capacity() * 2).clamp(length, limit);
+                    let mut larger = bytes::BytesMut::with_capacity(capacity);
+                    larger.extend_from_slice(&gathered);
+                    gathered = larger;
+                }
+                if let Some(earlier) = earlier {
+                    gathered.extend_from_slice(&earlier);
+                }
+                gathered.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| gathered.freeze()))
+}
+
 /// The body length a request's `Content-Length` declares, if it declares one that parses.
 pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
@@ -179,18 +238,14 @@ pub(crate) async fn read_body_in_time(
         return too_large();
     }
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(deadline.timeout, axum::body::to_bytes(body, deadline.limit)).await {
+    match tokio::time::timeout(deadline.timeout, read_whole_body(body, deadline.limit)).await {
         Ok(Ok(bytes)) => {
             next.run(axum::extract::Request::from_parts(parts, bytes.into()))
                 .await
         }
-        Ok(Err(error)) => {
-            let error = error.into_inner();
-            if error.is::<http_body_util::LengthLimitError>() {
-                too_large()
-            } else {
-                ApiError::invalid(format!("the body could not be read: {error}")).into_response()
-            }
+        Ok(Err(BodyError::TooLarge(_))) => too_large(),
+        Ok(Err(error @ BodyError::Unreadable(_))) => {
+            ApiError::invalid(error.to_string()).into_response()
         }
         Err(_) => ApiError::new(
             ErrorCode::RequestTimeout,
@@ -209,6 +264,78 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
+
+    /// A body sent a byte per chunk arrives whole, and one a byte over the limit is refused as
+    /// that byte arrives.
+    #[tokio::test]
+    async fn a_body_in_many_small_chunks_is_read_whole_within_its_limit() {
+        const LIMIT: usize = 4096;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        async fn sum(request: axum::extract::Request) -> String {
+            match read_whole_body(request.into_body(), LIMIT).await {
+                Ok(body) => {
+                    let sum: u64 = body.iter().map(|byte| u64::from(*byte)).sum();
+                    format!("read {} bytes summing {sum}", body.len())
+                }
+                Err(error) => error.to_string(),
+            }
+        }
+        let routes = Router::new().route("/sum", axum::routing::post(sum));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, routes, Duration::from_secs(5), async {
+            let _ = stopped.await;
+        }));
+        let send = |bytes: usize| async move {
+            let mut request = b"POST /sum HTTP/1.1\r\nhost: billhook\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            for index in 0..bytes {
+                request.extend_from_slice(format!("1\r\n{}\r\n", index % 10).as_bytes());
+            }
+            request.extend_from_slice(b"0\r\n\r\n");
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            stream.write_all(&request).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            answer
+        };
+        let whole = send(LIMIT).await;
+        // The digits 0 to 9 in turn: 4,096 times `0` (48), plus 409 rounds of 45 and 0 to 5.
+        assert!(whole.ends_with("read 4096 bytes summing 215028"), "{whole}");
+        let over = send(LIMIT + 1).await;
+        assert!(over.ends_with("the body exceeds 4096 bytes"), "{over}");
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
+
+    /// Headers must fit a connection's read buffer: larger ones are refused (431), not held.
+    #[tokio::test]
+    async fn headers_larger_than_the_read_buffer_are_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let routes = Router::new().route("/", get(|| async { "ok" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, routes, Duration::from_secs(5), async {
+            let _ = stopped.await;
+        }));
+        let send = |header_bytes: usize| async move {
+            let request = format!(
+                "GET / HTTP/1.1\r\nhost: billhook\r\nconnection: close\r\nx-padding: {}\r\n\r\n",
+                "a".repeat(header_bytes)
+            );
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            // The server may answer and close before it has read all of a refused request.
+            let _ = stream.write_all(request.as_bytes()).await;
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        let fits = send(MAX_READ_BUFFER / 2).await;
+        assert!(fits.starts_with("HTTP/1.1 200"), "{fits}");
+        let too_large = send(MAX_READ_BUFFER * 2).await;
+        assert!(too_large.starts_with("HTTP/1.1 431"), "{too_large}");
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
 
     #[tokio::test]
     async fn a_handler_that_panics_is_answered_500_without_its_message() {

@@ -24,7 +24,6 @@ use billhook_store::{
 };
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Limited};
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -35,6 +34,7 @@ use crate::delivery::{Prepared, fan_out_events};
 #[allow(unused_imports, reason = "named in the OpenAPI attributes")]
 use crate::error::ErrorBody as Error;
 use crate::error::{ApiError, ErrorCode};
+use crate::http_server::BodyError;
 use crate::ledger;
 use crate::metrics::IngestOutcome;
 
@@ -464,13 +464,12 @@ fn too_large(limit: usize) -> ApiError {
 /// Reads the body, refusing with 413 as soon as a streamed body crosses `limit` (one declared
 /// larger was refused before).
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
-        Err(error) => Err(ApiError::invalid(format!(
-            "the body could not be read: {error}"
-        ))),
-    }
+    crate::http_server::read_whole_body(body, limit)
+        .await
+        .map_err(|error| match error {
+            BodyError::TooLarge(limit) => too_large(limit),
+            BodyError::Unreadable(_) => ApiError::invalid(error.to_string()),
+        })
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
