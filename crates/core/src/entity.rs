@@ -14,6 +14,19 @@ use utoipa::ToSchema;
 use crate::money::{Amount, Currency};
 use crate::time::Timestamp;
 
+/// The longest id or reference, in bytes, billhook finds entities by. Ids and references are
+/// looked up through database indexes, and PostgreSQL refuses an index entry past about
+/// 2.7 KB: an entity whose id is longer is refused, and a longer reference or number is kept in
+/// its snapshot but not looked up by. Providers' ids are a few dozen characters.
+pub const MAX_KEY_BYTES: usize = 512;
+
+/// `value` if it can be a key: not empty and at most [`MAX_KEY_BYTES`] long.
+pub fn as_key(value: &Option<String>) -> Option<String> {
+    value
+        .clone()
+        .filter(|v| !v.is_empty() && v.len() <= MAX_KEY_BYTES)
+}
+
 /// What an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

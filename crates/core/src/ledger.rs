@@ -30,7 +30,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use crate::entity::{Direction, EntityData, PaymentReferences, SubjectKind};
+use crate::entity::{Direction, EntityData, PaymentReferences, SubjectKind, as_key};
 use crate::event::EventType;
 use crate::ids::{EventId, InboundId};
 use crate::money::{Amount, Currency};
@@ -319,15 +319,14 @@ impl PaymentRefs {
         sandbox: bool,
         provider: &str,
     ) -> Self {
-        let given = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
         let r = references;
         Self {
-            invoice_id: given(&r.invoice_id),
-            order_id: given(&r.order_id),
-            merchant_reference: given(&r.merchant_reference),
-            remark: given(&r.remark),
-            bill_ref_id: given(&r.bill_ref_id),
-            biller_ref_id: given(&r.biller_ref_id),
+            invoice_id: as_key(&r.invoice_id),
+            order_id: as_key(&r.order_id),
+            merchant_reference: as_key(&r.merchant_reference),
+            remark: as_key(&r.remark),
+            bill_ref_id: as_key(&r.bill_ref_id),
+            biller_ref_id: as_key(&r.biller_ref_id),
             sandbox,
             provider: provider.to_owned(),
         }
@@ -406,11 +405,11 @@ impl TargetKeys {
     pub fn of(data: &EntityData) -> Option<Self> {
         match data {
             EntityData::Invoice(invoice) => Some(Self {
-                number: invoice.number.clone(),
-                order_id: invoice.order_id.clone(),
+                number: as_key(&invoice.number),
+                order_id: as_key(&invoice.order_id),
             }),
             EntityData::Bill(bill) => Some(Self {
-                number: bill.biller_ref_id.clone(),
+                number: as_key(&bill.biller_ref_id),
                 order_id: None,
             }),
             _ => None,

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
+use billhook_core::entity::MAX_KEY_BYTES;
 use hmac::{Hmac, KeyInit, Mac};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -241,17 +242,21 @@ impl SourceSpec {
         request: &InboundRequest<'_>,
     ) -> Result<crate::Normalized, crate::NormalizeError> {
         let mut normalized = self.provider.normalize(request)?;
-        if let Some(draft) = normalized
-            .events
-            .iter()
-            .find(|draft| draft.data.provider_id().trim().is_empty())
-        {
+        for draft in &normalized.events {
+            let id = draft.data.provider_id();
+            let fault = if id.trim().is_empty() {
+                "an empty id".to_owned()
+            } else if id.len() > MAX_KEY_BYTES {
+                format!(
+                    "an id of {} bytes, past the {MAX_KEY_BYTES} billhook keeps",
+                    id.len()
+                )
+            } else {
+                continue;
+            };
             return Err(crate::NormalizeError::Shape {
                 provider: self.provider.name(),
-                detail: format!(
-                    "the {} it is about has an empty id",
-                    draft.data.kind().as_str()
-                ),
+                detail: format!("the {} it is about has {fault}", draft.data.kind().as_str()),
             });
         }
         normalized.dedup_key = crate::bounded_dedup_key(std::mem::take(&mut normalized.dedup_key));

@@ -16,6 +16,7 @@ backend_tests!(
     each_fixture_delivered_twice_is_stored_once,
     a_razorpay_body_sent_again_under_a_new_event_id_is_a_duplicate,
     an_event_id_of_any_length_is_stored_alike,
+    ids_and_references_too_long_to_index_are_handled_alike,
     oversized_bodies_are_refused_before_they_are_read,
     unknown_sources_and_empty_bodies_are_refused,
     unverifiable_requests_get_401_with_a_stable_code,
@@ -331,6 +332,60 @@ async fn an_event_id_of_any_length_is_stored_alike(backend: Backend) {
     assert_eq!(response.status().as_u16(), ack_status("razorpay"));
     let quarantined: Value = response.json().await.unwrap();
     assert_eq!(quarantined["quarantined"], json!(true), "{quarantined}");
+    app.stop().await;
+}
+
+/// A provider's ids and references are looked up through indexes, and PostgreSQL refuses an
+/// index entry past about 2.7 KB. A payment whose id is that long is quarantined, and one whose
+/// remark is that long is stored with the remark kept but not looked up by, on both backends
+/// alike: refused by the database, it would be answered 500 and lost once the provider gave up.
+async fn ids_and_references_too_long_to_index_are_handled_alike(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Hex digits with no repeats to compress.
+    let long: String = (0u32..64)
+        .map(|n| hex_hmac("padding", &n.to_be_bytes()))
+        .collect();
+    assert!(long.len() > 4_000);
+    let payment = |id: &str, remark: &str, event: &str| {
+        let mut body: Value =
+            serde_json::from_slice(&fixture("zwitch_upi/payments.updated.json")).unwrap();
+        body["id"] = json!(event);
+        body["data"]["object"]["id"] = json!(id);
+        body["data"]["object"]["remark"] = json!(remark);
+        serde_json::to_vec(&body).unwrap()
+    };
+    let response = app
+        .post_signed("zwitch", &payment("tx_long_remark", &long, "evl_1"), &[])
+        .await;
+    assert_eq!(response.status().as_u16(), ack_status("zwitch"));
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(stored["quarantined"], json!(false), "{stored}");
+    let (status, event) = app
+        .admin_get(&format!(
+            "/v1/events/{}",
+            stored["events"][0].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["event"]["data"]["references"]["remark"], json!(long));
+
+    let response = app
+        .post_signed("zwitch", &payment(&long, "a remark", "evl_2"), &[])
+        .await;
+    assert_eq!(response.status().as_u16(), ack_status("zwitch"));
+    let quarantined: Value = response.json().await.unwrap();
+    assert_eq!(quarantined["quarantined"], json!(true), "{quarantined}");
+    let (_, record) = app
+        .admin_get(&format!(
+            "/v1/inbound/{}",
+            quarantined["inbound_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        record["error"]["code"],
+        json!("unexpected_shape"),
+        "{record}"
+    );
     app.stop().await;
 }
 

@@ -1139,10 +1139,7 @@ fn an_update_no_older_than_its_creation_replaces_the_creation_s_snapshot() {
         "zwitch",
     );
     failed.not_before = failed.occurred_at.take();
-    for facts in [
-        [created.clone(), failed.clone()],
-        [failed.clone(), created],
-    ] {
+    for facts in [[created.clone(), failed.clone()], [failed.clone(), created]] {
         let repo = run(&facts);
         let entity = repo.find(SubjectKind::Payment, "tx_1");
         assert_eq!(entity.status.as_deref(), Some("failed"));
