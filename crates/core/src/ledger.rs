@@ -1410,6 +1410,7 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     } else if let Some(known) = with_direction_kept(&entity.snapshot, fact.snapshot.data()) {
         entity.snapshot = known;
     }
+    let refs_before = entity.refs.clone();
     if let EntityData::Payment(payment) = fact.snapshot.data() {
         let named = PaymentRefs::ruled(
             &payment.references,
@@ -1449,7 +1450,13 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     let mut conclusions = Vec::new();
     match kind {
         SubjectKind::Payment => {
-            if entity.linked_to.is_none() {
+            // A payment not linked yet looks for its target. One linked looks again when its
+            // own references changed (a later message named a stronger one, or another value
+            // of one), so that every order of its messages ends with the same link, as it ends
+            // with the same references. A target that arrives later still does not take it
+            // over, and a link no target answers to any more stays.
+            let previous = entity.linked_to.clone();
+            if previous.is_none() || entity.refs != refs_before {
                 let targets = repo.targets_for(&entity.refs).await?;
                 if let Some((target, reason)) = best_target(&entity.refs, entity.currency, &targets)
                 {
@@ -1458,6 +1465,9 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
                 }
             }
             repo.save(&entity).await?;
+            if let Some(left) = previous.filter(|left| entity.linked_to.as_ref() != Some(left)) {
+                conclusions.extend(recompute(repo, &left, &trigger).await?);
+            }
             if let Some(target) = entity.linked_to.clone() {
                 conclusions.extend(recompute(repo, &target, &trigger).await?);
             }

@@ -1113,6 +1113,83 @@ fn an_edit_without_an_amount_leaves_the_invoice_s_amount() {
     assert_eq!(repo.conclusions.len(), 1, "settled by the payment");
 }
 
+/// A payment's link follows its references as every order of its messages ends them: a later
+/// message that names a stronger reference moves it to the invoice that reference names, and
+/// one that names a stronger reference to the same invoice says so in `link_rule`.
+#[test]
+fn a_payment_s_link_is_the_same_in_every_order_of_its_messages() {
+    let zwitch_payment = |status: &str, merchant: Option<&str>, remark: &str, at, rank| {
+        let references = PaymentReferences {
+            merchant_reference: merchant.map(str::to_owned),
+            remark: Some(remark.to_owned()),
+            ..PaymentReferences::default()
+        };
+        fact(
+            EntityData::Payment(payment_snapshot("tx_1", status, 1000, references)),
+            at,
+            Some(rank),
+            "zwitch",
+            vec![PaymentRef::MerchantReference, PaymentRef::Remark],
+        )
+    };
+    let invoices = [
+        invoice_of("zwitch", "bc_A", "issued", 1000, 0, ISSUED),
+        invoice_of("zwitch", "bc_B", "issued", 1000, 0, ISSUED),
+    ];
+    let pending = zwitch_payment("pending", None, "N-bc_B", 10, StatusRank::new(0));
+    let succeeded = zwitch_payment(
+        "succeeded",
+        Some("N-bc_A"),
+        "N-bc_B",
+        20,
+        StatusRank::new(1),
+    );
+    let runs = [[pending.clone(), succeeded.clone()], [succeeded, pending]].map(|payments| {
+        let facts: Vec<Fact> = invoices.iter().cloned().chain(payments).collect();
+        run(&facts)
+    });
+    assert_eq!(runs[0].outcome(), runs[1].outcome());
+    for repo in &runs {
+        let named = repo.find(SubjectKind::Invoice, "bc_A");
+        let payment = repo.find(SubjectKind::Payment, "tx_1");
+        assert_eq!(payment.linked_to.as_deref(), Some(named.id.as_str()));
+        assert_eq!(payment.link_rule.as_deref(), Some("merchant_reference"));
+        assert_eq!(named.due, Some(Amount::ZERO));
+        assert_eq!(repo.find(SubjectKind::Invoice, "bc_B").paid, Amount::ZERO);
+        assert_eq!(repo.conclusions.len(), 1, "bc_A settled, once");
+    }
+
+    // Moved after it had settled the invoice it left: that settlement is taken back.
+    let left_behind = zwitch_payment("succeeded", None, "N-bc_B", 10, StatusRank::new(1));
+    let stronger = zwitch_payment(
+        "succeeded",
+        Some("N-bc_A"),
+        "N-bc_B",
+        20,
+        StatusRank::new(1),
+    );
+    let facts: Vec<Fact> = invoices
+        .iter()
+        .cloned()
+        .chain([left_behind, stronger])
+        .collect();
+    let repo = run(&facts);
+    let kinds: Vec<EventType> = repo
+        .conclusions
+        .iter()
+        .map(Conclusion::event_type)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventType::InvoiceSettled,
+            EventType::InvoiceUnsettled,
+            EventType::InvoiceSettled
+        ]
+    );
+    assert_eq!(repo.find(SubjectKind::Invoice, "bc_B").paid, Amount::ZERO);
+}
+
 /// A collect request's update that names no time of its own (Zwitch states none for a failure
 /// or an expiry) is no older than the request it updates: its snapshot replaces the creation's
 /// in either order, while its history entry stays without a provider time.

@@ -755,6 +755,54 @@ fn an_invoice_renumbered_is_found_by_its_new_number_only() {
     });
 }
 
+/// A payment whose later message names a stronger reference moves to the invoice it names,
+/// the one it leaves unsettled, on both backends (PostgreSQL reads a linked payment's targets
+/// past what it read ahead).
+#[test]
+fn a_payment_naming_a_stronger_reference_moves_to_its_invoice() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            issue(store, "bcinv_ma", "INV-MA", 1000).await;
+            issue(store, "bcinv_mb", "INV-MB", 1000).await;
+            let mut by_remark = payment_data("tx_move", "succeeded", 1000, "");
+            if let EntityData::Payment(payment) = &mut by_remark {
+                payment.references = PaymentReferences {
+                    remark: Some("INV-MB".to_owned()),
+                    ..PaymentReferences::default()
+                };
+            }
+            let settled = store.ingest(ingest_of(by_remark, SUCCEEDED)).await.unwrap();
+            assert_eq!(concluded(settled).len(), 1, "INV-MB settled by its remark");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let mut by_merchant = payment_data("tx_move", "succeeded", 1000, "INV-MA");
+            if let EntityData::Payment(payment) = &mut by_merchant {
+                payment.references.remark = Some("INV-MB".to_owned());
+            }
+            let moved = store
+                .ingest(ingest_of(by_merchant, SUCCEEDED))
+                .await
+                .unwrap();
+            assert_eq!(
+                concluded(moved).len(),
+                2,
+                "INV-MB unsettled, INV-MA settled"
+            );
+            let invoices = every(store, SubjectKind::Invoice).await;
+            let paid = |id: &str| {
+                let invoice = invoices.iter().find(|i| i.provider_id == id).unwrap();
+                (invoice.paid, invoice.id.clone())
+            };
+            let (paid_a, a) = paid("bcinv_ma");
+            assert_eq!(paid_a, Amount::from_minor(1000));
+            assert_eq!(paid("bcinv_mb").0, Amount::ZERO);
+            let linked = store.ledger_linked(&a).await.unwrap();
+            assert_eq!(linked.len(), 1);
+            assert_eq!(linked[0].link_rule.as_deref(), Some("merchant_reference"));
+        }
+    });
+}
+
 /// The migration to one identity index (SQLite 7, PostgreSQL 6) keeps every entity, and an
 /// upgraded ledger still finds entities by their identity and by the provider's id alone.
 #[test]
