@@ -265,13 +265,49 @@ mod tests {
 
     use super::*;
 
+    /// `routes` served on a port of their own until [`Served::stop`].
+    struct Served {
+        address: SocketAddr,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Served {
+        async fn start(routes: Router) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(serve(listener, routes, Duration::from_secs(5), async {
+                let _ = stopped.await;
+            }));
+            Self {
+                address,
+                stop,
+                server,
+            }
+        }
+
+        /// Sends `request` as it is on a new connection and reads the answer to its end. The
+        /// server may answer and close before it has read all of a request it refuses.
+        async fn exchange(&self, request: &[u8]) -> String {
+            let mut stream = tokio::net::TcpStream::connect(self.address).await.unwrap();
+            let _ = stream.write_all(request).await;
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+
+        async fn stop(self) {
+            let _ = self.stop.send(());
+            self.server.await.unwrap();
+        }
+    }
+
     /// A body sent a byte per chunk arrives whole, and one a byte over the limit is refused as
     /// that byte arrives.
     #[tokio::test]
     async fn a_body_in_many_small_chunks_is_read_whole_within_its_limit() {
         const LIMIT: usize = 4096;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
         async fn sum(request: axum::extract::Request) -> String {
             match read_whole_body(request.into_body(), LIMIT).await {
                 Ok(body) => {
@@ -281,85 +317,56 @@ mod tests {
                 Err(error) => error.to_string(),
             }
         }
-        let routes = Router::new().route("/sum", axum::routing::post(sum));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, routes, Duration::from_secs(5), async {
-            let _ = stopped.await;
-        }));
-        let send = |bytes: usize| async move {
+        let served = Served::start(Router::new().route("/sum", axum::routing::post(sum))).await;
+        let chunked = |bytes: usize| {
             let mut request = b"POST /sum HTTP/1.1\r\nhost: billhook\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
             for index in 0..bytes {
                 request.extend_from_slice(format!("1\r\n{}\r\n", index % 10).as_bytes());
             }
             request.extend_from_slice(b"0\r\n\r\n");
-            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-            stream.write_all(&request).await.unwrap();
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).await.unwrap();
-            answer
+            request
         };
-        let whole = send(LIMIT).await;
+        let whole = served.exchange(&chunked(LIMIT)).await;
         // The digits 0 to 9 in turn: 4,096 times `0` (48), plus 409 rounds of 45 and 0 to 5.
         assert!(whole.ends_with("read 4096 bytes summing 215028"), "{whole}");
-        let over = send(LIMIT + 1).await;
+        let over = served.exchange(&chunked(LIMIT + 1)).await;
         assert!(over.ends_with("the body exceeds 4096 bytes"), "{over}");
-        let _ = stop.send(());
-        server.await.unwrap();
+        served.stop().await;
     }
 
     /// Headers must fit a connection's read buffer: larger ones are refused (431), not held.
     #[tokio::test]
     async fn headers_larger_than_the_read_buffer_are_refused() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let routes = Router::new().route("/", get(|| async { "ok" }));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, routes, Duration::from_secs(5), async {
-            let _ = stopped.await;
-        }));
-        let send = |header_bytes: usize| async move {
-            let request = format!(
+        let served = Served::start(Router::new().route("/", get(|| async { "ok" }))).await;
+        let with_header_of = |bytes: usize| {
+            format!(
                 "GET / HTTP/1.1\r\nhost: billhook\r\nconnection: close\r\nx-padding: {}\r\n\r\n",
-                "a".repeat(header_bytes)
-            );
-            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-            // The server may answer and close before it has read all of a refused request.
-            let _ = stream.write_all(request.as_bytes()).await;
-            let mut answer = Vec::new();
-            let _ = stream.read_to_end(&mut answer).await;
-            String::from_utf8_lossy(&answer).into_owned()
+                "a".repeat(bytes)
+            )
         };
-        let fits = send(MAX_READ_BUFFER / 2).await;
+        let fits = served
+            .exchange(with_header_of(MAX_READ_BUFFER / 2).as_bytes())
+            .await;
         assert!(fits.starts_with("HTTP/1.1 200"), "{fits}");
-        let too_large = send(MAX_READ_BUFFER * 2).await;
+        let too_large = served
+            .exchange(with_header_of(MAX_READ_BUFFER * 2).as_bytes())
+            .await;
         assert!(too_large.starts_with("HTTP/1.1 431"), "{too_large}");
-        let _ = stop.send(());
-        server.await.unwrap();
+        served.stop().await;
     }
 
     #[tokio::test]
     async fn a_handler_that_panics_is_answered_500_without_its_message() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
         async fn boom() -> &'static str {
             panic!("secret detail of a bug")
         }
-        let routes = Router::new().route("/boom", get(boom));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, routes, Duration::from_secs(5), async {
-            let _ = stopped.await;
-        }));
-        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        stream
-            .write_all(b"GET /boom HTTP/1.1\r\nhost: billhook\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
+        let served = Served::start(Router::new().route("/boom", get(boom))).await;
+        let answer = served
+            .exchange(b"GET /boom HTTP/1.1\r\nhost: billhook\r\nconnection: close\r\n\r\n")
+            .await;
         assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
         assert!(answer.contains("\"code\":\"internal\""), "{answer}");
         assert!(!answer.contains("secret detail"), "{answer}");
-        let _ = stop.send(());
-        server.await.unwrap();
+        served.stop().await;
     }
 }
