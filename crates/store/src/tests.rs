@@ -2843,6 +2843,45 @@ fn a_delivery_planned_as_held_is_written_pending_if_its_endpoint_is_enabled() {
     });
 }
 
+/// On PostgreSQL, a delivery planned as held while its endpoint's enabling is not committed yet
+/// waits for that enabling and is written pending: written held, it would be invisible to the
+/// recovery the enabling runs next, and stay held on an enabled endpoint.
+#[test]
+fn a_delivery_planned_as_held_waits_for_an_enabling_in_flight() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let store = Store::open(&config).await.unwrap();
+        let endpoint = canonical_endpoint(&store).await;
+        switch(&store, endpoint.id, false, Timestamp::now()).await;
+        let mut operator = postgres_session(&config).await;
+        let enabling = operator.transaction().await.unwrap();
+        enabling
+            .execute(
+                "UPDATE endpoints SET enabled = true WHERE id = $1",
+                &[&endpoint.id.to_string()],
+            )
+            .await
+            .unwrap();
+        let request = inbound("rzp", "held-while-enabling", InboundStatus::Processed);
+        let e = event("rzp", "invoice.paid", "held-while-enabling");
+        let mut ingest = write(request.clone(), vec![e.clone()]);
+        let mut delivery = delivery_for(&endpoint, Some(&e), request.id);
+        delivery.status = DeliveryStatus::Held;
+        let id = delivery.id;
+        ingest.deliveries = vec![delivery];
+        let written = tokio::spawn({
+            let store = store.clone();
+            async move { store.ingest(ingest).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!written.is_finished(), "the write waits for the enabling");
+        enabling.commit().await.unwrap();
+        written.await.unwrap().unwrap();
+        let status = store.delivery(id).await.unwrap().unwrap().status;
+        assert_eq!(status, DeliveryStatus::Pending);
+    });
+}
+
 /// A 410 answered to an attempt that began before an operator changed its endpoint (re-enabled
 /// it, say) disables nothing, and its delivery is retried rather than held on an enabled
 /// endpoint, where nothing would ever send it.

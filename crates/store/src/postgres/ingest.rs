@@ -162,7 +162,10 @@ fn insert_events_sql(first: usize) -> String {
 /// judged again against the endpoint as written: one enabled meanwhile, by another instance
 /// or just before, would otherwise hold it after the recovery that came with the enabling,
 /// with nothing left to release it. The endpoint is locked for that, so an enabling either
-/// waits for this write (and its recovery sees the held row) or is seen by it.
+/// waits for this write (and its recovery sees the held row) or is seen by it. It is locked by
+/// its id alone, and whether it is enabled read from the locked row: a filter on `enabled`
+/// would be judged on the row as the statement first saw it, and an enabling not committed yet
+/// would be neither waited for nor seen.
 fn insert_deliveries_sql(first: usize) -> String {
     let [
         inbound,
@@ -182,8 +185,8 @@ fn insert_deliveries_sql(first: usize) -> String {
             status, next_attempt_at, lease_owner, lease_until, created_at, updated_at)
          SELECT id, endpoint_id, message_id, event_id, inbound_id, event_type,
             CASE WHEN status = 'held' THEN
-                CASE WHEN EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id
-                    AND e.enabled AND e.deleted_at IS NULL FOR SHARE) THEN 'pending' ELSE 'held' END
+                CASE WHEN COALESCE((SELECT e.enabled AND e.deleted_at IS NULL FROM endpoints e
+                    WHERE e.id = d.endpoint_id FOR SHARE), false) THEN 'pending' ELSE 'held' END
             ELSE status END,
             next_attempt_at, lease_owner, {DB_NOW} + lease_for, created_at, created_at
          FROM unnest(${inbound}::text[], ${created}::bigint[], ${id}::text[],
