@@ -371,6 +371,22 @@ impl PaymentRefs {
         }
     }
 
+    /// Whether these references, merged into `kept`, change it: they name one `kept` does not,
+    /// or a lesser value of one it does.
+    fn change(&self, kept: &Self) -> bool {
+        let changes = |theirs: &Option<String>, ours: &Option<String>| match (theirs, ours) {
+            (Some(theirs), Some(ours)) => theirs < ours,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        changes(&self.invoice_id, &kept.invoice_id)
+            || changes(&self.order_id, &kept.order_id)
+            || changes(&self.merchant_reference, &kept.merchant_reference)
+            || changes(&self.remark, &kept.remark)
+            || changes(&self.bill_ref_id, &kept.bill_ref_id)
+            || changes(&self.biller_ref_id, &kept.biller_ref_id)
+    }
+
     /// The references present.
     pub fn values(&self) -> impl Iterator<Item = &String> {
         self.each().map(|(_, value)| value)
@@ -1410,7 +1426,9 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     } else if let Some(known) = with_direction_kept(&entity.snapshot, fact.snapshot.data()) {
         entity.snapshot = known;
     }
-    let refs_before = entity.refs.clone();
+    // Whether the fact names a reference the payment had not, or a lesser value of one: not
+    // merely that the source's rule changed what is kept.
+    let mut names_new_references = false;
     if let EntityData::Payment(payment) = fact.snapshot.data() {
         let named = PaymentRefs::ruled(
             &payment.references,
@@ -1421,6 +1439,7 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         // Kept references are held to today's rule too: one the source no longer matches on
         // (`reconcile` narrowed) links nothing more.
         let kept = std::mem::take(&mut entity.refs).within(&fact.link_rule);
+        names_new_references = named.change(&kept);
         entity.refs = kept.merged(named);
     }
     entity.counted = counted(&entity);
@@ -1450,13 +1469,14 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     let mut conclusions = Vec::new();
     match kind {
         SubjectKind::Payment => {
-            // A payment not linked yet looks for its target. One linked looks again when its
-            // own references changed (a later message named a stronger one, or another value
-            // of one), so that every order of its messages ends with the same link, as it ends
-            // with the same references. A target that arrives later still does not take it
-            // over, and a link no target answers to any more stays.
+            // A payment not linked yet looks for its target. One linked looks again when a
+            // message of its own names a reference it had not (or a lesser value of one), so
+            // that, with its targets known, every order of its messages ends with the same
+            // link, as it ends with the same references. A target that arrives later does not
+            // take it over by itself, narrowing the source's rule moves nothing, and a link no
+            // target answers to any more stays.
             let previous = entity.linked_to.clone();
-            if previous.is_none() || entity.refs != refs_before {
+            if previous.is_none() || names_new_references {
                 let targets = repo.targets_for(&entity.refs).await?;
                 if let Some((target, reason)) = best_target(&entity.refs, entity.currency, &targets)
                 {

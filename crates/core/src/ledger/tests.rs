@@ -1190,6 +1190,48 @@ fn a_payment_s_link_is_the_same_in_every_order_of_its_messages() {
     assert_eq!(repo.find(SubjectKind::Invoice, "bc_B").paid, Amount::ZERO);
 }
 
+/// A source's `reconcile` rule narrowed after a payment linked moves nothing: its next message
+/// names no reference the payment had not, so the link stays, with nothing announced.
+#[test]
+fn a_narrowed_rule_alone_moves_no_payment() {
+    let references = PaymentReferences {
+        merchant_reference: Some("N-bc_A".to_owned()),
+        remark: Some("N-bc_B".to_owned()),
+        ..PaymentReferences::default()
+    };
+    let message = |status: &str, at, rule| {
+        fact(
+            EntityData::Payment(payment_snapshot("tx_2", status, 1000, references.clone())),
+            at,
+            Some(StatusRank::new(1)),
+            "zwitch",
+            rule,
+        )
+    };
+    let facts = [
+        invoice_of("zwitch", "bc_A", "issued", 1000, 0, ISSUED),
+        invoice_of("zwitch", "bc_B", "issued", 1000, 0, ISSUED),
+        message(
+            "succeeded",
+            10,
+            vec![PaymentRef::MerchantReference, PaymentRef::Remark],
+        ),
+        // The source now matches on remarks only, which name bc_B.
+        message("succeeded", 20, vec![PaymentRef::Remark]),
+        message("succeeded", 30, vec![PaymentRef::Remark]),
+    ];
+    let repo = run(&facts);
+    let kept = repo.find(SubjectKind::Invoice, "bc_A");
+    let payment = repo.find(SubjectKind::Payment, "tx_2");
+    assert_eq!(payment.linked_to.as_deref(), Some(kept.id.as_str()));
+    assert_eq!(kept.due, Some(Amount::ZERO));
+    assert_eq!(
+        repo.conclusions.len(),
+        1,
+        "bc_A settled once, nothing moved"
+    );
+}
+
 /// A collect request's update that names no time of its own (Zwitch states none for a failure
 /// or an expiry) is no older than the request it updates: its snapshot replaces the creation's
 /// in either order, while its history entry stays without a provider time.
