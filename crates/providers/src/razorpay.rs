@@ -268,6 +268,7 @@ struct Payment {
     method: Option<String>,
     amount_refunded: Option<NumText>,
     description: Option<String>,
+    #[serde(default, deserialize_with = "object_or_empty_list")]
     card: Option<Card>,
     bank: Option<String>,
     wallet: Option<String>,
@@ -305,6 +306,7 @@ struct CustomerDetails {
     email: Option<String>,
     contact: Option<ScalarText>,
     gstin: Option<String>,
+    #[serde(default, deserialize_with = "object_or_empty_list")]
     billing_address: Option<CustomerAddress>,
 }
 
@@ -327,6 +329,7 @@ struct Invoice {
     id: String,
     invoice_number: Option<ScalarText>,
     customer_id: Option<String>,
+    #[serde(default, deserialize_with = "object_or_empty_list")]
     customer_details: Option<CustomerDetails>,
     order_id: Option<String>,
     payment_id: Option<String>,

@@ -155,9 +155,9 @@ fn razorpay_payment_events_and_unknown_events() {
 }
 
 /// Razorpay's payloads are built in PHP, which writes an empty object as `[]`: an empty
-/// `acquirer_data` is none, not a payment of the wrong shape.
+/// `acquirer_data` or `card` is none, not a payment of the wrong shape.
 #[test]
-fn razorpay_acquirer_data_written_as_an_empty_list_is_none() {
+fn razorpay_objects_written_as_an_empty_list_are_none() {
     let payment = |acquirer_data: Value| {
         json!({
             "entity": "event", "event": "payment.captured", "contains": ["payment"],
@@ -182,6 +182,10 @@ fn razorpay_acquirer_data_written_as_an_empty_list_is_none() {
         data_json(&stated, 0)["references"]["bank_reference"],
         "5733649"
     );
+    let mut no_card: Value = serde_json::from_str(&payment(json!(null))).unwrap();
+    no_card["payload"]["payment"]["entity"]["card"] = json!([]);
+    let no_card = normalize("razorpay", no_card.to_string().as_bytes());
+    assert_eq!(types(&no_card), [EventType::PaymentSucceeded]);
     let error =
         normalize_with("razorpay", payment(json!(["5733649"])).as_bytes(), &[]).unwrap_err();
     assert_eq!(error.code(), "unexpected_shape");

@@ -169,8 +169,6 @@ async fn handle(
     result
 }
 
-/// Counts an ingest request once its write is handed to the store: as the write ends, or, if
-/// the write panics before that, as an error when it is dropped.
 /// The ingest writes still running. Each outlives its request (see `receive`); the stop waits
 /// for them to hand their deliveries to the lanes before delivery stops.
 #[derive(Debug, Default)]
@@ -208,6 +206,8 @@ impl Drop for WriteInFlight {
     }
 }
 
+/// Counts an ingest request once its write is handed to the store: as the write ends, or, if
+/// the write panics before that, as an error when it is dropped.
 struct WriteCounter {
     app: Arc<App>,
     label: String,
