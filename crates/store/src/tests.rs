@@ -2216,8 +2216,7 @@ async fn ingest_owed_at(
     request.id = InboundId::new_at(at);
     request.received_at = at;
     let e = event("rzp", "invoice.paid", key);
-    let mut ingest = write(request.clone(), vec![e.clone()]);
-    ingest.deliveries = vec![delivery_for(endpoint, Some(&e), request.id)];
+    let ingest = owed_write(endpoint, &request, &e);
     let delivery = ingest.deliveries[0].id;
     store.ingest(ingest).await.unwrap();
     Owed {
@@ -2225,6 +2224,23 @@ async fn ingest_owed_at(
         inbound: request,
         event: e,
     }
+}
+
+/// The write of `request` with its event `e` and one delivery of it owed to `endpoint`, for a
+/// test to change the delivery before it is written.
+fn owed_write(endpoint: &EndpointRecord, request: &NewInbound, e: &NewEvent) -> IngestWrite {
+    let mut ingest = write(request.clone(), vec![e.clone()]);
+    ingest.deliveries = vec![delivery_for(endpoint, Some(e), request.id)];
+    ingest
+}
+
+/// A message whose one delivery to `endpoint` was planned as held (the endpoint disabled as
+/// the planning instance saw it).
+fn planned_held(endpoint: &EndpointRecord, key: &str) -> IngestWrite {
+    let request = inbound("rzp", key, InboundStatus::Processed);
+    let mut ingest = owed_write(endpoint, &request, &event("rzp", "invoice.paid", key));
+    ingest.deliveries[0].status = DeliveryStatus::Held;
+    ingest
 }
 
 /// One delivery owed to a new canonical endpoint, claimed by the worker `w` for 30 s from the
@@ -2351,13 +2367,12 @@ fn a_recovery_bounds_what_it_resent_by_the_ids_it_walked() {
             let mut ids = Vec::new();
             for (key, made_at) in [("made-now", now), ("made-ahead", ahead)] {
                 let request = inbound("rzp", key, InboundStatus::Processed);
-                let e = event("rzp", "invoice.paid", key);
-                let mut ingest = write(request.clone(), vec![e.clone()]);
-                let mut delivery = delivery_for(&endpoint, Some(&e), request.id);
+                let mut ingest =
+                    owed_write(&endpoint, &request, &event("rzp", "invoice.paid", key));
+                let delivery = &mut ingest.deliveries[0];
                 delivery.id = DeliveryId::new_at(made_at);
                 delivery.next_attempt_at = now;
                 ids.push(delivery.id);
-                ingest.deliveries = vec![delivery];
                 store.ingest(ingest).await.unwrap();
             }
             let lease = now.add(Duration::from_secs(30));
@@ -2823,15 +2838,9 @@ fn a_delivery_planned_as_held_is_written_pending_if_its_endpoint_is_enabled() {
             let store = &test.store;
             let endpoint = canonical_endpoint(store).await;
             let write_held = |key: &'static str| {
-                let endpoint = endpoint.clone();
+                let ingest = planned_held(&endpoint, key);
                 async move {
-                    let request = inbound("rzp", key, InboundStatus::Processed);
-                    let e = event("rzp", "invoice.paid", key);
-                    let mut ingest = write(request.clone(), vec![e.clone()]);
-                    let mut delivery = delivery_for(&endpoint, Some(&e), request.id);
-                    delivery.status = DeliveryStatus::Held;
-                    let id = delivery.id;
-                    ingest.deliveries = vec![delivery];
+                    let id = ingest.deliveries[0].id;
                     store.ingest(ingest).await.unwrap();
                     store.delivery(id).await.unwrap().unwrap().status
                 }
@@ -2862,13 +2871,8 @@ fn a_delivery_planned_as_held_waits_for_an_enabling_in_flight() {
             )
             .await
             .unwrap();
-        let request = inbound("rzp", "held-while-enabling", InboundStatus::Processed);
-        let e = event("rzp", "invoice.paid", "held-while-enabling");
-        let mut ingest = write(request.clone(), vec![e.clone()]);
-        let mut delivery = delivery_for(&endpoint, Some(&e), request.id);
-        delivery.status = DeliveryStatus::Held;
-        let id = delivery.id;
-        ingest.deliveries = vec![delivery];
+        let ingest = planned_held(&endpoint, "held-while-enabling");
+        let id = ingest.deliveries[0].id;
         let written = tokio::spawn({
             let store = store.clone();
             async move { store.ingest(ingest).await }
