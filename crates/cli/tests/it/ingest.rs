@@ -116,9 +116,17 @@ async fn post_fixture(
     event_id: &str,
 ) -> (u16, Value) {
     let body = fixture(fixture_path);
-    let response = app
-        .post_signed(source, &body, &[("x-razorpay-event-id", event_id)])
-        .await;
+    post_body(app, source, &body, &[("x-razorpay-event-id", event_id)]).await
+}
+
+/// Posts `body`, signed for `source`, and reads the answer.
+async fn post_body(
+    app: &TestApp,
+    source: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    let response = app.post_signed(source, body, extra).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
@@ -355,11 +363,14 @@ async fn ids_and_references_too_long_to_index_are_handled_alike(backend: Backend
         body["data"]["object"]["remark"] = json!(remark);
         serde_json::to_vec(&body).unwrap()
     };
-    let response = app
-        .post_signed("zwitch", &payment("tx_long_remark", &long, "evl_1"), &[])
-        .await;
-    assert_eq!(response.status().as_u16(), ack_status("zwitch"));
-    let stored: Value = response.json().await.unwrap();
+    let (status, stored) = post_body(
+        &app,
+        "zwitch",
+        &payment("tx_long_remark", &long, "evl_1"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, ack_status("zwitch"));
     assert_eq!(stored["quarantined"], json!(false), "{stored}");
     let (status, event) = app
         .admin_get(&format!(
@@ -370,11 +381,9 @@ async fn ids_and_references_too_long_to_index_are_handled_alike(backend: Backend
     assert_eq!(status, 200, "{event}");
     assert_eq!(event["event"]["data"]["references"]["remark"], json!(long));
 
-    let response = app
-        .post_signed("zwitch", &payment(&long, "a remark", "evl_2"), &[])
-        .await;
-    assert_eq!(response.status().as_u16(), ack_status("zwitch"));
-    let quarantined: Value = response.json().await.unwrap();
+    let (status, quarantined) =
+        post_body(&app, "zwitch", &payment(&long, "a remark", "evl_2"), &[]).await;
+    assert_eq!(status, ack_status("zwitch"));
     assert_eq!(quarantined["quarantined"], json!(true), "{quarantined}");
     let (_, record) = app
         .admin_get(&format!(
