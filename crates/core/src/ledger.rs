@@ -410,10 +410,14 @@ impl PaymentRefs {
 /// The keys an invoice or bill is found by.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct TargetKeys {
-    /// Invoice number, or a bill's biller reference.
+    /// Invoice number, or a bill's biller reference: the latest snapshot's.
     pub number: Option<String>,
     /// The invoice's order (Razorpay).
     pub order_id: Option<String>,
+    /// Every other number its messages gave it (an invoice renumbered, or an edit whose
+    /// snapshot a ranked status hides), sorted, each once. A payment raised against an
+    /// invoice under one of them still pays it, in whichever order the messages come.
+    pub former_numbers: Vec<String>,
 }
 
 impl TargetKeys {
@@ -423,13 +427,40 @@ impl TargetKeys {
             EntityData::Invoice(invoice) => Some(Self {
                 number: as_key(&invoice.number),
                 order_id: as_key(&invoice.order_id),
+                former_numbers: Vec::new(),
             }),
             EntityData::Bill(bill) => Some(Self {
                 number: as_key(&bill.biller_ref_id),
                 order_id: None,
+                former_numbers: Vec::new(),
             }),
             _ => None,
         }
+    }
+
+    /// Every number it is found by: the current one, then the former ones.
+    pub fn numbers(&self) -> impl Iterator<Item = &str> {
+        self.number
+            .iter()
+            .chain(&self.former_numbers)
+            .map(String::as_str)
+    }
+
+    /// Keeps every number of `earlier` (those known before, and the one a message named) that
+    /// is not the current one as a former number; the current one is never a former one.
+    fn remember<'a>(&mut self, earlier: impl IntoIterator<Item = &'a str>) {
+        for number in earlier {
+            if self.number.as_deref() != Some(number)
+                && let Err(at) = self
+                    .former_numbers
+                    .binary_search_by(|known| known.as_str().cmp(number))
+            {
+                self.former_numbers.insert(at, number.to_owned());
+            }
+        }
+        let current = self.number.clone();
+        self.former_numbers
+            .retain(|known| Some(known) != current.as_ref());
     }
 }
 
@@ -474,20 +505,26 @@ fn payment_lookups<'a>(
     keys: &'a TargetKeys,
 ) -> impl Iterator<Item = (LookupColumn, &'a str)> {
     let id = Some(provider_id);
-    let number = keys.number.as_deref();
-    let lookups = match kind {
-        SubjectKind::Invoice => vec![
+    let numbers = keys.numbers().map(Some);
+    let lookups: Vec<(PaymentRef, Option<&str>)> = match kind {
+        SubjectKind::Invoice => [
             (PaymentRef::InvoiceId, id),
             (PaymentRef::OrderId, keys.order_id.as_deref()),
             (PaymentRef::MerchantReference, id),
-            (PaymentRef::MerchantReference, number),
             (PaymentRef::Remark, id),
-            (PaymentRef::Remark, number),
-        ],
-        SubjectKind::Bill => vec![
-            (PaymentRef::BillRefId, id),
-            (PaymentRef::BillerRefId, number),
-        ],
+        ]
+        .into_iter()
+        .chain(numbers.flat_map(|number| {
+            [
+                (PaymentRef::MerchantReference, number),
+                (PaymentRef::Remark, number),
+            ]
+        }))
+        .collect(),
+        SubjectKind::Bill => [(PaymentRef::BillRefId, id)]
+            .into_iter()
+            .chain(numbers.map(|number| (PaymentRef::BillerRefId, number)))
+            .collect(),
         _ => Vec::new(),
     };
     lookups.into_iter().filter_map(|(which, value)| {
@@ -1238,10 +1275,11 @@ fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static s
     if payment.sandbox != target.sandbox || payment.provider != target.provider {
         return None;
     }
+    let numbered = |value: &str| target.keys.numbers().any(|number| number == value);
     let names = |value: &Option<String>| {
         value
-            .as_ref()
-            .is_some_and(|v| *v == target.provider_id || target.keys.number.as_ref() == Some(v))
+            .as_deref()
+            .is_some_and(|v| v == target.provider_id || numbered(v))
     };
     match target.kind {
         SubjectKind::Invoice if is_incoming(target) => None,
@@ -1262,8 +1300,7 @@ fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static s
             if payment.bill_ref_id.as_ref() == Some(&target.provider_id) {
                 Some((0, "bill_ref_id"))
             } else if payment.bill_ref_id.is_none()
-                && payment.biller_ref_id.is_some()
-                && payment.biller_ref_id == target.keys.number
+                && payment.biller_ref_id.as_deref().is_some_and(numbered)
             {
                 // Every month's bill of a customer shares its `billerRefId`: a payment that
                 // names its own bill waits for that one rather than pay another month's.
@@ -1417,6 +1454,7 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
             | (stable_hash(&[fact.snapshot.json().unwrap_or_default()]) & 0xFFFF_FFFF),
     };
     let was_incoming = is_incoming(&entity);
+    let known_keys = entity.keys.clone();
     if content > entity.content_precedence {
         entity.snapshot = with_direction_kept(&fact.snapshot, entity.snapshot.data())
             .unwrap_or_else(|| fact.snapshot.clone());
@@ -1425,6 +1463,12 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
         describe(&mut entity);
     } else if let Some(known) = with_direction_kept(&entity.snapshot, fact.snapshot.data()) {
         entity.snapshot = known;
+    }
+    // Every number an invoice or bill had stays one it is found by, whichever snapshot wins.
+    if let Some(named) = TargetKeys::of(fact.snapshot.data()) {
+        entity
+            .keys
+            .remember(known_keys.numbers().chain(named.number.as_deref()));
     }
     // Whether the fact names a reference the payment had not, or a lesser value of one: not
     // merely that the source's rule changed what is kept.

@@ -55,7 +55,7 @@ pub(crate) fn csrf_in(html: &str) -> String {
 }
 
 /// Logs in with `token`; the session cookie and the CSRF token of the first page.
-async fn log_in(app: &TestApp, token: &str) -> (String, String) {
+pub(crate) async fn log_in(app: &TestApp, token: &str) -> (String, String) {
     let http = browserless();
     let form = http.get(app.url("/login")).send().await.unwrap();
     let (login_cookie, _) = set_cookie(&form, "billhook_login").unwrap();
@@ -73,7 +73,8 @@ async fn log_in(app: &TestApp, token: &str) -> (String, String) {
     (session, csrf_in(&page))
 }
 
-async fn get(app: &TestApp, session: &str, path: &str) -> (u16, String) {
+/// A console page, with the session's cookie: its status and text.
+pub(crate) async fn get(app: &TestApp, session: &str, path: &str) -> (u16, String) {
     let response = browserless()
         .get(app.url(path))
         .header("cookie", format!("billhook_session={session}"))

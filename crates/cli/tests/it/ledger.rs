@@ -17,6 +17,7 @@ backend_tests!(
     caminvoice_paid_then_late_accepted_stays_paid,
     a_zwitch_payment_settles_the_bharat_connect_invoice_it_names,
     a_test_mode_payment_pays_only_a_test_mode_invoice,
+    a_renumbered_invoice_is_paid_under_every_number_it_had,
     a_setu_payment_pays_the_bill_it_was_fetched_for,
     unstamped_biller_updates_leave_the_latest_status,
     a_payment_no_invoice_claims_is_announced_once,
@@ -562,6 +563,93 @@ event = "bharat_connect.invoice.change_status"
     assert_eq!(outstanding["data"], json!([]), "{outstanding}");
     let listed = only(&app, "/v1/invoices?status=paid&reference=INV/2026/0044").await;
     assert_eq!(listed["id"], paid["id"]);
+    app.stop().await;
+}
+
+async fn a_renumbered_invoice_is_paid_under_every_number_it_had(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Sent to the buyer as INV/R/1, accepted as INV/R/2; an edit (no status, so its snapshot
+    // never wins) calls it INV/R/3. A payment names each number, one before the invoice.
+    let scenario = r#"
+name = "a renumbered Bharat Connect invoice"
+
+[[step]]
+name = "early"
+provider = "zwitch"
+event = "payments.updated"
+variant = "success"
+[step.set]
+"data.object.merchant_reference_id" = "INV/R/2"
+"data.object.amount" = 300
+
+[[step]]
+name = "sent"
+provider = "zwitch"
+event = "bharat_connect.invoice.create"
+[step.set]
+"data.object.supplier_invoice_number" = "INV/R/1"
+"data.object.value_details.total_invoice_value" = 900
+
+[[step]]
+name = "by-first-number"
+provider = "zwitch"
+event = "payments.updated"
+variant = "success"
+[step.set]
+"data.object.merchant_reference_id" = "INV/R/1"
+"data.object.amount" = 300
+
+[[step]]
+name = "accepted"
+provider = "zwitch"
+event = "bharat_connect.invoice.change_status"
+[step.set]
+"data.object.id" = "${sent.data.object.id}"
+"data.object.supplier_invoice_number" = "INV/R/2"
+"data.object.value_details.total_invoice_value" = 900
+"data.object.status" = "ACCEPTED"
+
+[[step]]
+name = "edit"
+provider = "zwitch"
+event = "bharat_connect.invoice.edit"
+[step.set]
+"data.object.id" = "${sent.data.object.id}"
+"data.object.supplier_invoice_number" = "INV/R/3"
+
+[[step]]
+name = "by-edited-number"
+provider = "zwitch"
+event = "payments.updated"
+variant = "success"
+[step.set]
+"data.object.merchant_reference_id" = "INV/R/3"
+"data.object.amount" = 300
+"#;
+    run_scenario(&app, "zwitch-bc-renumbered", scenario).await;
+    let invoice = only(&app, "/v1/invoices?reference=INV/R/2").await;
+    assert_eq!(invoice["number"], json!("INV/R/2"), "{invoice}");
+    assert_eq!(invoice["former_numbers"], json!(["INV/R/1", "INV/R/3"]));
+    assert_eq!(invoice["paid"], json!(90_000), "{invoice}");
+    assert_eq!(invoice["due"], json!(0));
+    assert_eq!(events_of_type(&app, "invoice.settled").await.len(), 1);
+    let payments = listing(&app, "/v1/payments?provider=zwitch").await;
+    assert_eq!(payments.len(), 3);
+    assert!(
+        payments.iter().all(|p| p["linked_to"] == invoice["id"]),
+        "{payments:?}"
+    );
+    for number in ["INV/R/1", "INV/R/3"] {
+        let (ok, shown) = app.cli(&["invoices", "show", number]).await;
+        assert!(ok, "{shown}");
+        let by_number: Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(by_number["id"], invoice["id"], "{number}");
+    }
+    let (session, _) = crate::console::log_in(&app, ADMIN_TOKEN).await;
+    let page = format!("/invoices/{}", invoice["id"].as_str().unwrap());
+    let (status, html) = crate::console::get(&app, &session, &page).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("INV/R/1, INV/R/3"), "{html}");
     app.stop().await;
 }
 

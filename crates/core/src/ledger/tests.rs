@@ -156,7 +156,9 @@ impl MemoryRepo {
                     || (matches!(e.kind, SubjectKind::Invoice | SubjectKind::Bill)
                         && (asked(LookupColumn::TargetId, Some(&e.provider_id))
                             || asked(LookupColumn::TargetOrder, e.keys.order_id.as_ref())
-                            || asked(LookupColumn::TargetNumber, e.keys.number.as_ref())))
+                            || e.keys.numbers().any(|number| {
+                                reading.values(LookupColumn::TargetNumber).contains(&number)
+                            })))
                     || (e.kind == SubjectKind::Payment
                         && e.linked_to.is_none()
                         && e.refs
@@ -856,6 +858,31 @@ proptest! {
 
     /// The same for payments naming their targets by every other reference: each column is
     /// read ahead for the values that could match in it, and nothing is left to ask.
+    /// An invoice is found by every number its messages gave it: the one it has now, the one
+    /// it had before, and an edit's whose snapshot never wins. Every order, one by one and
+    /// grouped, links each payment naming one of them.
+    #[test]
+    fn an_invoice_is_found_by_every_number_it_had(
+        group_sizes in proptest::collection::vec(1usize..=6, 1..6),
+        order in an_order_of(6),
+    ) {
+        let facts = renumbered_invoice();
+        let shuffled: Vec<Fact> = order.iter().map(|i| facts[*i].clone()).collect();
+        for repo in [run(&shuffled), run_grouped(&shuffled, &group_sizes, true)] {
+            let invoice = repo.find(SubjectKind::Invoice, "bc_R");
+            prop_assert_eq!(invoice.keys.number.as_deref(), Some("N-NEW"));
+            prop_assert_eq!(&invoice.keys.former_numbers, &["N-EDIT", "N-OLD"]);
+            for payment in ["tx_old", "tx_new", "tx_edit"] {
+                prop_assert_eq!(
+                    repo.find(SubjectKind::Payment, payment).linked_to.as_deref(),
+                    Some(invoice.id.as_str())
+                );
+            }
+            prop_assert_eq!(invoice.due, Some(Amount::ZERO));
+            prop_assert_eq!(repo.conclusions.len(), 1, "settled once");
+        }
+    }
+
     #[test]
     fn every_reference_is_read_ahead_in_its_own_column(
         group_sizes in proptest::collection::vec(1usize..=5, 1..8),
@@ -869,6 +896,40 @@ proptest! {
         prop_assert_eq!(grouped.outcome(), expected.outcome());
         prop_assert_eq!(grouped.conclusions.len(), 1);
     }
+}
+
+/// A Bharat Connect invoice numbered `N-OLD`, then `N-NEW`, and an older edit numbering it
+/// `N-EDIT`; a payment naming each number, together its amount.
+fn renumbered_invoice() -> Vec<Fact> {
+    let numbered = |at: i64, number: &str| {
+        let mut fact = invoice_of("zwitch", "bc_R", "issued", 1000, at, ISSUED);
+        if let EntityData::Invoice(mut invoice) = fact.snapshot.data().clone() {
+            invoice.number = Some(number.to_owned());
+            fact.snapshot = Snapshot::of(EntityData::Invoice(invoice));
+        }
+        fact
+    };
+    let paying = |id: &str, amount: i64, number: &str| {
+        let at = 30;
+        payment(
+            id,
+            "succeeded",
+            amount,
+            None,
+            Some(number),
+            at,
+            Some(CAPTURED),
+            "zwitch",
+        )
+    };
+    vec![
+        numbered(10, "N-OLD"),
+        numbered(20, "N-NEW"),
+        numbered(5, "N-EDIT"),
+        paying("tx_old", 300, "N-OLD"),
+        paying("tx_new", 400, "N-NEW"),
+        paying("tx_edit", 300, "N-EDIT"),
+    ]
 }
 
 #[test]

@@ -454,6 +454,10 @@ pub(crate) struct EntityView<'a> {
     /// The invoice number, or a bill's biller reference.
     #[serde(skip_serializing_if = "Option::is_none")]
     number: Option<&'a str>,
+    /// Invoices and bills: every other number its messages gave it, by which payments still
+    /// find it (an invoice renumbered).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    former_numbers: &'a [String],
     status: Option<&'a str>,
     provider_status: Option<&'a str>,
     currency: Option<Currency>,
@@ -506,6 +510,7 @@ impl<'a> EntityView<'a> {
             source: &entity.source,
             sandbox: entity.sandbox,
             number,
+            former_numbers: &entity.keys.former_numbers,
             status: entity.status.as_deref(),
             provider_status: entity.provider_status.as_deref(),
             currency: entity.currency,

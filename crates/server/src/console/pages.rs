@@ -1461,6 +1461,9 @@ async fn target_page(app: &App, viewer: &Viewer, id: &str, targets: &Targets) ->
         h1 { (targets.one) " " (title) " " (status_badge(&target)) }
         dl.facts {
             dt { "Provider" } dd { (target.provider) " · " code { (target.provider_id) } " · source " (target.source) }
+            @if !target.keys.former_numbers.is_empty() {
+                dt { "Also numbered" } dd { (target.keys.former_numbers.join(", ")) }
+            }
             @if let Some(bill) = bill {
                 @if let Some(biller) = &bill.biller_id { dt { "Biller" } dd { (biller) } }
                 @if let Some(customer) = &bill.customer_name { dt { "Customer" } dd { (customer) } }

@@ -27,7 +27,7 @@ const ENTITY_COLUMNS: &str = "id, kind, provider, provider_id, source, status,
     content_tiebreak, snapshot, number, order_ref, ref_invoice, ref_order, ref_merchant,
     ref_remark, ref_bill, ref_biller, currency, amount, counted, paid, due, overpaid, due_by,
     linked_to, link_rule, settled_event, settled_at, unmatched_event, created_at, updated_at,
-    inbound_id, sandbox";
+    inbound_id, sandbox, former_numbers";
 
 fn millis(value: Option<i64>) -> Option<Timestamp> {
     value.map(Timestamp::from_unix_millis)
@@ -77,6 +77,12 @@ fn to_entity(row: &Row) -> Result<Entity, StoreError> {
         keys: TargetKeys {
             number: row.get(14),
             order_id: row.get(15),
+            former_numbers: row
+                .get::<_, Option<&str>>(38)
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("former numbers: {e}")))?
+                .unwrap_or_default(),
         },
         refs: PaymentRefs {
             invoice_id: row.get(16),
@@ -200,6 +206,16 @@ async fn save_entities<C: GenericClient>(
     let updated_at = column(entities, |e| e.updated_at.unix_millis());
     let inbound_ids = column(entities, |e| e.inbound_id.to_string());
     let sandbox = column(entities, |e| e.sandbox);
+    let former_numbers = entities
+        .iter()
+        .map(|e| {
+            let formers = &e.keys.former_numbers;
+            (!formers.is_empty())
+                .then(|| serde_json::to_string(formers))
+                .transpose()
+        })
+        .collect::<Result<Vec<Option<String>>, _>>()
+        .map_err(|e| StoreError::Database(format!("former numbers: {e}")))?;
     execute_cached(
         client,
         &format!(
@@ -211,13 +227,14 @@ async fn save_entities<C: GenericClient>(
                 $23::text[], $24::bigint[], $25::bigint[], $26::bigint[], $27::bigint[],
                 $28::bigint[], $29::bigint[], $30::text[], $31::text[], $32::text[],
                 $33::bigint[], $34::text[], $35::bigint[], $36::bigint[], $37::text[],
-                $38::bool[])
+                $38::bool[], $39::text[])
              ON CONFLICT (id) DO UPDATE SET source = excluded.source, status = excluded.status,
                 provider_status = excluded.provider_status, status_level = excluded.status_level,
                 status_at = excluded.status_at, status_tiebreak = excluded.status_tiebreak,
                 status_settles = excluded.status_settles, content_at = excluded.content_at,
                 content_tiebreak = excluded.content_tiebreak, snapshot = excluded.snapshot,
-                number = excluded.number, order_ref = excluded.order_ref,
+                number = excluded.number, former_numbers = excluded.former_numbers,
+                order_ref = excluded.order_ref,
                 ref_invoice = excluded.ref_invoice, ref_order = excluded.ref_order,
                 ref_merchant = excluded.ref_merchant, ref_remark = excluded.ref_remark,
                 ref_bill = excluded.ref_bill, ref_biller = excluded.ref_biller,
@@ -267,6 +284,7 @@ async fn save_entities<C: GenericClient>(
             &updated_at,
             &inbound_ids,
             &sandbox,
+            &former_numbers,
         ],
     )
     .await?;
@@ -346,7 +364,8 @@ async fn read_entities(
         transaction,
         "(provider_id = ANY($3)
             AND (provider_id, kind, provider) IN (SELECT * FROM unnest($3::text[], $1::text[], $2::text[])))
-         OR ((provider_id = ANY($4) OR order_ref = ANY($5) OR number = ANY($6))
+         OR ((provider_id = ANY($4) OR order_ref = ANY($5) OR number = ANY($6)
+              OR (former_numbers IS NOT NULL AND former_numbers::jsonb ?| $6))
             AND kind || '' IN ('invoice', 'bill'))
          OR ((ref_invoice = ANY($7) OR ref_order = ANY($8) OR ref_merchant = ANY($9)
               OR ref_remark = ANY($10) OR ref_bill = ANY($11) OR ref_biller = ANY($12))
@@ -440,9 +459,14 @@ impl LedgerRepo for PgLedger<'_> {
             // index (its second column is the kind) instead. Locked: payments seeking one
             // reference hold it only shared (see `lock_names`), so two of them paying one invoice
             // take turns on its row instead.
-            "(provider_id IN ($1, $3, $4, $5) OR order_ref = $2 OR number IN ($3, $4, $6))
-             AND ((kind || '' = 'invoice' AND (provider_id IN ($1, $3, $4) OR order_ref = $2 OR number IN ($3, $4)))
-               OR (kind || '' = 'bill' AND (provider_id = $5 OR number = $6)))
+            // A former number's test spells out the index's condition, which the planner does
+            // not infer from `?|` alone (an array's null elements name nothing).
+            "(provider_id IN ($1, $3, $4, $5) OR order_ref = $2 OR number IN ($3, $4, $6)
+              OR (former_numbers IS NOT NULL AND former_numbers::jsonb ?| ARRAY[$3, $4, $6]))
+             AND ((kind || '' = 'invoice' AND (provider_id IN ($1, $3, $4) OR order_ref = $2 OR number IN ($3, $4)
+                     OR former_numbers::jsonb ?| ARRAY[$3, $4]))
+               OR (kind || '' = 'bill' AND (provider_id = $5 OR number = $6
+                     OR former_numbers::jsonb ? $6)))
              ORDER BY id FOR UPDATE",
             &[
                 refs.invoice_id.as_deref(),
@@ -457,34 +481,46 @@ impl LedgerRepo for PgLedger<'_> {
     }
 
     async fn linkable_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
-        match target.kind {
-            SubjectKind::Invoice => {
-                link_lookup(
-                    self.transaction,
-                    // `kind || ''` keeps the planner from intersecting with the kind's entries in
-                    // the identity index, a read of every payment's (a common remark makes the
-                    // generic plan think the references select many rows).
-                    "(ref_invoice = $1 OR ref_order = $2 OR ref_merchant IN ($1, $3) OR ref_remark IN ($1, $3))
-                     AND kind || '' = 'payment' AND linked_to IS NULL FOR UPDATE",
-                    &[
-                        Some(&target.provider_id),
-                        target.keys.order_id.as_deref(),
-                        target.keys.number.as_deref(),
-                    ],
-                )
-                .await
+        let mut found = Vec::new();
+        // The current number first; a former one (rare) asks again by the same statement.
+        let numbers = std::iter::once(target.keys.number.as_deref())
+            .chain(target.keys.former_numbers.iter().map(|n| Some(n.as_str())));
+        for number in numbers {
+            let payments = match target.kind {
+                SubjectKind::Invoice => {
+                    link_lookup(
+                        self.transaction,
+                        // `kind || ''` keeps the planner from intersecting with the kind's entries
+                        // in the identity index, a read of every payment's (a common remark makes
+                        // the generic plan think the references select many rows).
+                        "(ref_invoice = $1 OR ref_order = $2 OR ref_merchant IN ($1, $3) OR ref_remark IN ($1, $3))
+                         AND kind || '' = 'payment' AND linked_to IS NULL FOR UPDATE",
+                        &[
+                            Some(&target.provider_id),
+                            target.keys.order_id.as_deref(),
+                            number,
+                        ],
+                    )
+                    .await?
+                }
+                SubjectKind::Bill => {
+                    link_lookup(
+                        self.transaction,
+                        "(ref_bill = $1 OR ref_biller = $2) AND kind || '' = 'payment' AND linked_to IS NULL
+                         FOR UPDATE",
+                        &[Some(&target.provider_id), number],
+                    )
+                    .await?
+                }
+                _ => Vec::new(),
+            };
+            for payment in payments {
+                if !found.iter().any(|seen: &Entity| seen.id == payment.id) {
+                    found.push(payment);
+                }
             }
-            SubjectKind::Bill => {
-                link_lookup(
-                    self.transaction,
-                    "(ref_bill = $1 OR ref_biller = $2) AND kind || '' = 'payment' AND linked_to IS NULL
-                     FOR UPDATE",
-                    &[Some(&target.provider_id), target.keys.number.as_deref()],
-                )
-                .await
-            }
-            _ => Ok(Vec::new()),
         }
+        Ok(found)
     }
 
     async fn linked_payments(&mut self, target: &Entity) -> Result<Vec<Entity>, StoreError> {
@@ -901,7 +937,15 @@ fn listing_filters(query: &LedgerQuery) -> Filters {
     }
     filters.add("provider", "=", query.provider.clone());
     filters.add("source", "=", query.source.clone());
-    filters.add_any(&["provider_id", "number"], query.reference.clone());
+    filters.add_with(
+        |p| {
+            format!(
+                "(provider_id = {p} OR number = {p}
+                  OR (former_numbers IS NOT NULL AND former_numbers::jsonb ? {p}))"
+            )
+        },
+        query.reference.clone(),
+    );
     filters.add("id", "<", query.before.clone());
     filters
 }

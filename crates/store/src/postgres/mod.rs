@@ -83,6 +83,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         11,
         include_str!("../../migrations/postgres/0011_held_and_dead_deliveries.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/postgres/0012_former_numbers.sql"),
+    ),
 ];
 
 /// The database's clock in Unix milliseconds, as one statement reads it. Leases and endpoint

@@ -50,18 +50,16 @@ impl Filters {
         }
     }
 
-    /// `(a = $n OR b = $n)`: one value matched against several columns.
-    pub(super) fn add_any<T: ToSql + Sync + Send + 'static>(
+    /// A clause of one parameter, which `clause` is given as its placeholder (`$3`).
+    pub(super) fn add_with<T: ToSql + Sync + Send + 'static>(
         &mut self,
-        columns: &[&str],
+        clause: impl FnOnce(&str) -> String,
         value: Option<T>,
     ) {
         if let Some(value) = value {
             self.values.push(Box::new(value));
-            let n = self.values.len();
-            let alternatives: Vec<String> = columns.iter().map(|c| format!("{c} = ${n}")).collect();
-            self.clauses
-                .push(format!("({})", alternatives.join(" OR ")));
+            let placeholder = format!("${}", self.values.len());
+            self.clauses.push(clause(&placeholder));
         }
     }
 

@@ -30,7 +30,7 @@ macro_rules! entity_columns {
     content_tiebreak, snapshot, number, order_ref, ref_invoice, ref_order, ref_merchant,
     ref_remark, ref_bill, ref_biller, currency, amount, counted, paid, due, overpaid, due_by,
     linked_to, link_rule, settled_event, settled_at, unmatched_event, created_at, updated_at,
-    inbound_id, sandbox"
+    inbound_id, former_numbers, sandbox"
     };
 }
 
@@ -73,7 +73,8 @@ fn entity_row(row: &Row<'_>) -> rusqlite::Result<Result<Entity, StoreError>> {
     let currency: Option<String> = row.get(22)?;
     let settled_event: Option<String> = row.get(31)?;
     let unmatched_event: Option<String> = row.get(33)?;
-    let sandbox: bool = row.get(37)?;
+    let former_numbers: Option<String> = row.get(37)?;
+    let sandbox: bool = row.get(38)?;
     let parts = (|| -> Result<Entity, StoreError> {
         let kind = SubjectKind::parse(&kind)
             .ok_or_else(|| StoreError::Corrupt(format!("ledger kind `{kind}`")))?;
@@ -102,6 +103,12 @@ fn entity_row(row: &Row<'_>) -> rusqlite::Result<Result<Entity, StoreError>> {
             keys: TargetKeys {
                 number: row.get(14).map_err(db_error)?,
                 order_id: row.get(15).map_err(db_error)?,
+                former_numbers: former_numbers
+                    .as_deref()
+                    .map(serde_json::from_str)
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(format!("former numbers: {e}")))?
+                    .unwrap_or_default(),
             },
             refs: PaymentRefs {
                 invoice_id: row.get(16).map_err(db_error)?,
@@ -176,8 +183,9 @@ struct Changed {
 /// (`sandbox` does not change either, but as the last column it is set again: SQLite counts a
 /// statement's parameters up to the highest it names, and every column is bound.)
 const FIXED_COLUMNS: [&str; 5] = ["id", "kind", "provider", "provider_id", "created_at"];
-const KEY_COLUMNS: [&str; 8] = [
+const KEY_COLUMNS: [&str; 9] = [
     "number",
+    "former_numbers",
     "order_ref",
     "ref_invoice",
     "ref_order",
@@ -188,7 +196,7 @@ const KEY_COLUMNS: [&str; 8] = [
 ];
 
 /// `UPDATE … SET` of the columns `changed` allows, parameters numbered as in
-/// [`ENTITY_COLUMNS`] (all 38 are bound; those not named are left unused).
+/// [`ENTITY_COLUMNS`] (all 39 are bound; those not named are left unused).
 fn update_entity_sql(changed: Changed) -> String {
     let assignments = ENTITY_COLUMNS
         .split(',')
@@ -220,15 +228,22 @@ static UPDATE_ENTITY: LazyLock<[[String; 2]; 2]> = LazyLock::new(|| {
 });
 
 /// Writes an entity: a new one (`changed` is `None`) is inserted, a stored one updated.
+/// `former_numbers` are those stored, which the lookup table has.
 fn save_entity(
     connection: &Connection,
     e: &Entity,
     changed: Option<Changed>,
+    former_numbers: &[String],
 ) -> Result<(), StoreError> {
     let snapshot = e
         .snapshot
         .json()
         .ok_or_else(|| StoreError::Database("a ledger snapshot did not serialize".to_owned()))?;
+    let formers = &e.keys.former_numbers;
+    let formers_json = (!formers.is_empty())
+        .then(|| serde_json::to_string(formers))
+        .transpose()
+        .map_err(|e| StoreError::Database(format!("former numbers: {e}")))?;
     let sql = match changed {
         None => INSERT_ENTITY.as_str(),
         Some(changed) => {
@@ -276,10 +291,35 @@ fn save_entity(
                 e.created_at.unix_millis(),
                 e.updated_at.unix_millis(),
                 e.inbound_id.to_string(),
+                formers_json,
                 e.sandbox,
             ])
         })
         .map_err(db_error)?;
+    if formers.as_slice() != former_numbers {
+        save_former_numbers(connection, &e.id, former_numbers, formers)?;
+    }
+    Ok(())
+}
+
+/// Adds the lookup rows of the former numbers in `now` that `stored` lacks. Only added to: a
+/// former number that is current again still names the entity.
+fn save_former_numbers(
+    connection: &Connection,
+    entity_id: &str,
+    stored: &[String],
+    now: &[String],
+) -> Result<(), StoreError> {
+    let mut statement = connection
+        .prepare_cached(
+            "INSERT OR IGNORE INTO ledger_former_numbers (number, entity_id) VALUES (?1, ?2)",
+        )
+        .map_err(db_error)?;
+    for number in now.iter().filter(|n| !stored.contains(n)) {
+        statement
+            .execute([number.as_str(), entity_id])
+            .map_err(db_error)?;
+    }
     Ok(())
 }
 
@@ -343,7 +383,10 @@ impl StoredKeys {
 /// whether the payment had that reference or not, about twice the time of these lookups.
 fn target_lookups(refs: &PaymentRefs) -> Vec<(&'static str, &str)> {
     const INVOICE_BY_ID: &str = select_entities!("provider_id = ?1 AND kind = 'invoice'");
-    const INVOICE_BY_NUMBER: &str = select_entities!("number = ?1 AND +kind = 'invoice'");
+    const INVOICE_BY_NUMBER: &str = select_entities!(
+        "(number = ?1 OR id IN (SELECT entity_id FROM ledger_former_numbers WHERE number = ?1))
+         AND +kind = 'invoice'"
+    );
     distinct_lookups([
         (INVOICE_BY_ID, refs.invoice_id.as_deref()),
         (INVOICE_BY_ID, refs.merchant_reference.as_deref()),
@@ -359,7 +402,10 @@ fn target_lookups(refs: &PaymentRefs) -> Vec<(&'static str, &str)> {
             refs.bill_ref_id.as_deref(),
         ),
         (
-            select_entities!("number = ?1 AND +kind = 'bill'"),
+            select_entities!(
+                "(number = ?1 OR id IN (SELECT entity_id FROM ledger_former_numbers WHERE number = ?1))
+                 AND +kind = 'bill'"
+            ),
             refs.biller_ref_id.as_deref(),
         ),
     ])
@@ -384,7 +430,7 @@ fn payment_lookups(target: &Entity) -> Vec<(&'static str, &str)> {
     const BILLER: &str = unlinked_payments_by!("ref_biller");
     let id = Some(target.provider_id.as_str());
     let number = target.keys.number.as_deref();
-    match target.kind {
+    let mut lookups = match target.kind {
         SubjectKind::Invoice => distinct_lookups([
             (INVOICE, id),
             (ORDER, target.keys.order_id.as_deref()),
@@ -395,7 +441,20 @@ fn payment_lookups(target: &Entity) -> Vec<(&'static str, &str)> {
         ]),
         SubjectKind::Bill => distinct_lookups([(BILL, id), (BILLER, number)]),
         _ => Vec::new(),
+    };
+    let by_number: &[&'static str] = match target.kind {
+        SubjectKind::Invoice => &[MERCHANT, REMARK],
+        SubjectKind::Bill => &[BILLER],
+        _ => &[],
+    };
+    for former in &target.keys.former_numbers {
+        for select in by_number {
+            if !lookups.contains(&(*select, former.as_str())) {
+                lookups.push((*select, former.as_str()));
+            }
+        }
     }
+    lookups
 }
 
 /// The lookups whose value is present, each (statement, value) once.
@@ -481,11 +540,13 @@ impl LedgerRepo for SqliteLedger<'_> {
 
     async fn save(&mut self, entity: &Entity) -> Result<(), StoreError> {
         let now = StoredKeys::of(entity);
-        let changed = self.stored.get(&entity.id).map(|before| Changed {
+        let before = self.stored.get(&entity.id);
+        let changed = before.map(|before| Changed {
             keys: before.keys != now.keys || before.refs != now.refs,
             linked_to: before.linked_to != now.linked_to,
         });
-        save_entity(self.connection, entity, changed)?;
+        let former_numbers = before.map_or(&[][..], |b| &b.keys.former_numbers);
+        save_entity(self.connection, entity, changed, former_numbers)?;
         self.stored.insert(entity.id.clone(), now);
         Ok(())
     }
@@ -606,9 +667,14 @@ pub(crate) fn listing_condition(query: &LedgerQuery) -> (String, Vec<SqlValue>) 
         }
     }
     if let Some(reference) = &query.reference {
-        clauses.push("(provider_id = ? OR number = ?)".to_owned());
-        values.push(SqlValue::Text(reference.clone()));
-        values.push(SqlValue::Text(reference.clone()));
+        clauses.push(
+            "(provider_id = ? OR number = ?
+              OR id IN (SELECT entity_id FROM ledger_former_numbers WHERE number = ?))"
+                .to_owned(),
+        );
+        for _ in 0..3 {
+            values.push(SqlValue::Text(reference.clone()));
+        }
     }
     if let Some(before) = &query.before {
         clauses.push("id < ?".to_owned());

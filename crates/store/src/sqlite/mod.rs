@@ -74,6 +74,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         13,
         include_str!("../../migrations/sqlite/0013_held_and_dead_deliveries.sql"),
     ),
+    (
+        14,
+        include_str!("../../migrations/sqlite/0014_former_numbers.sql"),
+    ),
 ];
 
 /// At most this many jobs share one transaction.

@@ -189,14 +189,19 @@ async fn issue(store: &Store, id: &str, number: &str, amount: i64) -> IngestOutc
 }
 
 /// A store at an older schema version that today's code can write the ledger of: the
-/// `sandbox` column (SQLite 12, PostgreSQL 10), which every entity write names, is added for
-/// the writes and dropped by [`close_old`], so the upgrade adds it as it would.
+/// `sandbox` column (SQLite 12, PostgreSQL 10) and the former numbers (SQLite 14, PostgreSQL
+/// 12), which entity writes name, are added for the writes and dropped by [`close_old`], so
+/// the upgrade adds them as it would.
 async fn open_old(config: &DatabaseConfig, version: u32) -> Store {
     let store = Store::open_at(config, Some(version)).await.unwrap();
     schema_change(
         config,
-        "ALTER TABLE ledger_entities ADD COLUMN sandbox INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE ledger_entities ADD COLUMN sandbox BOOLEAN NOT NULL DEFAULT false",
+        "ALTER TABLE ledger_entities ADD COLUMN sandbox INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE ledger_entities ADD COLUMN former_numbers TEXT;
+         CREATE TABLE ledger_former_numbers (number TEXT NOT NULL, entity_id TEXT NOT NULL,
+             PRIMARY KEY (number, entity_id)) WITHOUT ROWID;",
+        "ALTER TABLE ledger_entities ADD COLUMN sandbox BOOLEAN NOT NULL DEFAULT false;
+         ALTER TABLE ledger_entities ADD COLUMN former_numbers TEXT COLLATE \"C\";",
     )
     .await;
     store
@@ -204,8 +209,15 @@ async fn open_old(config: &DatabaseConfig, version: u32) -> Store {
 
 async fn close_old(store: Store, config: &DatabaseConfig) {
     store.close().await;
-    let drop = "ALTER TABLE ledger_entities DROP COLUMN sandbox";
-    schema_change(config, drop, drop).await;
+    schema_change(
+        config,
+        "ALTER TABLE ledger_entities DROP COLUMN sandbox;
+         ALTER TABLE ledger_entities DROP COLUMN former_numbers;
+         DROP TABLE ledger_former_numbers;",
+        "ALTER TABLE ledger_entities DROP COLUMN sandbox;
+         ALTER TABLE ledger_entities DROP COLUMN former_numbers;",
+    )
+    .await;
 }
 
 async fn schema_change(config: &DatabaseConfig, sqlite: &str, postgres: &str) {
@@ -706,10 +718,12 @@ fn concurrent_writers_about_one_invoice_always_find_each_other() {
     });
 }
 
-/// An entity rewritten with new keys is found by the new ones only; rewritten with the same
-/// keys (a save that names none of the key columns), it is still found by them.
+/// An invoice renumbered is found by every number it had: the payment linked by the old one
+/// stays, a later one naming the old number links too, and a listing finds it by either. An
+/// entity rewritten with the same keys (a save that names none of the key columns) is still
+/// found by them.
 #[test]
-fn an_invoice_renumbered_is_found_by_its_new_number_only() {
+fn an_invoice_renumbered_is_found_by_every_number_it_had() {
     runtime().block_on(async {
         for test in backends().await {
             let store = &test.store;
@@ -726,6 +740,7 @@ fn an_invoice_renumbered_is_found_by_its_new_number_only() {
             assert_eq!(invoices.len(), 1);
             let invoice = &invoices[0];
             assert_eq!(invoice.keys.number.as_deref(), Some("INV-NEW"));
+            assert_eq!(invoice.keys.former_numbers, ["INV-OLD"]);
             assert_eq!(
                 invoice.paid,
                 Amount::from_minor(300),
@@ -733,8 +748,8 @@ fn an_invoice_renumbered_is_found_by_its_new_number_only() {
             );
 
             pay(store, "tx_r2", 100, "INV-OLD").await;
-            let settling = pay(store, "tx_r3", 700, "INV-NEW").await;
-            assert_eq!(concluded(settling).len(), 1, "300 + 700 of 1000");
+            let settling = pay(store, "tx_r3", 600, "INV-NEW").await;
+            assert_eq!(concluded(settling).len(), 1, "300 + 100 + 600 of 1000");
             let linked = store.ledger_linked(&invoice.id).await.unwrap();
             let mut names = linked
                 .iter()
@@ -743,14 +758,50 @@ fn an_invoice_renumbered_is_found_by_its_new_number_only() {
             names.sort_unstable();
             assert_eq!(
                 names,
-                ["tx_r1", "tx_r3"],
-                "the old number links nothing new"
+                ["tx_r1", "tx_r2", "tx_r3"],
+                "the old number still names it"
             );
+            for number in ["INV-OLD", "INV-NEW"] {
+                let listed = listed_by_reference(store, SubjectKind::Invoice, number).await;
+                assert_eq!(listed.len(), 1, "{number}");
+                assert_eq!(listed[0].id, invoice.id);
+            }
+        }
+    });
+}
+
+/// A payment naming an invoice's former number, arriving first, is linked when the invoice
+/// that had that number arrives: the lookup by former number works from the invoice's side
+/// too.
+#[test]
+fn a_waiting_payment_naming_a_former_number_is_linked() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            pay(store, "tx_w1", 400, "INV-W-OLD").await;
+            issue(store, "bcinv_w", "INV-W-NEW", 1000).await;
             assert!(
-                listed_by_reference(store, SubjectKind::Invoice, "INV-OLD")
+                store
+                    .ledger_linked(&every(store, SubjectKind::Invoice).await[0].id)
                     .await
+                    .unwrap()
                     .is_empty()
             );
+            // An older snapshot (an edit, say) naming the old number: it wins nothing but
+            // the number.
+            let mut older = ingest_of(
+                invoice_data("bcinv_w", "INV-W-OLD", 1000),
+                Some(StatusRank::new(1)),
+            );
+            older.facts[0].occurred_at = Some(Timestamp::from_unix_millis(1));
+            store.ingest(older).await.unwrap();
+            let invoice = &every(store, SubjectKind::Invoice).await[0];
+            assert_eq!(invoice.keys.number.as_deref(), Some("INV-W-NEW"));
+            assert_eq!(invoice.keys.former_numbers, ["INV-W-OLD"]);
+            let linked = store.ledger_linked(&invoice.id).await.unwrap();
+            assert_eq!(linked.len(), 1);
+            assert_eq!(linked[0].provider_id, "tx_w1");
+            assert_eq!(invoice.paid, Amount::from_minor(400));
         }
     });
 }
@@ -1080,6 +1131,8 @@ fn the_events_by_entity_migration_keeps_listings_by_subject() {
                  ALTER TABLE ledger_entities DROP COLUMN sandbox;
                  DROP INDEX deliveries_held;
                  DROP INDEX deliveries_dead;
+                 ALTER TABLE ledger_entities DROP COLUMN former_numbers;
+                 DROP TABLE ledger_former_numbers;
                  DELETE FROM billhook_migrations WHERE version >= 9;",
             )
             .unwrap();
