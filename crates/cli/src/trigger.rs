@@ -103,7 +103,16 @@ pub(crate) async fn trigger(args: TriggerArgs) -> Result<(), CliError> {
     let config = load_config(args.config.as_deref())?;
     let now = match &args.at {
         Some(text) => {
-            Timestamp::parse_rfc3339(text).map_err(|e| CliError::Usage(format!("--at: {e}")))?
+            let at = Timestamp::parse_rfc3339(text)
+                .map_err(|e| CliError::Usage(format!("--at: {e}")))?;
+            // Messages write their times in the providers' zones, and a scenario adds its
+            // delays: a time in the last year a date can be written in has no room for either.
+            if at >= LATEST_AT {
+                return Err(CliError::Usage(format!(
+                    "--at: `{text}` is too late; the latest is 9998-12-31T23:59:59Z"
+                )));
+            }
+            at
         }
         None => Timestamp::now(),
     };
@@ -297,6 +306,13 @@ impl Target {
                 .find(|s| s.provider == provider.name()),
         };
         let auth = match (secret, configured) {
+            (Some(""), _) => {
+                // An unset variable (`--secret "$ZWITCH_SECRET"`) would sign with an empty key,
+                // and the target's 401 would not say why.
+                return Err(CliError::Usage(
+                    "--secret is empty (is the variable it came from set?)".to_owned(),
+                ));
+            }
             (Some(secret), _) => {
                 if !provider
                     .auth_kinds()
@@ -472,8 +488,19 @@ async fn send(request: &Request) -> Result<(u16, Value), CliError> {
     Ok((status, body))
 }
 
+/// The first time `--at` refuses: 9999-01-01T00:00:00Z.
+const LATEST_AT: Timestamp = Timestamp::from_unix_millis(253_370_764_800_000);
+
 /// How long `trigger` waits for the target's answer.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a scenario's step sends, known before the first is sent.
+enum Planned<'a> {
+    /// An earlier step's request, as it was.
+    Resend(&'a str),
+    /// A new message of the provider's, to the target.
+    Send(&'static dyn Provider, Target),
+}
 
 /// Plays a scenario file step by step, checking each step's expectations.
 async fn play(
@@ -490,6 +517,29 @@ async fn play(
     if !args.json {
         output::line(&format!("scenario: {}", scenario.name));
     }
+    // Every step's target before the first is sent: a misspelt source or a missing credential
+    // stops the run before anything is stored, not halfway through it.
+    let targets = scenario
+        .steps
+        .iter()
+        .map(|step| match &step.resend {
+            Some(earlier) => Ok(Planned::Resend(earlier)),
+            None => {
+                let provider = by_name(&step.provider).ok_or_else(|| {
+                    CliError::Usage(format!("unknown provider `{}`", step.provider))
+                })?;
+                let source = step.source.as_deref().or(args.source.as_deref());
+                Target::resolve(provider, source, args.secret.as_deref(), config)
+                    .map(|target| Planned::Send(provider, target))
+                    .map_err(|e| match e {
+                        CliError::Usage(message) => {
+                            CliError::Usage(format!("step `{}`: {message}", step.name))
+                        }
+                        other => other,
+                    })
+            }
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
     let mut messages: HashMap<String, Value> = HashMap::new();
     let mut requests: HashMap<String, Request> = HashMap::new();
     let mut results = Vec::new();
@@ -497,34 +547,29 @@ async fn play(
     // so far, which is the same in every run.
     let started_at = options.now;
     let mut waited = std::time::Duration::ZERO;
-    for step in &scenario.steps {
+    for (step, target) in scenario.steps.iter().zip(&targets) {
         let wait = step.delay().map_err(|e| CliError::Usage(e.to_string()))?;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
         waited += wait;
         options.now = started_at.add(waited);
-        let (request, label) = match &step.resend {
-            Some(earlier) => {
-                let request = requests.get(earlier).cloned().ok_or_else(|| {
+        let (request, label) = match target {
+            Planned::Resend(earlier) => {
+                let request = requests.get(*earlier).cloned().ok_or_else(|| {
                     CliError::Usage(format!("step `{}`: nothing to resend", step.name))
                 })?;
                 // Later steps may refer to the resent message by this step's name too.
-                if let Some(message) = messages.get(earlier).cloned() {
+                if let Some(message) = messages.get(*earlier).cloned() {
                     messages.insert(step.name.clone(), message);
                 }
                 (request, format!("resend of {earlier}"))
             }
-            None => {
-                let provider = by_name(&step.provider).ok_or_else(|| {
-                    CliError::Usage(format!("unknown provider `{}`", step.provider))
-                })?;
+            Planned::Send(provider, target) => {
                 let generated = step
                     .build(&messages, &mut options)
                     .map_err(|e| CliError::Usage(e.to_string()))?;
-                let source = step.source.as_deref().or(args.source.as_deref());
-                let target = Target::resolve(provider, source, args.secret.as_deref(), config)?;
-                let request = target.request(provider, &generated, &Sending::new(args, config))?;
+                let request = target.request(*provider, &generated, &Sending::new(args, config))?;
                 messages.insert(step.name.clone(), generated.json);
                 (request, format!("{} {}", step.provider, step.event))
             }
@@ -549,7 +594,7 @@ async fn play(
             let quarantined = body["quarantined"].as_bool() == Some(true);
             let quarantine_ok = match body["quarantined"].as_bool() {
                 Some(quarantined) => quarantined == step.expect_quarantined,
-                None => !step.expect_quarantined,
+                None => !(answered && step.expect_quarantined),
             };
             results.push(json!({
                 "step": step.name, "attempt": attempt, "status": status, "response": body,
@@ -590,6 +635,11 @@ async fn play(
             } else if !duplicate_ok {
                 Some(format!(
                     "step `{}`: expected duplicate = {expected_duplicate}, got {body}",
+                    step.name
+                ))
+            } else if !quarantine_ok && body["quarantined"].is_null() {
+                Some(format!(
+                    "step `{}`: expected quarantined = true, but billhook's answer does not say (a source that acknowledges with 204 has no body to say it in)",
                     step.name
                 ))
             } else if !quarantine_ok {

@@ -234,6 +234,12 @@ pub fn inexact_number(text: &str) -> Option<&str> {
                 index += 1;
             }
             let token = &text[start..index];
+            // An integer past 64 bits becomes a float, which may hold its value exactly and
+            // still be sent as `1e20`: not the integer that was written.
+            let integer = !token.contains(['.', 'e', 'E']);
+            if integer && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() {
+                return Some(token);
+            }
             let carried = serde_json::from_str::<Value>(token)
                 .ok()
                 .map(|value| value.to_string());
@@ -408,6 +414,8 @@ mod tests {
         }
         for inexact in [
             "37492803268785177510",
+            "100000000000000000000",
+            "-9223372036854775809",
             "12345678901234567.89",
             "0.12345678901234567",
             "1.5e-9223372036854775808",

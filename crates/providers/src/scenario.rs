@@ -65,8 +65,10 @@ pub struct Step {
     pub source: Option<String>,
     #[serde(default)]
     pub sandbox: bool,
-    /// `json.path = value` overrides; values may refer to earlier steps.
-    #[serde(default)]
+    /// `json.path = value` overrides; values may refer to earlier steps. A key without a dot
+    /// whose value is a table stands for the paths in it: TOML reads an unquoted dotted key
+    /// (`data.object.id = …`) so.
+    #[serde(default, deserialize_with = "dotted_paths")]
     pub set: BTreeMap<String, Value>,
     /// A wait before the step is sent (`200ms`, `2s`).
     #[serde(default)]
@@ -90,6 +92,36 @@ pub struct Step {
 
 fn once() -> u32 {
     1
+}
+
+/// `set` with each key that has no dot and a non-empty table for its value replaced by the
+/// dotted paths of what the table holds, so that `data.object.id = "x"` unquoted sets that one
+/// field instead of replacing all of `data`. A quoted dotted key keeps its table whole.
+fn dotted_paths<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Value>, D::Error> {
+    fn flatten(path: String, value: Value, into: &mut BTreeMap<String, Value>) {
+        match value {
+            Value::Object(fields) if !fields.is_empty() => {
+                for (key, value) in fields {
+                    flatten(format!("{path}.{key}"), value, into);
+                }
+            }
+            value => {
+                into.insert(path, value);
+            }
+        }
+    }
+    let written = BTreeMap::<String, Value>::deserialize(deserializer)?;
+    let mut paths = BTreeMap::new();
+    for (key, value) in written {
+        if key.contains('.') {
+            paths.insert(key, value);
+        } else {
+            flatten(key, value, &mut paths);
+        }
+    }
+    Ok(paths)
 }
 
 /// Why a scenario cannot be played.
@@ -205,17 +237,26 @@ impl Scenario {
                         reference: earlier.clone(),
                     });
                 }
-                if !step.provider.is_empty() || !step.event.is_empty() || !step.set.is_empty() {
+                if !step.provider.is_empty()
+                    || !step.event.is_empty()
+                    || !step.set.is_empty()
+                    || step.variant.is_some()
+                    || step.source.is_some()
+                    || step.sandbox
+                {
                     return Err(ScenarioError::BadStep {
                         step: step.name.clone(),
-                        message: "a resend step sends an earlier message as it was: no provider, event or set".to_owned(),
+                        message: "a resend step sends an earlier message as it was, to where it went: no provider, event, variant, sandbox, source or set".to_owned(),
                     });
                 }
             }
             // Every `${step.…}` names an earlier step: a scenario that cannot finish is refused
             // before its first message is sent.
             for value in step.set.values() {
-                if let Some(reference) = references(value).find(|name| !names.contains(name)) {
+                if let Some(reference) = references(value)
+                    .into_iter()
+                    .find(|name| !names.contains(name))
+                {
                     return Err(ScenarioError::UnknownReference {
                         step: step.name.clone(),
                         reference: reference.to_owned(),
@@ -311,17 +352,25 @@ impl Step {
     }
 }
 
-/// The steps a value's `${step.path}` references name.
-fn references(value: &Value) -> impl Iterator<Item = &str> {
-    let text = value.as_str().unwrap_or_default();
-    text.split("${").skip(1).filter_map(|rest| {
-        let reference = &rest[..rest.find('}')?];
-        Some(
-            reference
-                .split_once('.')
-                .map_or(reference, |(name, _)| name),
-        )
-    })
+/// The steps a value's `${step.path}` references name, in its strings at any depth.
+fn references(value: &Value) -> Vec<&str> {
+    match value {
+        Value::String(text) => text
+            .split("${")
+            .skip(1)
+            .filter_map(|rest| {
+                let reference = &rest[..rest.find('}')?];
+                Some(
+                    reference
+                        .split_once('.')
+                        .map_or(reference, |(name, _)| name),
+                )
+            })
+            .collect(),
+        Value::Array(items) => items.iter().flat_map(references).collect(),
+        Value::Object(fields) => fields.values().flat_map(references).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Replaces `${step.path}` references in a value with what earlier steps generated.
@@ -330,8 +379,23 @@ fn resolve(
     earlier: &HashMap<String, Value>,
     step: &str,
 ) -> Result<Value, ScenarioError> {
-    let Value::String(text) = value else {
-        return Ok(value.clone());
+    let text = match value {
+        Value::String(text) => text,
+        Value::Array(items) => {
+            return items
+                .iter()
+                .map(|item| resolve(item, earlier, step))
+                .collect::<Result<_, _>>()
+                .map(Value::Array);
+        }
+        Value::Object(fields) => {
+            return fields
+                .iter()
+                .map(|(key, item)| Ok((key.clone(), resolve(item, earlier, step)?)))
+                .collect::<Result<_, _>>()
+                .map(Value::Object);
+        }
+        _ => return Ok(value.clone()),
     };
     let find = |reference: &str| -> Result<Value, ScenarioError> {
         let (name, path) = reference.split_once('.').unwrap_or((reference, ""));
@@ -553,5 +617,75 @@ delay = "10ms"
             Scenario::parse(&forward, false),
             Err(ScenarioError::UnknownReference { .. })
         ));
+        // A resend goes where its step went, as it was.
+        for own in [
+            "source = \"razorpay-2\"",
+            "variant = \"x\"",
+            "sandbox = true",
+        ] {
+            let resend =
+                format!("{TWO_STEPS}\n[[step]]\nname = \"again\"\nresend = \"first\"\n{own}\n");
+            assert!(
+                matches!(
+                    Scenario::parse(&resend, false),
+                    Err(ScenarioError::BadStep { message, .. }) if message.contains("source")
+                ),
+                "{own}"
+            );
+        }
+        // A reference inside a table's value is checked as one in a string is.
+        let nested = TWO_STEPS.replace(
+            "\"payload.invoice.entity.notes\" = \"${first.payload.invoice.entity.id} {paid in full}\"",
+            "\"payload.invoice.entity.notes\" = { of = [\"${nobody.id}\"] }",
+        );
+        assert!(matches!(
+            Scenario::parse(&nested, false),
+            Err(ScenarioError::UnknownReference { reference, .. }) if reference == "nobody"
+        ));
+    }
+
+    /// References are replaced in tables and arrays too, and an unquoted dotted key sets the
+    /// one field it names (TOML reads it as nested tables); a quoted one replaces the object.
+    #[test]
+    fn references_inside_tables_resolve_and_unquoted_keys_set_one_field() {
+        let text = r#"
+name = "nested"
+
+[[step]]
+name = "first"
+provider = "razorpay"
+event = "invoice.partially_paid"
+
+[[step]]
+name = "second"
+provider = "razorpay"
+event = "invoice.paid"
+[step.set]
+payload.invoice.entity.id = "${first.payload.invoice.entity.id}"
+"payload.invoice.entity.notes" = { of = ["${first.payload.invoice.entity.id}", 7], by = "${first.event}" }
+"payload.payment.entity" = { id = "pay_whole" }
+"#;
+        let scenario = Scenario::parse(text, false).unwrap();
+        let mut options = GenerateOptions::new(Timestamp::now(), Some(3));
+        let first = scenario.steps[0]
+            .build(&HashMap::new(), &mut options)
+            .unwrap();
+        let earlier = HashMap::from([("first".to_owned(), first.json.clone())]);
+        let second = scenario.steps[1].build(&earlier, &mut options).unwrap();
+        let first_id = &first.json["payload"]["invoice"]["entity"]["id"];
+        let invoice = &second.json["payload"]["invoice"]["entity"];
+        assert_eq!(&invoice["id"], first_id);
+        assert!(
+            invoice["amount"].is_i64(),
+            "the rest of the invoice stays: {invoice}"
+        );
+        assert_eq!(
+            invoice["notes"],
+            json!({"of": [first_id, 7], "by": "invoice.partially_paid"})
+        );
+        assert_eq!(
+            second.json["payload"]["payment"]["entity"],
+            json!({"id": "pay_whole"})
+        );
     }
 }

@@ -626,10 +626,12 @@ const TEMPLATE_BILLERS: &str = include_str!("../fixtures/setu_bbps/BILLER_UPDATE
 /// Setu writes times in India Standard Time with milliseconds (`2023-08-27T17:09:24.566+05:30`).
 pub(crate) fn ist(now: Timestamp) -> String {
     let ist = time::UtcOffset::from_hms(5, 30, 0).unwrap_or(time::UtcOffset::UTC);
-    let at =
+    let utc =
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now.unix_millis()) * 1_000_000)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-            .to_offset(ist);
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    // Past the last day a date can be written on (9999-12-31), the time stays in UTC: `trigger
+    // --at` refuses such times, and a scenario's delays would take millennia to reach them.
+    let at = utc.checked_to_offset(ist).unwrap_or(utc);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}+05:30",
         at.year(),

@@ -384,6 +384,119 @@ fn a_source_of_another_provider_is_refused() {
     );
 }
 
+/// `--secret ""` (an unset variable) and an `--at` too late to write are refused before
+/// anything is sent, each with what is wrong.
+#[test]
+fn an_empty_secret_and_a_time_past_writing_are_refused() {
+    let refused = |args: &[&str], expected: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let printed = String::from_utf8_lossy(&output.stderr);
+        assert!(printed.contains(expected), "{printed}");
+    };
+    refused(
+        &[
+            "trigger",
+            "zwitch",
+            "payments.updated",
+            "--to",
+            "http://127.0.0.1:9/",
+            "--secret",
+            "",
+        ],
+        "--secret is empty",
+    );
+    for late in ["9999-12-31T20:00:00Z", "9999-01-01T00:00:00Z"] {
+        refused(
+            &[
+                "trigger",
+                "setu_bbps",
+                "BILL_FETCH",
+                "--at",
+                late,
+                "--print",
+            ],
+            "is too late",
+        );
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .args([
+            "trigger",
+            "setu_bbps",
+            "BILL_FETCH",
+            "--at",
+            "9998-12-31T23:59:59Z",
+            "--print",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.contains("9999-01-01T05:29:59.000+05:30"),
+        "{printed}"
+    );
+}
+
+/// A scenario whose later step cannot be sent (a source the configuration lacks) stops before
+/// its first message; one sent to a plain receiver with `--to` does not fail a step expecting
+/// quarantine, which only billhook could report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_is_checked_whole_and_a_receiver_is_not_asked_about_quarantine() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let receiver = Receiver::ok().await;
+    let path = app.dir.path().join("checked.toml");
+    let scenario = |source: &str| {
+        format!(
+            r#"
+name = "checked whole"
+
+[[step]]
+name = "paid"
+provider = "zwitch"
+event = "payments.updated"
+
+[[step]]
+name = "refused"
+provider = "zwitch"
+event = "payments.updated"
+source = "{source}"
+expect_quarantined = true
+"#
+        )
+    };
+    std::fs::write(&path, scenario("zwich")).unwrap();
+    let (ok, printed) = app
+        .cli(&["trigger", "--scenario", path.to_str().unwrap()])
+        .await;
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("step `refused`: no source named `zwich`"),
+        "{printed}"
+    );
+    let (_, stored) = app.admin_get("/v1/inbound").await;
+    assert_eq!(stored["data"], serde_json::json!([]), "nothing was sent");
+
+    std::fs::write(&path, scenario("zwitch")).unwrap();
+    let (ok, printed) = app
+        .cli(&[
+            "trigger",
+            "--scenario",
+            path.to_str().unwrap(),
+            "--to",
+            &receiver.url,
+            "--secret",
+            ZWITCH_SECRET,
+        ])
+        .await;
+    assert!(ok, "{printed}");
+    assert_eq!(receiver.count(), 2);
+    app.stop().await;
+}
+
 /// A step whose message billhook quarantines fails unless the step expects it; a resent step's
 /// message can be referred to by the resend's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
