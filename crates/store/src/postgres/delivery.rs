@@ -525,6 +525,30 @@ impl PgStore {
         // it is re-enabled (and its backlog recovered). Their rows are held against a disabling
         // or an enabling until the commit, endpoints before their deliveries as everywhere.
         let created: Vec<String> = create.iter().map(|d| d.endpoint_id.to_string()).collect();
+        // Two redeliveries naming an endpoint that never had the event both found none before
+        // they began: they take turns on its row here, and the second finds the first's.
+        let mut had: Vec<String> = Vec::new();
+        if !created.is_empty() {
+            transaction
+                .query(
+                    "SELECT 1 FROM endpoints WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+                    &[&created],
+                )
+                .await
+                .map_err(pg_error)?;
+            had = transaction
+                .query(
+                    "SELECT DISTINCT endpoint_id FROM deliveries
+                     WHERE inbound_id = $1 AND (event_id = $2 OR event_id IS NULL)
+                       AND endpoint_id = ANY($3)",
+                    &[&inbound, &event.to_string(), &created],
+                )
+                .await
+                .map_err(pg_error)?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+        }
         let enabled: Vec<String> = transaction
             .query(
                 "SELECT id FROM endpoints
@@ -562,7 +586,10 @@ impl PgStore {
             .map_err(pg_error)?;
         let create: Vec<NewDelivery> = create
             .into_iter()
-            .filter(|d| enabled.contains(&d.endpoint_id.to_string()))
+            .filter(|d| {
+                let endpoint = d.endpoint_id.to_string();
+                enabled.contains(&endpoint) && !had.contains(&endpoint)
+            })
             .collect();
         insert_deliveries(self, &transaction, parse_id(&inbound)?, &create, now).await?;
         self.notify_deliveries(&transaction).await?;

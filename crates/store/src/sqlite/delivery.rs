@@ -675,11 +675,21 @@ impl SqliteStore {
                     "SELECT 1 FROM endpoints WHERE id = ?1 AND enabled = 1 AND deleted_at IS NULL",
                 )
                 .map_err(db_error)?;
+            // Asked again here, in the writer: two redeliveries naming an endpoint that never
+            // had the event both found none before they reached it, and the first made one.
+            let mut had = connection
+                .prepare_cached(
+                    "SELECT 1 FROM deliveries
+                     WHERE inbound_id = ?1 AND endpoint_id = ?2 AND (event_id = ?3 OR event_id IS NULL)",
+                )
+                .map_err(db_error)?;
             let mut created = Vec::with_capacity(create.len());
             for delivery in &create {
-                if enabled
-                    .exists([delivery.endpoint_id.to_string()])
-                    .map_err(db_error)?
+                let endpoint = delivery.endpoint_id.to_string();
+                if enabled.exists([&endpoint]).map_err(db_error)?
+                    && !had
+                        .exists(params![inbound, endpoint, event.to_string()])
+                        .map_err(db_error)?
                 {
                     created.push(delivery.clone());
                 }

@@ -389,6 +389,36 @@ fn a_redelivery_racing_retention_leaves_no_delivery_behind() {
     });
 }
 
+/// Two redeliveries naming an endpoint that never had the event each found none before they
+/// began (the API asks first): the second finds the first's delivery, resets it and makes none.
+#[test]
+fn redeliveries_naming_a_new_endpoint_make_one_delivery() {
+    runtime().block_on(async {
+        for test in backends().await {
+            let store = &test.store;
+            let (first, second) = two_endpoints(store).await;
+            let owed = ingest_owed_at(store, &first, "to-a-new-endpoint", Timestamp::now()).await;
+            let (event, message) = (owed.event, owed.inbound);
+            let redeliver = || {
+                let create = vec![delivery_for(&second, Some(&event), message.id)];
+                store.redeliver(event.id, Some(second.id), create, Timestamp::now())
+            };
+            let made = redeliver().await.unwrap();
+            let again = redeliver().await.unwrap();
+            assert_eq!(made.len(), 1);
+            assert_eq!(again, made, "the second resends the first's delivery");
+            let to_second = store
+                .deliveries_of_event(event.id, message.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|(delivery, _)| delivery.endpoint_id == second.id)
+                .count();
+            assert_eq!(to_second, 1);
+        }
+    });
+}
+
 /// The same for an announcement whose message was already gone: retention holds the event
 /// itself as it removes it, and a redelivery waits for that and then finds nothing.
 #[test]
