@@ -1270,16 +1270,33 @@ fn counted(entity: &Entity) -> Amount {
 }
 
 /// Which reference links a payment to a target, if any, and its strength: lower is stronger, in
-/// the order of the source's rule (an id before a number, a number before a free-text remark).
+/// the order of the source's rule (an id before a number, a number before a free-text remark),
+/// and for each reference, the target's id or current number before a number it had before
+/// (an invoice that now has the number before one renumbered away from it).
 fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static str)> {
     if payment.sandbox != target.sandbox || payment.provider != target.provider {
         return None;
     }
-    let numbered = |value: &str| target.keys.numbers().any(|number| number == value);
+    // 0: by its id or current number, 1: by a former number only.
+    let numbered = |value: &str| {
+        if target.keys.number.as_deref() == Some(value) {
+            Some(0)
+        } else {
+            target
+                .keys
+                .former_numbers
+                .iter()
+                .any(|number| number == value)
+                .then_some(1)
+        }
+    };
     let names = |value: &Option<String>| {
-        value
-            .as_deref()
-            .is_some_and(|v| v == target.provider_id || numbered(v))
+        let value = value.as_deref()?;
+        if value == target.provider_id {
+            Some(0)
+        } else {
+            numbered(value)
+        }
     };
     match target.kind {
         SubjectKind::Invoice if is_incoming(target) => None,
@@ -1287,11 +1304,11 @@ fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static s
             if payment.invoice_id.as_ref() == Some(&target.provider_id) {
                 Some((0, "invoice_id"))
             } else if payment.order_id.is_some() && payment.order_id == target.keys.order_id {
-                Some((1, "order_id"))
-            } else if names(&payment.merchant_reference) {
-                Some((2, "merchant_reference"))
-            } else if names(&payment.remark) {
-                Some((3, "remark"))
+                Some((2, "order_id"))
+            } else if let Some(former) = names(&payment.merchant_reference) {
+                Some((4 + former, "merchant_reference"))
+            } else if let Some(former) = names(&payment.remark) {
+                Some((6 + former, "remark"))
             } else {
                 None
             }
@@ -1300,11 +1317,11 @@ fn link_reason(payment: &PaymentRefs, target: &Entity) -> Option<(u8, &'static s
             if payment.bill_ref_id.as_ref() == Some(&target.provider_id) {
                 Some((0, "bill_ref_id"))
             } else if payment.bill_ref_id.is_none()
-                && payment.biller_ref_id.as_deref().is_some_and(numbered)
+                && let Some(former) = payment.biller_ref_id.as_deref().and_then(numbered)
             {
                 // Every month's bill of a customer shares its `billerRefId`: a payment that
                 // names its own bill waits for that one rather than pay another month's.
-                Some((1, "biller_ref_id"))
+                Some((2 + former, "biller_ref_id"))
             } else {
                 None
             }

@@ -65,10 +65,9 @@ pub struct Step {
     pub source: Option<String>,
     #[serde(default)]
     pub sandbox: bool,
-    /// `json.path = value` overrides; values may refer to earlier steps. A key without a dot
-    /// whose value is a table stands for the paths in it: TOML reads an unquoted dotted key
-    /// (`data.object.id = …`) so.
-    #[serde(default, deserialize_with = "dotted_paths")]
+    /// `json.path = value` overrides; values may refer to earlier steps. In TOML, a key
+    /// without a dot whose value is a table stands for the paths in it ([`dotted_paths`]).
+    #[serde(default)]
     pub set: BTreeMap<String, Value>,
     /// A wait before the step is sent (`200ms`, `2s`).
     #[serde(default)]
@@ -94,12 +93,11 @@ fn once() -> u32 {
     1
 }
 
-/// `set` with each key that has no dot and a non-empty table for its value replaced by the
-/// dotted paths of what the table holds, so that `data.object.id = "x"` unquoted sets that one
-/// field instead of replacing all of `data`. A quoted dotted key keeps its table whole.
-fn dotted_paths<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<BTreeMap<String, Value>, D::Error> {
+/// A TOML `set` with each key that has no dot and a non-empty table for its value replaced by
+/// the dotted paths of what the table holds: TOML reads an unquoted dotted key
+/// (`data.object.id = "x"`) as nested tables, and it means that one field, not all of `data`.
+/// A quoted dotted key keeps its table whole.
+fn dotted_paths(written: BTreeMap<String, Value>) -> BTreeMap<String, Value> {
     fn flatten(path: String, value: Value, into: &mut BTreeMap<String, Value>) {
         match value {
             Value::Object(fields) if !fields.is_empty() => {
@@ -112,7 +110,6 @@ fn dotted_paths<'de, D: serde::Deserializer<'de>>(
             }
         }
     }
-    let written = BTreeMap::<String, Value>::deserialize(deserializer)?;
     let mut paths = BTreeMap::new();
     for (key, value) in written {
         if key.contains('.') {
@@ -121,7 +118,7 @@ fn dotted_paths<'de, D: serde::Deserializer<'de>>(
             flatten(key, value, &mut paths);
         }
     }
-    Ok(paths)
+    paths
 }
 
 /// Why a scenario cannot be played.
@@ -214,9 +211,13 @@ impl Scenario {
             }
             scenario
         } else {
-            let scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+            let mut scenario: Scenario =
+                toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
             if let Some(refused) = unsendable_toml_value(text) {
                 return Err(ScenarioError::Parse(refused));
+            }
+            for step in &mut scenario.steps {
+                step.set = dotted_paths(std::mem::take(&mut step.set));
             }
             scenario
         };

@@ -645,6 +645,26 @@ variant = "success"
         let by_number: Value = serde_json::from_str(&shown).unwrap();
         assert_eq!(by_number["id"], invoice["id"], "{number}");
     }
+    // Another invoice numbered INV/R/1 now: the number shows it, and the payment that named
+    // the number before stays where it went.
+    let reused = r#"
+name = "a number used again"
+
+[[step]]
+name = "again"
+provider = "zwitch"
+event = "bharat_connect.invoice.create"
+[step.set]
+"data.object.supplier_invoice_number" = "INV/R/1"
+"data.object.value_details.total_invoice_value" = 50
+"#;
+    run_scenario(&app, "zwitch-bc-reused", reused).await;
+    let (ok, shown) = app.cli(&["invoices", "show", "INV/R/1"]).await;
+    assert!(ok, "{shown}");
+    let now_numbered: Value = serde_json::from_str(&shown).unwrap();
+    assert_ne!(now_numbered["id"], invoice["id"]);
+    assert_eq!(now_numbered["number"], json!("INV/R/1"));
+    assert_eq!(now_numbered["paid"], json!(0));
     let (session, _) = crate::console::log_in(&app, ADMIN_TOKEN).await;
     let page = format!("/invoices/{}", invoice["id"].as_str().unwrap());
     let (status, html) = crate::console::get(&app, &session, &page).await;

@@ -392,19 +392,32 @@ async fn find(app: &App, listing: Listing, id: &str) -> Result<Entity, ApiError>
             source: None,
             reference: Some(id.to_owned()),
             before: None,
-            limit: 2,
+            limit: FIND_LIMIT,
             now: Timestamp::now(),
         })
         .await?;
-    match page.items.len() {
-        0 => Err(not_found()),
-        1 => Ok(page.items.into_iter().next().ok_or_else(not_found)?),
-        _ => Err(ApiError::invalid(format!(
+    // A provider id or a current number names an entry before a number it had before (an
+    // invoice renumbered away from the number another now has).
+    let (current, former): (Vec<Entity>, Vec<Entity>) = page
+        .items
+        .into_iter()
+        .partition(|e| e.provider_id == id || e.keys.number.as_deref() == Some(id));
+    let several = || {
+        ApiError::invalid(format!(
             "several {} have the reference `{id}`; use billhook's id",
             listing.plural
-        ))),
+        ))
+    };
+    match (current.len(), former.len()) {
+        (1, _) => current.into_iter().next().ok_or_else(not_found),
+        (0, 0) => Err(not_found()),
+        (0, 1) if page.next_cursor.is_none() => former.into_iter().next().ok_or_else(not_found),
+        _ => Err(several()),
     }
 }
+
+/// How many entries a lookup by reference reads to tell one from several.
+const FIND_LIMIT: u32 = 50;
 
 pub(crate) async fn show(
     app: Arc<App>,

@@ -526,16 +526,31 @@ impl PgStore {
         // or an enabling until the commit, endpoints before their deliveries as everywhere.
         let created: Vec<String> = create.iter().map(|d| d.endpoint_id.to_string()).collect();
         // Two redeliveries naming an endpoint that never had the event both found none before
-        // they began: they take turns on its row here, and the second finds the first's.
+        // they began: they take turns on the endpoints' rows, locked in one pass in id order as
+        // completions lock them, and the second then finds the first's delivery.
+        let lock = if created.is_empty() {
+            "FOR SHARE"
+        } else {
+            "FOR NO KEY UPDATE"
+        };
+        let enabled: Vec<String> = transaction
+            .query(
+                &format!(
+                    "SELECT id FROM endpoints
+                     WHERE enabled AND deleted_at IS NULL
+                       AND (id = ANY($3) OR id IN (SELECT endpoint_id FROM deliveries
+                            WHERE inbound_id = $1 AND (event_id = $2 OR event_id IS NULL)))
+                     ORDER BY id {lock}"
+                ),
+                &[&inbound, &event.to_string(), &created],
+            )
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
         let mut had: Vec<String> = Vec::new();
         if !created.is_empty() {
-            transaction
-                .query(
-                    "SELECT 1 FROM endpoints WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-                    &[&created],
-                )
-                .await
-                .map_err(pg_error)?;
             had = transaction
                 .query(
                     "SELECT DISTINCT endpoint_id FROM deliveries
@@ -549,20 +564,6 @@ impl PgStore {
                 .map(|row| row.get(0))
                 .collect();
         }
-        let enabled: Vec<String> = transaction
-            .query(
-                "SELECT id FROM endpoints
-                 WHERE enabled AND deleted_at IS NULL
-                   AND (id = ANY($3) OR id IN (SELECT endpoint_id FROM deliveries
-                        WHERE inbound_id = $1 AND (event_id = $2 OR event_id IS NULL)))
-                 ORDER BY id FOR SHARE",
-                &[&inbound, &event.to_string(), &created],
-            )
-            .await
-            .map_err(pg_error)?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
         let rows = transaction
             .query(
                 &format!(

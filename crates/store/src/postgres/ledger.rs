@@ -719,9 +719,11 @@ impl PgStore {
                 // SKIP_LOCKED: when several instances see the ledger double at once, one
                 // analyzes and the others go on. `id`'s histogram is what tells a listing that
                 // a kind's range of ids holds many rows, to be read newest first and stopped.
+                // `former_numbers`: nearly all null, which tells a listing by reference that its
+                // test of them costs nothing.
                 "ANALYZE (SKIP_LOCKED) ledger_entities (id, kind, provider_id, number, order_ref,
                     ref_invoice, ref_order, ref_merchant, ref_remark, ref_bill, ref_biller,
-                    linked_to)",
+                    linked_to, former_numbers)",
             )
             .await
             .map_err(pg_error)?;
