@@ -1235,7 +1235,7 @@ fn describe(entity: &mut Entity) {
             entity.currency = Some(invoice.currency);
             entity.amount = invoice.amount;
             entity.due_by = invoice.expires_at;
-            entity.keys = TargetKeys::of(entity.snapshot.data()).unwrap_or_default();
+            replace_keys(entity);
         }
         EntityData::Bill(bill) => {
             entity.currency = Some(bill.currency);
@@ -1244,7 +1244,7 @@ fn describe(entity: &mut Entity) {
                 .due_date
                 .as_deref()
                 .and_then(|d| Timestamp::parse_rfc3339(&format!("{d}T23:59:59+05:30")).ok());
-            entity.keys = TargetKeys::of(entity.snapshot.data()).unwrap_or_default();
+            replace_keys(entity);
         }
         EntityData::Payment(payment) => {
             entity.currency = Some(payment.currency);
@@ -1252,6 +1252,13 @@ fn describe(entity: &mut Entity) {
         }
         _ => {}
     }
+}
+
+/// The keys of the entity's snapshot, with every number it had before kept as a former one.
+fn replace_keys(entity: &mut Entity) {
+    let earlier = std::mem::take(&mut entity.keys);
+    entity.keys = TargetKeys::of(entity.snapshot.data()).unwrap_or_default();
+    entity.keys.remember(earlier.numbers());
 }
 
 /// What a payment contributes: its amount net of refunds once it has succeeded.
@@ -1471,7 +1478,6 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
             | (stable_hash(&[fact.snapshot.json().unwrap_or_default()]) & 0xFFFF_FFFF),
     };
     let was_incoming = is_incoming(&entity);
-    let known_keys = entity.keys.clone();
     if content > entity.content_precedence {
         entity.snapshot = with_direction_kept(&fact.snapshot, entity.snapshot.data())
             .unwrap_or_else(|| fact.snapshot.clone());
@@ -1481,11 +1487,9 @@ pub async fn apply<R: LedgerRepo>(repo: &mut R, fact: &Fact) -> Result<Applied, 
     } else if let Some(known) = with_direction_kept(&entity.snapshot, fact.snapshot.data()) {
         entity.snapshot = known;
     }
-    // Every number an invoice or bill had stays one it is found by, whichever snapshot wins.
+    // A number the fact names stays one the entry is found by, whichever snapshot wins.
     if let Some(named) = TargetKeys::of(fact.snapshot.data()) {
-        entity
-            .keys
-            .remember(known_keys.numbers().chain(named.number.as_deref()));
+        entity.keys.remember(named.number.as_deref());
     }
     // Whether the fact names a reference the payment had not, or a lesser value of one: not
     // merely that the source's rule changed what is kept.
