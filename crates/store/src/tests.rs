@@ -2852,6 +2852,36 @@ fn a_delivery_planned_as_held_is_written_pending_if_its_endpoint_is_enabled() {
     });
 }
 
+/// On PostgreSQL, a delivery planned as held and written pending (its endpoint enabled
+/// meanwhile) is announced to every instance, as one planned pending is: no worker was handed
+/// it, and without a notification it would wait for a poller's next look.
+#[test]
+fn a_delivery_planned_as_held_and_written_pending_is_announced() {
+    runtime().block_on(async {
+        let (config, _dir) = postgres_config().await;
+        let listening = Store::open(&config).await.unwrap();
+        let mut notifications = listening.subscribe().expect("PostgreSQL notifies");
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(5), notifications.recv())
+                .await
+                .ok()
+                .flatten()
+        };
+        assert_eq!(next().await, Some(Notification::Reconnected));
+        let store = Store::open(&config).await.unwrap();
+        let endpoint = canonical_endpoint(&store).await;
+        assert_eq!(next().await, Some(Notification::Endpoints));
+        let held = planned_held(&endpoint, "held-then-enabled");
+        let id = held.deliveries[0].id;
+        store.ingest(held).await.unwrap();
+        let record = store.delivery(id).await.unwrap().unwrap();
+        assert_eq!(record.status, DeliveryStatus::Pending);
+        assert_eq!(next().await, Some(Notification::Deliveries));
+        store.close().await;
+        listening.close().await;
+    });
+}
+
 /// On PostgreSQL, a delivery planned as held while its endpoint's enabling is not committed yet
 /// waits for that enabling and is written pending: written held, it would be invisible to the
 /// recovery the enabling runs next, and stay held on an enabled endpoint.

@@ -388,12 +388,15 @@ impl<'a> RequestArrays<'a> {
     }
 }
 
-/// Whether other instances should hear of these deliveries: some are left for whichever
-/// instance claims them first.
+/// Whether other instances should hear of these deliveries: some may be left due for whichever
+/// instance claims them first. That is one pending without a lease, or one planned as held,
+/// which is written pending if its endpoint was enabled meanwhile (see
+/// `insert_deliveries_sql`); one written held after all wakes the instances for nothing, which
+/// costs less than asking first.
 fn announced(deliveries: &[NewDelivery]) -> bool {
-    deliveries
-        .iter()
-        .any(|d| d.lease.is_none() && d.status == DeliveryStatus::Pending)
+    deliveries.iter().any(|d| {
+        d.lease.is_none() && matches!(d.status, DeliveryStatus::Pending | DeliveryStatus::Held)
+    })
 }
 
 /// The writes of a group of ingests in one statement: each request's dedup claims, and for
