@@ -44,6 +44,7 @@ const ENV_SECTIONS: &[&str] = &[
     "console",
     "log",
     "trusted_proxies",
+    "max_connections",
 ];
 
 /// Why the configuration cannot be used.
@@ -113,6 +114,9 @@ pub struct Config {
     pub role: Role,
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The most client connections served at once; more wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// `sqlite://PATH` or `postgres://…`; default: `billhook.db` in the data directory. A
@@ -149,6 +153,16 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
+/// The most `max_connections` may be: more than a process can have files open on any common
+/// system.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// Well under the common soft limit of 1,024 open files less what deliveries and the database
+/// use: past the limit, a flood of connections would take the descriptors deliveries need.
+fn default_max_connections() -> usize {
+    512
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./billhook-data")
 }
@@ -158,6 +172,7 @@ impl Default for Config {
         Self {
             role: Role::default(),
             listen: default_listen(),
+            max_connections: default_max_connections(),
             data_dir: default_data_dir(),
             database_url: None,
             admin_token: None,
@@ -621,6 +636,7 @@ pub struct Source {
 pub struct Settings {
     pub role: Role,
     pub listen: SocketAddr,
+    pub max_connections: usize,
     pub data_dir: PathBuf,
     pub database: billhook_store::DatabaseConfig,
     pub admin_token: Secret,
@@ -841,6 +857,11 @@ impl Config {
                 self.ledger.unmatched_after, self.retention.max_age
             )));
         }
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "max_connections must be between 1 and {MAX_CONNECTIONS}"
+            )));
+        }
         if self.ledger.max_export_rows == 0 {
             return Err(ConfigError::Invalid(
                 "ledger.max_export_rows must be at least 1".to_owned(),
@@ -903,6 +924,7 @@ impl Config {
         Ok(Settings {
             role: self.role,
             listen: self.listen,
+            max_connections: self.max_connections,
             data_dir: self.data_dir,
             database,
             admin_token,
@@ -1034,6 +1056,25 @@ mod tests {
             razorpay.sources["s"].ack_status,
             http::StatusCode::NO_CONTENT
         );
+    }
+
+    #[test]
+    fn max_connections_is_bounded() {
+        let settings = |value: &str| {
+            Config::from_toml(&format!("max_connections = {value}\n"))
+                .unwrap()
+                .into_settings(Secret::new("token"))
+        };
+        assert_eq!(settings("64").unwrap().max_connections, 64);
+        for refused in ["0", "1000001"] {
+            let error = settings(refused).unwrap_err();
+            assert!(
+                error.to_string().contains("between 1 and 1000000"),
+                "{refused}: {error}"
+            );
+        }
+        let default = Config::from_toml("").unwrap();
+        assert_eq!(default.max_connections, 512);
     }
 
     #[test]

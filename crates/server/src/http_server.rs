@@ -10,9 +10,15 @@
 //!
 //! A handler that panics (a bug) is answered `500 internal` like any other failure, rather
 //! than with the connection cut mid-request, which a client cannot tell from a network fault.
+//!
+//! At most `max_connections` connections are served at once. Past that the server stops
+//! accepting, and new connections wait in the kernel's queue until one closes: a flood of
+//! connections slows ingest rather than taking the file descriptors that deliveries and the
+//! database need, and a short burst is served late rather than refused.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -22,42 +28,62 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
 
+/// How the server bounds its clients.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Bounds reading each request's headers, and the drain at shutdown.
+    pub(crate) request_timeout: Duration,
+    /// The most connections served at once.
+    pub(crate) max_connections: usize,
+}
+
+impl Limits {
+    pub(crate) fn of(settings: &crate::config::Settings) -> Self {
+        Self {
+            request_timeout: settings.ingest.request_timeout.0,
+            max_connections: settings.max_connections,
+        }
+    }
+}
+
 /// Serves `routes` on `listener` until `shutdown` resolves, then lets each connection finish
-/// the request it is on, for up to `request_timeout`, and closes it.
+/// the request it is on, for up to the request timeout, and closes it.
 ///
-/// `request_timeout` also bounds reading each request's headers. An ingest request ends within
-/// it by its own deadline; an admin request still running after it (a client that never sends
-/// the body it announced, a long export) is left behind rather than holding the stop for ever.
+/// The request timeout also bounds reading each request's headers. An ingest request ends
+/// within it by its own deadline; an admin request still running after it (a client that never
+/// sends the body it announced, a long export) is left behind rather than holding the stop for
+/// ever.
 pub(crate) async fn serve(
     listener: TcpListener,
     routes: Router,
-    request_timeout: Duration,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let connections = accept_until(&listener, routes, request_timeout, shutdown).await;
+    let connections = accept_until(&listener, routes, limits, shutdown).await;
     // Closed before the drain, so a client connecting now is refused at once rather than left
     // waiting for a server that will not answer.
     drop(listener);
-    drain(connections, request_timeout).await;
+    drain(connections, limits.request_timeout).await;
 }
 
 /// Serves `routes` on a listener the caller keeps until `until` resolves, and returns then:
-/// the requests in flight finish in the background (for up to `request_timeout`), so a client
-/// slow to send its headers does not hold up whoever accepts next. Connections that arrive
-/// meanwhile wait for that.
+/// the requests in flight finish in the background (for up to the request timeout), so a
+/// client slow to send its headers does not hold up whoever accepts next. Connections that
+/// arrive meanwhile wait for that.
 pub(crate) async fn serve_for_now(
     listener: &TcpListener,
     routes: Router,
-    request_timeout: Duration,
+    limits: Limits,
     until: impl Future<Output = ()>,
 ) {
-    let connections = accept_until(listener, routes, request_timeout, until).await;
-    tokio::spawn(drain(connections, request_timeout));
+    let connections = accept_until(listener, routes, limits, until).await;
+    tokio::spawn(drain(connections, limits.request_timeout));
 }
 
 /// The most a connection buffers from its client at once: its headers must fit.
@@ -66,7 +92,7 @@ const MAX_READ_BUFFER: usize = 64 * 1024;
 async fn accept_until(
     listener: &TcpListener,
     routes: Router,
-    request_timeout: Duration,
+    limits: Limits,
     until: impl Future<Output = ()>,
 ) -> GracefulShutdown {
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -75,12 +101,29 @@ async fn accept_until(
     // 400 KiB of headers.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(request_timeout)
+        .header_read_timeout(limits.request_timeout)
         .max_buf_size(MAX_READ_BUFFER);
     let connections = GracefulShutdown::new();
     let routes = routes.layer(CatchPanicLayer::custom(answer_panic));
+    let open = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(until);
     loop {
+        let slot = match Arc::clone(&open).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "every connection slot is taken; new connections wait until one closes"
+                );
+                tokio::select! {
+                    slot = Arc::clone(&open).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => return connections,
+                    },
+                    () = &mut until => return connections,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -108,6 +151,7 @@ async fn accept_until(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "a connection ended with an error");
             }
+            drop(slot);
         });
     }
 }
@@ -277,7 +321,11 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let address = listener.local_addr().unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(serve(listener, routes, Duration::from_secs(5), async {
+            let limits = Limits {
+                request_timeout: Duration::from_secs(5),
+                max_connections: 16,
+            };
+            let server = tokio::spawn(serve(listener, routes, limits, async {
                 let _ = stopped.await;
             }));
             Self {

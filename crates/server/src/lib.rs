@@ -99,7 +99,7 @@ impl Server {
         settings: Settings,
         listener: &TcpListener,
     ) -> Result<Self, RunError> {
-        let request_timeout = settings.ingest.request_timeout.0;
+        let limits = http_server::Limits::of(&settings);
         let (started, starting) = tokio::sync::oneshot::channel::<()>();
         let start = async move {
             let server = Self::start(settings).await;
@@ -111,10 +111,9 @@ impl Server {
             server = &mut start => return server,
             () = tokio::time::sleep(QUIET_START) => {}
         }
-        let answer =
-            http_server::serve_for_now(listener, starting_routes(), request_timeout, async {
-                let _ = starting.await;
-            });
+        let answer = http_server::serve_for_now(listener, starting_routes(), limits, async {
+            let _ = starting.await;
+        });
         let (server, ()) = tokio::join!(start, answer);
         server
     }
@@ -195,13 +194,8 @@ impl Server {
         } else {
             health_only(Arc::clone(&app))
         };
-        http_server::serve(
-            listener,
-            routes,
-            app.settings.ingest.request_timeout.0,
-            shutdown,
-        )
-        .await;
+        let limits = http_server::Limits::of(&app.settings);
+        http_server::serve(listener, routes, limits, shutdown).await;
         // A write that committed deliveries leased to this instance hands them to their lanes;
         // once delivery has stopped, they could only wait out their leases.
         let writes = app.ingest_writes.settled();

@@ -102,6 +102,13 @@ impl Target {
             .env("BILLHOOK_LISTEN", "127.0.0.1:0")
             .env("BILLHOOK_DATA_DIR", &data_dir)
             .env("BILLHOOK_ADMIN_TOKEN", &admin_token)
+            // Room for every sender's connection, and the bench's own calls to the API.
+            .env(
+                "BILLHOOK_MAX_CONNECTIONS",
+                (u64::from(launch.concurrency) + 64)
+                    .min(1_000_000)
+                    .to_string(),
+            )
             .env("RUST_LOG", "warn")
             .env_remove("BILLHOOK_DATABASE_URL")
             .stdout(Stdio::null())

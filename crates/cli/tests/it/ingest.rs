@@ -1057,3 +1057,62 @@ async fn a_request_that_never_finishes_does_not_hold_up_the_stop() {
     );
     drop(stream);
 }
+
+/// Past `max_connections`, a new connection waits to be served until one closes: here two
+/// requests in flight take both slots, and a health check on a third connection is answered
+/// only once one of them goes.
+#[tokio::test]
+async fn a_connection_past_the_limit_waits_for_one_to_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Backend::Sqlite, "max_connections = 2\n").await;
+    // The client's pooled connection is closed, so only this test's connections are open.
+    let closing = app
+        .http
+        .get(app.url("/healthz"))
+        .header("connection", "close")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closing.status(), 200);
+    let address = app.address.trim_start_matches("http://").to_owned();
+    // A request whose body never comes, in flight until the request timeout (30 s).
+    let in_flight = || async {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST /v1/endpoints HTTP/1.1\r\nHost: billhook\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("served")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 100"));
+        stream
+    };
+    let first = in_flight().await;
+    let second = in_flight().await;
+
+    let mut third = tokio::net::TcpStream::connect(&address).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: billhook\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 256];
+    let waiting = tokio::time::timeout(Duration::from_millis(500), third.read(&mut answer)).await;
+    assert!(
+        waiting.is_err(),
+        "a third connection is not served while two are open"
+    );
+
+    drop(first);
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut answer))
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(second);
+    app.stop().await;
+}
