@@ -45,6 +45,7 @@ backend_tests!(
     a_redelivery_leaves_a_disabled_endpoint_alone,
     a_delivery_left_pending_for_a_disabled_endpoint_is_held,
     a_delivery_left_pending_for_a_deleted_endpoint_is_cancelled,
+    endpoints_created_together_each_get_the_next_event,
 );
 
 /// Posts every fixture; returns the acknowledged event ids.
@@ -1580,5 +1581,34 @@ async fn a_delivery_left_pending_for_a_disabled_endpoint_is_held(backend: Backen
         0,
         "nothing is sent to a disabled endpoint"
     );
+    app.stop().await;
+}
+
+/// Endpoints created at the same moment each reload the endpoint set; however those reloads
+/// interleave, once every creation has been answered the next event is planned for all of
+/// them (a reload that read before another's creation must not replace what that one read).
+async fn endpoints_created_together_each_get_the_next_event(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let receiver = Receiver::ok().await;
+    let mut created = 0;
+    for round in 0..6 {
+        let mut creations = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let request = app
+                .http
+                .post(app.url("/v1/endpoints"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({ "url": receiver.url, "event_types": ["*"] }));
+            creations.spawn(async move { request.send().await.unwrap().status().as_u16() });
+        }
+        while let Some(status) = creations.join_next().await {
+            assert_eq!(status.unwrap(), 201);
+            created += 1;
+        }
+        let ids = ingest_payments(&app, 1, &format!("together-{round}")).await;
+        let (_, detail) = app.admin_get(&format!("/v1/events/{}", ids[0])).await;
+        let planned = detail["deliveries"].as_array().unwrap().len();
+        assert_eq!(planned, created, "round {round}: a delivery per endpoint");
+    }
     app.stop().await;
 }

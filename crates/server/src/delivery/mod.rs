@@ -29,7 +29,7 @@ pub mod ssrf;
 pub use send::{ConnectDeadline, PooledClient, pooled_client};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -177,6 +177,10 @@ struct Shared {
     destinations: Arc<DestinationPolicy>,
     client: send::Client,
     endpoints: RwLock<Arc<EndpointSet>>,
+    /// Numbers the reads of the endpoint set, in the order they start (see `reload_endpoints`).
+    endpoint_reads: AtomicU64,
+    /// The number of the read whose set `endpoints` holds; changed only under `lanes`' lock.
+    installed_read: AtomicU64,
     lanes: Mutex<HashMap<EndpointId, LaneEntry>>,
     in_flight: Arc<Semaphore>,
     /// Deliveries held in memory under this instance's lease, each with its claims not yet
@@ -264,6 +268,8 @@ impl Delivery {
             destinations,
             client,
             endpoints: RwLock::new(Arc::new(EndpointSet::default())),
+            endpoint_reads: AtomicU64::new(0),
+            installed_read: AtomicU64::new(0),
             lanes: Mutex::new(HashMap::new()),
             held: Mutex::new(HeldClaims::default()),
             completions,
@@ -725,7 +731,15 @@ impl Shared {
         Err(error)
     }
 
+    /// Reads the endpoints and makes them this instance's set. Every change to an endpoint
+    /// reloads after its commit, and reloads overlap (admin requests, other instances'
+    /// notifications, a disabling): one that started reading before another's change committed
+    /// may finish after that one's reload, and installing it then would forget the change (an
+    /// endpoint created and never planned for, a disabled one still sent to). So reads are
+    /// numbered as they start, and a read older than the set installed is dropped: the newest
+    /// read started after every change whose reload has begun, and has seen them all.
     async fn reload_endpoints(self: &Arc<Self>) -> Result<(), StoreError> {
+        let read = self.endpoint_reads.fetch_add(1, Ordering::SeqCst) + 1;
         let records = self.store.all_endpoints().await?;
         let set = Arc::new(EndpointSet::build(
             &records,
@@ -735,6 +749,10 @@ impl Shared {
         // set holding that lock (`lane`), so none is started for an endpoint of the old set
         // after the deleted endpoints' lanes are removed below.
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        if self.installed_read.load(Ordering::SeqCst) > read {
+            return Ok(());
+        }
+        self.installed_read.store(read, Ordering::SeqCst);
         // A lane remembers since when its endpoint has been failing. The store forgets it when
         // the endpoint is disabled and enabled again (or succeeds on another instance); a lane
         // that did not would disable a re-enabled endpoint again at its first failure. Reset
