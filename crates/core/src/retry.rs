@@ -70,8 +70,10 @@ pub enum Decision {
         at: Timestamp,
         slow_down: Option<Duration>,
     },
-    /// Out of attempts.
-    Dead,
+    /// Out of attempts; pause the endpoint for `slow_down` if given, as a retry would.
+    Dead {
+        slow_down: Option<Duration>,
+    },
     /// Disable the endpoint and hold its deliveries (they can be recovered once it is fixed).
     DisableEndpoint {
         reason: String,
@@ -131,20 +133,21 @@ impl RetryPolicy {
                 ),
             };
         }
-        if attempt >= self.max_attempts() {
-            return Decision::Dead;
-        }
         let capped_retry_after = retry_after.map(|wait| wait.min(self.retry_after_cap));
-        let scheduled = self.wait_before(attempt + 1, rng);
-        let wait = capped_retry_after.map_or(scheduled, |honoured| honoured.max(scheduled));
         // A receiver that says how long it will be unavailable (RFC 9110: 503 with
         // `Retry-After`) is left alone that long, as one rate limiting is; a bare 503 may be
-        // one request's trouble and pauses nothing.
+        // one request's trouble and pauses nothing. The pause is the endpoint's, so a delivery
+        // on its last attempt asks for it too.
         let slow_down = match (status, capped_retry_after) {
             (Some(429 | 502 | 504), _) => Some(capped_retry_after.unwrap_or(self.slow_down)),
             (Some(503), Some(wait)) => Some(wait),
             _ => None,
         };
+        if attempt >= self.max_attempts() {
+            return Decision::Dead { slow_down };
+        }
+        let scheduled = self.wait_before(attempt + 1, rng);
+        let wait = capped_retry_after.map_or(scheduled, |honoured| honoured.max(scheduled));
         Decision::Retry {
             at: now.add(wait),
             slow_down,
@@ -211,7 +214,25 @@ mod tests {
         }
         assert_eq!(
             policy.decide(8, failure(503), NOW, Some(NOW), &mut rng()),
-            Decision::Dead
+            Decision::Dead { slow_down: None }
+        );
+        // A receiver asking for time on a delivery's last attempt still gets it: the pause is
+        // the endpoint's, and the rest of its backlog waits.
+        let asked = AttemptOutcome::Failure {
+            status: Some(429),
+            retry_after: Some(Duration::from_secs(600)),
+        };
+        assert_eq!(
+            policy.decide(8, asked, NOW, Some(NOW), &mut rng()),
+            Decision::Dead {
+                slow_down: Some(Duration::from_secs(600))
+            }
+        );
+        assert_eq!(
+            policy.decide(8, failure(429), NOW, Some(NOW), &mut rng()),
+            Decision::Dead {
+                slow_down: Some(policy.slow_down)
+            }
         );
         assert_eq!(policy.max_attempts(), 8);
     }

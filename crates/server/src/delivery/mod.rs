@@ -1298,7 +1298,12 @@ fn judge(
             }
             (NextStep::Retry { at }, None)
         }
-        Decision::Dead => (NextStep::Dead, None),
+        Decision::Dead { slow_down } => {
+            if let Some(wait) = slow_down {
+                lane.pause(wait);
+            }
+            (NextStep::Dead, None)
+        }
         Decision::DisableEndpoint { reason } => (NextStep::Held, Some(reason)),
     };
     let (error_kind, error_message) = match &result.error {
