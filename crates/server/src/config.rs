@@ -47,6 +47,42 @@ const ENV_SECTIONS: &[&str] = &[
     "max_connections",
 ];
 
+/// The sections whose keys the environment sets as `BILLHOOK_<SECTION>__<KEY>`.
+const ENV_TABLES: &[&str] = &[
+    "database",
+    "ingest",
+    "delivery",
+    "ledger",
+    "retention",
+    "console",
+    "log",
+];
+
+/// A refusal for the first variable that names a section's key with one underscore
+/// (`BILLHOOK_RETENTION_MAX_AGE`), which the environment's reading would otherwise skip as not
+/// configuration: the file's or the default value would apply without a word. Only names are
+/// looked at, never values.
+fn nested_key_with_one_underscore(
+    names: impl Iterator<Item = std::ffi::OsString>,
+) -> Option<String> {
+    names.filter_map(|name| name.into_string().ok()).find_map(|name| {
+        let key = name.strip_prefix("BILLHOOK_")?.to_ascii_lowercase();
+        let top = key.split("__").next().unwrap_or_default();
+        if ENV_SECTIONS.contains(&top) {
+            return None;
+        }
+        let (section, rest) = ENV_TABLES.iter().find_map(|section| {
+            let rest = top.strip_prefix(section)?.strip_prefix('_')?;
+            (!rest.is_empty()).then_some((*section, rest))
+        })?;
+        Some(format!(
+            "the environment variable {name} sets nothing: a key of [{section}] takes two underscores, as in BILLHOOK_{}__{}",
+            section.to_ascii_uppercase(),
+            rest.to_ascii_uppercase()
+        ))
+    })
+}
+
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -56,6 +92,8 @@ pub enum ConfigError {
     Source(#[from] SpecError),
     #[error("source `{0}` is configured twice")]
     DuplicateSource(String),
+    #[error("endpoint `{0}` is configured twice")]
+    DuplicateEndpoint(String),
     #[error("source `{source_name}`: {message}")]
     SourceSetting {
         source_name: String,
@@ -70,11 +108,28 @@ pub enum ConfigError {
 #[serde(into = "String")]
 pub struct HumanDuration(pub Duration);
 
+/// The longest duration any setting takes. Past it a deadline computed from the clock can
+/// overflow (`Instant + d` panics), and no retry, lease or retention is meant to be longer.
+const LONGEST_SETTING: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+impl HumanDuration {
+    fn bounded(duration: Duration) -> Result<Self, String> {
+        if duration > LONGEST_SETTING {
+            return Err(format!(
+                "{} is too long a duration: at most 100 years ({})",
+                billhook_core::time::format_duration(duration),
+                billhook_core::time::format_duration(LONGEST_SETTING)
+            ));
+        }
+        Ok(HumanDuration(duration))
+    }
+}
+
 impl FromStr for HumanDuration {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        billhook_core::time::parse_duration(text).map(HumanDuration)
+        billhook_core::time::parse_duration(text).and_then(HumanDuration::bounded)
     }
 }
 
@@ -100,7 +155,8 @@ impl<'de> Deserialize<'de> for HumanDuration {
         }
         match Text::deserialize(deserializer)? {
             Text::Text(text) => text.parse().map_err(serde::de::Error::custom),
-            Text::Seconds(seconds) => Ok(HumanDuration(Duration::from_secs(seconds))),
+            Text::Seconds(seconds) => HumanDuration::bounded(Duration::from_secs(seconds))
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -724,6 +780,9 @@ impl Config {
                 figment.merge(Toml::string(&text))
             };
         }
+        if let Some(refusal) = nested_key_with_one_underscore(std::env::vars_os().map(|(k, _)| k)) {
+            return Err(ConfigError::Parse(refusal));
+        }
         figment = figment.merge(Env::prefixed("BILLHOOK_").split("__").filter(|key| {
             let top = key.as_str().split('.').next().unwrap_or_default();
             ENV_SECTIONS
@@ -843,6 +902,16 @@ impl Config {
                 )));
             }
         }
+        // PostgreSQL takes a statement timeout in milliseconds as a 32-bit integer (about 24.8
+        // days), and refuses every connection asking for more.
+        let longest_statement = Duration::from_secs(24 * 86_400);
+        if self.database.statement_timeout.0 > longest_statement {
+            return Err(ConfigError::Invalid(format!(
+                "database.statement_timeout is {}: PostgreSQL takes at most {}",
+                self.database.statement_timeout,
+                HumanDuration(longest_statement)
+            )));
+        }
         self.log.validate()?;
         self.delivery.validate()?;
         self.retention.validate(self.ingest.dedup_window)?;
@@ -919,6 +988,14 @@ impl Config {
                 .is_some()
             {
                 return Err(ConfigError::DuplicateSource(name));
+            }
+        }
+        // Declared endpoints are kept in line with the file by name: of two tables with one
+        // name, one would silently never be sent to.
+        let mut endpoint_names = std::collections::HashSet::new();
+        for endpoint in &self.endpoints {
+            if !endpoint_names.insert(endpoint.name.as_str()) {
+                return Err(ConfigError::DuplicateEndpoint(endpoint.name.clone()));
             }
         }
         Ok(Settings {
@@ -1055,6 +1132,74 @@ mod tests {
         assert_eq!(
             razorpay.sources["s"].ack_status,
             http::StatusCode::NO_CONTENT
+        );
+    }
+
+    #[test]
+    fn an_endpoint_declared_twice_is_refused() {
+        let table = "[[endpoint]]\nname = \"books\"\nurl = \"https://example.com/a\"\nevent_types = [\"*\"]\n";
+        let refused = Config::from_toml(&format!("{table}{table}"))
+            .unwrap()
+            .into_settings(Secret::new("token"))
+            .unwrap_err();
+        assert_eq!(refused.to_string(), "endpoint `books` is configured twice");
+    }
+
+    /// A duration past what a deadline can hold is refused in either spelling, and so is a
+    /// statement timeout PostgreSQL would refuse every connection for.
+    #[test]
+    fn durations_too_long_to_use_are_refused() {
+        for value in ["9223372036854775807", "\"36501d\""] {
+            let refused = Config::from_toml(&format!("[delivery]\nslow_down = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(refused.contains("at most 100 years"), "{value}: {refused}");
+        }
+        assert!(Config::from_toml("[retention]\nmax_age = \"36500d\"\n").is_ok());
+        let settings = |timeout: &str| {
+            Config::from_toml(&format!("[database]\nstatement_timeout = \"{timeout}\"\n"))
+                .unwrap()
+                .into_settings(Secret::new("token"))
+        };
+        let refused = settings("25d").unwrap_err().to_string();
+        assert!(
+            refused.contains("PostgreSQL takes at most 24d"),
+            "{refused}"
+        );
+        assert!(settings("24d").is_ok());
+    }
+
+    #[test]
+    fn a_section_key_set_with_one_underscore_is_refused() {
+        let first_refused = |names: &[&str]| {
+            nested_key_with_one_underscore(names.iter().map(std::ffi::OsString::from))
+        };
+        assert_eq!(
+            first_refused(&["PATH", "BILLHOOK_RETENTION_MAX_AGE"]).as_deref(),
+            Some(
+                "the environment variable BILLHOOK_RETENTION_MAX_AGE sets nothing: a key of \
+                 [retention] takes two underscores, as in BILLHOOK_RETENTION__MAX_AGE"
+            )
+        );
+        assert!(
+            first_refused(&["BILLHOOK_DATABASE_URI"])
+                .is_some_and(|refusal| refusal.contains("BILLHOOK_DATABASE__URI"))
+        );
+        // Top-level keys, nested keys as documented, and the command line's own variables.
+        assert_eq!(
+            first_refused(&[
+                "BILLHOOK_DATABASE_URL",
+                "BILLHOOK_DATA_DIR",
+                "BILLHOOK_MAX_CONNECTIONS",
+                "BILLHOOK_INGEST__MAX_BODY_BYTES",
+                "BILLHOOK_LOG__LEVEL",
+                "BILLHOOK_URL",
+                "BILLHOOK_TOKEN",
+                "BILLHOOK_CLIENT_TIMEOUT",
+                "BILLHOOK_TEST_POSTGRES_URL",
+                "BILLHOOK_LOG",
+            ]),
+            None
         );
     }
 
