@@ -86,9 +86,19 @@ struct KindLabel {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// For work bounded by a request: 0.25 ms to about 65 s, past every request timeout's default.
 fn latency_histogram() -> Histogram {
-    // 0.25 ms to ~8 s.
-    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 19))
+}
+
+/// For a message's way to its receiver, which retries stretch over a day and more (the default
+/// schedule spans about 28 hours): 0.25 ms to 8 s by doubling, then minutes to two days.
+fn delivery_latency_histogram() -> Histogram {
+    const LATER: [f64; 12] = [
+        15.0, 30.0, 60.0, 300.0, 900.0, 1_800.0, 3_600.0, 7_200.0, 21_600.0, 43_200.0, 86_400.0,
+        172_800.0,
+    ];
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16).chain(LATER))
 }
 
 /// The last verification failure of a source, for the console.
@@ -203,7 +213,7 @@ impl Metrics {
             attempt_duration.clone(),
         );
         let delivery_latency: HistogramFamily<EndpointLabel> =
-            Family::new_with_constructor(latency_histogram);
+            Family::new_with_constructor(delivery_latency_histogram);
         registry.register_with_unit(
             "delivery_latency",
             "Time from receiving a message to its successful delivery to an endpoint",
@@ -499,13 +509,25 @@ mod tests {
             quarantined: 2,
             ..Overview::default()
         };
+        // A delivery after retries, ten minutes on, lands in a bucket of its own, not past
+        // the last one; an attempt that took the whole default request timeout does too.
+        metrics.attempted(
+            "ep_1",
+            AttemptOutcome::delivered,
+            Duration::from_secs(15),
+            Some(Timestamp::now().sub(Duration::from_secs(600))),
+        );
         let text = metrics.encode(Some(&overview), Timestamp::now());
         for expected in [
+            "billhook_delivery_latency_seconds_bucket{le=\"300.0\",endpoint=\"ep_1\"} 1",
+            "billhook_delivery_latency_seconds_bucket{le=\"900.0\",endpoint=\"ep_1\"} 2",
+            "billhook_delivery_attempt_duration_seconds_bucket{le=\"8.192\",endpoint=\"ep_1\"} 1",
+            "billhook_delivery_attempt_duration_seconds_bucket{le=\"16.384\",endpoint=\"ep_1\"} 2",
             "billhook_ingest_requests_total{source=\"razorpay\",outcome=\"stored\"} 1",
             "billhook_ingest_requests_total{source=\"razorpay\",outcome=\"unverified\"} 1",
             "billhook_verification_failures_total{source=\"razorpay\",code=\"invalid_signature\"} 1",
             "# TYPE billhook_ingest_duration_seconds histogram",
-            "billhook_delivery_attempts_total{endpoint=\"ep_1\",outcome=\"delivered\"} 1",
+            "billhook_delivery_attempts_total{endpoint=\"ep_1\",outcome=\"delivered\"} 2",
             "# TYPE billhook_delivery_latency_seconds histogram",
             "billhook_pending_deliveries 7",
             "billhook_quarantined_requests 2",
@@ -519,7 +541,7 @@ mod tests {
         let activity = metrics.take_activity();
         assert_eq!(activity.ingested, 1);
         assert_eq!(activity.unverified, 1);
-        assert_eq!(activity.delivered, 1);
+        assert_eq!(activity.delivered, 2);
         assert!(metrics.take_activity().is_empty());
     }
 }
