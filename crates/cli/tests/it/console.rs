@@ -1,6 +1,7 @@
 //! The web console: login, sessions, CSRF, scopes, what the pages show, and a headless Chromium
 //! driving it (console-tests/browser.mjs).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -19,6 +20,7 @@ backend_tests!(
     the_event_page_refreshes_only_while_an_attempt_is_near,
     a_quarantined_request_is_shown_as_sent_and_reprocessed_by_source,
     what_the_configuration_file_declares_is_changed_only_there,
+    an_endpoint_declared_again_is_enabled_again_unless_an_operator_disabled_it,
 );
 
 /// A client that does not follow redirects, so each step can be checked.
@@ -986,5 +988,68 @@ async fn what_the_configuration_file_declares_is_changed_only_there(backend: Bac
         page.contains(&format!("/endpoints/{archive}/rotate")),
         "{page}"
     );
+    app.stop().await;
+}
+
+/// An endpoint removed from the file is disabled at the next start, and declared again, it is
+/// enabled again at the one after; one an operator disabled stays disabled through both.
+async fn an_endpoint_declared_again_is_enabled_again_unless_an_operator_disabled_it(
+    backend: Backend,
+) {
+    let declare = |names: &[&str]| {
+        let mut text = TEST_DELIVERY.to_owned();
+        for name in names {
+            text.push_str(&format!(
+                "\n[[endpoint]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:9/{name}\"\nevent_types = [\"*\"]\n"
+            ));
+        }
+        text
+    };
+    let state = |listed: &Value, name: &str| {
+        let endpoint = listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == json!(name))
+            .unwrap_or_else(|| panic!("{name}: {listed}"))
+            .clone();
+        (
+            endpoint["enabled"].clone(),
+            endpoint["disabled_reason"].clone(),
+        )
+    };
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_app_in(backend, Arc::clone(&dir), &declare(&["kept", "dropped"])).await;
+    let (_, listed) = app.admin_get("/v1/endpoints").await;
+    let kept = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == json!("kept"))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = app
+        .admin_patch(
+            &format!("/v1/endpoints/{kept}"),
+            json!({ "enabled": false, "disabled_reason": "maintenance" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    app.stop().await;
+
+    let app = spawn_app_in(backend, Arc::clone(&dir), &declare(&["kept"])).await;
+    let (_, listed) = app.admin_get("/v1/endpoints").await;
+    assert_eq!(
+        state(&listed, "dropped"),
+        (json!(false), json!("removed from the configuration file"))
+    );
+    app.stop().await;
+
+    let app = spawn_app_in(backend, Arc::clone(&dir), &declare(&["kept", "dropped"])).await;
+    let (_, listed) = app.admin_get("/v1/endpoints").await;
+    assert_eq!(state(&listed, "dropped"), (json!(true), Value::Null));
+    assert_eq!(state(&listed, "kept"), (json!(false), json!("maintenance")));
     app.stop().await;
 }

@@ -601,8 +601,11 @@ pub enum StartError {
     Client(String),
 }
 
-/// Creates or updates the endpoints declared in the configuration file, and disables named
-/// endpoints that are no longer declared.
+/// Why billhook disabled a named endpoint: the configuration file no longer declares it.
+const REMOVED_FROM_CONFIGURATION: &str = "removed from the configuration file";
+
+/// Creates or updates the endpoints declared in the configuration file, disables named
+/// endpoints that are no longer declared, and enables again those declared again after that.
 async fn sync_declared(
     store: &Store,
     destinations: &DestinationPolicy,
@@ -678,22 +681,45 @@ async fn sync_declared(
             .await?;
     }
     for record in store.all_endpoints().await? {
-        if let Some(name) = &record.name
-            && record.enabled
-            && !declared.iter().any(|e| &e.name == name)
-        {
+        let Some(name) = &record.name else {
+            continue;
+        };
+        let is_declared = declared.iter().any(|e| &e.name == name);
+        if record.enabled && !is_declared {
             store
                 .update_endpoint(
                     record.id,
                     billhook_store::EndpointPatch {
                         enabled: Some(false),
-                        disabled_reason: Some("removed from the configuration file".to_owned()),
+                        disabled_reason: Some(REMOVED_FROM_CONFIGURATION.to_owned()),
                         ..billhook_store::EndpointPatch::default()
                     },
                     now,
                 )
                 .await?;
             tracing::warn!(endpoint = %record.id, name, "disabled an endpoint no longer in the configuration");
+        } else if !record.enabled
+            && is_declared
+            && record.disabled_reason.as_deref() == Some(REMOVED_FROM_CONFIGURATION)
+        {
+            // Only billhook's own disabling is undone: one by an operator, or for failing,
+            // stands until someone enables it. What was held meanwhile stays held, as after
+            // any enabling without `recover_since`.
+            store
+                .update_endpoint(
+                    record.id,
+                    billhook_store::EndpointPatch {
+                        enabled: Some(true),
+                        ..billhook_store::EndpointPatch::default()
+                    },
+                    now,
+                )
+                .await?;
+            tracing::info!(
+                endpoint = %record.id,
+                name,
+                "enabled an endpoint declared again; `billhook endpoints recover` resends what it missed"
+            );
         }
     }
     Ok(())
