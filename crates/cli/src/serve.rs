@@ -55,6 +55,13 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
+        // A graceful stop can take a while (requests in flight, the delivery grace, a database
+        // that has stopped answering); a second signal ends the process at once. Nothing
+        // acknowledged is lost by that: it is on disk before its acknowledgement, and what
+        // was being delivered is sent again after its lease.
+        shutdown_signal().await;
+        eprintln!("billhook: a second signal: stopping at once");
+        std::process::exit(FORCED_STOP_EXIT);
     });
     let signalled = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -212,6 +219,9 @@ fn init_logging(format: LogFormat, level: &str) {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
+/// The exit status of a stop forced by a second signal, as a shell reports one interrupted.
+const FORCED_STOP_EXIT: i32 = 130;
+
 async fn shutdown_signal() {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;

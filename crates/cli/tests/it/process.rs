@@ -551,6 +551,55 @@ async fn no_secret_reaches_the_logs() {
     }
 }
 
+/// A graceful stop waits for requests in flight (here one whose body never comes, for up to
+/// the request timeout); a second signal ends the process at once, with status 130.
+#[tokio::test]
+async fn a_second_signal_stops_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, address, logs) = start_binary_logging(dir.path(), "info");
+    let pid = child.id().to_string();
+    let mut stream = tokio::net::TcpStream::connect(address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/endpoints HTTP/1.1\r\nHost: billhook\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 64];
+    let read = stream.read(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 100"));
+
+    let terminate = || {
+        let signalled = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(signalled.success());
+    };
+    terminate();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for the request in flight:\n{}",
+        logs.text()
+    );
+    terminate();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after a second signal:\n{}",
+            logs.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.code(), Some(130), "{}", logs.text());
+    assert!(logs.text().contains("a second signal: stopping at once"));
+    drop(stream);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_gracefully_on_sqlite() {
     sigterm_stops_gracefully_and_gives_back_what_it_held(None).await;
