@@ -99,12 +99,27 @@ fn admin_token(config: &Config) -> Result<Secret, CliError> {
             )));
         }
     }
+    // Each instance would generate its own, and a client's token would work on some of them.
+    if config.role != billhook_server::config::Role::All {
+        return Err(CliError::Usage(
+            "an api or worker instance runs beside others: set admin_token (BILLHOOK_ADMIN_TOKEN) to the same value on every instance".to_owned(),
+        ));
+    }
     let token = format!("bh_{}", generate_secret());
     write_private(&path, &token)?;
     eprintln!(
         "billhook: generated an admin token (shown this once, kept in {}):\n\n    {token}\n",
         path.display()
     );
+    if config
+        .database_url
+        .as_ref()
+        .is_some_and(|url| url.expose().starts_with("postgres"))
+    {
+        eprintln!(
+            "billhook: other instances on this database generate tokens of their own; to run more than one, set admin_token (BILLHOOK_ADMIN_TOKEN) to the same value on each"
+        );
+    }
     Ok(Secret::new(token))
 }
 

@@ -551,6 +551,34 @@ async fn no_secret_reaches_the_logs() {
     }
 }
 
+/// An api or worker instance runs beside others, which must accept the same admin token: it
+/// will not generate one of its own.
+#[test]
+fn an_api_instance_without_an_admin_token_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("billhook.toml");
+    std::fs::write(&config, "").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .args(["serve", "--role", "api", "--config"])
+        .arg(&config)
+        .env("BILLHOOK_DATA_DIR", dir.path())
+        .env(
+            "BILLHOOK_DATABASE_URL",
+            "postgres://billhook@127.0.0.1:9/billhook",
+        )
+        .env_remove("BILLHOOK_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .contains("set admin_token (BILLHOOK_ADMIN_TOKEN) to the same value on every instance"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("admin-token").exists());
+}
+
 /// A graceful stop waits for requests in flight (here one whose body never comes, for up to
 /// the request timeout); a second signal ends the process at once, with status 130.
 #[tokio::test]
