@@ -752,8 +752,7 @@ async fn the_event_page_refreshes_only_while_an_attempt_is_near(backend: Backend
         "[delivery]\nallow_private_destinations = [\"127.0.0.0/8\"]\nretry_schedule = [\"0s\", \"1h\"]\n",
     )
     .await;
-    let failing =
-        Receiver::start(std::sync::Arc::new(|_| (500, vec![], Some(Duration::ZERO)))).await;
+    let failing = Receiver::start(Arc::new(|_| (500, vec![], Some(Duration::ZERO)))).await;
     app.create_endpoint(json!({ "url": failing.url, "event_types": ["payment.*"] }))
         .await;
     let response = app
