@@ -1283,6 +1283,34 @@ mod tests {
         assert_eq!(settings.sources["zwitch"].ack_status, http::StatusCode::OK);
     }
 
+    /// The example says it has every key: each key of every section the defaults hold is set
+    /// (or shown commented out) in it.
+    #[test]
+    fn the_example_configuration_has_every_key() {
+        let example = include_str!("../../../billhook.example.toml");
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut missing = Vec::new();
+        for (key, value) in defaults.as_object().unwrap() {
+            let nested = value.as_object().into_iter().flatten();
+            let keys: Vec<&String> = match value.as_object() {
+                Some(_) => nested.map(|(key, _)| key).collect(),
+                None => vec![key],
+            };
+            for key in keys {
+                let set = example.lines().any(|line| {
+                    let line = line.trim_start_matches(['#', ' ']);
+                    line.strip_prefix(key.as_str())
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+                        || line.starts_with(&format!("[[{key}]]"))
+                });
+                if !set {
+                    missing.push(key.clone());
+                }
+            }
+        }
+        assert_eq!(missing, Vec::<String>::new(), "keys the example leaves out");
+    }
+
     #[test]
     fn a_log_level_must_name_a_level() {
         let settings = |level: &str| {
