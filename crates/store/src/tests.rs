@@ -2854,29 +2854,41 @@ fn a_delivery_planned_as_held_is_written_pending_if_its_endpoint_is_enabled() {
 
 /// On PostgreSQL, a delivery planned as held and written pending (its endpoint enabled
 /// meanwhile) is announced to every instance, as one planned pending is: no worker was handed
-/// it, and without a notification it would wait for a poller's next look.
+/// it, and without a notification it would wait for a poller's next look. One written held
+/// (its endpoint still disabled) is not: that would wake every instance at every message for
+/// an endpoint that stays disabled.
 #[test]
-fn a_delivery_planned_as_held_and_written_pending_is_announced() {
+fn a_delivery_planned_as_held_is_announced_only_if_written_pending() {
     runtime().block_on(async {
         let (config, _dir) = postgres_config().await;
         let listening = Store::open(&config).await.unwrap();
         let mut notifications = listening.subscribe().expect("PostgreSQL notifies");
-        let mut next = async || {
-            tokio::time::timeout(Duration::from_secs(5), notifications.recv())
+        let mut next = async |within: Duration| {
+            tokio::time::timeout(within, notifications.recv())
                 .await
                 .ok()
                 .flatten()
         };
-        assert_eq!(next().await, Some(Notification::Reconnected));
+        let soon = Duration::from_secs(5);
+        assert_eq!(next(soon).await, Some(Notification::Reconnected));
         let store = Store::open(&config).await.unwrap();
         let endpoint = canonical_endpoint(&store).await;
-        assert_eq!(next().await, Some(Notification::Endpoints));
+        assert_eq!(next(soon).await, Some(Notification::Endpoints));
         let held = planned_held(&endpoint, "held-then-enabled");
         let id = held.deliveries[0].id;
         store.ingest(held).await.unwrap();
         let record = store.delivery(id).await.unwrap().unwrap();
         assert_eq!(record.status, DeliveryStatus::Pending);
-        assert_eq!(next().await, Some(Notification::Deliveries));
+        assert_eq!(next(soon).await, Some(Notification::Deliveries));
+
+        switch(&store, endpoint.id, false, Timestamp::now()).await;
+        assert_eq!(next(soon).await, Some(Notification::Endpoints));
+        let held = planned_held(&endpoint, "held-and-disabled");
+        let id = held.deliveries[0].id;
+        store.ingest(held).await.unwrap();
+        let record = store.delivery(id).await.unwrap().unwrap();
+        assert_eq!(record.status, DeliveryStatus::Held);
+        assert_eq!(next(Duration::from_millis(500)).await, None);
         store.close().await;
         listening.close().await;
     });

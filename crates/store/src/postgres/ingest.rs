@@ -388,16 +388,20 @@ impl<'a> RequestArrays<'a> {
     }
 }
 
-/// Whether other instances should hear of these deliveries: some may be left due for whichever
-/// instance claims them first. That is one pending without a lease, or one planned as held,
-/// which is written pending if its endpoint was enabled meanwhile (see
-/// `insert_deliveries_sql`); one written held after all wakes the instances for nothing, which
-/// costs less than asking first.
+/// Whether other instances should hear of these deliveries: some are left for whichever
+/// instance claims them first. One planned as held may be written pending too (its endpoint
+/// enabled meanwhile, see `insert_deliveries_sql`); the statements ask what they wrote for
+/// those, since most stay held (an endpoint that stays disabled), and a notification for each
+/// would wake every instance for nothing.
 fn announced(deliveries: &[NewDelivery]) -> bool {
-    deliveries.iter().any(|d| {
-        d.lease.is_none() && matches!(d.status, DeliveryStatus::Pending | DeliveryStatus::Held)
-    })
+    deliveries
+        .iter()
+        .any(|d| d.lease.is_none() && d.status == DeliveryStatus::Pending)
 }
+
+/// What a deliveries insert returns for each row: whether it was left due for any instance.
+const RETURNING_UNLEASED_PENDING: &str =
+    "RETURNING status = 'pending' AND lease_owner IS NULL AS unleased_pending";
 
 /// The writes of a group of ingests in one statement: each request's dedup claims, and for
 /// the requests that took every key they claimed, the request itself, its events and its
@@ -408,11 +412,11 @@ fn announced(deliveries: &[NewDelivery]) -> bool {
 /// statements, indexed by `[has events, has deliveries]`.
 fn ingest_statement(with_events: bool, with_deliveries: bool) -> String {
     // Only the requests written write the rest: each insert keeps their rows.
-    let guarded = |name: &str, insert: Option<String>, alias: &str| {
+    let guarded = |name: &str, insert: Option<String>, alias: &str, returning: &str| {
         insert.map_or_else(String::new, |insert| {
             format!(
                 ", {name} AS ({insert}
-                   WHERE {alias}.inbound_id IN (SELECT inbound_id FROM written))"
+                   WHERE {alias}.inbound_id IN (SELECT inbound_id FROM written) {returning})"
             )
         })
     };
@@ -421,12 +425,20 @@ fn ingest_statement(with_events: bool, with_deliveries: bool) -> String {
         "request_events",
         with_events.then(|| insert_events_sql(23)),
         "e",
+        "",
     );
     let deliveries = guarded(
         "request_deliveries",
         with_deliveries.then(|| insert_deliveries_sql(first_delivery)),
         "d",
+        RETURNING_UNLEASED_PENDING,
     );
+    // A delivery planned as held and written pending is announced too.
+    let written_pending = if with_deliveries {
+        " OR EXISTS (SELECT 1 FROM request_deliveries WHERE unleased_pending)"
+    } else {
+        ""
+    };
     format!(
         "WITH claimed AS (
             INSERT INTO dedup (source, key, inbound_id, expires_at)
@@ -456,7 +468,7 @@ fn ingest_statement(with_events: bool, with_deliveries: bool) -> String {
           ){events}{deliveries}
          SELECT ARRAY(SELECT inbound_id FROM written),
                 CASE WHEN $18::text IS NOT NULL
-                      AND EXISTS (SELECT 1 FROM written WHERE inbound_id = ANY($19::text[]))
+                      AND (EXISTS (SELECT 1 FROM written WHERE inbound_id = ANY($19::text[])){written_pending})
                      THEN pg_notify($18, '')::text END,
                 ARRAY(SELECT source FROM refused ORDER BY source, key),
                 ARRAY(SELECT key FROM refused ORDER BY source, key),
@@ -499,7 +511,13 @@ async fn insert_requests(
         .map(|w| w.inbound.received_at.unix_millis())
         .max()
         .unwrap_or_default();
-    let channel = (!announcing.is_empty()).then_some(store.deliveries_channel.as_str());
+    // A delivery planned as held may be written pending: the statement judges those itself.
+    let planned_held = writes
+        .iter()
+        .flat_map(|write| &write.deliveries)
+        .any(|d| d.status == DeliveryStatus::Held);
+    let channel =
+        (!announcing.is_empty() || planned_held).then_some(store.deliveries_channel.as_str());
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &claims.sources,
         &claims.keys,
@@ -586,7 +604,8 @@ pub(super) async fn insert_deliveries(
     deliveries: &[NewDelivery],
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    static STATEMENT: LazyLock<String> = LazyLock::new(|| insert_deliveries_sql(1));
+    static STATEMENT: LazyLock<String> =
+        LazyLock::new(|| format!("{} {RETURNING_UNLEASED_PENDING}", insert_deliveries_sql(1)));
     if deliveries.is_empty() {
         return Ok(());
     }
@@ -596,11 +615,11 @@ pub(super) async fn insert_deliveries(
         .map_err(pg_error)?;
     let mut arrays = DeliveryArrays::default();
     arrays.push(inbound_id, now, deliveries, Timestamp::now());
-    transaction
-        .execute(&statement, &arrays.params())
+    let written = transaction
+        .query(&statement, &arrays.params())
         .await
         .map_err(pg_error)?;
-    if announced(deliveries) {
+    if written.iter().any(|row| row.get::<_, bool>(0)) {
         store.notify_deliveries(transaction).await?;
     }
     Ok(())
