@@ -86,6 +86,9 @@ pub(crate) async fn serve_for_now(
     tokio::spawn(drain(connections, limits.request_timeout));
 }
 
+/// How often a server whose connection slots are all taken says so.
+const SATURATION_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 /// The most a connection buffers from its client at once: its headers must fit.
 const MAX_READ_BUFFER: usize = 64 * 1024;
 
@@ -105,16 +108,23 @@ async fn accept_until(
         .max_buf_size(MAX_READ_BUFFER);
     let connections = GracefulShutdown::new();
     let routes = routes.layer(CatchPanicLayer::custom(answer_panic));
+    // The start's answering (`serve_for_now`) counts its own connections: those it kept alive
+    // go on after the start under its count, for up to the request timeout.
     let open = Arc::new(Semaphore::new(limits.max_connections));
+    // In a flood every pass finds the slots taken: warned of once in a while, not each time.
+    let mut warned_at: Option<std::time::Instant> = None;
     tokio::pin!(until);
     loop {
         let slot = match Arc::clone(&open).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                tracing::warn!(
-                    max_connections = limits.max_connections,
-                    "every connection slot is taken; new connections wait until one closes"
-                );
+                if warned_at.is_none_or(|at| at.elapsed() >= SATURATION_WARNING_EVERY) {
+                    warned_at = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "every connection slot is taken; new connections wait until one closes"
+                    );
+                }
                 tokio::select! {
                     slot = Arc::clone(&open).acquire_owned() => match slot {
                         Ok(slot) => slot,
@@ -151,6 +161,8 @@ async fn accept_until(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "a connection ended with an error");
             }
+            // Moves the slot into the task: it is given back when the connection ends, not
+            // when it is accepted.
             drop(slot);
         });
     }
