@@ -52,14 +52,16 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     // migrations can take minutes) would otherwise be lost with the listener that heard it, and
     // the process would serve on until killed.
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut signals = StopSignals::listen();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.next().await;
+        tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop.send(true);
         // A graceful stop can take a while (requests in flight, the delivery grace, a database
         // that has stopped answering); a second signal ends the process at once. Nothing
         // acknowledged is lost by that: it is on disk before its acknowledgement, and what
         // was being delivered is sent again after its lease.
-        shutdown_signal().await;
+        signals.next().await;
         eprintln!("billhook: a second signal: stopping at once");
         std::process::exit(FORCED_STOP_EXIT);
     });
@@ -99,10 +101,11 @@ fn admin_token(config: &Config) -> Result<Secret, CliError> {
             )));
         }
     }
-    // Each instance would generate its own, and a client's token would work on some of them.
-    if config.role != billhook_server::config::Role::All {
+    // An api instance serves beside others, each of which would generate its own, and a
+    // client's token would work on some of them. A worker serves no admin API.
+    if config.role == billhook_server::config::Role::Api {
         return Err(CliError::Usage(
-            "an api or worker instance runs beside others: set admin_token (BILLHOOK_ADMIN_TOKEN) to the same value on every instance".to_owned(),
+            "an api instance runs beside others: set admin_token (BILLHOOK_ADMIN_TOKEN) to the same value on every instance".to_owned(),
         ));
     }
     let token = format!("bh_{}", generate_secret());
@@ -233,28 +236,52 @@ fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
 /// The exit status of a stop forced by a second signal, as a shell reports one interrupted.
 const FORCED_STOP_EXIT: i32 = 130;
 
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Ctrl-C and SIGTERM, listened for once for the whole run: a listener made after a signal
+/// would not hear it, so a second signal sent while the first was being handled would be lost.
+struct StopSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate => {}
+        #[cfg(not(unix))]
+        Self {}
     }
-    tracing::info!("shutting down: finishing in-flight requests");
+
+    /// Resolves on the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn received(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = received(&mut self.interrupt) => {}
+                () = received(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
