@@ -690,3 +690,24 @@ pub async fn ingest_payments(app: &TestApp, count: usize, tag: &str) -> Vec<Stri
     }
     ids
 }
+
+/// Opens a connection to `address` (host and port) and starts an admin request whose body never
+/// comes. Once the server asks for the body (`100 Continue`) its handler is running: the request
+/// is in flight until the request timeout, holding its connection and any stop.
+pub async fn request_in_flight(address: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /v1/endpoints HTTP/1.1\r\nHost: billhook\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("asked for the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 100"), "{answer}");
+    stream
+}

@@ -1028,23 +1028,10 @@ async fn an_admin_or_login_body_too_slow_or_too_large_is_refused() {
 /// gets the request timeout to finish, and then the stop goes on without it.
 #[tokio::test]
 async fn a_request_that_never_finishes_does_not_hold_up_the_stop() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let app = spawn_app_with(Backend::Sqlite, "[ingest]\nrequest_timeout = \"1s\"\n").await;
     let address = app.address.trim_start_matches("http://").to_owned();
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let head = format!(
-        "POST /v1/endpoints HTTP/1.1\r\nHost: billhook\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    // The server asks for the body once the handler reads it: the request is in flight.
-    let mut answer = vec![0u8; 64];
-    let read = stream.read(&mut answer).await.unwrap();
-    assert!(
-        String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 100"),
-        "{}",
-        String::from_utf8_lossy(&answer[..read])
-    );
+    let mut stream = request_in_flight(&address).await;
     stream.write_all(b"{\"url\":").await.unwrap();
     let started = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(20), app.stop())
@@ -1075,24 +1062,9 @@ async fn a_connection_past_the_limit_waits_for_one_to_close() {
         .unwrap();
     assert_eq!(closing.status(), 200);
     let address = app.address.trim_start_matches("http://").to_owned();
-    // A request whose body never comes, in flight until the request timeout (30 s).
-    let in_flight = || async {
-        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-        let head = format!(
-            "POST /v1/endpoints HTTP/1.1\r\nHost: billhook\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-             Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = vec![0u8; 64];
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
-            .await
-            .expect("served")
-            .unwrap();
-        assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 100"));
-        stream
-    };
-    let first = in_flight().await;
-    let second = in_flight().await;
+    // Two requests in flight until the request timeout (30 s).
+    let first = request_in_flight(&address).await;
+    let second = request_in_flight(&address).await;
 
     let mut third = tokio::net::TcpStream::connect(&address).await.unwrap();
     third

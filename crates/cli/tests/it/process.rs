@@ -584,21 +584,10 @@ fn an_api_instance_without_an_admin_token_refuses_to_start() {
 /// the request timeout); a second signal ends the process at once, with status 130.
 #[tokio::test]
 async fn a_second_signal_stops_at_once() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let (mut child, address, logs) = start_binary_logging(dir.path(), "info");
     let pid = child.id().to_string();
-    let mut stream = tokio::net::TcpStream::connect(address.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    let head = format!(
-        "POST /v1/endpoints HTTP/1.1\r\nHost: billhook\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = vec![0u8; 64];
-    let read = stream.read(&mut answer).await.unwrap();
-    assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 100"));
+    let stream = request_in_flight(address.trim_start_matches("http://")).await;
 
     let terminate = || {
         let signalled = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
