@@ -254,11 +254,13 @@ pub(crate) const ADMIN_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// login form is read before anyone is known.
 pub(crate) const CONSOLE_BODY_LIMIT: usize = 64 * 1024;
 
-/// How long a request's body may take to arrive, and how large it may be.
+/// How long a request's body may take to arrive, how large it may be, and how a refusal is
+/// answered (the API's JSON, or the console's error page).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BodyDeadline {
     pub timeout: Duration,
     pub limit: usize,
+    pub refuse: fn(ApiError) -> axum::response::Response,
 }
 
 /// Reads an admin or console request's body whole, within the deadline, before its handler
@@ -267,28 +269,25 @@ pub(crate) struct BodyDeadline {
 /// The header deadline above ends once the headers are in; a client could then send the body it
 /// announced a byte now and then, and hold the connection for as long as it liked. The login
 /// form, the one such route that reads a body before knowing who sent it, made that open to
-/// anyone. A body too large, or too slow, is answered here in the API's error shape.
+/// anyone. A body too large, or too slow, is refused here, in the shape of the part it was sent to.
 pub(crate) async fn read_body_in_time(
     axum::extract::State(deadline): axum::extract::State<BodyDeadline>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
-
-    use crate::error::{ApiError, ErrorCode};
+    use crate::error::ErrorCode;
 
     // No text billhook stores may hold the NUL character (PostgreSQL refuses it), and no name
     // or id does: refused here, the same on every backend.
     let uri = request.uri();
     if uri.path().contains("%00") || uri.query().is_some_and(|query| query.contains("%00")) {
-        return ApiError::invalid("the URL holds the NUL character (%00)").into_response();
+        return (deadline.refuse)(ApiError::invalid("the URL holds the NUL character (%00)"));
     }
     let too_large = || {
-        ApiError::new(
+        (deadline.refuse)(ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("the body exceeds {} bytes", deadline.limit),
-        )
-        .into_response()
+        ))
     };
     if declared_length(request.headers()).is_some_and(|length| length > deadline.limit as u64) {
         return too_large();
@@ -301,16 +300,15 @@ pub(crate) async fn read_body_in_time(
         }
         Ok(Err(BodyError::TooLarge(_))) => too_large(),
         Ok(Err(error @ BodyError::Unreadable(_))) => {
-            ApiError::invalid(error.to_string()).into_response()
+            (deadline.refuse)(ApiError::invalid(error.to_string()))
         }
-        Err(_) => ApiError::new(
+        Err(_) => (deadline.refuse)(ApiError::new(
             ErrorCode::RequestTimeout,
             format!(
                 "the body did not arrive within {} s",
                 deadline.timeout.as_secs_f64()
             ),
-        )
-        .into_response(),
+        )),
     }
 }
 

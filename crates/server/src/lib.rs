@@ -220,13 +220,7 @@ fn router(app: Arc<App>) -> Router {
     // whole first, within the same time: the console before knowing who asks (its login form
     // has to), so only as much as its forms need; the API once the token is known.
     let console = if app.settings.console.enabled {
-        console::router(Arc::clone(&app)).layer(axum::middleware::from_fn_with_state(
-            http_server::BodyDeadline {
-                timeout: app.settings.ingest.request_timeout.0,
-                limit: http_server::CONSOLE_BODY_LIMIT,
-            },
-            http_server::read_body_in_time,
-        ))
+        console::router(Arc::clone(&app))
     } else {
         Router::new()
     };

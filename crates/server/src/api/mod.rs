@@ -65,6 +65,7 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
             crate::http_server::BodyDeadline {
                 timeout: app.settings.ingest.request_timeout.0,
                 limit: crate::http_server::ADMIN_BODY_LIMIT,
+                refuse: IntoResponse::into_response,
             },
             crate::http_server::read_body_in_time,
         ))

@@ -213,7 +213,18 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
         .merge(pages)
         .route("/login", get(login_page).post(login))
         .route("/assets/console.css", get(stylesheet));
+    // The body is read whole before anyone is known (the login form has to be), so only as
+    // much as the forms need; a refusal there is a console page too, with the same headers.
+    let body_deadline = crate::http_server::BodyDeadline {
+        timeout: app.settings.ingest.request_timeout.0,
+        limit: crate::http_server::CONSOLE_BODY_LIMIT,
+        refuse: |error| ConsoleError::from(error).into_response(),
+    };
     answering_panics_with_a_page(routes)
+        .layer(middleware::from_fn_with_state(
+            body_deadline,
+            crate::http_server::read_body_in_time,
+        ))
         .layer(middleware::from_fn_with_state(app, security_headers))
 }
 
@@ -376,7 +387,7 @@ async fn require_session(
         None => None,
     };
     let Some((access, session)) = found else {
-        if request.method() != http::Method::GET {
+        if !request.method().is_safe() {
             // A form sent after the session ended: its input cannot be kept, but the way back
             // can, to the page the form was on.
             let back = request

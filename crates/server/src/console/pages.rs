@@ -238,14 +238,10 @@ fn blank(value: &Option<String>) -> Option<String> {
     value.clone().filter(|v| !v.trim().is_empty())
 }
 
-/// A page's cursor parameter: absent when blank, refused when it is not an id of the listing.
+/// A page's cursor parameter: absent when blank, refused as the API refuses it when it is not
+/// an id of the listing.
 fn page_cursor<T: std::str::FromStr>(value: &Option<String>) -> Result<Option<T>, ApiError> {
-    blank(value)
-        .map(|text| {
-            text.parse()
-                .map_err(|_| ApiError::invalid("not a cursor from this page"))
-        })
-        .transpose()
+    crate::api::parse_cursor(blank(value).as_deref())
 }
 
 pub(crate) async fn events(
@@ -852,6 +848,10 @@ pub(crate) async fn quarantine(
         of: query.of,
     };
     let source = blank(&query.source);
+    // A request to a source no longer configured cannot be reprocessed (there is no secret
+    // or provider to run it through): no button is offered that could only fail.
+    let configured = |name: &str| app.settings.sources.contains_key(name);
+    let source_configured = source.as_deref().is_none_or(configured);
     // Only an id goes back into the form: the page never echoes other text from its URL.
     let after: Option<InboundId> = page_cursor(&query.after)?;
     let body = html! {
@@ -860,8 +860,11 @@ pub(crate) async fn quarantine(
         p { "Requests that passed verification but that billhook could not read. They are kept, and reprocessing runs them through this version's provider code again." }
         @if let Some(source) = &source {
             p { "Showing requests to " code { (source) } " only. " a href="/quarantine" { "Show every source" } }
+            @if !source_configured {
+                p.muted { code { (source) } " is no longer a configured source, so its requests cannot be reprocessed; configure it again to reprocess them." }
+            }
         }
-        @if viewer.can_change() && !list.items.is_empty() {
+        @if viewer.can_change() && source_configured && !list.items.is_empty() {
             div.bulk {
                 form method="post" action="/quarantine/reprocess" {
                     (csrf(&viewer))
@@ -890,7 +893,7 @@ pub(crate) async fn quarantine(
                             td { a href=(format!("/inbound/{}", item.id)) { (time(item.received_at)) } }
                             td { (item.source) }
                             td.wrap { @if let Some(error) = &item.error { (badge(Tone::Bad, &error.code)) " " (error.message) } }
-                            td { @if viewer.can_change() {
+                            td { @if viewer.can_change() && configured(&item.source) {
                                 form method="post" action=(format!("/inbound/{}/reprocess", item.id)) {
                                     (csrf(&viewer))
                                     button type="submit" aria-label=(format!("Reprocess {}", item.id)) { "Reprocess" }
@@ -920,7 +923,7 @@ pub(crate) async fn inbound(
     let body = html! {
         p.crumbs { a href="/sources" { "Sources" } " / " (record.source) " / " (id.to_string()) }
         h1 { "Request from " (record.source) }
-        @if record.status == InboundStatus::Quarantined && viewer.can_change() {
+        @if record.status == InboundStatus::Quarantined && viewer.can_change() && app.settings.sources.contains_key(&record.source) {
             form method="post" action=(format!("/inbound/{id}/reprocess")) {
                 (csrf(&viewer))
                 button type="submit" { "Reprocess" }
@@ -1243,11 +1246,8 @@ async fn targets_page(
         }
         Some(status) => {
             let filter = match status {
-                "outstanding" => LedgerFilter::Outstanding,
-                "overdue" => LedgerFilter::Overdue,
-                "paid" => LedgerFilter::Paid,
                 "all" => LedgerFilter::All,
-                other => LedgerFilter::Status(other.to_owned()),
+                word => crate::api::ledger::status_filter(targets.kind, Some(word), false)?,
             };
             let list = ledger_page(
                 app,
@@ -1363,7 +1363,7 @@ pub(crate) async fn payments(
             let filter = match status {
                 "unmatched" => LedgerFilter::Unmatched,
                 "all" => LedgerFilter::All,
-                other => LedgerFilter::Status(other.to_owned()),
+                word => crate::api::ledger::status_filter(SubjectKind::Payment, Some(word), false)?,
             };
             let list = ledger_page(
                 &app,
