@@ -1621,18 +1621,31 @@ async fn relink_from_received<R: LedgerRepo>(
     Ok(concluded)
 }
 
-/// `snapshot` with the direction `other` states, if `snapshot` states none and `other` does. An
-/// invoice's direction, once a message has stated it, stays known whichever snapshot wins (a
+/// `snapshot` with the direction its messages state together, if that differs from its own.
+/// An invoice's direction, once a message has stated it, stays known whichever snapshot wins (a
 /// Bharat Connect edit states none): a payment must never link to an invoice the business
 /// received because the message that won did not say so.
+///
+/// Where messages disagree, `OUTGOING` wins, in every arrival order. Bharat Connect states the
+/// direction of the API call that raised the message: the provider's own lifecycle of one
+/// invoice is a create `OUTGOING` (the supplier sent it), a confirm `INCOMING` (the buyer
+/// accepted it) and a change of status `OUTGOING` (the supplier marked it paid). An account that
+/// sees its invoice go out has issued it; the buyer's acceptance does not make it one the
+/// business owes.
 fn with_direction_kept(snapshot: &Snapshot, other: &EntityData) -> Option<Snapshot> {
     match (snapshot.data(), other) {
-        (EntityData::Invoice(invoice), EntityData::Invoice(stated))
-            if invoice.direction.is_none() && stated.direction.is_some() =>
-        {
-            let mut invoice = invoice.clone();
-            invoice.direction = stated.direction;
-            Some(Snapshot::of(EntityData::Invoice(invoice)))
+        (EntityData::Invoice(invoice), EntityData::Invoice(stated)) => {
+            let direction = match (invoice.direction, stated.direction) {
+                (Some(Direction::Outgoing), _) | (_, Some(Direction::Outgoing)) => {
+                    Some(Direction::Outgoing)
+                }
+                (own, other) => own.or(other),
+            };
+            (direction != invoice.direction).then(|| {
+                let mut invoice = invoice.clone();
+                invoice.direction = direction;
+                Snapshot::of(EntityData::Invoice(invoice))
+            })
         }
         _ => None,
     }

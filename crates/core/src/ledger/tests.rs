@@ -1858,6 +1858,67 @@ fn a_payment_linked_before_an_invoice_was_known_received_moves_on() {
     }
 }
 
+/// The provider's own lifecycle of one Bharat Connect invoice states the direction of the call
+/// that raised each message: created `OUTGOING`, confirmed by the buyer `INCOMING`. The
+/// business issued it, in every order: a payment naming it stays linked and it settles once,
+/// never unsettled by the buyer's acceptance.
+#[test]
+fn a_buyers_acceptance_does_not_make_an_issued_invoice_received() {
+    let unstamped = |mut fact: Fact| {
+        fact.occurred_at = None;
+        fact
+    };
+    let created = unstamped(bharat_connect(
+        invoice("bcinv_o", "sent_to_buyer", 1000, 10, ISSUED),
+        "bcinv_o",
+        Some(Direction::Outgoing),
+    ));
+    let accepted = unstamped(bharat_connect(
+        invoice("bcinv_o", "accepted", 1000, 20, StatusRank::new(2)),
+        "bcinv_o",
+        Some(Direction::Incoming),
+    ));
+    let paid = payment(
+        "tx_o",
+        "succeeded",
+        1000,
+        None,
+        Some("INV-0042"),
+        30,
+        Some(CAPTURED),
+        "zwitch",
+    );
+    let orders = [
+        [created.clone(), accepted.clone(), paid.clone()],
+        [created.clone(), paid.clone(), accepted.clone()],
+        [accepted.clone(), created.clone(), paid.clone()],
+        [accepted.clone(), paid.clone(), created.clone()],
+        [paid.clone(), created.clone(), accepted.clone()],
+        [paid.clone(), accepted.clone(), created.clone()],
+    ];
+    for facts in orders {
+        for repo in [run(&facts), run_grouped(&facts, &[3], true)] {
+            let invoice = repo.find(SubjectKind::Invoice, "bcinv_o");
+            assert!(
+                matches!(invoice.snapshot.data(), EntityData::Invoice(i) if i.direction == Some(Direction::Outgoing)),
+                "{facts:?}"
+            );
+            assert_eq!(invoice.status.as_deref(), Some("accepted"));
+            assert_eq!(
+                repo.find(SubjectKind::Payment, "tx_o").linked_to.as_ref(),
+                Some(&invoice.id)
+            );
+            assert_eq!(invoice.due, Some(Amount::ZERO));
+            let types: Vec<EventType> = repo
+                .conclusions
+                .iter()
+                .map(Conclusion::event_type)
+                .collect();
+            assert_eq!(types, [EventType::InvoiceSettled], "{facts:?}");
+        }
+    }
+}
+
 /// A settled invoice whose cover goes (its payment refunded) is announced unsettled, once, and
 /// settled again when another payment covers it.
 #[test]
