@@ -740,12 +740,26 @@ fn generate(event: &str, options: &mut GenerateOptions) -> Result<Generated, Emu
                 "traceId",
                 options.rng.chars(emulate::UPPER_ALNUM, 20),
             );
+            // A biller's internal `ID` and its `BillerID` name one biller: both are drawn
+            // together, so one seed restates one biller (`--seed` with another `--variant`
+            // updates it) and two seeds are two billers, never one `BillerID` under two ids.
+            let biller_id = format!(
+                "{}{}NAT01",
+                options.rng.chars(&emulate::UPPER_ALNUM[10..], 4),
+                options.rng.digits(5)
+            );
             let id = big_id(options);
             set(&mut body, "data.0.ID", id);
+            set(&mut body, "data.0.BillerID", biller_id.clone());
             set(&mut body, "data.0.Status", variant);
             for plan in 0..5 {
                 let id = big_id(options);
                 set(&mut body, &format!("data.0.Plans.{plan}.ID"), id);
+                set(
+                    &mut body,
+                    &format!("data.0.Plans.{plan}.BillerID"),
+                    biller_id.clone(),
+                );
             }
             body
         }

@@ -1138,6 +1138,29 @@ fn generated_ids_follow_each_providers_format() {
     }
 }
 
+/// An emulated biller's `ID` and `BillerID` go together: one seed restates one biller, whatever
+/// the variant (so a deactivation reaches the biller activated), and two seeds are two billers.
+#[test]
+fn an_emulated_biller_keeps_one_id_per_biller() {
+    let biller = |seed: u64, variant: &str| {
+        let mut options =
+            crate::emulate::GenerateOptions::new(Timestamp::now(), Some(seed)).with_variant(variant);
+        let generated = by_name("setu_bbps")
+            .unwrap()
+            .generate("BILLER_UPDATES", &mut options)
+            .unwrap();
+        let data = &generated.json["data"][0];
+        let plans: Vec<Value> = (0..5).map(|n| data["Plans"][n]["BillerID"].clone()).collect();
+        assert!(plans.iter().all(|plan| *plan == data["BillerID"]), "{data}");
+        (data["ID"].clone(), data["BillerID"].clone())
+    };
+    let activated = biller(1, "ACTIVE");
+    assert_eq!(biller(1, "DEACTIVATED"), activated);
+    let other = biller(2, "ACTIVE");
+    assert_ne!(other.0, activated.0);
+    assert_ne!(other.1, activated.1);
+}
+
 #[test]
 fn the_same_seed_and_clock_give_the_same_bytes() {
     let at = Timestamp::now();

@@ -796,7 +796,17 @@ fn generate(event: &str, options: &mut GenerateOptions) -> Result<Generated, Emu
                     );
                 }
                 _ => {
-                    for field in ["transacted_at", "settled_at", "transaction_reference_id"] {
+                    // Until the payer pays, the remitter's bank details are unknown: the
+                    // provider's pending sample has them null, as a failed collect does.
+                    for field in [
+                        "transacted_at",
+                        "settled_at",
+                        "transaction_reference_id",
+                        "remitter_bank_account_number",
+                        "remitter_bank_ifsc_code",
+                        "remitter_full_name",
+                        "remitter_note",
+                    ] {
                         set(&mut body, &format!("{object}.{field}"), Value::Null);
                     }
                     set(&mut body, &format!("{object}.is_settled"), false);
