@@ -1894,7 +1894,7 @@ fn a_buyers_acceptance_does_not_make_an_issued_invoice_received() {
         [accepted.clone(), created.clone(), paid.clone()],
         [accepted.clone(), paid.clone(), created.clone()],
         [paid.clone(), created.clone(), accepted.clone()],
-        [paid.clone(), accepted.clone(), created.clone()],
+        [paid, accepted, created],
     ];
     for facts in orders {
         for repo in [run(&facts), run_grouped(&facts, &[3], true)] {
