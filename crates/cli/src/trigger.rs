@@ -86,13 +86,72 @@ pub(crate) struct TriggerArgs {
 }
 
 /// A message ready to go: where, with which headers, which bytes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Request {
     url: String,
     /// The URL as it may be shown: a path token replaced by `…`.
     shown_url: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// Whose acknowledgement rules judge the answer, and who signs a resend.
+    provider: &'static dyn Provider,
+    /// The source's credential, issued anew for a resend as the provider would (a JWT's `iat`
+    /// must be fresh); signatures over the body come out the same.
+    credential: Option<SourceAuth>,
+    /// Headers given with `--header`: never signed over.
+    given: Vec<String>,
+}
+
+impl Request {
+    /// The same request, its credential issued now.
+    fn signed_again(&self) -> Self {
+        let mut again = self.clone();
+        if let Some(auth) = &self.credential {
+            for (name, value) in self.provider.sign(auth, &self.body, Timestamp::now()) {
+                if self
+                    .given
+                    .iter()
+                    .any(|given| given.eq_ignore_ascii_case(&name))
+                {
+                    continue;
+                }
+                if let Some(slot) = again
+                    .headers
+                    .iter_mut()
+                    .find(|(set, _)| set.eq_ignore_ascii_case(&name))
+                {
+                    slot.1 = value;
+                }
+            }
+        }
+        again
+    }
+
+    /// Why the provider would not count this answer as delivered (and would send the webhook
+    /// again), if it would not: only some status is an acknowledgement to some providers, and
+    /// some wait only so long.
+    fn not_acknowledged(&self, status: u16, took: std::time::Duration) -> Option<String> {
+        let provider = self.provider;
+        if !(200..300).contains(&status) {
+            return Some("expected a 2xx".to_owned());
+        }
+        if provider.requires_ack_status() && status != provider.ack_status() {
+            return Some(format!(
+                "but {} takes only {} as an acknowledgement and would send the webhook again",
+                provider.name(),
+                provider.ack_status()
+            ));
+        }
+        match provider.ack_deadline() {
+            Some(deadline) if took > deadline => Some(format!(
+                "but only after {:.1} s: {} waits {} s for an acknowledgement and would send the webhook again",
+                took.as_secs_f64(),
+                provider.name(),
+                deadline.as_secs()
+            )),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) async fn trigger(args: TriggerArgs) -> Result<(), CliError> {
@@ -168,7 +227,7 @@ pub(crate) async fn trigger(args: TriggerArgs) -> Result<(), CliError> {
             return Ok(());
         }
     }
-    let (status, body) = send(&request).await?;
+    let (status, body, took) = send(&request).await?;
     if args.json {
         output::pretty(&json!({ "status": status, "body": body }));
     } else {
@@ -177,7 +236,8 @@ pub(crate) async fn trigger(args: TriggerArgs) -> Result<(), CliError> {
             output::line(&body.to_string());
         }
     }
-    if (200..300).contains(&status) {
+    let refusal = request.not_acknowledged(status, took);
+    if refusal.is_none() {
         Ok(())
     } else if let Some(to) = args
         .to
@@ -196,6 +256,11 @@ pub(crate) async fn trigger(args: TriggerArgs) -> Result<(), CliError> {
                 "the target answered 401: source `{source}` authenticates by a token in the path, which --to must end with (…/ingest/{source}/TOKEN)"
             )
         }))
+    } else if (200..300).contains(&status) {
+        Err(CliError::Usage(format!(
+            "the target answered {status}, {}",
+            refusal.unwrap_or_default()
+        )))
     } else {
         Err(CliError::Usage(format!("the target answered {status}")))
     }
@@ -346,7 +411,7 @@ impl Target {
 
     fn request(
         &self,
-        provider: &dyn Provider,
+        provider: &'static dyn Provider,
         generated: &Generated,
         sending: &Sending<'_>,
     ) -> Result<Request, CliError> {
@@ -413,12 +478,16 @@ impl Target {
         // two, so a wrong signature or a fixed event id added after the real one would go
         // unnoticed, and a test meant to be refused would pass.
         headers.retain(|(name, _)| !given.iter().any(|(set, _)| set.eq_ignore_ascii_case(name)));
+        let given_names = given.iter().map(|(name, _)| name.clone()).collect();
         headers.extend(given);
         Ok(Request {
             shown_url: self.shown_url(&url),
             url,
             headers,
             body,
+            provider,
+            credential: self.auth.clone(),
+            given: given_names,
         })
     }
 }
@@ -455,7 +524,8 @@ fn http_text(request: &Request) -> Result<String, CliError> {
 /// Sends one request as a provider would: a redirect is an answer, not followed (following
 /// one would turn the POST into a GET without its body, or carry the credentials elsewhere),
 /// and an answer that never comes fails after [`SEND_TIMEOUT`].
-async fn send(request: &Request) -> Result<(u16, Value), CliError> {
+async fn send(request: &Request) -> Result<(u16, Value, std::time::Duration), CliError> {
+    let started = std::time::Instant::now();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(SEND_TIMEOUT)
@@ -479,13 +549,15 @@ async fn send(request: &Request) -> Result<(u16, Value), CliError> {
         }
     })?;
     let status = response.status().as_u16();
+    // The provider waits for the status, not the body.
+    let took = started.elapsed();
     let text = response.text().await.unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(if text.is_empty() {
         Value::Null
     } else {
         Value::String(text)
     });
-    Ok((status, body))
+    Ok((status, body, took))
 }
 
 /// The first time `--at` refuses: 9999-01-01T00:00:00Z.
@@ -556,9 +628,12 @@ async fn play(
         options.now = started_at.add(waited);
         let (request, label) = match target {
             Planned::Resend(earlier) => {
-                let request = requests.get(*earlier).cloned().ok_or_else(|| {
-                    CliError::Usage(format!("step `{}`: nothing to resend", step.name))
-                })?;
+                let request = requests
+                    .get(*earlier)
+                    .map(Request::signed_again)
+                    .ok_or_else(|| {
+                        CliError::Usage(format!("step `{}`: nothing to resend", step.name))
+                    })?;
                 // Later steps may refer to the resent message by this step's name too.
                 if let Some(message) = messages.get(*earlier).cloned() {
                     messages.insert(step.name.clone(), message);
@@ -575,10 +650,18 @@ async fn play(
             }
         };
         for attempt in 1..=step.repeat {
-            let (status, body) = send(&request).await?;
-            let status_ok = step
-                .expect
-                .map_or((200..300).contains(&status), |e| e == status);
+            let sent = if attempt == 1 {
+                send(&request).await?
+            } else {
+                send(&request.signed_again()).await?
+            };
+            let (status, body, took) = sent;
+            // Without an expectation, the step is to be acknowledged as its provider counts it.
+            let refusal = match step.expect {
+                Some(expected) => (expected != status).then(|| format!("expected {expected}")),
+                None => request.not_acknowledged(status, took),
+            };
+            let status_ok = refusal.is_none();
             // billhook's acknowledgement says whether the message was a duplicate and whether
             // it was quarantined; a receiver given by `--to` says neither, and neither does
             // billhook for a source that acknowledges with an empty 204.
@@ -621,11 +704,10 @@ async fn play(
                     step.name
                 ));
             }
-            let failure = if !status_ok {
+            let failure = if let Some(refusal) = &refusal {
                 Some(format!(
-                    "step `{}` got {status}, expected {}: {body}",
-                    step.name,
-                    step.expect.map_or("a 2xx".to_owned(), |e| e.to_string())
+                    "step `{}` got {status}, {refusal}: {body}",
+                    step.name
                 ))
             } else if !duplicate_ok && duplicate.is_none() {
                 Some(format!(

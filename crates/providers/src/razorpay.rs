@@ -55,6 +55,11 @@ impl Provider for Razorpay {
         &[EVENT_ID_HEADER, SIGNATURE_HEADER]
     }
 
+    /// Razorpay retries a webhook it has no 2xx for within 5 s.
+    fn ack_deadline(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(5))
+    }
+
     fn signature_header(&self) -> Option<&'static str> {
         Some(SIGNATURE_HEADER)
     }

@@ -32,6 +32,12 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
+    /// How soon the provider must have the acknowledgement, where its documentation says: a
+    /// later answer counts as a failure, and the webhook is sent again.
+    fn ack_deadline(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Request headers worth keeping with the stored request, besides the common ones.
     fn kept_headers(&self) -> &'static [&'static str] {
         &[]

@@ -45,7 +45,7 @@ pub struct Scenario {
 }
 
 /// One message of a scenario: a new one (`provider` and `event`), or an earlier step's message
-/// sent again byte for byte (`resend`), as a provider redelivers.
+/// sent again byte for byte (`resend`, its credential issued anew), as a provider redelivers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {

@@ -1143,14 +1143,16 @@ fn generated_ids_follow_each_providers_format() {
 #[test]
 fn an_emulated_biller_keeps_one_id_per_biller() {
     let biller = |seed: u64, variant: &str| {
-        let mut options =
-            crate::emulate::GenerateOptions::new(Timestamp::now(), Some(seed)).with_variant(variant);
+        let mut options = crate::emulate::GenerateOptions::new(Timestamp::now(), Some(seed))
+            .with_variant(variant);
         let generated = by_name("setu_bbps")
             .unwrap()
             .generate("BILLER_UPDATES", &mut options)
             .unwrap();
         let data = &generated.json["data"][0];
-        let plans: Vec<Value> = (0..5).map(|n| data["Plans"][n]["BillerID"].clone()).collect();
+        let plans: Vec<Value> = (0..5)
+            .map(|n| data["Plans"][n]["BillerID"].clone())
+            .collect();
         assert!(plans.iter().all(|plan| *plan == data["BillerID"]), "{data}");
         (data["ID"].clone(), data["BillerID"].clone())
     };

@@ -64,6 +64,11 @@ impl Provider for Zwitch {
         true
     }
 
+    /// Zwitch retries a webhook it has no 200 for within 5 s.
+    fn ack_deadline(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(5))
+    }
+
     fn kept_headers(&self) -> &'static [&'static str] {
         &[SIGNATURE_HEADER]
     }

@@ -15,6 +15,7 @@ backend_tests!(
     a_pretty_zwitch_message_is_signed_over_its_compact_form,
     every_shipped_scenario_runs_green,
     a_message_dated_in_the_past_is_signed_now,
+    a_resent_step_carries_a_fresh_credential,
     a_given_header_replaces_the_generated_one,
     a_path_token_source_sent_with_to_is_told_where_its_token_goes,
 );
@@ -307,6 +308,84 @@ async fn trigger_does_not_follow_a_redirect() {
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(printed.contains("HTTP 302"), "{printed}");
     assert_eq!(receiver.count(), 1, "the redirect was not followed");
+}
+
+/// `trigger` takes an answer as the provider would: Zwitch counts only a 200, and Razorpay and
+/// Zwitch only one within 5 s; an answer they would send the webhook again for fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_takes_an_answer_as_the_provider_would() {
+    let trigger = |receiver: &str, provider: &str, event: &str, secret: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+            .args([
+                "trigger", provider, event, "--secret", secret, "--to", receiver,
+            ])
+            .env_remove("BILLHOOK_URL")
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), printed)
+    };
+    let accepted = Receiver::start(Arc::new(|_| (202, vec![], Some(Duration::ZERO)))).await;
+    let (ok, printed) = trigger(&accepted.url, "zwitch", "payments.updated", ZWITCH_SECRET);
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("zwitch takes only 200 as an acknowledgement"),
+        "{printed}"
+    );
+    let (ok, printed) = trigger(&accepted.url, "razorpay", "invoice.paid", RAZORPAY_SECRET);
+    assert!(ok, "any 2xx acknowledges a Razorpay webhook: {printed}");
+
+    let slow = Receiver::start(Arc::new(|_| {
+        (200, vec![], Some(Duration::from_millis(5_300)))
+    }))
+    .await;
+    let (ok, printed) = trigger(&slow.url, "razorpay", "invoice.paid", RAZORPAY_SECRET);
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("only after 5.") && printed.contains("razorpay waits 5 s"),
+        "{printed}"
+    );
+}
+
+/// A resent step's credential is issued anew, as the provider would issue it: a JWT from the
+/// first send would by then be older than the source accepts, and the resend would be refused
+/// instead of answered as a duplicate.
+async fn a_resent_step_carries_a_fresh_credential(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        "[[source]]\nname = \"setu-brief\"\nprovider = \"setu_bbps\"\nauth = { kind = \"jwt_hs256\", secret = \"setu-brief-jwt-secret-of-32-bytes!!\", max_age = \"1s\" }\n",
+    )
+    .await;
+    let path = app.dir.path().join("resend.toml");
+    std::fs::write(
+        &path,
+        r#"
+name = "resent later"
+
+[[step]]
+name = "paid"
+provider = "setu_bbps"
+event = "BILL_PAY"
+source = "setu-brief"
+
+[[step]]
+name = "again"
+resend = "paid"
+delay = "2500ms"
+expect_duplicate = true
+"#,
+    )
+    .unwrap();
+    let (ok, printed) = app
+        .cli(&["trigger", "--scenario", path.to_str().unwrap()])
+        .await;
+    assert!(ok, "{printed}");
+    assert!(printed.contains("duplicate"), "{printed}");
+    app.stop().await;
 }
 
 /// A message dated in the past with `--at` is still signed now: a Setu JWT issued at that date
