@@ -469,6 +469,29 @@ delay = "10ms"
 "payload.invoice.entity.notes" = "${first.payload.invoice.entity.id} {paid in full}"
 "#;
 
+    /// The shipped two-payment scenario's messages describe one invoice: its dates do not move
+    /// when a second boundary falls between the two steps, and the order counts two attempts.
+    #[test]
+    fn the_shipped_two_payment_scenario_keeps_one_invoice() {
+        let text = include_str!("../../../scenarios/razorpay-invoice-two-partial-payments.toml");
+        let scenario = Scenario::parse(text, false).unwrap();
+        let start = Timestamp::parse_rfc3339("2026-01-01T00:00:00.950Z").unwrap();
+        let mut options = GenerateOptions::new(start, Some(1));
+        let first = scenario.steps[0]
+            .build(&HashMap::new(), &mut options)
+            .unwrap();
+        options.now = start.add(scenario.steps[1].delay().unwrap());
+        let earlier = HashMap::from([("first_half".to_owned(), first.json.clone())]);
+        let second = scenario.steps[1].build(&earlier, &mut options).unwrap();
+        let invoice = |message: &Generated| message.json["payload"]["invoice"]["entity"].clone();
+        for field in ["date", "issued_at", "created_at", "expire_by"] {
+            assert_eq!(invoice(&second)[field], invoice(&first)[field], "{field}");
+        }
+        let order = |message: &Generated| message.json["payload"]["order"]["entity"].clone();
+        assert_eq!(order(&second)["created_at"], order(&first)["created_at"]);
+        assert_eq!(order(&second)["attempts"], json!(2));
+    }
+
     #[test]
     fn references_take_values_with_their_types() {
         let scenario = Scenario::parse(TWO_STEPS, false).unwrap();
