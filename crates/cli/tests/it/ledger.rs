@@ -630,6 +630,15 @@ variant = "success"
     let invoice = only(&app, "/v1/invoices?reference=INV/R/2").await;
     assert_eq!(invoice["number"], json!("INV/R/2"), "{invoice}");
     assert_eq!(invoice["former_numbers"], json!(["INV/R/1", "INV/R/3"]));
+    let csv = app
+        .admin_get_response("/v1/invoices?format=csv&reference=INV/R/2")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].contains(",number,former_numbers,"), "{csv}");
+    assert!(lines[1].contains(",INV/R/2,INV/R/1; INV/R/3,"), "{csv}");
     assert_eq!(invoice["paid"], json!(90_000), "{invoice}");
     assert_eq!(invoice["due"], json!(0));
     assert_eq!(events_of_type(&app, "invoice.settled").await.len(), 1);

@@ -620,6 +620,7 @@ const COMMON_COLUMNS: &[&str] = &[
 ];
 const PAYABLE_COLUMNS: &[&str] = &[
     "number",
+    "former_numbers",
     "counterparty",
     "counterparty_gstin",
     "paid",
@@ -690,6 +691,8 @@ fn csv_row(entity: &Entity, now: Timestamp, out: &mut String) {
             };
             fields.extend([
                 text(entity.keys.number.as_deref()),
+                // One cell: an export has one row per entry.
+                entity.keys.former_numbers.join("; "),
                 counterparty.unwrap_or_default(),
                 gstin.unwrap_or_default(),
                 money(Some(entity.paid)),
