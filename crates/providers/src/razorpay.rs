@@ -103,10 +103,21 @@ impl Provider for Razorpay {
             "invoice.expired" => Some(EventType::InvoiceExpired),
             _ => None,
         };
-        let payment_event = matches!(
-            envelope.event.as_str(),
-            "payment.authorized" | "payment.captured" | "payment.failed" | "order.paid"
-        );
+        // A refund's messages carry the payment as it stands after it (`amount_refunded`,
+        // `refunded` once refunded in full): the ledger counts the payment net of it from then.
+        // Only the refund's completion is announced as one; the others update the payment.
+        let refund_type = match envelope.event.as_str() {
+            "refund.processed" => Some(EventType::PaymentRefunded),
+            "refund.created" | "refund.failed" | "refund.speed_changed" => {
+                Some(EventType::PaymentUpdated)
+            }
+            _ => None,
+        };
+        let payment_event = refund_type.is_some()
+            || matches!(
+                envelope.event.as_str(),
+                "payment.authorized" | "payment.captured" | "payment.failed" | "order.paid"
+            );
         if invoice_type.is_none() && !payment_event {
             return Err(NormalizeError::UnsupportedEvent {
                 provider: NAME,
@@ -130,7 +141,7 @@ impl Provider for Razorpay {
             Some(payment) => {
                 let snapshot = payment.entity.normalize(order.as_ref(), &mut warnings)?;
                 events.push(EventDraft::new(
-                    payment_event_type(&snapshot.status),
+                    refund_type.unwrap_or_else(|| payment_event_type(&snapshot.status)),
                     EntityData::Payment(snapshot),
                     occurred_at,
                 ));
@@ -606,6 +617,11 @@ static EVENTS: &[EmulatedEvent] = &[
         variants: METHODS,
         description: "A failed payment attempt with Razorpay's error fields.",
     },
+    EmulatedEvent {
+        name: "refund.processed",
+        variants: &["partial", "full"],
+        description: "A refund of a captured UPI payment, with the payment as it stands after it (still `captured` until refunded in full).",
+    },
 ];
 
 const TEMPLATE_CARD: &str = include_str!("../fixtures/razorpay/invoice.paid.card.json");
@@ -621,8 +637,9 @@ fn razorpay_id(rng: &mut EmulatorRng, prefix: &str) -> String {
 fn generate(event: &str, options: &mut GenerateOptions) -> Result<Generated, EmulateError> {
     let spec = emulate::find_event(NAME, EVENTS, event)?;
     // An event without variants refuses one given all the same, as every other provider's do.
-    let method = match options.variant_of(spec)? {
-        "" => "upi",
+    let variant = options.variant_of(spec)?;
+    let method = match variant {
+        "" | "partial" | "full" => "upi",
         method => method,
     };
     let now_seconds = options.now.unix_seconds();
@@ -687,7 +704,11 @@ fn generate(event: &str, options: &mut GenerateOptions) -> Result<Generated, Emu
     set(&mut body, &format!("{invoice}.receipt"), receipt.clone());
     set(&mut body, &format!("{invoice}.invoice_number"), receipt);
     set(&mut body, &format!("{invoice}.order_id"), order_id);
-    set(&mut body, &format!("{invoice}.payment_id"), payment_id);
+    set(
+        &mut body,
+        &format!("{invoice}.payment_id"),
+        payment_id.clone(),
+    );
     set(&mut body, &format!("{invoice}.gross_amount"), gross);
     set(&mut body, &format!("{invoice}.taxable_amount"), gross);
     set(&mut body, &format!("{invoice}.tax_amount"), tax);
@@ -755,6 +776,51 @@ fn generate(event: &str, options: &mut GenerateOptions) -> Result<Generated, Emu
                     "Payment failed because the payer's bank declined it",
                 );
             }
+        }
+        "refund.processed" => {
+            let refunded = if variant == "full" { paid } else { paid / 2 };
+            let captured = body["payload"]["payment"].clone();
+            let refund = json!({"entity": {
+                "id": razorpay_id(rng, "rfnd_"),
+                "entity": "refund",
+                "amount": refunded,
+                "currency": "INR",
+                "payment_id": payment_id,
+                "notes": [],
+                "receipt": null,
+                "acquirer_data": {"arn": rng.digits(23)},
+                "created_at": now - 30,
+                "batch_id": null,
+                "status": "processed",
+                "speed_processed": "normal",
+                "speed_requested": "normal",
+            }});
+            set(
+                &mut body,
+                "payload",
+                json!({"refund": refund, "payment": captured}),
+            );
+            set(&mut body, "contains", json!(["refund", "payment"]));
+            set(&mut body, &format!("{payment}.invoice_id"), Value::Null);
+            set(
+                &mut body,
+                &format!("{payment}.description"),
+                "Payment for order",
+            );
+            let (status, refund_status) = if variant == "full" {
+                ("refunded", "full")
+            } else {
+                ("captured", "partial")
+            };
+            set(&mut body, &format!("{payment}.status"), status);
+            set(&mut body, &format!("{payment}.captured"), true);
+            set(&mut body, &format!("{payment}.amount_refunded"), refunded);
+            set(
+                &mut body,
+                &format!("{payment}.refund_status"),
+                refund_status,
+            );
+            set(&mut body, &format!("{payment}.created_at"), now - 3_600);
         }
         _ => {}
     }

@@ -149,9 +149,58 @@ fn razorpay_payment_events_and_unknown_events() {
         [EventType::PaymentAuthorized]
     );
 
+    let subscription = json!({"event": "subscription.activated", "payload": {}});
+    let error = normalize_with("razorpay", subscription.to_string().as_bytes(), &[]).unwrap_err();
+    assert_eq!(error.code(), "unsupported_event");
     let refund = json!({"event": "refund.created", "payload": {}});
     let error = normalize_with("razorpay", refund.to_string().as_bytes(), &[]).unwrap_err();
-    assert_eq!(error.code(), "unsupported_event");
+    assert_eq!(
+        error.code(),
+        "unexpected_shape",
+        "a refund without its payment"
+    );
+}
+
+/// A refund's messages carry the payment as it stands after it: a partial refund keeps it
+/// `captured` (`succeeded`) with `amount_refunded`, a full one makes it `refunded`. Only the
+/// refund's completion is announced as `payment.refunded`; its creation updates the payment.
+#[test]
+fn razorpay_refunds_update_their_payment() {
+    for (variant, status, announced) in [
+        ("partial", "succeeded", EventType::PaymentRefunded),
+        ("full", "refunded", EventType::PaymentRefunded),
+    ] {
+        let mut options =
+            crate::emulate::GenerateOptions::new(Timestamp::now(), Some(5)).with_variant(variant);
+        let generated = by_name("razorpay")
+            .unwrap()
+            .generate("refund.processed", &mut options)
+            .unwrap();
+        let payment = &generated.json["payload"]["payment"]["entity"];
+        let refund = &generated.json["payload"]["refund"]["entity"];
+        assert_eq!(refund["payment_id"], payment["id"]);
+        assert_eq!(refund["amount"], payment["amount_refunded"]);
+        let normalized = normalize("razorpay", &generated.body());
+        assert_eq!(types(&normalized), [announced]);
+        let EntityData::Payment(snapshot) = &normalized.events[0].data else {
+            panic!("not a payment: {normalized:?}");
+        };
+        assert_eq!(snapshot.status, status);
+        assert_eq!(
+            snapshot.amount_refunded.map(|a| a.minor()),
+            refund["amount"].as_i64()
+        );
+
+        let created = String::from_utf8(generated.body()).unwrap().replacen(
+            "\"refund.processed\"",
+            "\"refund.created\"",
+            1,
+        );
+        assert_eq!(
+            types(&normalize("razorpay", created.as_bytes())),
+            [EventType::PaymentUpdated]
+        );
+    }
 }
 
 /// Razorpay's payloads are built in PHP, which writes an empty object as `[]`: an empty

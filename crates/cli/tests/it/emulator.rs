@@ -31,6 +31,7 @@ fn expected_types(provider: &str, event: &str, variant: &str) -> Vec<&'static st
         ("razorpay", "payment.authorized", _) => vec!["payment.authorized"],
         ("razorpay", "payment.captured", _) => vec!["payment.succeeded"],
         ("razorpay", "payment.failed", _) => vec!["payment.failed"],
+        ("razorpay", "refund.processed", _) => vec!["payment.refunded"],
         ("zwitch", "payments.created", _) => vec!["payment.created"],
         ("zwitch", "payments.updated", "success") => vec!["payment.succeeded"],
         ("zwitch", "payments.updated", "pending") => vec!["payment.processing"],
