@@ -44,28 +44,30 @@ impl Client {
     /// Resolves the server URL and admin token from flags, environment and configuration.
     pub(crate) fn connect(remote: &Remote) -> Result<Self, CliError> {
         let config = load_config(remote.config.as_deref())?;
-        let base = remote
-            .url
+        // A blank flag or variable (an env file's placeholder) is one not given, as `serve`
+        // takes a blank admin token.
+        let given = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let url = given(&remote.url);
+        let base = url
             .clone()
             .unwrap_or_else(|| format!("http://{}", config.listen))
             .trim_end_matches('/')
             .to_owned();
         // The server the configuration describes (its `listen`) is the one its token is for.
-        let local = remote.url.is_none() || is_local(&base);
+        let local = url.is_none() || is_local(&base);
         // A token from the data directory, or from a configuration found there rather than
         // named with --config, is this machine's server's: a --url elsewhere (a staging host
         // in BILLHOOK_URL) must not receive it.
         let own = local || remote.config.is_some();
-        let token = remote
-            .token
-            .clone()
+        let token = given(&remote.token)
             .or_else(|| {
-                own.then(|| config.admin_token.as_ref().map(|t| t.expose().to_owned()))
+                own.then(|| given(&config.admin_token.as_ref().map(|t| t.expose().to_owned())))
                     .flatten()
             })
             .or_else(|| local.then(|| stored_admin_token(&config.data_dir)).flatten())
             // As the server reads it (a secret from a file often ends in a newline).
             .map(|token| token.trim().to_owned())
+            .filter(|token| !token.is_empty())
             .ok_or_else(|| {
                 CliError::Usage(
                     "no admin token: pass --token, set BILLHOOK_ADMIN_TOKEN, or run where the data directory is"
@@ -78,12 +80,16 @@ impl Client {
             );
         }
         // The admin API never redirects; following one could take the bearer token elsewhere.
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .user_agent(concat!("billhook-cli/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| CliError::Io(e.to_string()))?;
+            .connect_timeout(Duration::from_secs(10));
+        if local {
+            // This machine's server is reached directly: an `HTTP_PROXY` would otherwise carry
+            // the data directory's token over plain HTTP to the proxy's host.
+            http = http.no_proxy();
+        }
+        let http = http.build().map_err(|e| CliError::Io(e.to_string()))?;
         Ok(Self {
             http,
             base,

@@ -1534,3 +1534,54 @@ async fn a_starting_server_says_so_until_its_database_comes() {
     assert_eq!(webhook.status().as_u16(), 200);
     app.stop().await;
 }
+
+/// The CLI reaches this machine's server directly, never through an `HTTP_PROXY`, which would
+/// carry the admin token over plain HTTP to the proxy's host; and a blank token in the
+/// environment (an env file's placeholder) is one not given, as `serve` takes it: the data
+/// directory's token is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reaches_a_local_server_directly_and_takes_a_blank_token_as_none() {
+    let app = spawn_app(Backend::Sqlite).await;
+    std::fs::write(
+        app.dir.path().join("admin-token"),
+        format!("{ADMIN_TOKEN}\n"),
+    )
+    .unwrap();
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let proxied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&proxied);
+    let proxy_task = tokio::spawn(async move {
+        while let Ok((connection, _)) = proxy.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(connection);
+        }
+    });
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .args(["sources", "--config"])
+        .arg(app.dir.path().join("billhook.toml"))
+        .args(["--url", &app.address])
+        .env("BILLHOOK_ADMIN_TOKEN", "")
+        .env("HTTP_PROXY", &proxy_url)
+        .env("http_proxy", &proxy_url)
+        .env("ALL_PROXY", &proxy_url)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .await
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("razorpay"), "{printed}");
+    assert_eq!(
+        proxied.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing went through the proxy"
+    );
+    proxy_task.abort();
+    app.stop().await;
+}
