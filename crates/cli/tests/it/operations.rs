@@ -31,6 +31,7 @@ backend_tests!(
     every_first_delivery_waits_the_schedules_first_wait,
     a_backlog_longer_than_a_batch_is_held_recovered_and_cancelled_whole,
     an_endpoint_whose_source_left_the_configuration_can_be_disabled,
+    a_request_is_not_reprocessed_by_another_providers_code,
 );
 
 async fn request(
@@ -1583,5 +1584,63 @@ async fn the_cli_reaches_a_local_server_directly_and_takes_a_blank_token_as_none
         "nothing went through the proxy"
     );
     proxy_task.abort();
+    app.stop().await;
+}
+
+/// A source renamed to another provider keeps its old requests: reprocessing one would run
+/// the new provider's code over a body the old provider signed (and it is not verified again),
+/// so it is refused, one at a time and in bulk, and the request keeps its error.
+async fn a_request_is_not_reprocessed_by_another_providers_code(backend: Backend) {
+    let as_provider = |provider: &str, secret: &str| {
+        format!("[[source]]\nname = \"pay\"\nprovider = \"{provider}\"\nsecrets = [\"{secret}\"]\n")
+    };
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_app_in(
+        backend,
+        Arc::clone(&dir),
+        &as_provider("razorpay", "pay-secret"),
+    )
+    .await;
+    let response = app
+        .post_signed(
+            "pay",
+            b"{\"event\": \"payment.captured\", \"payload\": {}}",
+            &[],
+        )
+        .await;
+    let ack: Value = response.json().await.unwrap();
+    assert_eq!(ack["quarantined"], json!(true), "{ack}");
+    let inbound = ack["inbound_id"].as_str().unwrap().to_owned();
+    app.stop().await;
+
+    let app = spawn_app_in(
+        backend,
+        Arc::clone(&dir),
+        &as_provider("zwitch", "pay-secret"),
+    )
+    .await;
+    let (status, refused) = app
+        .admin_post(&format!("/v1/inbound/{inbound}/reprocess"), json!({}))
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("is now a zwitch source, and this request came from razorpay"),
+        "{refused}"
+    );
+    let (status, summary) = app
+        .admin_post("/v1/inbound/reprocess", json!({ "source": "pay" }))
+        .await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(
+        summary["results"][0]["outcome"],
+        json!("skipped"),
+        "{summary}"
+    );
+    let (_, record) = app.admin_get(&format!("/v1/inbound/{inbound}")).await;
+    assert_eq!(record["status"], json!("quarantined"), "{record}");
+    assert_eq!(record["provider"], json!("razorpay"), "{record}");
     app.stop().await;
 }

@@ -407,6 +407,15 @@ fn reprocessable<'a>(
             record.source
         )
     })?;
+    // It was verified the first provider's way: another's code would read it as what it is
+    // not, unverified (reprocessing does not verify again).
+    let provider = source.spec.provider.name();
+    if provider != record.provider {
+        return Err(format!(
+            "source `{}` is now a {provider} source, and this request came from {}; configure it as {} again to reprocess it",
+            record.source, record.provider, record.provider
+        ));
+    }
     let body = record
         .body
         .clone()
