@@ -32,6 +32,7 @@ backend_tests!(
     a_backlog_longer_than_a_batch_is_held_recovered_and_cancelled_whole,
     an_endpoint_whose_source_left_the_configuration_can_be_disabled,
     a_request_is_not_reprocessed_by_another_providers_code,
+    enabling_an_enabled_endpoint_keeps_how_long_it_has_been_failing,
 );
 
 async fn request(
@@ -1642,5 +1643,28 @@ async fn a_request_is_not_reprocessed_by_another_providers_code(backend: Backend
     let (_, record) = app.admin_get(&format!("/v1/inbound/{inbound}")).await;
     assert_eq!(record["status"], json!("quarantined"), "{record}");
     assert_eq!(record["provider"], json!("razorpay"), "{record}");
+    app.stop().await;
+}
+
+/// Enabling an endpoint that is enabled (as a way to recover its failures) changes nothing of
+/// its health: how long it has been failing, which its automatic disabling counts from, stays.
+async fn enabling_an_enabled_endpoint_keeps_how_long_it_has_been_failing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let failing = Receiver::start(Arc::new(|_| (500, vec![], Some(Duration::ZERO)))).await;
+    let (endpoint, _) = app
+        .create_endpoint(json!({ "url": failing.url, "event_types": ["payment.*"] }))
+        .await;
+    app.post_signed("zwitch", &fixture("zwitch_upi/payments.updated.json"), &[])
+        .await;
+    let path = format!("/v1/endpoints/{endpoint}");
+    app.eventually(Duration::from_secs(10), "the endpoint failing", || async {
+        !app.admin_get(&path).await.1["failing_since"].is_null()
+    })
+    .await;
+    let since = app.admin_get(&path).await.1["failing_since"].clone();
+    let (status, patched) = app.admin_patch(&path, json!({ "enabled": true })).await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["failing_since"], since, "{patched}");
+    assert_eq!(app.admin_get(&path).await.1["failing_since"], since);
     app.stop().await;
 }

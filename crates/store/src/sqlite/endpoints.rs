@@ -228,8 +228,11 @@ fn apply_patch(
         Some(true) => {
             connection
                 .execute(
+                    // Only a disabled one starts afresh: enabling one already enabled (to
+                    // recover its failures, say) keeps how long it has been failing, which its
+                    // automatic disabling counts from.
                     "UPDATE endpoints SET enabled = 1, disabled_reason = NULL, failing_since = NULL,
-                        updated_at = ?2 WHERE id = ?1",
+                        updated_at = ?2 WHERE id = ?1 AND enabled = 0",
                     params![id_text, now.unix_millis()],
                 )
                 .map_err(db_error)?;
