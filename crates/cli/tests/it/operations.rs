@@ -53,6 +53,22 @@ async fn request(
 
 async fn a_read_token_reads_and_only_an_admin_token_changes(backend: Backend) {
     let app = spawn_app(backend).await;
+    // The scheme is case-insensitive; a missing space is no scheme at all.
+    for (header, expected) in [
+        (format!("BEARER {ADMIN_TOKEN}"), 200),
+        (format!("bEaReR {ADMIN_TOKEN}"), 200),
+        (format!("Bearer{ADMIN_TOKEN}"), 401),
+        (format!("Basic {ADMIN_TOKEN}"), 401),
+    ] {
+        let response = app
+            .http
+            .get(app.url("/v1/sources"))
+            .header("authorization", &header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), expected, "{header}");
+    }
     let (status, created) = app
         .admin_post("/v1/tokens", json!({ "name": "grafana", "scope": "read" }))
         .await;
