@@ -54,7 +54,7 @@ error_codes! {
     Forbidden => "forbidden", FORBIDDEN, "The token's scope does not allow this request: it needs the `admin` scope.";
     CsrfRejected => "csrf_rejected", FORBIDDEN, "A console form was sent without its CSRF token; reload the page and try again.";
     NotFound => "not_found", NOT_FOUND, "No such resource.";
-    InvalidRequest => "invalid_request", BAD_REQUEST, "A parameter or the body is invalid; the message says which.";
+    InvalidRequest => "invalid_request", BAD_REQUEST, "A parameter or the body is invalid; the message says which. Text holding the NUL character (`%00` in a URL or form, `\\u0000` in JSON) is refused on every backend.";
     InvalidCursor => "invalid_cursor", BAD_REQUEST, "The pagination cursor is not one this API issued.";
     DeclaredInConfiguration => "declared_in_configuration", CONFLICT, "The endpoint is declared in the configuration file, which sets what the request would change and would set it back at the next start; change the file instead.";
     MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED, "The path does not accept this method.";

@@ -294,6 +294,9 @@ pub(crate) async fn read_body_in_time(
     }
     let (parts, body) = request.into_parts();
     match tokio::time::timeout(deadline.timeout, read_whole_body(body, deadline.limit)).await {
+        Ok(Ok(bytes)) if body_holds_nul(&parts.headers, &bytes) => (deadline.refuse)(
+            ApiError::invalid("the body holds the NUL character (\\u0000 or %00)"),
+        ),
         Ok(Ok(bytes)) => {
             next.run(axum::extract::Request::from_parts(parts, bytes.into()))
                 .await
@@ -310,6 +313,34 @@ pub(crate) async fn read_body_in_time(
             ),
         )),
     }
+}
+
+/// Whether a JSON or form body decodes to text with the NUL character in it, which no text
+/// billhook stores may hold (PostgreSQL refuses it; SQLite would keep it): refused the same
+/// on every backend, as in a URL.
+fn body_holds_nul(headers: &http::HeaderMap, body: &[u8]) -> bool {
+    let form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
+    if form {
+        return body.windows(3).any(|w| w == b"%00");
+    }
+    // Only a body that spells the escape can hold the character (JSON has no raw NUL).
+    if !body.windows(6).any(|w| w == b"\\u0000") {
+        return false;
+    }
+    fn holds(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(text) => text.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(holds),
+            serde_json::Value::Object(fields) => fields
+                .iter()
+                .any(|(name, value)| name.contains('\0') || holds(value)),
+            _ => false,
+        }
+    }
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|value| holds(&value))
 }
 
 #[cfg(test)]
