@@ -351,6 +351,14 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
                 output::pretty(&secret);
             } else {
                 output::line(&text(&secret["secret"]));
+                // While a rotation overlaps, receivers must accept the one rotated out too.
+                for previous in secret["previous"].as_array().into_iter().flatten() {
+                    output::line(&format!(
+                        "{} (rotated out; signs until {})",
+                        text(&previous["secret"]),
+                        text(&previous["expires_at"])
+                    ));
+                }
             }
             Ok(())
         }

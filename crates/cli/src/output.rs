@@ -15,6 +15,8 @@ pub(crate) fn write(text: &str) {
         if error.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
+        // A full disk or a failing device: an export cut short must not look like one done.
+        eprintln!("billhook: cannot write to standard output: {error}");
         std::process::exit(1);
     }
 }

@@ -697,6 +697,15 @@ async fn the_cli_manages_endpoints_end_to_end(backend: Backend) {
         ok && new.trim().starts_with("whsec_") && new.trim() != old.trim(),
         "{new}"
     );
+    // Both sign while the rotation overlaps, and both are shown.
+    let (ok, both) = app.cli(&["endpoints", "secret", &id]).await;
+    let lines: Vec<&str> = both.lines().collect();
+    assert!(ok && lines.len() == 2, "{both}");
+    assert_eq!(lines[0], new.trim());
+    assert!(
+        lines[1].starts_with(&format!("{} (rotated out; signs until 20", old.trim())),
+        "{both}"
+    );
     let (ok, recovered) = app
         .cli(&["endpoints", "recover", &id, "--since", "2h", "--no-wait"])
         .await;
@@ -1699,4 +1708,22 @@ async fn enabling_an_enabled_endpoint_keeps_how_long_it_has_been_failing(backend
     assert_eq!(patched["failing_since"], since, "{patched}");
     assert_eq!(app.admin_get(&path).await.1["failing_since"], since);
     app.stop().await;
+}
+
+/// Output that cannot be written (a full disk) fails the command and says why, so an export cut
+/// short never looks like one done.
+#[test]
+fn output_that_cannot_be_written_fails_and_says_why() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_billhook"))
+        .arg("openapi")
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("cannot write to standard output"), "{said}");
 }
