@@ -549,7 +549,7 @@ async fn the_pages_show_what_came_in_and_what_it_became(backend: Backend) {
         (
             "document",
             "badge good",
-            ["Addressed to", "document.received", "KHUID"],
+            ["Addressed to", "document.delivered", "KHUID"],
         ),
     ] {
         let section = records
@@ -790,6 +790,23 @@ async fn malformed_requests_get_the_error_page(backend: Backend) {
     assert!(nul.headers().contains_key("content-security-policy"));
     let status = nul.status().as_u16();
     error_page(status, &nul.text().await.unwrap(), 400, "invalid_request");
+    // A form's raw byte 0 is as much a NUL as its escape, whatever the media type's case.
+    let endpoint = app.admin_get("/v1/endpoints").await.1["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let raw = browserless()
+        .post(app.url(&format!("/endpoints/{endpoint}/disable")))
+        .header("cookie", format!("billhook_session={session}"))
+        .header("content-type", "Application/X-WWW-Form-Urlencoded")
+        .body(format!("csrf={csrf}&reason=a\0b").into_bytes())
+        .send()
+        .await
+        .unwrap();
+    let status = raw.status().as_u16();
+    error_page(status, &raw.text().await.unwrap(), 400, "invalid_request");
+    let (_, still) = app.admin_get(&format!("/v1/endpoints/{endpoint}")).await;
+    assert_eq!(still["enabled"], json!(true), "{still}");
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.count(), 1, "nothing was redelivered");
