@@ -322,9 +322,15 @@ fn body_holds_nul(headers: &http::HeaderMap, body: &[u8]) -> bool {
     let form = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     if form {
-        return body.windows(3).any(|w| w == b"%00");
+        // Decoded as sent: a raw byte 0 is as much a NUL as its escape.
+        return body.contains(&0) || body.windows(3).any(|w| w == b"%00");
     }
     // Only a body that spells the escape can hold the character (JSON has no raw NUL).
     if !body.windows(6).any(|w| w == b"\\u0000") {

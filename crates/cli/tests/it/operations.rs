@@ -1668,6 +1668,14 @@ async fn a_request_is_not_reprocessed_by_another_providers_code(backend: Backend
     let (_, record) = app.admin_get(&format!("/v1/inbound/{inbound}")).await;
     assert_eq!(record["status"], json!("quarantined"), "{record}");
     assert_eq!(record["provider"], json!("razorpay"), "{record}");
+    // Nor does the console offer what would be refused.
+    let (session, _) = crate::console::log_in(&app, ADMIN_TOKEN).await;
+    let (_, page) = crate::console::get(&app, &session, "/quarantine").await;
+    assert!(page.contains(&format!("/inbound/{inbound}")), "{page}");
+    assert!(
+        !page.contains(&format!("aria-label=\"Reprocess {inbound}\"")),
+        "{page}"
+    );
     app.stop().await;
 }
 

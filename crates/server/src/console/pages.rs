@@ -848,8 +848,9 @@ pub(crate) async fn quarantine(
         of: query.of,
     };
     let source = blank(&query.source);
-    // A request to a source no longer configured cannot be reprocessed (there is no secret
-    // or provider to run it through): no button is offered that could only fail.
+    // A request to a source no longer configured, or now another provider's, cannot be
+    // reprocessed (there is no provider it was verified for to run it through): no button is
+    // offered that could only fail.
     let configured = |name: &str| app.settings.sources.contains_key(name);
     let source_configured = source.as_deref().is_none_or(configured);
     // Only an id goes back into the form: the page never echoes other text from its URL.
@@ -893,7 +894,7 @@ pub(crate) async fn quarantine(
                             td { a href=(format!("/inbound/{}", item.id)) { (time(item.received_at)) } }
                             td { (item.source) }
                             td.wrap { @if let Some(error) = &item.error { (badge(Tone::Bad, &error.code)) " " (error.message) } }
-                            td { @if viewer.can_change() && configured(&item.source) {
+                            td { @if viewer.can_change() && reprocessable(&app, &item.source, &item.provider) {
                                 form method="post" action=(format!("/inbound/{}/reprocess", item.id)) {
                                     (csrf(&viewer))
                                     button type="submit" aria-label=(format!("Reprocess {}", item.id)) { "Reprocess" }
@@ -907,6 +908,14 @@ pub(crate) async fn quarantine(
         (next_page("/quarantine", &[("source", query.source.clone())], list.next_cursor.as_deref()))
     };
     render(page(&viewer, "Quarantine", "/quarantine", body))
+}
+
+/// Whether a stored request's source is still configured, for the provider it came from.
+fn reprocessable(app: &App, source: &str, provider: &str) -> bool {
+    app.settings
+        .sources
+        .get(source)
+        .is_some_and(|configured| configured.spec.provider.name() == provider)
 }
 
 pub(crate) async fn inbound(
@@ -923,7 +932,7 @@ pub(crate) async fn inbound(
     let body = html! {
         p.crumbs { a href="/sources" { "Sources" } " / " (record.source) " / " (id.to_string()) }
         h1 { "Request from " (record.source) }
-        @if record.status == InboundStatus::Quarantined && viewer.can_change() && app.settings.sources.contains_key(&record.source) {
+        @if record.status == InboundStatus::Quarantined && viewer.can_change() && reprocessable(&app, &record.source, &record.provider) {
             form method="post" action=(format!("/inbound/{id}/reprocess")) {
                 (csrf(&viewer))
                 button type="submit" { "Reprocess" }
