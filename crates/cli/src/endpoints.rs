@@ -353,10 +353,13 @@ pub(crate) async fn run(command: EndpointsCommand) -> Result<(), CliError> {
                 output::line(&text(&secret["secret"]));
                 // While a rotation overlaps, receivers must accept the one rotated out too.
                 for previous in secret["previous"].as_array().into_iter().flatten() {
+                    let until = match previous["expires_at"].as_str() {
+                        Some(at) => format!("signs until {at}"),
+                        None => "still signing".to_owned(),
+                    };
                     output::line(&format!(
-                        "{} (rotated out; signs until {})",
-                        text(&previous["secret"]),
-                        text(&previous["expires_at"])
+                        "{} (rotated out; {until})",
+                        text(&previous["secret"])
                     ));
                 }
             }

@@ -74,8 +74,8 @@ event_types! {
     PaymentProcessing => "payment.processing", [Payment], "A payment is in flight (Setu `BILL_PAY` Processing).";
     PaymentSucceeded => "payment.succeeded", [Payment], "Money moved: a payment succeeded or was captured.";
     PaymentFailed => "payment.failed", [Payment], "A payment failed.";
-    PaymentRefunded => "payment.refunded", [Payment], "A payment was refunded.";
-    PaymentUpdated => "payment.updated", [Payment], "A payment changed to a status billhook has no dedicated type for; `data.status` says which.";
+    PaymentRefunded => "payment.refunded", [Payment], "A payment was refunded, in part or in full (`data.amount_refunded`; a payment refunded in part keeps its status).";
+    PaymentUpdated => "payment.updated", [Payment], "A payment changed to a status billhook has no dedicated type for, or in a way its status does not show (a Razorpay refund created or failed: `data.amount_refunded`); `data.status` says which.";
     PaymentUnmatched => "payment.unmatched", [Payment], "billhook's ledger found no invoice or bill for a payment within the matching window.";
     DocumentDelivered => "document.delivered", [Document], "An e-invoice document was delivered to its customer (CamInvoice `DOCUMENT.DELIVERED`).";
     DocumentReceived => "document.received", [Document], "An e-invoice document addressed to this member was received and validated (CamInvoice `DOCUMENT.RECEIVED`).";

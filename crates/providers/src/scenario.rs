@@ -76,7 +76,8 @@ pub struct Step {
     /// must be recognised as a duplicate.
     #[serde(default = "once")]
     pub repeat: u32,
-    /// The status every send must get; any 2xx when unset.
+    /// The status every send must get; unset, the provider's acknowledgement (any 2xx, only a
+    /// 200 for Zwitch, within 5 s for Razorpay and Zwitch).
     #[serde(default)]
     pub expect: Option<u16>,
     /// Whether billhook must report the first send as a duplicate (a `resend` step defaults to

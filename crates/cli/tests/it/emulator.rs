@@ -358,7 +358,7 @@ async fn trigger_takes_an_answer_as_the_provider_would() {
 async fn a_resent_step_carries_a_fresh_credential(backend: Backend) {
     let app = spawn_app_with(
         backend,
-        "[[source]]\nname = \"setu-brief\"\nprovider = \"setu_bbps\"\nauth = { kind = \"jwt_hs256\", secret = \"setu-brief-jwt-secret-of-32-bytes!!\", max_age = \"1s\" }\n",
+        "[[source]]\nname = \"setu-short-lived\"\nprovider = \"setu_bbps\"\nauth = { kind = \"jwt_hs256\", secret = \"setu-short-lived-jwt-secret-32-bytes\", max_age = \"1s\" }\n",
     )
     .await;
     let path = app.dir.path().join("resend.toml");
@@ -371,7 +371,7 @@ name = "resent later"
 name = "paid"
 provider = "setu_bbps"
 event = "BILL_PAY"
-source = "setu-brief"
+source = "setu-short-lived"
 
 [[step]]
 name = "again"
