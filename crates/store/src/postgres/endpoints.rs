@@ -226,9 +226,9 @@ async fn apply_patch<C: GenericClient>(
         Some(true) => {
             client
                 .execute(
-                    // Only a disabled one starts afresh (see the SQLite store).
-                    "UPDATE endpoints SET enabled = TRUE, disabled_reason = NULL, failing_since = NULL,
-                        updated_at = $2 WHERE id = $1 AND NOT enabled",
+                    // Only a disabled one starts its health afresh (see the SQLite store).
+                    "UPDATE endpoints SET failing_since = CASE WHEN enabled THEN failing_since END,
+                        enabled = TRUE, disabled_reason = NULL, updated_at = $2 WHERE id = $1",
                     &[&id_text, &now.unix_millis()],
                 )
                 .await

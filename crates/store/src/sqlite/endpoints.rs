@@ -228,11 +228,12 @@ fn apply_patch(
         Some(true) => {
             connection
                 .execute(
-                    // Only a disabled one starts afresh: enabling one already enabled (to
-                    // recover its failures, say) keeps how long it has been failing, which its
-                    // automatic disabling counts from.
-                    "UPDATE endpoints SET enabled = 1, disabled_reason = NULL, failing_since = NULL,
-                        updated_at = ?2 WHERE id = ?1 AND enabled = 0",
+                    // Only a disabled one starts its health afresh: enabling one already
+                    // enabled (to recover its failures, say) keeps how long it has been
+                    // failing, which its automatic disabling counts from. It is an operator's
+                    // change all the same, which an attempt begun before it does not outlast.
+                    "UPDATE endpoints SET failing_since = CASE WHEN enabled = 1 THEN failing_since END,
+                        enabled = 1, disabled_reason = NULL, updated_at = ?2 WHERE id = ?1",
                     params![id_text, now.unix_millis()],
                 )
                 .map_err(db_error)?;
