@@ -1360,11 +1360,10 @@ mod tests {
     async fn closing_does_not_wait_for_callers_that_stopped_listening() {
         let (_dir, store) = scratch_store().await;
         let mut forgotten = Box::pin(store.write(insert(1, false)));
+        // Polled once, so the write is sent. The writer (another thread) may answer before the
+        // poll looks, rarely: then the case is not exercised, but nothing is wrong.
         std::future::poll_fn(|context| {
-            assert!(
-                forgotten.as_mut().poll(context).is_pending(),
-                "sent, not answered"
-            );
+            let _sent = forgotten.as_mut().poll(context);
             std::task::Poll::Ready(())
         })
         .await;
