@@ -851,8 +851,9 @@ pub(crate) async fn quarantine(
     // A request to a source no longer configured, or now another provider's, cannot be
     // reprocessed (there is no provider it was verified for to run it through): no button is
     // offered that could only fail.
-    let configured = |name: &str| app.settings.sources.contains_key(name);
-    let source_configured = source.as_deref().is_none_or(configured);
+    let source_configured = source
+        .as_deref()
+        .is_none_or(|name| app.settings.sources.contains_key(name));
     // Only an id goes back into the form: the page never echoes other text from its URL.
     let after: Option<InboundId> = page_cursor(&query.after)?;
     let body = html! {
